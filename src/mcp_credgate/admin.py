@@ -1,0 +1,124 @@
+"""Admin operations that need both the declarations and the store: the CLI (and later the dashboard) call these.
+
+The store keeps data; this module keeps the rules: values are validated against their type before
+anything is written, a binding must match the tool's credential type, and a group's tools get a status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .declarations import Catalog, CredentialSpec, Tool
+from .errors import ConflictError, CredentialValueError, NotFoundError
+from .store import CredentialInfo, Store
+
+Status = Literal["ready", "needs_credential", "incomplete", "no_credential_needed", "undeclared"]
+
+
+@dataclass(frozen=True)
+class ToolStatus:
+    tool: str
+    status: Status
+    credential: str | None
+    credential_type: str | None
+    missing_fields: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "tool": self.tool,
+            "status": self.status,
+            "credential": self.credential,
+            "credential_type": self.credential_type,
+            "missing_fields": list(self.missing_fields),
+        }
+
+
+def require_tool(catalog: Catalog, name: str) -> Tool:
+    tool = catalog.tool(name)
+    if tool is None:
+        raise NotFoundError(f"no tool named {name!r} is declared (see `credgate tools`)")
+    return tool
+
+
+def spec_for(catalog: Catalog, type_name: str | None = None, tool_name: str | None = None) -> CredentialSpec:
+    """The credential type named directly (--type) or through a tool (--tool)."""
+    if tool_name is not None:
+        tool = require_tool(catalog, tool_name)
+        if tool.credential is None:
+            raise ConflictError(f"tool {tool_name!r} needs no credential")
+        return tool.credential
+    assert type_name is not None
+    spec = catalog.types.get(type_name)
+    if spec is None:
+        known = ", ".join(catalog.types) or "none declared"
+        raise NotFoundError(f"no credential type named {type_name!r} is declared (known types: {known})")
+    return spec
+
+
+def add_credential(store: Store, spec: CredentialSpec, name: str, values: Mapping[str, Any]) -> None:
+    clean = spec.validate_values(values, complete=True)
+    store.add_credential(name, spec.type, clean, spec.secret_fields)
+
+
+def update_credential(store: Store, catalog: Catalog, name: str, values: Mapping[str, Any]) -> None:
+    info = store.credential_info(name)
+    spec = catalog.types.get(info.type)
+    if spec is None:
+        raise NotFoundError(
+            f"credential {name!r} has type {info.type!r}, which no tool declares any more; "
+            "declare it again or remove the credential"
+        )
+    if not values:
+        raise CredentialValueError("nothing to update: give --set FIELD=VALUE or --from-json")
+    clean = spec.validate_values(values, complete=False)
+    store.update_credential(name, clean, spec.secret_fields)
+
+
+def credential_status(spec: CredentialSpec, info: CredentialInfo) -> tuple[Status, tuple[str, ...]]:
+    if info.type != spec.type:
+        return "incomplete", tuple(spec.missing_fields(()))
+    missing = tuple(spec.missing_fields(info.fields))
+    return ("incomplete" if missing else "ready"), missing
+
+
+def group_statuses(store: Store, catalog: Catalog, group: str) -> list[ToolStatus]:
+    info = store.group(group)
+    creds = {c.name: c for c in store.list_credentials()} if any(info.tools.values()) else {}
+    out = []
+    for tool_name, cred_name in info.tools.items():
+        tool = catalog.tool(tool_name)
+        if tool is None:
+            out.append(ToolStatus(tool_name, "undeclared", cred_name, None))
+            continue
+        spec = tool.credential
+        if spec is None:
+            out.append(ToolStatus(tool_name, "no_credential_needed", None, None))
+        elif cred_name is None:
+            out.append(ToolStatus(tool_name, "needs_credential", None, spec.type, tuple(spec.missing_fields(()))))
+        else:
+            status, missing = credential_status(spec, creds[cred_name])
+            out.append(ToolStatus(tool_name, status, cred_name, spec.type, missing))
+    return out
+
+
+def allow(store: Store, catalog: Catalog, group: str, tools: Iterable[str]) -> list[str]:
+    names = list(tools)
+    for name in names:
+        require_tool(catalog, name)
+    store.allow(group, names)
+    return names
+
+
+def bind(store: Store, catalog: Catalog, group: str, tool_name: str, credential: str) -> None:
+    tool = require_tool(catalog, tool_name)
+    if tool.credential is None:
+        raise ConflictError(f"tool {tool_name!r} needs no credential; nothing to bind")
+    info = store.credential_info(credential)
+    if info.type != tool.credential.type:
+        raise ConflictError(
+            f"credential {credential!r} has type {info.type!r} but tool {tool_name!r} needs type "
+            f"{tool.credential.type!r}"
+        )
+    store.bind(group, tool_name, credential)

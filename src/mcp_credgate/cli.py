@@ -1,0 +1,530 @@
+"""The `credgate` command line. Nothing imports this module; it only calls the others.
+
+Exit status: 0 done, 1 refused (one line on stderr), 2 usage error. No traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__, admin
+from .config import Settings
+from .credential import mask
+from .declarations import NAME_PATTERN, Catalog, CredentialSpec, load_catalog
+from .errors import CredentialValueError, CredgateError
+from .store import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# -- shared options: accepted before or after the sub-command ----------------------------------
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    if value not in (None, (), False):
+        ctx.meta[f"credgate.{param.name}"] = value
+
+
+def common_options(f: F) -> F:
+    for opt in (
+        click.option("--home", type=click.Path(path_type=Path), expose_value=False, callback=_remember,
+                     is_eager=True, help="Data folder (default: $CREDGATE_HOME or ~/.local/share/credgate)."),
+        click.option("--tools-dir", "tools_dir", multiple=True, type=click.Path(path_type=Path),
+                     expose_value=False, callback=_remember, is_eager=True,
+                     help="Folder of tool declarations (repeatable; default ./tools.d or <home>/tools.d)."),
+        click.option("--public-url", expose_value=False, callback=_remember, is_eager=True,
+                     help="Base URL of setup links (default http://127.0.0.1:8765)."),
+        click.option("--json", "as_json", is_flag=True, expose_value=False, callback=_remember, is_eager=True,
+                     help="Machine-readable output."),
+    ):
+        f = opt(f)
+    return f
+
+
+@dataclass
+class App:
+    """What a command needs, built lazily from the options."""
+
+    meta: Mapping[str, Any]
+    _store: Store | None = field(default=None, init=False)
+
+    @cached_property
+    def settings(self) -> Settings:
+        return Settings.resolve(
+            home=self.meta.get("credgate.home"),
+            tools_dirs=self.meta.get("credgate.tools_dir", ()),
+            public_url=self.meta.get("credgate.public_url"),
+        )
+
+    @property
+    def as_json(self) -> bool:
+        return bool(self.meta.get("credgate.as_json"))
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return load_catalog(self.settings.tools_dirs)
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store.open(self.settings)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    def out(self, data: Any, text: str | Iterator[str]) -> None:
+        """Print JSON with --json, else the human text."""
+        if self.as_json:
+            click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        else:
+            for line in [text] if isinstance(text, str) else text:
+                click.echo(line)
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def _app(ctx: click.Context) -> App:
+    app = App(ctx.meta)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+    return app
+
+
+def _check_name(kind: str) -> Callable[[click.Context, click.Parameter, str], str]:
+    def check(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        if not re.match(NAME_PATTERN, value):
+            raise click.BadParameter(f"a {kind} name is 1-64 letters, digits, _ or -")
+        return value
+
+    return check
+
+
+class CredgateGroup(click.Group):
+    """Turns every CredgateError into one line and exit 1; hides tracebacks of anything unexpected."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CredgateError as exc:
+            raise click.ClickException(str(exc)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if os.environ.get("CREDGATE_DEBUG"):
+                raise
+            raise click.ClickException(
+                f"internal error ({type(exc).__name__}); rerun with CREDGATE_DEBUG=1 to see the traceback"
+            ) from None
+
+
+@click.group(cls=CredgateGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="credgate")
+@common_options
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """mcp-credgate: an MCP gateway that keeps your tools' secrets on the server."""
+    _app(ctx)
+
+
+# -- init and tools ----------------------------------------------------------------------------
+
+
+@cli.command()
+@common_options
+@pass_app
+def init(app: App) -> None:
+    """Create the data folder, database and master key (idempotent)."""
+    s = app.settings
+    store, created = Store.initialise(s)
+    store.close()
+    key_source = "CREDGATE_MASTER_KEY" if os.environ.get("CREDGATE_MASTER_KEY") else str(s.key_path)
+    app.out(
+        {"home": str(s.home), "database": str(s.database_path), "master_key": key_source, "created": created},
+        f"initialised credgate in {s.home} (database {s.database_path.name}, master key {key_source})"
+        if created
+        else f"credgate is already initialised in {s.home}; nothing changed",
+    )
+
+
+def _field_json(spec: CredentialSpec) -> list[dict[str, Any]]:
+    return [
+        {"name": f.name, "kind": f.kind, "secret": f.secret, "required": f.required, "format": f.format,
+         "description": f.description}
+        for f in spec.fields
+    ]
+
+
+@cli.command()
+@click.option("--check", is_flag=True, help="Exit 1 on any problem in the declarations.")
+@common_options
+@pass_app
+def tools(app: App, check: bool) -> None:
+    """List the declared tools, their credential types and fields."""
+    cat = app.catalog
+    data = {
+        "tools": [
+            {"name": t.name, "description": t.decl.description, "handler": t.decl.handler.kind,
+             "source": str(t.source), "credential_type": t.credential.type if t.credential else None}
+            for t in cat.tools.values()
+        ],
+        "credential_types": {name: {"fields": _field_json(spec), "tools": cat.tools_of_type(name)}
+                             for name, spec in cat.types.items()},
+        "problems": list(cat.problems),
+    }
+
+    def text() -> Iterator[str]:
+        if not cat.tools:
+            yield f"no tools declared in {', '.join(map(str, app.settings.tools_dirs))}"
+        for t in cat.tools.values():
+            need = f"credential type {t.credential.type}" if t.credential else "no credential needed"
+            yield f"{t.name}  [{t.decl.handler.kind}]  {need}"
+            if t.decl.description:
+                yield f"    {t.decl.description}"
+        for name, spec in cat.types.items():
+            yield f"credential type {name}:"
+            for f in spec.fields:
+                flags = ", ".join(
+                    [f.kind, "secret" if f.secret else "not secret", "required" if f.required else "optional"]
+                )
+                yield f"    {f.name}  ({flags})  format: {f.format}"
+
+    app.out(data, text())
+    if not app.as_json:
+        for problem in cat.problems:
+            click.echo(f"problem: {problem}", err=True)
+    if check and cat.problems:
+        raise click.exceptions.Exit(1)
+    if check and not app.as_json:
+        click.echo(f"ok: {len(cat.tools)} tools, {len(cat.types)} credential types", err=True)
+
+
+# -- credentials -------------------------------------------------------------------------------
+
+
+@cli.group()
+def cred() -> None:
+    """Credentials: add, update, list, show, rm (secret values are masked)."""
+
+
+def _read_values(spec: CredentialSpec, sets: tuple[str, ...], from_json: str | None, prompt: bool) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if from_json is not None:
+        raw = sys.stdin.read() if from_json == "-" else _read_file(from_json)
+        try:
+            loaded = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise CredentialValueError(f"--from-json: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(loaded, dict):
+            raise CredentialValueError("--from-json: expected a JSON object of field → string")
+        for key, value in loaded.items():
+            if not isinstance(value, str):
+                raise CredentialValueError(f"field {key!r}: the value must be a string")
+        values.update(loaded)
+    for item in sets:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise click.UsageError(f"--set takes FIELD=VALUE (got a value without '=' for {name[:32]!r}…)")
+        values[name] = value
+    if not values and prompt:
+        if not sys.stdin.isatty():
+            raise CredentialValueError(
+                "no values given: pipe a JSON object to --from-json -, or use --set FIELD=VALUE"
+            )
+        for f in spec.fields:
+            label = f"{f.name} ({f.kind}{', optional' if not f.required else ''})"
+            value = click.prompt(label, hide_input=f.secret, default="" if not f.required else None,
+                                 show_default=False)
+            if value:
+                values[f.name] = value
+    return values
+
+
+def _read_file(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CredentialValueError(f"--from-json: cannot read {path} ({exc.__class__.__name__})") from None
+
+
+_value_options = [
+    click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE", help="A field value (repeatable)."),
+    click.option("--from-json", metavar="FILE|-", help="A JSON object of field values; - reads stdin."),
+]
+
+
+def value_options(f: F) -> F:
+    for opt in reversed(_value_options):
+        f = opt(f)
+    return f
+
+
+@cred.command("add")
+@click.argument("name", callback=_check_name("credential"))
+@click.option("--type", "type_name", help="Credential type.")
+@click.option("--tool", "tool_name", help="Take the credential type of this tool.")
+@value_options
+@common_options
+@pass_app
+def cred_add(app: App, name: str, type_name: str | None, tool_name: str | None, sets: tuple[str, ...],
+             from_json: str | None) -> None:
+    """Add a credential NAME of a type (given directly or through a tool)."""
+    if (type_name is None) == (tool_name is None):
+        raise click.UsageError("give exactly one of --type TYPE or --tool TOOL")
+    spec = admin.spec_for(app.catalog, type_name, tool_name)
+    store = app.store
+    values = _read_values(spec, sets, from_json, prompt=True)
+    admin.add_credential(store, spec, name, values)
+    app.out({"added": name, "type": spec.type}, f"added credential {name} (type {spec.type})")
+
+
+@cred.command("update")
+@click.argument("name")
+@value_options
+@common_options
+@pass_app
+def cred_update(app: App, name: str, sets: tuple[str, ...], from_json: str | None) -> None:
+    """Change some fields of credential NAME (the others keep their values)."""
+    store = app.store
+    info = store.credential_info(name)
+    spec = app.catalog.types.get(info.type)
+    values = _read_values(spec, sets, from_json, prompt=True) if spec else {}
+    admin.update_credential(store, app.catalog, name, values)
+    app.out({"updated": name, "fields": sorted(values)}, f"updated credential {name} ({', '.join(sorted(values))})")
+
+
+@cred.command("list")
+@common_options
+@pass_app
+def cred_list(app: App) -> None:
+    """List credentials (names, types, fields, bindings; no values)."""
+    infos = app.store.list_credentials()
+    data = [
+        {"name": i.name, "type": i.type, "fields": list(i.fields), "created_at": i.created_at,
+         "updated_at": i.updated_at, "bindings": [{"group": g, "tool": t} for g, t in i.bindings]}
+        for i in infos
+    ]
+    lines = [
+        f"{i.name}  type {i.type}  fields {', '.join(i.fields)}  "
+        + ("bound: " + ", ".join(f"{g}/{t}" for g, t in i.bindings) if i.bindings else "not bound")
+        for i in infos
+    ]
+    app.out(data, lines or ["no credentials (add one with `credgate cred add NAME --tool TOOL`)"])
+
+
+@cred.command("show")
+@click.argument("name")
+@common_options
+@pass_app
+def cred_show(app: App, name: str) -> None:
+    """Show one credential; secret values are masked."""
+    store = app.store
+    info = store.credential_info(name)
+    spec = app.catalog.types.get(info.type)
+    secret = spec.secret_fields if spec else frozenset(info.fields)  # unknown type: mask everything
+    values = store.read_credential(name)
+    shown = {k: (mask(v) if k in secret or k in info.secret_fields else v) for k, v in values.items()}
+    data = {"name": info.name, "type": info.type, "values": shown, "created_at": info.created_at,
+            "updated_at": info.updated_at, "bindings": [{"group": g, "tool": t} for g, t in info.bindings]}
+    lines = [f"{info.name}  (type {info.type})"]
+    lines += [f"    {k} = {v}" for k, v in shown.items()]
+    if spec:
+        lines += [f"    {m}: missing (required)" for m in spec.missing_fields(values)]
+    lines.append("    bound: " + (", ".join(f"{g}/{t}" for g, t in info.bindings) or "nowhere"))
+    app.out(data, lines)
+
+
+@cred.command("rm")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Also remove the credential's bindings.")
+@common_options
+@pass_app
+def cred_rm(app: App, name: str, force: bool) -> None:
+    """Remove a credential (a bound one only with --force, which unbinds it)."""
+    removed = app.store.remove_credential(name, force=force)
+    app.out(
+        {"removed": name, "unbound": [{"group": g, "tool": t} for g, t in removed]},
+        f"removed credential {name}" + (f" and its bindings ({', '.join(f'{g}/{t}' for g, t in removed)})"
+                                        if removed else ""),
+    )
+
+
+# -- groups and bindings -----------------------------------------------------------------------
+
+
+@cli.group("group")
+def group_cmd() -> None:
+    """Agent groups: the tools an agent may use and their credentials."""
+
+
+@group_cmd.command("add")
+@click.argument("name", callback=_check_name("group"))
+@click.option("--description", default="", help="What the group is for.")
+@common_options
+@pass_app
+def group_add(app: App, name: str, description: str) -> None:
+    """Create an agent group."""
+    app.store.add_group(name, description)
+    app.out({"added": name}, f"added agent group {name}")
+
+
+@group_cmd.command("allow")
+@click.argument("name")
+@click.argument("tools", nargs=-1, required=True)
+@common_options
+@pass_app
+def group_allow(app: App, name: str, tools: tuple[str, ...]) -> None:
+    """Allow TOOLS for the group."""
+    admin.allow(app.store, app.catalog, name, tools)
+    app.out({"group": name, "allowed": list(tools)}, f"group {name} now allows {', '.join(tools)}")
+
+
+@group_cmd.command("deny")
+@click.argument("name")
+@click.argument("tools", nargs=-1, required=True)
+@common_options
+@pass_app
+def group_deny(app: App, name: str, tools: tuple[str, ...]) -> None:
+    """Remove TOOLS from the group (their bindings go too)."""
+    unbound = app.store.deny(name, tools)
+    app.out(
+        {"group": name, "denied": list(tools), "unbound": unbound},
+        f"group {name} no longer allows {', '.join(tools)}"
+        + (f" (unbound: {', '.join(unbound)})" if unbound else ""),
+    )
+
+
+STATUS_TEXT = {
+    "ready": "ready",
+    "needs_credential": "needs credential",
+    "incomplete": "incomplete",
+    "no_credential_needed": "no credential needed",
+    "undeclared": "not declared any more",
+}
+
+
+@group_cmd.command("list")
+@common_options
+@pass_app
+def group_list(app: App) -> None:
+    """List agent groups."""
+    groups = app.store.list_groups()
+    app.out(
+        [{"name": g.name, "description": g.description, "tools": sorted(g.tools)} for g in groups],
+        [f"{g.name}  {len(g.tools)} tools  {g.description}".rstrip() for g in groups]
+        or ["no agent groups (add one with `credgate group add NAME`)"],
+    )
+
+
+@group_cmd.command("show")
+@click.argument("name")
+@common_options
+@pass_app
+def group_show(app: App, name: str) -> None:
+    """Show a group's tools, their bindings and status."""
+    info = app.store.group(name)
+    statuses = admin.group_statuses(app.store, app.catalog, name)
+    lines = [f"{info.name}  {info.description}".rstrip()]
+    for st in statuses:
+        bound = f"  credential {st.credential}" if st.credential else ""
+        missing = f"  missing: {', '.join(st.missing_fields)}" if st.status == "incomplete" else ""
+        lines.append(f"    {st.tool}  {STATUS_TEXT[st.status]}{bound}{missing}")
+    if not statuses:
+        lines.append(f"    no tools allowed yet (`credgate group allow {name} TOOL`)")
+    app.out(
+        {"name": info.name, "description": info.description, "created_at": info.created_at,
+         "tools": [st.as_json() for st in statuses]},
+        lines,
+    )
+
+
+@group_cmd.command("rm")
+@click.argument("name")
+@common_options
+@pass_app
+def group_rm(app: App, name: str) -> None:
+    """Remove an agent group and its bindings."""
+    app.store.remove_group(name)
+    app.out({"removed": name}, f"removed agent group {name}")
+
+
+@cli.command()
+@click.argument("group")
+@click.argument("tool")
+@click.argument("credential")
+@common_options
+@pass_app
+def bind(app: App, group: str, tool: str, credential: str) -> None:
+    """Bind CREDENTIAL to TOOL for GROUP."""
+    admin.bind(app.store, app.catalog, group, tool, credential)
+    app.out({"group": group, "tool": tool, "credential": credential},
+            f"bound {credential} to {tool} for group {group}")
+
+
+@cli.command()
+@click.argument("group")
+@click.argument("tool")
+@common_options
+@pass_app
+def unbind(app: App, group: str, tool: str) -> None:
+    """Remove the credential bound to TOOL for GROUP."""
+    app.store.unbind(group, tool)
+    app.out({"group": group, "tool": tool}, f"unbound {tool} for group {group}")
+
+
+# -- keys and audit ----------------------------------------------------------------------------
+
+
+@cli.group()
+def key() -> None:
+    """The master key."""
+
+
+@key.command("rotate")
+@common_options
+@pass_app
+def key_rotate(app: App) -> None:
+    """Make a new master key and re-wrap every credential under it (safe to rerun after a crash)."""
+    from_env = bool(os.environ.get("CREDGATE_MASTER_KEY"))
+    new_key = app.store.rotate_master_key(app.settings, key_from_env=from_env)
+    where = str(app.settings.pending_key_path if from_env else app.settings.key_path)
+    note = (
+        f"; put the content of {where} into CREDGATE_MASTER_KEY, then delete that file" if from_env else ""
+    )
+    app.out({"key_id": new_key.key_id, "key_file": where},
+            f"rotated the master key (new key id {new_key.key_id}, in {where}){note}")
+
+
+@cli.command()
+@click.option("--group", "group_name", help="Only calls of this group.")
+@click.option("--tool", "tool_name", help="Only calls of this tool.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@common_options
+@pass_app
+def audit(app: App, group_name: str | None, tool_name: str | None, limit: int) -> None:
+    """Recent tool calls, newest first."""
+    rows = app.store.read_audit(group_name, tool_name, limit)
+    app.out(
+        [{"ts": r.ts, "group": r.group, "agent": r.agent, "tool": r.tool, "credential": r.credential,
+          "outcome": r.outcome, "duration_ms": r.duration_ms, "ref": r.ref} for r in rows],
+        [f"{r.ts}  {r.group}  {r.agent or '-'}  {r.tool}  {r.credential or '-'}  {r.outcome}  "
+         f"{r.duration_ms:.1f} ms" + (f"  ref {r.ref}" if r.ref else "") for r in rows]
+        or ["no calls recorded"],
+    )
+
+
+def main() -> None:
+    cli.main(prog_name="credgate")
+

@@ -1,0 +1,67 @@
+"""Where things live: the data folder, the tool declarations and the public URL (contract §1)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8765"
+DATABASE_NAME = "credgate.db"
+KEY_FILE_NAME = "master.key"
+PENDING_KEY_FILE_NAME = "master.key.new"
+
+
+def default_home(env: Mapping[str, str]) -> Path:
+    if env.get("CREDGATE_HOME"):
+        return Path(env["CREDGATE_HOME"])
+    xdg = env.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "credgate"
+
+
+def default_tools_dirs(home: Path, env: Mapping[str, str], cwd: Path) -> tuple[Path, ...]:
+    if env.get("CREDGATE_TOOLS_DIR"):
+        return tuple(Path(p) for p in env["CREDGATE_TOOLS_DIR"].split(":") if p)
+    local = cwd / "tools.d"
+    return (local,) if local.is_dir() else (home / "tools.d",)
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    tools_dirs: tuple[Path, ...]
+    public_url: str
+
+    @property
+    def database_path(self) -> Path:
+        return self.home / DATABASE_NAME
+
+    @property
+    def key_path(self) -> Path:
+        return self.home / KEY_FILE_NAME
+
+    @property
+    def pending_key_path(self) -> Path:
+        return self.home / PENDING_KEY_FILE_NAME
+
+    @classmethod
+    def resolve(
+        cls,
+        home: str | Path | None = None,
+        tools_dirs: Sequence[str | Path] = (),
+        public_url: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Settings:
+        """Flags win over environment variables, which win over the defaults."""
+        env = os.environ if env is None else env
+        home_path = Path(home) if home else default_home(env)
+        dirs = (
+            tuple(Path(d) for d in tools_dirs)
+            if tools_dirs
+            else default_tools_dirs(home_path, env, cwd or Path.cwd())
+        )
+        url = public_url or env.get("CREDGATE_PUBLIC_URL") or DEFAULT_PUBLIC_URL
+        return cls(home=home_path.expanduser(), tools_dirs=dirs, public_url=url.rstrip("/"))

@@ -1,0 +1,391 @@
+"""Load and validate `tools.d/*.toml` into frozen models (contract §2).
+
+Every problem names the file and the field, so `credgate tools --check` can list them all at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import re
+import sys
+import tomli as tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import CredentialValueError, DeclarationError
+
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+FIELD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+MAX_VALUE_BYTES = 64 * 1024
+NON_SECRET_KINDS = frozenset({"username", "text"})
+
+FieldKind = Literal["api_key", "token", "username", "password", "oauth2", "text"]
+
+# `{args.x}` / `{cred.y}`; anything else that looks like `{word.word}` is reported as unknown.
+PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\.([A-Za-z0-9_-]+)\}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CredentialField(_Model):
+    name: Annotated[str, Field(pattern=FIELD_NAME_PATTERN)]
+    kind: FieldKind
+    secret: bool  # filled from `kind` when the file omits it
+    required: bool = True
+    pattern: str | None = None
+    description: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_secret(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("secret") is None:
+            data = {**data, "secret": data.get("kind") not in NON_SECRET_KINDS}
+        return data
+
+    @model_validator(mode="after")
+    def _pattern_compiles(self) -> CredentialField:
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern does not compile: {exc}") from None
+        return self
+
+    @property
+    def format(self) -> str:
+        return self.pattern or self.kind
+
+    def check_value(self, value: str) -> None:
+        """Raise CredentialValueError naming the field (never the value) if the value is unfit."""
+        if not isinstance(value, str):
+            raise CredentialValueError(f"field {self.name!r}: the value must be a string")
+        if any(c in value for c in "\x00\r\n"):
+            raise CredentialValueError(f"field {self.name!r}: the value contains a NUL, CR or LF character")
+        if len(value.encode()) > MAX_VALUE_BYTES:
+            raise CredentialValueError(f"field {self.name!r}: the value is longer than 64 KiB")
+        if value == "" and self.required:
+            raise CredentialValueError(f"field {self.name!r} is required and may not be empty")
+        if self.pattern is not None and value != "" and re.search(self.pattern, value) is None:
+            raise CredentialValueError(
+                f"field {self.name!r}: the value does not match the format {self.pattern}"
+            )
+
+
+class CredentialSpec(_Model):
+    type: Annotated[str, Field(pattern=NAME_PATTERN)]
+    fields: Annotated[tuple[CredentialField, ...], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique_field_names(self) -> CredentialSpec:
+        names = [f.name for f in self.fields]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"field names must be unique: {', '.join(dupes)}")
+        return self
+
+    def field(self, name: str) -> CredentialField | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+    @property
+    def secret_fields(self) -> frozenset[str]:
+        return frozenset(f.name for f in self.fields if f.secret)
+
+    def missing_fields(self, present: Iterable[str]) -> list[str]:
+        have = set(present)
+        return [f.name for f in self.fields if f.required and f.name not in have]
+
+    def validate_values(self, values: Mapping[str, Any], *, complete: bool = True) -> dict[str, str]:
+        """Check a whole record (complete=True) or an update (complete=False) before anything is stored."""
+        if not isinstance(values, Mapping):
+            raise CredentialValueError("credential values must be a JSON object of field → string")
+        unknown = sorted(set(values) - {f.name for f in self.fields})
+        if unknown:
+            known = ", ".join(f.name for f in self.fields)
+            raise CredentialValueError(
+                f"type {self.type!r} has no field {unknown[0]!r} (its fields: {known})"
+            )
+        for name, value in values.items():
+            spec = self.field(name)
+            assert spec is not None
+            spec.check_value(value)
+        if complete:
+            missing = self.missing_fields(k for k, v in values.items() if v != "")
+            if missing:
+                raise CredentialValueError(
+                    f"required field {missing[0]!r} of type {self.type!r} is missing"
+                )
+        return {k: v for k, v in values.items() if v != ""}
+
+    def same_fields_as(self, other: CredentialSpec) -> bool:
+        return self.fields == other.fields
+
+
+class HttpHandler(_Model):
+    kind: Literal["http"]
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
+    url: str
+    query: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    json_body: dict[str, Any] | None = Field(default=None, alias="json")
+    timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    max_response_bytes: Annotated[int, Field(gt=0, le=64 * 1024 * 1024)] = 1024 * 1024
+
+
+class PythonHandler(_Model):
+    kind: Literal["python"]
+    entrypoint: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+    timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0
+
+
+class McpHandler(_Model):
+    """Declared now so files are checked; running upstream MCP servers is its own issue."""
+
+    kind: Literal["mcp"]
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = {}
+    url: str | None = None
+    headers: dict[str, str] = {}
+    tools: tuple[str, ...] | None = None
+    prefix: str | None = None
+
+
+Handler = Annotated[HttpHandler | PythonHandler | McpHandler, Field(discriminator="kind")]
+
+
+class ToolDeclaration(_Model):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    description: str = ""
+    input_schema: dict[str, Any] = {"type": "object", "properties": {}}
+    credential: CredentialSpec | None = None
+    handler: Handler
+
+    @model_validator(mode="after")
+    def _schema_is_an_object_schema(self) -> ToolDeclaration:
+        if self.input_schema.get("type") != "object":
+            raise ValueError('input_schema: type must be "object"')
+        try:
+            jsonschema.Draft202012Validator.check_schema(self.input_schema)
+        except jsonschema.SchemaError as exc:
+            path = ".".join(str(p) for p in exc.path)
+            raise ValueError(f"input_schema{'.' + path if path else ''}: {exc.message}") from None
+        return self
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A declared tool and the file it came from."""
+
+    decl: ToolDeclaration
+    source: Path
+    function: Callable[..., Any] | None = field(default=None, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.decl.name
+
+    @property
+    def credential(self) -> CredentialSpec | None:
+        return self.decl.credential
+
+    @property
+    def input_properties(self) -> Mapping[str, Any]:
+        props = self.decl.input_schema.get("properties", {})
+        return props if isinstance(props, Mapping) else {}
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every valid tool, by name, and every credential type, by name."""
+
+    tools: Mapping[str, Tool]
+    types: Mapping[str, CredentialSpec]
+    problems: tuple[str, ...] = ()
+
+    def tool(self, name: str) -> Tool | None:
+        return self.tools.get(name)
+
+    def tools_of_type(self, type_name: str) -> list[str]:
+        return sorted(
+            n for n, t in self.tools.items() if t.credential is not None and t.credential.type == type_name
+        )
+
+    def raise_problems(self) -> None:
+        if self.problems:
+            raise DeclarationError(list(self.problems))
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("http", "python", "mcp") and out == "handler":
+            continue  # the discriminator's tag adds nothing for the reader
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _pydantic_problems(label: str, exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors(include_input=False, include_url=False):
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = msg.removeprefix("Value error, ")
+        problems.append(f"{label}: {_loc(tuple(err['loc']))}: {msg}")
+    return problems
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _template_problems(label: str, where: str, text: str, tool: ToolDeclaration) -> list[str]:
+    problems = []
+    props = tool.input_schema.get("properties", {}) or {}
+    for m in PLACEHOLDER.finditer(text):
+        scope, name = m.group(1), m.group(2)
+        if scope == "cred":
+            if tool.credential is None:
+                problems.append(f"{label}: {where}: {m.group(0)} but the tool declares no credential")
+            elif tool.credential.field(name) is None:
+                problems.append(
+                    f"{label}: {where}: {m.group(0)} names a field that type {tool.credential.type!r} lacks"
+                )
+        elif scope == "args":
+            if name not in props:
+                problems.append(f"{label}: {where}: {m.group(0)} names an argument input_schema lacks")
+        else:
+            problems.append(f"{label}: {where}: unknown placeholder {m.group(0)} (use args.* or cred.*)")
+    return problems
+
+
+def _http_problems(label: str, tool: ToolDeclaration, handler: HttpHandler) -> list[str]:
+    problems: list[str] = []
+    scheme, sep, rest = handler.url.partition("://")
+    origin = scheme + sep + re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "{" in origin or "}" in origin:
+        problems.append(f"{label}: handler.url: a placeholder in the scheme, host or port is not allowed")
+    else:
+        parts = urlsplit(handler.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append(f"{label}: handler.url: must be an absolute http:// or https:// URL")
+        elif parts.scheme == "http" and tool.credential is not None and not is_loopback_host(parts.hostname):
+            problems.append(
+                f"{label}: handler.url: a credential may be sent only over https:// "
+                f"(or http:// to a loopback host), not to http://{parts.hostname}"
+            )
+    problems += _template_problems(label, "handler.url", handler.url, tool)
+    for key, value in handler.query.items():
+        problems += _template_problems(label, f"handler.query.{key}", value, tool)
+    for key, value in handler.headers.items():
+        problems += _template_problems(label, f"handler.headers.{key}", value, tool)
+    if handler.json_body is not None:
+        for path, value in _strings(handler.json_body, "handler.json"):
+            problems += _template_problems(label, path, value, tool)
+    return problems
+
+
+def _strings(value: Any, path: str) -> Iterable[tuple[str, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{path}[{i}]")
+
+
+def resolve_entrypoint(entrypoint: str, search_dirs: Iterable[Path] = ()) -> Callable[..., Any]:
+    """Import `module:function`; the tools.d folders are on the import path for local modules."""
+    for d in search_dirs:
+        if str(d) not in sys.path:
+            sys.path.append(str(d))
+    module_name, _, attr = entrypoint.partition(":")
+    module = importlib.import_module(module_name)
+    fn = getattr(module, attr)
+    if not callable(fn):
+        raise TypeError(f"{attr} is not callable")
+    return fn  # type: ignore[no-any-return]
+
+
+def _parse_file(path: Path, label: str, dirs: tuple[Path, ...]) -> tuple[Tool | None, list[str]]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        return None, [f"{label}: TOML syntax error: {exc}"]
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [f"{label}: cannot read: {exc.__class__.__name__}"]
+    try:
+        decl = ToolDeclaration.model_validate(data)
+    except ValidationError as exc:
+        return None, _pydantic_problems(label, exc)
+    problems: list[str] = []
+    function = None
+    handler = decl.handler
+    if isinstance(handler, HttpHandler):
+        problems += _http_problems(label, decl, handler)
+    elif isinstance(handler, PythonHandler):
+        try:
+            function = resolve_entrypoint(handler.entrypoint, dirs)
+        except Exception as exc:  # any import failure is a declaration problem
+            problems.append(
+                f"{label}: handler.entrypoint: {handler.entrypoint!r} does not import "
+                f"({exc.__class__.__name__}: {exc})"
+            )
+    else:
+        problems.append(f"{label}: handler.kind: 'mcp' (upstream MCP servers) is not supported yet")
+    tool = Tool(decl=decl, source=path, function=function)
+    return (None if problems else tool), problems
+
+
+def load_catalog(dirs: Iterable[Path]) -> Catalog:
+    """Read every `*.toml` in the folders (missing folders are empty) and cross-check them."""
+    dirs = tuple(dirs)
+    tools: dict[str, Tool] = {}
+    types: dict[str, tuple[CredentialSpec, str]] = {}
+    problems: list[str] = []
+    for d in dirs:
+        if not d.is_dir():
+            continue
+        for path in sorted(d.glob("*.toml")):
+            label = str(path)
+            tool, file_problems = _parse_file(path, label, dirs)
+            problems += file_problems
+            if tool is None:
+                continue
+            if tool.name in tools:
+                problems.append(
+                    f"{label}: name: tool {tool.name!r} is already declared in {tools[tool.name].source}"
+                )
+                continue
+            spec = tool.credential
+            if spec is not None:
+                if spec.type in types and not types[spec.type][0].same_fields_as(spec):
+                    problems.append(
+                        f"{label}: credential.fields: type {spec.type!r} is declared with other fields "
+                        f"in {types[spec.type][1]}; tools that share a type must declare the same fields"
+                    )
+                    continue
+                types.setdefault(spec.type, (spec, label))
+            tools[tool.name] = tool
+    return Catalog(
+        tools=dict(sorted(tools.items())),
+        types={k: v[0] for k, v in sorted(types.items())},
+        problems=tuple(problems),
+    )

@@ -1,0 +1,71 @@
+"""Every error credgate raises on purpose.
+
+    CredgateError                 one line for the user; never carries a secret value
+    ├── DeclarationError          a tools.d file is malformed (names file and field)
+    ├── CredentialValueError      a credential value fails its type's fields (names the field)
+    ├── NotFoundError             a credential, group, tool or binding does not exist
+    ├── ConflictError             the change clashes with what is stored (duplicate, bound, wrong type)
+    ├── StoreError                the store cannot be used as asked
+    │   ├── NotInitialisedError   no store yet: run `credgate init`
+    │   ├── MasterKeyError        the master key is missing, malformed or does not open the store
+    │   ├── StoreBusyError        another process holds the write lock past the busy timeout
+    │   └── CiphertextError       a stored value no longer opens (tampered, moved or corrupt)
+    └── GatewayError              the gateway refuses to start (no group, unknown group)
+
+The CLI prints `str(error)` as one line on stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+
+class CredgateError(Exception):
+    """Root of credgate's errors. The message is shown to the user as is."""
+
+
+class DeclarationError(CredgateError):
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems) if problems else "invalid tool declarations")
+
+
+class CredentialValueError(CredgateError):
+    pass
+
+
+class NotFoundError(CredgateError):
+    pass
+
+
+class ConflictError(CredgateError):
+    pass
+
+
+class StoreError(CredgateError):
+    pass
+
+
+class NotInitialisedError(StoreError):
+    pass
+
+
+class MasterKeyError(StoreError):
+    pass
+
+
+class StoreBusyError(StoreError):
+    pass
+
+
+class CiphertextError(StoreError):
+    def __init__(self, credential: str, field: str | None = None) -> None:
+        self.credential = credential
+        self.field = field
+        where = f"field {field!r} of " if field else ""
+        super().__init__(
+            f"{where}credential {credential!r} does not open: its stored ciphertext was altered, moved or "
+            f"corrupted; set it again with `credgate cred update {credential}`"
+        )
+
+
+class GatewayError(CredgateError):
+    pass

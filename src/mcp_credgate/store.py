@@ -1,0 +1,662 @@
+"""The SQLite store: every SQL statement of credgate lives in this module.
+
+Names, types, field names, groups and bindings are plain, queryable columns; field values exist
+only as AES-GCM ciphertext under their credential's data key (see `crypto`). Each change is one
+`BEGIN IMMEDIATE` transaction, so a failed or concurrent write leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from .config import Settings
+from .credential import Credential
+from .crypto import DataKey, Keyring, MasterKey, OpenError, read_key_file, write_key_file
+from .errors import (
+    CiphertextError,
+    ConflictError,
+    MasterKeyError,
+    NotFoundError,
+    NotInitialisedError,
+    StoreBusyError,
+    StoreError,
+)
+
+BUSY_TIMEOUT_MS = 5000
+
+migrations = Migrations("credgate")
+
+
+@migrations(name="0001_initial")
+def _m0001_initial(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE master_keys (
+            key_id TEXT PRIMARY KEY,
+            check_blob BLOB NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('current', 'pending')),
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE credentials (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            type TEXT NOT NULL,
+            uid TEXT NOT NULL UNIQUE,
+            key_id TEXT NOT NULL,
+            wrapped_dek BLOB NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE credential_values (
+            credential_id INTEGER NOT NULL REFERENCES credentials(id) ON DELETE CASCADE,
+            field TEXT NOT NULL,
+            secret INTEGER NOT NULL,
+            ciphertext BLOB NOT NULL,
+            PRIMARY KEY (credential_id, field)
+        );
+        CREATE TABLE groups (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            description TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE group_tools (
+            group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+            tool TEXT NOT NULL,
+            credential_id INTEGER REFERENCES credentials(id) ON DELETE RESTRICT,
+            PRIMARY KEY (group_id, tool)
+        );
+        CREATE INDEX group_tools_credential ON group_tools(credential_id);
+        CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            ts TEXT NOT NULL,
+            group_name TEXT NOT NULL,
+            agent TEXT,
+            tool TEXT NOT NULL,
+            credential TEXT,
+            outcome TEXT NOT NULL,
+            duration_ms REAL NOT NULL,
+            ref TEXT
+        );
+        CREATE INDEX audit_group ON audit(group_name, id);
+        CREATE INDEX audit_tool ON audit(tool, id);
+        """
+    )
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class CredentialInfo:
+    """What may be shown about a credential without decrypting it."""
+
+    name: str
+    type: str
+    fields: tuple[str, ...]
+    secret_fields: frozenset[str]
+    created_at: str
+    updated_at: str
+    bindings: tuple[tuple[str, str], ...] = ()  # (group, tool)
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    name: str
+    description: str
+    created_at: str
+    tools: Mapping[str, str | None] = field(default_factory=dict)  # tool → bound credential name
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What a (group, tool) pair resolves to at call time."""
+
+    allowed: bool
+    credential: Credential | None = None  # None when nothing is bound
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    ts: str
+    group: str
+    agent: str | None
+    tool: str
+    credential: str | None
+    outcome: str
+    duration_ms: float
+    ref: str | None = None
+
+
+def load_keyring(settings: Settings, env: Mapping[str, str] | None = None) -> Keyring | None:
+    """The env key, else the key file; plus the pending key of an unfinished rotation."""
+    env = os.environ if env is None else env
+    text = env.get("CREDGATE_MASTER_KEY")
+    primary = (
+        MasterKey.from_text(text, "CREDGATE_MASTER_KEY") if text else read_key_file(settings.key_path)
+    )
+    pending = read_key_file(settings.pending_key_path)
+    if primary is None:
+        return None
+    return Keyring(primary, [pending] if pending is not None else [])
+
+
+def _create_private_file(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)
+    os.close(fd)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class Store:
+    """One open store: a connection, the key ring that opens it, and the operations on it."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, keyring: Keyring) -> None:
+        self.path = path
+        self._conn = conn
+        self._keyring = keyring
+        self._lock = threading.RLock()
+
+    # -- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def initialise(cls, settings: Settings, env: Mapping[str, str] | None = None) -> tuple[Store, bool]:
+        """Create the data folder, key and database as needed. Returns (store, created_anything)."""
+        env = os.environ if env is None else env
+        created = False
+        home = settings.home
+        if not home.exists():
+            home.mkdir(mode=0o700, parents=True)
+            home.chmod(0o700)
+            created = True
+        keyring = load_keyring(settings, env)
+        db_exists = settings.database_path.exists()
+        if keyring is None:
+            if db_exists:
+                raise MasterKeyError(
+                    f"master key missing: {settings.key_path} does not exist and CREDGATE_MASTER_KEY is not "
+                    "set; a new key is never generated over an existing store: restore the key file"
+                )
+            key = MasterKey.generate()
+            write_key_file(settings.key_path, key)
+            keyring = Keyring(key)
+            created = True
+        if not db_exists:
+            _create_private_file(settings.database_path)
+            conn = _connect(settings.database_path)
+            conn.execute("PRAGMA journal_mode = WAL")
+            migrations.apply(Database(conn))
+            with _transaction(conn):
+                conn.execute(
+                    "INSERT INTO master_keys (key_id, check_blob, state, created_at) VALUES (?, ?, 'current', ?)",
+                    (keyring.primary.key_id, keyring.primary.check_blob(), now()),
+                )
+            return cls(settings.database_path, conn, keyring), True
+        return cls.open(settings, env), created
+
+    @classmethod
+    def open(cls, settings: Settings, env: Mapping[str, str] | None = None) -> Store:
+        """Open an existing store, refusing (before anything is written) a key that does not open it."""
+        path = settings.database_path
+        if not path.exists():
+            raise NotInitialisedError(f"no credgate store at {settings.home}: run `credgate init` first")
+        keyring = load_keyring(settings, env)
+        if keyring is None:
+            raise MasterKeyError(
+                f"master key missing: set CREDGATE_MASTER_KEY or restore {settings.key_path}"
+            )
+        conn = _connect(path)
+        try:
+            _check_keyring(conn, keyring, settings)
+            if migrations.pending(Database(conn)):
+                migrations.apply(Database(conn))
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                raise StoreBusyError("the store is busy (another credgate process is writing); retry") from None
+            raise StoreError(f"{path} is not a readable credgate store ({exc})") from None
+        except BaseException:
+            conn.close()
+            raise
+        return cls(path, conn, keyring)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, _transaction(self._conn):
+            yield self._conn
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                if _is_busy(exc):
+                    raise StoreBusyError("the store is busy; retry") from None
+                raise
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def _writing_key(self, conn: sqlite3.Connection) -> MasterKey:
+        rows = conn.execute("SELECT key_id, state FROM master_keys").fetchall()
+        by_state = {r["state"]: r["key_id"] for r in rows}
+        for state in ("current", "pending"):
+            key = self._keyring.get(by_state.get(state, ""))
+            if key is not None:
+                return key
+        raise MasterKeyError("master key does not match this store")
+
+    def _data_key(self, row: sqlite3.Row) -> DataKey:
+        master = self._keyring.get(row["key_id"])
+        if master is None:
+            raise CiphertextError(row["name"])
+        try:
+            return master.unwrap(row["wrapped_dek"], row["uid"])
+        except OpenError:
+            raise CiphertextError(row["name"]) from None
+
+    def rotate_master_key(self, settings: Settings, key_from_env: bool) -> MasterKey:
+        """Re-wrap every data key under a new master key. Safe to kill at any point and run again.
+
+        1. the new key goes to `master.key.new` (fsync-ed) and its check row into the store as 'pending';
+        2. each credential's data key is re-wrapped, one transaction each;
+        3. `master.key.new` replaces `master.key` (atomic rename), unless the key comes from the env;
+        4. one transaction drops the old key's row and makes the new one current.
+        A crash before 4 leaves a store that the old key set, or the new key, still opens.
+        """
+        pending_rows = self._query("SELECT key_id FROM master_keys WHERE state = 'pending'")
+        new_key = next((self._keyring.get(r["key_id"]) for r in pending_rows if self._keyring.get(r["key_id"])), None)
+        if new_key is None:
+            if settings.pending_key_path.exists():
+                settings.pending_key_path.unlink()  # never used: its row was not yet written
+            new_key = MasterKey.generate()
+            write_key_file(settings.pending_key_path, new_key)
+            _fsync_dir(settings.home)
+            with self._write() as conn:
+                conn.execute("DELETE FROM master_keys WHERE state = 'pending'")
+                conn.execute(
+                    "INSERT INTO master_keys (key_id, check_blob, state, created_at) VALUES (?, ?, 'pending', ?)",
+                    (new_key.key_id, new_key.check_blob(), now()),
+                )
+            self._keyring = Keyring(self._keyring.primary, [new_key])
+        while True:
+            rows = self._query(
+                "SELECT id, name, uid, key_id, wrapped_dek FROM credentials WHERE key_id != ? LIMIT 100",
+                (new_key.key_id,),
+            )
+            if not rows:
+                break
+            for row in rows:
+                dek = self._data_key(row)
+                with self._write() as conn:
+                    conn.execute(
+                        "UPDATE credentials SET key_id = ?, wrapped_dek = ? WHERE id = ? AND key_id = ?",
+                        (new_key.key_id, new_key.wrap(dek.raw, row["uid"]), row["id"], row["key_id"]),
+                    )
+        if not key_from_env and settings.pending_key_path.exists():
+            os.replace(settings.pending_key_path, settings.key_path)
+            _fsync_dir(settings.home)
+        with self._write() as conn:
+            left = conn.execute("SELECT COUNT(*) FROM credentials WHERE key_id != ?", (new_key.key_id,))
+            if left.fetchone()[0]:
+                raise StoreError("a credential was added during the rotation; run `credgate key rotate` again")
+            conn.execute("DELETE FROM master_keys WHERE key_id != ?", (new_key.key_id,))
+            conn.execute("UPDATE master_keys SET state = 'current' WHERE key_id = ?", (new_key.key_id,))
+        self._keyring = Keyring(new_key)
+        return new_key
+
+    # -- credentials ---------------------------------------------------------------------
+
+    def _credential_row(self, conn: sqlite3.Connection, name: str) -> sqlite3.Row:
+        row = conn.execute(
+            "SELECT id, name, type, uid, key_id, wrapped_dek FROM credentials WHERE name = ?", (name,)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no credential named {name!r} (see `credgate cred list`)")
+        return row  # type: ignore[no-any-return]
+
+    def add_credential(
+        self, name: str, type_: str, values: Mapping[str, str], secret_fields: frozenset[str]
+    ) -> None:
+        uid = uuid.uuid4().hex
+        dek = DataKey.generate()
+        stamp = now()
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM credentials WHERE name = ?", (name,)).fetchone():
+                raise ConflictError(
+                    f"a credential named {name!r} exists already (use `credgate cred update {name}`)"
+                )
+            master = self._writing_key(conn)
+            cur = conn.execute(
+                "INSERT INTO credentials (name, type, uid, key_id, wrapped_dek, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, type_, uid, master.key_id, master.wrap(dek.raw, uid), stamp, stamp),
+            )
+            _write_values(conn, cur.lastrowid, uid, dek, values, secret_fields)
+
+    def update_credential(self, name: str, values: Mapping[str, str], secret_fields: frozenset[str]) -> None:
+        with self._write() as conn:
+            row = self._credential_row(conn, name)
+            dek = self._data_key(row)
+            _write_values(conn, row["id"], row["uid"], dek, values, secret_fields)
+            conn.execute("UPDATE credentials SET updated_at = ? WHERE id = ?", (now(), row["id"]))
+
+    def remove_credential(self, name: str, force: bool = False) -> list[tuple[str, str]]:
+        """Delete a credential; a bound one only with force, which unbinds it. Returns the bindings removed."""
+        with self._write() as conn:
+            row = self._credential_row(conn, name)
+            bindings = _bindings_of(conn, row["id"])
+            if bindings and not force:
+                where = ", ".join(f"{g}/{t}" for g, t in bindings)
+                raise ConflictError(
+                    f"credential {name!r} is bound ({where}); unbind it first or use --force"
+                )
+            conn.execute("UPDATE group_tools SET credential_id = NULL WHERE credential_id = ?", (row["id"],))
+            conn.execute("DELETE FROM credentials WHERE id = ?", (row["id"],))
+        return bindings
+
+    def credential_info(self, name: str) -> CredentialInfo:
+        with self._lock:
+            row = self._credential_row(self._conn, name)
+        return self._infos(f"WHERE c.id = {int(row['id'])}")[0]
+
+    def list_credentials(self) -> list[CredentialInfo]:
+        return self._infos("")
+
+    def _infos(self, where: str) -> list[CredentialInfo]:
+        rows = self._query(
+            "SELECT c.id, c.name, c.type, c.created_at, c.updated_at, v.field, v.secret"
+            f" FROM credentials c LEFT JOIN credential_values v ON v.credential_id = c.id {where}"
+            " ORDER BY c.name, v.rowid"
+        )
+        binds = self._query(
+            "SELECT gt.credential_id, g.name AS grp, gt.tool FROM group_tools gt JOIN groups g ON g.id = gt.group_id"
+            " WHERE gt.credential_id IS NOT NULL ORDER BY g.name, gt.tool"
+        )
+        by_cred: dict[int, list[tuple[str, str]]] = {}
+        for b in binds:
+            by_cred.setdefault(b["credential_id"], []).append((b["grp"], b["tool"]))
+        infos: dict[int, CredentialInfo] = {}
+        for r in rows:
+            info = infos.get(r["id"]) or CredentialInfo(
+                r["name"], r["type"], (), frozenset(), r["created_at"], r["updated_at"],
+                tuple(by_cred.get(r["id"], [])),
+            )
+            if r["field"] is not None:
+                info = CredentialInfo(
+                    info.name, info.type, (*info.fields, r["field"]),
+                    info.secret_fields | ({r["field"]} if r["secret"] else set()),
+                    info.created_at, info.updated_at, info.bindings,
+                )
+            infos[r["id"]] = info
+        return list(infos.values())
+
+    def read_credential(self, name: str) -> Credential:
+        """Decrypt a whole record. Raises CiphertextError if any stored value no longer opens."""
+        with self._lock:
+            row = self._credential_row(self._conn, name)
+            values = self._conn.execute(
+                "SELECT field, secret, ciphertext FROM credential_values WHERE credential_id = ?", (row["id"],)
+            ).fetchall()
+        return self._decrypt(row, values)
+
+    def _decrypt(self, row: sqlite3.Row, values: Iterable[sqlite3.Row]) -> Credential:
+        dek = self._data_key(row)
+        plain: dict[str, str] = {}
+        secret: set[str] = set()
+        for v in values:
+            try:
+                plain[v["field"]] = dek.decrypt(row["uid"], v["field"], v["ciphertext"])
+            except (OpenError, UnicodeDecodeError):
+                raise CiphertextError(row["name"], v["field"]) from None
+            if v["secret"]:
+                secret.add(v["field"])
+        return Credential(row["name"], row["type"], plain, frozenset(secret))
+
+    # -- groups and bindings -------------------------------------------------------------
+
+    def _group_id(self, conn: sqlite3.Connection, name: str) -> int:
+        row = conn.execute("SELECT id FROM groups WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no agent group named {name!r} (see `credgate group list`)")
+        return int(row["id"])
+
+    def add_group(self, name: str, description: str = "") -> None:
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM groups WHERE name = ?", (name,)).fetchone():
+                raise ConflictError(f"an agent group named {name!r} exists already")
+            conn.execute(
+                "INSERT INTO groups (name, description, created_at) VALUES (?, ?, ?)", (name, description, now())
+            )
+
+    def remove_group(self, name: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM groups WHERE id = ?", (self._group_id(conn, name),))
+
+    def group_exists(self, name: str) -> bool:
+        return bool(self._query("SELECT 1 FROM groups WHERE name = ?", (name,)))
+
+    def list_groups(self) -> list[GroupInfo]:
+        return [self.group(r["name"]) for r in self._query("SELECT name FROM groups ORDER BY name")]
+
+    def group(self, name: str) -> GroupInfo:
+        rows = self._query(
+            "SELECT g.name, g.description, g.created_at, gt.tool, c.name AS cred FROM groups g"
+            " LEFT JOIN group_tools gt ON gt.group_id = g.id LEFT JOIN credentials c ON c.id = gt.credential_id"
+            " WHERE g.name = ? ORDER BY gt.tool",
+            (name,),
+        )
+        if not rows:
+            raise NotFoundError(f"no agent group named {name!r} (see `credgate group list`)")
+        tools = {r["tool"]: r["cred"] for r in rows if r["tool"] is not None}
+        return GroupInfo(rows[0]["name"], rows[0]["description"], rows[0]["created_at"], tools)
+
+    def allow(self, group: str, tools: Iterable[str]) -> None:
+        with self._write() as conn:
+            gid = self._group_id(conn, group)
+            conn.executemany(
+                "INSERT OR IGNORE INTO group_tools (group_id, tool) VALUES (?, ?)", [(gid, t) for t in tools]
+            )
+
+    def deny(self, group: str, tools: Iterable[str]) -> list[str]:
+        """Remove tools from a group (their bindings go too). Returns the tools that were bound."""
+        with self._write() as conn:
+            gid = self._group_id(conn, group)
+            tools = list(tools)
+            marks = ",".join("?" * len(tools))
+            bound = [
+                r["tool"]
+                for r in conn.execute(
+                    f"SELECT tool FROM group_tools WHERE group_id = ? AND tool IN ({marks})"
+                    " AND credential_id IS NOT NULL",
+                    (gid, *tools),
+                )
+            ]
+            conn.execute(f"DELETE FROM group_tools WHERE group_id = ? AND tool IN ({marks})", (gid, *tools))
+        return bound
+
+    def bind(self, group: str, tool: str, credential: str) -> None:
+        with self._write() as conn:
+            gid = self._group_id(conn, group)
+            cred = self._credential_row(conn, credential)
+            cur = conn.execute(
+                "UPDATE group_tools SET credential_id = ? WHERE group_id = ? AND tool = ?", (cred["id"], gid, tool)
+            )
+            if cur.rowcount == 0:
+                raise ConflictError(
+                    f"group {group!r} does not allow tool {tool!r}: run `credgate group allow {group} {tool}` first"
+                )
+
+    def unbind(self, group: str, tool: str) -> None:
+        with self._write() as conn:
+            gid = self._group_id(conn, group)
+            cur = conn.execute(
+                "UPDATE group_tools SET credential_id = NULL WHERE group_id = ? AND tool = ?"
+                " AND credential_id IS NOT NULL",
+                (gid, tool),
+            )
+            if cur.rowcount == 0:
+                raise NotFoundError(f"tool {tool!r} has no credential bound in group {group!r}")
+
+    def allowed_tools(self, group: str) -> dict[str, str | None]:
+        """Tool → bound credential name, for the group's allowed tools (empty if the group is unknown)."""
+        rows = self._query(
+            "SELECT gt.tool, c.name AS cred FROM groups g JOIN group_tools gt ON gt.group_id = g.id"
+            " LEFT JOIN credentials c ON c.id = gt.credential_id WHERE g.name = ?",
+            (group,),
+        )
+        return {r["tool"]: r["cred"] for r in rows}
+
+    def resolve(self, group: str, tool: str) -> Resolution:
+        """At call time: is the tool allowed for the group, and what does its bound credential hold?"""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT gt.credential_id AS cid, c.name, c.type, c.uid, c.key_id, c.wrapped_dek"
+                " FROM groups g JOIN group_tools gt ON gt.group_id = g.id"
+                " LEFT JOIN credentials c ON c.id = gt.credential_id WHERE g.name = ? AND gt.tool = ?",
+                (group, tool),
+            ).fetchone()
+            if row is None:
+                return Resolution(allowed=False)
+            if row["cid"] is None:
+                return Resolution(allowed=True)
+            values = self._conn.execute(
+                "SELECT field, secret, ciphertext FROM credential_values WHERE credential_id = ?", (row["cid"],)
+            ).fetchall()
+        return Resolution(allowed=True, credential=self._decrypt(row, values))
+
+    # -- audit ---------------------------------------------------------------------------
+
+    def write_audit(self, rows: Sequence[AuditRow]) -> None:
+        if not rows:
+            return
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO audit (ts, group_name, agent, tool, credential, outcome, duration_ms, ref)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.ts, r.group, r.agent, r.tool, r.credential, r.outcome, r.duration_ms, r.ref) for r in rows],
+            )
+
+    def read_audit(self, group: str | None = None, tool: str | None = None, limit: int = 50) -> list[AuditRow]:
+        clauses, params = [], []
+        for column, value in (("group_name", group), ("tool", tool)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._query(
+            "SELECT ts, group_name, agent, tool, credential, outcome, duration_ms, ref FROM audit"
+            f" {where} ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [
+            AuditRow(r["ts"], r["group_name"], r["agent"], r["tool"], r["credential"], r["outcome"],
+                     r["duration_ms"], r["ref"])
+            for r in rows
+        ]
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if _is_busy(exc):
+            raise StoreBusyError("the store is busy (another credgate process is writing); retry") from None
+        raise
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        conn.execute("ROLLBACK")
+        if _is_busy(exc):
+            raise StoreBusyError("the store is busy; retry") from None
+        raise
+
+
+def _write_values(
+    conn: sqlite3.Connection,
+    credential_id: int | None,
+    uid: str,
+    dek: DataKey,
+    values: Mapping[str, str],
+    secret_fields: frozenset[str],
+) -> None:
+    conn.executemany(
+        "INSERT INTO credential_values (credential_id, field, secret, ciphertext) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (credential_id, field) DO UPDATE SET secret = excluded.secret, ciphertext = excluded.ciphertext",
+        [(credential_id, f, int(f in secret_fields), dek.encrypt(uid, f, v)) for f, v in values.items()],
+    )
+
+
+def _bindings_of(conn: sqlite3.Connection, credential_id: int) -> list[tuple[str, str]]:
+    return [
+        (r["name"], r["tool"])
+        for r in conn.execute(
+            "SELECT g.name, gt.tool FROM group_tools gt JOIN groups g ON g.id = gt.group_id"
+            " WHERE gt.credential_id = ? ORDER BY g.name, gt.tool",
+            (credential_id,),
+        )
+    ]
+
+
+def _check_keyring(conn: sqlite3.Connection, keyring: Keyring, settings: Settings) -> None:
+    """The primary key must open its check row, and every credential's key must be in the ring."""
+    try:
+        checks = {r["key_id"]: r["check_blob"] for r in conn.execute("SELECT key_id, check_blob FROM master_keys")}
+    except sqlite3.OperationalError as exc:
+        if _is_busy(exc):
+            raise
+        raise StoreError(f"{settings.database_path} is not a credgate store (no key table)") from None
+    in_use = {r["key_id"] for r in conn.execute("SELECT DISTINCT key_id FROM credentials")}
+    primary = keyring.primary
+    blob = checks.get(primary.key_id)
+    if blob is None or not primary.opens_check(blob) or not in_use <= set(keyring.keys):
+        raise MasterKeyError(
+            f"master key does not match this store ({settings.database_path}): set CREDGATE_MASTER_KEY or "
+            f"{settings.key_path} to the key this store was created with"
+        )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
