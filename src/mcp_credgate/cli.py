@@ -525,6 +525,28 @@ def audit(app: App, group_name: str | None, tool_name: str | None, limit: int) -
     )
 
 
+@cli.command()
+@click.option("--group", "group_name", envvar="CREDGATE_GROUP", help="The agent group (or CREDGATE_GROUP).")
+@common_options
+@pass_app
+def serve(app: App, group_name: str | None) -> None:
+    """Serve the group's tools over MCP stdio (for Claude Desktop and other local clients)."""
+    import anyio
+
+    from .transports import configure_logging, serve_stdio
+
+    if not group_name:
+        raise click.ClickException("serve needs --group GROUP (or CREDGATE_GROUP); there is no all-tools default")
+    catalog = app.catalog
+    catalog.raise_problems()
+    if not app.store.group_exists(group_name):
+        raise click.ClickException(
+            f"no agent group named {group_name!r} (create it with `credgate group add {group_name}`)"
+        )
+    configure_logging()
+    anyio.run(serve_stdio, app.settings, catalog, group_name)
+
+
 def main() -> None:
     cli.main(prog_name="credgate")
 

@@ -121,11 +121,11 @@ class GroupInfo:
 
 
 @dataclass(frozen=True)
-class Resolution:
+class Binding:
     """What a (group, tool) pair resolves to at call time."""
 
     allowed: bool
-    credential: Credential | None = None  # None when nothing is bound
+    credential: str | None = None  # the bound credential's name; None when nothing is bound
 
 
 @dataclass(frozen=True)
@@ -539,23 +539,16 @@ class Store:
         )
         return {r["tool"]: r["cred"] for r in rows}
 
-    def resolve(self, group: str, tool: str) -> Resolution:
-        """At call time: is the tool allowed for the group, and what does its bound credential hold?"""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT gt.credential_id AS cid, c.name, c.type, c.uid, c.key_id, c.wrapped_dek"
-                " FROM groups g JOIN group_tools gt ON gt.group_id = g.id"
-                " LEFT JOIN credentials c ON c.id = gt.credential_id WHERE g.name = ? AND gt.tool = ?",
-                (group, tool),
-            ).fetchone()
-            if row is None:
-                return Resolution(allowed=False)
-            if row["cid"] is None:
-                return Resolution(allowed=True)
-            values = self._conn.execute(
-                "SELECT field, secret, ciphertext FROM credential_values WHERE credential_id = ?", (row["cid"],)
-            ).fetchall()
-        return Resolution(allowed=True, credential=self._decrypt(row, values))
+    def binding(self, group: str, tool: str) -> Binding:
+        """At call time: is the tool allowed for the group, and which credential is bound? (No decryption.)"""
+        rows = self._query(
+            "SELECT c.name FROM groups g JOIN group_tools gt ON gt.group_id = g.id"
+            " LEFT JOIN credentials c ON c.id = gt.credential_id WHERE g.name = ? AND gt.tool = ?",
+            (group, tool),
+        )
+        if not rows:
+            return Binding(allowed=False)
+        return Binding(allowed=True, credential=rows[0]["name"])
 
     # -- audit ---------------------------------------------------------------------------
 

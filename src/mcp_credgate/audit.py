@@ -1,0 +1,75 @@
+"""The audit trail writer: calls enqueue rows, one background thread writes them in batches.
+
+A call never waits for SQLite: `record` is a queue put. Rows are flushed every FLUSH_SECONDS or
+BATCH rows, and on `close`, so a clean shutdown loses none.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from .errors import CredgateError
+from .store import AuditRow, now
+
+logger = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 0.2
+BATCH = 200
+
+Outcome = str  # ok | error | missing_credential | denied | invalid_arguments
+
+
+class AuditLog:
+    def __init__(self, write: Callable[[list[AuditRow]], None]) -> None:
+        self._write = write
+        self._queue: queue.SimpleQueue[AuditRow | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="credgate-audit", daemon=True)
+        self._thread.start()
+
+    def record(
+        self,
+        group: str,
+        agent: str | None,
+        tool: str,
+        credential: str | None,
+        outcome: Outcome,
+        started: float,
+        ref: str | None = None,
+    ) -> None:
+        duration_ms = (time.perf_counter() - started) * 1000
+        self._queue.put(AuditRow(now(), group, agent, tool, credential, outcome, round(duration_ms, 3), ref))
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch: list[AuditRow] = []
+            deadline = time.monotonic() + FLUSH_SECONDS
+            while len(batch) < BATCH:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._flush(batch)
+
+    def _flush(self, batch: list[AuditRow]) -> None:
+        for attempt in range(5):
+            try:
+                self._write(batch)
+                return
+            except CredgateError as exc:  # busy: another process holds the write lock; try again
+                if attempt == 4:
+                    logger.error("could not write %d audit rows: %s", len(batch), exc)
+                time.sleep(0.1 * (attempt + 1))
+
+    def close(self) -> None:
+        """Flush what is queued and stop the writer."""
+        self._queue.put(None)
+        self._thread.join(timeout=10)

@@ -1,0 +1,200 @@
+"""The core decision, free of MCP: may this group call this tool, with which credential?
+
+`Gate.check` answers every call with one of: Unknown (not the group's tool), InvalidArguments,
+CredentialWarning (missing, incomplete or unreadable credential: nothing is sent anywhere), or Ready
+(the tool and its decrypted credential). Declarations and argument validators are prepared once;
+bindings and values are read from the store on every call, so a rebind or a rotation needs no restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import jsonschema
+
+from .credential import EMPTY_CREDENTIAL, Credential
+from .declarations import Catalog, Tool
+from .errors import CiphertextError, CredentialValueError, NotFoundError
+from .store import Store
+
+MAX_ARGUMENT_ERROR = 300
+
+
+@dataclass(frozen=True)
+class Unknown:
+    tool: str
+
+
+@dataclass(frozen=True)
+class InvalidArguments:
+    tool: str
+    message: str
+
+
+@dataclass(frozen=True)
+class CredentialWarning:
+    """A structured warning for the agent (contract §4); carries no secret by construction."""
+
+    warning: str  # missing_credential | credential_invalid | credential_expired
+    tool: str
+    group: str
+    credential_type: str
+    missing_fields: tuple[str, ...]
+    setup_url: str
+    setup_command: str
+    credential_name: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        return "missing_credential" if self.warning == "missing_credential" else "error"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "warning": self.warning,
+            "tool": self.tool,
+            "group": self.group,
+            "credential_type": self.credential_type,
+            "missing_fields": list(self.missing_fields),
+            "setup_url": self.setup_url,
+            "setup_command": self.setup_command,
+        }
+
+    def text(self) -> str:
+        if self.warning == "missing_credential" and self.credential_name is None:
+            problem = (
+                f"Tool {self.tool} needs a credential of type {self.credential_type} and none is bound "
+                f"for agent group {self.group}."
+            )
+        elif self.warning == "missing_credential":
+            problem = (
+                f"The credential bound to tool {self.tool} in agent group {self.group} lacks the required "
+                f"field(s) {', '.join(self.missing_fields)}."
+            )
+        else:
+            problem = (
+                f"The credential bound to tool {self.tool} in agent group {self.group} can no longer be read."
+            )
+        return (
+            f"{problem} Nothing was sent. An administrator can set it up at {self.setup_url} "
+            f"or with: {self.setup_command}"
+        )
+
+
+@dataclass(frozen=True)
+class Ready:
+    tool: Tool
+    credential: Credential
+    credential_name: str | None
+
+
+Decision = Unknown | InvalidArguments | CredentialWarning | Ready
+
+
+@dataclass(frozen=True)
+class ListedTool:
+    tool: Tool
+    ready: bool
+
+
+def _describe_error(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    where = f"argument {path!r}" if path else "arguments"
+    if error.validator == "required" and not path:
+        where = "arguments"
+    text = f"{where}: {error.message}"
+    return text if len(text) <= MAX_ARGUMENT_ERROR else text[: MAX_ARGUMENT_ERROR - 1] + "…"
+
+
+class Gate:
+    def __init__(self, store: Store, catalog: Catalog, public_url: str) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.public_url = public_url.rstrip("/")
+        self._validators = {
+            name: jsonschema.Draft202012Validator(t.decl.input_schema) for name, t in catalog.tools.items()
+        }
+
+    def group_exists(self, group: str) -> bool:
+        return self.store.group_exists(group)
+
+    def list_tools(self, group: str) -> list[ListedTool]:
+        """The group's allowed, declared tools; `ready` is False when its credential is not set up."""
+        allowed = self.store.allowed_tools(group)
+        fields_by_cred = (
+            {c.name: c.fields for c in self.store.list_credentials()} if any(allowed.values()) else {}
+        )
+        listed = []
+        for name in sorted(allowed):
+            tool = self.catalog.tool(name)
+            if tool is None:
+                continue
+            spec = tool.credential
+            cred = allowed[name]
+            ready = spec is None or (cred is not None and not spec.missing_fields(fields_by_cred.get(cred, ())))
+            listed.append(ListedTool(tool, ready))
+        return listed
+
+    def setup_url(self, group: str, tool: str) -> str:
+        return f"{self.public_url}/groups/{quote(group, safe='')}/tools/{quote(tool, safe='')}/setup"
+
+    def _warning(
+        self, kind: str, group: str, tool: Tool, missing: tuple[str, ...], credential_name: str | None = None
+    ) -> CredentialWarning:
+        spec = tool.credential
+        assert spec is not None
+        if credential_name is None:
+            command = (
+                f"credgate cred add <name> --tool {tool.name} && credgate bind {group} {tool.name} <name>"
+            )
+        else:
+            command = f"credgate cred update {credential_name} --from-json -"
+        return CredentialWarning(
+            warning=kind, tool=tool.name, group=group, credential_type=spec.type, missing_fields=missing,
+            setup_url=self.setup_url(group, tool.name), setup_command=command, credential_name=credential_name,
+        )
+
+    def check(self, group: str, tool_name: str, arguments: Mapping[str, Any] | None) -> Decision:
+        tool = self.catalog.tool(tool_name)
+        if tool is None:
+            return Unknown(tool_name)
+        binding = self.store.binding(group, tool_name)
+        if not binding.allowed:
+            return Unknown(tool_name)
+        errors = sorted(
+            self._validators[tool_name].iter_errors(dict(arguments or {})), key=lambda e: list(e.absolute_path)
+        )
+        if errors:
+            return InvalidArguments(tool_name, _describe_error(errors[0]))
+        spec = tool.credential
+        if spec is None:
+            return Ready(tool, EMPTY_CREDENTIAL, None)
+        if binding.credential is None:
+            return self._warning("missing_credential", group, tool, tuple(spec.missing_fields(())))
+        try:
+            credential = self.store.read_credential(binding.credential)
+        except NotFoundError:  # removed since the binding was read
+            return self._warning("missing_credential", group, tool, tuple(spec.missing_fields(())))
+        except CiphertextError as exc:
+            fields = (exc.field,) if exc.field else ()
+            return self._warning("credential_invalid", group, tool, fields, exc.credential)
+        return self._credential_decision(group, tool, credential)
+
+    def _credential_decision(self, group: str, tool: Tool, credential: Credential) -> Decision:
+        spec = tool.credential
+        assert spec is not None
+        if credential.type != spec.type:
+            return self._warning("credential_invalid", group, tool, (), credential.name)
+        missing = tuple(spec.missing_fields(credential.keys()))
+        if missing:
+            return self._warning("missing_credential", group, tool, missing, credential.name)
+        for name, value in credential.items():
+            field = spec.field(name)
+            if field is not None:
+                try:
+                    field.check_value(value)
+                except CredentialValueError:
+                    return self._warning("credential_invalid", group, tool, (name,), credential.name)
+        return Ready(tool, credential, credential.name)

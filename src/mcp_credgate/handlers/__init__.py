@@ -1,0 +1,33 @@
+"""Tool handlers: each turns (arguments, credential) into a ToolOutput, with the credential injected here.
+
+A handler never formats a secret into an error; whatever it returns is redacted by the server anyway.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ToolOutput:
+    text: str
+    structured: dict[str, Any] | None = None
+    is_error: bool = False
+
+    @classmethod
+    def from_value(cls, value: Any) -> ToolOutput:
+        """A handler's return value as tool output: text as is, a dict also as structured content."""
+        if isinstance(value, ToolOutput):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, bytes):
+            return cls(value.decode("utf-8", errors="replace"))
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        return cls(text, value if isinstance(value, dict) else None)
+
+    @classmethod
+    def error(cls, text: str) -> ToolOutput:
+        return cls(text, is_error=True)

@@ -1,0 +1,222 @@
+"""`http` handlers: render the declared request, send it with one app-wide client, bound the answer.
+
+Placeholders are rendered in one pass (a value that looks like a placeholder stays literal). The
+declared origin is fixed text; credentials travel only to it: a redirect elsewhere is followed
+without the credential-bearing headers and without Basic auth.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx2
+
+from ..credential import Credential
+from ..declarations import PLACEHOLDER, CredentialSpec, HttpHandler
+from . import ToolOutput
+
+MAX_REDIRECTS = 5
+MAX_ERROR_BODY = 2000
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+# httpx2 logs every request URL at INFO; a credential in a query string must not reach the log.
+logging.getLogger("httpx2").setLevel(logging.WARNING)
+logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+class RequestRefused(Exception):
+    """The arguments would change the request's shape (path traversal, header injection)."""
+
+
+def _arg_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def render(
+    template: str, args: Mapping[str, Any], credential: Mapping[str, str], *, path_segment: bool = False
+) -> str:
+    """Substitute `{args.X}`/`{cred.F}` in one pass. In a URL path, values are percent-encoded whole."""
+
+    def sub(m: re.Match[str]) -> str:
+        scope, name = m.group(1), m.group(2)
+        if scope == "args":
+            text = _arg_text(args[name]) if name in args and args[name] is not None else ""
+        elif scope == "cred":
+            text = credential.get(name, "")
+        else:
+            return m.group(0)
+        if path_segment:
+            if text in (".", ".."):
+                raise RequestRefused(f"argument {name!r} may not be '.' or '..' in a URL path")
+            return quote(text, safe="")
+        if "\r" in text or "\n" in text or "\x00" in text:
+            raise RequestRefused(f"{'argument ' + repr(name) if scope == 'args' else 'a value'} contains CR, LF or NUL")
+        return text
+
+    return PLACEHOLDER.sub(sub, template)
+
+
+def _only_absent_arg(template: str, args: Mapping[str, Any]) -> bool:
+    m = PLACEHOLDER.fullmatch(template)
+    return m is not None and m.group(1) == "args" and args.get(m.group(2)) is None
+
+
+def render_json(value: Any, args: Mapping[str, Any], credential: Mapping[str, str]) -> Any:
+    """A JSON body template: a string that is one `{args.X}` keeps the argument's JSON type."""
+    if isinstance(value, str):
+        m = PLACEHOLDER.fullmatch(value)
+        if m is not None and m.group(1) == "args":
+            return args.get(m.group(2))
+        return render(value, args, credential)
+    if isinstance(value, dict):
+        return {
+            k: render_json(v, args, credential)
+            for k, v in value.items()
+            if not (isinstance(v, str) and _only_absent_arg(v, args))
+        }
+    if isinstance(value, list):
+        return [render_json(v, args, credential) for v in value]
+    return value
+
+
+def render_url(template: str, args: Mapping[str, Any], credential: Mapping[str, str]) -> str:
+    scheme, sep, rest = template.partition("://")
+    cut = re.search(r"[/?#]", rest)
+    origin_end = len(scheme) + len(sep) + (cut.start() if cut else len(rest))
+    return template[:origin_end] + render(template[origin_end:], args, credential, path_segment=True)
+
+
+def _uses_basic_auth(spec: CredentialSpec | None, handler: HttpHandler) -> bool:
+    if spec is None or any(k.lower() == "authorization" for k in handler.headers):
+        return False
+    kinds = {f.kind for f in spec.fields}
+    return "username" in kinds and "password" in kinds
+
+
+def _basic_auth(spec: CredentialSpec, credential: Credential) -> httpx2.BasicAuth:
+    user = next(f.name for f in spec.fields if f.kind == "username")
+    password = next(f.name for f in spec.fields if f.kind == "password")
+    return httpx2.BasicAuth(credential.get(user, ""), credential.get(password, ""))
+
+
+def _origin(url: httpx2.URL) -> tuple[str, str, int | None]:
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host, url.port or default
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """One client serves every group: a cookie set for one group must never ride along for another."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+
+def make_client() -> httpx2.AsyncClient:
+    jar = http.cookiejar.CookieJar(policy=_NoCookies())
+    return httpx2.AsyncClient(follow_redirects=False, cookies=jar, trust_env=False)
+
+
+async def run_http(
+    client: httpx2.AsyncClient,
+    handler: HttpHandler,
+    spec: CredentialSpec | None,
+    args: Mapping[str, Any],
+    credential: Credential,
+) -> ToolOutput:
+    try:
+        url = render_url(handler.url, args, credential)
+        params = {
+            k: render(v, args, credential) for k, v in handler.query.items() if not _only_absent_arg(v, args)
+        }
+        headers = {k: render(v, args, credential) for k, v in handler.headers.items()}
+        body = render_json(handler.json_body, args, credential) if handler.json_body is not None else None
+    except RequestRefused as exc:
+        return ToolOutput.error(f"request refused: {exc}")
+    secret_headers = {k for k, v in handler.headers.items() if "{cred." in v}
+    auth = _basic_auth(spec, credential) if spec is not None and _uses_basic_auth(spec, handler) else None
+    request = client.build_request(
+        handler.method, url, params=params, headers=headers, json=body,
+        timeout=httpx2.Timeout(handler.timeout),
+    )
+    home = _origin(request.url)
+    host = request.url.host
+    try:
+        for _ in range(MAX_REDIRECTS + 1):
+            same_origin = _origin(request.url) == home
+            response = await client.send(request, auth=auth if same_origin else None, stream=True)
+            try:
+                if response.status_code in REDIRECT_CODES and "location" in response.headers:
+                    request = _next_request(client, request, response, home, secret_headers, handler.timeout)
+                    continue
+                data = await _read_capped(response, handler.max_response_bytes)
+            finally:
+                await response.aclose()
+            if data is None:
+                return ToolOutput.error(f"the response from {host} is larger than {handler.max_response_bytes} bytes")
+            return _output(response, data, host)
+        return ToolOutput.error(f"{host} redirected more than {MAX_REDIRECTS} times")
+    except httpx2.TimeoutException:
+        return ToolOutput.error(f"{host} did not answer within {handler.timeout:g} s")
+    except httpx2.ConnectError:
+        return ToolOutput.error(f"could not connect to {host}")
+    except httpx2.HTTPError as exc:
+        return ToolOutput.error(f"the request to {host} failed ({type(exc).__name__})")
+
+
+def _next_request(
+    client: httpx2.AsyncClient,
+    request: httpx2.Request,
+    response: httpx2.Response,
+    home: tuple[str, str, int | None],
+    secret_headers: set[str],
+    timeout: float,
+) -> httpx2.Request:
+    url = request.url.join(response.headers["location"])
+    method = request.method
+    content: bytes | None = request.content
+    if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
+        method, content = "GET", None
+    headers = dict(request.headers)
+    headers.pop("host", None)
+    if _origin(url) != home:
+        lowered = {h.lower() for h in secret_headers} | {"authorization", "cookie"}
+        headers = {k: v for k, v in headers.items() if k.lower() not in lowered}
+    if content is None:
+        headers = {k: v for k, v in headers.items() if k.lower() not in ("content-length", "content-type")}
+    return client.build_request(method, url, headers=headers, content=content, timeout=httpx2.Timeout(timeout))
+
+
+async def _read_capped(response: httpx2.Response, cap: int) -> bytes | None:
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _output(response: httpx2.Response, data: bytes, host: str) -> ToolOutput:
+    text = data.decode(response.encoding or "utf-8", errors="replace")
+    if response.status_code >= 400:
+        body = text if len(text) <= MAX_ERROR_BODY else text[:MAX_ERROR_BODY] + "…"
+        return ToolOutput.error(f"HTTP {response.status_code} from {host}: {body}")
+    structured = None
+    if "json" in response.headers.get("content-type", ""):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            structured = parsed
+    return ToolOutput(text, structured)

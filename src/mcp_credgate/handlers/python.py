@@ -1,0 +1,27 @@
+"""`python` handlers: `function(args, credential)`, async or sync (sync runs in a worker thread)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+
+from ..credential import Credential
+from ..declarations import PythonHandler
+from . import ToolOutput
+
+
+async def run_python(
+    handler: PythonHandler, function: Callable[..., Any], args: Mapping[str, Any], credential: Credential
+) -> ToolOutput:
+    """Exceptions propagate to the caller, which turns them into a generic error with a reference id."""
+    with anyio.fail_after(handler.timeout):
+        if inspect.iscoroutinefunction(function):
+            value = await function(args, credential)
+        else:
+            value = await anyio.to_thread.run_sync(function, args, credential, abandon_on_cancel=True)
+            if inspect.isawaitable(value):
+                value = await value
+    return ToolOutput.from_value(value)

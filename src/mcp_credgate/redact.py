@@ -1,0 +1,103 @@
+"""Value-based redaction: every secret of the credential in use, in every encoding an upstream might echo.
+
+Forms hunted: raw, URL-encoded (quote and quote_plus), JSON-escaped, hex, base64 (standard and URL-safe,
+with and without padding, and at each of the three byte alignments so a secret inside a longer base64
+string is found too), and the base64 of `username:password` (HTTP Basic).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+from .credential import Credential
+
+MIN_DERIVED_LENGTH = 4  # shorter secrets are still redacted raw, but their encodings would match noise
+
+
+def _b64_forms(data: bytes) -> set[str]:
+    """Base64 text of `data` as it appears inside any longer base64 string, for each alignment."""
+    forms: set[str] = set()
+    for lead in range(3):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            text = encode(b"\0" * lead + data).decode()
+            start = {0: 0, 1: 2, 2: 3}[lead]  # characters that still carry bits of the lead bytes
+            full_groups_end = ((lead + len(data)) // 3) * 4
+            stable = text[start:full_groups_end]
+            if len(stable) >= 8:
+                forms.add(stable)
+            if lead == 0:
+                forms.add(text)
+                forms.add(text.rstrip("="))
+    return forms
+
+
+def encoded_forms(value: str) -> set[str]:
+    """Every text form of one secret value that redaction replaces."""
+    forms = {value}
+    if len(value) < MIN_DERIVED_LENGTH:
+        return forms
+    raw = value.encode()
+    forms |= {quote(value, safe=""), quote_plus(value, safe=""), quote(value), json.dumps(value)[1:-1]}
+    forms |= {raw.hex(), raw.hex().upper()}
+    forms |= _b64_forms(raw)
+    return {f for f in forms if f}
+
+
+class Redactor:
+    """Replaces secret values in strings and in JSON-like structures.
+
+    Built per call and dropped with it: no cache keeps secret values alive (not even `re`'s pattern
+    cache, hence plain `str.replace`, longest form first).
+    """
+
+    __slots__ = ("_replacements",)
+
+    def __init__(self, secrets: Mapping[str, str], extra: Iterable[tuple[str, str]] = ()) -> None:
+        replacements: dict[str, str] = {}
+        for fieldname, value in (*secrets.items(), *extra):
+            for form in encoded_forms(value):
+                replacements.setdefault(form, f"[redacted:{fieldname}]")
+        self._replacements = sorted(replacements.items(), key=lambda kv: len(kv[0]), reverse=True)
+
+    def __bool__(self) -> bool:
+        return bool(self._replacements)
+
+    def __repr__(self) -> str:
+        return f"Redactor({len(self._replacements)} forms)"
+
+    def text(self, value: str) -> str:
+        for form, replacement in self._replacements:
+            if form in value:
+                value = value.replace(form, replacement)
+        return value
+
+    def obj(self, value: Any) -> Any:
+        """Redact every string (keys included) of a JSON-like value."""
+        if not self._replacements:
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.text(k) if isinstance(k, str) else k: self.obj(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.obj(v) for v in value]
+        return value
+
+
+NO_REDACTION = Redactor({})
+
+
+def redactor_for(credential: Credential | None) -> Redactor:
+    if credential is None:
+        return NO_REDACTION
+    return Redactor(credential.secrets(), _basic_auth_pairs(credential))
+
+
+def _basic_auth_pairs(credential: Credential) -> list[tuple[str, str]]:
+    """`username:password` joined, so its base64 (an HTTP Basic header) is redacted too."""
+    users = [v for k, v in credential.items() if not credential.is_secret(k)]
+    return [(field, f"{user}:{pw}") for user in users for field, pw in credential.secrets().items()]

@@ -1,0 +1,183 @@
+"""The MCP wiring: a low-level `Server` whose tool list and calls are worked out per caller's group.
+
+Every request stands alone (the SDK's newest protocol has no session): the group comes from
+`identify(ctx)` each time. Everything that leaves for the agent passes through the redactor of the
+credential in use; no exception escapes `on_call_tool` (the SDK would echo its text in legacy mode).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import traceback
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import mcp_types as types
+from mcp.server import Server
+from mcp.server.context import ServerRequestContext
+from mcp.shared.exceptions import MCPError
+
+from . import __version__
+from .audit import AuditLog
+from .config import Settings
+from .credential import Credential
+from .declarations import Catalog, HttpHandler, PythonHandler, Tool
+from .gate import CredentialWarning, Gate, InvalidArguments, Ready, Unknown
+from .handlers import ToolOutput
+from .handlers.http import make_client, run_http
+from .handlers.python import run_python
+from .redact import Redactor, redactor_for
+from .store import Store
+
+logger = logging.getLogger("credgate.server")
+
+NOT_READY_NOTE = " (Not set up yet for this agent group: calling it returns setup instructions.)"
+
+
+@dataclass(frozen=True)
+class Caller:
+    group: str
+    agent: str | None = None
+
+
+class Gateway:
+    """App-lifetime parts: declarations, store, gate, HTTP client and audit writer."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, store: Store, audit_store: Store) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.store = store
+        self.gate = Gate(store, catalog, settings.public_url)
+        self.audit = AuditLog(audit_store.write_audit)
+        self._audit_store = audit_store
+        self._http: httpx2.AsyncClient | None = None
+
+    @classmethod
+    def open(cls, settings: Settings, catalog: Catalog) -> Gateway:
+        catalog.raise_problems()
+        return cls(settings, catalog, Store.open(settings), Store.open(settings))
+
+    @property
+    def http(self) -> httpx2.AsyncClient:
+        if self._http is None:
+            self._http = make_client()
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+        self.audit.close()
+        self._audit_store.close()
+        self.store.close()
+
+    # -- tools/list ------------------------------------------------------------------------
+
+    def list_tools(self, group: str) -> list[types.Tool]:
+        return [
+            types.Tool(
+                name=listed.tool.name,
+                description=listed.tool.decl.description + ("" if listed.ready else NOT_READY_NOTE),
+                input_schema=listed.tool.decl.input_schema,
+            )
+            for listed in self.gate.list_tools(group)
+        ]
+
+    # -- tools/call ------------------------------------------------------------------------
+
+    async def call_tool(self, caller: Caller, name: str, arguments: Mapping[str, Any] | None) -> types.CallToolResult:
+        started = time.perf_counter()
+        group, agent = caller.group, caller.agent
+        decision = self.gate.check(group, name, arguments)
+        if isinstance(decision, Unknown):
+            self.audit.record(group, agent, name, None, "denied", started)
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
+        if isinstance(decision, InvalidArguments):
+            self.audit.record(group, agent, name, None, "invalid_arguments", started)
+            return _text_result(f"Invalid arguments for tool {name}: {decision.message}", is_error=True)
+        if isinstance(decision, CredentialWarning):
+            self.audit.record(group, agent, name, decision.credential_name, decision.outcome, started)
+            return types.CallToolResult(
+                content=[types.TextContent(type="text", text=decision.text())],
+                structured_content=decision.as_json(),
+                is_error=True,
+            )
+        return await self._run(decision, caller, dict(arguments or {}), started)
+
+    async def _run(self, ready: Ready, caller: Caller, args: dict[str, Any], started: float) -> types.CallToolResult:
+        redactor = redactor_for(ready.credential)
+        try:
+            output = await self._dispatch(ready.tool, args, ready.credential)
+        except Exception as exc:
+            ref = secrets.token_hex(4)
+            details = "".join(traceback.format_exception(exc))
+            logger.error("tool %s failed (ref: %s):\n%s", ready.tool.name, ref, redactor.text(details))
+            self.audit.record(caller.group, caller.agent, ready.tool.name, ready.credential_name, "error", started, ref)
+            return _text_result(f"The tool {ready.tool.name} failed (ref: {ref}).", is_error=True)
+        outcome = "error" if output.is_error else "ok"
+        self.audit.record(caller.group, caller.agent, ready.tool.name, ready.credential_name, outcome, started)
+        return _to_result(output, redactor)
+
+    async def _dispatch(self, tool: Tool, args: dict[str, Any], credential: Credential) -> ToolOutput:
+        handler = tool.decl.handler
+        if isinstance(handler, HttpHandler):
+            return await run_http(self.http, handler, tool.credential, args, credential)
+        if isinstance(handler, PythonHandler):
+            assert tool.function is not None
+            return await run_python(handler, tool.function, args, credential)
+        raise NotImplementedError(f"handler kind {handler.kind!r}")
+
+
+def _text_result(text: str, *, is_error: bool = False) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=is_error)
+
+
+def _to_result(output: ToolOutput, redactor: Redactor) -> types.CallToolResult:
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=redactor.text(output.text))],
+        structured_content=redactor.obj(output.structured) if output.structured is not None else None,
+        is_error=output.is_error,
+    )
+
+
+Identify = Callable[[ServerRequestContext[Any]], Caller]
+
+
+def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
+    """A low-level MCP server over the gateway; `identify` names the caller of each request."""
+
+    async def on_list_tools(
+        ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=gateway.list_tools(identify(ctx).group))
+
+    async def on_call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+        try:
+            return await gateway.call_tool(identify(ctx), params.name, params.arguments)
+        except MCPError:
+            raise
+        except Exception as exc:  # a bug of ours: never let its text (or a secret in it) reach the agent
+            ref = secrets.token_hex(4)
+            logger.error("call of %s failed (ref: %s): %s", params.name, ref, type(exc).__name__)
+            return _text_result(f"The gateway could not run {params.name} (ref: {ref}).", is_error=True)
+
+    return Server(
+        "mcp-credgate",
+        version=__version__,
+        instructions="Tools run through mcp-credgate; credentials stay on the server.",
+        on_list_tools=on_list_tools,
+        on_call_tool=on_call_tool,
+    )
+
+
+@asynccontextmanager
+async def open_gateway(settings: Settings, catalog: Catalog) -> AsyncIterator[Gateway]:
+    gateway = Gateway.open(settings, catalog)
+    try:
+        yield gateway
+    finally:
+        await gateway.aclose()
