@@ -10,10 +10,11 @@ import logging
 import queue
 import threading
 import time
+from datetime import UTC, datetime
 from collections.abc import Callable
 
 from .errors import CredgateError
-from .store import AuditRow, now
+from .store import AuditRow
 
 logger = logging.getLogger(__name__)
 
@@ -21,12 +22,21 @@ FLUSH_SECONDS = 0.2
 BATCH = 200
 
 Outcome = str  # ok | error | missing_credential | denied | invalid_arguments
+# What a call enqueues: cheap to build on the call path; the writer thread turns it into an AuditRow.
+_Pending = tuple[float, str, str | None, str, str | None, Outcome, float, str | None]
+
+
+def _row(
+    ts: float, group: str, agent: str | None, tool: str, cred: str | None, outcome: str, ms: float, ref: str | None
+) -> AuditRow:
+    stamp = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+    return AuditRow(stamp, group, agent, tool, cred, outcome, round(ms, 3), ref)
 
 
 class AuditLog:
     def __init__(self, write: Callable[[list[AuditRow]], None]) -> None:
         self._write = write
-        self._queue: queue.SimpleQueue[AuditRow | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="credgate-audit", daemon=True)
         self._thread.start()
 
@@ -41,12 +51,12 @@ class AuditLog:
         ref: str | None = None,
     ) -> None:
         duration_ms = (time.perf_counter() - started) * 1000
-        self._queue.put(AuditRow(now(), group, agent, tool, credential, outcome, round(duration_ms, 3), ref))
+        self._queue.put((time.time(), group, agent, tool, credential, outcome, duration_ms, ref))
 
     def _run(self) -> None:
         stop = False
         while not stop:
-            batch: list[AuditRow] = []
+            batch: list[_Pending] = []
             deadline = time.monotonic() + FLUSH_SECONDS
             while len(batch) < BATCH:
                 try:
@@ -57,7 +67,8 @@ class AuditLog:
                     stop = True
                     break
                 batch.append(item)
-            self._flush(batch)
+            if batch:
+                self._flush([_row(*item) for item in batch])
 
     def _flush(self, batch: list[AuditRow]) -> None:
         for attempt in range(5):

@@ -17,7 +17,7 @@ import jsonschema
 
 from .credential import EMPTY_CREDENTIAL, Credential
 from .declarations import Catalog, Tool
-from .errors import CiphertextError, CredentialValueError, NotFoundError
+from .errors import CiphertextError, CredentialValueError
 from .store import Store
 
 MAX_ARGUMENT_ERROR = 300
@@ -163,20 +163,18 @@ class Gate:
         binding = self.store.binding(group, tool_name)
         if not binding.allowed:
             return Unknown(tool_name)
-        errors = sorted(
-            self._validators[tool_name].iter_errors(dict(arguments or {})), key=lambda e: list(e.absolute_path)
-        )
-        if errors:
+        validator = self._validators[tool_name]
+        args = dict(arguments or {})
+        if not validator.is_valid(args):
+            errors = sorted(validator.iter_errors(args), key=lambda e: list(e.absolute_path))
             return InvalidArguments(tool_name, _describe_error(errors[0]))
         spec = tool.credential
         if spec is None:
             return Ready(tool, EMPTY_CREDENTIAL, None)
-        if binding.credential is None:
+        if binding.sealed is None:
             return self._warning("missing_credential", group, tool, tuple(spec.missing_fields(())))
         try:
-            credential = self.store.read_credential(binding.credential)
-        except NotFoundError:  # removed since the binding was read
-            return self._warning("missing_credential", group, tool, tuple(spec.missing_fields(())))
+            credential = self.store.open_sealed(binding.sealed)
         except CiphertextError as exc:
             fields = (exc.field,) if exc.field else ()
             return self._warning("credential_invalid", group, tool, fields, exc.credential)

@@ -19,20 +19,18 @@ MIN_DERIVED_LENGTH = 4  # shorter secrets are still redacted raw, but their enco
 
 
 def _b64_forms(data: bytes) -> set[str]:
-    """Base64 text of `data` as it appears inside any longer base64 string, for each alignment."""
+    """Base64 text of `data` as it appears inside any longer base64 string, for each byte alignment,
+    in the standard and the URL-safe alphabet."""
     forms: set[str] = set()
     for lead in range(3):
-        for encode in (base64.b64encode, base64.urlsafe_b64encode):
-            text = encode(b"\0" * lead + data).decode()
-            start = {0: 0, 1: 2, 2: 3}[lead]  # characters that still carry bits of the lead bytes
-            full_groups_end = ((lead + len(data)) // 3) * 4
-            stable = text[start:full_groups_end]
-            if len(stable) >= 8:
-                forms.add(stable)
-            if lead == 0:
-                forms.add(text)
-                forms.add(text.rstrip("="))
-    return forms
+        text = base64.b64encode(b"\0" * lead + data).decode()
+        start = (0, 2, 3)[lead]  # characters that still carry bits of the lead bytes
+        stable = text[start : ((lead + len(data)) // 3) * 4]
+        if len(stable) >= 8:
+            forms.add(stable)
+        if lead == 0:
+            forms |= {text, text.rstrip("=")}
+    return forms | {f.replace("+", "-").replace("/", "_") for f in forms}
 
 
 def encoded_forms(value: str) -> set[str]:

@@ -89,8 +89,6 @@ def _m0001_initial(db: Database) -> None:
             duration_ms REAL NOT NULL,
             ref TEXT
         );
-        CREATE INDEX audit_group ON audit(group_name, id);
-        CREATE INDEX audit_tool ON audit(tool, id);
         """
     )
 
@@ -121,11 +119,23 @@ class GroupInfo:
 
 
 @dataclass(frozen=True)
+class SealedCredential:
+    """A credential's row and value ciphertexts, read but not decrypted."""
+
+    row: sqlite3.Row
+    values: tuple[sqlite3.Row, ...]
+
+    def __repr__(self) -> str:
+        return f"SealedCredential({self.row['name']!r})"
+
+
+@dataclass(frozen=True)
 class Binding:
     """What a (group, tool) pair resolves to at call time."""
 
     allowed: bool
     credential: str | None = None  # the bound credential's name; None when nothing is bound
+    sealed: SealedCredential | None = None
 
 
 @dataclass(frozen=True)
@@ -147,7 +157,12 @@ def load_keyring(settings: Settings, env: Mapping[str, str] | None = None) -> Ke
     primary = (
         MasterKey.from_text(text, "CREDGATE_MASTER_KEY") if text else read_key_file(settings.key_path)
     )
-    pending = read_key_file(settings.pending_key_path)
+    try:
+        pending = read_key_file(settings.pending_key_path)
+    except MasterKeyError:
+        # A rotation died while writing master.key.new: that key was never used (its row goes into the
+        # store only after the file is synced), and the next rotation replaces the file.
+        pending = None
     if primary is None:
         return None
     return Keyring(primary, [pending] if pending is not None else [])
@@ -180,6 +195,7 @@ class Store:
         self._conn = conn
         self._keyring = keyring
         self._lock = threading.RLock()
+        self._key_source: tuple[Settings, Mapping[str, str] | None] | None = None  # set by `open`
 
     # -- opening -------------------------------------------------------------------------
 
@@ -193,30 +209,23 @@ class Store:
             home.mkdir(mode=0o700, parents=True)
             home.chmod(0o700)
             created = True
+        if settings.database_path.exists():
+            return cls.open(settings, env), created  # never a new key over an existing store
         keyring = load_keyring(settings, env)
-        db_exists = settings.database_path.exists()
         if keyring is None:
-            if db_exists:
-                raise MasterKeyError(
-                    f"master key missing: {settings.key_path} does not exist and CREDGATE_MASTER_KEY is not "
-                    "set; a new key is never generated over an existing store: restore the key file"
-                )
             key = MasterKey.generate()
             write_key_file(settings.key_path, key)
             keyring = Keyring(key)
-            created = True
-        if not db_exists:
-            _create_private_file(settings.database_path)
-            conn = _connect(settings.database_path)
-            conn.execute("PRAGMA journal_mode = WAL")
-            migrations.apply(Database(conn))
-            with _transaction(conn):
-                conn.execute(
-                    "INSERT INTO master_keys (key_id, check_blob, state, created_at) VALUES (?, ?, 'current', ?)",
-                    (keyring.primary.key_id, keyring.primary.check_blob(), now()),
-                )
-            return cls(settings.database_path, conn, keyring), True
-        return cls.open(settings, env), created
+        _create_private_file(settings.database_path)
+        conn = _connect(settings.database_path)
+        conn.execute("PRAGMA journal_mode = WAL")
+        migrations.apply(Database(conn))
+        with _transaction(conn):
+            conn.execute(
+                "INSERT INTO master_keys (key_id, check_blob, state, created_at) VALUES (?, ?, 'current', ?)",
+                (keyring.primary.key_id, keyring.primary.check_blob(), now()),
+            )
+        return cls(settings.database_path, conn, keyring), True
 
     @classmethod
     def open(cls, settings: Settings, env: Mapping[str, str] | None = None) -> Store:
@@ -224,10 +233,16 @@ class Store:
         path = settings.database_path
         if not path.exists():
             raise NotInitialisedError(f"no credgate store at {settings.home}: run `credgate init` first")
-        keyring = load_keyring(settings, env)
+        mismatch = f"master key does not match this store ({path})"
+        try:
+            keyring = load_keyring(settings, env)
+        except MasterKeyError as exc:  # malformed or truncated
+            raise MasterKeyError(f"{mismatch}: {exc}") from None
         if keyring is None:
             raise MasterKeyError(
-                f"master key missing: set CREDGATE_MASTER_KEY or restore {settings.key_path}"
+                f"{mismatch}: no key found: {settings.key_path} does not exist and CREDGATE_MASTER_KEY is "
+                "not set; restore the key file or set CREDGATE_MASTER_KEY (a new key is never generated over "
+                "an existing store)"
             )
         conn = _connect(path)
         try:
@@ -242,7 +257,9 @@ class Store:
         except BaseException:
             conn.close()
             raise
-        return cls(path, conn, keyring)
+        store = cls(path, conn, keyring)
+        store._key_source = (settings, env)
+        return store
 
     def close(self) -> None:
         self._conn.close()
@@ -279,13 +296,28 @@ class Store:
         raise MasterKeyError("master key does not match this store")
 
     def _data_key(self, row: sqlite3.Row) -> DataKey:
-        master = self._keyring.get(row["key_id"])
+        master = self._keyring.get(row["key_id"]) or self._reloaded_key(row["key_id"])
         if master is None:
             raise CiphertextError(row["name"])
         try:
             return master.unwrap(row["wrapped_dek"], row["uid"])
         except OpenError:
             raise CiphertextError(row["name"]) from None
+
+    def _reloaded_key(self, key_id: str) -> MasterKey | None:
+        """A key this process does not hold: another process (`credgate key rotate`) may have rotated the
+        master key since this store was opened. Read the key files as they are now, as a restart would."""
+        if self._key_source is None:
+            return None
+        try:
+            keyring = load_keyring(*self._key_source)
+        except MasterKeyError:
+            return None
+        master = keyring.get(key_id) if keyring is not None else None
+        if keyring is not None and master is not None:
+            with self._lock:
+                self._keyring = keyring
+        return master
 
     def rotate_master_key(self, settings: Settings, key_from_env: bool) -> MasterKey:
         """Re-wrap every data key under a new master key. Safe to kill at any point and run again.
@@ -540,15 +572,24 @@ class Store:
         return {r["tool"]: r["cred"] for r in rows}
 
     def binding(self, group: str, tool: str) -> Binding:
-        """At call time: is the tool allowed for the group, and which credential is bound? (No decryption.)"""
+        """At call time, in one query: is the tool allowed for the group, and what does its bound credential
+        hold (still sealed: `open_sealed` decrypts it once the caller decides to use it)?"""
         rows = self._query(
-            "SELECT c.name FROM groups g JOIN group_tools gt ON gt.group_id = g.id"
-            " LEFT JOIN credentials c ON c.id = gt.credential_id WHERE g.name = ? AND gt.tool = ?",
+            "SELECT gt.credential_id AS cid, c.name, c.type, c.uid, c.key_id, c.wrapped_dek,"
+            " v.field, v.secret, v.ciphertext FROM groups g JOIN group_tools gt ON gt.group_id = g.id"
+            " LEFT JOIN credentials c ON c.id = gt.credential_id"
+            " LEFT JOIN credential_values v ON v.credential_id = c.id WHERE g.name = ? AND gt.tool = ?",
             (group, tool),
         )
         if not rows:
             return Binding(allowed=False)
-        return Binding(allowed=True, credential=rows[0]["name"])
+        if rows[0]["cid"] is None:
+            return Binding(allowed=True)
+        values = tuple(r for r in rows if r["field"] is not None)
+        return Binding(allowed=True, credential=rows[0]["name"], sealed=SealedCredential(rows[0], values))
+
+    def open_sealed(self, sealed: SealedCredential) -> Credential:
+        return self._decrypt(sealed.row, sealed.values)
 
     # -- audit ---------------------------------------------------------------------------
 

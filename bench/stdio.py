@@ -1,0 +1,108 @@
+"""Benchmark: credgate over stdio vs a bare `mcp` low-level server, side by side in one run.
+
+Both serve an echo tool; credgate's needs an API-key credential, which it resolves, decrypts and
+injects on every call, then redacts the output and queues an audit row. Each server gets the same
+number of sequential calls from the SDK's stdio client, in alternating rounds so drift hits both.
+
+    python bench/stdio.py [--calls 2000] [--rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+HERE = Path(__file__).resolve().parent
+TOOL = f"""
+name = "echo"
+description = "Echo the text back."
+[input_schema]
+type = "object"
+required = ["text"]
+properties.text = {{ type = "string" }}
+[credential]
+type = "bench"
+fields = [{{ name = "api_key", kind = "api_key" }}]
+[handler]
+kind = "python"
+entrypoint = "bench_tools:echo"
+"""
+
+
+def setup_credgate(home: Path) -> tuple[list[str], dict[str, str]]:
+    tools = home / "tools.d"
+    tools.mkdir(parents=True)
+    (tools / "echo.toml").write_text(TOOL)
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    base = [sys.executable, "-m", "mcp_credgate"]
+    common = ["--home", str(home), "--tools-dir", str(tools)]
+
+    def run(*args: str, stdin: str | None = None) -> None:
+        subprocess.run([*base, *args, *common], input=stdin, text=True, check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+
+    run("init")
+    run("cred", "add", "bench-key", "--tool", "echo", "--from-json", "-", stdin='{"api_key": "sk-bench-0123456789abcdef"}')
+    run("group", "add", "bench")
+    run("group", "allow", "bench", "echo")
+    run("bind", "bench", "echo", "bench-key")
+    return [*base, "serve", "--group", "bench", *common], {"PYTHONPATH": str(HERE)}
+
+
+async def measure(argv: list[str], env: dict[str, str], calls: int) -> list[float]:
+    params = StdioServerParameters(command=argv[0], args=argv[1:], env=env)
+    with open(os.devnull, "w") as devnull:
+        async with Client(stdio_client(params, errlog=devnull)) as client:
+            for _ in range(20):  # warm-up
+                await client.call_tool("echo", {"text": "warm"})
+            times = []
+            for i in range(calls):
+                start = time.perf_counter()
+                result = await client.call_tool("echo", {"text": f"hello {i}"})
+                times.append(time.perf_counter() - start)
+                assert not result.is_error, result
+    return times
+
+
+def summary(times: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(times)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return len(times) / sum(times), statistics.median(times) * 1000, p99 * 1000
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=2000, help="sequential calls per server (default 2000)")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds the calls are split into")
+    opts = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        credgate_argv, credgate_env = setup_credgate(Path(tmp) / "home")
+        bare_argv = [sys.executable, str(HERE / "bare_server.py")]
+        per_round = max(1, opts.calls // opts.rounds)
+        results: dict[str, list[float]] = {"bare mcp server": [], "credgate serve": []}
+        for _ in range(opts.rounds):
+            results["bare mcp server"] += await measure(bare_argv, {}, per_round)
+            results["credgate serve"] += await measure(credgate_argv, credgate_env, per_round)
+    print(f"stdio, {per_round * opts.rounds} sequential tools/call each, {opts.rounds} alternating rounds")
+    print(f"{'server':<18}{'calls/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    figures = {}
+    for name, times in results.items():
+        figures[name] = summary(times)
+        rate, p50, p99 = figures[name]
+        print(f"{name:<18}{rate:>10.0f}{p50:>10.3f}{p99:>10.3f}")
+    ratio = figures["credgate serve"][0] / figures["bare mcp server"][0]
+    print(f"throughput ratio credgate/bare: {ratio:.2f} (target >= 0.90)")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
