@@ -10,8 +10,8 @@ import logging
 import queue
 import threading
 import time
-from datetime import UTC, datetime
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from .errors import CredgateError
 from .store import AuditRow

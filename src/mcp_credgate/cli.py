@@ -9,7 +9,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -37,15 +37,40 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
 
 def common_options(f: F) -> F:
     for opt in (
-        click.option("--home", type=click.Path(path_type=Path), expose_value=False, callback=_remember,
-                     is_eager=True, help="Data folder (default: $CREDGATE_HOME or ~/.local/share/credgate)."),
-        click.option("--tools-dir", "tools_dir", multiple=True, type=click.Path(path_type=Path),
-                     expose_value=False, callback=_remember, is_eager=True,
-                     help="Folder of tool declarations (repeatable; default ./tools.d or <home>/tools.d)."),
-        click.option("--public-url", expose_value=False, callback=_remember, is_eager=True,
-                     help="Base URL of setup links (default http://127.0.0.1:8765)."),
-        click.option("--json", "as_json", is_flag=True, expose_value=False, callback=_remember, is_eager=True,
-                     help="Machine-readable output."),
+        click.option(
+            "--home",
+            type=click.Path(path_type=Path),
+            expose_value=False,
+            callback=_remember,
+            is_eager=True,
+            help="Data folder (default: $CREDGATE_HOME or ~/.local/share/credgate).",
+        ),
+        click.option(
+            "--tools-dir",
+            "tools_dir",
+            multiple=True,
+            type=click.Path(path_type=Path),
+            expose_value=False,
+            callback=_remember,
+            is_eager=True,
+            help="Folder of tool declarations (repeatable; default ./tools.d or <home>/tools.d).",
+        ),
+        click.option(
+            "--public-url",
+            expose_value=False,
+            callback=_remember,
+            is_eager=True,
+            help="Base URL of setup links (default http://127.0.0.1:8765).",
+        ),
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            expose_value=False,
+            callback=_remember,
+            is_eager=True,
+            help="Machine-readable output.",
+        ),
     ):
         f = opt(f)
     return f
@@ -84,7 +109,7 @@ class App:
         if self._store is not None:
             self._store.close()
 
-    def out(self, data: Any, text: str | Iterator[str]) -> None:
+    def out(self, data: Any, text: str | Iterable[str]) -> None:
         """Print JSON with --json, else the human text."""
         if self.as_json:
             click.echo(json.dumps(data, indent=2, ensure_ascii=False))
@@ -161,8 +186,14 @@ def init(app: App) -> None:
 
 def _field_json(spec: CredentialSpec) -> list[dict[str, Any]]:
     return [
-        {"name": f.name, "kind": f.kind, "secret": f.secret, "required": f.required, "format": f.format,
-         "description": f.description}
+        {
+            "name": f.name,
+            "kind": f.kind,
+            "secret": f.secret,
+            "required": f.required,
+            "format": f.format,
+            "description": f.description,
+        }
         for f in spec.fields
     ]
 
@@ -176,12 +207,18 @@ def tools(app: App, check: bool) -> None:
     cat = app.catalog
     data = {
         "tools": [
-            {"name": t.name, "description": t.decl.description, "handler": t.decl.handler.kind,
-             "source": str(t.source), "credential_type": t.credential.type if t.credential else None}
+            {
+                "name": t.name,
+                "description": t.decl.description,
+                "handler": t.decl.handler.kind,
+                "source": str(t.source),
+                "credential_type": t.credential.type if t.credential else None,
+            }
             for t in cat.tools.values()
         ],
-        "credential_types": {name: {"fields": _field_json(spec), "tools": cat.tools_of_type(name)}
-                             for name, spec in cat.types.items()},
+        "credential_types": {
+            name: {"fields": _field_json(spec), "tools": cat.tools_of_type(name)} for name, spec in cat.types.items()
+        },
         "problems": list(cat.problems),
     }
 
@@ -236,17 +273,15 @@ def _read_values(spec: CredentialSpec, sets: tuple[str, ...], from_json: str | N
     for item in sets:
         name, sep, value = item.partition("=")
         if not sep:
-            raise click.UsageError(f"--set takes FIELD=VALUE (got a value without '=' for {name[:32]!r}…)")
+            # not echoed: without its `FIELD=`, the argument may well be the secret value itself
+            raise click.UsageError("--set takes FIELD=VALUE (one --set was given without '=')")
         values[name] = value
     if not values and prompt:
         if not sys.stdin.isatty():
-            raise CredentialValueError(
-                "no values given: pipe a JSON object to --from-json -, or use --set FIELD=VALUE"
-            )
+            raise CredentialValueError("no values given: pipe a JSON object to --from-json -, or use --set FIELD=VALUE")
         for f in spec.fields:
             label = f"{f.name} ({f.kind}{', optional' if not f.required else ''})"
-            value = click.prompt(label, hide_input=f.secret, default="" if not f.required else None,
-                                 show_default=False)
+            value = click.prompt(label, hide_input=f.secret, default="" if not f.required else None, show_default=False)
             if value:
                 values[f.name] = value
     return values
@@ -278,8 +313,9 @@ def value_options(f: F) -> F:
 @value_options
 @common_options
 @pass_app
-def cred_add(app: App, name: str, type_name: str | None, tool_name: str | None, sets: tuple[str, ...],
-             from_json: str | None) -> None:
+def cred_add(
+    app: App, name: str, type_name: str | None, tool_name: str | None, sets: tuple[str, ...], from_json: str | None
+) -> None:
     """Add a credential NAME of a type (given directly or through a tool)."""
     if (type_name is None) == (tool_name is None):
         raise click.UsageError("give exactly one of --type TYPE or --tool TOOL")
@@ -312,8 +348,14 @@ def cred_list(app: App) -> None:
     """List credentials (names, types, fields, bindings; no values)."""
     infos = app.store.list_credentials()
     data = [
-        {"name": i.name, "type": i.type, "fields": list(i.fields), "created_at": i.created_at,
-         "updated_at": i.updated_at, "bindings": [{"group": g, "tool": t} for g, t in i.bindings]}
+        {
+            "name": i.name,
+            "type": i.type,
+            "fields": list(i.fields),
+            "created_at": i.created_at,
+            "updated_at": i.updated_at,
+            "bindings": [{"group": g, "tool": t} for g, t in i.bindings],
+        }
         for i in infos
     ]
     lines = [
@@ -335,9 +377,17 @@ def cred_show(app: App, name: str) -> None:
     spec = app.catalog.types.get(info.type)
     secret = spec.secret_fields if spec else frozenset(info.fields)  # unknown type: mask everything
     values = store.read_credential(name)
-    shown = {k: (mask(v) if k in secret or k in info.secret_fields else v) for k, v in values.items()}
-    data = {"name": info.name, "type": info.type, "values": shown, "created_at": info.created_at,
-            "updated_at": info.updated_at, "bindings": [{"group": g, "tool": t} for g, t in info.bindings]}
+    order = [f.name for f in spec.fields] if spec else list(info.fields)
+    names = [n for n in order if n in values] + [n for n in values if n not in order]
+    shown = {k: (mask(values[k]) if k in secret or k in info.secret_fields else values[k]) for k in names}
+    data = {
+        "name": info.name,
+        "type": info.type,
+        "values": shown,
+        "created_at": info.created_at,
+        "updated_at": info.updated_at,
+        "bindings": [{"group": g, "tool": t} for g, t in info.bindings],
+    }
     lines = [f"{info.name}  (type {info.type})"]
     lines += [f"    {k} = {v}" for k, v in shown.items()]
     if spec:
@@ -356,8 +406,8 @@ def cred_rm(app: App, name: str, force: bool) -> None:
     removed = app.store.remove_credential(name, force=force)
     app.out(
         {"removed": name, "unbound": [{"group": g, "tool": t} for g, t in removed]},
-        f"removed credential {name}" + (f" and its bindings ({', '.join(f'{g}/{t}' for g, t in removed)})"
-                                        if removed else ""),
+        f"removed credential {name}"
+        + (f" and its bindings ({', '.join(f'{g}/{t}' for g, t in removed)})" if removed else ""),
     )
 
 
@@ -401,8 +451,7 @@ def group_deny(app: App, name: str, tools: tuple[str, ...]) -> None:
     unbound = app.store.deny(name, tools)
     app.out(
         {"group": name, "denied": list(tools), "unbound": unbound},
-        f"group {name} no longer allows {', '.join(tools)}"
-        + (f" (unbound: {', '.join(unbound)})" if unbound else ""),
+        f"group {name} no longer allows {', '.join(tools)}" + (f" (unbound: {', '.join(unbound)})" if unbound else ""),
     )
 
 
@@ -444,8 +493,12 @@ def group_show(app: App, name: str) -> None:
     if not statuses:
         lines.append(f"    no tools allowed yet (`credgate group allow {name} TOOL`)")
     app.out(
-        {"name": info.name, "description": info.description, "created_at": info.created_at,
-         "tools": [st.as_json() for st in statuses]},
+        {
+            "name": info.name,
+            "description": info.description,
+            "created_at": info.created_at,
+            "tools": [st.as_json() for st in statuses],
+        },
         lines,
     )
 
@@ -469,8 +522,7 @@ def group_rm(app: App, name: str) -> None:
 def bind(app: App, group: str, tool: str, credential: str) -> None:
     """Bind CREDENTIAL to TOOL for GROUP."""
     admin.bind(app.store, app.catalog, group, tool, credential)
-    app.out({"group": group, "tool": tool, "credential": credential},
-            f"bound {credential} to {tool} for group {group}")
+    app.out({"group": group, "tool": tool, "credential": credential}, f"bound {credential} to {tool} for group {group}")
 
 
 @cli.command()
@@ -500,11 +552,11 @@ def key_rotate(app: App) -> None:
     from_env = bool(os.environ.get("CREDGATE_MASTER_KEY"))
     new_key = app.store.rotate_master_key(app.settings, key_from_env=from_env)
     where = str(app.settings.pending_key_path if from_env else app.settings.key_path)
-    note = (
-        f"; put the content of {where} into CREDGATE_MASTER_KEY, then delete that file" if from_env else ""
+    note = f"; put the content of {where} into CREDGATE_MASTER_KEY, then delete that file" if from_env else ""
+    app.out(
+        {"key_id": new_key.key_id, "key_file": where},
+        f"rotated the master key (new key id {new_key.key_id}, in {where}){note}",
     )
-    app.out({"key_id": new_key.key_id, "key_file": where},
-            f"rotated the master key (new key id {new_key.key_id}, in {where}){note}")
 
 
 @cli.command()
@@ -517,10 +569,24 @@ def audit(app: App, group_name: str | None, tool_name: str | None, limit: int) -
     """Recent tool calls, newest first."""
     rows = app.store.read_audit(group_name, tool_name, limit)
     app.out(
-        [{"ts": r.ts, "group": r.group, "agent": r.agent, "tool": r.tool, "credential": r.credential,
-          "outcome": r.outcome, "duration_ms": r.duration_ms, "ref": r.ref} for r in rows],
-        [f"{r.ts}  {r.group}  {r.agent or '-'}  {r.tool}  {r.credential or '-'}  {r.outcome}  "
-         f"{r.duration_ms:.1f} ms" + (f"  ref {r.ref}" if r.ref else "") for r in rows]
+        [
+            {
+                "ts": r.ts,
+                "group": r.group,
+                "agent": r.agent,
+                "tool": r.tool,
+                "credential": r.credential,
+                "outcome": r.outcome,
+                "duration_ms": r.duration_ms,
+                "ref": r.ref,
+            }
+            for r in rows
+        ],
+        [
+            f"{r.ts}  {r.group}  {r.agent or '-'}  {r.tool}  {r.credential or '-'}  {r.outcome}  "
+            f"{r.duration_ms:.1f} ms" + (f"  ref {r.ref}" if r.ref else "")
+            for r in rows
+        ]
         or ["no calls recorded"],
     )
 
@@ -549,4 +615,3 @@ def serve(app: App, group_name: str | None) -> None:
 
 def main() -> None:
     cli.main(prog_name="credgate")
-

@@ -59,9 +59,7 @@ class Settings:
         env = os.environ if env is None else env
         home_path = Path(home) if home else default_home(env)
         dirs = (
-            tuple(Path(d) for d in tools_dirs)
-            if tools_dirs
-            else default_tools_dirs(home_path, env, cwd or Path.cwd())
+            tuple(Path(d) for d in tools_dirs) if tools_dirs else default_tools_dirs(home_path, env, cwd or Path.cwd())
         )
         url = public_url or env.get("CREDGATE_PUBLIC_URL") or DEFAULT_PUBLIC_URL
         return cls(home=home_path.expanduser(), tools_dirs=dirs, public_url=url.rstrip("/"))

@@ -17,9 +17,7 @@ class Credential(Mapping[str, str]):
 
     __slots__ = ("_secret", "_values", "name", "type")
 
-    def __init__(
-        self, name: str, type_: str, values: Mapping[str, str], secret_fields: frozenset[str]
-    ) -> None:
+    def __init__(self, name: str, type_: str, values: Mapping[str, str], secret_fields: frozenset[str]) -> None:
         self.name = name
         self.type = type_
         self._values = dict(values)

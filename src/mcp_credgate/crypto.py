@@ -71,9 +71,7 @@ class MasterKey:
         except (binascii.Error, ValueError):
             raw = b""
         if len(raw) != KEY_BYTES:
-            raise MasterKeyError(
-                f"master key from {source} is malformed: expected base64url of 32 random bytes"
-            )
+            raise MasterKeyError(f"master key from {source} is malformed: expected base64url of 32 random bytes")
         return cls(raw)
 
     def to_text(self) -> str:

@@ -9,7 +9,6 @@ import importlib
 import ipaddress
 import re
 import sys
-import tomli as tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import jsonschema
+import tomli as tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import CredentialValueError, DeclarationError
@@ -75,9 +75,7 @@ class CredentialField(_Model):
         if value == "" and self.required:
             raise CredentialValueError(f"field {self.name!r} is required and may not be empty")
         if self.pattern is not None and value != "" and re.search(self.pattern, value) is None:
-            raise CredentialValueError(
-                f"field {self.name!r}: the value does not match the format {self.pattern}"
-            )
+            raise CredentialValueError(f"field {self.name!r}: the value does not match the format {self.pattern}")
 
 
 class CredentialSpec(_Model):
@@ -110,9 +108,7 @@ class CredentialSpec(_Model):
         unknown = sorted(set(values) - {f.name for f in self.fields})
         if unknown:
             known = ", ".join(f.name for f in self.fields)
-            raise CredentialValueError(
-                f"type {self.type!r} has no field {unknown[0]!r} (its fields: {known})"
-            )
+            raise CredentialValueError(f"type {self.type!r} has no field {unknown[0]!r} (its fields: {known})")
         for name, value in values.items():
             spec = self.field(name)
             assert spec is not None
@@ -120,9 +116,7 @@ class CredentialSpec(_Model):
         if complete:
             missing = self.missing_fields(k for k, v in values.items() if v != "")
             if missing:
-                raise CredentialValueError(
-                    f"required field {missing[0]!r} of type {self.type!r} is missing"
-                )
+                raise CredentialValueError(f"required field {missing[0]!r} of type {self.type!r} is missing")
         return {k: v for k, v in values.items() if v != ""}
 
     def same_fields_as(self, other: CredentialSpec) -> bool:
@@ -215,9 +209,7 @@ class Catalog:
         return self.tools.get(name)
 
     def tools_of_type(self, type_name: str) -> list[str]:
-        return sorted(
-            n for n, t in self.tools.items() if t.credential is not None and t.credential.type == type_name
-        )
+        return sorted(n for n, t in self.tools.items() if t.credential is not None and t.credential.type == type_name)
 
     def raise_problems(self) -> None:
         if self.problems:
@@ -238,7 +230,12 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 
 def _pydantic_problems(label: str, exc: ValidationError) -> list[str]:
     problems = []
-    for err in exc.errors(include_input=False, include_url=False):
+    errors = exc.errors(include_input=False, include_url=False)
+    for err in errors:
+        if err["type"] == "too_short" and any(
+            len(other["loc"]) > len(err["loc"]) and other["loc"][: len(err["loc"])] == err["loc"] for other in errors
+        ):
+            continue  # pydantic counts only the valid items of a tuple: a bad item is not a missing one
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         msg = msg.removeprefix("Value error, ")
         problems.append(f"{label}: {_loc(tuple(err['loc']))}: {msg}")
@@ -345,8 +342,7 @@ def _parse_file(path: Path, label: str, dirs: tuple[Path, ...]) -> tuple[Tool | 
             function = resolve_entrypoint(handler.entrypoint, dirs)
         except Exception as exc:  # any import failure is a declaration problem
             problems.append(
-                f"{label}: handler.entrypoint: {handler.entrypoint!r} does not import "
-                f"({exc.__class__.__name__}: {exc})"
+                f"{label}: handler.entrypoint: {handler.entrypoint!r} does not import ({exc.__class__.__name__}: {exc})"
             )
     else:
         problems.append(f"{label}: handler.kind: 'mcp' (upstream MCP servers) is not supported yet")
@@ -370,9 +366,7 @@ def load_catalog(dirs: Iterable[Path]) -> Catalog:
             if tool is None:
                 continue
             if tool.name in tools:
-                problems.append(
-                    f"{label}: name: tool {tool.name!r} is already declared in {tools[tool.name].source}"
-                )
+                problems.append(f"{label}: name: tool {tool.name!r} is already declared in {tools[tool.name].source}")
                 continue
             spec = tool.credential
             if spec is not None:

@@ -74,9 +74,7 @@ class CredentialWarning:
                 f"field(s) {', '.join(self.missing_fields)}."
             )
         else:
-            problem = (
-                f"The credential bound to tool {self.tool} in agent group {self.group} can no longer be read."
-            )
+            problem = f"The credential bound to tool {self.tool} in agent group {self.group} can no longer be read."
         return (
             f"{problem} Nothing was sent. An administrator can set it up at {self.setup_url} "
             f"or with: {self.setup_command}"
@@ -123,9 +121,7 @@ class Gate:
     def list_tools(self, group: str) -> list[ListedTool]:
         """The group's allowed, declared tools; `ready` is False when its credential is not set up."""
         allowed = self.store.allowed_tools(group)
-        fields_by_cred = (
-            {c.name: c.fields for c in self.store.list_credentials()} if any(allowed.values()) else {}
-        )
+        fields_by_cred = {c.name: c.fields for c in self.store.list_credentials()} if any(allowed.values()) else {}
         listed = []
         for name in sorted(allowed):
             tool = self.catalog.tool(name)
@@ -146,14 +142,18 @@ class Gate:
         spec = tool.credential
         assert spec is not None
         if credential_name is None:
-            command = (
-                f"credgate cred add <name> --tool {tool.name} && credgate bind {group} {tool.name} <name>"
-            )
+            command = f"credgate cred add <name> --tool {tool.name} && credgate bind {group} {tool.name} <name>"
         else:
             command = f"credgate cred update {credential_name} --from-json -"
         return CredentialWarning(
-            warning=kind, tool=tool.name, group=group, credential_type=spec.type, missing_fields=missing,
-            setup_url=self.setup_url(group, tool.name), setup_command=command, credential_name=credential_name,
+            warning=kind,
+            tool=tool.name,
+            group=group,
+            credential_type=spec.type,
+            missing_fields=missing,
+            setup_url=self.setup_url(group, tool.name),
+            setup_command=command,
+            credential_name=credential_name,
         )
 
     def check(self, group: str, tool_name: str, arguments: Mapping[str, Any] | None) -> Decision:

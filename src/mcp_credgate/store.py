@@ -154,9 +154,7 @@ def load_keyring(settings: Settings, env: Mapping[str, str] | None = None) -> Ke
     """The env key, else the key file; plus the pending key of an unfinished rotation."""
     env = os.environ if env is None else env
     text = env.get("CREDGATE_MASTER_KEY")
-    primary = (
-        MasterKey.from_text(text, "CREDGATE_MASTER_KEY") if text else read_key_file(settings.key_path)
-    )
+    primary = MasterKey.from_text(text, "CREDGATE_MASTER_KEY") if text else read_key_file(settings.key_path)
     try:
         pending = read_key_file(settings.pending_key_path)
     except MasterKeyError:
@@ -379,17 +377,13 @@ class Store:
             raise NotFoundError(f"no credential named {name!r} (see `credgate cred list`)")
         return row  # type: ignore[no-any-return]
 
-    def add_credential(
-        self, name: str, type_: str, values: Mapping[str, str], secret_fields: frozenset[str]
-    ) -> None:
+    def add_credential(self, name: str, type_: str, values: Mapping[str, str], secret_fields: frozenset[str]) -> None:
         uid = uuid.uuid4().hex
         dek = DataKey.generate()
         stamp = now()
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM credentials WHERE name = ?", (name,)).fetchone():
-                raise ConflictError(
-                    f"a credential named {name!r} exists already (use `credgate cred update {name}`)"
-                )
+                raise ConflictError(f"a credential named {name!r} exists already (use `credgate cred update {name}`)")
             master = self._writing_key(conn)
             cur = conn.execute(
                 "INSERT INTO credentials (name, type, uid, key_id, wrapped_dek, created_at, updated_at)"
@@ -412,9 +406,7 @@ class Store:
             bindings = _bindings_of(conn, row["id"])
             if bindings and not force:
                 where = ", ".join(f"{g}/{t}" for g, t in bindings)
-                raise ConflictError(
-                    f"credential {name!r} is bound ({where}); unbind it first or use --force"
-                )
+                raise ConflictError(f"credential {name!r} is bound ({where}); unbind it first or use --force")
             conn.execute("UPDATE group_tools SET credential_id = NULL WHERE credential_id = ?", (row["id"],))
             conn.execute("DELETE FROM credentials WHERE id = ?", (row["id"],))
         return bindings
@@ -443,14 +435,23 @@ class Store:
         infos: dict[int, CredentialInfo] = {}
         for r in rows:
             info = infos.get(r["id"]) or CredentialInfo(
-                r["name"], r["type"], (), frozenset(), r["created_at"], r["updated_at"],
+                r["name"],
+                r["type"],
+                (),
+                frozenset(),
+                r["created_at"],
+                r["updated_at"],
                 tuple(by_cred.get(r["id"], [])),
             )
             if r["field"] is not None:
                 info = CredentialInfo(
-                    info.name, info.type, (*info.fields, r["field"]),
+                    info.name,
+                    info.type,
+                    (*info.fields, r["field"]),
                     info.secret_fields | ({r["field"]} if r["secret"] else set()),
-                    info.created_at, info.updated_at, info.bindings,
+                    info.created_at,
+                    info.updated_at,
+                    info.bindings,
                 )
             infos[r["id"]] = info
         return list(infos.values())
@@ -616,8 +617,16 @@ class Store:
             (*params, limit),
         )
         return [
-            AuditRow(r["ts"], r["group_name"], r["agent"], r["tool"], r["credential"], r["outcome"],
-                     r["duration_ms"], r["ref"])
+            AuditRow(
+                r["ts"],
+                r["group_name"],
+                r["agent"],
+                r["tool"],
+                r["credential"],
+                r["outcome"],
+                r["duration_ms"],
+                r["ref"],
+            )
             for r in rows
         ]
 

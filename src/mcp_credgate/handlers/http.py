@@ -39,9 +39,7 @@ def _arg_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def render(
-    template: str, args: Mapping[str, Any], credential: Mapping[str, str], *, path_segment: bool = False
-) -> str:
+def render(template: str, args: Mapping[str, Any], credential: Mapping[str, str], *, path_segment: bool = False) -> str:
     """Substitute `{args.X}`/`{cred.F}` in one pass. In a URL path, values are percent-encoded whole."""
 
     def sub(m: re.Match[str]) -> str:
@@ -135,9 +133,7 @@ async def run_http(
 ) -> ToolOutput:
     try:
         url = render_url(handler.url, args, credential)
-        params = {
-            k: render(v, args, credential) for k, v in handler.query.items() if not _only_absent_arg(v, args)
-        }
+        params = {k: render(v, args, credential) for k, v in handler.query.items() if not _only_absent_arg(v, args)}
         headers = {k: render(v, args, credential) for k, v in handler.headers.items()}
         body = render_json(handler.json_body, args, credential) if handler.json_body is not None else None
     except RequestRefused as exc:
@@ -145,7 +141,11 @@ async def run_http(
     secret_headers = {k for k, v in handler.headers.items() if "{cred." in v}
     auth = _basic_auth(spec, credential) if spec is not None and _uses_basic_auth(spec, handler) else None
     request = client.build_request(
-        handler.method, url, params=params, headers=headers, json=body,
+        handler.method,
+        url,
+        params=params,
+        headers=headers,
+        json=body,
         timeout=httpx2.Timeout(handler.timeout),
     )
     home = _origin(request.url)
