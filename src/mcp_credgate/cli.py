@@ -10,7 +10,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
@@ -536,6 +536,66 @@ def unbind(app: App, group: str, tool: str) -> None:
     app.out({"group": group, "tool": tool}, f"unbound {tool} for group {group}")
 
 
+# -- agents ------------------------------------------------------------------------------------
+
+
+@cli.group()
+def agent() -> None:
+    """Agents of remote MCP clients and their bearer tokens."""
+
+
+@agent.command("add")
+@click.argument("group")
+@click.argument("name", callback=_check_name("agent"))
+@common_options
+@pass_app
+def agent_add(app: App, group: str, name: str) -> None:
+    """Create agent NAME in GROUP and print its bearer token (shown once)."""
+    from .agents import create_agent
+
+    token = create_agent(app.store, group, name)
+    app.out(
+        {"agent": name, "group": group, "token": token},
+        [f"added agent {name} to group {group}; its bearer token (shown only now):", token],
+    )
+
+
+@agent.command("list")
+@common_options
+@pass_app
+def agent_list(app: App) -> None:
+    """List agents with their group, creation, last use and revocation."""
+    agents = app.store.list_agents()
+    app.out(
+        [
+            {
+                "agent": a.name,
+                "group": a.group,
+                "created_at": a.created_at,
+                "last_used_at": a.last_used_at,
+                "revoked_at": a.revoked_at,
+            }
+            for a in agents
+        ],
+        [
+            f"{a.name}  group {a.group}  created {a.created_at}  last used {a.last_used_at or 'never'}"
+            + (f"  REVOKED {a.revoked_at}" if a.revoked_at else "")
+            for a in agents
+        ]
+        or ["no agents (add one with `credgate agent add GROUP NAME`)"],
+    )
+
+
+@agent.command("revoke")
+@click.argument("name")
+@common_options
+@pass_app
+def agent_revoke(app: App, name: str) -> None:
+    """Revoke an agent's token; its next request is refused."""
+    app.store.revoke_agent(name)
+    app.out({"revoked": name}, f"revoked agent {name}")
+
+
 # -- keys and audit ----------------------------------------------------------------------------
 
 
@@ -592,19 +652,41 @@ def audit(app: App, group_name: str | None, tool_name: str | None, limit: int) -
 
 
 @cli.command()
-@click.option("--group", "group_name", envvar="CREDGATE_GROUP", help="The agent group (or CREDGATE_GROUP).")
+@click.option("--group", "group_name", envvar="CREDGATE_GROUP", help="The agent group, for stdio (or CREDGATE_GROUP).")
+@click.option("--http", "use_http", is_flag=True, help="Serve remote agents over HTTP (SSE and Streamable HTTP).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind with --http.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port with --http.")
 @common_options
 @pass_app
-def serve(app: App, group_name: str | None) -> None:
-    """Serve the group's tools over MCP stdio (for Claude Desktop and other local clients)."""
+def serve(app: App, group_name: str | None, use_http: bool, host: str, port: int) -> None:
+    """Serve MCP: over stdio for one group, or with --http for every agent with a token."""
     import anyio
 
-    from .transports import configure_logging, serve_stdio
+    from .transports import configure_logging, serve_http, serve_stdio
 
-    if not group_name:
-        raise click.ClickException("serve needs --group GROUP (or CREDGATE_GROUP); there is no all-tools default")
     catalog = app.catalog
     catalog.raise_problems()
+    if use_http:
+        from .http_app import allowed_hosts_and_origins, is_loopback_bind
+
+        settings = app.settings
+        if not app.meta.get("credgate.public_url") and not os.environ.get("CREDGATE_PUBLIC_URL"):
+            settings = replace(settings, public_url=f"http://{f'[{host}]' if ':' in host else host}:{port}")
+        if not is_loopback_bind(host):
+            hosts, origins = allowed_hosts_and_origins(host, port, settings.public_url)
+            click.echo(f"binding {host}:{port}; allowed hosts: {', '.join(hosts)}", err=True)
+            click.echo(f"allowed origins: {', '.join(origins)}", err=True)
+            if not any(a.revoked_at is None for a in app.store.list_agents()):
+                raise click.ClickException(
+                    "refusing to listen beyond loopback with no agent: create one with `credgate agent add GROUP NAME`"
+                )
+        configure_logging()
+        anyio.run(serve_http, settings, catalog, host, port)
+        return
+    if not group_name:
+        raise click.ClickException(
+            "serve needs --group GROUP (or CREDGATE_GROUP), or --http; there is no all-tools default"
+        )
     if not app.store.group_exists(group_name):
         raise click.ClickException(
             f"no agent group named {group_name!r} (create it with `credgate group add {group_name}`)"

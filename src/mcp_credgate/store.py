@@ -93,6 +93,23 @@ def _m0001_initial(db: Database) -> None:
     )
 
 
+@migrations(name="0002_agents")
+def _m0002_agents(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE agents (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+            token_hash TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL,
+            last_used_at TEXT,
+            revoked_at TEXT
+        );
+        """
+    )
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -148,6 +165,15 @@ class AuditRow:
     outcome: str
     duration_ms: float
     ref: str | None = None
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    name: str
+    group: str
+    created_at: str
+    last_used_at: str | None
+    revoked_at: str | None
 
 
 def load_keyring(settings: Settings, env: Mapping[str, str] | None = None) -> Keyring | None:
@@ -591,6 +617,46 @@ class Store:
 
     def open_sealed(self, sealed: SealedCredential) -> Credential:
         return self._decrypt(sealed.row, sealed.values)
+
+    # -- agents --------------------------------------------------------------------------
+
+    def add_agent(self, group: str, name: str, token_hash: str) -> None:
+        with self._write() as conn:
+            gid = self._group_id(conn, group)
+            if conn.execute("SELECT 1 FROM agents WHERE name = ?", (name,)).fetchone():
+                raise ConflictError(f"an agent named {name!r} exists already")
+            conn.execute(
+                "INSERT INTO agents (name, group_id, token_hash, created_at) VALUES (?, ?, ?, ?)",
+                (name, gid, token_hash, now()),
+            )
+
+    def list_agents(self) -> list[AgentInfo]:
+        rows = self._query(
+            "SELECT a.name, g.name AS grp, a.created_at, a.last_used_at, a.revoked_at"
+            " FROM agents a JOIN groups g ON g.id = a.group_id ORDER BY g.name, a.name"
+        )
+        return [AgentInfo(r["name"], r["grp"], r["created_at"], r["last_used_at"], r["revoked_at"]) for r in rows]
+
+    def revoke_agent(self, name: str) -> None:
+        with self._write() as conn:
+            cur = conn.execute("UPDATE agents SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now(), name))
+            if cur.rowcount == 0:
+                if conn.execute("SELECT 1 FROM agents WHERE name = ?", (name,)).fetchone():
+                    raise ConflictError(f"agent {name!r} is already revoked")
+                raise NotFoundError(f"no agent named {name!r} (see `credgate agent list`)")
+
+    def agent_by_token_hash(self, token_hash: str) -> tuple[str, str, str] | None:
+        """(agent, group, stored hash) of a live agent with this token hash, or None."""
+        rows = self._query(
+            "SELECT a.name, g.name AS grp, a.token_hash FROM agents a JOIN groups g ON g.id = a.group_id"
+            " WHERE a.token_hash = ? AND a.revoked_at IS NULL",
+            (token_hash,),
+        )
+        return (rows[0]["name"], rows[0]["grp"], rows[0]["token_hash"]) if rows else None
+
+    def touch_agent(self, name: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE agents SET last_used_at = ? WHERE name = ?", (now(), name))
 
     # -- audit ---------------------------------------------------------------------------
 

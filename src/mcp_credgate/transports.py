@@ -1,4 +1,4 @@
-"""Transports: MCP over stdio for local clients (remote HTTP transports come with agent tokens)."""
+"""Transports: MCP over stdio for local clients, and the HTTP server for remote agents."""
 
 from __future__ import annotations
 
@@ -36,3 +36,26 @@ async def serve_stdio(settings: Settings, catalog: Catalog, group: str) -> None:
         server = build_server(gateway, identify)
         async with stdio_server() as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+async def serve_http(settings: Settings, catalog: Catalog, host: str, port: int) -> None:
+    """Run the HTTP app under uvicorn until SIGINT/SIGTERM; in-flight requests finish, the audit is flushed."""
+    import uvicorn
+
+    from .http_app import build_http_app
+    from .server import Gateway
+
+    gateway = Gateway.open(settings, catalog)
+    app = build_http_app(gateway, host=host, port=port, public_url=settings.public_url)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    logging.getLogger("credgate").info("serving MCP on http://%s:%d (/mcp, /sse)", host, port)
+    await server.serve()

@@ -1,0 +1,67 @@
+"""Agent bearer tokens: `cgt_` + 256 random bits; only their SHA-256 is stored.
+
+The prefix lets secret scanners recognise a leaked token. A plain hash suffices for tokens of this
+entropy (no password-style stretching needed); the lookup is by hash, then `hmac.compare_digest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+
+from mcp.server.auth.provider import AccessToken
+
+from .store import Store
+
+TOKEN_PREFIX = "cgt_"
+MAX_TOKEN_LENGTH = 128
+TOUCH_EVERY_SECONDS = 60.0
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_agent(store: Store, group: str, name: str) -> str:
+    """Create an agent in `group`; returns its token, which is never stored nor shown again."""
+    token = new_token()
+    store.add_agent(group, name, token_hash(token))
+    return token
+
+
+class AgentTokenVerifier:
+    """The SDK's `TokenVerifier`: a live agent's token → AccessToken(client_id=agent, claims={"group": …}).
+
+    Checked against the store on every request, so a revocation takes effect at the next request.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._touched: dict[str, float] = {}
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        if not token.startswith(TOKEN_PREFIX) or len(token) > MAX_TOKEN_LENGTH:
+            return None
+        digest = token_hash(token)
+        found = self._store.agent_by_token_hash(digest)
+        if found is None or not hmac.compare_digest(found[2], digest):
+            return None
+        agent, group, _ = found
+        self._touch(agent)
+        return AccessToken(token=digest, client_id=agent, scopes=[], subject=agent, claims={"group": group})
+
+    def _touch(self, agent: str) -> None:
+        """Record last use at most once a minute per agent: a write per request would cost more than the call."""
+        now = time.monotonic()
+        if now - self._touched.get(agent, float("-inf")) >= TOUCH_EVERY_SECONDS:
+            self._touched[agent] = now
+            try:
+                self._store.touch_agent(agent)
+            except Exception:  # a busy store must not fail the request; the next touch will do
+                self._touched.pop(agent, None)
