@@ -1,0 +1,58 @@
+"""Where things live (contract §1): flags over environment over defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mcp_credgate.config import DEFAULT_PUBLIC_URL, Settings
+
+
+def test_defaults_follow_xdg_data_home(tmp_path: Path) -> None:
+    s = Settings.resolve(env={"XDG_DATA_HOME": str(tmp_path / "xdg")}, cwd=tmp_path)
+
+    assert s.home == tmp_path / "xdg" / "credgate"
+    assert s.database_path == s.home / "credgate.db"
+    assert s.key_path == s.home / "master.key"
+    assert s.tools_dirs == (s.home / "tools.d",)
+    assert s.public_url == DEFAULT_PUBLIC_URL == "http://127.0.0.1:8765"
+
+
+def test_without_xdg_the_home_is_under_local_share(tmp_path: Path) -> None:
+    s = Settings.resolve(env={}, cwd=tmp_path)
+
+    assert s.home == Path.home() / ".local" / "share" / "credgate"
+
+
+def test_local_tools_folder_is_preferred(tmp_path: Path) -> None:
+    (tmp_path / "tools.d").mkdir()
+
+    s = Settings.resolve(env={"CREDGATE_HOME": str(tmp_path / "h")}, cwd=tmp_path)
+
+    assert s.tools_dirs == (tmp_path / "tools.d",)
+
+
+def test_environment_overrides_defaults(tmp_path: Path) -> None:
+    env = {
+        "CREDGATE_HOME": str(tmp_path / "h"),
+        "CREDGATE_TOOLS_DIR": f"{tmp_path / 'a'}:{tmp_path / 'b'}",
+        "CREDGATE_PUBLIC_URL": "https://gate.example.com/",
+        "XDG_DATA_HOME": str(tmp_path / "xdg"),
+    }
+
+    s = Settings.resolve(env=env, cwd=tmp_path)
+
+    assert s.home == tmp_path / "h"
+    assert s.tools_dirs == (tmp_path / "a", tmp_path / "b")
+    assert s.public_url == "https://gate.example.com"
+
+
+def test_flags_override_environment(tmp_path: Path) -> None:
+    env = {"CREDGATE_HOME": str(tmp_path / "h"), "CREDGATE_TOOLS_DIR": str(tmp_path / "a"),
+           "CREDGATE_PUBLIC_URL": "https://env.example.com"}
+
+    s = Settings.resolve(home=tmp_path / "flag", tools_dirs=[tmp_path / "t"], public_url="http://x:1",
+                         env=env, cwd=tmp_path)
+
+    assert s.home == tmp_path / "flag"
+    assert s.tools_dirs == (tmp_path / "t",)
+    assert s.public_url == "http://x:1"

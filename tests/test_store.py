@@ -1,0 +1,754 @@
+"""The SQLite store: file modes, encryption at rest, key checks, atomic writes, rotation, audit."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import sqlite3
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ACCOUNT, WEATHER_KEY
+
+from mcp_credgate import admin
+from mcp_credgate import store as store_module
+from mcp_credgate.config import Settings
+from mcp_credgate.crypto import DataKey, MasterKey
+from mcp_credgate.declarations import Catalog
+from mcp_credgate.errors import (
+    CiphertextError,
+    ConflictError,
+    CredentialValueError,
+    MasterKeyError,
+    NotFoundError,
+    NotInitialisedError,
+)
+from mcp_credgate.store import AuditRow, Store
+
+CANARY = "CANARY-q7Kp3mW9vT2sZx81-end"
+MISMATCH = "master key does not match this store"
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def add(store: Store, catalog: Catalog, name: str, type_: str, values: dict[str, str]) -> None:
+    admin.add_credential(store, catalog.types[type_], name, values)
+
+
+def add_accounts(store: Store, catalog: Catalog, count: int) -> dict[str, dict[str, str]]:
+    """`count` account credentials with distinct values; returns name → values."""
+    added = {}
+    for i in range(count):
+        values = {"username": f"user{i}", "password": f"pw-{i}-{os.urandom(6).hex()}"}
+        add(store, catalog, f"acct{i}", "account", values)
+        added[f"acct{i}"] = values
+    return added
+
+
+def snapshot(db_path: Path) -> list[tuple[str, ...]]:
+    """Every row of every table, read through a separate connection."""
+    conn = sqlite3.connect(db_path)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def encoded_forms(secret: str) -> set[bytes]:
+    """The secret as raw bytes, base64 (std and urlsafe, padded or not, at every byte alignment), hex."""
+    raw = secret.encode()
+    forms = {raw, raw.hex().encode(), raw.hex().upper().encode(), binascii.hexlify(raw, " ")}
+    for lead in range(3):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            text = encode(b"\0" * lead + raw)
+            forms.add(text)
+            forms.add(text.rstrip(b"="))
+            inner = text[4 if lead else 0 :].rstrip(b"=")[:-4]  # the part that depends on the secret alone
+            forms.add(inner)
+    return {f for f in forms if len(f) >= 8}
+
+
+def hits(paths: list[Path], secret: str) -> list[str]:
+    found = []
+    for path in paths:
+        data = path.read_bytes()
+        for form in encoded_forms(secret):
+            if form in data:
+                found.append(f"{path.name}: {form!r}")
+    return found
+
+
+def db_files(settings: Settings) -> list[Path]:
+    base = settings.database_path
+    candidates = (base, base.with_name(base.name + "-wal"), base.with_name(base.name + "-shm"))
+    return [p for p in candidates if p.exists()]
+
+
+@pytest.fixture
+def zero_umask() -> Iterator[None]:
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+# -- init ------------------------------------------------------------------------------------
+
+
+def test_init_creates_folder_0700_and_files_0600_whatever_the_umask(
+    settings: Settings, catalog: Catalog, zero_umask: None
+) -> None:
+    store, created = Store.initialise(settings, env={})
+    try:
+        add(store, catalog, "acct", "account", ACCOUNT)  # a write, so the -wal and -shm files exist
+        assert created
+        assert stat.S_IMODE(settings.home.stat().st_mode) == 0o700
+        names = {p.name for p in settings.home.iterdir()}
+        assert {"credgate.db", "master.key", "credgate.db-wal", "credgate.db-shm"} <= names
+        for path in settings.home.iterdir():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+    finally:
+        store.close()
+
+
+def test_init_uses_wal_and_foreign_keys(store: Store, settings: Settings) -> None:
+    conn = sqlite3.connect(settings.database_path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+    assert store._conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert store._conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+
+
+def test_second_init_changes_nothing(settings: Settings) -> None:
+    first, created = Store.initialise(settings, env={})
+    first.close()
+    before = file_digests(settings.home)
+
+    second, created_again = Store.initialise(settings, env={})
+    second.close()
+
+    assert created
+    assert not created_again
+    assert file_digests(settings.home) == before
+
+
+def test_init_with_the_key_in_the_environment_writes_no_key_file(settings: Settings) -> None:
+    key = MasterKey.generate()
+    env = {"CREDGATE_MASTER_KEY": key.to_text()}
+
+    store, _ = Store.initialise(settings, env=env)
+    store.close()
+
+    assert not settings.key_path.exists()
+    Store.open(settings, env=env).close()
+    with pytest.raises(MasterKeyError):
+        Store.open(settings, env={})
+
+
+def test_open_before_init_is_refused(settings: Settings) -> None:
+    with pytest.raises(NotInitialisedError) as excinfo:
+        Store.open(settings, env={})
+    assert "credgate init" in str(excinfo.value)
+    assert not settings.home.exists()
+
+
+# -- encryption at rest ----------------------------------------------------------------------
+
+
+def test_canary_secret_never_reaches_the_database_files(
+    store: Store, settings: Settings, catalog: Catalog
+) -> None:
+    add(store, catalog, "canary", "account", {"username": "alice", "password": CANARY})
+    store.update_credential("canary", {"password": CANARY + "-v2", "note": CANARY + "-note"},
+                            catalog.types["account"].secret_fields)
+    store.rotate_master_key(settings, key_from_env=False)
+    assert store.read_credential("canary")["password"] == CANARY + "-v2"
+
+    open_files = db_files(settings)
+    assert settings.database_path.with_name("credgate.db-wal") in open_files  # read while the WAL exists
+    assert hits(open_files, CANARY) == []
+    assert hits(open_files, CANARY + "-v2") == []
+
+    store.close()
+    closed_files = db_files(settings)
+    assert hits(closed_files, CANARY) == []
+    assert hits(closed_files, CANARY + "-v2") == []
+
+
+def test_canary_search_finds_a_planted_value() -> None:
+    # The search itself must work: each encoded form is found inside a blob that carries it.
+    for form in encoded_forms(CANARY):
+        assert hits_in(b"prefix" + form + b"suffix", CANARY)
+
+
+def hits_in(data: bytes, secret: str) -> bool:
+    return any(form in data for form in encoded_forms(secret))
+
+
+def test_metadata_is_plain_sql(store: Store, settings: Settings, catalog: Catalog) -> None:
+    add(store, catalog, "acct", "account", ACCOUNT)
+    conn = sqlite3.connect(settings.database_path)
+    try:
+        row = conn.execute("SELECT name, type FROM credentials").fetchone()
+        fields = {r[0] for r in conn.execute("SELECT field FROM credential_values")}
+    finally:
+        conn.close()
+    assert row == ("acct", "account")
+    assert fields == {"username", "password"}
+
+
+def test_master_key_is_not_in_the_database(store: Store, settings: Settings, catalog: Catalog) -> None:
+    add(store, catalog, "acct", "account", ACCOUNT)
+    key_text = settings.key_path.read_text().strip()
+    raw = base64.urlsafe_b64decode(key_text)
+
+    for path in db_files(settings):
+        data = path.read_bytes()
+        assert raw not in data
+        assert key_text.rstrip("=").encode() not in data
+
+
+# -- the master key must open the store -------------------------------------------------------
+
+
+@pytest.fixture
+def closed_store(store: Store, settings: Settings, catalog: Catalog) -> Settings:
+    """A store holding one credential, closed again (so the database file is checkpointed)."""
+    add(store, catalog, "acct", "account", ACCOUNT)
+    store.close()
+    return settings
+
+
+def refused_open(settings: Settings, env: dict[str, str]) -> str:
+    before_db = sha256(settings.database_path)
+    before_files = file_digests(settings.home)
+    with pytest.raises(MasterKeyError) as excinfo:
+        Store.open(settings, env=env)
+    assert sha256(settings.database_path) == before_db
+    assert file_digests(settings.home) == before_files
+    return str(excinfo.value)
+
+
+def test_wrong_key_in_the_environment_is_refused(closed_store: Settings) -> None:
+    message = refused_open(closed_store, {"CREDGATE_MASTER_KEY": MasterKey.generate().to_text()})
+
+    assert MISMATCH in message
+    assert "\n" not in message
+
+
+def test_wrong_key_file_is_refused(closed_store: Settings) -> None:
+    closed_store.key_path.write_text(MasterKey.generate().to_text() + "\n")
+
+    assert MISMATCH in refused_open(closed_store, {})
+
+
+def test_truncated_key_file_is_refused(closed_store: Settings) -> None:
+    text = closed_store.key_path.read_text().strip()
+    closed_store.key_path.write_text(text[:30] + "\n")
+
+    message = refused_open(closed_store, {})
+
+    assert MISMATCH in message
+    assert text[:30] not in message
+
+
+def test_truncated_key_in_the_environment_is_refused(closed_store: Settings) -> None:
+    text = closed_store.key_path.read_text().strip()
+
+    message = refused_open(closed_store, {"CREDGATE_MASTER_KEY": text[:-8]})
+
+    assert MISMATCH in message
+    assert text[:-8] not in message
+
+
+def test_key_with_bytes_cut_off_and_refilled_is_refused(closed_store: Settings) -> None:
+    raw = base64.urlsafe_b64decode(closed_store.key_path.read_text().strip())
+    refilled = base64.urlsafe_b64encode(raw[:24] + b"\0" * 8).decode()
+
+    assert MISMATCH in refused_open(closed_store, {"CREDGATE_MASTER_KEY": refilled})
+
+
+def test_missing_key_is_refused(closed_store: Settings) -> None:
+    closed_store.key_path.unlink()
+
+    message = refused_open(closed_store, {})
+
+    assert MISMATCH in message
+    assert str(closed_store.key_path) in message
+
+
+def test_init_never_generates_a_key_over_an_existing_store(closed_store: Settings) -> None:
+    closed_store.key_path.unlink()
+    before = sha256(closed_store.database_path)
+
+    with pytest.raises(MasterKeyError):
+        Store.initialise(closed_store, env={})
+
+    assert not closed_store.key_path.exists()
+    assert sha256(closed_store.database_path) == before
+
+
+def test_init_with_a_wrong_key_is_refused(closed_store: Settings) -> None:
+    closed_store.key_path.write_text(MasterKey.generate().to_text() + "\n")
+
+    with pytest.raises(MasterKeyError) as excinfo:
+        Store.initialise(closed_store, env={})
+    assert MISMATCH in str(excinfo.value)
+
+
+def test_right_key_opens_and_reads(closed_store: Settings) -> None:
+    with Store.open(closed_store, env={}) as store:
+        assert dict(store.read_credential("acct")) == ACCOUNT
+
+
+# -- ciphertexts are bound to their credential and field --------------------------------------
+
+
+def test_ciphertext_copied_to_another_credential_does_not_open(
+    store: Store, settings: Settings, catalog: Catalog
+) -> None:
+    add(store, catalog, "first", "weatherkey", {"api_key": WEATHER_KEY})
+    add(store, catalog, "second", "weatherkey", {"api_key": "wk_secondKEY12345"})
+    add(store, catalog, "third", "weatherkey", {"api_key": "wk_thirdKEY123456"})
+    conn = sqlite3.connect(settings.database_path)
+    with conn:
+        conn.execute(
+            "UPDATE credential_values SET ciphertext = (SELECT v.ciphertext FROM credential_values v"
+            " JOIN credentials c ON c.id = v.credential_id WHERE c.name = 'first')"
+            " WHERE credential_id = (SELECT id FROM credentials WHERE name = 'second')"
+        )
+    conn.close()
+
+    with pytest.raises(CiphertextError) as excinfo:
+        store.read_credential("second")
+
+    assert excinfo.value.credential == "second"
+    assert "'second'" in str(excinfo.value)
+    assert WEATHER_KEY not in str(excinfo.value)
+    assert store.read_credential("first")["api_key"] == WEATHER_KEY
+    assert store.read_credential("third")["api_key"] == "wk_thirdKEY123456"
+
+
+def test_ciphertext_copied_to_another_field_does_not_open(
+    store: Store, settings: Settings, catalog: Catalog
+) -> None:
+    add(store, catalog, "acct", "account", ACCOUNT)
+    add(store, catalog, "other", "account", {"username": "bob", "password": "bobs password"})
+    conn = sqlite3.connect(settings.database_path)
+    with conn:
+        conn.execute(
+            "UPDATE credential_values SET ciphertext = (SELECT ciphertext FROM credential_values"
+            " WHERE credential_id = 1 AND field = 'password') WHERE credential_id = 1 AND field = 'username'"
+        )
+    conn.close()
+
+    with pytest.raises(CiphertextError) as excinfo:
+        store.read_credential("acct")
+
+    assert excinfo.value.field == "username"
+    assert "'acct'" in str(excinfo.value)
+    assert ACCOUNT["password"] not in str(excinfo.value)
+    assert store.read_credential("other")["username"] == "bob"
+
+
+def test_wrapped_data_key_copied_to_another_credential_does_not_open(
+    store: Store, settings: Settings, catalog: Catalog
+) -> None:
+    add(store, catalog, "first", "weatherkey", {"api_key": WEATHER_KEY})
+    add(store, catalog, "second", "weatherkey", {"api_key": "wk_secondKEY12345"})
+    conn = sqlite3.connect(settings.database_path)
+    with conn:
+        conn.execute(
+            "UPDATE credentials SET wrapped_dek = (SELECT wrapped_dek FROM credentials WHERE name = 'first')"
+            " WHERE name = 'second'"
+        )
+    conn.close()
+
+    with pytest.raises(CiphertextError) as excinfo:
+        store.read_credential("second")
+    assert excinfo.value.credential == "second"
+    assert store.read_credential("first")["api_key"] == WEATHER_KEY
+
+
+# -- writes are all or nothing ----------------------------------------------------------------
+
+
+def test_duplicate_add_is_refused_and_changes_nothing(
+    store: Store, settings: Settings, catalog: Catalog
+) -> None:
+    add(store, catalog, "acct", "account", ACCOUNT)
+    before = snapshot(settings.database_path)
+
+    with pytest.raises(ConflictError) as excinfo:
+        add(store, catalog, "acct", "account", {"username": "mallory", "password": "other password"})
+
+    assert "acct" in str(excinfo.value)
+    assert snapshot(settings.database_path) == before
+    assert dict(store.read_credential("acct")) == ACCOUNT
+
+
+def test_invalid_values_are_refused_before_anything_is_written(
+    store: Store, settings: Settings, catalog: Catalog
+) -> None:
+    add(store, catalog, "acct", "account", ACCOUNT)
+    before = snapshot(settings.database_path)
+
+    with pytest.raises(CredentialValueError):
+        add(store, catalog, "bad", "weatherkey", {"api_key": "not-a-weather-key"})
+    with pytest.raises(CredentialValueError):
+        add(store, catalog, "bad", "account", {"username": "x"})
+    with pytest.raises(CredentialValueError):
+        admin.update_credential(store, catalog, "acct", {"password": "line\nbreak"})
+    with pytest.raises(CredentialValueError):
+        admin.update_credential(store, catalog, "acct", {"colour": "blue"})
+
+    assert snapshot(settings.database_path) == before
+
+
+def test_a_write_failing_half_way_leaves_no_half_record(
+    store: Store, settings: Settings, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = snapshot(settings.database_path)
+    real_encrypt = DataKey.encrypt
+
+    def encrypt_then_fail(self: DataKey, uid: str, field: str, value: str) -> bytes:
+        if field == "password":
+            raise RuntimeError("simulated failure")
+        return real_encrypt(self, uid, field, value)
+
+    monkeypatch.setattr(DataKey, "encrypt", encrypt_then_fail)
+    with pytest.raises(RuntimeError):
+        add(store, catalog, "acct", "account", ACCOUNT)
+    monkeypatch.undo()
+
+    assert snapshot(settings.database_path) == before
+    with pytest.raises(NotFoundError):
+        store.read_credential("acct")
+
+
+def test_update_changes_only_the_given_fields(store: Store, catalog: Catalog) -> None:
+    add(store, catalog, "acct", "account", ACCOUNT)
+
+    admin.update_credential(store, catalog, "acct", {"password": "a new password"})
+
+    assert dict(store.read_credential("acct")) == {"username": "alice", "password": "a new password"}
+
+
+def test_unknown_credential_is_not_found(store: Store, catalog: Catalog) -> None:
+    with pytest.raises(NotFoundError):
+        store.read_credential("ghost")
+    with pytest.raises(NotFoundError):
+        admin.update_credential(store, catalog, "ghost", {"password": "x"})
+    with pytest.raises(NotFoundError):
+        store.remove_credential("ghost")
+
+
+# -- groups and bindings ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def bound(store: Store, catalog: Catalog) -> Store:
+    """Group `team` allows echo and weather; credential `wk` is bound to weather."""
+    add(store, catalog, "wk", "weatherkey", {"api_key": WEATHER_KEY})
+    store.add_group("team", "the team")
+    admin.allow(store, catalog, "team", ["echo", "weather"])
+    admin.bind(store, catalog, "team", "weather", "wk")
+    return store
+
+
+def test_group_lists_its_tools_and_bound_credentials(bound: Store) -> None:
+    info = bound.group("team")
+
+    assert info.description == "the team"
+    assert info.tools == {"echo": None, "weather": "wk"}
+    assert bound.allowed_tools("team") == {"echo": None, "weather": "wk"}
+    assert bound.allowed_tools("nobody") == {}
+    assert bound.credential_info("wk").bindings == (("team", "weather"),)
+    assert [g.name for g in bound.list_groups()] == ["team"]
+
+
+def test_remove_of_a_bound_credential_is_refused_unless_forced(bound: Store) -> None:
+    with pytest.raises(ConflictError) as excinfo:
+        bound.remove_credential("wk")
+    assert "team/weather" in str(excinfo.value)
+    assert bound.read_credential("wk")["api_key"] == WEATHER_KEY
+
+    removed = bound.remove_credential("wk", force=True)
+
+    assert removed == [("team", "weather")]
+    assert bound.group("team").tools == {"echo": None, "weather": None}
+    with pytest.raises(NotFoundError):
+        bound.read_credential("wk")
+
+
+def test_deny_removes_the_binding(bound: Store, catalog: Catalog) -> None:
+    assert bound.deny("team", ["weather"]) == ["weather"]
+
+    assert bound.group("team").tools == {"echo": None}
+    assert bound.credential_info("wk").bindings == ()
+    admin.allow(bound, catalog, "team", ["weather"])
+    assert bound.group("team").tools["weather"] is None
+    bound.remove_credential("wk")  # no longer bound: no force needed
+
+
+def test_bind_refuses_another_type_and_a_tool_not_allowed(bound: Store, catalog: Catalog) -> None:
+    add(bound, catalog, "acct", "account", ACCOUNT)
+    admin.allow(bound, catalog, "team", ["login"])
+
+    with pytest.raises(ConflictError) as excinfo:
+        admin.bind(bound, catalog, "team", "login", "wk")
+    assert "weatherkey" in str(excinfo.value)
+    assert "account" in str(excinfo.value)
+    with pytest.raises(ConflictError) as excinfo:
+        admin.bind(bound, catalog, "team", "forecast", "wk")
+    assert "does not allow" in str(excinfo.value)
+    assert bound.group("team").tools == {"echo": None, "login": None, "weather": "wk"}
+
+
+def test_group_statuses(bound: Store, catalog: Catalog) -> None:
+    admin.allow(bound, catalog, "team", ["login"])
+
+    statuses = {
+        s.tool: (s.status, s.credential, s.missing_fields)
+        for s in admin.group_statuses(bound, catalog, "team")
+    }
+
+    assert statuses == {
+        "echo": ("no_credential_needed", None, ()),
+        "login": ("needs_credential", None, ("username", "password")),
+        "weather": ("ready", "wk", ()),
+    }
+
+
+def test_unbind(bound: Store) -> None:
+    bound.unbind("team", "weather")
+
+    assert bound.group("team").tools["weather"] is None
+    with pytest.raises(NotFoundError):
+        bound.unbind("team", "weather")
+
+
+def test_group_names_are_unique_and_removal_drops_bindings(bound: Store) -> None:
+    with pytest.raises(ConflictError):
+        bound.add_group("team")
+
+    bound.remove_group("team")
+
+    assert bound.list_groups() == []
+    assert bound.credential_info("wk").bindings == ()
+    with pytest.raises(NotFoundError):
+        bound.group("team")
+
+
+# -- key rotation -----------------------------------------------------------------------------
+
+
+def test_rotation_keeps_every_credential_readable_and_retires_the_old_key(
+    store: Store, settings: Settings, catalog: Catalog
+) -> None:
+    added = add_accounts(store, catalog, 5)
+    old_text = settings.key_path.read_text().strip()
+
+    new_key = store.rotate_master_key(settings, key_from_env=False)
+
+    assert {n: dict(store.read_credential(n)) for n in added} == added
+    store.close()
+    assert settings.key_path.read_text().strip() == new_key.to_text()
+    assert not settings.pending_key_path.exists()
+    with Store.open(settings, env={}) as reopened:
+        assert {n: dict(reopened.read_credential(n)) for n in added} == added
+    message = refused_open(settings, {"CREDGATE_MASTER_KEY": old_text})
+    assert MISMATCH in message
+
+
+def test_rotation_with_the_key_in_the_environment(settings: Settings, catalog: Catalog) -> None:
+    old = MasterKey.generate()
+    store, _ = Store.initialise(settings, env={"CREDGATE_MASTER_KEY": old.to_text()})
+    added = add_accounts(store, catalog, 3)
+
+    new_key = store.rotate_master_key(settings, key_from_env=True)
+    store.close()
+
+    assert settings.pending_key_path.read_text().strip() == new_key.to_text()
+    assert not settings.key_path.exists()
+    with Store.open(settings, env={"CREDGATE_MASTER_KEY": new_key.to_text()}) as reopened:
+        assert {n: dict(reopened.read_credential(n)) for n in added} == added
+    assert MISMATCH in refused_open(settings, {"CREDGATE_MASTER_KEY": old.to_text()})
+
+
+def test_rotating_twice_works(store: Store, settings: Settings, catalog: Catalog) -> None:
+    added = add_accounts(store, catalog, 2)
+
+    first = store.rotate_master_key(settings, key_from_env=False)
+    second = store.rotate_master_key(settings, key_from_env=False)
+
+    assert first.key_id != second.key_id
+    assert {n: dict(store.read_credential(n)) for n in added} == added
+
+
+def test_rotation_of_an_empty_store(store: Store, settings: Settings, catalog: Catalog) -> None:
+    store.rotate_master_key(settings, key_from_env=False)
+    store.close()
+
+    with Store.open(settings, env={}) as reopened:
+        add(reopened, catalog, "acct", "account", ACCOUNT)
+        assert dict(reopened.read_credential("acct")) == ACCOUNT
+
+
+class SimulatedCrash(Exception):
+    """Stands for the process dying at that point."""
+
+
+def crash_after(count: int, real: Callable[..., object]) -> Callable[..., object]:
+    """A stand-in for `real` that raises right after its call number `count` has run."""
+    calls = {"n": 0}
+
+    def fake(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        result = real(*args, **kwargs)
+        if calls["n"] == count:
+            raise SimulatedCrash
+        return result
+
+    return fake
+
+
+def crash_before(count: int, real: Callable[..., object]) -> Callable[..., object]:
+    """A stand-in for `real` that raises instead of running its call number `count`."""
+    calls = {"n": 0}
+
+    def fake(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == count:
+            raise SimulatedCrash
+        return real(*args, **kwargs)
+
+    return fake
+
+
+def empty_key_file_then_crash(path: Path, key: MasterKey) -> None:
+    """The process died after creating master.key.new but before its content reached the disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    raise SimulatedCrash
+
+
+CrashInstaller = Callable[[pytest.MonkeyPatch], None]
+
+# name → (how to crash, what it leaves: master.key.new exists, master_keys states, data keys re-wrapped)
+CRASH_POINTS: dict[str, tuple[CrashInstaller, tuple[bool, list[str], int]]] = {
+    # master.key.new created, nothing written into it yet
+    "while_writing_the_new_key_file": (
+        lambda mp: mp.setattr(store_module, "write_key_file", empty_key_file_then_crash),
+        (True, ["current"], 0),
+    ),
+    # master.key.new written and synced; no pending row yet
+    "after_writing_the_new_key_file": (
+        lambda mp: mp.setattr(store_module, "_fsync_dir", crash_after(1, store_module._fsync_dir)),
+        (True, ["current"], 0),
+    ),
+    # pending row committed; no data key re-wrapped yet
+    "after_inserting_the_pending_row": (
+        lambda mp: mp.setattr(MasterKey, "wrap", crash_before(1, MasterKey.wrap)),
+        (True, ["current", "pending"], 0),
+    ),
+    # some data keys re-wrapped, others not
+    "after_rewrapping_some_credentials": (
+        lambda mp: mp.setattr(MasterKey, "wrap", crash_before(3, MasterKey.wrap)),
+        (True, ["current", "pending"], 2),
+    ),
+    # master.key.new renamed over master.key; the final transaction not run
+    "after_renaming_the_key_file": (
+        lambda mp: mp.setattr(store_module, "_fsync_dir", crash_after(2, store_module._fsync_dir)),
+        (False, ["current", "pending"], 5),
+    ),
+}
+
+
+@pytest.mark.parametrize("crash_point", list(CRASH_POINTS))
+def test_rotation_survives_a_crash_at_every_step(
+    settings: Settings, catalog: Catalog, monkeypatch: pytest.MonkeyPatch, crash_point: str
+) -> None:
+    store, _ = Store.initialise(settings, env={})
+    added = add_accounts(store, catalog, 5)
+    old_text = settings.key_path.read_text().strip()
+    old_id = MasterKey.from_text(old_text, "test").key_id
+    install_crash, expected_state = CRASH_POINTS[crash_point]
+
+    with monkeypatch.context() as mp:
+        install_crash(mp)
+        with pytest.raises(SimulatedCrash):
+            store.rotate_master_key(settings, key_from_env=False)
+    store.close()
+
+    # The crash really happened at that step.
+    conn = sqlite3.connect(settings.database_path)
+    states = sorted(r[0] for r in conn.execute("SELECT state FROM master_keys"))
+    rewrapped = conn.execute("SELECT COUNT(*) FROM credentials WHERE key_id != ?", (old_id,)).fetchone()[0]
+    conn.close()
+    assert (settings.pending_key_path.exists(), states, rewrapped) == expected_state
+
+    # The key files as the crash left them open the store, and every credential decrypts.
+    with Store.open(settings, env={}) as after_crash:
+        assert {n: dict(after_crash.read_credential(n)) for n in added} == added
+        late = {"username": "late", "password": "added after the crash"}
+        add(after_crash, catalog, "late", "account", late)
+        added["late"] = late
+
+    # Running rotate again finishes the job.
+    with Store.open(settings, env={}) as again:
+        new_key = again.rotate_master_key(settings, key_from_env=False)
+        assert {n: dict(again.read_credential(n)) for n in added} == added
+
+    assert not settings.pending_key_path.exists()
+    assert settings.key_path.read_text().strip() == new_key.to_text()
+    assert new_key.to_text() != old_text
+    with Store.open(settings, env={}) as final:
+        assert {n: dict(final.read_credential(n)) for n in added} == added
+        assert [tuple(r) for r in final._conn.execute("SELECT key_id, state FROM master_keys")] == [
+            (new_key.key_id, "current")
+        ]
+    assert MISMATCH in refused_open(settings, {"CREDGATE_MASTER_KEY": old_text})
+
+
+# -- audit -----------------------------------------------------------------------------------
+
+
+def test_audit_rows_are_read_back_newest_first_with_filters(store: Store) -> None:
+    rows = [
+        AuditRow(f"2024-01-01T00:00:0{i}.000+00:00", group, "agent1", tool, cred, outcome, 1.5 * i, ref)
+        for i, (group, tool, cred, outcome, ref) in enumerate(
+            [
+                ("research", "weather", "wk", "ok", None),
+                ("research", "echo", None, "ok", None),
+                ("ops", "weather", "wk2", "error", "ref-1"),
+                ("research", "weather", None, "missing_credential", None),
+            ]
+        )
+    ]
+    store.write_audit(rows)
+    store.write_audit([])
+
+    assert store.read_audit() == list(reversed(rows))
+    assert store.read_audit(group="research") == [rows[3], rows[1], rows[0]]
+    assert store.read_audit(tool="weather") == [rows[3], rows[2], rows[0]]
+    assert store.read_audit(group="research", tool="weather") == [rows[3], rows[0]]
+    assert store.read_audit(limit=2) == [rows[3], rows[2]]
+    assert store.read_audit(group="nobody") == []
+    assert store.read_audit(group="ops")[0].ref == "ref-1"
