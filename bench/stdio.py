@@ -23,16 +23,16 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 HERE = Path(__file__).resolve().parent
-TOOL = f"""
+TOOL = """
 name = "echo"
 description = "Echo the text back."
 [input_schema]
 type = "object"
 required = ["text"]
-properties.text = {{ type = "string" }}
+properties.text = { type = "string" }
 [credential]
 type = "bench"
-fields = [{{ name = "api_key", kind = "api_key" }}]
+fields = [{ name = "api_key", kind = "api_key" }]
 [handler]
 kind = "python"
 entrypoint = "bench_tools:echo"
@@ -52,7 +52,8 @@ def setup_credgate(home: Path) -> tuple[list[str], dict[str, str]]:
                        stdout=subprocess.DEVNULL)
 
     run("init")
-    run("cred", "add", "bench-key", "--tool", "echo", "--from-json", "-", stdin='{"api_key": "sk-bench-0123456789abcdef"}')
+    secret = '{"api_key": "sk-bench-0123456789abcdef"}'
+    run("cred", "add", "bench-key", "--tool", "echo", "--from-json", "-", stdin=secret)
     run("group", "add", "bench")
     run("group", "allow", "bench", "echo")
     run("bind", "bench", "echo", "bench-key")
