@@ -1,6 +1,7 @@
 """Value-based redaction: every secret of the credential in use, in every encoding an upstream might echo.
 
-Forms hunted: raw, URL-encoded (quote and quote_plus), JSON-escaped, hex, base64 (standard and URL-safe,
+Forms hunted: raw, URL-encoded (quote and quote_plus, upper- or lower-case escapes), JSON-escaped (with
+"/" as is or escaped), hex, base64 (standard and URL-safe,
 with and without padding, and at each of the three byte alignments so a secret inside a longer base64
 string is found too), and the base64 of `username:password` (HTTP Basic).
 """
@@ -33,13 +34,22 @@ def _b64_forms(data: bytes) -> set[str]:
     return forms | {f.replace("+", "-").replace("/", "_") for f in forms}
 
 
+def _lower_escapes(text: str) -> str:
+    """`a%2Fb` → `a%2fb` (every `%` of a quote() result starts an escape)."""
+    head, *rest = text.split("%")
+    return head + "".join("%" + part[:2].lower() + part[2:] for part in rest)
+
+
 def encoded_forms(value: str) -> set[str]:
     """Every text form of one secret value that redaction replaces."""
     forms = {value}
     if len(value) < MIN_DERIVED_LENGTH:
         return forms
     raw = value.encode()
-    forms |= {quote(value, safe=""), quote_plus(value, safe=""), quote(value), json.dumps(value)[1:-1]}
+    url = {quote(value, safe=""), quote_plus(value, safe=""), quote(value)}
+    json_escaped = json.dumps(value)[1:-1]
+    forms |= url | {_lower_escapes(f) for f in url}  # servers may echo `%2f` for `%2F`
+    forms |= {json_escaped, json_escaped.replace("/", "\\/")}  # JSON may escape "/" (PHP's json_encode does)
     forms |= {raw.hex(), raw.hex().upper()}
     forms |= _b64_forms(raw)
     return {f for f in forms if f}

@@ -1,0 +1,427 @@
+"""Real parts for the gateway tests: a recording HTTP upstream, a credgate "world", an MCP client, leak scans.
+
+Nothing here is a mock: the upstream is a `ThreadingHTTPServer` on 127.0.0.1, the store is a SQLite file
+under `tmp_path`, the declarations are TOML files, and the client is the MCP SDK's own `Client`.
+Test modules import these helpers (plain `import gateway_support`: pytest puts `tests/` on `sys.path`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import socket
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, unquote_plus, urlsplit
+
+import mcp_types as types
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+
+from mcp_credgate import admin
+from mcp_credgate.config import Settings
+from mcp_credgate.declarations import Catalog, load_catalog
+from mcp_credgate.server import Caller, Gateway, build_server
+from mcp_credgate.store import AuditRow, Store
+
+PUBLIC_URL = "http://127.0.0.1:8765"
+
+# -- canaries and leak scanning ------------------------------------------------------------------
+
+
+def make_canary(tag: str, *, rich: bool = False) -> str:
+    """A unique secret value. `rich` adds characters that URL, JSON and base64 encodings all change."""
+    core = f"cnry{tag}{secrets.token_hex(8)}"
+    return core + '"q\\s/p+e=a?&z~' if rich else core
+
+
+def secret_forms(secret: str) -> dict[str, str]:
+    """The encodings of a secret an upstream may echo (what the upstream test route sends back)."""
+    raw = secret.encode()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    def b64url(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode()
+
+    return {
+        "raw": secret,
+        "url": quote(secret, safe=""),
+        "url_plus": quote_plus(secret, safe=""),
+        "url_path": quote(secret),
+        "url_lower": re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), quote(secret, safe="")),
+        "json": json.dumps({"token": secret}),
+        "json_slash": json.dumps({"token": secret}).replace("/", "\\/"),  # as PHP's json_encode writes it
+        "hex": raw.hex(),
+        "HEX": raw.hex().upper(),
+        "b64": b64(raw),
+        "b64_unpadded": b64(raw).rstrip("="),
+        "b64url": b64url(raw),
+        "b64url_unpadded": b64url(raw).rstrip("="),
+        "b64_bearer": b64(b"Bearer " + raw),
+        "b64_prefix1": b64(b"x" + raw + b"tail"),
+        "b64_prefix2": b64(b"ab" + raw + b"t"),
+        "b64url_prefix1_unpadded": b64url(b"x" + raw).rstrip("="),
+    }
+
+
+_B64_RUN = re.compile(r"[A-Za-z0-9+/_\-]{8,}={0,2}")
+
+
+def _base64_hides(text: str, needle: bytes) -> bool:
+    """Does any base64-looking run of `text` (either alphabet, any alignment) decode to bytes containing needle?"""
+    for run in _B64_RUN.findall(text):
+        normal = run.rstrip("=").replace("-", "+").replace("_", "/")
+        for start in range(4):
+            chunk = normal[start:]
+            if len(chunk) % 4 == 1:
+                chunk = chunk[:-1]
+            chunk += "=" * (-len(chunk) % 4)
+            try:
+                decoded = base64.b64decode(chunk)
+            except ValueError:
+                continue
+            if needle in decoded:
+                return True
+    return False
+
+
+def leaks(text: str, secret: str) -> list[str]:
+    """The forms in which `secret` can still be read from `text` (empty: no leak).
+
+    Decodes instead of re-encoding where it can (URL, base64), so it does not share the product's
+    own list of forms.
+    """
+    found = []
+    if secret in text:
+        found.append("raw")
+    if secret in unquote(text) or secret in unquote_plus(text):
+        found.append("url-encoded")
+    if json.dumps(secret)[1:-1] in text.replace("\\/", "/"):  # JSON may escape "/" as "\/"
+        found.append("json-escaped")
+    if secret.encode().hex() in text.lower():
+        found.append("hex")
+    needle = secret.encode()
+    if _base64_hides(text, needle) or _base64_hides(unquote(text), needle):
+        found.append("base64")
+    return found
+
+
+def assert_no_leak(text: str, *secret_values: str) -> None:
+    for value in secret_values:
+        found = leaks(text, value)
+        assert not found, f"secret {value[:8]}… leaked as {found}"
+
+
+# -- the recording upstream ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request as the upstream received it."""
+
+    method: str
+    target: str  # the raw request target: path and query exactly as sent
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.target).path
+
+    @property
+    def query(self) -> dict[str, str]:
+        return dict(parse_qsl(urlsplit(self.target).query, keep_blank_values=True))
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+    def everything(self) -> str:
+        """The whole request as text (for "the secret is nowhere in it")."""
+        lines = [f"{self.method} {self.target}", *(f"{k}: {v}" for k, v in self.headers)]
+        return "\n".join(lines) + "\n\n" + self.body.decode("latin-1")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # keep-alive + a separate body write would wait for a delayed ACK
+    server: _RecordingHTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # the test output stays quiet
+        pass
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        seen = Seen(self.command, self.path, tuple(self.headers.items()), body)
+        owner = self.server.owner
+        owner.record(seen)
+        path = seen.path
+        if path in owner.redirects:
+            self._send(302, b"", "text/plain", {"Location": owner.redirects[path]})
+        elif path.startswith("/status/"):
+            self._send(int(path.rsplit("/", 1)[1]), self._echo(seen), "application/json")
+        elif path == "/slow":
+            owner.stopping.wait(owner.slow_seconds)
+            self._send(200, self._echo(seen), "application/json")
+        elif path == "/big":
+            self._send(200, b"x" * 100_000, "text/plain")
+        elif path == "/forms":
+            token = seen.header("X-Token") or ""
+            text = "".join(f"{k}={v}\n" for k, v in secret_forms(token).items())
+            self._send(200, text.encode(), "text/plain; charset=utf-8")
+        else:
+            self._send(200, self._echo(seen), "application/json")
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+    @staticmethod
+    def _echo(seen: Seen) -> bytes:
+        data = {
+            "method": seen.method,
+            "target": seen.target,
+            "path": seen.path,
+            "query": seen.query,
+            "headers": {k.lower(): v for k, v in seen.headers},
+            "body": seen.body.decode("utf-8", errors="replace"),
+        }
+        return json.dumps(data).encode()
+
+    def _send(self, status: int, body: bytes, content_type: str, extra: Mapping[str, str] = {}) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in extra.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _RecordingHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # concurrent calls open many connections at once
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up (timeout, size cap)
+            super().handle_error(request, client_address)
+    owner: Upstream
+
+
+class Upstream:
+    """A local HTTP server that records every request and answers by path:
+
+    /status/N  status N, echo body     /slow   waits `slow_seconds`, then echoes
+    /big       100 kB of text          /forms  encodings of the X-Token header, one `name=value` a line
+    a path in `redirects`  302 to it   anything else: 200 with a JSON echo of method, target, query,
+                                       headers and body
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[Seen] = []
+        self.redirects: dict[str, str] = {}
+        self.slow_seconds = 5.0
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._server = _RecordingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server.owner = self
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def record(self, seen: Seen) -> None:
+        with self._lock:
+            self.requests.append(seen)
+
+    def seen(self) -> list[Seen]:
+        with self._lock:
+            return list(self.requests)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    def start(self) -> Upstream:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@contextmanager
+def running_upstream() -> Iterator[Upstream]:
+    server = Upstream().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+# -- tool declarations ---------------------------------------------------------------------------
+
+TOKEN_FIELDS = 'fields = [ { name = "token", kind = "token" } ]'
+ACCOUNT_FIELDS = (
+    'fields = [ { name = "username", kind = "username" }, { name = "password", kind = "password" } ]'
+)
+
+
+def http_tool(
+    name: str,
+    url: str,
+    *,
+    credential: str | None = 'type = "svc"\n' + TOKEN_FIELDS,
+    headers: str = '{ Authorization = "Bearer {cred.token}" }',
+    query: str = "{}",
+    properties: str = "",
+    method: str = "GET",
+    extra: str = "",
+) -> str:
+    """The TOML of an http tool. `properties`: lines like `properties.x = { type = "string" }`."""
+    cred = f"[credential]\n{credential}\n" if credential else ""
+    return (
+        f'name = "{name}"\ndescription = "Test tool {name}."\n'
+        f'[input_schema]\ntype = "object"\n{properties}\n{cred}'
+        f'[handler]\nkind = "http"\nmethod = "{method}"\nurl = "{url}"\n'
+        f"headers = {headers}\nquery = {query}\n{extra}\n"
+    )
+
+
+def python_tool(name: str, entrypoint: str, *, credential: str | None = None, extra: str = "",
+                properties: str = "") -> str:
+    cred = f"[credential]\n{credential}\n" if credential else ""
+    return (
+        f'name = "{name}"\ndescription = "Test tool {name}."\n'
+        f'[input_schema]\ntype = "object"\n{properties}\n{cred}'
+        f'[handler]\nkind = "python"\nentrypoint = "{entrypoint}"\n{extra}\n'
+    )
+
+
+# -- a credgate installation ---------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """A data folder, its tools.d and an admin's own store connection (as the CLI would have)."""
+
+    settings: Settings
+    catalog: Catalog
+    store: Store
+    groups: set[str] = field(default_factory=set)
+
+    @classmethod
+    def create(cls, root: Path, tools: Mapping[str, str], files: Mapping[str, str] = {}) -> World:
+        tools_dir = root / "tools.d"
+        tools_dir.mkdir(parents=True)
+        for name, text in tools.items():
+            (tools_dir / f"{name}.toml").write_text(text, encoding="utf-8")
+        for filename, text in files.items():
+            (tools_dir / filename).write_text(text, encoding="utf-8")
+        settings = Settings(home=root / "home", tools_dirs=(tools_dir,), public_url=PUBLIC_URL)
+        catalog = load_catalog(settings.tools_dirs)
+        assert not catalog.problems, catalog.problems
+        store, _ = Store.initialise(settings, env={})
+        return cls(settings, catalog, store)
+
+    @property
+    def tools_dir(self) -> Path:
+        return self.settings.tools_dirs[0]
+
+    def close(self) -> None:
+        self.store.close()
+
+    def add_credential(self, name: str, type_name: str, values: Mapping[str, str]) -> None:
+        admin.add_credential(self.store, self.catalog.types[type_name], name, values)
+
+    def allow(self, group: str, *tools: str) -> None:
+        if group not in self.groups and not self.store.group_exists(group):
+            self.store.add_group(group)
+        self.groups.add(group)
+        admin.allow(self.store, self.catalog, group, tools)
+
+    def bind(self, group: str, tool: str, credential: str) -> None:
+        admin.bind(self.store, self.catalog, group, tool, credential)
+
+    def audit(self, limit: int = 10_000) -> list[AuditRow]:
+        return self.store.read_audit(limit=limit)
+
+    @asynccontextmanager
+    async def gateway(self) -> AsyncIterator[Gateway]:
+        """A Gateway as `credgate serve` opens it; closing it flushes the audit queue."""
+        gw = Gateway.open(self.settings, self.catalog)
+        try:
+            yield gw
+        finally:
+            await gw.aclose()
+
+
+@asynccontextmanager
+async def connect(
+    gateway: Gateway, group: str, *, agent: str | None = None, mode: str = "auto"
+) -> AsyncIterator[Client]:
+    """The SDK's in-memory client against the gateway's MCP server, calling as `group`."""
+    caller = Caller(group, agent)
+    server = build_server(gateway, lambda ctx: caller)
+    async with Client(server, mode=mode) as client:  # type: ignore[arg-type]
+        yield client
+
+
+@dataclass
+class Transcript:
+    """Every byte the client received, as JSON (results, listings, error messages)."""
+
+    chunks: list[str] = field(default_factory=list)
+
+    async def call(self, client: Client, name: str, args: Mapping[str, Any] | None = None) -> types.CallToolResult:
+        result = await client.call_tool(name, dict(args or {}))
+        self.chunks.append(result.model_dump_json())
+        return result
+
+    async def call_refused(self, client: Client, name: str, args: Mapping[str, Any] | None = None) -> MCPError:
+        """A call answered with a JSON-RPC error (raises AssertionError if it was answered with a result)."""
+        try:
+            result = await client.call_tool(name, dict(args or {}))
+        except MCPError as exc:
+            self.chunks.append(exc.error.model_dump_json())
+            return exc
+        raise AssertionError(f"expected a JSON-RPC error, got {result!r}")
+
+    async def list_tools(self, client: Client) -> types.ListToolsResult:
+        listing = await client.list_tools()
+        self.chunks.append(listing.model_dump_json())
+        return listing
+
+    def text(self) -> str:
+        return "\n".join(self.chunks)
+
+
+def result_text(result: types.CallToolResult) -> str:
+    return "\n".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+def load_json(result: types.CallToolResult) -> Any:
+    return json.loads(result_text(result))

@@ -1,0 +1,61 @@
+"""Python tool handlers used by the gateway tests (entrypoints `sample_handlers:NAME`)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+
+
+def sync_report(args: Mapping[str, Any], credential: Mapping[str, str]) -> dict[str, Any]:
+    """What a sync handler got, and where it ran."""
+    return {
+        "args": dict(args),
+        "fields": sorted(credential),
+        "token_length": len(credential.get("token", "")),
+        "in_worker_thread": threading.current_thread() is not threading.main_thread(),
+    }
+
+
+async def async_report(args: Mapping[str, Any], credential: Mapping[str, str]) -> dict[str, Any]:
+    await anyio.sleep(0)
+    return {
+        "args": dict(args),
+        "fields": sorted(credential),
+        "token_length": len(credential.get("token", "")),
+        "in_worker_thread": threading.current_thread() is not threading.main_thread(),
+    }
+
+
+def echo_token(args: Mapping[str, Any], credential: Mapping[str, str]) -> str:
+    """A careless handler that returns the secret itself."""
+    return f"the token is {credential['token']}"
+
+
+def show_credential(args: Mapping[str, Any], credential: Mapping[str, str]) -> str:
+    return f"{credential!r} / {credential!s}"
+
+
+def raise_with_secret(args: Mapping[str, Any], credential: Mapping[str, str]) -> str:
+    raise RuntimeError(f"upstream refused token {credential['token']}")
+
+
+async def async_raise_with_secret(args: Mapping[str, Any], credential: Mapping[str, str]) -> str:
+    await anyio.sleep(0)
+    raise ValueError(f"bad token {credential['token']}")
+
+
+def overwrite_credential(args: Mapping[str, Any], credential: Any) -> str:
+    credential["token"] = "replaced"
+    return "overwrote it"
+
+
+async def sleep_long(args: Mapping[str, Any], credential: Mapping[str, str]) -> str:
+    await anyio.sleep(30)
+    return "woke up"
+
+
+def returns_list(args: Mapping[str, Any], credential: Mapping[str, str]) -> list[int]:
+    return [1, 2, 3]

@@ -1,0 +1,165 @@
+"""`python` handlers through the real gateway and the SDK's in-memory client."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from gateway_support import (
+    TOKEN_FIELDS,
+    Transcript,
+    World,
+    assert_no_leak,
+    connect,
+    make_canary,
+    python_tool,
+    result_text,
+)
+from mcp import Client
+
+pytestmark = pytest.mark.anyio
+
+SVC = 'type = "svc"\n' + TOKEN_FIELDS
+N_PROP = "properties.n = { type = \"integer\" }"
+TOOLS = {
+    "py_sync": python_tool("py_sync", "sample_handlers:sync_report", credential=SVC, properties=N_PROP),
+    "py_async": python_tool("py_async", "sample_handlers:async_report", credential=SVC, properties=N_PROP),
+    "py_nocred": python_tool("py_nocred", "sample_handlers:sync_report"),
+    "py_list": python_tool("py_list", "sample_handlers:returns_list"),
+    "py_leak": python_tool("py_leak", "sample_handlers:echo_token", credential=SVC),
+    "py_repr": python_tool("py_repr", "sample_handlers:show_credential", credential=SVC),
+    "py_raise": python_tool("py_raise", "sample_handlers:raise_with_secret", credential=SVC),
+    "py_async_raise": python_tool("py_async_raise", "sample_handlers:async_raise_with_secret", credential=SVC),
+    "py_overwrite": python_tool("py_overwrite", "sample_handlers:overwrite_credential", credential=SVC),
+    "py_slow": python_tool("py_slow", "sample_handlers:sleep_long", credential=SVC, extra="timeout = 0.3"),
+}
+TOKEN = make_canary("PY", rich=True)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World.create(tmp_path, TOOLS)
+    w.add_credential("svc-main", "svc", {"token": TOKEN})
+    w.allow("dev", *TOOLS)
+    for name in TOOLS:
+        if name not in ("py_nocred", "py_list"):
+            w.bind("dev", name, "svc-main")
+    yield w
+    w.close()
+
+
+@pytest.fixture
+async def client(world: World) -> AsyncIterator[Client]:
+    async with world.gateway() as gw, connect(gw, "dev") as c:
+        yield c
+
+
+async def test_a_sync_handler_runs_in_a_worker_thread_with_the_credential(client: Client) -> None:
+    result = await client.call_tool("py_sync", {"n": 3})
+
+    assert not result.is_error
+    assert result.structured_content == {
+        "args": {"n": 3}, "fields": ["token"], "token_length": len(TOKEN), "in_worker_thread": True,
+    }
+
+
+async def test_an_async_handler_runs_on_the_event_loop_with_the_credential(client: Client) -> None:
+    result = await client.call_tool("py_async", {"n": 4})
+
+    assert not result.is_error
+    assert result.structured_content == {
+        "args": {"n": 4}, "fields": ["token"], "token_length": len(TOKEN), "in_worker_thread": False,
+    }
+
+
+async def test_a_tool_without_credential_gets_an_empty_mapping(client: Client) -> None:
+    result = await client.call_tool("py_nocred", {})
+
+    assert result.structured_content is not None
+    assert result.structured_content["fields"] == []
+
+
+async def test_a_non_dict_return_value_becomes_json_text(client: Client) -> None:
+    result = await client.call_tool("py_list", {})
+
+    assert not result.is_error
+    assert result_text(result) == "[1, 2, 3]"
+    assert result.structured_content is None
+
+
+async def test_a_secret_returned_by_the_handler_is_redacted(client: Client) -> None:
+    result = await client.call_tool("py_leak", {})
+
+    assert result_text(result) == "the token is [redacted:token]"
+    assert_no_leak(result.model_dump_json(), TOKEN)
+
+
+async def test_the_credential_repr_masks_the_secret(client: Client) -> None:
+    result = await client.call_tool("py_repr", {})
+
+    assert "Credential(" in result_text(result)
+    assert "[redacted:token]" not in result_text(result)  # masked by the repr, not rescued by redaction
+    assert_no_leak(result.model_dump_json(), TOKEN)
+
+
+@pytest.mark.parametrize("tool", ["py_raise", "py_async_raise"])
+async def test_an_exception_reaches_the_agent_as_a_generic_error_with_a_reference(
+    client: Client, caplog: pytest.LogCaptureFixture, tool: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    result = await client.call_tool(tool, {})
+
+    text = result_text(result)
+    assert result.is_error
+    match = re.search(r"ref: ([0-9a-f]+)", text)
+    assert match is not None, text
+    assert "Error" not in text and "token" not in text  # no exception class, no message
+    assert_no_leak(result.model_dump_json(), TOKEN)
+    ref = match.group(1)
+    logged = [r for r in caplog.records if ref in r.getMessage()]
+    assert logged, "the server log has no line with the reference"
+    details = "\n".join(r.getMessage() for r in logged)
+    assert "Traceback" in details and "[redacted:token]" in details
+    assert_no_leak(caplog.text, TOKEN)
+
+
+async def test_a_handler_cannot_change_the_credential(client: Client) -> None:
+    first = await client.call_tool("py_overwrite", {})
+    after = await client.call_tool("py_sync", {"n": 1})
+
+    assert first.is_error and "ref:" in result_text(first)
+    assert after.structured_content is not None
+    assert after.structured_content["token_length"] == len(TOKEN)
+
+
+async def test_a_handler_over_its_timeout_is_an_error_and_the_gateway_goes_on(client: Client) -> None:
+    with anyio.fail_after(10):
+        slow = await client.call_tool("py_slow", {})
+        after = await client.call_tool("py_sync", {"n": 2})
+
+    assert slow.is_error and "ref:" in result_text(slow)
+    assert not after.is_error
+
+
+async def test_python_outcomes_are_audited_without_values(world: World) -> None:
+    transcript = Transcript()
+    async with world.gateway() as gw, connect(gw, "dev", agent="bot-1") as c:
+        await transcript.call(c, "py_sync", {"n": 1})
+        await transcript.call(c, "py_raise", {})
+
+    rows = world.audit()
+    outcomes = {(r.tool, r.outcome, r.credential, r.agent) for r in rows}
+    assert outcomes == {("py_sync", "ok", "svc-main", "bot-1"), ("py_raise", "error", "svc-main", "bot-1")}
+    failed = next(r for r in rows if r.outcome == "error")
+    assert failed.ref is not None and failed.ref in transcript.text()
+    assert_no_leak(repr(rows), TOKEN)

@@ -1,0 +1,115 @@
+"""Redaction of secret values in every form an upstream might echo them (contract §4)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import quote
+
+import pytest
+from gateway_support import leaks, make_canary, secret_forms
+
+from mcp_credgate.credential import Credential
+from mcp_credgate.redact import Redactor, redactor_for
+
+TOKEN = make_canary("R", rich=True)
+
+
+@pytest.fixture
+def redactor() -> Redactor:
+    return Redactor({"token": TOKEN})
+
+
+@pytest.mark.parametrize("form", sorted(secret_forms(TOKEN)))
+def test_every_encoded_form_is_replaced(redactor: Redactor, form: str) -> None:
+    text = f"before {secret_forms(TOKEN)[form]} after"
+
+    out = redactor.text(text)
+
+    assert "[redacted:token]" in out
+    assert leaks(out, TOKEN) == []
+    assert out.startswith("before ") and out.endswith(" after")
+
+
+@pytest.mark.parametrize("lead", range(6))
+def test_base64_of_a_secret_inside_longer_data_is_replaced_at_every_alignment(redactor: Redactor, lead: int) -> None:
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        blob = encode(b"P" * lead + TOKEN.encode() + b"-trailer-bytes").decode()
+
+        out = redactor.text(f"session={blob}")
+
+        assert "[redacted:token]" in out, (lead, encode)
+        assert leaks(out, TOKEN) == []
+
+
+def test_a_plain_secret_is_replaced_by_its_field_name() -> None:
+    redactor = Redactor({"api_key": "plain-secret-value-123"})
+
+    assert redactor.text("key=plain-secret-value-123;") == "key=[redacted:api_key];"
+
+
+def test_every_occurrence_is_replaced(redactor: Redactor) -> None:
+    out = redactor.text(f"{TOKEN} and {TOKEN} and {quote(TOKEN, safe='')}")
+
+    assert out.count("[redacted:token]") == 3
+
+
+def test_text_without_secrets_is_unchanged(redactor: Redactor) -> None:
+    text = "nothing secret here: QmVhcmVy 0123abcd %20"
+
+    assert redactor.text(text) == text
+
+
+def test_json_structures_are_redacted_in_keys_values_and_nested_lists(redactor: Redactor) -> None:
+    value = {"a": [TOKEN, {"b": f"x{TOKEN}y"}], TOKEN: 1, "n": 2, "ok": None}
+
+    out = redactor.obj(value)
+
+    assert out == {"a": ["[redacted:token]", {"b": "x[redacted:token]y"}], "[redacted:token]": 1, "n": 2, "ok": None}
+    assert leaks(json.dumps(out), TOKEN) == []
+
+
+def test_basic_auth_of_username_and_password_is_replaced() -> None:
+    password = make_canary("P")
+    credential = Credential("acct", "account", {"username": "alice", "password": password}, frozenset({"password"}))
+    header = "Basic " + base64.b64encode(f"alice:{password}".encode()).decode()
+
+    out = redactor_for(credential).text(f"Authorization: {header}")
+
+    assert out == "Authorization: Basic [redacted:password]"
+
+
+def test_non_secret_fields_are_left_alone() -> None:
+    credential = Credential(
+        "acct", "account", {"username": "alice-the-user", "password": make_canary("P")}, frozenset({"password"})
+    )
+
+    assert redactor_for(credential).text("signed in as alice-the-user") == "signed in as alice-the-user"
+
+
+def test_each_secret_field_is_named_in_its_own_marker() -> None:
+    a, b = make_canary("A"), make_canary("B")
+    redactor = Redactor({"token": a, "refresh": b})
+
+    assert redactor.text(f"{a} {b}") == "[redacted:token] [redacted:refresh]"
+
+
+def test_a_short_secret_is_still_replaced_raw() -> None:
+    redactor = Redactor({"pin": "42x"})
+
+    assert redactor.text("pin is 42x.") == "pin is [redacted:pin]."
+
+
+def test_the_redactor_repr_shows_no_secret(redactor: Redactor) -> None:
+    assert leaks(repr(redactor), TOKEN) == []
+    assert not leaks(str(redactor), TOKEN)
+
+
+def test_a_credential_repr_masks_secret_values() -> None:
+    secret = make_canary("M")
+    credential = Credential("c", "t", {"token": secret, "user": "bob"}, frozenset({"token"}))
+
+    shown = repr(credential) + str(credential)
+
+    assert leaks(shown, secret) == []
+    assert "bob" in shown
