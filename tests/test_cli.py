@@ -215,6 +215,13 @@ def test_cred_add_without_values_and_without_a_terminal_is_refused(cli: CliRun) 
     assert as_json(cli("cred", "list", "--json")) == []
 
 
+def test_cred_add_with_an_empty_json_object_names_the_missing_field(cli: CliRun) -> None:
+    result = cli("cred", "add", "wk", "--type", "weatherkey", "--from-json", "-", input="{}")
+
+    assert_refused(result, "required field 'api_key'")
+    assert as_json(cli("cred", "list", "--json")) == []
+
+
 @pytest.mark.parametrize(
     ("values", "field"),
     [

@@ -279,6 +279,18 @@ async def test_a_dot_segment_argument_in_the_url_path_is_refused(
     assert upstream.seen() == []
 
 
+async def test_a_header_or_query_parameter_whose_argument_is_absent_is_left_out(
+    client: Client, upstream: Upstream
+) -> None:
+    result = await client.call_tool("items", {"item": "x"})
+
+    [seen] = upstream.seen()
+    assert not result.is_error
+    assert seen.header("X-Note") is None
+    assert seen.query == {}
+    assert json.loads(seen.body) == {"fixed": "literal"}
+
+
 async def test_a_header_argument_with_a_line_break_is_refused(client: Client, upstream: Upstream) -> None:
     result = await client.call_tool("items", {"item": "x", "note": "hi\r\nX-Evil: 1"})
 

@@ -276,7 +276,7 @@ def _read_values(spec: CredentialSpec, sets: tuple[str, ...], from_json: str | N
             # not echoed: without its `FIELD=`, the argument may well be the secret value itself
             raise click.UsageError("--set takes FIELD=VALUE (one --set was given without '=')")
         values[name] = value
-    if not values and prompt:
+    if from_json is None and not sets and prompt:
         if not sys.stdin.isatty():
             raise CredentialValueError("no values given: pipe a JSON object to --from-json -, or use --set FIELD=VALUE")
         for f in spec.fields:

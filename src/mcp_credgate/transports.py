@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -58,4 +59,14 @@ async def serve_http(settings: Settings, catalog: Catalog, host: str, port: int)
     )
     server = uvicorn.Server(config)
     logging.getLogger("credgate").info("serving MCP on http://%s:%d (/mcp, /sse)", host, port)
-    await server.serve()
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal with the handler it found: make
+    # that one a plain exit, so a clean SIGTERM shutdown ends with status 0 instead of dying by the signal.
+    previous = signal.signal(signal.SIGTERM, _exit_cleanly)
+    try:
+        await server.serve()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_cleanly(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
