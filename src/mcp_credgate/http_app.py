@@ -107,7 +107,7 @@ class RequestGuard:
         return None
 
 
-def identify(ctx: ServerRequestContext[Any]) -> Caller:
+def identify(ctx: ServerRequestContext[Any] | None) -> Caller:
     """The caller is whoever the verified bearer token says, and nothing else."""
     token = get_access_token()
     if token is None or not token.claims or "group" not in token.claims:

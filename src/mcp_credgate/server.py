@@ -144,7 +144,8 @@ def _to_result(output: ToolOutput, redactor: Redactor) -> types.CallToolResult:
     )
 
 
-Identify = Callable[[ServerRequestContext[Any]], Caller]
+# Names the caller of a request; ctx is None where the SDK gives none (the schema lookup below).
+Identify = Callable[[ServerRequestContext[Any] | None], Caller]
 
 
 def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
@@ -165,10 +166,21 @@ def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
             logger.error("call of %s failed (ref: %s): %s", params.name, ref, type(exc).__name__)
             return _text_result(f"The gateway could not run {params.name} (ref: {ref}).", is_error=True)
 
+    def input_schema(name: str) -> Mapping[str, Any] | None:
+        """Streamable HTTP checks `Mcp-Param` headers against the schema on every call; without this lookup
+        the SDK would run the whole `tools/list` handler each time."""
+        try:
+            group = identify(None).group
+        except Exception:
+            return None
+        tool = gateway.catalog.tool(name)
+        return tool.decl.input_schema if tool is not None and gateway.store.allows(group, name) else None
+
     return Server(
         "mcp-credgate",
         version=__version__,
         instructions="Tools run through mcp-credgate; credentials stay on the server.",
+        get_tool_input_schema=input_schema,
         on_list_tools=on_list_tools,
         on_call_tool=on_call_tool,
     )

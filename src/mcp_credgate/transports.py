@@ -31,7 +31,7 @@ async def serve_stdio(settings: Settings, catalog: Catalog, group: str) -> None:
             raise GatewayError(f"no agent group named {group!r} (create it with `credgate group add {group}`)")
         caller = Caller(group=group)
 
-        def identify(ctx: ServerRequestContext[Any]) -> Caller:
+        def identify(ctx: ServerRequestContext[Any] | None) -> Caller:
             return caller
 
         server = build_server(gateway, identify)

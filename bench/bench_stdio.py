@@ -4,7 +4,7 @@ Both serve an echo tool; credgate's needs an API-key credential, which it resolv
 injects on every call, then redacts the output and queues an audit row. Each server gets the same
 number of sequential calls from the SDK's stdio client, in alternating rounds so drift hits both.
 
-    python bench/stdio.py [--calls 2000] [--rounds 4]
+    python bench/bench_stdio.py [--calls 2000] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -48,8 +48,7 @@ def setup_credgate(home: Path) -> tuple[list[str], dict[str, str]]:
     common = ["--home", str(home), "--tools-dir", str(tools)]
 
     def run(*args: str, stdin: str | None = None) -> None:
-        subprocess.run([*base, *args, *common], input=stdin, text=True, check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run([*base, *args, *common], input=stdin, text=True, check=True, env=env, stdout=subprocess.DEVNULL)
 
     run("init")
     secret = '{"api_key": "sk-bench-0123456789abcdef"}'

@@ -1,0 +1,154 @@
+"""Benchmark: credgate over Streamable HTTP vs a bare `mcp` server with the same echo tool and bearer check.
+
+Both run as real processes on 127.0.0.1 and are driven by the SDK's Streamable HTTP client: first
+sequential calls from one client, then 50 concurrent clients. Rounds alternate between the servers.
+
+    python bench/bench_http.py [--calls 1000] [--clients 50] [--per-client 20] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import httpx2
+from bench_stdio import HERE, setup_credgate, summary
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running(argv: list[str], env: dict[str, str], port: int) -> Iterator[None]:
+    proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"server {argv} did not start") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def client(url: str, token: str) -> Client:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    return Client(streamable_http_client(url, http_client=http))
+
+
+async def sequential(url: str, token: str, calls: int) -> list[float]:
+    times = []
+    async with client(url, token) as c:
+        for _ in range(10):
+            await c.call_tool("echo", {"text": "warm"})
+        for i in range(calls):
+            start = time.perf_counter()
+            result = await c.call_tool("echo", {"text": f"hello {i}"})
+            times.append(time.perf_counter() - start)
+            assert not result.is_error, result
+    return times
+
+
+async def concurrent(url: str, token: str, clients: int, per_client: int) -> tuple[list[float], float]:
+    times: list[float] = []
+
+    async def one(n: int) -> None:
+        async with client(url, token) as c:
+            for i in range(per_client):
+                start = time.perf_counter()
+                result = await c.call_tool("echo", {"text": f"agent {n} call {i}"})
+                times.append(time.perf_counter() - start)
+                assert not result.is_error, result
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for n in range(clients):
+            tg.start_soon(one, n)
+    return times, time.perf_counter() - start
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=1000, help="sequential calls per server and round")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--per-client", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    opts = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        serve_argv, env = setup_credgate(home)
+        base = serve_argv[: serve_argv.index("serve")]
+        common = serve_argv[serve_argv.index("--home") :]
+        out = subprocess.run(
+            [*base, "agent", "add", "bench", "bench-agent", "--json", *common],
+            env={**os.environ, **env},
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        credgate_token = json.loads(out.stdout)["token"]
+        bare_token = "bench-static-token"
+        port_c, port_b = free_port(), free_port()
+        servers = {
+            "bare mcp server": (
+                [sys.executable, str(HERE / "bare_http_server.py"), str(port_b), bare_token],
+                {"PYTHONPATH": str(HERE)},
+                port_b,
+                bare_token,
+            ),
+            "credgate serve": ([*base, "serve", "--http", "--port", str(port_c), *common], env, port_c, credgate_token),
+        }
+        seq: dict[str, list[float]] = {name: [] for name in servers}
+        conc: dict[str, list[float]] = {name: [] for name in servers}
+        wall: dict[str, float] = {name: 0.0 for name in servers}
+        for _ in range(opts.rounds):
+            for name, (argv, extra_env, port, token) in servers.items():
+                url = f"http://127.0.0.1:{port}/mcp"
+                with running(argv, extra_env, port):
+                    seq[name] += await sequential(url, token, opts.calls)
+                    times, elapsed = await concurrent(url, token, opts.clients, opts.per_client)
+                    conc[name] += times
+                    wall[name] += elapsed
+    print(f"Streamable HTTP, {opts.rounds} alternating rounds")
+    print(f"sequential: {opts.calls * opts.rounds} calls from one client")
+    print(f"{'server':<18}{'calls/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    rates = {}
+    for name, times in seq.items():
+        rates[name] = summary(times)
+        rate, p50, p99 = rates[name]
+        print(f"{name:<18}{rate:>10.0f}{p50:>10.3f}{p99:>10.3f}")
+    print(f"sequential throughput ratio credgate/bare: {rates['credgate serve'][0] / rates['bare mcp server'][0]:.2f}")
+    print(f"concurrent: {opts.clients} clients x {opts.per_client} calls")
+    print(f"{'server':<18}{'calls/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    crates = {}
+    for name, times in conc.items():
+        _, p50, p99 = summary(times)
+        crates[name] = len(times) / wall[name]
+        print(f"{name:<18}{crates[name]:>10.0f}{p50:>10.3f}{p99:>10.3f}")
+    ratio = crates["credgate serve"] / crates["bare mcp server"]
+    print(f"concurrent throughput ratio credgate/bare: {ratio:.2f} (target >= 0.90)")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
