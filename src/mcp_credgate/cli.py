@@ -673,13 +673,13 @@ def serve(app: App, group_name: str | None, use_http: bool, host: str, port: int
         if not app.meta.get("credgate.public_url") and not os.environ.get("CREDGATE_PUBLIC_URL"):
             settings = replace(settings, public_url=f"http://{f'[{host}]' if ':' in host else host}:{port}")
         if not is_loopback_bind(host):
-            hosts, origins = allowed_hosts_and_origins(host, port, settings.public_url)
-            click.echo(f"binding {host}:{port}; allowed hosts: {', '.join(hosts)}", err=True)
-            click.echo(f"allowed origins: {', '.join(origins)}", err=True)
             if not any(a.revoked_at is None for a in app.store.list_agents()):
                 raise click.ClickException(
                     "refusing to listen beyond loopback with no agent: create one with `credgate agent add GROUP NAME`"
                 )
+            hosts, origins = allowed_hosts_and_origins(host, port, settings.public_url)
+            click.echo(f"binding {host}:{port}; allowed hosts: {', '.join(hosts)}", err=True)
+            click.echo(f"allowed origins: {', '.join(origins)}", err=True)
         configure_logging()
         anyio.run(serve_http, settings, catalog, host, port)
         return
