@@ -10,7 +10,7 @@ import pytest
 from gateway_support import leaks, make_canary, secret_forms
 
 from mcp_credgate.credential import Credential
-from mcp_credgate.redact import Redactor, redactor_for
+from mcp_credgate.redact import Redactor, encoded_forms, redactor_for
 
 TOKEN = make_canary("R", rich=True)
 
@@ -113,3 +113,18 @@ def test_a_credential_repr_masks_secret_values() -> None:
 
     assert leaks(shown, secret) == []
     assert "bob" in shown
+
+
+@pytest.mark.parametrize("length", range(1, 40))
+def test_no_form_is_shorter_than_the_value_or_eight_characters(length: int) -> None:
+    """The redactor skips texts shorter than this bound, so the bound must hold for every form."""
+    for alphabet in ("a", "é", "/+", "\u2603x"):
+        value = (alphabet * length)[:length]
+        assert min(len(form) for form in encoded_forms(value)) >= min(len(value), 8)
+
+
+def test_a_text_shorter_than_any_form_is_returned_as_is_and_a_longer_one_is_redacted() -> None:
+    redactor = Redactor({"token": "s3cret-value-0123"})
+
+    assert redactor.text("hi") == "hi"
+    assert redactor.text("x s3cret-value-0123 y") == "x [redacted:token] y"

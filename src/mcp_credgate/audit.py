@@ -1,15 +1,15 @@
 """The audit trail writer: calls enqueue rows, one background thread writes them in batches.
 
-A call never waits for SQLite: `record` is a queue put. Rows are flushed every FLUSH_SECONDS or
+A call never waits for SQLite: `record` is a deque append. Rows are flushed every FLUSH_SECONDS or
 BATCH rows, and on `close`, so a clean shutdown loses none.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -34,9 +34,14 @@ def _row(
 
 
 class AuditLog:
+    """Calls append to a deque (no lock, no thread wake-up); the writer thread wakes every FLUSH_SECONDS,
+    takes what is there and writes it in one transaction. Waking the writer on every row would cost each
+    call a thread switch."""
+
     def __init__(self, write: Callable[[list[AuditRow]], None]) -> None:
         self._write = write
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._pending: deque[_Pending] = deque()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="credgate-audit", daemon=True)
         self._thread.start()
 
@@ -51,24 +56,17 @@ class AuditLog:
         ref: str | None = None,
     ) -> None:
         duration_ms = (time.perf_counter() - started) * 1000
-        self._queue.put((time.time(), group, agent, tool, credential, outcome, duration_ms, ref))
+        self._pending.append((time.time(), group, agent, tool, credential, outcome, duration_ms, ref))
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            batch: list[_Pending] = []
-            deadline = time.monotonic() + FLUSH_SECONDS
-            while len(batch) < BATCH:
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            if batch:
-                self._flush([_row(*item) for item in batch])
+        while not self._stop.wait(FLUSH_SECONDS):
+            self._drain()
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._pending:
+            batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
+            self._flush([_row(*item) for item in batch])
 
     def _flush(self, batch: list[AuditRow]) -> None:
         for attempt in range(5):
@@ -82,5 +80,5 @@ class AuditLog:
 
     def close(self) -> None:
         """Flush what is queued and stop the writer."""
-        self._queue.put(None)
-        self._thread.join(timeout=10)
+        self._stop.set()
+        self._thread.join(timeout=30)

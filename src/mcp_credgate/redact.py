@@ -62,30 +62,41 @@ class Redactor:
     cache, hence plain `str.replace`, longest form first).
     """
 
-    __slots__ = ("_replacements",)
+    __slots__ = ("_replacements", "_shortest", "_sources")
 
     def __init__(self, secrets: Mapping[str, str], extra: Iterable[tuple[str, str]] = ()) -> None:
-        replacements: dict[str, str] = {}
-        for fieldname, value in (*secrets.items(), *extra):
-            for form in encoded_forms(value):
-                replacements.setdefault(form, f"[redacted:{fieldname}]")
-        self._replacements = sorted(replacements.items(), key=lambda kv: len(kv[0]), reverse=True)
+        self._sources = [(name, value) for name, value in (*secrets.items(), *extra) if value]
+        # No form of a value is shorter than the value itself or 8 characters (see encoded_forms), so a
+        # shorter text cannot hold one and needs no work; the forms are computed on first need.
+        self._shortest = min((min(len(v), 8) for _, v in self._sources), default=0)
+        self._replacements: list[tuple[str, str]] | None = None
+
+    def _forms(self) -> list[tuple[str, str]]:
+        if self._replacements is None:
+            replacements: dict[str, str] = {}
+            for fieldname, value in self._sources:
+                for form in encoded_forms(value):
+                    replacements.setdefault(form, f"[redacted:{fieldname}]")
+            self._replacements = sorted(replacements.items(), key=lambda kv: len(kv[0]), reverse=True)
+        return self._replacements
 
     def __bool__(self) -> bool:
-        return bool(self._replacements)
+        return bool(self._sources)
 
     def __repr__(self) -> str:
-        return f"Redactor({len(self._replacements)} forms)"
+        return f"Redactor({len(self._sources)} values)"
 
     def text(self, value: str) -> str:
-        for form, replacement in self._replacements:
+        if not self._sources or len(value) < self._shortest:
+            return value
+        for form, replacement in self._forms():
             if form in value:
                 value = value.replace(form, replacement)
         return value
 
     def obj(self, value: Any) -> Any:
         """Redact every string (keys included) of a JSON-like value."""
-        if not self._replacements:
+        if not self._sources:
             return value
         if isinstance(value, str):
             return self.text(value)

@@ -135,12 +135,14 @@ class GroupInfo:
     tools: Mapping[str, str | None] = field(default_factory=dict)  # tool → bound credential name
 
 
-@dataclass(frozen=True)
+@dataclass
 class SealedCredential:
-    """A credential's row and value ciphertexts, read but not decrypted."""
+    """A credential's row and value ciphertexts, read but not decrypted. While the binding cache keeps it,
+    it keeps its unwrapped data key too (key material, not a value: values are decrypted per call)."""
 
     row: sqlite3.Row
     values: tuple[sqlite3.Row, ...]
+    data_key: DataKey | None = None
 
     def __repr__(self) -> str:
         return f"SealedCredential({self.row['name']!r})"
@@ -219,6 +221,10 @@ class Store:
         self._conn = conn
         self._keyring = keyring
         self._lock = threading.RLock()
+        # (group, tool) → Binding, valid while `PRAGMA data_version` is unchanged (no commit by another
+        # connection) and this connection wrote nothing. It holds ciphertext only, never a plain value.
+        self._bindings: dict[tuple[str, str], Binding] = {}
+        self._bindings_version = -1
         self._key_source: tuple[Settings, Mapping[str, str] | None] | None = None  # set by `open`
 
     # -- opening -------------------------------------------------------------------------
@@ -296,8 +302,10 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, _transaction(self._conn):
-            yield self._conn
+        with self._lock:
+            self._bindings.clear()
+            with _transaction(self._conn):
+                yield self._conn
 
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -491,8 +499,8 @@ class Store:
             ).fetchall()
         return self._decrypt(row, values)
 
-    def _decrypt(self, row: sqlite3.Row, values: Iterable[sqlite3.Row]) -> Credential:
-        dek = self._data_key(row)
+    def _decrypt(self, row: sqlite3.Row, values: Iterable[sqlite3.Row], dek: DataKey | None = None) -> Credential:
+        dek = dek or self._data_key(row)
         plain: dict[str, str] = {}
         secret: set[str] = set()
         for v in values:
@@ -607,8 +615,17 @@ class Store:
         )
 
     def binding(self, group: str, tool: str) -> Binding:
-        """At call time, in one query: is the tool allowed for the group, and what does its bound credential
-        hold (still sealed: `open_sealed` decrypts it once the caller decides to use it)?"""
+        """At call time: is the tool allowed for the group, and what does its bound credential hold (still
+        sealed: `open_sealed` decrypts it once the caller decides to use it)? One cheap version check while
+        nothing changed, one query otherwise: a rebind by any process is seen at the next call."""
+        with self._lock:
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._bindings_version:
+                self._bindings.clear()
+                self._bindings_version = version
+            cached = self._bindings.get((group, tool))
+            if cached is not None:
+                return cached
         rows = self._query(
             "SELECT gt.credential_id AS cid, c.name, c.type, c.uid, c.key_id, c.wrapped_dek,"
             " v.field, v.secret, v.ciphertext FROM groups g JOIN group_tools gt ON gt.group_id = g.id"
@@ -617,14 +634,21 @@ class Store:
             (group, tool),
         )
         if not rows:
-            return Binding(allowed=False)
-        if rows[0]["cid"] is None:
-            return Binding(allowed=True)
-        values = tuple(r for r in rows if r["field"] is not None)
-        return Binding(allowed=True, credential=rows[0]["name"], sealed=SealedCredential(rows[0], values))
+            found = Binding(allowed=False)
+        elif rows[0]["cid"] is None:
+            found = Binding(allowed=True)
+        else:
+            values = tuple(r for r in rows if r["field"] is not None)
+            found = Binding(allowed=True, credential=rows[0]["name"], sealed=SealedCredential(rows[0], values))
+        with self._lock:
+            if self._bindings_version == version:
+                self._bindings[(group, tool)] = found
+        return found
 
     def open_sealed(self, sealed: SealedCredential) -> Credential:
-        return self._decrypt(sealed.row, sealed.values)
+        if sealed.data_key is None:
+            sealed.data_key = self._data_key(sealed.row)
+        return self._decrypt(sealed.row, sealed.values, sealed.data_key)
 
     # -- agents --------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -35,6 +36,7 @@ async def serve_stdio(settings: Settings, catalog: Catalog, group: str) -> None:
             return caller
 
         server = build_server(gateway, identify)
+        gc.freeze()  # start-up objects are permanent: later collections need not walk them
         async with stdio_server() as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())
 
