@@ -1,10 +1,11 @@
 """Benchmark: credgate over stdio vs a bare `mcp` low-level server, side by side in one run.
 
 Both serve an echo tool; credgate's needs an API-key credential, which it resolves, decrypts and
-injects on every call, then redacts the output and queues an audit row. Each server gets the same
-number of sequential calls from the SDK's stdio client, in alternating rounds so drift hits both.
+injects on every call, then redacts the output and queues an audit row. Both run at once, each with
+its own SDK stdio client, and the calls alternate between them one by one (so machine noise and drift
+hit both alike); throughput is calls per second of time spent waiting on that server.
 
-    python bench/bench_stdio.py [--calls 2000] [--rounds 4]
+    python bench/bench_stdio.py [--calls 2000]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
@@ -59,17 +61,23 @@ def setup_credgate(home: Path) -> tuple[list[str], dict[str, str]]:
     return [*base, "serve", "--group", "bench", *common], {"PYTHONPATH": str(HERE)}
 
 
-async def measure(argv: list[str], env: dict[str, str], calls: int) -> list[float]:
-    params = StdioServerParameters(command=argv[0], args=argv[1:], env=env)
-    with open(os.devnull, "w") as devnull:
-        async with Client(stdio_client(params, errlog=devnull)) as client:
-            for _ in range(20):  # warm-up
+async def measure(servers: dict[str, tuple[list[str], dict[str, str]]], calls: int) -> dict[str, list[float]]:
+    """Both servers run at once; calls alternate between them one by one, so drift hits both alike."""
+    times: dict[str, list[float]] = {name: [] for name in servers}
+    async with AsyncExitStack() as stack:
+        devnull = stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115
+        clients = {}
+        for name, (argv, env) in servers.items():
+            params = StdioServerParameters(command=argv[0], args=argv[1:], env=env)
+            clients[name] = await stack.enter_async_context(Client(stdio_client(params, errlog=devnull)))
+        for client in clients.values():
+            for _ in range(50):  # warm-up
                 await client.call_tool("echo", {"text": "warm"})
-            times = []
-            for i in range(calls):
+        for i in range(calls):
+            for name, client in clients.items():
                 start = time.perf_counter()
                 result = await client.call_tool("echo", {"text": f"hello {i}"})
-                times.append(time.perf_counter() - start)
+                times[name].append(time.perf_counter() - start)
                 assert not result.is_error, result
     return times
 
@@ -83,17 +91,15 @@ def summary(times: list[float]) -> tuple[float, float, float]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=2000, help="sequential calls per server (default 2000)")
-    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds the calls are split into")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         credgate_argv, credgate_env = setup_credgate(Path(tmp) / "home")
-        bare_argv = [sys.executable, str(HERE / "bare_server.py")]
-        per_round = max(1, opts.calls // opts.rounds)
-        results: dict[str, list[float]] = {"bare mcp server": [], "credgate serve": []}
-        for _ in range(opts.rounds):
-            results["bare mcp server"] += await measure(bare_argv, {}, per_round)
-            results["credgate serve"] += await measure(credgate_argv, credgate_env, per_round)
-    print(f"stdio, {per_round * opts.rounds} sequential tools/call each, {opts.rounds} alternating rounds")
+        servers = {
+            "bare mcp server": ([sys.executable, str(HERE / "bare_server.py")], {}),
+            "credgate serve": (credgate_argv, credgate_env),
+        }
+        results = await measure(servers, opts.calls)
+    print(f"stdio, {opts.calls} sequential tools/call each, alternating call by call between the two servers")
     print(f"{'server':<18}{'calls/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     figures = {}
     for name, times in results.items():
