@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from gateway_support import Upstream, running_upstream
 
 from mcp_credgate.cli import cli
 from mcp_credgate.config import DEFAULT_PUBLIC_URL, Settings
@@ -206,3 +207,15 @@ def run_credgate(home: Path, tools_dir: Path, tmp_path: Path) -> ProcRun:
         )
 
     return run
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    """A local HTTP server on 127.0.0.1 that records every request and echoes it back."""
+    with running_upstream() as server:
+        yield server

@@ -29,11 +29,6 @@ TOKEN_SHAPE = re.compile(r"^cgt_[A-Za-z0-9_-]{43}$")
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def groups(store: Store, run_cli: CliRun) -> Store:
     """An initialised store with the agent groups `research` and `ops`."""
     for name in ("research", "ops"):

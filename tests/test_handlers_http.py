@@ -64,17 +64,6 @@ def declarations(up: Upstream, away: Upstream) -> dict[str, str]:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def upstream() -> Iterator[Upstream]:
-    with running_upstream() as server:
-        yield server
-
-
-@pytest.fixture
 def away() -> Iterator[Upstream]:
     """A second upstream on another port: another origin."""
     with running_upstream() as server:

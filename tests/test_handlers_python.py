@@ -41,11 +41,6 @@ TOKEN = make_canary("PY", rich=True)
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     w = World.create(tmp_path, TOOLS)
     w.add_credential("svc-main", "svc", {"token": TOKEN})

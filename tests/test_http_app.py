@@ -61,11 +61,6 @@ CALLS_EACH = 20
 START_TIMEOUT = 20.0
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # -- every byte received ---------------------------------------------------------------------------
 
 

@@ -23,7 +23,6 @@ from gateway_support import (
     make_canary,
     python_tool,
     result_text,
-    running_upstream,
 )
 from mcp.shared.exceptions import MCPError
 
@@ -52,17 +51,6 @@ def declarations(up: Upstream) -> dict[str, str]:
                              'fields = [ { name = "api_key", kind = "api_key" } ]',
                              headers='{ X-Api-Key = "{cred.api_key}" }'),
     }
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def upstream() -> Iterator[Upstream]:
-    with running_upstream() as server:
-        yield server
 
 
 @pytest.fixture

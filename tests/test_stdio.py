@@ -25,7 +25,6 @@ from gateway_support import (
     make_canary,
     python_tool,
     result_text,
-    running_upstream,
 )
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
@@ -41,17 +40,6 @@ HANDLERS = '''
 def explode(args, credential):
     raise RuntimeError("rejected " + credential["token"])
 '''
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def upstream() -> Iterator[Upstream]:
-    with running_upstream() as server:
-        yield server
 
 
 @pytest.fixture
