@@ -9,8 +9,8 @@ import importlib
 import ipaddress
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -141,7 +141,7 @@ class PythonHandler(_Model):
 
 
 class McpHandler(_Model):
-    """Declared now so files are checked; running upstream MCP servers is its own issue."""
+    """An upstream MCP server: a command run over stdio, or a remote Streamable HTTP `url`."""
 
     kind: Literal["mcp"]
     command: str | None = None
@@ -149,8 +149,21 @@ class McpHandler(_Model):
     env: dict[str, str] = {}
     url: str | None = None
     headers: dict[str, str] = {}
-    tools: tuple[str, ...] | None = None
-    prefix: str | None = None
+    tools: tuple[str, ...] | None = None  # allow-list of upstream tool names
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{0,48}$")] | None = None
+    timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0  # one call
+    start_timeout: Annotated[float, Field(gt=0, le=600)] = 20.0  # start and handshake
+    idle_timeout: Annotated[float, Field(gt=0)] = 300.0  # stop an unused upstream after this long
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpHandler:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give exactly one of command (a stdio upstream) or url (a remote one)")
+        return self
+
+    def tool_name(self, declaration_name: str, upstream_tool: str) -> str:
+        prefix = declaration_name if self.prefix is None else self.prefix
+        return f"{prefix}_{upstream_tool}" if prefix else upstream_tool
 
 
 Handler = Annotated[HttpHandler | PythonHandler | McpHandler, Field(discriminator="kind")]
@@ -177,11 +190,14 @@ class ToolDeclaration(_Model):
 
 @dataclass(frozen=True)
 class Tool:
-    """A declared tool and the file it came from."""
+    """A declared tool and the file it came from. A tool of an upstream MCP server also names the upstream
+    (its declaration's name) and its name there."""
 
     decl: ToolDeclaration
     source: Path
     function: Callable[..., Any] | None = field(default=None, compare=False)
+    upstream: str | None = None
+    upstream_tool: str | None = None
 
     @property
     def name(self) -> str:
@@ -199,11 +215,47 @@ class Tool:
 
 @dataclass(frozen=True)
 class Catalog:
-    """Every valid tool, by name, and every credential type, by name."""
+    """Every valid tool, by name, and every credential type, by name. Upstream MCP servers are kept apart
+    (`upstreams`); their tools join `tools` once discovered (`with_discovered`)."""
 
     tools: Mapping[str, Tool]
     types: Mapping[str, CredentialSpec]
     problems: tuple[str, ...] = ()
+    upstreams: Mapping[str, Tool] = field(default_factory=dict)
+
+    def upstream_tools(self, upstream: str) -> list[str]:
+        return sorted(n for n, t in self.tools.items() if t.upstream == upstream)
+
+    def with_discovered(self, discovered: Mapping[str, Sequence[Mapping[str, Any]]]) -> Catalog:
+        """Add the upstreams' tools as discovered (name, description, inputSchema), after their allow-lists."""
+        tools = dict(self.tools)
+        problems = list(self.problems)
+        for name, upstream in self.upstreams.items():
+            handler = upstream.decl.handler
+            assert isinstance(handler, McpHandler)
+            for listed in discovered.get(name, ()):
+                remote = str(listed.get("name", ""))
+                if handler.tools is not None and remote not in handler.tools:
+                    continue
+                label = f"{upstream.source}: upstream tool {remote!r}"
+                try:
+                    decl = ToolDeclaration.model_validate(
+                        {
+                            "name": handler.tool_name(name, remote),
+                            "description": listed.get("description") or "",
+                            "input_schema": listed.get("inputSchema") or {"type": "object"},
+                            "credential": upstream.decl.credential,
+                            "handler": handler,
+                        }
+                    )
+                except ValidationError as exc:
+                    problems += _pydantic_problems(label, exc)
+                    continue
+                if decl.name in tools:
+                    problems.append(f"{label}: its name {decl.name!r} is taken by {tools[decl.name].source}")
+                    continue
+                tools[decl.name] = Tool(decl=decl, source=upstream.source, upstream=name, upstream_tool=remote)
+        return replace(self, tools=dict(sorted(tools.items())), problems=tuple(problems))
 
     def tool(self, name: str) -> Tool | None:
         return self.tools.get(name)
@@ -272,20 +324,7 @@ def _template_problems(label: str, where: str, text: str, tool: ToolDeclaration)
 
 
 def _http_problems(label: str, tool: ToolDeclaration, handler: HttpHandler) -> list[str]:
-    problems: list[str] = []
-    scheme, sep, rest = handler.url.partition("://")
-    origin = scheme + sep + re.split(r"[/?#]", rest, maxsplit=1)[0]
-    if "{" in origin or "}" in origin:
-        problems.append(f"{label}: handler.url: a placeholder in the scheme, host or port is not allowed")
-    else:
-        parts = urlsplit(handler.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            problems.append(f"{label}: handler.url: must be an absolute http:// or https:// URL")
-        elif parts.scheme == "http" and tool.credential is not None and not is_loopback_host(parts.hostname):
-            problems.append(
-                f"{label}: handler.url: a credential may be sent only over https:// "
-                f"(or http:// to a loopback host), not to http://{parts.hostname}"
-            )
+    problems = _origin_problems(label, "handler.url", handler.url, tool)
     problems += _template_problems(label, "handler.url", handler.url, tool)
     for key, value in handler.query.items():
         problems += _template_problems(label, f"handler.query.{key}", value, tool)
@@ -294,6 +333,39 @@ def _http_problems(label: str, tool: ToolDeclaration, handler: HttpHandler) -> l
     if handler.json_body is not None:
         for path, value in _strings(handler.json_body, "handler.json"):
             problems += _template_problems(label, path, value, tool)
+    return problems
+
+
+def _origin_problems(label: str, where: str, url: str, tool: ToolDeclaration) -> list[str]:
+    """The scheme, host and port are fixed text; a credential travels only over https or to loopback."""
+    scheme, sep, rest = url.partition("://")
+    origin = scheme + sep + re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "{" in origin or "}" in origin:
+        return [f"{label}: {where}: a placeholder in the scheme, host or port is not allowed"]
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return [f"{label}: {where}: must be an absolute http:// or https:// URL"]
+    if parts.scheme == "http" and tool.credential is not None and not is_loopback_host(parts.hostname):
+        return [
+            f"{label}: {where}: a credential may be sent only over https:// "
+            f"(or http:// to a loopback host), not to http://{parts.hostname}"
+        ]
+    return []
+
+
+def _mcp_problems(label: str, tool: ToolDeclaration, handler: McpHandler) -> list[str]:
+    problems = _origin_problems(label, "handler.url", handler.url, tool) if handler.url is not None else []
+    templates = [("handler.command", handler.command or ""), ("handler.url", handler.url or "")]
+    templates += [(f"handler.args[{i}]", a) for i, a in enumerate(handler.args)]
+    templates += [(f"handler.env.{k}", v) for k, v in handler.env.items()]
+    templates += [(f"handler.headers.{k}", v) for k, v in handler.headers.items()]
+    for where, text in templates:
+        problems += _template_problems(label, where, text, tool)
+        if "{args." in text:
+            problems.append(
+                f"{label}: {where}: an upstream server is started per credential, not per call: "
+                "{args.*} cannot be used here"
+            )
     return problems
 
 
@@ -345,7 +417,7 @@ def _parse_file(path: Path, label: str, dirs: tuple[Path, ...]) -> tuple[Tool | 
                 f"{label}: handler.entrypoint: {handler.entrypoint!r} does not import ({exc.__class__.__name__}: {exc})"
             )
     else:
-        problems.append(f"{label}: handler.kind: 'mcp' (upstream MCP servers) is not supported yet")
+        problems += _mcp_problems(label, decl, handler)
     tool = Tool(decl=decl, source=path, function=function)
     return (None if problems else tool), problems
 
@@ -378,8 +450,10 @@ def load_catalog(dirs: Iterable[Path]) -> Catalog:
                     continue
                 types.setdefault(spec.type, (spec, label))
             tools[tool.name] = tool
+    upstreams = {n: t for n, t in tools.items() if isinstance(t.decl.handler, McpHandler)}
     return Catalog(
-        tools=dict(sorted(tools.items())),
+        tools={n: t for n, t in sorted(tools.items()) if n not in upstreams},
         types={k: v[0] for k, v in sorted(types.items())},
         problems=tuple(problems),
+        upstreams=dict(sorted(upstreams.items())),
     )

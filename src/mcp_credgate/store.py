@@ -7,6 +7,7 @@ only as AES-GCM ciphertext under their credential's data key (see `crypto`). Eac
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -110,6 +111,31 @@ def _m0002_agents(db: Database) -> None:
     )
 
 
+@migrations(name="0003_upstreams")
+def _m0003_upstreams(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE upstream_tools (
+            upstream TEXT NOT NULL,
+            tool TEXT NOT NULL,
+            listing TEXT NOT NULL,
+            discovered_at TEXT NOT NULL,
+            PRIMARY KEY (upstream, tool)
+        );
+        CREATE TABLE group_upstreams (
+            group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+            upstream TEXT NOT NULL,
+            credential_id INTEGER NOT NULL REFERENCES credentials(id) ON DELETE RESTRICT,
+            PRIMARY KEY (group_id, upstream)
+        );
+        CREATE VIEW bindings AS
+            SELECT group_id, tool AS target, credential_id FROM group_tools WHERE credential_id IS NOT NULL
+            UNION ALL
+            SELECT group_id, upstream AS target, credential_id FROM group_upstreams;
+        """
+    )
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -132,7 +158,8 @@ class GroupInfo:
     name: str
     description: str
     created_at: str
-    tools: Mapping[str, str | None] = field(default_factory=dict)  # tool → bound credential name
+    tools: Mapping[str, str | None] = field(default_factory=dict)  # tool (or `UPSTREAM.*`) → bound credential
+    upstreams: Mapping[str, str] = field(default_factory=dict)  # upstream MCP server → bound credential
 
 
 @dataclass
@@ -442,6 +469,7 @@ class Store:
                 where = ", ".join(f"{g}/{t}" for g, t in bindings)
                 raise ConflictError(f"credential {name!r} is bound ({where}); unbind it first or use --force")
             conn.execute("UPDATE group_tools SET credential_id = NULL WHERE credential_id = ?", (row["id"],))
+            conn.execute("DELETE FROM group_upstreams WHERE credential_id = ?", (row["id"],))
             conn.execute("DELETE FROM credentials WHERE id = ?", (row["id"],))
         return bindings
 
@@ -460,8 +488,8 @@ class Store:
             " ORDER BY c.name, v.rowid"
         )
         binds = self._query(
-            "SELECT gt.credential_id, g.name AS grp, gt.tool FROM group_tools gt JOIN groups g ON g.id = gt.group_id"
-            " WHERE gt.credential_id IS NOT NULL ORDER BY g.name, gt.tool"
+            "SELECT b.credential_id, g.name AS grp, b.target AS tool FROM bindings b JOIN groups g ON g.id = b.group_id"
+            " ORDER BY g.name, b.target"
         )
         by_cred: dict[int, list[tuple[str, str]]] = {}
         for b in binds:
@@ -548,7 +576,51 @@ class Store:
         if not rows:
             raise NotFoundError(f"no agent group named {name!r} (see `credgate group list`)")
         tools = {r["tool"]: r["cred"] for r in rows if r["tool"] is not None}
-        return GroupInfo(rows[0]["name"], rows[0]["description"], rows[0]["created_at"], tools)
+        return GroupInfo(
+            rows[0]["name"], rows[0]["description"], rows[0]["created_at"], tools, self.upstream_bindings(name)
+        )
+
+    def upstream_bindings(self, group: str) -> dict[str, str]:
+        """Upstream MCP server → the credential bound for all its tools, in this group."""
+        rows = self._query(
+            "SELECT gu.upstream, c.name FROM groups g JOIN group_upstreams gu ON gu.group_id = g.id"
+            " JOIN credentials c ON c.id = gu.credential_id WHERE g.name = ? ORDER BY gu.upstream",
+            (group,),
+        )
+        return {r["upstream"]: r["name"] for r in rows}
+
+    def bind_upstream(self, group: str, upstream: str, credential: str) -> None:
+        with self._write() as conn:
+            gid = self._group_id(conn, group)
+            cred = self._credential_row(conn, credential)
+            conn.execute(
+                "INSERT INTO group_upstreams (group_id, upstream, credential_id) VALUES (?, ?, ?)"
+                " ON CONFLICT (group_id, upstream) DO UPDATE SET credential_id = excluded.credential_id",
+                (gid, upstream, cred["id"]),
+            )
+
+    def unbind_upstream(self, group: str, upstream: str) -> None:
+        with self._write() as conn:
+            gid = self._group_id(conn, group)
+            cur = conn.execute("DELETE FROM group_upstreams WHERE group_id = ? AND upstream = ?", (gid, upstream))
+            if cur.rowcount == 0:
+                raise NotFoundError(f"upstream {upstream!r} has no credential bound in group {group!r}")
+
+    def save_upstream_tools(self, upstream: str, listings: Sequence[Mapping[str, object]]) -> None:
+        """Replace the cached tool list of an upstream MCP server (name, description, inputSchema)."""
+        stamp = now()
+        with self._write() as conn:
+            conn.execute("DELETE FROM upstream_tools WHERE upstream = ?", (upstream,))
+            conn.executemany(
+                "INSERT INTO upstream_tools (upstream, tool, listing, discovered_at) VALUES (?, ?, ?, ?)",
+                [(upstream, str(t["name"]), json.dumps(t), stamp) for t in listings],
+            )
+
+    def discovered_tools(self) -> dict[str, list[dict[str, object]]]:
+        out: dict[str, list[dict[str, object]]] = {}
+        for r in self._query("SELECT upstream, listing FROM upstream_tools ORDER BY upstream, tool"):
+            out.setdefault(r["upstream"], []).append(json.loads(r["listing"]))
+        return out
 
     def allow(self, group: str, tools: Iterable[str]) -> None:
         with self._write() as conn:
@@ -614,10 +686,13 @@ class Store:
             )
         )
 
-    def binding(self, group: str, tool: str) -> Binding:
+    def binding(self, group: str, tool: str, upstream: str | None = None) -> Binding:
         """At call time: is the tool allowed for the group, and what does its bound credential hold (still
         sealed: `open_sealed` decrypts it once the caller decides to use it)? One cheap version check while
-        nothing changed, one query otherwise: a rebind by any process is seen at the next call."""
+        nothing changed, one query otherwise: a rebind by any process is seen at the next call.
+
+        A tool of an upstream MCP server is allowed by name or by `UPSTREAM.*`, and its credential is the
+        one bound to the upstream."""
         with self._lock:
             version = self._conn.execute("PRAGMA data_version").fetchone()[0]
             if version != self._bindings_version:
@@ -626,13 +701,23 @@ class Store:
             cached = self._bindings.get((group, tool))
             if cached is not None:
                 return cached
-        rows = self._query(
-            "SELECT gt.credential_id AS cid, c.name, c.type, c.uid, c.key_id, c.wrapped_dek,"
-            " v.field, v.secret, v.ciphertext FROM groups g JOIN group_tools gt ON gt.group_id = g.id"
-            " LEFT JOIN credentials c ON c.id = gt.credential_id"
-            " LEFT JOIN credential_values v ON v.credential_id = c.id WHERE g.name = ? AND gt.tool = ?",
-            (group, tool),
-        )
+        if upstream is None:
+            rows = self._query(
+                "SELECT gt.credential_id AS cid, c.name, c.type, c.uid, c.key_id, c.wrapped_dek,"
+                " v.field, v.secret, v.ciphertext FROM groups g JOIN group_tools gt ON gt.group_id = g.id"
+                " LEFT JOIN credentials c ON c.id = gt.credential_id"
+                " LEFT JOIN credential_values v ON v.credential_id = c.id WHERE g.name = ? AND gt.tool = ?",
+                (group, tool),
+            )
+        else:
+            rows = self._query(
+                "SELECT c.id AS cid, c.name, c.type, c.uid, c.key_id, c.wrapped_dek, v.field, v.secret, v.ciphertext"
+                " FROM groups g LEFT JOIN group_upstreams gu ON gu.group_id = g.id AND gu.upstream = ?"
+                " LEFT JOIN credentials c ON c.id = gu.credential_id"
+                " LEFT JOIN credential_values v ON v.credential_id = c.id WHERE g.name = ?"
+                " AND EXISTS (SELECT 1 FROM group_tools gt WHERE gt.group_id = g.id AND gt.tool IN (?, ?))",
+                (upstream, group, tool, f"{upstream}.*"),
+            )
         if not rows:
             found = Binding(allowed=False)
         elif rows[0]["cid"] is None:
@@ -770,8 +855,8 @@ def _bindings_of(conn: sqlite3.Connection, credential_id: int) -> list[tuple[str
     return [
         (r["name"], r["tool"])
         for r in conn.execute(
-            "SELECT g.name, gt.tool FROM group_tools gt JOIN groups g ON g.id = gt.group_id"
-            " WHERE gt.credential_id = ? ORDER BY g.name, gt.tool",
+            "SELECT g.name, b.target AS tool FROM bindings b JOIN groups g ON g.id = b.group_id"
+            " WHERE b.credential_id = ? ORDER BY g.name, b.target",
             (credential_id,),
         )
     ]

@@ -134,9 +134,7 @@ async def run_http(
     try:
         url = render_url(handler.url, args, credential)
         params = {k: render(v, args, credential) for k, v in handler.query.items() if not _only_absent_arg(v, args)}
-        headers = {
-            k: render(v, args, credential) for k, v in handler.headers.items() if not _only_absent_arg(v, args)
-        }
+        headers = {k: render(v, args, credential) for k, v in handler.headers.items() if not _only_absent_arg(v, args)}
         body = render_json(handler.json_body, args, credential) if handler.json_body is not None else None
     except RequestRefused as exc:
         return ToolOutput.error(f"request refused: {exc}")
