@@ -83,36 +83,71 @@ def credential_status(spec: CredentialSpec, info: CredentialInfo) -> tuple[Statu
     return ("incomplete" if missing else "ready"), missing
 
 
+def upstream_of(catalog: Catalog, name: str) -> str | None:
+    """The upstream MCP server that NAME stands for: `NAME`, `NAME.*`, `NAME_*`, or one of its tools."""
+    for candidate in (name, name.removesuffix(".*"), name.removesuffix("_*")):
+        if candidate in catalog.upstreams:
+            return candidate
+    tool = catalog.tool(name)
+    return tool.upstream if tool is not None else None
+
+
+def _allow_entry(catalog: Catalog, name: str) -> str:
+    """What `group allow` stores: a declared tool's name, or `UPSTREAM.*` for all of an upstream's tools."""
+    if name.endswith((".*", "_*")):
+        upstream = upstream_of(catalog, name)
+        if upstream is None:
+            raise NotFoundError(f"no upstream MCP server named {name[:-2]!r} is declared (see `credgate tools`)")
+        return f"{upstream}.*"
+    if name in catalog.upstreams:
+        raise ConflictError(f"{name!r} is an upstream MCP server: allow its tools with `{name}.*` or one by one")
+    require_tool(catalog, name)
+    return name
+
+
 def group_statuses(store: Store, catalog: Catalog, group: str) -> list[ToolStatus]:
     info = store.group(group)
-    creds = {c.name: c for c in store.list_credentials()} if any(info.tools.values()) else {}
+    bound = [c for c in (*info.tools.values(), *info.upstreams.values()) if c]
+    creds = {c.name: c for c in store.list_credentials()} if bound else {}
     out = []
-    for tool_name, cred_name in info.tools.items():
-        tool = catalog.tool(tool_name)
+    for entry, cred_name in info.tools.items():
+        upstream = entry[:-2] if entry.endswith(".*") else None
+        tool = catalog.upstreams.get(upstream) if upstream else catalog.tool(entry)
         if tool is None:
-            out.append(ToolStatus(tool_name, "undeclared", cred_name, None))
+            out.append(ToolStatus(entry, "undeclared", cred_name, None))
             continue
+        if tool.upstream or upstream:
+            cred_name = info.upstreams.get(tool.upstream or upstream or "")
         spec = tool.credential
         if spec is None:
-            out.append(ToolStatus(tool_name, "no_credential_needed", None, None))
+            out.append(ToolStatus(entry, "no_credential_needed", None, None))
         elif cred_name is None:
-            out.append(ToolStatus(tool_name, "needs_credential", None, spec.type, tuple(spec.missing_fields(()))))
+            out.append(ToolStatus(entry, "needs_credential", None, spec.type, tuple(spec.missing_fields(()))))
         else:
             status, missing = credential_status(spec, creds[cred_name])
-            out.append(ToolStatus(tool_name, status, cred_name, spec.type, missing))
+            out.append(ToolStatus(entry, status, cred_name, spec.type, missing))
     return out
 
 
 def allow(store: Store, catalog: Catalog, group: str, tools: Iterable[str]) -> list[str]:
-    names = list(tools)
-    for name in names:
-        require_tool(catalog, name)
-    store.allow(group, names)
-    return names
+    entries = [_allow_entry(catalog, name) for name in tools]
+    store.allow(group, entries)
+    return entries
+
+
+def deny(store: Store, catalog: Catalog, group: str, tools: Iterable[str]) -> list[str]:
+    entries = [
+        f"{upstream}.*" if name.endswith((".*", "_*")) and (upstream := upstream_of(catalog, name)) else name
+        for name in tools
+    ]
+    return store.deny(group, entries)
 
 
 def bind(store: Store, catalog: Catalog, group: str, tool_name: str, credential: str) -> None:
-    tool = require_tool(catalog, tool_name)
+    """Bind a credential to a tool, or to an upstream MCP server (for all its tools; naming one of them
+    binds the upstream too: one upstream process serves one credential)."""
+    upstream = upstream_of(catalog, tool_name)
+    tool = catalog.upstreams[upstream] if upstream else require_tool(catalog, tool_name)
     if tool.credential is None:
         raise ConflictError(f"tool {tool_name!r} needs no credential; nothing to bind")
     info = store.credential_info(credential)
@@ -121,4 +156,20 @@ def bind(store: Store, catalog: Catalog, group: str, tool_name: str, credential:
             f"credential {credential!r} has type {info.type!r} but tool {tool_name!r} needs type "
             f"{tool.credential.type!r}"
         )
-    store.bind(group, tool_name, credential)
+    if upstream is None:
+        store.bind(group, tool_name, credential)
+        return
+    allowed = store.group(group).tools
+    if f"{upstream}.*" not in allowed and not any(t in allowed for t in catalog.upstream_tools(upstream)):
+        raise ConflictError(
+            f"group {group!r} allows no tool of {upstream!r}: run `credgate group allow {group} {upstream}.*` first"
+        )
+    store.bind_upstream(group, upstream, credential)
+
+
+def unbind(store: Store, catalog: Catalog, group: str, tool_name: str) -> None:
+    upstream = upstream_of(catalog, tool_name)
+    if upstream is None:
+        store.unbind(group, tool_name)
+    else:
+        store.unbind_upstream(group, upstream)

@@ -20,7 +20,7 @@ import click
 from . import __version__, admin
 from .config import Settings
 from .credential import mask
-from .declarations import NAME_PATTERN, Catalog, CredentialSpec, load_catalog
+from .declarations import NAME_PATTERN, Catalog, CredentialSpec, McpHandler, load_catalog
 from .errors import CredentialValueError, CredgateError
 from .store import Store
 
@@ -97,7 +97,11 @@ class App:
 
     @cached_property
     def catalog(self) -> Catalog:
-        return load_catalog(self.settings.tools_dirs)
+        """The declarations, with the upstream MCP servers' tools as last discovered (when a store exists)."""
+        catalog = load_catalog(self.settings.tools_dirs)
+        if catalog.upstreams and self.settings.database_path.exists():
+            catalog = catalog.with_discovered(self.store.discovered_tools())
+        return catalog
 
     @property
     def store(self) -> Store:
@@ -200,11 +204,15 @@ def _field_json(spec: CredentialSpec) -> list[dict[str, Any]]:
 
 @cli.command()
 @click.option("--check", is_flag=True, help="Exit 1 on any problem in the declarations.")
+@click.option("--refresh", is_flag=True, help="Ask every upstream MCP server for its tools again.")
+@click.option("--discover-with", "discover_with", metavar="CRED", help="Start upstreams with this credential.")
 @common_options
 @pass_app
-def tools(app: App, check: bool) -> None:
-    """List the declared tools, their credential types and fields."""
+def tools(app: App, check: bool, refresh: bool, discover_with: str | None) -> None:
+    """List the declared tools, their credential types and fields (upstream MCP servers' tools included)."""
+    discovery_problems = _discover_upstreams(app, refresh, discover_with)
     cat = app.catalog
+    cat = replace(cat, problems=(*cat.problems, *discovery_problems))
     data = {
         "tools": [
             {
@@ -246,6 +254,45 @@ def tools(app: App, check: bool) -> None:
         raise click.exceptions.Exit(1)
     if check and not app.as_json:
         click.echo(f"ok: {len(cat.tools)} tools, {len(cat.types)} credential types", err=True)
+
+
+def _discover_upstreams(app: App, refresh: bool, discover_with: str | None) -> list[str]:
+    """Ask upstream MCP servers whose tools are not cached yet (or all, with --refresh) for their tools."""
+    import anyio
+
+    from .credential import Credential
+    from .handlers.upstream import UpstreamError, upstream_pool
+
+    declared = load_catalog(app.settings.tools_dirs)
+    if not declared.upstreams or not app.settings.database_path.exists():
+        return []
+    cached = app.store.discovered_tools()
+    todo = {n: t for n, t in declared.upstreams.items() if refresh or n not in cached}
+    problems = []
+    for name, upstream in todo.items():
+        spec = upstream.credential
+        credential = Credential("discovery", spec.type if spec else "", {}, frozenset())
+        if discover_with and spec is not None:
+            credential = app.store.read_credential(discover_with)
+            if credential.type != spec.type:
+                problems.append(f"{upstream.source}: --discover-with {discover_with}: not of type {spec.type!r}")
+                continue
+        handler = upstream.decl.handler
+        assert isinstance(handler, McpHandler)
+
+        async def discover(name: str = name, handler: McpHandler = handler, credential: Credential = credential) -> Any:
+            async with upstream_pool() as pool:
+                return await pool.list_tools(name, handler, credential)
+
+        try:
+            listings = anyio.run(discover)
+        except (UpstreamError, TimeoutError, OSError) as exc:
+            why = str(exc) if isinstance(exc, UpstreamError) else f"{type(exc).__name__}"
+            problems.append(f"{upstream.source}: upstream {name}: its tools could not be listed ({why})")
+            continue
+        app.store.save_upstream_tools(name, listings)
+        app.__dict__.pop("catalog", None)  # rebuilt with what was just discovered
+    return problems
 
 
 # -- credentials -------------------------------------------------------------------------------
@@ -448,7 +495,7 @@ def group_allow(app: App, name: str, tools: tuple[str, ...]) -> None:
 @pass_app
 def group_deny(app: App, name: str, tools: tuple[str, ...]) -> None:
     """Remove TOOLS from the group (their bindings go too)."""
-    unbound = app.store.deny(name, tools)
+    unbound = admin.deny(app.store, app.catalog, name, tools)
     app.out(
         {"group": name, "denied": list(tools), "unbound": unbound},
         f"group {name} no longer allows {', '.join(tools)}" + (f" (unbound: {', '.join(unbound)})" if unbound else ""),
@@ -531,8 +578,8 @@ def bind(app: App, group: str, tool: str, credential: str) -> None:
 @common_options
 @pass_app
 def unbind(app: App, group: str, tool: str) -> None:
-    """Remove the credential bound to TOOL for GROUP."""
-    app.store.unbind(group, tool)
+    """Remove the credential bound to TOOL (or to an upstream MCP server) for GROUP."""
+    admin.unbind(app.store, app.catalog, group, tool)
     app.out({"group": group, "tool": tool}, f"unbound {tool} for group {group}")
 
 

@@ -121,14 +121,18 @@ class Gate:
     def list_tools(self, group: str) -> list[ListedTool]:
         """The group's allowed, declared tools; `ready` is False when its credential is not set up."""
         allowed = self.store.allowed_tools(group)
-        fields_by_cred = {c.name: c.fields for c in self.store.list_credentials()} if any(allowed.values()) else {}
+        upstream_creds = self.store.upstream_bindings(group) if self.catalog.upstreams else {}
+        names = {n for n in allowed if n in self.catalog.tools}
+        for entry in allowed:
+            if entry.endswith(".*"):
+                names.update(self.catalog.upstream_tools(entry[:-2]))
+        bound = [c for c in (*allowed.values(), *upstream_creds.values()) if c]
+        fields_by_cred = {c.name: c.fields for c in self.store.list_credentials()} if bound else {}
         listed = []
-        for name in sorted(allowed):
-            tool = self.catalog.tool(name)
-            if tool is None:
-                continue
+        for name in sorted(names):
+            tool = self.catalog.tools[name]
             spec = tool.credential
-            cred = allowed[name]
+            cred = upstream_creds.get(tool.upstream) if tool.upstream else allowed.get(name)
             ready = spec is None or (cred is not None and not spec.missing_fields(fields_by_cred.get(cred, ())))
             listed.append(ListedTool(tool, ready))
         return listed
@@ -160,7 +164,7 @@ class Gate:
         tool = self.catalog.tool(tool_name)
         if tool is None:
             return Unknown(tool_name)
-        binding = self.store.binding(group, tool_name)
+        binding = self.store.binding(group, tool_name, tool.upstream)
         if not binding.allowed:
             return Unknown(tool_name)
         validator = self._validators[tool_name]

@@ -143,7 +143,7 @@ def build_http_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
-            async with manager.run():
+            async with gateway.running(), manager.run():
                 yield
         finally:
             await gateway.aclose()

@@ -31,6 +31,7 @@ from .gate import CredentialWarning, Gate, InvalidArguments, Ready, Unknown
 from .handlers import ToolOutput
 from .handlers.http import make_client, run_http
 from .handlers.python import run_python
+from .handlers.upstream import UpstreamError, UpstreamPool, upstream_pool
 from .redact import Redactor, redactor_for
 from .store import Store
 
@@ -56,11 +57,22 @@ class Gateway:
         self.audit = AuditLog(audit_store.write_audit)
         self._audit_store = audit_store
         self._http: httpx2.AsyncClient | None = None
+        self.upstreams: UpstreamPool | None = None  # set while `running()`
 
     @classmethod
     def open(cls, settings: Settings, catalog: Catalog) -> Gateway:
         catalog.raise_problems()
         return cls(settings, catalog, Store.open(settings), Store.open(settings))
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Gateway]:
+        """The async lifetime of the app: upstream MCP servers run inside it and stop when it ends."""
+        async with upstream_pool() as pool:
+            self.upstreams = pool
+            try:
+                yield self
+            finally:
+                self.upstreams = None
 
     @property
     def http(self) -> httpx2.AsyncClient:
@@ -129,7 +141,16 @@ class Gateway:
         if isinstance(handler, PythonHandler):
             assert tool.function is not None
             return await run_python(handler, tool.function, args, credential)
-        raise NotImplementedError(f"handler kind {handler.kind!r}")
+        if self.upstreams is None or tool.upstream is None or tool.upstream_tool is None:
+            return ToolOutput.error(f"upstream tools are not served by this gateway: {tool.name}")
+        try:
+            result = await self.upstreams.call(tool.upstream, handler, tool.upstream_tool, args, credential)
+        except UpstreamError as exc:
+            return ToolOutput.error(str(exc))
+        dumped = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return ToolOutput(
+            text="", structured=dumped.get("structuredContent"), is_error=result.is_error, content=dumped["content"]
+        )
 
 
 def _text_result(text: str, *, is_error: bool = False) -> types.CallToolResult:
@@ -137,9 +158,14 @@ def _text_result(text: str, *, is_error: bool = False) -> types.CallToolResult:
 
 
 def _to_result(output: ToolOutput, redactor: Redactor) -> types.CallToolResult:
+    structured = redactor.obj(output.structured) if output.structured is not None else None
+    if output.content is not None:
+        return types.CallToolResult.model_validate(
+            {"content": redactor.obj(output.content), "structuredContent": structured, "isError": output.is_error}
+        )
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=redactor.text(output.text))],
-        structured_content=redactor.obj(output.structured) if output.structured is not None else None,
+        structured_content=structured,
         is_error=output.is_error,
     )
 
@@ -190,6 +216,7 @@ def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
 async def open_gateway(settings: Settings, catalog: Catalog) -> AsyncIterator[Gateway]:
     gateway = Gateway.open(settings, catalog)
     try:
-        yield gateway
+        async with gateway.running():
+            yield gateway
     finally:
         await gateway.aclose()

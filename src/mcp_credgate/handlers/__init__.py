@@ -12,9 +12,13 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ToolOutput:
+    """What a handler produced. `content` carries MCP content blocks as JSON (an upstream's images,
+    resources…); without it the output is the one text block `text`."""
+
     text: str
     structured: dict[str, Any] | None = None
     is_error: bool = False
+    content: list[dict[str, Any]] | None = None
 
     @classmethod
     def from_value(cls, value: Any) -> ToolOutput:

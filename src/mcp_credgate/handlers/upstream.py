@@ -1,0 +1,232 @@
+"""`mcp` handlers: upstream MCP servers, started (stdio) or connected to (Streamable HTTP) with a credential.
+
+One running upstream per (server, credential): never one process shared by groups with different
+credentials. Started on first use, reused, started again after a crash (with a back-off), stopped when
+idle and on shutdown. A stdio child gets only the declared environment on top of the SDK's small default
+one (HOME, PATH, SHELL, TERM, USER, LOGNAME): the gateway's own variables, its master key above all,
+never reach it. Its stderr is logged line by line, redacted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import anyio
+import httpx2
+import mcp_types as types
+from anyio.abc import TaskGroup
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from ..credential import Credential
+from ..declarations import McpHandler
+from ..redact import Redactor, redactor_for
+from .http import render
+
+logger = logging.getLogger("credgate.upstream")
+
+RESTART_BACKOFF = (0.0, 0.5, 1.0, 2.0, 5.0)
+GONE = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
+
+
+class UpstreamError(Exception):
+    """The upstream could not be started or reached; the message names the upstream, never a value."""
+
+
+def _render_all(items: Mapping[str, str], credential: Credential) -> dict[str, str]:
+    return {k: render(v, {}, credential) for k, v in items.items()}
+
+
+def connect(name: str, handler: McpHandler, credential: Credential) -> AbstractAsyncContextManager[Client]:
+    """A client session to the upstream, with the credential placed where the declaration says."""
+    if handler.command is not None:
+        params = StdioServerParameters(
+            command=render(handler.command, {}, credential),
+            args=[render(a, {}, credential) for a in handler.args],
+            env=_render_all(handler.env, credential),
+        )
+        return _stdio_session(name, params, redactor_for(credential))
+    assert handler.url is not None
+    http = httpx2.AsyncClient(
+        headers=_render_all(handler.headers, credential),
+        follow_redirects=False,
+        trust_env=False,
+        timeout=httpx2.Timeout(handler.timeout, read=handler.timeout + 5),
+    )
+    return _http_session(render(handler.url, {}, credential), http)
+
+
+@asynccontextmanager
+async def _http_session(url: str, http: httpx2.AsyncClient) -> AsyncIterator[Client]:
+    async with http, Client(streamable_http_client(url, http_client=http)) as client:
+        yield client
+
+
+@asynccontextmanager
+async def _stdio_session(name: str, params: StdioServerParameters, redactor: Redactor) -> AsyncIterator[Client]:
+    read_fd, write_fd = os.pipe()
+    errlog = os.fdopen(write_fd, "w")
+    reader = threading.Thread(target=_log_lines, args=(name, os.fdopen(read_fd), redactor), daemon=True)
+    reader.start()
+    try:
+        async with Client(stdio_client(params, errlog=errlog)) as client:
+            yield client
+    finally:
+        errlog.close()  # the child's copy closes when it exits: then the reader sees the end
+
+
+def _log_lines(name: str, stream: IO[str], redactor: Redactor) -> None:
+    with stream:
+        for line in stream:
+            logger.info("upstream %s: %s", name, redactor.text(line.rstrip("\n"))[:2000])
+
+
+@dataclass
+class _Session:
+    """A running upstream: its client, and the event that stops the task holding it open."""
+
+    key: tuple[str, str]
+    fingerprint: bytes
+    client: Client | None = None
+    error: BaseException | None = None
+    ready: anyio.Event = field(default_factory=anyio.Event)
+    stop: anyio.Event = field(default_factory=anyio.Event)
+    last_used: float = field(default_factory=time.monotonic)
+    idle_timeout: float = 300.0
+
+
+class UpstreamPool:
+    def __init__(self, task_group: TaskGroup) -> None:
+        self._tg = task_group
+        self._sessions: dict[tuple[str, str], _Session] = {}
+        self._locks: dict[tuple[str, str], anyio.Lock] = {}
+        self._failures: dict[tuple[str, str], int] = {}
+        self._fingerprint_key = secrets.token_bytes(32)
+        self._reaper = anyio.CancelScope()
+        task_group.start_soon(self._reap_idle)
+
+    def _fingerprint(self, handler: McpHandler, credential: Credential) -> bytes:
+        """Tells a changed credential from the running one without keeping its values (keyed per process)."""
+        text = repr((handler.model_dump(), sorted(credential.items())))
+        return hmac.new(self._fingerprint_key, text.encode(), hashlib.sha256).digest()
+
+    async def call(
+        self, name: str, handler: McpHandler, remote_tool: str, args: dict[str, Any], credential: Credential
+    ) -> types.CallToolResult:
+        """Call a tool of the upstream; a session found dead is started again once."""
+        for attempt in range(2):
+            session = await self._session(name, handler, credential)
+            assert session.client is not None
+            session.last_used = time.monotonic()
+            try:
+                with anyio.fail_after(handler.timeout):
+                    return await session.client.call_tool(remote_tool, args)
+            except TimeoutError:
+                return types.CallToolResult(
+                    content=[
+                        types.TextContent(
+                            type="text", text=f"upstream {name} did not answer within {handler.timeout:g} s"
+                        )
+                    ],
+                    is_error=True,
+                )
+            except (MCPError, *GONE) as exc:
+                if isinstance(exc, MCPError) and exc.code != types.CONNECTION_CLOSED:
+                    raise
+                self._retire(session)
+                if attempt == 1:
+                    raise UpstreamError(f"upstream {name} closed the connection") from None
+        raise AssertionError("unreachable")
+
+    async def list_tools(self, name: str, handler: McpHandler, credential: Credential) -> list[dict[str, Any]]:
+        session = await self._session(name, handler, credential)
+        assert session.client is not None
+        with anyio.fail_after(handler.start_timeout):
+            listed = await session.client.list_tools()
+        return [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in listed.tools]
+
+    async def _session(self, name: str, handler: McpHandler, credential: Credential) -> _Session:
+        key = (name, credential.name)
+        fingerprint = self._fingerprint(handler, credential)
+        async with self._locks.setdefault(key, anyio.Lock()):
+            current = self._sessions.get(key)
+            if current is not None and current.fingerprint == fingerprint and current.client is not None:
+                return current
+            if current is not None:
+                self._retire(current)  # the credential changed: its process must not serve the new one
+            failures = self._failures.get(key, 0)
+            await anyio.sleep(RESTART_BACKOFF[min(failures, len(RESTART_BACKOFF) - 1)])
+            session = _Session(key, fingerprint, idle_timeout=handler.idle_timeout)
+            self._tg.start_soon(self._hold, name, handler, credential, session)
+            with anyio.move_on_after(handler.start_timeout):
+                await session.ready.wait()
+            if session.client is None:
+                session.stop.set()
+                self._failures[key] = failures + 1
+                why = "did not start in time" if session.error is None else "could not be started"
+                raise UpstreamError(f"upstream {name} {why}")
+            self._failures[key] = 0
+            self._sessions[key] = session
+            return session
+
+    async def _hold(self, name: str, handler: McpHandler, credential: Credential, session: _Session) -> None:
+        """Keeps one upstream session open (its context must be entered and left in the same task)."""
+        try:
+            async with connect(name, handler, credential) as client:
+                session.client = client
+                session.ready.set()
+                await session.stop.wait()
+        except Exception as exc:
+            session.error = exc
+            logger.warning("upstream %s ended: %s", name, type(exc).__name__)
+        finally:
+            session.client = None
+            session.ready.set()
+            if self._sessions.get(session.key) is session:
+                del self._sessions[session.key]
+
+    def _retire(self, session: _Session) -> None:
+        session.stop.set()
+        if self._sessions.get(session.key) is session:
+            del self._sessions[session.key]
+
+    async def _reap_idle(self) -> None:
+        with self._reaper:
+            while True:
+                await anyio.sleep(1.0)
+                self._stop_idle()
+
+    def _stop_idle(self) -> None:
+        now = time.monotonic()
+        for session in list(self._sessions.values()):
+            if now - session.last_used > session.idle_timeout:
+                logger.info("stopping idle upstream %s", session.key[0])
+                self._retire(session)
+
+    def close(self) -> None:
+        """Stop every upstream; the task group then ends as their sessions close."""
+        self._reaper.cancel()
+        for session in list(self._sessions.values()):
+            self._retire(session)
+
+
+@asynccontextmanager
+async def upstream_pool() -> AsyncIterator[UpstreamPool]:
+    async with anyio.create_task_group() as tg:
+        pool = UpstreamPool(tg)
+        try:
+            yield pool
+        finally:
+            pool.close()

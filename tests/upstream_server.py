@@ -1,0 +1,63 @@
+"""A small real MCP server used as an upstream in tests: it reads its token from UPSTREAM_TOKEN.
+
+    python tests/upstream_server.py                     # stdio
+    python tests/upstream_server.py http PORT           # Streamable HTTP on 127.0.0.1:PORT/mcp,
+                                                        # the token from the Authorization header
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+
+from mcp.server.mcpserver import Context, MCPServer
+
+server = MCPServer("upstream-fixture")
+
+
+def _token(ctx: Context) -> str:
+    """Over HTTP the bearer header the gateway sent; over stdio the environment it started us with."""
+    request = ctx.request_context.request
+    header = request.headers.get("authorization", "") if request is not None else ""
+    return header.removeprefix("Bearer ") if header else os.environ.get("UPSTREAM_TOKEN", "")
+
+
+@server.tool(description="A hash of the token this upstream was given.")
+def token_hash(ctx: Context) -> str:
+    return hashlib.sha256(_token(ctx).encode()).hexdigest()
+
+
+@server.tool(description="Echo the token itself (a gateway must redact it).")
+def echo_token(ctx: Context, note: str = "") -> str:
+    return f"{note}token={_token(ctx)}"
+
+
+@server.tool(description="Sleep for some seconds.")
+def sleep(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+@server.tool(description="Exit the process at once.")
+def crash() -> str:
+    os._exit(3)
+
+
+@server.tool(description="This process's environment, as JSON.")
+def environment() -> str:
+    return json.dumps(dict(os.environ))
+
+
+@server.tool(description="This process's id.")
+def pid() -> str:
+    return str(os.getpid())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "http":
+        server.run(transport="streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    else:
+        server.run()
