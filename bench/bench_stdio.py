@@ -61,8 +61,11 @@ def setup_credgate(home: Path) -> tuple[list[str], dict[str, str]]:
     return [*base, "serve", "--group", "bench", *common], {"PYTHONPATH": str(HERE)}
 
 
-async def measure(servers: dict[str, tuple[list[str], dict[str, str]]], calls: int) -> dict[str, list[float]]:
+async def measure(
+    servers: dict[str, tuple[list[str], dict[str, str]]], calls: int, tool_names: dict[str, str] | None = None
+) -> dict[str, list[float]]:
     """Both servers run at once; calls alternate between them one by one, so drift hits both alike."""
+    tool = {name: (tool_names or {}).get(name, "echo") for name in servers}
     times: dict[str, list[float]] = {name: [] for name in servers}
     async with AsyncExitStack() as stack:
         devnull = stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115
@@ -70,13 +73,13 @@ async def measure(servers: dict[str, tuple[list[str], dict[str, str]]], calls: i
         for name, (argv, env) in servers.items():
             params = StdioServerParameters(command=argv[0], args=argv[1:], env=env)
             clients[name] = await stack.enter_async_context(Client(stdio_client(params, errlog=devnull)))
-        for client in clients.values():
+        for name, client in clients.items():
             for _ in range(50):  # warm-up
-                await client.call_tool("echo", {"text": "warm"})
+                await client.call_tool(tool[name], {"text": "warm"})
         for i in range(calls):
             for name, client in clients.items():
                 start = time.perf_counter()
-                result = await client.call_tool("echo", {"text": f"hello {i}"})
+                result = await client.call_tool(tool[name], {"text": f"hello {i}"})
                 times[name].append(time.perf_counter() - start)
                 assert not result.is_error, result
     return times
