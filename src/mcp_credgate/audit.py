@@ -13,7 +13,6 @@ from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from .errors import CredgateError
 from .store import AuditRow
 
 logger = logging.getLogger(__name__)
@@ -73,7 +72,9 @@ class AuditLog:
             try:
                 self._write(batch)
                 return
-            except CredgateError as exc:  # busy: another process holds the write lock; try again
+            # busy: another process holds the write lock; try again. Anything else (disk full, I/O error) is
+            # tried again too: an exception escaping here would end the writer, and every later row with it.
+            except Exception as exc:
                 if attempt == 4:
                     logger.error("could not write %d audit rows: %s", len(batch), exc)
                 time.sleep(0.1 * (attempt + 1))

@@ -322,6 +322,10 @@ def _read_values(spec: CredentialSpec, sets: tuple[str, ...], from_json: str | N
         if not sep:
             # not echoed: without its `FIELD=`, the argument may well be the secret value itself
             raise click.UsageError("--set takes FIELD=VALUE (one --set was given without '=')")
+        if spec.field(name) is None:
+            # not echoed either: a value given without `FIELD=` splits at its own '=' (base64 padding…)
+            known = ", ".join(f.name for f in spec.fields)
+            raise CredentialValueError(f"--set names a field that type {spec.type!r} lacks (its fields: {known})")
         values[name] = value
     if from_json is None and not sets and prompt:
         if not sys.stdin.isatty():

@@ -1,7 +1,7 @@
 """Value-based redaction: every secret of the credential in use, in every encoding an upstream might echo.
 
 Forms hunted: raw, URL-encoded (quote and quote_plus, upper- or lower-case escapes), JSON-escaped (with
-"/" as is or escaped), hex, base64 (standard and URL-safe,
+"/" as is or escaped; "&<>" as is or as unicode escapes), hex, base64 (standard and URL-safe,
 with and without padding, and at each of the three byte alignments so a secret inside a longer base64
 string is found too), and the base64 of `username:password` (HTTP Basic).
 """
@@ -50,6 +50,8 @@ def encoded_forms(value: str) -> set[str]:
     json_escaped = json.dumps(value)[1:-1]
     forms |= url | {_lower_escapes(f) for f in url}  # servers may echo `%2f` for `%2F`
     forms |= {json_escaped, json_escaped.replace("/", "\\/")}  # JSON may escape "/" (PHP's json_encode does)
+    # ... and "&", "<", ">" as \u escapes (Go's encoding/json does by default)
+    forms.add(json_escaped.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e"))
     forms |= {raw.hex(), raw.hex().upper()}
     forms |= _b64_forms(raw)
     return {f for f in forms if f}
@@ -95,16 +97,26 @@ class Redactor:
         return value
 
     def obj(self, value: Any) -> Any:
-        """Redact every string (keys included) of a JSON-like value."""
+        """Redact every string (keys included) of a JSON-like value. What JSON does not know (bytes, sets,
+        other mappings, objects) becomes text first: it would otherwise be serialised unredacted."""
         if not self._sources:
             return value
         if isinstance(value, str):
             return self.text(value)
-        if isinstance(value, dict):
-            return {self.text(k) if isinstance(k, str) else k: self.obj(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
+        if isinstance(value, Mapping):
+            return {self._key(k): self.obj(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple, set, frozenset)):
             return [self.obj(v) for v in value]
-        return value
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        if isinstance(value, (bytes, bytearray)):
+            return self.text(bytes(value).decode("utf-8", errors="replace"))
+        return self.text(str(value))
+
+    def _key(self, key: Any) -> Any:
+        if key is None or isinstance(key, (bool, int, float)):
+            return key
+        return self.text(key if isinstance(key, str) else str(key))
 
 
 NO_REDACTION = Redactor({})

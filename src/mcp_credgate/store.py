@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -348,8 +348,11 @@ class Store:
     def _writing_key(self, conn: sqlite3.Connection) -> MasterKey:
         rows = conn.execute("SELECT key_id, state FROM master_keys").fetchall()
         by_state = {r["state"]: r["key_id"] for r in rows}
-        for state in ("current", "pending"):
-            key = self._keyring.get(by_state.get(state, ""))
+        # During a rotation, new data keys go under the new key: under the old one, a rotation that dies after
+        # replacing master.key would leave them with no key to open them.
+        for state in ("pending", "current"):
+            key_id = by_state.get(state)
+            key = (self._keyring.get(key_id) or self._reloaded_key(key_id)) if key_id else None
             if key is not None:
                 return key
         raise MasterKeyError("master key does not match this store")
@@ -387,21 +390,26 @@ class Store:
         4. one transaction drops the old key's row and makes the new one current.
         A crash before 4 leaves a store that the old key set, or the new key, still opens.
         """
-        pending_rows = self._query("SELECT key_id FROM master_keys WHERE state = 'pending'")
-        new_key = next((self._keyring.get(r["key_id"]) for r in pending_rows if self._keyring.get(r["key_id"])), None)
-        if new_key is None:
-            if settings.pending_key_path.exists():
-                settings.pending_key_path.unlink()  # never used: its row was not yet written
-            new_key = MasterKey.generate()
-            write_key_file(settings.pending_key_path, new_key)
-            _fsync_dir(settings.home)
-            with self._write() as conn:
+        new_key: MasterKey | None = None
+        # Decided under the write lock, so that two rotations at once agree on one new key; a pending key this
+        # process does not hold (another process began the rotation after this store was opened) is read from
+        # master.key.new, never thrown away: data keys may already be wrapped under it.
+        with self._write() as conn:
+            pending = conn.execute("SELECT key_id FROM master_keys WHERE state = 'pending'").fetchone()
+            if pending is not None:
+                new_key = self._keyring.get(pending["key_id"]) or self._reloaded_key(pending["key_id"])
+            if new_key is None:
+                if settings.pending_key_path.exists():
+                    settings.pending_key_path.unlink()  # never used: its row was not yet written
+                new_key = MasterKey.generate()
+                write_key_file(settings.pending_key_path, new_key)
+                _fsync_dir(settings.home)
                 conn.execute("DELETE FROM master_keys WHERE state = 'pending'")
                 conn.execute(
                     "INSERT INTO master_keys (key_id, check_blob, state, created_at) VALUES (?, ?, 'pending', ?)",
                     (new_key.key_id, new_key.check_blob(), now()),
                 )
-            self._keyring = Keyring(self._keyring.primary, [new_key])
+        self._keyring = Keyring(self._keyring.primary, [new_key])
         while True:
             rows = self._query(
                 "SELECT id, name, uid, key_id, wrapped_dek FROM credentials WHERE key_id != ? LIMIT 100",
@@ -417,12 +425,21 @@ class Store:
                         (new_key.key_id, new_key.wrap(dek.raw, row["uid"]), row["id"], row["key_id"]),
                     )
         if not key_from_env and settings.pending_key_path.exists():
-            os.replace(settings.pending_key_path, settings.key_path)
+            with suppress(FileNotFoundError):  # a concurrent rotation to the same new key moved it first
+                os.replace(settings.pending_key_path, settings.key_path)
             _fsync_dir(settings.home)
         with self._write() as conn:
-            left = conn.execute("SELECT COUNT(*) FROM credentials WHERE key_id != ?", (new_key.key_id,))
-            if left.fetchone()[0]:
-                raise StoreError("a credential was added during the rotation; run `credgate key rotate` again")
+            # A credential added meanwhile by another process is still under the old key. Re-wrap it here, under
+            # the write lock: failing instead would leave it under a key whose file was just replaced.
+            left = conn.execute(
+                "SELECT id, name, uid, key_id, wrapped_dek FROM credentials WHERE key_id != ?", (new_key.key_id,)
+            ).fetchall()
+            for row in left:
+                dek = self._data_key(row)
+                conn.execute(
+                    "UPDATE credentials SET key_id = ?, wrapped_dek = ? WHERE id = ?",
+                    (new_key.key_id, new_key.wrap(dek.raw, row["uid"]), row["id"]),
+                )
             conn.execute("DELETE FROM master_keys WHERE key_id != ?", (new_key.key_id,))
             conn.execute("UPDATE master_keys SET state = 'current' WHERE key_id = ?", (new_key.key_id,))
         self._keyring = Keyring(new_key)

@@ -2,7 +2,8 @@
 
 Placeholders are rendered in one pass (a value that looks like a placeholder stays literal). The
 declared origin is fixed text; credentials travel only to it: a redirect elsewhere is followed
-without the credential-bearing headers and without Basic auth.
+without the credential-bearing headers and without Basic auth, and not at all when it would re-send a
+body that carries the credential.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import httpx2
 
 from ..credential import Credential
 from ..declarations import PLACEHOLDER, CredentialSpec, HttpHandler
+from ..redact import redactor_for
 from . import ToolOutput
 
 MAX_REDIRECTS = 5
@@ -139,6 +141,7 @@ async def run_http(
     except RequestRefused as exc:
         return ToolOutput.error(f"request refused: {exc}")
     secret_headers = {k for k, v in handler.headers.items() if "{cred." in v}
+    secret_body = handler.json_body is not None and "{cred." in json.dumps(handler.json_body)
     auth = _basic_auth(spec, credential) if spec is not None and _uses_basic_auth(spec, handler) else None
     request = client.build_request(
         handler.method,
@@ -156,15 +159,19 @@ async def run_http(
             response = await client.send(request, auth=auth if same_origin else None, stream=True)
             try:
                 if response.status_code in REDIRECT_CODES and "location" in response.headers:
-                    request = _next_request(client, request, response, home, secret_headers, handler.timeout)
+                    request = _next_request(
+                        client, request, response, home, secret_headers, handler.timeout, secret_body=secret_body
+                    )
                     continue
                 data = await _read_capped(response, handler.max_response_bytes)
             finally:
                 await response.aclose()
             if data is None:
                 return ToolOutput.error(f"the response from {host} is larger than {handler.max_response_bytes} bytes")
-            return _output(response, data, host)
+            return _output(response, data, host, credential)
         return ToolOutput.error(f"{host} redirected more than {MAX_REDIRECTS} times")
+    except RequestRefused as exc:
+        return ToolOutput.error(f"request refused: {exc}")
     except httpx2.TimeoutException:
         return ToolOutput.error(f"{host} did not answer within {handler.timeout:g} s")
     except httpx2.ConnectError:
@@ -180,6 +187,8 @@ def _next_request(
     home: tuple[str, str, int | None],
     secret_headers: set[str],
     timeout: float,
+    *,
+    secret_body: bool = False,
 ) -> httpx2.Request:
     url = request.url.join(response.headers["location"])
     method = request.method
@@ -189,6 +198,11 @@ def _next_request(
     headers = dict(request.headers)
     headers.pop("host", None)
     if _origin(url) != home:
+        if secret_body and content:
+            # a 307/308 (or a 301/302 of a PUT…) would re-send the body, and the credential in it
+            raise RequestRefused(
+                f"{request.url.host} redirected to another origin; not followed: the body carries the credential"
+            )
         lowered = {h.lower() for h in secret_headers} | {"authorization", "cookie"}
         headers = {k: v for k, v in headers.items() if k.lower() not in lowered}
     if content is None:
@@ -206,10 +220,12 @@ async def _read_capped(response: httpx2.Response, cap: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _output(response: httpx2.Response, data: bytes, host: str) -> ToolOutput:
+def _output(response: httpx2.Response, data: bytes, host: str, credential: Credential) -> ToolOutput:
     text = data.decode(response.encoding or "utf-8", errors="replace")
     if response.status_code >= 400:
-        body = text if len(text) <= MAX_ERROR_BODY else text[:MAX_ERROR_BODY] + "…"
+        # redact before cutting: a cut through a secret would leave a prefix no redactor recognises
+        body = redactor_for(credential).text(text)
+        body = body if len(body) <= MAX_ERROR_BODY else body[:MAX_ERROR_BODY] + "…"
         return ToolOutput.error(f"HTTP {response.status_code} from {host}: {body}")
     structured = None
     if "json" in response.headers.get("content-type", ""):
