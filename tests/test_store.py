@@ -752,3 +752,22 @@ def test_audit_rows_are_read_back_newest_first_with_filters(store: Store) -> Non
     assert store.read_audit(limit=2) == [rows[3], rows[2]]
     assert store.read_audit(group="nobody") == []
     assert store.read_audit(group="ops")[0].ref == "ref-1"
+
+
+def test_an_init_that_dies_half_way_leaves_no_store_and_the_next_init_succeeds(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def die(db: object) -> None:
+        raise KeyboardInterrupt  # as if the process were stopped while the schema is made
+
+    monkeypatch.setattr(store_module.migrations, "apply", die)
+    with pytest.raises(KeyboardInterrupt):
+        Store.initialise(settings)
+    assert not settings.database_path.exists()
+
+    monkeypatch.undo()
+    store, created = Store.initialise(settings)
+    with store:
+        assert created
+        assert store.list_credentials() == []
+    assert sorted(p.name for p in settings.home.iterdir()) == ["credgate.db", "master.key"]

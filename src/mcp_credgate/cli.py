@@ -262,6 +262,7 @@ def _discover_upstreams(app: App, refresh: bool, discover_with: str | None) -> l
 
     from .credential import Credential
     from .handlers.upstream import UpstreamError, upstream_pool
+    from .redact import redactor_for
 
     declared = load_catalog(app.settings.tools_dirs)
     if not declared.upstreams or not app.settings.database_path.exists():
@@ -290,7 +291,8 @@ def _discover_upstreams(app: App, refresh: bool, discover_with: str | None) -> l
             why = str(exc) if isinstance(exc, UpstreamError) else f"{type(exc).__name__}"
             problems.append(f"{upstream.source}: upstream {name}: its tools could not be listed ({why})")
             continue
-        app.store.save_upstream_tools(name, listings)
+        # an upstream might put its credential into a description: cache and show only the redacted lists
+        app.store.save_upstream_tools(name, redactor_for(credential).obj(listings))
         app.__dict__.pop("catalog", None)  # rebuilt with what was just discovered
     return problems
 

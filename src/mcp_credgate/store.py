@@ -273,16 +273,26 @@ class Store:
             key = MasterKey.generate()
             write_key_file(settings.key_path, key)
             keyring = Keyring(key)
-        _create_private_file(settings.database_path)
-        conn = _connect(settings.database_path)
-        conn.execute("PRAGMA journal_mode = WAL")
-        migrations.apply(Database(conn))
-        with _transaction(conn):
-            conn.execute(
-                "INSERT INTO master_keys (key_id, check_blob, state, created_at) VALUES (?, ?, 'current', ?)",
-                (keyring.primary.key_id, keyring.primary.check_blob(), now()),
-            )
-        return cls(settings.database_path, conn, keyring), True
+        # Built under a temporary name and renamed when complete: an init that dies half-way leaves no
+        # half-made store behind to be refused later, only a scratch file the next init replaces.
+        scratch = settings.database_path.with_name(settings.database_path.name + ".init")
+        for leftover in (scratch, scratch.with_name(scratch.name + "-wal"), scratch.with_name(scratch.name + "-shm")):
+            leftover.unlink(missing_ok=True)
+        _create_private_file(scratch)
+        conn = _connect(scratch)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            migrations.apply(Database(conn))
+            with _transaction(conn):
+                conn.execute(
+                    "INSERT INTO master_keys (key_id, check_blob, state, created_at) VALUES (?, ?, 'current', ?)",
+                    (keyring.primary.key_id, keyring.primary.check_blob(), now()),
+                )
+        finally:
+            conn.close()  # the last connection checkpoints and removes the -wal and -shm files
+        os.rename(scratch, settings.database_path)
+        _fsync_dir(home)
+        return cls.open(settings, env), True
 
     @classmethod
     def open(cls, settings: Settings, env: Mapping[str, str] | None = None) -> Store:
