@@ -140,7 +140,15 @@ def deny(store: Store, catalog: Catalog, group: str, tools: Iterable[str]) -> li
         f"{upstream}.*" if name.endswith((".*", "_*")) and (upstream := upstream_of(catalog, name)) else name
         for name in tools
     ]
-    return store.deny(group, entries)
+    unbound = store.deny(group, entries)
+    # An upstream none of whose tools the group still allows loses its binding too (else it would come back,
+    # unannounced, with the next `allow`).
+    allowed = store.allowed_tools(group)
+    for upstream in store.upstream_bindings(group):
+        if f"{upstream}.*" not in allowed and not any(t in allowed for t in catalog.upstream_tools(upstream)):
+            store.unbind_upstream(group, upstream)
+            unbound.append(upstream)
+    return unbound
 
 
 def bind(store: Store, catalog: Catalog, group: str, tool_name: str, credential: str) -> None:

@@ -289,6 +289,8 @@ def _discover_upstreams(app: App, refresh: bool, discover_with: str | None) -> l
             listings = anyio.run(discover)
         except (UpstreamError, TimeoutError, OSError) as exc:
             why = str(exc) if isinstance(exc, UpstreamError) else f"{type(exc).__name__}"
+            if spec is not None and not discover_with:
+                why += "; if it needs its credential to start, add --discover-with CRED"
             problems.append(f"{upstream.source}: upstream {name}: its tools could not be listed ({why})")
             continue
         # an upstream might put its credential into a description: cache and show only the redacted lists
@@ -733,6 +735,7 @@ def serve(app: App, group_name: str | None, use_http: bool, host: str, port: int
             hosts, origins = allowed_hosts_and_origins(host, port, settings.public_url)
             click.echo(f"binding {host}:{port}; allowed hosts: {', '.join(hosts)}", err=True)
             click.echo(f"allowed origins: {', '.join(origins)}", err=True)
+        _warn_undiscovered(catalog)
         configure_logging()
         anyio.run(serve_http, settings, catalog, host, port)
         return
@@ -744,8 +747,18 @@ def serve(app: App, group_name: str | None, use_http: bool, host: str, port: int
         raise click.ClickException(
             f"no agent group named {group_name!r} (create it with `credgate group add {group_name}`)"
         )
+    _warn_undiscovered(catalog)
     configure_logging()
     anyio.run(serve_stdio, app.settings, catalog, group_name)
+
+
+def _warn_undiscovered(catalog: Catalog) -> None:
+    for name, upstream in catalog.upstreams.items():
+        if not catalog.upstream_tools(name):
+            click.echo(
+                f"warning: upstream {name} ({upstream.source}) has no tools yet: run `credgate tools` to list them",
+                err=True,
+            )
 
 
 def main() -> None:

@@ -137,6 +137,10 @@ class Gate:
             listed.append(ListedTool(tool, ready))
         return listed
 
+    def allows(self, group: str, tool_name: str) -> bool:
+        tool = self.catalog.tool(tool_name)
+        return tool is not None and self.store.binding(group, tool_name, tool.upstream).allowed
+
     def setup_url(self, group: str, tool: str) -> str:
         return f"{self.public_url}/groups/{quote(group, safe='')}/tools/{quote(tool, safe='')}/setup"
 

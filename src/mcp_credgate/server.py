@@ -200,7 +200,7 @@ def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
         except Exception:
             return None
         tool = gateway.catalog.tool(name)
-        return tool.decl.input_schema if tool is not None and gateway.store.allows(group, name) else None
+        return tool.decl.input_schema if tool is not None and gateway.gate.allows(group, name) else None
 
     return Server(
         "mcp-credgate",

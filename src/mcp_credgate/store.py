@@ -705,14 +705,6 @@ class Store:
         )
         return {r["tool"]: r["cred"] for r in rows}
 
-    def allows(self, group: str, tool: str) -> bool:
-        return bool(
-            self._query(
-                "SELECT 1 FROM groups g JOIN group_tools gt ON gt.group_id = g.id WHERE g.name = ? AND gt.tool = ?",
-                (group, tool),
-            )
-        )
-
     def binding(self, group: str, tool: str, upstream: str | None = None) -> Binding:
         """At call time: is the tool allowed for the group, and what does its bound credential hold (still
         sealed: `open_sealed` decrypts it once the caller decides to use it)? One cheap version check while

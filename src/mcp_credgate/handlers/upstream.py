@@ -107,6 +107,17 @@ class _Session:
     idle_timeout: float = 300.0
 
 
+def _error_result(text: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
+
+
+def _closed(session: _Session) -> bool:
+    """Whether the client already saw its connection end. The SDK keeps this on its dispatcher, with no
+    public accessor; should that change, this says False and the call itself reports the closed connection."""
+    dispatcher = getattr(session.client.session, "_dispatcher", None) if session.client is not None else None
+    return session.client is None or bool(getattr(dispatcher, "_closed", False))
+
+
 class UpstreamPool:
     def __init__(self, task_group: TaskGroup) -> None:
         self._tg = task_group
@@ -125,30 +136,25 @@ class UpstreamPool:
     async def call(
         self, name: str, handler: McpHandler, remote_tool: str, args: dict[str, Any], credential: Credential
     ) -> types.CallToolResult:
-        """Call a tool of the upstream; a session found dead is started again once."""
-        for attempt in range(2):
+        """Call a tool of the upstream. A session whose connection is already closed (the process died
+        since the last call) is replaced first; a call whose connection closes while it runs is not sent
+        again (it may have had effects): it gets an error and the next call starts a new upstream."""
+        session = await self._session(name, handler, credential)
+        if _closed(session):
+            self._retire(session)
             session = await self._session(name, handler, credential)
-            assert session.client is not None
-            session.last_used = time.monotonic()
-            try:
-                with anyio.fail_after(handler.timeout):
-                    return await session.client.call_tool(remote_tool, args)
-            except TimeoutError:
-                return types.CallToolResult(
-                    content=[
-                        types.TextContent(
-                            type="text", text=f"upstream {name} did not answer within {handler.timeout:g} s"
-                        )
-                    ],
-                    is_error=True,
-                )
-            except (MCPError, *GONE) as exc:
-                if isinstance(exc, MCPError) and exc.code != types.CONNECTION_CLOSED:
-                    raise
-                self._retire(session)
-                if attempt == 1:
-                    raise UpstreamError(f"upstream {name} closed the connection") from None
-        raise AssertionError("unreachable")
+        assert session.client is not None
+        session.last_used = time.monotonic()
+        try:
+            with anyio.fail_after(handler.timeout):
+                return await session.client.call_tool(remote_tool, args)
+        except TimeoutError:
+            return _error_result(f"upstream {name} did not answer within {handler.timeout:g} s")
+        except (MCPError, *GONE) as exc:
+            if isinstance(exc, MCPError) and exc.code != types.CONNECTION_CLOSED:
+                raise
+            self._retire(session)
+            raise UpstreamError(f"upstream {name} closed the connection during the call") from None
 
     async def list_tools(self, name: str, handler: McpHandler, credential: Credential) -> list[dict[str, Any]]:
         session = await self._session(name, handler, credential)
@@ -224,9 +230,16 @@ class UpstreamPool:
 
 @asynccontextmanager
 async def upstream_pool() -> AsyncIterator[UpstreamPool]:
-    async with anyio.create_task_group() as tg:
-        pool = UpstreamPool(tg)
-        try:
-            yield pool
-        finally:
-            pool.close()
+    """The pool's tasks never raise (`_hold` keeps its error): an exception of the body leaves as itself,
+    not wrapped in the task group's ExceptionGroup, so callers can catch UpstreamError, GatewayError …"""
+    try:
+        async with anyio.create_task_group() as tg:
+            pool = UpstreamPool(tg)
+            try:
+                yield pool
+            finally:
+                pool.close()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
