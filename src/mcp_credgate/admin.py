@@ -6,12 +6,14 @@ anything is written, a binding must match the tool's credential type, and a grou
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .config import Settings
 from .declarations import Catalog, CredentialSpec, Tool
-from .errors import ConflictError, CredentialValueError, NotFoundError
+from .errors import ConflictError, CredentialValueError, CredgateError, NotFoundError
 from .store import CredentialInfo, Store
 
 Status = Literal["ready", "needs_credential", "incomplete", "no_credential_needed", "undeclared"]
@@ -181,3 +183,69 @@ def unbind(store: Store, catalog: Catalog, group: str, tool_name: str) -> None:
         store.unbind(group, tool_name)
     else:
         store.unbind_upstream(group, upstream)
+
+
+def doctor(settings: Settings, catalog: Catalog) -> list[str]:
+    """Every problem found, one line each with its fix: file modes, key and store, schema, integrity,
+    declarations, and bindings that no longer match the declarations."""
+    problems = [f"{p} (fix the file, then run `credgate tools --check`)" for p in catalog.problems]
+    problems += _mode_problems(settings)
+    try:
+        store = Store.open(settings)
+    except CredgateError as exc:
+        return [*problems, str(exc)]
+    with store:
+        problems += [f"{p} (restore a backup with `credgate restore PATH`)" for p in store.health()]
+        types = {c.name: c.type for c in store.list_credentials()}
+        for name, type_ in types.items():
+            if type_ not in catalog.types:
+                problems.append(
+                    f"credential {name}: no tool declares its type {type_!r} (declare it, or `credgate cred rm {name}`)"
+                )
+        for group, target, cred in store.bound_targets():
+            problems += _binding_problems(catalog, group, target, cred, types.get(cred))
+    return problems
+
+
+def _mode_problems(settings: Settings) -> list[str]:
+    out = []
+    wanted = [(settings.home, 0o700)] + [
+        (settings.home / name, 0o600)
+        for name in (
+            settings.database_path.name,
+            f"{settings.database_path.name}-wal",
+            f"{settings.database_path.name}-shm",
+            settings.key_path.name,
+            settings.pending_key_path.name,
+        )
+    ]
+    for path, mode in wanted:
+        if path.exists() and stat.S_IMODE(path.stat().st_mode) & ~mode:
+            out.append(
+                f"{path} is mode {stat.S_IMODE(path.stat().st_mode):o}, readable by others (fix: chmod {mode:o} {path})"
+            )
+    return out
+
+
+def _binding_problems(catalog: Catalog, group: str, target: str, cred: str, cred_type: str | None) -> list[str]:
+    if not cred:  # an allowed entry without binding
+        upstream = target[:-2] if target.endswith(".*") else None
+        if (upstream is not None and upstream not in catalog.upstreams) or (
+            upstream is None and target not in catalog.tools
+        ):
+            return [
+                f"group {group}: allows {target!r}, which is not declared (fix: `credgate group deny {group} {target}`)"
+            ]
+        return []
+    tool = catalog.upstreams.get(target) or catalog.tool(target)
+    if tool is None:
+        return [
+            f"group {group}: credential {cred} is bound to {target!r}, which is not declared "
+            f"(fix: `credgate unbind {group} {target}`)"
+        ]
+    if tool.credential is not None and cred_type != tool.credential.type:
+        return [
+            f"group {group}: credential {cred} (type {cred_type}) is bound to {target!r}, which needs type "
+            f"{tool.credential.type} (fix: `credgate bind {group} {target} <a {tool.credential.type} credential>`)"
+        ]
+    return []

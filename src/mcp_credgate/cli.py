@@ -707,6 +707,52 @@ def audit(app: App, group_name: str | None, tool_name: str | None, limit: int) -
 
 
 @cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@common_options
+@pass_app
+def backup(app: App, path: Path) -> None:
+    """Write a consistent copy of the store to PATH (safe while a gateway serves; the key is not in it)."""
+    app.store.backup(path)
+    app.out(
+        {"backup": str(path)},
+        f"backed up the store to {path}; keep the master key ({app.settings.key_path} or CREDGATE_MASTER_KEY) "
+        "apart from it: the backup is useless without it",
+    )
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@common_options
+@pass_app
+def restore(app: App, path: Path) -> None:
+    """Replace the store with the backup at PATH (stop the gateway first); the old one is kept aside."""
+    from .store import restore_store
+
+    aside = restore_store(app.settings, path)
+    kept = f"; the replaced store is kept as {aside}" if aside != app.settings.database_path else ""
+    app.out({"restored": str(path), "replaced": str(aside) if kept else None}, f"restored the store from {path}{kept}")
+
+
+@cli.command()
+@common_options
+@pass_app
+def doctor(app: App) -> None:
+    """Check file modes, key and store, schema, integrity, declarations and bindings; exit 1 on a problem."""
+    problems = admin.doctor(app.settings, load_catalog_with_discovered(app))
+    app.out({"problems": problems}, [f"problem: {p}" for p in problems] or ["ok: no problem found"])
+    if problems:
+        raise click.exceptions.Exit(1)
+
+
+def load_catalog_with_discovered(app: App) -> Catalog:
+    """Like `app.catalog`, but a store that does not open is left to the doctor to report."""
+    try:
+        return app.catalog
+    except CredgateError:
+        return load_catalog(app.settings.tools_dirs)
+
+
+@cli.command()
 @click.option("--group", "group_name", envvar="CREDGATE_GROUP", help="The agent group, for stdio (or CREDGATE_GROUP).")
 @click.option("--http", "use_http", is_flag=True, help="Serve remote agents over HTTP (SSE and Streamable HTTP).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind with --http.")

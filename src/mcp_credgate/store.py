@@ -794,6 +794,53 @@ class Store:
         with self._write() as conn:
             conn.execute("UPDATE agents SET last_used_at = ? WHERE name = ?", (now(), name))
 
+    # -- backup, restore and health ----------------------------------------------------------
+
+    def backup(self, target: Path) -> None:
+        """A consistent copy through SQLite's online backup API (fine while a gateway serves). The master
+        key is not in it. The file is created 0600 and must not exist yet."""
+        if target.exists():
+            raise ConflictError(f"{target} exists already; choose a new file")
+        scratch = target.with_name(target.name + ".partial")
+        scratch.unlink(missing_ok=True)
+        _create_private_file(scratch)
+        try:
+            dest = sqlite3.connect(scratch)
+            try:
+                with self._lock:
+                    self._conn.backup(dest)
+                dest.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+            finally:
+                dest.close()
+            if target.exists():
+                raise ConflictError(f"{target} exists already; choose a new file")
+            os.rename(scratch, target)
+        finally:
+            scratch.unlink(missing_ok=True)
+
+    def health(self) -> list[str]:
+        """What `PRAGMA integrity_check` and `foreign_key_check` find, and pending schema migrations."""
+        problems = []
+        integrity = [r[0] for r in self._query("PRAGMA integrity_check")]
+        if integrity != ["ok"]:
+            problems += [f"database integrity: {line}" for line in integrity[:10]]
+        for r in self._query("PRAGMA foreign_key_check"):
+            problems.append(f"database foreign keys: a row of {r[0]} points to a missing row of {r[2]}")
+        pending = [m.name for m in migrations.pending(Database(self._conn))]
+        if pending:
+            problems.append(f"database schema: migrations not applied: {', '.join(pending)}")
+        return problems
+
+    def bound_targets(self) -> list[tuple[str, str, str]]:
+        """(group, tool or upstream, credential) of every binding, and (group, allowed entry, "") rows."""
+        rows = self._query(
+            "SELECT g.name AS grp, b.target, c.name AS cred FROM bindings b JOIN groups g ON g.id = b.group_id"
+            " JOIN credentials c ON c.id = b.credential_id"
+            " UNION ALL SELECT g.name, gt.tool, '' FROM group_tools gt JOIN groups g ON g.id = gt.group_id"
+            " ORDER BY 1, 2"
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
     # -- audit ---------------------------------------------------------------------------
 
     def write_audit(self, rows: Sequence[AuditRow]) -> None:
@@ -905,3 +952,52 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def restore_store(settings: Settings, source: Path, env: Mapping[str, str] | None = None) -> Path:
+    """Replace the store with a backup that passes its integrity check and that the current master key
+    opens. The replaced database is kept aside; returns where."""
+    if not source.is_file():
+        raise NotFoundError(f"no backup file at {source}")
+    keyring = load_keyring(settings, env)
+    if keyring is None:
+        raise MasterKeyError(f"master key missing: set CREDGATE_MASTER_KEY or restore {settings.key_path}")
+    scratch = settings.database_path.with_name(settings.database_path.name + ".restore")
+    scratch.unlink(missing_ok=True)
+    _create_private_file(scratch)
+    try:
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        dest = _connect(scratch)
+        try:
+            try:
+                src.backup(dest)
+            except sqlite3.DatabaseError:
+                raise StoreError(f"{source} is not a credgate backup (not a SQLite database)") from None
+            integrity = [r[0] for r in dest.execute("PRAGMA integrity_check")]
+            if integrity != ["ok"]:
+                raise StoreError(f"{source} fails its integrity check: {integrity[0]}")
+            try:
+                _check_keyring(dest, keyring, settings)
+            except MasterKeyError:
+                raise MasterKeyError(
+                    f"the current master key does not open the backup {source}: restore it with the key it was "
+                    "made with (CREDGATE_MASTER_KEY or the key file)"
+                ) from None
+            dest.execute("PRAGMA journal_mode = WAL")
+        finally:
+            src.close()
+            dest.close()
+        aside = None
+        if settings.database_path.exists():
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            aside = settings.database_path.with_name(f"{settings.database_path.name}.replaced-{stamp}")
+            os.rename(settings.database_path, aside)
+            for suffix in ("-wal", "-shm"):
+                side = settings.database_path.with_name(settings.database_path.name + suffix)
+                if side.exists():
+                    os.rename(side, aside.with_name(aside.name + suffix))
+        os.rename(scratch, settings.database_path)
+        _fsync_dir(settings.home)
+        return aside or settings.database_path
+    finally:
+        scratch.unlink(missing_ok=True)
