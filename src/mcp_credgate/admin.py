@@ -6,6 +6,7 @@ anything is written, a binding must match the tool's credential type, and a grou
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -195,15 +196,19 @@ def doctor(settings: Settings, catalog: Catalog) -> list[str]:
     except CredgateError as exc:
         return [*problems, str(exc)]
     with store:
-        problems += [f"{p} (restore a backup with `credgate restore PATH`)" for p in store.health()]
-        types = {c.name: c.type for c in store.list_credentials()}
-        for name, type_ in types.items():
-            if type_ not in catalog.types:
-                problems.append(
-                    f"credential {name}: no tool declares its type {type_!r} (declare it, or `credgate cred rm {name}`)"
-                )
-        for group, target, cred in store.bound_targets():
-            problems += _binding_problems(catalog, group, target, cred, types.get(cred))
+        try:
+            problems += [f"{p} (restore a backup with `credgate restore PATH`)" for p in store.health()]
+            types = {c.name: c.type for c in store.list_credentials()}
+            for name, type_ in types.items():
+                if type_ not in catalog.types:
+                    problems.append(
+                        f"credential {name}: no tool declares its type {type_!r} "
+                        f"(declare it, or `credgate cred rm {name}`)"
+                    )
+            for group, target, cred in store.bound_targets():
+                problems += _binding_problems(catalog, group, target, cred, types.get(cred))
+        except sqlite3.DatabaseError as exc:  # damage bad enough to stop `PRAGMA integrity_check` itself
+            problems.append(f"database integrity: {exc} (restore a backup with `credgate restore PATH`)")
     return problems
 
 

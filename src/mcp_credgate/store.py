@@ -801,6 +801,8 @@ class Store:
         key is not in it. The file is created 0600 and must not exist yet."""
         if target.exists():
             raise ConflictError(f"{target} exists already; choose a new file")
+        if not target.parent.is_dir():
+            raise NotFoundError(f"no folder {target.parent} to write the backup in")
         scratch = target.with_name(target.name + ".partial")
         scratch.unlink(missing_ok=True)
         _create_private_file(scratch)
@@ -966,14 +968,20 @@ def restore_store(settings: Settings, source: Path, env: Mapping[str, str] | Non
     scratch.unlink(missing_ok=True)
     _create_private_file(scratch)
     try:
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
         dest = _connect(scratch)
         try:
             try:
                 src.backup(dest)
             except sqlite3.DatabaseError:
                 raise StoreError(f"{source} is not a credgate backup (not a SQLite database)") from None
-            integrity = [r[0] for r in dest.execute("PRAGMA integrity_check")]
+            try:
+                integrity = [r[0] for r in dest.execute("PRAGMA integrity_check")]
+            except sqlite3.DatabaseError as exc:  # damage bad enough to stop the check itself
+                integrity = [str(exc)]
+            expected = src.execute("PRAGMA page_count").fetchone()[0] * src.execute("PRAGMA page_size").fetchone()[0]
+            if source.stat().st_size < expected:  # SQLite reads a cut-off end as zeros: the check above passes
+                integrity = [f"the file is truncated ({source.stat().st_size} of {expected} bytes)"]
             if integrity != ["ok"]:
                 raise StoreError(f"{source} fails its integrity check: {integrity[0]}")
             try:
@@ -983,6 +991,8 @@ def restore_store(settings: Settings, source: Path, env: Mapping[str, str] | Non
                     f"the current master key does not open the backup {source}: restore it with the key it was "
                     "made with (CREDGATE_MASTER_KEY or the key file)"
                 ) from None
+            except StoreError:  # its message names the live store, not this file
+                raise StoreError(f"{source} is not a credgate backup (no key table)") from None
             dest.execute("PRAGMA journal_mode = WAL")
         finally:
             src.close()
@@ -991,6 +1001,10 @@ def restore_store(settings: Settings, source: Path, env: Mapping[str, str] | Non
         if settings.database_path.exists():
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             aside = settings.database_path.with_name(f"{settings.database_path.name}.replaced-{stamp}")
+            n = 0
+            while aside.exists():  # a restore earlier in the same second kept its store here: keep it too
+                n += 1
+                aside = settings.database_path.with_name(f"{settings.database_path.name}.replaced-{stamp}-{n}")
             os.rename(settings.database_path, aside)
             for suffix in ("-wal", "-shm"):
                 side = settings.database_path.with_name(settings.database_path.name + suffix)
