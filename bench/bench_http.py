@@ -1,9 +1,10 @@
 """Benchmark: credgate over Streamable HTTP vs a bare `mcp` server with the same echo tool and bearer check.
 
-Both run as real processes on 127.0.0.1 and are driven by the SDK's Streamable HTTP client: first
-sequential calls from one client, then 50 concurrent clients. Rounds alternate between the servers.
+Both run as real processes on 127.0.0.1 at once and are driven by the SDK's Streamable HTTP client:
+sequential calls alternating between the servers one by one, then 50 concurrent clients against one
+server at a time, in alternating rounds.
 
-    python bench/bench_http.py [--calls 1000] [--clients 50] [--per-client 20] [--rounds 2]
+    python bench/bench_http.py [--calls 2000] [--clients 50] [--per-client 20] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 
 import anyio
@@ -57,16 +58,20 @@ def client(url: str, token: str) -> Client:
     return Client(streamable_http_client(url, http_client=http))
 
 
-async def sequential(url: str, token: str, calls: int) -> list[float]:
-    times = []
-    async with client(url, token) as c:
-        for _ in range(10):
-            await c.call_tool("echo", {"text": "warm"})
+async def sequential(targets: dict[str, tuple[str, str]], calls: int) -> dict[str, list[float]]:
+    """One client per server, both open at once; calls alternate between the servers one by one."""
+    times: dict[str, list[float]] = {name: [] for name in targets}
+    async with AsyncExitStack() as stack:
+        clients = {name: await stack.enter_async_context(client(url, token)) for name, (url, token) in targets.items()}
+        for c in clients.values():
+            for _ in range(20):
+                await c.call_tool("echo", {"text": "warm"})
         for i in range(calls):
-            start = time.perf_counter()
-            result = await c.call_tool("echo", {"text": f"hello {i}"})
-            times.append(time.perf_counter() - start)
-            assert not result.is_error, result
+            for name, c in clients.items():
+                start = time.perf_counter()
+                result = await c.call_tool("echo", {"text": f"hello {i}"})
+                times[name].append(time.perf_counter() - start)
+                assert not result.is_error, result
     return times
 
 
@@ -90,10 +95,10 @@ async def concurrent(url: str, token: str, clients: int, per_client: int) -> tup
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=1000, help="sequential calls per server and round")
+    parser.add_argument("--calls", type=int, default=2000, help="sequential calls per server")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--per-client", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds of concurrent load")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
@@ -119,19 +124,18 @@ async def main() -> None:
             ),
             "credgate serve": ([*base, "serve", "--http", "--port", str(port_c), *common], env, port_c, credgate_token),
         }
-        seq: dict[str, list[float]] = {name: [] for name in servers}
         conc: dict[str, list[float]] = {name: [] for name in servers}
         wall: dict[str, float] = {name: 0.0 for name in servers}
-        for _ in range(opts.rounds):
-            for name, (argv, extra_env, port, token) in servers.items():
-                url = f"http://127.0.0.1:{port}/mcp"
-                with running(argv, extra_env, port):
-                    seq[name] += await sequential(url, token, opts.calls)
+        with running(*servers["bare mcp server"][:3]), running(*servers["credgate serve"][:3]):
+            targets = {name: (f"http://127.0.0.1:{port}/mcp", token) for name, (_, _, port, token) in servers.items()}
+            seq = await sequential(targets, opts.calls)
+            for _ in range(opts.rounds):  # concurrent load: one server at a time, alternating rounds
+                for name, (url, token) in targets.items():
                     times, elapsed = await concurrent(url, token, opts.clients, opts.per_client)
                     conc[name] += times
                     wall[name] += elapsed
-    print(f"Streamable HTTP, {opts.rounds} alternating rounds")
-    print(f"sequential: {opts.calls * opts.rounds} calls from one client")
+    print("Streamable HTTP, both servers running at once")
+    print(f"sequential: {opts.calls} calls from one client each, alternating call by call")
     print(f"{'server':<18}{'calls/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     rates = {}
     for name, times in seq.items():
@@ -139,7 +143,7 @@ async def main() -> None:
         rate, p50, p99 = rates[name]
         print(f"{name:<18}{rate:>10.0f}{p50:>10.3f}{p99:>10.3f}")
     print(f"sequential throughput ratio credgate/bare: {rates['credgate serve'][0] / rates['bare mcp server'][0]:.2f}")
-    print(f"concurrent: {opts.clients} clients x {opts.per_client} calls")
+    print(f"concurrent: {opts.clients} clients x {opts.per_client} calls, {opts.rounds} alternating rounds each")
     print(f"{'server':<18}{'calls/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     crates = {}
     for name, times in conc.items():
