@@ -23,7 +23,7 @@ from pathlib import Path
 
 import anyio
 import httpx2
-from bench_stdio import HERE, setup_credgate, summary
+from bench_stdio import HERE, print_table, setup_credgate, summary
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -136,12 +136,7 @@ async def main() -> None:
                     wall[name] += elapsed
     print("Streamable HTTP, both servers running at once")
     print(f"sequential: {opts.calls} calls from one client each, alternating call by call")
-    print(f"{'server':<18}{'calls/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    rates = {}
-    for name, times in seq.items():
-        rates[name] = summary(times)
-        rate, p50, p99 = rates[name]
-        print(f"{name:<18}{rate:>10.0f}{p50:>10.3f}{p99:>10.3f}")
+    rates = print_table(seq)
     print(f"sequential throughput ratio credgate/bare: {rates['credgate serve'][0] / rates['bare mcp server'][0]:.2f}")
     print(f"concurrent: {opts.clients} clients x {opts.per_client} calls, {opts.rounds} alternating rounds each")
     print(f"{'server':<18}{'calls/s':>10}{'p50 ms':>10}{'p99 ms':>10}")

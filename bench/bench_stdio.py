@@ -91,6 +91,17 @@ def summary(times: list[float]) -> tuple[float, float, float]:
     return len(times) / sum(times), statistics.median(times) * 1000, p99 * 1000
 
 
+def print_table(results: dict[str, list[float]], heading: str = "server") -> dict[str, tuple[float, float, float]]:
+    """Print calls/s, p50 and p99 per side; returns them."""
+    width = max(18, *(len(n) + 2 for n in results))
+    print(f"{heading:<{width}}{'calls/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    figures = {}
+    for name, times in results.items():
+        figures[name] = rate, p50, p99 = summary(times)
+        print(f"{name:<{width}}{rate:>10.0f}{p50:>10.3f}{p99:>10.3f}")
+    return figures
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=2000, help="sequential calls per server (default 2000)")
@@ -103,12 +114,7 @@ async def main() -> None:
         }
         results = await measure(servers, opts.calls)
     print(f"stdio, {opts.calls} sequential tools/call each, alternating call by call between the two servers")
-    print(f"{'server':<18}{'calls/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    figures = {}
-    for name, times in results.items():
-        figures[name] = summary(times)
-        rate, p50, p99 = figures[name]
-        print(f"{name:<18}{rate:>10.0f}{p50:>10.3f}{p99:>10.3f}")
+    figures = print_table(results)
     ratio = figures["credgate serve"][0] / figures["bare mcp server"][0]
     print(f"throughput ratio credgate/bare: {ratio:.2f} (target >= 0.90)")
 

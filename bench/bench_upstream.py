@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import anyio
-from bench_stdio import HERE, measure, summary
+from bench_stdio import HERE, measure, print_table
 
 TOOL = f"""
 name = "up"
@@ -63,12 +63,7 @@ async def main() -> None:
         }
         results = await measure(servers, opts.calls, tool_names={"through credgate": "up_echo"})
     print(f"stdio upstream, {opts.calls} sequential tools/call each, alternating call by call")
-    print(f"{'path':<20}{'calls/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    figures = {}
-    for name, times in results.items():
-        figures[name] = summary(times)
-        rate, p50, p99 = figures[name]
-        print(f"{name:<20}{rate:>10.0f}{p50:>10.3f}{p99:>10.3f}")
+    figures = print_table(results, "path")
     ratio = figures["through credgate"][0] / figures["direct to upstream"][0]
     print(f"throughput ratio credgate/direct: {ratio:.2f}")
 
