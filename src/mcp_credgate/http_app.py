@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .agents import AgentTokenVerifier
 from .server import Caller, Gateway, build_server
+from .transports import reload_on_sighup
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 TOKEN_QUERY_NAMES = frozenset({"access_token", "token", "auth", "authorization", "bearer"})
@@ -143,7 +144,7 @@ def build_http_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
-            async with gateway.running(), manager.run():
+            async with gateway.running(), reload_on_sighup(gateway), manager.run():
                 yield
         finally:
             await gateway.aclose()

@@ -26,7 +26,7 @@ from . import __version__
 from .audit import AuditLog
 from .config import Settings
 from .credential import Credential
-from .declarations import Catalog, HttpHandler, PythonHandler, Tool
+from .declarations import Catalog, HttpHandler, PythonHandler, Tool, load_catalog
 from .gate import CredentialWarning, Gate, InvalidArguments, Ready, Unknown
 from .handlers import ToolOutput
 from .handlers.http import make_client, run_http
@@ -63,6 +63,21 @@ class Gateway:
     def open(cls, settings: Settings, catalog: Catalog) -> Gateway:
         catalog.raise_problems()
         return cls(settings, catalog, Store.open(settings), Store.open(settings))
+
+    def reload(self) -> bool:
+        """Read the declarations again (SIGHUP). All or nothing: a broken file keeps the running configuration
+        and is logged with its file and field. Calls already running finish with the catalog they began with."""
+        catalog = load_catalog(self.settings.tools_dirs)
+        if catalog.upstreams:
+            catalog = catalog.with_discovered(self.store.discovered_tools())
+        if catalog.problems:
+            for problem in catalog.problems:
+                logger.error("reload refused, the previous declarations stay active: %s", problem)
+            return False
+        gate = Gate(self.store, catalog, self.settings.public_url)
+        self.catalog, self.gate = catalog, gate
+        logger.info("reloaded the declarations: %d tools", len(catalog.tools))
+        return True
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:

@@ -6,15 +6,18 @@ import gc
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from mcp.server.context import ServerRequestContext
 from mcp.server.stdio import stdio_server
 
 from .config import Settings
 from .declarations import Catalog
 from .errors import GatewayError
-from .server import Caller, build_server, open_gateway
+from .server import Caller, Gateway, build_server, open_gateway
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -37,8 +40,29 @@ async def serve_stdio(settings: Settings, catalog: Catalog, group: str) -> None:
 
         server = build_server(gateway, identify)
         gc.freeze()  # start-up objects are permanent: later collections need not walk them
-        async with stdio_server() as (read_stream, write_stream):
+        async with reload_on_sighup(gateway), stdio_server() as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+@asynccontextmanager
+async def reload_on_sighup(gateway: Gateway) -> AsyncIterator[None]:
+    """While the body runs, SIGHUP re-reads tools.d (see `Gateway.reload`)."""
+
+    async def listen() -> None:
+        try:
+            receiver = anyio.open_signal_receiver(signal.SIGHUP)
+            with receiver as signals:
+                async for _ in signals:
+                    gateway.reload()
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no SIGHUP here
+            logging.getLogger("credgate").debug("no SIGHUP reload in this thread")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listen)
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()
 
 
 async def serve_http(settings: Settings, catalog: Catalog, host: str, port: int) -> None:
@@ -46,7 +70,6 @@ async def serve_http(settings: Settings, catalog: Catalog, host: str, port: int)
     import uvicorn
 
     from .http_app import build_http_app
-    from .server import Gateway
 
     gateway = Gateway.open(settings, catalog)
     app = build_http_app(gateway, host=host, port=port, public_url=settings.public_url)
