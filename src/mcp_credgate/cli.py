@@ -757,13 +757,32 @@ def load_catalog_with_discovered(app: App) -> Catalog:
 @click.option("--http", "use_http", is_flag=True, help="Serve remote agents over HTTP (SSE and Streamable HTTP).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind with --http.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port with --http.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    envvar="CREDGATE_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    help="Logs on stderr as text or JSON lines (or CREDGATE_LOG_FORMAT).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    envvar="CREDGATE_LOG_LEVEL",
+    default="info",
+    show_default=True,
+    help="debug logs every call (names only, never a value).",
+)
 @common_options
 @pass_app
-def serve(app: App, group_name: str | None, use_http: bool, host: str, port: int) -> None:
+def serve(
+    app: App, group_name: str | None, use_http: bool, host: str, port: int, log_format: str, log_level: str
+) -> None:
     """Serve MCP: over stdio for one group, or with --http for every agent with a token."""
     import anyio
 
-    from .transports import configure_logging, serve_http, serve_stdio
+    from .logs import configure_logging
+    from .transports import serve_http, serve_stdio
 
     catalog = app.catalog
     catalog.raise_problems()
@@ -782,7 +801,7 @@ def serve(app: App, group_name: str | None, use_http: bool, host: str, port: int
             click.echo(f"binding {host}:{port}; allowed hosts: {', '.join(hosts)}", err=True)
             click.echo(f"allowed origins: {', '.join(origins)}", err=True)
         _warn_undiscovered(catalog)
-        configure_logging()
+        configure_logging(log_format, log_level)
         anyio.run(serve_http, settings, catalog, host, port)
         return
     if not group_name:
@@ -794,7 +813,7 @@ def serve(app: App, group_name: str | None, use_http: bool, host: str, port: int
             f"no agent group named {group_name!r} (create it with `credgate group add {group_name}`)"
         )
     _warn_undiscovered(catalog)
-    configure_logging()
+    configure_logging(log_format, log_level)
     anyio.run(serve_stdio, app.settings, catalog, group_name)
 
 

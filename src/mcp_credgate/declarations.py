@@ -342,7 +342,11 @@ def _origin_problems(label: str, where: str, url: str, tool: ToolDeclaration) ->
     origin = scheme + sep + re.split(r"[/?#]", rest, maxsplit=1)[0]
     if "{" in origin or "}" in origin:
         return [f"{label}: {where}: a placeholder in the scheme, host or port is not allowed"]
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number in 0-65535)
+    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535"…
+        return [f"{label}: {where}: not a valid URL ({exc})"]
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return [f"{label}: {where}: must be an absolute http:// or https:// URL"]
     if parts.scheme == "http" and tool.credential is not None and not is_loopback_host(parts.hostname):
@@ -400,10 +404,14 @@ def _parse_file(path: Path, label: str, dirs: tuple[Path, ...]) -> tuple[Tool | 
         return None, [f"{label}: TOML syntax error: {exc}"]
     except (OSError, UnicodeDecodeError) as exc:
         return None, [f"{label}: cannot read: {exc.__class__.__name__}"]
+    except RecursionError:  # tomli refuses inline tables/arrays nested over 400 levels this way
+        return None, [f"{label}: TOML syntax error: tables or arrays are nested too deeply"]
     try:
         decl = ToolDeclaration.model_validate(data)
     except ValidationError as exc:
         return None, _pydantic_problems(label, exc)
+    except RecursionError:  # jsonschema's check of a deeply nested input_schema
+        return None, [f"{label}: input_schema: nested too deeply"]
     problems: list[str] = []
     function = None
     handler = decl.handler

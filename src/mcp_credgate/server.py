@@ -27,11 +27,12 @@ from .audit import AuditLog
 from .config import Settings
 from .credential import Credential
 from .declarations import Catalog, HttpHandler, PythonHandler, Tool, load_catalog
-from .gate import CredentialWarning, Gate, InvalidArguments, Ready, Unknown
+from .gate import CredentialWarning, Gate, InvalidArguments, Unknown
 from .handlers import ToolOutput
 from .handlers.http import make_client, run_http
 from .handlers.python import run_python
 from .handlers.upstream import UpstreamError, UpstreamPool, upstream_pool
+from .logs import request_id
 from .redact import Redactor, redactor_for
 from .store import Store
 
@@ -117,37 +118,55 @@ class Gateway:
     # -- tools/call ------------------------------------------------------------------------
 
     async def call_tool(self, caller: Caller, name: str, arguments: Mapping[str, Any] | None) -> types.CallToolResult:
+        ref = secrets.token_hex(4)
+        token = request_id.set(ref)
+        try:
+            return await self._call(caller, name, arguments, ref)
+        finally:
+            request_id.reset(token)
+
+    async def _call(
+        self, caller: Caller, name: str, arguments: Mapping[str, Any] | None, ref: str
+    ) -> types.CallToolResult:
         started = time.perf_counter()
-        group, agent = caller.group, caller.agent
-        decision = self.gate.check(group, name, arguments)
+        decision = self.gate.check(caller.group, name, arguments)
         if isinstance(decision, Unknown):
-            self.audit.record(group, agent, name, None, "denied", started)
+            self._record(caller, name, None, "denied", started, ref)
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
         if isinstance(decision, InvalidArguments):
-            self.audit.record(group, agent, name, None, "invalid_arguments", started)
+            self._record(caller, name, None, "invalid_arguments", started, ref)
             return _text_result(f"Invalid arguments for tool {name}: {decision.message}", is_error=True)
         if isinstance(decision, CredentialWarning):
-            self.audit.record(group, agent, name, decision.credential_name, decision.outcome, started)
+            self._record(caller, name, decision.credential_name, decision.outcome, started, ref)
             return types.CallToolResult(
                 content=[types.TextContent(type="text", text=decision.text())],
                 structured_content=decision.as_json(),
                 is_error=True,
             )
-        return await self._run(decision, caller, dict(arguments or {}), started)
-
-    async def _run(self, ready: Ready, caller: Caller, args: dict[str, Any], started: float) -> types.CallToolResult:
-        redactor = redactor_for(ready.credential)
+        redactor = redactor_for(decision.credential)
         try:
-            output = await self._dispatch(ready.tool, args, ready.credential)
+            output = await self._dispatch(decision.tool, dict(arguments or {}), decision.credential)
         except Exception as exc:
-            ref = secrets.token_hex(4)
             details = "".join(traceback.format_exception(exc))
-            logger.error("tool %s failed (ref: %s):\n%s", ready.tool.name, ref, redactor.text(details))
-            self.audit.record(caller.group, caller.agent, ready.tool.name, ready.credential_name, "error", started, ref)
-            return _text_result(f"The tool {ready.tool.name} failed (ref: {ref}).", is_error=True)
-        outcome = "error" if output.is_error else "ok"
-        self.audit.record(caller.group, caller.agent, ready.tool.name, ready.credential_name, outcome, started)
+            logger.error("tool %s failed (ref: %s):\n%s", name, ref, redactor.text(details))
+            self._record(caller, name, decision.credential_name, "error", started, ref)
+            return _text_result(f"The tool {name} failed (ref: {ref}).", is_error=True)
+        self._record(caller, name, decision.credential_name, "error" if output.is_error else "ok", started, ref)
         return _to_result(output, redactor)
+
+    def _record(
+        self, caller: Caller, tool: str, credential: str | None, outcome: str, started: float, ref: str
+    ) -> None:
+        self.audit.record(caller.group, caller.agent, tool, credential, outcome, started, ref)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "call group=%s agent=%s tool=%s credential=%s outcome=%s",
+                caller.group,
+                caller.agent or "-",
+                tool,
+                credential or "-",
+                outcome,
+            )
 
     async def _dispatch(self, tool: Tool, args: dict[str, Any], credential: Credential) -> ToolOutput:
         handler = tool.decl.handler

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,15 +17,6 @@ from .config import Settings
 from .declarations import Catalog
 from .errors import GatewayError
 from .server import Caller, Gateway, build_server, open_gateway
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    """Logs go to stderr: over stdio, stdout carries the protocol."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
 
 
 async def serve_stdio(settings: Settings, catalog: Catalog, group: str) -> None:
