@@ -53,8 +53,9 @@ FIXTURE_TOOLS = ["crash", "echo_token", "environment", "pid", "sleep", "token_ha
 FIX_NAMES = [f"fix_{t}" for t in FIXTURE_TOOLS]
 
 # What a stdio child may find in its environment besides the declared variables: the SDK's default set,
-# and LC_CTYPE, which Python itself adds when it coerces a C locale (PEP 538).
-SDK_DEFAULT_ENV = {"HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER"}
+# LANG (passed through on purpose), and LC_CTYPE, which Python itself adds when it coerces a C locale
+# (PEP 538).
+SDK_DEFAULT_ENV = {"HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG"}
 PYTHON_ADDED_ENV = {"LC_CTYPE"}
 DECLARED_ENV = {"UPSTREAM_TOKEN", "DECLARED_PLAIN"}
 

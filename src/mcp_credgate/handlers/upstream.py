@@ -3,8 +3,8 @@
 One running upstream per (server, credential): never one process shared by groups with different
 credentials. Started on first use, reused, started again after a crash (with a back-off), stopped when
 idle and on shutdown. A stdio child gets only the declared environment on top of the SDK's small default
-one (HOME, PATH, SHELL, TERM, USER, LOGNAME): the gateway's own variables, its master key above all,
-never reach it. Its stderr is logged line by line, redacted.
+one (HOME, PATH, SHELL, TERM, USER, LOGNAME) and LANG: the gateway's own variables, its master key above
+all, never reach it. Its stderr is logged line by line, redacted.
 """
 
 from __future__ import annotations
@@ -45,6 +45,11 @@ class UpstreamError(Exception):
     """The upstream could not be started or reached; the message names the upstream, never a value."""
 
 
+def _passed_through() -> dict[str, str]:
+    """LANG is the one variable of the gateway's own a child gets, beside the SDK's default set."""
+    return {"LANG": os.environ["LANG"]} if "LANG" in os.environ else {}
+
+
 def _render_all(items: Mapping[str, str], credential: Credential) -> dict[str, str]:
     return {k: render(v, {}, credential) for k, v in items.items()}
 
@@ -55,7 +60,7 @@ def connect(name: str, handler: McpHandler, credential: Credential) -> AbstractA
         params = StdioServerParameters(
             command=render(handler.command, {}, credential),
             args=[render(a, {}, credential) for a in handler.args],
-            env=_render_all(handler.env, credential),
+            env={**_passed_through(), **_render_all(handler.env, credential)},
         )
         return _stdio_session(name, params, redactor_for(credential))
     assert handler.url is not None
