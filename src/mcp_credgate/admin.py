@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from .config import Settings
 from .declarations import Catalog, CredentialSpec, Tool
-from .errors import ConflictError, CredentialValueError, CredgateError, NotFoundError
+from .errors import CiphertextError, ConflictError, CredentialValueError, CredgateError, NotFoundError
 from .store import CredentialInfo, Store
 
 Status = Literal["ready", "needs_credential", "incomplete", "no_credential_needed", "undeclared"]
@@ -199,6 +199,11 @@ def doctor(settings: Settings, catalog: Catalog) -> list[str]:
         try:
             problems += [f"{p} (restore a backup with `credgate restore PATH`)" for p in store.health()]
             types = {c.name: c.type for c in store.list_credentials()}
+            for name in types:
+                try:
+                    store.read_credential(name)
+                except CiphertextError as exc:
+                    problems.append(str(exc))
             for name, type_ in types.items():
                 if type_ not in catalog.types:
                     problems.append(

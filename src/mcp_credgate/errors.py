@@ -64,6 +64,7 @@ class CiphertextError(StoreError):
         super().__init__(
             f"{where}credential {credential!r} does not open: its stored ciphertext was altered, moved or "
             f"corrupted; set it again with `credgate cred update {credential}`"
+            + ("" if field else " giving every field")
         )
 
 

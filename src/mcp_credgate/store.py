@@ -483,7 +483,21 @@ class Store:
     def update_credential(self, name: str, values: Mapping[str, str], secret_fields: frozenset[str]) -> None:
         with self._write() as conn:
             row = self._credential_row(conn, name)
-            dek = self._data_key(row)
+            try:
+                dek = self._data_key(row)
+            except CiphertextError:
+                # Its data key no longer opens (altered or corrupt), so its old values are lost: given every
+                # field anew, the credential gets a new data key (the remedy its error names); else it stays refused.
+                stored = [r["field"] for r in conn.execute(
+                    "SELECT field FROM credential_values WHERE credential_id = ?", (row["id"],))]
+                if not set(stored) <= set(values):
+                    raise CiphertextError(name) from None
+                master, dek = self._writing_key(conn), DataKey.generate()
+                conn.execute("DELETE FROM credential_values WHERE credential_id = ?", (row["id"],))
+                conn.execute(
+                    "UPDATE credentials SET key_id = ?, wrapped_dek = ? WHERE id = ?",
+                    (master.key_id, master.wrap(dek.raw, row["uid"]), row["id"]),
+                )
             _write_values(conn, row["id"], row["uid"], dek, values, secret_fields)
             conn.execute("UPDATE credentials SET updated_at = ? WHERE id = ?", (now(), row["id"]))
 
@@ -931,7 +945,9 @@ def _bindings_of(conn: sqlite3.Connection, credential_id: int) -> list[tuple[str
 
 
 def _check_keyring(conn: sqlite3.Connection, keyring: Keyring, settings: Settings) -> None:
-    """The primary key must open its check row, and every credential's key must be in the ring."""
+    """The primary key must open its check row, and every key of the store that a credential uses must be in
+    the ring. A credential whose key id the store does not know is a damaged row, refused when it is read (it
+    must not lock every other credential out)."""
     try:
         checks = {r["key_id"]: r["check_blob"] for r in conn.execute("SELECT key_id, check_blob FROM master_keys")}
     except sqlite3.OperationalError as exc:
@@ -941,7 +957,7 @@ def _check_keyring(conn: sqlite3.Connection, keyring: Keyring, settings: Setting
     in_use = {r["key_id"] for r in conn.execute("SELECT DISTINCT key_id FROM credentials")}
     primary = keyring.primary
     blob = checks.get(primary.key_id)
-    if blob is None or not primary.opens_check(blob) or not in_use <= set(keyring.keys):
+    if blob is None or not primary.opens_check(blob) or not (in_use & set(checks)) <= set(keyring.keys):
         raise MasterKeyError(
             f"master key does not match this store ({settings.database_path}): set CREDGATE_MASTER_KEY or "
             f"{settings.key_path} to the key this store was created with"
