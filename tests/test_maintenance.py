@@ -589,13 +589,11 @@ def test_doctor_reports_a_store_that_fails_its_integrity_check(
     assert len(problems) <= 10, problems
 
 
-def test_doctor_reports_a_credential_that_no_longer_decrypts(run_cli: Any, settings: Any) -> None:
-    import sqlite3 as _sqlite3
-
+def test_doctor_reports_a_credential_that_no_longer_decrypts(run_cli: CliRun, settings: Settings) -> None:
     assert run_cli("init").exit_code == 0
     assert run_cli("cred", "add", "wk", "--tool", "weather", "--from-json", "-",
                    input='{"api_key": "wk_Zq9secretish01"}').exit_code == 0
-    with _sqlite3.connect(settings.database_path) as conn:
+    with sqlite3.connect(settings.database_path) as conn:
         conn.execute("UPDATE credential_values SET ciphertext = zeroblob(40)")
     result = run_cli("doctor")
 
