@@ -310,11 +310,16 @@ def cred() -> None:
 def _read_values(spec: CredentialSpec, sets: tuple[str, ...], from_json: str | None, prompt: bool) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if from_json is not None:
-        raw = sys.stdin.read() if from_json == "-" else _read_file(from_json)
+        try:
+            raw = sys.stdin.read() if from_json == "-" else _read_file(from_json)
+        except UnicodeDecodeError:  # stdin decodes strictly unless the locale is C/POSIX
+            raise CredentialValueError("--from-json: standard input is not valid UTF-8") from None
         try:
             loaded = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise CredentialValueError(f"--from-json: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except RecursionError:
+            raise CredentialValueError("--from-json: not valid here (arrays or objects nested too deeply)") from None
         if not isinstance(loaded, dict):
             raise CredentialValueError("--from-json: expected a JSON object of field → string")
         for key, value in loaded.items():

@@ -48,7 +48,8 @@ class CredentialField(_Model):
     @classmethod
     def _default_secret(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("secret") is None:
-            data = {**data, "secret": data.get("kind") not in NON_SECRET_KINDS}
+            kind = data.get("kind")  # may be any TOML value here: `kind = []` must not raise TypeError
+            data = {**data, "secret": not (isinstance(kind, str) and kind in NON_SECRET_KINDS)}
         return data
 
     @model_validator(mode="after")
@@ -70,7 +71,11 @@ class CredentialField(_Model):
             raise CredentialValueError(f"field {self.name!r}: the value must be a string")
         if any(c in value for c in "\x00\r\n"):
             raise CredentialValueError(f"field {self.name!r}: the value contains a NUL, CR or LF character")
-        if len(value.encode()) > MAX_VALUE_BYTES:
+        try:
+            size = len(value.encode())
+        except UnicodeEncodeError:  # a lone surrogate (`"\ud800"` in JSON, undecodable bytes on stdin)
+            raise CredentialValueError(f"field {self.name!r}: the value is not valid Unicode text") from None
+        if size > MAX_VALUE_BYTES:
             raise CredentialValueError(f"field {self.name!r}: the value is longer than 64 KiB")
         if value == "" and self.required:
             raise CredentialValueError(f"field {self.name!r} is required and may not be empty")

@@ -1,9 +1,9 @@
 """Value-based redaction: every secret of the credential in use, in every encoding an upstream might echo.
 
 Forms hunted: raw, URL-encoded (quote and quote_plus, upper- or lower-case escapes), JSON-escaped (with
-"/" as is or escaped; "&<>" as is or as unicode escapes), hex, base64 (standard and URL-safe,
-with and without padding, and at each of the three byte alignments so a secret inside a longer base64
-string is found too), and the base64 of `username:password` (HTTP Basic).
+"/" as is or escaped; "&<>" as is or as unicode escapes; once, or twice for JSON inside a JSON string), hex,
+base64 (standard and URL-safe, with and without padding, and at each of the three byte alignments so a secret
+inside a longer base64 string is found too), and the base64 of `username:password` (HTTP Basic).
 """
 
 from __future__ import annotations
@@ -49,9 +49,11 @@ def encoded_forms(value: str) -> set[str]:
     url = {quote(value, safe=""), quote_plus(value, safe=""), quote(value)}
     json_escaped = json.dumps(value)[1:-1]
     forms |= url | {_lower_escapes(f) for f in url}  # servers may echo `%2f` for `%2F`
-    forms |= {json_escaped, json_escaped.replace("/", "\\/")}  # JSON may escape "/" (PHP's json_encode does)
+    json_forms = {json_escaped, json_escaped.replace("/", "\\/")}  # JSON may escape "/" (PHP's json_encode does)
     # ... and "&", "<", ">" as \u escapes (Go's encoding/json does by default)
-    forms.add(json_escaped.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e"))
+    json_forms.add(json_escaped.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e"))
+    # ... and JSON text inside a JSON string (a "stringified" JSON field) escapes them all once more
+    forms |= json_forms | {json.dumps(f)[1:-1] for f in json_forms}
     forms |= {raw.hex(), raw.hex().upper()}
     forms |= _b64_forms(raw)
     return {f for f in forms if f}

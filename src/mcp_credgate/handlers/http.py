@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+import anyio
 import httpx2
 
 from ..credential import Credential
@@ -138,41 +139,51 @@ async def run_http(
         params = {k: render(v, args, credential) for k, v in handler.query.items() if not _only_absent_arg(v, args)}
         headers = {k: render(v, args, credential) for k, v in handler.headers.items() if not _only_absent_arg(v, args)}
         body = render_json(handler.json_body, args, credential) if handler.json_body is not None else None
+        for name, value in headers.items():
+            if not value.isascii():  # httpx2 would raise UnicodeEncodeError: a crash, not an answer
+                raise RequestRefused(f"header {name!r} would carry non-ASCII text")
     except RequestRefused as exc:
         return ToolOutput.error(f"request refused: {exc}")
     secret_headers = {k for k, v in handler.headers.items() if "{cred." in v}
     secret_body = handler.json_body is not None and "{cred." in json.dumps(handler.json_body)
     auth = _basic_auth(spec, credential) if spec is not None and _uses_basic_auth(spec, handler) else None
-    request = client.build_request(
-        handler.method,
-        url,
-        params=params,
-        headers=headers,
-        json=body,
-        timeout=httpx2.Timeout(handler.timeout),
-    )
+    try:
+        request = client.build_request(
+            handler.method,
+            url,
+            params=params,
+            headers=headers,
+            json=body,
+            timeout=httpx2.Timeout(handler.timeout),
+        )
+    except httpx2.InvalidURL:  # "URL too long" (an argument of 64 KiB in the path) and the like
+        return ToolOutput.error("request refused: the arguments make the URL invalid (too long or malformed)")
     home = _origin(request.url)
     host = request.url.host
     try:
-        for _ in range(MAX_REDIRECTS + 1):
-            same_origin = _origin(request.url) == home
-            response = await client.send(request, auth=auth if same_origin else None, stream=True)
-            try:
-                if response.status_code in REDIRECT_CODES and "location" in response.headers:
-                    request = _next_request(
-                        client, request, response, home, secret_headers, handler.timeout, secret_body=secret_body
-                    )
-                    continue
-                data = await _read_capped(response, handler.max_response_bytes)
-            finally:
-                await response.aclose()
-            if data is None:
-                return ToolOutput.error(f"the response from {host} is larger than {handler.max_response_bytes} bytes")
-            return _output(response, data, host, credential)
-        return ToolOutput.error(f"{host} redirected more than {MAX_REDIRECTS} times")
+        # one deadline for the whole exchange: httpx2's timeout is per read, and a body that trickles in a
+        # byte at a time would otherwise hold the call until the size cap, however long that takes
+        with anyio.fail_after(handler.timeout):
+            for _ in range(MAX_REDIRECTS + 1):
+                same_origin = _origin(request.url) == home
+                response = await client.send(request, auth=auth if same_origin else None, stream=True)
+                try:
+                    if response.status_code in REDIRECT_CODES and "location" in response.headers:
+                        request = _next_request(
+                            client, request, response, home, secret_headers, handler.timeout, secret_body=secret_body
+                        )
+                        continue
+                    data = await _read_capped(response, handler.max_response_bytes)
+                finally:
+                    await response.aclose()
+                if data is None:
+                    cap = handler.max_response_bytes
+                    return ToolOutput.error(f"the response from {host} is larger than {cap} bytes")
+                return _output(response, data, host, credential)
+            return ToolOutput.error(f"{host} redirected more than {MAX_REDIRECTS} times")
     except RequestRefused as exc:
         return ToolOutput.error(f"request refused: {exc}")
-    except httpx2.TimeoutException:
+    except (httpx2.TimeoutException, TimeoutError):
         return ToolOutput.error(f"{host} did not answer within {handler.timeout:g} s")
     except httpx2.ConnectError:
         return ToolOutput.error(f"could not connect to {host}")
