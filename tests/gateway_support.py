@@ -12,10 +12,11 @@ import json
 import re
 import secrets
 import socket
+import sqlite3
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, closing, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -108,6 +109,8 @@ def leaks(text: str, secret: str) -> list[str]:
         found.append("url-encoded")
     if json.dumps(secret)[1:-1] in text.replace("\\/", "/"):  # JSON may escape "/" as "\/"
         found.append("json-escaped")
+    if json.dumps(json.dumps(secret)[1:-1])[1:-1] in text:  # JSON text inside a JSON string
+        found.append("json-escaped twice")
     if secret.encode().hex() in text.lower():
         found.append("hex")
     needle = secret.encode()
@@ -120,6 +123,21 @@ def assert_no_leak(text: str, *secret_values: str) -> None:
     for value in secret_values:
         found = leaks(text, value)
         assert not found, f"secret {value[:8]}… leaked as {found}"
+
+
+def assert_no_leak_at_rest(home: Path, *secret_values: str) -> None:
+    """The data folder at rest: every file in it (database, -wal, -shm, backups and replaced stores kept
+    there) byte for byte, and the audit table row by row, hold no secret in any form."""
+    for path in sorted(home.rglob("*")):
+        if path.is_file():
+            for value in secret_values:
+                found = leaks(path.read_bytes().decode("latin-1"), value)
+                assert not found, f"secret {value[:8]}… found in {path.name} as {found}"
+    database = home / "credgate.db"
+    if database.exists():
+        with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            rows = conn.execute("SELECT * FROM audit").fetchall()
+        assert_no_leak(repr(rows), *secret_values)
 
 
 # -- the recording upstream ----------------------------------------------------------------------

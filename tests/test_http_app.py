@@ -33,6 +33,7 @@ from gateway_support import (
     Upstream,
     World,
     assert_no_leak,
+    assert_no_leak_at_rest,
     http_tool,
     make_canary,
     result_text,
@@ -238,6 +239,7 @@ class Setup:
         text, output = received.text(), self.server.output()
         assert_no_leak(text, *CANARIES)
         assert_no_leak(output, *CANARIES)
+        assert_no_leak_at_rest(self.world.settings.home, *CANARIES)
         assert "Traceback" not in output
         for token in self.tokens.values():
             assert token not in output

@@ -17,6 +17,7 @@ from gateway_support import (
     Upstream,
     World,
     assert_no_leak,
+    assert_no_leak_at_rest,
     closed_port,
     connect,
     http_tool,
@@ -267,3 +268,4 @@ async def test_no_byte_the_agent_receives_or_the_server_logs_holds_a_secret(
     assert "ref:" in logged
     assert_no_leak(logged, *ALL_TOKENS)
     assert len(upstream.seen()) == 5
+    assert_no_leak_at_rest(world.settings.home, *ALL_TOKENS)

@@ -21,6 +21,7 @@ from gateway_support import (
     Upstream,
     World,
     assert_no_leak,
+    assert_no_leak_at_rest,
     http_tool,
     make_canary,
     python_tool,
@@ -121,6 +122,7 @@ async def test_serve_over_stdio_runs_the_groups_tools_without_leaking(
     assert "Bearer [redacted:token]" in received
     for text in (received, transcript.text(), stderr):
         assert_no_leak(text, TOKEN, OTHER_TOKEN)
+    assert_no_leak_at_rest(world.settings.home, TOKEN, OTHER_TOKEN)
 
 
 async def test_serve_takes_the_group_from_credgate_group(world: World, tmp_path: Path) -> None:

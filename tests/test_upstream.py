@@ -30,6 +30,7 @@ from gateway_support import (
     Transcript,
     World,
     assert_no_leak,
+    assert_no_leak_at_rest,
     closed_port,
     connect,
     load_json,
@@ -692,3 +693,4 @@ async def test_credgate_serve_fronts_a_stdio_upstream_without_leaking(tmp_path: 
     stderr = stderr_file.read_text()
     for text in (received, stderr, transcript.text()):
         assert_no_leak(text, TOKEN_A, master_key, GATEWAY_CANARY)
+    assert_no_leak_at_rest(world.settings.home, TOKEN_A, GATEWAY_CANARY)
