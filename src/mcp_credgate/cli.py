@@ -792,12 +792,13 @@ def serve(
     catalog = app.catalog
     catalog.raise_problems()
     if use_http:
-        from .http_app import allowed_hosts_and_origins, is_loopback_bind
+        from .declarations import is_loopback_host
+        from .http_app import allowed_hosts_and_origins
 
         settings = app.settings
         if not app.meta.get("credgate.public_url") and not os.environ.get("CREDGATE_PUBLIC_URL"):
             settings = replace(settings, public_url=f"http://{f'[{host}]' if ':' in host else host}:{port}")
-        if not is_loopback_bind(host):
+        if not is_loopback_host(host):
             if not any(a.revoked_at is None for a in app.store.list_agents()):
                 raise click.ClickException(
                     "refusing to listen beyond loopback with no agent: create one with `credgate agent add GROUP NAME`"

@@ -212,11 +212,6 @@ class Tool:
     def credential(self) -> CredentialSpec | None:
         return self.decl.credential
 
-    @property
-    def input_properties(self) -> Mapping[str, Any]:
-        props = self.decl.input_schema.get("properties", {})
-        return props if isinstance(props, Mapping) else {}
-
 
 @dataclass(frozen=True)
 class Catalog:

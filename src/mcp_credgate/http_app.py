@@ -12,7 +12,6 @@ The caller's agent and group come only from the verified token (`get_access_toke
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,6 +32,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .agents import AgentTokenVerifier
+from .declarations import is_loopback_host
 from .server import Caller, Gateway, build_server
 from .transports import reload_on_sighup
 
@@ -41,19 +41,10 @@ TOKEN_QUERY_NAMES = frozenset({"access_token", "token", "auth", "authorization",
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
-def is_loopback_bind(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def allowed_hosts_and_origins(host: str, port: int, public_url: str | None) -> tuple[list[str], list[str]]:
     """The Host headers and Origins this server answers: its own address (all loopback names when bound
     to loopback) and the public URL's."""
-    names = list(LOOPBACK_NAMES) if is_loopback_bind(host) else [f"[{host}]" if ":" in host else host]
+    names = list(LOOPBACK_NAMES) if is_loopback_host(host) else [f"[{host}]" if ":" in host else host]
     hosts = [f"{n}:{port}" for n in names]
     origins = [f"http://{h}" for h in hosts]
     if public_url:

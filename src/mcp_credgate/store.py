@@ -488,8 +488,10 @@ class Store:
             except CiphertextError:
                 # Its data key no longer opens (altered or corrupt), so its old values are lost: given every
                 # field anew, the credential gets a new data key (the remedy its error names); else it stays refused.
-                stored = [r["field"] for r in conn.execute(
-                    "SELECT field FROM credential_values WHERE credential_id = ?", (row["id"],))]
+                stored = [
+                    r["field"]
+                    for r in conn.execute("SELECT field FROM credential_values WHERE credential_id = ?", (row["id"],))
+                ]
                 if not set(stored) <= set(values):
                     raise CiphertextError(name) from None
                 master, dek = self._writing_key(conn), DataKey.generate()
