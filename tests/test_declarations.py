@@ -594,10 +594,16 @@ def spec_of(tmp_path: Path, fields: str) -> CredentialSpec:
     ],
 )
 def test_secret_defaults_by_kind(tmp_path: Path, kind: str, secret: bool) -> None:
-    spec = spec_of(tmp_path, f'{{ name = "value", kind = "{kind}" }}')
+    provider = (
+        ', authorize_url = "https://id.example.com/authorize", token_url = "https://id.example.com/token"'
+        if kind == "oauth2"
+        else ""
+    )
+    spec = spec_of(tmp_path, f'{{ name = "value", kind = "{kind}"{provider} }}')
 
     assert spec.fields[0].secret is secret
-    assert spec.secret_fields == (frozenset({"value"}) if secret else frozenset())
+    companions = {"client_secret", "refresh_token"} if kind == "oauth2" else set()
+    assert spec.secret_fields == (frozenset({"value"}) if secret else frozenset()) | companions
 
 
 def test_explicit_secret_overrides_the_kind_default(tmp_path: Path) -> None:

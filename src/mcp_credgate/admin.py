@@ -12,12 +12,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from . import oauth
 from .config import Settings
 from .declarations import Catalog, CredentialSpec, Tool
 from .errors import CiphertextError, ConflictError, CredentialValueError, CredgateError, NotFoundError
 from .store import CredentialInfo, Store
 
-Status = Literal["ready", "needs_credential", "incomplete", "no_credential_needed", "undeclared"]
+Status = Literal["ready", "needs_credential", "incomplete", "expired", "no_credential_needed", "undeclared"]
 
 
 @dataclass(frozen=True)
@@ -76,14 +77,67 @@ def update_credential(store: Store, catalog: Catalog, name: str, values: Mapping
     if not values:
         raise CredentialValueError("nothing to update: give --set FIELD=VALUE or --from-json")
     clean = spec.validate_values(values, complete=False)
-    store.update_credential(name, clean, spec.secret_fields)
+    if spec.oauth is None:
+        store.update_credential(name, clean, spec.secret_fields)
+        return
+    # New tokens by hand: not while a gateway refreshes the old ones, and a refusal noted earlier is moot.
+    drop = ["refresh_error"] if {spec.oauth.field, "refresh_token"} & set(clean) else []
+    with store.credential_lock(info.uid):
+        store.update_credential(name, clean, spec.secret_fields, remove=drop, uid=info.uid)
 
 
-def credential_status(spec: CredentialSpec, info: CredentialInfo) -> tuple[Status, tuple[str, ...]]:
+def save_connection(
+    store: Store, spec: CredentialSpec, name: str, client: Mapping[str, str], tokens: tuple[dict[str, str], list[str]]
+) -> bool:
+    """Store what an OAuth2 connection produced: a new credential, or new tokens for an existing one.
+    Returns True if the credential was created."""
+    values, drop = tokens
+    try:
+        info = store.credential_info(name)
+    except NotFoundError:
+        clean = spec.validate_values({**client, **values}, managed=True)
+        store.add_credential(name, spec.type, clean, spec.secret_fields)
+        return True
+    if info.type != spec.type:
+        raise ConflictError(f"credential {name!r} has type {info.type!r}, not {spec.type!r}")
+    clean = spec.validate_values({**client, **values}, complete=False, managed=True)
+    with store.credential_lock(info.uid):
+        store.update_credential(name, clean, spec.secret_fields, remove=drop, uid=info.uid)
+    return False
+
+
+def oauth_summary(spec: CredentialSpec, credential: Mapping[str, str]) -> dict[str, Any] | None:
+    """What `cred show` and the dashboard tell about an OAuth2 credential's tokens (never a token)."""
+    if spec.oauth is None:
+        return None
+    state = oauth.condition(credential, oauth.utc_now())
+    return {
+        "expires_at": credential.get("expires_at"),
+        "expired": state == "expired",
+        "can_refresh": bool(credential.get("refresh_token")) and not credential.get("refresh_error"),
+        "scope": credential.get("scope"),
+        "refreshed_at": credential.get("refreshed_at"),
+        "refresh_error": credential.get("refresh_error"),
+    }
+
+
+def credential_status(
+    spec: CredentialSpec, info: CredentialInfo, store: Store | None = None
+) -> tuple[Status, tuple[str, ...]]:
+    """ready, incomplete, or (an OAuth2 credential whose token can no longer be used or refreshed) expired.
+    The last needs the store, to read the token's state."""
     if info.type != spec.type:
         return "incomplete", tuple(spec.missing_fields(()))
     missing = tuple(spec.missing_fields(info.fields))
-    return ("incomplete" if missing else "ready"), missing
+    if missing:
+        return "incomplete", missing
+    if spec.oauth is not None and store is not None:
+        try:
+            if oauth.condition(store.read_credential(info.name), oauth.utc_now()) == "expired":
+                return "expired", ()
+        except CiphertextError:
+            return "incomplete", ()
+    return "ready", ()
 
 
 def upstream_of(catalog: Catalog, name: str) -> str | None:
@@ -127,7 +181,7 @@ def group_statuses(store: Store, catalog: Catalog, group: str) -> list[ToolStatu
         elif cred_name is None:
             out.append(ToolStatus(entry, "needs_credential", None, spec.type, tuple(spec.missing_fields(()))))
         else:
-            status, missing = credential_status(spec, creds[cred_name])
+            status, missing = credential_status(spec, creds[cred_name], store)
             out.append(ToolStatus(entry, status, cred_name, spec.type, missing))
     return out
 

@@ -9,19 +9,22 @@ import json
 import os
 import re
 import sys
+import webbrowser
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 import click
 
-from . import __version__, admin
+from . import __version__, admin, oauth
 from .config import Settings
 from .credential import mask
-from .declarations import NAME_PATTERN, Catalog, CredentialSpec, McpHandler, load_catalog
-from .errors import CredentialValueError, CredgateError
+from .declarations import NAME_PATTERN, Catalog, CredentialSpec, McpHandler, OAuthProvider, load_catalog
+from .errors import ConflictError, CredentialValueError, CredgateError, NotFoundError
+from .oauth_callback import LoopbackCallback
 from .store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -340,6 +343,8 @@ def _read_values(spec: CredentialSpec, sets: tuple[str, ...], from_json: str | N
         if not sys.stdin.isatty():
             raise CredentialValueError("no values given: pipe a JSON object to --from-json -, or use --set FIELD=VALUE")
         for f in spec.fields:
+            if f.name in spec.managed_fields:
+                continue
             label = f"{f.name} ({f.kind}{', optional' if not f.required else ''})"
             value = click.prompt(label, hide_input=f.secret, default="" if not f.required else None, show_default=False)
             if value:
@@ -401,6 +406,95 @@ def cred_update(app: App, name: str, sets: tuple[str, ...], from_json: str | Non
     app.out({"updated": name, "fields": sorted(values)}, f"updated credential {name} ({', '.join(sorted(values))})")
 
 
+@cred.command("connect")
+@click.argument("name", callback=_check_name("credential"))
+@click.option("--type", "type_name", help="Credential type (one with an oauth2 field).")
+@click.option("--tool", "tool_name", help="Take the credential type of this tool.")
+@value_options
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port of the redirect on 127.0.0.1 (0: any).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300, help="Seconds to wait for the browser.")
+@click.option("--no-browser", is_flag=True, help="Only print the address; do not open a browser.")
+@common_options
+@pass_app
+def cred_connect(
+    app: App,
+    name: str,
+    type_name: str | None,
+    tool_name: str | None,
+    sets: tuple[str, ...],
+    from_json: str | None,
+    port: int,
+    timeout: float,
+    no_browser: bool,
+) -> None:
+    """Connect an OAuth2 credential NAME: authorize in a browser, store the tokens (new or reconnected).
+
+    The client id (and secret) come from --set/--from-json, the prompt, or the existing credential."""
+    if (type_name is None) == (tool_name is None):
+        raise click.UsageError("give exactly one of --type TYPE or --tool TOOL")
+    spec = admin.spec_for(app.catalog, type_name, tool_name)
+    provider = spec.oauth
+    if provider is None:
+        raise ConflictError(f"type {spec.type!r} has no oauth2 field: add its values with `credgate cred add`")
+    client = _client_values(app.store, spec, name, _read_values(spec, sets, from_json, prompt=False))
+    with LoopbackCallback(port) as callback:
+        request = oauth.start_authorization(provider, client["client_id"], callback.redirect_uri)
+        click.echo(f"Open this address in a browser to connect {name}:\n\n    {request.url}\n", err=True)
+        if not no_browser and _has_desktop():
+            webbrowser.open(request.url)
+        click.echo(f"Waiting for the redirect to {callback.redirect_uri} …", err=True)
+        params = callback.wait(request.state, timeout)
+    code = oauth.code_from_callback(request, params)
+    tokens = anyio.run(_exchange, provider, client, request, code)
+    created = admin.save_connection(app.store, spec, name, client, tokens)
+    summary = admin.oauth_summary(spec, app.store.read_credential(name)) or {}
+    expiry = f", expires at {summary['expires_at']}" if summary.get("expires_at") else ""
+    app.out(
+        {"connected": name, "type": spec.type, "created": created, "oauth": summary},
+        f"connected credential {name} (type {spec.type}){expiry}; scope: {summary.get('scope') or '-'}",
+    )
+
+
+def _client_values(store: Store, spec: CredentialSpec, name: str, given: dict[str, Any]) -> dict[str, str]:
+    """The client id and secret (and any other plain field given) for a connection: what was given, else
+    what the existing credential holds, else a prompt."""
+    spec.validate_values(given, complete=False)
+    try:
+        existing = store.read_credential(name)
+    except NotFoundError:
+        existing = None
+    if existing is not None and existing.type != spec.type:
+        raise ConflictError(f"credential {name!r} has type {existing.type!r}, not {spec.type!r}")
+    client = {k: existing[k] for k in ("client_id", "client_secret") if existing and k in existing} | given
+    if not client.get("client_id"):
+        if not sys.stdin.isatty():
+            raise CredentialValueError(
+                "the OAuth2 client id is missing: give --set client_id=ID (and the client secret, if any, "
+                "through --from-json -)"
+            )
+        client["client_id"] = click.prompt("client_id (OAuth2 client id)")
+        secret = click.prompt(
+            "client_secret (empty for a public client)", hide_input=True, default="", show_default=False
+        )
+        if secret:
+            client["client_secret"] = secret
+        spec.validate_values(client, complete=False)
+    return client
+
+
+async def _exchange(
+    provider: OAuthProvider, client: dict[str, str], request: oauth.AuthorizationRequest, code: str
+) -> tuple[dict[str, str], list[str]]:
+    from .handlers.http import make_client
+
+    async with make_client() as http:
+        return await oauth.exchange_code(http, provider, client, request, code)
+
+
+def _has_desktop() -> bool:
+    return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 @cred.command("list")
 @common_options
 @pass_app
@@ -453,7 +547,25 @@ def cred_show(app: App, name: str) -> None:
     if spec:
         lines += [f"    {m}: missing (required)" for m in spec.missing_fields(values)]
     lines.append("    bound: " + (", ".join(f"{g}/{t}" for g, t in info.bindings) or "nowhere"))
+    summary = admin.oauth_summary(spec, values) if spec else None
+    if summary is not None:
+        data["oauth"] = summary
+        lines.append("    oauth2: " + _oauth_text(summary))
     app.out(data, lines)
+
+
+def _oauth_text(summary: Mapping[str, Any]) -> str:
+    expiry = summary["expires_at"] or "no expiry given"
+    if summary["expired"]:
+        state = f"EXPIRED at {expiry}: reconnect with `credgate cred connect`"
+    else:
+        state = f"access token valid until {expiry}"
+    if summary["refresh_error"]:
+        state += f"; refresh refused: {summary['refresh_error']}"
+    elif not summary["can_refresh"]:
+        state += "; no refresh token"
+    last = summary["refreshed_at"] or "never"
+    return f"{state}; scope: {summary['scope'] or '-'}; last refresh: {last}"
 
 
 @cred.command("rm")
@@ -519,6 +631,7 @@ STATUS_TEXT = {
     "ready": "ready",
     "needs_credential": "needs credential",
     "incomplete": "incomplete",
+    "expired": "expired (reconnect with `credgate cred connect`)",
     "no_credential_needed": "no credential needed",
     "undeclared": "not declared any more",
 }

@@ -15,11 +15,14 @@ def mask(value: str) -> str:
 class Credential(Mapping[str, str]):
     """A read-only mapping field → value. Its repr and str mask the secret fields."""
 
-    __slots__ = ("_secret", "_values", "name", "type")
+    __slots__ = ("_secret", "_values", "name", "type", "uid")
 
-    def __init__(self, name: str, type_: str, values: Mapping[str, str], secret_fields: frozenset[str]) -> None:
+    def __init__(
+        self, name: str, type_: str, values: Mapping[str, str], secret_fields: frozenset[str], uid: str = ""
+    ) -> None:
         self.name = name
         self.type = type_
+        self.uid = uid  # the stored record's identity: a credential deleted and added again gets a new one
         self._values = dict(values)
         self._secret = secret_fields
 
@@ -38,6 +41,13 @@ class Credential(Mapping[str, str]):
     def secrets(self) -> dict[str, str]:
         """Field → value of the secret fields only (what redaction must hunt for)."""
         return {k: v for k, v in self._values.items() if k in self._secret and v}
+
+    def only(self, fields: frozenset[str]) -> Credential:
+        """The same credential with just these fields (what a handler may see)."""
+        kept = {k: v for k, v in self._values.items() if k in fields}
+        if len(kept) == len(self._values):
+            return self
+        return Credential(self.name, self.type, kept, self._secret, self.uid)
 
     def masked(self) -> dict[str, str]:
         return {k: mask(v) if k in self._secret else v for k, v in self._values.items()}

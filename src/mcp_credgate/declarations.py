@@ -11,6 +11,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -31,6 +32,39 @@ FieldKind = Literal["api_key", "token", "username", "password", "oauth2", "text"
 # `{args.x}` / `{cred.y}`; anything else that looks like `{word.word}` is reported as unknown.
 PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\.([A-Za-z0-9_-]+)\}")
 
+ISO_UTC_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
+OAUTH_PROVIDER_KEYS = ("authorize_url", "token_url", "scopes", "pkce", "token_auth", "authorize_params")
+# The values an `oauth2` field brings with it (the field itself holds the access token). Every one is a field
+# of the credential like any other: validated, encrypted, masked when secret.
+OAUTH_COMPANIONS: tuple[dict[str, Any], ...] = (
+    {"name": "client_id", "kind": "text", "description": "OAuth2 client id"},
+    {"name": "client_secret", "kind": "password", "required": False,
+     "description": "OAuth2 client secret (none for a public client)"},
+    {"name": "refresh_token", "kind": "token", "required": False, "description": "OAuth2 refresh token"},
+    {"name": "expires_at", "kind": "text", "required": False, "pattern": ISO_UTC_PATTERN,
+     "description": "When the access token expires (ISO 8601, UTC)"},
+    {"name": "scope", "kind": "text", "required": False, "description": "Scopes granted"},
+    {"name": "refreshed_at", "kind": "text", "required": False, "pattern": ISO_UTC_PATTERN,
+     "description": "Last refresh (kept by credgate)"},
+    {"name": "refresh_error", "kind": "text", "required": False,
+     "description": "Why the last refresh was refused (kept by credgate)"},
+)
+OAUTH_MANAGED_FIELDS = frozenset({"refreshed_at", "refresh_error"})  # written by credgate only
+OAUTH_PRIVATE_FIELDS = frozenset({"client_secret", "refresh_token"})  # for refreshing: never given to a handler
+
+
+@dataclass(frozen=True)
+class OAuthProvider:
+    """Where an `oauth2` field gets and refreshes its tokens (RFC 6749, PKCE per RFC 7636)."""
+
+    field: str
+    authorize_url: str
+    token_url: str
+    scopes: tuple[str, ...]
+    pkce: bool
+    token_auth: str  # client_secret_basic | client_secret_post
+    authorize_params: Mapping[str, str]
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -43,6 +77,13 @@ class CredentialField(_Model):
     required: bool = True
     pattern: str | None = None
     description: str = ""
+    # kind = "oauth2" only: the provider
+    authorize_url: str | None = None
+    token_url: str | None = None
+    scopes: tuple[str, ...] = ()
+    pkce: bool = True
+    token_auth: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    authorize_params: dict[str, str] = {}
 
     @model_validator(mode="before")
     @classmethod
@@ -60,6 +101,30 @@ class CredentialField(_Model):
             except re.error as exc:
                 raise ValueError(f"pattern does not compile: {exc}") from None
         return self
+
+    @model_validator(mode="after")
+    def _provider_only_for_oauth2(self) -> CredentialField:
+        given = [k for k in OAUTH_PROVIDER_KEYS if k in self.model_fields_set]
+        if self.kind != "oauth2" and given:
+            raise ValueError(f"{given[0]} is only for fields of kind oauth2")
+        if self.kind == "oauth2":
+            for key in ("authorize_url", "token_url"):
+                if getattr(self, key) is None:
+                    raise ValueError(f"a field of kind oauth2 needs {key}")
+        return self
+
+    @property
+    def provider(self) -> OAuthProvider:
+        assert self.kind == "oauth2" and self.authorize_url is not None and self.token_url is not None
+        return OAuthProvider(
+            self.name,
+            self.authorize_url,
+            self.token_url,
+            self.scopes,
+            self.pkce,
+            self.token_auth,
+            self.authorize_params,
+        )
 
     @property
     def format(self) -> str:
@@ -87,6 +152,27 @@ class CredentialSpec(_Model):
     type: Annotated[str, Field(pattern=NAME_PATTERN)]
     fields: Annotated[tuple[CredentialField, ...], Field(min_length=1)]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _add_oauth_companions(cls, data: Any) -> Any:
+        """An `oauth2` field brings its client id, refresh token, expiry… as fields of their own."""
+        if not isinstance(data, dict) or not isinstance(data.get("fields"), list | tuple):
+            return data
+        fields = list(data["fields"])
+        oauth = [f for f in fields if isinstance(f, dict) and f.get("kind") == "oauth2"]
+        if not oauth:
+            return data
+        if len(oauth) > 1:
+            raise ValueError("a credential type may have one field of kind oauth2")
+        declared = {f.get("name") for f in fields if isinstance(f, dict)}
+        for companion in OAUTH_COMPANIONS:
+            if companion["name"] in declared:
+                raise ValueError(
+                    f"field name {companion['name']!r} is taken by the oauth2 field {oauth[0].get('name')!r}, "
+                    "which keeps its own value there"
+                )
+        return {**data, "fields": [*fields, *OAUTH_COMPANIONS]}
+
     @model_validator(mode="after")
     def _unique_field_names(self) -> CredentialSpec:
         names = [f.name for f in self.fields]
@@ -98,22 +184,44 @@ class CredentialSpec(_Model):
     def field(self, name: str) -> CredentialField | None:
         return next((f for f in self.fields if f.name == name), None)
 
-    @property
+    @cached_property
     def secret_fields(self) -> frozenset[str]:
         return frozenset(f.name for f in self.fields if f.secret)
+
+    @cached_property
+    def oauth(self) -> OAuthProvider | None:
+        """The provider of the type's `oauth2` field, if it has one."""
+        return next((f.provider for f in self.fields if f.kind == "oauth2"), None)
+
+    @cached_property
+    def managed_fields(self) -> frozenset[str]:
+        """Fields only credgate writes (the state of OAuth2 refreshes)."""
+        return OAUTH_MANAGED_FIELDS if self.oauth is not None else frozenset()
+
+    @cached_property
+    def handler_fields(self) -> frozenset[str]:
+        """What a handler may see: everything but what only the refresh needs."""
+        names = frozenset(f.name for f in self.fields)
+        return names - OAUTH_PRIVATE_FIELDS if self.oauth is not None else names
 
     def missing_fields(self, present: Iterable[str]) -> list[str]:
         have = set(present)
         return [f.name for f in self.fields if f.required and f.name not in have]
 
-    def validate_values(self, values: Mapping[str, Any], *, complete: bool = True) -> dict[str, str]:
-        """Check a whole record (complete=True) or an update (complete=False) before anything is stored."""
+    def validate_values(
+        self, values: Mapping[str, Any], *, complete: bool = True, managed: bool = False
+    ) -> dict[str, str]:
+        """Check a whole record (complete=True) or an update (complete=False) before anything is stored.
+        Fields that only credgate writes are refused unless `managed`."""
         if not isinstance(values, Mapping):
             raise CredentialValueError("credential values must be a JSON object of field → string")
         unknown = sorted(set(values) - {f.name for f in self.fields})
         if unknown:
-            known = ", ".join(f.name for f in self.fields)
+            known = ", ".join(f.name for f in self.fields if f.name not in self.managed_fields)
             raise CredentialValueError(f"type {self.type!r} has no field {unknown[0]!r} (its fields: {known})")
+        kept = sorted(set(values) & self.managed_fields)
+        if kept and not managed:
+            raise CredentialValueError(f"field {kept[0]!r} is kept by credgate and cannot be set")
         for name, value in values.items():
             spec = self.field(name)
             assert spec is not None
@@ -315,6 +423,11 @@ def _template_problems(label: str, where: str, text: str, tool: ToolDeclaration)
                 problems.append(
                     f"{label}: {where}: {m.group(0)} names a field that type {tool.credential.type!r} lacks"
                 )
+            elif name not in tool.credential.handler_fields:
+                problems.append(
+                    f"{label}: {where}: {m.group(0)} is kept by credgate to refresh the OAuth2 token "
+                    "and is never sent to a tool"
+                )
         elif scope == "args":
             if name not in props:
                 problems.append(f"{label}: {where}: {m.group(0)} names an argument input_schema lacks")
@@ -373,6 +486,36 @@ def _mcp_problems(label: str, tool: ToolDeclaration, handler: McpHandler) -> lis
     return problems
 
 
+def _oauth_problems(label: str, tool: ToolDeclaration) -> list[str]:
+    problems: list[str] = []
+    if tool.credential is None or tool.credential.oauth is None:
+        return problems
+    index = next(i for i, f in enumerate(tool.credential.fields) if f.kind == "oauth2")
+    provider = tool.credential.oauth
+    for key in ("authorize_url", "token_url"):
+        url = getattr(provider, key)
+        where = f"credential.fields[{index}].{key}"
+        if PLACEHOLDER.search(url):
+            problems.append(f"{label}: {where}: placeholders are not allowed here")
+        problems += _origin_problems(label, where, url, tool)
+    return problems
+
+
+def _with_default_bearer(tool: ToolDeclaration) -> ToolDeclaration:
+    """An OAuth2 access token goes as `Authorization: Bearer …` to an http handler or a remote upstream whose
+    declaration places it nowhere itself."""
+    provider = tool.credential.oauth if tool.credential is not None else None
+    handler = tool.handler
+    if provider is None or isinstance(handler, PythonHandler) or (isinstance(handler, McpHandler) and not handler.url):
+        return tool
+    placeholder = f"{{cred.{provider.field}}}"
+    texts = [s for _, s in _strings(handler.model_dump(by_alias=True), "handler")]
+    if any(placeholder in t for t in texts) or any(k.lower() == "authorization" for k in handler.headers):
+        return tool
+    headers = {**handler.headers, "Authorization": f"Bearer {placeholder}"}
+    return tool.model_copy(update={"handler": handler.model_copy(update={"headers": headers})})
+
+
 def _strings(value: Any, path: str) -> Iterable[tuple[str, str]]:
     if isinstance(value, str):
         yield path, value
@@ -412,7 +555,8 @@ def _parse_file(path: Path, label: str, dirs: tuple[Path, ...]) -> tuple[Tool | 
         return None, _pydantic_problems(label, exc)
     except RecursionError:  # jsonschema's check of a deeply nested input_schema
         return None, [f"{label}: input_schema: nested too deeply"]
-    problems: list[str] = []
+    problems = _oauth_problems(label, decl)
+    decl = _with_default_bearer(decl)
     function = None
     handler = decl.handler
     if isinstance(handler, HttpHandler):

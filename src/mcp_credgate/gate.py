@@ -73,6 +73,11 @@ class CredentialWarning:
                 f"The credential bound to tool {self.tool} in agent group {self.group} lacks the required "
                 f"field(s) {', '.join(self.missing_fields)}."
             )
+        elif self.warning == "credential_expired":
+            problem = (
+                f"The OAuth2 authorization of credential {self.credential_name} (tool {self.tool}, agent group "
+                f"{self.group}) has expired or was revoked and cannot be refreshed: it must be connected again."
+            )
         else:
             problem = f"The credential bound to tool {self.tool} in agent group {self.group} can no longer be read."
         return (
@@ -151,6 +156,8 @@ class Gate:
         assert spec is not None
         if credential_name is None:
             command = f"credgate cred add <name> --tool {tool.name} && credgate bind {group} {tool.name} <name>"
+        elif kind == "credential_expired":
+            command = f"credgate cred connect {credential_name} --tool {tool.name}"
         else:
             command = f"credgate cred update {credential_name} --from-json -"
         return CredentialWarning(
@@ -163,6 +170,10 @@ class Gate:
             setup_command=command,
             credential_name=credential_name,
         )
+
+    def expired(self, group: str, tool: Tool, credential_name: str) -> CredentialWarning:
+        """The warning for an OAuth2 credential whose token can no longer be refreshed."""
+        return self._warning("credential_expired", group, tool, (), credential_name)
 
     def check(self, group: str, tool_name: str, arguments: Mapping[str, Any] | None) -> Decision:
         tool = self.catalog.tool(tool_name)

@@ -22,7 +22,7 @@ from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 
-from . import __version__
+from . import __version__, oauth
 from .audit import AuditLog
 from .config import Settings
 from .credential import Credential
@@ -35,6 +35,7 @@ from .handlers.upstream import UpstreamError, UpstreamPool, upstream_pool
 from .logs import request_id
 from .redact import Redactor, redactor_for
 from .store import Store
+from .token_refresh import TokenRefresher
 
 logger = logging.getLogger("credgate.server")
 
@@ -59,6 +60,7 @@ class Gateway:
         self._audit_store = audit_store
         self._http: httpx2.AsyncClient | None = None
         self.upstreams: UpstreamPool | None = None  # set while `running()`
+        self.refresher = TokenRefresher(store, lambda: self.http)
 
     @classmethod
     def open(cls, settings: Settings, catalog: Catalog) -> Gateway:
@@ -137,15 +139,26 @@ class Gateway:
             self._record(caller, name, None, "invalid_arguments", started, ref)
             return _text_result(f"Invalid arguments for tool {name}: {decision.message}", is_error=True)
         if isinstance(decision, CredentialWarning):
-            self._record(caller, name, decision.credential_name, decision.outcome, started, ref)
-            return types.CallToolResult(
-                content=[types.TextContent(type="text", text=decision.text())],
-                structured_content=decision.as_json(),
-                is_error=True,
-            )
-        redactor = redactor_for(decision.credential)
+            return self._warn(caller, name, decision, started, ref)
+        credential = handler_view = decision.credential
+        spec = decision.tool.credential
+        if spec is not None and spec.oauth is not None:
+            try:
+                credential = await self.refresher.fresh(spec, credential)
+            except oauth.TokenExpired:
+                warning = self.gate.expired(caller.group, decision.tool, credential.name)
+                return self._warn(caller, name, warning, started, ref)
+            except oauth.OAuthError as exc:
+                self._record(caller, name, decision.credential_name, "error", started, ref)
+                return _text_result(
+                    f"The tool {name} was not called: the OAuth2 token of its credential could not be refreshed "
+                    f"({exc}); the stored tokens are unchanged, retry later (ref: {ref}).",
+                    is_error=True,
+                )
+            handler_view = credential.only(spec.handler_fields)  # not the refresh token nor the client secret
+        redactor = redactor_for(credential)
         try:
-            output = await self._dispatch(decision.tool, dict(arguments or {}), decision.credential)
+            output = await self._dispatch(decision.tool, dict(arguments or {}), handler_view)
         except Exception as exc:
             details = "".join(traceback.format_exception(exc))
             logger.error("tool %s failed (ref: %s):\n%s", name, ref, redactor.text(details))
@@ -153,6 +166,16 @@ class Gateway:
             return _text_result(f"The tool {name} failed (ref: {ref}).", is_error=True)
         self._record(caller, name, decision.credential_name, "error" if output.is_error else "ok", started, ref)
         return _to_result(output, redactor)
+
+    def _warn(
+        self, caller: Caller, name: str, warning: CredentialWarning, started: float, ref: str
+    ) -> types.CallToolResult:
+        self._record(caller, name, warning.credential_name, warning.outcome, started, ref)
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=warning.text())],
+            structured_content=warning.as_json(),
+            is_error=True,
+        )
 
     def _record(
         self, caller: Caller, tool: str, credential: str | None, outcome: str, started: float, ref: str

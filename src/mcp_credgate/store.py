@@ -14,7 +14,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from .errors import (
     StoreBusyError,
     StoreError,
 )
+from .filelock import FileLock
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -151,6 +152,7 @@ class CredentialInfo:
     created_at: str
     updated_at: str
     bindings: tuple[tuple[str, str], ...] = ()  # (group, tool)
+    uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -480,9 +482,21 @@ class Store:
             )
             _write_values(conn, cur.lastrowid, uid, dek, values, secret_fields)
 
-    def update_credential(self, name: str, values: Mapping[str, str], secret_fields: frozenset[str]) -> None:
+    def update_credential(
+        self,
+        name: str,
+        values: Mapping[str, str],
+        secret_fields: frozenset[str],
+        *,
+        remove: Iterable[str] = (),
+        uid: str | None = None,
+    ) -> None:
+        """Set some fields and drop others, in one transaction. With `uid`, only if NAME is still that record
+        (not deleted and added again meanwhile)."""
         with self._write() as conn:
             row = self._credential_row(conn, name)
+            if uid is not None and row["uid"] != uid:
+                raise ConflictError(f"credential {name!r} was replaced meanwhile")
             try:
                 dek = self._data_key(row)
             except CiphertextError:
@@ -501,6 +515,10 @@ class Store:
                     (master.key_id, master.wrap(dek.raw, row["uid"]), row["id"]),
                 )
             _write_values(conn, row["id"], row["uid"], dek, values, secret_fields)
+            conn.executemany(
+                "DELETE FROM credential_values WHERE credential_id = ? AND field = ?",
+                [(row["id"], f) for f in remove if f not in values],
+            )
             conn.execute("UPDATE credentials SET updated_at = ? WHERE id = ?", (now(), row["id"]))
 
     def remove_credential(self, name: str, force: bool = False) -> list[tuple[str, str]]:
@@ -516,6 +534,12 @@ class Store:
             conn.execute("DELETE FROM credentials WHERE id = ?", (row["id"],))
         return bindings
 
+    def credential_lock(self, uid: str, timeout: float = 30.0) -> FileLock:
+        """Held while a credential's OAuth2 tokens are refreshed or replaced: by one process at a time."""
+        folder = self.path.parent / "locks"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return FileLock(folder / f"credential-{uid}.lock", timeout)
+
     def credential_info(self, name: str) -> CredentialInfo:
         with self._lock:
             row = self._credential_row(self._conn, name)
@@ -526,7 +550,7 @@ class Store:
 
     def _infos(self, where: str) -> list[CredentialInfo]:
         rows = self._query(
-            "SELECT c.id, c.name, c.type, c.created_at, c.updated_at, v.field, v.secret"
+            "SELECT c.id, c.name, c.type, c.uid, c.created_at, c.updated_at, v.field, v.secret"
             f" FROM credentials c LEFT JOIN credential_values v ON v.credential_id = c.id {where}"
             " ORDER BY c.name, v.rowid"
         )
@@ -547,16 +571,13 @@ class Store:
                 r["created_at"],
                 r["updated_at"],
                 tuple(by_cred.get(r["id"], [])),
+                r["uid"],
             )
             if r["field"] is not None:
-                info = CredentialInfo(
-                    info.name,
-                    info.type,
-                    (*info.fields, r["field"]),
-                    info.secret_fields | ({r["field"]} if r["secret"] else set()),
-                    info.created_at,
-                    info.updated_at,
-                    info.bindings,
+                info = replace(
+                    info,
+                    fields=(*info.fields, r["field"]),
+                    secret_fields=info.secret_fields | ({r["field"]} if r["secret"] else set()),
                 )
             infos[r["id"]] = info
         return list(infos.values())
@@ -581,7 +602,7 @@ class Store:
                 raise CiphertextError(row["name"], v["field"]) from None
             if v["secret"]:
                 secret.add(v["field"])
-        return Credential(row["name"], row["type"], plain, frozenset(secret))
+        return Credential(row["name"], row["type"], plain, frozenset(secret), row["uid"])
 
     # -- groups and bindings -------------------------------------------------------------
 
