@@ -449,3 +449,24 @@ def running_oauth_provider(**kwargs: Any) -> Iterator[OAuthProvider]:
         yield provider
     finally:
         provider.stop()
+
+
+def oauth_tool(
+    provider: OAuthProvider,
+    name: str = "whoami",
+    *,
+    type_name: str = "acme",
+    scopes: str = '["read"]',
+    extra_field: str = "",
+    provider_extra: str = "",
+) -> str:
+    """The TOML of an http tool calling the provider's /api/whoami with an OAuth2 credential (the access
+    token goes as `Authorization: Bearer …` by default)."""
+    return (
+        f'name = "{name}"\ndescription = "Who am I at the provider."\n'
+        f'[credential]\ntype = "{type_name}"\nfields = [\n'
+        f'  {{ name = "token", kind = "oauth2", authorize_url = "{provider.authorize_url}", '
+        f'token_url = "{provider.token_url}", scopes = {scopes}{provider_extra} }},\n'
+        f"{extra_field}]\n"
+        f'[handler]\nkind = "http"\nurl = "{provider.api_url}"\n'
+    )
