@@ -21,7 +21,7 @@ import click
 
 from . import __version__, admin, oauth
 from .config import Settings
-from .credential import mask
+from .credential import Credential, mask
 from .declarations import NAME_PATTERN, Catalog, CredentialSpec, McpHandler, OAuthProvider, load_catalog
 from .errors import ConflictError, CredentialValueError, CredgateError, NotFoundError
 from .oauth_callback import LoopbackCallback
@@ -192,17 +192,28 @@ def init(app: App) -> None:
 
 
 def _field_json(spec: CredentialSpec) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": f.name,
-            "kind": f.kind,
-            "secret": f.secret,
-            "required": f.required,
-            "format": f.format,
-            "description": f.description,
-        }
-        for f in spec.fields
-    ]
+    fields: list[dict[str, Any]] = []
+    for f in spec.fields:
+        fields.append(
+            {
+                "name": f.name,
+                "kind": f.kind,
+                "secret": f.secret,
+                "required": f.required,
+                "format": f.format,
+                "description": f.description,
+                "kept_by_credgate": f.name in spec.managed_fields,
+            }
+        )
+        if f.kind == "oauth2":
+            provider = f.provider
+            fields[-1]["oauth2"] = {
+                "authorize_url": provider.authorize_url,
+                "token_url": provider.token_url,
+                "scopes": list(provider.scopes),
+                "pkce": provider.pkce,
+            }
+    return fields
 
 
 @cli.command()
@@ -247,7 +258,14 @@ def tools(app: App, check: bool, refresh: bool, discover_with: str | None) -> No
                 flags = ", ".join(
                     [f.kind, "secret" if f.secret else "not secret", "required" if f.required else "optional"]
                 )
-                yield f"    {f.name}  ({flags})  format: {f.format}"
+                if f.kind == "oauth2":
+                    provider = f.provider
+                    scopes = " ".join(provider.scopes) or "-"
+                    yield f"    {f.name}  ({flags})  OAuth2 access token from {provider.token_url}, scopes: {scopes}"
+                elif f.name in spec.managed_fields:
+                    yield f"    {f.name}  (kept by credgate)"
+                else:
+                    yield f"    {f.name}  ({flags})  format: {f.format}"
 
     app.out(data, text())
     if not app.as_json:
@@ -261,10 +279,8 @@ def tools(app: App, check: bool, refresh: bool, discover_with: str | None) -> No
 
 def _discover_upstreams(app: App, refresh: bool, discover_with: str | None) -> list[str]:
     """Ask upstream MCP servers whose tools are not cached yet (or all, with --refresh) for their tools."""
-    import anyio
 
-    from .credential import Credential
-    from .handlers.upstream import UpstreamError, upstream_pool
+    from .handlers.upstream import UpstreamError
     from .redact import redactor_for
 
     declared = load_catalog(app.settings.tools_dirs)
@@ -284,12 +300,8 @@ def _discover_upstreams(app: App, refresh: bool, discover_with: str | None) -> l
         handler = upstream.decl.handler
         assert isinstance(handler, McpHandler)
 
-        async def discover(name: str = name, handler: McpHandler = handler, credential: Credential = credential) -> Any:
-            async with upstream_pool() as pool:
-                return await pool.list_tools(name, handler, credential)
-
         try:
-            listings = anyio.run(discover)
+            listings = anyio.run(_list_upstream_tools, app.store, name, handler, spec, credential)
         except (UpstreamError, TimeoutError, OSError) as exc:
             why = str(exc) if isinstance(exc, UpstreamError) else f"{type(exc).__name__}"
             if spec is not None and not discover_with:
@@ -300,6 +312,22 @@ def _discover_upstreams(app: App, refresh: bool, discover_with: str | None) -> l
         app.store.save_upstream_tools(name, redactor_for(credential).obj(listings))
         app.__dict__.pop("catalog", None)  # rebuilt with what was just discovered
     return problems
+
+
+async def _list_upstream_tools(
+    store: Store, name: str, handler: McpHandler, spec: CredentialSpec | None, credential: Credential
+) -> list[dict[str, Any]]:
+    from .handlers.http import make_client
+    from .handlers.upstream import upstream_pool
+    from .token_refresh import TokenRefresher
+
+    if spec is not None and spec.oauth is not None and credential:
+        # as a gateway would use it: refreshed if due, without what only the refresh needs
+        async with make_client() as http:
+            credential = await TokenRefresher(store, lambda: http).fresh(spec, credential)
+        credential = credential.only(spec.handler_fields)
+    async with upstream_pool() as pool:
+        return await pool.list_tools(name, handler, credential)
 
 
 # -- credentials -------------------------------------------------------------------------------
@@ -897,8 +925,6 @@ def serve(
     app: App, group_name: str | None, use_http: bool, host: str, port: int, log_format: str, log_level: str
 ) -> None:
     """Serve MCP: over stdio for one group, or with --http for every agent with a token."""
-    import anyio
-
     from .logs import configure_logging
     from .transports import serve_http, serve_stdio
 
