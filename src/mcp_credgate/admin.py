@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from . import oauth
 from .config import Settings
+from .credential import mask
 from .declarations import Catalog, CredentialSpec, Tool
 from .errors import CiphertextError, ConflictError, CredentialValueError, CredgateError, NotFoundError
 from .store import CredentialInfo, Store
@@ -104,6 +105,17 @@ def save_connection(
     with store.credential_lock(info.uid):
         store.update_credential(name, clean, spec.secret_fields, remove=drop, uid=info.uid)
     return False
+
+
+def shown_values(
+    spec: CredentialSpec | None, values: Mapping[str, str], stored_secret: frozenset[str]
+) -> dict[str, str]:
+    """A credential's values as people see them: secret ones masked (all of them when the type is no longer
+    declared), in the declared field order."""
+    secret = (spec.secret_fields if spec else frozenset(values)) | stored_secret
+    order = [f.name for f in spec.fields] if spec else list(values)
+    names = [n for n in order if n in values] + [n for n in values if n not in order]
+    return {k: mask(values[k]) if k in secret else values[k] for k in names}
 
 
 def oauth_summary(spec: CredentialSpec, credential: Mapping[str, str]) -> dict[str, Any] | None:

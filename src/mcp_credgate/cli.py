@@ -21,7 +21,7 @@ import click
 
 from . import __version__, admin, oauth
 from .config import Settings
-from .credential import Credential, mask
+from .credential import Credential
 from .declarations import NAME_PATTERN, Catalog, CredentialSpec, McpHandler, OAuthProvider, load_catalog
 from .errors import ConflictError, CredentialValueError, CredgateError, NotFoundError
 from .oauth_callback import LoopbackCallback
@@ -179,16 +179,38 @@ def cli(ctx: click.Context) -> None:
 @pass_app
 def init(app: App) -> None:
     """Create the data folder, database and master key (idempotent)."""
+    from .web.session import new_admin_secret
+
     s = app.settings
     store, created = Store.initialise(s)
-    store.close()
+    with store:
+        admin_secret = new_admin_secret(store) if store.admin_secret_hash() is None else None
     key_source = "CREDGATE_MASTER_KEY" if os.environ.get("CREDGATE_MASTER_KEY") else str(s.key_path)
-    app.out(
-        {"home": str(s.home), "database": str(s.database_path), "master_key": key_source, "created": created},
+    lines = [
         f"initialised credgate in {s.home} (database {s.database_path.name}, master key {key_source})"
         if created
-        else f"credgate is already initialised in {s.home}; nothing changed",
-    )
+        else f"credgate is already initialised in {s.home}; nothing changed"
+    ]
+    if admin_secret is not None:
+        lines.append(f"dashboard admin secret (shown once; a new one: `credgate admin token`): {admin_secret}")
+    data = {"home": str(s.home), "database": str(s.database_path), "master_key": key_source, "created": created}
+    app.out(data | ({"admin_secret": admin_secret} if admin_secret else {}), lines)
+
+
+@cli.group("admin")
+def admin_cmd() -> None:
+    """The dashboard's admin secret."""
+
+
+@admin_cmd.command("token")
+@common_options
+@pass_app
+def admin_token(app: App) -> None:
+    """Create a new admin secret for the dashboard (the old one and its sessions stop working)."""
+    from .web.session import new_admin_secret
+
+    secret = new_admin_secret(app.store)
+    app.out({"admin_secret": secret}, [f"dashboard admin secret (shown once): {secret}"])
 
 
 def _field_json(spec: CredentialSpec) -> list[dict[str, Any]]:
@@ -557,11 +579,8 @@ def cred_show(app: App, name: str) -> None:
     store = app.store
     info = store.credential_info(name)
     spec = app.catalog.types.get(info.type)
-    secret = spec.secret_fields if spec else frozenset(info.fields)  # unknown type: mask everything
     values = store.read_credential(name)
-    order = [f.name for f in spec.fields] if spec else list(info.fields)
-    names = [n for n in order if n in values] + [n for n in values if n not in order]
-    shown = {k: (mask(values[k]) if k in secret or k in info.secret_fields else values[k]) for k in names}
+    shown = admin.shown_values(spec, values, info.secret_fields)
     data = {
         "name": info.name,
         "type": info.type,
@@ -969,6 +988,29 @@ def _warn_undiscovered(catalog: Catalog) -> None:
                 f"warning: upstream {name} ({upstream.source}) has no tools yet: run `credgate tools` to list them",
                 err=True,
             )
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True, help="Port to listen on.")
+@common_options
+@pass_app
+def dashboard(app: App, host: str, port: int) -> None:
+    """Serve the web dashboard alone (for admins whose agents run over stdio)."""
+    from .declarations import is_loopback_host
+    from .logs import configure_logging
+    from .transports import serve_dashboard
+
+    settings = app.settings
+    if not app.meta.get("credgate.public_url") and not os.environ.get("CREDGATE_PUBLIC_URL"):
+        settings = replace(settings, public_url=f"http://{f'[{host}]' if ':' in host else host}:{port}")
+    if app.store.admin_secret_hash() is None:
+        raise click.ClickException("no admin secret yet: create one with `credgate admin token`")
+    if not is_loopback_host(host):
+        click.echo(f"binding {host}:{port}: put TLS in front of it (the admin session is a cookie)", err=True)
+    configure_logging("text", "info")
+    click.echo(f"dashboard: {settings.public_url}/ (sign in with the admin secret)", err=True)
+    anyio.run(serve_dashboard, settings, app.catalog, host, port)
 
 
 def main() -> None:

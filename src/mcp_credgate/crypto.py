@@ -93,6 +93,10 @@ class MasterKey:
         except OpenError:
             return False
 
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte key for another purpose (signing dashboard sessions…), bound to this master key."""
+        return hmac.new(self._raw, f"credgate derived key v1|{purpose}".encode(), hashlib.sha256).digest()
+
     def wrap(self, dek: bytes, credential_uid: str) -> bytes:
         return _seal(self._aead, dek, self._aad("dek", credential_uid))
 

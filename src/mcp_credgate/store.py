@@ -137,6 +137,19 @@ def _m0003_upstreams(db: Database) -> None:
     )
 
 
+@migrations(name="0004_admin_secret")
+def _m0004_admin_secret(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE admin_secret (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            secret_hash TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        """
+    )
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -791,6 +804,26 @@ class Store:
             sealed.data_key = self._data_key(sealed.row)
         return self._decrypt(sealed.row, sealed.values, sealed.data_key)
 
+    # -- the dashboard's admin secret ----------------------------------------------------
+
+    def set_admin_secret_hash(self, secret_hash: str) -> None:
+        """Replace the admin secret (its hash): sessions signed under the old one end with it."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO admin_secret (id, secret_hash, created_at) VALUES (1, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET secret_hash = excluded.secret_hash, created_at = excluded.created_at",
+                (secret_hash, now()),
+            )
+
+    def admin_secret_hash(self) -> str | None:
+        rows = self._query("SELECT secret_hash FROM admin_secret WHERE id = 1")
+        return str(rows[0]["secret_hash"]) if rows else None
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A key derived from the primary master key: it changes with a key rotation."""
+        with self._lock:
+            return self._keyring.primary.derive(purpose)
+
     # -- agents --------------------------------------------------------------------------
 
     def add_agent(self, group: str, name: str, token_hash: str) -> None:
@@ -892,9 +925,11 @@ class Store:
                 [(r.ts, r.group, r.agent, r.tool, r.credential, r.outcome, r.duration_ms, r.ref) for r in rows],
             )
 
-    def read_audit(self, group: str | None = None, tool: str | None = None, limit: int = 50) -> list[AuditRow]:
+    def read_audit(
+        self, group: str | None = None, tool: str | None = None, limit: int = 50, outcome: str | None = None
+    ) -> list[AuditRow]:
         clauses, params = [], []
-        for column, value in (("group_name", group), ("tool", tool)):
+        for column, value in (("group_name", group), ("tool", tool), ("outcome", outcome)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)

@@ -56,13 +56,32 @@ async def reload_on_sighup(gateway: Gateway) -> AsyncIterator[None]:
 
 
 async def serve_http(settings: Settings, catalog: Catalog, host: str, port: int) -> None:
-    """Run the HTTP app under uvicorn until SIGINT/SIGTERM; in-flight requests finish, the audit is flushed."""
-    import uvicorn
-
+    """Run the HTTP app (MCP for agents, the dashboard for admins) until SIGINT/SIGTERM; in-flight requests
+    finish, the audit is flushed."""
     from .http_app import build_http_app
+    from .web.dashboard import Dashboard
 
     gateway = Gateway.open(settings, catalog)
-    app = build_http_app(gateway, host=host, port=port, public_url=settings.public_url)
+    dashboard = Dashboard(gateway.store, lambda: gateway.catalog, settings)
+    app = build_http_app(
+        gateway, host=host, port=port, public_url=settings.public_url, extra_routes=dashboard.routes()
+    )
+    logging.getLogger("credgate").info("serving MCP on http://%s:%d (/mcp, /sse) and the dashboard at /", host, port)
+    await run_uvicorn(app, host, port)
+
+
+async def serve_dashboard(settings: Settings, catalog: Catalog, host: str, port: int) -> None:
+    """The dashboard alone, for admins whose agents run over stdio."""
+    from .web.dashboard import build_dashboard_app
+
+    app = build_dashboard_app(settings, catalog, host=host, port=port)
+    logging.getLogger("credgate").info("serving the dashboard on http://%s:%d", host, port)
+    await run_uvicorn(app, host, port)
+
+
+async def run_uvicorn(app: Any, host: str, port: int) -> None:
+    import uvicorn
+
     config = uvicorn.Config(
         app,
         host=host,
@@ -73,7 +92,6 @@ async def serve_http(settings: Settings, catalog: Catalog, host: str, port: int)
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)
-    logging.getLogger("credgate").info("serving MCP on http://%s:%d (/mcp, /sse)", host, port)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal with the handler it found: make
     # that one a plain exit, so a clean SIGTERM shutdown ends with status 0 instead of dying by the signal.
     previous = signal.signal(signal.SIGTERM, _exit_cleanly)

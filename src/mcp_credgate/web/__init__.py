@@ -1,0 +1,1 @@
+"""The web dashboard: credentials, agent groups, the setup pages that warnings link to, and the audit log."""
