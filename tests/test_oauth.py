@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 from base64 import urlsafe_b64encode
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,10 +50,6 @@ TOKEN = 'token_url = "https://auth.example.com/token"'
 def at(seconds: float) -> str:
     """NOW + seconds, as credgate stores times."""
     return oauth.iso(NOW + timedelta(seconds=seconds))
-
-
-def from_now(seconds: float) -> str:
-    return oauth.iso(datetime.now(UTC) + timedelta(seconds=seconds))
 
 
 # -- declarations -----------------------------------------------------------------------------------
@@ -556,13 +552,13 @@ async def authorized(
 
 
 @pytest.fixture
-async def ahttp() -> Any:
+async def ahttp() -> AsyncIterator[httpx2.AsyncClient]:
     async with httpx2.AsyncClient(trust_env=False, timeout=10, follow_redirects=False) as client:
         yield client
 
 
 @pytest.mark.anyio
-async def test_basic_client_auth_form_urlencodes_id_and_secret(provider: OAuthProvider, ahttp: Any) -> None:
+async def test_basic_client_auth_form_urlencodes_id_and_secret(provider: OAuthProvider, ahttp: httpx2.AsyncClient) -> None:
     decl = decl_for(provider)
     client = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
     request, code = await authorized(ahttp, decl)
@@ -591,7 +587,7 @@ async def test_basic_client_auth_form_urlencodes_id_and_secret(provider: OAuthPr
 
 
 @pytest.mark.anyio
-async def test_client_secret_post_puts_the_secret_in_the_body(provider: OAuthProvider, ahttp: Any) -> None:
+async def test_client_secret_post_puts_the_secret_in_the_body(provider: OAuthProvider, ahttp: httpx2.AsyncClient) -> None:
     decl = decl_for(provider, token_auth="client_secret_post")
     request, code = await authorized(ahttp, decl)
 
@@ -607,7 +603,7 @@ async def test_client_secret_post_puts_the_secret_in_the_body(provider: OAuthPro
 
 
 @pytest.mark.anyio
-async def test_public_client_sends_its_id_only(public_provider: OAuthProvider, ahttp: Any) -> None:
+async def test_public_client_sends_its_id_only(public_provider: OAuthProvider, ahttp: httpx2.AsyncClient) -> None:
     decl = decl_for(public_provider)
     request, code = await authorized(ahttp, decl)
 
@@ -626,7 +622,7 @@ async def test_public_client_sends_its_id_only(public_provider: OAuthProvider, a
 
 
 @pytest.mark.anyio
-async def test_token_endpoint_refusals(provider: OAuthProvider, ahttp: Any) -> None:
+async def test_token_endpoint_refusals(provider: OAuthProvider, ahttp: httpx2.AsyncClient) -> None:
     decl = decl_for(provider)
     client = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
 

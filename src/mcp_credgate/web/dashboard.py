@@ -52,7 +52,7 @@ SECURITY_HEADERS = {
     "frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # "no-referrer" would make browsers send `Origin: null` with forms
     "Cache-Control": "no-store",
 }
 
@@ -98,7 +98,7 @@ class Dashboard:
             Route("/credentials/{name}", page(self.credential_edit), methods=["GET", "POST"]),
             Route("/credentials/{name}/delete", page(self.credential_delete), methods=["POST"]),
             Route("/credentials/{name}/connect", page(self.credential_connect), methods=["POST"]),
-            Route("/oauth/callback", page(self.oauth_callback)),
+            Route("/oauth/callback", self.oauth_callback),  # the state proves it; see oauth_callback
             Route("/groups", page(self.groups), methods=["GET", "POST"]),
             Route("/groups/{group}", page(self.group), methods=["GET"]),
             Route("/groups/{group}/{action:str}", page(self.group_action), methods=["POST"]),
@@ -127,6 +127,8 @@ class Dashboard:
                 return await handler(request, session)
             except NotFoundError as exc:
                 return self._refusal(request, 404, str(exc), session)
+            except CredgateError as exc:  # a rule refused the change (messages never carry a value)
+                return self._refusal(request, 409, str(exc), session)
 
         return endpoint
 
@@ -222,12 +224,13 @@ class Dashboard:
         form = await request.form()
         name = str(form.get("name", "")).strip()
         values = _form_values(spec, form)
-        errors = _name_errors(name) or _value_errors(spec, values, complete=form.get("action") != "connect")
+        connect = form.get("action") == "connect" and spec.oauth is not None
+        errors = _name_errors(name) or _value_errors(spec, values, complete=not connect, connect=connect)
         if not errors and self._credential_exists(name):
             errors = {"name": f"a credential named {name!r} exists already"}
         if errors:
             return self._credential_form(request, session, spec, None, errors=errors, given=values, name=name)
-        if form.get("action") == "connect" and spec.oauth is not None:
+        if connect:
             return self._start_connection(request, spec, name, values, None)
         admin.add_credential(self.store, spec, name, values)
         return self._back(f"/credentials/{quote(name, safe='')}", "created")
@@ -336,30 +339,34 @@ class Dashboard:
         self.pending[auth.state] = PendingConnection(auth, name, spec.type, client, bind_to)
         return RedirectResponse(auth.url, status_code=303, headers=SECURITY_HEADERS)
 
-    async def oauth_callback(self, request: Request, session: Session) -> Response:
+    async def oauth_callback(self, request: Request) -> Response:
+        """The provider's redirect back. It needs no session: the browser arrives from the provider's site,
+        so a `SameSite=Strict` cookie is not sent; the single-use `state`, known only to the admin session
+        that started the connection, is the proof. The page then links back into the dashboard."""
         params = dict(request.query_params)
         pending = self.pending.pop(params.get("state", ""), None) if params.get("state") else None
         if pending is None or time.monotonic() - pending.started > PENDING_SECONDS:
-            return self._refusal(
-                request, 400, "This answer does not belong to a connection started here (or it expired).", session
-            )
+            return self._refusal(request, 400, "This answer belongs to no connection started here (or it expired).")
         spec = self.catalog().types.get(pending.type)
         if spec is None or spec.oauth is None:
-            return self._refusal(request, 409, f"Type {pending.type!r} is no longer declared.", session)
+            return self._refusal(request, 409, f"Type {pending.type!r} is no longer declared.")
         try:
             code = oauth.code_from_callback(pending.request, params)
             from ..handlers.http import make_client
 
             async with make_client() as http:
                 tokens = await oauth.exchange_code(http, spec.oauth, pending.client, pending.request, code)
-        except oauth.OAuthError as exc:
-            return self._refusal(request, 502, f"Not connected: {exc}. Nothing was stored.", session)
-        admin.save_connection(self.store, spec, pending.name, pending.client, tokens)
+            admin.save_connection(self.store, spec, pending.name, pending.client, tokens)
+            if pending.bind_to is not None:
+                admin.bind(self.store, self.catalog(), *pending.bind_to, pending.name)
+        except CredgateError as exc:
+            return self._refusal(request, 502, f"Not connected: {exc}. Nothing was stored.")
         if pending.bind_to is not None:
             group, tool = pending.bind_to
-            admin.bind(self.store, self.catalog(), group, tool, pending.name)
-            return self._back(f"/groups/{quote(group, safe='')}", "setup")
-        return self._back(f"/credentials/{quote(pending.name, safe='')}", "connected")
+            target, what = f"/groups/{quote(group, safe='')}", f"{pending.name}, bound to {tool} for {group}"
+        else:
+            target, what = f"/credentials/{quote(pending.name, safe='')}", pending.name
+        return self._render(request, "connected.html", None, target=target, what=what)
 
     # -- agent groups ----------------------------------------------------------------------------
 
@@ -486,7 +493,7 @@ class Dashboard:
         name = str(form.get("name", "")).strip()
         values = _form_values(spec, form)
         connect = form.get("action") == "connect" and spec.oauth is not None
-        errors = _name_errors(name) or _value_errors(spec, values, complete=not connect)
+        errors = _name_errors(name) or _value_errors(spec, values, complete=not connect, connect=connect)
         if not errors and self._credential_exists(name):
             errors = {"name": f"a credential named {name!r} exists already: pick it above instead"}
         if errors:
@@ -570,9 +577,11 @@ def _plain(spec: CredentialSpec, values: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in values.items() if k not in spec.secret_fields}
 
 
-def _value_errors(spec: CredentialSpec, values: Mapping[str, str], *, complete: bool) -> dict[str, str]:
-    """Each field's problem, to show next to it (never the value)."""
-    errors = {}
+def _value_errors(
+    spec: CredentialSpec, values: Mapping[str, str], *, complete: bool, connect: bool = False
+) -> dict[str, str]:
+    """Each field's problem, to show next to it (never the value). Connecting needs the client id only."""
+    errors = {"client_id": "required to connect"} if connect and not values.get("client_id") else {}
     for name, value in values.items():
         declared = spec.field(name)
         if declared is None:
