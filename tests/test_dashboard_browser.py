@@ -1,0 +1,124 @@
+"""The dashboard in a real browser: Debian's chromium, headless, driven by Playwright.
+
+An agent's call gets a missing-credential warning; an admin follows its `setup_url`, signs in, fills the
+setup form; the agent's next call works. Screenshots of the main pages land in the test's folder.
+`.ci/run` installs chromium when it is missing; these tests skip, saying why, only when it is not there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from gateway_support import World, http_tool, make_canary, result_text, running_upstream
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from test_http_app import Server, start_server
+
+from mcp_credgate.agents import create_agent
+from mcp_credgate.web.session import new_admin_secret
+
+CHROMIUM = os.environ.get("CREDGATE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",  # CI runs as root
+    "--disable-gpu",
+    "--disable-background-networking",  # no network here: no background requests to fail
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PAGES = {"credentials": "/credentials", "groups": "/groups", "group": "/groups/research", "audit": "/audit"}
+
+
+def _browser_or_skip() -> Any:
+    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
+        pytest.skip(f"browser tests skipped: no chromium at {CHROMIUM} (`apt-get install chromium`; .ci/run does it)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:  # pragma: no cover - a dev dependency
+        pytest.skip("browser tests skipped: playwright is not installed (pip install -e '.[dev]')")
+    return sync_playwright
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[tuple[World, Server, str, str, Any]]:
+    with running_upstream() as upstream:
+        world = World.create(tmp_path / "site", {"lookup": http_tool("lookup", upstream.url("/lookup"))})
+        world.allow("research", "lookup")
+        admin_secret = new_admin_secret(world.store)
+        agent_token = create_agent(world.store, "research", "browser-test-agent")
+        server = start_server(world, tmp_path / "server")
+        try:
+            yield world, server, admin_secret, agent_token, upstream
+        finally:
+            server.stop()
+            world.close()
+
+
+async def _call(server: Server, token: str) -> Any:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    async with http, Client(streamable_http_client(server.mcp_url, http_client=http)) as client:
+        return await client.call_tool("lookup", {})
+
+
+def test_an_admin_follows_a_warnings_setup_url_and_the_agents_next_call_works(
+    site: tuple[World, Server, str, str, Any], tmp_path: Path
+) -> None:
+    sync_playwright = _browser_or_skip()
+    _world, server, admin_secret, agent_token, upstream = site
+    secret = make_canary("browser")
+
+    warning = anyio.run(_call, server, agent_token)
+    assert warning.is_error and warning.structured_content is not None
+    setup_url = warning.structured_content["setup_url"]
+    assert setup_url == f"{server.base}/groups/research/tools/lookup/setup"
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(setup_url)
+            assert "/login" in page.url  # not signed in yet
+            page.screenshot(path=str(tmp_path / "login.png"), full_page=True)
+            page.fill("#secret", admin_secret)
+            page.click("button[type=submit]")
+            page.wait_for_url(setup_url)
+            page.screenshot(path=str(tmp_path / "setup.png"), full_page=True)
+
+            page.fill("#name", "lookup-key")
+            page.fill("#field_token", secret)
+            page.click("text=Create and bind")
+            page.wait_for_url(f"{server.base}/groups/research?done=setup")
+            assert page.locator(".status-ready").count() == 1
+
+            sources = {}
+            for name, path in PAGES.items():
+                page.goto(server.base + path)
+                page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+                sources[name] = page.content()
+            phone = browser.new_page(viewport={"width": 390, "height": 844})
+            phone.context.add_cookies(page.context.cookies())
+            phone.goto(server.base + "/groups/research")
+            phone.screenshot(path=str(tmp_path / "group-phone.png"), full_page=True)
+            # nothing overflows sideways on a phone-width screen
+            assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+            cookies = json.dumps(page.context.cookies())
+        finally:
+            browser.close()
+
+    result = anyio.run(_call, server, agent_token)
+    assert not result.is_error, result_text(result)
+    assert upstream.seen()[-1].header("Authorization") == f"Bearer {secret}"
+
+    for text in (*sources.values(), cookies, server.output()):
+        assert secret not in text
+    assert "lookup-key" in sources["credentials"]
+    for name in (*PAGES, "login", "setup", "group-phone"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
