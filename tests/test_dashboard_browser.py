@@ -20,6 +20,7 @@ import pytest
 from gateway_support import World, http_tool, make_canary, result_text, running_upstream
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from oauth_provider import oauth_tool, running_oauth_provider
 from test_http_app import Server, start_server
 
 from mcp_credgate.agents import create_agent
@@ -62,10 +63,10 @@ def site(tmp_path: Path) -> Iterator[tuple[World, Server, str, str, Any]]:
             world.close()
 
 
-async def _call(server: Server, token: str) -> Any:
+async def _call_tool(server: Server, token: str, tool: str) -> Any:
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
     async with http, Client(streamable_http_client(server.mcp_url, http_client=http)) as client:
-        return await client.call_tool("lookup", {})
+        return await client.call_tool(tool, {})
 
 
 def test_an_admin_follows_a_warnings_setup_url_and_the_agents_next_call_works(
@@ -75,7 +76,7 @@ def test_an_admin_follows_a_warnings_setup_url_and_the_agents_next_call_works(
     _world, server, admin_secret, agent_token, upstream = site
     secret = make_canary("browser")
 
-    warning = anyio.run(_call, server, agent_token)
+    warning = anyio.run(_call_tool, server, agent_token, "lookup")
     assert warning.is_error and warning.structured_content is not None
     setup_url = warning.structured_content["setup_url"]
     assert setup_url == f"{server.base}/groups/research/tools/lookup/setup"
@@ -113,7 +114,7 @@ def test_an_admin_follows_a_warnings_setup_url_and_the_agents_next_call_works(
         finally:
             browser.close()
 
-    result = anyio.run(_call, server, agent_token)
+    result = anyio.run(_call_tool, server, agent_token, "lookup")
     assert not result.is_error, result_text(result)
     assert upstream.seen()[-1].header("Authorization") == f"Bearer {secret}"
 
@@ -122,3 +123,48 @@ def test_an_admin_follows_a_warnings_setup_url_and_the_agents_next_call_works(
     assert "lookup-key" in sources["credentials"]
     for name in (*PAGES, "login", "setup", "group-phone"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+def test_an_oauth2_tool_is_connected_from_its_setup_page_in_the_browser(tmp_path: Path) -> None:
+    sync_playwright = _browser_or_skip()
+    client_secret = make_canary("client-secret")
+    with running_oauth_provider(client_secret=client_secret, token_prefix=make_canary("tok")) as provider:
+        world = World.create(tmp_path / "site", {"whoami": oauth_tool(provider)})
+        world.allow("research", "whoami")
+        admin_secret = new_admin_secret(world.store)
+        agent_token = create_agent(world.store, "research", "browser-test-agent")
+        server = start_server(world, tmp_path / "server")
+        try:
+            warning = anyio.run(_call_tool, server, agent_token, "whoami")
+            setup_url = warning.structured_content["setup_url"]
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+                try:
+                    page = browser.new_page()
+                    page.goto(setup_url)
+                    page.fill("#secret", admin_secret)
+                    page.click("button[type=submit]")
+                    page.wait_for_url(setup_url)
+                    page.fill("#name", "my-acme")
+                    page.fill("#field_client_id", provider.client_id)
+                    page.fill("#field_client_secret", client_secret)
+                    page.click("text=Connect and bind")  # → the provider → back to /oauth/callback
+                    page.wait_for_url(f"{server.base}/oauth/callback*")
+                    page.screenshot(path=str(tmp_path / "connected.png"), full_page=True)
+                    page.click("text=Continue")
+                    page.wait_for_url(f"{server.base}/groups/research")
+                    assert page.locator(".status-ready").count() == 1
+                    sources = [page.content()]
+                    page.goto(f"{server.base}/credentials/my-acme")
+                    sources.append(page.content())
+                finally:
+                    browser.close()
+            result = anyio.run(_call_tool, server, agent_token, "whoami")
+            assert not result.is_error, result_text(result)
+            assert provider.code_requests == 1 and provider.api_calls == 1
+            for text in (*sources, server.output(), result_text(result)):
+                for token in (client_secret, provider.current_access_token, provider.current_refresh_token):
+                    assert token and token not in text
+        finally:
+            server.stop()
+            world.close()

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
@@ -143,7 +143,15 @@ class Dashboard:
             path=request.url.path,
             **context,
         )
-        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+        headers = SECURITY_HEADERS
+        spec = context.get("spec")
+        if isinstance(spec, CredentialSpec) and spec.oauth is not None:
+            # its Connect form is answered with a redirect to the provider, which `form-action` must allow
+            parts = urlsplit(spec.oauth.authorize_url)
+            allowed = f"form-action 'self' {parts.scheme}://{parts.netloc}"
+            csp = SECURITY_HEADERS["Content-Security-Policy"].replace("form-action 'self'", allowed)
+            headers = {**headers, "Content-Security-Policy": csp}
+        return HTMLResponse(html, status_code=status, headers=headers)
 
     def _refusal(self, request: Request, status: int, text: str, session: Session | None = None) -> HTMLResponse:
         return self._render(request, "refused.html", session, status=status, title="Refused", text=text)
