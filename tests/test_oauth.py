@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -20,11 +21,12 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx2
 import pytest
+from click.testing import Result
 from conftest import CliRun, ProcRun, write_tool
 from gateway_support import assert_no_leak, assert_no_leak_at_rest, closed_port, make_canary
 from mcp.shared.auth import OAuthToken
@@ -381,7 +383,7 @@ def test_token_values_omitted_refresh_token_and_scope_keep_the_old_ones() -> Non
 
 
 def test_token_values_without_lifetime_drops_the_old_expiry_and_has_no_empty_scope() -> None:
-    token = OAuthToken(access_token="at-2", token_type="bearer")
+    token = OAuthToken.model_validate({"access_token": "at-2", "token_type": "bearer"})  # as some providers spell it
 
     values, drop = oauth.token_values(DECL, token, {"expires_at": at(5)}, NOW)
 
@@ -558,7 +560,9 @@ async def ahttp() -> AsyncIterator[httpx2.AsyncClient]:
 
 
 @pytest.mark.anyio
-async def test_basic_client_auth_form_urlencodes_id_and_secret(provider: OAuthProvider, ahttp: httpx2.AsyncClient) -> None:
+async def test_basic_client_auth_form_urlencodes_id_and_secret(
+    provider: OAuthProvider, ahttp: httpx2.AsyncClient
+) -> None:
     decl = decl_for(provider)
     client = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
     request, code = await authorized(ahttp, decl)
@@ -587,7 +591,9 @@ async def test_basic_client_auth_form_urlencodes_id_and_secret(provider: OAuthPr
 
 
 @pytest.mark.anyio
-async def test_client_secret_post_puts_the_secret_in_the_body(provider: OAuthProvider, ahttp: httpx2.AsyncClient) -> None:
+async def test_client_secret_post_puts_the_secret_in_the_body(
+    provider: OAuthProvider, ahttp: httpx2.AsyncClient
+) -> None:
     decl = decl_for(provider, token_auth="client_secret_post")
     request, code = await authorized(ahttp, decl)
 
@@ -783,6 +789,11 @@ def assert_failed(result: subprocess.CompletedProcess[str], *expected: str) -> s
     for text in expected:
         assert text in errors[0], errors[0]
     return errors[0]
+
+
+def completed(result: Result) -> subprocess.CompletedProcess[str]:
+    """A CliRunner result in the shape of a finished process (for assert_failed)."""
+    return subprocess.CompletedProcess([], result.exit_code, result.stdout, result.stderr)
 
 
 def connect_with_secret(start_connect: StartConnect, browser: httpx2.Client, name: str = "acme1") -> tuple[
@@ -1050,6 +1061,18 @@ def test_connect_refusals_before_listening(acme: Store, run_credgate: ProcRun) -
     assert stored_names(acme) == ["wk"]
 
 
+def test_connect_refuses_a_port_in_use(acme: Store, run_credgate: ProcRun) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_credgate("cred", "connect", "acme1", "--tool", "whoami", "--set", f"client_id={CLIENT_ID}",
+                              "--port", str(port), "--no-browser", input="")
+
+    assert_failed(result, f"cannot listen on 127.0.0.1:{port}")
+    assert stored_names(acme) == []
+
+
 # -- existing tokens: cred add / update / show, group show ------------------------------------------------
 
 
@@ -1124,11 +1147,12 @@ def test_cred_show_of_an_expired_token_without_refresh(acme: Store, run_credgate
     ],
 )
 def test_cred_add_refusals(
-    acme: Store, run_credgate: ProcRun, tokens: dict[str, str], extra: dict[str, str], expected: str
+    acme: Store, run_cli: CliRun, tokens: dict[str, str], extra: dict[str, str], expected: str
 ) -> None:
     values = {"client_id": "cid-1", "token": tokens["token"], **extra}
 
-    result = run_credgate("cred", "add", "acme1", "--tool", "whoami", "--from-json", "-", input=json.dumps(values))
+    result = completed(run_cli("cred", "add", "acme1", "--tool", "whoami", "--from-json", "-",
+                               input=json.dumps(values)))
 
     assert_failed(result, expected)
     assert stored_names(acme) == []
@@ -1170,16 +1194,16 @@ def set_refresh_error(store: Store, spec: CredentialSpec, name: str) -> None:
     [("token", True), ("refresh_token", True), ("client_id", False), ("scope", False)],
 )
 def test_cred_update_of_a_token_clears_refresh_error(
-    acme: Store, run_credgate: ProcRun, tools_dir: Path, field_name: str, clears: bool
+    acme: Store, run_cli: CliRun, tools_dir: Path, field_name: str, clears: bool
 ) -> None:
     values = {"client_id": "cid-1", "token": "at-1", "refresh_token": "rt-1", "expires_at": "2020-01-01T00:00:00Z"}
-    assert run_credgate("cred", "add", "acme1", "--tool", "whoami", "--from-json", "-",
-                        input=json.dumps(values)).returncode == 0
+    added = run_cli("cred", "add", "acme1", "--tool", "whoami", "--from-json", "-", input=json.dumps(values))
+    assert added.exit_code == 0, added.output
     set_refresh_error(acme, acme_spec(tools_dir), "acme1")
 
-    updated = run_credgate("cred", "update", "acme1", "--set", f"{field_name}=new-value-1")
+    updated = run_cli("cred", "update", "acme1", "--set", f"{field_name}=new-value-1")
 
-    assert updated.returncode == 0, updated.stderr
+    assert updated.exit_code == 0, updated.output
     stored = acme.read_credential("acme1")
     assert stored[field_name] == "new-value-1"
     assert ("refresh_error" not in stored) is clears
