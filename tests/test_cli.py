@@ -130,7 +130,7 @@ def test_tools_json(run_cli: CliRun) -> None:
     account = data["credential_types"]["account"]
     assert account["tools"] == ["login"]
     assert account["fields"][1] == {"name": "password", "kind": "password", "secret": True, "required": True,
-                                    "format": "password", "description": ""}
+                                    "format": "password", "description": "", "kept_by_credgate": False}
     assert data["credential_types"]["weatherkey"]["tools"] == ["forecast", "weather"]
     assert data["problems"] == []
 

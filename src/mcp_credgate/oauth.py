@@ -85,7 +85,9 @@ def condition(credential: Mapping[str, str], now: datetime, margin: float = REFR
     remaining = (expires - now).total_seconds()
     if remaining > margin:
         return "fresh"
-    if credential.get("refresh_token") and not credential.get("refresh_error"):
+    if credential.get("refresh_error"):
+        return "expired"  # refused once (invalid_grant): the same answer until new tokens are stored
+    if credential.get("refresh_token"):
         return "refresh"
     return "fresh" if remaining > 0 else "expired"
 
