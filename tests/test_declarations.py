@@ -41,11 +41,12 @@ def test_repository_tools_load_without_problems() -> None:
     catalog = load(REPO_TOOLS_DIR)
 
     assert catalog.problems == ()
-    assert len(catalog.tools) == 6
+    assert len(catalog.tools) == 7
     assert set(catalog.tools) == {
-        "account_login", "echo", "github_repos", "stripe_balance", "utc_now", "weather"
+        "account_login", "echo", "github_repos", "google_calendar_list", "stripe_balance", "utc_now", "weather"
     }
-    assert set(catalog.types) == {"demo_account", "github", "stripe"}
+    assert set(catalog.types) == {"demo_account", "github", "google", "stripe"}
+    assert catalog.types["google"].oauth is not None
     needs_none = [t.name for t in catalog.tools.values() if t.credential is None]
     assert set(needs_none) == {"echo", "utc_now", "weather"}
 

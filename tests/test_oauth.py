@@ -319,9 +319,13 @@ def test_no_bearer_header_for_a_type_without_oauth2(tmp_path: Path) -> None:
         pytest.param({"expires_at": at(3600), "refresh_token": "rt"}, 60, "fresh", id="outside-margin"),
         pytest.param({"expires_at": at(30), "refresh_token": "rt"}, 60, "refresh", id="inside-margin-refreshable"),
         pytest.param({"expires_at": at(30)}, 60, "fresh", id="inside-margin-no-refresh-token"),
-        pytest.param(
+        pytest.param(  # refused once: expired until new tokens are stored, even with seconds left
             {"expires_at": at(30), "refresh_token": "rt", "refresh_error": "invalid_grant"},
-            60, "fresh", id="inside-margin-refresh-error",
+            60, "expired", id="inside-margin-refresh-error",
+        ),
+        pytest.param(
+            {"expires_at": at(3600), "refresh_token": "rt", "refresh_error": "invalid_grant"},
+            60, "fresh", id="outside-margin-refresh-error",
         ),
         pytest.param({"expires_at": at(30), "refresh_token": "rt"}, 10, "fresh", id="smaller-margin"),
         pytest.param({"expires_at": at(-5), "refresh_token": "rt"}, 60, "refresh", id="past-refreshable"),

@@ -11,6 +11,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -146,6 +147,11 @@ class CredentialField(_Model):
             raise CredentialValueError(f"field {self.name!r} is required and may not be empty")
         if self.pattern is not None and value != "" and re.search(self.pattern, value) is None:
             raise CredentialValueError(f"field {self.name!r}: the value does not match the format {self.pattern}")
+        if self.pattern == ISO_UTC_PATTERN and value != "":
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise CredentialValueError(f"field {self.name!r}: the value is not a valid date and time") from None
 
 
 class CredentialSpec(_Model):
@@ -163,7 +169,8 @@ class CredentialSpec(_Model):
         if not oauth:
             return data
         if len(oauth) > 1:
-            raise ValueError("a credential type may have one field of kind oauth2")
+            names = ", ".join(repr(f.get("name")) for f in oauth)
+            raise ValueError(f"a credential type may have one field of kind oauth2, not {len(oauth)} ({names})")
         declared = {f.get("name") for f in fields if isinstance(f, dict)}
         for companion in OAUTH_COMPANIONS:
             if companion["name"] in declared:

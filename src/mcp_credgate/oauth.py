@@ -151,7 +151,10 @@ async def exchange_code(
     if request.code_verifier is not None:
         form["code_verifier"] = request.code_verifier
     token = await _token_request(http, provider, client, form, "the code")
-    return token_values(provider, token, {"scope": " ".join(provider.scopes)}, utc_now())
+    values, drop = token_values(provider, token, {"scope": " ".join(provider.scopes)}, utc_now())
+    if "refresh_token" not in values:
+        drop.append("refresh_token")  # a new grant: a refresh token of the one it replaces must not outlive it
+    return values, drop
 
 
 async def refresh(
