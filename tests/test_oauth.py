@@ -243,9 +243,8 @@ def test_refresh_token_cannot_be_placed_in_the_url_or_body_either(tmp_path: Path
     assert any("handler.json.secret: {cred.client_secret} is kept by credgate" in p for p in found), found
 
 
-def test_src_bug_two_oauth2_fields_problem_names_the_fields(tmp_path: Path) -> None:
-    """SRC BUG: with two oauth2 fields the problem reads `FILE: credential: a credential type may have one
-    field of kind oauth2` and names neither field (declarations.py promises file *and field*)."""
+def test_two_oauth2_fields_are_named_in_the_problem(tmp_path: Path) -> None:
+    """Every problem names the file and the field: here both oauth2 fields."""
     text = declaration(f'{OAUTH_FIELD},\n{{ name = "second", kind = "oauth2", {AUTHORIZE}, {TOKEN} }}')
 
     found = problems_of(tmp_path, text)
@@ -923,16 +922,13 @@ def test_reconnect_keeps_the_client_and_replaces_the_tokens(
     assert_no_leak(first.stdout + first.stderr + result.stdout + result.stderr, *flow_secrets(provider))
 
 
-def test_src_bug_reconnect_without_refresh_token_keeps_the_stale_one(
+def test_a_reconnect_without_a_refresh_token_drops_the_old_one(
     acme: Store, provider: OAuthProvider, start_connect: StartConnect, browser: httpx2.Client, tools_dir: Path,
     run_credgate: ProcRun,
 ) -> None:
-    """SRC BUG: a reconnect whose token response has no refresh_token keeps the refresh token of the grant it
-    replaces (oauth.exchange_code → token_values keeps a missing refresh token, which is right for a refresh,
-    RFC 6749 §6, but not for a new authorization). After a reconnect made because that refresh token was
-    refused, refresh_error is cleared and `cred show` says can_refresh, `group show` says ready; the next
-    refresh sends the dead token, which the gateway then reports as expired 60 s before the new access token
-    really expires."""
+    """A reconnect whose token response has no refresh_token must not keep the refresh token of the grant it
+    replaces (right for a refresh, RFC 6749 §6, not for a new authorization): else `cred show` would say it can
+    refresh, and the next refresh would send the old grant's token."""
     first, _ = connect_with_secret(start_connect, browser)
     assert first.returncode == 0, first.stderr
     spec = acme_spec(tools_dir)
@@ -1163,10 +1159,9 @@ def test_cred_add_refusals(
     assert_no_leak(result.stderr, tokens["token"])
 
 
-def test_src_bug_cred_add_refuses_an_impossible_expiry(acme: Store, run_cli: CliRun) -> None:
-    """SRC BUG: expires_at is checked by its shape only (ISO_UTC_PATTERN). `2020-02-30T00:00:00Z` is stored;
-    oauth.parse_time then reads it as no expiry, so the token counts as fresh for ever (condition() → "fresh",
-    `group show` → ready, `cred show` → "valid until 2020-02-30…")."""
+def test_cred_add_refuses_an_impossible_expiry(acme: Store, run_cli: CliRun) -> None:
+    """An expiry of the right shape but no real date (`2020-02-30`) is refused: read as no expiry, it would make
+    the token fresh for ever."""
     values = {"client_id": "cid-1", "token": "at-1", "expires_at": "2020-02-30T00:00:00Z"}
 
     result = run_cli("cred", "add", "bad", "--tool", "whoami", "--from-json", "-", input=json.dumps(values))
