@@ -474,10 +474,14 @@ class Dashboard:
         context = {"group": group, "tool": tool, "spec": spec}
         if spec is None:
             return self._render(request, "setup.html", session, **context, compatible=[], fields=[])
-        allowed = self.store.binding(group, tool_name, tool.upstream).allowed
-        compatible = [c.name for c in self.store.list_credentials() if c.type == spec.type]
-        context |= {"compatible": compatible, "fields": fields_of(spec)}
-        context |= {"allowed": allowed}
+        binding = self.store.binding(group, tool_name, tool.upstream)
+        allowed = binding.allowed
+        credentials = self.store.list_credentials()
+        compatible = [c.name for c in credentials if c.type == spec.type]
+        context |= {"compatible": compatible, "fields": fields_of(spec), "allowed": allowed, "expired": None}
+        bound = next((c for c in credentials if c.name == binding.credential), None)
+        if bound is not None and admin.credential_status(spec, bound, self.store)[0] == "expired":
+            context["expired"] = bound.name  # the fix is to connect it again, not another binding
         if request.method == "GET":
             return self._render(request, "setup.html", session, **context, errors={}, given={}, name="")
         if not allowed:
