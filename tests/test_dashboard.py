@@ -65,7 +65,7 @@ STORED_SECRETS = (WEATHER_KEY, ACCOUNT_PASSWORD, CLIENT_SECRET, ACME_TOKEN, ACME
 KEY_PATTERN = "^wk_[A-Za-z0-9]{8,}$"
 WEATHER_CRED = (
     'type = "weatherkey"\n'
-    f"fields = [ {{ name = \"api_key\", kind = \"api_key\", pattern = '{KEY_PATTERN}', "
+    f'fields = [ {{ name = "api_key", kind = "api_key", pattern = \'{KEY_PATTERN}\', '
     'description = "The key from the weather portal" } ]'
 )
 ACCOUNT_CRED = (
@@ -549,9 +549,7 @@ def test_in_the_http_app_the_admin_cookie_opens_no_mcp_and_a_foreign_origin_is_r
     with TestClient(app, base_url=BASE, follow_redirects=False) as browser:
         admin = sign_in(browser, admin_secret)
         assert admin.get("/credentials").status_code == 200
-        mcp = browser.post(
-            "/mcp", json=initialize, headers={"Accept": "application/json, text/event-stream"}
-        )
+        mcp = browser.post("/mcp", json=initialize, headers={"Accept": "application/json, text/event-stream"})
         assert mcp.status_code == 401
         assert "www-authenticate" in mcp.headers
         assert browser.get("/sse").status_code == 401
@@ -777,7 +775,9 @@ def test_saving_a_new_secret_replaces_it(admin: Admin, world: World) -> None:
     assert world.store.read_credential("acct")["password"] == replacement
     page = admin.get("/credentials/acct").text
     assert not leaks(page, replacement)
-    assert attr(input_named(page, "field_password"), "placeholder") == f"stored: {mask(replacement)} (leave empty to keep)"
+    assert (
+        attr(input_named(page, "field_password"), "placeholder") == f"stored: {mask(replacement)} (leave empty to keep)"
+    )
 
 
 def test_emptying_an_optional_plain_field_removes_it_and_keeps_the_secret(admin: Admin, world: World) -> None:
@@ -1011,7 +1011,9 @@ def test_setup_with_a_bad_new_credential_shows_the_error_and_never_the_secret(ad
     assert error is not None and "does not match the format" in error
     assert attr(input_named(response.text, "name"), "value") == "wk-s"
     assert not leaks(response.text, bad)
-    duplicate = admin.post("/groups/ops/tools/forecast/setup", {"mode": "new", "name": "wk-main", "field_api_key": NEW_KEY})
+    duplicate = admin.post(
+        "/groups/ops/tools/forecast/setup", {"mode": "new", "name": "wk-main", "field_api_key": NEW_KEY}
+    )
     assert duplicate.status_code == 400
     assert "exists already" in (field_error(duplicate.text, "name") or "")
     assert snapshot(world.store) == before
@@ -1039,6 +1041,19 @@ def test_setup_of_an_unknown_group_or_tool_is_404(admin: Admin, world: World) ->
         assert admin.get(path).status_code == 404, path
         assert admin.post(path, {"mode": "existing", "credential": "wk-main"}).status_code == 404, path
     assert snapshot(world.store) == before
+
+
+def test_the_setup_page_of_an_expired_oauth_binding_offers_to_connect_it_again(admin: Admin, world: World) -> None:
+    world.add_credential(
+        "acme-old", "acme", {"client_id": "credgate-test-client", "token": make_canary("OLD"), "expires_at": PAST}
+    )
+    world.allow("ops", "whoami")
+    world.bind("ops", "whoami", "acme-old")
+    rows = tool_rows(admin.get("/groups/ops").text)
+    assert row_status(rows["whoami"])[0] == "expired"
+    assert 'href="/groups/ops/tools/whoami/setup"' in rows["whoami"]
+    page = admin.get("/groups/ops/tools/whoami/setup").text
+    assert '<form method="post" action="/credentials/acme-old/connect">' in page
 
 
 def test_setup_of_a_tool_that_needs_no_credential_says_so(admin: Admin) -> None:
@@ -1172,6 +1187,33 @@ def test_a_callback_with_an_unknown_or_used_state_is_refused_and_stores_nothing(
         assert replay.status_code == 400
         assert snapshot(world.store) == after_first
         assert provider.code_requests == 1
+
+
+@pytest.mark.parametrize("failure", ["user-denied", "token-endpoint-fails", "wrong-client-secret"])
+def test_a_connection_the_provider_refuses_stores_nothing(
+    app: Starlette, admin: Admin, world: World, provider: OAuthProvider, failure: str
+) -> None:
+    provider.deny = failure == "user-denied"
+    provider.fail_status = 500 if failure == "token-endpoint-fails" else None
+    secret = make_canary("WS") if failure == "wrong-client-secret" else CLIENT_SECRET
+    before = snapshot(world.store)
+    response = admin.post(
+        "/credentials/new",
+        {
+            "type": "acme",
+            "name": "acme-refused",
+            "field_client_id": provider.client_id,
+            "field_client_secret": secret,
+            "action": "connect",
+        },
+    )
+    with closing(fresh_client(app)) as from_provider:
+        page = from_provider.get(provider_redirect(location(response)))
+    assert page.status_code == 502
+    assert "Not connected" in page.text and "Nothing was stored" in page.text
+    assert not leaks(page.text, secret)
+    assert not leaks(page.text, PROVIDER_PREFIX)
+    assert snapshot(world.store) == before
 
 
 def test_connecting_from_the_setup_page_binds_after_the_callback(
@@ -1377,18 +1419,36 @@ def test_no_response_carries_a_secret_and_every_page_has_the_security_headers(
         "/groups/ops/tools/login/setup",
         {"mode": "new", "name": "t-acct2", "field_username": "x", "field_password": submitted["crlf_password"]},
     )
-    admin.post("/groups/ops/tools/forecast/setup", {"mode": "new", "name": "t-set", "field_api_key": submitted["setup_key"]})
+    admin.post(
+        "/groups/ops/tools/forecast/setup", {"mode": "new", "name": "t-set", "field_api_key": submitted["setup_key"]}
+    )
     admin.post("/groups", {"name": "t-group"})
     agent_page = admin.post("/groups/ops/agents", {"name": "t-agent"})
     agent_token = re.findall(r"cgt_[A-Za-z0-9_-]+", agent_page.text)
 
     # OAuth2: connect a new credential, connect an existing one again, from the setup page; a bad callback
     for path, form in (
-        ("/credentials/new", {"type": "acme", "name": "t-acme", "field_client_id": provider.client_id,
-                              "field_client_secret": CLIENT_SECRET, "action": "connect"}),
+        (
+            "/credentials/new",
+            {
+                "type": "acme",
+                "name": "t-acme",
+                "field_client_id": provider.client_id,
+                "field_client_secret": CLIENT_SECRET,
+                "action": "connect",
+            },
+        ),
         ("/credentials/acme-c/connect", {}),
-        ("/groups/ops/tools/whoami/setup", {"mode": "new", "name": "t-acme2", "field_client_id": provider.client_id,
-                                             "field_client_secret": CLIENT_SECRET, "action": "connect"}),
+        (
+            "/groups/ops/tools/whoami/setup",
+            {
+                "mode": "new",
+                "name": "t-acme2",
+                "field_client_id": provider.client_id,
+                "field_client_secret": CLIENT_SECRET,
+                "action": "connect",
+            },
+        ),
     ):
         callback = provider_redirect(location(admin.post(path, form)))
         with closing(fresh_client(app)) as from_provider:

@@ -365,10 +365,13 @@ class Dashboard:
             async with make_client() as http:
                 tokens = await oauth.exchange_code(http, spec.oauth, pending.client, pending.request, code)
             admin.save_connection(self.store, spec, pending.name, pending.client, tokens)
-            if pending.bind_to is not None:
-                admin.bind(self.store, self.catalog(), *pending.bind_to, pending.name)
         except CredgateError as exc:
             return self._refusal(request, 502, f"Not connected: {exc}. Nothing was stored.")
+        if pending.bind_to is not None:
+            try:
+                admin.bind(self.store, self.catalog(), *pending.bind_to, pending.name)
+            except CredgateError as exc:  # the group or its tool changed meanwhile
+                return self._refusal(request, 409, f"Connected and stored as {pending.name}, but not bound: {exc}")
         if pending.bind_to is not None:
             group, tool = pending.bind_to
             target, what = f"/groups/{quote(group, safe='')}", f"{pending.name}, bound to {tool} for {group}"
@@ -397,7 +400,9 @@ class Dashboard:
             request, "groups.html", session, status=400 if error else 200, groups=groups, agents=agents, error=error
         )
 
-    async def group(self, request: Request, session: Session, error: str = "", token: str = "") -> Response:
+    async def group(
+        self, request: Request, session: Session, error: str = "", token: str = "", status: int | None = None
+    ) -> Response:
         name = request.path_params["group"]
         catalog = self.catalog()
         info = self.store.group(name)
@@ -414,7 +419,7 @@ class Dashboard:
             request,
             "group.html",
             session,
-            status=400 if error else 200,
+            status=status or (400 if error else 200),
             info=info,
             statuses=statuses,
             choices=choices,
@@ -454,12 +459,17 @@ class Dashboard:
                 token = create_agent(self.store, name, agent)
                 return await self.group(request, session, token=token)
             if action == "revoke":
-                self.store.revoke_agent(str(form.get("agent", "")))
+                agent = str(form.get("agent", ""))
+                if not any(a.name == agent and a.group == name for a in self.store.list_agents()):
+                    raise NotFoundError(f"no agent named {agent!r} in group {name!r}")
+                self.store.revoke_agent(agent)
                 return self._back(here, "revoked")
             if action == "delete":
                 self.store.remove_group(name)
                 return self._back("/groups", "deleted")
-        except (ConflictError, CredentialValueError) as exc:
+        except ConflictError as exc:
+            return await self.group(request, session, error=str(exc), status=409)
+        except CredentialValueError as exc:
             return await self.group(request, session, error=str(exc))
         raise NotFoundError(f"no such action: {action}")
 
