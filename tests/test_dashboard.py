@@ -1494,3 +1494,31 @@ def test_no_response_carries_a_secret_and_every_page_has_the_security_headers(
     for value in client.cookies.values():
         for secret in secrets_given:
             assert not leaks(value, secret)
+
+
+# == what a review found ==========================================================================
+
+
+@pytest.mark.parametrize("path", ["/credentials", "/credentials/new", "/groups/agents/bind", "/logout"])
+def test_head_and_other_methods_change_nothing(admin: Admin, world: World, path: str) -> None:
+    before = snapshot(world.store)
+    response = admin.client.request("HEAD", path, data={"field_api_key": "PWNED", "tool": "weather"})
+    assert response.status_code in (405, 404)
+    assert snapshot(world.store) == before
+
+
+def test_a_name_taken_while_the_provider_answered_is_not_overwritten(
+    app: Starlette, admin: Admin, world: World, provider: OAuthProvider
+) -> None:
+    form = {"type": "acme", "name": "acme-race", "field_client_id": provider.client_id,
+            "field_client_secret": CLIENT_SECRET, "action": "connect"}
+    authorize = location(admin.post("/credentials/new", form))
+    # meanwhile, the same name is created elsewhere (the CLI, another tab)
+    world.add_credential("acme-race", "acme", {"client_id": "someone-else", "token": "their-access-token-0001"})
+    before = dict(world.store.read_credential("acme-race"))
+
+    with closing(fresh_client(app)) as from_provider:
+        page = from_provider.get(provider_redirect(authorize))
+
+    assert page.status_code == 502 and "exists already" in page.text
+    assert dict(world.store.read_credential("acme-race")) == before

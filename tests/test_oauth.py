@@ -957,15 +957,37 @@ def test_connect_refuses_a_wrong_state(
     parts = urlsplit(to_listener.headers["Location"])
     query = dict(parse_qsl(parts.query))
     assert query["code"].startswith(provider.token_prefix)
-    query["state"] = "forged-" + query["state"][7:]
+    real_state = query["state"]
+    query["state"] = "forged-" + real_state[7:]
+    page = browser.get(urlunsplit(parts._replace(query=urlencode(query))))
+
+    assert page.status_code == 400 and "does not belong" in page.text
+    assert provider.code_requests == 0  # the forged redirect's code was never exchanged
+    assert stored_names(acme) == []
+    # the flow goes on: a foreign redirect (another page, another process) cannot abort it
+    real = browser.get(to_listener.headers["Location"])
+    result = running.finish()
+
+    assert real.status_code == 200
+    assert result.returncode == 0, result.stderr
+    assert "refused a redirect whose state is not this connection's" in result.stderr
+    assert stored_names(acme) == ["acme1"] and provider.code_requests == 1
+    assert_no_leak(result.stdout + result.stderr + page.text, query["code"], *flow_secrets(provider))
+
+
+def test_connect_with_only_a_forged_redirect_stores_nothing(
+    acme: Store, provider: OAuthProvider, start_connect: StartConnect, browser: httpx2.Client
+) -> None:
+    running = start_connect("acme1", "--tool", "whoami", "--set", f"client_id={CLIENT_ID}", "--from-json", "-",
+                            "--timeout", "3", stdin=json.dumps({"client_secret": CLIENT_SECRET}))
+    parts = urlsplit(browser.get(running.url, follow_redirects=False).headers["Location"])
+    query = dict(parse_qsl(parts.query)) | {"state": "forged"}
     page = browser.get(urlunsplit(parts._replace(query=urlencode(query))))
     result = running.finish()
 
-    assert page.status_code == 400 and "does not belong" in page.text
-    assert_failed(result, "state does not match", "nothing stored")
-    assert provider.code_requests == 0  # the code was never exchanged
-    assert stored_names(acme) == []
-    assert_no_leak(result.stdout + result.stderr + page.text, query["code"], *flow_secrets(provider))
+    assert page.status_code == 400
+    assert_failed(result, "1 redirect(s) with a foreign state refused", "nothing stored")
+    assert provider.code_requests == 0 and stored_names(acme) == []
 
 
 def test_connect_refuses_a_pkce_mismatch(

@@ -612,3 +612,42 @@ async def test_no_token_or_client_secret_leaks_through_refresh_invalid_grant_or_
         assert_no_leak(repr(rows), *secrets_)
         assert_no_leak_at_rest(world.settings.home, *secrets_)
         assert_no_leak(repr(world.store.read_credential(CRED)), *secrets_)  # its repr masks the secret fields
+
+
+# -- what a review found: lifetimes within the margin, cancellation, unfit answers ----------------------------
+
+
+async def test_tokens_that_live_less_than_the_margin_still_make_one_refresh_for_20_calls(tmp_path: Path) -> None:
+    with running_oauth_provider(client_secret="acme-secret", access_ttl=30) as provider, \
+            oauth_world(tmp_path, provider) as world:
+        add_acme(world, provider, expires_in=-1)  # every new token is "due" at once (30 s < the 60 s margin)
+        provider.token_delay = 0.3
+        results: list[types.CallToolResult] = []
+        async with world.gateway() as gw, connect(gw, GROUP) as client:
+
+            async def call() -> None:
+                results.append(await client.call_tool("whoami", {}))
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(20):
+                        tg.start_soon(call)
+
+        assert [r.is_error for r in results] == [False] * 20
+        assert provider.refresh_requests == 1  # the waiters see that the token changed while they waited
+
+
+async def test_a_cancelled_call_still_stores_the_rotated_refresh_token(tmp_path: Path) -> None:
+    with running_oauth_provider(client_secret="acme-secret") as provider, oauth_world(tmp_path, provider) as world:
+        old = add_acme(world, provider, expires_in=-60)
+        provider.token_delay = 0.6  # the provider rotates, then answers late
+        async with world.gateway() as gw:
+            spec = world.catalog.types["acme"]
+            credential = world.store.read_credential(CRED)
+            with anyio.move_on_after(0.2):  # the agent gives up while the refresh is on its way
+                await gw.refresher.fresh(spec, credential)
+
+        new = stored(world)
+        assert provider.refresh_requests == 1
+        assert new["refresh_token"] == provider.current_refresh_token != old["refresh_token"]
+        assert provider.is_valid_refresh_token(new["refresh_token"])

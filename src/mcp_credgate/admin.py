@@ -88,22 +88,23 @@ def update_credential(store: Store, catalog: Catalog, name: str, values: Mapping
 
 
 def save_connection(
-    store: Store, spec: CredentialSpec, name: str, client: Mapping[str, str], tokens: tuple[dict[str, str], list[str]]
+    store: Store,
+    spec: CredentialSpec,
+    name: str,
+    given: Mapping[str, str],
+    tokens: tuple[dict[str, str], list[str]],
+    uid: str | None,
 ) -> bool:
-    """Store what an OAuth2 connection produced: a new credential, or new tokens for an existing one.
-    Returns True if the credential was created."""
+    """Store what an OAuth2 connection produced, with the fields given for it: a new credential (`uid` None:
+    refused if the name was taken meanwhile), or new tokens for the credential that was there when the
+    connection started (refused if it was replaced). Returns True if the credential was created."""
     values, drop = tokens
-    try:
-        info = store.credential_info(name)
-    except NotFoundError:
-        clean = spec.validate_values({**client, **values}, managed=True)
+    clean = spec.validate_values({**given, **values}, complete=uid is None, managed=True)
+    if uid is None:
         store.add_credential(name, spec.type, clean, spec.secret_fields)
         return True
-    if info.type != spec.type:
-        raise ConflictError(f"credential {name!r} has type {info.type!r}, not {spec.type!r}")
-    clean = spec.validate_values({**client, **values}, complete=False, managed=True)
-    with store.credential_lock(info.uid):
-        store.update_credential(name, clean, spec.secret_fields, remove=drop, uid=info.uid)
+    with store.credential_lock(uid):
+        store.update_credential(name, clean, spec.secret_fields, remove=drop, uid=uid)
     return False
 
 

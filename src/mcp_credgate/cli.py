@@ -486,17 +486,18 @@ def cred_connect(
     provider = spec.oauth
     if provider is None:
         raise ConflictError(f"type {spec.type!r} has no oauth2 field: add its values with `credgate cred add`")
-    client = _client_values(app.store, spec, name, _read_values(spec, sets, from_json, prompt=False))
+    given = _read_values(spec, sets, from_json, prompt=False)
+    client, uid = _client_values(app.store, spec, name, given)
     with LoopbackCallback(port) as callback:
         request = oauth.start_authorization(provider, client["client_id"], callback.redirect_uri)
         click.echo(f"Open this address in a browser to connect {name}:\n\n    {request.url}\n", err=True)
         if not no_browser and _has_desktop():
             webbrowser.open(request.url)
         click.echo(f"Waiting for the redirect to {callback.redirect_uri} …", err=True)
-        params = callback.wait(request.state, timeout)
+        params = callback.wait(request.state, timeout, on_refused=_say_refused)
     code = oauth.code_from_callback(request, params)
     tokens = anyio.run(_exchange, provider, client, request, code)
-    created = admin.save_connection(app.store, spec, name, client, tokens)
+    created = admin.save_connection(app.store, spec, name, given, tokens, uid=uid)
     summary = admin.oauth_summary(spec, app.store.read_credential(name)) or {}
     expiry = f", expires at {summary['expires_at']}" if summary.get("expires_at") else ""
     app.out(
@@ -505,9 +506,11 @@ def cred_connect(
     )
 
 
-def _client_values(store: Store, spec: CredentialSpec, name: str, given: dict[str, Any]) -> dict[str, str]:
-    """The client id and secret (and any other plain field given) for a connection: what was given, else
-    what the existing credential holds, else a prompt."""
+def _client_values(
+    store: Store, spec: CredentialSpec, name: str, given: dict[str, Any]
+) -> tuple[dict[str, str], str | None]:
+    """The client id and secret for a connection (what was given, else what the existing credential holds,
+    else a prompt; prompted values join `given`), and the existing credential's uid (None: a new one)."""
     spec.validate_values(given, complete=False)
     try:
         existing = store.read_credential(name)
@@ -522,14 +525,24 @@ def _client_values(store: Store, spec: CredentialSpec, name: str, given: dict[st
                 "the OAuth2 client id is missing: give --set client_id=ID (and the client secret, if any, "
                 "through --from-json -)"
             )
-        client["client_id"] = click.prompt("client_id (OAuth2 client id)")
+        given["client_id"] = click.prompt("client_id (OAuth2 client id)")
         secret = click.prompt(
             "client_secret (empty for a public client)", hide_input=True, default="", show_default=False
         )
         if secret:
-            client["client_secret"] = secret
-        spec.validate_values(client, complete=False)
-    return client
+            given["client_secret"] = secret
+        spec.validate_values(given, complete=False)
+        client |= given
+    if existing is None:
+        token_field = spec.oauth.field if spec.oauth else ""
+        missing = [m for m in spec.missing_fields(client) if m != token_field]
+        if missing:
+            raise CredentialValueError(f"required field {missing[0]!r} of type {spec.type!r} is missing")
+    return client, existing.uid if existing else None
+
+
+def _say_refused() -> None:
+    click.echo("refused a redirect whose state is not this connection's; still waiting", err=True)
 
 
 async def _exchange(

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # the network parts load with the first request: `credgate` c
 REFRESH_MARGIN = 60.0  # seconds: a token that expires within this is refreshed before use
 TOKEN_TIMEOUT = 20.0
 MAX_TOKEN_RESPONSE = 64 * 1024
+MAX_LIFETIME = 10 * 365 * 24 * 3600  # an `expires_in` beyond this (or ≤ 0) is not taken as a lifetime
 ERROR_CODE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,64}")  # RFC 6749 §5.2's character set, bounded
 
 Condition = Literal["fresh", "refresh", "expired"]
@@ -51,7 +52,12 @@ class GrantRefused(OAuthError):
 
 
 class TokenEndpointUnavailable(OAuthError):
-    """A transient failure: 5xx, timeout, network, an unreadable answer. Stored tokens stay as they are."""
+    """A transient failure: 5xx, timeout, network, an unreadable answer. Stored tokens stay as they are,
+    but for a new refresh token that came with an unfit answer (`refresh_token`), which must not be lost."""
+
+    def __init__(self, message: str, refresh_token: str | None = None) -> None:
+        super().__init__(message)
+        self.refresh_token = refresh_token
 
 
 class TokenExpired(OAuthError):
@@ -175,9 +181,9 @@ def token_values(
     drop = ["refresh_error"]
     if token.refresh_token:
         values["refresh_token"] = token.refresh_token
-    if token.expires_in is not None:
+    if token.expires_in is not None and 0 < token.expires_in <= MAX_LIFETIME:
         values["expires_at"] = iso(now + timedelta(seconds=token.expires_in))
-    else:
+    else:  # none given, or none that makes sense: used until an API refuses it
         drop.append("expires_at")
     scope = token.scope if token.scope is not None else previous.get("scope", "")
     if scope:
@@ -229,7 +235,7 @@ async def _token_request(
         raise TokenEndpointUnavailable(f"the token endpoint cannot be reached ({exc.__class__.__name__})") from None
     try:
         answer = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         answer = None
     status = response.status_code
     if status in (400, 401) and isinstance(answer, dict) and "error" in answer:
@@ -237,9 +243,14 @@ async def _token_request(
         raise GrantRefused(error, f"the token endpoint refused {what}: {error}")
     if not 200 <= status < 300:
         raise TokenEndpointUnavailable(f"the token endpoint answered HTTP {status}")
+    rotated = answer.get("refresh_token") if isinstance(answer, dict) else None
     try:
-        return OAuthToken.model_validate(answer)
+        token = OAuthToken.model_validate(answer)
     except ValidationError:
+        token = None
+    if token is None or not token.access_token:
         raise TokenEndpointUnavailable(
-            "the token endpoint's answer is not a bearer token response (RFC 6749 §5.1)"
-        ) from None
+            "the token endpoint's answer is not a bearer token response (RFC 6749 §5.1)",
+            rotated if isinstance(rotated, str) and rotated else None,
+        )
+    return token

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 import html
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -34,10 +35,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._page(404, "Not found", "This address only receives credgate's OAuth2 redirect.")
             return
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
-        self.server.received = params
         if not hmac.compare_digest(params.get("state", "").encode(), self.server.state.encode()):
+            # not the answer to our request (another page or process): refused, and the wait goes on
+            self.server.refused += 1
             self._page(400, "Refused", "This answer does not belong to the connection credgate started.")
-        elif "error" in params:
+            return
+        self.server.received = params
+        if "error" in params:
             self._page(400, "Not connected", "The provider did not grant access. See the terminal.")
         else:
             self._page(200, "Received", "credgate received the authorization: you can close this tab.")
@@ -56,6 +60,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _CallbackServer(HTTPServer):
     state = ""
     received: dict[str, str] | None = None
+    refused = 0  # redirects whose state was not ours
 
 
 class LoopbackCallback:
@@ -72,15 +77,21 @@ class LoopbackCallback:
     def redirect_uri(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}{CALLBACK_PATH}"
 
-    def wait(self, state: str, timeout: float) -> dict[str, str]:
+    def wait(self, state: str, timeout: float, on_refused: Callable[[], None] = lambda: None) -> dict[str, str]:
+        """The query of the first redirect carrying our `state`; others get 400 (and `on_refused` is called)."""
         self._server.state = state
         deadline = time.monotonic() + timeout
         while self._server.received is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise OAuthError(f"no answer from the browser within {timeout:g} s; nothing stored")
+                foreign = self._server.refused
+                refused = f" ({foreign} redirect(s) with a foreign state refused)" if foreign else ""
+                raise OAuthError(f"no answer from the browser within {timeout:g} s{refused}; nothing stored")
+            refused_before = self._server.refused
             self._server.timeout = remaining
             self._server.handle_request()
+            if self._server.refused > refused_before:
+                on_refused()
         return self._server.received
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ only as AES-GCM ciphertext under their credential's data key (see `crypto`). Eac
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -36,6 +37,7 @@ from .errors import (
 from .filelock import FileLock
 
 BUSY_TIMEOUT_MS = 5000
+LOCK_STRIPES = 64
 
 migrations = Migrations("credgate")
 
@@ -548,10 +550,12 @@ class Store:
         return bindings
 
     def credential_lock(self, uid: str, timeout: float = 30.0) -> FileLock:
-        """Held while a credential's OAuth2 tokens are refreshed or replaced: by one process at a time."""
+        """Held while a credential's OAuth2 tokens are refreshed or replaced: by one process at a time.
+        Credentials share a fixed set of lock files (by their uid's hash), so the folder never grows."""
         folder = self.path.parent / "locks"
         folder.mkdir(mode=0o700, exist_ok=True)
-        return FileLock(folder / f"credential-{uid}.lock", timeout)
+        stripe = int(hashlib.sha256(uid.encode()).hexdigest(), 16) % LOCK_STRIPES
+        return FileLock(folder / f"credential-{stripe:02x}.lock", timeout)
 
     def credential_info(self, name: str) -> CredentialInfo:
         with self._lock:

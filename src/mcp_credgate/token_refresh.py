@@ -56,37 +56,59 @@ class TokenRefresher:
         if current is None or current.uid != seen.uid:
             raise oauth.OAuthError(f"credential {seen.name!r} was removed or replaced during the call; retry")
         state = oauth.condition(current, oauth.utc_now(), self.margin)
-        if state == "fresh":
+        if state == "fresh" or current.get(provider.field) != seen.get(provider.field):
             return current  # another call or process refreshed it while this one waited
         if state == "expired":
             raise oauth.TokenExpired(f"the OAuth2 token of credential {seen.name!r} has expired")
+        # Once the request is sent, the provider may have rotated the refresh token: the answer must reach
+        # the store even if the call that asked is cancelled meanwhile (the request has its own deadline).
+        with anyio.CancelScope(shield=True):
+            refreshed = await self._refresh_and_save(spec, current)
+        return refreshed
+
+    async def _refresh_and_save(self, spec: CredentialSpec, current: Credential) -> Credential:
+        provider = spec.oauth
+        assert provider is not None
+        name = current.name
         try:
             values, drop = await oauth.refresh(self.http(), provider, current)
         except oauth.GrantRefused as exc:
-            logger.warning("refresh of credential %s refused by the token endpoint: %s", seen.name, exc.error)
+            logger.warning("refresh of credential %s refused by the token endpoint: %s", name, exc.error)
             if exc.error != "invalid_grant":
                 raise
             self._save(spec, current, {"refresh_error": f"invalid_grant ({oauth.iso(oauth.utc_now())})"}, [])
-            raise oauth.TokenExpired(
-                f"the refresh token of credential {seen.name!r} was refused (invalid_grant)"
-            ) from None
-        except oauth.OAuthError as exc:
-            logger.warning("refresh of credential %s failed: %s", seen.name, exc)
+            raise oauth.TokenExpired(f"the refresh token of credential {name!r} was refused (invalid_grant)") from None
+        except oauth.TokenEndpointUnavailable as exc:
+            logger.warning("refresh of credential %s failed: %s", name, exc)
+            self._keep_rotated(spec, current, exc.refresh_token)  # an unfit answer may still have rotated it
             raise
-        self._save(spec, current, values, drop)
-        logger.info("refreshed the OAuth2 token of credential %s", seen.name)
-        return self.store.read_credential(seen.name)
-
-    def _save(self, spec: CredentialSpec, current: Credential, values: dict[str, str], drop: list[str]) -> None:
-        """Store what the token endpoint answered. A rotated refresh token exists nowhere else: a busy store
-        is tried again rather than losing it."""
+        except oauth.OAuthError as exc:
+            logger.warning("refresh of credential %s failed: %s", name, exc)
+            raise
         try:
             clean = spec.validate_values(values, complete=False, managed=True)
         except CredentialValueError as exc:
+            self._keep_rotated(spec, current, values.get("refresh_token"))
             raise oauth.TokenEndpointUnavailable(f"the token endpoint's answer is unfit to store: {exc}") from None
+        self._save(spec, current, clean, drop)
+        logger.info("refreshed the OAuth2 token of credential %s", name)
+        return self.store.read_credential(name)
+
+    def _keep_rotated(self, spec: CredentialSpec, current: Credential, refresh_token: str | None) -> None:
+        """A new refresh token exists nowhere else once the provider has rotated it: store it on its own."""
+        if not refresh_token or refresh_token == current.get("refresh_token"):
+            return
+        try:
+            clean = spec.validate_values({"refresh_token": refresh_token}, complete=False, managed=True)
+        except CredentialValueError:
+            return  # unfit itself (CR, LF…): nothing to keep
+        self._save(spec, current, clean, [])
+
+    def _save(self, spec: CredentialSpec, current: Credential, values: dict[str, str], drop: list[str]) -> None:
+        """Store checked values; a busy store is tried again rather than losing a rotated refresh token."""
         for attempt in range(SAVE_ATTEMPTS):
             try:
-                self.store.update_credential(current.name, clean, spec.secret_fields, remove=drop, uid=current.uid)
+                self.store.update_credential(current.name, values, spec.secret_fields, remove=drop, uid=current.uid)
                 return
             except (ConflictError, NotFoundError):
                 raise oauth.OAuthError(

@@ -12,15 +12,18 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+import anyio
+import anyio.to_thread
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -66,7 +69,9 @@ class PendingConnection:
     request: oauth.AuthorizationRequest
     name: str
     type: str
-    client: dict[str, str]
+    client: dict[str, str] = field(repr=False)  # client id and secret for the code exchange
+    given: dict[str, str] = field(repr=False)  # what the form gave, stored with the tokens
+    uid: str | None  # the credential reconnected (None: a new one)
     bind_to: tuple[str, str] | None  # (group, tool) for the setup page
     started: float = field(default_factory=time.monotonic)
 
@@ -113,6 +118,8 @@ class Dashboard:
         """Only with the admin session; a form post only with its CSRF token as well."""
 
         async def endpoint(request: Request) -> Response:
+            if request.method not in ("GET", "POST"):  # HEAD too: every handler reads "not GET" as a change
+                return PlainTextResponse("Method Not Allowed", status_code=405, headers={"Allow": "GET, POST"})
             session = self.sessions.verify(request.cookies.get(COOKIE_NAME))
             if session is None:
                 if request.method != "GET":
@@ -239,7 +246,7 @@ class Dashboard:
         if errors:
             return self._credential_form(request, session, spec, None, errors=errors, given=values, name=name)
         if connect:
-            return self._start_connection(request, spec, name, values, None)
+            return self._start_connection(spec, name, values, values, None, None)
         admin.add_credential(self.store, spec, name, values)
         return self._back(f"/credentials/{quote(name, safe='')}", "created")
 
@@ -301,8 +308,8 @@ class Dashboard:
             return self._credential_form(
                 request, session, spec, shown, errors=errors, given=values, name=name, **context
             )
-        if values:
-            admin.update_credential(self.store, self.catalog(), name, values)
+        if values:  # may wait for a refresh's lock: not on the event loop
+            await anyio.to_thread.run_sync(admin.update_credential, self.store, self.catalog(), name, values)
         if cleared:
             self.store.update_credential(name, {}, spec.secret_fields, remove=cleared)
         return self._back(f"/credentials/{quote(name, safe='')}", "saved")
@@ -325,16 +332,17 @@ class Dashboard:
             return self._refusal(request, 409, f"Credential {name!r} has no OAuth2 field to connect.", session)
         existing = self.store.read_credential(name)
         client = {k: existing[k] for k in ("client_id", "client_secret") if k in existing}
-        return self._start_connection(request, spec, name, client, None)
+        return self._start_connection(spec, name, client, {}, existing.uid, None)
 
     # -- OAuth2 connections ----------------------------------------------------------------------
 
     def _start_connection(
         self,
-        request: Request,
         spec: CredentialSpec,
         name: str,
         client: dict[str, str],
+        given: dict[str, str],
+        uid: str | None,
         bind_to: tuple[str, str] | None,
     ) -> Response:
         assert spec.oauth is not None
@@ -344,7 +352,7 @@ class Dashboard:
         self.pending = {k: v for k, v in self.pending.items() if now - v.started < PENDING_SECONDS}
         redirect_uri = f"{self.settings.public_url.rstrip('/')}/oauth/callback"
         auth = oauth.start_authorization(spec.oauth, client["client_id"], redirect_uri)
-        self.pending[auth.state] = PendingConnection(auth, name, spec.type, client, bind_to)
+        self.pending[auth.state] = PendingConnection(auth, name, spec.type, client, given, uid, bind_to)
         return RedirectResponse(auth.url, status_code=303, headers=SECURITY_HEADERS)
 
     async def oauth_callback(self, request: Request) -> Response:
@@ -364,7 +372,8 @@ class Dashboard:
 
             async with make_client() as http:
                 tokens = await oauth.exchange_code(http, spec.oauth, pending.client, pending.request, code)
-            admin.save_connection(self.store, spec, pending.name, pending.client, tokens)
+            save = partial(admin.save_connection, self.store, spec, pending.name, pending.given, tokens, pending.uid)
+            await anyio.to_thread.run_sync(save)  # it may wait for a refresh's lock: not on the event loop
         except CredgateError as exc:
             return self._refusal(request, 502, f"Not connected: {exc}. Nothing was stored.")
         if pending.bind_to is not None:
@@ -524,7 +533,7 @@ class Dashboard:
                 request, "setup.html", session, status=400, **context, errors=errors, given=given, name=name
             )
         if connect:
-            return self._start_connection(request, spec, name, values, (group, _bind_target(tool)))
+            return self._start_connection(spec, name, values, values, None, (group, _bind_target(tool)))
         admin.add_credential(self.store, spec, name, values)
         admin.bind(self.store, self.catalog(), group, _bind_target(tool), name)
         return self._back(f"/groups/{quote(group, safe='')}", "setup")
@@ -603,7 +612,10 @@ def _value_errors(
     spec: CredentialSpec, values: Mapping[str, str], *, complete: bool, connect: bool = False
 ) -> dict[str, str]:
     """Each field's problem, to show next to it (never the value). Connecting needs the client id only."""
-    errors = {"client_id": "required to connect"} if connect and not values.get("client_id") else {}
+    errors = {}
+    if connect:  # the tokens come from the provider; everything else must be there before going
+        token_field = spec.oauth.field if spec.oauth else ""
+        errors = {m: "required to connect" for m in spec.missing_fields(values) if m != token_field}
     for name, value in values.items():
         declared = spec.field(name)
         if declared is None:
