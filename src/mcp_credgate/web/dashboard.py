@@ -236,19 +236,25 @@ class Dashboard:
             return self._render(request, "choose_type.html", session, types=catalog.types, catalog=catalog)
         if request.method == "GET":
             return self._credential_form(request, session, spec, None)
-        form = await request.form()
-        name = str(form.get("name", "")).strip()
-        values = _form_values(spec, form)
-        connect = form.get("action") == "connect" and spec.oauth is not None
-        errors = _name_errors(name) or _value_errors(spec, values, complete=not connect, connect=connect)
-        if not errors and self._credential_exists(name):
-            errors = {"name": f"a credential named {name!r} exists already"}
+        name, values, connect, errors = self._new_credential(spec, await request.form())
         if errors:
             return self._credential_form(request, session, spec, None, errors=errors, given=values, name=name)
         if connect:
             return self._start_connection(spec, name, values, values, None, None)
         admin.add_credential(self.store, spec, name, values)
         return self._back(f"/credentials/{quote(name, safe='')}", "created")
+
+    def _new_credential(
+        self, spec: CredentialSpec, form: Mapping[str, Any], taken: str = ""
+    ) -> tuple[str, dict[str, str], bool, dict[str, str]]:
+        """A new credential's form: (name, values, whether to connect it over OAuth2, errors by field)."""
+        name = str(form.get("name", "")).strip()
+        values = _form_values(spec, form)
+        connect = form.get("action") == "connect" and spec.oauth is not None
+        errors = _name_errors(name) or _value_errors(spec, values, complete=not connect, connect=connect)
+        if not errors and self._credential_exists(name):
+            errors = {"name": f"a credential named {name!r} exists already{taken}"}
+        return name, values, connect, errors
 
     def _credential_exists(self, name: str) -> bool:
         try:
@@ -521,12 +527,7 @@ class Dashboard:
         group: str,
         form: Mapping[str, Any],
     ) -> Response:
-        name = str(form.get("name", "")).strip()
-        values = _form_values(spec, form)
-        connect = form.get("action") == "connect" and spec.oauth is not None
-        errors = _name_errors(name) or _value_errors(spec, values, complete=not connect, connect=connect)
-        if not errors and self._credential_exists(name):
-            errors = {"name": f"a credential named {name!r} exists already: pick it above instead"}
+        name, values, connect, errors = self._new_credential(spec, form, ": pick it above instead")
         if errors:
             given = _plain(spec, values)
             return self._render(
