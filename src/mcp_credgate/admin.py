@@ -20,6 +20,14 @@ from .errors import CiphertextError, ConflictError, CredentialValueError, Credga
 from .store import CredentialInfo, Store
 
 Status = Literal["ready", "needs_credential", "incomplete", "expired", "no_credential_needed", "undeclared"]
+STATUS_LABELS: dict[str, str] = {
+    "ready": "ready",
+    "needs_credential": "needs credential",
+    "incomplete": "incomplete",
+    "expired": "expired",
+    "no_credential_needed": "no credential needed",
+    "undeclared": "not declared any more",
+}
 
 
 @dataclass(frozen=True)

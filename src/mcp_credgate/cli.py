@@ -687,14 +687,7 @@ def group_deny(app: App, name: str, tools: tuple[str, ...]) -> None:
     )
 
 
-STATUS_TEXT = {
-    "ready": "ready",
-    "needs_credential": "needs credential",
-    "incomplete": "incomplete",
-    "expired": "expired (reconnect with `credgate cred connect`)",
-    "no_credential_needed": "no credential needed",
-    "undeclared": "not declared any more",
-}
+STATUS_TEXT = {**admin.STATUS_LABELS, "expired": "expired (reconnect with `credgate cred connect`)"}
 
 
 @group_cmd.command("list")

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote_plus, urlencode, urlsplit, urlunsplit
 
+import anyio
 from pydantic import ValidationError
 
 from .declarations import OAuthProvider
@@ -214,7 +215,6 @@ def _client_auth(
 async def _token_request(
     http: httpx2.AsyncClient, provider: OAuthProvider, client: Mapping[str, str], form: dict[str, str], what: str
 ) -> OAuthToken:
-    import anyio
     import httpx2
     from mcp.shared.auth import OAuthToken
 

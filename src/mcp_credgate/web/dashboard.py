@@ -442,7 +442,7 @@ class Dashboard:
             agents=agents,
             error=error,
             token=token,
-            status_text=STATUS_TEXT,
+            status_text=admin.STATUS_LABELS,
         )
 
     async def group_action(self, request: Request, session: Session) -> Response:
@@ -563,16 +563,6 @@ class Dashboard:
         )
 
 
-STATUS_TEXT = {
-    "ready": "ready",
-    "needs_credential": "needs credential",
-    "incomplete": "incomplete",
-    "expired": "expired",
-    "no_credential_needed": "no credential needed",
-    "undeclared": "not declared any more",
-}
-
-
 def _bind_target(tool: Tool) -> str:
     """What a binding names: the tool, or the upstream MCP server the tool belongs to."""
     return tool.upstream or tool.name
@@ -630,9 +620,6 @@ def _value_errors(
         for missing in spec.missing_fields(values):
             errors.setdefault(missing, "required")
     return errors
-
-
-
 
 
 def build_dashboard_app(settings: Settings, catalog: Catalog, *, host: str, port: int) -> Starlette:
