@@ -15,7 +15,8 @@ import pytest
 from conftest import ACCOUNT, WEATHER_KEY
 
 from mcp_credgate import admin
-from mcp_credgate import store as store_module
+from mcp_credgate.store import core as store_module
+from mcp_credgate.store import sqlite as sqlite_backend
 from mcp_credgate.config import Settings
 from mcp_credgate.crypto import DataKey, MasterKey
 from mcp_credgate.declarations import Catalog
@@ -131,8 +132,8 @@ def test_init_uses_wal_and_foreign_keys(store: Store, settings: Settings) -> Non
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         conn.close()
-    assert store._conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert store._conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+    assert store._db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert store._db.execute("PRAGMA busy_timeout").fetchone()[0] > 0
 
 
 def test_second_init_changes_nothing(settings: Settings) -> None:
@@ -660,7 +661,7 @@ CRASH_POINTS: dict[str, tuple[CrashInstaller, tuple[bool, list[str], int]]] = {
     ),
     # master.key.new written and synced; no pending row yet
     "after_writing_the_new_key_file": (
-        lambda mp: mp.setattr(store_module, "_fsync_dir", crash_after(1, store_module._fsync_dir)),
+        lambda mp: mp.setattr(sqlite_backend, "fsync_dir", crash_after(1, sqlite_backend.fsync_dir)),
         (True, ["current"], 0),
     ),
     # pending row committed; no data key re-wrapped yet
@@ -675,7 +676,7 @@ CRASH_POINTS: dict[str, tuple[CrashInstaller, tuple[bool, list[str], int]]] = {
     ),
     # master.key.new renamed over master.key; the final transaction not run
     "after_renaming_the_key_file": (
-        lambda mp: mp.setattr(store_module, "_fsync_dir", crash_after(2, store_module._fsync_dir)),
+        lambda mp: mp.setattr(sqlite_backend, "fsync_dir", crash_after(2, sqlite_backend.fsync_dir)),
         (False, ["current", "pending"], 5),
     ),
 }
@@ -721,7 +722,7 @@ def test_rotation_survives_a_crash_at_every_step(
     assert new_key.to_text() != old_text
     with Store.open(settings, env={}) as final:
         assert {n: dict(final.read_credential(n)) for n in added} == added
-        assert [tuple(r) for r in final._conn.execute("SELECT key_id, state FROM master_keys")] == [
+        assert [tuple(r) for r in final._db.execute("SELECT key_id, state FROM master_keys")] == [
             (new_key.key_id, "current")
         ]
     assert MISMATCH in refused_open(settings, {"CREDGATE_MASTER_KEY": old_text})
@@ -760,7 +761,7 @@ def test_an_init_that_dies_half_way_leaves_no_store_and_the_next_init_succeeds(
     def die(db: object) -> None:
         raise KeyboardInterrupt  # as if the process were stopped while the schema is made
 
-    monkeypatch.setattr(store_module.migrations, "apply", die)
+    monkeypatch.setattr(sqlite_backend.migrations, "apply", die)
     with pytest.raises(KeyboardInterrupt):
         Store.initialise(settings)
     assert not settings.database_path.exists()

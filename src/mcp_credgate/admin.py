@@ -6,7 +6,6 @@ anything is written, a binding must match the tool's credential type, and a grou
 
 from __future__ import annotations
 
-import sqlite3
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from . import oauth
 from .config import Settings
 from .credential import mask
 from .declarations import Catalog, CredentialSpec, Tool
-from .errors import CiphertextError, ConflictError, CredentialValueError, CredgateError, NotFoundError
+from .errors import CiphertextError, ConflictError, CredentialValueError, CredgateError, NotFoundError, StoreError
 from .store import CredentialInfo, Store
 
 Status = Literal["ready", "needs_credential", "incomplete", "expired", "no_credential_needed", "undeclared"]
@@ -287,7 +286,7 @@ def doctor(settings: Settings, catalog: Catalog) -> list[str]:
                     )
             for group, target, cred in store.bound_targets():
                 problems += _binding_problems(catalog, group, target, cred, types.get(cred))
-        except sqlite3.DatabaseError as exc:  # damage bad enough to stop `PRAGMA integrity_check` itself
+        except StoreError as exc:  # damage bad enough to stop the backend's own check itself
             problems.append(f"database integrity: {exc} (restore a backup with `credgate restore PATH`)")
     return problems
 

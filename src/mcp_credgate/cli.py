@@ -25,7 +25,7 @@ from .credential import Credential
 from .declarations import NAME_PATTERN, Catalog, CredentialSpec, McpHandler, OAuthProvider, load_catalog
 from .errors import ConflictError, CredentialValueError, CredgateError, NotFoundError
 from .oauth_callback import LoopbackCallback
-from .store import Store
+from .store import Store, store_exists, store_location
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,6 +57,13 @@ def common_options(f: F) -> F:
             callback=_remember,
             is_eager=True,
             help="Folder of tool declarations (repeatable; default ./tools.d or <home>/tools.d).",
+        ),
+        click.option(
+            "--database-url",
+            expose_value=False,
+            callback=_remember,
+            is_eager=True,
+            help="PostgreSQL store shared by replicas (default: $CREDGATE_DATABASE_URL, else SQLite in the home).",
         ),
         click.option(
             "--public-url",
@@ -92,6 +99,7 @@ class App:
             home=self.meta.get("credgate.home"),
             tools_dirs=self.meta.get("credgate.tools_dir", ()),
             public_url=self.meta.get("credgate.public_url"),
+            database_url=self.meta.get("credgate.database_url"),
         )
 
     @property
@@ -102,7 +110,7 @@ class App:
     def catalog(self) -> Catalog:
         """The declarations, with the upstream MCP servers' tools as last discovered (when a store exists)."""
         catalog = load_catalog(self.settings.tools_dirs)
-        if catalog.upstreams and self.settings.database_path.exists():
+        if catalog.upstreams and store_exists(self.settings):
             catalog = catalog.with_discovered(self.store.discovered_tools())
         return catalog
 
@@ -186,14 +194,15 @@ def init(app: App) -> None:
     with store:
         admin_secret = new_admin_secret(store) if store.admin_secret_hash() is None else None
     key_source = "CREDGATE_MASTER_KEY" if os.environ.get("CREDGATE_MASTER_KEY") else str(s.key_path)
+    database = store_location(s) if s.database_url else s.database_path.name
     lines = [
-        f"initialised credgate in {s.home} (database {s.database_path.name}, master key {key_source})"
+        f"initialised credgate in {s.home} (database {database}, master key {key_source})"
         if created
         else f"credgate is already initialised in {s.home}; nothing changed"
     ]
     if admin_secret is not None:
         lines.append(f"dashboard admin secret (shown once; a new one: `credgate admin token`): {admin_secret}")
-    data = {"home": str(s.home), "database": str(s.database_path), "master_key": key_source, "created": created}
+    data = {"home": str(s.home), "database": store_location(s), "master_key": key_source, "created": created}
     app.out(data | ({"admin_secret": admin_secret} if admin_secret else {}), lines)
 
 
@@ -306,7 +315,7 @@ def _discover_upstreams(app: App, refresh: bool, discover_with: str | None) -> l
     from .redact import redactor_for
 
     declared = load_catalog(app.settings.tools_dirs)
-    if not declared.upstreams or not app.settings.database_path.exists():
+    if not declared.upstreams or not store_exists(app.settings):
         return []
     cached = app.store.discovered_tools()
     todo = {n: t for n, t in declared.upstreams.items() if refresh or n not in cached}

@@ -1,4 +1,5 @@
-"""Where things live: the data folder, the tool declarations and the public URL (contract §1)."""
+"""Where things live: the data folder, the tool declarations, the public URL (contract §1) and, for
+several replicas, the PostgreSQL store."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import StoreError
 
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8765"
 DATABASE_NAME = "credgate.db"
@@ -33,6 +36,7 @@ class Settings:
     home: Path
     tools_dirs: tuple[Path, ...]
     public_url: str
+    database_url: str | None = None  # PostgreSQL; None: the SQLite file in the data folder
 
     @property
     def database_path(self) -> Path:
@@ -53,6 +57,7 @@ class Settings:
         tools_dirs: Sequence[str | Path] = (),
         public_url: str | None = None,
         env: Mapping[str, str] | None = None,
+        database_url: str | None = None,
         cwd: Path | None = None,
     ) -> Settings:
         """Flags win over environment variables, which win over the defaults."""
@@ -62,4 +67,8 @@ class Settings:
             tuple(Path(d) for d in tools_dirs) if tools_dirs else default_tools_dirs(home_path, env, cwd or Path.cwd())
         )
         url = public_url or env.get("CREDGATE_PUBLIC_URL") or DEFAULT_PUBLIC_URL
-        return cls(home=home_path.expanduser(), tools_dirs=dirs, public_url=url.rstrip("/"))
+        database = database_url or env.get("CREDGATE_DATABASE_URL") or None
+        if database is not None and not database.startswith(("postgresql://", "postgres://")):
+            # Not echoed: a URL may hold a password.
+            raise StoreError("CREDGATE_DATABASE_URL / --database-url must be a postgresql:// URL")
+        return cls(home=home_path.expanduser(), tools_dirs=dirs, public_url=url.rstrip("/"), database_url=database)

@@ -39,16 +39,34 @@ OAUTH_PROVIDER_KEYS = ("authorize_url", "token_url", "scopes", "pkce", "token_au
 # of the credential like any other: validated, encrypted, masked when secret.
 OAUTH_COMPANIONS: tuple[dict[str, Any], ...] = (
     {"name": "client_id", "kind": "text", "description": "OAuth2 client id"},
-    {"name": "client_secret", "kind": "password", "required": False,
-     "description": "OAuth2 client secret (none for a public client)"},
+    {
+        "name": "client_secret",
+        "kind": "password",
+        "required": False,
+        "description": "OAuth2 client secret (none for a public client)",
+    },
     {"name": "refresh_token", "kind": "token", "required": False, "description": "OAuth2 refresh token"},
-    {"name": "expires_at", "kind": "text", "required": False, "pattern": ISO_UTC_PATTERN,
-     "description": "When the access token expires (ISO 8601, UTC)"},
+    {
+        "name": "expires_at",
+        "kind": "text",
+        "required": False,
+        "pattern": ISO_UTC_PATTERN,
+        "description": "When the access token expires (ISO 8601, UTC)",
+    },
     {"name": "scope", "kind": "text", "required": False, "description": "Scopes granted"},
-    {"name": "refreshed_at", "kind": "text", "required": False, "pattern": ISO_UTC_PATTERN,
-     "description": "Last refresh (kept by credgate)"},
-    {"name": "refresh_error", "kind": "text", "required": False,
-     "description": "Why the last refresh was refused (kept by credgate)"},
+    {
+        "name": "refreshed_at",
+        "kind": "text",
+        "required": False,
+        "pattern": ISO_UTC_PATTERN,
+        "description": "Last refresh (kept by credgate)",
+    },
+    {
+        "name": "refresh_error",
+        "kind": "text",
+        "required": False,
+        "description": "Why the last refresh was refused (kept by credgate)",
+    },
 )
 OAUTH_MANAGED_FIELDS = frozenset({"refreshed_at", "refresh_error"})  # written by credgate only
 OAUTH_PRIVATE_FIELDS = frozenset({"client_secret", "refresh_token"})  # for refreshing: never given to a handler

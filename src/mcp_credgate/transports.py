@@ -63,9 +63,7 @@ async def serve_http(settings: Settings, catalog: Catalog, host: str, port: int)
 
     gateway = Gateway.open(settings, catalog)
     dashboard = Dashboard(gateway.store, lambda: gateway.catalog, settings)
-    app = build_http_app(
-        gateway, host=host, port=port, public_url=settings.public_url, extra_routes=dashboard.routes()
-    )
+    app = build_http_app(gateway, host=host, port=port, public_url=settings.public_url, extra_routes=dashboard.routes())
     logging.getLogger("credgate").info("serving MCP on http://%s:%d (/mcp, /sse) and the dashboard at /", host, port)
     await run_uvicorn(app, host, port)
 

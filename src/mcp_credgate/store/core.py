@@ -1,16 +1,16 @@
-"""The SQLite store: every SQL statement of credgate lives in this module.
+"""The store: credentials, groups, bindings, agents and the audit log, over either backend.
 
 Names, types, field names, groups and bindings are plain, queryable columns; field values exist
-only as AES-GCM ciphertext under their credential's data key (see `crypto`). Each change is one
-`BEGIN IMMEDIATE` transaction, so a failed or concurrent write leaves the store as it was.
+only as AES-GCM ciphertext under their credential's data key (see `crypto`). Each change is one write
+transaction, and writers run one at a time, so a failed or concurrent write leaves the store as it was.
+Every SQL statement of credgate lives in this package; the backend (`sqlite.py`, `postgres.py`) is chosen
+by the settings and nothing outside the package knows which one it is.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import sqlite3
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -19,13 +19,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
-
-from .config import Settings
-from .credential import Credential
-from .crypto import DataKey, Keyring, MasterKey, OpenError, read_key_file, write_key_file
-from .errors import (
+from ..config import Settings
+from ..credential import Credential
+from ..crypto import DataKey, Keyring, MasterKey, OpenError, read_key_file, write_key_file
+from ..errors import (
     CiphertextError,
     ConflictError,
     MasterKeyError,
@@ -34,122 +31,8 @@ from .errors import (
     StoreBusyError,
     StoreError,
 )
-from .filelock import FileLock
-
-BUSY_TIMEOUT_MS = 5000
-LOCK_STRIPES = 64
-
-migrations = Migrations("credgate")
-
-
-@migrations(name="0001_initial")
-def _m0001_initial(db: Database) -> None:
-    db.executescript(
-        """
-        CREATE TABLE master_keys (
-            key_id TEXT PRIMARY KEY,
-            check_blob BLOB NOT NULL,
-            state TEXT NOT NULL CHECK (state IN ('current', 'pending')),
-            created_at TEXT NOT NULL
-        );
-        CREATE TABLE credentials (
-            id INTEGER PRIMARY KEY,
-            name TEXT NOT NULL UNIQUE,
-            type TEXT NOT NULL,
-            uid TEXT NOT NULL UNIQUE,
-            key_id TEXT NOT NULL,
-            wrapped_dek BLOB NOT NULL,
-            created_at TEXT NOT NULL,
-            updated_at TEXT NOT NULL
-        );
-        CREATE TABLE credential_values (
-            credential_id INTEGER NOT NULL REFERENCES credentials(id) ON DELETE CASCADE,
-            field TEXT NOT NULL,
-            secret INTEGER NOT NULL,
-            ciphertext BLOB NOT NULL,
-            PRIMARY KEY (credential_id, field)
-        );
-        CREATE TABLE groups (
-            id INTEGER PRIMARY KEY,
-            name TEXT NOT NULL UNIQUE,
-            description TEXT NOT NULL DEFAULT '',
-            created_at TEXT NOT NULL
-        );
-        CREATE TABLE group_tools (
-            group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
-            tool TEXT NOT NULL,
-            credential_id INTEGER REFERENCES credentials(id) ON DELETE RESTRICT,
-            PRIMARY KEY (group_id, tool)
-        );
-        CREATE INDEX group_tools_credential ON group_tools(credential_id);
-        CREATE TABLE audit (
-            id INTEGER PRIMARY KEY,
-            ts TEXT NOT NULL,
-            group_name TEXT NOT NULL,
-            agent TEXT,
-            tool TEXT NOT NULL,
-            credential TEXT,
-            outcome TEXT NOT NULL,
-            duration_ms REAL NOT NULL,
-            ref TEXT
-        );
-        """
-    )
-
-
-@migrations(name="0002_agents")
-def _m0002_agents(db: Database) -> None:
-    db.executescript(
-        """
-        CREATE TABLE agents (
-            id INTEGER PRIMARY KEY,
-            name TEXT NOT NULL UNIQUE,
-            group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
-            token_hash TEXT NOT NULL UNIQUE,
-            created_at TEXT NOT NULL,
-            last_used_at TEXT,
-            revoked_at TEXT
-        );
-        """
-    )
-
-
-@migrations(name="0003_upstreams")
-def _m0003_upstreams(db: Database) -> None:
-    db.executescript(
-        """
-        CREATE TABLE upstream_tools (
-            upstream TEXT NOT NULL,
-            tool TEXT NOT NULL,
-            listing TEXT NOT NULL,
-            discovered_at TEXT NOT NULL,
-            PRIMARY KEY (upstream, tool)
-        );
-        CREATE TABLE group_upstreams (
-            group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
-            upstream TEXT NOT NULL,
-            credential_id INTEGER NOT NULL REFERENCES credentials(id) ON DELETE RESTRICT,
-            PRIMARY KEY (group_id, upstream)
-        );
-        CREATE VIEW bindings AS
-            SELECT group_id, tool AS target, credential_id FROM group_tools WHERE credential_id IS NOT NULL
-            UNION ALL
-            SELECT group_id, upstream AS target, credential_id FROM group_upstreams;
-        """
-    )
-
-
-@migrations(name="0004_admin_secret")
-def _m0004_admin_secret(db: Database) -> None:
-    db.executescript(
-        """
-        CREATE TABLE admin_secret (
-            id INTEGER PRIMARY KEY CHECK (id = 1),
-            secret_hash TEXT NOT NULL,
-            created_at TEXT NOT NULL
-        );
-        """
-    )
+from . import sqlite
+from .database import Database, PollingLock, Row
 
 
 def now() -> str:
@@ -184,8 +67,8 @@ class SealedCredential:
     """A credential's row and value ciphertexts, read but not decrypted. While the binding cache keeps it,
     it keeps its unwrapped data key too (key material, not a value: values are decrypted per call)."""
 
-    row: sqlite3.Row
-    values: tuple[sqlite3.Row, ...]
+    row: Row
+    values: tuple[Row, ...]
     data_key: DataKey | None = None
 
     def __repr__(self) -> str:
@@ -238,35 +121,41 @@ def load_keyring(settings: Settings, env: Mapping[str, str] | None = None) -> Ke
     return Keyring(primary, [pending] if pending is not None else [])
 
 
-def _create_private_file(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.fchmod(fd, 0o600)
-    os.close(fd)
+def _open_database(settings: Settings) -> Database:
+    if settings.database_url:
+        from .postgres import PostgresDatabase  # psycopg is needed only with a PostgreSQL store
+
+        return PostgresDatabase(settings.database_url)
+    return sqlite.SqliteDatabase(settings.database_path)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA foreign_keys = ON")
-    return conn
+def store_exists(settings: Settings) -> bool:
+    """Whether `credgate init` has made the store (without opening it: no key needed)."""
+    if settings.database_url:
+        from .postgres import store_exists as exists_on_postgres
+
+        return exists_on_postgres(settings.database_url)
+    return settings.database_path.exists()
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
+def store_location(settings: Settings) -> str:
+    """Where the store is, for messages: the SQLite file, or the PostgreSQL URL without its password."""
+    if settings.database_url:
+        from .postgres import describe
+
+        return describe(settings.database_url)
+    return str(settings.database_path)
 
 
 class Store:
     """One open store: a connection, the key ring that opens it, and the operations on it."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, keyring: Keyring) -> None:
-        self.path = path
-        self._conn = conn
+    def __init__(self, db: Database, keyring: Keyring) -> None:
+        self._db = db
         self._keyring = keyring
         self._lock = threading.RLock()
-        # (group, tool) → Binding, valid while `PRAGMA data_version` is unchanged (no commit by another
-        # connection) and this connection wrote nothing. It holds ciphertext only, never a plain value.
+        # (group, tool) → Binding, valid while the database's change marker is unchanged (no change committed
+        # by another connection) and this connection wrote nothing. It holds ciphertext only, never a value.
         self._bindings: dict[tuple[str, str], Binding] = {}
         self._bindings_version = -1
         self._key_source: tuple[Settings, Mapping[str, str] | None] | None = None  # set by `open`
@@ -283,41 +172,34 @@ class Store:
             home.mkdir(mode=0o700, parents=True)
             home.chmod(0o700)
             created = True
-        if settings.database_path.exists():
+        if store_exists(settings):
             return cls.open(settings, env), created  # never a new key over an existing store
         keyring = load_keyring(settings, env)
+        new_key_file = keyring is None
         if keyring is None:
             key = MasterKey.generate()
             write_key_file(settings.key_path, key)
             keyring = Keyring(key)
-        # Built under a temporary name and renamed when complete: an init that dies half-way leaves no
-        # half-made store behind to be refused later, only a scratch file the next init replaces.
-        scratch = settings.database_path.with_name(settings.database_path.name + ".init")
-        for leftover in (scratch, scratch.with_name(scratch.name + "-wal"), scratch.with_name(scratch.name + "-shm")):
-            leftover.unlink(missing_ok=True)
-        _create_private_file(scratch)
-        conn = _connect(scratch)
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            migrations.apply(Database(conn))
-            with _transaction(conn):
-                conn.execute(
-                    "INSERT INTO master_keys (key_id, check_blob, state, created_at) VALUES (?, ?, 'current', ?)",
-                    (keyring.primary.key_id, keyring.primary.check_blob(), now()),
-                )
-        finally:
-            conn.close()  # the last connection checkpoints and removes the -wal and -shm files
-        os.rename(scratch, settings.database_path)
-        _fsync_dir(home)
+        first_key_row = (keyring.primary.key_id, keyring.primary.check_blob(), now())
+        if settings.database_url:
+            from .postgres import create_database
+
+            if not create_database(settings.database_url, first_key_row):
+                # Another `credgate init` made the store meanwhile, under its own key: this one was never used.
+                if new_key_file:
+                    settings.key_path.unlink()
+                return cls.open(settings, env), created
+        else:
+            sqlite.create_database(settings.database_path, first_key_row)
         return cls.open(settings, env), True
 
     @classmethod
     def open(cls, settings: Settings, env: Mapping[str, str] | None = None) -> Store:
         """Open an existing store, refusing (before anything is written) a key that does not open it."""
-        path = settings.database_path
-        if not path.exists():
-            raise NotInitialisedError(f"no credgate store at {settings.home}: run `credgate init` first")
-        mismatch = f"master key does not match this store ({path})"
+        where = store_location(settings)
+        if not store_exists(settings):
+            raise NotInitialisedError(f"no credgate store at {where}: run `credgate init` first")
+        mismatch = f"master key does not match this store ({where})"
         try:
             keyring = load_keyring(settings, env)
         except MasterKeyError as exc:  # malformed or truncated
@@ -328,25 +210,29 @@ class Store:
                 "not set; restore the key file or set CREDGATE_MASTER_KEY (a new key is never generated over "
                 "an existing store)"
             )
-        conn = _connect(path)
+        db = _open_database(settings)
         try:
-            _check_keyring(conn, keyring, settings)
-            if migrations.pending(Database(conn)):
-                migrations.apply(Database(conn))
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
-                raise StoreBusyError("the store is busy (another credgate process is writing); retry") from None
-            raise StoreError(f"{path} is not a readable credgate store ({exc})") from None
-        except BaseException:
-            conn.close()
+            _check_keyring(db, keyring, settings)
+            if db.pending_migrations():
+                db.migrate()
+        except StoreBusyError:
+            db.close()
             raise
-        store = cls(path, conn, keyring)
+        except (MasterKeyError, NotInitialisedError):
+            db.close()
+            raise
+        except StoreError as exc:
+            db.close()
+            raise StoreError(f"{where} is not a readable credgate store ({exc})") from None
+        except BaseException:
+            db.close()
+            raise
+        store = cls(db, keyring)
         store._key_source = (settings, env)
         return store
 
     def close(self) -> None:
-        self._conn.close()
+        self._db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -355,24 +241,23 @@ class Store:
         self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, changes_setup: bool = True) -> Iterator[Database]:
+        """A write transaction. `changes_setup`: it changes credentials, groups, bindings, agents or keys,
+        which other connections' binding caches must see (the audit log and last-use times do not)."""
         with self._lock:
             self._bindings.clear()
-            with _transaction(self._conn):
-                yield self._conn
+            with self._db.transaction():
+                if changes_setup:
+                    self._db.note_change()
+                yield self._db
 
-    def _query(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         with self._lock:
-            try:
-                return self._conn.execute(sql, params).fetchall()
-            except sqlite3.OperationalError as exc:
-                if _is_busy(exc):
-                    raise StoreBusyError("the store is busy; retry") from None
-                raise
+            return self._db.execute(sql, params).fetchall()
 
     # -- keys ----------------------------------------------------------------------------
 
-    def _writing_key(self, conn: sqlite3.Connection) -> MasterKey:
+    def _writing_key(self, conn: Database) -> MasterKey:
         rows = conn.execute("SELECT key_id, state FROM master_keys").fetchall()
         by_state = {r["state"]: r["key_id"] for r in rows}
         # During a rotation, new data keys go under the new key: under the old one, a rotation that dies after
@@ -384,7 +269,7 @@ class Store:
                 return key
         raise MasterKeyError("master key does not match this store")
 
-    def _data_key(self, row: sqlite3.Row) -> DataKey:
+    def _data_key(self, row: Row) -> DataKey:
         master = self._keyring.get(row["key_id"]) or self._reloaded_key(row["key_id"])
         if master is None:
             raise CiphertextError(row["name"])
@@ -430,7 +315,7 @@ class Store:
                     settings.pending_key_path.unlink()  # never used: its row was not yet written
                 new_key = MasterKey.generate()
                 write_key_file(settings.pending_key_path, new_key)
-                _fsync_dir(settings.home)
+                sqlite.fsync_dir(settings.home)
                 conn.execute("DELETE FROM master_keys WHERE state = 'pending'")
                 conn.execute(
                     "INSERT INTO master_keys (key_id, check_blob, state, created_at) VALUES (?, ?, 'pending', ?)",
@@ -454,7 +339,7 @@ class Store:
         if not key_from_env and settings.pending_key_path.exists():
             with suppress(FileNotFoundError):  # a concurrent rotation to the same new key moved it first
                 os.replace(settings.pending_key_path, settings.key_path)
-            _fsync_dir(settings.home)
+            sqlite.fsync_dir(settings.home)
         with self._write() as conn:
             # A credential added meanwhile by another process is still under the old key. Re-wrap it here, under
             # the write lock: failing instead would leave it under a key whose file was just replaced.
@@ -474,7 +359,7 @@ class Store:
 
     # -- credentials ---------------------------------------------------------------------
 
-    def _credential_row(self, conn: sqlite3.Connection, name: str) -> sqlite3.Row:
+    def _credential_row(self, conn: Database, name: str) -> Row:
         row = conn.execute(
             "SELECT id, name, type, uid, key_id, wrapped_dek FROM credentials WHERE name = ?", (name,)
         ).fetchone()
@@ -490,12 +375,12 @@ class Store:
             if conn.execute("SELECT 1 FROM credentials WHERE name = ?", (name,)).fetchone():
                 raise ConflictError(f"a credential named {name!r} exists already (use `credgate cred update {name}`)")
             master = self._writing_key(conn)
-            cur = conn.execute(
+            credential_id = conn.execute(
                 "INSERT INTO credentials (name, type, uid, key_id, wrapped_dek, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (name, type_, uid, master.key_id, master.wrap(dek.raw, uid), stamp, stamp),
-            )
-            _write_values(conn, cur.lastrowid, uid, dek, values, secret_fields)
+            ).fetchone()["id"]
+            _write_values(conn, credential_id, uid, dek, values, secret_fields)
 
     def update_credential(
         self,
@@ -549,17 +434,14 @@ class Store:
             conn.execute("DELETE FROM credentials WHERE id = ?", (row["id"],))
         return bindings
 
-    def credential_lock(self, uid: str, timeout: float = 30.0) -> FileLock:
-        """Held while a credential's OAuth2 tokens are refreshed or replaced: by one process at a time.
-        Credentials share a fixed set of lock files (by their uid's hash), so the folder never grows."""
-        folder = self.path.parent / "locks"
-        folder.mkdir(mode=0o700, exist_ok=True)
-        stripe = int(hashlib.sha256(uid.encode()).hexdigest(), 16) % LOCK_STRIPES
-        return FileLock(folder / f"credential-{stripe:02x}.lock", timeout)
+    def credential_lock(self, uid: str, timeout: float = 30.0) -> PollingLock:
+        """Held while a credential's OAuth2 tokens are refreshed or replaced: by one process at a time, on
+        this machine (SQLite) or across replicas (PostgreSQL)."""
+        return self._db.credential_lock(uid, timeout)
 
     def credential_info(self, name: str) -> CredentialInfo:
         with self._lock:
-            row = self._credential_row(self._conn, name)
+            row = self._credential_row(self._db, name)
         return self._infos(f"WHERE c.id = {int(row['id'])}")[0]
 
     def list_credentials(self) -> list[CredentialInfo]:
@@ -602,13 +484,13 @@ class Store:
     def read_credential(self, name: str) -> Credential:
         """Decrypt a whole record. Raises CiphertextError if any stored value no longer opens."""
         with self._lock:
-            row = self._credential_row(self._conn, name)
-            values = self._conn.execute(
+            row = self._credential_row(self._db, name)
+            values = self._db.execute(
                 "SELECT field, secret, ciphertext FROM credential_values WHERE credential_id = ?", (row["id"],)
             ).fetchall()
         return self._decrypt(row, values)
 
-    def _decrypt(self, row: sqlite3.Row, values: Iterable[sqlite3.Row], dek: DataKey | None = None) -> Credential:
+    def _decrypt(self, row: Row, values: Iterable[Row], dek: DataKey | None = None) -> Credential:
         dek = dek or self._data_key(row)
         plain: dict[str, str] = {}
         secret: set[str] = set()
@@ -623,7 +505,7 @@ class Store:
 
     # -- groups and bindings -------------------------------------------------------------
 
-    def _group_id(self, conn: sqlite3.Connection, name: str) -> int:
+    def _group_id(self, conn: Database, name: str) -> int:
         row = conn.execute("SELECT id FROM groups WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise NotFoundError(f"no agent group named {name!r} (see `credgate group list`)")
@@ -707,7 +589,8 @@ class Store:
         with self._write() as conn:
             gid = self._group_id(conn, group)
             conn.executemany(
-                "INSERT OR IGNORE INTO group_tools (group_id, tool) VALUES (?, ?)", [(gid, t) for t in tools]
+                "INSERT INTO group_tools (group_id, tool) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [(gid, t) for t in tools],
             )
 
     def deny(self, group: str, tools: Iterable[str]) -> list[str]:
@@ -767,7 +650,7 @@ class Store:
         A tool of an upstream MCP server is allowed by name or by `UPSTREAM.*`, and its credential is the
         one bound to the upstream."""
         with self._lock:
-            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+            version = self._db.change_marker()
             if version != self._bindings_version:
                 self._bindings.clear()
                 self._bindings_version = version
@@ -865,44 +748,21 @@ class Store:
         return (rows[0]["name"], rows[0]["grp"], rows[0]["token_hash"]) if rows else None
 
     def touch_agent(self, name: str) -> None:
-        with self._write() as conn:
+        with self._write(changes_setup=False) as conn:
             conn.execute("UPDATE agents SET last_used_at = ? WHERE name = ?", (now(), name))
 
     # -- backup, restore and health ----------------------------------------------------------
 
     def backup(self, target: Path) -> None:
-        """A consistent copy through SQLite's online backup API (fine while a gateway serves). The master
-        key is not in it. The file is created 0600 and must not exist yet."""
-        if target.exists():
-            raise ConflictError(f"{target} exists already; choose a new file")
-        if not target.parent.is_dir():
-            raise NotFoundError(f"no folder {target.parent} to write the backup in")
-        scratch = target.with_name(target.name + ".partial")
-        scratch.unlink(missing_ok=True)
-        _create_private_file(scratch)
-        try:
-            dest = sqlite3.connect(scratch)
-            try:
-                with self._lock:
-                    self._conn.backup(dest)
-                dest.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
-            finally:
-                dest.close()
-            if target.exists():
-                raise ConflictError(f"{target} exists already; choose a new file")
-            os.rename(scratch, target)
-        finally:
-            scratch.unlink(missing_ok=True)
+        """A consistent copy of a SQLite store, safe while a gateway serves (the master key is not in it)."""
+        with self._lock:
+            self._db.backup(target)
 
     def health(self) -> list[str]:
-        """What `PRAGMA integrity_check` and `foreign_key_check` find, and pending schema migrations."""
-        problems = []
-        integrity = [r[0] for r in self._query("PRAGMA integrity_check")]
-        if integrity != ["ok"]:
-            problems += [f"database integrity: {line}" for line in integrity[:10]]
-        for r in self._query("PRAGMA foreign_key_check"):
-            problems.append(f"database foreign keys: a row of {r[0]} points to a missing row of {r[2]}")
-        pending = [m.name for m in migrations.pending(Database(self._conn))]
+        """What the backend's own checks find, and pending schema migrations."""
+        with self._lock:
+            problems = self._db.health()
+            pending = self._db.pending_migrations()
         if pending:
             problems.append(f"database schema: migrations not applied: {', '.join(pending)}")
         return problems
@@ -915,14 +775,14 @@ class Store:
             " UNION ALL SELECT g.name, gt.tool, '' FROM group_tools gt JOIN groups g ON g.id = gt.group_id"
             " ORDER BY 1, 2"
         )
-        return [(r[0], r[1], r[2]) for r in rows]
+        return [(r["grp"], r["target"], r["cred"]) for r in rows]
 
     # -- audit ---------------------------------------------------------------------------
 
     def write_audit(self, rows: Sequence[AuditRow]) -> None:
         if not rows:
             return
-        with self._write() as conn:
+        with self._write(changes_setup=False) as conn:
             conn.executemany(
                 "INSERT INTO audit (ts, group_name, agent, tool, credential, outcome, duration_ms, ref)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -958,30 +818,8 @@ class Store:
         ]
 
 
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as exc:
-        if _is_busy(exc):
-            raise StoreBusyError("the store is busy (another credgate process is writing); retry") from None
-        raise
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    try:
-        conn.execute("COMMIT")
-    except sqlite3.OperationalError as exc:
-        conn.execute("ROLLBACK")
-        if _is_busy(exc):
-            raise StoreBusyError("the store is busy; retry") from None
-        raise
-
-
 def _write_values(
-    conn: sqlite3.Connection,
+    conn: Database,
     credential_id: int | None,
     uid: str,
     dek: DataKey,
@@ -995,7 +833,7 @@ def _write_values(
     )
 
 
-def _bindings_of(conn: sqlite3.Connection, credential_id: int) -> list[tuple[str, str]]:
+def _bindings_of(conn: Database, credential_id: int) -> list[tuple[str, str]]:
     return [
         (r["name"], r["tool"])
         for r in conn.execute(
@@ -1006,90 +844,44 @@ def _bindings_of(conn: sqlite3.Connection, credential_id: int) -> list[tuple[str
     ]
 
 
-def _check_keyring(conn: sqlite3.Connection, keyring: Keyring, settings: Settings) -> None:
+def _check_keyring(conn: Database, keyring: Keyring, settings: Settings) -> None:
     """The primary key must open its check row, and every key of the store that a credential uses must be in
     the ring. A credential whose key id the store does not know is a damaged row, refused when it is read (it
     must not lock every other credential out)."""
     try:
         checks = {r["key_id"]: r["check_blob"] for r in conn.execute("SELECT key_id, check_blob FROM master_keys")}
-    except sqlite3.OperationalError as exc:
-        if _is_busy(exc):
-            raise
-        raise StoreError(f"{settings.database_path} is not a credgate store (no key table)") from None
+    except StoreBusyError:
+        raise
+    except StoreError:
+        raise StoreError(f"{store_location(settings)} is not a credgate store (no key table)") from None
     in_use = {r["key_id"] for r in conn.execute("SELECT DISTINCT key_id FROM credentials")}
     primary = keyring.primary
     blob = checks.get(primary.key_id)
     if blob is None or not primary.opens_check(blob) or not (in_use & set(checks)) <= set(keyring.keys):
         raise MasterKeyError(
-            f"master key does not match this store ({settings.database_path}): set CREDGATE_MASTER_KEY or "
+            f"master key does not match this store ({store_location(settings)}): set CREDGATE_MASTER_KEY or "
             f"{settings.key_path} to the key this store was created with"
         )
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def restore_store(settings: Settings, source: Path, env: Mapping[str, str] | None = None) -> Path:
-    """Replace the store with a backup that passes its integrity check and that the current master key
+    """Replace a SQLite store with a backup that passes its integrity check and that the current master key
     opens. The replaced database is kept aside; returns where."""
-    if not source.is_file():
-        raise NotFoundError(f"no backup file at {source}")
+    if settings.database_url:
+        raise StoreError(f"the store is on PostgreSQL ({store_location(settings)}): restore it with pg_restore or psql")
     keyring = load_keyring(settings, env)
     if keyring is None:
         raise MasterKeyError(f"master key missing: set CREDGATE_MASTER_KEY or restore {settings.key_path}")
-    scratch = settings.database_path.with_name(settings.database_path.name + ".restore")
-    scratch.unlink(missing_ok=True)
-    _create_private_file(scratch)
-    try:
-        src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
-        dest = _connect(scratch)
+
+    def opens_with_current_key(db: Database) -> None:
         try:
-            try:
-                src.backup(dest)
-            except sqlite3.DatabaseError:
-                raise StoreError(f"{source} is not a credgate backup (not a SQLite database)") from None
-            try:
-                integrity = [r[0] for r in dest.execute("PRAGMA integrity_check")]
-            except sqlite3.DatabaseError as exc:  # damage bad enough to stop the check itself
-                integrity = [str(exc)]
-            expected = src.execute("PRAGMA page_count").fetchone()[0] * src.execute("PRAGMA page_size").fetchone()[0]
-            if source.stat().st_size < expected:  # SQLite reads a cut-off end as zeros: the check above passes
-                integrity = [f"the file is truncated ({source.stat().st_size} of {expected} bytes)"]
-            if integrity != ["ok"]:
-                raise StoreError(f"{source} fails its integrity check: {integrity[0]}")
-            try:
-                _check_keyring(dest, keyring, settings)
-            except MasterKeyError:
-                raise MasterKeyError(
-                    f"the current master key does not open the backup {source}: restore it with the key it was "
-                    "made with (CREDGATE_MASTER_KEY or the key file)"
-                ) from None
-            except StoreError:  # its message names the live store, not this file
-                raise StoreError(f"{source} is not a credgate backup (no key table)") from None
-            dest.execute("PRAGMA journal_mode = WAL")
-        finally:
-            src.close()
-            dest.close()
-        aside = None
-        if settings.database_path.exists():
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-            aside = settings.database_path.with_name(f"{settings.database_path.name}.replaced-{stamp}")
-            n = 0
-            while aside.exists():  # a restore earlier in the same second kept its store here: keep it too
-                n += 1
-                aside = settings.database_path.with_name(f"{settings.database_path.name}.replaced-{stamp}-{n}")
-            os.rename(settings.database_path, aside)
-            for suffix in ("-wal", "-shm"):
-                side = settings.database_path.with_name(settings.database_path.name + suffix)
-                if side.exists():
-                    os.rename(side, aside.with_name(aside.name + suffix))
-        os.rename(scratch, settings.database_path)
-        _fsync_dir(settings.home)
-        return aside or settings.database_path
-    finally:
-        scratch.unlink(missing_ok=True)
+            _check_keyring(db, keyring, settings)
+        except MasterKeyError:
+            raise MasterKeyError(
+                f"the current master key does not open the backup {source}: restore it with the key it was "
+                "made with (CREDGATE_MASTER_KEY or the key file)"
+            ) from None
+        except StoreError:  # its message names the live store, not this file
+            raise StoreError(f"{source} is not a credgate backup (no key table)") from None
+
+    return sqlite.restore_database(settings.database_path, source, opens_with_current_key)

@@ -1,0 +1,31 @@
+"""The store and what it hands out. See `core` for the operations and `database` for the backends."""
+
+from .core import (
+    AgentInfo,
+    AuditRow,
+    Binding,
+    CredentialInfo,
+    GroupInfo,
+    SealedCredential,
+    Store,
+    load_keyring,
+    now,
+    restore_store,
+    store_exists,
+    store_location,
+)
+
+__all__ = [
+    "AgentInfo",
+    "AuditRow",
+    "Binding",
+    "CredentialInfo",
+    "GroupInfo",
+    "SealedCredential",
+    "Store",
+    "load_keyring",
+    "now",
+    "restore_store",
+    "store_exists",
+    "store_location",
+]

@@ -1,0 +1,241 @@
+"""The embedded backend: one SQLite file in the data folder (WAL, mode 0600).
+
+Writers serialise on `BEGIN IMMEDIATE`; `PRAGMA data_version` tells a connection that another one committed;
+the per-credential lock is a POSIX `flock` on one of a fixed set of files under `<home>/locks`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlite_utils import Database as SqliteUtilsDatabase
+from sqlite_utils.migrations import Migrations
+
+from ..errors import ConflictError, NotFoundError, StoreBusyError, StoreError
+from .database import Cursor, Database, Params, Result
+from .filelock import FileLock
+from .schema import MIGRATIONS, SQLITE, Migration
+
+BUSY_TIMEOUT_MS = 5000
+LOCK_STRIPES = 64
+
+
+def _sqlite_utils_migration(migration: Migration) -> Callable[[SqliteUtilsDatabase], None]:
+    def apply(db: SqliteUtilsDatabase) -> None:
+        for statement in migration.render(SQLITE):
+            db.execute(statement)
+
+    return apply
+
+
+migrations = Migrations("credgate")
+for _migration in MIGRATIONS:
+    migrations(name=_migration.name)(_sqlite_utils_migration(_migration))
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def create_private_file(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)
+    os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _mapped_errors(where: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        if is_busy(exc):
+            raise StoreBusyError("the store is busy (another credgate process is writing); retry") from None
+        raise StoreError(f"{where}: {exc}") from None
+
+
+class SqliteDatabase(Database):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = str(path)
+        with _mapped_errors(self.where):
+            self.conn = connect(path)
+
+    def execute(self, sql: str, params: Params = ()) -> Cursor:
+        with _mapped_errors(self.where):
+            cursor = self.conn.execute(sql, params)
+            return Result(cursor.fetchall(), cursor.rowcount)
+
+    def executemany(self, sql: str, rows: Iterable[Params]) -> None:
+        with _mapped_errors(self.where):
+            self.conn.executemany(sql, rows)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with _mapped_errors(self.where):
+            self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        try:
+            with _mapped_errors(self.where):
+                self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+
+    def change_marker(self) -> int:
+        return int(self.execute("PRAGMA data_version").fetchone()[0])
+
+    def note_change(self) -> None:
+        """`PRAGMA data_version` moves with any commit of another connection: nothing to do."""
+
+    def pending_migrations(self) -> list[str]:
+        with _mapped_errors(self.where):
+            return [m.name for m in migrations.pending(SqliteUtilsDatabase(self.conn))]
+
+    def migrate(self) -> None:
+        with _mapped_errors(self.where):
+            migrations.apply(SqliteUtilsDatabase(self.conn))
+
+    def credential_lock(self, uid: str, timeout: float) -> FileLock:
+        """Credentials share a fixed set of lock files (by their uid's hash), so the folder never grows."""
+        folder = self.path.parent / "locks"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        stripe = int(hashlib.sha256(uid.encode()).hexdigest(), 16) % LOCK_STRIPES
+        return FileLock(folder / f"credential-{stripe:02x}.lock", timeout)
+
+    def health(self) -> list[str]:
+        problems = []
+        integrity = [r[0] for r in self.execute("PRAGMA integrity_check")]
+        if integrity != ["ok"]:
+            problems += [f"database integrity: {line}" for line in integrity[:10]]
+        for r in self.execute("PRAGMA foreign_key_check"):
+            problems.append(f"database foreign keys: a row of {r[0]} points to a missing row of {r[2]}")
+        return problems
+
+    def backup(self, target: Path) -> None:
+        """A consistent copy through SQLite's online backup API (fine while a gateway serves). The file is
+        created 0600 and must not exist yet."""
+        if target.exists():
+            raise ConflictError(f"{target} exists already; choose a new file")
+        if not target.parent.is_dir():
+            raise NotFoundError(f"no folder {target.parent} to write the backup in")
+        scratch = target.with_name(target.name + ".partial")
+        scratch.unlink(missing_ok=True)
+        create_private_file(scratch)
+        try:
+            dest = sqlite3.connect(scratch)
+            try:
+                with _mapped_errors(self.where):
+                    self.conn.backup(dest)
+                dest.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+            finally:
+                dest.close()
+            if target.exists():
+                raise ConflictError(f"{target} exists already; choose a new file")
+            os.rename(scratch, target)
+        finally:
+            scratch.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def create_database(path: Path, first_key_row: tuple[str, bytes, str]) -> None:
+    """A new store file with the schema and the master key's check row. Built under a temporary name and
+    renamed when complete: an init that dies half-way leaves no half-made store behind to be refused later,
+    only a scratch file the next init replaces."""
+    scratch = path.with_name(path.name + ".init")
+    for leftover in (scratch, scratch.with_name(scratch.name + "-wal"), scratch.with_name(scratch.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    create_private_file(scratch)
+    db = SqliteDatabase(scratch)
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.migrate()
+        with db.transaction():
+            db.execute(
+                "INSERT INTO master_keys (key_id, check_blob, state, created_at) VALUES (?, ?, 'current', ?)",
+                first_key_row,
+            )
+    finally:
+        db.close()  # the last connection checkpoints and removes the -wal and -shm files
+    os.rename(scratch, path)
+    fsync_dir(path.parent)
+
+
+def restore_database(path: Path, source: Path, check: Callable[[SqliteDatabase], None]) -> Path:
+    """Replace the store file with a backup that passes its integrity check and `check` (the key check).
+    The replaced file is kept aside; returns where (or `path` when there was none)."""
+    if not source.is_file():
+        raise NotFoundError(f"no backup file at {source}")
+    scratch = path.with_name(path.name + ".restore")
+    scratch.unlink(missing_ok=True)
+    create_private_file(scratch)
+    try:
+        src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
+        dest = SqliteDatabase(scratch)
+        try:
+            try:
+                src.backup(dest.conn)
+            except sqlite3.DatabaseError:
+                raise StoreError(f"{source} is not a credgate backup (not a SQLite database)") from None
+            try:
+                integrity = [r[0] for r in dest.conn.execute("PRAGMA integrity_check")]
+            except sqlite3.DatabaseError as exc:  # damage bad enough to stop the check itself
+                integrity = [str(exc)]
+            expected = src.execute("PRAGMA page_count").fetchone()[0] * src.execute("PRAGMA page_size").fetchone()[0]
+            if source.stat().st_size < expected:  # SQLite reads a cut-off end as zeros: the check above passes
+                integrity = [f"the file is truncated ({source.stat().st_size} of {expected} bytes)"]
+            if integrity != ["ok"]:
+                raise StoreError(f"{source} fails its integrity check: {integrity[0]}")
+            check(dest)
+            dest.execute("PRAGMA journal_mode = WAL")
+        finally:
+            src.close()
+            dest.close()
+        aside = None
+        if path.exists():
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            aside = path.with_name(f"{path.name}.replaced-{stamp}")
+            n = 0
+            while aside.exists():  # a restore earlier in the same second kept its store here: keep it too
+                n += 1
+                aside = path.with_name(f"{path.name}.replaced-{stamp}-{n}")
+            os.rename(path, aside)
+            for suffix in ("-wal", "-shm"):
+                side = path.with_name(path.name + suffix)
+                if side.exists():
+                    os.rename(side, aside.with_name(aside.name + suffix))
+        os.rename(scratch, path)
+        fsync_dir(path.parent)
+        return aside or path
+    finally:
+        scratch.unlink(missing_ok=True)
