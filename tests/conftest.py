@@ -1,6 +1,13 @@
 """Shared fixtures: a temporary data folder, a few declared tools, an initialised store, CLI runners.
 
 Everything is real: a SQLite file under `tmp_path`, TOML files written by the fixtures, the real CLI.
+
+Every test runs twice, on SQLite and on PostgreSQL (`[sqlite]` / `[postgresql]`): the store fixtures and
+`CREDGATE_DATABASE_URL` point at a fresh PostgreSQL schema for the second. The server is the one
+`CREDGATE_TEST_DATABASE_URL` names (`.ci/run` starts one), else a throw-away cluster that `scripts/pg-cluster`
+starts for the session when PostgreSQL is installed; without either, the PostgreSQL half is left out and
+the summary says so. `--backend sqlite|postgresql` runs one half. Marks: `sqlite_only` (about the SQLite file
+itself), `no_store` (never touches a store: runs once).
 """
 
 from __future__ import annotations
@@ -15,11 +22,31 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from gateway_support import Upstream, running_upstream
+from postgres_support import (  # the hooks that run the suite on both backends
+    POSTGRES_URL,
+    database_url_for,
+    drop_schema,
+    pytest_addoption,
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_generate_tests,
+    pytest_terminal_summary,
+    pytest_unconfigure,
+)
 
 from mcp_credgate.cli import cli
 from mcp_credgate.config import DEFAULT_PUBLIC_URL, Settings
 from mcp_credgate.declarations import Catalog, load_catalog
 from mcp_credgate.store import Store
+
+__all__ = [
+    "pytest_addoption",
+    "pytest_collection_modifyitems",
+    "pytest_configure",
+    "pytest_generate_tests",
+    "pytest_terminal_summary",
+    "pytest_unconfigure",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO_TOOLS_DIR = REPO_ROOT / "tools.d"
@@ -116,11 +143,29 @@ def write_tool(folder: Path, filename: str, text: str) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def clean_credgate_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees the developer's own CREDGATE_* settings."""
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The store backend of this run of the test. No test sees the developer's own CREDGATE_* settings; on
+    PostgreSQL, CREDGATE_DATABASE_URL names a schema of its own."""
     for name in list(os.environ):
         if name.startswith("CREDGATE_"):
             monkeypatch.delenv(name)
+    name = getattr(request, "param", "sqlite")
+    if name != "postgresql":
+        yield name
+        return
+    server = request.config.stash[POSTGRES_URL]
+    assert server is not None
+    url, schema = database_url_for(server)
+    monkeypatch.setenv("CREDGATE_DATABASE_URL", url)
+    try:
+        yield name
+    finally:
+        drop_schema(server, schema)
+
+
+def database_url() -> str | None:
+    """The PostgreSQL URL of this test's store (None on SQLite), for settings built by hand."""
+    return os.environ.get("CREDGATE_DATABASE_URL")
 
 
 @pytest.fixture
@@ -140,7 +185,7 @@ def tools_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(home: Path, tools_dir: Path) -> Settings:
-    return Settings(home=home, tools_dirs=(tools_dir,), public_url=DEFAULT_PUBLIC_URL)
+    return Settings(home=home, tools_dirs=(tools_dir,), public_url=DEFAULT_PUBLIC_URL, database_url=database_url())
 
 
 @pytest.fixture
@@ -195,6 +240,8 @@ def run_credgate(home: Path, tools_dir: Path, tmp_path: Path) -> ProcRun:
         *args: str, input: str | None = None, env: Mapping[str, str] | None = None, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}
+        if database_url():
+            full_env["CREDGATE_DATABASE_URL"] = database_url() or ""
         full_env.update(env or {})
         return subprocess.run(
             [sys.executable, "-m", "mcp_credgate", "--home", str(home), "--tools-dir", str(tools_dir), *args],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import secrets
 import socket
@@ -359,7 +360,12 @@ class World:
             (tools_dir / f"{name}.toml").write_text(text, encoding="utf-8")
         for filename, text in files.items():
             (tools_dir / filename).write_text(text, encoding="utf-8")
-        settings = Settings(home=root / "home", tools_dirs=(tools_dir,), public_url=PUBLIC_URL)
+        settings = Settings(
+            home=root / "home",
+            tools_dirs=(tools_dir,),
+            public_url=PUBLIC_URL,
+            database_url=os.environ.get("CREDGATE_DATABASE_URL"),
+        )
         catalog = load_catalog(settings.tools_dirs)
         assert not catalog.problems, catalog.problems
         store, _ = Store.initialise(settings, env={})

@@ -57,7 +57,12 @@ def as_json(result: Result) -> object:
 
 
 def settings_of(home: Path, tools_dir: Path) -> Settings:
-    return Settings(home=home, tools_dirs=(tools_dir,), public_url="http://127.0.0.1:8765")
+    return Settings(
+        home=home,
+        tools_dirs=(tools_dir,),
+        public_url="http://127.0.0.1:8765",
+        database_url=os.environ.get("CREDGATE_DATABASE_URL"),
+    )
 
 
 @pytest.fixture

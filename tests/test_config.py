@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from mcp_credgate.config import DEFAULT_PUBLIC_URL, Settings
+from mcp_credgate.errors import StoreError
+
+pytestmark = pytest.mark.no_store  # never touches a store: runs once, not per backend
 
 
 def test_defaults_follow_xdg_data_home(tmp_path: Path) -> None:
@@ -56,3 +61,20 @@ def test_flags_override_environment(tmp_path: Path) -> None:
     assert s.home == tmp_path / "flag"
     assert s.tools_dirs == (tmp_path / "t",)
     assert s.public_url == "http://x:1"
+
+
+def test_the_database_url_comes_from_the_flag_over_the_environment(tmp_path: Path) -> None:
+    env = {"CREDGATE_DATABASE_URL": "postgresql://env@127.0.0.1/a"}
+
+    assert Settings.resolve(env={}, cwd=tmp_path).database_url is None  # SQLite in the data folder
+    assert Settings.resolve(env=env, cwd=tmp_path).database_url == "postgresql://env@127.0.0.1/a"
+    flagged = Settings.resolve(env=env, cwd=tmp_path, database_url="postgres://flag@127.0.0.1/b")
+    assert flagged.database_url == "postgres://flag@127.0.0.1/b"
+
+
+def test_a_database_url_that_is_not_postgresql_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as caught:
+        Settings.resolve(env={"CREDGATE_DATABASE_URL": "mysql://u:hunter2@db/x"}, cwd=tmp_path)
+
+    assert "postgresql://" in str(caught.value)
+    assert "hunter2" not in str(caught.value)

@@ -6,6 +6,8 @@ import pytest
 
 from mcp_credgate.credential import EMPTY_CREDENTIAL, MASK, Credential, mask
 
+pytestmark = pytest.mark.no_store  # never touches a store: runs once, not per backend
+
 
 @pytest.mark.parametrize(
     ("value", "shown"),

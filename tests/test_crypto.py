@@ -20,6 +20,8 @@ from mcp_credgate.crypto import (
 )
 from mcp_credgate.errors import MasterKeyError
 
+pytestmark = pytest.mark.no_store  # never touches a store: runs once, not per backend
+
 UID = "4f1c0ffee0000000000000000000aaaa"
 OTHER_UID = "4f1c0ffee0000000000000000000bbbb"
 

@@ -11,6 +11,8 @@ from conftest import REPO_TOOLS_DIR, write_tool
 from mcp_credgate.declarations import Catalog, CredentialSpec, load_catalog
 from mcp_credgate.errors import CredentialValueError, DeclarationError
 
+pytestmark = pytest.mark.no_store  # never touches a store: runs once, not per backend
+
 CREDENTIALED_HTTP = """
     name = "{name}"
 

@@ -92,7 +92,12 @@ def snapshot(home: Path) -> dict[str, str]:
 
 
 def settings_for(home: Path, tools_dir: Path) -> Settings:
-    return Settings(home=home, tools_dirs=(tools_dir,), public_url="http://127.0.0.1:8765")
+    return Settings(
+        home=home,
+        tools_dirs=(tools_dir,),
+        public_url="http://127.0.0.1:8765",
+        database_url=os.environ.get("CREDGATE_DATABASE_URL"),
+    )
 
 
 def read_all(home: Path, tools_dir: Path, env: Mapping[str, str] | None = None) -> dict[str, dict[str, str]]:

@@ -14,6 +14,8 @@ import httpx2
 import pytest
 from oauth_provider import OAuthProvider, pkce_challenge, running_oauth_provider
 
+pytestmark = pytest.mark.no_store  # never touches a store: runs once, not per backend
+
 SECRET = "s3cr:t/+ &é%"  # characters the form-urlencoding of Basic credentials changes
 REDIRECT = "http://127.0.0.1:53682/callback"
 

@@ -12,6 +12,8 @@ from gateway_support import leaks, make_canary, secret_forms
 from mcp_credgate.credential import Credential
 from mcp_credgate.redact import Redactor, encoded_forms, redactor_for
 
+pytestmark = pytest.mark.no_store  # never touches a store: runs once, not per backend
+
 TOKEN = make_canary("R", rich=True)
 
 

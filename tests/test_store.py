@@ -15,8 +15,6 @@ import pytest
 from conftest import ACCOUNT, WEATHER_KEY
 
 from mcp_credgate import admin
-from mcp_credgate.store import core as store_module
-from mcp_credgate.store import sqlite as sqlite_backend
 from mcp_credgate.config import Settings
 from mcp_credgate.crypto import DataKey, MasterKey
 from mcp_credgate.declarations import Catalog
@@ -29,6 +27,8 @@ from mcp_credgate.errors import (
     NotInitialisedError,
 )
 from mcp_credgate.store import AuditRow, Store
+from mcp_credgate.store import core as store_module
+from mcp_credgate.store import sqlite as sqlite_backend
 
 CANARY = "CANARY-q7Kp3mW9vT2sZx81-end"
 MISMATCH = "master key does not match this store"
