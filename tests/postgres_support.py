@@ -38,6 +38,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sqlite_only: about the SQLite file itself; not run on PostgreSQL")
     config.addinivalue_line("markers", "no_store: never touches a store; runs once")
+    config.addinivalue_line("markers", "postgresql_only: about a shared PostgreSQL store; not run on SQLite")
     config.stash[CLUSTER_DIR] = None
     config.stash[POSTGRES_URL] = None
     config.stash[SKIP_REASON] = ""
@@ -90,7 +91,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     kept, dropped = [], []
     for item in items:
         on_postgres = "[postgresql" in item.nodeid or "-postgresql" in item.nodeid
-        (dropped if on_postgres and item.get_closest_marker("sqlite_only") else kept).append(item)
+        wrong_backend = item.get_closest_marker("sqlite_only" if on_postgres else "postgresql_only")
+        (dropped if wrong_backend else kept).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept

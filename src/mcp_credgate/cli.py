@@ -843,14 +843,40 @@ def key() -> None:
 @common_options
 @pass_app
 def key_rotate(app: App) -> None:
-    """Make a new master key and re-wrap every credential under it (safe to rerun after a crash)."""
+    """Re-wrap every credential under a new master key: the one `credgate key new` made (or given as
+    CREDGATE_MASTER_KEY=OLD,NEW), else a fresh one (SQLite only). Safe to rerun after a crash."""
+    from .crypto import read_key_file
+
     from_env = bool(os.environ.get("CREDGATE_MASTER_KEY"))
     new_key = app.store.rotate_master_key(app.settings, key_from_env=from_env)
-    where = str(app.settings.pending_key_path if from_env else app.settings.key_path)
-    note = f"; put the content of {where} into CREDGATE_MASTER_KEY, then delete that file" if from_env else ""
+    staged = app.settings.pending_key_path
+    if not from_env:
+        where: str | None = str(app.settings.key_path)
+        note = ""
+    elif staged.exists() and getattr(read_key_file(staged), "key_id", None) == new_key.key_id:
+        where = str(staged)
+        note = f"; put the content of {where} into CREDGATE_MASTER_KEY, then delete that file"
+    else:
+        where = None
+        note = "; CREDGATE_MASTER_KEY can now hold the new key alone, on every replica"
     app.out(
         {"key_id": new_key.key_id, "key_file": where},
-        f"rotated the master key (new key id {new_key.key_id}, in {where}){note}",
+        f"rotated the master key (new key id {new_key.key_id}{f', in {where}' if where else ''}){note}",
+    )
+
+
+@key.command("new")
+@common_options
+@pass_app
+def key_new(app: App) -> None:
+    """Make the next master key (master.key.new) ahead of a rotation; the store is not changed."""
+    key, made = app.store.stage_master_key(app.settings)
+    path = app.settings.pending_key_path
+    app.out(
+        {"key_id": key.key_id, "key_file": str(path), "created": made},
+        f"{'made' if made else 'kept'} the next master key in {path} (key id {key.key_id}): give it to every "
+        "replica (copy the file into each data folder, or set CREDGATE_MASTER_KEY=OLD,NEW), "
+        "then run `credgate key rotate`",
     )
 
 

@@ -136,11 +136,20 @@ class DataKey:
 
 
 class Keyring:
-    """The master keys this process holds: the primary one, and a pending one during a rotation."""
+    """The master keys this process holds: the given ones (the primary first: CREDGATE_MASTER_KEY's list,
+    or the key file) and the next one of a rotation (master.key.new)."""
 
-    def __init__(self, primary: MasterKey, others: Iterable[MasterKey] = ()) -> None:
+    def __init__(
+        self,
+        primary: MasterKey,
+        others: Iterable[MasterKey] = (),
+        given: Iterable[MasterKey] | None = None,
+        next_key: MasterKey | None = None,
+    ) -> None:
         self.primary = primary
-        self.keys = {k.key_id: k for k in (primary, *others)}
+        self.given = tuple(given) if given is not None else (primary,)
+        self.next_key = next_key
+        self.keys = {k.key_id: k for k in (primary, *others, *self.given, *([next_key] if next_key else []))}
 
     def get(self, key_id: str) -> MasterKey | None:
         return self.keys.get(key_id)

@@ -106,19 +106,25 @@ class AgentInfo:
 
 
 def load_keyring(settings: Settings, env: Mapping[str, str] | None = None) -> Keyring | None:
-    """The env key, else the key file; plus the pending key of an unfinished rotation."""
+    """The env key(s), else the key file; plus the next key (master.key.new) of a rotation.
+
+    CREDGATE_MASTER_KEY may hold several keys, comma-separated (`OLD,NEW` while a new key is rolled out to
+    replicas): the store is opened by whichever of them it knows."""
     env = os.environ if env is None else env
     text = env.get("CREDGATE_MASTER_KEY")
-    primary = MasterKey.from_text(text, "CREDGATE_MASTER_KEY") if text else read_key_file(settings.key_path)
+    keys = [MasterKey.from_text(part, "CREDGATE_MASTER_KEY") for part in text.split(",")] if text else []
+    if not keys:
+        from_file = read_key_file(settings.key_path)
+        keys = [from_file] if from_file is not None else []
     try:
         pending = read_key_file(settings.pending_key_path)
     except MasterKeyError:
         # A rotation died while writing master.key.new: that key was never used (its row goes into the
         # store only after the file is synced), and the next rotation replaces the file.
         pending = None
-    if primary is None:
+    if not keys:
         return None
-    return Keyring(primary, [pending] if pending is not None else [])
+    return Keyring(keys[0], given=keys, next_key=pending)
 
 
 def _open_database(settings: Settings) -> Database:
@@ -311,6 +317,19 @@ class Store:
             if pending is not None:
                 new_key = self._keyring.get(pending["key_id"]) or self._reloaded_key(pending["key_id"])
             if new_key is None:
+                new_key = self._staged_key(conn, settings)
+                if new_key is not None:
+                    conn.execute(
+                        "INSERT INTO master_keys (key_id, check_blob, state, created_at) VALUES (?, ?, 'pending', ?)",
+                        (new_key.key_id, new_key.check_blob(), now()),
+                    )
+            if new_key is None and self._db.shared:
+                raise MasterKeyError(
+                    "a shared store's new master key must reach every replica before the rotation: make it with "
+                    "`credgate key new`, give it to every replica (CREDGATE_MASTER_KEY=OLD,NEW or the "
+                    "master.key.new file), then run `credgate key rotate` with both keys"
+                )
+            if new_key is None:
                 if settings.pending_key_path.exists():
                     settings.pending_key_path.unlink()  # never used: its row was not yet written
                 new_key = MasterKey.generate()
@@ -321,7 +340,7 @@ class Store:
                     "INSERT INTO master_keys (key_id, check_blob, state, created_at) VALUES (?, ?, 'pending', ?)",
                     (new_key.key_id, new_key.check_blob(), now()),
                 )
-        self._keyring = Keyring(self._keyring.primary, [new_key])
+        self._keyring = Keyring(self._keyring.primary, [*self._keyring.keys.values(), new_key], self._keyring.given)
         while True:
             rows = self._query(
                 "SELECT id, name, uid, key_id, wrapped_dek FROM credentials WHERE key_id != ? LIMIT 100",
@@ -354,8 +373,34 @@ class Store:
                 )
             conn.execute("DELETE FROM master_keys WHERE key_id != ?", (new_key.key_id,))
             conn.execute("UPDATE master_keys SET state = 'current' WHERE key_id = ?", (new_key.key_id,))
-        self._keyring = Keyring(new_key)
+        self._keyring = Keyring(new_key, self._keyring.keys.values())
         return new_key
+
+    def _staged_key(self, conn: Database, settings: Settings) -> MasterKey | None:
+        """The next key, made beforehand (`credgate key new`) and handed to every replica: master.key.new, or
+        the key listed after the store's current one in CREDGATE_MASTER_KEY=OLD,NEW. (A key the store merely
+        does not know may be one it retired: never rotate back to it.)"""
+        known = {r["key_id"]: r["state"] for r in conn.execute("SELECT key_id, state FROM master_keys")}
+        staged = self._keyring.next_key
+        if staged is not None and staged.key_id not in known:
+            with open(settings.pending_key_path, "rb") as file:  # durable before anything is wrapped under it
+                os.fsync(file.fileno())
+            return staged
+        given = [k.key_id for k in self._keyring.given]
+        current = [i for i, key_id in enumerate(given) if known.get(key_id) == "current"]
+        after = [self._keyring.given[i] for i in range(current[0] + 1, len(given))] if current else []
+        return next((k for k in after if k.key_id not in known), None)
+
+    def stage_master_key(self, settings: Settings) -> tuple[MasterKey, bool]:
+        """Make the next master key in master.key.new (or keep the one already there). Returns it and whether
+        it is new. Nothing in the store changes until `rotate_master_key`."""
+        staged = read_key_file(settings.pending_key_path)
+        if staged is not None:
+            return staged, False
+        key = MasterKey.generate()
+        write_key_file(settings.pending_key_path, key)
+        sqlite.fsync_dir(settings.home)
+        return key, True
 
     # -- credentials ---------------------------------------------------------------------
 
@@ -707,9 +752,12 @@ class Store:
         return str(rows[0]["secret_hash"]) if rows else None
 
     def derived_key(self, purpose: str) -> bytes:
-        """A key derived from the primary master key: it changes with a key rotation."""
+        """A key derived from the store's current master key: the same on every replica, and it changes
+        with a key rotation."""
         with self._lock:
-            return self._keyring.primary.derive(purpose)
+            rows = self._db.execute("SELECT key_id FROM master_keys WHERE state = 'current'").fetchall()
+            key = self._keyring.get(rows[0]["key_id"]) if rows else None
+            return (key or self._keyring.primary).derive(purpose)
 
     # -- agents --------------------------------------------------------------------------
 
@@ -845,9 +893,9 @@ def _bindings_of(conn: Database, credential_id: int) -> list[tuple[str, str]]:
 
 
 def _check_keyring(conn: Database, keyring: Keyring, settings: Settings) -> None:
-    """The primary key must open its check row, and every key of the store that a credential uses must be in
-    the ring. A credential whose key id the store does not know is a damaged row, refused when it is read (it
-    must not lock every other credential out)."""
+    """A given key (CREDGATE_MASTER_KEY's, or the key file) must open its check row, and every key of the store
+    that a credential uses must be in the ring. A credential whose key id the store does not know is a damaged
+    row, refused when it is read (it must not lock every other credential out)."""
     try:
         checks = {r["key_id"]: r["check_blob"] for r in conn.execute("SELECT key_id, check_blob FROM master_keys")}
     except StoreBusyError:
@@ -855,9 +903,8 @@ def _check_keyring(conn: Database, keyring: Keyring, settings: Settings) -> None
     except StoreError:
         raise StoreError(f"{store_location(settings)} is not a credgate store (no key table)") from None
     in_use = {r["key_id"] for r in conn.execute("SELECT DISTINCT key_id FROM credentials")}
-    primary = keyring.primary
-    blob = checks.get(primary.key_id)
-    if blob is None or not primary.opens_check(blob) or not (in_use & set(checks)) <= set(keyring.keys):
+    opens = any(k.key_id in checks and k.opens_check(checks[k.key_id]) for k in keyring.given)
+    if not opens or not (in_use & set(checks)) <= set(keyring.keys):
         raise MasterKeyError(
             f"master key does not match this store ({store_location(settings)}): set CREDGATE_MASTER_KEY or "
             f"{settings.key_path} to the key this store was created with"

@@ -58,6 +58,7 @@ class Database(ABC):
     """One open connection. Not safe for concurrent use: `Store` serialises calls with its own lock."""
 
     where: str  # for messages: a file path, or a URL without its password
+    shared = False  # True when several machines may serve from it (a new master key must reach them all first)
 
     @abstractmethod
     def execute(self, sql: str, params: Params = ()) -> Cursor: ...

@@ -70,6 +70,8 @@ def connect(url: str) -> psycopg.Connection[dict[str, Any]]:
 
 
 class PostgresDatabase(Database):
+    shared = True
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.where = describe(url)
