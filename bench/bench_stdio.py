@@ -41,11 +41,13 @@ entrypoint = "bench_tools:echo"
 """
 
 
-def setup_credgate(home: Path) -> tuple[list[str], dict[str, str]]:
+def setup_credgate(home: Path, extra_env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """A store (SQLite in `home`, or where `extra_env`'s CREDGATE_DATABASE_URL says) with the echo tool bound
+    for group `bench`; returns the `serve` command line and the environment it needs."""
     tools = home / "tools.d"
     tools.mkdir(parents=True)
     (tools / "echo.toml").write_text(TOOL)
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    env = {**os.environ, "PYTHONPATH": str(HERE), **(extra_env or {})}
     base = [sys.executable, "-m", "mcp_credgate"]
     common = ["--home", str(home), "--tools-dir", str(tools)]
 
@@ -58,7 +60,7 @@ def setup_credgate(home: Path) -> tuple[list[str], dict[str, str]]:
     run("group", "add", "bench")
     run("group", "allow", "bench", "echo")
     run("bind", "bench", "echo", "bench-key")
-    return [*base, "serve", "--group", "bench", *common], {"PYTHONPATH": str(HERE)}
+    return [*base, "serve", "--group", "bench", *common], {"PYTHONPATH": str(HERE), **(extra_env or {})}
 
 
 async def measure(

@@ -18,6 +18,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
 from ..config import Settings
 from ..credential import Credential
@@ -127,29 +128,35 @@ def load_keyring(settings: Settings, env: Mapping[str, str] | None = None) -> Ke
     return Keyring(keys[0], given=keys, next_key=pending)
 
 
+def _postgres() -> ModuleType:
+    """The PostgreSQL backend, imported only when a store is there (psycopg is an optional dependency)."""
+    try:
+        from . import postgres
+    except ImportError:
+        raise StoreError(
+            "a PostgreSQL store needs psycopg: pip install 'mcp-credgate[postgres]' (or unset CREDGATE_DATABASE_URL)"
+        ) from None
+    return postgres
+
+
 def _open_database(settings: Settings) -> Database:
     if settings.database_url:
-        from .postgres import PostgresDatabase  # psycopg is needed only with a PostgreSQL store
-
-        return PostgresDatabase(settings.database_url)
+        database: Database = _postgres().PostgresDatabase(settings.database_url)
+        return database
     return sqlite.SqliteDatabase(settings.database_path)
 
 
 def store_exists(settings: Settings) -> bool:
     """Whether `credgate init` has made the store (without opening it: no key needed)."""
     if settings.database_url:
-        from .postgres import store_exists as exists_on_postgres
-
-        return exists_on_postgres(settings.database_url)
+        return bool(_postgres().store_exists(settings.database_url))
     return settings.database_path.exists()
 
 
 def store_location(settings: Settings) -> str:
     """Where the store is, for messages: the SQLite file, or the PostgreSQL URL without its password."""
     if settings.database_url:
-        from .postgres import describe
-
-        return describe(settings.database_url)
+        return str(_postgres().describe(settings.database_url))
     return str(settings.database_path)
 
 
@@ -188,9 +195,7 @@ class Store:
             keyring = Keyring(key)
         first_key_row = (keyring.primary.key_id, keyring.primary.check_blob(), now())
         if settings.database_url:
-            from .postgres import create_database
-
-            if not create_database(settings.database_url, first_key_row):
+            if not _postgres().create_database(settings.database_url, first_key_row):
                 # Another `credgate init` made the store meanwhile, under its own key: this one was never used.
                 if new_key_file:
                     settings.key_path.unlink()
