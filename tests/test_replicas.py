@@ -84,10 +84,28 @@ class Replica:
     def start(self, *, wait: bool = True) -> Replica:
         log = (self.folder / "serve.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mcp_credgate", "serve", "--http", "--host", "127.0.0.1", "--port",
-             str(self.port), "--home", str(self.folder / "home"), "--tools-dir", str(self.world.tools_dir),
-             "--public-url", self.base],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env(), cwd=self.folder,
+            [
+                sys.executable,
+                "-m",
+                "mcp_credgate",
+                "serve",
+                "--http",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--home",
+                str(self.folder / "home"),
+                "--tools-dir",
+                str(self.world.tools_dir),
+                "--public-url",
+                self.base,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=self.env(),
+            cwd=self.folder,
         )
         log.close()
         if wait:
@@ -146,8 +164,12 @@ def tools_call(tool: str, arguments: Mapping[str, Any], request_id: int = 1) -> 
         "io.modelcontextprotocol/clientInfo": {"name": "lb-agent", "version": "1"},
         "io.modelcontextprotocol/clientCapabilities": {},
     }
-    body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
-            "params": {"name": tool, "arguments": dict(arguments), "_meta": meta}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": dict(arguments), "_meta": meta},
+    }
     headers = {**JSON_HEADERS, "Mcp-Protocol-Version": MODERN, "Mcp-Method": "tools/call", "Mcp-Name": tool}
     return headers, json.dumps(body).encode()
 
@@ -155,8 +177,9 @@ def tools_call(tool: str, arguments: Mapping[str, Any], request_id: int = 1) -> 
 async def stateless_call(replica: Replica, token: str, tool: str = "whoami") -> httpx2.Response:
     headers, body = tools_call(tool, {})
     async with httpx2.AsyncClient(timeout=30) as http:
-        return await http.post(replica.base + "/mcp", headers={**headers, "Authorization": f"Bearer {token}"},
-                               content=body)
+        return await http.post(
+            replica.base + "/mcp", headers={**headers, "Authorization": f"Bearer {token}"}, content=body
+        )
 
 
 def result_of(response: httpx2.Response) -> types.CallToolResult:
@@ -337,6 +360,7 @@ async def test_20_concurrent_calls_across_two_replicas_make_exactly_one_refresh(
 
 async def test_a_master_key_rotation_while_replicas_serve(tmp_path: Path, upstream: Upstream) -> None:
     with two_replicas(tmp_path, upstream) as (world, a, b, old, token):
+
         async def both_work(expected: str = ONE) -> None:
             for replica in (a, b):
                 result = result_of(await stateless_call(replica, token))

@@ -117,19 +117,31 @@ class PollingLock(ABC):
     def _timed_out(self) -> StoreBusyError:
         return StoreBusyError(f"another credgate process holds {self.name} for over {self.timeout:g} s; retry")
 
+    @abstractmethod
+    def _give_up(self) -> None:
+        """Waiting ended without the lock (timed out, cancelled): free what the tries held."""
+
     def acquire(self) -> None:
         deadline = time.monotonic() + self.timeout
-        while not self._try():
-            if time.monotonic() >= deadline:
-                raise self._timed_out()
-            time.sleep(POLL_SECONDS)
+        try:
+            while not self._try():
+                if time.monotonic() >= deadline:
+                    raise self._timed_out()
+                time.sleep(POLL_SECONDS)
+        except BaseException:
+            self._give_up()
+            raise
 
     async def acquire_async(self) -> None:
         deadline = time.monotonic() + self.timeout
-        while not self._try():
-            if time.monotonic() >= deadline:
-                raise self._timed_out()
-            await anyio.sleep(POLL_SECONDS)
+        try:
+            while not self._try():
+                if time.monotonic() >= deadline:
+                    raise self._timed_out()
+                await anyio.sleep(POLL_SECONDS)
+        except BaseException:
+            self._give_up()
+            raise
 
     def __enter__(self) -> PollingLock:
         self.acquire()

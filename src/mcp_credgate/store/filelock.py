@@ -33,6 +33,9 @@ class FileLock(PollingLock):
         self._fd = fd
         return True
 
+    def _give_up(self) -> None:
+        """A failed try closes its descriptor at once: nothing is held between tries."""
+
     def release(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None

@@ -98,7 +98,14 @@ class PostgresDatabase(Database):
 
     def execute(self, sql: str, params: Params = ()) -> Cursor:
         with self._mapped_errors():
-            return self._connection().execute(_placeholders(sql), tuple(params))
+            try:
+                return self._connection().execute(_placeholders(sql), tuple(params))
+            except psycopg.OperationalError:
+                # The server dropped the connection (a restart, a failover): outside a transaction nothing
+                # was done yet, so the statement runs again once on a new connection.
+                if self._in_transaction or not self.conn.closed:
+                    raise
+                return self._connection().execute(_placeholders(sql), tuple(params))
 
     def executemany(self, sql: str, rows: Iterable[Params]) -> None:
         with self._mapped_errors(), self._connection().cursor() as cur:
@@ -168,8 +175,8 @@ class PostgresDatabase(Database):
 
 
 class AdvisoryLock(PollingLock):
-    """A session advisory lock on a connection of its own: a second holder in the same process conflicts as
-    one in another process does (a session may take its own advisory lock again)."""
+    """A session advisory lock on a connection of its own (kept while waiting): a second holder in the same
+    process conflicts as one in another process does (a session may take its own advisory lock again)."""
 
     def __init__(self, url: str, key: int, timeout: float) -> None:
         super().__init__(f"the credential lock {key:x}", timeout)
@@ -178,22 +185,22 @@ class AdvisoryLock(PollingLock):
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
 
     def _try(self) -> bool:
-        conn = connect(self.url)
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.url)
         try:
-            row = conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (self.key,)).fetchone()
+            row = self._conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (self.key,)).fetchone()
         except psycopg.Error as exc:
-            conn.close()
+            self._give_up()
             raise StoreBusyError(f"PostgreSQL did not answer ({_first_line(exc)}); retry") from None
-        if row is None or not row["ok"]:
-            conn.close()
-            return False
-        self._conn = conn
-        return True
+        return bool(row and row["ok"])
 
-    def release(self) -> None:
+    def _give_up(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             conn.close()  # ending the session releases its advisory locks
+
+    def release(self) -> None:
+        self._give_up()
 
 
 def store_exists(url: str) -> bool:
