@@ -307,7 +307,8 @@ class Store:
     def rotate_master_key(self, settings: Settings, key_from_env: bool) -> MasterKey:
         """Re-wrap every data key under a new master key. Safe to kill at any point and run again.
 
-        1. the new key goes to `master.key.new` (fsync-ed) and its check row into the store as 'pending';
+        1. the new key (the one staged ahead: `key new`'s master.key.new or CREDGATE_MASTER_KEY=OLD,NEW; else
+           a fresh one, written to master.key.new and fsync-ed) gets its check row in the store as 'pending';
         2. each credential's data key is re-wrapped, one transaction each;
         3. `master.key.new` replaces `master.key` (atomic rename), unless the key comes from the env;
         4. one transaction drops the old key's row and makes the new one current.
@@ -388,8 +389,8 @@ class Store:
         known = {r["key_id"]: r["state"] for r in conn.execute("SELECT key_id, state FROM master_keys")}
         staged = self._keyring.next_key
         if staged is not None and staged.key_id not in known:
-            with open(settings.pending_key_path, "rb") as file:  # durable before anything is wrapped under it
-                os.fsync(file.fileno())
+            with suppress(FileNotFoundError), open(settings.pending_key_path, "rb") as file:
+                os.fsync(file.fileno())  # durable before anything is wrapped under it
             return staged
         given = [k.key_id for k in self._keyring.given]
         current = [i for i, key_id in enumerate(given) if known.get(key_id) == "current"]
