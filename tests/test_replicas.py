@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -406,15 +407,34 @@ async def test_a_master_key_rotation_while_replicas_serve(tmp_path: Path, upstre
 # -- 5. the dashboard behind a load balancer --------------------------------------------------------------
 
 
-async def test_a_dashboard_session_made_on_one_replica_is_accepted_by_the_other(
+async def test_a_dashboard_session_made_on_one_replica_works_on_the_other_and_its_changes_reach_both(
     tmp_path: Path, upstream: Upstream
 ) -> None:
-    with two_replicas(tmp_path, upstream) as (world, a, b, _, _token):
+    with two_replicas(tmp_path, upstream) as (world, a, b, _, token):
+        admin_ok(world, "cred", "add", "svc-two", "--type", "svc", "--set", f"token={TWO}")
         secret = new_admin_secret(world.store)
         async with httpx2.AsyncClient(timeout=30) as on_a:
             login = await on_a.post(a.base + "/login", data={"secret": secret}, headers={"Origin": a.base})
             assert login.status_code == 303, login.text
-        async with httpx2.AsyncClient(timeout=30, cookies=login.cookies) as on_b:
-            page = await on_b.get(b.base + "/groups")
-        assert page.status_code == 200, page.text
-        assert GROUP in page.text
+        async with httpx2.AsyncClient(timeout=30, cookies=login.cookies) as on_b, session(a, token) as agent_on_a:
+            assert await token_used_by(agent_on_a, upstream) == ONE
+            page = await on_b.get(b.base + f"/groups/{GROUP}")
+            assert page.status_code == 200, page.text
+            csrf = re.search(r'name="csrf" value="([^"]*)"', page.text)
+            assert csrf, page.text
+
+            rebound = await on_b.post(
+                b.base + f"/groups/{GROUP}/bind",
+                data={"csrf": csrf.group(1), "tool": "whoami", "credential": "svc-two"},
+                headers={"Origin": b.base},
+            )
+            assert rebound.status_code == 303, rebound.text
+            assert await token_used_by(agent_on_a, upstream) == TWO  # a rebind made through b, seen by a
+
+            revoked = await on_b.post(
+                b.base + f"/groups/{GROUP}/revoke",
+                data={"csrf": csrf.group(1), "agent": "agent"},
+                headers={"Origin": b.base},
+            )
+            assert revoked.status_code == 303, revoked.text
+        assert (await stateless_call(a, token)).status_code == 401
