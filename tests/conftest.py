@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from gateway_support import Upstream, running_upstream
+from gateway_support import Upstream, credgate_env, running_upstream
 from postgres_support import (  # the hooks that run the suite on both backends
     POSTGRES_URL,
     database_url_for,
@@ -239,10 +239,7 @@ def run_credgate(home: Path, tools_dir: Path, tmp_path: Path) -> ProcRun:
     def run(
         *args: str, input: str | None = None, env: Mapping[str, str] | None = None, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}
-        if database_url():
-            full_env["CREDGATE_DATABASE_URL"] = database_url() or ""
-        full_env.update(env or {})
+        full_env = {**credgate_env(), **(env or {})}
         return subprocess.run(
             [sys.executable, "-m", "mcp_credgate", "--home", str(home), "--tools-dir", str(tools_dir), *args],
             input=input,

@@ -1,7 +1,8 @@
 """Real parts for the gateway tests: a recording HTTP upstream, a credgate "world", an MCP client, leak scans.
 
 Nothing here is a mock: the upstream is a `ThreadingHTTPServer` on 127.0.0.1, the store is a SQLite file
-under `tmp_path`, the declarations are TOML files, and the client is the MCP SDK's own `Client`.
+under `tmp_path` (or the test's PostgreSQL schema), the declarations are TOML files, and the client is the MCP
+SDK's own `Client`.
 Test modules import these helpers (plain `import gateway_support`: pytest puts `tests/` on `sys.path`).
 """
 
@@ -13,26 +14,29 @@ import os
 import re
 import secrets
 import socket
-import sqlite3
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, closing, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, unquote_plus, urlsplit
 
 import mcp_types as types
+import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
+from postgres_support import POSTGRES_URL, database_url_for, drop_schema
+from raw_db import raw_db
 
 from mcp_credgate import admin
 from mcp_credgate.config import Settings
+from mcp_credgate.crypto import MasterKey
 from mcp_credgate.declarations import Catalog, load_catalog
 from mcp_credgate.server import Caller, Gateway, build_server
-from mcp_credgate.store import AuditRow, Store
+from mcp_credgate.store import AuditRow, Store, store_exists
 
 PUBLIC_URL = "http://127.0.0.1:8765"
 
@@ -126,19 +130,80 @@ def assert_no_leak(text: str, *secret_values: str) -> None:
         assert not found, f"secret {value[:8]}… leaked as {found}"
 
 
-def assert_no_leak_at_rest(home: Path, *secret_values: str) -> None:
-    """The data folder at rest: every file in it (database, -wal, -shm, backups and replaced stores kept
-    there) byte for byte, and the audit table row by row, hold no secret in any form."""
-    for path in sorted(home.rglob("*")):
+def assert_no_leak_at_rest(settings: Settings, *secret_values: str) -> None:
+    """The store at rest: every file in the data folder (database, -wal, -shm, backups and replaced stores
+    kept there) byte for byte, and every row of every table of the store (SQLite or PostgreSQL), hold no
+    secret in any form."""
+    for path in sorted(settings.home.rglob("*")):
         if path.is_file():
             for value in secret_values:
                 found = leaks(path.read_bytes().decode("latin-1"), value)
                 assert not found, f"secret {value[:8]}… found in {path.name} as {found}"
-    database = home / "credgate.db"
-    if database.exists():
-        with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-            rows = conn.execute("SELECT * FROM audit").fetchall()
-        assert_no_leak(repr(rows), *secret_values)
+    if store_exists(settings):
+        with raw_db(settings) as db:
+            for table, rows in db.dump().items():
+                for value in secret_values:
+                    found = leaks(repr(rows), value)
+                    assert not found, f"secret {value[:8]}… found in the table {table} as {found}"
+
+
+def store_env(settings: Settings | None = None) -> dict[str, str]:
+    """What points a credgate child process at the same store: CREDGATE_DATABASE_URL of `settings` (by default
+    this test's, which the `backend` fixture set) on PostgreSQL, nothing on SQLite."""
+    url = settings.database_url if settings is not None else os.environ.get("CREDGATE_DATABASE_URL")
+    return {"CREDGATE_DATABASE_URL": url} if url else {}
+
+
+def credgate_env(settings: Settings | None = None) -> dict[str, str]:
+    """The environment of a credgate child process: ours without CREDGATE_* settings, but on the same store
+    (`store_env`)."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}, **store_env(settings)}
+
+
+def rotate_master_key(
+    store: Store, settings: Settings, *, key_from_env: bool = False, env: Mapping[str, str] | None = None
+) -> MasterKey:
+    """What `credgate key rotate` does. A shared (PostgreSQL) store rotates only to a key made beforehand and
+    given to every process that serves from it: unless a rotation is under way already (then it is finished),
+    the key is made first (`credgate key new`), and the rotation runs on a store opened with it, as the next
+    `credgate key rotate` process would (`env`: that process's environment). `store` sees the new key at its
+    next read, as a replica does."""
+    if settings.database_url is None:
+        return store.rotate_master_key(settings, key_from_env=key_from_env)
+    with raw_db(settings) as db:
+        under_way = db.execute("SELECT 1 FROM master_keys WHERE state = 'pending'").fetchone() is not None
+    if not under_way:
+        store.stage_master_key(settings)
+    with Store.open(settings, env={} if env is None else env) as admin_store:
+        return admin_store.rotate_master_key(settings, key_from_env=key_from_env)
+
+
+T = TypeVar("T")
+
+
+@contextmanager
+def per_backend(
+    config: pytest.Config, make: Callable[[str | None], AbstractContextManager[T]]
+) -> Iterator[Callable[[str], T]]:
+    """For a module-scoped fixture: `get(backend)` gives the module's installation on a backend, made (by
+    `make(database_url)`) for the first test on it and kept to the end. On PostgreSQL it gets a schema of the
+    module's own (a test's schema lives only as long as the test), dropped after `make`'s context has ended;
+    on SQLite `make` gets None."""
+    made: dict[str, T] = {}
+    with ExitStack() as stack:
+
+        def get(backend: str) -> T:
+            if backend not in made:
+                database_url = None
+                if backend == "postgresql":
+                    server = config.stash[POSTGRES_URL]
+                    assert server is not None
+                    database_url, schema = database_url_for(server)
+                    stack.callback(drop_schema, server, schema)
+                made[backend] = stack.enter_context(make(database_url))
+            return made[backend]
+
+        yield get
 
 
 # -- the recording upstream ----------------------------------------------------------------------
@@ -353,7 +418,11 @@ class World:
     groups: set[str] = field(default_factory=set)
 
     @classmethod
-    def create(cls, root: Path, tools: Mapping[str, str], files: Mapping[str, str] = {}) -> World:
+    def create(
+        cls, root: Path, tools: Mapping[str, str], files: Mapping[str, str] = {}, *, database_url: str | None = None
+    ) -> World:
+        """The store is SQLite in root/home, or on PostgreSQL the schema of `database_url` (by default this
+        test's)."""
         tools_dir = root / "tools.d"
         tools_dir.mkdir(parents=True)
         for name, text in tools.items():
@@ -364,7 +433,7 @@ class World:
             home=root / "home",
             tools_dirs=(tools_dir,),
             public_url=PUBLIC_URL,
-            database_url=os.environ.get("CREDGATE_DATABASE_URL"),
+            database_url=database_url or os.environ.get("CREDGATE_DATABASE_URL"),
         )
         catalog = load_catalog(settings.tools_dirs)
         assert not catalog.problems, catalog.problems

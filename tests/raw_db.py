@@ -8,6 +8,7 @@ edit at their next call as they would on SQLite (whose `PRAGMA data_version` mov
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +36,50 @@ class RawDb:
         if not sql.lstrip().upper().startswith(("SELECT", "PRAGMA")):
             self._wrote = True
         return self._pg.execute(sql.replace("?", "%s"), tuple(params))
+
+    def tables(self) -> list[str]:
+        """The store's tables (on PostgreSQL, those of the test's schema)."""
+        if self.postgres:
+            sql = (
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1"
+            )
+        else:
+            sql = "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY 1"
+        return [r[0] for r in self.execute(sql)]
+
+    def dump(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every table, in a stable order: what the store holds, whatever its backend."""
+        return {
+            table: sorted((tuple(r) for r in self.execute(f'SELECT * FROM "{table}"')), key=repr)
+            for table in self.tables()
+        }
+
+    def integrity_problems(self) -> list[str]:
+        """What is wrong with the store as a database: SQLite's own integrity and foreign key checks; on
+        PostgreSQL (which checks its pages and keys itself), any row whose foreign key finds no row."""
+        if not self.postgres:
+            problems = [r[0] for r in self.execute("PRAGMA integrity_check") if r[0] != "ok"]
+            return problems + [
+                f"{r[0]} row {r[1]} points to a missing {r[2]} row" for r in self.execute("PRAGMA foreign_key_check")
+            ]
+        references = self.execute(
+            "SELECT c.conrelid::regclass::text, a.attname, c.confrelid::regclass::text, p.attname"
+            " FROM pg_constraint c"
+            " JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]"
+            " JOIN pg_attribute p ON p.attrelid = c.confrelid AND p.attnum = c.confkey[1]"
+            " WHERE c.contype = 'f' AND c.connamespace = current_schema()::regnamespace"
+        ).fetchall()
+        assert references, "no foreign keys in the schema"
+        problems = []
+        for child, column, parent, key in references:
+            orphans = self.execute(
+                f"SELECT COUNT(*) FROM {child} c WHERE c.{column} IS NOT NULL"
+                f" AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE p.{key} = c.{column})"
+            ).fetchone()[0]
+            if orphans:
+                problems.append(f"{orphans} {child} rows point to a missing {parent} row")
+        return problems
 
     def commit(self) -> None:
         if self._sqlite is not None:
@@ -65,3 +110,17 @@ class RawDb:
 
 def raw_db(settings: Settings) -> RawDb:
     return RawDb(settings)
+
+
+def store_contents(settings: Settings) -> object:
+    """What a refused command must leave as it was: the SQLite file byte for byte, or on PostgreSQL every row
+    of every table."""
+    if settings.database_url:
+        with raw_db(settings) as db:
+            return db.dump()
+    return hashlib.sha256(settings.database_path.read_bytes()).hexdigest()
+
+
+def data_folder_files(settings: Settings) -> list[str]:
+    """The files a closed store leaves in its data folder: the key file, and on SQLite the database."""
+    return ["master.key"] if settings.database_url else ["credgate.db", "master.key"]

@@ -11,13 +11,13 @@ import hashlib
 import json
 import re
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import Result
 from conftest import CliRun, ProcRun
 from gateway_support import leaks
+from raw_db import raw_db
 
 from mcp_credgate.agents import AgentTokenVerifier, new_token, token_hash
 from mcp_credgate.config import Settings
@@ -68,9 +68,12 @@ def list_agents(run_cli: CliRun) -> list[dict[str, Any]]:
     return agents
 
 
-def stored_bytes(home: Path) -> str:
-    """Every file of the data folder (database, WAL, shared memory, key) as one latin-1 text."""
-    return "\n".join(p.read_bytes().decode("latin-1") for p in sorted(home.iterdir()) if p.is_file())
+def stored_bytes(settings: Settings) -> str:
+    """Every file of the data folder (database, WAL, shared memory, key) as one latin-1 text, and every row of
+    every table of the store (SQLite or PostgreSQL)."""
+    files = [p.read_bytes().decode("latin-1") for p in sorted(settings.home.iterdir()) if p.is_file()]
+    with raw_db(settings) as db:
+        return "\n".join([*files, repr(db.dump())])
 
 
 # -- the token -------------------------------------------------------------------------------------
@@ -108,11 +111,11 @@ def test_agent_add_prints_the_token_once_in_text_and_json(groups: Store, run_cli
 
 
 def test_only_the_sha256_of_a_token_is_stored(
-    groups: Store, run_cli: CliRun, home: Path, settings: Settings
+    groups: Store, run_cli: CliRun, settings: Settings
 ) -> None:
     tokens = [add_agent(run_cli, "research", f"bot{i}") for i in range(3)]
     groups.close()  # let SQLite checkpoint; the WAL and shm files are scanned too if they remain
-    everything = stored_bytes(home)
+    everything = stored_bytes(settings)
     for token in tokens:
         assert not leaks(everything, token), "the raw token is in the data folder"
         assert not leaks(everything, token[4:]), "the token's random part is in the data folder"

@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import select
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -15,11 +14,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from conftest import ACCOUNT, WEATHER_KEY, CliRun, ProcRun, write_tool
+from conftest import ACCOUNT, WEATHER_KEY, CliRun, ProcRun, database_url, write_tool
+from gateway_support import credgate_env
+from raw_db import data_folder_files, raw_db, store_contents
 
 from mcp_credgate.config import Settings
 from mcp_credgate.crypto import MasterKey
-from mcp_credgate.store import AuditRow, Store
+from mcp_credgate.store import AuditRow, Store, store_exists, store_location
 
 MISMATCH = "master key does not match this store"
 LONG_PASSWORD = ACCOUNT["password"]  # 28 characters: shows as ••••aple
@@ -92,13 +93,14 @@ def statuses(cli: CliRun, group: str = "team") -> dict[str, dict[str, object]]:
 # -- init and tools --------------------------------------------------------------------------
 
 
-def test_init_creates_the_store_and_a_second_init_changes_nothing(run_cli: CliRun, home: Path) -> None:
+def test_init_creates_the_store_and_a_second_init_changes_nothing(run_cli: CliRun, home: Path, tools_dir: Path) -> None:
+    settings = settings_of(home, tools_dir)
     first = run_cli("init")
     assert_ok(first)
     assert "initialised" in first.stdout
-    assert (home / "credgate.db").exists()
-    assert (home / "master.key").exists()
-    before = {p.name: p.read_bytes() for p in home.iterdir()}
+    assert store_exists(settings)
+    assert sorted(p.name for p in home.iterdir()) == data_folder_files(settings)
+    before, rows_before = {p.name: p.read_bytes() for p in home.iterdir()}, store_contents(settings)
 
     second = run_cli("init")
 
@@ -106,8 +108,9 @@ def test_init_creates_the_store_and_a_second_init_changes_nothing(run_cli: CliRu
     assert "already initialised" in second.stdout
     assert "nothing changed" in second.stdout
     assert {p.name: p.read_bytes() for p in home.iterdir()} == before
+    assert store_contents(settings) == rows_before
     data = as_json(run_cli("init", "--json"))
-    assert data == {"home": str(home), "database": str(home / "credgate.db"),
+    assert data == {"home": str(home), "database": store_location(settings),
                     "master_key": str(home / "master.key"), "created": False}
 
 
@@ -361,14 +364,12 @@ def test_cred_rm_of_a_bound_credential_needs_force(team: CliRun) -> None:
     assert_refused(team("cred", "rm", "acct"), "acct")
 
 
-def test_a_moved_ciphertext_is_reported_in_one_line(team: CliRun, home: Path) -> None:
-    conn = sqlite3.connect(home / "credgate.db")
-    with conn:
-        conn.execute(
+def test_a_moved_ciphertext_is_reported_in_one_line(team: CliRun, home: Path, tools_dir: Path) -> None:
+    with raw_db(settings_of(home, tools_dir)) as db:
+        db.execute(
             "UPDATE credential_values SET ciphertext = (SELECT ciphertext FROM credential_values"
             " WHERE field = 'password') WHERE field = 'api_key'"
         )
-    conn.close()
 
     line = assert_refused(team("cred", "show", "wk"), "'wk'", "cred update wk")
 
@@ -473,6 +474,8 @@ def test_unbind(team: CliRun) -> None:
 
 def test_key_rotate_keeps_credentials_and_retires_the_old_key(team: CliRun, home: Path) -> None:
     old_key = (home / "master.key").read_text().strip()
+    if database_url():  # a shared store rotates only to a key made (and handed to every replica) first
+        assert_ok(team("key", "new"))
 
     rotated = team("key", "rotate")
 
@@ -501,31 +504,35 @@ def test_key_rotate_keeps_credentials_and_retires_the_old_key(team: CliRun, home
         ("init",),
     ],
 )
-def test_wrong_key_is_refused_before_anything_changes(team: CliRun, home: Path, args: tuple[str, ...]) -> None:
-    before = (home / "credgate.db").read_bytes()
+def test_wrong_key_is_refused_before_anything_changes(
+    team: CliRun, home: Path, tools_dir: Path, args: tuple[str, ...]
+) -> None:
+    settings = settings_of(home, tools_dir)
+    before = store_contents(settings)
     wrong = MasterKey.generate().to_text()
 
     result = team(*args, env={"CREDGATE_MASTER_KEY": wrong})
 
     assert_refused(result, MISMATCH)
-    assert (home / "credgate.db").read_bytes() == before
-    assert sorted(p.name for p in home.iterdir()) == ["credgate.db", "master.key"]
+    assert store_contents(settings) == before
+    assert sorted(p.name for p in home.iterdir()) == data_folder_files(settings)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "missing", "garbage"])
-def test_damaged_key_file_is_refused_with_one_line(team: CliRun, home: Path, damage: str) -> None:
+def test_damaged_key_file_is_refused_with_one_line(team: CliRun, home: Path, tools_dir: Path, damage: str) -> None:
+    settings = settings_of(home, tools_dir)
     key_file = home / "master.key"
     text = key_file.read_text().strip()
     if damage == "missing":
         key_file.unlink()
     else:
         key_file.write_text(text[:20] + "\n" if damage == "truncated" else "garbage\n")
-    before = (home / "credgate.db").read_bytes()
+    before = store_contents(settings)
 
     line = assert_refused(team("cred", "list"), MISMATCH)
 
     assert text[:20] not in line
-    assert (home / "credgate.db").read_bytes() == before
+    assert store_contents(settings) == before
     assert damage != "missing" or not key_file.exists()  # never a new key over an existing store
     assert_refused(team("init"), MISMATCH)
 
@@ -633,6 +640,8 @@ def test_real_process_end_to_end(run_credgate: ProcRun, home: Path) -> None:
     assert LONG_PASSWORD not in shown.stdout
 
     old_key = (home / "master.key").read_text().strip()
+    if database_url():  # a shared store rotates only to a key made (and handed to every replica) first
+        assert run_credgate("key", "new").returncode == 0
     rotated = run_credgate("key", "rotate")
     assert rotated.returncode == 0, rotated.stderr
     refused = run_credgate("cred", "list", env={"CREDGATE_MASTER_KEY": old_key})
@@ -660,7 +669,7 @@ def test_hidden_prompt_on_a_terminal(home: Path, tools_dir: Path, run_credgate: 
     pty = pytest.importorskip("pty")
     assert run_credgate("init").returncode == 0
     secret = "wk_PromptedSecret123"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}
+    env = credgate_env()
     argv = [sys.executable, "-m", "mcp_credgate", "--home", str(home), "--tools-dir", str(tools_dir),
             "cred", "add", "typed", "--type", "weatherkey"]
 
@@ -731,9 +740,6 @@ def test_two_processes_writing_at_once(run_credgate: ProcRun, home: Path, tools_
         assert stored == set(acknowledged)  # no half-written or phantom records
         for name, values in acknowledged.items():
             assert dict(store.read_credential(name)) == values
-    conn = sqlite3.connect(home / "credgate.db")
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert conn.execute("SELECT COUNT(*) FROM credential_values").fetchone()[0] == 2 * len(acknowledged)
-    finally:
-        conn.close()
+    with raw_db(settings_of(home, tools_dir)) as db:
+        assert db.integrity_problems() == []
+        assert db.execute("SELECT COUNT(*) FROM credential_values").fetchone()[0] == 2 * len(acknowledged)

@@ -12,8 +12,6 @@ with a bound canary credential) while real `python -m mcp_credgate` processes wr
 
 from __future__ import annotations
 
-import os
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,12 +25,14 @@ from gateway_support import (
     Upstream,
     World,
     connect,
+    credgate_env,
     http_tool,
     load_json,
     make_canary,
     result_text,
 )
 from mcp import Client
+from raw_db import raw_db
 
 from mcp_credgate.store import Store
 
@@ -62,13 +62,12 @@ def world(tmp_path: Path, upstream: Upstream) -> Iterator[World]:
 
 
 def credgate(world: World, *args: str) -> subprocess.Popen[str]:
-    """A real `credgate` process on the world's data folder (no CREDGATE_* from the environment)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}
+    """A real `credgate` process on the world's store (no other CREDGATE_* from the environment)."""
     return subprocess.Popen(
         [sys.executable, "-m", "mcp_credgate", "--home", str(world.settings.home),
          "--tools-dir", str(world.tools_dir), *args],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        cwd=world.tools_dir.parent,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=credgate_env(world.settings), cwd=world.tools_dir.parent,
     )
 
 
@@ -128,12 +127,8 @@ def canaries_upstream(load: Load, upstream: Upstream) -> None:
 
 
 def integrity_ok(world: World) -> None:
-    conn = sqlite3.connect(world.settings.database_path)
-    try:
-        assert [r[0] for r in conn.execute("PRAGMA integrity_check")] == ["ok"]
-        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
-    finally:
-        conn.close()
+    with raw_db(world.settings) as db:
+        assert db.integrity_problems() == []
 
 
 async def test_admin_writes_from_two_processes_while_the_gateway_serves_50_calls(
@@ -193,6 +188,9 @@ async def test_key_rotation_under_call_load_loses_no_call(world: World, upstream
     for i in range(200):
         world.add_credential(f"bulk{i}", "svc", {"token": f"bulk-token-{i}"})
     old_key = world.settings.key_path.read_bytes()
+    if world.settings.database_url:  # a shared store rotates only to a key every replica holds first
+        staged = credgate(world, "key", "new")
+        assert staged.wait(30) == 0, staged.communicate()
     rotation: dict[str, Any] = {}
 
     async def rotate(load: Load) -> None:
@@ -223,12 +221,9 @@ async def test_key_rotation_under_call_load_loses_no_call(world: World, upstream
     canaries_upstream(load, upstream)
 
     integrity_ok(world)
-    conn = sqlite3.connect(world.settings.database_path)
-    try:
-        keys = conn.execute("SELECT key_id, state FROM master_keys").fetchall()
-        used = {r[0] for r in conn.execute("SELECT key_id FROM credentials")}
-    finally:
-        conn.close()
+    with raw_db(world.settings) as db:
+        keys = db.execute("SELECT key_id, state FROM master_keys").fetchall()
+        used = {r[0] for r in db.execute("SELECT key_id FROM credentials")}
     assert len(keys) == 1 and keys[0][1] == "current"
     assert used == {keys[0][0]}
     with Store.open(world.settings, env={}) as store:

@@ -1,16 +1,21 @@
 """Crash safety (issue 7): `kill -9` a real `credgate` process at seeded random points, then check the store.
 
-Each operation (`cred add`, `cred update`, `cred rm`, `bind`, `key rotate`) runs many times against one data
-folder, as `python -m mcp_credgate` subprocesses; most runs are killed with SIGKILL. Kill points are random
-and seeded (`random.Random(seed)`): mostly a random delay after the process opened the store (its `-wal` file
-appears), where the writing happens, sometimes a random delay from the spawn. After every run:
+Each operation (`cred add`, `cred update`, `cred rm`, `bind`, `key rotate`) runs many times against one store,
+as `python -m mcp_credgate` subprocesses; most runs are killed with SIGKILL. Kill points are random and seeded
+(`random.Random(seed)`): mostly a random delay after the process opened the store (its `-wal` file appears, or
+on PostgreSQL its connection), where the writing happens, sometimes a random delay from the spawn. After every
+run:
 
-* `PRAGMA integrity_check` is ok and `PRAGMA foreign_key_check` is empty;
+* `PRAGMA integrity_check` is ok and `PRAGMA foreign_key_check` is empty (on PostgreSQL: no row's foreign key
+  points nowhere);
 * the store equals the model before the command or the model after it, exactly (credentials with all their
   values, bindings): a command that exited 0 before the kill must be fully there, a killed one fully there or
   fully absent, never half;
 * every credential decrypts with the key files as left on disk (`Store.open`, then `read_credential`);
-* on a copy of the data folder, `credgate key rotate` completes and everything still decrypts, under one key.
+* on a copy of the data folder, `credgate key rotate` completes and everything still decrypts, under one key
+  (SQLite: there the data folder holds the whole store).
+
+The kills of `key rotate` are about SQLite's rotation (which makes the new key itself, in master.key.new).
 
 One more run kills `credgate serve --group` under call load from a stdio MCP client; the store and its audit
 table must be sound afterwards.
@@ -23,7 +28,6 @@ import random
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -34,12 +38,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
+import psycopg
 import pytest
 from click.testing import CliRunner
 from conftest import WEATHER_KEY
-from gateway_support import TOKEN_FIELDS, Upstream, World, http_tool, make_canary
+from gateway_support import TOKEN_FIELDS, Upstream, World, credgate_env, http_tool, make_canary, store_env
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from raw_db import raw_db
 
 from mcp_credgate import admin
 from mcp_credgate.cli import cli
@@ -64,12 +70,8 @@ class Model:
 
 def db_checks(settings: Settings) -> None:
     """Integrity and foreign keys, on a plain connection (which also recovers a WAL left by the kill)."""
-    conn = sqlite3.connect(settings.database_path)
-    try:
-        assert [r[0] for r in conn.execute("PRAGMA integrity_check")] == ["ok"]
-        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
-    finally:
-        conn.close()
+    with raw_db(settings) as db:
+        assert db.integrity_problems() == []
 
 
 def read_model(settings: Settings) -> Model:
@@ -88,12 +90,9 @@ def read_model(settings: Settings) -> Model:
 
 
 def key_state(settings: Settings) -> tuple[list[tuple[str, str]], set[str]]:
-    conn = sqlite3.connect(settings.database_path)
-    try:
-        keys = sorted(conn.execute("SELECT key_id, state FROM master_keys").fetchall())
-        used = {r[0] for r in conn.execute("SELECT key_id FROM credentials")}
-    finally:
-        conn.close()
+    with raw_db(settings) as db:
+        keys = sorted(db.execute("SELECT key_id, state FROM master_keys").fetchall())
+        used = {r[0] for r in db.execute("SELECT key_id FROM credentials")}
     return keys, used
 
 
@@ -115,6 +114,23 @@ def rotate_a_copy(settings: Settings, scratch: Path, expected: Model) -> None:
     assert read_model(copy) == expected
 
 
+def rotate_for_real(settings: Settings, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`credgate key rotate` as a real process on the store; on a shared (PostgreSQL) store after `credgate key
+    new`, as a shared store rotates only to a key made first."""
+
+    def credgate(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mcp_credgate", "--home", str(settings.home), "--tools-dir",
+             str(settings.tools_dirs[0]), *args],
+            capture_output=True, text=True, timeout=timeout, env=credgate_env(settings),
+        )
+
+    if settings.database_url:
+        staged = credgate("key", "new")
+        assert staged.returncode == 0, staged.stderr
+    return credgate("key", "rotate")
+
+
 # -- killing a real process ---------------------------------------------------------------------------
 
 
@@ -128,31 +144,53 @@ class Killer:
     startup: float = 0.4  # seconds from spawn to "store opened"
     kills: int = 0
     acknowledged: int = 0
+    _pg: psycopg.Connection[tuple[object, ...]] | None = None
 
     def _spawn(self, args: list[str]) -> subprocess.Popen[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}
         return subprocess.Popen(
             [sys.executable, "-m", "mcp_credgate", "--home", str(self.settings.home),
              "--tools-dir", str(self.settings.tools_dirs[0]), *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=credgate_env(self.settings),
         )
 
     def _wal(self) -> Path:
         return self.settings.database_path.with_name(self.settings.database_path.name + "-wal")
 
-    def _wait_for_open(self, proc: subprocess.Popen[str], deadline: float) -> float | None:
+    def _sessions(self) -> set[int]:
+        """On PostgreSQL, the server processes of credgate's connections (empty on SQLite)."""
+        if self.settings.database_url is None:
+            return set()
+        if self._pg is None:
+            self._pg = psycopg.connect(self.settings.database_url, autocommit=True)  # each query a fresh look
+        rows = self._pg.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'credgate'")
+        return {pid for (pid,) in rows}
+
+    def _opened(self, earlier_sessions: set[int]) -> bool:
+        """The process has the store open: its -wal file appeared, or its PostgreSQL connection."""
+        if self.settings.database_url is None:
+            return self._wal().exists()
+        return bool(self._sessions() - earlier_sessions)
+
+    def _wait_for_open(self, proc: subprocess.Popen[str], deadline: float, earlier: set[int]) -> float | None:
         while proc.poll() is None and time.monotonic() < deadline:
-            if self._wal().exists():
+            if self._opened(earlier):
                 return time.monotonic()
             time.sleep(0.0005)
         return None
 
+    def _stop_watching(self) -> None:
+        if self._pg is not None:
+            self._pg.close()
+            self._pg = None
+
     def calibrate(self, args: list[str]) -> int:
         """One run to completion, timing its phases: that run is an acknowledged change."""
-        assert not self._wal().exists()
-        spawned = time.monotonic()
+        assert self.settings.database_url or not self._wal().exists()
+        earlier, spawned = self._sessions(), time.monotonic()
         proc = self._spawn(args)
-        opened = self._wait_for_open(proc, spawned + 60) or spawned
+        opened = self._wait_for_open(proc, spawned + 60, earlier) or spawned
+        self._stop_watching()
         _, stderr = proc.communicate(timeout=60)
         ended = time.monotonic()
         assert proc.returncode == 0, stderr
@@ -162,16 +200,17 @@ class Killer:
 
     def run(self, args: list[str]) -> int:
         """Run once and SIGKILL it at a random point; returns its exit status (0: it finished first)."""
-        assert not self._wal().exists(), "a previous check left the store open"
-        spawned = time.monotonic()
+        assert self.settings.database_url or not self._wal().exists(), "a previous check left the store open"
+        earlier, spawned = self._sessions(), time.monotonic()
         proc = self._spawn(args)
         if self.rng.random() < 0.8:  # a random point after the store is open: where the writes happen
             delay = self.rng.uniform(0, self.window)
-            opened = self._wait_for_open(proc, spawned + 60)
+            opened = self._wait_for_open(proc, spawned + 60, earlier)
             start: float = opened if opened is not None else time.monotonic()
         else:  # a random point of the whole run, start-up included
             delay = self.rng.uniform(0, (self.startup + self.window) * 1.05)
             start = spawned
+        self._stop_watching()
         while proc.poll() is None and time.monotonic() < start + delay:
             time.sleep(0.0005)
         if proc.poll() is None:
@@ -290,8 +329,8 @@ VARIANTS = [
     pytest.param("cred-update", 202, 10, id="cred-update"),
     pytest.param("cred-rm", 303, 10, id="cred-rm"),
     pytest.param("bind", 404, 10, id="bind"),
-    pytest.param("key-rotate", 505, 8, id="key-rotate"),
-    pytest.param("key-rotate-many", 606, 10, id="key-rotate-many", marks=pytest.mark.slow),
+    pytest.param("key-rotate", 505, 8, id="key-rotate", marks=pytest.mark.sqlite_only),
+    pytest.param("key-rotate-many", 606, 10, id="key-rotate-many", marks=[pytest.mark.slow, pytest.mark.sqlite_only]),
 ]
 
 CRASH_POINTS: dict[str, int] = {}  # operation → SIGKILLs delivered (a report for -s runs)
@@ -334,7 +373,8 @@ def test_a_killed_command_leaves_the_store_whole(
         assert used <= {key_id for key_id, _ in keys}
         if rotating and status == 0:
             assert [state for _, state in keys] == ["current"] and not settings.pending_key_path.exists()
-        rotate_a_copy(settings, tmp_path / "rotated", found)
+        if settings.database_url is None:  # the data folder holds the whole store
+            rotate_a_copy(settings, tmp_path / "rotated", found)
         model = found
 
     CRASH_POINTS[operation] = killer.kills
@@ -342,12 +382,7 @@ def test_a_killed_command_leaves_the_store_whole(
     assert killer.kills >= 2, "the runs should mostly be killed"
 
     # and the real store, as the last kill left it, rotates to the end too
-    rotated = subprocess.run(
-        [sys.executable, "-m", "mcp_credgate", "--home", str(settings.home), "--tools-dir",
-         str(settings.tools_dirs[0]), "key", "rotate"],
-        capture_output=True, text=True, timeout=120,
-        env={k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")},
-    )
+    rotated = rotate_for_real(settings, timeout=120)
     assert rotated.returncode == 0, rotated.stderr
     db_checks(settings)
     assert read_model(settings) == model
@@ -381,7 +416,7 @@ async def test_a_gateway_killed_under_call_load_leaves_a_sound_store_and_audit(
         command=sys.executable,
         args=["-c", PID_THEN_EXEC, str(pidfile), sys.executable, "-m", "mcp_credgate", "serve", "--group", "load",
               "--home", str(settings.home), "--tools-dir", str(world.tools_dir)],
-        env={"PYTHONUNBUFFERED": "1"}, cwd=tmp_path,
+        env={"PYTHONUNBUFFERED": "1", **store_env(settings)}, cwd=tmp_path,
     )
     started_at = datetime.now(UTC)
     sent = 0
@@ -432,11 +467,7 @@ async def test_a_gateway_killed_under_call_load_leaves_a_sound_store_and_audit(
         assert row.duration_ms >= 0
         assert started_at <= datetime.fromisoformat(row.ts) <= datetime.now(UTC)
 
-    rotated = subprocess.run(
-        [sys.executable, "-m", "mcp_credgate", "--home", str(settings.home), "--tools-dir", str(world.tools_dir),
-         "key", "rotate"], capture_output=True, text=True, timeout=60,
-        env={k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")},
-    )
+    rotated = rotate_for_real(settings, timeout=60)
     assert rotated.returncode == 0, rotated.stderr
     db_checks(settings)
     with Store.open(settings, env={}) as store:

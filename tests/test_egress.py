@@ -15,7 +15,8 @@ import threading
 import time
 import tracemalloc
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,6 +38,7 @@ from gateway_support import (
     http_tool,
     leaks,
     make_canary,
+    per_backend,
     result_text,
     running_upstream,
 )
@@ -230,18 +232,30 @@ def declarations(home: _HomeServer) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, home_server: _HomeServer) -> Iterator[World]:
-    tools = declarations(home_server)
-    w = World.create(tmp_path_factory.mktemp("egress"), tools)
-    w.add_credential("svc-main", "svc", {"token": TOKEN})
-    w.add_credential("acct-main", "acct", {"username": "alice", "password": PASSWORD})
-    w.allow("dev", *tools)
-    for name in tools:
-        spec = w.catalog.tools[name].credential
-        assert spec is not None
-        w.bind("dev", name, "svc-main" if spec.type == "svc" else "acct-main")
-    yield w
-    w.close()
+def worlds(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, home_server: _HomeServer
+) -> Iterator[Callable[[str], World]]:
+    @contextmanager
+    def make(database_url: str | None) -> Iterator[World]:
+        tools = declarations(home_server)
+        w = World.create(tmp_path_factory.mktemp("egress"), tools, database_url=database_url)
+        w.add_credential("svc-main", "svc", {"token": TOKEN})
+        w.add_credential("acct-main", "acct", {"username": "alice", "password": PASSWORD})
+        w.allow("dev", *tools)
+        for name in tools:
+            spec = w.catalog.tools[name].credential
+            assert spec is not None
+            w.bind("dev", name, "svc-main" if spec.type == "svc" else "acct-main")
+        yield w
+        w.close()
+
+    with per_backend(request.config, make) as get:
+        yield get
+
+
+@pytest.fixture
+def world(worlds: Callable[[str], World], backend: str) -> World:
+    return worlds(backend)
 
 
 @dataclass(frozen=True)

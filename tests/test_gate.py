@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gateway_support import PUBLIC_URL, TOKEN_FIELDS, World, http_tool, make_canary, python_tool
+from gateway_support import PUBLIC_URL, TOKEN_FIELDS, World, http_tool, make_canary, python_tool, rotate_master_key
+from raw_db import raw_db
 
 from mcp_credgate.declarations import load_catalog
 from mcp_credgate.gate import CredentialWarning, Gate, InvalidArguments, Ready, Unknown
@@ -85,8 +85,8 @@ def test_bad_arguments_are_rejected_naming_the_argument(gate: Gate, arguments: d
 def test_arguments_are_checked_before_the_credential_is_read(world: World, gate: Gate) -> None:
     world.add_credential("svc-main", "svc", {"token": make_canary("G")})
     world.bind("research", "search", "svc-main")
-    with sqlite3.connect(world.settings.database_path) as db:  # the stored value no longer opens
-        db.execute("UPDATE credential_values SET ciphertext = zeroblob(40)")
+    with raw_db(world.settings) as db:  # the stored value no longer opens
+        db.execute("UPDATE credential_values SET ciphertext = ?", (bytes(40),))
 
     assert isinstance(gate.check("research", "search", {"query": 7}), InvalidArguments)
     decision = gate.check("research", "search", {"query": "ok"})
@@ -162,7 +162,7 @@ def test_a_key_rotation_by_another_process_takes_effect_without_restart(world: W
     world.bind("research", "lookup", "one")
     assert isinstance(gate.check("research", "lookup", {}), Ready)
 
-    world.store.rotate_master_key(world.settings, key_from_env=False)  # what `credgate key rotate` does
+    rotate_master_key(world.store, world.settings)  # what `credgate key rotate` does
 
     decision = gate.check("research", "lookup", {})
     assert isinstance(decision, Ready), decision

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,12 @@ from gateway_support import (
     World,
     assert_no_leak,
     connect,
+    credgate_env,
     http_tool,
     make_canary,
+    per_backend,
     running_upstream,
+    store_env,
 )
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -319,11 +323,20 @@ VALUE_TOOLS = {
 
 
 @pytest.fixture(scope="module")
-def value_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Store]]:
-    root = tmp_path_factory.mktemp("hostile-values")
-    world = World.create(root, VALUE_TOOLS)
-    yield world.settings, world.store
-    world.close()
+def value_homes(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Callable[[str], World]]:
+    def make(database_url: str | None) -> closing[World]:
+        return closing(World.create(tmp_path_factory.mktemp("hostile-values"), VALUE_TOOLS, database_url=database_url))
+
+    with per_backend(request.config, make) as get:
+        yield get
+
+
+@pytest.fixture
+def value_home(value_homes: Callable[[str], World], backend: str) -> tuple[Settings, Store]:
+    world = value_homes(backend)
+    return world.settings, world.store
 
 
 _counter = iter(range(10**9))
@@ -349,7 +362,7 @@ def test_random_credential_values_are_stored_exactly_or_refused_in_one_line_with
         ["--home", str(settings_.home), "--tools-dir", str(settings_.tools_dirs[0]),
          "cred", "add", name, "--type", type_name, "--from-json", "-"],
         input=text.encode("utf-8", "surrogatepass"),
-        env={"CREDGATE_DEBUG": "1"},
+        env={"CREDGATE_DEBUG": "1", **store_env(settings_)},
         catch_exceptions=False,
     )
     assert result.exit_code in (0, 1), result.output
@@ -385,19 +398,18 @@ HOSTILE_STDIN: dict[str, bytes] = {
 
 
 def credgate_bytes(root: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}
     return subprocess.run(
         [sys.executable, "-m", "mcp_credgate", "--home", str(root / "home"), "--tools-dir", str(root / "tools.d"),
          *args],
-        input=stdin, capture_output=True, env=env, timeout=60, check=False,
+        input=stdin, capture_output=True, env=credgate_env(), timeout=60, check=False,
     )
 
 
-@pytest.fixture(scope="module")
-def stdin_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("hostile-stdin")
-    World.create(root, {"svc": VALUE_TOOLS["svc"]}).close()
-    return root
+@pytest.fixture
+def stdin_root(tmp_path: Path) -> Path:
+    """An installation on this test's store (a store per test: on PostgreSQL a test's schema is its own)."""
+    World.create(tmp_path, {"svc": VALUE_TOOLS["svc"]}).close()
+    return tmp_path
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE_STDIN))
@@ -446,15 +458,27 @@ def module_upstream() -> Iterator[Upstream]:
 
 
 @pytest.fixture(scope="module")
-def arg_world(tmp_path_factory: pytest.TempPathFactory, module_upstream: Upstream) -> Iterator[World]:
-    tools = argument_tools(module_upstream)
-    world = World.create(tmp_path_factory.mktemp("hostile-args"), tools)
-    world.add_credential("svc-main", "svc", {"token": TOKEN})
-    world.allow("dev", *tools)
-    for name in tools:
-        world.bind("dev", name, "svc-main")
-    yield world
-    world.close()
+def arg_worlds(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, module_upstream: Upstream
+) -> Iterator[Callable[[str], World]]:
+    @contextmanager
+    def make(database_url: str | None) -> Iterator[World]:
+        tools = argument_tools(module_upstream)
+        world = World.create(tmp_path_factory.mktemp("hostile-args"), tools, database_url=database_url)
+        world.add_credential("svc-main", "svc", {"token": TOKEN})
+        world.allow("dev", *tools)
+        for name in tools:
+            world.bind("dev", name, "svc-main")
+        yield world
+        world.close()
+
+    with per_backend(request.config, make) as get:
+        yield get
+
+
+@pytest.fixture
+def arg_world(arg_worlds: Callable[[str], World], backend: str) -> World:
+    return arg_worlds(backend)
 
 
 class Outcome:
@@ -661,7 +685,9 @@ class _EchoSecret(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def echo_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def echo_worlds(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Callable[[str], World]]:
     import threading
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoSecret)
@@ -672,16 +698,29 @@ def echo_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "echo_secret", f"http://127.0.0.1:{port}/echo", headers='{ X-Token = "{cred.token}" }',
         query='{ recipe = "{args.recipe}" }', properties=f"properties.recipe = {STR}",
     )}
-    world = World.create(tmp_path_factory.mktemp("hostile-bodies"), tools)
-    world.add_credential("svc-main", "svc", {"token": TOKEN})
-    world.allow("dev", "echo_secret")
-    world.bind("dev", "echo_secret", "svc-main")
+
+    @contextmanager
+    def make(database_url: str | None) -> Iterator[World]:
+        world = World.create(tmp_path_factory.mktemp("hostile-bodies"), tools, database_url=database_url)
+        world.add_credential("svc-main", "svc", {"token": TOKEN})
+        world.allow("dev", "echo_secret")
+        world.bind("dev", "echo_secret", "svc-main")
+        try:
+            yield world
+        finally:
+            world.close()
+
     try:
-        yield world
+        with per_backend(request.config, make) as get:
+            yield get
     finally:
-        world.close()
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def echo_world(echo_worlds: Callable[[str], World], backend: str) -> World:
+    return echo_worlds(backend)
 
 
 @examples(120)

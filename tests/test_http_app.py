@@ -9,7 +9,6 @@ canaries together with the server's stderr.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import socket
@@ -17,8 +16,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,10 @@ from gateway_support import (
     World,
     assert_no_leak,
     assert_no_leak_at_rest,
+    credgate_env,
     http_tool,
     make_canary,
+    per_backend,
     result_text,
     running_upstream,
 )
@@ -134,10 +135,6 @@ def free_port() -> int:
     return port
 
 
-def credgate_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}
-
-
 @dataclass
 class Server:
     """A running `credgate serve --http` process."""
@@ -185,7 +182,7 @@ def start_server(world: World, folder: Path, *extra: str) -> Server:
         process = subprocess.Popen(
             [sys.executable, "-m", "mcp_credgate", "serve", "--http", "--host", "127.0.0.1", "--port", str(port),
              "--home", str(world.settings.home), "--tools-dir", str(world.tools_dir), *extra],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=credgate_env(), cwd=folder,
+            stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=credgate_env(world.settings), cwd=folder,
         )
     server = Server(process, port, stderr_path, stdout_path)
     deadline = time.monotonic() + START_TIMEOUT
@@ -215,7 +212,8 @@ class Setup:
 
     def cli(self, *args: str) -> Result:
         home, tools = str(self.world.settings.home), str(self.world.tools_dir)
-        return CliRunner().invoke(cli, ["--home", home, "--tools-dir", tools, *args], catch_exceptions=False)
+        store = {"CREDGATE_DATABASE_URL": self.world.settings.database_url}  # this setup's, not the test's
+        return CliRunner().invoke(cli, ["--home", home, "--tools-dir", tools, *args], env=store, catch_exceptions=False)
 
     def add_agent(self, group: str, name: str) -> str:
         result = self.cli("agent", "add", group, name, "--json")
@@ -239,7 +237,7 @@ class Setup:
         text, output = received.text(), self.server.output()
         assert_no_leak(text, *CANARIES)
         assert_no_leak(output, *CANARIES)
-        assert_no_leak_at_rest(self.world.settings.home, *CANARIES)
+        assert_no_leak_at_rest(self.world.settings, *CANARIES)
         assert "Traceback" not in output
         for token in self.tokens.values():
             assert token not in output
@@ -248,7 +246,7 @@ class Setup:
             assert not any(token in seen.everything() for token in self.tokens.values())
 
 
-def make_world(root: Path, upstream: Upstream) -> World:
+def make_world(root: Path, upstream: Upstream, database_url: str | None = None) -> World:
     svc = 'type = "svc"\n' + TOKEN_FIELDS
     who = 'required = ["who"]\nproperties.who = { type = "string" }'
     tools = {
@@ -259,7 +257,7 @@ def make_world(root: Path, upstream: Upstream) -> World:
         "forms": http_tool("forms", upstream.url("/forms"), credential=svc, headers='{ X-Token = "{cred.token}" }'),
         "slow": http_tool("slow", upstream.url("/slow"), credential=svc),
     }
-    world = World.create(root, tools)
+    world = World.create(root, tools, database_url=database_url)
     for group, secret in SECRET_OF.items():
         world.add_credential(f"svc-{group}", "svc", {"token": secret})
         world.allow(group, *TOOLS_OF[group])
@@ -268,14 +266,11 @@ def make_world(root: Path, upstream: Upstream) -> World:
     return world
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    root = tmp_path_factory.mktemp("http")
-    with pytest.MonkeyPatch.context() as patch, running_upstream() as upstream:
-        for name in list(os.environ):
-            if name.startswith("CREDGATE_"):
-                patch.delenv(name)
-        world = make_world(root, upstream)
+@contextmanager
+def running_setup(root: Path, database_url: str | None) -> Iterator[Setup]:
+    """An installation, its upstream, CROWD agents and a running server."""
+    with running_upstream() as upstream:
+        world = make_world(root, upstream, database_url)
         tokens, group_of = {}, {}
         for i in range(CROWD):
             group = "alpha" if i % 2 == 0 else "beta"
@@ -289,9 +284,20 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             world.close()
 
 
+SetupFor = Callable[[str], Setup]
+
+
+@pytest.fixture(scope="module")
+def setup_for(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[SetupFor]:
+    """The module's installation on a backend, made for the first test on it and kept to the module's end."""
+    with per_backend(request.config, lambda url: running_setup(tmp_path_factory.mktemp("http"), url)) as get:
+        yield get
+
+
 @pytest.fixture
-def env(setup: Setup) -> Setup:
-    """The module's setup, with the upstream's record cleared for this test."""
+def env(setup_for: SetupFor, backend: str) -> Setup:
+    """The module's setup on this test's backend, with the upstream's record cleared for this test."""
+    setup = setup_for(backend)
     assert setup.server.process.poll() is None, setup.server.stderr()
     setup.upstream.clear()
     return setup
@@ -758,7 +764,7 @@ def test_binding_beyond_loopback_without_an_agent_refuses_to_start(tmp_path: Pat
             proc = subprocess.run(
                 [sys.executable, "-m", "mcp_credgate", "serve", "--http", "--host", "0.0.0.0", "--port",
                  str(free_port()), "--home", str(world.settings.home), "--tools-dir", str(world.tools_dir)],
-                capture_output=True, text=True, timeout=20, env=credgate_env(), stdin=subprocess.DEVNULL,
+                capture_output=True, text=True, timeout=20, env=credgate_env(world.settings), stdin=subprocess.DEVNULL,
             )
         finally:
             world.close()

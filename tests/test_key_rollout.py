@@ -7,12 +7,16 @@ pair, a retired key is never rotated back to, and a malformed key in the list is
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 from conftest import ACCOUNT, CliRun
 from raw_db import raw_db
 
 from mcp_credgate.config import Settings
-from mcp_credgate.crypto import MasterKey
+from mcp_credgate.crypto import MasterKey, read_key_file
+from mcp_credgate.store import Store
+from mcp_credgate.store import sqlite as sqlite_backend
 
 
 def ok(result: object) -> str:
@@ -91,3 +95,46 @@ def test_a_malformed_key_in_the_list_is_refused_without_echoing_it(run_cli: CliR
     assert result.exit_code == 1
     assert "malformed" in result.stderr and "CREDGATE_MASTER_KEY" in result.stderr
     assert old not in result.output and old[:10] not in result.output
+
+
+@pytest.mark.sqlite_only  # the crash point is SQLite's own key generation; the code after it is shared
+def test_a_key_staged_after_a_rotation_died_never_replaces_the_key_the_store_needs(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _ = Store.initialise(settings, env={})
+    store.add_credential("c", "svc", {"token": "secret-value"}, frozenset({"token"}))
+    calls = {"n": 0}
+    real_fsync_dir = sqlite_backend.fsync_dir
+
+    def die_after_the_rename(path: Path) -> None:
+        real_fsync_dir(path)
+        calls["n"] += 1
+        if calls["n"] == 2:  # right after master.key.new (the rotation's key) was renamed over master.key
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sqlite_backend, "fsync_dir", die_after_the_rename)
+    with pytest.raises(KeyboardInterrupt):
+        store.rotate_master_key(settings, key_from_env=False)
+    monkeypatch.undo()
+    store.close()
+
+    with Store.open(settings, env={}) as s:  # `credgate key new`: a key for a later rotation
+        staged, made = s.stage_master_key(settings)
+        assert made
+    with Store.open(settings, env={}) as s:  # `credgate key rotate` finishes the rotation that died
+        finished = s.rotate_master_key(settings, key_from_env=False)
+    assert finished.key_id != staged.key_id
+
+    with Store.open(settings, env={}) as s:
+        assert s.read_credential("c")["token"] == "secret-value"
+    assert read_key_file(settings.pending_key_path).key_id == staged.key_id  # still staged for next time
+
+
+def test_key_new_replaces_a_staged_file_left_half_written(run_cli: CliRun, settings: Settings) -> None:
+    ok(run_cli("init"))
+    settings.pending_key_path.write_text("half-writ")  # a `key new` that died while writing
+
+    made = json.loads(ok(run_cli("key", "new", "--json")))
+
+    assert made["created"] is True
+    assert read_key_file(settings.pending_key_path).key_id == made["key_id"]

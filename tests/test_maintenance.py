@@ -1,8 +1,9 @@
-"""`credgate backup`, `restore` and `doctor` on real SQLite files (issue 7).
+"""`credgate backup`, `restore` and `doctor` (issue 7).
 
 Backups are taken while an in-process gateway serves calls, from a second store connection and from a real
 `credgate` process; restores are refused for backups the key cannot open and for damaged files; the doctor
-names each problem with its fix on one line.
+names each problem with its fix on one line. Backup and restore copy the SQLite file: on PostgreSQL they
+point to pg_dump and pg_restore instead, and the doctor's checks of the file are SQLite's own.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import ACCOUNT, WEATHER_KEY, CliRun, write_tool
 from gateway_support import TOKEN_FIELDS, World, connect, leaks, make_canary, python_tool
+from raw_db import data_folder_files, raw_db, store_contents
 
 from mcp_credgate.cli import cli
 from mcp_credgate.config import Settings
 from mcp_credgate.crypto import MasterKey
-from mcp_credgate.store import AuditRow, Store
+from mcp_credgate.store import AuditRow, Store, store_location
 
 OTHER_WEATHER_KEY = "wk_fedcba9876543210"
 
@@ -192,6 +194,7 @@ def other_cli(tmp_path: Path, tools_dir: Path) -> Iterator[tuple[CliRun, Path]]:
 # -- backup ----------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only  # a copy of the SQLite file
 def test_backup_is_created_0600_even_under_umask_0(team: CliRun, home: Path, tools_dir: Path, tmp_path: Path) -> None:
     out_dir = tmp_path / "backups"
     out_dir.mkdir()
@@ -213,6 +216,7 @@ def test_backup_is_created_0600_even_under_umask_0(team: CliRun, home: Path, too
         assert copy.group("team").tools == {"echo": None, "weather": "wk", "login": None}
 
 
+@pytest.mark.sqlite_only  # a copy of the SQLite file
 def test_backup_refuses_an_existing_target_and_leaves_it_alone(team: CliRun, tmp_path: Path) -> None:
     target = tmp_path / "taken.db"
     target.write_bytes(b"someone else's file\n")
@@ -223,6 +227,7 @@ def test_backup_refuses_an_existing_target_and_leaves_it_alone(team: CliRun, tmp
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("taken")) == ["taken.db"]
 
 
+@pytest.mark.sqlite_only  # a copy of the SQLite file
 def test_backup_holds_no_master_key_and_no_secret(team: CliRun, home: Path, tmp_path: Path) -> None:
     canaries = [make_canary("BK1", rich=True), make_canary("BK2")]
     for n, canary in enumerate(canaries):
@@ -237,6 +242,7 @@ def test_backup_holds_no_master_key_and_no_secret(team: CliRun, home: Path, tmp_
         assert copy.read_credential("canary0")["password"] == canaries[0]
 
 
+@pytest.mark.sqlite_only  # a copy of the SQLite file
 @pytest.mark.anyio
 async def test_backup_while_the_gateway_serves_is_consistent_and_complete(tmp_path: Path) -> None:
     """Calls run in a task group while a second store (in-process) and a real `credgate backup` process back
@@ -332,6 +338,7 @@ async def test_backup_while_the_gateway_serves_is_consistent_and_complete(tmp_pa
 # -- restore ---------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only  # a copy of the SQLite file
 def test_restore_round_trip_brings_the_old_state_back_and_keeps_the_replaced_store(
     team: CliRun, home: Path, tools_dir: Path, tmp_path: Path
 ) -> None:
@@ -368,6 +375,7 @@ def test_restore_round_trip_brings_the_old_state_back_and_keeps_the_replaced_sto
     assert_doctor_ok(team)
 
 
+@pytest.mark.sqlite_only  # a copy of the SQLite file
 def test_restore_never_overwrites_a_store_kept_aside_earlier(team: CliRun, home: Path, tmp_path: Path) -> None:
     """Two restores within one second must keep both replaced stores: files already named like this
     second's (and the next few seconds') aside name stay as they are."""
@@ -390,6 +398,7 @@ def test_restore_never_overwrites_a_store_kept_aside_earlier(team: CliRun, home:
     assert sha256(kept[0]) == current
 
 
+@pytest.mark.sqlite_only  # a copy of the SQLite file
 @pytest.mark.parametrize("how", ["another store", "before a key rotation"])
 def test_restore_refuses_a_backup_the_current_key_cannot_open(
     team: CliRun, home: Path, tmp_path: Path, other_cli: tuple[CliRun, Path], how: str
@@ -420,6 +429,7 @@ def _truncations(data: bytes) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.sqlite_only  # a copy of the SQLite file
 def test_restore_refuses_damaged_and_missing_files_and_changes_nothing(
     team: CliRun, home: Path, tools_dir: Path, tmp_path: Path
 ) -> None:
@@ -453,6 +463,7 @@ def test_restore_refuses_damaged_and_missing_files_and_changes_nothing(
     assert read_all(home, tools_dir)["k39"] == {"api_key": f"wk_39{'a' * 300}"}
 
 
+@pytest.mark.sqlite_only  # a copy of the SQLite file
 def test_restore_in_a_real_process_refuses_random_bytes_in_one_line(
     team: CliRun, home: Path, tools_dir: Path, tmp_path: Path
 ) -> None:
@@ -472,6 +483,21 @@ def test_restore_in_a_real_process_refuses_random_bytes_in_one_line(
     assert snapshot(home) == before
 
 
+@pytest.mark.postgresql_only
+def test_backup_and_restore_of_a_postgresql_store_point_to_its_own_tools_and_change_nothing(
+    team: CliRun, home: Path, settings: Settings, tmp_path: Path
+) -> None:
+    (tmp_path / "some.db").write_bytes(b"a file that is not the store\n")
+    before, files = store_contents(settings), sorted(tmp_path.rglob("*"))
+    backup = assert_refused(team("backup", str(tmp_path / "b.db")), "PostgreSQL", "pg_dump", "master key")
+    restore = assert_refused(team("restore", str(tmp_path / "some.db")), "PostgreSQL", "pg_restore")
+    assert store_location(settings) in backup and store_location(settings) in restore
+    assert store_contents(settings) == before
+    assert sorted(tmp_path.rglob("*")) == files  # no backup file, nothing kept aside
+    assert sorted(p.name for p in home.iterdir()) == data_folder_files(settings)
+    assert_doctor_ok(team)
+
+
 # -- doctor ----------------------------------------------------------------------------------
 
 
@@ -481,17 +507,17 @@ def test_doctor_is_ok_on_a_healthy_store(team: CliRun) -> None:
     assert data == {"problems": []}
 
 
-def test_doctor_reports_file_modes_too_open_with_the_chmod_fix(team: CliRun, home: Path) -> None:
-    key, db = home / "master.key", home / "credgate.db"
-    key.chmod(0o644)
-    db.chmod(0o644)
+def test_doctor_reports_file_modes_too_open_with_the_chmod_fix(team: CliRun, settings: Settings) -> None:
+    files = [settings.home / name for name in data_folder_files(settings)]  # the key, and the SQLite file
+    for path in files:
+        path.chmod(0o644)
     problems = doctor_problems(team)
-    assert len(problems) == 2, problems
-    for path in (key, db):
+    assert len(problems) == len(files), problems
+    for path in files:
         [line] = [p for p in problems if f"{path} is mode 644" in p]
         assert f"chmod 600 {path}" in line
-    key.chmod(0o600)
-    db.chmod(0o600)
+    for path in files:
+        path.chmod(0o600)
     assert_doctor_ok(team)
 
 
@@ -567,6 +593,7 @@ def test_doctor_reports_several_problems_one_line_each(team: CliRun, home: Path,
     assert sum("broken.toml" in p for p in problems) == 1
 
 
+@pytest.mark.sqlite_only  # bytes of the SQLite file overwritten; PostgreSQL checks its own pages
 def test_doctor_reports_a_store_that_fails_its_integrity_check(
     team: CliRun, home: Path, tools_dir: Path
 ) -> None:
@@ -598,8 +625,8 @@ def test_doctor_reports_a_credential_that_no_longer_decrypts(run_cli: CliRun, se
     assert run_cli("init").exit_code == 0
     assert run_cli("cred", "add", "wk", "--tool", "weather", "--from-json", "-",
                    input='{"api_key": "wk_Zq9secretish01"}').exit_code == 0
-    with sqlite3.connect(settings.database_path) as conn:
-        conn.execute("UPDATE credential_values SET ciphertext = zeroblob(40)")
+    with raw_db(settings) as db:
+        db.execute("UPDATE credential_values SET ciphertext = ?", (bytes(40),))
     result = run_cli("doctor")
 
     assert result.exit_code == 1

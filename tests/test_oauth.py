@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -28,11 +27,12 @@ import httpx2
 import pytest
 from click.testing import Result
 from conftest import CliRun, ProcRun, write_tool
-from gateway_support import assert_no_leak, assert_no_leak_at_rest, closed_port, make_canary
+from gateway_support import assert_no_leak, assert_no_leak_at_rest, closed_port, credgate_env, make_canary
 from mcp.shared.auth import OAuthToken
 from oauth_provider import OAuthProvider, oauth_tool, pkce_challenge, running_oauth_provider
 
 from mcp_credgate import oauth
+from mcp_credgate.config import Settings
 from mcp_credgate.credential import mask
 from mcp_credgate.declarations import Catalog, CredentialSpec, load_catalog
 from mcp_credgate.declarations import OAuthProvider as ProviderDecl
@@ -721,7 +721,6 @@ def start_connect(home: Path, tools_dir: Path, tmp_path: Path) -> Iterator[Start
     started: list[subprocess.Popen[str]] = []
 
     def start(*args: str, stdin: str | None = None) -> Connecting:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}
         command = [sys.executable, "-m", "mcp_credgate", "--home", str(home), "--tools-dir", str(tools_dir),
                    "cred", "connect", *args, "--no-browser"]
         proc = subprocess.Popen(
@@ -730,7 +729,7 @@ def start_connect(home: Path, tools_dir: Path, tmp_path: Path) -> Iterator[Start
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
+            env=credgate_env(),
             cwd=tmp_path,
         )
         started.append(proc)
@@ -863,13 +862,13 @@ def test_connect_end_to_end(
 
 
 def test_connect_keeps_tokens_encrypted_at_rest(
-    acme: Store, provider: OAuthProvider, start_connect: StartConnect, browser: httpx2.Client, home: Path
+    acme: Store, provider: OAuthProvider, start_connect: StartConnect, browser: httpx2.Client, settings: Settings
 ) -> None:
     result, _ = connect_with_secret(start_connect, browser)
     assert result.returncode == 0, result.stderr
     acme.close()  # nothing held open: -wal / -shm are whatever the process left
 
-    assert_no_leak_at_rest(home, *flow_secrets(provider))
+    assert_no_leak_at_rest(settings, *flow_secrets(provider))
 
 
 def test_connect_human_output_and_public_client(

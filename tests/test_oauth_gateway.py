@@ -20,10 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sqlite3
 import sys
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -43,10 +42,12 @@ from gateway_support import (
     make_canary,
     python_tool,
     result_text,
+    store_env,
 )
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from oauth_provider import OAuthProvider, oauth_tool, running_oauth_provider
+from raw_db import raw_db
 
 from mcp_credgate import admin, oauth
 from mcp_credgate.cli import cli
@@ -146,10 +147,9 @@ def stored(world: World, name: str = CRED) -> dict[str, str]:
 
 
 def ciphertexts(world: World, name: str = CRED) -> list[tuple[str, bytes]]:
-    """The stored (field, ciphertext) rows of a credential, read from the database file itself."""
-    database = world.settings.database_path
-    with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-        rows = conn.execute(
+    """The stored (field, ciphertext) rows of a credential, read from the database itself."""
+    with raw_db(world.settings) as db:
+        rows = db.execute(
             "SELECT v.field, v.ciphertext FROM credential_values v JOIN credentials c ON c.id = v.credential_id"
             " WHERE c.name = ? ORDER BY v.field",
             (name,),
@@ -261,7 +261,7 @@ def serve_params(world: World, errlog_dir: Path) -> StdioServerParameters:
         command=sys.executable,
         args=["-m", "mcp_credgate", "serve", "--group", GROUP, "--home", str(world.settings.home),
               "--tools-dir", str(world.tools_dir)],
-        env={"PYTHONUNBUFFERED": "1"},
+        env={"PYTHONUNBUFFERED": "1", **store_env(world.settings)},
         cwd=errlog_dir,
     )
 
@@ -610,7 +610,7 @@ async def test_no_token_or_client_secret_leaks_through_refresh_invalid_grant_or_
         rows = world.audit()
         assert len(rows) == 8
         assert_no_leak(repr(rows), *secrets_)
-        assert_no_leak_at_rest(world.settings.home, *secrets_)
+        assert_no_leak_at_rest(world.settings, *secrets_)
         assert_no_leak(repr(world.store.read_credential(CRED)), *secrets_)  # its repr masks the secret fields
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
-from gateway_support import World, connect, python_tool
+from gateway_support import World, connect, credgate_env, python_tool
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -63,7 +62,7 @@ async def test_sighup_reloads_a_running_http_server(tmp_path: Path) -> None:
     world.store.add_group("g")
     world.allow("g", "echo")
     common = ["--home", str(world.settings.home), "--tools-dir", str(world.tools_dir)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}
+    env = credgate_env(world.settings)
     added = subprocess.run(
         [sys.executable, "-m", "mcp_credgate", "agent", "add", "g", "a", "--json", *common],
         capture_output=True, text=True, env=env, check=True,

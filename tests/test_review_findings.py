@@ -21,6 +21,7 @@ from gateway_support import (
     make_canary,
     python_tool,
     result_text,
+    rotate_master_key,
     running_upstream,
 )
 from mcp import Client
@@ -164,7 +165,7 @@ def test_a_credential_added_during_a_rotation_leaves_a_store_that_opens(
 
     with monkeypatch.context() as mp:
         mp.setattr(store_module.os, "replace", replace_after_a_concurrent_add)
-        rotating.rotate_master_key(settings, key_from_env=False)
+        rotate_master_key(rotating, settings)
     rotating.close()
     other.close()
 
@@ -199,7 +200,7 @@ def test_a_rotation_from_a_process_opened_earlier_keeps_the_pending_key(
     with monkeypatch.context() as mp:
         mp.setattr(store_module.MasterKey, "wrap", wrap_then_die)
         with pytest.raises(KeyboardInterrupt):
-            first.rotate_master_key(settings, key_from_env=False)
+            rotate_master_key(first, settings)
     first.close()
 
     second.rotate_master_key(settings, key_from_env=False)
@@ -251,7 +252,7 @@ def test_a_credential_added_during_a_rotation_that_then_dies_leaves_a_store_that
     with monkeypatch.context() as mp:
         mp.setattr(store_module.os, "replace", add_then_replace_then_die)
         with pytest.raises(KeyboardInterrupt):
-            rotating.rotate_master_key(settings, key_from_env=False)
+            rotate_master_key(rotating, settings)
     rotating.close()
     other.close()
 
@@ -263,6 +264,7 @@ def test_a_credential_added_during_a_rotation_that_then_dies_leaves_a_store_that
         assert dict(final.read_credential("late")) == late
 
 
+@pytest.mark.sqlite_only  # each rotation makes its own key; a shared store's rotate to the key staged before (below)
 def test_two_rotations_at_once_agree_on_one_key(
     settings: Settings, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -302,9 +304,45 @@ def test_two_rotations_at_once_agree_on_one_key(
         assert {n: dict(reopened.read_credential(n)) for n in added} == added
 
 
+@pytest.mark.postgresql_only
+def test_two_rotations_at_once_on_a_shared_store_agree_on_the_staged_key(settings: Settings, catalog: Catalog) -> None:
+    first, _ = Store.initialise(settings, env={})
+    added = {}
+    for i in range(20):
+        values = {"username": f"user{i}", "password": f"pw-{i}-{os.urandom(6).hex()}"}
+        _add(first, catalog, f"acct{i}", values)
+        added[f"acct{i}"] = values
+    staged, _ = first.stage_master_key(settings)  # `credgate key new`, then both admins run `credgate key rotate`
+    first.close()
+    rotated: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def rotate(name: str) -> None:
+        try:
+            with Store.open(settings, env={}) as store:
+                rotated[name] = store.rotate_master_key(settings, key_from_env=False).key_id
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rotate, args=(name,)) for name in ("first", "second")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert not errors, errors
+    assert rotated == {"first": staged.key_id, "second": staged.key_id}
+    assert settings.key_path.read_text().strip() == staged.to_text()
+    with Store.open(settings, env={}) as reopened:
+        assert {n: dict(reopened.read_credential(n)) for n in added} == added
+        keys = [(r["key_id"], r["state"]) for r in reopened._db.execute("SELECT key_id, state FROM master_keys")]
+        assert keys == [(staged.key_id, "current")]
+
+
 # -- 8. an unexpected error in the audit writer stopped all later auditing -----------------------
 
 
+@pytest.mark.no_store  # a stand-in writer raising a driver error, whatever the backend
 def test_the_audit_writer_survives_an_unexpected_write_error() -> None:
     written: list[AuditRow] = []
     failures = {"left": 5}

@@ -24,6 +24,7 @@ from gateway_support import (
     make_canary,
     python_tool,
     result_text,
+    rotate_master_key,
 )
 from mcp.shared.exceptions import MCPError
 
@@ -197,7 +198,7 @@ async def test_a_rebind_takes_effect_on_the_next_call_without_restart(world: Wor
 async def test_a_key_rotation_takes_effect_on_the_next_call_without_restart(world: World, upstream: Upstream) -> None:
     async with world.gateway() as gw, connect(gw, "alpha") as client:
         before = await client.call_tool("whoami", {"n": 1})
-        world.store.rotate_master_key(world.settings, key_from_env=False)
+        rotate_master_key(world.store, world.settings)
         after = await client.call_tool("whoami", {"n": 2})
         world.add_credential("cred-new", "svc", {"token": TOKEN_C})  # written under the new key
         world.bind("alpha", "whoami", "cred-new")
@@ -268,4 +269,4 @@ async def test_no_byte_the_agent_receives_or_the_server_logs_holds_a_secret(
     assert "ref:" in logged
     assert_no_leak(logged, *ALL_TOKENS)
     assert len(upstream.seen()) == 5
-    assert_no_leak_at_rest(world.settings.home, *ALL_TOKENS)
+    assert_no_leak_at_rest(world.settings, *ALL_TOKENS)

@@ -6,7 +6,6 @@ its stderr goes to a file. Both are scanned for the canaries.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -22,10 +21,12 @@ from gateway_support import (
     World,
     assert_no_leak,
     assert_no_leak_at_rest,
+    credgate_env,
     http_tool,
     make_canary,
     python_tool,
     result_text,
+    store_env,
 )
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
@@ -78,7 +79,7 @@ async def test_serve_over_stdio_runs_the_groups_tools_without_leaking(
         command=sys.executable,
         args=[str(TESTS_DIR / "stdout_tee.py"), str(stdout_copy),
               sys.executable, *serve_args(world, "--group", "desk")],
-        env={"PYTHONUNBUFFERED": "1"},
+        env={"PYTHONUNBUFFERED": "1", **store_env(world.settings)},
         cwd=tmp_path,
     )
     transcript = Transcript()
@@ -122,12 +123,15 @@ async def test_serve_over_stdio_runs_the_groups_tools_without_leaking(
     assert "Bearer [redacted:token]" in received
     for text in (received, transcript.text(), stderr):
         assert_no_leak(text, TOKEN, OTHER_TOKEN)
-    assert_no_leak_at_rest(world.settings.home, TOKEN, OTHER_TOKEN)
+    assert_no_leak_at_rest(world.settings, TOKEN, OTHER_TOKEN)
 
 
 async def test_serve_takes_the_group_from_credgate_group(world: World, tmp_path: Path) -> None:
     params = StdioServerParameters(
-        command=sys.executable, args=serve_args(world), env={"CREDGATE_GROUP": "elsewhere"}, cwd=tmp_path
+        command=sys.executable,
+        args=serve_args(world),
+        env={"CREDGATE_GROUP": "elsewhere", **store_env(world.settings)},
+        cwd=tmp_path,
     )
     with (tmp_path / "stderr.txt").open("w") as errlog, anyio.fail_after(30):
         async with Client(stdio_client(params, errlog=errlog)) as client:
@@ -137,10 +141,9 @@ async def test_serve_takes_the_group_from_credgate_group(world: World, tmp_path:
 
 
 def run_serve(world: World, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}
     return subprocess.run(
         [sys.executable, *serve_args(world, *args)], capture_output=True, text=True, timeout=30,
-        env={**base, **(env or {})}, stdin=subprocess.DEVNULL,
+        env={**credgate_env(world.settings), **(env or {})}, stdin=subprocess.DEVNULL,
     )
 
 

@@ -1,4 +1,5 @@
-"""The SQLite store: file modes, encryption at rest, key checks, atomic writes, rotation, audit."""
+"""The store: file modes, encryption at rest, key checks, atomic writes, rotation, audit (on SQLite and
+PostgreSQL; a few tests are about the SQLite file itself)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ACCOUNT, WEATHER_KEY
+from gateway_support import rotate_master_key
+from raw_db import data_folder_files, raw_db, store_contents
 
 from mcp_credgate import admin
 from mcp_credgate.config import Settings
@@ -26,9 +29,10 @@ from mcp_credgate.errors import (
     NotFoundError,
     NotInitialisedError,
 )
-from mcp_credgate.store import AuditRow, Store
+from mcp_credgate.store import AuditRow, Store, store_exists
 from mcp_credgate.store import core as store_module
 from mcp_credgate.store import sqlite as sqlite_backend
+from mcp_credgate.store.schema import MIGRATIONS, Dialect, Migration
 
 CANARY = "CANARY-q7Kp3mW9vT2sZx81-end"
 MISMATCH = "master key does not match this store"
@@ -51,21 +55,14 @@ def add_accounts(store: Store, catalog: Catalog, count: int) -> dict[str, dict[s
     return added
 
 
-def snapshot(db_path: Path) -> list[tuple[str, ...]]:
+def snapshot(settings: Settings) -> dict[str, list[tuple[object, ...]]]:
     """Every row of every table, read through a separate connection."""
-    conn = sqlite3.connect(db_path)
-    try:
-        return list(conn.iterdump())
-    finally:
-        conn.close()
+    with raw_db(settings) as db:
+        return db.dump()
 
 
 def file_digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def encoded_forms(secret: str) -> set[bytes]:
@@ -83,19 +80,34 @@ def encoded_forms(secret: str) -> set[bytes]:
 
 
 def hits(paths: list[Path], secret: str) -> list[str]:
-    found = []
-    for path in paths:
-        data = path.read_bytes()
-        for form in encoded_forms(secret):
-            if form in data:
-                found.append(f"{path.name}: {form!r}")
-    return found
+    return hits_in_data({path.name: path.read_bytes() for path in paths}, secret)
+
+
+def hits_in_data(data: dict[str, bytes], secret: str) -> list[str]:
+    return [f"{where}: {form!r}" for where, blob in data.items() for form in encoded_forms(secret) if form in blob]
 
 
 def db_files(settings: Settings) -> list[Path]:
     base = settings.database_path
     candidates = (base, base.with_name(base.name + "-wal"), base.with_name(base.name + "-shm"))
     return [p for p in candidates if p.exists()]
+
+
+def stored_rows(settings: Settings) -> dict[str, bytes]:
+    """Table name → every value of every row of it, as bytes (text UTF-8 encoded, blobs as they are)."""
+
+    def as_bytes(value: object) -> bytes:
+        return value if isinstance(value, bytes) else str(value).encode()
+
+    with raw_db(settings) as db:
+        return {table: b"\n".join(as_bytes(v) for row in rows for v in row) for table, rows in db.dump().items()}
+
+
+def stored_data(settings: Settings) -> dict[str, bytes]:
+    """Everything the store holds: the SQLite files byte for byte, or every row of the PostgreSQL schema."""
+    if settings.database_url:
+        return stored_rows(settings)
+    return {path.name: path.read_bytes() for path in db_files(settings)}
 
 
 @pytest.fixture
@@ -119,13 +131,15 @@ def test_init_creates_folder_0700_and_files_0600_whatever_the_umask(
         assert created
         assert stat.S_IMODE(settings.home.stat().st_mode) == 0o700
         names = {p.name for p in settings.home.iterdir()}
-        assert {"credgate.db", "master.key", "credgate.db-wal", "credgate.db-shm"} <= names
+        database_files = set() if settings.database_url else {"credgate.db", "credgate.db-wal", "credgate.db-shm"}
+        assert {"master.key", *database_files} <= names
         for path in settings.home.iterdir():
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
     finally:
         store.close()
 
 
+@pytest.mark.sqlite_only  # WAL and PRAGMAs of the file
 def test_init_uses_wal_and_foreign_keys(store: Store, settings: Settings) -> None:
     conn = sqlite3.connect(settings.database_path)
     try:
@@ -139,7 +153,7 @@ def test_init_uses_wal_and_foreign_keys(store: Store, settings: Settings) -> Non
 def test_second_init_changes_nothing(settings: Settings) -> None:
     first, created = Store.initialise(settings, env={})
     first.close()
-    before = file_digests(settings.home)
+    before, rows_before = file_digests(settings.home), snapshot(settings)
 
     second, created_again = Store.initialise(settings, env={})
     second.close()
@@ -147,6 +161,7 @@ def test_second_init_changes_nothing(settings: Settings) -> None:
     assert created
     assert not created_again
     assert file_digests(settings.home) == before
+    assert snapshot(settings) == rows_before
 
 
 def test_init_with_the_key_in_the_environment_writes_no_key_file(settings: Settings) -> None:
@@ -172,6 +187,7 @@ def test_open_before_init_is_refused(settings: Settings) -> None:
 # -- encryption at rest ----------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only  # the database files byte for byte; see the next test for the rows, on both backends
 def test_canary_secret_never_reaches_the_database_files(
     store: Store, settings: Settings, catalog: Catalog
 ) -> None:
@@ -192,6 +208,20 @@ def test_canary_secret_never_reaches_the_database_files(
     assert hits(closed_files, CANARY + "-v2") == []
 
 
+def test_canary_secret_never_reaches_any_row_of_the_store(store: Store, settings: Settings, catalog: Catalog) -> None:
+    add(store, catalog, "canary", "account", {"username": "alice", "password": CANARY})
+    store.update_credential("canary", {"password": CANARY + "-v2", "note": CANARY + "-note"},
+                            catalog.types["account"].secret_fields)
+    store.write_audit([AuditRow(store_module.now(), "team", None, "login", "canary", "ok", 1.0, None)])
+    assert store.read_credential("canary")["password"] == CANARY + "-v2"
+
+    rows = stored_rows(settings)
+    assert {"credentials", "credential_values", "audit"} <= set(rows)
+    assert b"canary" in rows["credentials"] and b"canary" in rows["audit"]  # the scan reads the rows' values
+    for value in (CANARY, CANARY + "-v2", CANARY + "-note"):
+        assert hits_in_data(rows, value) == []
+
+
 def test_canary_search_finds_a_planted_value() -> None:
     # The search itself must work: each encoded form is found inside a blob that carries it.
     for form in encoded_forms(CANARY):
@@ -204,12 +234,9 @@ def hits_in(data: bytes, secret: str) -> bool:
 
 def test_metadata_is_plain_sql(store: Store, settings: Settings, catalog: Catalog) -> None:
     add(store, catalog, "acct", "account", ACCOUNT)
-    conn = sqlite3.connect(settings.database_path)
-    try:
-        row = conn.execute("SELECT name, type FROM credentials").fetchone()
-        fields = {r[0] for r in conn.execute("SELECT field FROM credential_values")}
-    finally:
-        conn.close()
+    with raw_db(settings) as db:
+        row = db.execute("SELECT name, type FROM credentials").fetchone()
+        fields = {r[0] for r in db.execute("SELECT field FROM credential_values")}
     assert row == ("acct", "account")
     assert fields == {"username", "password"}
 
@@ -219,10 +246,11 @@ def test_master_key_is_not_in_the_database(store: Store, settings: Settings, cat
     key_text = settings.key_path.read_text().strip()
     raw = base64.urlsafe_b64decode(key_text)
 
-    for path in db_files(settings):
-        data = path.read_bytes()
-        assert raw not in data
-        assert key_text.rstrip("=").encode() not in data
+    data = stored_data(settings)
+    assert data
+    for blob in data.values():
+        assert raw not in blob
+        assert key_text.rstrip("=").encode() not in blob
 
 
 # -- the master key must open the store -------------------------------------------------------
@@ -237,11 +265,11 @@ def closed_store(store: Store, settings: Settings, catalog: Catalog) -> Settings
 
 
 def refused_open(settings: Settings, env: dict[str, str]) -> str:
-    before_db = sha256(settings.database_path)
+    before_db = store_contents(settings)
     before_files = file_digests(settings.home)
     with pytest.raises(MasterKeyError) as excinfo:
         Store.open(settings, env=env)
-    assert sha256(settings.database_path) == before_db
+    assert store_contents(settings) == before_db
     assert file_digests(settings.home) == before_files
     return str(excinfo.value)
 
@@ -296,13 +324,13 @@ def test_missing_key_is_refused(closed_store: Settings) -> None:
 
 def test_init_never_generates_a_key_over_an_existing_store(closed_store: Settings) -> None:
     closed_store.key_path.unlink()
-    before = sha256(closed_store.database_path)
+    before = store_contents(closed_store)
 
     with pytest.raises(MasterKeyError):
         Store.initialise(closed_store, env={})
 
     assert not closed_store.key_path.exists()
-    assert sha256(closed_store.database_path) == before
+    assert store_contents(closed_store) == before
 
 
 def test_init_with_a_wrong_key_is_refused(closed_store: Settings) -> None:
@@ -327,14 +355,12 @@ def test_ciphertext_copied_to_another_credential_does_not_open(
     add(store, catalog, "first", "weatherkey", {"api_key": WEATHER_KEY})
     add(store, catalog, "second", "weatherkey", {"api_key": "wk_secondKEY12345"})
     add(store, catalog, "third", "weatherkey", {"api_key": "wk_thirdKEY123456"})
-    conn = sqlite3.connect(settings.database_path)
-    with conn:
-        conn.execute(
+    with raw_db(settings) as db:
+        db.execute(
             "UPDATE credential_values SET ciphertext = (SELECT v.ciphertext FROM credential_values v"
             " JOIN credentials c ON c.id = v.credential_id WHERE c.name = 'first')"
             " WHERE credential_id = (SELECT id FROM credentials WHERE name = 'second')"
         )
-    conn.close()
 
     with pytest.raises(CiphertextError) as excinfo:
         store.read_credential("second")
@@ -351,13 +377,11 @@ def test_ciphertext_copied_to_another_field_does_not_open(
 ) -> None:
     add(store, catalog, "acct", "account", ACCOUNT)
     add(store, catalog, "other", "account", {"username": "bob", "password": "bobs password"})
-    conn = sqlite3.connect(settings.database_path)
-    with conn:
-        conn.execute(
+    with raw_db(settings) as db:
+        db.execute(
             "UPDATE credential_values SET ciphertext = (SELECT ciphertext FROM credential_values"
             " WHERE credential_id = 1 AND field = 'password') WHERE credential_id = 1 AND field = 'username'"
         )
-    conn.close()
 
     with pytest.raises(CiphertextError) as excinfo:
         store.read_credential("acct")
@@ -373,13 +397,11 @@ def test_wrapped_data_key_copied_to_another_credential_does_not_open(
 ) -> None:
     add(store, catalog, "first", "weatherkey", {"api_key": WEATHER_KEY})
     add(store, catalog, "second", "weatherkey", {"api_key": "wk_secondKEY12345"})
-    conn = sqlite3.connect(settings.database_path)
-    with conn:
-        conn.execute(
+    with raw_db(settings) as db:
+        db.execute(
             "UPDATE credentials SET wrapped_dek = (SELECT wrapped_dek FROM credentials WHERE name = 'first')"
             " WHERE name = 'second'"
         )
-    conn.close()
 
     with pytest.raises(CiphertextError) as excinfo:
         store.read_credential("second")
@@ -394,13 +416,13 @@ def test_duplicate_add_is_refused_and_changes_nothing(
     store: Store, settings: Settings, catalog: Catalog
 ) -> None:
     add(store, catalog, "acct", "account", ACCOUNT)
-    before = snapshot(settings.database_path)
+    before = snapshot(settings)
 
     with pytest.raises(ConflictError) as excinfo:
         add(store, catalog, "acct", "account", {"username": "mallory", "password": "other password"})
 
     assert "acct" in str(excinfo.value)
-    assert snapshot(settings.database_path) == before
+    assert snapshot(settings) == before
     assert dict(store.read_credential("acct")) == ACCOUNT
 
 
@@ -408,7 +430,7 @@ def test_invalid_values_are_refused_before_anything_is_written(
     store: Store, settings: Settings, catalog: Catalog
 ) -> None:
     add(store, catalog, "acct", "account", ACCOUNT)
-    before = snapshot(settings.database_path)
+    before = snapshot(settings)
 
     with pytest.raises(CredentialValueError):
         add(store, catalog, "bad", "weatherkey", {"api_key": "not-a-weather-key"})
@@ -419,13 +441,13 @@ def test_invalid_values_are_refused_before_anything_is_written(
     with pytest.raises(CredentialValueError):
         admin.update_credential(store, catalog, "acct", {"colour": "blue"})
 
-    assert snapshot(settings.database_path) == before
+    assert snapshot(settings) == before
 
 
 def test_a_write_failing_half_way_leaves_no_half_record(
     store: Store, settings: Settings, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    before = snapshot(settings.database_path)
+    before = snapshot(settings)
     real_encrypt = DataKey.encrypt
 
     def encrypt_then_fail(self: DataKey, uid: str, field: str, value: str) -> bytes:
@@ -438,7 +460,7 @@ def test_a_write_failing_half_way_leaves_no_half_record(
         add(store, catalog, "acct", "account", ACCOUNT)
     monkeypatch.undo()
 
-    assert snapshot(settings.database_path) == before
+    assert snapshot(settings) == before
     with pytest.raises(NotFoundError):
         store.read_credential("acct")
 
@@ -566,7 +588,7 @@ def test_rotation_keeps_every_credential_readable_and_retires_the_old_key(
     added = add_accounts(store, catalog, 5)
     old_text = settings.key_path.read_text().strip()
 
-    new_key = store.rotate_master_key(settings, key_from_env=False)
+    new_key = rotate_master_key(store, settings)
 
     assert {n: dict(store.read_credential(n)) for n in added} == added
     store.close()
@@ -583,7 +605,7 @@ def test_rotation_with_the_key_in_the_environment(settings: Settings, catalog: C
     store, _ = Store.initialise(settings, env={"CREDGATE_MASTER_KEY": old.to_text()})
     added = add_accounts(store, catalog, 3)
 
-    new_key = store.rotate_master_key(settings, key_from_env=True)
+    new_key = rotate_master_key(store, settings, key_from_env=True, env={"CREDGATE_MASTER_KEY": old.to_text()})
     store.close()
 
     assert settings.pending_key_path.read_text().strip() == new_key.to_text()
@@ -596,15 +618,15 @@ def test_rotation_with_the_key_in_the_environment(settings: Settings, catalog: C
 def test_rotating_twice_works(store: Store, settings: Settings, catalog: Catalog) -> None:
     added = add_accounts(store, catalog, 2)
 
-    first = store.rotate_master_key(settings, key_from_env=False)
-    second = store.rotate_master_key(settings, key_from_env=False)
+    first = rotate_master_key(store, settings)
+    second = rotate_master_key(store, settings)
 
     assert first.key_id != second.key_id
     assert {n: dict(store.read_credential(n)) for n in added} == added
 
 
 def test_rotation_of_an_empty_store(store: Store, settings: Settings, catalog: Catalog) -> None:
-    store.rotate_master_key(settings, key_from_env=False)
+    rotate_master_key(store, settings)
     store.close()
 
     with Store.open(settings, env={}) as reopened:
@@ -695,14 +717,13 @@ def test_rotation_survives_a_crash_at_every_step(
     with monkeypatch.context() as mp:
         install_crash(mp)
         with pytest.raises(SimulatedCrash):
-            store.rotate_master_key(settings, key_from_env=False)
+            rotate_master_key(store, settings)
     store.close()
 
     # The crash really happened at that step.
-    conn = sqlite3.connect(settings.database_path)
-    states = sorted(r[0] for r in conn.execute("SELECT state FROM master_keys"))
-    rewrapped = conn.execute("SELECT COUNT(*) FROM credentials WHERE key_id != ?", (old_id,)).fetchone()[0]
-    conn.close()
+    with raw_db(settings) as db:
+        states = sorted(r[0] for r in db.execute("SELECT state FROM master_keys"))
+        rewrapped = db.execute("SELECT COUNT(*) FROM credentials WHERE key_id != ?", (old_id,)).fetchone()[0]
     assert (settings.pending_key_path.exists(), states, rewrapped) == expected_state
 
     # The key files as the crash left them open the store, and every credential decrypts.
@@ -714,7 +735,7 @@ def test_rotation_survives_a_crash_at_every_step(
 
     # Running rotate again finishes the job.
     with Store.open(settings, env={}) as again:
-        new_key = again.rotate_master_key(settings, key_from_env=False)
+        new_key = rotate_master_key(again, settings)
         assert {n: dict(again.read_credential(n)) for n in added} == added
 
     assert not settings.pending_key_path.exists()
@@ -722,7 +743,7 @@ def test_rotation_survives_a_crash_at_every_step(
     assert new_key.to_text() != old_text
     with Store.open(settings, env={}) as final:
         assert {n: dict(final.read_credential(n)) for n in added} == added
-        assert [tuple(r) for r in final._db.execute("SELECT key_id, state FROM master_keys")] == [
+        assert [(r["key_id"], r["state"]) for r in final._db.execute("SELECT key_id, state FROM master_keys")] == [
             (new_key.key_id, "current")
         ]
     assert MISMATCH in refused_open(settings, {"CREDGATE_MASTER_KEY": old_text})
@@ -758,17 +779,21 @@ def test_audit_rows_are_read_back_newest_first_with_filters(store: Store) -> Non
 def test_an_init_that_dies_half_way_leaves_no_store_and_the_next_init_succeeds(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def die(db: object) -> None:
-        raise KeyboardInterrupt  # as if the process were stopped while the schema is made
+    real_render = Migration.render
 
-    monkeypatch.setattr(sqlite_backend.migrations, "apply", die)
+    def die_at_the_second_migration(migration: Migration, dialect: Dialect) -> list[str]:
+        if migration.name == MIGRATIONS[1].name:
+            raise KeyboardInterrupt  # as if the process were stopped while the schema is made
+        return real_render(migration, dialect)
+
+    monkeypatch.setattr(Migration, "render", die_at_the_second_migration)
     with pytest.raises(KeyboardInterrupt):
         Store.initialise(settings)
-    assert not settings.database_path.exists()
+    assert not store_exists(settings)
 
     monkeypatch.undo()
     store, created = Store.initialise(settings)
     with store:
         assert created
         assert store.list_credentials() == []
-    assert sorted(p.name for p in settings.home.iterdir()) == ["credgate.db", "master.key"]
+    assert sorted(p.name for p in settings.home.iterdir()) == data_folder_files(settings)

@@ -1,8 +1,8 @@
 """Tampering (issue 7): a stored credential altered behind credgate's back is refused, by name, and nothing else.
 
-A real SQLite store, an in-process gateway and a local recording upstream. Each case alters one credential's
-row with a plain `sqlite3` connection (as an attacker with write access to the database file, or a bad disk,
-would) while a gateway serves: a bit flipped in a value's nonce, ciphertext or tag, in a wrapped data key, in a
+A real store (SQLite or PostgreSQL), an in-process gateway and a local recording upstream. Each case alters one
+credential's row with a plain database connection (as an attacker with write access to the database, or a bad
+disk, would) while a gateway serves: a bit flipped in a value's nonce, ciphertext or tag, in a wrapped data key, in a
 key id or uid; a value copied from another credential or into another field; a wrapped data key copied from
 another credential. Afterwards, both in the running gateway (whose binding cache held the credential) and in a
 freshly started one:
@@ -18,8 +18,6 @@ freshly started one:
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -35,10 +33,12 @@ from gateway_support import (
     World,
     assert_no_leak,
     connect,
+    credgate_env,
     http_tool,
     make_canary,
 )
 from mcp import Client
+from raw_db import RawDb, raw_db
 
 from mcp_credgate.cli import cli
 from mcp_credgate.crypto import NONCE_BYTES
@@ -54,7 +54,7 @@ TOOL_OF = {"svc-a": "tool_a", "svc-b": "tool_b", "svc-c": "tool_c", "acct-d": "t
 GROUP = "ops"
 TAG_BYTES = 16
 
-Mutate = Callable[[sqlite3.Connection], None]
+Mutate = Callable[[RawDb], None]
 
 
 # -- the alterations -------------------------------------------------------------------------------
@@ -66,34 +66,34 @@ def _flip(blob: bytes, index: int) -> bytes:
     return bytes(data)
 
 
-def _cred_id(db: sqlite3.Connection, name: str) -> int:
+def _cred_id(db: RawDb, name: str) -> int:
     return int(db.execute("SELECT id FROM credentials WHERE name = ?", (name,)).fetchone()[0])
 
 
-def _value(db: sqlite3.Connection, cred: str, field: str) -> bytes:
+def _value(db: RawDb, cred: str, field: str) -> bytes:
     row = db.execute(
         "SELECT ciphertext FROM credential_values WHERE credential_id = ? AND field = ?", (_cred_id(db, cred), field)
     ).fetchone()
     return bytes(row[0])
 
 
-def _set_value(db: sqlite3.Connection, cred: str, field: str, blob: bytes) -> None:
+def _set_value(db: RawDb, cred: str, field: str, blob: bytes) -> None:
     db.execute(
         "UPDATE credential_values SET ciphertext = ? WHERE credential_id = ? AND field = ?",
         (blob, _cred_id(db, cred), field),
     )
 
 
-def _column(db: sqlite3.Connection, cred: str, column: str) -> object:
+def _column(db: RawDb, cred: str, column: str) -> object:
     return db.execute(f"SELECT {column} FROM credentials WHERE name = ?", (cred,)).fetchone()[0]
 
 
-def _set_column(db: sqlite3.Connection, cred: str, column: str, value: object) -> None:
+def _set_column(db: RawDb, cred: str, column: str, value: object) -> None:
     db.execute(f"UPDATE credentials SET {column} = ? WHERE name = ?", (value, cred))
 
 
 def flip_value(cred: str, field: str, where: str) -> Mutate:
-    def mutate(db: sqlite3.Connection) -> None:
+    def mutate(db: RawDb) -> None:
         blob = _value(db, cred, field)
         index = {"nonce": 3, "ciphertext": NONCE_BYTES + 2, "tag": len(blob) - 5}[where]
         assert where != "ciphertext" or index < len(blob) - TAG_BYTES
@@ -107,7 +107,7 @@ def truncate_value(cred: str, field: str) -> Mutate:
 
 
 def flip_dek(cred: str, where: str) -> Mutate:
-    def mutate(db: sqlite3.Connection) -> None:
+    def mutate(db: RawDb) -> None:
         blob = bytes(_column(db, cred, "wrapped_dek"))  # type: ignore[arg-type]
         index = {"nonce": 0, "ciphertext": NONCE_BYTES + 17, "tag": len(blob) - 1}[where]
         _set_column(db, cred, "wrapped_dek", _flip(blob, index))
@@ -116,7 +116,7 @@ def flip_dek(cred: str, where: str) -> Mutate:
 
 
 def flip_text(cred: str, column: str) -> Mutate:
-    def mutate(db: sqlite3.Connection) -> None:
+    def mutate(db: RawDb) -> None:
         text = str(_column(db, cred, column))
         _set_column(db, cred, column, text[:-1] + chr(ord(text[-1]) ^ 0x01))
 
@@ -132,7 +132,7 @@ def copy_dek(src: str, dst: str) -> Mutate:
 
 
 def copy_dek_and_values(src: str, dst: str) -> Mutate:
-    def mutate(db: sqlite3.Connection) -> None:
+    def mutate(db: RawDb) -> None:
         copy_dek(src, dst)(db)
         copy_value(src, "token", dst, "token")(db)
 
@@ -140,7 +140,7 @@ def copy_dek_and_values(src: str, dst: str) -> Mutate:
 
 
 def swap_field_names(cred: str, first: str, second: str) -> Mutate:
-    def mutate(db: sqlite3.Connection) -> None:
+    def mutate(db: RawDb) -> None:
         cid = _cred_id(db, cred)
         db.execute("UPDATE credential_values SET field = '~' WHERE credential_id = ? AND field = ?", (cid, first))
         db.execute("UPDATE credential_values SET field = ? WHERE credential_id = ? AND field = ?", (first, cid, second))
@@ -249,11 +249,10 @@ def check_refusal(transcript: Transcript, upstream: Upstream, case: Case) -> Non
 
 
 def run_credgate(world: World, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}
     return subprocess.run(
         [sys.executable, "-m", "mcp_credgate", "--home", str(world.settings.home),
          "--tools-dir", str(world.tools_dir), *args],
-        capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, env=credgate_env(world.settings), timeout=60, stdin=subprocess.DEVNULL,
     )
 
 
@@ -266,9 +265,8 @@ async def test_a_tampered_credential_is_refused_by_name_and_the_others_keep_work
     async with world.gateway() as gw, connect(gw, GROUP) as client:
         await call_every_tool(client, transcript, upstream, tampered=None)  # warms the binding cache
 
-        with sqlite3.connect(world.settings.database_path) as db:
+        with raw_db(world.settings) as db:
             case.mutate(db)
-        db.close()
 
         await call_every_tool(client, transcript, upstream, tampered=case.target)
         check_refusal(transcript, upstream, case)
@@ -317,9 +315,8 @@ async def test_a_tampered_credential_is_refused_by_name_and_the_others_keep_work
 
 
 async def test_a_partial_update_of_a_credential_whose_data_key_does_not_open_is_refused(world: World) -> None:
-    with sqlite3.connect(world.settings.database_path) as db:
+    with raw_db(world.settings) as db:
         flip_dek("acct-d", "tag")(db)
-    db.close()
     base = ["--home", str(world.settings.home), "--tools-dir", str(world.tools_dir)]
 
     result = CliRunner().invoke(cli, [*base, "cred", "update", "acct-d", "--set", "password=only-this-one"])

@@ -36,6 +36,7 @@ from gateway_support import (
     load_json,
     make_canary,
     result_text,
+    store_env,
 )
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
@@ -638,7 +639,12 @@ async def test_credgate_serve_fronts_a_stdio_upstream_without_leaking(tmp_path: 
     master_key = world.settings.key_path.read_text().strip()
     paths = ["--home", str(world.settings.home), "--tools-dir", str(world.tools_dir)]
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}
-    secrets_env = {"CREDGATE_MASTER_KEY": master_key, "GATEWAY_ONLY_CANARY": GATEWAY_CANARY}
+    # the gateway's own secrets (on PostgreSQL, the database URL too), never an upstream's
+    secrets_env = {
+        "CREDGATE_MASTER_KEY": master_key,
+        "GATEWAY_ONLY_CANARY": GATEWAY_CANARY,
+        **store_env(world.settings),
+    }
     discovery = subprocess.run(
         [sys.executable, "-m", "mcp_credgate", "tools", "--json", *paths],
         capture_output=True,
@@ -693,4 +699,4 @@ async def test_credgate_serve_fronts_a_stdio_upstream_without_leaking(tmp_path: 
     stderr = stderr_file.read_text()
     for text in (received, stderr, transcript.text()):
         assert_no_leak(text, TOKEN_A, master_key, GATEWAY_CANARY)
-    assert_no_leak_at_rest(world.settings.home, TOKEN_A, GATEWAY_CANARY)
+    assert_no_leak_at_rest(world.settings, TOKEN_A, GATEWAY_CANARY)

@@ -362,8 +362,13 @@ class Store:
                         (new_key.key_id, new_key.wrap(dek.raw, row["uid"]), row["id"], row["key_id"]),
                     )
         if not key_from_env and settings.pending_key_path.exists():
-            with suppress(FileNotFoundError):  # a concurrent rotation to the same new key moved it first
-                os.replace(settings.pending_key_path, settings.key_path)
+            # Only this rotation's key replaces master.key: a file staged since by `key new` (for a later
+            # rotation) must not take the place of the key the store is about to need.
+            with suppress(MasterKeyError):  # unreadable: never this rotation's key
+                staged = read_key_file(settings.pending_key_path)
+                if staged is not None and staged.key_id == new_key.key_id:
+                    with suppress(FileNotFoundError):  # a concurrent rotation to the same key moved it first
+                        os.replace(settings.pending_key_path, settings.key_path)
             sqlite.fsync_dir(settings.home)
         with self._write() as conn:
             # A credential added meanwhile by another process is still under the old key. Re-wrap it here, under
@@ -400,7 +405,11 @@ class Store:
     def stage_master_key(self, settings: Settings) -> tuple[MasterKey, bool]:
         """Make the next master key in master.key.new (or keep the one already there). Returns it and whether
         it is new. Nothing in the store changes until `rotate_master_key`."""
-        staged = read_key_file(settings.pending_key_path)
+        try:
+            staged = read_key_file(settings.pending_key_path)
+        except MasterKeyError:  # a `key new` died while writing it: that key never reached anyone
+            settings.pending_key_path.unlink()
+            staged = None
         if staged is not None:
             return staged, False
         key = MasterKey.generate()
