@@ -845,16 +845,16 @@ def key() -> None:
 def key_rotate(app: App) -> None:
     """Re-wrap every credential under a new master key: the one `credgate key new` made (or given as
     CREDGATE_MASTER_KEY=OLD,NEW), else a fresh one (SQLite only). Safe to rerun after a crash."""
-    from .crypto import read_key_file
+    from .store import read_staged_key
 
     from_env = bool(os.environ.get("CREDGATE_MASTER_KEY"))
     new_key = app.store.rotate_master_key(app.settings, key_from_env=from_env)
-    staged = app.settings.pending_key_path
+    staged = read_staged_key(app.settings)
     if not from_env:
         where: str | None = str(app.settings.key_path)
         note = ""
-    elif staged.exists() and getattr(read_key_file(staged), "key_id", None) == new_key.key_id:
-        where = str(staged)
+    elif staged is not None and staged.key_id == new_key.key_id:
+        where = str(app.settings.pending_key_path)
         note = f"; put the content of {where} into CREDGATE_MASTER_KEY, then delete that file"
     else:
         where = None

@@ -117,15 +117,18 @@ def load_keyring(settings: Settings, env: Mapping[str, str] | None = None) -> Ke
     if not keys:
         from_file = read_key_file(settings.key_path)
         keys = [from_file] if from_file is not None else []
-    try:
-        pending = read_key_file(settings.pending_key_path)
-    except MasterKeyError:
-        # A rotation died while writing master.key.new: that key was never used (its row goes into the
-        # store only after the file is synced), and the next rotation replaces the file.
-        pending = None
     if not keys:
         return None
-    return Keyring(keys[0], given=keys, next_key=pending)
+    return Keyring(keys[0], given=keys, next_key=read_staged_key(settings))
+
+
+def read_staged_key(settings: Settings) -> MasterKey | None:
+    """The next key, in master.key.new: None when there is none, or when a rotation or `key new` died while
+    writing it (that key was never used: its row goes into the store only after the file is synced)."""
+    try:
+        return read_key_file(settings.pending_key_path)
+    except MasterKeyError:
+        return None
 
 
 def _postgres() -> ModuleType:
@@ -139,11 +142,20 @@ def _postgres() -> ModuleType:
     return postgres
 
 
-def _open_database(settings: Settings) -> Database:
-    if settings.database_url:
-        database: Database = _postgres().PostgresDatabase(settings.database_url)
-        return database
-    return sqlite.SqliteDatabase(settings.database_path)
+def _open_existing(settings: Settings) -> Database:
+    """A connection to the store `credgate init` made; NotInitialisedError when there is none. SQLite's
+    file is looked for first (connecting would create it); PostgreSQL is asked on the connection kept."""
+    missing = NotInitialisedError(f"no credgate store at {store_location(settings)}: run `credgate init` first")
+    if not settings.database_url:
+        if not settings.database_path.exists():
+            raise missing
+        return sqlite.SqliteDatabase(settings.database_path)
+    postgres = _postgres()
+    db: Database = postgres.PostgresDatabase(settings.database_url)
+    if not postgres.holds_store(db):
+        db.close()
+        raise missing
+    return db
 
 
 def store_exists(settings: Settings) -> bool:
@@ -208,21 +220,19 @@ class Store:
     def open(cls, settings: Settings, env: Mapping[str, str] | None = None) -> Store:
         """Open an existing store, refusing (before anything is written) a key that does not open it."""
         where = store_location(settings)
-        if not store_exists(settings):
-            raise NotInitialisedError(f"no credgate store at {where}: run `credgate init` first")
+        db = _open_existing(settings)
         mismatch = f"master key does not match this store ({where})"
         try:
-            keyring = load_keyring(settings, env)
-        except MasterKeyError as exc:  # malformed or truncated
-            raise MasterKeyError(f"{mismatch}: {exc}") from None
-        if keyring is None:
-            raise MasterKeyError(
-                f"{mismatch}: no key found: {settings.key_path} does not exist and CREDGATE_MASTER_KEY is "
-                "not set; restore the key file or set CREDGATE_MASTER_KEY (a new key is never generated over "
-                "an existing store)"
-            )
-        db = _open_database(settings)
-        try:
+            try:
+                keyring = load_keyring(settings, env)
+            except MasterKeyError as exc:  # malformed or truncated
+                raise MasterKeyError(f"{mismatch}: {exc}") from None
+            if keyring is None:
+                raise MasterKeyError(
+                    f"{mismatch}: no key found: {settings.key_path} does not exist and CREDGATE_MASTER_KEY is "
+                    "not set; restore the key file or set CREDGATE_MASTER_KEY (a new key is never generated over "
+                    "an existing store)"
+                )
             _check_keyring(db, keyring, settings)
             if db.pending_migrations():
                 db.migrate()
@@ -361,14 +371,12 @@ class Store:
                         "UPDATE credentials SET key_id = ?, wrapped_dek = ? WHERE id = ? AND key_id = ?",
                         (new_key.key_id, new_key.wrap(dek.raw, row["uid"]), row["id"], row["key_id"]),
                     )
-        if not key_from_env and settings.pending_key_path.exists():
-            # Only this rotation's key replaces master.key: a file staged since by `key new` (for a later
-            # rotation) must not take the place of the key the store is about to need.
-            with suppress(MasterKeyError):  # unreadable: never this rotation's key
-                staged = read_key_file(settings.pending_key_path)
-                if staged is not None and staged.key_id == new_key.key_id:
-                    with suppress(FileNotFoundError):  # a concurrent rotation to the same key moved it first
-                        os.replace(settings.pending_key_path, settings.key_path)
+        # Only this rotation's key replaces master.key: a file staged since by `key new` (for a later
+        # rotation) must not take the place of the key the store is about to need.
+        staged = read_staged_key(settings)
+        if not key_from_env and staged is not None and staged.key_id == new_key.key_id:
+            with suppress(FileNotFoundError):  # a concurrent rotation to the same key moved it first
+                os.replace(settings.pending_key_path, settings.key_path)
             sqlite.fsync_dir(settings.home)
         with self._write() as conn:
             # A credential added meanwhile by another process is still under the old key. Re-wrap it here, under
@@ -405,13 +413,10 @@ class Store:
     def stage_master_key(self, settings: Settings) -> tuple[MasterKey, bool]:
         """Make the next master key in master.key.new (or keep the one already there). Returns it and whether
         it is new. Nothing in the store changes until `rotate_master_key`."""
-        try:
-            staged = read_key_file(settings.pending_key_path)
-        except MasterKeyError:  # a `key new` died while writing it: that key never reached anyone
-            settings.pending_key_path.unlink()
-            staged = None
+        staged = read_staged_key(settings)
         if staged is not None:
             return staged, False
+        settings.pending_key_path.unlink(missing_ok=True)  # half written: that key never reached anyone
         key = MasterKey.generate()
         write_key_file(settings.pending_key_path, key)
         sqlite.fsync_dir(settings.home)

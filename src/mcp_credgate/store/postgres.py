@@ -206,12 +206,13 @@ class AdvisoryLock(PollingLock):
 def store_exists(url: str) -> bool:
     db = PostgresDatabase(url)
     try:
-        return _has_key_row(db)
+        return holds_store(db)
     finally:
         db.close()
 
 
-def _has_key_row(db: PostgresDatabase) -> bool:
+def holds_store(db: PostgresDatabase) -> bool:
+    """Whether `credgate init` made a store in this database (its schema and the master key's check row)."""
     if db.execute("SELECT to_regclass('master_keys') AS t").fetchone()["t"] is None:
         return False
     return db.execute("SELECT 1 FROM master_keys LIMIT 1").fetchone() is not None
@@ -224,7 +225,7 @@ def create_database(url: str, first_key_row: tuple[str, bytes, str]) -> bool:
     try:
         db.migrate()
         with db.transaction():
-            if _has_key_row(db):
+            if holds_store(db):
                 return False
             db.execute(
                 "INSERT INTO master_keys (key_id, check_blob, state, created_at) VALUES (?, ?, 'current', ?)",
