@@ -50,7 +50,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[POSTGRES_URL] = url
 
 
-def _start_cluster(config: pytest.Config) -> str | None:
+def start_cluster() -> tuple[str, Path]:
+    """A throw-away cluster (scripts/pg-cluster, fsync off): its URL and its folder, for `stop_cluster`.
+    Raises RuntimeError with pg-cluster's last word when it cannot start one."""
     folder = Path(tempfile.mkdtemp(prefix="credgate-pg-"))
     folder.chmod(0o711)  # as root, the cluster runs as `postgres`, which must enter this folder
     done = subprocess.run(
@@ -58,20 +60,31 @@ def _start_cluster(config: pytest.Config) -> str | None:
     )
     if done.returncode != 0:
         shutil.rmtree(folder, ignore_errors=True)
+        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "pg-cluster failed")
+    return done.stdout.strip(), folder
+
+
+def stop_cluster(folder: Path) -> None:
+    subprocess.run(["bash", str(PG_CLUSTER), "stop", str(folder / "cluster")], capture_output=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _start_cluster(config: pytest.Config) -> str | None:
+    try:
+        url, folder = start_cluster()
+    except RuntimeError as exc:
         config.stash[SKIP_REASON] = (
-            "PostgreSQL half not run: set CREDGATE_TEST_DATABASE_URL or install PostgreSQL "
-            f"({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'pg-cluster failed'})"
+            f"PostgreSQL half not run: set CREDGATE_TEST_DATABASE_URL or install PostgreSQL ({exc})"
         )
         return None
     config.stash[CLUSTER_DIR] = folder
-    return done.stdout.strip()
+    return url
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     folder = config.stash.get(CLUSTER_DIR, None)
     if folder is not None:
-        subprocess.run(["bash", str(PG_CLUSTER), "stop", str(folder / "cluster")], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        stop_cluster(folder)
 
 
 def backends(config: pytest.Config) -> list[str]:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,25 +173,42 @@ class Server:
         return self.process.returncode
 
 
-def start_server(world: World, folder: Path, *extra: str) -> Server:
-    """Start `credgate serve --http` on a free loopback port and wait (bounded) until it accepts connections."""
-    port = free_port()
+def start_server(
+    world: World,
+    folder: Path,
+    *extra: str,
+    home: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    port: int | None = None,
+    wait: bool = True,
+) -> Server:
+    """Start `credgate serve --http` on a loopback port (a free one unless given) and, unless told not to,
+    wait (bounded) until it accepts connections. `home`: a data folder other than the world's; `env`: more
+    environment. Its output is appended to serve-PORT.err/.out in `folder`, across restarts."""
+    port = port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
     stderr_path, stdout_path = folder / f"serve-{port}.err", folder / f"serve-{port}.out"
-    with stderr_path.open("wb") as err, stdout_path.open("wb") as out:
+    with stderr_path.open("ab") as err, stdout_path.open("ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "mcp_credgate", "serve", "--http", "--host", "127.0.0.1", "--port", str(port),
-             "--home", str(world.settings.home), "--tools-dir", str(world.tools_dir), *extra],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=credgate_env(world.settings), cwd=folder,
+             "--home", str(home or world.settings.home), "--tools-dir", str(world.tools_dir), *extra],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=err, env={**credgate_env(world.settings), **(env or {})},
+            cwd=folder,
         )
     server = Server(process, port, stderr_path, stdout_path)
+    if wait:
+        wait_listening(server)
+    return server
+
+
+def wait_listening(server: Server) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while True:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode}:\n{server.stderr()}")
+        if server.process.poll() is not None:
+            raise AssertionError(f"the server exited with {server.process.returncode}:\n{server.stderr()}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return server
+            with socket.create_connection(("127.0.0.1", server.port), timeout=0.5):
+                return
         except OSError:
             if time.monotonic() > deadline:
                 server.stop()

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 from conftest import CliRun
-from postgres_support import PG_CLUSTER
+from postgres_support import start_cluster, stop_cluster
 from psycopg.conninfo import conninfo_to_dict
 from raw_db import raw_db
 
@@ -176,18 +174,12 @@ def test_a_credential_lock_is_exclusive_within_one_process_too_and_gives_up_clea
 
 @pytest.fixture
 def own_cluster() -> Iterator[tuple[str, Path]]:
-    """A cluster of this test's own (it gets restarted), with its URL and folder."""
-    folder = Path(tempfile.mkdtemp(prefix="credgate-pg-"))
-    folder.chmod(0o711)  # as root, the cluster runs as `postgres`, which must enter this folder
-    started = subprocess.run(
-        ["bash", str(PG_CLUSTER), "start", str(folder / "pg"), "--fast"], capture_output=True, text=True
-    )
-    assert started.returncode == 0, started.stderr
+    """A cluster of this test's own (it gets restarted), with its URL and its data folder's parent."""
+    url, folder = start_cluster()
     try:
-        yield started.stdout.strip(), folder / "pg"
+        yield url, folder / "cluster"
     finally:
-        subprocess.run(["bash", str(PG_CLUSTER), "stop", str(folder / "pg")], capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        stop_cluster(folder)
 
 
 def test_an_open_store_goes_on_after_the_server_restarts(

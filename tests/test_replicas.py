@@ -11,16 +11,10 @@ replica accepts.
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx2
@@ -37,6 +31,7 @@ from gateway_support import (
 from mcp import Client, types
 from mcp.client.streamable_http import streamable_http_client
 from oauth_provider import running_oauth_provider
+from test_http_app import Server, bearer, free_port, modern_call, start_server, wait_listening
 from test_oauth_gateway import GROUP as OAUTH_GROUP
 from test_oauth_gateway import add_acme, oauth_world, stored, whoami_ok
 
@@ -48,92 +43,38 @@ from mcp_credgate.web.session import new_admin_secret
 pytestmark = [pytest.mark.anyio, pytest.mark.postgresql_only]
 
 GROUP = "desk"
-START_TIMEOUT = 30.0
-MODERN = "2026-07-28"
-JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 
 
 # -- replicas ----------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 class Replica:
-    """One `credgate serve --http` process on the shared store, with a data folder of its own."""
+    """One `credgate serve --http` process on the shared store, with a data folder of its own and the master
+    key in CREDGATE_MASTER_KEY; it keeps its port (and its log) across restarts."""
 
     def __init__(self, world: World, folder: Path, master_key: str) -> None:
         self.world, self.folder, self.master_key = world, folder, master_key
         self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.server: Server | None = None
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}
-        env["CREDGATE_DATABASE_URL"] = os.environ["CREDGATE_DATABASE_URL"]
-        env["CREDGATE_MASTER_KEY"] = self.master_key
-        return env
-
     def start(self, *, wait: bool = True) -> Replica:
-        log = (self.folder / "serve.log").open("ab")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mcp_credgate",
-                "serve",
-                "--http",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--home",
-                str(self.folder / "home"),
-                "--tools-dir",
-                str(self.world.tools_dir),
-                "--public-url",
-                self.base,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            env=self.env(),
-            cwd=self.folder,
-        )
-        log.close()
-        if wait:
-            self.wait_listening()
+        self.server = start_server(
+            self.world, self.folder, "--public-url", self.base, home=self.folder / "home",
+            env={"CREDGATE_MASTER_KEY": self.master_key}, port=self.port, wait=wait,
+        )  # fmt: skip
         return self
 
     def wait_listening(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"the replica exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                assert time.monotonic() < deadline, f"the replica did not listen:\n{self.log()}"
-                time.sleep(0.05)
+        assert self.server is not None
+        wait_listening(self.server)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.server is not None:
+            self.server.stop()
 
     def restart(self, master_key: str) -> None:
         self.stop()
@@ -141,8 +82,7 @@ class Replica:
         self.start()
 
     def log(self) -> str:
-        path = self.folder / "serve.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self.server.output() if self.server is not None else ""
 
 
 def admin(world: World, *args: str, master_key: str | None = None) -> Result:
@@ -158,29 +98,11 @@ def admin_ok(world: World, *args: str, master_key: str | None = None) -> str:
     return result.stdout
 
 
-def tools_call(tool: str, arguments: Mapping[str, Any], request_id: int = 1) -> tuple[dict[str, str], bytes]:
-    """A stand-alone tools/call of the stateless 2026-07-28 protocol: no session, so any replica may answer."""
-    meta = {
-        "io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientInfo": {"name": "lb-agent", "version": "1"},
-        "io.modelcontextprotocol/clientCapabilities": {},
-    }
-    body = {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "tools/call",
-        "params": {"name": tool, "arguments": dict(arguments), "_meta": meta},
-    }
-    headers = {**JSON_HEADERS, "Mcp-Protocol-Version": MODERN, "Mcp-Method": "tools/call", "Mcp-Name": tool}
-    return headers, json.dumps(body).encode()
-
-
 async def stateless_call(replica: Replica, token: str, tool: str = "whoami") -> httpx2.Response:
-    headers, body = tools_call(tool, {})
+    """A stand-alone tools/call of the stateless protocol: no session, so any replica may answer."""
+    headers, body = modern_call(tool, {})
     async with httpx2.AsyncClient(timeout=30) as http:
-        return await http.post(
-            replica.base + "/mcp", headers={**headers, "Authorization": f"Bearer {token}"}, content=body
-        )
+        return await http.post(replica.base + "/mcp", headers={**headers, **bearer(token)}, content=body)
 
 
 def result_of(response: httpx2.Response) -> types.CallToolResult:
@@ -196,7 +118,7 @@ def result_of(response: httpx2.Response) -> types.CallToolResult:
 @asynccontextmanager
 async def session(replica: Replica, token: str) -> AsyncIterator[Client]:
     """A Streamable HTTP session held open with one replica (its binding cache stays warm)."""
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    http = httpx2.AsyncClient(headers=bearer(token), timeout=30)
     async with http, Client(streamable_http_client(replica.base + "/mcp", http_client=http)) as client:
         yield client
 
@@ -396,8 +318,8 @@ async def test_a_master_key_rotation_while_replicas_serve(tmp_path: Path, upstre
         b.restart(new)
         await both_work(THREE)
         stale = Replica(world, tmp_path / "stale", old).start(wait=False)
-        assert stale.process is not None
-        assert stale.process.wait(timeout=30) != 0
+        assert stale.server is not None
+        assert stale.server.process.wait(timeout=30) != 0
         assert "master key does not match" in stale.log()
         assert "Traceback" not in stale.log()
         for key in (old, new):
