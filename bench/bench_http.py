@@ -93,6 +93,19 @@ async def concurrent(url: str, token: str, clients: int, per_client: int) -> tup
     return times, time.perf_counter() - start
 
 
+def print_concurrent_table(
+    times: dict[str, list[float]], wall: dict[str, float], heading: str = "server"
+) -> dict[str, float]:
+    """Print calls/s (calls over the wall time of their rounds), p50 and p99 per side; returns the rates."""
+    print(f"{heading:<18}{'calls/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    rates = {}
+    for name, side in times.items():
+        _, p50, p99 = summary(side)
+        rates[name] = len(side) / wall[name]
+        print(f"{name:<18}{rates[name]:>10.0f}{p50:>10.3f}{p99:>10.3f}")
+    return rates
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=2000, help="sequential calls per server")
@@ -139,12 +152,7 @@ async def main() -> None:
     rates = print_table(seq)
     print(f"sequential throughput ratio credgate/bare: {rates['credgate serve'][0] / rates['bare mcp server'][0]:.2f}")
     print(f"concurrent: {opts.clients} clients x {opts.per_client} calls, {opts.rounds} alternating rounds each")
-    print(f"{'server':<18}{'calls/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    crates = {}
-    for name, times in conc.items():
-        _, p50, p99 = summary(times)
-        crates[name] = len(times) / wall[name]
-        print(f"{name:<18}{crates[name]:>10.0f}{p50:>10.3f}{p99:>10.3f}")
+    crates = print_concurrent_table(conc, wall)
     ratio = crates["credgate serve"] / crates["bare mcp server"]
     print(f"concurrent throughput ratio credgate/bare: {ratio:.2f} (target >= 0.90)")
 

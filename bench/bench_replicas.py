@@ -29,8 +29,8 @@ from urllib.parse import quote
 
 import anyio
 import psycopg
-from bench_http import concurrent, free_port, running, sequential
-from bench_stdio import HERE, print_table, setup_credgate, summary
+from bench_http import concurrent, free_port, print_concurrent_table, running, sequential
+from bench_stdio import HERE, print_table, setup_credgate
 
 PG_CLUSTER = HERE.parent / "scripts" / "pg-cluster"
 
@@ -136,13 +136,7 @@ async def main() -> None:
                     wall[name] = wall.get(name, 0.0) + elapsed
 
     def concurrent_table(names: list[str]) -> dict[str, float]:
-        print(f"{'':<18}{'calls/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-        rates = {}
-        for name in names:
-            _, p50, p99 = summary(conc[name])
-            rates[name] = len(conc[name]) / wall[name]
-            print(f"{name:<18}{rates[name]:>10.0f}{p50:>10.3f}{p99:>10.3f}")
-        return rates
+        return print_concurrent_table({name: conc[name] for name in names}, wall, heading="")
 
     cores = os.cpu_count()
     print(f"Streamable HTTP, echo tool with an API-key credential; {cores} CPU cores shared by everything")
