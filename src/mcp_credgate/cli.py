@@ -332,7 +332,7 @@ def _discover_upstreams(app: App, refresh: bool, discover_with: str | None) -> l
         assert isinstance(handler, McpHandler)
 
         try:
-            listings = anyio.run(_list_upstream_tools, app.store, name, handler, spec, credential)
+            listings, capabilities = anyio.run(_discover_upstream, app.store, name, handler, spec, credential)
         except (UpstreamError, TimeoutError, OSError) as exc:
             why = str(exc) if isinstance(exc, UpstreamError) else f"{type(exc).__name__}"
             if spec is not None and not discover_with:
@@ -340,14 +340,14 @@ def _discover_upstreams(app: App, refresh: bool, discover_with: str | None) -> l
             problems.append(f"{upstream.source}: upstream {name}: its tools could not be listed ({why})")
             continue
         # an upstream might put its credential into a description: cache and show only the redacted lists
-        app.store.save_upstream_tools(name, redactor_for(credential).obj(listings))
+        app.store.save_upstream_tools(name, redactor_for(credential).obj(listings), capabilities)
         app.__dict__.pop("catalog", None)  # rebuilt with what was just discovered
     return problems
 
 
-async def _list_upstream_tools(
+async def _discover_upstream(
     store: Store, name: str, handler: McpHandler, spec: CredentialSpec | None, credential: Credential
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from .handlers.http import make_client
     from .handlers.upstream import upstream_pool
     from .token_refresh import TokenRefresher
@@ -358,7 +358,7 @@ async def _list_upstream_tools(
             credential = await TokenRefresher(store, lambda: http).fresh(spec, credential)
         credential = credential.only(spec.handler_fields)
     async with upstream_pool() as pool:
-        return await pool.list_tools(name, handler, credential)
+        return await pool.discover(name, handler, credential)
 
 
 # -- credentials -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import jsonschema
 from .credential import EMPTY_CREDENTIAL, Credential
 from .declarations import Catalog, Tool
 from .errors import CiphertextError, CredentialValueError
-from .store import Store
+from .store import Binding, Store
 
 MAX_ARGUMENT_ERROR = 300
 
@@ -187,6 +187,25 @@ class Gate:
         if not validator.is_valid(args):
             errors = sorted(validator.iter_errors(args), key=lambda e: list(e.absolute_path))
             return InvalidArguments(tool_name, _describe_error(errors[0]))
+        return self._resolve(group, tool, binding)
+
+    def allowed_upstreams(self, group: str) -> list[str]:
+        """The upstream MCP servers the group allows as a whole (`NAME.*`): only their resources, prompts,
+        completions and log lines are the group's."""
+        allowed = self.store.allowed_tools(group)
+        return [name for name in self.catalog.upstreams if f"{name}.*" in allowed]
+
+    def check_upstream(self, group: str, upstream: str) -> Unknown | CredentialWarning | Ready:
+        """May the group use the upstream as a whole, and with which credential?"""
+        tool = self.catalog.upstreams.get(upstream)
+        if tool is None:
+            return Unknown(upstream)
+        binding = self.store.binding(group, f"{upstream}.*", upstream)
+        if not binding.allowed:
+            return Unknown(upstream)
+        return self._resolve(group, tool, binding)
+
+    def _resolve(self, group: str, tool: Tool, binding: Binding) -> CredentialWarning | Ready:
         spec = tool.credential
         if spec is None:
             return Ready(tool, EMPTY_CREDENTIAL, None)
@@ -199,7 +218,7 @@ class Gate:
             return self._warning("credential_invalid", group, tool, fields, exc.credential)
         return self._credential_decision(group, tool, credential)
 
-    def _credential_decision(self, group: str, tool: Tool, credential: Credential) -> Decision:
+    def _credential_decision(self, group: str, tool: Tool, credential: Credential) -> CredentialWarning | Ready:
         spec = tool.credential
         assert spec is not None
         if credential.type != spec.type:

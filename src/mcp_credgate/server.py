@@ -20,20 +20,24 @@ import httpx2
 import mcp_types as types
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import NotificationOptions
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from . import __version__, oauth
 from .audit import AuditLog
 from .config import Settings
 from .credential import Credential
 from .declarations import Catalog, HttpHandler, PythonHandler, Tool, load_catalog
-from .gate import CredentialWarning, Gate, InvalidArguments, Unknown
+from .front import Front
+from .gate import CredentialWarning, Gate, InvalidArguments, Ready, Unknown
 from .handlers import ToolOutput
 from .handlers.http import make_client, run_http
 from .handlers.python import run_python
 from .handlers.upstream import UpstreamError, UpstreamPool, upstream_pool
 from .logs import request_id
 from .redact import Redactor, redactor_for
+from .relay import AgentRequest
 from .store import Store
 from .token_refresh import TokenRefresher
 
@@ -61,6 +65,7 @@ class Gateway:
         self._http: httpx2.AsyncClient | None = None
         self.upstreams: UpstreamPool | None = None  # set while `running()`
         self.refresher = TokenRefresher(store, lambda: self.http)
+        self.front = Front(self)
 
     @classmethod
     def open(cls, settings: Settings, catalog: Catalog) -> Gateway:
@@ -119,16 +124,24 @@ class Gateway:
 
     # -- tools/call ------------------------------------------------------------------------
 
-    async def call_tool(self, caller: Caller, name: str, arguments: Mapping[str, Any] | None) -> types.CallToolResult:
+    async def call_tool(
+        self,
+        caller: Caller,
+        name: str,
+        arguments: Mapping[str, Any] | None,
+        ctx: ServerRequestContext[Any] | None = None,
+    ) -> types.CallToolResult:
+        """Call a tool for the caller; `ctx`, the agent's request, receives what an upstream sends meanwhile."""
         ref = secrets.token_hex(4)
         token = request_id.set(ref)
         try:
-            return await self._call(caller, name, arguments, ref)
+            agent = AgentRequest(ctx, (caller.group, caller.agent)) if ctx is not None else None
+            return await self._call(caller, name, arguments, ref, agent)
         finally:
             request_id.reset(token)
 
     async def _call(
-        self, caller: Caller, name: str, arguments: Mapping[str, Any] | None, ref: str
+        self, caller: Caller, name: str, arguments: Mapping[str, Any] | None, ref: str, agent: AgentRequest | None
     ) -> types.CallToolResult:
         started = time.perf_counter()
         decision = self.gate.check(caller.group, name, arguments)
@@ -140,25 +153,21 @@ class Gateway:
             return _text_result(f"Invalid arguments for tool {name}: {decision.message}", is_error=True)
         if isinstance(decision, CredentialWarning):
             return self._warn(caller, name, decision, started, ref)
-        credential = handler_view = decision.credential
-        spec = decision.tool.credential
-        if spec is not None and spec.oauth is not None:
-            try:
-                credential = await self.refresher.fresh(spec, credential)
-            except oauth.TokenExpired:
-                warning = self.gate.expired(caller.group, decision.tool, credential.name)
-                return self._warn(caller, name, warning, started, ref)
-            except oauth.OAuthError as exc:
-                self._record(caller, name, decision.credential_name, "error", started, ref)
-                return _text_result(
-                    f"The tool {name} was not called: the OAuth2 token of its credential could not be refreshed "
-                    f"({exc}); the stored tokens are unchanged, retry later (ref: {ref}).",
-                    is_error=True,
-                )
-            handler_view = credential.only(spec.handler_fields)  # not the refresh token nor the client secret
+        try:
+            usable = await self.usable_credential(caller.group, decision)
+        except oauth.OAuthError as exc:
+            self._record(caller, name, decision.credential_name, "error", started, ref)
+            return _text_result(
+                f"The tool {name} was not called: the OAuth2 token of its credential could not be refreshed "
+                f"({exc}); the stored tokens are unchanged, retry later (ref: {ref}).",
+                is_error=True,
+            )
+        if isinstance(usable, CredentialWarning):
+            return self._warn(caller, name, usable, started, ref)
+        credential, handler_view = usable
         redactor = redactor_for(credential)
         try:
-            output = await self._dispatch(decision.tool, dict(arguments or {}), handler_view)
+            output = await self._dispatch(decision.tool, dict(arguments or {}), handler_view, agent)
         except Exception as exc:
             details = "".join(traceback.format_exception(exc))
             logger.error("tool %s failed (ref: %s):\n%s", name, ref, redactor.text(details))
@@ -166,6 +175,18 @@ class Gateway:
             return _text_result(f"The tool {name} failed (ref: {ref}).", is_error=True)
         self._record(caller, name, decision.credential_name, "error" if output.is_error else "ok", started, ref)
         return _to_result(output, redactor)
+
+    async def usable_credential(self, group: str, ready: Ready) -> tuple[Credential, Credential] | CredentialWarning:
+        """The credential in full (for redaction) and as a handler sees it: an OAuth2 one refreshed when due,
+        without what only the refresh needs. Raises oauth.OAuthError when it cannot be refreshed for now."""
+        spec = ready.tool.credential
+        if spec is None or spec.oauth is None:
+            return ready.credential, ready.credential
+        try:
+            credential = await self.refresher.fresh(spec, ready.credential)
+        except oauth.TokenExpired:
+            return self.gate.expired(group, ready.tool, ready.credential.name)
+        return credential, credential.only(spec.handler_fields)  # not the refresh token nor the client secret
 
     def _warn(
         self, caller: Caller, name: str, warning: CredentialWarning, started: float, ref: str
@@ -191,7 +212,9 @@ class Gateway:
                 outcome,
             )
 
-    async def _dispatch(self, tool: Tool, args: dict[str, Any], credential: Credential) -> ToolOutput:
+    async def _dispatch(
+        self, tool: Tool, args: dict[str, Any], credential: Credential, agent: AgentRequest | None
+    ) -> ToolOutput:
         handler = tool.decl.handler
         if isinstance(handler, HttpHandler):
             return await run_http(self.http, handler, tool.credential, args, credential)
@@ -201,7 +224,7 @@ class Gateway:
         if self.upstreams is None or tool.upstream is None or tool.upstream_tool is None:
             return ToolOutput.error(f"upstream tools are not served by this gateway: {tool.name}")
         try:
-            result = await self.upstreams.call(tool.upstream, handler, tool.upstream_tool, args, credential)
+            result = await self.upstreams.call(tool.upstream, handler, tool.upstream_tool, args, credential, agent)
         except UpstreamError as exc:
             return ToolOutput.error(str(exc))
         dumped = result.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -231,8 +254,42 @@ def _to_result(output: ToolOutput, redactor: Redactor) -> types.CallToolResult:
 Identify = Callable[[ServerRequestContext[Any] | None], Caller]
 
 
+class GatewayServer(Server[Any]):
+    """A low-level server whose capabilities are the caller's group's (`Front.capabilities`): worked out when
+    a client connects (the handshake) or asks (`server/discover`), never more than the group can use."""
+
+    def __init__(self, gateway: Gateway, identify: Identify, **handlers: Any) -> None:
+        super().__init__(
+            "mcp-credgate",
+            version=__version__,
+            instructions="Tools run through mcp-credgate; credentials stay on the server.",
+            **handlers,
+        )
+        self._gateway = gateway
+        self._identify = identify
+
+    def get_capabilities(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+        *,
+        protocol_version: str | None = None,
+    ) -> types.ServerCapabilities:
+        try:
+            group = self._identify(None).group
+        except Exception:  # no caller (yet): the one thing every group has
+            return types.ServerCapabilities(tools=types.ToolsCapability())
+        capabilities = self._gateway.front.capabilities(group)
+        if protocol_version in MODERN_PROTOCOL_VERSIONS and capabilities.resources is not None:
+            # 2026-07-28 subscribes through subscriptions/listen, which the gateway does not relay
+            capabilities.resources.subscribe = None
+        return capabilities
+
+
 def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
     """A low-level MCP server over the gateway; `identify` names the caller of each request."""
+    front = gateway.front
 
     async def on_list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
@@ -241,7 +298,7 @@ def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
 
     async def on_call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         try:
-            return await gateway.call_tool(identify(ctx), params.name, params.arguments)
+            return await gateway.call_tool(identify(ctx), params.name, params.arguments, ctx)
         except MCPError:
             raise
         except Exception as exc:  # a bug of ours: never let its text (or a secret in it) reach the agent
@@ -259,14 +316,67 @@ def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
         tool = gateway.catalog.tool(name)
         return tool.decl.input_schema if tool is not None and gateway.gate.allows(group, name) else None
 
-    return Server(
-        "mcp-credgate",
-        version=__version__,
-        instructions="Tools run through mcp-credgate; credentials stay on the server.",
+    async def on_list_resources(
+        ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        return await front.list_resources(ctx, identify(ctx))
+
+    async def on_list_resource_templates(
+        ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        return await front.list_resource_templates(ctx, identify(ctx))
+
+    async def on_read_resource(
+        ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        return await front.read_resource(ctx, identify(ctx), str(params.uri))
+
+    async def on_subscribe(ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams) -> types.EmptyResult:
+        return await front.subscribe(ctx, identify(ctx), str(params.uri))
+
+    async def on_unsubscribe(
+        ctx: ServerRequestContext[Any], params: types.UnsubscribeRequestParams
+    ) -> types.EmptyResult:
+        return await front.unsubscribe(ctx, identify(ctx), str(params.uri))
+
+    async def on_list_prompts(
+        ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListPromptsResult:
+        return await front.list_prompts(ctx, identify(ctx))
+
+    async def on_get_prompt(
+        ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult:
+        return await front.get_prompt(ctx, identify(ctx), params.name, params.arguments)
+
+    async def on_completion(
+        ctx: ServerRequestContext[Any], params: types.CompleteRequestParams
+    ) -> types.CompleteResult:
+        return await front.complete(ctx, identify(ctx), params)
+
+    async def on_set_logging_level(
+        ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams
+    ) -> types.EmptyResult:
+        return await front.set_logging_level(ctx, identify(ctx), params.level)
+
+    server = GatewayServer(
+        gateway,
+        identify,
         get_tool_input_schema=input_schema,
         on_list_tools=on_list_tools,
         on_call_tool=on_call_tool,
+        on_list_resources=on_list_resources,
+        on_list_resource_templates=on_list_resource_templates,
+        on_read_resource=on_read_resource,
+        on_subscribe_resource=on_subscribe,
+        on_unsubscribe_resource=on_unsubscribe,
+        on_list_prompts=on_list_prompts,
+        on_get_prompt=on_get_prompt,
+        on_completion=on_completion,
     )
+    # registered apart: through the constructor the SDK warns that logging is deprecated for 2026-07-28
+    server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, on_set_logging_level)
+    return server
 
 
 @asynccontextmanager

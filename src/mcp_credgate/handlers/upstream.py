@@ -16,16 +16,17 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import anyio
 import httpx2
 import mcp_types as types
 from anyio.abc import TaskGroup
 from mcp import Client, StdioServerParameters
+from mcp.client._transport import Transport
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -33,16 +34,22 @@ from mcp.shared.exceptions import MCPError
 from ..credential import Credential
 from ..declarations import McpHandler
 from ..redact import Redactor, redactor_for
+from ..relay import AgentRequest, Relay
 from .http import render
 
 logger = logging.getLogger("credgate.upstream")
 
 RESTART_BACKOFF = (0.0, 0.5, 1.0, 2.0, 5.0)
 GONE = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
+_T = TypeVar("_T")
 
 
 class UpstreamError(Exception):
     """The upstream could not be started or reached; the message names the upstream, never a value."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer in time."""
 
 
 def _passed_through() -> dict[str, str]:
@@ -54,15 +61,18 @@ def _render_all(items: Mapping[str, str], credential: Credential) -> dict[str, s
     return {k: render(v, {}, credential) for k, v in items.items()}
 
 
-def connect(name: str, handler: McpHandler, credential: Credential) -> AbstractAsyncContextManager[Client]:
-    """A client session to the upstream, with the credential placed where the declaration says."""
+def connect(
+    name: str, handler: McpHandler, credential: Credential, relay: Relay
+) -> AbstractAsyncContextManager[Client]:
+    """A client session to the upstream, with the credential placed where the declaration says; what the
+    upstream sends on its own goes to `relay`."""
     if handler.command is not None:
         params = StdioServerParameters(
             command=render(handler.command, {}, credential),
             args=[render(a, {}, credential) for a in handler.args],
             env={**_passed_through(), **_render_all(handler.env, credential)},
         )
-        return _stdio_session(name, params, redactor_for(credential))
+        return _stdio_session(name, params, relay)
     assert handler.url is not None
     http = httpx2.AsyncClient(
         headers=_render_all(handler.headers, credential),
@@ -70,23 +80,38 @@ def connect(name: str, handler: McpHandler, credential: Credential) -> AbstractA
         trust_env=False,
         timeout=httpx2.Timeout(handler.timeout, read=handler.timeout + 5),
     )
-    return _http_session(render(handler.url, {}, credential), http)
+    return _http_session(render(handler.url, {}, credential), http, relay)
+
+
+def _client(transport: Transport, relay: Relay) -> Client:
+    """The handshake protocol (a long-lived session: server-to-client requests, log lines, subscriptions),
+    no response cache (every agent request is asked anew), and the relay's callbacks."""
+    return Client(
+        transport,
+        mode="legacy",
+        cache=None,
+        sampling_callback=relay.on_sampling,
+        elicitation_callback=relay.on_elicitation,
+        list_roots_callback=relay.on_list_roots,
+        logging_callback=relay.on_log,
+        message_handler=relay.on_message,
+    )
 
 
 @asynccontextmanager
-async def _http_session(url: str, http: httpx2.AsyncClient) -> AsyncIterator[Client]:
-    async with http, Client(streamable_http_client(url, http_client=http)) as client:
+async def _http_session(url: str, http: httpx2.AsyncClient, relay: Relay) -> AsyncIterator[Client]:
+    async with http, _client(streamable_http_client(url, http_client=http), relay) as client:
         yield client
 
 
 @asynccontextmanager
-async def _stdio_session(name: str, params: StdioServerParameters, redactor: Redactor) -> AsyncIterator[Client]:
+async def _stdio_session(name: str, params: StdioServerParameters, relay: Relay) -> AsyncIterator[Client]:
     read_fd, write_fd = os.pipe()
     errlog = os.fdopen(write_fd, "w")
-    reader = threading.Thread(target=_log_lines, args=(name, os.fdopen(read_fd), redactor), daemon=True)
+    reader = threading.Thread(target=_log_lines, args=(name, os.fdopen(read_fd), relay.redactor), daemon=True)
     reader.start()
     try:
-        async with Client(stdio_client(params, errlog=errlog)) as client:
+        async with _client(stdio_client(params, errlog=errlog), relay) as client:
             yield client
     finally:
         errlog.close()  # the child's copy closes when it exits: then the reader sees the end
@@ -99,11 +124,12 @@ def _log_lines(name: str, stream: IO[str], redactor: Redactor) -> None:
 
 
 @dataclass
-class _Session:
-    """A running upstream: its client, and the event that stops the task holding it open."""
+class Session:
+    """A running upstream: its client, its relay, and the event that stops the task holding it open."""
 
     key: tuple[str, str]
     fingerprint: bytes
+    relay: Relay
     client: Client | None = None
     error: BaseException | None = None
     ready: anyio.Event = field(default_factory=anyio.Event)
@@ -111,12 +137,19 @@ class _Session:
     last_used: float = field(default_factory=time.monotonic)
     idle_timeout: float = 300.0
 
+    @property
+    def live(self) -> Client:
+        """The client of a running session (a closed one is retired before use)."""
+        if self.client is None:
+            raise UpstreamError(f"upstream {self.key[0]} is not running")
+        return self.client
+
 
 def _error_result(text: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
 
 
-def _closed(session: _Session) -> bool:
+def _closed(session: Session) -> bool:
     """Whether the client already saw its connection end. The SDK keeps this on its dispatcher, with no
     public accessor; should that change, this says False and the call itself reports the closed connection."""
     dispatcher = getattr(session.client.session, "_dispatcher", None) if session.client is not None else None
@@ -126,7 +159,7 @@ def _closed(session: _Session) -> bool:
 class UpstreamPool:
     def __init__(self, task_group: TaskGroup) -> None:
         self._tg = task_group
-        self._sessions: dict[tuple[str, str], _Session] = {}
+        self._sessions: dict[tuple[str, str], Session] = {}
         self._locks: dict[tuple[str, str], anyio.Lock] = {}
         self._failures: dict[tuple[str, str], int] = {}
         self._fingerprint_key = secrets.token_bytes(32)
@@ -139,36 +172,69 @@ class UpstreamPool:
         return hmac.new(self._fingerprint_key, text.encode(), hashlib.sha256).digest()
 
     async def call(
-        self, name: str, handler: McpHandler, remote_tool: str, args: dict[str, Any], credential: Credential
+        self,
+        name: str,
+        handler: McpHandler,
+        remote_tool: str,
+        args: dict[str, Any],
+        credential: Credential,
+        agent: AgentRequest | None = None,
     ) -> types.CallToolResult:
-        """Call a tool of the upstream. A session whose connection is already closed (the process died
-        since the last call) is replaced first; a call whose connection closes while it runs is not sent
-        again (it may have had effects): it gets an error and the next call starts a new upstream."""
-        session = await self._session(name, handler, credential)
+        """Call a tool of the upstream; its progress becomes the agent's. No answer in time is an error result."""
+        try:
+            return await self.request(
+                name,
+                handler,
+                credential,
+                lambda s: s.live.call_tool(remote_tool, args, progress_callback=s.relay.progress_to(agent)),
+                agent,
+            )
+        except UpstreamTimeout as exc:
+            return _error_result(str(exc))
+
+    async def request(
+        self,
+        name: str,
+        handler: McpHandler,
+        credential: Credential,
+        send: Callable[[Session], Awaitable[_T]],
+        agent: AgentRequest | None = None,
+    ) -> _T:
+        """Send one request to the upstream, on behalf of `agent` (what the upstream sends meanwhile goes to
+        it). A session whose connection is already closed (the process died since the last request) is
+        replaced first; a request whose connection closes while it runs is not sent again (it may have had
+        effects): UpstreamError, and the next request starts a new upstream. An error answer of the
+        upstream leaves as its MCPError."""
+        session = await self.session(name, handler, credential)
         if _closed(session):
             self._retire(session)
-            session = await self._session(name, handler, credential)
-        assert session.client is not None
+            session = await self.session(name, handler, credential)
         session.last_used = time.monotonic()
         try:
-            with anyio.fail_after(handler.timeout):
-                return await session.client.call_tool(remote_tool, args)
+            with anyio.fail_after(handler.timeout), session.relay.serving(agent):
+                result = await send(session)
+                await session.relay.settle(agent)
+                return result
         except TimeoutError:
-            return _error_result(f"upstream {name} did not answer within {handler.timeout:g} s")
+            raise UpstreamTimeout(f"upstream {name} did not answer within {handler.timeout:g} s") from None
         except (MCPError, *GONE) as exc:
             if isinstance(exc, MCPError) and exc.code != types.CONNECTION_CLOSED:
                 raise
             self._retire(session)
-            raise UpstreamError(f"upstream {name} closed the connection during the call") from None
+            raise UpstreamError(f"upstream {name} closed the connection during the request") from None
 
-    async def list_tools(self, name: str, handler: McpHandler, credential: Credential) -> list[dict[str, Any]]:
-        session = await self._session(name, handler, credential)
-        assert session.client is not None
+    async def discover(
+        self, name: str, handler: McpHandler, credential: Credential
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The upstream's tools and the capabilities it announced, as JSON."""
+        session = await self.session(name, handler, credential)
         with anyio.fail_after(handler.start_timeout):
-            listed = await session.client.list_tools()
-        return [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in listed.tools]
+            listed = await session.live.list_tools()
+        capabilities = session.live.server_capabilities.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in listed.tools], capabilities
 
-    async def _session(self, name: str, handler: McpHandler, credential: Credential) -> _Session:
+    async def session(self, name: str, handler: McpHandler, credential: Credential) -> Session:
+        """The running upstream for this credential, started (or restarted after a change) when needed."""
         key = (name, credential.name)
         fingerprint = self._fingerprint(handler, credential)
         async with self._locks.setdefault(key, anyio.Lock()):
@@ -179,7 +245,9 @@ class UpstreamPool:
                 self._retire(current)  # the credential changed: its process must not serve the new one
             failures = self._failures.get(key, 0)
             await anyio.sleep(RESTART_BACKOFF[min(failures, len(RESTART_BACKOFF) - 1)])
-            session = _Session(key, fingerprint, idle_timeout=handler.idle_timeout)
+            session = Session(
+                key, fingerprint, Relay(name, redactor_for(credential)), idle_timeout=handler.idle_timeout
+            )
             self._tg.start_soon(self._hold, name, handler, credential, session)
             with anyio.move_on_after(handler.start_timeout):
                 await session.ready.wait()
@@ -192,10 +260,10 @@ class UpstreamPool:
             self._sessions[key] = session
             return session
 
-    async def _hold(self, name: str, handler: McpHandler, credential: Credential, session: _Session) -> None:
+    async def _hold(self, name: str, handler: McpHandler, credential: Credential, session: Session) -> None:
         """Keeps one upstream session open (its context must be entered and left in the same task)."""
         try:
-            async with connect(name, handler, credential) as client:
+            async with connect(name, handler, credential, session.relay) as client:
                 session.client = client
                 session.ready.set()
                 await session.stop.wait()
@@ -208,7 +276,7 @@ class UpstreamPool:
             if self._sessions.get(session.key) is session:
                 del self._sessions[session.key]
 
-    def _retire(self, session: _Session) -> None:
+    def _retire(self, session: Session) -> None:
         session.stop.set()
         if self._sessions.get(session.key) is session:
             del self._sessions[session.key]
@@ -222,7 +290,7 @@ class UpstreamPool:
     def _stop_idle(self) -> None:
         now = time.monotonic()
         for session in list(self._sessions.values()):
-            if now - session.last_used > session.idle_timeout:
+            if now - session.last_used > session.idle_timeout and not session.relay.has_subscribers:
                 logger.info("stopping idle upstream %s", session.key[0])
                 self._retire(session)
 

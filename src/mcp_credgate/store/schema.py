@@ -154,4 +154,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         INSERT INTO change_counter (id, n) VALUES (1, 0)
         """,
     ),
+    Migration(
+        # What each upstream MCP server announced at its handshake (tools, resources, prompts, logging, …):
+        # a group is offered the union of its upstreams' capabilities, without starting any of them.
+        "0006_upstream_capabilities",
+        """
+        CREATE TABLE upstream_servers (
+            upstream TEXT PRIMARY KEY,
+            capabilities TEXT NOT NULL,
+            discovered_at TEXT NOT NULL
+        )
+        """,
+    ),
 )

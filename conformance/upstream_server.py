@@ -1,0 +1,633 @@
+"""Upstream test server with the fixtures of the MCP conformance suite.
+
+Implements every server fixture that `@modelcontextprotocol/conformance` 0.1.16 exercises (tools, resources,
+prompts, completion, logging, progress, sampling, elicitation, SSE resumption) on the low-level `mcp.server.Server`
+of the `mcp` 2.3 SDK, so the suite can run against it directly and a gateway can proxy it.
+
+    python conformance/upstream_server.py               # stdio (default)
+    python conformance/upstream_server.py --http 8931   # Streamable HTTP at http://127.0.0.1:8931/mcp
+
+Over HTTP the server binds 127.0.0.1 only, checks Host/Origin (DNS-rebinding protection), keeps sessions and an
+in-memory event store so a client can resume an SSE stream with `Last-Event-ID`.
+
+Handshake-era clients (2025-06-18, 2025-11-25) get sampling and elicitation as server-to-client requests on the
+`tools/call` response stream; 2026-07-28 clients get an `InputRequiredResult` and retry with `input_responses`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import itertools
+import json
+import re
+import struct
+import sys
+import warnings
+import wave
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, get_args
+
+import anyio
+import jsonschema
+import mcp_types as types
+import uvicorn
+from mcp.server import Server, ServerRequestContext
+from mcp.server.stdio import stdio_server
+from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from starlette.requests import Request
+
+# Logging, sampling and `logging/setLevel` are deprecated as of 2026-07-28, but they are exactly what the
+# conformance fixtures exercise on the 2025 protocol versions.
+warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
+
+SERVER_NAME = "mcp-conformance-upstream"
+RESOURCE_NOT_FOUND = -32002  # the spec's error code for an unknown resource URI
+RETRY_INTERVAL_MS = 500  # the `retry` field of SSE priming events: how long a client waits before reconnecting
+RECONNECT_WAIT_S = 0.2  # test_reconnection: time left to the client to reconnect after the stream is closed
+STEP_DELAY_S = 0.05  # pause between the log / progress notifications of the slow tools
+
+Ctx = ServerRequestContext[Any, Any]
+ToolResult = types.CallToolResult | types.InputRequiredResult
+ToolFn = Callable[[Ctx, types.CallToolRequestParams, dict[str, Any]], Awaitable[ToolResult]]
+
+
+# --- test data --------------------------------------------------------------------------------------------------
+
+
+def _png_1x1_red() -> bytes:
+    """A valid 1x1 red PNG, built rather than pasted."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)  # 1x1, 8-bit RGB
+    pixels = zlib.compress(b"\x00\xff\x00\x00")  # filter byte, then one red pixel
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def _wav_silence() -> bytes:
+    """A valid WAV file: 10 ms of 8 kHz mono 16-bit silence."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(b"\x00\x00" * 80)
+    return buffer.getvalue()
+
+
+PNG_B64 = base64.b64encode(_png_1x1_red()).decode()
+WAV_B64 = base64.b64encode(_wav_silence()).decode()
+TEMPLATE_URI = re.compile(r"test://template/(?P<id>[^/]+)/data")
+LOG_LEVELS: tuple[types.LoggingLevel, ...] = get_args(types.LoggingLevel)  # by ascending severity
+COMPLETIONS: dict[str, list[str]] = {
+    "arg1": ["paris", "park", "party", "test-value", "testing"],
+    "arg2": ["world", "word", "work"],
+    "id": ["1", "2", "3", "123"],
+}
+
+
+# --- per-session state ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SessionState:
+    """What one client session asked for: its log level and its resource subscriptions."""
+
+    log_level: types.LoggingLevel = "debug"
+    subscriptions: set[str] = field(default_factory=set)
+
+
+_sessions: dict[str | None, SessionState] = {}
+
+
+def _state(ctx: Ctx) -> SessionState:
+    """The caller's session state, keyed by `Mcp-Session-Id`; stdio and sessionless 2026-07-28 HTTP share one entry."""
+    key = ctx.request.headers.get("mcp-session-id") if isinstance(ctx.request, Request) else None
+    return _sessions.setdefault(key, SessionState())
+
+
+def _is_modern(ctx: Ctx) -> bool:
+    """Whether the caller speaks 2026-07-28+: no session, no server-to-client requests."""
+    return ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+
+
+def _text(text: str, *, is_error: bool = False) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(text=text)], is_error=is_error)
+
+
+async def _log(ctx: Ctx, level: types.LoggingLevel, message: str) -> None:
+    """Send a log notification on this request's stream, if the session's level lets it through."""
+    if LOG_LEVELS.index(level) < LOG_LEVELS.index(_state(ctx).log_level):
+        return
+    await ctx.session.send_log_message(level, message, logger=SERVER_NAME, related_request_id=ctx.request_id)
+
+
+def _client_can(ctx: Ctx, capability: types.ClientCapabilities) -> bool:
+    return ctx.session.check_client_capability(capability)
+
+
+async def _ask_client(
+    ctx: Ctx,
+    params: types.CallToolRequestParams,
+    key: str,
+    ask: types.CreateMessageRequestParams | types.ElicitRequestFormParams,
+) -> types.InputResponse | types.InputRequiredResult:
+    """Get the client's answer to a sampling or elicitation request, whatever the protocol version.
+
+    Handshake versions: a server-to-client request on the `tools/call` response stream (`related_request_id`).
+    2026-07-28: an `InputRequiredResult` the first time, the answer from `input_responses` on the retry.
+    """
+    if _is_modern(ctx):
+        answer = (params.input_responses or {}).get(key)
+        if answer is not None:
+            return answer
+        request: types.InputRequest = (
+            types.CreateMessageRequest(params=ask)
+            if isinstance(ask, types.CreateMessageRequestParams)
+            else types.ElicitRequest(params=ask)
+        )
+        return types.InputRequiredResult(input_requests={key: request})
+    if isinstance(ask, types.CreateMessageRequestParams):
+        return await ctx.session.create_message(
+            ask.messages, max_tokens=ask.max_tokens, related_request_id=ctx.request_id
+        )
+    return await ctx.session.elicit_form(ask.message, ask.requested_schema, related_request_id=ctx.request_id)
+
+
+async def _elicit(ctx: Ctx, params: types.CallToolRequestParams, message: str, schema: dict[str, Any]) -> ToolResult:
+    """Run one form elicitation and report the user's answer as text."""
+    if not _client_can(ctx, types.ClientCapabilities(elicitation=types.ElicitationCapability())):
+        return _text("Client does not support elicitation", is_error=True)
+    ask = types.ElicitRequestFormParams(message=message, requested_schema=schema)
+    answer = await _ask_client(ctx, params, "elicitation", ask)
+    if isinstance(answer, types.InputRequiredResult):
+        return answer
+    if not isinstance(answer, types.ElicitResult):
+        return _text("Client answered the elicitation with something else", is_error=True)
+    content = json.dumps(answer.content or {}, separators=(",", ":"))
+    return _text(f"Elicitation completed: action={answer.action}, content={content}")
+
+
+# --- tools ------------------------------------------------------------------------------------------------------
+
+NO_ARGS: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+async def test_simple_text(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    return _text("This is a simple text response for testing.")
+
+
+async def test_image_content(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    return types.CallToolResult(content=[types.ImageContent(data=PNG_B64, mime_type="image/png")])
+
+
+async def test_audio_content(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    return types.CallToolResult(content=[types.AudioContent(data=WAV_B64, mime_type="audio/wav")])
+
+
+async def test_embedded_resource(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    resource = types.TextResourceContents(
+        uri="test://embedded-resource", mime_type="text/plain", text="This is an embedded resource content."
+    )
+    return types.CallToolResult(content=[types.EmbeddedResource(resource=resource)])
+
+
+async def test_multiple_content_types(
+    ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]
+) -> ToolResult:
+    resource = types.TextResourceContents(
+        uri="test://mixed-content-resource", mime_type="application/json", text='{"test":"data","value":123}'
+    )
+    return types.CallToolResult(
+        content=[
+            types.TextContent(text="Multiple content types test:"),
+            types.ImageContent(data=PNG_B64, mime_type="image/png"),
+            types.EmbeddedResource(resource=resource),
+        ]
+    )
+
+
+async def test_tool_with_logging(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    await _log(ctx, "info", "Tool execution started")
+    await anyio.sleep(STEP_DELAY_S)
+    await _log(ctx, "info", "Tool processing data")
+    await anyio.sleep(STEP_DELAY_S)
+    await _log(ctx, "info", "Tool execution completed")
+    return _text("Tool with logging executed successfully")
+
+
+async def test_tool_with_progress(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    for step, progress in enumerate((0, 50, 100)):
+        if step:
+            await anyio.sleep(STEP_DELAY_S)
+        await ctx.session.report_progress(progress, 100, f"Completed step {progress} of 100")
+    token = (params.meta or {}).get("progress_token")
+    return _text(f"Tool with progress executed successfully (progress token: {token})")
+
+
+async def test_error_handling(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    return _text("This tool intentionally returns an error for testing", is_error=True)
+
+
+async def test_sampling(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    if not _client_can(ctx, types.ClientCapabilities(sampling=types.SamplingCapability())):
+        return _text("Client does not support sampling", is_error=True)
+    message = types.SamplingMessage(role="user", content=types.TextContent(text=args["prompt"]))
+    ask = types.CreateMessageRequestParams(messages=[message], max_tokens=100)
+    answer = await _ask_client(ctx, params, "sampling", ask)
+    if isinstance(answer, types.InputRequiredResult):
+        return answer
+    if not isinstance(answer, types.CreateMessageResult):
+        return _text("Client answered the sampling request with something else", is_error=True)
+    reply = answer.content.text if isinstance(answer.content, types.TextContent) else f"<{answer.content.type}>"
+    return _text(f"LLM response: {reply}")
+
+
+async def test_elicitation(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    schema = {
+        "type": "object",
+        "properties": {
+            "username": {"type": "string", "description": "User's response"},
+            "email": {"type": "string", "description": "User's email address"},
+        },
+        "required": ["username", "email"],
+    }
+    return await _elicit(ctx, params, args["message"], schema)
+
+
+async def test_elicitation_sep1034_defaults(
+    ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]
+) -> ToolResult:
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "description": "User name", "default": "John Doe"},
+            "age": {"type": "integer", "description": "User age", "default": 30},
+            "score": {"type": "number", "description": "User score", "default": 95.5},
+            "status": {
+                "type": "string",
+                "description": "User status",
+                "enum": ["active", "inactive", "pending"],
+                "default": "active",
+            },
+            "verified": {"type": "boolean", "description": "Verification status", "default": True},
+        },
+    }
+    return await _elicit(ctx, params, "Please provide user information", schema)
+
+
+async def test_elicitation_sep1330_enums(
+    ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]
+) -> ToolResult:
+    def titled(prefix: str, titles: list[str]) -> list[dict[str, str]]:
+        return [{"const": f"{prefix}{i}", "title": title} for i, title in enumerate(titles, 1)]
+
+    options = ["option1", "option2", "option3"]
+    schema = {
+        "type": "object",
+        "properties": {
+            "untitledSingle": {"type": "string", "description": "Untitled single-select", "enum": options},
+            "titledSingle": {
+                "type": "string",
+                "description": "Titled single-select",
+                "oneOf": titled("value", ["First Option", "Second Option", "Third Option"]),
+            },
+            "legacyEnum": {
+                "type": "string",
+                "description": "Legacy titled enum (enumNames, deprecated)",
+                "enum": ["opt1", "opt2", "opt3"],
+                "enumNames": ["Option One", "Option Two", "Option Three"],
+            },
+            "untitledMulti": {
+                "type": "array",
+                "description": "Untitled multi-select",
+                "items": {"type": "string", "enum": options},
+            },
+            "titledMulti": {
+                "type": "array",
+                "description": "Titled multi-select",
+                "items": {"anyOf": titled("value", ["First Choice", "Second Choice", "Third Choice"])},
+            },
+        },
+    }
+    return await _elicit(ctx, params, "Please select values using different enum schema types", schema)
+
+
+async def json_schema_2020_12_tool(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    return _text(f"Received: {json.dumps(args, sort_keys=True)}")
+
+
+async def test_reconnection(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    """Close the SSE stream mid-call (SEP-1699); the result is replayed when the client resumes."""
+    await _log(ctx, "info", "Before disconnect")
+    # The SDK offers the callback only with an event store and a client at 2025-11-25 or later
+    # (judged by the request's MCP-Protocol-Version header).
+    if ctx.close_sse_stream is not None:
+        await ctx.close_sse_stream()
+        await anyio.sleep(RECONNECT_WAIT_S)
+    await _log(ctx, "info", "After reconnect")
+    return _text("Reconnection test completed")
+
+
+@dataclass(frozen=True)
+class Fixture:
+    """A tool: its listing and its implementation."""
+
+    tool: types.Tool
+    run: ToolFn
+
+
+def _fixture(run: ToolFn, description: str, schema: dict[str, Any] = NO_ARGS) -> Fixture:
+    return Fixture(types.Tool(name=run.__name__, description=description, input_schema=schema), run)
+
+
+def _string_args(**descriptions: str) -> dict[str, Any]:
+    properties = {name: {"type": "string", "description": text} for name, text in descriptions.items()}
+    return {"type": "object", "properties": properties, "required": list(descriptions)}
+
+
+JSON_SCHEMA_2020_12: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "$defs": {"address": {"type": "object", "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
+    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+    "additionalProperties": False,
+}
+
+FIXTURES: dict[str, Fixture] = {
+    f.tool.name: f
+    for f in [
+        _fixture(test_simple_text, "Returns simple text content"),
+        _fixture(test_image_content, "Returns image content (1x1 PNG)"),
+        _fixture(test_audio_content, "Returns audio content (WAV)"),
+        _fixture(test_embedded_resource, "Returns an embedded text resource"),
+        _fixture(test_multiple_content_types, "Returns text, image and resource content"),
+        _fixture(test_tool_with_logging, "Sends three info log notifications while it runs"),
+        _fixture(test_tool_with_progress, "Reports progress 0, 50, 100 of 100 while it runs"),
+        _fixture(test_error_handling, "Always returns a tool error (isError: true)"),
+        _fixture(test_sampling, "Asks the client's LLM (sampling/createMessage)", _string_args(prompt="Prompt")),
+        _fixture(
+            test_elicitation, "Asks the user for input (elicitation/create)", _string_args(message="Message to show")
+        ),
+        _fixture(test_elicitation_sep1034_defaults, "Elicitation with defaults for every primitive type (SEP-1034)"),
+        _fixture(test_elicitation_sep1330_enums, "Elicitation with the five enum schema variants (SEP-1330)"),
+        _fixture(json_schema_2020_12_tool, "Tool with JSON Schema 2020-12 features", JSON_SCHEMA_2020_12),
+        _fixture(test_reconnection, "Closes the SSE stream mid-call to test resumption (SEP-1699)"),
+    ]
+}
+VALIDATORS = {name: jsonschema.Draft202012Validator(f.tool.input_schema) for name, f in FIXTURES.items()}
+
+
+async def list_tools(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+    return types.ListToolsResult(tools=[f.tool for f in FIXTURES.values()])
+
+
+async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> ToolResult:
+    fixture = FIXTURES.get(params.name)
+    if fixture is None:
+        raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}")
+    args = params.arguments or {}
+    errors = sorted(VALIDATORS[params.name].iter_errors(args), key=lambda e: list(e.path))
+    if errors:
+        return _text(f"Invalid arguments: {errors[0].message}", is_error=True)
+    return await fixture.run(ctx, params, args)
+
+
+def input_schema(name: str) -> Mapping[str, Any] | None:
+    fixture = FIXTURES.get(name)
+    return fixture.tool.input_schema if fixture else None
+
+
+# --- resources --------------------------------------------------------------------------------------------------
+
+STATIC_TEXT = "This is the content of the static text resource."
+RESOURCES = [
+    types.Resource(
+        uri="test://static-text", name="static-text", description="Static text resource", mime_type="text/plain"
+    ),
+    types.Resource(
+        uri="test://static-binary", name="static-binary", description="Static binary resource", mime_type="image/png"
+    ),
+    types.Resource(
+        uri="test://watched-resource",
+        name="watched-resource",
+        description="Resource that can be subscribed to",
+        mime_type="text/plain",
+    ),
+]
+TEMPLATES = [
+    types.ResourceTemplate(
+        uri_template="test://template/{id}/data",
+        name="template-data",
+        description="Resource template with an {id} parameter",
+        mime_type="application/json",
+    )
+]
+
+
+async def list_resources(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
+    return types.ListResourcesResult(resources=RESOURCES)
+
+
+async def list_templates(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListResourceTemplatesResult:
+    return types.ListResourceTemplatesResult(resource_templates=TEMPLATES)
+
+
+async def read_resource(ctx: Ctx, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+    uri = params.uri
+    contents: types.TextResourceContents | types.BlobResourceContents
+    if uri == "test://static-text":
+        contents = types.TextResourceContents(uri=uri, mime_type="text/plain", text=STATIC_TEXT)
+    elif uri == "test://static-binary":
+        contents = types.BlobResourceContents(uri=uri, mime_type="image/png", blob=PNG_B64)
+    elif uri == "test://watched-resource":
+        contents = types.TextResourceContents(uri=uri, mime_type="text/plain", text="Watched resource content")
+    elif match := TEMPLATE_URI.fullmatch(uri):
+        item_id = match["id"]
+        data = {"id": item_id, "templateTest": True, "data": f"Data for ID: {item_id}"}
+        contents = types.TextResourceContents(uri=uri, mime_type="application/json", text=json.dumps(data))
+    else:
+        raise MCPError(RESOURCE_NOT_FOUND, "Resource not found", {"uri": uri})
+    return types.ReadResourceResult(contents=[contents])
+
+
+async def subscribe(ctx: Ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:
+    _state(ctx).subscriptions.add(params.uri)
+    return types.EmptyResult()
+
+
+async def unsubscribe(ctx: Ctx, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+    _state(ctx).subscriptions.discard(params.uri)
+    return types.EmptyResult()
+
+
+# --- prompts ----------------------------------------------------------------------------------------------------
+
+
+def _required(name: str, description: str) -> types.PromptArgument:
+    return types.PromptArgument(name=name, description=description, required=True)
+
+
+PROMPTS = [
+    types.Prompt(name="test_simple_prompt", description="A simple prompt without arguments"),
+    types.Prompt(
+        name="test_prompt_with_arguments",
+        description="A prompt with two required arguments",
+        arguments=[_required("arg1", "First test argument"), _required("arg2", "Second test argument")],
+    ),
+    types.Prompt(
+        name="test_prompt_with_embedded_resource",
+        description="A prompt that embeds a resource",
+        arguments=[_required("resourceUri", "URI of the resource to embed")],
+    ),
+    types.Prompt(name="test_prompt_with_image", description="A prompt that includes an image"),
+]
+
+
+async def list_prompts(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+    return types.ListPromptsResult(prompts=PROMPTS)
+
+
+async def get_prompt(ctx: Ctx, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+    prompt = next((p for p in PROMPTS if p.name == params.name), None)
+    if prompt is None:
+        raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: {params.name}")
+    args = params.arguments or {}
+    missing = [a.name for a in prompt.arguments or [] if a.required and a.name not in args]
+    if missing:
+        raise MCPError(types.INVALID_PARAMS, f"Missing required arguments: {', '.join(missing)}")
+
+    def user(content: types.TextContent | types.ImageContent | types.EmbeddedResource) -> types.PromptMessage:
+        return types.PromptMessage(role="user", content=content)
+
+    if params.name == "test_simple_prompt":
+        messages = [user(types.TextContent(text="This is a simple prompt for testing."))]
+    elif params.name == "test_prompt_with_arguments":
+        text = f"Prompt with arguments: arg1='{args['arg1']}', arg2='{args['arg2']}'"
+        messages = [user(types.TextContent(text=text))]
+    elif params.name == "test_prompt_with_embedded_resource":
+        resource = types.TextResourceContents(
+            uri=args["resourceUri"], mime_type="text/plain", text="Embedded resource content for testing."
+        )
+        messages = [
+            user(types.EmbeddedResource(resource=resource)),
+            user(types.TextContent(text="Please process the embedded resource above.")),
+        ]
+    else:
+        messages = [
+            user(types.ImageContent(data=PNG_B64, mime_type="image/png")),
+            user(types.TextContent(text="Please analyze the image above.")),
+        ]
+    return types.GetPromptResult(description=prompt.description, messages=messages)
+
+
+# --- completion and logging -------------------------------------------------------------------------------------
+
+
+async def complete(ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
+    """Prefix completion for the prompt arguments arg1/arg2 and the template's {id}."""
+    ref, argument = params.ref, params.argument
+    known = (isinstance(ref, types.PromptReference) and ref.name == "test_prompt_with_arguments") or (
+        isinstance(ref, types.ResourceTemplateReference) and ref.uri == TEMPLATES[0].uri_template
+    )
+    candidates = COMPLETIONS.get(argument.name, []) if known else []
+    values = [c for c in candidates if c.startswith(argument.value)]
+    return types.CompleteResult(completion=types.Completion(values=values, total=len(values), has_more=False))
+
+
+async def set_logging_level(ctx: Ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:
+    _state(ctx).log_level = params.level
+    return types.EmptyResult()
+
+
+def build_server() -> Server[Any]:
+    """The server with every conformance fixture registered."""
+    server: Server[Any] = Server(
+        SERVER_NAME,
+        version="1.0.0",
+        instructions="Test fixtures of the MCP conformance suite.",
+        get_tool_input_schema=input_schema,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_list_resources=list_resources,
+        on_list_resource_templates=list_templates,
+        on_read_resource=read_resource,
+        on_subscribe_resource=subscribe,
+        on_unsubscribe_resource=unsubscribe,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
+        on_completion=complete,
+    )
+    # Registered apart: the constructor's `on_set_logging_level` warns that logging is deprecated at 2026-07-28.
+    server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_logging_level)
+    return server
+
+
+# --- transports -------------------------------------------------------------------------------------------------
+
+
+class InMemoryEventStore(EventStore):
+    """Keeps the last SSE events in memory so a client can resume a stream with `Last-Event-ID`.
+
+    The SDK's `EventStore` API carries no session id and a stream id is the JSON-RPC request id, so two sessions
+    using the same request id share a stream id; event ids are global, which is enough for a test server.
+    """
+
+    def __init__(self, max_events: int = 10_000) -> None:
+        self._events: deque[tuple[EventId, StreamId, types.JSONRPCMessage | None]] = deque(maxlen=max_events)
+        self._ids = itertools.count(1)
+
+    async def store_event(self, stream_id: StreamId, message: types.JSONRPCMessage | None) -> EventId:
+        event_id = str(next(self._ids))
+        self._events.append((event_id, stream_id, message))
+        return event_id
+
+    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+        stream_id = next((s for e, s, _ in self._events if e == last_event_id), None)
+        if stream_id is None:
+            return None
+        for event_id, stream, message in list(self._events):
+            if stream == stream_id and int(event_id) > int(last_event_id) and message is not None:
+                await send_callback(EventMessage(message, event_id))
+        return stream_id
+
+
+async def serve_stdio() -> None:
+    server = build_server()
+    async with stdio_server() as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+async def serve_http(port: int) -> None:
+    # `host` set to a loopback address turns on the SDK's Host/Origin checks (DNS-rebinding protection).
+    app = build_server().streamable_http_app(
+        host="127.0.0.1", event_store=InMemoryEventStore(), retry_interval=RETRY_INTERVAL_MS
+    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    print(f"{SERVER_NAME}: http://127.0.0.1:{port}/mcp", file=sys.stderr, flush=True)
+    await uvicorn.Server(config).serve()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--http", type=int, metavar="PORT", help="serve Streamable HTTP on 127.0.0.1:PORT/mcp")
+    options = parser.parse_args(argv)
+    if options.http is None:
+        anyio.run(serve_stdio)
+    else:
+        anyio.run(serve_http, options.http)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,384 @@
+"""The rest of MCP for upstream servers, per group: resources, prompts, completion and logging.
+
+A group reaches an upstream's resources, prompts and log lines when it allows the upstream as a whole
+(`NAME.*`), with the credential bound to that upstream. Prompts are renamed with the upstream's prefix,
+as its tools are; resource URIs are kept (a URI names its resource) and a request for one goes to the
+upstream that lists it or one of whose templates matches it. Every answer comes back through the
+credential's redactor; an upstream error keeps its code, its text redacted.
+
+The capabilities a group is offered are the union of what its upstreams announced (cached at discovery
+and whenever one starts) and the gateway's own tools: nothing a group cannot use.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import mcp_types as types
+from mcp.server.context import ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
+from pydantic import BaseModel
+
+from . import oauth
+from .credential import Credential
+from .declarations import McpHandler
+from .gate import CredentialWarning, Ready
+from .handlers.upstream import Session, UpstreamError, UpstreamPool
+from .redact import Redactor, redactor_for
+from .relay import AgentRequest
+
+if TYPE_CHECKING:
+    from .server import Caller, Gateway
+
+logger = logging.getLogger("credgate.front")
+
+RESOURCE_NOT_FOUND = -32002  # the MCP specification's code for an unknown resource
+MAX_PAGES = 100  # an upstream's list, page after page, up to this many pages
+_ModelT = TypeVar("_ModelT", bound=BaseModel)
+_T = TypeVar("_T")
+
+FEATURES = ("resources", "prompts", "completions", "logging")
+
+
+@dataclass(frozen=True)
+class Reached:
+    """An upstream as one group reaches it: its declaration and the group's credential for it."""
+
+    name: str
+    handler: McpHandler
+    credential: Credential  # in full: what the redactor must know
+    handler_view: Credential  # what the upstream is started with
+    capabilities: Mapping[str, Any]
+
+    @property
+    def prefix(self) -> str:
+        return self.name if self.handler.prefix is None else self.handler.prefix
+
+    def exported(self, remote: str) -> str:
+        return f"{self.prefix}_{remote}" if self.prefix else remote
+
+    def remote(self, exported: str) -> str | None:
+        if not self.prefix:
+            return exported
+        head = f"{self.prefix}_"
+        return exported[len(head) :] if exported.startswith(head) else None
+
+    @property
+    def redactor(self) -> Redactor:
+        return redactor_for(self.credential)
+
+
+def _refused(warning: CredentialWarning) -> MCPError:
+    return MCPError(code=types.INVALID_REQUEST, message=warning.text(), data=warning.as_json())
+
+
+def _not_found(uri: str) -> MCPError:
+    return MCPError(code=RESOURCE_NOT_FOUND, message="Resource not found", data={"uri": uri})
+
+
+def _redacted(redactor: Redactor, model: BaseModel, result_type: type[_ModelT]) -> _ModelT:
+    dumped = model.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return result_type.model_validate(redactor.obj(dumped))
+
+
+async def _send(session: Session, request: types.ClientRequest) -> types.EmptyResult:
+    """A request the SDK's client marks deprecated for the 2026-07-28 protocol (logging/setLevel,
+    resources/subscribe and unsubscribe): upstream sessions speak the handshake protocol, where they are not."""
+    return await session.live.session.send_request(request, types.EmptyResult)
+
+
+def _matches(template: str, uri: str) -> bool:
+    try:
+        return UriTemplate.parse(template).match(uri) is not None
+    except InvalidUriTemplate:
+        return False
+
+
+class Front:
+    """Answers resources/*, prompts/*, completion/complete and logging/setLevel for the gateway."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        # what each upstream last listed: resource URIs and templates (for routing a read), by upstream
+        self._uris: dict[str, set[str]] = {}
+        self._templates: dict[str, set[str]] = {}
+
+    @property
+    def pool(self) -> UpstreamPool:
+        if self.gateway.upstreams is None:
+            raise MCPError(code=types.INTERNAL_ERROR, message="upstream MCP servers are not served here")
+        return self.gateway.upstreams
+
+    # -- policy and capabilities ---------------------------------------------------------------
+
+    def capabilities(self, group: str) -> types.ServerCapabilities:
+        """The group's tools, and what its allowed upstreams announced: the union, not more."""
+        announced = self.gateway.store.upstream_capabilities()
+        caps: dict[str, Any] = {"tools": {}}
+        for name in self.gateway.gate.allowed_upstreams(group):
+            upstream = announced.get(name, {})
+            for feature in ("prompts", "completions", "logging"):
+                if feature in upstream:
+                    caps.setdefault(feature, {})
+            if "resources" in upstream:
+                resources = caps.setdefault("resources", {})
+                if isinstance(upstream["resources"], Mapping) and upstream["resources"].get("subscribe"):
+                    resources["subscribe"] = True
+        return types.ServerCapabilities.model_validate(caps)
+
+    def offers(self, group: str, feature: str) -> bool:
+        dumped = self.capabilities(group).model_dump(exclude_none=True)
+        return feature in dumped
+
+    def require(self, group: str, feature: str, method: str) -> None:
+        """A method the group was not offered is unknown to it, as it would be on a server without it."""
+        if not self.offers(group, feature):
+            raise MCPError(code=types.METHOD_NOT_FOUND, message=f"Method not found: {method}")
+
+    async def reached(self, group: str, feature: str) -> list[Reached]:
+        """The group's upstreams that announced `feature`, each with the group's credential. One whose
+        credential is missing is left out (and logged): calling one of its tools gives the setup warning."""
+        announced = self.gateway.store.upstream_capabilities()
+        out = []
+        for name in self.gateway.gate.allowed_upstreams(group):
+            if feature not in announced.get(name, {}):
+                continue
+            found = await self._reach(group, name, announced.get(name, {}))
+            if isinstance(found, CredentialWarning):
+                logger.info("upstream %s left out for group %s: %s", name, group, found.warning)
+                continue
+            out.append(found)
+        return out
+
+    async def _reach(self, group: str, name: str, capabilities: Mapping[str, Any]) -> Reached | CredentialWarning:
+        decision = self.gateway.gate.check_upstream(group, name)
+        if isinstance(decision, CredentialWarning):
+            return decision
+        if not isinstance(decision, Ready):
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown upstream: {name}")
+        try:
+            usable = await self.gateway.usable_credential(group, decision)
+        except oauth.OAuthError as exc:
+            raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {name}: {exc}") from None
+        if isinstance(usable, CredentialWarning):
+            return usable
+        handler = decision.tool.decl.handler
+        assert isinstance(handler, McpHandler)
+        return Reached(name, handler, usable[0], usable[1], capabilities)
+
+    async def _ask(
+        self,
+        up: Reached,
+        send: Callable[[Session], Awaitable[_T]],
+        ctx: ServerRequestContext[Any] | None,
+        caller: Caller,
+    ) -> _T:
+        """One request to an upstream on behalf of the agent; its errors reach the agent redacted."""
+        agent = AgentRequest(ctx, (caller.group, caller.agent)) if ctx is not None else None
+        try:
+            return await self.pool.request(up.name, up.handler, up.handler_view, send, agent)
+        except UpstreamError as exc:
+            raise MCPError(code=types.INTERNAL_ERROR, message=str(exc)) from None
+        except MCPError as exc:
+            raise MCPError(
+                code=exc.code, message=up.redactor.text(exc.message), data=up.redactor.obj(exc.data)
+            ) from None
+
+    async def _gather(self, caller: Caller, feature: str, list_one: Callable[[Reached], Awaitable[_T]]) -> list[_T]:
+        """Each reached upstream's answer; one that fails is logged and left out, the others still answer."""
+        out = []
+        for up in await self.reached(caller.group, feature):
+            try:
+                out.append(await list_one(up))
+            except (MCPError, UpstreamError) as exc:
+                logger.warning("upstream %s: its %s could not be listed (%s)", up.name, feature, type(exc).__name__)
+        return out
+
+    # -- resources ---------------------------------------------------------------------------
+
+    async def list_resources(self, ctx: ServerRequestContext[Any], caller: Caller) -> types.ListResourcesResult:
+        self.require(caller.group, "resources", "resources/list")
+
+        async def list_one(up: Reached) -> list[types.Resource]:
+            pages = await self._pages(up, ctx, caller, lambda c, s: s.live.list_resources(cursor=c))
+            resources = [r for page in pages for r in page.resources]
+            self._uris[up.name] = {str(r.uri) for r in resources}
+            return [_redacted(up.redactor, r, types.Resource) for r in resources]
+
+        found = await self._gather(caller, "resources", list_one)
+        return types.ListResourcesResult(resources=[r for listed in found for r in listed])
+
+    async def list_resource_templates(
+        self, ctx: ServerRequestContext[Any], caller: Caller
+    ) -> types.ListResourceTemplatesResult:
+        self.require(caller.group, "resources", "resources/templates/list")
+
+        async def list_one(up: Reached) -> list[types.ResourceTemplate]:
+            pages = await self._pages(up, ctx, caller, lambda c, s: s.live.list_resource_templates(cursor=c))
+            templates = [t for page in pages for t in page.resource_templates]
+            self._templates[up.name] = {t.uri_template for t in templates}
+            return [_redacted(up.redactor, t, types.ResourceTemplate) for t in templates]
+
+        found = await self._gather(caller, "resources", list_one)
+        return types.ListResourceTemplatesResult(resource_templates=[t for listed in found for t in listed])
+
+    async def _pages(
+        self,
+        up: Reached,
+        ctx: ServerRequestContext[Any],
+        caller: Caller,
+        fetch: Callable[[str | None, Session], Awaitable[_ModelT]],
+    ) -> list[_ModelT]:
+        """Every page of a list (the agent gets them in one answer: cursors of several upstreams don't mix)."""
+        pages: list[_ModelT] = []
+        cursor: str | None = None
+        for _ in range(MAX_PAGES):
+            page = await self._ask(up, partial(fetch, cursor), ctx, caller)
+            pages.append(page)
+            cursor = getattr(page, "next_cursor", None)
+            if not cursor:
+                break
+        return pages
+
+    async def _owner_of(self, ctx: ServerRequestContext[Any], caller: Caller, uri: str) -> Reached:
+        """The upstream a resource URI belongs to: the only one, the one that listed it, or the one with a
+        template that matches it (the lists are asked for again when they are not known yet)."""
+        candidates = await self.reached(caller.group, "resources")
+        if len(candidates) == 1:
+            return candidates[0]
+        for refresh in (False, True):
+            if refresh:
+                await self.list_resources(ctx, caller)
+                await self.list_resource_templates(ctx, caller)
+            for up in candidates:
+                if uri in self._uris.get(up.name, ()):
+                    return up
+            for up in candidates:
+                if any(_matches(t, uri) for t in self._templates.get(up.name, ())):
+                    return up
+        raise _not_found(uri)
+
+    async def read_resource(self, ctx: ServerRequestContext[Any], caller: Caller, uri: str) -> types.ReadResourceResult:
+        self.require(caller.group, "resources", "resources/read")
+        up = await self._owner_of(ctx, caller, uri)
+        result = await self._ask(up, lambda s: s.live.read_resource(uri), ctx, caller)
+        return _redacted(up.redactor, result, types.ReadResourceResult)
+
+    async def subscribe(self, ctx: ServerRequestContext[Any], caller: Caller, uri: str) -> types.EmptyResult:
+        self.require(caller.group, "resources", "resources/subscribe")
+        up = await self._owner_of(ctx, caller, uri)
+        if not (
+            isinstance(up.capabilities.get("resources"), Mapping) and up.capabilities["resources"].get("subscribe")
+        ):
+            raise MCPError(code=types.METHOD_NOT_FOUND, message="Method not found: resources/subscribe")
+
+        async def send(session: Session) -> None:
+            if session.relay.subscribe(uri, ctx):
+                try:
+                    await _send(session, types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri)))
+                except BaseException:
+                    session.relay.unsubscribe(uri, ctx)
+                    raise
+
+        await self._ask(up, send, ctx, caller)
+        return types.EmptyResult()
+
+    async def unsubscribe(self, ctx: ServerRequestContext[Any], caller: Caller, uri: str) -> types.EmptyResult:
+        self.require(caller.group, "resources", "resources/unsubscribe")
+        up = await self._owner_of(ctx, caller, uri)
+
+        async def send(session: Session) -> None:
+            if session.relay.unsubscribe(uri, ctx):
+                await _send(session, types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=uri)))
+
+        await self._ask(up, send, ctx, caller)
+        return types.EmptyResult()
+
+    # -- prompts -----------------------------------------------------------------------------
+
+    async def _prompts_of(self, ctx: ServerRequestContext[Any], caller: Caller, up: Reached) -> list[types.Prompt]:
+        pages = await self._pages(up, ctx, caller, lambda c, s: s.live.list_prompts(cursor=c))
+        return [p for page in pages for p in page.prompts]
+
+    async def list_prompts(self, ctx: ServerRequestContext[Any], caller: Caller) -> types.ListPromptsResult:
+        self.require(caller.group, "prompts", "prompts/list")
+
+        async def list_one(up: Reached) -> list[types.Prompt]:
+            prompts = await self._prompts_of(ctx, caller, up)
+            return [
+                _redacted(up.redactor, p, types.Prompt).model_copy(update={"name": up.exported(p.name)})
+                for p in prompts
+            ]
+
+        seen: set[str] = set()
+        prompts = []
+        for listed in await self._gather(caller, "prompts", list_one):
+            for prompt in listed:
+                if prompt.name in seen:
+                    logger.warning("prompt %s is offered by two upstreams: the first is kept", prompt.name)
+                    continue
+                seen.add(prompt.name)
+                prompts.append(prompt)
+        return types.ListPromptsResult(prompts=prompts)
+
+    async def _prompt_owner(self, ctx: ServerRequestContext[Any], caller: Caller, name: str) -> tuple[Reached, str]:
+        """The upstream of an exported prompt name and its name there: by prefix, and by the upstreams'
+        lists when more than one prefix fits (an upstream with no prefix fits every name)."""
+        fits = [(up, remote) for up in await self.reached(caller.group, "prompts") if (remote := up.remote(name))]
+        if len(fits) > 1:
+            for up, remote in fits:
+                if any(p.name == remote for p in await self._prompts_of(ctx, caller, up)):
+                    return up, remote
+        elif fits:
+            return fits[0]
+        raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {name}")
+
+    async def get_prompt(
+        self, ctx: ServerRequestContext[Any], caller: Caller, name: str, arguments: dict[str, str] | None
+    ) -> types.GetPromptResult:
+        self.require(caller.group, "prompts", "prompts/get")
+        up, remote = await self._prompt_owner(ctx, caller, name)
+        result = await self._ask(up, lambda s: s.live.get_prompt(remote, arguments), ctx, caller)
+        return _redacted(up.redactor, result, types.GetPromptResult)
+
+    # -- completion and logging --------------------------------------------------------------
+
+    async def complete(
+        self, ctx: ServerRequestContext[Any], caller: Caller, params: types.CompleteRequestParams
+    ) -> types.CompleteResult:
+        self.require(caller.group, "completions", "completion/complete")
+        ref = params.ref
+        if isinstance(ref, types.PromptReference):
+            up, remote = await self._prompt_owner(ctx, caller, ref.name)
+            ref = ref.model_copy(update={"name": remote})
+        else:
+            up = await self._owner_of(ctx, caller, ref.uri)
+        if "completions" not in up.capabilities:
+            return types.CompleteResult(completion=types.Completion(values=[]))
+        argument = {"name": params.argument.name, "value": params.argument.value}
+        context = params.context.arguments if params.context is not None else None
+        result = await self._ask(up, lambda s: s.live.complete(ref, argument, context), ctx, caller)
+        return _redacted(up.redactor, result, types.CompleteResult)
+
+    async def set_logging_level(
+        self, ctx: ServerRequestContext[Any], caller: Caller, level: types.LoggingLevel
+    ) -> types.EmptyResult:
+        """Passed on to each of the group's upstreams that logs (an upstream process is shared by the groups
+        bound to the same credential: the last level set is theirs)."""
+        self.require(caller.group, "logging", "logging/setLevel")
+        await self._gather(
+            caller,
+            "logging",
+            lambda up: self._ask(
+                up,
+                lambda s: _send(s, types.SetLevelRequest(params=types.SetLevelRequestParams(level=level))),
+                ctx,
+                caller,
+            ),
+        )
+        return types.EmptyResult()
