@@ -1,0 +1,233 @@
+"""Run the official MCP conformance suite against our upstream fixture server directly and through credgate,
+and print the results side by side.
+
+    python conformance/run.py SUITE_JS       # SUITE_JS: the suite's dist/index.js (scripts/conformance)
+
+Targets, each a real process on 127.0.0.1:
+- direct:        conformance/upstream_server.py over Streamable HTTP;
+- via stdio:     `credgate serve --http` fronting that server started over stdio;
+- via HTTP:      `credgate serve --http` fronting the running HTTP one;
+- own tools:     `credgate serve --http` with a local tool only, on the scenarios that apply to a server
+                 without the fixtures (initialize, ping, tools-list, DNS-rebinding protection, SSE streams).
+The suite sends no Authorization header: each gateway has `conformance/bearer_proxy.py` in front, which adds
+an agent token, and is started with the proxy's address as its public URL.
+
+Through the gateway every scenario must end exactly as it does directly (check by check), but for those in
+conformance/expected-failures.yml. Exit status 0 when that holds, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+CREDGATE = [PYTHON, "-m", "mcp_credgate"]
+EXPECTED_FAILURES = HERE / "expected-failures.yml"
+OWN_SERVER_SCENARIOS = (
+    "server-initialize",
+    "ping",
+    "tools-list",
+    "dns-rebinding-protection",
+    "server-sse-multiple-streams",
+)
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def process(args: Sequence[str], port: int, log: Path, env: dict[str, str] | None = None) -> Iterator[None]:
+    """A server process, until it listens on `port`; stopped (and waited for) at the end."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"{args[1:3]} exited with {proc.returncode}; see {log}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{args[1:3]} did not listen within {START_TIMEOUT:g} s; see {log}") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def upstream_http(port: int, logs: Path) -> AbstractContextManager[None]:
+    return process([PYTHON, str(HERE / "upstream_server.py"), "--http", str(port)], port, logs / "upstream-http.log")
+
+
+def declaration(kind: str, upstream_port: int) -> str:
+    if kind == "stdio":
+        server = json.dumps(str(HERE / "upstream_server.py"))
+        handler = f'kind = "mcp"\ncommand = {json.dumps(PYTHON)}\nargs = [{server}]'
+    elif kind == "http":
+        handler = f'kind = "mcp"\nurl = "http://127.0.0.1:{upstream_port}/mcp"'
+    else:
+        return (
+            'name = "echo"\ndescription = "Return the text it was given."\n'
+            'input_schema = { type = "object", properties = { text = { type = "string" } } }\n'
+            '[handler]\nkind = "python"\nentrypoint = "mcp_credgate.examples:echo"\n'
+        )
+    # prefix "": the suite calls the fixtures by their own names
+    return f'name = "conf"\ndescription = "The conformance fixtures"\n[handler]\n{handler}\nprefix = ""\ntimeout = 60\n'
+
+
+@contextmanager
+def gateway(kind: str, upstream_port: int, root: Path) -> Iterator[str]:
+    """A store allowing the fixtures (or the local tool) to group `conf`, its agent's token behind a proxy,
+    and `credgate serve --http` behind that: yields the URL the suite talks to."""
+    home, tools = root / kind / "home", root / kind / "tools.d"
+    tools.mkdir(parents=True)
+    (tools / "conf.toml").write_text(declaration(kind, upstream_port))
+    env = {**os.environ, "CREDGATE_HOME": str(home), "CREDGATE_TOOLS_DIR": str(tools)}
+    env.pop("CREDGATE_DATABASE_URL", None)
+    env.pop("CREDGATE_MASTER_KEY", None)
+
+    def admin(*args: str) -> str:
+        done = subprocess.run([*CREDGATE, *args], env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"credgate {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+        return done.stdout
+
+    admin("init")
+    admin("tools", "--refresh")
+    admin("group", "add", "conf")
+    admin("group", "allow", "conf", "conf.*" if kind != "own" else "echo")
+    token = json.loads(admin("agent", "add", "conf", "suite", "--json"))["token"]
+    front, back = free_port(), free_port()
+    public = f"http://127.0.0.1:{front}"
+    serve = [*CREDGATE, "serve", "--http", "--port", str(back), "--public-url", public]
+    proxy = [PYTHON, str(HERE / "bearer_proxy.py"), "--listen", str(front), "--to", f"http://127.0.0.1:{back}"]
+    with ExitStack() as stack:
+        stack.enter_context(process(serve, back, root / f"credgate-{kind}.log", env))
+        stack.enter_context(process(proxy, front, root / f"proxy-{kind}.log", {**env, "CREDGATE_PROXY_TOKEN": token}))
+        yield f"{public}/mcp"
+
+
+@dataclass
+class Run:
+    title: str
+    results: dict[str, Counter[str]]  # scenario -> its checks' outcomes (SUCCESS, FAILURE, WARNING)
+    exit_code: int
+
+
+def run_suite(suite: Path, node: str, title: str, url: str, out: Path, scenarios: Sequence[str] = ()) -> Run:
+    """The whole suite (every scenario, pending ones too), or the scenarios named."""
+    base = [node, str(suite), "server", "--url", url, "-o", str(out)]
+    if EXPECTED_FAILURES.exists():
+        base += ["--expected-failures", str(EXPECTED_FAILURES)]
+    runs = [[*base, "--scenario", s] for s in scenarios] if scenarios else [[*base, "--suite", "all"]]
+    code = 0
+    with (out.parent / f"{out.name}.log").open("w") as log:
+        for args in runs:
+            code |= subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, timeout=900, check=False).returncode
+    results: dict[str, Counter[str]] = {}
+    for checks in sorted(out.glob("*/checks.json")):
+        scenario = re.sub(r"-\d{4}-\d{2}-\d{2}T[\d-]+Z$", "", checks.parent.name).removeprefix("server-")
+        # INFO entries narrate the exchange (event ids, streams seen); the outcome is in the other statuses
+        statuses = (str(c.get("status")) for c in json.loads(checks.read_text()))
+        results[scenario] = Counter(s for s in statuses if s != "INFO")
+    return Run(title, results, code)
+
+
+def expected_failures() -> set[str]:
+    """The scenario names listed under `server:` in the baseline (a list of `- name  # reason`)."""
+    if not EXPECTED_FAILURES.exists():
+        return set()
+    names = re.findall(r"^\s*-\s*([\w-]+)", EXPECTED_FAILURES.read_text(), flags=re.MULTILINE)
+    return set(names)
+
+
+def cell(statuses: Counter[str] | None) -> str:
+    if statuses is None:
+        return "—"
+    text = f"{statuses['SUCCESS']}/{statuses['SUCCESS'] + statuses['FAILURE']}"
+    return text + (f" {statuses['WARNING']}w" if statuses["WARNING"] else "")
+
+
+def report(runs: Sequence[Run], through: Sequence[Run]) -> list[str]:
+    """Print the table; return what differs from the direct run (and is not an expected failure)."""
+    direct = runs[0]
+    scenarios = sorted({s for run in runs for s in run.results})
+    width = max(len(s) for s in scenarios)
+    print(f"{'scenario':<{width}}  " + "  ".join(f"{run.title:>16}" for run in runs))
+    for scenario in scenarios:
+        print(f"{scenario:<{width}}  " + "  ".join(f"{cell(run.results.get(scenario)):>16}" for run in runs))
+    totals = [
+        (sum(c["SUCCESS"] for c in run.results.values()), sum(c["FAILURE"] for c in run.results.values()))
+        for run in runs
+    ]
+    print(f"{'checks passed':<{width}}  " + "  ".join(f"{f'{p}/{p + f}':>16}" for p, f in totals))
+    allowed = expected_failures()
+    problems = []
+    for run in through:
+        for scenario, statuses in direct.results.items():
+            if scenario not in allowed and run.results.get(scenario) != statuses:
+                problems.append(f"{run.title}: {scenario}: {dict(run.results.get(scenario) or {})} != {dict(statuses)}")
+    for run in runs:
+        problems += [f"{run.title}: {s} failed" for s, c in run.results.items() if c["FAILURE"] and s not in allowed]
+        if run.exit_code:
+            problems.append(f"{run.title}: the suite exited with status {run.exit_code}")
+    return problems
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    suite = Path(argv[1]).resolve()
+    node = shutil.which("node")
+    assert node is not None, "node (22 or newer) must be on PATH"
+    root = Path(tempfile.mkdtemp(prefix="credgate-conformance-"))
+    upstream_port = free_port()
+    with upstream_http(upstream_port, root):
+        direct = run_suite(suite, node, "direct", f"http://127.0.0.1:{upstream_port}/mcp", root / "direct")
+        through = []
+        for kind, title in (("stdio", "credgate→stdio"), ("http", "credgate→HTTP")):
+            with gateway(kind, upstream_port, root) as url:
+                through.append(run_suite(suite, node, title, url, root / kind / "results"))
+        with gateway("own", upstream_port, root) as url:
+            own = run_suite(suite, node, "credgate alone", url, root / "own" / "results", OWN_SERVER_SCENARIOS)
+    problems = report([direct, *through, own], through)
+    print("(checks passed/checked per scenario, w = warnings)")
+    for problem in problems:
+        print(f"MISMATCH {problem}")
+    if problems:
+        print(f"logs and results: {root}")
+        return 1
+    print("conformance: every scenario ends through credgate as it does against the upstream directly")
+    shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
