@@ -90,7 +90,7 @@ class Gateway:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
         """The async lifetime of the app: upstream MCP servers run inside it and stop when it ends."""
-        async with upstream_pool() as pool:
+        async with upstream_pool(self.store.save_upstream_capabilities) as pool:
             self.upstreams = pool
             try:
                 yield self

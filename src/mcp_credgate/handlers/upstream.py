@@ -157,8 +157,10 @@ def _closed(session: Session) -> bool:
 
 
 class UpstreamPool:
-    def __init__(self, task_group: TaskGroup) -> None:
+    def __init__(self, task_group: TaskGroup, on_start: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        """`on_start(name, capabilities)` learns what each upstream announced when it starts."""
         self._tg = task_group
+        self._on_start = on_start
         self._sessions: dict[tuple[str, str], Session] = {}
         self._locks: dict[tuple[str, str], anyio.Lock] = {}
         self._failures: dict[tuple[str, str], int] = {}
@@ -265,6 +267,7 @@ class UpstreamPool:
         try:
             async with connect(name, handler, credential, session.relay) as client:
                 session.client = client
+                self._started(name, client)
                 session.ready.set()
                 await session.stop.wait()
         except Exception as exc:
@@ -275,6 +278,14 @@ class UpstreamPool:
             session.ready.set()
             if self._sessions.get(session.key) is session:
                 del self._sessions[session.key]
+
+    def _started(self, name: str, client: Client) -> None:
+        if self._on_start is None:
+            return
+        try:
+            self._on_start(name, client.server_capabilities.model_dump(mode="json", by_alias=True, exclude_none=True))
+        except Exception as exc:  # the upstream serves on; what it offers is refreshed at its next start
+            logger.warning("upstream %s: its capabilities were not recorded (%s)", name, type(exc).__name__)
 
     def _retire(self, session: Session) -> None:
         session.stop.set()
@@ -302,12 +313,14 @@ class UpstreamPool:
 
 
 @asynccontextmanager
-async def upstream_pool() -> AsyncIterator[UpstreamPool]:
+async def upstream_pool(
+    on_start: Callable[[str, dict[str, Any]], None] | None = None,
+) -> AsyncIterator[UpstreamPool]:
     """The pool's tasks never raise (`_hold` keeps its error): an exception of the body leaves as itself,
     not wrapped in the task group's ExceptionGroup, so callers can catch UpstreamError, GatewayError …"""
     try:
         async with anyio.create_task_group() as tg:
-            pool = UpstreamPool(tg)
+            pool = UpstreamPool(tg, on_start)
             try:
                 yield pool
             finally:
