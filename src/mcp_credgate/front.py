@@ -13,6 +13,7 @@ and whenever one starts) and the gateway's own tools: nothing a group cannot use
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -54,6 +55,7 @@ class Reached:
     credential: Credential  # in full: what the redactor must know
     handler_view: Credential  # what the upstream is started with
     capabilities: Mapping[str, Any]
+    credential_name: str | None
 
     @property
     def prefix(self) -> str:
@@ -169,7 +171,7 @@ class Front:
             return usable
         handler = decision.tool.decl.handler
         assert isinstance(handler, McpHandler)
-        return Reached(name, handler, usable[0], usable[1], capabilities)
+        return Reached(name, handler, usable[0], usable[1], capabilities, decision.credential_name)
 
     async def _ask(
         self,
@@ -177,17 +179,27 @@ class Front:
         send: Callable[[Session], Awaitable[_T]],
         ctx: ServerRequestContext[Any] | None,
         caller: Caller,
+        audited: str | None = None,
     ) -> _T:
-        """One request to an upstream on behalf of the agent; its errors reach the agent redacted."""
+        """One request to an upstream on behalf of the agent; its errors reach the agent redacted. A request
+        that reads content with the credential (`audited`: its method) leaves an audit row, as a tool call does:
+        `UPSTREAM:METHOD` in the tool column."""
         agent = AgentRequest(ctx, (caller.group, caller.agent)) if ctx is not None else None
+        started, outcome = time.perf_counter(), "error"
         try:
-            return await self.pool.request(up.name, up.handler, up.handler_view, send, agent)
+            result = await self.pool.request(up.name, up.handler, up.handler_view, send, agent)
+            outcome = "ok"
+            return result
         except UpstreamError as exc:
             raise MCPError(code=types.INTERNAL_ERROR, message=str(exc)) from None
         except MCPError as exc:
             raise MCPError(
                 code=exc.code, message=up.redactor.text(exc.message), data=up.redactor.obj(exc.data)
             ) from None
+        finally:
+            if audited is not None:
+                label = f"{up.name}:{audited}"
+                self.gateway.audit.record(caller.group, caller.agent, label, up.credential_name, outcome, started)
 
     async def _gather(self, caller: Caller, feature: str, list_one: Callable[[Reached], Awaitable[_T]]) -> list[_T]:
         """Each reached upstream's answer; one that fails is logged and left out, the others still answer."""
@@ -266,7 +278,7 @@ class Front:
     async def read_resource(self, ctx: ServerRequestContext[Any], caller: Caller, uri: str) -> types.ReadResourceResult:
         self.require(caller.group, "resources", "resources/read")
         up = await self._owner_of(ctx, caller, uri)
-        result = await self._ask(up, lambda s: s.live.read_resource(uri), ctx, caller)
+        result = await self._ask(up, lambda s: s.live.read_resource(uri), ctx, caller, "resources/read")
         return _redacted(up.redactor, result, types.ReadResourceResult)
 
     async def subscribe(self, ctx: ServerRequestContext[Any], caller: Caller, uri: str) -> types.EmptyResult:
@@ -343,7 +355,7 @@ class Front:
     ) -> types.GetPromptResult:
         self.require(caller.group, "prompts", "prompts/get")
         up, remote = await self._prompt_owner(ctx, caller, name)
-        result = await self._ask(up, lambda s: s.live.get_prompt(remote, arguments), ctx, caller)
+        result = await self._ask(up, lambda s: s.live.get_prompt(remote, arguments), ctx, caller, "prompts/get")
         return _redacted(up.redactor, result, types.GetPromptResult)
 
     # -- completion and logging --------------------------------------------------------------
@@ -362,7 +374,9 @@ class Front:
             return types.CompleteResult(completion=types.Completion(values=[]))
         argument = {"name": params.argument.name, "value": params.argument.value}
         context = params.context.arguments if params.context is not None else None
-        result = await self._ask(up, lambda s: s.live.complete(ref, argument, context), ctx, caller)
+        result = await self._ask(
+            up, lambda s: s.live.complete(ref, argument, context), ctx, caller, "completion/complete"
+        )
         return _redacted(up.redactor, result, types.CompleteResult)
 
     async def set_logging_level(
