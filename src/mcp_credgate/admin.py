@@ -48,7 +48,9 @@ class ToolStatus:
 
 
 def require_tool(catalog: Catalog, name: str) -> Tool:
-    tool = catalog.tool(name)
+    """A declared tool, or an upstream MCP server's declaration by its name (what a warning about its
+    resources or prompts names)."""
+    tool = catalog.tool(name) or catalog.upstreams.get(name)
     if tool is None:
         raise NotFoundError(f"no tool named {name!r} is declared (see `credgate tools`)")
     return tool

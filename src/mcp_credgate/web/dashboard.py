@@ -499,7 +499,10 @@ class Dashboard:
         context = {"group": group, "tool": tool, "spec": spec}
         if spec is None:
             return self._render(request, "setup.html", session, **context, compatible=[], fields=[])
-        binding = self.store.binding(group, tool_name, tool.upstream)
+        if tool_name in catalog.upstreams:  # the upstream as a whole: allowed as NAME.*
+            binding = self.store.binding(group, f"{tool_name}.*", tool_name)
+        else:
+            binding = self.store.binding(group, tool_name, tool.upstream)
         allowed = binding.allowed
         credentials = self.store.list_credentials()
         compatible = [c.name for c in credentials if c.type == spec.type]
