@@ -142,9 +142,10 @@ class Front:
         if not self.offers(group, feature):
             raise MCPError(code=types.METHOD_NOT_FOUND, message=f"Method not found: {method}")
 
-    async def reached(self, group: str, feature: str) -> list[Reached]:
+    async def reached(self, group: str, feature: str, warnings: list[CredentialWarning] | None = None) -> list[Reached]:
         """The group's upstreams that announced `feature`, each with the group's credential. One whose
-        credential is missing is left out (and logged): calling one of its tools gives the setup warning."""
+        credential is missing or unusable is left out (logged, and its setup warning added to `warnings`):
+        a list leaves its items out, a request that only it could answer gets the warning."""
         announced = self.gateway.store.upstream_capabilities()
         out = []
         for name in self.gateway.gate.allowed_upstreams(group):
@@ -153,6 +154,8 @@ class Front:
             found = await self._reach(group, name, announced.get(name, {}))
             if isinstance(found, CredentialWarning):
                 logger.info("upstream %s left out for group %s: %s", name, group, found.warning)
+                if warnings is not None:
+                    warnings.append(found)
                 continue
             out.append(found)
         return out
@@ -260,8 +263,9 @@ class Front:
     async def _owner_of(self, ctx: ServerRequestContext[Any], caller: Caller, uri: str) -> Reached:
         """The upstream a resource URI belongs to: the only one, the one that listed it, or the one with a
         template that matches it (the lists are asked for again when they are not known yet)."""
-        candidates = await self.reached(caller.group, "resources")
-        if len(candidates) == 1:
+        warnings: list[CredentialWarning] = []
+        candidates = await self.reached(caller.group, "resources", warnings)
+        if len(candidates) == 1 and not warnings:
             return candidates[0]
         for refresh in (False, True):
             if refresh:
@@ -273,7 +277,7 @@ class Front:
             for up in candidates:
                 if any(_matches(t, uri) for t in self._templates.get(up.name, ())):
                     return up
-        raise _not_found(uri)
+        raise _refused(warnings[0]) if warnings else _not_found(uri)
 
     async def read_resource(self, ctx: ServerRequestContext[Any], caller: Caller, uri: str) -> types.ReadResourceResult:
         self.require(caller.group, "resources", "resources/read")
@@ -341,14 +345,20 @@ class Front:
     async def _prompt_owner(self, ctx: ServerRequestContext[Any], caller: Caller, name: str) -> tuple[Reached, str]:
         """The upstream of an exported prompt name and its name there: by prefix, and by the upstreams'
         lists when more than one prefix fits (an upstream with no prefix fits every name)."""
-        fits = [(up, remote) for up in await self.reached(caller.group, "prompts") if (remote := up.remote(name))]
+        warnings: list[CredentialWarning] = []
+        reached = await self.reached(caller.group, "prompts", warnings)
+        fits = [(up, remote) for up in reached if (remote := up.remote(name))]
         if len(fits) > 1:
             for up, remote in fits:
                 if any(p.name == remote for p in await self._prompts_of(ctx, caller, up)):
                     return up, remote
         elif fits:
             return fits[0]
-        raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {name}")
+        raise (
+            _refused(warnings[0])
+            if warnings
+            else MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {name}")
+        )
 
     async def get_prompt(
         self, ctx: ServerRequestContext[Any], caller: Caller, name: str, arguments: dict[str, str] | None

@@ -65,6 +65,7 @@ class Relay:
         self.redactor = redactor
         self._in_flight: list[AgentRequest] = []
         self._subscribers: dict[str, dict[int, ServerRequestContext[Any]]] = {}
+        self._watched: set[int] = set()  # connections whose end is hooked (see subscribe)
 
     # -- requests in flight ------------------------------------------------------------------
 
@@ -177,10 +178,28 @@ class Relay:
 
     def subscribe(self, uri: str, ctx: ServerRequestContext[Any]) -> bool:
         """Note the agent's connection as a subscriber; True when it is the URI's first (subscribe upstream)."""
+        connection = connection_of(ctx)
+        key = id(connection)
+        if key not in self._watched:  # forget its subscriptions when the connection ends
+            self._watched.add(key)
+            exit_stack = getattr(connection, "exit_stack", None)
+            if exit_stack is not None:
+                exit_stack.callback(self._forget, key)
         subscribers = self._subscribers.setdefault(uri, {})
         first = not subscribers
-        subscribers[id(connection_of(ctx))] = ctx
+        subscribers[key] = ctx
         return first
+
+    def _forget(self, key: int) -> None:
+        self._watched.discard(key)
+        for uri in list(self._subscribers):
+            self._drop(uri, key)
+
+    def _drop(self, uri: str, key: int) -> None:
+        subscribers = self._subscribers.get(uri, {})
+        subscribers.pop(key, None)
+        if not subscribers:
+            self._subscribers.pop(uri, None)
 
     def unsubscribe(self, uri: str, ctx: ServerRequestContext[Any]) -> bool:
         """Forget the agent's subscription; True when no one is left (unsubscribe upstream)."""
@@ -205,4 +224,4 @@ class Relay:
             try:
                 await ctx.session.send_resource_updated(self.redactor.text(uri))
             except Exception:  # that agent's connection is gone: drop its subscription
-                self._subscribers.get(uri, {}).pop(key, None)
+                self._drop(uri, key)

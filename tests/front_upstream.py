@@ -1,0 +1,397 @@
+"""An upstream MCP server for the front/relay tests (tests/test_front.py): everything but tools that an upstream
+can offer, its secret token echoed where a gateway must redact it, and what it saw recorded.
+
+    python tests/front_upstream.py [--features LIST]               # stdio; token from UPSTREAM_TOKEN
+    python tests/front_upstream.py --http PORT [--features LIST]   # Streamable HTTP on 127.0.0.1:PORT/mcp;
+                                                                   # token from the Authorization header
+
+`--features` (comma-separated, default all): resources, subscribe, prompts, completions, logging. Tools are
+always served; a feature left out is not announced (the low-level `Server` announces what has a handler).
+
+What it saw (starts, log levels set, subscriptions, cancellations) is kept in memory (the `events` tool
+waits for and returns it) and appended as JSON lines to $FRONT_DIR/events.jsonl when FRONT_DIR is set.
+
+Tools:
+    hello                   "hello"; its description carries the token (a listing a gateway must redact)
+    pid                     this process's id
+    chatty                  3 log lines (one with the token) and 3 progress steps (messages with the token)
+    ask_llm {prompt}        sampling/createMessage with the prompt and the token; "model said: …" or
+                            "sampling refused: code=…, message=…"
+    ask_user {message}      elicitation/create with the message and the token; "user said: …" or "… refused: …"
+    ask_then_withdraw       a sampling request the upstream cancels itself once `release` is called
+    release                 lets `ask_then_withdraw` cancel its request
+    block                   logs "blocking", then waits until cancelled (recorded as a "cancelled" event)
+    rendezvous {n, run, tag}  waits until n calls of the run are in flight at once, then logs a line and asks
+                            for sampling; returns what came back once all n have had their answer
+    touch {uris}            sends notifications/resources/updated for each URI (subscribed or not)
+    fail                    raises an exception whose text holds the token
+    events {kind, count}    waits (up to 10 s) until `count` events of `kind` were seen, returns them as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import warnings
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp.server import Server, ServerRequestContext
+from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+
+warnings.filterwarnings("ignore", category=MCPDeprecationWarning)  # logging and sampling are handshake-era
+
+Ctx = ServerRequestContext[Any, Any]
+RESOURCE_NOT_FOUND = -32002
+LEVELS: tuple[str, ...] = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+BINARY = bytes(range(256))
+ALL_FEATURES = ("resources", "subscribe", "prompts", "completions", "logging")
+
+# -- what it saw ---------------------------------------------------------------------------------
+
+_events: list[dict[str, Any]] = []
+_level = "debug"
+_meetings: dict[str, tuple[int, anyio.Event]] = {}
+# made once the event loop runs (see init_events)
+_changed: anyio.Event
+_release: anyio.Event
+
+
+def init_events() -> None:
+    global _changed, _release
+    _changed, _release = anyio.Event(), anyio.Event()
+
+
+def record(kind: str, **data: Any) -> None:
+    global _changed
+    event = {"kind": kind, **data}
+    _events.append(event)
+    folder = os.environ.get("FRONT_DIR")
+    if folder:
+        with open(os.path.join(folder, "events.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(event) + "\n")
+    if "_changed" in globals():
+        _changed.set()
+        _changed = anyio.Event()
+
+
+def token(ctx: Ctx | None) -> str:
+    """Over HTTP the bearer token the gateway sent; over stdio the one in the environment."""
+    request = ctx.request if ctx is not None else None
+    header = request.headers.get("authorization", "") if request is not None else ""
+    return header.removeprefix("Bearer ") if header else os.environ.get("UPSTREAM_TOKEN", "")
+
+
+def text(value: str, *, is_error: bool = False) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(text=value)], is_error=is_error)
+
+
+async def log(ctx: Ctx, level: str, message: str) -> None:
+    if LEVELS.index(level) >= LEVELS.index(_level):
+        await ctx.session.send_log_message(level, message, logger="front-upstream", related_request_id=ctx.request_id)
+
+
+# -- tools ---------------------------------------------------------------------------------------
+
+
+def _schema(**properties: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+STRING = {"type": "string"}
+TOOLS = {
+    "hello": _schema(),
+    "pid": _schema(),
+    "chatty": _schema(),
+    "ask_llm": _schema(prompt=STRING),
+    "ask_user": _schema(message=STRING),
+    "ask_then_withdraw": _schema(),
+    "release": _schema(),
+    "block": _schema(),
+    "rendezvous": _schema(n={"type": "integer"}, run=STRING, tag=STRING),
+    "touch": _schema(uris={"type": "array", "items": STRING}),
+    "fail": _schema(),
+    "events": _schema(kind=STRING, count={"type": "integer"}),
+}
+
+
+async def list_tools(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+    def describe(name: str) -> str:
+        return f"Says hello (configured with token {token(ctx)})." if name == "hello" else f"The {name} tool."
+
+    return types.ListToolsResult(
+        tools=[types.Tool(name=n, description=describe(n), input_schema=s) for n, s in TOOLS.items()]
+    )
+
+
+async def ask_llm(ctx: Ctx, prompt: str) -> types.CallToolResult:
+    message = types.SamplingMessage(role="user", content=types.TextContent(text=f"{prompt} (token {token(ctx)})"))
+    try:
+        answer = await ctx.session.create_message([message], max_tokens=50, related_request_id=ctx.request_id)
+    except MCPError as exc:
+        return text(f"sampling refused: code={exc.code}, message={exc.message}", is_error=True)
+    reply = answer.content.text if isinstance(answer.content, types.TextContent) else answer.content.type
+    return text(f"model said: {reply}")
+
+
+async def ask_user(ctx: Ctx, message: str) -> types.CallToolResult:
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    try:
+        answer = await ctx.session.elicit_form(
+            f"{message} (token {token(ctx)})", schema, related_request_id=ctx.request_id
+        )
+    except MCPError as exc:
+        return text(f"elicitation refused: code={exc.code}, message={exc.message}", is_error=True)
+    return text(f"user said: action={answer.action}, content={json.dumps(answer.content, sort_keys=True)}")
+
+
+async def ask_then_withdraw(ctx: Ctx) -> types.CallToolResult:
+    message = types.SamplingMessage(role="user", content=types.TextContent(text="never mind"))
+    async with anyio.create_task_group() as tg:
+
+        async def withdraw() -> None:
+            await _release.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(withdraw)
+        await ctx.session.create_message([message], max_tokens=5, related_request_id=ctx.request_id)
+        return text("the sampling request was answered")  # not expected: the agent never answers
+    record("withdrawn")
+    return text("the sampling request was withdrawn")
+
+
+async def block(ctx: Ctx) -> types.CallToolResult:
+    record("blocking", request_id=ctx.request_id)
+    await log(ctx, "info", "blocking")
+    try:
+        await anyio.sleep_forever()
+    except anyio.get_cancelled_exc_class():
+        record("cancelled", request_id=ctx.request_id)
+        raise
+    raise AssertionError("unreachable")
+
+
+async def meet(place: str, n: int) -> bool:
+    """Wait until `n` calls reached `place` (False after 10 s)."""
+    count, everyone = _meetings.get(place, (0, anyio.Event()))
+    _meetings[place] = (count + 1, everyone)
+    if count + 1 >= n:
+        everyone.set()
+    with anyio.move_on_after(10):
+        await everyone.wait()
+    return everyone.is_set()
+
+
+async def rendezvous(ctx: Ctx, n: int, run: str, tag: str) -> types.CallToolResult:
+    """Once `n` calls of this run are in flight, log a line and ask for sampling; return only when every
+    one of them has had its answer (so that all stay in flight meanwhile)."""
+    if not await meet(f"{run}:arrived", n):
+        return text(f"{tag}: not all {n} calls arrived", is_error=True)
+    await log(ctx, "warning", f"{tag}: logged while {n} calls were in flight")
+    sampled = await ask_llm(ctx, f"{tag}: which agent?")
+    await meet(f"{run}:answered", n)
+    return text(f"{tag}: {sampled.content[0].text}", is_error=bool(sampled.is_error))  # type: ignore[union-attr]
+
+
+async def events(kind: str, count: int) -> types.CallToolResult:
+    with anyio.move_on_after(10):
+        while sum(e["kind"] == kind for e in _events) < count:
+            await _changed.wait()
+    return text(json.dumps([e for e in _events if e["kind"] == kind]))
+
+
+async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
+    args = params.arguments or {}
+    name = params.name
+    if name == "hello":
+        return text("hello")
+    if name == "pid":
+        return text(str(os.getpid()))
+    if name == "chatty":
+        await log(ctx, "debug", "chatty: one")
+        for step in (1, 2, 3):
+            await ctx.session.report_progress(step, 3, f"step {step} of 3, token {token(ctx)}")
+        await log(ctx, "info", "chatty: two")
+        await log(ctx, "warning", f"chatty: the token is {token(ctx)}")
+        return text("chatty done")
+    if name == "ask_llm":
+        return await ask_llm(ctx, args["prompt"])
+    if name == "ask_user":
+        return await ask_user(ctx, args["message"])
+    if name == "ask_then_withdraw":
+        return await ask_then_withdraw(ctx)
+    if name == "release":
+        _release.set()
+        return text("released")
+    if name == "block":
+        return await block(ctx)
+    if name == "rendezvous":
+        return await rendezvous(ctx, int(args["n"]), str(args["run"]), str(args["tag"]))
+    if name == "touch":
+        for uri in args["uris"]:
+            await ctx.session.send_resource_updated(uri)
+        return text("touched")
+    if name == "fail":
+        print(f"front-upstream: about to fail with token {token(ctx)}", file=sys.stderr, flush=True)
+        raise RuntimeError(f"failed while holding token {token(ctx)}")
+    if name == "events":
+        return await events(args["kind"], int(args["count"]))
+    raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {name}")
+
+
+# -- resources -----------------------------------------------------------------------------------
+
+STATIC = "front static text"
+RESOURCE_URIS = ("front://static", "front://binary", "front://secret", "front://watched-a", "front://watched-b")
+TEMPLATE = "front://items/{id}"
+
+
+async def list_resources(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
+    def describe(uri: str) -> str:
+        return f"Holds the token {token(ctx)}." if uri == "front://secret" else f"The resource {uri}."
+
+    resources = [types.Resource(uri=u, name=u.removeprefix("front://"), description=describe(u)) for u in RESOURCE_URIS]
+    return types.ListResourcesResult(resources=resources)
+
+
+async def list_templates(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListResourceTemplatesResult:
+    return types.ListResourceTemplatesResult(
+        resource_templates=[types.ResourceTemplate(uri_template=TEMPLATE, name="items", mime_type="text/plain")]
+    )
+
+
+async def read_resource(ctx: Ctx, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+    uri = str(params.uri)
+    contents: types.TextResourceContents | types.BlobResourceContents
+    if uri == "front://static" or uri.startswith("front://watched-"):
+        contents = types.TextResourceContents(uri=uri, mime_type="text/plain", text=f"{STATIC} ({uri})")
+    elif uri == "front://binary":
+        blob = base64.b64encode(BINARY).decode()
+        contents = types.BlobResourceContents(uri=uri, mime_type="application/octet-stream", blob=blob)
+    elif uri == "front://secret":
+        contents = types.TextResourceContents(uri=uri, mime_type="text/plain", text=f"the token is {token(ctx)}")
+    elif uri == "front://boom":
+        raise MCPError(types.INTERNAL_ERROR, f"boom while holding token {token(ctx)}", {"token": token(ctx)})
+    elif uri.startswith("front://items/"):
+        contents = types.TextResourceContents(uri=uri, mime_type="text/plain", text=f"item {uri.rsplit('/', 1)[1]}")
+    else:
+        raise MCPError(RESOURCE_NOT_FOUND, "Resource not found", {"uri": uri})
+    return types.ReadResourceResult(contents=[contents])
+
+
+async def subscribe(ctx: Ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:
+    record("subscribe", uri=str(params.uri))
+    return types.EmptyResult()
+
+
+async def unsubscribe(ctx: Ctx, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+    record("unsubscribe", uri=str(params.uri))
+    return types.EmptyResult()
+
+
+# -- prompts, completion, logging ----------------------------------------------------------------
+
+PROMPTS = [
+    types.Prompt(name="greet", arguments=[types.PromptArgument(name="name", required=True)]),
+    types.Prompt(name="leaky", description="A prompt that quotes the token."),
+    types.Prompt(name="broken", description="A prompt that fails, quoting the token."),
+]
+NAMES = ["alice", "albert", "bob"]
+
+
+async def list_prompts(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+    return types.ListPromptsResult(prompts=PROMPTS)
+
+
+async def get_prompt(ctx: Ctx, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+    args = params.arguments or {}
+    if params.name == "greet":
+        if "name" not in args:
+            raise MCPError(types.INVALID_PARAMS, "Missing required argument: name")
+        says = f"Hello, {args['name']}."
+    elif params.name == "leaky":
+        says = f"Use the token {token(ctx)} wisely."
+    elif params.name == "broken":
+        raise MCPError(types.INVALID_PARAMS, f"broken prompt, token {token(ctx)}")
+    else:
+        raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: {params.name}")
+    message = types.PromptMessage(role="user", content=types.TextContent(text=says))
+    return types.GetPromptResult(description=f"prompt {params.name}", messages=[message])
+
+
+async def complete(ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
+    ref = params.ref
+    values: list[str] = []
+    if isinstance(ref, types.PromptReference) and ref.name == "greet" and params.argument.name == "name":
+        values = [n for n in NAMES if n.startswith(params.argument.value)]
+    elif isinstance(ref, types.PromptReference) and ref.name == "leaky":
+        values = [token(ctx)]
+    elif isinstance(ref, types.ResourceTemplateReference) and ref.uri == TEMPLATE:
+        values = [i for i in ("1", "12", "2") if i.startswith(params.argument.value)]
+    return types.CompleteResult(completion=types.Completion(values=values, total=len(values), has_more=False))
+
+
+async def set_level(ctx: Ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:
+    global _level
+    _level = params.level
+    record("set_level", level=params.level)
+    return types.EmptyResult()
+
+
+def build_server(features: set[str]) -> Server[Any]:
+    resources = "resources" in features
+    prompts = "prompts" in features
+    server: Server[Any] = Server(
+        "front-upstream",
+        version="1.0.0",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_list_resources=list_resources if resources else None,
+        on_list_resource_templates=list_templates if resources else None,
+        on_read_resource=read_resource if resources else None,
+        on_subscribe_resource=subscribe if resources and "subscribe" in features else None,
+        on_unsubscribe_resource=unsubscribe if resources and "subscribe" in features else None,
+        on_list_prompts=list_prompts if prompts else None,
+        on_get_prompt=get_prompt if prompts else None,
+        on_completion=complete if "completions" in features else None,
+    )
+    if "logging" in features:
+        server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)
+    return server
+
+
+async def serve_stdio(server: Server[Any]) -> None:
+    init_events()
+    async with stdio_server() as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+async def serve_http(server: Server[Any], port: int) -> None:
+    import uvicorn
+
+    init_events()
+    app = server.streamable_http_app(host="127.0.0.1")
+    await uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")).serve()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--http", type=int, metavar="PORT")
+    parser.add_argument("--features", default=",".join(ALL_FEATURES))
+    options = parser.parse_args()
+    features = {f for f in options.features.split(",") if f}
+    record("start", pid=os.getpid(), features=sorted(features))
+    server = build_server(features)
+    if options.http is None:
+        anyio.run(serve_stdio, server)
+    else:
+        anyio.run(serve_http, server, options.http)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1189 @@
+"""The rest of MCP for upstream servers (Front, Relay): resources, prompts, completion and logging relayed per
+group; what an upstream sends on its own (log lines, progress, sampling, elicitation, resource updates,
+cancellations) routed to the agent request it belongs to, redacted, and never to another agent.
+
+Nothing is mocked. Upstreams are real processes: the conformance suite's fixture server
+(conformance/upstream_server.py) and tests/front_upstream.py, which echoes its token everywhere a gateway must
+redact it and records what it saw (the `events` tool, and $FRONT_DIR/events.jsonl). They run over stdio,
+started by the gateway, and once over Streamable HTTP on 127.0.0.1. Agents are the SDK's `Client`: in memory
+against `build_server(...)` (`mode="legacy"` for the handshake-era features: sampling, elicitation,
+logging/setLevel, subscriptions), and once through a real `credgate serve --group G` process.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from click.testing import CliRunner
+from gateway_support import (
+    World,
+    assert_no_leak,
+    assert_no_leak_at_rest,
+    closed_port,
+    make_canary,
+    python_tool,
+    result_text,
+    store_env,
+)
+from mcp import Client, StdioServerParameters
+from mcp.client.context import ClientRequestContext
+from mcp.client.stdio import stdio_client
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from pydantic import BaseModel
+
+from mcp_credgate import admin
+from mcp_credgate.cli import cli
+from mcp_credgate.credential import Credential
+from mcp_credgate.declarations import McpHandler, load_catalog
+from mcp_credgate.errors import DeclarationError
+from mcp_credgate.handlers.upstream import upstream_pool
+from mcp_credgate.server import Caller, Gateway, build_server
+
+pytestmark = [
+    pytest.mark.anyio,
+    # logging/setLevel, resources/subscribe, sampling: handshake-era features the SDK marks deprecated
+    pytest.mark.filterwarnings(f"ignore::{MCPDeprecationWarning.__module__}.{MCPDeprecationWarning.__name__}"),
+]
+
+TESTS_DIR = Path(__file__).resolve().parent
+FIXTURE = TESTS_DIR / "front_upstream.py"
+CONFORMANCE = TESTS_DIR.parent / "conformance" / "upstream_server.py"
+
+TOKEN = make_canary("FR", rich=True)  # the credential of the `fr` upstream: its fixture echoes it everywhere
+OTHER_TOKEN = make_canary("FO")
+REDACTED = "[redacted:token]"
+RESOURCE_NOT_FOUND = -32002
+
+FRTOKEN = '[credential]\ntype = "frtoken"\nfields = [{ name = "token", kind = "token" }]\n'
+FIXTURE_RESOURCES = ["front://static", "front://binary", "front://secret", "front://watched-a", "front://watched-b"]
+CONFORMANCE_RESOURCES = ["test://static-text", "test://static-binary", "test://watched-resource"]
+CONFORMANCE_PROMPTS = [
+    "test_simple_prompt",
+    "test_prompt_with_arguments",
+    "test_prompt_with_embedded_resource",
+    "test_prompt_with_image",
+]
+STATIC_TEXT = "This is the content of the static text resource."  # conformance/upstream_server.py
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def toml_str(text: str | Path) -> str:
+    return json.dumps(str(text))  # a JSON string is a valid TOML basic string
+
+
+# -- declarations and discovery ----------------------------------------------------------------------
+
+# A variant of an upstream: the arguments it is started with. The fixture's `--features` choose what it
+# announces (tools always).
+VARIANTS: dict[str, list[str]] = {
+    "fixture": [str(FIXTURE)],
+    "fixture_prompts_only": [str(FIXTURE), "--features", "prompts"],
+    "fixture_no_subscribe": [str(FIXTURE), "--features", "resources"],
+    "conformance": [str(CONFORMANCE)],
+}
+
+
+def fixture_decl(name: str, variant: str, front_dir: Path, *, extra: str = "") -> str:
+    """A stdio declaration of the fixture server: its token from the credential, recording into front_dir."""
+    args = ", ".join(toml_str(a) for a in VARIANTS[variant])
+    return (
+        f'name = "{name}"\ndescription = "The front fixture upstream."\n{FRTOKEN}'
+        f'[handler]\nkind = "mcp"\ncommand = {toml_str(sys.executable)}\nargs = [{args}]\n'
+        f'env = {{ UPSTREAM_TOKEN = "{{cred.token}}", FRONT_DIR = {toml_str(front_dir)} }}\n'
+        f"timeout = 30\n{extra}\n"
+    )
+
+
+def conformance_decl(name: str, *, extra: str = "") -> str:
+    """The conformance suite's fixture server: no credential."""
+    return (
+        f'name = "{name}"\ndescription = "The conformance fixtures."\n'
+        f'[handler]\nkind = "mcp"\ncommand = {toml_str(sys.executable)}\nargs = [{toml_str(CONFORMANCE)}]\n'
+        f"timeout = 30\n{extra}\n"
+    )
+
+
+Discovered = dict[str, tuple[list[dict[str, Any]], dict[str, Any]]]
+
+
+@pytest.fixture(scope="module")
+def discovered() -> Discovered:
+    """Each variant's tools and announced capabilities, as the pool discovers them (one start each, shared by
+    the module: a test's store gets them as `credgate tools` would have cached them)."""
+
+    async def discover_all() -> Discovered:
+        found: Discovered = {}
+
+        async def one(variant: str, pool: Any) -> None:
+            handler = McpHandler(kind="mcp", command=sys.executable, args=tuple(VARIANTS[variant]))
+            found[variant] = await pool.discover(variant, handler, Credential("d", "frtoken", {}, frozenset()))
+
+        with anyio.fail_after(60):
+            async with upstream_pool() as pool, anyio.create_task_group() as tg:
+                for variant in VARIANTS:
+                    tg.start_soon(one, variant, pool)
+        return found
+
+    return anyio.run(discover_all)
+
+
+def front_world(
+    root: Path, discovered: Discovered, upstreams: dict[str, tuple[str, str]], tools: dict[str, str] | None = None
+) -> World:
+    """A credgate installation declaring `upstreams` (name → (declaration, variant)), their discovery cached."""
+    world = World.create(root, {**{name: decl for name, (decl, _) in upstreams.items()}, **(tools or {})})
+    for name, (_, variant) in upstreams.items():
+        listings, capabilities = discovered[variant]
+        world.store.save_upstream_tools(name, listings, capabilities)
+    world.catalog = world.catalog.with_discovered(world.store.discovered_tools())
+    assert not world.catalog.problems, world.catalog.problems
+    return world
+
+
+@pytest.fixture
+def front_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "front"
+    folder.mkdir()
+    return folder
+
+
+def recorded(front_dir: Path, kind: str) -> list[dict[str, Any]]:
+    """What the fixture upstream(s) recorded in the folder, of one kind."""
+    path = front_dir / "events.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [e for e in map(json.loads, lines) if e["kind"] == kind]
+
+
+# -- agents ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Agent:
+    """An agent's client and everything it received: results, errors, log lines, progress, notifications,
+    and the requests the server sent it (sampling, elicitation)."""
+
+    client: Client | None = None
+    received: list[str] = field(default_factory=list)  # everything, as JSON (for the leak scans)
+    logs: list[types.LoggingMessageNotificationParams] = field(default_factory=list)
+    notifications: list[types.ServerNotification] = field(default_factory=list)
+    sampled: list[types.CreateMessageRequestParams] = field(default_factory=list)
+    elicited: list[types.ElicitRequestParams] = field(default_factory=list)
+    progress: list[tuple[float, float | None, str | None]] = field(default_factory=list)
+    _arrival: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def mcp(self) -> Client:
+        assert self.client is not None
+        return self.client
+
+    def keep(self, model: BaseModel) -> None:
+        self.received.append(model.model_dump_json())
+        self._arrival.set()
+        self._arrival = anyio.Event()
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Until what this agent has received satisfies `condition` (woken by each arrival)."""
+        while not condition():
+            await self._arrival.wait()
+
+    async def ask(self, request: Awaitable[Any]) -> Any:
+        """A request answered with a result."""
+        result = await request
+        self.keep(result)
+        return result
+
+    async def refused(self, request: Awaitable[Any]) -> MCPError:
+        """A request answered with a JSON-RPC error (raises AssertionError for a result)."""
+        try:
+            result = await request
+        except MCPError as exc:
+            self.keep(exc.error)
+            return exc
+        raise AssertionError(f"expected a JSON-RPC error, got {result!r}")
+
+    async def call(self, name: str, args: dict[str, Any] | None = None) -> types.CallToolResult:
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            self.progress.append((progress, total, message))
+            self.keep(
+                types.ProgressNotificationParams(progress_token=0, progress=progress, total=total, message=message)
+            )
+
+        result: types.CallToolResult = await self.ask(
+            self.mcp.call_tool(name, args or {}, progress_callback=on_progress)
+        )
+        return result
+
+    def updated(self) -> list[str]:
+        return [n.params.uri for n in self.notifications if isinstance(n, types.ResourceUpdatedNotification)]
+
+    def everything(self) -> str:
+        return "\n".join(self.received)
+
+
+async def answer_paris(
+    ctx: ClientRequestContext, params: types.CreateMessageRequestParams
+) -> types.CreateMessageResult:
+    return types.CreateMessageResult(role="assistant", content=types.TextContent(text="Paris"), model="test-model")
+
+
+async def answer_ann(ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+    return types.ElicitResult(action="accept", content={"name": "Ann", "username": "ann", "email": "ann@example.com"})
+
+
+DEFAULT: Any = object()
+
+
+@asynccontextmanager
+async def agent_client(
+    server: Any,
+    *,
+    mode: str = "legacy",
+    sampling: Any = DEFAULT,
+    elicitation: Any = DEFAULT,
+    log_level: types.LoggingLevel | None = None,
+) -> AsyncIterator[Agent]:
+    """A client whose callbacks record what it receives; `sampling` / `elicitation`: the callback answering
+    those requests (by default "Paris" and "Ann"), or None for a client that does not offer them."""
+    a = Agent()
+    answer_sampling = answer_paris if sampling is DEFAULT else sampling
+    answer_elicitation = answer_ann if elicitation is DEFAULT else elicitation
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        a.logs.append(params)
+        a.keep(params)
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, BaseModel):
+            a.notifications.append(message)  # type: ignore[arg-type]
+            a.keep(message)
+
+    async def on_sampling(ctx: ClientRequestContext, params: types.CreateMessageRequestParams) -> Any:
+        a.sampled.append(params)
+        a.keep(params)
+        return await answer_sampling(ctx, params)
+
+    async def on_elicitation(ctx: ClientRequestContext, params: types.ElicitRequestParams) -> Any:
+        a.elicited.append(params)
+        a.keep(params)
+        return await answer_elicitation(ctx, params)
+
+    async with Client(
+        server,
+        mode=mode,  # type: ignore[arg-type]
+        cache=None,
+        logging_callback=on_log,
+        message_handler=on_message,
+        sampling_callback=on_sampling if answer_sampling is not None else None,
+        elicitation_callback=on_elicitation if answer_elicitation is not None else None,
+        log_level=log_level,
+    ) as client:
+        a.client = client
+        yield a
+
+
+def agent(gw: Gateway, group: str, *, name: str | None = None, **options: Any) -> Any:
+    """An agent of `group` against the gateway's MCP server, in memory."""
+    caller = Caller(group, name)
+    return agent_client(build_server(gw, lambda ctx: caller), **options)
+
+
+def capabilities(a: Agent) -> dict[str, Any]:
+    dumped: dict[str, Any] = a.mcp.server_capabilities.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return dumped
+
+
+# -- 1. resources -----------------------------------------------------------------------------------
+
+
+async def test_resources_are_listed_and_read_through_the_gateway_with_their_uris_unchanged(
+    tmp_path: Path, discovered: Discovered
+) -> None:
+    world = front_world(tmp_path / "w", discovered, {"conf": (conformance_decl("conf"), "conformance")})
+    world.allow("g", "conf.*")
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running(), agent(gw, "g") as legacy, agent(gw, "g", mode="auto") as a:
+                for client in (legacy, a):
+                    listed = await client.ask(client.mcp.list_resources())
+                    templates = await client.ask(client.mcp.list_resource_templates())
+                    assert [str(r.uri) for r in listed.resources] == CONFORMANCE_RESOURCES
+                    assert [t.uri_template for t in templates.resource_templates] == ["test://template/{id}/data"]
+                text = await a.ask(a.mcp.read_resource("test://static-text"))
+                binary = await a.ask(a.mcp.read_resource("test://static-binary"))
+                templated = await a.ask(a.mcp.read_resource("test://template/123/data"))
+                via_legacy = await legacy.ask(legacy.mcp.read_resource("test://template/7/data"))
+                unknown = await a.refused(a.mcp.read_resource("test://no-such-resource"))
+                unknown_legacy = await legacy.refused(legacy.mcp.read_resource("other://elsewhere"))
+    finally:
+        world.close()
+
+    [contents] = text.contents
+    assert isinstance(contents, types.TextResourceContents)
+    assert (str(contents.uri), contents.mime_type, contents.text) == ("test://static-text", "text/plain", STATIC_TEXT)
+    [blob] = binary.contents
+    assert isinstance(blob, types.BlobResourceContents) and blob.mime_type == "image/png"
+    assert base64.b64decode(blob.blob).startswith(PNG_MAGIC)
+    [item] = templated.contents
+    assert isinstance(item, types.TextResourceContents) and str(item.uri) == "test://template/123/data"
+    assert json.loads(item.text) == {"id": "123", "templateTest": True, "data": "Data for ID: 123"}
+    assert json.loads(via_legacy.contents[0].text)["id"] == "7"
+    assert unknown.code == RESOURCE_NOT_FOUND and unknown_legacy.code == RESOURCE_NOT_FOUND
+
+
+async def test_an_unbound_upstream_answers_with_the_setup_warning_and_reads_are_audited(
+    tmp_path: Path, discovered: Discovered, front_dir: Path
+) -> None:
+    """A read or a prompt that only an upstream without its credential could answer gets the setup warning
+    (contract §4: setup_url and setup_command name the upstream, and both work); once bound, reads of its
+    content leave audit rows like tool calls."""
+    world = front_world(tmp_path / "w", discovered, {"fr": (fixture_decl("fr", "fixture", front_dir), "fixture")})
+    world.add_credential("tok", "frtoken", {"token": TOKEN})
+    world.allow("g", "fr.*")
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running(), agent(gw, "g", name="ann") as a:
+                listed = await a.ask(a.mcp.list_resources())
+                unread = await a.refused(a.mcp.read_resource("front://static"))
+                no_prompt = await a.refused(a.mcp.get_prompt("fr_greet", {"name": "Ann"}))
+                world.bind("g", "fr", "tok")  # what the warning's command does (`credgate bind g fr <name>`)
+                read = await a.ask(a.mcp.read_resource("front://static"))
+                prompt = await a.ask(a.mcp.get_prompt("fr_greet", {"name": "Ann"}))
+        setup_page = admin.require_tool(world.catalog, "fr")  # the page the setup_url opens finds its subject
+        rows = {(r.group, r.agent, r.tool, r.credential, r.outcome) for r in world.audit()}  # flushed at close
+    finally:
+        world.close()
+
+    assert listed.resources == []  # a list leaves the unbound upstream out
+    for refusal in (unread, no_prompt):
+        warning = refusal.error.data
+        assert refusal.code == types.INVALID_REQUEST and "Nothing was sent" in refusal.message
+        assert warning["warning"] == "missing_credential" and (warning["tool"], warning["group"]) == ("fr", "g")
+        assert warning["setup_url"].endswith("/groups/g/tools/fr/setup")
+        assert warning["setup_command"] == "credgate cred add <name> --tool fr && credgate bind g fr <name>"
+    assert setup_page.name == "fr" and setup_page.credential is not None
+    assert read.contents[0].text.startswith("front static text") and prompt.messages  # front_upstream.STATIC
+    assert ("g", "ann", "fr:resources/read", "tok", "ok") in rows
+    assert ("g", "ann", "fr:prompts/get", "tok", "ok") in rows
+    assert_no_leak("\n".join(a.received), TOKEN)
+
+
+# -- 2, 3. prompts and completion --------------------------------------------------------------------
+
+
+async def test_prompts_are_exported_with_the_prefix_and_kept_unchanged_with_an_empty_one(
+    tmp_path: Path, discovered: Discovered
+) -> None:
+    world = front_world(
+        tmp_path / "w",
+        discovered,
+        {
+            "conf": (conformance_decl("conf"), "conformance"),  # prefix: the declaration's name
+            "bare": (conformance_decl("bare", extra='prefix = ""'), "conformance"),
+        },
+    )
+    world.allow("prefixed", "conf.*")
+    world.allow("plain", "bare.*")
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running(), agent(gw, "prefixed") as p, agent(gw, "plain") as b:
+                prefixed = await p.ask(p.mcp.list_prompts())
+                plain = await b.ask(b.mcp.list_prompts())
+                tools = await b.ask(b.mcp.list_tools())
+                args = {"arg1": "alpha", "arg2": "beta"}
+                got = await p.ask(p.mcp.get_prompt("conf_test_prompt_with_arguments", args))
+                got_plain = await b.ask(b.mcp.get_prompt("test_prompt_with_arguments", args))
+                simple = await p.ask(p.mcp.get_prompt("conf_test_simple_prompt"))
+                unknown = await p.refused(p.mcp.get_prompt("conf_no_such_prompt"))
+                unprefixed = await p.refused(p.mcp.get_prompt("test_simple_prompt"))
+                missing = await p.refused(p.mcp.get_prompt("conf_test_prompt_with_arguments", {"arg1": "x"}))
+                unknown_plain = await b.refused(b.mcp.get_prompt("no_such_prompt"))
+    finally:
+        world.close()
+
+    assert [x.name for x in prefixed.prompts] == [f"conf_{n}" for n in CONFORMANCE_PROMPTS]
+    assert [x.name for x in plain.prompts] == CONFORMANCE_PROMPTS
+    with_args = next(x for x in prefixed.prompts if x.name == "conf_test_prompt_with_arguments")
+    assert [(a.name, a.required) for a in with_args.arguments or []] == [("arg1", True), ("arg2", True)]
+    assert "test_simple_text" in {t.name for t in tools.tools}  # an empty prefix keeps the tool names too
+    for result in (got, got_plain):
+        [message] = result.messages
+        assert message.content.text == "Prompt with arguments: arg1='alpha', arg2='beta'"
+    assert simple.messages[0].content.text == "This is a simple prompt for testing."
+    # the upstream's own answer (it names the prompt as the upstream knows it)
+    assert unknown.code == types.INVALID_PARAMS and "no_such_prompt" in unknown.message
+    assert unprefixed.code == types.INVALID_PARAMS  # only the exported name is the group's
+    assert missing.code == types.INVALID_PARAMS and "arg2" in missing.message  # the upstream's own error
+    assert unknown_plain.code == types.INVALID_PARAMS
+
+
+async def test_completion_of_a_prompt_argument_by_its_exported_name_and_of_a_template(
+    tmp_path: Path, discovered: Discovered
+) -> None:
+    world = front_world(
+        tmp_path / "w",
+        discovered,
+        {
+            "conf": (conformance_decl("conf"), "conformance"),
+            "bare": (conformance_decl("bare", extra='prefix = ""'), "conformance"),
+        },
+    )
+    world.allow("prefixed", "conf.*")
+    world.allow("plain", "bare.*")
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running(), agent(gw, "prefixed") as p, agent(gw, "plain") as b:
+                prompt = types.PromptReference(name="conf_test_prompt_with_arguments")
+                by_prompt = await p.ask(p.mcp.complete(prompt, {"name": "arg1", "value": "pa"}))
+                by_context = await p.ask(p.mcp.complete(prompt, {"name": "arg2", "value": "wor"}, {"arg1": "paris"}))
+                template = types.ResourceTemplateReference(uri="test://template/{id}/data")
+                by_template = await p.ask(p.mcp.complete(template, {"name": "id", "value": "1"}))
+                plain = types.PromptReference(name="test_prompt_with_arguments")
+                by_plain = await b.ask(b.mcp.complete(plain, {"name": "arg1", "value": "te"}))
+                upstream_name = await p.refused(
+                    p.mcp.complete(
+                        types.PromptReference(name="test_prompt_with_arguments"), {"name": "arg1", "value": ""}
+                    )
+                )
+    finally:
+        world.close()
+
+    assert by_prompt.completion.values == ["paris", "park", "party"]
+    assert by_context.completion.values == ["world", "word", "work"]
+    assert by_template.completion.values == ["1", "123"]
+    assert by_plain.completion.values == ["test-value", "testing"]
+    assert upstream_name.code == types.INVALID_PARAMS  # under its upstream name the prompt is not the group's
+
+
+# -- 4. logging and progress ------------------------------------------------------------------------
+
+
+async def test_set_level_reaches_the_upstream_and_its_log_lines_and_progress_reach_the_agent_first(
+    tmp_path: Path, discovered: Discovered
+) -> None:
+    world = front_world(tmp_path / "w", discovered, {"conf": (conformance_decl("conf"), "conformance")})
+    world.allow("g", "conf.*")
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running(), agent(gw, "g") as a:
+                assert await a.ask(a.mcp.set_logging_level("debug")) == types.EmptyResult()
+                logged = await a.call("conf_test_tool_with_logging")
+                logs_before_result = list(a.logs)  # what had arrived when call_tool returned
+                progressed = await a.call("conf_test_tool_with_progress")
+                progress_before_result = list(a.progress)
+
+                await a.ask(a.mcp.set_logging_level("error"))  # the upstream filters its own lines now
+                quiet = await a.call("conf_test_tool_with_logging")
+                logs_after_error_level = list(a.logs)
+                await a.ask(a.mcp.set_logging_level("debug"))
+
+                # a 2026-07-28 agent gets the lines of the requests that opt in (its `log_level`) only
+                async with agent(gw, "g", mode="auto", log_level="info") as modern:
+                    await modern.call("conf_test_tool_with_logging")
+                async with agent(gw, "g", mode="auto") as silent:
+                    await silent.call("conf_test_tool_with_logging")
+    finally:
+        world.close()
+
+    assert result_text(logged) == "Tool with logging executed successfully"
+    assert [(x.level, x.logger, x.data) for x in logs_before_result] == [
+        ("info", "mcp-conformance-upstream", "Tool execution started"),
+        ("info", "mcp-conformance-upstream", "Tool processing data"),
+        ("info", "mcp-conformance-upstream", "Tool execution completed"),
+    ]
+    assert not progressed.is_error
+    assert progress_before_result == [
+        (0, 100, "Completed step 0 of 100"),
+        (50, 100, "Completed step 50 of 100"),
+        (100, 100, "Completed step 100 of 100"),
+    ]
+    assert not quiet.is_error and logs_after_error_level == logs_before_result
+    assert [x.data for x in modern.logs] == [x.data for x in logs_before_result]
+    assert silent.logs == []
+
+
+# -- 5. sampling and elicitation ------------------------------------------------------------------
+
+
+async def test_sampling_and_elicitation_requests_of_the_upstream_are_answered_by_the_agent(
+    tmp_path: Path, discovered: Discovered
+) -> None:
+    world = front_world(tmp_path / "w", discovered, {"conf": (conformance_decl("conf"), "conformance")})
+    world.allow("g", "conf.*")
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running():
+                async with agent(gw, "g") as a:
+                    sampled = await a.call("conf_test_sampling", {"prompt": "What is the capital of France?"})
+                    elicited = await a.call("conf_test_elicitation", {"message": "Who are you?"})
+                async with agent(gw, "g", sampling=None, elicitation=None) as plain:
+                    began = time.monotonic()
+                    no_sampling = await plain.call("conf_test_sampling", {"prompt": "anyone?"})
+                    no_elicitation = await plain.call("conf_test_elicitation", {"message": "anyone?"})
+                    waited = time.monotonic() - began
+    finally:
+        world.close()
+
+    [request] = a.sampled
+    assert request.messages[0].content.text == "What is the capital of France?"
+    assert request.max_tokens == 100
+    assert not sampled.is_error and result_text(sampled) == "LLM response: Paris"
+    [form] = a.elicited
+    assert form.message == "Who are you?"
+    assert isinstance(form, types.ElicitRequestFormParams) and form.requested_schema["required"] == [
+        "username",
+        "email",
+    ]
+    assert not elicited.is_error
+    assert result_text(elicited) == (
+        'Elicitation completed: action=accept, content={"name":"Ann","username":"ann","email":"ann@example.com"}'
+    )
+    # no callback, no hang: the upstream's request is refused, the tool ends with an error result
+    assert no_sampling.is_error and no_elicitation.is_error
+    assert waited < 15
+    assert plain.sampled == [] and plain.elicited == []
+
+
+async def test_an_agent_without_sampling_gets_a_clean_refusal_back_to_the_upstream(
+    tmp_path: Path, discovered: Discovered, front_dir: Path
+) -> None:
+    world = front_world(tmp_path / "w", discovered, {"fr": (fixture_decl("fr", "fixture", front_dir), "fixture")})
+    world.add_credential("tok", "frtoken", {"token": TOKEN})
+    world.allow("g", "fr.*")
+    world.bind("g", "fr", "tok")
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running():
+                async with agent(gw, "g", sampling=None, elicitation=None) as legacy:
+                    refused = await legacy.call("fr_ask_llm", {"prompt": "hello?"})
+                    refused_form = await legacy.call("fr_ask_user", {"message": "name?"})
+                async with agent(gw, "g", mode="auto") as modern:  # 2026-07-28: no back channel to ask on
+                    modern_refused = await modern.call("fr_ask_llm", {"prompt": "hello?"})
+    finally:
+        world.close()
+
+    assert refused.is_error
+    assert result_text(refused) == (
+        f"sampling refused: code={types.METHOD_NOT_FOUND}, message=the agent's client does not offer sampling"
+    )
+    assert result_text(refused_form) == (
+        f"elicitation refused: code={types.METHOD_NOT_FOUND}, message=the agent's client does not offer elicitation"
+    )
+    assert modern_refused.is_error and result_text(modern_refused).startswith("sampling refused: ")
+    assert modern.sampled == []
+
+
+# -- 6. subscriptions -------------------------------------------------------------------------------
+
+
+async def test_resource_updates_reach_the_subscribed_agents_until_they_unsubscribe(
+    tmp_path: Path, discovered: Discovered, front_dir: Path
+) -> None:
+    world = front_world(tmp_path / "w", discovered, {"fr": (fixture_decl("fr", "fixture", front_dir), "fixture")})
+    world.add_credential("tok", "frtoken", {"token": TOKEN})
+    world.add_credential("other", "frtoken", {"token": OTHER_TOKEN})
+    world.allow("g", "fr.*")
+    world.bind("g", "fr", "tok")
+    world.allow("h", "fr.*")
+    world.bind("h", "fr", "other")  # another credential: another upstream session
+    a_uri, b_uri = "front://watched-a", "front://watched-b"
+
+    async def wait_for_update(who: Agent, uri: str, count: int) -> None:
+        await who.wait_until(lambda: who.updated().count(uri) >= count)
+
+    try:
+        with anyio.fail_after(60):
+            async with (
+                world.gateway() as gw,
+                gw.running(),
+                agent(gw, "g", name="one") as one,
+                agent(gw, "g", name="two") as two,
+                agent(gw, "h", name="elsewhere") as elsewhere,
+            ):
+                assert capabilities(one)["resources"]["subscribe"] is True
+                await one.ask(one.mcp.subscribe_resource(a_uri))
+                await two.ask(two.mcp.subscribe_resource(a_uri))  # the upstream is asked once
+                await elsewhere.ask(elsewhere.mcp.subscribe_resource(b_uri))
+                await one.call("fr_touch", {"uris": [a_uri]})
+                await wait_for_update(one, a_uri, 1)
+                await wait_for_update(two, a_uri, 1)
+
+                await one.ask(one.mcp.unsubscribe_resource(a_uri))  # two still listens: no unsubscribe upstream
+                await one.ask(one.mcp.subscribe_resource(b_uri))
+                await one.call("fr_touch", {"uris": [a_uri, b_uri]})
+                await wait_for_update(one, b_uri, 1)  # sent after a_uri's: a_uri has been handled
+                await wait_for_update(two, a_uri, 2)
+
+                await two.ask(two.mcp.unsubscribe_resource(a_uri))  # the last one: unsubscribed upstream
+                await one.call("fr_touch", {"uris": [a_uri, b_uri]})
+                await wait_for_update(one, b_uri, 2)
+                seen = json.loads(result_text(await one.call("fr_events", {"kind": "subscribe", "count": 2})))
+                gone = json.loads(result_text(await one.call("fr_events", {"kind": "unsubscribe", "count": 1})))
+    finally:
+        world.close()
+
+    assert one.updated() == [a_uri, b_uri, b_uri]  # nothing for a_uri once it unsubscribed
+    assert two.updated() == [a_uri, a_uri]
+    assert elsewhere.updated() == []  # subscribed through another session, which was never touched
+    assert [e["uri"] for e in seen] == [a_uri, b_uri]  # this session's upstream: once per URI
+    assert [e["uri"] for e in gone] == [a_uri]
+    # the other credential's upstream process got the other subscription
+    assert sorted(e["uri"] for e in recorded(front_dir, "subscribe")) == [a_uri, b_uri, b_uri]
+
+
+async def stops_within(pid: int, seconds: float) -> bool:
+    """Whether the process ends within `seconds`."""
+    with anyio.move_on_after(seconds):
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            await anyio.sleep(0.05)
+    return False
+
+
+@pytest.mark.sqlite_only  # about the relay, not the store: once is enough (it waits out idle timeouts)
+async def test_the_subscriptions_of_an_agent_that_went_away_do_not_keep_its_upstream_running(
+    tmp_path: Path, discovered: Discovered, front_dir: Path
+) -> None:
+    decl = fixture_decl("fr", "fixture", front_dir, extra="idle_timeout = 0.5")
+    world = front_world(tmp_path / "w", discovered, {"fr": (decl, "fixture")})
+    world.add_credential("tok", "frtoken", {"token": TOKEN})
+    world.allow("g", "fr.*")
+    world.bind("g", "fr", "tok")
+    try:
+        async with world.gateway() as gw, gw.running():
+            async with agent(gw, "g") as unsubscribed:
+                first = int(result_text(await unsubscribed.call("fr_pid")))
+                await unsubscribed.ask(unsubscribed.mcp.subscribe_resource("front://watched-a"))
+                await unsubscribed.ask(unsubscribed.mcp.unsubscribe_resource("front://watched-a"))
+            assert await stops_within(first, 8), "an idle upstream was not stopped"  # the control
+
+            async with agent(gw, "g") as gone:
+                second = int(result_text(await gone.call("fr_pid")))
+                await gone.ask(gone.mcp.subscribe_resource("front://watched-a"))
+            # the agent's connection closed without unsubscribing: nothing is left to deliver updates to
+            with anyio.fail_after(5):
+                while not await stops_within(second, 1):
+                    pass
+    finally:
+        world.close()
+
+
+# -- 7. cancellation --------------------------------------------------------------------------------
+
+
+async def test_an_agent_that_cancels_its_call_cancels_the_upstream_request(
+    tmp_path: Path, discovered: Discovered, front_dir: Path
+) -> None:
+    world = front_world(tmp_path / "w", discovered, {"fr": (fixture_decl("fr", "fixture", front_dir), "fixture")})
+    world.add_credential("tok", "frtoken", {"token": TOKEN})
+    world.allow("g", "fr.*")
+    world.bind("g", "fr", "tok")
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running(), agent(gw, "g") as a:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(a.call, "fr_block")
+                    await a.wait_until(lambda: [x.data for x in a.logs] == ["blocking"])  # the upstream is in it
+                    tg.cancel_scope.cancel()  # the agent gives up on it
+                cancelled = json.loads(result_text(await a.call("fr_events", {"kind": "cancelled", "count": 1})))
+                started = json.loads(result_text(await a.call("fr_events", {"kind": "blocking", "count": 1})))
+                after = await a.call("fr_hello")
+    finally:
+        world.close()
+
+    assert [e["request_id"] for e in cancelled] == [e["request_id"] for e in started]  # that very request
+    assert [e["request_id"] for e in recorded(front_dir, "cancelled")] == [cancelled[0]["request_id"]]
+    assert len(recorded(front_dir, "start")) == 1  # cancelled by notification, not by ending the process
+    assert result_text(after) == "hello"
+
+
+async def test_an_upstream_that_withdraws_its_sampling_request_cancels_the_agents_one(
+    tmp_path: Path, discovered: Discovered, front_dir: Path
+) -> None:
+    world = front_world(tmp_path / "w", discovered, {"fr": (fixture_decl("fr", "fixture", front_dir), "fixture")})
+    world.add_credential("tok", "frtoken", {"token": TOKEN})
+    world.allow("g", "fr.*")
+    world.bind("g", "fr", "tok")
+    asked, withdrawn = anyio.Event(), anyio.Event()
+
+    async def never_answer(ctx: ClientRequestContext, params: types.CreateMessageRequestParams) -> Any:
+        asked.set()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            withdrawn.set()
+            raise
+        raise AssertionError("unreachable")
+
+    outcome: list[types.CallToolResult] = []
+    try:
+        with anyio.fail_after(60):
+            async with (
+                world.gateway() as gw,
+                gw.running(),
+                agent(gw, "g", sampling=never_answer) as a,
+                anyio.create_task_group() as tg,
+            ):
+
+                async def call() -> None:
+                    outcome.append(await a.call("fr_ask_then_withdraw"))
+
+                tg.start_soon(call)
+                await asked.wait()  # the agent's sampling callback is running
+                await a.call("fr_release")  # the upstream now cancels its sampling request
+                await withdrawn.wait()  # ... and so the agent's one is cancelled
+    finally:
+        world.close()
+
+    assert [r.content[0].text for r in outcome] == ["the sampling request was withdrawn"]  # type: ignore[union-attr]
+    assert len(a.sampled) == 1 and a.sampled[0].messages[0].content.text == "never mind"
+    assert len(recorded(front_dir, "withdrawn")) == 1
+
+
+# -- 8, 9. group policy and capabilities -------------------------------------------------------------
+
+
+async def test_only_a_group_allowing_the_whole_upstream_reaches_its_resources_and_prompts(
+    tmp_path: Path, discovered: Discovered, front_dir: Path
+) -> None:
+    world = front_world(
+        tmp_path / "w",
+        discovered,
+        {
+            "fr": (fixture_decl("fr", "fixture", front_dir), "fixture"),
+            "conf": (conformance_decl("conf"), "conformance"),
+        },
+    )
+    world.add_credential("tok", "frtoken", {"token": TOKEN})
+    world.allow("one_tool", "fr_hello")
+    world.bind("one_tool", "fr_hello", "tok")
+    world.allow("whole", "fr.*")
+    world.bind("whole", "fr", "tok")
+    world.allow("other", "conf.*")
+    world.allow("both", "fr.*", "conf.*")
+    world.bind("both", "fr", "tok")
+    try:
+        with anyio.fail_after(60):
+            async with (
+                world.gateway() as gw,
+                gw.running(),
+                agent(gw, "one_tool") as narrow,
+                agent(gw, "whole") as whole,
+                agent(gw, "other") as other,
+                agent(gw, "both") as both,
+            ):
+                narrow_caps = capabilities(narrow)
+                refusals = [
+                    await narrow.refused(narrow.mcp.list_resources()),
+                    await narrow.refused(narrow.mcp.list_resource_templates()),
+                    await narrow.refused(narrow.mcp.read_resource("front://static")),
+                    await narrow.refused(narrow.mcp.list_prompts()),
+                    await narrow.refused(narrow.mcp.get_prompt("fr_greet", {"name": "x"})),
+                    await narrow.refused(
+                        narrow.mcp.complete(types.PromptReference(name="fr_greet"), {"name": "name", "value": ""})
+                    ),
+                    await narrow.refused(narrow.mcp.set_logging_level("debug")),
+                ]
+                narrow_hello = await narrow.call("fr_hello")
+
+                whole_resources = await whole.ask(whole.mcp.list_resources())
+                whole_prompts = await whole.ask(whole.mcp.list_prompts())
+                whole_read = await whole.ask(whole.mcp.read_resource("front://static"))
+                whole_other = await whole.refused(whole.mcp.read_resource("test://static-text"))
+                other_resources = await other.ask(other.mcp.list_resources())
+                other_prompts = await other.ask(other.mcp.list_prompts())
+                other_other = await other.refused(other.mcp.read_resource("front://static"))
+
+                # a group with both: each URI goes to the upstream that lists it or whose template matches it
+                both_resources = await both.ask(both.mcp.list_resources())
+                routed = [
+                    await both.ask(both.mcp.read_resource(uri))
+                    for uri in ("test://static-text", "front://static", "front://items/42", "test://template/9/data")
+                ]
+                both_unknown = await both.refused(both.mcp.read_resource("front://items"))
+                greeting = await both.ask(both.mcp.get_prompt("fr_greet", {"name": "Ann"}))
+                names = await both.ask(
+                    both.mcp.complete(types.PromptReference(name="fr_greet"), {"name": "name", "value": "al"})
+                )
+                item_ids = await both.ask(
+                    both.mcp.complete(
+                        types.ResourceTemplateReference(uri="front://items/{id}"), {"name": "id", "value": "1"}
+                    )
+                )
+                data_ids = await both.ask(
+                    both.mcp.complete(
+                        types.ResourceTemplateReference(uri="test://template/{id}/data"), {"name": "id", "value": "1"}
+                    )
+                )
+    finally:
+        world.close()
+
+    assert set(narrow_caps) == {"tools"}
+    assert [e.code for e in refusals] == [types.METHOD_NOT_FOUND] * len(refusals)
+    assert refusals[0].message == "Method not found: resources/list"
+    assert result_text(narrow_hello) == "hello"  # its one tool still works
+
+    assert [str(r.uri) for r in whole_resources.resources] == FIXTURE_RESOURCES
+    assert [x.name for x in whole_prompts.prompts] == ["fr_greet", "fr_leaky", "fr_broken"]
+    assert whole_read.contents[0].text == "front static text (front://static)"
+    assert whole_other.code == RESOURCE_NOT_FOUND  # not its upstream's resource
+    assert [str(r.uri) for r in other_resources.resources] == CONFORMANCE_RESOURCES
+    assert [x.name for x in other_prompts.prompts] == [f"conf_{n}" for n in CONFORMANCE_PROMPTS]
+    assert other_other.code == RESOURCE_NOT_FOUND
+
+    assert [str(r.uri) for r in both_resources.resources] == CONFORMANCE_RESOURCES + FIXTURE_RESOURCES
+    texts = [r.contents[0].text for r in routed]
+    assert texts[:3] == [STATIC_TEXT, "front static text (front://static)", "item 42"]
+    assert json.loads(texts[3])["id"] == "9"
+    assert both_unknown.code == RESOURCE_NOT_FOUND
+    assert greeting.messages[0].content.text == "Hello, Ann."
+    assert names.completion.values == ["alice", "albert"]
+    assert item_ids.completion.values == ["1", "12"]  # each template's completion from its own upstream
+    assert data_ids.completion.values == ["1", "123"]
+
+
+async def test_capabilities_are_tools_plus_exactly_what_the_groups_upstreams_announced(
+    tmp_path: Path, discovered: Discovered, front_dir: Path
+) -> None:
+    world = front_world(
+        tmp_path / "w",
+        discovered,
+        {
+            "fr": (fixture_decl("fr", "fixture", front_dir), "fixture"),
+            "lean": (fixture_decl("lean", "fixture_prompts_only", front_dir), "fixture_prompts_only"),
+            "nosub": (fixture_decl("nosub", "fixture_no_subscribe", front_dir), "fixture_no_subscribe"),
+        },
+        tools={
+            "echo": python_tool(
+                "echo", "mcp_credgate.examples:echo", properties='properties.text = { type = "string" }'
+            )
+        },
+    )
+    world.add_credential("tok", "frtoken", {"token": TOKEN})
+    world.allow("plain", "echo")
+    for group, upstream in (("full", "fr"), ("lean", "lean"), ("nosub", "nosub")):
+        world.allow(group, f"{upstream}.*")
+        world.bind(group, upstream, "tok")
+    announced = {variant: set(caps) for variant, (_, caps) in discovered.items()}
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running():
+                caps = {}
+                for group in ("plain", "full", "lean", "nosub"):
+                    async with agent(gw, group) as a:
+                        caps[group] = capabilities(a)
+                async with agent(gw, "full", mode="auto") as modern:
+                    modern_caps = capabilities(modern)
+                starts_before_use = len(recorded(front_dir, "start"))
+                async with agent(gw, "lean") as lean:
+                    lean_resources = await lean.refused(lean.mcp.list_resources())
+                    lean_prompts = await lean.ask(lean.mcp.list_prompts())
+                async with agent(gw, "nosub") as nosub:
+                    nosub_subscribe = await nosub.refused(nosub.mcp.subscribe_resource("front://watched-a"))
+                    nosub_resources = await nosub.ask(nosub.mcp.list_resources())
+
+                # what an upstream announces when it starts again is what a group is offered next
+                world.store.save_upstream_capabilities("lean", {"tools": {}, "prompts": {}, "logging": {}})
+                async with agent(gw, "lean") as again:
+                    lean_again = capabilities(again)
+    finally:
+        world.close()
+
+    assert announced["fixture"] == {"tools", "resources", "prompts", "completions", "logging"}
+    assert discovered["fixture"][1]["resources"]["subscribe"] is True
+    assert announced["fixture_prompts_only"] == {"tools", "prompts"}
+    assert announced["fixture_no_subscribe"] == {"tools", "resources"}
+    assert discovered["fixture_no_subscribe"][1]["resources"].get("subscribe") is False
+
+    assert caps["plain"] == {"tools": {}}
+    assert set(caps["full"]) == announced["fixture"]
+    assert caps["full"]["resources"] == {"subscribe": True}
+    assert set(caps["lean"]) == announced["fixture_prompts_only"]
+    assert set(caps["nosub"]) == announced["fixture_no_subscribe"]
+    assert caps["nosub"]["resources"] == {}  # no subscribe it cannot relay
+    assert set(modern_caps) == announced["fixture"]
+    assert "subscribe" not in modern_caps["resources"]  # 2026-07-28 subscribes by subscriptions/listen
+    assert starts_before_use == 0  # offered from the store: no upstream was started to answer the handshakes
+    assert lean_resources.code == types.METHOD_NOT_FOUND
+    assert [x.name for x in lean_prompts.prompts] == ["lean_greet", "lean_leaky", "lean_broken"]
+    assert nosub_subscribe.code == types.METHOD_NOT_FOUND
+    assert len(nosub_resources.resources) == len(FIXTURE_RESOURCES)
+    assert set(lean_again) == {"tools", "prompts", "logging"}
+
+
+# -- 10. redaction, through a real `credgate serve` --------------------------------------------------
+
+
+async def test_credgate_serve_redacts_the_token_in_everything_an_upstream_sends(
+    tmp_path: Path, front_dir: Path
+) -> None:
+    world = World.create(tmp_path / "w", {"fr": fixture_decl("fr", "fixture", front_dir)})
+    world.add_credential("tok", "frtoken", {"token": TOKEN})
+    master_key = world.settings.key_path.read_text().strip()
+    paths = ["--home", str(world.settings.home), "--tools-dir", str(world.tools_dir)]
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}
+    secrets_env = {"CREDGATE_MASTER_KEY": master_key, **store_env(world.settings)}
+    discovery = subprocess.run(  # the real discovery, with the credential: it caches tools and capabilities
+        [sys.executable, "-m", "mcp_credgate", "tools", "--json", "--discover-with", "tok", *paths],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**base_env, **secrets_env},
+        cwd=tmp_path,
+    )
+    assert discovery.returncode == 0, discovery.stderr
+    assert set(world.store.upstream_capabilities()["fr"]) == {"tools", "resources", "prompts", "completions", "logging"}
+    world.allow("desk", "fr.*")
+    world.bind("desk", "fr", "tok")
+    world.close()
+
+    stdout_copy, stderr_file = tmp_path / "stdout.bin", tmp_path / "stderr.txt"
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=[
+            str(TESTS_DIR / "stdout_tee.py"),
+            str(stdout_copy),
+            sys.executable,
+            "-m",
+            "mcp_credgate",
+            "serve",
+            "--group",
+            "desk",
+            "--log-level",
+            "debug",
+            *paths,
+        ],
+        env={"PYTHONUNBUFFERED": "1", **secrets_env},
+        cwd=tmp_path,
+    )
+    with stderr_file.open("w") as errlog, anyio.fail_after(60):
+        async with agent_client(stdio_client(params, errlog=errlog)) as a:
+            caps = capabilities(a)
+            tools = await a.ask(a.mcp.list_tools())
+            resources = await a.ask(a.mcp.list_resources())
+            secret = await a.ask(a.mcp.read_resource("front://secret"))
+            boom = await a.refused(a.mcp.read_resource("front://boom"))
+            prompts = await a.ask(a.mcp.list_prompts())
+            leaky = await a.ask(a.mcp.get_prompt("fr_leaky"))
+            broken = await a.refused(a.mcp.get_prompt("fr_broken"))
+            completed = await a.ask(a.mcp.complete(types.PromptReference(name="fr_leaky"), {"name": "x", "value": ""}))
+            await a.ask(a.mcp.set_logging_level("debug"))
+            chatty = await a.call("fr_chatty")
+            sampled = await a.call("fr_ask_llm", {"prompt": "Say it back"})
+            elicited = await a.call("fr_ask_user", {"message": "Your name?"})
+            failed = await a.call("fr_fail")
+            pid = int(result_text(await a.call("fr_pid")))
+    assert [e["pid"] for e in recorded(front_dir, "start")][1:] == [pid]  # one for discovery, one for serving
+
+    hello = next(t for t in tools.tools if t.name == "fr_hello")
+    assert hello.description == f"Says hello (configured with token {REDACTED})."
+    assert "subscribe" in caps["resources"] and "logging" in caps
+    described = {str(r.uri): r.description for r in resources.resources}
+    assert described["front://secret"] == f"Holds the token {REDACTED}."
+    assert secret.contents[0].text == f"the token is {REDACTED}"
+    assert boom.code == types.INTERNAL_ERROR and boom.message == f"boom while holding token {REDACTED}"
+    assert boom.error.data == {"token": REDACTED}
+    assert [x.name for x in prompts.prompts] == ["fr_greet", "fr_leaky", "fr_broken"]
+    assert leaky.messages[0].content.text == f"Use the token {REDACTED} wisely."
+    assert broken.code == types.INVALID_PARAMS and broken.message == f"broken prompt, token {REDACTED}"
+    assert completed.completion.values == [REDACTED]
+    assert result_text(chatty) == "chatty done"
+    assert [x.data for x in a.logs] == ["chatty: one", "chatty: two", f"chatty: the token is {REDACTED}"]
+    assert [m for _, _, m in a.progress] == [f"step {n} of 3, token {REDACTED}" for n in (1, 2, 3)]
+    assert a.sampled[0].messages[0].content.text == f"Say it back (token {REDACTED})"
+    assert result_text(sampled) == "model said: Paris"
+    assert a.elicited[0].message == f"Your name? (token {REDACTED})"
+    assert (
+        result_text(elicited)
+        == 'user said: action=accept, content={"email": "ann@example.com", "name": "Ann", "username": "ann"}'
+    )
+    assert failed.is_error and "ref: " in result_text(failed)
+
+    received = stdout_copy.read_bytes().decode("utf-8")
+    stderr = stderr_file.read_text()
+    assert REDACTED in received
+    assert "front-upstream: about to fail with token [redacted:token]" in stderr  # the upstream's stderr, redacted
+    for text in (received, stderr, a.everything()):
+        assert_no_leak(text, TOKEN, master_key)
+    assert_no_leak_at_rest(world.settings, TOKEN)
+
+
+# -- 11. two agents on one upstream session ---------------------------------------------------------
+
+
+async def test_what_an_upstream_sends_while_two_agents_calls_are_in_flight_reaches_neither(
+    tmp_path: Path, discovered: Discovered, front_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    world = front_world(tmp_path / "w", discovered, {"fr": (fixture_decl("fr", "fixture", front_dir), "fixture")})
+    world.add_credential("shared", "frtoken", {"token": TOKEN})
+    for group in ("ga", "gb"):  # two groups, one credential: one upstream process serves both
+        world.allow(group, "fr.*")
+        world.bind(group, "fr", "shared")
+    caplog.set_level(logging.INFO, logger="credgate")
+    results: dict[str, types.CallToolResult] = {}
+    try:
+        with anyio.fail_after(60):
+            async with (
+                world.gateway() as gw,
+                gw.running(),
+                agent(gw, "ga", name="alice") as a,
+                agent(gw, "gb", name="bob") as b,
+            ):
+                async with anyio.create_task_group() as tg:
+                    for tag, who in (("A", a), ("B", b)):
+
+                        async def call(tag: str = tag, who: Agent = who) -> None:
+                            results[tag] = await who.call("fr_rendezvous", {"n": 2, "run": "both", "tag": tag})
+
+                        tg.start_soon(call)
+                crossed = (list(a.logs), list(b.logs), list(a.sampled), list(b.sampled))
+                # the same upstream, one agent's call in flight: its line and request are its own
+                solo = await a.call("fr_rendezvous", {"n": 1, "run": "solo", "tag": "A"})
+                pids = {result_text(await a.call("fr_pid")), result_text(await b.call("fr_pid"))}
+    finally:
+        world.close()
+
+    for tag in ("A", "B"):
+        assert results[tag].is_error
+        assert result_text(results[tag]) == (
+            f"{tag}: sampling refused: code={types.INVALID_REQUEST}, "
+            "message=sampling is unavailable: the gateway cannot tell which agent to ask"
+        )
+    assert crossed == ([], [], [], [])
+    assert "logged (warning) outside any one agent's request" in caplog.text  # kept in the gateway's log
+    assert "asked for sampling: refused, several agents' requests are in flight" in caplog.text
+    assert result_text(solo) == "A: model said: Paris"
+    assert [x.data for x in a.logs] == ["A: logged while 1 calls were in flight"]
+    assert b.logs == [] and b.sampled == []
+    assert len(pids) == 1  # the two groups did share one upstream process
+    assert_no_leak(caplog.text + a.everything() + b.everything(), TOKEN)
+
+
+# -- 12. prefix collisions --------------------------------------------------------------------------
+
+
+def test_two_upstreams_with_an_empty_prefix_and_a_common_tool_name_are_a_load_error_naming_the_files(
+    tmp_path: Path, discovered: Discovered, front_dir: Path
+) -> None:
+    world = World.create(
+        tmp_path / "w",
+        {
+            "one": fixture_decl("one", "fixture", front_dir, extra='prefix = ""'),
+            "two": fixture_decl("two", "fixture", front_dir, extra='prefix = ""'),
+        },
+    )
+    for name in ("one", "two"):
+        world.store.save_upstream_tools(name, *discovered["fixture"])
+    try:
+        catalog = load_catalog(world.settings.tools_dirs).with_discovered(world.store.discovered_tools())
+        paths = ["--home", str(world.settings.home), "--tools-dir", str(world.tools_dir)]
+        checked = CliRunner().invoke(cli, [*paths, "tools", "--check"])
+        served = CliRunner().invoke(cli, [*paths, "serve", "--group", "nobody"])
+        with pytest.raises(DeclarationError):
+            Gateway.open(world.settings, catalog)
+    finally:
+        world.close()
+
+    one, two = world.tools_dir / "one.toml", world.tools_dir / "two.toml"
+    clash = [p for p in catalog.problems if "'hello'" in p]
+    assert clash == [f"{two}: upstream tool 'hello': its name 'hello' is taken by {one}"]
+    assert len(catalog.problems) == len(discovered["fixture"][0])  # every tool of the second one clashes
+    assert checked.exit_code == 1
+    assert f"problem: {two}: upstream tool 'hello': its name 'hello' is taken by {one}" in checked.stderr
+    assert served.exit_code == 1 and str(two) in served.output and "Traceback" not in served.output
+    assert recorded(front_dir, "start") == []  # answered from the cache
+
+
+# -- Streamable HTTP upstream ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def http_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The fixture server on Streamable HTTP at 127.0.0.1:PORT/mcp for the whole module; yields its URL."""
+    folder = tmp_path_factory.mktemp("http_upstream")
+    port = closed_port()
+    log = (folder / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, str(FIXTURE), "--http", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "FRONT_DIR": str(folder)},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (folder / "server.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the HTTP fixture did not start listening"
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+async def test_a_streamable_http_upstream_relays_resources_prompts_logs_sampling_and_updates(
+    tmp_path: Path, discovered: Discovered, http_upstream: str
+) -> None:
+    decl = (
+        f'name = "web"\n{FRTOKEN}[handler]\nkind = "mcp"\nurl = "{http_upstream}"\n'
+        'headers = { Authorization = "Bearer {cred.token}" }\ntimeout = 30\n'
+    )
+    world = front_world(tmp_path / "w", discovered, {"web": (decl, "fixture")})
+    world.add_credential("tok", "frtoken", {"token": TOKEN})
+    world.allow("g", "web.*")
+    world.bind("g", "web", "tok")
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running(), agent(gw, "g") as a:
+                resources = await a.ask(a.mcp.list_resources())
+                secret = await a.ask(a.mcp.read_resource("front://secret"))
+                item = await a.ask(a.mcp.read_resource("front://items/5"))
+                greeting = await a.ask(a.mcp.get_prompt("web_greet", {"name": "Ann"}))
+                await a.ask(a.mcp.set_logging_level("debug"))
+                chatty = await a.call("web_chatty")
+                sampled = await a.call("web_ask_llm", {"prompt": "over HTTP?"})
+                await a.ask(a.mcp.subscribe_resource("front://watched-a"))
+                await a.call("web_touch", {"uris": ["front://watched-a"]})
+                await a.wait_until(lambda: a.updated() != [])
+                await a.ask(a.mcp.unsubscribe_resource("front://watched-a"))
+    finally:
+        world.close()
+
+    assert [str(r.uri) for r in resources.resources] == FIXTURE_RESOURCES
+    assert secret.contents[0].text == f"the token is {REDACTED}"  # the bearer token the gateway sent
+    assert item.contents[0].text == "item 5"
+    assert greeting.messages[0].content.text == "Hello, Ann."
+    assert result_text(chatty) == "chatty done"
+    assert [x.data for x in a.logs] == ["chatty: one", "chatty: two", f"chatty: the token is {REDACTED}"]
+    assert [p for p, _, _ in a.progress] == [1, 2, 3]
+    assert result_text(sampled) == "model said: Paris"
+    assert a.sampled[0].messages[0].content.text == f"over HTTP? (token {REDACTED})"
+    assert a.updated() == ["front://watched-a"]
+    assert_no_leak(a.everything(), TOKEN)
