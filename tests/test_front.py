@@ -155,6 +155,33 @@ def front_world(
     return world
 
 
+def fr_world(tmp_path: Path, discovered: Discovered, front_dir: Path, *, extra: str = "") -> World:
+    """The fixture upstream `fr`, allowed as a whole to group `g` with credential `tok` (its TOKEN)."""
+    world = front_world(
+        tmp_path / "w", discovered, {"fr": (fixture_decl("fr", "fixture", front_dir, extra=extra), "fixture")}
+    )
+    world.add_credential("tok", "frtoken", {"token": TOKEN})
+    world.allow("g", "fr.*")
+    world.bind("g", "fr", "tok")
+    return world
+
+
+def prefixed_and_plain_world(tmp_path: Path, discovered: Discovered) -> World:
+    """The conformance fixtures twice: `conf` (prefix: the declaration's name) allowed to group `prefixed`,
+    `bare` (prefix = "") to group `plain`."""
+    world = front_world(
+        tmp_path / "w",
+        discovered,
+        {
+            "conf": (conformance_decl("conf"), "conformance"),
+            "bare": (conformance_decl("bare", extra='prefix = ""'), "conformance"),
+        },
+    )
+    world.allow("prefixed", "conf.*")
+    world.allow("plain", "bare.*")
+    return world
+
+
 @pytest.fixture
 def front_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "front"
@@ -388,16 +415,7 @@ async def test_an_unbound_upstream_answers_with_the_setup_warning_and_reads_are_
 async def test_prompts_are_exported_with_the_prefix_and_kept_unchanged_with_an_empty_one(
     tmp_path: Path, discovered: Discovered
 ) -> None:
-    world = front_world(
-        tmp_path / "w",
-        discovered,
-        {
-            "conf": (conformance_decl("conf"), "conformance"),  # prefix: the declaration's name
-            "bare": (conformance_decl("bare", extra='prefix = ""'), "conformance"),
-        },
-    )
-    world.allow("prefixed", "conf.*")
-    world.allow("plain", "bare.*")
+    world = prefixed_and_plain_world(tmp_path, discovered)
     try:
         with anyio.fail_after(60):
             async with world.gateway() as gw, gw.running(), agent(gw, "prefixed") as p, agent(gw, "plain") as b:
@@ -434,16 +452,7 @@ async def test_prompts_are_exported_with_the_prefix_and_kept_unchanged_with_an_e
 async def test_completion_of_a_prompt_argument_by_its_exported_name_and_of_a_template(
     tmp_path: Path, discovered: Discovered
 ) -> None:
-    world = front_world(
-        tmp_path / "w",
-        discovered,
-        {
-            "conf": (conformance_decl("conf"), "conformance"),
-            "bare": (conformance_decl("bare", extra='prefix = ""'), "conformance"),
-        },
-    )
-    world.allow("prefixed", "conf.*")
-    world.allow("plain", "bare.*")
+    world = prefixed_and_plain_world(tmp_path, discovered)
     try:
         with anyio.fail_after(60):
             async with world.gateway() as gw, gw.running(), agent(gw, "prefixed") as p, agent(gw, "plain") as b:
@@ -561,10 +570,7 @@ async def test_sampling_and_elicitation_requests_of_the_upstream_are_answered_by
 async def test_an_agent_without_sampling_gets_a_clean_refusal_back_to_the_upstream(
     tmp_path: Path, discovered: Discovered, front_dir: Path
 ) -> None:
-    world = front_world(tmp_path / "w", discovered, {"fr": (fixture_decl("fr", "fixture", front_dir), "fixture")})
-    world.add_credential("tok", "frtoken", {"token": TOKEN})
-    world.allow("g", "fr.*")
-    world.bind("g", "fr", "tok")
+    world = fr_world(tmp_path, discovered, front_dir)
     try:
         with anyio.fail_after(60):
             async with world.gateway() as gw, gw.running():
@@ -661,11 +667,7 @@ async def stops_within(pid: int, seconds: float) -> bool:
 async def test_the_subscriptions_of_an_agent_that_went_away_do_not_keep_its_upstream_running(
     tmp_path: Path, discovered: Discovered, front_dir: Path
 ) -> None:
-    decl = fixture_decl("fr", "fixture", front_dir, extra="idle_timeout = 0.5")
-    world = front_world(tmp_path / "w", discovered, {"fr": (decl, "fixture")})
-    world.add_credential("tok", "frtoken", {"token": TOKEN})
-    world.allow("g", "fr.*")
-    world.bind("g", "fr", "tok")
+    world = fr_world(tmp_path, discovered, front_dir, extra="idle_timeout = 0.5")
     try:
         async with world.gateway() as gw, gw.running():
             async with agent(gw, "g") as unsubscribed:
@@ -691,10 +693,7 @@ async def test_the_subscriptions_of_an_agent_that_went_away_do_not_keep_its_upst
 async def test_an_agent_that_cancels_its_call_cancels_the_upstream_request(
     tmp_path: Path, discovered: Discovered, front_dir: Path
 ) -> None:
-    world = front_world(tmp_path / "w", discovered, {"fr": (fixture_decl("fr", "fixture", front_dir), "fixture")})
-    world.add_credential("tok", "frtoken", {"token": TOKEN})
-    world.allow("g", "fr.*")
-    world.bind("g", "fr", "tok")
+    world = fr_world(tmp_path, discovered, front_dir)
     try:
         with anyio.fail_after(60):
             async with world.gateway() as gw, gw.running(), agent(gw, "g") as a:
@@ -717,10 +716,7 @@ async def test_an_agent_that_cancels_its_call_cancels_the_upstream_request(
 async def test_an_upstream_that_withdraws_its_sampling_request_cancels_the_agents_one(
     tmp_path: Path, discovered: Discovered, front_dir: Path
 ) -> None:
-    world = front_world(tmp_path / "w", discovered, {"fr": (fixture_decl("fr", "fixture", front_dir), "fixture")})
-    world.add_credential("tok", "frtoken", {"token": TOKEN})
-    world.allow("g", "fr.*")
-    world.bind("g", "fr", "tok")
+    world = fr_world(tmp_path, discovered, front_dir)
     asked, withdrawn = anyio.Event(), anyio.Event()
 
     async def never_answer(ctx: ClientRequestContext, params: types.CreateMessageRequestParams) -> Any:
