@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import mcp_types as types
@@ -31,7 +31,7 @@ from .declarations import McpHandler
 from .gate import CredentialWarning, Ready
 from .handlers.upstream import Session, UpstreamError, UpstreamPool
 from .redact import Redactor, redactor_for
-from .relay import AgentRequest
+from .relay import AgentRequest, redacted
 
 if TYPE_CHECKING:
     from .server import Caller, Gateway
@@ -42,8 +42,6 @@ RESOURCE_NOT_FOUND = -32002  # the MCP specification's code for an unknown resou
 MAX_PAGES = 100  # an upstream's list, page after page, up to this many pages
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 _T = TypeVar("_T")
-
-FEATURES = ("resources", "prompts", "completions", "logging")
 
 
 @dataclass(frozen=True)
@@ -70,7 +68,7 @@ class Reached:
         head = f"{self.prefix}_"
         return exported[len(head) :] if exported.startswith(head) else None
 
-    @property
+    @cached_property
     def redactor(self) -> Redactor:
         return redactor_for(self.credential)
 
@@ -81,11 +79,6 @@ def _refused(warning: CredentialWarning) -> MCPError:
 
 def _not_found(uri: str) -> MCPError:
     return MCPError(code=RESOURCE_NOT_FOUND, message="Resource not found", data={"uri": uri})
-
-
-def _redacted(redactor: Redactor, model: BaseModel, result_type: type[_ModelT]) -> _ModelT:
-    dumped = model.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return result_type.model_validate(redactor.obj(dumped))
 
 
 async def _send(session: Session, request: types.ClientRequest) -> types.EmptyResult:
@@ -223,7 +216,7 @@ class Front:
             pages = await self._pages(up, ctx, caller, lambda c, s: s.live.list_resources(cursor=c))
             resources = [r for page in pages for r in page.resources]
             self._uris[up.name] = {str(r.uri) for r in resources}
-            return [_redacted(up.redactor, r, types.Resource) for r in resources]
+            return [redacted(up.redactor, r) for r in resources]
 
         found = await self._gather(caller, "resources", list_one)
         return types.ListResourcesResult(resources=[r for listed in found for r in listed])
@@ -237,7 +230,7 @@ class Front:
             pages = await self._pages(up, ctx, caller, lambda c, s: s.live.list_resource_templates(cursor=c))
             templates = [t for page in pages for t in page.resource_templates]
             self._templates[up.name] = {t.uri_template for t in templates}
-            return [_redacted(up.redactor, t, types.ResourceTemplate) for t in templates]
+            return [redacted(up.redactor, t) for t in templates]
 
         found = await self._gather(caller, "resources", list_one)
         return types.ListResourceTemplatesResult(resource_templates=[t for listed in found for t in listed])
@@ -283,7 +276,7 @@ class Front:
         self.require(caller.group, "resources", "resources/read")
         up = await self._owner_of(ctx, caller, uri)
         result = await self._ask(up, lambda s: s.live.read_resource(uri), ctx, caller, "resources/read")
-        return _redacted(up.redactor, result, types.ReadResourceResult)
+        return redacted(up.redactor, result)
 
     async def subscribe(self, ctx: ServerRequestContext[Any], caller: Caller, uri: str) -> types.EmptyResult:
         self.require(caller.group, "resources", "resources/subscribe")
@@ -326,10 +319,7 @@ class Front:
 
         async def list_one(up: Reached) -> list[types.Prompt]:
             prompts = await self._prompts_of(ctx, caller, up)
-            return [
-                _redacted(up.redactor, p, types.Prompt).model_copy(update={"name": up.exported(p.name)})
-                for p in prompts
-            ]
+            return [redacted(up.redactor, p).model_copy(update={"name": up.exported(p.name)}) for p in prompts]
 
         seen: set[str] = set()
         prompts = []
@@ -366,7 +356,7 @@ class Front:
         self.require(caller.group, "prompts", "prompts/get")
         up, remote = await self._prompt_owner(ctx, caller, name)
         result = await self._ask(up, lambda s: s.live.get_prompt(remote, arguments), ctx, caller, "prompts/get")
-        return _redacted(up.redactor, result, types.GetPromptResult)
+        return redacted(up.redactor, result)
 
     # -- completion and logging --------------------------------------------------------------
 
@@ -387,7 +377,7 @@ class Front:
         result = await self._ask(
             up, lambda s: s.live.complete(ref, argument, context), ctx, caller, "completion/complete"
         )
-        return _redacted(up.redactor, result, types.CompleteResult)
+        return redacted(up.redactor, result)
 
     async def set_logging_level(
         self, ctx: ServerRequestContext[Any], caller: Caller, level: types.LoggingLevel

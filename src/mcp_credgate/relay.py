@@ -52,7 +52,8 @@ class AgentRequest:
     settled: anyio.Event = field(default_factory=anyio.Event)
 
 
-def _redacted(redactor: Redactor, model: _ModelT) -> _ModelT:
+def redacted(redactor: Redactor, model: _ModelT) -> _ModelT:
+    """A copy of an MCP message with every secret value of the credential replaced."""
     dumped = model.model_dump(mode="json", by_alias=True, exclude_none=True)
     return type(model).model_validate(redactor.obj(dumped))
 
@@ -129,7 +130,7 @@ class Relay:
             return
         if params.level not in allowed_log_levels(request.ctx.protocol_version, request.ctx.meta):
             return  # a 2026-07-28 agent did not opt in to this level for this request
-        notification = types.LoggingMessageNotification(params=_redacted(self.redactor, params))
+        notification = types.LoggingMessageNotification(params=redacted(self.redactor, params))
         await self._forward(
             request, lambda: request.ctx.session.send_notification(notification, request.ctx.request_id)
         )
@@ -140,14 +141,14 @@ class Relay:
         result_type: type[types.CreateMessageResult | types.CreateMessageResultWithTools] = (
             types.CreateMessageResultWithTools if params.tools else types.CreateMessageResult
         )
-        request = types.CreateMessageRequest(params=_redacted(self.redactor, params))
+        request = types.CreateMessageRequest(params=redacted(self.redactor, params))
         wanted = types.ClientCapabilities(sampling=types.SamplingCapability())
         return await self._ask("sampling", request, result_type, wanted)
 
     async def on_elicitation(
         self, context: ClientRequestContext, params: types.ElicitRequestParams
     ) -> types.ElicitResult | types.ErrorData:
-        request = types.ElicitRequest(params=_redacted(self.redactor, params))
+        request = types.ElicitRequest(params=redacted(self.redactor, params))
         wanted = types.ClientCapabilities(elicitation=types.ElicitationCapability())
         return await self._ask("elicitation", request, types.ElicitResult, wanted)
 
