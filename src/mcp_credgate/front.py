@@ -31,7 +31,7 @@ from .declarations import McpHandler
 from .gate import CredentialWarning, Ready
 from .handlers.upstream import Session, UpstreamError, UpstreamPool
 from .redact import Redactor, redactor_for
-from .relay import AgentRequest, redacted
+from .relay import redacted
 
 if TYPE_CHECKING:
     from .server import Caller, Gateway
@@ -126,25 +126,25 @@ class Front:
                     resources["subscribe"] = True
         return types.ServerCapabilities.model_validate(caps)
 
-    def offers(self, group: str, feature: str) -> bool:
-        dumped = self.capabilities(group).model_dump(exclude_none=True)
-        return feature in dumped
-
-    def require(self, group: str, feature: str, method: str) -> None:
-        """A method the group was not offered is unknown to it, as it would be on a server without it."""
-        if not self.offers(group, feature):
-            raise MCPError(code=types.METHOD_NOT_FOUND, message=f"Method not found: {method}")
-
-    async def reached(self, group: str, feature: str, warnings: list[CredentialWarning] | None = None) -> list[Reached]:
-        """The group's upstreams that announced `feature`, each with the group's credential. One whose
-        credential is missing or unusable is left out (logged, and its setup warning added to `warnings`):
-        a list leaves its items out, a request that only it could answer gets the warning."""
+    def _announcing(self, group: str, feature: str, method: str | None) -> dict[str, Mapping[str, Any]]:
+        """The group's upstreams that announced `feature`, with what they announced. When none did, `method`
+        is unknown to the group, as it would be on a server without the feature: Method not found."""
         announced = self.gateway.store.upstream_capabilities()
+        allowed = self.gateway.gate.allowed_upstreams(group)
+        found: dict[str, Mapping[str, Any]] = {n: announced[n] for n in allowed if feature in announced.get(n, {})}
+        if not found and method is not None:
+            raise MCPError(code=types.METHOD_NOT_FOUND, message=f"Method not found: {method}")
+        return found
+
+    async def reached(
+        self, group: str, feature: str, method: str | None, warnings: list[CredentialWarning] | None = None
+    ) -> list[Reached]:
+        """The group's upstreams that announced `feature` (none: `method` is not found), each with the group's
+        credential. One whose credential is missing or unusable is left out (logged, and its setup warning
+        added to `warnings`): a list leaves its items out, a request that only it could answer gets the warning."""
         out = []
-        for name in self.gateway.gate.allowed_upstreams(group):
-            if feature not in announced.get(name, {}):
-                continue
-            found = await self._reach(group, name, announced.get(name, {}))
+        for name, capabilities in self._announcing(group, feature, method).items():
+            found = await self._reach(group, name, capabilities)
             if isinstance(found, CredentialWarning):
                 logger.info("upstream %s left out for group %s: %s", name, group, found.warning)
                 if warnings is not None:
@@ -180,10 +180,9 @@ class Front:
         """One request to an upstream on behalf of the agent; its errors reach the agent redacted. A request
         that reads content with the credential (`audited`: its method) leaves an audit row, as a tool call does:
         `UPSTREAM:METHOD` in the tool column."""
-        agent = AgentRequest(ctx, (caller.group, caller.agent)) if ctx is not None else None
         started, outcome = time.perf_counter(), "error"
         try:
-            result = await self.pool.request(up.name, up.handler, up.handler_view, send, agent)
+            result = await self.pool.request(up.name, up.handler, up.handler_view, send, caller.relayed(ctx))
             outcome = "ok"
             return result
         except UpstreamError as exc:
@@ -197,10 +196,12 @@ class Front:
                 label = f"{up.name}:{audited}"
                 self.gateway.audit.record(caller.group, caller.agent, label, up.credential_name, outcome, started)
 
-    async def _gather(self, caller: Caller, feature: str, list_one: Callable[[Reached], Awaitable[_T]]) -> list[_T]:
+    async def _gather(
+        self, caller: Caller, feature: str, method: str, list_one: Callable[[Reached], Awaitable[_T]]
+    ) -> list[_T]:
         """Each reached upstream's answer; one that fails is logged and left out, the others still answer."""
         out = []
-        for up in await self.reached(caller.group, feature):
+        for up in await self.reached(caller.group, feature, method):
             try:
                 out.append(await list_one(up))
             except (MCPError, UpstreamError) as exc:
@@ -210,7 +211,6 @@ class Front:
     # -- resources ---------------------------------------------------------------------------
 
     async def list_resources(self, ctx: ServerRequestContext[Any], caller: Caller) -> types.ListResourcesResult:
-        self.require(caller.group, "resources", "resources/list")
 
         async def list_one(up: Reached) -> list[types.Resource]:
             pages = await self._pages(up, ctx, caller, lambda c, s: s.live.list_resources(cursor=c))
@@ -218,13 +218,12 @@ class Front:
             self._uris[up.name] = {str(r.uri) for r in resources}
             return [redacted(up.redactor, r) for r in resources]
 
-        found = await self._gather(caller, "resources", list_one)
+        found = await self._gather(caller, "resources", "resources/list", list_one)
         return types.ListResourcesResult(resources=[r for listed in found for r in listed])
 
     async def list_resource_templates(
         self, ctx: ServerRequestContext[Any], caller: Caller
     ) -> types.ListResourceTemplatesResult:
-        self.require(caller.group, "resources", "resources/templates/list")
 
         async def list_one(up: Reached) -> list[types.ResourceTemplate]:
             pages = await self._pages(up, ctx, caller, lambda c, s: s.live.list_resource_templates(cursor=c))
@@ -232,7 +231,7 @@ class Front:
             self._templates[up.name] = {t.uri_template for t in templates}
             return [redacted(up.redactor, t) for t in templates]
 
-        found = await self._gather(caller, "resources", list_one)
+        found = await self._gather(caller, "resources", "resources/templates/list", list_one)
         return types.ListResourceTemplatesResult(resource_templates=[t for listed in found for t in listed])
 
     async def _pages(
@@ -253,11 +252,11 @@ class Front:
                 break
         return pages
 
-    async def _owner_of(self, ctx: ServerRequestContext[Any], caller: Caller, uri: str) -> Reached:
+    async def _owner_of(self, ctx: ServerRequestContext[Any], caller: Caller, uri: str, method: str | None) -> Reached:
         """The upstream a resource URI belongs to: the only one, the one that listed it, or the one with a
         template that matches it (the lists are asked for again when they are not known yet)."""
         warnings: list[CredentialWarning] = []
-        candidates = await self.reached(caller.group, "resources", warnings)
+        candidates = await self.reached(caller.group, "resources", method, warnings)
         if len(candidates) == 1 and not warnings:
             return candidates[0]
         for refresh in (False, True):
@@ -273,14 +272,12 @@ class Front:
         raise _refused(warnings[0]) if warnings else _not_found(uri)
 
     async def read_resource(self, ctx: ServerRequestContext[Any], caller: Caller, uri: str) -> types.ReadResourceResult:
-        self.require(caller.group, "resources", "resources/read")
-        up = await self._owner_of(ctx, caller, uri)
+        up = await self._owner_of(ctx, caller, uri, "resources/read")
         result = await self._ask(up, lambda s: s.live.read_resource(uri), ctx, caller, "resources/read")
         return redacted(up.redactor, result)
 
     async def subscribe(self, ctx: ServerRequestContext[Any], caller: Caller, uri: str) -> types.EmptyResult:
-        self.require(caller.group, "resources", "resources/subscribe")
-        up = await self._owner_of(ctx, caller, uri)
+        up = await self._owner_of(ctx, caller, uri, "resources/subscribe")
         if not (
             isinstance(up.capabilities.get("resources"), Mapping) and up.capabilities["resources"].get("subscribe")
         ):
@@ -298,8 +295,7 @@ class Front:
         return types.EmptyResult()
 
     async def unsubscribe(self, ctx: ServerRequestContext[Any], caller: Caller, uri: str) -> types.EmptyResult:
-        self.require(caller.group, "resources", "resources/unsubscribe")
-        up = await self._owner_of(ctx, caller, uri)
+        up = await self._owner_of(ctx, caller, uri, "resources/unsubscribe")
 
         async def send(session: Session) -> None:
             if session.relay.unsubscribe(uri, ctx):
@@ -315,7 +311,6 @@ class Front:
         return [p for page in pages for p in page.prompts]
 
     async def list_prompts(self, ctx: ServerRequestContext[Any], caller: Caller) -> types.ListPromptsResult:
-        self.require(caller.group, "prompts", "prompts/list")
 
         async def list_one(up: Reached) -> list[types.Prompt]:
             prompts = await self._prompts_of(ctx, caller, up)
@@ -323,7 +318,7 @@ class Front:
 
         seen: set[str] = set()
         prompts = []
-        for listed in await self._gather(caller, "prompts", list_one):
+        for listed in await self._gather(caller, "prompts", "prompts/list", list_one):
             for prompt in listed:
                 if prompt.name in seen:
                     logger.warning("prompt %s is offered by two upstreams: the first is kept", prompt.name)
@@ -332,11 +327,13 @@ class Front:
                 prompts.append(prompt)
         return types.ListPromptsResult(prompts=prompts)
 
-    async def _prompt_owner(self, ctx: ServerRequestContext[Any], caller: Caller, name: str) -> tuple[Reached, str]:
+    async def _prompt_owner(
+        self, ctx: ServerRequestContext[Any], caller: Caller, name: str, method: str | None
+    ) -> tuple[Reached, str]:
         """The upstream of an exported prompt name and its name there: by prefix, and by the upstreams'
         lists when more than one prefix fits (an upstream with no prefix fits every name)."""
         warnings: list[CredentialWarning] = []
-        reached = await self.reached(caller.group, "prompts", warnings)
+        reached = await self.reached(caller.group, "prompts", method, warnings)
         fits = [(up, remote) for up in reached if (remote := up.remote(name))]
         if len(fits) > 1:
             for up, remote in fits:
@@ -353,8 +350,7 @@ class Front:
     async def get_prompt(
         self, ctx: ServerRequestContext[Any], caller: Caller, name: str, arguments: dict[str, str] | None
     ) -> types.GetPromptResult:
-        self.require(caller.group, "prompts", "prompts/get")
-        up, remote = await self._prompt_owner(ctx, caller, name)
+        up, remote = await self._prompt_owner(ctx, caller, name, "prompts/get")
         result = await self._ask(up, lambda s: s.live.get_prompt(remote, arguments), ctx, caller, "prompts/get")
         return redacted(up.redactor, result)
 
@@ -363,13 +359,13 @@ class Front:
     async def complete(
         self, ctx: ServerRequestContext[Any], caller: Caller, params: types.CompleteRequestParams
     ) -> types.CompleteResult:
-        self.require(caller.group, "completions", "completion/complete")
+        self._announcing(caller.group, "completions", "completion/complete")
         ref = params.ref
         if isinstance(ref, types.PromptReference):
-            up, remote = await self._prompt_owner(ctx, caller, ref.name)
+            up, remote = await self._prompt_owner(ctx, caller, ref.name, None)
             ref = ref.model_copy(update={"name": remote})
         else:
-            up = await self._owner_of(ctx, caller, ref.uri)
+            up = await self._owner_of(ctx, caller, ref.uri, None)
         if "completions" not in up.capabilities:
             return types.CompleteResult(completion=types.Completion(values=[]))
         argument = {"name": params.argument.name, "value": params.argument.value}
@@ -384,10 +380,10 @@ class Front:
     ) -> types.EmptyResult:
         """Passed on to each of the group's upstreams that logs (an upstream process is shared by the groups
         bound to the same credential: the last level set is theirs)."""
-        self.require(caller.group, "logging", "logging/setLevel")
         await self._gather(
             caller,
             "logging",
+            "logging/setLevel",
             lambda up: self._ask(
                 up,
                 lambda s: _send(s, types.SetLevelRequest(params=types.SetLevelRequestParams(level=level))),

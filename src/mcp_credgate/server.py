@@ -51,6 +51,10 @@ class Caller:
     group: str
     agent: str | None = None
 
+    def relayed(self, ctx: ServerRequestContext[Any] | None) -> AgentRequest | None:
+        """The caller's MCP request as the relay to an upstream knows it (none outside a request)."""
+        return AgentRequest(ctx, (self.group, self.agent)) if ctx is not None else None
+
 
 class Gateway:
     """App-lifetime parts: declarations, store, gate, HTTP client and audit writer."""
@@ -135,8 +139,7 @@ class Gateway:
         ref = secrets.token_hex(4)
         token = request_id.set(ref)
         try:
-            agent = AgentRequest(ctx, (caller.group, caller.agent)) if ctx is not None else None
-            return await self._call(caller, name, arguments, ref, agent)
+            return await self._call(caller, name, arguments, ref, caller.relayed(ctx))
         finally:
             request_id.reset(token)
 

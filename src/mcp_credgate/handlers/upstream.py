@@ -145,6 +145,11 @@ class Session:
         return self.client
 
 
+def _announced(client: Client) -> dict[str, Any]:
+    """The capabilities an upstream announced at its handshake, as JSON."""
+    return client.server_capabilities.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 def _error_result(text: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
 
@@ -232,8 +237,8 @@ class UpstreamPool:
         session = await self.session(name, handler, credential)
         with anyio.fail_after(handler.start_timeout):
             listed = await session.live.list_tools()
-        capabilities = session.live.server_capabilities.model_dump(mode="json", by_alias=True, exclude_none=True)
-        return [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in listed.tools], capabilities
+        tools = [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in listed.tools]
+        return tools, _announced(session.live)
 
     async def session(self, name: str, handler: McpHandler, credential: Credential) -> Session:
         """The running upstream for this credential, started (or restarted after a change) when needed."""
@@ -283,7 +288,7 @@ class UpstreamPool:
         if self._on_start is None:
             return
         try:
-            self._on_start(name, client.server_capabilities.model_dump(mode="json", by_alias=True, exclude_none=True))
+            self._on_start(name, _announced(client))
         except Exception as exc:  # the upstream serves on; what it offers is refreshed at its next start
             logger.warning("upstream %s: its capabilities were not recorded (%s)", name, type(exc).__name__)
 
