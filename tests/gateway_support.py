@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, quote, quote_plus, unquote, unquote_plus, ur
 
 import mcp_types as types
 import pytest
-from mcp import Client
+from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
 from postgres_support import POSTGRES_URL, database_url_for, drop_schema
 from raw_db import raw_db
@@ -408,6 +408,18 @@ def python_tool(name: str, entrypoint: str, *, credential: str | None = None, ex
 # -- a credgate installation ---------------------------------------------------------------------
 
 
+def teed_serve(world: World, stdout_copy: Path, env: Mapping[str, str], *options: str) -> StdioServerParameters:
+    """`credgate serve OPTIONS` on the world, as a stdio server for a client: its stdout also goes to
+    `stdout_copy` (every byte the client received, for the leak scans); it runs in stdout_copy's folder."""
+    tee = Path(__file__).resolve().parent / "stdout_tee.py"
+    return StdioServerParameters(
+        command=sys.executable,
+        args=[str(tee), str(stdout_copy), sys.executable, "-m", "mcp_credgate", "serve", *options, *world.cli_paths],
+        env={"PYTHONUNBUFFERED": "1", **env},
+        cwd=stdout_copy.parent,
+    )
+
+
 @dataclass
 class World:
     """A data folder, its tools.d and an admin's own store connection (as the CLI would have)."""
@@ -439,6 +451,11 @@ class World:
         assert not catalog.problems, catalog.problems
         store, _ = Store.initialise(settings, env={})
         return cls(settings, catalog, store)
+
+    @property
+    def cli_paths(self) -> list[str]:
+        """The options that point a `credgate` command at this world's data folder and tools.d."""
+        return ["--home", str(self.settings.home), "--tools-dir", str(self.tools_dir)]
 
     @property
     def tools_dir(self) -> Path:

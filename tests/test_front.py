@@ -39,8 +39,9 @@ from gateway_support import (
     python_tool,
     result_text,
     store_env,
+    teed_serve,
 )
-from mcp import Client, StdioServerParameters
+from mcp import Client
 from mcp.client.context import ClientRequestContext
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
@@ -933,7 +934,7 @@ async def test_credgate_serve_redacts_the_token_in_everything_an_upstream_sends(
     world = World.create(tmp_path / "w", {"fr": fixture_decl("fr", "fixture", front_dir)})
     world.add_credential("tok", "frtoken", {"token": TOKEN})
     master_key = world.settings.key_path.read_text().strip()
-    paths = ["--home", str(world.settings.home), "--tools-dir", str(world.tools_dir)]
+    paths = world.cli_paths
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}
     secrets_env = {"CREDGATE_MASTER_KEY": master_key, **store_env(world.settings)}
     discovery = subprocess.run(  # the real discovery, with the credential: it caches tools and capabilities
@@ -951,24 +952,7 @@ async def test_credgate_serve_redacts_the_token_in_everything_an_upstream_sends(
     world.close()
 
     stdout_copy, stderr_file = tmp_path / "stdout.bin", tmp_path / "stderr.txt"
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=[
-            str(TESTS_DIR / "stdout_tee.py"),
-            str(stdout_copy),
-            sys.executable,
-            "-m",
-            "mcp_credgate",
-            "serve",
-            "--group",
-            "desk",
-            "--log-level",
-            "debug",
-            *paths,
-        ],
-        env={"PYTHONUNBUFFERED": "1", **secrets_env},
-        cwd=tmp_path,
-    )
+    params = teed_serve(world, stdout_copy, secrets_env, "--group", "desk", "--log-level", "debug")
     with stderr_file.open("w") as errlog, anyio.fail_after(60):
         async with agent_client(stdio_client(params, errlog=errlog)) as a:
             caps = capabilities(a)
@@ -1089,7 +1073,7 @@ def test_two_upstreams_with_an_empty_prefix_and_a_common_tool_name_are_a_load_er
         world.store.save_upstream_tools(name, *discovered["fixture"])
     try:
         catalog = load_catalog(world.settings.tools_dirs).with_discovered(world.store.discovered_tools())
-        paths = ["--home", str(world.settings.home), "--tools-dir", str(world.tools_dir)]
+        paths = world.cli_paths
         checked = CliRunner().invoke(cli, [*paths, "tools", "--check"])
         served = CliRunner().invoke(cli, [*paths, "serve", "--group", "nobody"])
         with pytest.raises(DeclarationError):

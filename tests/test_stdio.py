@@ -27,6 +27,7 @@ from gateway_support import (
     python_tool,
     result_text,
     store_env,
+    teed_serve,
 )
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
@@ -67,21 +68,14 @@ def world(tmp_path: Path, upstream: Upstream) -> Iterator[World]:
 
 
 def serve_args(world: World, *extra: str) -> list[str]:
-    return ["-m", "mcp_credgate", "serve", *extra, "--home", str(world.settings.home),
-            "--tools-dir", str(world.tools_dir)]
+    return ["-m", "mcp_credgate", "serve", *extra, *world.cli_paths]
 
 
 async def test_serve_over_stdio_runs_the_groups_tools_without_leaking(
     world: World, upstream: Upstream, tmp_path: Path
 ) -> None:
     stdout_copy, stderr_file = tmp_path / "stdout.bin", tmp_path / "stderr.txt"
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=[str(TESTS_DIR / "stdout_tee.py"), str(stdout_copy),
-              sys.executable, *serve_args(world, "--group", "desk")],
-        env={"PYTHONUNBUFFERED": "1", **store_env(world.settings)},
-        cwd=tmp_path,
-    )
+    params = teed_serve(world, stdout_copy, store_env(world.settings), "--group", "desk")
     transcript = Transcript()
     with stderr_file.open("w") as errlog, anyio.fail_after(30):
         async with Client(stdio_client(params, errlog=errlog)) as client:

@@ -37,8 +37,9 @@ from gateway_support import (
     make_canary,
     result_text,
     store_env,
+    teed_serve,
 )
-from mcp import Client, StdioServerParameters
+from mcp import Client
 from mcp.client.stdio import stdio_client
 
 from mcp_credgate.cli import cli
@@ -594,7 +595,7 @@ async def test_two_groups_reach_a_streamable_http_upstream_with_their_own_token(
     world = World.create(tmp_path / "w", {"fix": url_decl(http_fixture)})
     world.add_credential("tok-a", "fixtoken", {"token": TOKEN_A})
     world.add_credential("tok-b", "fixtoken", {"token": TOKEN_B})
-    paths = ["--home", str(world.settings.home), "--tools-dir", str(world.tools_dir)]
+    paths = world.cli_paths
     with anyio.fail_after(30):  # discovery over HTTP by the real command, with a credential to send
         discovery = await anyio.to_thread.run_sync(
             lambda: CliRunner().invoke(cli, [*paths, "tools", "--json", "--discover-with", "tok-a"])
@@ -638,7 +639,7 @@ async def test_credgate_serve_fronts_a_stdio_upstream_without_leaking(tmp_path: 
     world = World.create(tmp_path / "w", {"fix": stdio_decl(wrapper)})
     world.add_credential("tok-a", "fixtoken", {"token": TOKEN_A})
     master_key = world.settings.key_path.read_text().strip()
-    paths = ["--home", str(world.settings.home), "--tools-dir", str(world.tools_dir)]
+    paths = world.cli_paths
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}
     # the gateway's own secrets (on PostgreSQL, the database URL too), never an upstream's
     secrets_env = {
@@ -661,22 +662,7 @@ async def test_credgate_serve_fronts_a_stdio_upstream_without_leaking(tmp_path: 
     world.close()
 
     stdout_copy, stderr_file = tmp_path / "stdout.bin", tmp_path / "stderr.txt"
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=[
-            str(TESTS_DIR / "stdout_tee.py"),
-            str(stdout_copy),
-            sys.executable,
-            "-m",
-            "mcp_credgate",
-            "serve",
-            "--group",
-            "desk",
-            *paths,
-        ],
-        env={"PYTHONUNBUFFERED": "1", **secrets_env},
-        cwd=tmp_path,
-    )
+    params = teed_serve(world, stdout_copy, secrets_env, "--group", "desk")
     transcript = Transcript()
     with stderr_file.open("w") as errlog, anyio.fail_after(40):
         async with Client(stdio_client(params, errlog=errlog)) as client:
