@@ -14,9 +14,11 @@ import os
 import re
 import secrets
 import socket
+import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -403,6 +405,33 @@ def python_tool(name: str, entrypoint: str, *, credential: str | None = None, ex
         f'[input_schema]\ntype = "object"\n{properties}\n{cred}'
         f'[handler]\nkind = "python"\nentrypoint = "{entrypoint}"\n{extra}\n'
     )
+
+
+@contextmanager
+def listening_process(
+    args: Sequence[str], port: int, log: Path, *, env: Mapping[str, str] | None = None, start_timeout: float = 30.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process (its output in `log`), once it listens on 127.0.0.1:`port`; stopped at the end."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"{args[1:2]} did not start listening"
+                time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # -- a credgate installation ---------------------------------------------------------------------

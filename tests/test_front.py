@@ -16,7 +16,6 @@ import base64
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from gateway_support import (
     assert_no_leak,
     assert_no_leak_at_rest,
     closed_port,
+    listening_process,
     make_canary,
     python_tool,
     result_text,
@@ -1099,33 +1099,9 @@ def http_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The fixture server on Streamable HTTP at 127.0.0.1:PORT/mcp for the whole module; yields its URL."""
     folder = tmp_path_factory.mktemp("http_upstream")
     port = closed_port()
-    log = (folder / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, str(FIXTURE), "--http", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "FRONT_DIR": str(folder)},
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, (folder / "server.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the HTTP fixture did not start listening"
-                time.sleep(0.05)
+    args = [sys.executable, str(FIXTURE), "--http", str(port)]
+    with listening_process(args, port, folder / "server.log", env={**os.environ, "FRONT_DIR": str(folder)}):
         yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 async def test_a_streamable_http_upstream_relays_resources_prompts_logs_sampling_and_updates(

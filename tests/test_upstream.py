@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from gateway_support import (
     assert_no_leak_at_rest,
     closed_port,
     connect,
+    listening_process,
     load_json,
     make_canary,
     result_text,
@@ -560,32 +560,9 @@ async def test_a_missing_binding_warns_without_starting_and_other_tools_are_unkn
 def http_fixture(tmp_path: Path) -> Iterator[str]:
     """The fixture server on Streamable HTTP at 127.0.0.1:PORT/mcp; yields its URL."""
     port = closed_port()
-    log = (tmp_path / "http_fixture.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, str(FIXTURE), "http", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, (tmp_path / "http_fixture.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the HTTP fixture did not start listening"
-                time.sleep(0.05)
+    args = [sys.executable, str(FIXTURE), "http", str(port)]
+    with listening_process(args, port, tmp_path / "http_fixture.log", start_timeout=20):
         yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.mark.anyio
