@@ -9,6 +9,7 @@ import hashlib
 import os
 import sqlite3
 import stat
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -797,3 +798,104 @@ def test_an_init_that_dies_half_way_leaves_no_store_and_the_next_init_succeeds(
         assert created
         assert store.list_credentials() == []
     assert sorted(p.name for p in settings.home.iterdir()) == data_folder_files(settings)
+
+
+# -- seeing other connections' commits ----------------------------------------------------------------------------
+
+
+def _two_connections(tmp_path: Path) -> tuple[sqlite_backend.SqliteDatabase, sqlite_backend.SqliteDatabase]:
+    path = tmp_path / "changes.db"
+    writer = sqlite_backend.SqliteDatabase(path)
+    writer.execute("PRAGMA journal_mode = WAL")
+    writer.execute("CREATE TABLE t (n INTEGER)")
+    return sqlite_backend.SqliteDatabase(path), writer
+
+
+@pytest.mark.sqlite_only
+def test_every_commit_of_another_connection_moves_the_change_marker_and_nothing_else_does(tmp_path: Path) -> None:
+    reader, writer = _two_connections(tmp_path)
+    seen = reader.change_marker()
+    for i in range(300):
+        writer.execute("INSERT INTO t VALUES (?)", (i,))
+        if i % 50 == 49:
+            writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL starts over: the next commit must show too
+        now = reader.change_marker()
+        assert now != seen, i
+        assert reader.change_marker() == now
+        seen = now
+    reader.close()
+    writer.close()
+
+
+@pytest.mark.sqlite_only
+def test_while_nothing_is_committed_the_change_marker_asks_sqlite_no_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reader, writer = _two_connections(tmp_path)
+    reader.change_marker()
+    statements: list[str] = []
+    real_execute = reader.execute
+    monkeypatch.setattr(reader, "execute", lambda sql, params=(): statements.append(sql) or real_execute(sql, params))
+
+    for _ in range(100):
+        reader.change_marker()
+    quiet = list(statements)
+    writer.execute("INSERT INTO t VALUES (1)")
+    reader.change_marker()
+
+    assert quiet == []  # the wal-index header said "unchanged" every time
+    assert statements == ["PRAGMA data_version"]  # a commit: SQLite itself is asked
+    reader.close()
+    writer.close()
+
+
+def _header(version: int = 3007000, is_init: int = 1, change: int = 7) -> bytes:
+    half = bytearray(48)
+    half[0:4] = version.to_bytes(4, sys.byteorder)
+    half[8:12] = change.to_bytes(4, sys.byteorder)
+    half[12] = is_init
+    return bytes(half)
+
+
+@pytest.mark.no_store
+@pytest.mark.parametrize(
+    ("content", "trusted"),
+    [
+        (_header() * 2, True),
+        (_header() + _header(change=8), False),  # a writer between the two copies
+        (_header(is_init=0) * 2, False),  # not set up yet
+        (_header(version=3007001) * 2, False),  # a format this code does not know
+        (_header()[:40], False),  # too short
+        (None, False),  # no -shm file: not in WAL mode
+    ],
+)
+def test_the_wal_index_watch_trusts_only_a_whole_known_header(
+    tmp_path: Path, content: bytes | None, trusted: bool
+) -> None:
+    shm = tmp_path / "x.db-shm"
+    if content is not None:
+        shm.write_bytes(content + bytes(1000))
+    watch = sqlite_backend.WalIndexWatch(shm)
+
+    header = watch.header()
+    watch.settle(header)
+
+    assert (header is not None) is trusted
+    assert watch.unchanged(watch.header()) is trusted  # an untrusted header is never "unchanged"
+    watch.close()
+
+
+@pytest.mark.no_store
+def test_the_wal_index_watch_sends_the_caller_to_sqlite_once_its_recheck_time_is_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shm = tmp_path / "x.db-shm"
+    shm.write_bytes(_header() * 2)
+    watch = sqlite_backend.WalIndexWatch(shm)
+    watch.settle(watch.header())
+    assert watch.unchanged(watch.header())
+
+    monkeypatch.setattr(sqlite_backend.time, "monotonic", lambda: 1e12)
+
+    assert not watch.unchanged(watch.header())
+    watch.close()

@@ -1,7 +1,8 @@
 """The embedded backend: one SQLite file in the data folder (WAL, mode 0600).
 
-Writers serialise on `BEGIN IMMEDIATE`; `PRAGMA data_version` tells a connection that another one committed;
-the per-credential lock is a POSIX `flock` on one of a fixed set of files under `<home>/locks`.
+Writers serialise on `BEGIN IMMEDIATE`; `PRAGMA data_version` tells a connection that another one committed
+(`WalIndexWatch` spares most calls that query); the per-credential lock is a POSIX `flock` on one of a fixed set
+of files under `<home>/locks`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -76,12 +79,64 @@ def _mapped_errors(where: str) -> Iterator[None]:
         raise StoreError(f"{where}: {exc}") from None
 
 
+class WalIndexWatch:
+    """Tells, without a query, that no connection has committed since SQLite was last asked.
+
+    Every commit in WAL mode rewrites the wal-index header: the first 96 bytes (two copies of one 48-byte
+    header) of the `-shm` file that SQLite's unix VFS maps as shared memory (https://www.sqlite.org/walformat.html).
+    Reading them is one `pread`; `PRAGMA data_version` costs a statement and two lock calls, several times more
+    on a call's path. The watch only ever answers "unchanged": anything else it sees (a new header, two copies
+    that differ while a writer is at work, no `-shm` file, an unknown format) or RECHECK_SECONDS gone by sends
+    the caller to `PRAGMA data_version`."""
+
+    HEADER_BYTES = 96
+    RECHECK_SECONDS = 1.0
+    _VERSION = (3007000).to_bytes(4, sys.byteorder)  # the header's first field, iVersion
+
+    def __init__(self, shm_path: Path) -> None:
+        self._path = shm_path
+        self._fd: int | None = None
+        self._seen: bytes | None = None
+        self._until = 0.0
+
+    def header(self) -> bytes | None:
+        """The current header, or None when it cannot be trusted."""
+        if self._fd is None:
+            try:
+                self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+        try:
+            data = os.pread(self._fd, self.HEADER_BYTES, 0)
+        except OSError:
+            return None
+        half = self.HEADER_BYTES // 2
+        if len(data) < self.HEADER_BYTES or data[:half] != data[half:] or data[:4] != self._VERSION or not data[12]:
+            return None  # being rewritten (the copies differ), not set up yet (isInit, byte 12, is 0), or unknown
+        return data
+
+    def unchanged(self, header: bytes | None) -> bool:
+        return header is not None and header == self._seen and time.monotonic() < self._until
+
+    def settle(self, header: bytes | None) -> None:
+        """SQLite was asked just now: `header`, read before asking, is the one to compare with from now on."""
+        self._seen = header
+        self._until = time.monotonic() + self.RECHECK_SECONDS
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class SqliteDatabase(Database):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.where = str(path)
         with _mapped_errors(self.where):
             self.conn = connect(path)
+        self._wal_index = WalIndexWatch(path.with_name(path.name + "-shm"))
+        self._marker = 0
 
     def execute(self, sql: str, params: Params = ()) -> Cursor:
         with _mapped_errors(self.where):
@@ -111,7 +166,11 @@ class SqliteDatabase(Database):
             raise
 
     def change_marker(self) -> int:
-        return int(self.execute("PRAGMA data_version").fetchone()[0])
+        header = self._wal_index.header()
+        if not self._wal_index.unchanged(header):
+            self._marker = int(self.execute("PRAGMA data_version").fetchone()[0])
+            self._wal_index.settle(header)
+        return self._marker
 
     def note_change(self) -> None:
         """`PRAGMA data_version` moves with any commit of another connection: nothing to do."""
@@ -165,6 +224,7 @@ class SqliteDatabase(Database):
             scratch.unlink(missing_ok=True)
 
     def close(self) -> None:
+        self._wal_index.close()
         self.conn.close()
 
 
