@@ -63,10 +63,11 @@ class GroupInfo:
     upstreams: Mapping[str, str] = field(default_factory=dict)  # upstream MCP server → bound credential
 
 
-@dataclass
+@dataclass(eq=False)
 class SealedCredential:
     """A credential's row and value ciphertexts, read but not decrypted. While the binding cache keeps it,
-    it keeps its unwrapped data key too (key material, not a value: values are decrypted per call)."""
+    it keeps its unwrapped data key too (key material, not a value: values are decrypted per call). A new
+    one is read after any change to the store: its identity stands for the stored values it holds."""
 
     row: Row
     values: tuple[Row, ...]
