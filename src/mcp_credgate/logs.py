@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
 request_id: ContextVar[str | None] = ContextVar("credgate_request_id", default=None)
+
+
+def new_ref() -> str:
+    """A call's id: 8 hex digits. It names a call, guards nothing (the agent sees it), so it comes from
+    `random`, not from the system's entropy: one system call less on every call."""
+    return f"{random.getrandbits(32):08x}"
 
 
 class _RequestIdFilter(logging.Filter):

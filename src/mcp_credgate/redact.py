@@ -70,9 +70,10 @@ class Redactor:
 
     def __init__(self, secrets: Mapping[str, str], extra: Iterable[tuple[str, str]] = ()) -> None:
         self._sources = [(name, value) for name, value in (*secrets.items(), *extra) if value]
-        # No form of a value is shorter than the value itself or 8 characters (see encoded_forms), so a
-        # shorter text cannot hold one and needs no work; the forms are computed on first need.
-        self._shortest = min((min(len(v), 8) for _, v in self._sources), default=0)
+        # No form of a value is shorter than the value itself (escapes only lengthen it; base64 and hex take
+        # more characters than bytes), so a text shorter than every value cannot hold one and needs no work;
+        # the forms are computed on first need.
+        self._shortest = min((len(v) for _, v in self._sources), default=0)
         self._replacements: list[tuple[str, str]] | None = None
 
     def _forms(self) -> list[tuple[str, str]]:

@@ -8,7 +8,6 @@ credential in use; no exception escapes `on_call_tool` (the SDK would echo its t
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -35,7 +34,7 @@ from .handlers import ToolOutput
 from .handlers.http import make_client, run_http
 from .handlers.python import run_python
 from .handlers.upstream import UpstreamError, UpstreamPool, upstream_pool
-from .logs import request_id
+from .logs import new_ref, request_id
 from .redact import Redactor, redactor_for
 from .relay import AgentRequest
 from .store import Store
@@ -136,7 +135,7 @@ class Gateway:
         ctx: ServerRequestContext[Any] | None = None,
     ) -> types.CallToolResult:
         """Call a tool for the caller; `ctx`, the agent's request, receives what an upstream sends meanwhile."""
-        ref = secrets.token_hex(4)
+        ref = new_ref()
         token = request_id.set(ref)
         try:
             return await self._call(caller, name, arguments, ref, caller.relayed(ctx))
@@ -305,7 +304,7 @@ def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
         except MCPError:
             raise
         except Exception as exc:  # a bug of ours: never let its text (or a secret in it) reach the agent
-            ref = secrets.token_hex(4)
+            ref = new_ref()
             logger.error("call of %s failed (ref: %s): %s", params.name, ref, type(exc).__name__)
             return _text_result(f"The gateway could not run {params.name} (ref: {ref}).", is_error=True)
 
