@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,6 +56,25 @@ def overwrite_credential(args: Mapping[str, Any], credential: Any) -> str:
 async def sleep_long(args: Mapping[str, Any], credential: Mapping[str, str]) -> str:
     await anyio.sleep(30)
     return "woke up"
+
+
+def sleep_long_sync(args: Mapping[str, Any], credential: Mapping[str, str]) -> str:
+    time.sleep(3)
+    return "woke up"
+
+
+CANCELLED: list[str] = []  # the tags of wait_for_cancel calls that were cancelled
+WAITING: list[str] = []
+
+
+async def wait_for_cancel(args: Mapping[str, Any], credential: Mapping[str, str]) -> str:
+    WAITING.append(str(args.get("tag")))
+    try:
+        await anyio.sleep(30)
+    except anyio.get_cancelled_exc_class():
+        CANCELLED.append(str(args.get("tag")))
+        raise
+    return "not cancelled"
 
 
 def returns_list(args: Mapping[str, Any], credential: Mapping[str, str]) -> list[int]:

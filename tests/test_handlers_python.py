@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
 import pytest
+import sample_handlers
 from gateway_support import (
     TOKEN_FIELDS,
     Transcript,
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.anyio
 
 SVC = 'type = "svc"\n' + TOKEN_FIELDS
 N_PROP = "properties.n = { type = \"integer\" }"
+TAG_PROP = 'properties.tag = { type = "string" }'
 TOOLS = {
     "py_sync": python_tool("py_sync", "sample_handlers:sync_report", credential=SVC, properties=N_PROP),
     "py_async": python_tool("py_async", "sample_handlers:async_report", credential=SVC, properties=N_PROP),
@@ -36,6 +39,8 @@ TOOLS = {
     "py_async_raise": python_tool("py_async_raise", "sample_handlers:async_raise_with_secret", credential=SVC),
     "py_overwrite": python_tool("py_overwrite", "sample_handlers:overwrite_credential", credential=SVC),
     "py_slow": python_tool("py_slow", "sample_handlers:sleep_long", credential=SVC, extra="timeout = 0.3"),
+    "py_slow_sync": python_tool("py_slow_sync", "sample_handlers:sleep_long_sync", extra="timeout = 0.3"),
+    "py_wait": python_tool("py_wait", "sample_handlers:wait_for_cancel", properties=TAG_PROP),
 }
 TOKEN = make_canary("PY", rich=True)
 
@@ -46,7 +51,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     w.add_credential("svc-main", "svc", {"token": TOKEN})
     w.allow("dev", *TOOLS)
     for name in TOOLS:
-        if name not in ("py_nocred", "py_list"):
+        if name not in ("py_nocred", "py_list", "py_slow_sync", "py_wait"):
             w.bind("dev", name, "svc-main")
     yield w
     w.close()
@@ -144,6 +149,33 @@ async def test_a_handler_over_its_timeout_is_an_error_and_the_gateway_goes_on(cl
 
     assert slow.is_error and "ref:" in result_text(slow)
     assert not after.is_error
+
+
+async def test_a_sync_handler_over_its_timeout_is_an_error_at_the_timeout(client: Client) -> None:
+    started = time.monotonic()
+    with anyio.fail_after(10):
+        slow = await client.call_tool("py_slow_sync", {})
+    elapsed = time.monotonic() - started
+
+    assert slow.is_error and "ref:" in result_text(slow)
+    assert elapsed < 2.5  # the worker thread is abandoned: the agent does not wait for its 3 s sleep
+
+
+async def test_an_agent_that_cancels_its_call_cancels_the_handler(world: World) -> None:
+    sample_handlers.WAITING.clear()
+    sample_handlers.CANCELLED.clear()
+    with anyio.fail_after(10):
+        async with world.gateway() as gw, connect(gw, "dev") as c:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(c.call_tool, "py_wait", {"tag": "first"})
+                while sample_handlers.WAITING != ["first"]:
+                    await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()  # the agent gives up on it: the SDK client sends notifications/cancelled
+            while sample_handlers.CANCELLED != ["first"]:
+                await anyio.sleep(0.01)
+            after = await c.call_tool("py_sync", {"n": 3})
+
+    assert not after.is_error  # the gateway goes on
 
 
 async def test_python_outcomes_are_audited_without_values(world: World) -> None:

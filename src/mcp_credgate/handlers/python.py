@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,8 +17,11 @@ from . import ToolOutput
 async def run_python(
     handler: PythonHandler, function: Callable[..., Any], args: Mapping[str, Any], credential: Credential
 ) -> ToolOutput:
-    """Exceptions propagate to the caller, which turns them into a generic error with a reference id."""
-    with anyio.fail_after(handler.timeout):
+    """Exceptions propagate to the caller, which turns them into a generic error with a reference id; a
+    handler still running after its timeout is cancelled (TimeoutError)."""
+    # The gateway runs on asyncio, whose own timeout costs a call half of anyio.fail_after's; it composes
+    # with anyio's cancel scopes (an agent's cancel still cancels the call).
+    async with asyncio.timeout(handler.timeout):
         if inspect.iscoroutinefunction(function):
             value = await function(args, credential)
         else:
