@@ -42,6 +42,10 @@ class Credential(Mapping[str, str]):
         """Field → value of the secret fields only (what redaction must hunt for)."""
         return {k: v for k, v in self._values.items() if k in self._secret and v}
 
+    def public_values(self) -> list[str]:
+        """The values of the fields that are not secret."""
+        return [v for k, v in self._values.items() if k not in self._secret]
+
     def only(self, fields: frozenset[str]) -> Credential:
         """The same credential with just these fields (what a handler may see)."""
         kept = {k: v for k, v in self._values.items() if k in fields}

@@ -126,12 +126,10 @@ NO_REDACTION = Redactor({})
 
 
 def redactor_for(credential: Credential | None) -> Redactor:
-    if credential is None:
+    secrets = credential.secrets() if credential is not None else {}
+    if credential is None or not secrets:
         return NO_REDACTION
-    return Redactor(credential.secrets(), _basic_auth_pairs(credential))
-
-
-def _basic_auth_pairs(credential: Credential) -> list[tuple[str, str]]:
-    """`username:password` joined, so its base64 (an HTTP Basic header) is redacted too."""
-    users = [v for k, v in credential.items() if not credential.is_secret(k)]
-    return [(field, f"{user}:{pw}") for user in users for field, pw in credential.secrets().items()]
+    # each non-secret value joined with each secret, `username:password`, so that their base64 (an HTTP
+    # Basic header) is redacted too
+    pairs = [(field, f"{user}:{pw}") for user in credential.public_values() for field, pw in secrets.items()]
+    return Redactor(secrets, pairs)

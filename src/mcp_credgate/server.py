@@ -138,12 +138,17 @@ class Gateway:
         ref = new_ref()
         token = request_id.set(ref)
         try:
-            return await self._call(caller, name, arguments, ref, caller.relayed(ctx))
+            return await self._call(caller, name, arguments, ref, ctx)
         finally:
             request_id.reset(token)
 
     async def _call(
-        self, caller: Caller, name: str, arguments: Mapping[str, Any] | None, ref: str, agent: AgentRequest | None
+        self,
+        caller: Caller,
+        name: str,
+        arguments: Mapping[str, Any] | None,
+        ref: str,
+        ctx: ServerRequestContext[Any] | None,
     ) -> types.CallToolResult:
         started = time.perf_counter()
         decision = self.gate.check(caller.group, name, arguments)
@@ -169,7 +174,7 @@ class Gateway:
         credential, handler_view = usable
         redactor = redactor_for(credential)
         try:
-            output = await self._dispatch(decision.tool, dict(arguments or {}), handler_view, agent)
+            output = await self._dispatch(decision.tool, dict(arguments or {}), handler_view, caller, ctx)
         except Exception as exc:
             details = "".join(traceback.format_exception(exc))
             logger.error("tool %s failed (ref: %s):\n%s", name, ref, redactor.text(details))
@@ -215,7 +220,12 @@ class Gateway:
             )
 
     async def _dispatch(
-        self, tool: Tool, args: dict[str, Any], credential: Credential, agent: AgentRequest | None
+        self,
+        tool: Tool,
+        args: dict[str, Any],
+        credential: Credential,
+        caller: Caller,
+        ctx: ServerRequestContext[Any] | None,
     ) -> ToolOutput:
         handler = tool.decl.handler
         if isinstance(handler, HttpHandler):
@@ -226,6 +236,7 @@ class Gateway:
         if self.upstreams is None or tool.upstream is None or tool.upstream_tool is None:
             return ToolOutput.error(f"upstream tools are not served by this gateway: {tool.name}")
         try:
+            agent = caller.relayed(ctx)  # only an upstream sends messages of its own during a call
             result = await self.upstreams.call(tool.upstream, handler, tool.upstream_tool, args, credential, agent)
         except UpstreamError as exc:
             return ToolOutput.error(str(exc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,10 +23,16 @@ async def run_python(
     # The gateway runs on asyncio, whose own timeout costs a call half of anyio.fail_after's; it composes
     # with anyio's cancel scopes (an agent's cancel still cancels the call).
     async with asyncio.timeout(handler.timeout):
-        if inspect.iscoroutinefunction(function):
+        if _is_async(function):
             value = await function(args, credential)
         else:
             value = await anyio.to_thread.run_sync(function, args, credential, abandon_on_cancel=True)
             if inspect.isawaitable(value):
                 value = await value
     return ToolOutput.from_value(value)
+
+
+@functools.cache
+def _is_async(function: Callable[..., Any]) -> bool:
+    """Asked on every call of the few entrypoints a catalog has: the answer is kept."""
+    return inspect.iscoroutinefunction(function)
