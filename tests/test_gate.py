@@ -191,6 +191,30 @@ def test_an_incomplete_credential_gives_a_warning_naming_the_missing_field(world
     assert not [t for t in gate.list_tools("research") if t.tool.name == "lookup" and t.ready]
 
 
+def test_a_credential_found_good_is_checked_again_against_a_changed_declaration(
+    world: World, gate: Gate, tmp_path: Path
+) -> None:
+    world.add_credential("svc-main", "svc", {"token": make_canary("F")})
+    world.bind("research", "lookup", "svc-main")
+    assert isinstance(gate.check("research", "lookup", {}), Ready)  # found complete and well-formed
+    # the declaration later asks a format the stored token does not have
+    strict = TOKEN_FIELDS.replace('kind = "token"', 'kind = "token", pattern = "^sk-"')
+    assert strict != TOKEN_FIELDS
+    (world.tools_dir / "lookup.toml").write_text(
+        http_tool("lookup", "https://search.example.com/lookup", credential='type = "svc"\n' + strict)
+    )
+    (world.tools_dir / "search.toml").unlink()
+    catalog = load_catalog(world.settings.tools_dirs)
+    assert not catalog.problems
+    reloaded = Gate(world.store, catalog, PUBLIC_URL)  # what a reload makes, over the same store and its cache
+
+    decision = reloaded.check("research", "lookup", {})
+
+    assert isinstance(decision, CredentialWarning)
+    assert (decision.warning, decision.missing_fields) == ("credential_invalid", ("token",))
+    assert isinstance(gate.check("research", "lookup", {}), Ready)  # the old declaration's verdict still holds
+
+
 def test_the_tool_list_is_the_groups_own_with_readiness(world: World, gate: Gate) -> None:
     world.add_credential("svc-main", "svc", {"token": make_canary("L")})
     world.bind("research", "lookup", "svc-main")

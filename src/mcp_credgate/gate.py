@@ -8,7 +8,6 @@ bindings and values are read from the store on every call, so a rebind or a rota
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +16,9 @@ from urllib.parse import quote
 import jsonschema
 
 from .credential import EMPTY_CREDENTIAL, Credential
-from .declarations import Catalog, CredentialSpec, Tool
+from .declarations import Catalog, Tool
 from .errors import CiphertextError, CredentialValueError
-from .store import Binding, SealedCredential, Store
+from .store import Binding, Store
 
 MAX_ARGUMENT_ERROR = 300
 
@@ -120,9 +119,6 @@ class Gate:
         self._validators = {
             name: jsonschema.Draft202012Validator(t.decl.input_schema) for name, t in catalog.tools.items()
         }
-        # Stored credentials found complete and well-formed for a declaration: the verdict holds until the
-        # store changes (a new SealedCredential is read then) or the declarations do (a new Gate).
-        self._vetted: weakref.WeakKeyDictionary[SealedCredential, CredentialSpec] = weakref.WeakKeyDictionary()
 
     def group_exists(self, group: str) -> bool:
         return self.store.group_exists(group)
@@ -220,11 +216,13 @@ class Gate:
         except CiphertextError as exc:
             fields = (exc.field,) if exc.field else ()
             return self._warning("credential_invalid", group, tool, fields, exc.credential)
-        if self._vetted.get(binding.sealed) is spec:
+        # Found complete and well-formed for this declaration before: the verdict holds until the store changes
+        # (a new SealedCredential is read then) or the declarations do (a new spec).
+        if binding.sealed.vetted_for is spec:
             return Ready(tool, credential, credential.name)
         decision = self._credential_decision(group, tool, credential)
         if isinstance(decision, Ready):
-            self._vetted[binding.sealed] = spec
+            binding.sealed.vetted_for = spec
         return decision
 
     def _credential_decision(self, group: str, tool: Tool, credential: Credential) -> CredentialWarning | Ready:
