@@ -206,7 +206,7 @@ def test_a_credential_found_good_is_checked_again_against_a_changed_declaration(
     (world.tools_dir / "search.toml").unlink()
     catalog = load_catalog(world.settings.tools_dirs)
     assert not catalog.problems
-    reloaded = Gate(world.store, catalog, PUBLIC_URL)  # what a reload makes, over the same store and its cache
+    reloaded = Gate(gate.store, catalog, PUBLIC_URL)  # what a reload makes, over the same store and its cache
 
     decision = reloaded.check("research", "lookup", {})
 
