@@ -2,8 +2,8 @@
 
 `raw_db(settings)` opens the SQLite file or the PostgreSQL schema of the test, whichever backend it runs on.
 Statements use `?` placeholders; rows are plain tuples. Leaving the `with` block commits (rolls back on an
-exception) and closes. On PostgreSQL a commit also moves the store's change counter, so gateways see the
-edit at their next call as they would on SQLite (whose `PRAGMA data_version` moves with any commit).
+exception) and closes. A commit that wrote also moves the store's change counter, as the store's own writes
+do, so running gateways see the edit at their next call.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ class RawDb:
             self._sqlite = sqlite3.connect(settings.database_path)
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> Any:
+        if not sql.lstrip().upper().startswith(("SELECT", "PRAGMA")):
+            self._wrote = True
         if self._sqlite is not None:
             return self._sqlite.execute(sql, params)
         assert self._pg is not None
-        if not sql.lstrip().upper().startswith(("SELECT", "PRAGMA")):
-            self._wrote = True
         return self._pg.execute(sql.replace("?", "%s"), tuple(params))
 
     def tables(self) -> list[str]:
@@ -82,14 +82,15 @@ class RawDb:
         return problems
 
     def commit(self) -> None:
+        """Commit, moving `change_counter` as the store's own writes do, so running gateways see the edit."""
+        if self._wrote and "change_counter" in self.tables():
+            self.execute("UPDATE change_counter SET n = n + 1")
+        self._wrote = False
         if self._sqlite is not None:
             self._sqlite.commit()
-            return
-        assert self._pg is not None
-        if self._wrote:
-            self._pg.execute("UPDATE change_counter SET n = n + 1")
-            self._wrote = False
-        self._pg.commit()
+        else:
+            assert self._pg is not None
+            self._pg.commit()
 
     def close(self) -> None:
         if self._sqlite is not None:

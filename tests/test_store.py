@@ -808,15 +808,28 @@ def _two_connections(tmp_path: Path) -> tuple[sqlite_backend.SqliteDatabase, sql
     writer = sqlite_backend.SqliteDatabase(path)
     writer.execute("PRAGMA journal_mode = WAL")
     writer.execute("CREATE TABLE t (n INTEGER)")
+    writer.execute("CREATE TABLE change_counter (id INTEGER PRIMARY KEY, n BIGINT NOT NULL)")
+    writer.execute("INSERT INTO change_counter (id, n) VALUES (1, 0)")
     return sqlite_backend.SqliteDatabase(path), writer
 
 
+def _setup_change(db: sqlite_backend.SqliteDatabase) -> None:
+    """A commit as the store makes for a change to credentials, groups or bindings."""
+    with db.transaction():
+        db.execute("INSERT INTO t VALUES (0)")
+        db.note_change()
+
+
 @pytest.mark.sqlite_only
-def test_every_commit_of_another_connection_moves_the_change_marker_and_nothing_else_does(tmp_path: Path) -> None:
+def test_every_setup_change_of_another_connection_moves_the_change_marker_and_other_commits_do_not(
+    tmp_path: Path,
+) -> None:
     reader, writer = _two_connections(tmp_path)
     seen = reader.change_marker()
     for i in range(300):
-        writer.execute("INSERT INTO t VALUES (?)", (i,))
+        writer.execute("INSERT INTO t VALUES (?)", (i,))  # an audit row, say
+        assert reader.change_marker() == seen, i
+        _setup_change(writer)
         if i % 50 == 49:
             writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL starts over: the next commit must show too
         now = reader.change_marker()
@@ -842,9 +855,12 @@ def test_while_nothing_is_committed_the_change_marker_asks_sqlite_no_query(
     quiet = list(statements)
     writer.execute("INSERT INTO t VALUES (1)")
     reader.change_marker()
+    after_commit = list(statements)
+    reader.change_marker()
 
     assert quiet == []  # the wal-index header said "unchanged" every time
-    assert statements == ["PRAGMA data_version"]  # a commit: SQLite itself is asked
+    assert after_commit == ["PRAGMA data_version", "SELECT n FROM change_counter WHERE id = 1"]
+    assert statements == after_commit  # and again "unchanged"
     reader.close()
     writer.close()
 

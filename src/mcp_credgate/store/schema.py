@@ -143,8 +143,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
     Migration(
-        # Counts committed changes to credentials, groups, bindings and agents. PostgreSQL replicas compare it
-        # at each call to know whether their binding cache is still good; SQLite has `PRAGMA data_version`.
+        # Counts committed changes to credentials, groups, bindings and agents. Gateways compare it at each call
+        # to know whether their binding cache is still good (SQLite reads it only after `PRAGMA data_version`
+        # moved).
         "0005_change_counter",
         """
         CREATE TABLE change_counter (

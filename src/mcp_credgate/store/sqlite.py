@@ -1,8 +1,8 @@
 """The embedded backend: one SQLite file in the data folder (WAL, mode 0600).
 
 Writers serialise on `BEGIN IMMEDIATE`; `PRAGMA data_version` tells a connection that another one committed
-(`WalIndexWatch` spares most calls that query); the per-credential lock is a POSIX `flock` on one of a fixed set
-of files under `<home>/locks`.
+(`WalIndexWatch` spares most calls that query), and `change_counter` whether it changed the setup; the
+per-credential lock is a POSIX `flock` on one of a fixed set of files under `<home>/locks`.
 """
 
 from __future__ import annotations
@@ -136,6 +136,7 @@ class SqliteDatabase(Database):
         with _mapped_errors(self.where):
             self.conn = connect(path)
         self._wal_index = WalIndexWatch(path.with_name(path.name + "-shm"))
+        self._data_version = -1
         self._marker = 0
 
     def execute(self, sql: str, params: Params = ()) -> Cursor:
@@ -166,14 +167,16 @@ class SqliteDatabase(Database):
             raise
 
     def change_marker(self) -> int:
+        """`change_counter`, read again only when `PRAGMA data_version` says another connection committed
+        something: most commits (audit rows, last-use times) change no setup and leave the counter alone."""
         header = self._wal_index.header()
         if not self._wal_index.unchanged(header):
-            self._marker = int(self.execute("PRAGMA data_version").fetchone()[0])
+            version = int(self.execute("PRAGMA data_version").fetchone()[0])
+            if version != self._data_version:
+                self._data_version = version
+                self._marker = int(self.execute("SELECT n FROM change_counter WHERE id = 1").fetchone()[0])
             self._wal_index.settle(header)
         return self._marker
-
-    def note_change(self) -> None:
-        """`PRAGMA data_version` moves with any commit of another connection: nothing to do."""
 
     def pending_migrations(self) -> list[str]:
         with _mapped_errors(self.where):
