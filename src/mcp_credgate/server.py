@@ -27,6 +27,7 @@ from . import __version__, oauth
 from .audit import AuditLog
 from .config import Settings
 from .credential import Credential
+from .deadlines import Deadlines
 from .declarations import Catalog, HttpHandler, PythonHandler, Tool, load_catalog
 from .front import Front
 from .gate import CredentialWarning, Gate, InvalidArguments, Ready, Unknown
@@ -68,6 +69,7 @@ class Gateway:
         self._http: httpx2.AsyncClient | None = None
         self.upstreams: UpstreamPool | None = None  # set while `running()`
         self.refresher = TokenRefresher(store, lambda: self.http)
+        self.deadlines = Deadlines()  # the python handlers' timeouts
         self.front = Front(self)
 
     @classmethod
@@ -232,7 +234,7 @@ class Gateway:
             return await run_http(self.http, handler, tool.credential, args, credential)
         if isinstance(handler, PythonHandler):
             assert tool.function is not None
-            return await run_python(handler, tool.function, args, credential)
+            return await run_python(handler, tool.function, args, credential, self.deadlines)
         if self.upstreams is None or tool.upstream is None or tool.upstream_tool is None:
             return ToolOutput.error(f"upstream tools are not served by this gateway: {tool.name}")
         try:

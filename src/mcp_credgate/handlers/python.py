@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 from collections.abc import Callable, Mapping
@@ -11,25 +10,27 @@ from typing import Any
 import anyio
 
 from ..credential import Credential
+from ..deadlines import Deadlines
 from ..declarations import PythonHandler
 from . import ToolOutput
 
 
 async def run_python(
-    handler: PythonHandler, function: Callable[..., Any], args: Mapping[str, Any], credential: Credential
+    handler: PythonHandler,
+    function: Callable[..., Any],
+    args: Mapping[str, Any],
+    credential: Credential,
+    deadlines: Deadlines,
 ) -> ToolOutput:
     """Exceptions propagate to the caller, which turns them into a generic error with a reference id; a
     handler still running after its timeout is cancelled (TimeoutError)."""
-    # The gateway runs on asyncio, whose own timeout costs a call half of anyio.fail_after's; it composes
-    # with anyio's cancel scopes (an agent's cancel still cancels the call).
-    async with asyncio.timeout(handler.timeout):
-        if _is_async(function):
-            value = await function(args, credential)
-        else:
-            value = await anyio.to_thread.run_sync(function, args, credential, abandon_on_cancel=True)
-            if inspect.isawaitable(value):
-                value = await value
-    return ToolOutput.from_value(value)
+    work = function(args, credential) if _is_async(function) else _in_worker_thread(function, args, credential)
+    return ToolOutput.from_value(await deadlines.run(handler.timeout, work))
+
+
+async def _in_worker_thread(function: Callable[..., Any], args: Mapping[str, Any], credential: Credential) -> Any:
+    value = await anyio.to_thread.run_sync(function, args, credential, abandon_on_cancel=True)
+    return await value if inspect.isawaitable(value) else value
 
 
 @functools.cache
