@@ -845,7 +845,9 @@ def test_while_nothing_is_committed_the_change_marker_asks_sqlite_no_query(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reader, writer = _two_connections(tmp_path)
-    reader.change_marker()
+    reader.change_marker()  # asks SQLite, then maps the header
+    writer.execute("INSERT INTO t VALUES (0)")
+    reader.change_marker()  # asks SQLite, now with a header to compare with
     statements: list[str] = []
     real_execute = reader.execute
     monkeypatch.setattr(reader, "execute", lambda sql, params=(): statements.append(sql) or real_execute(sql, params))
@@ -881,7 +883,7 @@ def _header(version: int = 3007000, is_init: int = 1, change: int = 7) -> bytes:
         (_header() + _header(change=8), False),  # a writer between the two copies
         (_header(is_init=0) * 2, False),  # not set up yet
         (_header(version=3007001) * 2, False),  # a format this code does not know
-        (_header()[:40], False),  # too short
+        (_header(), False),  # too short
         (None, False),  # no -shm file: not in WAL mode
     ],
 )
@@ -890,8 +892,10 @@ def test_the_wal_index_watch_trusts_only_a_whole_known_header(
 ) -> None:
     shm = tmp_path / "x.db-shm"
     if content is not None:
-        shm.write_bytes(content + bytes(1000))
+        shm.write_bytes(content)
     watch = sqlite_backend.WalIndexWatch(shm)
+    assert watch.header() is None  # nothing is read before SQLite has been asked once
+    watch.settle(None)
 
     header = watch.header()
     watch.settle(header)
@@ -902,12 +906,29 @@ def test_the_wal_index_watch_trusts_only_a_whole_known_header(
 
 
 @pytest.mark.no_store
+def test_the_wal_index_watch_sees_a_header_rewritten_in_place(tmp_path: Path) -> None:
+    shm = tmp_path / "x.db-shm"
+    shm.write_bytes(_header() * 2 + bytes(4000))
+    watch = sqlite_backend.WalIndexWatch(shm)
+    watch.settle(None)
+    watch.settle(watch.header())
+    assert watch.unchanged(watch.header())
+
+    with shm.open("r+b") as f:  # what a commit does through SQLite's own mapping
+        f.write(_header(change=8) * 2)
+
+    assert not watch.unchanged(watch.header())
+    watch.close()
+
+
+@pytest.mark.no_store
 def test_the_wal_index_watch_sends_the_caller_to_sqlite_once_its_recheck_time_is_over(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shm = tmp_path / "x.db-shm"
     shm.write_bytes(_header() * 2)
     watch = sqlite_backend.WalIndexWatch(shm)
+    watch.settle(None)
     watch.settle(watch.header())
     assert watch.unchanged(watch.header())
 

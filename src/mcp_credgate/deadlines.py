@@ -36,9 +36,9 @@ class Deadlines:
     async def run(self, seconds: float, awaitable: Awaitable[T]) -> T:
         """`await awaitable`; past `seconds` it is cancelled and TimeoutError raised. A cancellation from
         elsewhere (an agent's cancel) stays a cancellation, as with `asyncio.timeout`."""
-        loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
+        loop = task.get_loop()  # not get_running_loop(): on Python 3.11 each asks the system for the process id
         if loop is not self._loop:  # first use, or another loop than before: nothing of the old one applies
             self._loop, self._calls, self._timer = loop, set(), None
         call = _Call(task, loop.time() + seconds)

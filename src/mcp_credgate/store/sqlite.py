@@ -8,6 +8,7 @@ per-credential lock is a POSIX `flock` on one of a fixed set of files under `<ho
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import sqlite3
 import sys
@@ -80,14 +81,14 @@ def _mapped_errors(where: str) -> Iterator[None]:
 
 
 class WalIndexWatch:
-    """Tells, without a query, that no connection has committed since SQLite was last asked.
+    """Tells, without a query or a system call, that no connection has committed since SQLite was last asked.
 
     Every commit in WAL mode rewrites the wal-index header: the first 96 bytes (two copies of one 48-byte
     header) of the `-shm` file that SQLite's unix VFS maps as shared memory (https://www.sqlite.org/walformat.html).
-    Reading them is one `pread`; `PRAGMA data_version` costs a statement and two lock calls, several times more
-    on a call's path. The watch only ever answers "unchanged": anything else it sees (a new header, two copies
-    that differ while a writer is at work, no `-shm` file, an unknown format) or RECHECK_SECONDS gone by sends
-    the caller to `PRAGMA data_version`."""
+    The watch maps them too: reading them is a memory read, where `PRAGMA data_version` costs a statement and two
+    lock calls, many times more on a call's path. It only ever answers "unchanged": anything else it sees (a
+    new header, two copies that differ while a writer is at work, no `-shm` file, an unknown format) or
+    RECHECK_SECONDS gone by sends the caller to `PRAGMA data_version`."""
 
     HEADER_BYTES = 96
     RECHECK_SECONDS = 1.0
@@ -95,23 +96,18 @@ class WalIndexWatch:
 
     def __init__(self, shm_path: Path) -> None:
         self._path = shm_path
-        self._fd: int | None = None
+        self._map: mmap.mmap | None = None
+        self._tried = False
         self._seen: bytes | None = None
         self._until = 0.0
 
     def header(self) -> bytes | None:
         """The current header, or None when it cannot be trusted."""
-        if self._fd is None:
-            try:
-                self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                return None
-        try:
-            data = os.pread(self._fd, self.HEADER_BYTES, 0)
-        except OSError:
+        if self._map is None:
             return None
+        data = self._map[: self.HEADER_BYTES]
         half = self.HEADER_BYTES // 2
-        if len(data) < self.HEADER_BYTES or data[:half] != data[half:] or data[:4] != self._VERSION or not data[12]:
+        if data[:half] != data[half:] or data[:4] != self._VERSION or not data[12]:
             return None  # being rewritten (the copies differ), not set up yet (isInit, byte 12, is 0), or unknown
         return data
 
@@ -122,11 +118,25 @@ class WalIndexWatch:
         """SQLite was asked just now: `header`, read before asking, is the one to compare with from now on."""
         self._seen = header
         self._until = time.monotonic() + self.RECHECK_SECONDS
+        if not self._tried:
+            self._tried = True
+            self._map = self._mapped()
+
+    def _mapped(self) -> mmap.mmap | None:
+        """Mapped once SQLite has been asked, so that this connection has the `-shm` open: SQLite shrinks it
+        only when no connection has it open (shrinking it under a mapping would break SQLite's own maps too)."""
+        try:
+            with open(self._path, "rb") as shm:
+                if os.fstat(shm.fileno()).st_size < self.HEADER_BYTES:
+                    return None
+                return mmap.mmap(shm.fileno(), self.HEADER_BYTES, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return None
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._map is not None:
+            self._map.close()
+            self._map = None
 
 
 class SqliteDatabase(Database):
