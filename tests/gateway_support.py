@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -504,6 +504,16 @@ class World:
 
     def bind(self, group: str, tool: str, credential: str) -> None:
         admin.bind(self.store, self.catalog, group, tool, credential)
+
+    def allow_and_bind(self, group: str, tools: Iterable[str], credentials: Mapping[str, str]) -> None:
+        """Allow `tools` for `group` and bind each one that needs a credential to the one `credentials` names
+        for its credential type (a type it does not name is an error)."""
+        names = list(tools)
+        self.allow(group, *names)
+        for name in names:
+            spec = self.catalog.tools[name].credential
+            if spec is not None:
+                self.bind(group, name, credentials[spec.type])
 
     def audit(self, limit: int = 10_000) -> list[AuditRow]:
         return self.store.read_audit(limit=limit)

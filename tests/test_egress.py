@@ -241,11 +241,8 @@ def worlds(
         w = World.create(tmp_path_factory.mktemp("egress"), tools, database_url=database_url)
         w.add_credential("svc-main", "svc", {"token": TOKEN})
         w.add_credential("acct-main", "acct", {"username": "alice", "password": PASSWORD})
-        w.allow("dev", *tools)
-        for name in tools:
-            spec = w.catalog.tools[name].credential
-            assert spec is not None
-            w.bind("dev", name, "svc-main" if spec.type == "svc" else "acct-main")
+        assert all(w.catalog.tools[name].credential is not None for name in tools)
+        w.allow_and_bind("dev", tools, {"svc": "svc-main", "acct": "acct-main"})
         yield w
         w.close()
 

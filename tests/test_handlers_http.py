@@ -81,11 +81,7 @@ def world(tmp_path: Path, upstream: Upstream, away: Upstream) -> Iterator[World]
     w = World.create(tmp_path, tools)
     w.add_credential("svc-main", "svc", {"token": TOKEN})
     w.add_credential("acct-main", "acct", {"username": "alice", "password": PASSWORD})
-    w.allow("dev", *tools)
-    for name in tools:
-        spec = w.catalog.tools[name].credential
-        if spec is not None:
-            w.bind("dev", name, "svc-main" if spec.type == "svc" else "acct-main")
+    w.allow_and_bind("dev", tools, {"svc": "svc-main", "acct": "acct-main"})
     yield w
     w.close()
 

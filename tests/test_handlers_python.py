@@ -49,10 +49,7 @@ TOKEN = make_canary("PY", rich=True)
 def world(tmp_path: Path) -> Iterator[World]:
     w = World.create(tmp_path, TOOLS)
     w.add_credential("svc-main", "svc", {"token": TOKEN})
-    w.allow("dev", *TOOLS)
-    for name in TOOLS:
-        if name not in ("py_nocred", "py_list", "py_slow_sync", "py_wait"):
-            w.bind("dev", name, "svc-main")
+    w.allow_and_bind("dev", TOOLS, {"svc": "svc-main"})
     yield w
     w.close()
 

@@ -466,9 +466,7 @@ def arg_worlds(
         tools = argument_tools(module_upstream)
         world = World.create(tmp_path_factory.mktemp("hostile-args"), tools, database_url=database_url)
         world.add_credential("svc-main", "svc", {"token": TOKEN})
-        world.allow("dev", *tools)
-        for name in tools:
-            world.bind("dev", name, "svc-main")
+        world.allow_and_bind("dev", tools, {"svc": "svc-main"})
         yield world
         world.close()
 

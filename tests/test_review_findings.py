@@ -80,9 +80,7 @@ def world(tmp_path: Path, upstream: Upstream, away: Upstream) -> Iterator[World]
     }
     w = World.create(tmp_path, tools, files={"review_leaky_handlers.py": HANDLERS})
     w.add_credential("svc-main", "svc", {"token": TOKEN})
-    w.allow("dev", *tools)
-    for name in tools:
-        w.bind("dev", name, "svc-main")
+    w.allow_and_bind("dev", tools, {"svc": "svc-main"})
     yield w
     w.close()
 
