@@ -126,8 +126,10 @@ NO_REDACTION = Redactor({})
 
 
 def redactor_for(credential: Credential | None) -> Redactor:
-    secrets = credential.secrets() if credential is not None else {}
-    if credential is None or not secrets:
+    if credential is None:
+        return NO_REDACTION
+    secrets = credential.secrets()
+    if not secrets:
         return NO_REDACTION
     # each non-secret value joined with each secret, `username:password`, so that their base64 (an HTTP
     # Basic header) is redacted too
