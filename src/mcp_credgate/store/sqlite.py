@@ -1,18 +1,19 @@
 """The embedded backend: one SQLite file in the data folder (WAL, mode 0600).
 
-Writers serialise on `BEGIN IMMEDIATE`; `PRAGMA data_version` tells a connection that another one committed
-(`WalIndexWatch` spares most calls that query), and `change_counter` whether it changed the setup; the
-per-credential lock is a POSIX `flock` on one of a fixed set of files under `<home>/locks`.
+Writers serialise on `BEGIN IMMEDIATE`; `PRAGMA data_version` tells a connection that another one committed,
+and `change_counter` whether it changed the setup; the per-credential lock is a POSIX `flock` on one of a fixed
+set of files under `<home>/locks`.
+
+Nothing here opens a file of the database (`-wal`, `-shm`) beside SQLite: closing any descriptor of a file drops
+every POSIX lock the process holds on it, SQLite's included (another process would then take this one's
+`-shm` for abandoned and truncate it under SQLite's mapping: a bus error).
 """
 
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import sqlite3
-import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -80,72 +81,12 @@ def _mapped_errors(where: str) -> Iterator[None]:
         raise StoreError(f"{where}: {exc}") from None
 
 
-class WalIndexWatch:
-    """Tells, without a query or a system call, that no connection has committed since SQLite was last asked.
-
-    Every commit in WAL mode rewrites the wal-index header: the first 96 bytes (two copies of one 48-byte
-    header) of the `-shm` file that SQLite's unix VFS maps as shared memory (https://www.sqlite.org/walformat.html).
-    The watch maps them too: reading them is a memory read, where `PRAGMA data_version` costs a statement and two
-    lock calls, many times more on a call's path. It only ever answers "unchanged": anything else it sees (a
-    new header, two copies that differ while a writer is at work, no `-shm` file, an unknown format) or
-    RECHECK_SECONDS gone by sends the caller to `PRAGMA data_version`."""
-
-    HEADER_BYTES = 96
-    RECHECK_SECONDS = 1.0
-    _VERSION = (3007000).to_bytes(4, sys.byteorder)  # the header's first field, iVersion
-
-    def __init__(self, shm_path: Path) -> None:
-        self._path = shm_path
-        self._map: mmap.mmap | None = None
-        self._tried = False
-        self._seen: bytes | None = None
-        self._until = 0.0
-
-    def header(self) -> bytes | None:
-        """The current header, or None when it cannot be trusted."""
-        if self._map is None:
-            return None
-        data = self._map[: self.HEADER_BYTES]
-        half = self.HEADER_BYTES // 2
-        if data[:half] != data[half:] or data[:4] != self._VERSION or not data[12]:
-            return None  # being rewritten (the copies differ), not set up yet (isInit, byte 12, is 0), or unknown
-        return data
-
-    def unchanged(self, header: bytes | None) -> bool:
-        return header is not None and header == self._seen and time.monotonic() < self._until
-
-    def settle(self, header: bytes | None) -> None:
-        """SQLite was asked just now: `header`, read before asking, is the one to compare with from now on."""
-        self._seen = header
-        self._until = time.monotonic() + self.RECHECK_SECONDS
-        if not self._tried:
-            self._tried = True
-            self._map = self._mapped()
-
-    def _mapped(self) -> mmap.mmap | None:
-        """Mapped once SQLite has been asked, so that this connection has the `-shm` open: SQLite shrinks it
-        only when no connection has it open (shrinking it under a mapping would break SQLite's own maps too)."""
-        try:
-            with open(self._path, "rb") as shm:
-                if os.fstat(shm.fileno()).st_size < self.HEADER_BYTES:
-                    return None
-                return mmap.mmap(shm.fileno(), self.HEADER_BYTES, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):
-            return None
-
-    def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
-
-
 class SqliteDatabase(Database):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.where = str(path)
         with _mapped_errors(self.where):
             self.conn = connect(path)
-        self._wal_index = WalIndexWatch(path.with_name(path.name + "-shm"))
         self._data_version = -1
         self._marker = 0
 
@@ -179,13 +120,10 @@ class SqliteDatabase(Database):
     def change_marker(self) -> int:
         """`change_counter`, read again only when `PRAGMA data_version` says another connection committed
         something: most commits (audit rows, last-use times) change no setup and leave the counter alone."""
-        header = self._wal_index.header()
-        if not self._wal_index.unchanged(header):
-            version = int(self.execute("PRAGMA data_version").fetchone()[0])
-            if version != self._data_version:
-                self._data_version = version
-                self._marker = int(self.execute("SELECT n FROM change_counter WHERE id = 1").fetchone()[0])
-            self._wal_index.settle(header)
+        version = int(self.execute("PRAGMA data_version").fetchone()[0])
+        if version != self._data_version:
+            self._data_version = version
+            self._marker = int(self.execute("SELECT n FROM change_counter WHERE id = 1").fetchone()[0])
         return self._marker
 
     def pending_migrations(self) -> list[str]:
@@ -237,7 +175,6 @@ class SqliteDatabase(Database):
             scratch.unlink(missing_ok=True)
 
     def close(self) -> None:
-        self._wal_index.close()
         self.conn.close()
 
 
