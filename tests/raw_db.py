@@ -9,6 +9,7 @@ do, so running gateways see the edit at their next call.
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import psycopg
 
 from mcp_credgate.config import Settings
+from mcp_credgate.store import hint_path
 
 
 class RawDb:
@@ -28,6 +30,7 @@ class RawDb:
             self._pg = psycopg.connect(settings.database_url)
         else:
             self._sqlite = sqlite3.connect(settings.database_path)
+            self._hint = hint_path(settings.database_path)
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> Any:
         if not sql.lstrip().upper().startswith(("SELECT", "PRAGMA")):
@@ -83,11 +86,14 @@ class RawDb:
 
     def commit(self) -> None:
         """Commit, moving `change_counter` as the store's own writes do, so running gateways see the edit."""
-        if self._wrote and "change_counter" in self.tables():
+        wrote = self._wrote
+        if wrote and "change_counter" in self.tables():
             self.execute("UPDATE change_counter SET n = n + 1")
         self._wrote = False
         if self._sqlite is not None:
             self._sqlite.commit()
+            if wrote:
+                self._hint.write_bytes(os.urandom(8))  # announced as the store's own writes are (change_hint.py)
         else:
             assert self._pg is not None
             self._pg.commit()
@@ -123,5 +129,6 @@ def store_contents(settings: Settings) -> object:
 
 
 def data_folder_files(settings: Settings) -> list[str]:
-    """The files a closed store leaves in its data folder: the key file, and on SQLite the database."""
-    return ["master.key"] if settings.database_url else ["credgate.db", "master.key"]
+    """The files a closed store leaves in its data folder: the key file, and on SQLite the database and its
+    change hint."""
+    return ["master.key"] if settings.database_url else ["credgate.db", "credgate.db.changes", "master.key"]

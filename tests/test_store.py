@@ -32,6 +32,7 @@ from mcp_credgate.errors import (
 from mcp_credgate.store import AuditRow, Store, store_exists
 from mcp_credgate.store import core as store_module
 from mcp_credgate.store import sqlite as sqlite_backend
+from mcp_credgate.store.change_hint import RECHECK_SECONDS, ChangeHint, hint_path
 from mcp_credgate.store.schema import MIGRATIONS, Dialect, Migration
 
 CANARY = "CANARY-q7Kp3mW9vT2sZx81-end"
@@ -802,14 +803,29 @@ def test_an_init_that_dies_half_way_leaves_no_store_and_the_next_init_succeeds(
 # -- seeing other connections' commits ----------------------------------------------------------------------------
 
 
-def _two_connections(tmp_path: Path) -> tuple[sqlite_backend.SqliteDatabase, sqlite_backend.SqliteDatabase]:
+def _two_connections(
+    tmp_path: Path, hinted: bool = False
+) -> tuple[sqlite_backend.SqliteDatabase, sqlite_backend.SqliteDatabase]:
+    """Two connections to one database, as two processes have them: with the change hint (each its own
+    descriptor of it) when `hinted`."""
     path = tmp_path / "changes.db"
-    writer = sqlite_backend.SqliteDatabase(path)
+
+    def hint() -> ChangeHint | None:
+        return ChangeHint(hint_path(path)) if hinted else None
+
+    writer = sqlite_backend.SqliteDatabase(path, hint())
     writer.execute("PRAGMA journal_mode = WAL")
     writer.execute("CREATE TABLE t (n INTEGER)")
     writer.execute("CREATE TABLE change_counter (id INTEGER PRIMARY KEY, n BIGINT NOT NULL)")
     writer.execute("INSERT INTO change_counter (id, n) VALUES (1, 0)")
-    return sqlite_backend.SqliteDatabase(path), writer
+    return sqlite_backend.SqliteDatabase(path, hint()), writer
+
+
+def _traced(db: sqlite_backend.SqliteDatabase) -> list[str]:
+    """The statements the connection runs from now on."""
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    return statements
 
 
 def _setup_change(db: sqlite_backend.SqliteDatabase) -> None:
@@ -820,10 +836,11 @@ def _setup_change(db: sqlite_backend.SqliteDatabase) -> None:
 
 
 @pytest.mark.sqlite_only
+@pytest.mark.parametrize("hinted", [False, True], ids=["asking-sqlite", "with-the-change-hint"])
 def test_every_setup_change_of_another_connection_moves_the_change_marker_and_other_commits_do_not(
-    tmp_path: Path,
+    tmp_path: Path, hinted: bool
 ) -> None:
-    reader, writer = _two_connections(tmp_path)
+    reader, writer = _two_connections(tmp_path, hinted)
     seen = reader.change_marker()
     for i in range(300):
         writer.execute("INSERT INTO t VALUES (?)", (i,))  # an audit row, say
@@ -860,3 +877,81 @@ def test_the_change_counter_is_read_only_after_another_connection_committed(
     assert statements == ["PRAGMA data_version", "SELECT n FROM change_counter WHERE id = 1"]
     reader.close()
     writer.close()
+
+
+@pytest.mark.sqlite_only
+def test_while_the_change_hint_holds_sqlite_is_not_asked_and_a_setup_change_is_seen_at_the_next_check(
+    tmp_path: Path,
+) -> None:
+    reader, writer = _two_connections(tmp_path, hinted=True)
+    seen = reader.change_marker()
+    statements = _traced(reader)
+
+    for i in range(100):
+        writer.execute("INSERT INTO t VALUES (?)", (i,))  # commits that change no setup announce nothing
+        assert reader.change_marker() == seen
+    assert statements == []
+
+    _setup_change(writer)
+    assert reader.change_marker() != seen
+    assert statements == ["PRAGMA data_version", "SELECT n FROM change_counter WHERE id = 1"]
+    statements.clear()
+    reader.change_marker()
+    assert statements == []
+    reader.close()
+    writer.close()
+
+
+@pytest.mark.sqlite_only
+def test_a_setup_change_with_no_hint_is_seen_at_the_first_check_after_the_recheck_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edit by another tool, or by a writer that died between its commit and its hint."""
+    clock = [1000.0]
+    monkeypatch.setattr(sqlite_backend.time, "monotonic", lambda: clock[0])
+    reader, writer = _two_connections(tmp_path, hinted=True)
+    seen = reader.change_marker()
+    writer.execute("UPDATE change_counter SET n = n + 1 WHERE id = 1")  # no hint announced
+
+    clock[0] += RECHECK_SECONDS * 0.9
+    assert reader.change_marker() == seen
+    clock[0] += RECHECK_SECONDS * 0.2
+    assert reader.change_marker() == seen + 1
+    reader.close()
+    writer.close()
+
+
+@pytest.mark.sqlite_only
+def test_a_hint_that_cannot_be_written_keeps_the_commit_and_says_so_in_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    reader, writer = _two_connections(tmp_path, hinted=True)
+    seen = reader.change_marker()
+
+    def full_disk(self: ChangeHint) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ChangeHint, "announce", full_disk)
+    _setup_change(writer)
+
+    assert writer.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 1
+    assert f"gateways see this change within {RECHECK_SECONDS:g} s" in caplog.text
+    assert "No space left on device" in caplog.text
+    assert reader.change_marker() == seen  # until the recheck
+    reader.close()
+    writer.close()
+
+
+@pytest.mark.sqlite_only
+def test_the_store_announces_its_setup_changes_and_no_other_commit(store: Store, settings: Settings) -> None:
+    hint = hint_path(settings.database_path)
+    assert stat.S_IMODE(hint.stat().st_mode) == 0o600
+    store.add_group("first")
+    announced = hint.read_bytes()
+    assert len(announced) == 8
+
+    store.write_audit([AuditRow(store_module.now(), "first", None, "login", None, "ok", 1.0, None)])
+    store.touch_agent("nobody")
+    assert hint.read_bytes() == announced
+    store.add_group("second")
+    assert hint.read_bytes() not in (announced, b"")

@@ -16,7 +16,7 @@ from .config import Settings
 from .credential import mask
 from .declarations import Catalog, CredentialSpec, Tool
 from .errors import CiphertextError, ConflictError, CredentialValueError, CredgateError, NotFoundError, StoreError
-from .store import CredentialInfo, Store
+from .store import CredentialInfo, Store, hint_path
 
 Status = Literal["ready", "needs_credential", "incomplete", "expired", "no_credential_needed", "undeclared"]
 STATUS_LABELS: dict[str, str] = {
@@ -301,6 +301,7 @@ def _mode_problems(settings: Settings) -> list[str]:
             settings.database_path.name,
             f"{settings.database_path.name}-wal",
             f"{settings.database_path.name}-shm",
+            hint_path(settings.database_path).name,
             settings.key_path.name,
             settings.pending_key_path.name,
         )

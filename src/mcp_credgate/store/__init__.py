@@ -1,5 +1,6 @@
 """The store and what it hands out. See `core` for the operations and `database` for the backends."""
 
+from .change_hint import hint_path
 from .core import (
     AgentInfo,
     AuditRow,
@@ -24,6 +25,7 @@ __all__ = [
     "GroupInfo",
     "SealedCredential",
     "Store",
+    "hint_path",
     "load_keyring",
     "now",
     "read_staged_key",

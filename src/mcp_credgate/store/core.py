@@ -151,7 +151,7 @@ def _open_existing(settings: Settings) -> Database:
     if not settings.database_url:
         if not settings.database_path.exists():
             raise missing
-        return sqlite.SqliteDatabase(settings.database_path)
+        return sqlite.SqliteDatabase(settings.database_path, sqlite.open_change_hint(settings.database_path))
     postgres = _postgres()
     db: Database = postgres.PostgresDatabase(settings.database_url)
     if not postgres.holds_store(db):

@@ -1,7 +1,8 @@
 """The embedded backend: one SQLite file in the data folder (WAL, mode 0600).
 
 Writers serialise on `BEGIN IMMEDIATE`; `PRAGMA data_version` tells a connection that another one committed,
-and `change_counter` whether it changed the setup; the per-credential lock is a POSIX `flock` on one of a fixed
+and `change_counter` whether it changed the setup; the change hint (change_hint.py) spares asking while no setup
+change was announced; the per-credential lock is a POSIX `flock` on one of a fixed
 set of files under `<home>/locks`.
 
 Nothing here opens a file of the database (`-wal`, `-shm`) beside SQLite: closing any descriptor of a file drops
@@ -12,8 +13,10 @@ every POSIX lock the process holds on it, SQLite's included (another process wou
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -23,12 +26,15 @@ from sqlite_utils import Database as SqliteUtilsDatabase
 from sqlite_utils.migrations import Migrations
 
 from ..errors import ConflictError, NotFoundError, StoreBusyError, StoreError
+from .change_hint import RECHECK_SECONDS, ChangeHint, hint_path
 from .database import Cursor, Database, Params, Result
 from .filelock import FileLock
 from .schema import MIGRATIONS, SQLITE, Migration
 
 BUSY_TIMEOUT_MS = 5000
 LOCK_STRIPES = 64
+
+logger = logging.getLogger("credgate.store")
 
 
 def _sqlite_utils_migration(migration: Migration) -> Callable[[SqliteUtilsDatabase], None]:
@@ -81,14 +87,29 @@ def _mapped_errors(where: str) -> Iterator[None]:
         raise StoreError(f"{where}: {exc}") from None
 
 
+def open_change_hint(database: Path) -> ChangeHint | None:
+    """The store's change hint, created when missing; None (SQLite is asked on every check) when it cannot be."""
+    try:
+        return ChangeHint(hint_path(database))
+    except OSError as exc:
+        logger.warning("no change hint (%s): the store's setup is re-read more often", exc.strerror)
+        return None
+
+
 class SqliteDatabase(Database):
-    def __init__(self, path: Path) -> None:
+    """`hint`: the store's change hint, for a connection to the store itself (not to a scratch copy)."""
+
+    def __init__(self, path: Path, hint: ChangeHint | None = None) -> None:
         self.path = path
         self.where = str(path)
         with _mapped_errors(self.where):
             self.conn = connect(path)
+        self._hint = hint
+        self._hint_seen: bytes | None = None  # the hint when SQLite was last asked
+        self._recheck_at = 0.0
         self._data_version = -1
         self._marker = 0
+        self._noted_change = False
 
     def execute(self, sql: str, params: Params = ()) -> Cursor:
         with _mapped_errors(self.where):
@@ -103,6 +124,7 @@ class SqliteDatabase(Database):
     def transaction(self) -> Iterator[None]:
         with _mapped_errors(self.where):
             self.conn.execute("BEGIN IMMEDIATE")
+        self._noted_change = False
         try:
             yield
         except BaseException:
@@ -116,14 +138,36 @@ class SqliteDatabase(Database):
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise
+        if self._noted_change and self._hint is not None:
+            self._announce()
+
+    def _announce(self) -> None:
+        assert self._hint is not None
+        try:
+            self._hint.announce()
+        except OSError as exc:  # committed all the same: gateways see it at their next recheck
+            logger.warning(
+                "change hint not written (%s): gateways see this change within %g s", exc.strerror, RECHECK_SECONDS
+            )
+
+    def note_change(self) -> None:
+        super().note_change()
+        self._noted_change = True
 
     def change_marker(self) -> int:
         """`change_counter`, read again only when `PRAGMA data_version` says another connection committed
-        something: most commits (audit rows, last-use times) change no setup and leave the counter alone."""
+        something: most commits (audit rows, last-use times) change no setup and leave the counter alone.
+        SQLite is not asked at all while the change hint holds what it held when it last was (and the last
+        time is less than RECHECK_SECONDS ago)."""
+        hint = self._hint.read() if self._hint is not None else None  # read before asking SQLite, never after
+        now = time.monotonic()
+        if hint is not None and hint == self._hint_seen and now < self._recheck_at:
+            return self._marker
         version = int(self.execute("PRAGMA data_version").fetchone()[0])
         if version != self._data_version:
             self._data_version = version
             self._marker = int(self.execute("SELECT n FROM change_counter WHERE id = 1").fetchone()[0])
+        self._hint_seen, self._recheck_at = hint, now + RECHECK_SECONDS
         return self._marker
 
     def pending_migrations(self) -> list[str]:
@@ -176,6 +220,8 @@ class SqliteDatabase(Database):
 
     def close(self) -> None:
         self.conn.close()
+        if self._hint is not None:
+            self._hint.close()
 
 
 def create_database(path: Path, first_key_row: tuple[str, bytes, str]) -> None:
