@@ -9,7 +9,6 @@ do, so running gateways see the edit at their next call.
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import psycopg
 
 from mcp_credgate.config import Settings
-from mcp_credgate.store import hint_path
+from mcp_credgate.store.change_hint import ChangeHint, hint_path
 
 
 class RawDb:
@@ -30,7 +29,7 @@ class RawDb:
             self._pg = psycopg.connect(settings.database_url)
         else:
             self._sqlite = sqlite3.connect(settings.database_path)
-            self._hint = hint_path(settings.database_path)
+            self._path = settings.database_path
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> Any:
         if not sql.lstrip().upper().startswith(("SELECT", "PRAGMA")):
@@ -93,7 +92,9 @@ class RawDb:
         if self._sqlite is not None:
             self._sqlite.commit()
             if wrote:
-                self._hint.write_bytes(os.urandom(8))  # announced as the store's own writes are (change_hint.py)
+                hint = ChangeHint(hint_path(self._path))  # announced as the store's own writes are
+                hint.announce()
+                hint.close()
         else:
             assert self._pg is not None
             self._pg.commit()

@@ -942,6 +942,23 @@ def test_a_hint_that_cannot_be_written_keeps_the_commit_and_says_so_in_the_log(
     writer.close()
 
 
+def test_a_change_hint_cut_short_is_made_whole_with_fresh_bytes_and_a_closed_one_reads_as_unknown(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.db.changes"
+    path.write_bytes(b"abc")
+    hint = ChangeHint(path)
+    first = hint.read()
+    assert first is not None and len(first) == 8 and first[:3] != b"abc"
+    other = ChangeHint(path)
+    other.announce()
+    assert hint.read() == other.read() != first
+    other.close()
+    hint.close()
+    hint.close()
+    assert hint.read() is None
+
+
 @pytest.mark.sqlite_only
 def test_the_store_announces_its_setup_changes_and_no_other_commit(store: Store, settings: Settings) -> None:
     hint = hint_path(settings.database_path)
