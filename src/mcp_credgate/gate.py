@@ -13,14 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import jsonschema
-
+from .arguments import ArgumentCheck
 from .credential import EMPTY_CREDENTIAL, Credential
 from .declarations import Catalog, Tool
 from .errors import CiphertextError, CredentialValueError
 from .store import Binding, Store
-
-MAX_ARGUMENT_ERROR = 300
 
 
 @dataclass(frozen=True)
@@ -102,23 +99,12 @@ class ListedTool:
     ready: bool
 
 
-def _describe_error(error: jsonschema.ValidationError) -> str:
-    path = ".".join(str(p) for p in error.absolute_path)
-    where = f"argument {path!r}" if path else "arguments"
-    if error.validator == "required" and not path:
-        where = "arguments"
-    text = f"{where}: {error.message}"
-    return text if len(text) <= MAX_ARGUMENT_ERROR else text[: MAX_ARGUMENT_ERROR - 1] + "…"
-
-
 class Gate:
     def __init__(self, store: Store, catalog: Catalog, public_url: str) -> None:
         self.store = store
         self.catalog = catalog
         self.public_url = public_url.rstrip("/")
-        self._validators = {
-            name: jsonschema.Draft202012Validator(t.decl.input_schema) for name, t in catalog.tools.items()
-        }
+        self._argument_checks = {name: ArgumentCheck(t.decl.input_schema) for name, t in catalog.tools.items()}
 
     def group_exists(self, group: str) -> bool:
         return self.store.group_exists(group)
@@ -182,11 +168,9 @@ class Gate:
         binding = self.store.binding(group, tool_name, tool.upstream)
         if not binding.allowed:
             return Unknown(tool_name)
-        validator = self._validators[tool_name]
-        args = dict(arguments or {})
-        if not validator.is_valid(args):
-            errors = sorted(validator.iter_errors(args), key=lambda e: list(e.absolute_path))
-            return InvalidArguments(tool_name, _describe_error(errors[0]))
+        problem = self._argument_checks[tool_name].problem(arguments or {})
+        if problem is not None:
+            return InvalidArguments(tool_name, problem)
         return self._resolve(group, tool, binding)
 
     def allowed_upstreams(self, group: str) -> list[str]:
