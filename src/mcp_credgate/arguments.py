@@ -27,7 +27,7 @@ ANNOTATIONS = frozenset(
     {"title", "description", "default", "examples", "$comment", "deprecated", "readOnly", "writeOnly", "format"}
 )
 TOP_KEYWORDS = frozenset({*ANNOTATIONS, "$schema", "type", "properties", "required", "additionalProperties"})
-LIMITS = {"minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
+LIMITS = frozenset({"minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
 VALUE_KEYWORDS = frozenset({*ANNOTATIONS, *LIMITS, "type", "enum"})
 # JSON Schema's types as the JSON decoder makes them; exact types only (bool is not an integer, and an integral
 # float, an integer to jsonschema, is left to it)
@@ -96,18 +96,15 @@ def _value_check(schema: Any) -> ValueCheck | None:
     if enum is not None and not (isinstance(enum, list) and all(isinstance(e, str) for e in enum)):
         return None
     choices = frozenset(enum) if enum is not None else None
-    lengths = (schema.get("minLength", 0), schema.get("maxLength", math.inf))
-    bounds = [schema.get(k) for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")]
-    if not all(_is_number(n) for n in (*lengths, *(b for b in bounds if b is not None))):
+    limits = {keyword: schema[keyword] for keyword in LIMITS if keyword in schema}
+    if not all(type(limit) in (int, float) for limit in limits.values()):
         return None
-    unbounded = (-math.inf, -math.inf, math.inf, math.inf)
-    low: float
-    low_excl: float
-    high: float
-    high_excl: float
-    low, low_excl, high, high_excl = (b if b is not None else u for b, u in zip(bounds, unbounded, strict=True))
-    shortest: float = lengths[0]
-    longest: float = lengths[1]
+    shortest: float = limits.get("minLength", 0)
+    longest: float = limits.get("maxLength", math.inf)
+    low: float = limits.get("minimum", -math.inf)
+    above: float = limits.get("exclusiveMinimum", -math.inf)
+    high: float = limits.get("maximum", math.inf)
+    below: float = limits.get("exclusiveMaximum", math.inf)
 
     def check(value: Any) -> bool:
         kind = type(value)
@@ -119,14 +116,10 @@ def _value_check(schema: Any) -> ValueCheck | None:
             return shortest <= len(value) <= longest
         if kind is int or kind is float:  # NaN and the infinities fail here (the exclusive bounds default to ±inf)
             number: float = value
-            return low <= number <= high and low_excl < number < high_excl
+            return low <= number <= high and above < number < below
         return True
 
     return check
-
-
-def _is_number(value: Any) -> bool:
-    return type(value) in (int, float)
 
 
 class ArgumentCheck:

@@ -168,7 +168,7 @@ class Gate:
         binding = self.store.binding(group, tool_name, tool.upstream)
         if not binding.allowed:
             return Unknown(tool_name)
-        problem = self._argument_checks[tool_name].problem(arguments or {})
+        problem = self._argument_checks[tool_name].problem(dict(arguments or {}))
         if problem is not None:
             return InvalidArguments(tool_name, problem)
         return self._resolve(group, tool, binding)

@@ -2,8 +2,8 @@
 
 Writers serialise on `BEGIN IMMEDIATE`; `PRAGMA data_version` tells a connection that another one committed,
 and `change_counter` whether it changed the setup; the change hint (change_hint.py) spares asking while no setup
-change was announced; the per-credential lock is a POSIX `flock` on one of a fixed
-set of files under `<home>/locks`.
+change was announced. The per-credential lock is a POSIX `flock` on one of a fixed set of files under
+`<home>/locks`.
 
 Nothing here opens a file of the database (`-wal`, `-shm`) beside SQLite: closing any descriptor of a file drops
 every POSIX lock the process holds on it, SQLite's included (another process would then take this one's
