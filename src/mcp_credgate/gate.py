@@ -8,7 +8,6 @@ bindings and values are read from the store on every call, so a rebind or a rota
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -161,14 +160,14 @@ class Gate:
         """The warning for an OAuth2 credential whose token can no longer be refreshed."""
         return self._warning("credential_expired", group, tool, (), credential_name)
 
-    def check(self, group: str, tool_name: str, arguments: Mapping[str, Any] | None) -> Decision:
+    def check(self, group: str, tool_name: str, arguments: dict[str, Any]) -> Decision:
         tool = self.catalog.tool(tool_name)
         if tool is None:
             return Unknown(tool_name)
         binding = self.store.binding(group, tool_name, tool.upstream)
         if not binding.allowed:
             return Unknown(tool_name)
-        problem = self._argument_checks[tool_name].problem(dict(arguments or {}))
+        problem = self._argument_checks[tool_name].problem(arguments)
         if problem is not None:
             return InvalidArguments(tool_name, problem)
         return self._resolve(group, tool, binding)

@@ -153,7 +153,8 @@ class Gateway:
         ctx: ServerRequestContext[Any] | None,
     ) -> types.CallToolResult:
         started = time.perf_counter()
-        decision = self.gate.check(caller.group, name, arguments)
+        args = dict(arguments or {})  # a dict of its own, as JSON Schema's object is
+        decision = self.gate.check(caller.group, name, args)
         if isinstance(decision, Unknown):
             self._record(caller, name, None, "denied", started, ref)
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
@@ -176,7 +177,7 @@ class Gateway:
         credential, handler_view = usable
         redactor = redactor_for(credential)
         try:
-            output = await self._dispatch(decision.tool, dict(arguments or {}), handler_view, caller, ctx)
+            output = await self._dispatch(decision.tool, args, handler_view, caller, ctx)
         except Exception as exc:
             details = "".join(traceback.format_exception(exc))
             logger.error("tool %s failed (ref: %s):\n%s", name, ref, redactor.text(details))
