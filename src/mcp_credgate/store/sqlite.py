@@ -96,6 +96,15 @@ def open_change_hint(database: Path) -> ChangeHint | None:
         return None
 
 
+def _announce(hint: ChangeHint) -> None:
+    try:
+        hint.announce()
+    except OSError as exc:  # committed all the same: gateways see it at their next recheck
+        logger.warning(
+            "change hint not written (%s): gateways see this change within %g s", exc.strerror, RECHECK_SECONDS
+        )
+
+
 class SqliteDatabase(Database):
     """`hint`: the store's change hint, for a connection to the store itself (not to a scratch copy)."""
 
@@ -139,16 +148,7 @@ class SqliteDatabase(Database):
                 self.conn.execute("ROLLBACK")
             raise
         if self._noted_change and self._hint is not None:
-            self._announce()
-
-    def _announce(self) -> None:
-        assert self._hint is not None
-        try:
-            self._hint.announce()
-        except OSError as exc:  # committed all the same: gateways see it at their next recheck
-            logger.warning(
-                "change hint not written (%s): gateways see this change within %g s", exc.strerror, RECHECK_SECONDS
-            )
+            _announce(self._hint)
 
     def note_change(self) -> None:
         super().note_change()
