@@ -31,7 +31,7 @@ from gateway_support import assert_no_leak, assert_no_leak_at_rest, closed_port,
 from mcp.shared.auth import OAuthToken
 from oauth_provider import OAuthProvider, oauth_tool, pkce_challenge, running_oauth_provider
 
-from mcp_credgate import oauth
+from mcp_credgate import oauth, readiness
 from mcp_credgate.config import Settings
 from mcp_credgate.credential import mask
 from mcp_credgate.declarations import Catalog, CredentialSpec, load_catalog
@@ -850,7 +850,7 @@ def test_connect_end_to_end(
     assert stored["refresh_token"] == provider.current_refresh_token
     assert stored["client_id"] == CLIENT_ID and stored["client_secret"] == CLIENT_SECRET
     assert stored["scope"] == "read"
-    expires = oauth.parse_time(stored["expires_at"])
+    expires = readiness.parse_time(stored["expires_at"])
     assert expires is not None
     assert abs((expires - datetime.now(UTC)).total_seconds() - provider.access_ttl) < 120
     assert "refreshed_at" in stored and "refresh_error" not in stored

@@ -49,7 +49,7 @@ from mcp.client.stdio import stdio_client
 from oauth_provider import OAuthProvider, oauth_tool, running_oauth_provider
 from raw_db import raw_db
 
-from mcp_credgate import admin, oauth
+from mcp_credgate import admin, oauth, readiness
 from mcp_credgate.cli import cli
 
 pytestmark = pytest.mark.anyio
@@ -218,7 +218,7 @@ async def test_an_expired_token_is_refreshed_transparently_and_the_rotation_is_s
         assert new["refresh_token"] == provider.current_refresh_token != old["refresh_token"]
         assert provider.is_valid_refresh_token(new["refresh_token"])  # nothing lost: the rotated one is kept
         assert not provider.is_valid_refresh_token(old["refresh_token"])  # and the old one is dead
-        expires_at, refreshed_at = oauth.parse_time(new["expires_at"]), oauth.parse_time(new["refreshed_at"])
+        expires_at, refreshed_at = readiness.parse_time(new["expires_at"]), readiness.parse_time(new["refreshed_at"])
         assert expires_at is not None and refreshed_at is not None
         assert started <= refreshed_at <= oauth.utc_now()
         assert expires_at > oauth.utc_now() + timedelta(seconds=3500)  # access_ttl 3600 s

@@ -24,10 +24,7 @@ from mcp_credgate.server import NOT_READY_NOTE
 from mcp_credgate.web.dashboard import build_dashboard_app
 from mcp_credgate.web.session import new_admin_secret
 
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.xfail(strict=True, reason="tools/list, group show and tools/call each judge readiness their own way"),
-]
+pytestmark = pytest.mark.anyio
 
 GROUP = "team"
 HANDLERS = "def ok(args, credential):\n    return {'ok': True}\n"

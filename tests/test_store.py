@@ -972,3 +972,50 @@ def test_the_store_announces_its_setup_changes_and_no_other_commit(store: Store,
     assert hint.read_bytes() == announced
     store.add_group("second")
     assert hint.read_bytes() not in (announced, b"")
+
+
+# -- an OAuth2 token's expiry, kept in clear beside its ciphertext (what readiness reads) --------------------
+
+OAUTH_SECRET = frozenset({"token", "client_secret", "refresh_token"})
+
+
+def clear_expiry(settings: Settings, name: str) -> object:
+    with raw_db(settings) as db:
+        return db.execute("SELECT expires_at FROM credentials WHERE name = ?", (name,)).fetchone()[0]
+
+
+def test_an_expiry_is_kept_in_clear_and_follows_every_update(store: Store, settings: Settings) -> None:
+    store.add_credential("acme", "acme", {"token": "t-1", "expires_at": "2030-01-01T00:00:00Z"}, OAUTH_SECRET)
+    assert clear_expiry(settings, "acme") == "2030-01-01T00:00:00Z"
+    assert store.credentials_named(["acme"])["acme"].expires_at == "2030-01-01T00:00:00Z"
+
+    store.update_credential("acme", {"expires_at": "2031-01-01T00:00:00Z"}, OAUTH_SECRET)
+    assert clear_expiry(settings, "acme") == "2031-01-01T00:00:00Z"
+    store.update_credential("acme", {"token": "t-2"}, OAUTH_SECRET)
+    assert clear_expiry(settings, "acme") == "2031-01-01T00:00:00Z"
+    store.update_credential("acme", {"token": "t-3"}, OAUTH_SECRET, remove=["expires_at"])
+    assert clear_expiry(settings, "acme") is None
+    assert store.credentials_named(["acme"])["acme"].expires_at is None
+
+
+def test_a_field_named_expires_at_that_is_declared_secret_never_leaves_the_ciphertext(
+    store: Store, settings: Settings
+) -> None:
+    store.add_credential("odd", "odd", {"expires_at": "s3cr3t-expiry"}, frozenset({"expires_at"}))
+    store.update_credential("odd", {"expires_at": "s3cr3t-expiry-2"}, frozenset({"expires_at"}))
+    assert clear_expiry(settings, "odd") is None
+    assert store.read_credential("odd")["expires_at"] == "s3cr3t-expiry-2"
+
+
+def test_expiries_marked_by_the_migration_are_copied_in_at_the_next_open(store: Store, settings: Settings) -> None:
+    """Migration 0007 marks rows whose expiry was encrypted only; the next open (which has the key) fills them."""
+    store.add_credential("acme", "acme", {"token": "t-1", "expires_at": "2030-01-01T00:00:00Z"}, OAUTH_SECRET)
+    store.add_credential("plain", "plain", {"key": "k-1"}, frozenset({"key"}))
+    with raw_db(settings) as db:
+        db.execute("UPDATE credentials SET expires_at = 'pending'")
+
+    with Store.open(settings):
+        pass
+
+    assert clear_expiry(settings, "acme") == "2030-01-01T00:00:00Z"
+    assert clear_expiry(settings, "plain") is None

@@ -9,20 +9,21 @@ from __future__ import annotations
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from . import oauth
 from .config import Settings
 from .credential import mask
 from .declarations import Catalog, CredentialSpec, Tool
 from .errors import CiphertextError, ConflictError, CredentialValueError, CredgateError, NotFoundError, StoreError
+from .readiness import Status, Verdict, credential_verdict, verdict
 from .store import CredentialInfo, Store, hint_path
 
-Status = Literal["ready", "needs_credential", "incomplete", "expired", "no_credential_needed", "undeclared"]
-STATUS_LABELS: dict[str, str] = {
+STATUS_LABELS: dict[Status, str] = {
     "ready": "ready",
     "needs_credential": "needs credential",
     "incomplete": "incomplete",
+    "invalid": "invalid",
     "expired": "expired",
     "no_credential_needed": "no credential needed",
     "undeclared": "not declared any more",
@@ -143,23 +144,9 @@ def oauth_summary(spec: CredentialSpec, credential: Mapping[str, str]) -> dict[s
     }
 
 
-def credential_status(
-    spec: CredentialSpec, info: CredentialInfo, store: Store | None = None
-) -> tuple[Status, tuple[str, ...]]:
-    """ready, incomplete, or (an OAuth2 credential whose token can no longer be used or refreshed) expired.
-    The last needs the store, to read the token's state."""
-    if info.type != spec.type:
-        return "incomplete", tuple(spec.missing_fields(()))
-    missing = tuple(spec.missing_fields(info.fields))
-    if missing:
-        return "incomplete", missing
-    if spec.oauth is not None and store is not None:
-        try:
-            if oauth.condition(store.read_credential(info.name), oauth.utc_now()) == "expired":
-                return "expired", ()
-        except CiphertextError:
-            return "incomplete", ()
-    return "ready", ()
+def credential_status(spec: CredentialSpec, info: CredentialInfo) -> Verdict:
+    """The readiness of a stored credential for a credential type (`readiness.credential_verdict`)."""
+    return credential_verdict(spec, info, oauth.utc_now())
 
 
 def upstream_of(catalog: Catalog, name: str) -> str | None:
@@ -185,26 +172,20 @@ def _allow_entry(catalog: Catalog, name: str) -> str:
 
 
 def group_statuses(store: Store, catalog: Catalog, group: str) -> list[ToolStatus]:
+    """Each entry the group allows, with its readiness (`readiness.verdict`, as `tools/list` and calls)."""
     info = store.group(group)
-    bound = [c for c in (*info.tools.values(), *info.upstreams.values()) if c]
-    creds = {c.name: c for c in store.list_credentials()} if bound else {}
+    creds = store.credentials_named(c for c in (*info.tools.values(), *info.upstreams.values()) if c)
+    now = oauth.utc_now()
     out = []
     for entry, cred_name in info.tools.items():
         upstream = entry[:-2] if entry.endswith(".*") else None
         tool = catalog.upstreams.get(upstream) if upstream else catalog.tool(entry)
-        if tool is None:
-            out.append(ToolStatus(entry, "undeclared", cred_name, None))
-            continue
-        if tool.upstream or upstream:
+        if tool is not None and (tool.upstream or upstream):
             cred_name = info.upstreams.get(tool.upstream or upstream or "")
-        spec = tool.credential
-        if spec is None:
-            out.append(ToolStatus(entry, "no_credential_needed", None, None))
-        elif cred_name is None:
-            out.append(ToolStatus(entry, "needs_credential", None, spec.type, tuple(spec.missing_fields(()))))
-        else:
-            status, missing = credential_status(spec, creds[cred_name], store)
-            out.append(ToolStatus(entry, status, cred_name, spec.type, missing))
+        found = verdict(tool, creds.get(cred_name) if cred_name else None, now)
+        spec = tool.credential if tool is not None else None
+        shown_cred = cred_name if found.status != "no_credential_needed" else None
+        out.append(ToolStatus(entry, found.status, shown_cred, spec.type if spec else None, found.missing_fields))
     return out
 
 

@@ -8,7 +8,9 @@ bindings and values are read from the store on every call, so a rebind or a rota
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -16,6 +18,7 @@ from .arguments import ArgumentCheck
 from .credential import EMPTY_CREDENTIAL, Credential
 from .declarations import Catalog, Tool
 from .errors import CiphertextError, CredentialValueError
+from .readiness import Verdict, credential_verdict, verdict
 from .store import Binding, Store
 
 
@@ -91,40 +94,57 @@ class Ready:
 
 Decision = Unknown | InvalidArguments | CredentialWarning | Ready
 
+# The warning a call gets for each status of `readiness.verdict` that is not ready.
+WARNINGS = {
+    "needs_credential": "missing_credential",
+    "incomplete": "missing_credential",
+    "invalid": "credential_invalid",
+    "expired": "credential_expired",
+}
+
 
 @dataclass(frozen=True)
 class ListedTool:
     tool: Tool
-    ready: bool
+    verdict: Verdict
+
+    @property
+    def ready(self) -> bool:
+        return self.verdict.ready
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class Gate:
-    def __init__(self, store: Store, catalog: Catalog, public_url: str) -> None:
+    def __init__(
+        self, store: Store, catalog: Catalog, public_url: str, clock: Callable[[], datetime] = utc_now
+    ) -> None:
         self.store = store
         self.catalog = catalog
         self.public_url = public_url.rstrip("/")
+        self.clock = clock  # what an OAuth2 token's expiry is compared with
         self._argument_checks = {name: ArgumentCheck(t.decl.input_schema) for name, t in catalog.tools.items()}
 
     def group_exists(self, group: str) -> bool:
         return self.store.group_exists(group)
 
     def list_tools(self, group: str) -> list[ListedTool]:
-        """The group's allowed, declared tools; `ready` is False when its credential is not set up."""
+        """The group's allowed, declared tools, each with its readiness (`readiness.verdict`)."""
         allowed = self.store.allowed_tools(group)
         upstream_creds = self.store.upstream_bindings(group) if self.catalog.upstreams else {}
         names = {n for n in allowed if n in self.catalog.tools}
         for entry in allowed:
             if entry.endswith(".*"):
                 names.update(self.catalog.upstream_tools(entry[:-2]))
-        bound = [c for c in (*allowed.values(), *upstream_creds.values()) if c]
-        fields_by_cred = {c.name: c.fields for c in self.store.list_credentials()} if bound else {}
+        stored = self.store.credentials_named(c for c in (*allowed.values(), *upstream_creds.values()) if c)
+        now = self.clock()
         listed = []
         for name in sorted(names):
             tool = self.catalog.tools[name]
-            spec = tool.credential
             cred = upstream_creds.get(tool.upstream) if tool.upstream else allowed.get(name)
-            ready = spec is None or (cred is not None and not spec.missing_fields(fields_by_cred.get(cred, ())))
-            listed.append(ListedTool(tool, ready))
+            listed.append(ListedTool(tool, verdict(tool, stored.get(cred) if cred else None, now)))
         return listed
 
     def allows(self, group: str, tool_name: str) -> bool:
@@ -192,30 +212,32 @@ class Gate:
         spec = tool.credential
         if spec is None:
             return Ready(tool, EMPTY_CREDENTIAL, None)
-        if binding.sealed is None:
+        sealed = binding.sealed
+        if sealed is None:
             return self._warning("missing_credential", group, tool, tuple(spec.missing_fields(())))
+        # Found complete and well-formed for this declaration before, the same verdict holds until the store
+        # changes (a new SealedCredential is read then) or the declarations do (a new spec); only an OAuth2
+        # token's expiry moves with the clock.
+        if sealed.vetted_for is not spec or spec.oauth is not None:
+            found = credential_verdict(spec, sealed, self.clock())
+            if not found.ready:
+                return self._warning(WARNINGS[found.status], group, tool, found.missing_fields, binding.credential)
         try:
-            credential = self.store.open_sealed(binding.sealed)
+            credential = self.store.open_sealed(sealed)
         except CiphertextError as exc:
             fields = (exc.field,) if exc.field else ()
             return self._warning("credential_invalid", group, tool, fields, exc.credential)
-        # Found complete and well-formed for this declaration before: the verdict holds until the store changes
-        # (a new SealedCredential is read then) or the declarations do (a new spec).
-        if binding.sealed.vetted_for is spec:
+        if sealed.vetted_for is spec:
             return Ready(tool, credential, credential.name)
-        decision = self._credential_decision(group, tool, credential)
+        decision = self._values_decision(group, tool, credential)
         if isinstance(decision, Ready):
-            binding.sealed.vetted_for = spec
+            sealed.vetted_for = spec
         return decision
 
-    def _credential_decision(self, group: str, tool: Tool, credential: Credential) -> CredentialWarning | Ready:
+    def _values_decision(self, group: str, tool: Tool, credential: Credential) -> CredentialWarning | Ready:
+        """What only the decrypted values tell: each one still matches its field's declaration."""
         spec = tool.credential
         assert spec is not None
-        if credential.type != spec.type:
-            return self._warning("credential_invalid", group, tool, (), credential.name)
-        missing = tuple(spec.missing_fields(credential.keys()))
-        if missing:
-            return self._warning("missing_credential", group, tool, missing, credential.name)
         for name, value in credential.items():
             field = spec.field(name)
             if field is not None:

@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 from urllib.parse import quote_plus, urlencode, urlsplit, urlunsplit
 
 import anyio
@@ -26,18 +26,18 @@ from pydantic import ValidationError
 
 from .declarations import OAuthProvider
 from .errors import CredgateError
+from .readiness import REFRESH_MARGIN, TokenCondition, token_condition
 
 if TYPE_CHECKING:  # the network parts load with the first request: `credgate` commands start faster without them
     import httpx2
     from mcp.shared.auth import OAuthToken
 
-REFRESH_MARGIN = 60.0  # seconds: a token that expires within this is refreshed before use
 TOKEN_TIMEOUT = 20.0
 MAX_TOKEN_RESPONSE = 64 * 1024
 MAX_LIFETIME = 10 * 365 * 24 * 3600  # an `expires_in` beyond this (or ≤ 0) is not taken as a lifetime
 ERROR_CODE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,64}")  # RFC 6749 §5.2's character set, bounded
 
-Condition = Literal["fresh", "refresh", "expired"]
+Condition = TokenCondition
 
 
 class OAuthError(CredgateError):
@@ -73,30 +73,13 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_time(text: str) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 # -- the state of a stored token ----------------------------------------------------------------
 
 
 def condition(credential: Mapping[str, str], now: datetime, margin: float = REFRESH_MARGIN) -> Condition:
     """`fresh`: use the access token as it is; `refresh`: refresh it first; `expired`: it cannot be used."""
-    expires = parse_time(credential.get("expires_at", ""))
-    if expires is None:
-        return "fresh"  # the provider gave no lifetime: the token is used until an API refuses it
-    remaining = (expires - now).total_seconds()
-    if remaining > margin:
-        return "fresh"
-    if credential.get("refresh_error"):
-        return "expired"  # refused once (invalid_grant): the same answer until new tokens are stored
-    if credential.get("refresh_token"):
-        return "refresh"
-    return "fresh" if remaining > 0 else "expired"
+    refresh_token, refused = bool(credential.get("refresh_token")), bool(credential.get("refresh_error"))
+    return token_condition(credential.get("expires_at"), refresh_token, refused, now, margin)
 
 
 # -- the authorization-code grant ---------------------------------------------------------------

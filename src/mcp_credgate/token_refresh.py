@@ -18,6 +18,7 @@ from . import oauth
 from .credential import Credential
 from .declarations import CredentialSpec
 from .errors import ConflictError, CredentialValueError, NotFoundError, StoreBusyError
+from .readiness import REFRESH_MARGIN
 from .store import Store
 
 logger = logging.getLogger("credgate.oauth")
@@ -27,7 +28,7 @@ SAVE_ATTEMPTS = 3
 
 class TokenRefresher:
     def __init__(
-        self, store: Store, http: Callable[[], httpx2.AsyncClient], margin: float = oauth.REFRESH_MARGIN
+        self, store: Store, http: Callable[[], httpx2.AsyncClient], margin: float = REFRESH_MARGIN
     ) -> None:
         self.store = store
         self.http = http

@@ -35,6 +35,9 @@ from ..errors import (
 from . import sqlite
 from .database import Database, PollingLock, Row
 
+EXPIRY_FIELD = "expires_at"  # an OAuth2 credential's token expiry, also kept in clear beside the ciphertext
+EXPIRY_PENDING = "pending"  # the mark of migration 0007 on rows whose expiry is still to be copied in
+
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -52,6 +55,7 @@ class CredentialInfo:
     updated_at: str
     bindings: tuple[tuple[str, str], ...] = ()  # (group, tool)
     uid: str = ""
+    expires_at: str | None = None  # an OAuth2 token's expiry: clear metadata, not a secret
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,18 @@ class SealedCredential:
 
     def __repr__(self) -> str:
         return f"SealedCredential({self.row['name']!r})"
+
+    @property
+    def type(self) -> str:
+        return str(self.row["type"])
+
+    @property
+    def fields(self) -> frozenset[str]:
+        return frozenset(v["field"] for v in self.values)
+
+    @property
+    def expires_at(self) -> str | None:
+        return self.row["expires_at"]  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -252,10 +268,36 @@ class Store:
             raise
         store = cls(db, keyring)
         store._key_source = (settings, env)
+        store._copy_pending_expiries()
         return store
 
     def close(self) -> None:
         self._db.close()
+
+    def _copy_pending_expiries(self) -> None:
+        """Copy in the clear expiry of the credentials migration 0007 marked (an index finds them: nothing to
+        do costs one lookup). A credential whose value does not open stays marked, for a later try."""
+        pending = self._query(
+            "SELECT id, name, type, uid, key_id, wrapped_dek FROM credentials WHERE expires_at = ?", (EXPIRY_PENDING,)
+        )
+        if not pending:
+            return
+        with self._write() as conn:
+            for row in pending:
+                found = conn.execute(
+                    "SELECT ciphertext FROM credential_values WHERE credential_id = ? AND field = ? AND secret = 0",
+                    (row["id"], EXPIRY_FIELD),
+                ).fetchone()
+                try:
+                    expiry = (
+                        self._data_key(row).decrypt(row["uid"], EXPIRY_FIELD, found["ciphertext"]) if found else None
+                    )
+                except (CiphertextError, OpenError, UnicodeDecodeError):
+                    continue
+                conn.execute(
+                    "UPDATE credentials SET expires_at = ? WHERE id = ? AND expires_at = ?",
+                    (expiry, row["id"], EXPIRY_PENDING),
+                )
 
     def __enter__(self) -> Store:
         return self
@@ -437,15 +479,24 @@ class Store:
     def add_credential(self, name: str, type_: str, values: Mapping[str, str], secret_fields: frozenset[str]) -> None:
         uid = uuid.uuid4().hex
         dek = DataKey.generate()
-        stamp = now()
+        stamp, expiry = now(), _expiry(values, secret_fields)
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM credentials WHERE name = ?", (name,)).fetchone():
                 raise ConflictError(f"a credential named {name!r} exists already (use `credgate cred update {name}`)")
             master = self._writing_key(conn)
             credential_id = conn.execute(
-                "INSERT INTO credentials (name, type, uid, key_id, wrapped_dek, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (name, type_, uid, master.key_id, master.wrap(dek.raw, uid), stamp, stamp),
+                "INSERT INTO credentials (name, type, uid, key_id, wrapped_dek, created_at, updated_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    name,
+                    type_,
+                    uid,
+                    master.key_id,
+                    master.wrap(dek.raw, uid),
+                    stamp,
+                    stamp,
+                    expiry,
+                ),
             ).fetchone()["id"]
             _write_values(conn, credential_id, uid, dek, values, secret_fields)
 
@@ -464,6 +515,7 @@ class Store:
             row = self._credential_row(conn, name)
             if uid is not None and row["uid"] != uid:
                 raise ConflictError(f"credential {name!r} was replaced meanwhile")
+            rebuilt = False
             try:
                 dek = self._data_key(row)
             except CiphertextError:
@@ -475,7 +527,7 @@ class Store:
                 ]
                 if not set(stored) <= set(values):
                     raise CiphertextError(name) from None
-                master, dek = self._writing_key(conn), DataKey.generate()
+                master, dek, rebuilt = self._writing_key(conn), DataKey.generate(), True
                 conn.execute("DELETE FROM credential_values WHERE credential_id = ?", (row["id"],))
                 conn.execute(
                     "UPDATE credentials SET key_id = ?, wrapped_dek = ? WHERE id = ?",
@@ -487,6 +539,10 @@ class Store:
                 [(row["id"], f) for f in remove if f not in values],
             )
             conn.execute("UPDATE credentials SET updated_at = ? WHERE id = ?", (now(), row["id"]))
+            if EXPIRY_FIELD in values or EXPIRY_FIELD in remove or rebuilt:
+                conn.execute(
+                    "UPDATE credentials SET expires_at = ? WHERE id = ?", (_expiry(values, secret_fields), row["id"])
+                )
 
     def remove_credential(self, name: str, force: bool = False) -> list[tuple[str, str]]:
         """Delete a credential; a bound one only with force, which unbinds it. Returns the bindings removed."""
@@ -514,15 +570,28 @@ class Store:
     def list_credentials(self) -> list[CredentialInfo]:
         return self._infos("")
 
-    def _infos(self, where: str) -> list[CredentialInfo]:
+    def credentials_named(self, names: Iterable[str]) -> dict[str, CredentialInfo]:
+        """Name → what is known of these credentials without decrypting them (their bindings left out)."""
+        wanted = sorted(set(names))
+        if not wanted:
+            return {}
+        where = f"WHERE c.name IN ({', '.join('?' * len(wanted))})"
+        return {info.name: info for info in self._infos(where, wanted, with_bindings=False)}
+
+    def _infos(self, where: str, params: Sequence[object] = (), *, with_bindings: bool = True) -> list[CredentialInfo]:
         rows = self._query(
-            "SELECT c.id, c.name, c.type, c.uid, c.created_at, c.updated_at, v.field, v.secret"
+            "SELECT c.id, c.name, c.type, c.uid, c.created_at, c.updated_at, c.expires_at, v.field, v.secret"
             f" FROM credentials c LEFT JOIN credential_values v ON v.credential_id = c.id {where}"
-            " ORDER BY c.name, v.rowid"
+            " ORDER BY c.name, v.rowid",
+            params,
         )
-        binds = self._query(
-            "SELECT b.credential_id, g.name AS grp, b.target AS tool FROM bindings b JOIN groups g ON g.id = b.group_id"
-            " ORDER BY g.name, b.target"
+        binds = (
+            self._query(
+                "SELECT b.credential_id, g.name AS grp, b.target AS tool FROM bindings b"
+                " JOIN groups g ON g.id = b.group_id ORDER BY g.name, b.target"
+            )
+            if with_bindings
+            else []
         )
         by_cred: dict[int, list[tuple[str, str]]] = {}
         for b in binds:
@@ -538,6 +607,7 @@ class Store:
                 r["updated_at"],
                 tuple(by_cred.get(r["id"], [])),
                 r["uid"],
+                r["expires_at"],
             )
             if r["field"] is not None:
                 info = replace(
@@ -744,7 +814,7 @@ class Store:
                 return cached
         if upstream is None:
             rows = self._query(
-                "SELECT gt.credential_id AS cid, c.name, c.type, c.uid, c.key_id, c.wrapped_dek,"
+                "SELECT gt.credential_id AS cid, c.name, c.type, c.uid, c.key_id, c.wrapped_dek, c.expires_at,"
                 " v.field, v.secret, v.ciphertext FROM groups g JOIN group_tools gt ON gt.group_id = g.id"
                 " LEFT JOIN credentials c ON c.id = gt.credential_id"
                 " LEFT JOIN credential_values v ON v.credential_id = c.id WHERE g.name = ? AND gt.tool = ?",
@@ -752,7 +822,8 @@ class Store:
             )
         else:
             rows = self._query(
-                "SELECT c.id AS cid, c.name, c.type, c.uid, c.key_id, c.wrapped_dek, v.field, v.secret, v.ciphertext"
+                "SELECT c.id AS cid, c.name, c.type, c.uid, c.key_id, c.wrapped_dek, c.expires_at, v.field, v.secret,"
+                " v.ciphertext"
                 " FROM groups g LEFT JOIN group_upstreams gu ON gu.group_id = g.id AND gu.upstream = ?"
                 " LEFT JOIN credentials c ON c.id = gu.credential_id"
                 " LEFT JOIN credential_values v ON v.credential_id = c.id WHERE g.name = ?"
@@ -904,6 +975,11 @@ class Store:
             )
             for r in rows
         ]
+
+
+def _expiry(values: Mapping[str, str], secret_fields: frozenset[str]) -> str | None:
+    """The clear copy of a credential's `expires_at` (never of a field declared secret)."""
+    return values.get(EXPIRY_FIELD) if EXPIRY_FIELD not in secret_fields else None
 
 
 def _save_capabilities(conn: Database, upstream: str, capabilities: Mapping[str, object], stamp: str) -> None:

@@ -167,4 +167,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         )
         """,
     ),
+    Migration(
+        # An OAuth2 token's expiry as clear metadata (not a secret), so that a tool's readiness is known without
+        # decrypting anything. Rows that hold an encrypted `expires_at` are marked 'pending': the store copies
+        # their expiry in when it is next opened (`Store.open`, which has the key), on every backend and replica.
+        "0007_credential_expiry",
+        """
+        ALTER TABLE credentials ADD COLUMN expires_at TEXT;
+        UPDATE credentials SET expires_at = 'pending'
+            WHERE id IN (SELECT credential_id FROM credential_values WHERE field = 'expires_at' AND secret = 0);
+        CREATE INDEX credentials_expiry_pending ON credentials(expires_at) WHERE expires_at = 'pending'
+        """,
+    ),
 )

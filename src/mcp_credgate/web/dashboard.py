@@ -508,7 +508,7 @@ class Dashboard:
         compatible = [c.name for c in credentials if c.type == spec.type]
         context |= {"compatible": compatible, "fields": fields_of(spec), "allowed": allowed, "expired": None}
         bound = next((c for c in credentials if c.name == binding.credential), None)
-        if bound is not None and admin.credential_status(spec, bound, self.store)[0] == "expired":
+        if bound is not None and admin.credential_status(spec, bound).status == "expired":
             context["expired"] = bound.name  # the fix is to connect it again, not another binding
         if request.method == "GET":
             return self._render(request, "setup.html", session, **context, errors={}, given={}, name="")
