@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import oauth
+from .allow import AllowEntry, allows_upstream_tools
 from .config import Settings
 from .credential import mask
 from .declarations import Catalog, CredentialSpec, Tool
@@ -151,24 +152,25 @@ def credential_status(spec: CredentialSpec, info: CredentialInfo) -> Verdict:
 
 def upstream_of(catalog: Catalog, name: str) -> str | None:
     """The upstream MCP server that NAME stands for: `NAME`, `NAME.*`, `NAME_*`, or one of its tools."""
-    for candidate in (name, name.removesuffix(".*"), name.removesuffix("_*")):
+    for candidate in AllowEntry.without_suffix(name):
         if candidate in catalog.upstreams:
             return candidate
     tool = catalog.tool(name)
     return tool.upstream if tool is not None else None
 
 
-def _allow_entry(catalog: Catalog, name: str) -> str:
-    """What `group allow` stores: a declared tool's name, or `UPSTREAM.*` for all of an upstream's tools."""
-    if name.endswith((".*", "_*")):
+def _allow_entry(catalog: Catalog, name: str) -> AllowEntry:
+    """What `group allow` stores: a declared tool, or all of an upstream's tools."""
+    if AllowEntry.names_whole_upstream(name):
         upstream = upstream_of(catalog, name)
         if upstream is None:
             raise NotFoundError(f"no upstream MCP server named {name[:-2]!r} is declared (see `credgate tools`)")
-        return f"{upstream}.*"
+        return AllowEntry.of_upstream(upstream)
     if name in catalog.upstreams:
-        raise ConflictError(f"{name!r} is an upstream MCP server: allow its tools with `{name}.*` or one by one")
+        entry = AllowEntry.of_upstream(name)
+        raise ConflictError(f"{name!r} is an upstream MCP server: allow its tools with `{entry}` or one by one")
     require_tool(catalog, name)
-    return name
+    return AllowEntry(name)
 
 
 def group_statuses(store: Store, catalog: Catalog, group: str) -> list[ToolStatus]:
@@ -178,7 +180,7 @@ def group_statuses(store: Store, catalog: Catalog, group: str) -> list[ToolStatu
     now = oauth.utc_now()
     out = []
     for entry, cred_name in info.tools.items():
-        upstream = entry[:-2] if entry.endswith(".*") else None
+        upstream = AllowEntry.parse(entry).upstream
         tool = catalog.upstreams.get(upstream) if upstream else catalog.tool(entry)
         if tool is not None and (tool.upstream or upstream):
             cred_name = info.upstreams.get(tool.upstream or upstream or "")
@@ -190,14 +192,16 @@ def group_statuses(store: Store, catalog: Catalog, group: str) -> list[ToolStatu
 
 
 def allow(store: Store, catalog: Catalog, group: str, tools: Iterable[str]) -> list[str]:
-    entries = [_allow_entry(catalog, name) for name in tools]
+    entries = [str(_allow_entry(catalog, name)) for name in tools]
     store.allow(group, entries)
     return entries
 
 
 def deny(store: Store, catalog: Catalog, group: str, tools: Iterable[str]) -> list[str]:
     entries = [
-        f"{upstream}.*" if name.endswith((".*", "_*")) and (upstream := upstream_of(catalog, name)) else name
+        str(AllowEntry.of_upstream(upstream))
+        if AllowEntry.names_whole_upstream(name) and (upstream := upstream_of(catalog, name))
+        else name
         for name in tools
     ]
     unbound = store.deny(group, entries)
@@ -205,7 +209,7 @@ def deny(store: Store, catalog: Catalog, group: str, tools: Iterable[str]) -> li
     # unannounced, with the next `allow`).
     allowed = store.allowed_tools(group)
     for upstream in store.upstream_bindings(group):
-        if f"{upstream}.*" not in allowed and not any(t in allowed for t in catalog.upstream_tools(upstream)):
+        if not allows_upstream_tools(allowed, upstream, catalog.upstream_tools(upstream)):
             store.unbind_upstream(group, upstream)
             unbound.append(upstream)
     return unbound
@@ -227,10 +231,10 @@ def bind(store: Store, catalog: Catalog, group: str, tool_name: str, credential:
     if upstream is None:
         store.bind(group, tool_name, credential)
         return
-    allowed = store.group(group).tools
-    if f"{upstream}.*" not in allowed and not any(t in allowed for t in catalog.upstream_tools(upstream)):
+    if not allows_upstream_tools(store.group(group).tools, upstream, catalog.upstream_tools(upstream)):
         raise ConflictError(
-            f"group {group!r} allows no tool of {upstream!r}: run `credgate group allow {group} {upstream}.*` first"
+            f"group {group!r} allows no tool of {upstream!r}: run "
+            f"`credgate group allow {group} {AllowEntry.of_upstream(upstream)}` first"
         )
     store.bind_upstream(group, upstream, credential)
 
@@ -297,7 +301,7 @@ def _mode_problems(settings: Settings) -> list[str]:
 
 def _binding_problems(catalog: Catalog, group: str, target: str, cred: str, cred_type: str | None) -> list[str]:
     if not cred:  # an allowed entry without binding
-        upstream = target[:-2] if target.endswith(".*") else None
+        upstream = AllowEntry.parse(target).upstream
         if (upstream is not None and upstream not in catalog.upstreams) or (
             upstream is None and target not in catalog.tools
         ):

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+from .allow import AllowEntry
 from .arguments import ArgumentCheck
 from .credential import EMPTY_CREDENTIAL, Credential
 from .declarations import Catalog, Tool
@@ -135,9 +136,9 @@ class Gate:
         allowed = self.store.allowed_tools(group)
         upstream_creds = self.store.upstream_bindings(group) if self.catalog.upstreams else {}
         names = {n for n in allowed if n in self.catalog.tools}
-        for entry in allowed:
-            if entry.endswith(".*"):
-                names.update(self.catalog.upstream_tools(entry[:-2]))
+        for entry in map(AllowEntry.parse, allowed):
+            if entry.upstream is not None:
+                names.update(self.catalog.upstream_tools(entry.upstream))
         stored = self.store.credentials_named(c for c in (*allowed.values(), *upstream_creds.values()) if c)
         now = self.clock()
         listed = []
@@ -196,14 +197,14 @@ class Gate:
         """The upstream MCP servers the group allows as a whole (`NAME.*`): only their resources, prompts,
         completions and log lines are the group's."""
         allowed = self.store.allowed_tools(group)
-        return [name for name in self.catalog.upstreams if f"{name}.*" in allowed]
+        return [name for name in self.catalog.upstreams if str(AllowEntry.of_upstream(name)) in allowed]
 
     def check_upstream(self, group: str, upstream: str) -> Unknown | CredentialWarning | Ready:
         """May the group use the upstream as a whole, and with which credential?"""
         tool = self.catalog.upstreams.get(upstream)
         if tool is None:
             return Unknown(upstream)
-        binding = self.store.binding(group, f"{upstream}.*", upstream)
+        binding = self.store.binding(group, str(AllowEntry.of_upstream(upstream)), upstream)
         if not binding.allowed:
             return Unknown(upstream)
         return self._resolve(group, tool, binding)

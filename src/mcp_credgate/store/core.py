@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
+from ..allow import AllowEntry
 from ..config import Settings
 from ..credential import Credential
 from ..crypto import DataKey, Keyring, MasterKey, OpenError, read_key_file, write_key_file
@@ -828,7 +829,7 @@ class Store:
                 " LEFT JOIN credentials c ON c.id = gu.credential_id"
                 " LEFT JOIN credential_values v ON v.credential_id = c.id WHERE g.name = ?"
                 " AND EXISTS (SELECT 1 FROM group_tools gt WHERE gt.group_id = g.id AND gt.tool IN (?, ?))",
-                (upstream, group, tool, f"{upstream}.*"),
+                (upstream, group, tool, str(AllowEntry.of_upstream(upstream))),
             )
         if not rows:
             found = Binding(allowed=False)
