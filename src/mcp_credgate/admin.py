@@ -15,7 +15,7 @@ from . import oauth
 from .allow import AllowEntry, allows_upstream_tools
 from .config import Settings
 from .credential import mask
-from .declarations import Catalog, CredentialSpec, Tool
+from .declarations import Catalog, CredentialSpec, McpHandler, Tool
 from .errors import CiphertextError, ConflictError, CredentialValueError, CredgateError, NotFoundError, StoreError
 from .readiness import Status, Verdict, credential_verdict, verdict
 from .store import CredentialInfo, Store, hint_path
@@ -265,17 +265,72 @@ def doctor(settings: Settings, catalog: Catalog) -> list[str]:
                     store.read_credential(name)
                 except CiphertextError as exc:
                     problems.append(str(exc))
+            targets = store.bound_targets()
+            folder = tools_folder_problem(settings, catalog, [target for _, target, _ in targets])
+            if folder is not None:  # nothing the store names is declared: the folder is wrong, not the setup
+                problems.append(folder)
+                return problems
             for name, type_ in types.items():
                 if type_ not in catalog.types:
                     problems.append(
                         f"credential {name}: no tool declares its type {type_!r} "
                         f"(declare it, or `credgate cred rm {name}`)"
                     )
-            for group, target, cred in store.bound_targets():
+            for group, target, cred in targets:
                 problems += _binding_problems(catalog, group, target, cred, types.get(cred))
         except StoreError as exc:  # damage bad enough to stop the backend's own check itself
             problems.append(f"database integrity: {exc} (restore a backup with `credgate restore PATH`)")
     return problems
+
+
+def is_declared(catalog: Catalog, entry: str) -> bool:
+    """Does the catalog declare what an allow entry or binding target names (a tool, an upstream, or a tool of
+    an upstream whose tools are not listed yet)?"""
+    parsed = AllowEntry.parse(entry)
+    if parsed.upstream is not None or entry in catalog.upstreams:
+        return (parsed.upstream or entry) in catalog.upstreams
+    return entry in catalog.tools or undiscovered_upstream(catalog, entry) is not None
+
+
+def undiscovered_upstream(catalog: Catalog, tool_name: str) -> str | None:
+    """The declared upstream whose tools are not listed yet and that would export a tool of this name."""
+    for name, upstream in catalog.upstreams.items():
+        handler = upstream.decl.handler
+        prefix = name if not isinstance(handler, McpHandler) or handler.prefix is None else handler.prefix
+        if not catalog.upstream_tools(name) and (not prefix or tool_name.startswith(f"{prefix}_")):
+            return name
+    return None
+
+
+def folders(settings: Settings) -> str:
+    """The tools folders read, for a message (each marked when it does not exist)."""
+    return ", ".join(f"{d}{'' if d.is_dir() else ' (missing)'}" for d in settings.tools_dirs)
+
+
+def tools_folder_problem(settings: Settings, catalog: Catalog, named: Iterable[str]) -> str | None:
+    """When none of what the store names (allowed tools, bound targets) is declared, the tools folder is the
+    problem, not the setup: a client started credgate elsewhere, or the folder moved."""
+    names = set(named)
+    if not names or any(is_declared(catalog, name) for name in names):
+        return None
+    return (
+        f"none of the {len(names)} tools the groups allow is declared in the tools folder(s) read: "
+        f"{folders(settings)} (point --tools-dir or CREDGATE_TOOLS_DIR at the folder that declares them; "
+        "the groups and bindings are fine as they are)"
+    )
+
+
+def serve_warnings(settings: Settings, catalog: Catalog, store: Store, groups: Iterable[str]) -> list[str]:
+    """What `serve` says at start: allowed tools that no declaration names (agents would not see them)."""
+    out = []
+    for group in groups:
+        missing = sorted(e for e in store.allowed_tools(group) if not is_declared(catalog, e))
+        if missing:
+            out.append(
+                f"group {group} allows {', '.join(missing)}, which no declaration names in {folders(settings)}: "
+                "agents will not see them (point --tools-dir or CREDGATE_TOOLS_DIR at the folder that declares them)"
+            )
+    return out
 
 
 def _mode_problems(settings: Settings) -> list[str]:
@@ -301,10 +356,14 @@ def _mode_problems(settings: Settings) -> list[str]:
 
 def _binding_problems(catalog: Catalog, group: str, target: str, cred: str, cred_type: str | None) -> list[str]:
     if not cred:  # an allowed entry without binding
-        upstream = AllowEntry.parse(target).upstream
-        if (upstream is not None and upstream not in catalog.upstreams) or (
-            upstream is None and target not in catalog.tools
-        ):
+        upstream = undiscovered_upstream(catalog, target) if target not in catalog.tools else None
+        if upstream is not None:
+            return [
+                f"group {group}: allows {target!r}, a tool of upstream {upstream}, whose tools are not listed yet "
+                f"(fix: `credgate tools --refresh --discover-with CRED`; a gateway lists them at first use when "
+                "a credential is bound)"
+            ]
+        if not is_declared(catalog, target):
             return [
                 f"group {group}: allows {target!r}, which is not declared (fix: `credgate group deny {group} {target}`)"
             ]

@@ -1005,7 +1005,7 @@ def serve(
             hosts, origins = allowed_hosts_and_origins(host, port, settings.public_url)
             click.echo(f"binding {host}:{port}; allowed hosts: {', '.join(hosts)}", err=True)
             click.echo(f"allowed origins: {', '.join(origins)}", err=True)
-        _warn_undiscovered(catalog)
+        _warn_at_start(app, [g.name for g in app.store.list_groups()])
         configure_logging(log_format, log_level)
         anyio.run(serve_http, settings, catalog, host, port)
         return
@@ -1017,12 +1017,16 @@ def serve(
         raise click.ClickException(
             f"no agent group named {group_name!r} (create it with `credgate group add {group_name}`)"
         )
-    _warn_undiscovered(catalog)
+    _warn_at_start(app, [group_name])
     configure_logging(log_format, log_level)
     anyio.run(serve_stdio, app.settings, catalog, group_name)
 
 
-def _warn_undiscovered(catalog: Catalog) -> None:
+def _warn_at_start(app: App, groups: list[str]) -> None:
+    """On stderr (a desktop client's MCP log): what would otherwise fail silently, a wrong tools folder above all."""
+    for line in admin.serve_warnings(app.settings, app.catalog, app.store, groups):
+        click.echo(f"warning: {line}", err=True)
+    catalog = app.catalog
     for name, upstream in catalog.upstreams.items():
         if not catalog.upstream_tools(name):
             click.echo(

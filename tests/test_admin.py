@@ -1,0 +1,124 @@
+"""A newcomer's setup, as the README's Claude Desktop snippet used to make it: `credgate serve` started by a client
+in a folder without `tools.d`, over a store whose groups are set up correctly.
+
+`serve` must say on stderr that the group's tools are not declared, naming the folders it read; `doctor` must
+tell a wrong or missing tools folder apart from removed declarations and never advise deleting the setup for
+it; a declaration really removed is still reported with its fix.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLE_TOOLS, CliRun, write_tool
+from gateway_support import credgate_env
+
+from mcp_credgate import admin
+from mcp_credgate.config import Settings
+from mcp_credgate.declarations import load_catalog
+from mcp_credgate.store import Store
+
+CRED = '{"api_key": "wk_abcdefgh12345"}'
+
+
+@pytest.fixture
+def team(run_cli: CliRun) -> CliRun:
+    """Group `team` allows echo and weather, weather bound: a correct setup."""
+    for args in (("init",), ("group", "add", "team"), ("group", "allow", "team", "echo", "weather")):
+        assert run_cli(*args).exit_code == 0
+    assert run_cli("cred", "add", "wk", "--tool", "weather", "--from-json", "-", input=CRED).exit_code == 0
+    assert run_cli("bind", "team", "weather", "wk").exit_code == 0
+    return run_cli
+
+
+def serve_from(folder: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`credgate serve` as a desktop client starts it: in a folder of its own, no --tools-dir, stdin at its end."""
+    env = {**credgate_env(), "CREDGATE_HOME": str(home)}
+    env.pop("CREDGATE_TOOLS_DIR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "mcp_credgate", "serve", *args],
+        input="",
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=folder,
+        timeout=60,
+    )
+
+
+def doctor(home: Path, tools_dirs: tuple[Path, ...]) -> list[str]:
+    settings = Settings(
+        home=home,
+        tools_dirs=tools_dirs,
+        public_url="http://127.0.0.1:8765",
+        database_url=os.environ.get("CREDGATE_DATABASE_URL"),
+    )
+    return admin.doctor(settings, load_catalog(tools_dirs))
+
+
+def test_serve_started_where_no_tools_are_declared_says_so_naming_the_folder(
+    team: CliRun, home: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "client-cwd"
+    elsewhere.mkdir()
+
+    served = serve_from(elsewhere, home, "--group", "team")
+
+    warning = next((line for line in served.stderr.splitlines() if line.startswith("warning: group team")), None)
+    assert warning is not None, served.stderr
+    assert "echo, weather" in warning
+    assert str(home / "tools.d") in warning and "(missing)" in warning
+    assert "CREDGATE_TOOLS_DIR" in warning
+    assert "Traceback" not in served.stderr
+
+
+def test_serve_with_the_right_tools_folder_warns_of_nothing(
+    team: CliRun, home: Path, tools_dir: Path, tmp_path: Path
+) -> None:
+    served = serve_from(tools_dir.parent, home, "--group", "team")  # ./tools.d is the declaring folder
+    assert "warning" not in served.stderr
+
+
+@pytest.mark.parametrize("folder", ["missing", "empty", "other"])
+def test_doctor_names_a_wrong_tools_folder_and_advises_no_deletion(
+    team: CliRun, home: Path, tmp_path: Path, folder: str
+) -> None:
+    wrong = tmp_path / "wrong-tools.d"
+    if folder != "missing":
+        wrong.mkdir()
+    if folder == "other":
+        write_tool(wrong, "clock.toml", SAMPLE_TOOLS["echo.toml"].replace('name = "echo"', 'name = "clock"'))
+
+    problems = doctor(home, (wrong,))
+
+    assert len(problems) == 1, problems
+    assert str(wrong) in problems[0] and "--tools-dir" in problems[0]
+    assert ("(missing)" in problems[0]) == (folder == "missing")
+    for deleting in ("deny", "unbind", "rm"):
+        assert f"credgate group {deleting}" not in problems[0] and f"`credgate {deleting}" not in problems[0]
+
+
+def test_doctor_still_reports_a_declaration_that_was_removed(team: CliRun, home: Path, tools_dir: Path) -> None:
+    (tools_dir / "echo.toml").unlink()
+
+    problems = doctor(home, (tools_dir,))
+
+    assert problems == ["group team: allows 'echo', which is not declared (fix: `credgate group deny team echo`)"]
+
+
+def test_serve_warnings_name_each_group_with_undeclared_tools(team: CliRun, home: Path, tools_dir: Path) -> None:
+    settings = Settings(
+        home=home,
+        tools_dirs=(tools_dir,),
+        public_url="http://127.0.0.1:8765",
+        database_url=os.environ.get("CREDGATE_DATABASE_URL"),
+    )
+    (tools_dir / "echo.toml").unlink()
+    with Store.open(settings) as store:
+        warnings = admin.serve_warnings(settings, load_catalog((tools_dir,)), store, ["team"])
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"group team allows echo, which no declaration names in {tools_dir}:")
