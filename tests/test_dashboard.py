@@ -45,8 +45,9 @@ from mcp_credgate.http_app import build_http_app
 from mcp_credgate.server import Gateway
 from mcp_credgate.store import AuditRow, Store
 from mcp_credgate.web import session as web_session
-from mcp_credgate.web.dashboard import Dashboard, build_dashboard_app
+from mcp_credgate.web.app import build_dashboard_app, routes
 from mcp_credgate.web.session import COOKIE_NAME, SESSION_SECONDS, new_admin_secret
+from mcp_credgate.web.site import Site
 
 BASE = "http://127.0.0.1:8765"
 MASK = mask("")  # the mask alone, as a short value shows
@@ -535,9 +536,9 @@ def test_in_the_http_app_the_admin_cookie_opens_no_mcp_and_a_foreign_origin_is_r
     world: World, admin_secret: str
 ) -> None:
     gateway = Gateway.open(world.settings, world.catalog)
-    dashboard = Dashboard(gateway.store, lambda: gateway.catalog, world.settings)
+    site = Site(gateway.store, lambda: gateway.catalog, world.settings)
     app = build_http_app(
-        gateway, host="127.0.0.1", port=8765, public_url=world.settings.public_url, extra_routes=dashboard.routes()
+        gateway, host="127.0.0.1", port=8765, public_url=world.settings.public_url, extra_routes=routes(site)
     )
     token = create_agent(world.store, "ops", "remote")
     initialize = {

@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 from mcp_credgate.cli import cli
 from mcp_credgate.declarations import load_catalog
 from mcp_credgate.server import NOT_READY_NOTE
-from mcp_credgate.web.dashboard import build_dashboard_app
+from mcp_credgate.web.app import build_dashboard_app
 from mcp_credgate.web.session import new_admin_secret
 
 pytestmark = pytest.mark.anyio

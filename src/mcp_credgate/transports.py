@@ -59,18 +59,19 @@ async def serve_http(settings: Settings, catalog: Catalog, host: str, port: int)
     """Run the HTTP app (MCP for agents, the dashboard for admins) until SIGINT/SIGTERM; in-flight requests
     finish, the audit is flushed."""
     from .http_app import build_http_app
-    from .web.dashboard import Dashboard
+    from .web.app import routes
+    from .web.site import Site
 
     gateway = Gateway.open(settings, catalog)
-    dashboard = Dashboard(gateway.store, lambda: gateway.catalog, settings)
-    app = build_http_app(gateway, host=host, port=port, public_url=settings.public_url, extra_routes=dashboard.routes())
+    site = Site(gateway.store, lambda: gateway.catalog, settings)
+    app = build_http_app(gateway, host=host, port=port, public_url=settings.public_url, extra_routes=routes(site))
     logging.getLogger("credgate").info("serving MCP on http://%s:%d (/mcp, /sse) and the dashboard at /", host, port)
     await run_uvicorn(app, host, port)
 
 
 async def serve_dashboard(settings: Settings, catalog: Catalog, host: str, port: int) -> None:
     """The dashboard alone, for admins whose agents run over stdio."""
-    from .web.dashboard import build_dashboard_app
+    from .web.app import build_dashboard_app
 
     app = build_dashboard_app(settings, catalog, host=host, port=port)
     logging.getLogger("credgate").info("serving the dashboard on http://%s:%d", host, port)

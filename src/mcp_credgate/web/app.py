@@ -1,0 +1,70 @@
+"""The dashboard's routes, and `credgate dashboard`'s app: the pages alone, behind the HTTP guard.
+
+Server-rendered HTML (Jinja2, autoescaped), plain forms, no JavaScript. Every page needs the admin session
+cookie; every form post also its CSRF token. Secret values are shown masked and never put into a form: an
+empty secret input keeps the stored value. The rules (validation, binding types, statuses) are `admin`'s and
+the declarations', as for the CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..config import Settings
+from ..declarations import Catalog
+from ..store import Store
+from .pages import audit, credentials, groups, setup, signin
+from .site import HERE, Site
+
+
+def routes(site: Site) -> list[Route | Mount]:
+    def page(handler: signin.Page) -> signin.Endpoint:
+        return signin.guarded(site, handler)
+
+    return [
+        Route("/", page(signin.home)),
+        Route("/login", partial(signin.login, site), methods=["GET", "POST"]),
+        Route("/logout", page(signin.logout), methods=["POST"]),
+        Route("/credentials", page(credentials.credentials)),
+        Route("/credentials/new", page(credentials.credential_new), methods=["GET", "POST"]),
+        Route("/credentials/{name}", page(credentials.credential_edit), methods=["GET", "POST"]),
+        Route("/credentials/{name}/delete", page(credentials.credential_delete), methods=["POST"]),
+        Route("/credentials/{name}/connect", page(credentials.credential_connect), methods=["POST"]),
+        # no session there: the state proves it (see `oauth_callback`)
+        Route("/oauth/callback", partial(credentials.oauth_callback, site)),
+        Route("/groups", page(groups.groups), methods=["GET", "POST"]),
+        Route("/groups/{group}", page(groups.group), methods=["GET"]),
+        Route("/groups/{group}/{action:str}", page(groups.group_action), methods=["POST"]),
+        Route("/groups/{group}/tools/{tool}/setup", page(setup.setup), methods=["GET", "POST"]),
+        Route("/audit", page(audit.audit)),
+        Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+
+
+def build_dashboard_app(settings: Settings, catalog: Catalog, *, host: str, port: int) -> Starlette:
+    """`credgate dashboard`: the pages alone, behind the same Host/Origin guard as the MCP app."""
+    from ..http_app import RequestGuard, allowed_hosts_and_origins
+
+    store = Store.open(settings)
+    site = Site(store, lambda: catalog, settings)
+    hosts, origins = allowed_hosts_and_origins(host, port, settings.public_url)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            store.close()
+
+    return Starlette(
+        routes=routes(site),
+        middleware=[Middleware(RequestGuard, hosts=hosts, origins=origins)],
+        lifespan=lifespan,
+    )

@@ -1,0 +1,212 @@
+"""Credentials: the list, a new one, editing and deleting one, and connecting one over OAuth2 (the connection
+starts here and ends at the provider's redirect back, `oauth_callback`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+from urllib.parse import quote
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from ... import admin, oauth
+from ...declarations import CredentialSpec
+from ...errors import ConflictError, CredentialValueError, CredgateError, NotFoundError
+from ..connections import PendingConnection
+from ..forms import fields_of, form_values, name_errors, plain, value_errors
+from ..session import Session
+from ..site import SECURITY_HEADERS, Site, back
+
+
+async def credentials(site: Site, request: Request, session: Session) -> Response:
+    catalog = site.catalog()
+    rows = []
+    for info in site.store.list_credentials():
+        spec = catalog.types.get(info.type)
+        try:
+            values = site.store.read_credential(info.name)
+            shown = admin.shown_values(spec, values, info.secret_fields)
+            summary = admin.oauth_summary(spec, values) if spec else None
+            unreadable = False
+        except CredgateError:
+            shown, summary, unreadable = {}, None, True
+        rows.append({"info": info, "values": shown, "oauth": summary, "unreadable": unreadable})
+    return site.render(request, "credentials.html", session, rows=rows, types=sorted(catalog.types))
+
+
+async def credential_new(site: Site, request: Request, session: Session) -> Response:
+    catalog = site.catalog()
+    source = request.query_params
+    type_name = source.get("type", "")
+    if request.method == "POST":
+        form = await request.form()
+        type_name = str(form.get("type", ""))
+    spec = catalog.types.get(type_name)
+    if spec is None:
+        return site.render(request, "choose_type.html", session, types=catalog.types, catalog=catalog)
+    if request.method == "GET":
+        return credential_form(site, request, session, spec, None)
+    name, values, connect, errors = new_credential(site, spec, await request.form())
+    if errors:
+        return credential_form(site, request, session, spec, None, errors=errors, given=values, name=name)
+    if connect:
+        return start_connection(site, spec, name, values, values, None, None)
+    admin.add_credential(site.store, spec, name, values)
+    return back(f"/credentials/{quote(name, safe='')}", "created")
+
+
+def new_credential(
+    site: Site, spec: CredentialSpec, form: Mapping[str, Any], taken: str = ""
+) -> tuple[str, dict[str, str], bool, dict[str, str]]:
+    """A new credential's form: (name, values, whether to connect it over OAuth2, errors by field)."""
+    name = str(form.get("name", "")).strip()
+    values = form_values(spec, form)
+    connect = form.get("action") == "connect" and spec.oauth is not None
+    errors = name_errors(name) or value_errors(spec, values, complete=not connect, connect=connect)
+    if not errors and _credential_exists(site, name):
+        errors = {"name": f"a credential named {name!r} exists already{taken}"}
+    return name, values, connect, errors
+
+
+def _credential_exists(site: Site, name: str) -> bool:
+    try:
+        site.store.credential_info(name)
+    except NotFoundError:
+        return False
+    return True
+
+
+def credential_form(
+    site: Site,
+    request: Request,
+    session: Session,
+    spec: CredentialSpec,
+    existing: Mapping[str, str] | None,
+    *,
+    errors: Mapping[str, str] | None = None,
+    given: Mapping[str, str] | None = None,
+    name: str = "",
+    status: int | None = None,
+    **context: Any,
+) -> HTMLResponse:
+    return site.render(
+        request,
+        "credential_form.html",
+        session,
+        status=status or (400 if errors else 200),
+        spec=spec,
+        fields=fields_of(spec),
+        existing=existing,
+        errors=errors or {},
+        given=plain(spec, given or {}),
+        name=name,
+        tools=site.catalog().tools_of_type(spec.type),
+        **context,
+    )
+
+
+async def credential_edit(site: Site, request: Request, session: Session) -> Response:
+    name = request.path_params["name"]
+    info = site.store.credential_info(name)
+    spec = site.catalog().types.get(info.type)
+    if spec is None:
+        return site.refusal(request, 409, f"No tool declares type {info.type!r} any more.", session)
+    existing = site.store.read_credential(name)
+    shown = admin.shown_values(spec, existing, info.secret_fields)
+    context: dict[str, Any] = {"info": info, "oauth": admin.oauth_summary(spec, existing)}
+    if request.method == "GET":
+        return credential_form(site, request, session, spec, shown, name=name, **context)
+    form = await request.form()
+    values = form_values(spec, form)
+    cleared = [  # an optional plain field emptied on purpose
+        f.name
+        for f in fields_of(spec)
+        if not f.secret and not f.required and f.name in existing and form.get(f"field_{f.name}") == ""
+    ]
+    errors = value_errors(spec, values, complete=False)
+    if errors:
+        return credential_form(site, request, session, spec, shown, errors=errors, given=values, name=name, **context)
+    if values:  # may wait for a refresh's lock: not on the event loop
+        await anyio.to_thread.run_sync(admin.update_credential, site.store, site.catalog(), name, values)
+    if cleared:
+        site.store.update_credential(name, {}, spec.secret_fields, remove=cleared)
+    return back(f"/credentials/{quote(name, safe='')}", "saved")
+
+
+async def credential_delete(site: Site, request: Request, session: Session) -> Response:
+    name = request.path_params["name"]
+    form = await request.form()
+    try:
+        site.store.remove_credential(name, force=form.get("remove_bindings") == "yes")
+    except ConflictError:
+        info = site.store.credential_info(name)
+        return site.render(request, "delete_refused.html", session, status=409, info=info)
+    return back("/credentials", "deleted")
+
+
+async def credential_connect(site: Site, request: Request, session: Session) -> Response:
+    name = request.path_params["name"]
+    info = site.store.credential_info(name)
+    spec = site.catalog().types.get(info.type)
+    if spec is None or spec.oauth is None:
+        return site.refusal(request, 409, f"Credential {name!r} has no OAuth2 field to connect.", session)
+    existing = site.store.read_credential(name)
+    client = {k: existing[k] for k in ("client_id", "client_secret") if k in existing}
+    return start_connection(site, spec, name, client, {}, existing.uid, None)
+
+
+# -- OAuth2 connections ------------------------------------------------------------------------------
+
+
+def start_connection(
+    site: Site,
+    spec: CredentialSpec,
+    name: str,
+    client: dict[str, str],
+    given: dict[str, str],
+    uid: str | None,
+    bind_to: tuple[str, str] | None,
+) -> Response:
+    assert spec.oauth is not None
+    if not client.get("client_id"):
+        raise CredentialValueError("the OAuth2 client id is missing")
+    auth = oauth.start_authorization(spec.oauth, client["client_id"], site.redirect_uri)
+    site.pending.add(PendingConnection(auth, name, spec.type, client, given, uid, bind_to))
+    return RedirectResponse(auth.url, status_code=303, headers=SECURITY_HEADERS)
+
+
+async def oauth_callback(site: Site, request: Request) -> Response:
+    """The provider's redirect back. It needs no session: the browser arrives from the provider's site,
+    so a `SameSite=Strict` cookie is not sent; the single-use `state`, known only to the admin session
+    that started the connection, is the proof. The page then links back into the dashboard."""
+    params = dict(request.query_params)
+    pending = site.pending.take(params.get("state", ""))
+    if pending is None:
+        return site.refusal(request, 400, "This answer belongs to no connection started here (or it expired).")
+    spec = site.catalog().types.get(pending.type)
+    if spec is None or spec.oauth is None:
+        return site.refusal(request, 409, f"Type {pending.type!r} is no longer declared.")
+    try:
+        code = oauth.code_from_callback(pending.request, params)
+        from ...handlers.http import make_client
+
+        async with make_client() as http:
+            tokens = await oauth.exchange_code(http, spec.oauth, pending.client, pending.request, code)
+        save = partial(admin.save_connection, site.store, spec, pending.name, pending.given, tokens, pending.uid)
+        await anyio.to_thread.run_sync(save)  # it may wait for a refresh's lock: not on the event loop
+    except CredgateError as exc:
+        return site.refusal(request, 502, f"Not connected: {exc}. Nothing was stored.")
+    if pending.bind_to is not None:
+        try:
+            admin.bind(site.store, site.catalog(), *pending.bind_to, pending.name)
+        except CredgateError as exc:  # the group or its tool changed meanwhile
+            return site.refusal(request, 409, f"Connected and stored as {pending.name}, but not bound: {exc}")
+    if pending.bind_to is not None:
+        group, tool = pending.bind_to
+        target, what = f"/groups/{quote(group, safe='')}", f"{pending.name}, bound to {tool} for {group}"
+    else:
+        target, what = f"/credentials/{quote(pending.name, safe='')}", pending.name
+    return site.render(request, "connected.html", None, target=target, what=what)

@@ -1,0 +1,118 @@
+"""Agent groups: the list (and a new group), one group's page, and the changes its forms post."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ... import admin
+from ...agents import create_agent
+from ...declarations import Catalog
+from ...errors import ConflictError, CredentialValueError, NotFoundError
+from ..forms import name_errors
+from ..session import Session
+from ..site import Site, back
+
+
+async def groups(site: Site, request: Request, session: Session) -> Response:
+    error = ""
+    if request.method == "POST":
+        form = await request.form()
+        name = str(form.get("name", "")).strip()
+        error = name_errors(name).get("name", "")
+        if not error:
+            try:
+                site.store.add_group(name, str(form.get("description", "")).strip())
+            except ConflictError as exc:
+                error = str(exc)
+        if not error:
+            return back(f"/groups/{quote(name, safe='')}", "created")
+    groups = site.store.list_groups()
+    agents = site.store.list_agents()
+    return site.render(
+        request, "groups.html", session, status=400 if error else 200, groups=groups, agents=agents, error=error
+    )
+
+
+async def group(
+    site: Site, request: Request, session: Session, error: str = "", token: str = "", status: int | None = None
+) -> Response:
+    name = request.path_params["group"]
+    catalog = site.catalog()
+    info = site.store.group(name)
+    statuses = admin.group_statuses(site.store, catalog, name)
+    credentials = site.store.list_credentials()
+    choices = {}
+    for st in statuses:
+        if st.credential_type:
+            choices[st.tool] = [c.name for c in credentials if c.type == st.credential_type]
+    allowable = [n for n in catalog.tools if n not in info.tools and not _via_upstream(catalog, n, info.tools)]
+    allowable += [f"{u}.*" for u in catalog.upstreams if f"{u}.*" not in info.tools]
+    agents = [a for a in site.store.list_agents() if a.group == name]
+    return site.render(
+        request,
+        "group.html",
+        session,
+        status=status or (400 if error else 200),
+        info=info,
+        statuses=statuses,
+        choices=choices,
+        allowable=sorted(allowable),
+        agents=agents,
+        error=error,
+        token=token,
+        status_text=admin.STATUS_LABELS,
+    )
+
+
+async def group_action(site: Site, request: Request, session: Session) -> Response:
+    name = request.path_params["group"]
+    action = request.path_params["action"]
+    form = await request.form()
+    catalog = site.catalog()
+    here = f"/groups/{quote(name, safe='')}"
+    site.store.group(name)  # 404 for an unknown group
+    try:
+        if action == "allow":
+            admin.allow(site.store, catalog, name, [str(form.get("tool", ""))])
+            return back(here, "allowed")
+        if action == "deny":
+            admin.deny(site.store, catalog, name, [str(form.get("tool", ""))])
+            return back(here, "denied")
+        if action == "bind":
+            tool, credential = str(form.get("tool", "")), str(form.get("credential", ""))
+            if credential:
+                admin.bind(site.store, catalog, name, tool, credential)
+            else:
+                admin.unbind(site.store, catalog, name, tool)
+            return back(here, "bound")
+        if action == "agents":
+            agent = str(form.get("name", "")).strip()
+            problem = name_errors(agent).get("name")
+            if problem:
+                raise CredentialValueError(f"agent {problem}")
+            token = create_agent(site.store, name, agent)
+            return await group(site, request, session, token=token)
+        if action == "revoke":
+            agent = str(form.get("agent", ""))
+            if not any(a.name == agent and a.group == name for a in site.store.list_agents()):
+                raise NotFoundError(f"no agent named {agent!r} in group {name!r}")
+            site.store.revoke_agent(agent)
+            return back(here, "revoked")
+        if action == "delete":
+            site.store.remove_group(name)
+            return back("/groups", "deleted")
+    except ConflictError as exc:
+        return await group(site, request, session, error=str(exc), status=409)
+    except CredentialValueError as exc:
+        return await group(site, request, session, error=str(exc))
+    raise NotFoundError(f"no such action: {action}")
+
+
+def _via_upstream(catalog: Catalog, name: str, allowed: Mapping[str, Any]) -> bool:
+    tool = catalog.tool(name)
+    return tool is not None and tool.upstream is not None and f"{tool.upstream}.*" in allowed

@@ -1,0 +1,74 @@
+"""The setup page a missing-credential warning links to: bind a credential there is, or make one (and bind it)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ... import admin
+from ...declarations import CredentialSpec, Tool
+from ..forms import fields_of, plain
+from ..session import Session
+from ..site import Site, back
+from .credentials import new_credential, start_connection
+
+
+async def setup(site: Site, request: Request, session: Session) -> Response:
+    group, tool_name = request.path_params["group"], request.path_params["tool"]
+    catalog = site.catalog()
+    site.store.group(group)
+    tool = admin.require_tool(catalog, tool_name)
+    spec = tool.credential
+    context = {"group": group, "tool": tool, "spec": spec}
+    if spec is None:
+        return site.render(request, "setup.html", session, **context, compatible=[], fields=[])
+    if tool_name in catalog.upstreams:  # the upstream as a whole: allowed as NAME.*
+        binding = site.store.binding(group, f"{tool_name}.*", tool_name)
+    else:
+        binding = site.store.binding(group, tool_name, tool.upstream)
+    allowed = binding.allowed
+    credentials = site.store.list_credentials()
+    compatible = [c.name for c in credentials if c.type == spec.type]
+    context |= {"compatible": compatible, "fields": fields_of(spec), "allowed": allowed, "expired": None}
+    bound = next((c for c in credentials if c.name == binding.credential), None)
+    if bound is not None and admin.credential_status(spec, bound).status == "expired":
+        context["expired"] = bound.name  # the fix is to connect it again, not another binding
+    if request.method == "GET":
+        return site.render(request, "setup.html", session, **context, errors={}, given={}, name="")
+    if not allowed:
+        return site.render(request, "setup.html", session, status=409, **context, errors={}, given={}, name="")
+    form = await request.form()
+    if form.get("mode") == "existing":
+        admin.bind(site.store, catalog, group, _bind_target(tool), str(form.get("credential", "")))
+        return back(f"/groups/{quote(group, safe='')}", "setup")
+    return await _setup_new(site, request, session, context, spec, tool, group, form)
+
+
+async def _setup_new(
+    site: Site,
+    request: Request,
+    session: Session,
+    context: dict[str, Any],
+    spec: CredentialSpec,
+    tool: Tool,
+    group: str,
+    form: Mapping[str, Any],
+) -> Response:
+    name, values, connect, errors = new_credential(site, spec, form, ": pick it above instead")
+    if errors:
+        given = plain(spec, values)
+        return site.render(request, "setup.html", session, status=400, **context, errors=errors, given=given, name=name)
+    if connect:
+        return start_connection(site, spec, name, values, values, None, (group, _bind_target(tool)))
+    admin.add_credential(site.store, spec, name, values)
+    admin.bind(site.store, site.catalog(), group, _bind_target(tool), name)
+    return back(f"/groups/{quote(group, safe='')}", "setup")
+
+
+def _bind_target(tool: Tool) -> str:
+    """What a binding names: the tool, or the upstream MCP server the tool belongs to."""
+    return tool.upstream or tool.name

@@ -1,0 +1,92 @@
+"""The dashboard's app-lifetime object, `Site`, and how a page answers: rendered HTML, a refusal, a redirect.
+
+A `Site` lives as long as the app: the store, the current declarations (`catalog()` follows reloads), the admin
+sessions, the templates and the OAuth2 connections under way. A request brings nothing else than itself, its
+session and its form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse
+
+from ..config import Settings
+from ..credential import mask
+from ..declarations import Catalog, CredentialSpec
+from ..store import Store
+from .connections import PendingConnections
+from .session import AdminSessions, Session
+
+HERE = Path(__file__).parent
+DONE_MESSAGES = {
+    "saved": "Saved.",
+    "created": "Created.",
+    "deleted": "Deleted.",
+    "bound": "Binding saved.",
+    "allowed": "Tool allowed.",
+    "denied": "Tool removed from the group.",
+    "revoked": "Agent revoked.",
+    "connected": "Connected: the tokens are stored.",
+    "setup": "Set up: the agent's next call will use this credential.",
+}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",  # "no-referrer" would make browsers send `Origin: null` with forms
+    "Cache-Control": "no-store",
+}
+
+
+class Site:
+    """App lifetime: the pages' store, declarations, sessions, templates and pending OAuth2 connections."""
+
+    def __init__(self, store: Store, catalog: Callable[[], Catalog], settings: Settings) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.settings = settings
+        self.sessions = AdminSessions(store)
+        self.pending = PendingConnections()
+        self.redirect_uri = f"{settings.public_url.rstrip('/')}/oauth/callback"
+        self.templates = Environment(
+            loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True)
+        )
+        self.templates.globals["mask"] = mask
+        self.templates.globals["redirect_uri"] = self.redirect_uri
+        self.templates.filters["q"] = lambda value: quote(str(value), safe="")
+
+    def render(
+        self, request: Request, template: str, session: Session | None, status: int = 200, **context: Any
+    ) -> HTMLResponse:
+        done = request.query_params.get("done", "")
+        html = self.templates.get_template(template).render(
+            csrf=self.sessions.csrf_token(session) if session else "",
+            signed_in=session is not None,
+            message=DONE_MESSAGES.get(done, ""),
+            path=request.url.path,
+            **context,
+        )
+        headers = SECURITY_HEADERS
+        spec = context.get("spec")
+        if isinstance(spec, CredentialSpec) and spec.oauth is not None:
+            # its Connect form is answered with a redirect to the provider, which `form-action` must allow
+            parts = urlsplit(spec.oauth.authorize_url)
+            allowed = f"form-action 'self' {parts.scheme}://{parts.netloc}"
+            csp = SECURITY_HEADERS["Content-Security-Policy"].replace("form-action 'self'", allowed)
+            headers = {**headers, "Content-Security-Policy": csp}
+        return HTMLResponse(html, status_code=status, headers=headers)
+
+    def refusal(self, request: Request, status: int, text: str, session: Session | None = None) -> HTMLResponse:
+        return self.render(request, "refused.html", session, status=status, title="Refused", text=text)
+
+
+def back(path: str, done: str) -> RedirectResponse:
+    """After a change: to `path`, which says what was done."""
+    return RedirectResponse(f"{path}?done={done}", status_code=303, headers=SECURITY_HEADERS)
