@@ -1523,3 +1523,21 @@ def test_a_name_taken_while_the_provider_answered_is_not_overwritten(
 
     assert page.status_code == 502 and "exists already" in page.text
     assert dict(world.store.read_credential("acme-race")) == before
+
+
+# == each group change its own route ===============================================================
+
+
+def test_a_post_to_a_group_change_that_does_not_exist_is_404_once_the_group_is(admin: Admin, world: World) -> None:
+    before = snapshot(world.store)
+    unknown = admin.post("/groups/ops/rename", {"name": "ops2"})
+    assert unknown.status_code == 404
+    assert "no such action: rename" in html.unescape(unknown.text)
+    no_group = admin.post("/groups/nogroup/rename")
+    assert no_group.status_code == 404
+    assert "nogroup" in html.unescape(no_group.text) and "no such action" not in no_group.text
+    assert admin.client.post("/groups/ops/rename", data={"csrf": "wrong"}).status_code == 403
+    for path in ("/groups/ops/rename", "/groups/ops/allow", "/groups/ops/delete"):
+        answer = admin.get(path)
+        assert answer.status_code == 405 and answer.headers["allow"] == "POST", path
+    assert snapshot(world.store) == before
