@@ -28,6 +28,9 @@ def routes(site: Site) -> list[Route | Mount]:
     def page(handler: signin.Page) -> signin.Endpoint:
         return signin.guarded(site, handler)
 
+    def group_change(action: str, change: groups.GroupChange) -> Route:
+        return Route(f"/groups/{{group}}/{action}", page(groups.changing(change)), methods=["POST"])
+
     return [
         Route("/", page(signin.home)),
         Route("/login", partial(signin.login, site), methods=["GET", "POST"]),
@@ -41,7 +44,13 @@ def routes(site: Site) -> list[Route | Mount]:
         Route("/oauth/callback", partial(credentials.oauth_callback, site)),
         Route("/groups", page(groups.groups), methods=["GET", "POST"]),
         Route("/groups/{group}", page(groups.group), methods=["GET"]),
-        Route("/groups/{group}/{action:str}", page(groups.group_action), methods=["POST"]),
+        group_change("allow", groups.allow),
+        group_change("deny", groups.deny),
+        group_change("bind", groups.bind),
+        group_change("agents", groups.add_agent),
+        group_change("revoke", groups.revoke),
+        group_change("delete", groups.delete),
+        group_change("{action:str}", groups.no_such_change),  # any other word, after those: 404
         Route("/groups/{group}/tools/{tool}/setup", page(setup.setup), methods=["GET", "POST"]),
         Route("/audit", page(audit.audit)),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),

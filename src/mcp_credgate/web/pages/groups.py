@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -16,6 +17,7 @@ from ...errors import ConflictError, CredentialValueError, NotFoundError
 from ..forms import name_errors
 from ..session import Session
 from ..site import Site, back
+from .signin import Page
 
 
 async def groups(site: Site, request: Request, session: Session) -> Response:
@@ -69,48 +71,77 @@ async def group(
     )
 
 
-async def group_action(site: Site, request: Request, session: Session) -> Response:
-    name = request.path_params["group"]
-    action = request.path_params["action"]
-    form = await request.form()
-    catalog = site.catalog()
-    here = f"/groups/{quote(name, safe='')}"
-    site.store.group(name)  # 404 for an unknown group
-    try:
-        if action == "allow":
-            admin.allow(site.store, catalog, name, [str(form.get("tool", ""))])
-            return back(here, "allowed")
-        if action == "deny":
-            admin.deny(site.store, catalog, name, [str(form.get("tool", ""))])
-            return back(here, "denied")
-        if action == "bind":
-            tool, credential = str(form.get("tool", "")), str(form.get("credential", ""))
-            if credential:
-                admin.bind(site.store, catalog, name, tool, credential)
-            else:
-                admin.unbind(site.store, catalog, name, tool)
-            return back(here, "bound")
-        if action == "agents":
-            agent = str(form.get("name", "")).strip()
-            problem = name_errors(agent).get("name")
-            if problem:
-                raise CredentialValueError(f"agent {problem}")
-            token = create_agent(site.store, name, agent)
-            return await group(site, request, session, token=token)
-        if action == "revoke":
-            agent = str(form.get("agent", ""))
-            if not any(a.name == agent and a.group == name for a in site.store.list_agents()):
-                raise NotFoundError(f"no agent named {agent!r} in group {name!r}")
-            site.store.revoke_agent(agent)
-            return back(here, "revoked")
-        if action == "delete":
-            site.store.remove_group(name)
-            return back("/groups", "deleted")
-    except ConflictError as exc:
-        return await group(site, request, session, error=str(exc), status=409)
-    except CredentialValueError as exc:
-        return await group(site, request, session, error=str(exc))
-    raise NotFoundError(f"no such action: {action}")
+GroupChange = Callable[[Site, Request, Session, str, FormData], Awaitable[Response]]
+
+
+def changing(change: GroupChange) -> Page:
+    """The page of one change that a group page's forms post: 404 for an unknown group; a change that a rule
+    refuses shows the group page again, saying why."""
+
+    async def page(site: Site, request: Request, session: Session) -> Response:
+        name = request.path_params["group"]
+        form = await request.form()
+        site.store.group(name)  # 404 for an unknown group
+        try:
+            return await change(site, request, session, name, form)
+        except ConflictError as exc:
+            return await group(site, request, session, error=str(exc), status=409)
+        except CredentialValueError as exc:
+            return await group(site, request, session, error=str(exc))
+
+    return page
+
+
+async def allow(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
+    admin.allow(site.store, site.catalog(), name, [str(form.get("tool", ""))])
+    return back(_group_path(name), "allowed")
+
+
+async def deny(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
+    admin.deny(site.store, site.catalog(), name, [str(form.get("tool", ""))])
+    return back(_group_path(name), "denied")
+
+
+async def bind(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
+    """Bind a credential to one of the group's tools; no credential: unbind it."""
+    tool, credential = str(form.get("tool", "")), str(form.get("credential", ""))
+    if credential:
+        admin.bind(site.store, site.catalog(), name, tool, credential)
+    else:
+        admin.unbind(site.store, site.catalog(), name, tool)
+    return back(_group_path(name), "bound")
+
+
+async def add_agent(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
+    """A new agent: the group page shows its token, once."""
+    agent = str(form.get("name", "")).strip()
+    problem = name_errors(agent).get("name")
+    if problem:
+        raise CredentialValueError(f"agent {problem}")
+    token = create_agent(site.store, name, agent)
+    return await group(site, request, session, token=token)
+
+
+async def revoke(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
+    agent = str(form.get("agent", ""))
+    if not any(a.name == agent and a.group == name for a in site.store.list_agents()):
+        raise NotFoundError(f"no agent named {agent!r} in group {name!r}")
+    site.store.revoke_agent(agent)
+    return back(_group_path(name), "revoked")
+
+
+async def delete(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
+    site.store.remove_group(name)
+    return back("/groups", "deleted")
+
+
+async def no_such_change(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
+    """Any other `/groups/GROUP/WORD` post: 404, once the group is known to exist."""
+    raise NotFoundError(f"no such action: {request.path_params['action']}")
+
+
+def _group_path(name: str) -> str:
+    return f"/groups/{quote(name, safe='')}"
 
 
 def _via_upstream(catalog: Catalog, name: str, allowed: Mapping[str, Any]) -> bool:
