@@ -40,21 +40,20 @@ def plain(spec: CredentialSpec, values: Mapping[str, str]) -> dict[str, str]:
 def value_errors(
     spec: CredentialSpec, values: Mapping[str, str], *, complete: bool, connect: bool = False
 ) -> dict[str, str]:
-    """Each field's problem, to show next to it (never the value). Connecting needs the client id only."""
+    """Each field's problem, to show next to its input (never the value). The rule is the type's own,
+    `CredentialSpec.validate_values`, asked field by field so that each error lands beside its field; a
+    required field left empty reads "required" ("required to connect" when the provider is to bring the
+    tokens: connecting needs the client, not the tokens)."""
     errors = {}
-    if connect:  # the tokens come from the provider; everything else must be there before going
-        token_field = spec.oauth.field if spec.oauth else ""
-        errors = {m: "required to connect" for m in spec.missing_fields(values) if m != token_field}
     for name, value in values.items():
-        declared = spec.field(name)
-        if declared is None:
-            errors[name] = "not a field of this type"
-            continue
         try:
-            declared.check_value(value)
+            spec.validate_values({name: value}, complete=False)
         except CredentialValueError as exc:
             errors[name] = str(exc)
-    if complete:
-        for missing in spec.missing_fields(values):
-            errors.setdefault(missing, "required")
+    if complete or connect:
+        token_field = spec.oauth.field if connect and spec.oauth else None
+        missing = "required to connect" if connect else "required"
+        for name in spec.missing_fields(values):
+            if name != token_field:
+                errors.setdefault(name, missing)
     return errors
