@@ -7,15 +7,19 @@ are canaries, so a final tour can scan every response the dashboard sent for the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
 import hmac
 import html
+import inspect
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +42,7 @@ from gateway_support import (
 from oauth_provider import OAuthProvider, oauth_tool, running_oauth_provider
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
+from test_http_app import modern_call
 
 from mcp_credgate.agents import create_agent
 from mcp_credgate.credential import mask
@@ -536,7 +541,7 @@ def test_in_the_http_app_the_admin_cookie_opens_no_mcp_and_a_foreign_origin_is_r
     world: World, admin_secret: str
 ) -> None:
     gateway = Gateway.open(world.settings, world.catalog)
-    site = Site(gateway.store, lambda: gateway.catalog, world.settings)
+    site = Site.open(world.settings, lambda: gateway.catalog)
     app = build_http_app(
         gateway, host="127.0.0.1", port=8765, public_url=world.settings.public_url, extra_routes=routes(site)
     )
@@ -569,6 +574,7 @@ def test_in_the_http_app_the_admin_cookie_opens_no_mcp_and_a_foreign_origin_is_r
         with closing(TestClient(app, base_url=BASE, follow_redirects=False)) as agent:
             for page in PAGES:
                 assert login_next(agent.get(page, headers={"Authorization": f"Bearer {token}"})) == page
+    site.close()
     assert world.store.group_exists("from-here")
 
 
@@ -1541,3 +1547,81 @@ def test_a_post_to_a_group_change_that_does_not_exist_is_404_once_the_group_is(a
         answer = admin.get(path)
         assert answer.status_code == 405 and answer.headers["allow"] == "POST", path
     assert snapshot(world.store) == before
+
+
+# == the pages' store work is off the event loop ===================================================
+
+
+def _on_the_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def test_no_page_calls_the_store_on_the_event_loop(
+    app: Starlette, client: TestClient, admin_secret: str, provider: OAuthProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every store call of every page (sign-in, each GET, each form post, an OAuth2 connection) runs in a worker
+    thread: the event loop also serves the agents' tool calls under `serve --http`."""
+    on_loop: list[str] = []
+    for name, member in list(vars(Store).items()):
+        if name.startswith("_") or not inspect.isfunction(member):
+            continue
+
+        def watched(store: Store, *args: Any, __name: str = name, __member: Any = member, **kwargs: Any) -> Any:
+            if _on_the_event_loop():
+                on_loop.append(__name)
+            return __member(store, *args, **kwargs)
+
+        monkeypatch.setattr(Store, name, watched)
+    admin = sign_in(client, admin_secret)
+    authorize = location(admin.post("/credentials/acme-c/connect"))
+    with closing(fresh_client(app)) as from_provider:
+        assert from_provider.get(provider_redirect(authorize)).status_code == 200
+    for page in PAGES:
+        assert admin.get(page).status_code in (200, 303), page
+    for path, data in POST_ROUTES:
+        assert admin.post(path, data).status_code < 500, path
+    assert on_loop == []
+
+
+def test_a_page_held_in_the_store_leaves_tool_calls_and_other_pages_answered(
+    world: World, admin_secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under `serve --http` the pages have a store connection of their own and use it from worker threads: a
+    page held in the store (a slow disk, a busy lock) holds neither the event loop nor the gateway's store."""
+    gateway = Gateway.open(world.settings, world.catalog)
+    site = Site.open(world.settings, lambda: gateway.catalog)
+    assert site.store is not gateway.store
+    app = build_http_app(
+        gateway, host="127.0.0.1", port=8765, public_url=world.settings.public_url, extra_routes=routes(site)
+    )
+    token = create_agent(world.store, "ops", "remote")
+    entered, release = threading.Event(), threading.Event()
+    list_credentials = site.store.list_credentials
+
+    def held() -> Any:
+        entered.set()
+        release.wait(30)
+        return list_credentials()
+
+    headers, body = modern_call("clock", {})
+    headers["Authorization"] = f"Bearer {token}"
+    with site, TestClient(app, base_url=BASE, follow_redirects=False) as browser, ThreadPoolExecutor(3) as pool:
+        admin = sign_in(browser, admin_secret)
+        monkeypatch.setattr(site.store, "list_credentials", held)
+        try:
+            page = pool.submit(admin.get, "/credentials")
+            assert entered.wait(10)
+            call = pool.submit(browser.post, "/mcp", content=body, headers=headers)
+            other = pool.submit(admin.get, "/audit")
+            answered = call.result(timeout=10)
+            assert other.result(timeout=10).status_code == 200
+            assert not page.done()
+        finally:
+            release.set()
+        assert page.result(timeout=10).status_code == 200
+    assert answered.status_code == 200
+    assert '"utc"' in answered.text and '"isError":false' in answered.text.replace(" ", "")

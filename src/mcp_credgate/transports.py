@@ -63,10 +63,12 @@ async def serve_http(settings: Settings, catalog: Catalog, host: str, port: int)
     from .web.site import Site
 
     gateway = Gateway.open(settings, catalog)
-    site = Site(gateway.store, lambda: gateway.catalog, settings)
-    app = build_http_app(gateway, host=host, port=port, public_url=settings.public_url, extra_routes=routes(site))
-    logging.getLogger("credgate").info("serving MCP on http://%s:%d (/mcp, /sse) and the dashboard at /", host, port)
-    await run_uvicorn(app, host, port)
+    with Site.open(settings, lambda: gateway.catalog) as site:  # the dashboard's own store connection
+        app = build_http_app(gateway, host=host, port=port, public_url=settings.public_url, extra_routes=routes(site))
+        logging.getLogger("credgate").info(
+            "serving MCP on http://%s:%d (/mcp, /sse) and the dashboard at /", host, port
+        )
+        await run_uvicorn(app, host, port)
 
 
 async def serve_dashboard(settings: Settings, catalog: Catalog, host: str, port: int) -> None:

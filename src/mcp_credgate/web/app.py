@@ -19,7 +19,6 @@ from starlette.staticfiles import StaticFiles
 
 from ..config import Settings
 from ..declarations import Catalog
-from ..store import Store
 from .pages import audit, credentials, groups, setup, signin
 from .site import HERE, Site
 
@@ -61,8 +60,7 @@ def build_dashboard_app(settings: Settings, catalog: Catalog, *, host: str, port
     """`credgate dashboard`: the pages alone, behind the same Host/Origin guard as the MCP app."""
     from ..http_app import RequestGuard, allowed_hosts_and_origins
 
-    store = Store.open(settings)
-    site = Site(store, lambda: catalog, settings)
+    site = Site.open(settings, lambda: catalog)
     hosts, origins = allowed_hosts_and_origins(host, port, settings.public_url)
 
     @asynccontextmanager
@@ -70,7 +68,7 @@ def build_dashboard_app(settings: Settings, catalog: Catalog, *, host: str, port
         try:
             yield
         finally:
-            store.close()
+            site.close()
 
     return Starlette(
         routes=routes(site),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -25,19 +26,23 @@ class PendingConnection:
 
 
 class PendingConnections:
-    """The connections under way, by their `state`; each is taken once, and forgotten after `PENDING_SECONDS`."""
+    """The connections under way, by their `state`; each is taken once, and forgotten after `PENDING_SECONDS`.
+    Pages run in worker threads: a lock keeps the table whole."""
 
     def __init__(self) -> None:
         self._by_state: dict[str, PendingConnection] = {}
+        self._lock = threading.Lock()
 
     def add(self, connection: PendingConnection) -> None:
         now = time.monotonic()
-        self._by_state = {k: v for k, v in self._by_state.items() if now - v.started < PENDING_SECONDS}
-        self._by_state[connection.request.state] = connection
+        with self._lock:
+            self._by_state = {k: v for k, v in self._by_state.items() if now - v.started < PENDING_SECONDS}
+            self._by_state[connection.request.state] = connection
 
     def take(self, state: str) -> PendingConnection | None:
         """The connection `state` names, if it is known and still fresh; it is forgotten either way."""
-        pending = self._by_state.pop(state, None) if state else None
+        with self._lock:
+            pending = self._by_state.pop(state, None) if state else None
         if pending is None or time.monotonic() - pending.started > PENDING_SECONDS:
             return None
         return pending

@@ -1,17 +1,21 @@
 """The dashboard's app-lifetime object, `Site`, and how a page answers: rendered HTML, a refusal, a redirect.
 
-A `Site` lives as long as the app: the store, the current declarations (`catalog()` follows reloads), the admin
-sessions, the templates and the OAuth2 connections under way. A request brings nothing else than itself, its
-session and its form.
+A `Site` lives as long as the app: a store connection of its own, the current declarations (`catalog()` follows
+reloads), the admin sessions, the templates and the OAuth2 connections under way. A request brings nothing else
+than itself, its session and its form. A page does its work in a worker thread (`Site.run`): store calls block
+(on the database, on a refresh's lock, on decryption), and the event loop they would block also serves the
+agents' tool calls under `credgate serve --http`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import quote, urlsplit
 
+import anyio.to_thread
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse
@@ -24,6 +28,8 @@ from .connections import PendingConnections
 from .session import AdminSessions, Session
 
 HERE = Path(__file__).parent
+P = ParamSpec("P")
+T = TypeVar("T")
 DONE_MESSAGES = {
     "saved": "Saved.",
     "created": "Created.",
@@ -46,7 +52,12 @@ SECURITY_HEADERS = {
 
 
 class Site:
-    """App lifetime: the pages' store, declarations, sessions, templates and pending OAuth2 connections."""
+    """App lifetime: the pages' store, declarations, sessions, templates and pending OAuth2 connections.
+
+    `Site.open` opens a store connection for the pages alone (tool calls never wait behind a page for it);
+    `close` closes it, when the app stops. Thread-safe: the store serialises its calls (an `RLock`), the
+    templates are Jinja2's, the pending connections take a lock.
+    """
 
     def __init__(self, store: Store, catalog: Callable[[], Catalog], settings: Settings) -> None:
         self.store = store
@@ -61,6 +72,23 @@ class Site:
         self.templates.globals["mask"] = mask
         self.templates.globals["redirect_uri"] = self.redirect_uri
         self.templates.filters["q"] = lambda value: quote(str(value), safe="")
+
+    @classmethod
+    def open(cls, settings: Settings, catalog: Callable[[], Catalog]) -> Site:
+        return cls(Store.open(settings), catalog, settings)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Site:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def run(self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`work(*args, **kwargs)` in a worker thread, so that the event loop never waits for the store."""
+        return await anyio.to_thread.run_sync(partial(work, *args, **kwargs))
 
     def render(
         self, request: Request, template: str, session: Session | None, status: int = 200, **context: Any

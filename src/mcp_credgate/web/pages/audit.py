@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -11,7 +12,7 @@ from ..site import Site
 OUTCOMES = ("ok", "error", "missing_credential", "denied", "invalid_arguments")
 
 
-async def audit(site: Site, request: Request, session: Session) -> Response:
+def audit(site: Site, request: Request, session: Session, form: FormData) -> Response:
     q = request.query_params
     group, tool, outcome = q.get("group") or None, q.get("tool") or None, q.get("outcome") or None
     try:

@@ -1,14 +1,14 @@
 """Credentials: the list, a new one, editing and deleting one, and connecting one over OAuth2 (the connection
-starts here and ends at the provider's redirect back, `oauth_callback`)."""
+starts here and ends at the provider's redirect back, `oauth_callback`, the one page that runs on the event loop:
+it awaits the provider, and hands its store work to a worker thread)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import partial
 from typing import Any
 from urllib.parse import quote
 
-import anyio.to_thread
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -21,7 +21,7 @@ from ..session import Session
 from ..site import SECURITY_HEADERS, Site, back
 
 
-async def credentials(site: Site, request: Request, session: Session) -> Response:
+def credentials(site: Site, request: Request, session: Session, form: FormData) -> Response:
     catalog = site.catalog()
     rows = []
     for info in site.store.list_credentials():
@@ -37,19 +37,17 @@ async def credentials(site: Site, request: Request, session: Session) -> Respons
     return site.render(request, "credentials.html", session, rows=rows, types=sorted(catalog.types))
 
 
-async def credential_new(site: Site, request: Request, session: Session) -> Response:
+def credential_new(site: Site, request: Request, session: Session, form: FormData) -> Response:
     catalog = site.catalog()
-    source = request.query_params
-    type_name = source.get("type", "")
+    type_name = request.query_params.get("type", "")
     if request.method == "POST":
-        form = await request.form()
         type_name = str(form.get("type", ""))
     spec = catalog.types.get(type_name)
     if spec is None:
         return site.render(request, "choose_type.html", session, types=catalog.types, catalog=catalog)
     if request.method == "GET":
         return credential_form(site, request, session, spec, None)
-    name, values, connect, errors = new_credential(site, spec, await request.form())
+    name, values, connect, errors = new_credential(site, spec, form)
     if errors:
         return credential_form(site, request, session, spec, None, errors=errors, given=values, name=name)
     if connect:
@@ -108,7 +106,7 @@ def credential_form(
     )
 
 
-async def credential_edit(site: Site, request: Request, session: Session) -> Response:
+def credential_edit(site: Site, request: Request, session: Session, form: FormData) -> Response:
     name = request.path_params["name"]
     info = site.store.credential_info(name)
     spec = site.catalog().types.get(info.type)
@@ -119,7 +117,6 @@ async def credential_edit(site: Site, request: Request, session: Session) -> Res
     context: dict[str, Any] = {"info": info, "oauth": admin.oauth_summary(spec, existing)}
     if request.method == "GET":
         return credential_form(site, request, session, spec, shown, name=name, **context)
-    form = await request.form()
     values = form_values(spec, form)
     cleared = [  # an optional plain field emptied on purpose
         f.name
@@ -129,16 +126,15 @@ async def credential_edit(site: Site, request: Request, session: Session) -> Res
     errors = value_errors(spec, values, complete=False)
     if errors:
         return credential_form(site, request, session, spec, shown, errors=errors, given=values, name=name, **context)
-    if values:  # may wait for a refresh's lock: not on the event loop
-        await anyio.to_thread.run_sync(admin.update_credential, site.store, site.catalog(), name, values)
+    if values:  # may wait for a refresh's lock
+        admin.update_credential(site.store, site.catalog(), name, values)
     if cleared:
         site.store.update_credential(name, {}, spec.secret_fields, remove=cleared)
     return back(f"/credentials/{quote(name, safe='')}", "saved")
 
 
-async def credential_delete(site: Site, request: Request, session: Session) -> Response:
+def credential_delete(site: Site, request: Request, session: Session, form: FormData) -> Response:
     name = request.path_params["name"]
-    form = await request.form()
     try:
         site.store.remove_credential(name, force=form.get("remove_bindings") == "yes")
     except ConflictError:
@@ -147,7 +143,7 @@ async def credential_delete(site: Site, request: Request, session: Session) -> R
     return back("/credentials", "deleted")
 
 
-async def credential_connect(site: Site, request: Request, session: Session) -> Response:
+def credential_connect(site: Site, request: Request, session: Session, form: FormData) -> Response:
     name = request.path_params["name"]
     info = site.store.credential_info(name)
     spec = site.catalog().types.get(info.type)
@@ -195,13 +191,13 @@ async def oauth_callback(site: Site, request: Request) -> Response:
 
         async with make_client() as http:
             tokens = await oauth.exchange_code(http, spec.oauth, pending.client, pending.request, code)
-        save = partial(admin.save_connection, site.store, spec, pending.name, pending.given, tokens, pending.uid)
-        await anyio.to_thread.run_sync(save)  # it may wait for a refresh's lock: not on the event loop
+        # it may wait for a refresh's lock
+        await site.run(admin.save_connection, site.store, spec, pending.name, pending.given, tokens, pending.uid)
     except CredgateError as exc:
         return site.refusal(request, 502, f"Not connected: {exc}. Nothing was stored.")
     if pending.bind_to is not None:
         try:
-            admin.bind(site.store, site.catalog(), *pending.bind_to, pending.name)
+            await site.run(admin.bind, site.store, site.catalog(), *pending.bind_to, pending.name)
         except CredgateError as exc:  # the group or its tool changed meanwhile
             return site.refusal(request, 409, f"Connected and stored as {pending.name}, but not bound: {exc}")
     if pending.bind_to is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -20,10 +20,9 @@ from ..site import Site, back
 from .signin import Page
 
 
-async def groups(site: Site, request: Request, session: Session) -> Response:
+def groups(site: Site, request: Request, session: Session, form: FormData) -> Response:
     error = ""
     if request.method == "POST":
-        form = await request.form()
         name = str(form.get("name", "")).strip()
         error = name_errors(name).get("name", "")
         if not error:
@@ -40,7 +39,11 @@ async def groups(site: Site, request: Request, session: Session) -> Response:
     )
 
 
-async def group(
+def group(site: Site, request: Request, session: Session, form: FormData) -> Response:
+    return _group_page(site, request, session)
+
+
+def _group_page(
     site: Site, request: Request, session: Session, error: str = "", token: str = "", status: int | None = None
 ) -> Response:
     name = request.path_params["group"]
@@ -71,38 +74,37 @@ async def group(
     )
 
 
-GroupChange = Callable[[Site, Request, Session, str, FormData], Awaitable[Response]]
+GroupChange = Callable[[Site, Request, Session, str, FormData], Response]
 
 
 def changing(change: GroupChange) -> Page:
     """The page of one change that a group page's forms post: 404 for an unknown group; a change that a rule
     refuses shows the group page again, saying why."""
 
-    async def page(site: Site, request: Request, session: Session) -> Response:
+    def page(site: Site, request: Request, session: Session, form: FormData) -> Response:
         name = request.path_params["group"]
-        form = await request.form()
         site.store.group(name)  # 404 for an unknown group
         try:
-            return await change(site, request, session, name, form)
+            return change(site, request, session, name, form)
         except ConflictError as exc:
-            return await group(site, request, session, error=str(exc), status=409)
+            return _group_page(site, request, session, error=str(exc), status=409)
         except CredentialValueError as exc:
-            return await group(site, request, session, error=str(exc))
+            return _group_page(site, request, session, error=str(exc))
 
     return page
 
 
-async def allow(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
+def allow(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
     admin.allow(site.store, site.catalog(), name, [str(form.get("tool", ""))])
     return back(_group_path(name), "allowed")
 
 
-async def deny(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
+def deny(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
     admin.deny(site.store, site.catalog(), name, [str(form.get("tool", ""))])
     return back(_group_path(name), "denied")
 
 
-async def bind(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
+def bind(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
     """Bind a credential to one of the group's tools; no credential: unbind it."""
     tool, credential = str(form.get("tool", "")), str(form.get("credential", ""))
     if credential:
@@ -112,17 +114,17 @@ async def bind(site: Site, request: Request, session: Session, name: str, form: 
     return back(_group_path(name), "bound")
 
 
-async def add_agent(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
+def add_agent(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
     """A new agent: the group page shows its token, once."""
     agent = str(form.get("name", "")).strip()
     problem = name_errors(agent).get("name")
     if problem:
         raise CredentialValueError(f"agent {problem}")
     token = create_agent(site.store, name, agent)
-    return await group(site, request, session, token=token)
+    return _group_page(site, request, session, token=token)
 
 
-async def revoke(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
+def revoke(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
     agent = str(form.get("agent", ""))
     if not any(a.name == agent and a.group == name for a in site.store.list_agents()):
         raise NotFoundError(f"no agent named {agent!r} in group {name!r}")
@@ -130,12 +132,12 @@ async def revoke(site: Site, request: Request, session: Session, name: str, form
     return back(_group_path(name), "revoked")
 
 
-async def delete(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
+def delete(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
     site.store.remove_group(name)
     return back("/groups", "deleted")
 
 
-async def no_such_change(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
+def no_such_change(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
     """Any other `/groups/GROUP/WORD` post: 404, once the group is known to exist."""
     raise NotFoundError(f"no such action: {request.path_params['action']}")
 

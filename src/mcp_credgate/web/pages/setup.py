@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -17,7 +18,7 @@ from ..site import Site, back
 from .credentials import new_credential, start_connection
 
 
-async def setup(site: Site, request: Request, session: Session) -> Response:
+def setup(site: Site, request: Request, session: Session, form: FormData) -> Response:
     group, tool_name = request.path_params["group"], request.path_params["tool"]
     catalog = site.catalog()
     site.store.group(group)
@@ -41,14 +42,13 @@ async def setup(site: Site, request: Request, session: Session) -> Response:
         return site.render(request, "setup.html", session, **context, errors={}, given={}, name="")
     if not allowed:
         return site.render(request, "setup.html", session, status=409, **context, errors={}, given={}, name="")
-    form = await request.form()
     if form.get("mode") == "existing":
         admin.bind(site.store, catalog, group, _bind_target(tool), str(form.get("credential", "")))
         return back(f"/groups/{quote(group, safe='')}", "setup")
-    return await _setup_new(site, request, session, context, spec, tool, group, form)
+    return _setup_new(site, request, session, context, spec, tool, group, form)
 
 
-async def _setup_new(
+def _setup_new(
     site: Site,
     request: Request,
     session: Session,

@@ -1,11 +1,12 @@
 """Signing in and out, and the guard every other page is behind: the admin session cookie, and for a form post
-its CSRF token as well."""
+its CSRF token as well. The event loop only reads the form; the rest runs in a worker thread (`Site.run`)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode
 
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
@@ -13,7 +14,8 @@ from ...errors import CredgateError, NotFoundError
 from ..session import COOKIE_NAME, Session
 from ..site import SECURITY_HEADERS, Site
 
-Page = Callable[[Site, Request, Session], Awaitable[Response]]
+Page = Callable[[Site, Request, Session, FormData], Response]
+"""A page behind the guard: it runs in a worker thread, with the session and the posted form (empty for a GET)."""
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -23,33 +25,40 @@ def guarded(site: Site, page: Page) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         if request.method not in ("GET", "POST"):  # HEAD too: every page reads "not GET" as a change
             return PlainTextResponse("Method Not Allowed", status_code=405, headers={"Allow": "GET, POST"})
-        session = site.sessions.verify(request.cookies.get(COOKIE_NAME))
+        session = await site.run(site.sessions.verify, request.cookies.get(COOKIE_NAME))
         if session is None:
             if request.method != "GET":
                 return site.refusal(request, 403, "Not signed in.")
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
-        if request.method == "POST":
-            form = await request.form()
-            if not site.sessions.check_csrf(session, str(form.get("csrf", ""))):
-                return site.refusal(request, 403, "The form's CSRF token is missing or wrong: reload the page.")
-        try:
-            return await page(site, request, session)
-        except NotFoundError as exc:
-            return site.refusal(request, 404, str(exc), session)
-        except CredgateError as exc:  # a rule refused the change (messages never carry a value)
-            return site.refusal(request, 409, str(exc), session)
+        form = await request.form() if request.method == "POST" else FormData()
+        return await site.run(_answer, site, page, request, session, form)
 
     return endpoint
 
 
+def _answer(site: Site, page: Page, request: Request, session: Session, form: FormData) -> Response:
+    if request.method == "POST" and not site.sessions.check_csrf(session, str(form.get("csrf", ""))):
+        return site.refusal(request, 403, "The form's CSRF token is missing or wrong: reload the page.")
+    try:
+        return page(site, request, session, form)
+    except NotFoundError as exc:
+        return site.refusal(request, 404, str(exc), session)
+    except CredgateError as exc:  # a rule refused the change (messages never carry a value)
+        return site.refusal(request, 409, str(exc), session)
+
+
 async def login(site: Site, request: Request) -> Response:
+    form = await request.form() if request.method == "POST" else None
+    return await site.run(_login, site, request, form)
+
+
+def _login(site: Site, request: Request, form: FormData | None) -> Response:
     next_path = request.query_params.get("next", "/")
     if not next_path.startswith("/") or next_path.startswith("//") or "\\" in next_path:
         next_path = "/"
     error = ""
-    if request.method == "POST":
-        form = await request.form()
+    if form is not None:
         if site.sessions.check_secret(str(form.get("secret", ""))):
             response = RedirectResponse(next_path, status_code=303, headers=SECURITY_HEADERS)
             response.set_cookie(
@@ -74,11 +83,11 @@ async def login(site: Site, request: Request) -> Response:
     )
 
 
-async def logout(site: Site, request: Request, session: Session) -> Response:
+def logout(site: Site, request: Request, session: Session, form: FormData) -> Response:
     response = RedirectResponse("/login", status_code=303, headers=SECURITY_HEADERS)
     response.delete_cookie(COOKIE_NAME, httponly=True, samesite="strict")
     return response
 
 
-async def home(site: Site, request: Request, session: Session) -> Response:
+def home(site: Site, request: Request, session: Session, form: FormData) -> Response:
     return RedirectResponse("/credentials", status_code=303)
