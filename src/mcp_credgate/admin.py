@@ -39,6 +39,11 @@ class ToolStatus:
     credential_type: str | None
     missing_fields: tuple[str, ...] = ()
 
+    @property
+    def target(self) -> str:
+        """What to bind or set up for this entry: the tool, or the upstream an `UPSTREAM.*` entry allows."""
+        return AllowEntry.parse(self.tool).name
+
     def as_json(self) -> dict[str, Any]:
         return {
             "tool": self.tool,

@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from ... import admin
 from ...agents import create_agent
+from ...allow import AllowEntry
 from ...declarations import Catalog
 from ...errors import ConflictError, CredentialValueError, NotFoundError
 from ..forms import name_errors
@@ -56,7 +57,7 @@ def _group_page(
         if st.credential_type:
             choices[st.tool] = [c.name for c in credentials if c.type == st.credential_type]
     allowable = [n for n in catalog.tools if n not in info.tools and not _via_upstream(catalog, n, info.tools)]
-    allowable += [f"{u}.*" for u in catalog.upstreams if f"{u}.*" not in info.tools]
+    allowable += [e for u in catalog.upstreams if (e := str(AllowEntry.of_upstream(u))) not in info.tools]
     agents = [a for a in site.store.list_agents() if a.group == name]
     return site.render(
         request,
@@ -148,4 +149,4 @@ def _group_path(name: str) -> str:
 
 def _via_upstream(catalog: Catalog, name: str, allowed: Mapping[str, Any]) -> bool:
     tool = catalog.tool(name)
-    return tool is not None and tool.upstream is not None and f"{tool.upstream}.*" in allowed
+    return tool is not None and tool.upstream is not None and str(AllowEntry.of_upstream(tool.upstream)) in allowed

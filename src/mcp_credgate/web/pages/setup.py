@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ... import admin
+from ...allow import AllowEntry
 from ...declarations import CredentialSpec, Tool
 from ..forms import fields_of, plain
 from ..session import Session
@@ -28,7 +29,7 @@ def setup(site: Site, request: Request, session: Session, form: FormData) -> Res
     if spec is None:
         return site.render(request, "setup.html", session, **context, compatible=[], fields=[])
     if tool_name in catalog.upstreams:  # the upstream as a whole: allowed as NAME.*
-        binding = site.store.binding(group, f"{tool_name}.*", tool_name)
+        binding = site.store.binding(group, str(AllowEntry.of_upstream(tool_name)), tool_name)
     else:
         binding = site.store.binding(group, tool_name, tool.upstream)
     allowed = binding.allowed
