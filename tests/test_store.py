@@ -30,7 +30,7 @@ from mcp_credgate.errors import (
     NotInitialisedError,
 )
 from mcp_credgate.store import AuditRow, Store, store_exists
-from mcp_credgate.store import core as store_module
+from mcp_credgate.store import keys as store_module
 from mcp_credgate.store import sqlite as sqlite_backend
 from mcp_credgate.store.change_hint import RECHECK_SECONDS, ChangeHint, hint_path
 from mcp_credgate.store.schema import MIGRATIONS, Dialect, Migration

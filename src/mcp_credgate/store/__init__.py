@@ -1,21 +1,11 @@
-"""The store and what it hands out. See `core` for the operations and `database` for the backends."""
+"""The store and what it hands out. See `core` for the `Store` and its parts, and `database` for the backends."""
 
+from .base import now
 from .change_hint import hint_path
-from .core import (
-    AgentInfo,
-    AuditRow,
-    Binding,
-    CredentialInfo,
-    GroupInfo,
-    SealedCredential,
-    Store,
-    load_keyring,
-    now,
-    read_staged_key,
-    restore_store,
-    store_exists,
-    store_location,
-)
+from .core import Store
+from .keyfiles import load_keyring, read_staged_key
+from .opening import restore_store, store_exists, store_location
+from .records import AgentInfo, AuditRow, Binding, CredentialInfo, GroupInfo, SealedCredential
 
 __all__ = [
     "AgentInfo",

@@ -1,0 +1,247 @@
+"""Credentials: their rows, their values as ciphertext under each credential's data key, and decrypting them
+(a whole record, or the sealed credential of a binding once the gate decides to use it)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+
+from ..credential import Credential
+from ..crypto import DataKey, OpenError
+from ..errors import CiphertextError, ConflictError
+from .base import StoreBase, now
+from .database import Database, PollingLock, Row
+from .records import CredentialInfo, SealedCredential
+
+EXPIRY_FIELD = "expires_at"  # an OAuth2 credential's token expiry, also kept in clear beside the ciphertext
+EXPIRY_PENDING = "pending"  # the mark of migration 0007 on rows whose expiry is still to be copied in
+
+
+class Credentials(StoreBase):
+    """The credentials of a store."""
+
+    def _copy_pending_expiries(self) -> None:
+        """Copy in the clear expiry of the credentials migration 0007 marked (an index finds them: nothing to
+        do costs one lookup). A credential whose value does not open stays marked, for a later try."""
+        pending = self._query(
+            "SELECT id, name, type, uid, key_id, wrapped_dek FROM credentials WHERE expires_at = ?", (EXPIRY_PENDING,)
+        )
+        if not pending:
+            return
+        with self._write() as conn:
+            for row in pending:
+                found = conn.execute(
+                    "SELECT ciphertext FROM credential_values WHERE credential_id = ? AND field = ? AND secret = 0",
+                    (row["id"], EXPIRY_FIELD),
+                ).fetchone()
+                try:
+                    expiry = (
+                        self._data_key(row).decrypt(row["uid"], EXPIRY_FIELD, found["ciphertext"]) if found else None
+                    )
+                except (CiphertextError, OpenError, UnicodeDecodeError):
+                    continue
+                conn.execute(
+                    "UPDATE credentials SET expires_at = ? WHERE id = ? AND expires_at = ?",
+                    (expiry, row["id"], EXPIRY_PENDING),
+                )
+
+    def add_credential(self, name: str, type_: str, values: Mapping[str, str], secret_fields: frozenset[str]) -> None:
+        uid = uuid.uuid4().hex
+        dek = DataKey.generate()
+        stamp, expiry = now(), _expiry(values, secret_fields)
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM credentials WHERE name = ?", (name,)).fetchone():
+                raise ConflictError(f"a credential named {name!r} exists already (use `credgate cred update {name}`)")
+            master = self._writing_key(conn)
+            credential_id = conn.execute(
+                "INSERT INTO credentials (name, type, uid, key_id, wrapped_dek, created_at, updated_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    name,
+                    type_,
+                    uid,
+                    master.key_id,
+                    master.wrap(dek.raw, uid),
+                    stamp,
+                    stamp,
+                    expiry,
+                ),
+            ).fetchone()["id"]
+            _write_values(conn, credential_id, uid, dek, values, secret_fields)
+
+    def update_credential(
+        self,
+        name: str,
+        values: Mapping[str, str],
+        secret_fields: frozenset[str],
+        *,
+        remove: Iterable[str] = (),
+        uid: str | None = None,
+    ) -> None:
+        """Set some fields and drop others, in one transaction. With `uid`, only if NAME is still that record
+        (not deleted and added again meanwhile)."""
+        with self._write() as conn:
+            row = self._credential_row(conn, name)
+            if uid is not None and row["uid"] != uid:
+                raise ConflictError(f"credential {name!r} was replaced meanwhile")
+            rebuilt = False
+            try:
+                dek = self._data_key(row)
+            except CiphertextError:
+                # Its data key no longer opens (altered or corrupt), so its old values are lost: given every
+                # field anew, the credential gets a new data key (the remedy its error names); else it stays refused.
+                stored = [
+                    r["field"]
+                    for r in conn.execute("SELECT field FROM credential_values WHERE credential_id = ?", (row["id"],))
+                ]
+                if not set(stored) <= set(values):
+                    raise CiphertextError(name) from None
+                master, dek, rebuilt = self._writing_key(conn), DataKey.generate(), True
+                conn.execute("DELETE FROM credential_values WHERE credential_id = ?", (row["id"],))
+                conn.execute(
+                    "UPDATE credentials SET key_id = ?, wrapped_dek = ? WHERE id = ?",
+                    (master.key_id, master.wrap(dek.raw, row["uid"]), row["id"]),
+                )
+            _write_values(conn, row["id"], row["uid"], dek, values, secret_fields)
+            conn.executemany(
+                "DELETE FROM credential_values WHERE credential_id = ? AND field = ?",
+                [(row["id"], f) for f in remove if f not in values],
+            )
+            conn.execute("UPDATE credentials SET updated_at = ? WHERE id = ?", (now(), row["id"]))
+            if EXPIRY_FIELD in values or EXPIRY_FIELD in remove or rebuilt:
+                conn.execute(
+                    "UPDATE credentials SET expires_at = ? WHERE id = ?", (_expiry(values, secret_fields), row["id"])
+                )
+
+    def remove_credential(self, name: str, force: bool = False) -> list[tuple[str, str]]:
+        """Delete a credential; a bound one only with force, which unbinds it. Returns the bindings removed."""
+        with self._write() as conn:
+            row = self._credential_row(conn, name)
+            bindings = _bindings_of(conn, row["id"])
+            if bindings and not force:
+                where = ", ".join(f"{g}/{t}" for g, t in bindings)
+                raise ConflictError(f"credential {name!r} is bound ({where}); unbind it first or use --force")
+            conn.execute("UPDATE group_tools SET credential_id = NULL WHERE credential_id = ?", (row["id"],))
+            conn.execute("DELETE FROM group_upstreams WHERE credential_id = ?", (row["id"],))
+            conn.execute("DELETE FROM credentials WHERE id = ?", (row["id"],))
+        return bindings
+
+    def credential_lock(self, uid: str, timeout: float = 30.0) -> PollingLock:
+        """Held while a credential's OAuth2 tokens are refreshed or replaced: by one process at a time, on
+        this machine (SQLite) or across replicas (PostgreSQL)."""
+        return self._db.credential_lock(uid, timeout)
+
+    def credential_info(self, name: str) -> CredentialInfo:
+        with self._lock:
+            row = self._credential_row(self._db, name)
+        return self._infos(f"WHERE c.id = {int(row['id'])}")[0]
+
+    def list_credentials(self) -> list[CredentialInfo]:
+        return self._infos("")
+
+    def credentials_named(self, names: Iterable[str]) -> dict[str, CredentialInfo]:
+        """Name → what is known of these credentials without decrypting them (their bindings left out)."""
+        wanted = sorted(set(names))
+        if not wanted:
+            return {}
+        where = f"WHERE c.name IN ({', '.join('?' * len(wanted))})"
+        return {info.name: info for info in self._infos(where, wanted, with_bindings=False)}
+
+    def _infos(self, where: str, params: Sequence[object] = (), *, with_bindings: bool = True) -> list[CredentialInfo]:
+        rows = self._query(
+            "SELECT c.id, c.name, c.type, c.uid, c.created_at, c.updated_at, c.expires_at, v.field, v.secret"
+            f" FROM credentials c LEFT JOIN credential_values v ON v.credential_id = c.id {where}"
+            " ORDER BY c.name, v.rowid",
+            params,
+        )
+        binds = (
+            self._query(
+                "SELECT b.credential_id, g.name AS grp, b.target AS tool FROM bindings b"
+                " JOIN groups g ON g.id = b.group_id ORDER BY g.name, b.target"
+            )
+            if with_bindings
+            else []
+        )
+        by_cred: dict[int, list[tuple[str, str]]] = {}
+        for b in binds:
+            by_cred.setdefault(b["credential_id"], []).append((b["grp"], b["tool"]))
+        infos: dict[int, CredentialInfo] = {}
+        for r in rows:
+            info = infos.get(r["id"]) or CredentialInfo(
+                r["name"],
+                r["type"],
+                (),
+                frozenset(),
+                r["created_at"],
+                r["updated_at"],
+                tuple(by_cred.get(r["id"], [])),
+                r["uid"],
+                r["expires_at"],
+            )
+            if r["field"] is not None:
+                info = replace(
+                    info,
+                    fields=(*info.fields, r["field"]),
+                    secret_fields=info.secret_fields | ({r["field"]} if r["secret"] else set()),
+                )
+            infos[r["id"]] = info
+        return list(infos.values())
+
+    def read_credential(self, name: str) -> Credential:
+        """Decrypt a whole record. Raises CiphertextError if any stored value no longer opens."""
+        with self._lock:
+            row = self._credential_row(self._db, name)
+            values = self._db.execute(
+                "SELECT field, secret, ciphertext FROM credential_values WHERE credential_id = ?", (row["id"],)
+            ).fetchall()
+        return self._decrypt(row, values)
+
+    def _decrypt(self, row: Row, values: Iterable[Row], dek: DataKey | None = None) -> Credential:
+        dek = dek or self._data_key(row)
+        plain: dict[str, str] = {}
+        secret: set[str] = set()
+        for v in values:
+            try:
+                plain[v["field"]] = dek.decrypt(row["uid"], v["field"], v["ciphertext"])
+            except (OpenError, UnicodeDecodeError):
+                raise CiphertextError(row["name"], v["field"]) from None
+            if v["secret"]:
+                secret.add(v["field"])
+        return Credential(row["name"], row["type"], plain, frozenset(secret), row["uid"])
+
+    def open_sealed(self, sealed: SealedCredential) -> Credential:
+        if sealed.data_key is None:
+            sealed.data_key = self._data_key(sealed.row)
+        return self._decrypt(sealed.row, sealed.values, sealed.data_key)
+
+
+def _expiry(values: Mapping[str, str], secret_fields: frozenset[str]) -> str | None:
+    """The clear copy of a credential's `expires_at` (never of a field declared secret)."""
+    return values.get(EXPIRY_FIELD) if EXPIRY_FIELD not in secret_fields else None
+
+
+def _write_values(
+    conn: Database,
+    credential_id: int | None,
+    uid: str,
+    dek: DataKey,
+    values: Mapping[str, str],
+    secret_fields: frozenset[str],
+) -> None:
+    conn.executemany(
+        "INSERT INTO credential_values (credential_id, field, secret, ciphertext) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (credential_id, field) DO UPDATE SET secret = excluded.secret, ciphertext = excluded.ciphertext",
+        [(credential_id, f, int(f in secret_fields), dek.encrypt(uid, f, v)) for f, v in values.items()],
+    )
+
+
+def _bindings_of(conn: Database, credential_id: int) -> list[tuple[str, str]]:
+    return [
+        (r["name"], r["tool"])
+        for r in conn.execute(
+            "SELECT g.name, b.target AS tool FROM bindings b JOIN groups g ON g.id = b.group_id"
+            " WHERE b.credential_id = ? ORDER BY g.name, b.target",
+            (credential_id,),
+        )
+    ]

@@ -1,0 +1,199 @@
+"""Agent groups, the tools each allows (`NAME.*` for all of an upstream's), the credential bound to each tool
+or upstream, and the binding cache that answers "allowed, and with what?" at call time. The cache belongs to
+one connection and lives as long as it; it holds ciphertext only, never a value."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..allow import AllowEntry
+from ..crypto import Keyring
+from ..errors import ConflictError, NotFoundError
+from .base import StoreBase, now
+from .database import Database
+from .records import Binding, GroupInfo, SealedCredential
+
+
+class Groups(StoreBase):
+    """The groups of a store, their allowed tools and bindings."""
+
+    def __init__(self, db: Database, keyring: Keyring) -> None:
+        super().__init__(db, keyring)
+        # (group, tool) → Binding, valid while the database's change marker is unchanged (no change committed
+        # by another connection) and this connection wrote nothing. It holds ciphertext only, never a value.
+        self._bindings: dict[tuple[str, str], Binding] = {}
+        self._bindings_version = -1
+
+    def _drop_caches(self) -> None:
+        super()._drop_caches()
+        self._bindings.clear()
+
+    def add_group(self, name: str, description: str = "") -> None:
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM groups WHERE name = ?", (name,)).fetchone():
+                raise ConflictError(f"an agent group named {name!r} exists already")
+            conn.execute(
+                "INSERT INTO groups (name, description, created_at) VALUES (?, ?, ?)", (name, description, now())
+            )
+
+    def remove_group(self, name: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM groups WHERE id = ?", (self._group_id(conn, name),))
+
+    def group_exists(self, name: str) -> bool:
+        return bool(self._query("SELECT 1 FROM groups WHERE name = ?", (name,)))
+
+    def list_groups(self) -> list[GroupInfo]:
+        return [self.group(r["name"]) for r in self._query("SELECT name FROM groups ORDER BY name")]
+
+    def group(self, name: str) -> GroupInfo:
+        rows = self._query(
+            "SELECT g.name, g.description, g.created_at, gt.tool, c.name AS cred FROM groups g"
+            " LEFT JOIN group_tools gt ON gt.group_id = g.id LEFT JOIN credentials c ON c.id = gt.credential_id"
+            " WHERE g.name = ? ORDER BY gt.tool",
+            (name,),
+        )
+        if not rows:
+            raise NotFoundError(f"no agent group named {name!r} (see `credgate group list`)")
+        tools = {r["tool"]: r["cred"] for r in rows if r["tool"] is not None}
+        return GroupInfo(
+            rows[0]["name"], rows[0]["description"], rows[0]["created_at"], tools, self.upstream_bindings(name)
+        )
+
+    def upstream_bindings(self, group: str) -> dict[str, str]:
+        """Upstream MCP server → the credential bound for all its tools, in this group."""
+        rows = self._query(
+            "SELECT gu.upstream, c.name FROM groups g JOIN group_upstreams gu ON gu.group_id = g.id"
+            " JOIN credentials c ON c.id = gu.credential_id WHERE g.name = ? ORDER BY gu.upstream",
+            (group,),
+        )
+        return {r["upstream"]: r["name"] for r in rows}
+
+    def bind_upstream(self, group: str, upstream: str, credential: str) -> None:
+        with self._write() as conn:
+            gid = self._group_id(conn, group)
+            cred = self._credential_row(conn, credential)
+            conn.execute(
+                "INSERT INTO group_upstreams (group_id, upstream, credential_id) VALUES (?, ?, ?)"
+                " ON CONFLICT (group_id, upstream) DO UPDATE SET credential_id = excluded.credential_id",
+                (gid, upstream, cred["id"]),
+            )
+
+    def unbind_upstream(self, group: str, upstream: str) -> None:
+        with self._write() as conn:
+            gid = self._group_id(conn, group)
+            cur = conn.execute("DELETE FROM group_upstreams WHERE group_id = ? AND upstream = ?", (gid, upstream))
+            if cur.rowcount == 0:
+                raise NotFoundError(f"upstream {upstream!r} has no credential bound in group {group!r}")
+
+    def allow(self, group: str, tools: Iterable[str]) -> None:
+        with self._write() as conn:
+            gid = self._group_id(conn, group)
+            conn.executemany(
+                "INSERT INTO group_tools (group_id, tool) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [(gid, t) for t in tools],
+            )
+
+    def deny(self, group: str, tools: Iterable[str]) -> list[str]:
+        """Remove tools from a group (their bindings go too). Returns the tools that were bound."""
+        with self._write() as conn:
+            gid = self._group_id(conn, group)
+            tools = list(tools)
+            marks = ",".join("?" * len(tools))
+            bound = [
+                r["tool"]
+                for r in conn.execute(
+                    f"SELECT tool FROM group_tools WHERE group_id = ? AND tool IN ({marks})"
+                    " AND credential_id IS NOT NULL",
+                    (gid, *tools),
+                )
+            ]
+            conn.execute(f"DELETE FROM group_tools WHERE group_id = ? AND tool IN ({marks})", (gid, *tools))
+        return bound
+
+    def bind(self, group: str, tool: str, credential: str) -> None:
+        with self._write() as conn:
+            gid = self._group_id(conn, group)
+            cred = self._credential_row(conn, credential)
+            cur = conn.execute(
+                "UPDATE group_tools SET credential_id = ? WHERE group_id = ? AND tool = ?", (cred["id"], gid, tool)
+            )
+            if cur.rowcount == 0:
+                raise ConflictError(
+                    f"group {group!r} does not allow tool {tool!r}: run `credgate group allow {group} {tool}` first"
+                )
+
+    def unbind(self, group: str, tool: str) -> None:
+        with self._write() as conn:
+            gid = self._group_id(conn, group)
+            cur = conn.execute(
+                "UPDATE group_tools SET credential_id = NULL WHERE group_id = ? AND tool = ?"
+                " AND credential_id IS NOT NULL",
+                (gid, tool),
+            )
+            if cur.rowcount == 0:
+                raise NotFoundError(f"tool {tool!r} has no credential bound in group {group!r}")
+
+    def allowed_tools(self, group: str) -> dict[str, str | None]:
+        """Tool → bound credential name, for the group's allowed tools (empty if the group is unknown)."""
+        rows = self._query(
+            "SELECT gt.tool, c.name AS cred FROM groups g JOIN group_tools gt ON gt.group_id = g.id"
+            " LEFT JOIN credentials c ON c.id = gt.credential_id WHERE g.name = ?",
+            (group,),
+        )
+        return {r["tool"]: r["cred"] for r in rows}
+
+    def binding(self, group: str, tool: str, upstream: str | None = None) -> Binding:
+        """At call time: is the tool allowed for the group, and what does its bound credential hold (still
+        sealed: `open_sealed` decrypts it once the caller decides to use it)? One cheap version check while
+        nothing changed, one query otherwise: a rebind by any process is seen at the next call.
+
+        A tool of an upstream MCP server is allowed by name or by `UPSTREAM.*`, and its credential is the
+        one bound to the upstream."""
+        with self._lock:
+            version = self._db.change_marker()
+            if version != self._bindings_version:
+                self._bindings.clear()
+                self._bindings_version = version
+            cached = self._bindings.get((group, tool))
+            if cached is not None:
+                return cached
+        if upstream is None:
+            rows = self._query(
+                "SELECT gt.credential_id AS cid, c.name, c.type, c.uid, c.key_id, c.wrapped_dek, c.expires_at,"
+                " v.field, v.secret, v.ciphertext FROM groups g JOIN group_tools gt ON gt.group_id = g.id"
+                " LEFT JOIN credentials c ON c.id = gt.credential_id"
+                " LEFT JOIN credential_values v ON v.credential_id = c.id WHERE g.name = ? AND gt.tool = ?",
+                (group, tool),
+            )
+        else:
+            rows = self._query(
+                "SELECT c.id AS cid, c.name, c.type, c.uid, c.key_id, c.wrapped_dek, c.expires_at, v.field, v.secret,"
+                " v.ciphertext"
+                " FROM groups g LEFT JOIN group_upstreams gu ON gu.group_id = g.id AND gu.upstream = ?"
+                " LEFT JOIN credentials c ON c.id = gu.credential_id"
+                " LEFT JOIN credential_values v ON v.credential_id = c.id WHERE g.name = ?"
+                " AND EXISTS (SELECT 1 FROM group_tools gt WHERE gt.group_id = g.id AND gt.tool IN (?, ?))",
+                (upstream, group, tool, str(AllowEntry.of_upstream(upstream))),
+            )
+        if not rows:
+            found = Binding(allowed=False)
+        elif rows[0]["cid"] is None:
+            found = Binding(allowed=True)
+        else:
+            values = tuple(r for r in rows if r["field"] is not None)
+            found = Binding(allowed=True, credential=rows[0]["name"], sealed=SealedCredential(rows[0], values))
+        with self._lock:
+            if self._bindings_version == version:
+                self._bindings[(group, tool)] = found
+        return found
+
+    def bound_targets(self) -> list[tuple[str, str, str]]:
+        """(group, tool or upstream, credential) of every binding, and (group, allowed entry, "") rows."""
+        rows = self._query(
+            "SELECT g.name AS grp, b.target, c.name AS cred FROM bindings b JOIN groups g ON g.id = b.group_id"
+            " JOIN credentials c ON c.id = b.credential_id"
+            " UNION ALL SELECT g.name, gt.tool, '' FROM group_tools gt JOIN groups g ON g.id = gt.group_id"
+            " ORDER BY 1, 2"
+        )
+        return [(r["grp"], r["target"], r["cred"]) for r in rows]

@@ -1,0 +1,92 @@
+"""What the store hands out: frozen records of credentials, groups, agents and audit rows, and a binding as
+found at call time (its credential still sealed). Callers keep them as long as they like; they hold no
+connection, and only `SealedCredential` holds ciphertext (and, once opened, its data key)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..crypto import DataKey
+from .database import Row
+
+
+@dataclass(frozen=True)
+class CredentialInfo:
+    """What may be shown about a credential without decrypting it."""
+
+    name: str
+    type: str
+    fields: tuple[str, ...]
+    secret_fields: frozenset[str]
+    created_at: str
+    updated_at: str
+    bindings: tuple[tuple[str, str], ...] = ()  # (group, tool)
+    uid: str = ""
+    expires_at: str | None = None  # an OAuth2 token's expiry: clear metadata, not a secret
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    name: str
+    description: str
+    created_at: str
+    tools: Mapping[str, str | None] = field(default_factory=dict)  # tool (or `UPSTREAM.*`) → bound credential
+    upstreams: Mapping[str, str] = field(default_factory=dict)  # upstream MCP server → bound credential
+
+
+@dataclass
+class SealedCredential:
+    """A credential's row and value ciphertexts, read but not decrypted. While the binding cache keeps it,
+    it keeps its unwrapped data key too (key material, not a value: values are decrypted per call). A new
+    one is read after any change to the store."""
+
+    row: Row
+    values: tuple[Row, ...]
+    data_key: DataKey | None = None
+    vetted_for: object = None  # the gate's: the declaration its values were found complete and well-formed for
+
+    def __repr__(self) -> str:
+        return f"SealedCredential({self.row['name']!r})"
+
+    @property
+    def type(self) -> str:
+        return str(self.row["type"])
+
+    @property
+    def fields(self) -> frozenset[str]:
+        return frozenset(v["field"] for v in self.values)
+
+    @property
+    def expires_at(self) -> str | None:
+        return self.row["expires_at"]  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Binding:
+    """What a (group, tool) pair resolves to at call time."""
+
+    allowed: bool
+    credential: str | None = None  # the bound credential's name; None when nothing is bound
+    sealed: SealedCredential | None = None
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    ts: str
+    group: str
+    agent: str | None
+    tool: str
+    credential: str | None
+    outcome: str
+    duration_ms: float
+    ref: str | None = None
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    name: str
+    group: str
+    created_at: str
+    last_used_at: str | None
+    revoked_at: str | None
