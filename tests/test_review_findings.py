@@ -27,7 +27,7 @@ from gateway_support import (
 from mcp import Client
 
 import mcp_credgate.audit as audit_module
-import mcp_credgate.store.keys as store_module
+import mcp_credgate.store.rotation as store_module
 from mcp_credgate import admin
 from mcp_credgate.audit import AuditLog
 from mcp_credgate.config import Settings

@@ -29,8 +29,7 @@ from mcp_credgate.errors import (
     NotFoundError,
     NotInitialisedError,
 )
-from mcp_credgate.store import AuditRow, Store, store_exists
-from mcp_credgate.store import keys as store_module
+from mcp_credgate.store import AuditRow, Store, now, rotation, store_exists
 from mcp_credgate.store import sqlite as sqlite_backend
 from mcp_credgate.store.change_hint import RECHECK_SECONDS, ChangeHint, hint_path
 from mcp_credgate.store.schema import MIGRATIONS, Dialect, Migration
@@ -213,7 +212,7 @@ def test_canary_secret_never_reaches_any_row_of_the_store(store: Store, settings
     add(store, catalog, "canary", "account", {"username": "alice", "password": CANARY})
     store.update_credential("canary", {"password": CANARY + "-v2", "note": CANARY + "-note"},
                             catalog.types["account"].secret_fields)
-    store.write_audit([AuditRow(store_module.now(), "team", None, "login", "canary", "ok", 1.0, None)])
+    store.write_audit([AuditRow(now(), "team", None, "login", "canary", "ok", 1.0, None)])
     assert store.read_credential("canary")["password"] == CANARY + "-v2"
 
     rows = stored_rows(settings)
@@ -679,7 +678,7 @@ CrashInstaller = Callable[[pytest.MonkeyPatch], None]
 CRASH_POINTS: dict[str, tuple[CrashInstaller, tuple[bool, list[str], int]]] = {
     # master.key.new created, nothing written into it yet
     "while_writing_the_new_key_file": (
-        lambda mp: mp.setattr(store_module, "write_key_file", empty_key_file_then_crash),
+        lambda mp: mp.setattr(rotation, "write_key_file", empty_key_file_then_crash),
         (True, ["current"], 0),
     ),
     # master.key.new written and synced; no pending row yet
@@ -967,7 +966,7 @@ def test_the_store_announces_its_setup_changes_and_no_other_commit(store: Store,
     announced = hint.read_bytes()
     assert len(announced) == 8
 
-    store.write_audit([AuditRow(store_module.now(), "first", None, "login", None, "ok", 1.0, None)])
+    store.write_audit([AuditRow(now(), "first", None, "login", None, "ok", 1.0, None)])
     store.touch_agent("nobody")
     assert hint.read_bytes() == announced
     store.add_group("second")

@@ -25,7 +25,7 @@ from .credential import Credential
 from .declarations import NAME_PATTERN, Catalog, CredentialSpec, McpHandler, OAuthProvider, load_catalog
 from .errors import ConflictError, CredentialValueError, CredgateError, NotFoundError
 from .oauth_callback import LoopbackCallback
-from .store import Store, store_exists, store_location
+from .store import Store, read_staged_key, rotate_master_key, stage_master_key, store_exists, store_location
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -845,10 +845,8 @@ def key() -> None:
 def key_rotate(app: App) -> None:
     """Re-wrap every credential under a new master key: the one `credgate key new` made (or given as
     CREDGATE_MASTER_KEY=OLD,NEW), else a fresh one (SQLite only). Safe to rerun after a crash."""
-    from .store import read_staged_key
-
     from_env = bool(os.environ.get("CREDGATE_MASTER_KEY"))
-    new_key = app.store.rotate_master_key(app.settings, key_from_env=from_env)
+    new_key = rotate_master_key(app.store, app.settings, key_from_env=from_env)
     staged = read_staged_key(app.settings)
     if not from_env:
         where: str | None = str(app.settings.key_path)
@@ -870,7 +868,8 @@ def key_rotate(app: App) -> None:
 @pass_app
 def key_new(app: App) -> None:
     """Make the next master key (master.key.new) ahead of a rotation; the store is not changed."""
-    key, made = app.store.stage_master_key(app.settings)
+    _ = app.store  # as before: a next key only for a store that exists and opens with the current key
+    key, made = stage_master_key(app.settings)
     path = app.settings.pending_key_path
     app.out(
         {"key_id": key.key_id, "key_file": str(path), "created": made},

@@ -6,6 +6,7 @@ from .core import Store
 from .keyfiles import load_keyring, read_staged_key
 from .opening import restore_store, store_exists, store_location
 from .records import AgentInfo, AuditRow, Binding, CredentialInfo, GroupInfo, SealedCredential
+from .rotation import rotate_master_key, stage_master_key
 
 __all__ = [
     "AgentInfo",
@@ -20,6 +21,8 @@ __all__ = [
     "now",
     "read_staged_key",
     "restore_store",
+    "rotate_master_key",
+    "stage_master_key",
     "store_exists",
     "store_location",
 ]

@@ -11,7 +11,8 @@ by the settings and nothing outside the package knows which one it is.
 
 - `credentials`: credentials and their values;  `groups`: groups, allowed tools, bindings, the binding cache;
 - `upstreams`: upstream servers' discovered tools;  `agents`: agents and the admin secret;
-- `audit`: the audit log;  `keys`: the master keys;  `maintenance`: backup and health;
+- `audit`: the audit log;  `keys`: the master keys and a rotation's database steps;  `maintenance`: backup
+  and health;  `rotation`: the rotation's protocol and its key files, driving `keys`;
 - `records`: the frozen records handed out;  `keyfiles`: the key files;  `opening`: finding and checking a
   store before it is opened.
 
@@ -26,7 +27,7 @@ from collections.abc import Mapping
 from ..config import Settings
 from ..crypto import Keyring, MasterKey, write_key_file
 from ..errors import MasterKeyError, NotInitialisedError, StoreBusyError, StoreError
-from . import sqlite
+from . import rotation, sqlite
 from .agents import Agents
 from .audit import Audit
 from .base import now
@@ -110,6 +111,16 @@ class Store(Credentials, Groups, Upstreams, Agents, Audit, Keys, Maintenance):
         store._key_source = (settings, env)
         store._copy_pending_expiries()
         return store
+
+    # -- the master key's rotation (in `rotation`; kept here for callers that hold a store) ---------
+
+    def rotate_master_key(self, settings: Settings, key_from_env: bool) -> MasterKey:
+        """`rotation.rotate_master_key` on this store."""
+        return rotation.rotate_master_key(self, settings, key_from_env=key_from_env)
+
+    def stage_master_key(self, settings: Settings) -> tuple[MasterKey, bool]:
+        """`rotation.stage_master_key`: files only, this store is not changed."""
+        return rotation.stage_master_key(settings)
 
     def __enter__(self) -> Store:
         return self

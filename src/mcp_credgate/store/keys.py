@@ -1,18 +1,49 @@
 """The store's master keys: their check rows, the key derived for other uses (the dashboard's sessions), and
-the rotation to a new master key."""
+the database steps of a rotation to a new master key. `rotation` drives those steps and does the file work
+(master.key.new, master.key, fsync); nothing here writes a file."""
 
 from __future__ import annotations
 
-import os
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from ..config import Settings
-from ..crypto import Keyring, MasterKey, write_key_file
-from ..errors import MasterKeyError
-from . import sqlite
+from ..crypto import Keyring, MasterKey
 from .base import StoreBase, now
 from .database import Database
-from .keyfiles import read_staged_key
+
+
+class KeyRows:
+    """The master keys' rows inside one write transaction (the store's write lock held), where a rotation
+    decides on its new key, so that two rotations at once agree on one. Lives for one `Keys.deciding_key`
+    block."""
+
+    def __init__(self, conn: Database) -> None:
+        self._conn = conn
+
+    @property
+    def shared(self) -> bool:
+        """Whether several machines may serve from the store (a new key must reach them all first)."""
+        return self._conn.shared
+
+    def pending_id(self) -> str | None:
+        """The id of the key a rotation under way is moving to."""
+        row = self._conn.execute("SELECT key_id FROM master_keys WHERE state = 'pending'").fetchone()
+        return None if row is None else str(row["key_id"])
+
+    def states(self) -> dict[str, str]:
+        """Key id → 'current' or 'pending', for every key the store knows."""
+        return {r["key_id"]: r["state"] for r in self._conn.execute("SELECT key_id, state FROM master_keys")}
+
+    def add_pending(self, key: MasterKey) -> None:
+        self._conn.execute(
+            "INSERT INTO master_keys (key_id, check_blob, state, created_at) VALUES (?, ?, 'pending', ?)",
+            (key.key_id, key.check_blob(), now()),
+        )
+
+    def replace_pending(self, key: MasterKey) -> None:
+        """Make `key` the only pending key (a pending key whose file never reached the disk was never used)."""
+        self._conn.execute("DELETE FROM master_keys WHERE state = 'pending'")
+        self.add_pending(key)
 
 
 class Keys(StoreBase):
@@ -26,110 +57,58 @@ class Keys(StoreBase):
             key = self._keyring.get(rows[0]["key_id"]) if rows else None
             return (key or self._keyring.primary).derive(purpose)
 
-    def rotate_master_key(self, settings: Settings, key_from_env: bool) -> MasterKey:
-        """Re-wrap every data key under a new master key. Safe to kill at any point and run again.
+    # -- the database steps of a rotation (see `rotation`) --------------------------------
 
-        1. the new key (the one staged ahead: `key new`'s master.key.new or CREDGATE_MASTER_KEY=OLD,NEW; else
-           a fresh one, written to master.key.new and fsync-ed) gets its check row in the store as 'pending';
-        2. each credential's data key is re-wrapped, one transaction each;
-        3. `master.key.new` replaces `master.key` (atomic rename), unless the key comes from the env;
-        4. one transaction drops the old key's row and makes the new one current.
-        A crash before 4 leaves a store that the old key set, or the new key, still opens.
-        """
-        new_key: MasterKey | None = None
-        # Decided under the write lock, so that two rotations at once agree on one new key; a pending key this
-        # process does not hold (another process began the rotation after this store was opened) is read from
-        # master.key.new, never thrown away: data keys may already be wrapped under it.
+    @property
+    def keyring(self) -> Keyring:
+        """The keys this store holds now (read again from the key files when the store meets one it lacks)."""
+        return self._keyring
+
+    def master_key(self, key_id: str) -> MasterKey | None:
+        """The master key with this id: held, or read from the key files as they are now (another process may
+        have begun a rotation since this store was opened)."""
+        return self._keyring.get(key_id) or self._reloaded_key(key_id)
+
+    @contextmanager
+    def deciding_key(self) -> Iterator[KeyRows]:
+        """Step 1: one write transaction over the master keys' rows."""
         with self._write() as conn:
-            pending = conn.execute("SELECT key_id FROM master_keys WHERE state = 'pending'").fetchone()
-            if pending is not None:
-                new_key = self._keyring.get(pending["key_id"]) or self._reloaded_key(pending["key_id"])
-            if new_key is None:
-                new_key = self._staged_key(conn, settings)
-                if new_key is not None:
-                    conn.execute(
-                        "INSERT INTO master_keys (key_id, check_blob, state, created_at) VALUES (?, ?, 'pending', ?)",
-                        (new_key.key_id, new_key.check_blob(), now()),
-                    )
-            if new_key is None and self._db.shared:
-                raise MasterKeyError(
-                    "a shared store's new master key must reach every replica before the rotation: make it with "
-                    "`credgate key new`, give it to every replica (CREDGATE_MASTER_KEY=OLD,NEW or the "
-                    "master.key.new file), then run `credgate key rotate` with both keys"
-                )
-            if new_key is None:
-                if settings.pending_key_path.exists():
-                    settings.pending_key_path.unlink()  # never used: its row was not yet written
-                new_key = MasterKey.generate()
-                write_key_file(settings.pending_key_path, new_key)
-                sqlite.fsync_dir(settings.home)
-                conn.execute("DELETE FROM master_keys WHERE state = 'pending'")
+            yield KeyRows(conn)
+
+    def hold_key(self, key: MasterKey) -> None:
+        """Hold `key` beside the keys held, so that data keys wrapped under it open."""
+        self._keyring = Keyring(self._keyring.primary, [*self._keyring.keys.values(), key], self._keyring.given)
+
+    def rewrap_data_keys(self, key: MasterKey, batch: int = 100) -> int:
+        """Step 2: re-wrap up to `batch` data keys not yet under `key`, one transaction each. Returns how many
+        were found (0: none is left)."""
+        rows = self._query(
+            "SELECT id, name, uid, key_id, wrapped_dek FROM credentials WHERE key_id != ? LIMIT ?", (key.key_id, batch)
+        )
+        for row in rows:
+            dek = self._data_key(row)
+            with self._write() as conn:
                 conn.execute(
-                    "INSERT INTO master_keys (key_id, check_blob, state, created_at) VALUES (?, ?, 'pending', ?)",
-                    (new_key.key_id, new_key.check_blob(), now()),
+                    "UPDATE credentials SET key_id = ?, wrapped_dek = ? WHERE id = ? AND key_id = ?",
+                    (key.key_id, key.wrap(dek.raw, row["uid"]), row["id"], row["key_id"]),
                 )
-        self._keyring = Keyring(self._keyring.primary, [*self._keyring.keys.values(), new_key], self._keyring.given)
-        while True:
-            rows = self._query(
-                "SELECT id, name, uid, key_id, wrapped_dek FROM credentials WHERE key_id != ? LIMIT 100",
-                (new_key.key_id,),
-            )
-            if not rows:
-                break
-            for row in rows:
-                dek = self._data_key(row)
-                with self._write() as conn:
-                    conn.execute(
-                        "UPDATE credentials SET key_id = ?, wrapped_dek = ? WHERE id = ? AND key_id = ?",
-                        (new_key.key_id, new_key.wrap(dek.raw, row["uid"]), row["id"], row["key_id"]),
-                    )
-        # Only this rotation's key replaces master.key: a file staged since by `key new` (for a later
-        # rotation) must not take the place of the key the store is about to need.
-        staged = read_staged_key(settings)
-        if not key_from_env and staged is not None and staged.key_id == new_key.key_id:
-            with suppress(FileNotFoundError):  # a concurrent rotation to the same key moved it first
-                os.replace(settings.pending_key_path, settings.key_path)
-            sqlite.fsync_dir(settings.home)
+        return len(rows)
+
+    def make_current(self, key: MasterKey) -> None:
+        """Step 4: one transaction drops every other key's row and makes `key` current; from then on this store
+        holds `key` as its primary."""
         with self._write() as conn:
             # A credential added meanwhile by another process is still under the old key. Re-wrap it here, under
             # the write lock: failing instead would leave it under a key whose file was just replaced.
             left = conn.execute(
-                "SELECT id, name, uid, key_id, wrapped_dek FROM credentials WHERE key_id != ?", (new_key.key_id,)
+                "SELECT id, name, uid, key_id, wrapped_dek FROM credentials WHERE key_id != ?", (key.key_id,)
             ).fetchall()
             for row in left:
                 dek = self._data_key(row)
                 conn.execute(
                     "UPDATE credentials SET key_id = ?, wrapped_dek = ? WHERE id = ?",
-                    (new_key.key_id, new_key.wrap(dek.raw, row["uid"]), row["id"]),
+                    (key.key_id, key.wrap(dek.raw, row["uid"]), row["id"]),
                 )
-            conn.execute("DELETE FROM master_keys WHERE key_id != ?", (new_key.key_id,))
-            conn.execute("UPDATE master_keys SET state = 'current' WHERE key_id = ?", (new_key.key_id,))
-        self._keyring = Keyring(new_key, self._keyring.keys.values())
-        return new_key
-
-    def _staged_key(self, conn: Database, settings: Settings) -> MasterKey | None:
-        """The next key, made beforehand (`credgate key new`) and handed to every replica: master.key.new, or
-        the key listed after the store's current one in CREDGATE_MASTER_KEY=OLD,NEW. (A key the store merely
-        does not know may be one it retired: never rotate back to it.)"""
-        known = {r["key_id"]: r["state"] for r in conn.execute("SELECT key_id, state FROM master_keys")}
-        staged = self._keyring.next_key
-        if staged is not None and staged.key_id not in known:
-            with suppress(FileNotFoundError), open(settings.pending_key_path, "rb") as file:
-                os.fsync(file.fileno())  # durable before anything is wrapped under it
-            return staged
-        given = [k.key_id for k in self._keyring.given]
-        current = [i for i, key_id in enumerate(given) if known.get(key_id) == "current"]
-        after = [self._keyring.given[i] for i in range(current[0] + 1, len(given))] if current else []
-        return next((k for k in after if k.key_id not in known), None)
-
-    def stage_master_key(self, settings: Settings) -> tuple[MasterKey, bool]:
-        """Make the next master key in master.key.new (or keep the one already there). Returns it and whether
-        it is new. Nothing in the store changes until `rotate_master_key`."""
-        staged = read_staged_key(settings)
-        if staged is not None:
-            return staged, False
-        settings.pending_key_path.unlink(missing_ok=True)  # half written: that key never reached anyone
-        key = MasterKey.generate()
-        write_key_file(settings.pending_key_path, key)
-        sqlite.fsync_dir(settings.home)
-        return key, True
+            conn.execute("DELETE FROM master_keys WHERE key_id != ?", (key.key_id,))
+            conn.execute("UPDATE master_keys SET state = 'current' WHERE key_id = ?", (key.key_id,))
+        self._keyring = Keyring(key, self._keyring.keys.values())
