@@ -8,6 +8,7 @@ bindings and values are read from the store on every call, so a rebind or a rota
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,10 +18,10 @@ from urllib.parse import quote
 from .allow import AllowEntry
 from .arguments import ArgumentCheck
 from .credential import EMPTY_CREDENTIAL, Credential
-from .declarations import Catalog, Tool
+from .declarations import Catalog, CredentialSpec, Tool
 from .errors import CiphertextError, CredentialValueError
 from .readiness import Verdict, credential_verdict, verdict
-from .store import Binding, Store
+from .store import Binding, SealedCredential, Store
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,9 @@ class Gate:
         self.public_url = public_url.rstrip("/")
         self.clock = clock  # what an OAuth2 token's expiry is compared with
         self._argument_checks = {name: ArgumentCheck(t.decl.input_schema) for name, t in catalog.tools.items()}
+        # A sealed credential → the declaration its values were found complete and well-formed for. Kept as
+        # long as the store keeps that sealed credential (its binding cache), which a change to the store ends.
+        self._vetted: weakref.WeakKeyDictionary[SealedCredential, CredentialSpec] = weakref.WeakKeyDictionary()
 
     def group_exists(self, group: str) -> bool:
         return self.store.group_exists(group)
@@ -219,7 +223,7 @@ class Gate:
         # Found complete and well-formed for this declaration before, the same verdict holds until the store
         # changes (a new SealedCredential is read then) or the declarations do (a new spec); only an OAuth2
         # token's expiry moves with the clock.
-        if sealed.vetted_for is not spec or spec.oauth is not None:
+        if self._vetted.get(sealed) is not spec or spec.oauth is not None:
             found = credential_verdict(spec, sealed, self.clock())
             if not found.ready:
                 return self._warning(WARNINGS[found.status], group, tool, found.missing_fields, binding.credential)
@@ -228,11 +232,11 @@ class Gate:
         except CiphertextError as exc:
             fields = (exc.field,) if exc.field else ()
             return self._warning("credential_invalid", group, tool, fields, exc.credential)
-        if sealed.vetted_for is spec:
+        if self._vetted.get(sealed) is spec:
             return Ready(tool, credential, credential.name)
         decision = self._values_decision(group, tool, credential)
         if isinstance(decision, Ready):
-            sealed.vetted_for = spec
+            self._vetted[sealed] = spec
         return decision
 
     def _values_decision(self, group: str, tool: Tool, credential: Credential) -> CredentialWarning | Ready:

@@ -35,16 +35,16 @@ class GroupInfo:
     upstreams: Mapping[str, str] = field(default_factory=dict)  # upstream MCP server → bound credential
 
 
-@dataclass
+@dataclass(eq=False)
 class SealedCredential:
     """A credential's row and value ciphertexts, read but not decrypted. While the binding cache keeps it,
     it keeps its unwrapped data key too (key material, not a value: values are decrypted per call). A new
-    one is read after any change to the store."""
+    one is read after any change to the store, so its identity stands for "this credential as it was read"
+    (it compares and hashes by identity: a caller may key what it learnt of it on it, weakly)."""
 
     row: Row
     values: tuple[Row, ...]
     data_key: DataKey | None = None
-    vetted_for: object = None  # the gate's: the declaration its values were found complete and well-formed for
 
     def __repr__(self) -> str:
         return f"SealedCredential({self.row['name']!r})"
