@@ -188,12 +188,11 @@ def test_open_before_init_is_refused(settings: Settings) -> None:
 
 
 @pytest.mark.sqlite_only  # the database files byte for byte; see the next test for the rows, on both backends
-def test_canary_secret_never_reaches_the_database_files(
-    store: Store, settings: Settings, catalog: Catalog
-) -> None:
+def test_canary_secret_never_reaches_the_database_files(store: Store, settings: Settings, catalog: Catalog) -> None:
     add(store, catalog, "canary", "account", {"username": "alice", "password": CANARY})
-    store.update_credential("canary", {"password": CANARY + "-v2", "note": CANARY + "-note"},
-                            catalog.types["account"].secret_fields)
+    store.update_credential(
+        "canary", {"password": CANARY + "-v2", "note": CANARY + "-note"}, catalog.types["account"].secret_fields
+    )
     store.rotate_master_key(settings, key_from_env=False)
     assert store.read_credential("canary")["password"] == CANARY + "-v2"
 
@@ -210,8 +209,9 @@ def test_canary_secret_never_reaches_the_database_files(
 
 def test_canary_secret_never_reaches_any_row_of_the_store(store: Store, settings: Settings, catalog: Catalog) -> None:
     add(store, catalog, "canary", "account", {"username": "alice", "password": CANARY})
-    store.update_credential("canary", {"password": CANARY + "-v2", "note": CANARY + "-note"},
-                            catalog.types["account"].secret_fields)
+    store.update_credential(
+        "canary", {"password": CANARY + "-v2", "note": CANARY + "-note"}, catalog.types["account"].secret_fields
+    )
     store.write_audit([AuditRow(now(), "team", None, "login", "canary", "ok", 1.0, None)])
     assert store.read_credential("canary")["password"] == CANARY + "-v2"
 
@@ -372,9 +372,7 @@ def test_ciphertext_copied_to_another_credential_does_not_open(
     assert store.read_credential("third")["api_key"] == "wk_thirdKEY123456"
 
 
-def test_ciphertext_copied_to_another_field_does_not_open(
-    store: Store, settings: Settings, catalog: Catalog
-) -> None:
+def test_ciphertext_copied_to_another_field_does_not_open(store: Store, settings: Settings, catalog: Catalog) -> None:
     add(store, catalog, "acct", "account", ACCOUNT)
     add(store, catalog, "other", "account", {"username": "bob", "password": "bobs password"})
     with raw_db(settings) as db:
@@ -412,9 +410,7 @@ def test_wrapped_data_key_copied_to_another_credential_does_not_open(
 # -- writes are all or nothing ----------------------------------------------------------------
 
 
-def test_duplicate_add_is_refused_and_changes_nothing(
-    store: Store, settings: Settings, catalog: Catalog
-) -> None:
+def test_duplicate_add_is_refused_and_changes_nothing(store: Store, settings: Settings, catalog: Catalog) -> None:
     add(store, catalog, "acct", "account", ACCOUNT)
     before = snapshot(settings)
 
@@ -548,8 +544,7 @@ def test_group_statuses(bound: Store, catalog: Catalog) -> None:
     admin.allow(bound, catalog, "team", ["login"])
 
     statuses = {
-        s.tool: (s.status, s.credential, s.missing_fields)
-        for s in admin.group_statuses(bound, catalog, "team")
+        s.tool: (s.status, s.credential, s.missing_fields) for s in admin.group_statuses(bound, catalog, "team")
     }
 
     assert statuses == {
