@@ -47,7 +47,8 @@ from mcp.shared.exceptions import MCPError
 
 from mcp_credgate.cli import cli
 from mcp_credgate.config import Settings
-from mcp_credgate.declarations import HttpHandler, is_loopback_host, load_catalog
+from mcp_credgate.declarations import HttpHandler, load_catalog
+from mcp_credgate.loopback import is_loopback_host
 from mcp_credgate.store import Store
 
 SCALE = float(os.environ.get("HYPOTHESIS_SCALE", "1"))

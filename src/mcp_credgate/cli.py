@@ -990,8 +990,8 @@ def serve(
     catalog = app.catalog
     catalog.raise_problems()
     if use_http:
-        from .declarations import is_loopback_host
         from .http_app import allowed_hosts_and_origins
+        from .loopback import is_loopback_host
 
         settings = app.settings
         if not app.meta.get("credgate.public_url") and not os.environ.get("CREDGATE_PUBLIC_URL"):
@@ -1041,8 +1041,8 @@ def _warn_at_start(app: App, groups: list[str]) -> None:
 @pass_app
 def dashboard(app: App, host: str, port: int) -> None:
     """Serve the web dashboard alone (for admins whose agents run over stdio)."""
-    from .declarations import is_loopback_host
     from .logs import configure_logging
+    from .loopback import is_loopback_host
     from .transports import serve_dashboard
 
     settings = app.settings

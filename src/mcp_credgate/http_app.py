@@ -32,7 +32,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .agents import AgentTokenVerifier
-from .declarations import is_loopback_host
+from .loopback import is_loopback_host
 from .server import Caller, Gateway, build_server
 from .transports import reload_on_sighup
 

@@ -1,0 +1,36 @@
+"""Tool declarations: `tools.d/*.toml` read into frozen, validated models (contract §2).
+
+- `models`: a tool, its credential type and fields, its handler (pydantic models, frozen);
+- `checks`: what a declaration needs beyond its models (placeholders, origins, OAuth2 rules);
+- `entrypoints`: importing a python handler's `module:function`;
+- `loading`: reading the folders into a `Catalog` (`catalog`), every problem with its file and field.
+"""
+
+from .catalog import Catalog, Tool
+from .loading import load_catalog
+from .models import (
+    NAME_PATTERN,
+    PLACEHOLDER,
+    CredentialField,
+    CredentialSpec,
+    HttpHandler,
+    McpHandler,
+    OAuthProvider,
+    PythonHandler,
+    ToolDeclaration,
+)
+
+__all__ = [
+    "NAME_PATTERN",
+    "PLACEHOLDER",
+    "Catalog",
+    "CredentialField",
+    "CredentialSpec",
+    "HttpHandler",
+    "McpHandler",
+    "OAuthProvider",
+    "PythonHandler",
+    "Tool",
+    "ToolDeclaration",
+    "load_catalog",
+]

@@ -1,0 +1,93 @@
+"""The catalog: every valid tool and credential type, by name, and the upstream MCP servers apart."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..errors import DeclarationError
+from .checks import pydantic_problems
+from .models import (
+    CredentialSpec,
+    McpHandler,
+    ToolDeclaration,
+)
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A declared tool and the file it came from. A tool of an upstream MCP server also names the upstream
+    (its declaration's name) and its name there."""
+
+    decl: ToolDeclaration
+    source: Path
+    function: Callable[..., Any] | None = field(default=None, compare=False)
+    upstream: str | None = None
+    upstream_tool: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.decl.name
+
+    @property
+    def credential(self) -> CredentialSpec | None:
+        return self.decl.credential
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every valid tool, by name, and every credential type, by name. Upstream MCP servers are kept apart
+    (`upstreams`); their tools join `tools` once discovered (`with_discovered`)."""
+
+    tools: Mapping[str, Tool]
+    types: Mapping[str, CredentialSpec]
+    problems: tuple[str, ...] = ()
+    upstreams: Mapping[str, Tool] = field(default_factory=dict)
+
+    def upstream_tools(self, upstream: str) -> list[str]:
+        return sorted(n for n, t in self.tools.items() if t.upstream == upstream)
+
+    def with_discovered(self, discovered: Mapping[str, Sequence[Mapping[str, Any]]]) -> Catalog:
+        """Add the upstreams' tools as discovered (name, description, inputSchema), after their allow-lists."""
+        tools = dict(self.tools)
+        problems = list(self.problems)
+        for name, upstream in self.upstreams.items():
+            handler = upstream.decl.handler
+            assert isinstance(handler, McpHandler)
+            for listed in discovered.get(name, ()):
+                remote = str(listed.get("name", ""))
+                if handler.tools is not None and remote not in handler.tools:
+                    continue
+                label = f"{upstream.source}: upstream tool {remote!r}"
+                try:
+                    decl = ToolDeclaration.model_validate(
+                        {
+                            "name": handler.tool_name(name, remote),
+                            "description": listed.get("description") or "",
+                            "input_schema": listed.get("inputSchema") or {"type": "object"},
+                            "credential": upstream.decl.credential,
+                            "handler": handler,
+                        }
+                    )
+                except ValidationError as exc:
+                    problems += pydantic_problems(label, exc)
+                    continue
+                if decl.name in tools:
+                    problems.append(f"{label}: its name {decl.name!r} is taken by {tools[decl.name].source}")
+                    continue
+                tools[decl.name] = Tool(decl=decl, source=upstream.source, upstream=name, upstream_tool=remote)
+        return replace(self, tools=dict(sorted(tools.items())), problems=tuple(problems))
+
+    def tool(self, name: str) -> Tool | None:
+        return self.tools.get(name)
+
+    def tools_of_type(self, type_name: str) -> list[str]:
+        return sorted(n for n, t in self.tools.items() if t.credential is not None and t.credential.type == type_name)
+
+    def raise_problems(self) -> None:
+        if self.problems:
+            raise DeclarationError(list(self.problems))

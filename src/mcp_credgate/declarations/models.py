@@ -1,0 +1,318 @@
+"""The declaration models: a tool, its credential type and fields, its handler (contract §2), frozen and
+validated by pydantic. A value's own rules (format, size, characters) live on its field."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from typing import Annotated, Any, Literal
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..errors import CredentialValueError
+
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+FIELD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+MAX_VALUE_BYTES = 64 * 1024
+NON_SECRET_KINDS = frozenset({"username", "text"})
+
+FieldKind = Literal["api_key", "token", "username", "password", "oauth2", "text"]
+
+# `{args.x}` / `{cred.y}`; anything else that looks like `{word.word}` is reported as unknown.
+PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\.([A-Za-z0-9_-]+)\}")
+
+ISO_UTC_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
+OAUTH_PROVIDER_KEYS = ("authorize_url", "token_url", "scopes", "pkce", "token_auth", "authorize_params")
+# The values an `oauth2` field brings with it (the field itself holds the access token). Every one is a field
+# of the credential like any other: validated, encrypted, masked when secret.
+OAUTH_COMPANIONS: tuple[dict[str, Any], ...] = (
+    {"name": "client_id", "kind": "text", "description": "OAuth2 client id"},
+    {
+        "name": "client_secret",
+        "kind": "password",
+        "required": False,
+        "description": "OAuth2 client secret (none for a public client)",
+    },
+    {"name": "refresh_token", "kind": "token", "required": False, "description": "OAuth2 refresh token"},
+    {
+        "name": "expires_at",
+        "kind": "text",
+        "required": False,
+        "pattern": ISO_UTC_PATTERN,
+        "description": "When the access token expires (ISO 8601, UTC)",
+    },
+    {"name": "scope", "kind": "text", "required": False, "description": "Scopes granted"},
+    {
+        "name": "refreshed_at",
+        "kind": "text",
+        "required": False,
+        "pattern": ISO_UTC_PATTERN,
+        "description": "Last refresh (kept by credgate)",
+    },
+    {
+        "name": "refresh_error",
+        "kind": "text",
+        "required": False,
+        "description": "Why the last refresh was refused (kept by credgate)",
+    },
+)
+OAUTH_MANAGED_FIELDS = frozenset({"refreshed_at", "refresh_error"})  # written by credgate only
+OAUTH_PRIVATE_FIELDS = frozenset({"client_secret", "refresh_token"})  # for refreshing: never given to a handler
+
+
+@dataclass(frozen=True)
+class OAuthProvider:
+    """Where an `oauth2` field gets and refreshes its tokens (RFC 6749, PKCE per RFC 7636)."""
+
+    field: str
+    authorize_url: str
+    token_url: str
+    scopes: tuple[str, ...]
+    pkce: bool
+    token_auth: str  # client_secret_basic | client_secret_post
+    authorize_params: Mapping[str, str]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CredentialField(_Model):
+    name: Annotated[str, Field(pattern=FIELD_NAME_PATTERN)]
+    kind: FieldKind
+    secret: bool  # filled from `kind` when the file omits it
+    required: bool = True
+    pattern: str | None = None
+    description: str = ""
+    # kind = "oauth2" only: the provider
+    authorize_url: str | None = None
+    token_url: str | None = None
+    scopes: tuple[str, ...] = ()
+    pkce: bool = True
+    token_auth: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    authorize_params: dict[str, str] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_secret(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("secret") is None:
+            kind = data.get("kind")  # may be any TOML value here: `kind = []` must not raise TypeError
+            data = {**data, "secret": not (isinstance(kind, str) and kind in NON_SECRET_KINDS)}
+        return data
+
+    @model_validator(mode="after")
+    def _pattern_compiles(self) -> CredentialField:
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern does not compile: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _provider_only_for_oauth2(self) -> CredentialField:
+        given = [k for k in OAUTH_PROVIDER_KEYS if k in self.model_fields_set]
+        if self.kind != "oauth2" and given:
+            raise ValueError(f"{given[0]} is only for fields of kind oauth2")
+        if self.kind == "oauth2":
+            for key in ("authorize_url", "token_url"):
+                if getattr(self, key) is None:
+                    raise ValueError(f"a field of kind oauth2 needs {key}")
+        return self
+
+    @property
+    def provider(self) -> OAuthProvider:
+        assert self.kind == "oauth2" and self.authorize_url is not None and self.token_url is not None
+        return OAuthProvider(
+            self.name,
+            self.authorize_url,
+            self.token_url,
+            self.scopes,
+            self.pkce,
+            self.token_auth,
+            self.authorize_params,
+        )
+
+    @property
+    def format(self) -> str:
+        return self.pattern or self.kind
+
+    def check_value(self, value: str) -> None:
+        """Raise CredentialValueError naming the field (never the value) if the value is unfit."""
+        if not isinstance(value, str):
+            raise CredentialValueError(f"field {self.name!r}: the value must be a string")
+        if any(c in value for c in "\x00\r\n"):
+            raise CredentialValueError(f"field {self.name!r}: the value contains a NUL, CR or LF character")
+        try:
+            size = len(value.encode())
+        except UnicodeEncodeError:  # a lone surrogate (`"\ud800"` in JSON, undecodable bytes on stdin)
+            raise CredentialValueError(f"field {self.name!r}: the value is not valid Unicode text") from None
+        if size > MAX_VALUE_BYTES:
+            raise CredentialValueError(f"field {self.name!r}: the value is longer than 64 KiB")
+        if value == "" and self.required:
+            raise CredentialValueError(f"field {self.name!r} is required and may not be empty")
+        if self.pattern is not None and value != "" and re.search(self.pattern, value) is None:
+            raise CredentialValueError(f"field {self.name!r}: the value does not match the format {self.pattern}")
+        if self.pattern == ISO_UTC_PATTERN and value != "":
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise CredentialValueError(f"field {self.name!r}: the value is not a valid date and time") from None
+
+
+class CredentialSpec(_Model):
+    type: Annotated[str, Field(pattern=NAME_PATTERN)]
+    fields: Annotated[tuple[CredentialField, ...], Field(min_length=1)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _add_oauth_companions(cls, data: Any) -> Any:
+        """An `oauth2` field brings its client id, refresh token, expiry… as fields of their own."""
+        if not isinstance(data, dict) or not isinstance(data.get("fields"), list | tuple):
+            return data
+        fields = list(data["fields"])
+        oauth = [f for f in fields if isinstance(f, dict) and f.get("kind") == "oauth2"]
+        if not oauth:
+            return data
+        if len(oauth) > 1:
+            names = ", ".join(repr(f.get("name")) for f in oauth)
+            raise ValueError(f"a credential type may have one field of kind oauth2, not {len(oauth)} ({names})")
+        declared = {f.get("name") for f in fields if isinstance(f, dict)}
+        for companion in OAUTH_COMPANIONS:
+            if companion["name"] in declared:
+                raise ValueError(
+                    f"field name {companion['name']!r} is taken by the oauth2 field {oauth[0].get('name')!r}, "
+                    "which keeps its own value there"
+                )
+        return {**data, "fields": [*fields, *OAUTH_COMPANIONS]}
+
+    @model_validator(mode="after")
+    def _unique_field_names(self) -> CredentialSpec:
+        names = [f.name for f in self.fields]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"field names must be unique: {', '.join(dupes)}")
+        return self
+
+    def field(self, name: str) -> CredentialField | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+    @cached_property
+    def secret_fields(self) -> frozenset[str]:
+        return frozenset(f.name for f in self.fields if f.secret)
+
+    @cached_property
+    def oauth(self) -> OAuthProvider | None:
+        """The provider of the type's `oauth2` field, if it has one."""
+        return next((f.provider for f in self.fields if f.kind == "oauth2"), None)
+
+    @cached_property
+    def managed_fields(self) -> frozenset[str]:
+        """Fields only credgate writes (the state of OAuth2 refreshes)."""
+        return OAUTH_MANAGED_FIELDS if self.oauth is not None else frozenset()
+
+    @cached_property
+    def handler_fields(self) -> frozenset[str]:
+        """What a handler may see: everything but what only the refresh needs."""
+        names = frozenset(f.name for f in self.fields)
+        return names - OAUTH_PRIVATE_FIELDS if self.oauth is not None else names
+
+    def missing_fields(self, present: Iterable[str]) -> list[str]:
+        have = set(present)
+        return [f.name for f in self.fields if f.required and f.name not in have]
+
+    def validate_values(
+        self, values: Mapping[str, Any], *, complete: bool = True, managed: bool = False
+    ) -> dict[str, str]:
+        """Check a whole record (complete=True) or an update (complete=False) before anything is stored.
+        Fields that only credgate writes are refused unless `managed`."""
+        if not isinstance(values, Mapping):
+            raise CredentialValueError("credential values must be a JSON object of field → string")
+        unknown = sorted(set(values) - {f.name for f in self.fields})
+        if unknown:
+            known = ", ".join(f.name for f in self.fields if f.name not in self.managed_fields)
+            raise CredentialValueError(f"type {self.type!r} has no field {unknown[0]!r} (its fields: {known})")
+        kept = sorted(set(values) & self.managed_fields)
+        if kept and not managed:
+            raise CredentialValueError(f"field {kept[0]!r} is kept by credgate and cannot be set")
+        for name, value in values.items():
+            spec = self.field(name)
+            assert spec is not None
+            spec.check_value(value)
+        if complete:
+            missing = self.missing_fields(k for k, v in values.items() if v != "")
+            if missing:
+                raise CredentialValueError(f"required field {missing[0]!r} of type {self.type!r} is missing")
+        return {k: v for k, v in values.items() if v != ""}
+
+    def same_fields_as(self, other: CredentialSpec) -> bool:
+        return self.fields == other.fields
+
+
+class HttpHandler(_Model):
+    kind: Literal["http"]
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
+    url: str
+    query: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    json_body: dict[str, Any] | None = Field(default=None, alias="json")
+    timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    max_response_bytes: Annotated[int, Field(gt=0, le=64 * 1024 * 1024)] = 1024 * 1024
+
+
+class PythonHandler(_Model):
+    kind: Literal["python"]
+    entrypoint: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+    timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0
+
+
+class McpHandler(_Model):
+    """An upstream MCP server: a command run over stdio, or a remote Streamable HTTP `url`."""
+
+    kind: Literal["mcp"]
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = {}
+    url: str | None = None
+    headers: dict[str, str] = {}
+    tools: tuple[str, ...] | None = None  # allow-list of upstream tool names
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{0,48}$")] | None = None
+    timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0  # one call
+    start_timeout: Annotated[float, Field(gt=0, le=600)] = 20.0  # start and handshake
+    idle_timeout: Annotated[float, Field(gt=0)] = 300.0  # stop an unused upstream after this long
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpHandler:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give exactly one of command (a stdio upstream) or url (a remote one)")
+        return self
+
+    def tool_name(self, declaration_name: str, upstream_tool: str) -> str:
+        prefix = declaration_name if self.prefix is None else self.prefix
+        return f"{prefix}_{upstream_tool}" if prefix else upstream_tool
+
+
+Handler = Annotated[HttpHandler | PythonHandler | McpHandler, Field(discriminator="kind")]
+
+
+class ToolDeclaration(_Model):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    description: str = ""
+    input_schema: dict[str, Any] = {"type": "object", "properties": {}}
+    credential: CredentialSpec | None = None
+    handler: Handler
+
+    @model_validator(mode="after")
+    def _schema_is_an_object_schema(self) -> ToolDeclaration:
+        if self.input_schema.get("type") != "object":
+            raise ValueError('input_schema: type must be "object"')
+        try:
+            jsonschema.Draft202012Validator.check_schema(self.input_schema)
+        except jsonschema.SchemaError as exc:
+            path = ".".join(str(p) for p in exc.path)
+            raise ValueError(f"input_schema{'.' + path if path else ''}: {exc.message}") from None
+        return self
