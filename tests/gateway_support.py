@@ -299,6 +299,7 @@ class _RecordingHTTPServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up (timeout, size cap)
             super().handle_error(request, client_address)
+
     owner: Upstream
 
 
@@ -371,9 +372,7 @@ def closed_port() -> int:
 # -- tool declarations ---------------------------------------------------------------------------
 
 TOKEN_FIELDS = 'fields = [ { name = "token", kind = "token" } ]'
-ACCOUNT_FIELDS = (
-    'fields = [ { name = "username", kind = "username" }, { name = "password", kind = "password" } ]'
-)
+ACCOUNT_FIELDS = 'fields = [ { name = "username", kind = "username" }, { name = "password", kind = "password" } ]'
 
 
 def http_tool(
@@ -397,8 +396,9 @@ def http_tool(
     )
 
 
-def python_tool(name: str, entrypoint: str, *, credential: str | None = None, extra: str = "",
-                properties: str = "") -> str:
+def python_tool(
+    name: str, entrypoint: str, *, credential: str | None = None, extra: str = "", properties: str = ""
+) -> str:
     cred = f"[credential]\n{credential}\n" if credential else ""
     return (
         f'name = "{name}"\ndescription = "Test tool {name}."\n'

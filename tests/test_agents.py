@@ -110,9 +110,7 @@ def test_agent_add_prints_the_token_once_in_text_and_json(groups: Store, run_cli
         assert not leaks(out(result), token[4:])
 
 
-def test_only_the_sha256_of_a_token_is_stored(
-    groups: Store, run_cli: CliRun, settings: Settings
-) -> None:
+def test_only_the_sha256_of_a_token_is_stored(groups: Store, run_cli: CliRun, settings: Settings) -> None:
     tokens = [add_agent(run_cli, "research", f"bot{i}") for i in range(3)]
     groups.close()  # let SQLite checkpoint; the WAL and shm files are scanned too if they remain
     everything = stored_bytes(settings)

@@ -110,8 +110,12 @@ def test_init_creates_the_store_and_a_second_init_changes_nothing(run_cli: CliRu
     assert {p.name: p.read_bytes() for p in home.iterdir()} == before
     assert store_contents(settings) == rows_before
     data = as_json(run_cli("init", "--json"))
-    assert data == {"home": str(home), "database": store_location(settings),
-                    "master_key": str(home / "master.key"), "created": False}
+    assert data == {
+        "home": str(home),
+        "database": store_location(settings),
+        "master_key": str(home / "master.key"),
+        "created": False,
+    }
 
 
 def test_commands_before_init_are_refused(run_cli: CliRun, home: Path) -> None:
@@ -137,8 +141,15 @@ def test_tools_json(run_cli: CliRun) -> None:
     assert {t["name"] for t in data["tools"]} == {"echo", "weather", "forecast", "login"}
     account = data["credential_types"]["account"]
     assert account["tools"] == ["login"]
-    assert account["fields"][1] == {"name": "password", "kind": "password", "secret": True, "required": True,
-                                    "format": "password", "description": "", "kept_by_credgate": False}
+    assert account["fields"][1] == {
+        "name": "password",
+        "kind": "password",
+        "secret": True,
+        "required": True,
+        "format": "password",
+        "description": "",
+        "kept_by_credgate": False,
+    }
     assert data["credential_types"]["weatherkey"]["tools"] == ["forecast", "weather"]
     assert data["problems"] == []
 
@@ -151,14 +162,21 @@ def test_tools_check_passes_on_good_declarations(run_cli: CliRun) -> None:
 
 
 def test_tools_check_fails_naming_file_and_field(run_cli: CliRun, tools_dir: Path) -> None:
-    unknown_key = write_tool(tools_dir, "zz_unknown.toml", """
+    unknown_key = write_tool(
+        tools_dir,
+        "zz_unknown.toml",
+        """
         name = "zz_unknown"
         colour = "red"
         [handler]
         kind = "python"
         entrypoint = "mcp_credgate.examples:echo"
-    """)
-    plain_http = write_tool(tools_dir, "zz_plain.toml", """
+    """,
+    )
+    plain_http = write_tool(
+        tools_dir,
+        "zz_plain.toml",
+        """
         name = "zz_plain"
         [credential]
         type = "weatherkey"
@@ -167,7 +185,8 @@ def test_tools_check_fails_naming_file_and_field(run_cli: CliRun, tools_dir: Pat
         kind = "http"
         url = "http://weather.example.com/v1"
         headers = { "X-Api-Key" = "{cred.api_key}" }
-    """)
+    """,
+    )
 
     result = run_cli("tools", "--check")
 
@@ -273,17 +292,17 @@ def test_set_without_equals_sign_is_a_usage_error_that_does_not_echo_the_value(c
 
 
 def test_invalid_json_is_refused(cli: CliRun) -> None:
-    assert_refused(cli("cred", "add", "wk", "--type", "weatherkey", "--from-json", "-", input="{not json"),
-                   "--from-json")
-    assert_refused(cli("cred", "add", "wk", "--type", "weatherkey", "--from-json", "-", input='["x"]'),
-                   "JSON object")
-    assert_refused(cli("cred", "add", "wk", "--type", "weatherkey", "--from-json", "/no/such/file.json"),
-                   "cannot read")
+    assert_refused(
+        cli("cred", "add", "wk", "--type", "weatherkey", "--from-json", "-", input="{not json"), "--from-json"
+    )
+    assert_refused(cli("cred", "add", "wk", "--type", "weatherkey", "--from-json", "-", input='["x"]'), "JSON object")
+    assert_refused(cli("cred", "add", "wk", "--type", "weatherkey", "--from-json", "/no/such/file.json"), "cannot read")
 
 
 def test_cred_add_refusals(team: CliRun) -> None:
-    assert_refused(team("cred", "add", "wk", "--type", "weatherkey", "--set", f"api_key={WEATHER_KEY}"),
-                   "exists already")
+    assert_refused(
+        team("cred", "add", "wk", "--type", "weatherkey", "--set", f"api_key={WEATHER_KEY}"), "exists already"
+    )
     assert_refused(team("cred", "add", "x", "--type", "nosuchtype", "--set", "a=b"), "nosuchtype")
     assert_refused(team("cred", "add", "x", "--tool", "nosuchtool", "--set", "a=b"), "nosuchtool")
     assert_refused(team("cred", "add", "x", "--tool", "echo", "--set", "a=b"), "needs no credential")
@@ -306,8 +325,18 @@ def test_cred_list_shows_no_values(team: CliRun) -> None:
 
 def test_cred_show_masks_secret_values(team: CliRun) -> None:
     assert_ok(team("cred", "update", "acct", "--set", "note=a visible note"))
-    assert_ok(team("cred", "add", "short", "--tool", "login", "--from-json", "-",
-                   input=json.dumps({"username": "carol", "password": SHORT_SECRET})))
+    assert_ok(
+        team(
+            "cred",
+            "add",
+            "short",
+            "--tool",
+            "login",
+            "--from-json",
+            "-",
+            input=json.dumps({"username": "carol", "password": SHORT_SECRET}),
+        )
+    )
 
     shown = team("cred", "show", "acct")
     short = team("cred", "show", "short")
@@ -385,8 +414,13 @@ def test_a_moved_ciphertext_is_reported_in_one_line(team: CliRun, home: Path, to
 def test_group_show_gives_each_tool_a_status(team: CliRun) -> None:
     by_tool = statuses(team)
 
-    assert by_tool["echo"] == {"tool": "echo", "status": "no_credential_needed", "credential": None,
-                               "credential_type": None, "missing_fields": []}
+    assert by_tool["echo"] == {
+        "tool": "echo",
+        "status": "no_credential_needed",
+        "credential": None,
+        "credential_type": None,
+        "missing_fields": [],
+    }
     assert by_tool["weather"]["status"] == "ready"
     assert by_tool["weather"]["credential"] == "wk"
     assert by_tool["login"]["status"] == "needs_credential"
@@ -401,10 +435,12 @@ def test_group_show_gives_each_tool_a_status(team: CliRun) -> None:
 def test_group_show_says_incomplete_when_the_type_gains_a_required_field(team: CliRun, tools_dir: Path) -> None:
     for tool in ("weather", "forecast"):
         path = tools_dir / f"{tool}.toml"
-        path.write_text(path.read_text().replace(
-            "pattern = '^wk_[A-Za-z0-9]{8,}$' },",
-            "pattern = '^wk_[A-Za-z0-9]{8,}$' },\n  { name = \"region\", kind = \"text\" },",
-        ))
+        path.write_text(
+            path.read_text().replace(
+                "pattern = '^wk_[A-Za-z0-9]{8,}$' },",
+                'pattern = \'^wk_[A-Za-z0-9]{8,}$\' },\n  { name = "region", kind = "text" },',
+            )
+        )
     assert_ok(team("tools", "--check"))
 
     weather = statuses(team)["weather"]
@@ -575,8 +611,7 @@ def test_audit_reads_rows_newest_first_with_filters(cli: CliRun, home: Path, too
     rows = [
         AuditRow("2024-05-01T10:00:00.000+00:00", "team", "bot", "weather", "wk", "ok", 12.5),
         AuditRow("2024-05-01T10:00:01.000+00:00", "team", None, "echo", None, "ok", 0.4),
-        AuditRow("2024-05-01T10:00:02.000+00:00", "ops", "bot2", "weather", None, "missing_credential", 1.0,
-                 "ref-abc"),
+        AuditRow("2024-05-01T10:00:02.000+00:00", "ops", "bot2", "weather", None, "missing_credential", 1.0, "ref-abc"),
     ]
     with Store.open(settings_of(home, tools_dir), env={}) as store:
         store.write_audit(rows)
@@ -592,9 +627,16 @@ def test_audit_reads_rows_newest_first_with_filters(cli: CliRun, home: Path, too
     assert lines[2] == "2024-05-01T10:00:00.000+00:00  team  bot  weather  wk  ok  12.5 ms"
     assert isinstance(everything, list) and isinstance(team_only, list) and isinstance(weather, list)
     assert [r["tool"] for r in everything] == ["weather", "echo", "weather"]
-    assert everything[0] == {"ts": "2024-05-01T10:00:02.000+00:00", "group": "ops", "agent": "bot2",
-                             "tool": "weather", "credential": None, "outcome": "missing_credential",
-                             "duration_ms": 1.0, "ref": "ref-abc"}
+    assert everything[0] == {
+        "ts": "2024-05-01T10:00:02.000+00:00",
+        "group": "ops",
+        "agent": "bot2",
+        "tool": "weather",
+        "credential": None,
+        "outcome": "missing_credential",
+        "duration_ms": 1.0,
+        "ref": "ref-abc",
+    }
     assert [r["tool"] for r in team_only] == ["echo", "weather"]
     assert [(r["group"], r["tool"]) for r in weather] == [("ops", "weather")]
 
@@ -629,8 +671,9 @@ def test_real_process_end_to_end(run_credgate: ProcRun, home: Path) -> None:
     no_values = run_credgate("cred", "add", "wk", "--type", "weatherkey", input="")
     assert_proc_refused(no_values, "no values given")
 
-    bad = run_credgate("cred", "add", "wk", "--type", "weatherkey", "--from-json", "-",
-                       input=json.dumps({"api_key": "Zq9-not-a-key"}))
+    bad = run_credgate(
+        "cred", "add", "wk", "--type", "weatherkey", "--from-json", "-", input=json.dumps({"api_key": "Zq9-not-a-key"})
+    )
     assert_proc_refused(bad, "'api_key'")
     assert "Zq9" not in bad.stdout + bad.stderr
 
@@ -670,8 +713,20 @@ def test_hidden_prompt_on_a_terminal(home: Path, tools_dir: Path, run_credgate: 
     assert run_credgate("init").returncode == 0
     secret = "wk_PromptedSecret123"
     env = credgate_env()
-    argv = [sys.executable, "-m", "mcp_credgate", "--home", str(home), "--tools-dir", str(tools_dir),
-            "cred", "add", "typed", "--type", "weatherkey"]
+    argv = [
+        sys.executable,
+        "-m",
+        "mcp_credgate",
+        "--home",
+        str(home),
+        "--tools-dir",
+        str(tools_dir),
+        "cred",
+        "add",
+        "typed",
+        "--type",
+        "weatherkey",
+    ]
 
     pid, fd = pty.fork()
     if pid == 0:  # the child: a session whose controlling terminal is the pty
@@ -715,8 +770,9 @@ def test_two_processes_writing_at_once(run_credgate: ProcRun, home: Path, tools_
         for i in range(30):
             name = f"{prefix}{i}"
             values = {"username": name, "password": base64.b64encode(os.urandom(18)).decode()}
-            proc = run_credgate("cred", "add", name, "--type", "account", "--from-json", "-",
-                                input=json.dumps(values), timeout=120)
+            proc = run_credgate(
+                "cred", "add", name, "--type", "account", "--from-json", "-", input=json.dumps(values), timeout=120
+            )
             results[name] = (proc.returncode, proc.stdout + proc.stderr, values)
 
     threads = [threading.Thread(target=writer, args=(p,)) for p in ("a", "b")]

@@ -47,11 +47,15 @@ N_PROP = 'required = ["n"]\nproperties.n = { type = "integer", minimum = 0 }'
 @pytest.fixture
 def world(tmp_path: Path, upstream: Upstream) -> Iterator[World]:
     """Group `load` calls `whoami` with credential svc-main; groups adm1/adm2 may use `other` (admin lanes)."""
-    w = World.create(tmp_path / "w", {
-        "whoami": http_tool("whoami", upstream.url("/echo"), credential=SVC, query='{ n = "{args.n}" }',
-                            properties=N_PROP),
-        "other": http_tool("other", upstream.url("/other"), credential=SVC),
-    })
+    w = World.create(
+        tmp_path / "w",
+        {
+            "whoami": http_tool(
+                "whoami", upstream.url("/echo"), credential=SVC, query='{ n = "{args.n}" }', properties=N_PROP
+            ),
+            "other": http_tool("other", upstream.url("/other"), credential=SVC),
+        },
+    )
     w.add_credential("svc-main", "svc", {"token": TOKEN})
     w.allow("load", "whoami")
     w.bind("load", "whoami", "svc-main")
@@ -64,10 +68,22 @@ def world(tmp_path: Path, upstream: Upstream) -> Iterator[World]:
 def credgate(world: World, *args: str) -> subprocess.Popen[str]:
     """A real `credgate` process on the world's store (no other CREDGATE_* from the environment)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "mcp_credgate", "--home", str(world.settings.home),
-         "--tools-dir", str(world.tools_dir), *args],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=credgate_env(world.settings), cwd=world.tools_dir.parent,
+        [
+            sys.executable,
+            "-m",
+            "mcp_credgate",
+            "--home",
+            str(world.settings.home),
+            "--tools-dir",
+            str(world.tools_dir),
+            *args,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=credgate_env(world.settings),
+        cwd=world.tools_dir.parent,
     )
 
 
@@ -120,8 +136,11 @@ class Load:
 
 
 def canaries_upstream(load: Load, upstream: Upstream) -> None:
-    got = {int(s.query["n"]) for s in upstream.seen()
-           if s.path == "/echo" and s.header("Authorization") == f"Bearer {TOKEN}"}
+    got = {
+        int(s.query["n"])
+        for s in upstream.seen()
+        if s.path == "/echo" and s.header("Authorization") == f"Bearer {TOKEN}"
+    }
     missing = load.ns - got
     assert not missing, f"{len(missing)} answered calls did not reach the upstream with their canary"
 

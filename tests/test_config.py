@@ -52,11 +52,15 @@ def test_environment_overrides_defaults(tmp_path: Path) -> None:
 
 
 def test_flags_override_environment(tmp_path: Path) -> None:
-    env = {"CREDGATE_HOME": str(tmp_path / "h"), "CREDGATE_TOOLS_DIR": str(tmp_path / "a"),
-           "CREDGATE_PUBLIC_URL": "https://env.example.com"}
+    env = {
+        "CREDGATE_HOME": str(tmp_path / "h"),
+        "CREDGATE_TOOLS_DIR": str(tmp_path / "a"),
+        "CREDGATE_PUBLIC_URL": "https://env.example.com",
+    }
 
-    s = Settings.resolve(home=tmp_path / "flag", tools_dirs=[tmp_path / "t"], public_url="http://x:1",
-                         env=env, cwd=tmp_path)
+    s = Settings.resolve(
+        home=tmp_path / "flag", tools_dirs=[tmp_path / "t"], public_url="http://x:1", env=env, cwd=tmp_path
+    )
 
     assert s.home == tmp_path / "flag"
     assert s.tools_dirs == (tmp_path / "t",)

@@ -103,7 +103,8 @@ def rotate_a_copy(settings: Settings, scratch: Path, expected: Model) -> None:
     shutil.copytree(settings.home, scratch)
     copy = replace(settings, home=scratch)
     result = CliRunner().invoke(
-        cli, ["--home", str(scratch), "--tools-dir", str(settings.tools_dirs[0]), "key", "rotate"],
+        cli,
+        ["--home", str(scratch), "--tools-dir", str(settings.tools_dirs[0]), "key", "rotate"],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
@@ -120,9 +121,20 @@ def rotate_for_real(settings: Settings, timeout: float) -> subprocess.CompletedP
 
     def credgate(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "mcp_credgate", "--home", str(settings.home), "--tools-dir",
-             str(settings.tools_dirs[0]), *args],
-            capture_output=True, text=True, timeout=timeout, env=credgate_env(settings),
+            [
+                sys.executable,
+                "-m",
+                "mcp_credgate",
+                "--home",
+                str(settings.home),
+                "--tools-dir",
+                str(settings.tools_dirs[0]),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=credgate_env(settings),
         )
 
     if settings.database_url:
@@ -148,9 +160,20 @@ class Killer:
 
     def _spawn(self, args: list[str]) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", "mcp_credgate", "--home", str(self.settings.home),
-             "--tools-dir", str(self.settings.tools_dirs[0]), *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "mcp_credgate",
+                "--home",
+                str(self.settings.home),
+                "--tools-dir",
+                str(self.settings.tools_dirs[0]),
+                *args,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
             env=credgate_env(self.settings),
         )
 
@@ -311,12 +334,23 @@ def _prepare_rotate(size: int) -> Callable[[Store, Settings, int], Model]:
 
 
 OPERATIONS = {
-    "cred-add": Operation(_prepare_add, lambda i: [
-        "cred", "add", f"new{i}", "--type", "account", *(f"--set={k}={v}" for k, v in _account(i, "new").items())
-    ], _apply_add),
-    "cred-update": Operation(_prepare_update, lambda i: [
-        "cred", "update", "acct", f"--set=password=password {i}", f"--set=note=note {i}"
-    ], _apply_update),
+    "cred-add": Operation(
+        _prepare_add,
+        lambda i: [
+            "cred",
+            "add",
+            f"new{i}",
+            "--type",
+            "account",
+            *(f"--set={k}={v}" for k, v in _account(i, "new").items()),
+        ],
+        _apply_add,
+    ),
+    "cred-update": Operation(
+        _prepare_update,
+        lambda i: ["cred", "update", "acct", f"--set=password=password {i}", f"--set=note=note {i}"],
+        _apply_update,
+    ),
     "cred-rm": Operation(_prepare_rm, lambda i: ["cred", "rm", f"r{i}", "--force"], _apply_rm),
     "bind": Operation(_prepare_bind, lambda i: ["bind", "b", "weather", f"w{i}"], _apply_bind),
     "key-rotate": Operation(_prepare_rotate(500), lambda i: ["key", "rotate"], lambda model, i: model),
@@ -401,10 +435,18 @@ async def test_a_gateway_killed_under_call_load_leaves_a_sound_store_and_audit(
 ) -> None:
     rng = random.Random(707)
     svc = 'type = "svc"\n' + TOKEN_FIELDS
-    world = World.create(tmp_path / "w", {
-        "whoami": http_tool("whoami", upstream.url("/echo"), credential=svc, query='{ n = "{args.n}" }',
-                            properties='properties.n = { type = "integer" }'),
-    })
+    world = World.create(
+        tmp_path / "w",
+        {
+            "whoami": http_tool(
+                "whoami",
+                upstream.url("/echo"),
+                credential=svc,
+                query='{ n = "{args.n}" }',
+                properties='properties.n = { type = "integer" }',
+            ),
+        },
+    )
     world.add_credential("svc-main", "svc", {"token": TOKEN})
     world.allow("load", "whoami")
     world.bind("load", "whoami", "svc-main")
@@ -414,9 +456,23 @@ async def test_a_gateway_killed_under_call_load_leaves_a_sound_store_and_audit(
     pidfile = tmp_path / "serve.pid"
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-c", PID_THEN_EXEC, str(pidfile), sys.executable, "-m", "mcp_credgate", "serve", "--group", "load",
-              "--home", str(settings.home), "--tools-dir", str(world.tools_dir)],
-        env={"PYTHONUNBUFFERED": "1", **store_env(settings)}, cwd=tmp_path,
+        args=[
+            "-c",
+            PID_THEN_EXEC,
+            str(pidfile),
+            sys.executable,
+            "-m",
+            "mcp_credgate",
+            "serve",
+            "--group",
+            "load",
+            "--home",
+            str(settings.home),
+            "--tools-dir",
+            str(world.tools_dir),
+        ],
+        env={"PYTHONUNBUFFERED": "1", **store_env(settings)},
+        cwd=tmp_path,
     )
     started_at = datetime.now(UTC)
     sent = 0
@@ -462,7 +518,12 @@ async def test_a_gateway_killed_under_call_load_leaves_a_sound_store_and_audit(
     assert len(audit) <= len(upstream.seen())
     for row in audit:
         assert (row.group, row.agent, row.tool, row.credential, row.outcome) == (
-            "load", None, "whoami", "svc-main", "ok")
+            "load",
+            None,
+            "whoami",
+            "svc-main",
+            "ok",
+        )
         assert row.ref is None or re.fullmatch(r"[0-9a-f]{8}", row.ref), row.ref  # a request id, where kept
         assert row.duration_ms >= 0
         assert started_at <= datetime.fromisoformat(row.ts) <= datetime.now(UTC)

@@ -25,8 +25,7 @@ def test_mask_shows_the_last_four_only_from_twelve_characters(value: str, shown:
 
 
 def test_credential_is_a_read_only_mapping() -> None:
-    cred = Credential("acme", "account", {"username": "alice", "password": "hunter2hunter2"},
-                      frozenset({"password"}))
+    cred = Credential("acme", "account", {"username": "alice", "password": "hunter2hunter2"}, frozenset({"password"}))
 
     assert dict(cred) == {"username": "alice", "password": "hunter2hunter2"}
     assert len(cred) == 2
@@ -38,8 +37,7 @@ def test_credential_is_a_read_only_mapping() -> None:
 
 
 def test_credential_repr_and_str_mask_secret_values() -> None:
-    cred = Credential("acme", "account", {"username": "alice", "password": "hunter2hunter2"},
-                      frozenset({"password"}))
+    cred = Credential("acme", "account", {"username": "alice", "password": "hunter2hunter2"}, frozenset({"password"}))
 
     for shown in (repr(cred), str(cred), f"{cred}"):
         assert "hunter2hunter2" not in shown

@@ -1517,8 +1517,13 @@ def test_head_and_other_methods_change_nothing(admin: Admin, world: World, path:
 def test_a_name_taken_while_the_provider_answered_is_not_overwritten(
     app: Starlette, admin: Admin, world: World, provider: OAuthProvider
 ) -> None:
-    form = {"type": "acme", "name": "acme-race", "field_client_id": provider.client_id,
-            "field_client_secret": CLIENT_SECRET, "action": "connect"}
+    form = {
+        "type": "acme",
+        "name": "acme-race",
+        "field_client_id": provider.client_id,
+        "field_client_secret": CLIENT_SECRET,
+        "action": "connect",
+    }
     authorize = location(admin.post("/credentials/new", form))
     # meanwhile, the same name is created elsewhere (the CLI, another tab)
     world.add_credential("acme-race", "acme", {"client_id": "someone-else", "token": "their-access-token-0001"})

@@ -45,7 +45,13 @@ def test_repository_tools_load_without_problems() -> None:
     assert catalog.problems == ()
     assert len(catalog.tools) == 7
     assert set(catalog.tools) == {
-        "account_login", "echo", "github_repos", "google_calendar_list", "stripe_balance", "utc_now", "weather"
+        "account_login",
+        "echo",
+        "github_repos",
+        "google_calendar_list",
+        "stripe_balance",
+        "utc_now",
+        "weather",
     }
     assert set(catalog.types) == {"demo_account", "github", "google", "stripe"}
     assert catalog.types["google"].oauth is not None
@@ -80,12 +86,16 @@ def test_missing_tools_folder_gives_an_empty_catalog(tmp_path: Path) -> None:
 
 def test_tools_from_several_folders_are_merged(tmp_path: Path, tools_dir: Path) -> None:
     other = tmp_path / "more"
-    write_tool(other, "clock.toml", """
+    write_tool(
+        other,
+        "clock.toml",
+        """
         name = "clock"
         [handler]
         kind = "python"
         entrypoint = "mcp_credgate.examples:utc_now"
-    """)
+    """,
+    )
 
     catalog = load_catalog([tools_dir, other])
 
@@ -94,19 +104,21 @@ def test_tools_from_several_folders_are_merged(tmp_path: Path, tools_dir: Path) 
     assert "echo" in catalog.tools
 
 
-def test_entrypoint_module_beside_the_declarations_imports(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_entrypoint_module_beside_the_declarations_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "path", list(sys.path))  # the loader adds the folder to sys.path
     folder = tmp_path / "local_tools"
     (folder).mkdir()
     (folder / "credgate_test_local_handler.py").write_text("def hello(args, credential):\n    return 'hi'\n")
-    write_tool(folder, "hello.toml", """
+    write_tool(
+        folder,
+        "hello.toml",
+        """
         name = "hello"
         [handler]
         kind = "python"
         entrypoint = "credgate_test_local_handler:hello"
-    """)
+    """,
+    )
 
     catalog = load(folder)
 
@@ -130,13 +142,17 @@ def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_unknown_top_level_key_is_named(tmp_path: Path) -> None:
-    path = write_tool(tmp_path, "extra.toml", """
+    path = write_tool(
+        tmp_path,
+        "extra.toml",
+        """
         name = "extra"
         colour = "blue"
         [handler]
         kind = "python"
         entrypoint = "mcp_credgate.examples:echo"
-    """)
+    """,
+    )
 
     problem = only_problem(load(tmp_path))
 
@@ -146,7 +162,10 @@ def test_unknown_top_level_key_is_named(tmp_path: Path) -> None:
 
 
 def test_unknown_key_in_a_credential_field_is_named(tmp_path: Path) -> None:
-    path = write_tool(tmp_path, "extra.toml", """
+    path = write_tool(
+        tmp_path,
+        "extra.toml",
+        """
         name = "extra"
         [credential]
         type = "svc"
@@ -154,7 +173,8 @@ def test_unknown_key_in_a_credential_field_is_named(tmp_path: Path) -> None:
         [handler]
         kind = "http"
         url = "https://api.example.com/"
-    """)
+    """,
+    )
 
     problem = only_problem(load(tmp_path))
 
@@ -164,13 +184,17 @@ def test_unknown_key_in_a_credential_field_is_named(tmp_path: Path) -> None:
 
 
 def test_unknown_key_in_the_handler_is_named(tmp_path: Path) -> None:
-    path = write_tool(tmp_path, "extra.toml", """
+    path = write_tool(
+        tmp_path,
+        "extra.toml",
+        """
         name = "extra"
         [handler]
         kind = "http"
         url = "https://api.example.com/"
         verb = "GET"
-    """)
+    """,
+    )
 
     problem = only_problem(load(tmp_path))
 
@@ -180,7 +204,10 @@ def test_unknown_key_in_the_handler_is_named(tmp_path: Path) -> None:
 
 
 def test_unknown_field_kind_is_named(tmp_path: Path) -> None:
-    path = write_tool(tmp_path, "kind.toml", """
+    path = write_tool(
+        tmp_path,
+        "kind.toml",
+        """
         name = "kind"
         [credential]
         type = "svc"
@@ -188,7 +215,8 @@ def test_unknown_field_kind_is_named(tmp_path: Path) -> None:
         [handler]
         kind = "http"
         url = "https://api.example.com/"
-    """)
+    """,
+    )
 
     problem = only_problem(load(tmp_path))
 
@@ -197,12 +225,16 @@ def test_unknown_field_kind_is_named(tmp_path: Path) -> None:
 
 
 def test_invalid_tool_name_is_named(tmp_path: Path) -> None:
-    path = write_tool(tmp_path, "bad.toml", """
+    path = write_tool(
+        tmp_path,
+        "bad.toml",
+        """
         name = "has spaces"
         [handler]
         kind = "python"
         entrypoint = "mcp_credgate.examples:echo"
-    """)
+    """,
+    )
 
     problem = only_problem(load(tmp_path))
 
@@ -232,7 +264,10 @@ def test_duplicate_tool_names_name_both_files(tmp_path: Path) -> None:
 
 def test_one_type_declared_with_different_fields_names_both_files(tmp_path: Path) -> None:
     first = write_tool(tmp_path, "a.toml", CREDENTIALED_HTTP.format(name="a", url="https://a.example.com/"))
-    second = write_tool(tmp_path, "b.toml", """
+    second = write_tool(
+        tmp_path,
+        "b.toml",
+        """
         name = "b"
         [credential]
         type = "svc"
@@ -240,7 +275,8 @@ def test_one_type_declared_with_different_fields_names_both_files(tmp_path: Path
         [handler]
         kind = "http"
         url = "https://b.example.com/"
-    """)
+    """,
+    )
 
     problem = only_problem(load(tmp_path))
 
@@ -261,7 +297,10 @@ def test_one_type_declared_with_different_fields_names_both_files(tmp_path: Path
     ],
 )
 def test_placeholder_in_url_scheme_host_or_port_is_refused(tmp_path: Path, url: str) -> None:
-    path = write_tool(tmp_path, "origin.toml", f"""
+    path = write_tool(
+        tmp_path,
+        "origin.toml",
+        f"""
         name = "origin"
         [input_schema]
         type = "object"
@@ -275,17 +314,19 @@ def test_placeholder_in_url_scheme_host_or_port_is_refused(tmp_path: Path, url: 
         [handler]
         kind = "http"
         url = "{url}"
-    """)
+    """,
+    )
 
     problems = load(tmp_path).problems
 
-    assert any(
-        str(path) in p and "handler.url" in p and "scheme, host or port" in p for p in problems
-    ), problems
+    assert any(str(path) in p and "handler.url" in p and "scheme, host or port" in p for p in problems), problems
 
 
 def test_placeholders_in_url_path_and_query_are_allowed(tmp_path: Path) -> None:
-    write_tool(tmp_path, "path.toml", """
+    write_tool(
+        tmp_path,
+        "path.toml",
+        """
         name = "path"
         [input_schema]
         type = "object"
@@ -296,7 +337,8 @@ def test_placeholders_in_url_path_and_query_are_allowed(tmp_path: Path) -> None:
         [handler]
         kind = "http"
         url = "https://api.example.com/users/{args.owner}/repos?key={cred.token}"
-    """)
+    """,
+    )
 
     assert load(tmp_path).problems == ()
 
@@ -310,7 +352,10 @@ def test_placeholders_in_url_path_and_query_are_allowed(tmp_path: Path) -> None:
     ],
 )
 def test_placeholder_naming_a_field_the_type_lacks_is_named(tmp_path: Path, where: str, snippet: str) -> None:
-    path = write_tool(tmp_path, "lacks.toml", f"""
+    path = write_tool(
+        tmp_path,
+        "lacks.toml",
+        f"""
         name = "lacks"
         [credential]
         type = "svc"
@@ -320,7 +365,8 @@ def test_placeholder_naming_a_field_the_type_lacks_is_named(tmp_path: Path, wher
         method = "POST"
         url = "https://api.example.com/"
         {snippet}
-    """)
+    """,
+    )
 
     problem = only_problem(load(tmp_path))
 
@@ -331,13 +377,17 @@ def test_placeholder_naming_a_field_the_type_lacks_is_named(tmp_path: Path, wher
 
 
 def test_credential_placeholder_in_a_tool_without_credential_is_refused(tmp_path: Path) -> None:
-    path = write_tool(tmp_path, "nocred.toml", """
+    path = write_tool(
+        tmp_path,
+        "nocred.toml",
+        """
         name = "nocred"
         [handler]
         kind = "http"
         url = "https://api.example.com/"
         headers = { Authorization = "Bearer {cred.token}" }
-    """)
+    """,
+    )
 
     problem = only_problem(load(tmp_path))
 
@@ -347,13 +397,17 @@ def test_credential_placeholder_in_a_tool_without_credential_is_refused(tmp_path
 
 
 def test_argument_placeholder_missing_from_input_schema_is_named(tmp_path: Path) -> None:
-    path = write_tool(tmp_path, "noarg.toml", """
+    path = write_tool(
+        tmp_path,
+        "noarg.toml",
+        """
         name = "noarg"
         [handler]
         kind = "http"
         url = "https://api.example.com/"
         query = { q = "{args.query}" }
-    """)
+    """,
+    )
 
     problem = only_problem(load(tmp_path))
 
@@ -363,13 +417,17 @@ def test_argument_placeholder_missing_from_input_schema_is_named(tmp_path: Path)
 
 
 def test_unknown_placeholder_scope_is_named(tmp_path: Path) -> None:
-    path = write_tool(tmp_path, "scope.toml", """
+    path = write_tool(
+        tmp_path,
+        "scope.toml",
+        """
         name = "scope"
         [handler]
         kind = "http"
         url = "https://api.example.com/"
         headers = { X-Env = "{env.HOME}" }
-    """)
+    """,
+    )
 
     problem = only_problem(load(tmp_path))
 
@@ -399,23 +457,31 @@ def test_credentialed_plain_http_to_loopback_is_allowed(tmp_path: Path, url: str
 
 
 def test_plain_http_without_a_credential_is_allowed(tmp_path: Path) -> None:
-    write_tool(tmp_path, "open.toml", """
+    write_tool(
+        tmp_path,
+        "open.toml",
+        """
         name = "open"
         [handler]
         kind = "http"
         url = "http://data.example.com/open"
-    """)
+    """,
+    )
 
     assert load(tmp_path).problems == ()
 
 
 def test_relative_or_non_http_url_is_refused(tmp_path: Path) -> None:
-    path = write_tool(tmp_path, "ftp.toml", """
+    path = write_tool(
+        tmp_path,
+        "ftp.toml",
+        """
         name = "ftp"
         [handler]
         kind = "http"
         url = "ftp://files.example.com/x"
-    """)
+    """,
+    )
 
     problem = only_problem(load(tmp_path))
 
@@ -432,12 +498,16 @@ def test_relative_or_non_http_url_is_refused(tmp_path: Path) -> None:
     ],
 )
 def test_entrypoint_that_does_not_import_is_named(tmp_path: Path, entrypoint: str) -> None:
-    path = write_tool(tmp_path, "ep.toml", f"""
+    path = write_tool(
+        tmp_path,
+        "ep.toml",
+        f"""
         name = "ep"
         [handler]
         kind = "python"
         entrypoint = "{entrypoint}"
-    """)
+    """,
+    )
 
     catalog = load(tmp_path)
     problem = only_problem(catalog)
@@ -449,12 +519,16 @@ def test_entrypoint_that_does_not_import_is_named(tmp_path: Path, entrypoint: st
 
 
 def test_malformed_entrypoint_is_named(tmp_path: Path) -> None:
-    path = write_tool(tmp_path, "ep.toml", """
+    path = write_tool(
+        tmp_path,
+        "ep.toml",
+        """
         name = "ep"
         [handler]
         kind = "python"
         entrypoint = "no colon here"
-    """)
+    """,
+    )
 
     problem = only_problem(load(tmp_path))
 
@@ -463,14 +537,18 @@ def test_malformed_entrypoint_is_named(tmp_path: Path) -> None:
 
 
 def test_input_schema_that_is_not_an_object_schema_is_named(tmp_path: Path) -> None:
-    path = write_tool(tmp_path, "schema.toml", """
+    path = write_tool(
+        tmp_path,
+        "schema.toml",
+        """
         name = "schema"
         [input_schema]
         type = "string"
         [handler]
         kind = "python"
         entrypoint = "mcp_credgate.examples:echo"
-    """)
+    """,
+    )
 
     problem = only_problem(load(tmp_path))
 
@@ -480,7 +558,10 @@ def test_input_schema_that_is_not_an_object_schema_is_named(tmp_path: Path) -> N
 
 
 def test_invalid_json_schema_is_named(tmp_path: Path) -> None:
-    path = write_tool(tmp_path, "schema.toml", """
+    path = write_tool(
+        tmp_path,
+        "schema.toml",
+        """
         name = "schema"
         [input_schema]
         type = "object"
@@ -488,7 +569,8 @@ def test_invalid_json_schema_is_named(tmp_path: Path) -> None:
         [handler]
         kind = "python"
         entrypoint = "mcp_credgate.examples:echo"
-    """)
+    """,
+    )
 
     problem = only_problem(load(tmp_path))
 
@@ -498,7 +580,10 @@ def test_invalid_json_schema_is_named(tmp_path: Path) -> None:
 
 
 def test_pattern_that_does_not_compile_is_named(tmp_path: Path) -> None:
-    path = write_tool(tmp_path, "pat.toml", """
+    path = write_tool(
+        tmp_path,
+        "pat.toml",
+        """
         name = "pat"
         [credential]
         type = "svc"
@@ -506,7 +591,8 @@ def test_pattern_that_does_not_compile_is_named(tmp_path: Path) -> None:
         [handler]
         kind = "http"
         url = "https://api.example.com/"
-    """)
+    """,
+    )
 
     problem = only_problem(load(tmp_path))
 
@@ -516,7 +602,10 @@ def test_pattern_that_does_not_compile_is_named(tmp_path: Path) -> None:
 
 
 def test_empty_field_list_is_named(tmp_path: Path) -> None:
-    path = write_tool(tmp_path, "empty.toml", """
+    path = write_tool(
+        tmp_path,
+        "empty.toml",
+        """
         name = "empty"
         [credential]
         type = "svc"
@@ -524,7 +613,8 @@ def test_empty_field_list_is_named(tmp_path: Path) -> None:
         [handler]
         kind = "http"
         url = "https://api.example.com/"
-    """)
+    """,
+    )
 
     problem = only_problem(load(tmp_path))
 
@@ -533,7 +623,10 @@ def test_empty_field_list_is_named(tmp_path: Path) -> None:
 
 
 def test_duplicate_field_names_are_named(tmp_path: Path) -> None:
-    path = write_tool(tmp_path, "dupe.toml", """
+    path = write_tool(
+        tmp_path,
+        "dupe.toml",
+        """
         name = "dupe"
         [credential]
         type = "svc"
@@ -541,7 +634,8 @@ def test_duplicate_field_names_are_named(tmp_path: Path) -> None:
         [handler]
         kind = "http"
         url = "https://api.example.com/"
-    """)
+    """,
+    )
 
     problem = only_problem(load(tmp_path))
 
@@ -552,13 +646,17 @@ def test_duplicate_field_names_are_named(tmp_path: Path) -> None:
 
 def test_problems_of_every_file_are_reported_together(tmp_path: Path, tools_dir: Path) -> None:
     bad_syntax = write_tool(tools_dir, "zz_syntax.toml", "name = \n")
-    bad_key = write_tool(tools_dir, "zz_key.toml", """
+    bad_key = write_tool(
+        tools_dir,
+        "zz_key.toml",
+        """
         name = "zz"
         nonsense = 1
         [handler]
         kind = "python"
         entrypoint = "mcp_credgate.examples:echo"
-    """)
+    """,
+    )
 
     catalog = load(tools_dir)
 
@@ -575,7 +673,10 @@ def test_problems_of_every_file_are_reported_together(tmp_path: Path, tools_dir:
 
 
 def spec_of(tmp_path: Path, fields: str) -> CredentialSpec:
-    write_tool(tmp_path, "spec.toml", f"""
+    write_tool(
+        tmp_path,
+        "spec.toml",
+        f"""
         name = "spec"
         [credential]
         type = "svc"
@@ -583,7 +684,8 @@ def spec_of(tmp_path: Path, fields: str) -> CredentialSpec:
         [handler]
         kind = "http"
         url = "https://api.example.com/"
-    """)
+    """,
+    )
     catalog = load(tmp_path)
     assert catalog.problems == ()
     return catalog.types["svc"]
@@ -592,8 +694,12 @@ def spec_of(tmp_path: Path, fields: str) -> CredentialSpec:
 @pytest.mark.parametrize(
     ("kind", "secret"),
     [
-        ("api_key", True), ("token", True), ("password", True), ("oauth2", True),
-        ("username", False), ("text", False),
+        ("api_key", True),
+        ("token", True),
+        ("password", True),
+        ("oauth2", True),
+        ("username", False),
+        ("text", False),
     ],
 )
 def test_secret_defaults_by_kind(tmp_path: Path, kind: str, secret: bool) -> None:
@@ -619,9 +725,7 @@ def test_explicit_secret_overrides_the_kind_default(tmp_path: Path) -> None:
 
 
 def test_required_defaults_to_true(tmp_path: Path) -> None:
-    spec = spec_of(
-        tmp_path, '{ name = "a", kind = "token" }, { name = "b", kind = "text", required = false }'
-    )
+    spec = spec_of(tmp_path, '{ name = "a", kind = "token" }, { name = "b", kind = "text", required = false }')
 
     assert [f.required for f in spec.fields] == [True, False]
     assert spec.missing_fields([]) == ["a"]
@@ -631,8 +735,8 @@ def test_required_defaults_to_true(tmp_path: Path) -> None:
 def svc_spec(tmp_path: Path) -> CredentialSpec:
     return spec_of(
         tmp_path,
-        "{ name = \"token\", kind = \"token\", pattern = '^tok_[a-z0-9]+$' },"
-        " { name = \"region\", kind = \"text\", required = false }",
+        '{ name = "token", kind = "token", pattern = \'^tok_[a-z0-9]+$\' },'
+        ' { name = "region", kind = "text", required = false }',
     )
 
 

@@ -199,33 +199,62 @@ def declarations(home: _HomeServer) -> dict[str, str]:
     redirect = {"query": '{ to = "{args.to}" }', "properties": f"properties.code = {STR}\nproperties.to = {STR}"}
     return {
         "hop": http_tool("hop", home.url("/redirect/{args.code}"), headers=BOTH, **redirect),
-        "hop_post": http_tool("hop_post", home.url("/redirect/{args.code}"), method="POST", headers=BOTH,
-                              extra='json = { note = "plain" }', **redirect),
-        "hop_body": http_tool("hop_body", home.url("/redirect/{args.code}"), method="POST", headers="{}",
-                              extra='json = { key = "{cred.token}" }', **redirect),
-        "hop_query": http_tool("hop_query", home.url("/redirect/{args.code}"), headers="{}",
-                               query='{ to = "{args.to}", key = "{cred.token}" }',
-                               properties=redirect["properties"]),
-        "hop_basic": http_tool("hop_basic", home.url("/redirect/{args.code}"), credential=acct, headers="{}",
-                               **redirect),
-        "chain": http_tool("chain", home.url("/chain/{args.n}"), headers=BOTH, query='{ to = "{args.to}" }',
-                           properties=f"properties.n = {STR}\nproperties.to = {STR}"),
+        "hop_post": http_tool(
+            "hop_post",
+            home.url("/redirect/{args.code}"),
+            method="POST",
+            headers=BOTH,
+            extra='json = { note = "plain" }',
+            **redirect,
+        ),
+        "hop_body": http_tool(
+            "hop_body",
+            home.url("/redirect/{args.code}"),
+            method="POST",
+            headers="{}",
+            extra='json = { key = "{cred.token}" }',
+            **redirect,
+        ),
+        "hop_query": http_tool(
+            "hop_query",
+            home.url("/redirect/{args.code}"),
+            headers="{}",
+            query='{ to = "{args.to}", key = "{cred.token}" }',
+            properties=redirect["properties"],
+        ),
+        "hop_basic": http_tool(
+            "hop_basic", home.url("/redirect/{args.code}"), credential=acct, headers="{}", **redirect
+        ),
+        "chain": http_tool(
+            "chain",
+            home.url("/chain/{args.n}"),
+            headers=BOTH,
+            query='{ to = "{args.to}" }',
+            properties=f"properties.n = {STR}\nproperties.to = {STR}",
+        ),
         "items": http_tool(
-            "items", home.url("/api/v1/items/{args.id}"),
+            "items",
+            home.url("/api/v1/items/{args.id}"),
             headers='{ X-Api-Key = "{cred.token}", X-Note = "{args.note}" }',
             query='{ q = "{args.q}" }',
             properties="\n".join(f"properties.{p} = {STR}" for p in ("id", "q", "note")),
         ),
-        "twoseg": http_tool("twoseg", home.url("/api/v1/{args.a}{args.b}/tail"), headers=BOTH,
-                            properties=f"properties.a = {STR}\nproperties.b = {STR}"),
+        "twoseg": http_tool(
+            "twoseg",
+            home.url("/api/v1/{args.a}{args.b}/tail"),
+            headers=BOTH,
+            properties=f"properties.a = {STR}\nproperties.b = {STR}",
+        ),
         "huge": http_tool("huge", home.url("/huge"), headers=BOTH, extra=f"max_response_bytes = {CAP}"),
         "endless": http_tool("endless", home.url("/endless"), headers=BOTH, extra=f"max_response_bytes = {CAP}"),
         "slow": http_tool("slow", home.url("/slow"), headers=BOTH, extra="timeout = 0.5"),
-        "trickle": http_tool("trickle", home.url("/trickle"), headers=BOTH,
-                             extra=f"timeout = 0.5\nmax_response_bytes = {CAP}"),
+        "trickle": http_tool(
+            "trickle", home.url("/trickle"), headers=BOTH, extra=f"timeout = 0.5\nmax_response_bytes = {CAP}"
+        ),
         **{
-            f"bomb_{kind}": http_tool(f"bomb_{kind}", home.url(f"/bomb/{kind}"), headers=BOTH,
-                                      extra=f"max_response_bytes = {CAP}")
+            f"bomb_{kind}": http_tool(
+                f"bomb_{kind}", home.url(f"/bomb/{kind}"), headers=BOTH, extra=f"max_response_bytes = {CAP}"
+            )
             for kind in ("gzip", "deflate", "double")
         },
     }
@@ -316,13 +345,46 @@ async def egress(world: World, home_server: _HomeServer, away_server: Upstream) 
 # -- arguments crafted to move the request ---------------------------------------------------------
 
 MOVERS = [
-    "@evil.example", "user:pw@evil.example", "evil.example", "//evil.example/x", "http://evil.example/",
-    "https://evil.example:443/x", "http://127.0.0.1:1/", "http://[::1]:1/", "http://2130706433/", "0x7f000001",
-    "../", "../../", "..%2f..%2f", "..%2F", "%2e%2e/", "%2e%2e%2f", ".%2e/", "..\\..\\", "..;/", "/..",
-    "a/../../b", "%2f%2fevil.example", "\\\\evil.example\\x", "#@evil.example", "?redirect=http://evil.example/",
-    "x\r\nHost: evil.example", "x\r\nX-Evil: 1", "x\nX-Evil: 1", "x%0d%0aX-Evil:%201", "x\x00y",
-    "\u2215\u2215evil.example", "\uff0e\uff0e\uff0f", "evil\u3002example", "{cred.token}", "%7Bcred.token%7D",
-    "&key=stolen", "q=1&q=2", "x y", "\u202e", "http://evil.example@127.0.0.1/",
+    "@evil.example",
+    "user:pw@evil.example",
+    "evil.example",
+    "//evil.example/x",
+    "http://evil.example/",
+    "https://evil.example:443/x",
+    "http://127.0.0.1:1/",
+    "http://[::1]:1/",
+    "http://2130706433/",
+    "0x7f000001",
+    "../",
+    "../../",
+    "..%2f..%2f",
+    "..%2F",
+    "%2e%2e/",
+    "%2e%2e%2f",
+    ".%2e/",
+    "..\\..\\",
+    "..;/",
+    "/..",
+    "a/../../b",
+    "%2f%2fevil.example",
+    "\\\\evil.example\\x",
+    "#@evil.example",
+    "?redirect=http://evil.example/",
+    "x\r\nHost: evil.example",
+    "x\r\nX-Evil: 1",
+    "x\nX-Evil: 1",
+    "x%0d%0aX-Evil:%201",
+    "x\x00y",
+    "\u2215\u2215evil.example",
+    "\uff0e\uff0e\uff0f",
+    "evil\u3002example",
+    "{cred.token}",
+    "%7Bcred.token%7D",
+    "&key=stolen",
+    "q=1&q=2",
+    "x y",
+    "\u202e",
+    "http://evil.example@127.0.0.1/",
 ]
 
 

@@ -36,13 +36,15 @@ STR = '{ type = "string" }'
 def declarations(up: Upstream, away: Upstream) -> dict[str, str]:
     bearer_and_key = '{ Authorization = "Bearer {cred.token}", X-Api-Key = "{cred.token}" }'
     return {
-        "whoami": http_tool("whoami", up.url("/echo"), query='{ n = "{args.n}" }',
-                            properties='properties.n = { type = "integer" }'),
+        "whoami": http_tool(
+            "whoami", up.url("/echo"), query='{ n = "{args.n}" }', properties='properties.n = { type = "integer" }'
+        ),
         "forms": http_tool("forms", up.url("/forms"), headers='{ X-Token = "{cred.token}" }'),
         "in_query": http_tool("in_query", up.url("/echo"), headers="{}", query='{ key = "{cred.token}" }'),
         "basic": http_tool("basic", up.url("/echo"), credential=ACCT, headers="{}"),
-        "own_auth": http_tool("own_auth", up.url("/echo"), credential=ACCT,
-                              headers='{ Authorization = "Token {cred.password}" }'),
+        "own_auth": http_tool(
+            "own_auth", up.url("/echo"), credential=ACCT, headers='{ Authorization = "Token {cred.password}" }'
+        ),
         "fail500": http_tool("fail500", up.url("/status/500")),
         "refused": http_tool("refused", f"http://127.0.0.1:{closed_port()}/x"),
         "slow": http_tool("slow", up.url("/slow"), extra="timeout = 0.5"),
@@ -52,14 +54,22 @@ def declarations(up: Upstream, away: Upstream) -> dict[str, str]:
         "hop_relative": http_tool("hop_relative", up.url("/hop-relative"), headers=bearer_and_key),
         "hop_basic_away": http_tool("hop_basic_away", up.url("/hop-away"), credential=ACCT, headers="{}"),
         "items": http_tool(
-            "items", up.url("/items/{args.item}"), method="POST",
+            "items",
+            up.url("/items/{args.item}"),
+            method="POST",
             properties="\n".join(f"properties.{p} = {STR}" for p in ("item", "q", "note", "text")),
             query='{ q = "{args.q}" }',
             headers='{ Authorization = "Bearer {cred.token}", X-Note = "{args.note}" }',
             extra='json = { text = "{args.text}", fixed = "literal" }',
         ),
-        "open": http_tool("open", up.url("/open"), credential=None, headers="{}", query='{ q = "{args.q}" }',
-                          properties=f'required = ["q"]\nproperties.q = {STR}'),
+        "open": http_tool(
+            "open",
+            up.url("/open"),
+            credential=None,
+            headers="{}",
+            query='{ q = "{args.q}" }',
+            properties=f'required = ["q"]\nproperties.q = {STR}',
+        ),
     }
 
 
@@ -72,11 +82,13 @@ def away() -> Iterator[Upstream]:
 
 @pytest.fixture
 def world(tmp_path: Path, upstream: Upstream, away: Upstream) -> Iterator[World]:
-    upstream.redirects.update({
-        "/hop-away": away.url("/landed"),
-        "/hop-home": upstream.url("/landed"),
-        "/hop-relative": "/landed?from=relative",
-    })
+    upstream.redirects.update(
+        {
+            "/hop-away": away.url("/landed"),
+            "/hop-home": upstream.url("/landed"),
+            "/hop-relative": "/landed?from=relative",
+        }
+    )
     tools = declarations(upstream, away)
     w = World.create(tmp_path, tools)
     w.add_credential("svc-main", "svc", {"token": TOKEN})
@@ -254,9 +266,7 @@ async def test_an_argument_in_the_url_path_is_percent_encoded_whole(client: Clie
 
 
 @pytest.mark.parametrize("item", [".", ".."])
-async def test_a_dot_segment_argument_in_the_url_path_is_refused(
-    client: Client, upstream: Upstream, item: str
-) -> None:
+async def test_a_dot_segment_argument_in_the_url_path_is_refused(client: Client, upstream: Upstream, item: str) -> None:
     result = await client.call_tool("items", {"item": item})
 
     assert result.is_error

@@ -26,7 +26,7 @@ from mcp import Client
 pytestmark = pytest.mark.anyio
 
 SVC = 'type = "svc"\n' + TOKEN_FIELDS
-N_PROP = "properties.n = { type = \"integer\" }"
+N_PROP = 'properties.n = { type = "integer" }'
 TAG_PROP = 'properties.tag = { type = "string" }'
 TOOLS = {
     "py_sync": python_tool("py_sync", "sample_handlers:sync_report", credential=SVC, properties=N_PROP),
@@ -65,7 +65,10 @@ async def test_a_sync_handler_runs_in_a_worker_thread_with_the_credential(client
 
     assert not result.is_error
     assert result.structured_content == {
-        "args": {"n": 3}, "fields": ["token"], "token_length": len(TOKEN), "in_worker_thread": True,
+        "args": {"n": 3},
+        "fields": ["token"],
+        "token_length": len(TOKEN),
+        "in_worker_thread": True,
     }
 
 
@@ -74,7 +77,10 @@ async def test_an_async_handler_runs_on_the_event_loop_with_the_credential(clien
 
     assert not result.is_error
     assert result.structured_content == {
-        "args": {"n": 4}, "fields": ["token"], "token_length": len(TOKEN), "in_worker_thread": False,
+        "args": {"n": 4},
+        "fields": ["token"],
+        "token_length": len(TOKEN),
+        "in_worker_thread": False,
     }
 
 

@@ -70,19 +70,84 @@ def examples(n: int) -> settings:
 # -- strategies ------------------------------------------------------------------------------------
 
 FRAGMENTS = [
-    "{cred.token}", "{cred.password}", "{args.x}", "{args.}", "{cred}", "{{cred.token}}", "{a.b}", "{args.x",
-    "${X}", "${HOME}", "$(id)", "`id`", "%s%n", "%2e%2e", "%2f", "%2F", "..%2f", "../", "..", ".", "/", "\\",
-    "@evil.example", "http://evil.example/", "//evil.example", "127.0.0.2", "[::1]", "0x7f.1", "user:pw@",
-    "\r\n", "\n", "\r", "\x00", "\t", "\x7f", "\x1b[31m", "\u202e", "\u200b", "\ufeff", "\ufffd", "\U0001f600",
-    "é", "ﬁ", "İ", "ǅ", "\u0301", "\ud800", "\udfff", "=", "?", "#", "&", "+", "%", "'", '"', "<script>",
-    "\\u0000", "\\n", "NaN", "Infinity", "null", "[", "]", "{", "}", "[[x]]", "a = 1", "\"\"\"", "'''",
+    "{cred.token}",
+    "{cred.password}",
+    "{args.x}",
+    "{args.}",
+    "{cred}",
+    "{{cred.token}}",
+    "{a.b}",
+    "{args.x",
+    "${X}",
+    "${HOME}",
+    "$(id)",
+    "`id`",
+    "%s%n",
+    "%2e%2e",
+    "%2f",
+    "%2F",
+    "..%2f",
+    "../",
+    "..",
+    ".",
+    "/",
+    "\\",
+    "@evil.example",
+    "http://evil.example/",
+    "//evil.example",
+    "127.0.0.2",
+    "[::1]",
+    "0x7f.1",
+    "user:pw@",
+    "\r\n",
+    "\n",
+    "\r",
+    "\x00",
+    "\t",
+    "\x7f",
+    "\x1b[31m",
+    "\u202e",
+    "\u200b",
+    "\ufeff",
+    "\ufffd",
+    "\U0001f600",
+    "é",
+    "ﬁ",
+    "İ",
+    "ǅ",
+    "\u0301",
+    "\ud800",
+    "\udfff",
+    "=",
+    "?",
+    "#",
+    "&",
+    "+",
+    "%",
+    "'",
+    '"',
+    "<script>",
+    "\\u0000",
+    "\\n",
+    "NaN",
+    "Infinity",
+    "null",
+    "[",
+    "]",
+    "{",
+    "}",
+    "[[x]]",
+    "a = 1",
+    '"""',
+    "'''",
 ]
 
 fragments = st.sampled_from(FRAGMENTS)
 odd_text = st.text(alphabet=st.characters(codec=None, categories=None), max_size=40)
 composed = st.lists(st.one_of(fragments, st.text(max_size=6)), max_size=8).map("".join)
-huge = st.tuples(st.sampled_from(["A", "é", "{cred.token}", "%2e", "\x00", "\U0001f600"]),
-                 st.integers(1000, 200_000)).map(lambda t: t[0] * (t[1] // len(t[0])))
+huge = st.tuples(
+    st.sampled_from(["A", "é", "{cred.token}", "%2e", "\x00", "\U0001f600"]), st.integers(1000, 200_000)
+).map(lambda t: t[0] * (t[1] // len(t[0])))
 hostile_text = st.one_of(odd_text, composed, fragments, huge)
 
 
@@ -94,7 +159,10 @@ def _nest(value: Any, depth: int, kind: str) -> Any:
 
 def _json_strategies(text: st.SearchStrategy[str], max_depth: int) -> tuple[st.SearchStrategy[Any], ...]:
     scalars = st.one_of(
-        st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False),
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=False, allow_infinity=False),
         text,
     )
     values = st.recursive(
@@ -124,7 +192,8 @@ class RawToml(str):
 
 deep_toml_values = st.builds(
     lambda depth, kind: RawToml("[" * depth + "1" + "]" * depth if kind else "{a=" * depth + "1" + "}" * depth),
-    st.integers(50, 3000), st.booleans(),
+    st.integers(50, 3000),
+    st.booleans(),
 )
 
 
@@ -148,9 +217,33 @@ def toml_document(data: dict[str, Any]) -> str:
     return "".join(f"{toml_str(k)} = {toml_value(v)}\n" for k, v in data.items())
 
 
-URL_PARTS = ["https://", "http://", "ftp://", "127.0.0.1", "localhost", "api.example.com", ":8443", ":99999", ":x",
-             "[::1]", "[::1", "@", "user:pw@", "/", "/v1", "?", "#", "{args.x}", "{cred.token}", "{bad.x}", "%2e%2e",
-             "..", "\\", " ", "\u202e"]
+URL_PARTS = [
+    "https://",
+    "http://",
+    "ftp://",
+    "127.0.0.1",
+    "localhost",
+    "api.example.com",
+    ":8443",
+    ":99999",
+    ":x",
+    "[::1]",
+    "[::1",
+    "@",
+    "user:pw@",
+    "/",
+    "/v1",
+    "?",
+    "#",
+    "{args.x}",
+    "{cred.token}",
+    "{bad.x}",
+    "%2e%2e",
+    "..",
+    "\\",
+    " ",
+    "\u202e",
+]
 urls = st.lists(st.sampled_from(URL_PARTS), min_size=1, max_size=7).map("".join)
 
 
@@ -161,9 +254,14 @@ def base_declaration() -> dict[str, Any]:
         "input_schema": {"type": "object", "properties": {"x": {"type": "string"}}},
         "credential": {"type": "svc", "fields": [{"name": "token", "kind": "token"}]},
         "handler": {
-            "kind": "http", "method": "GET", "url": "https://api.example.com/v1/{args.x}",
-            "query": {"q": "{args.x}"}, "headers": {"Authorization": "Bearer {cred.token}"},
-            "json": {"a": ["{args.x}", {"b": "{cred.token}"}]}, "timeout": 5, "max_response_bytes": 1000,
+            "kind": "http",
+            "method": "GET",
+            "url": "https://api.example.com/v1/{args.x}",
+            "query": {"q": "{args.x}"},
+            "headers": {"Authorization": "Bearer {cred.token}"},
+            "json": {"a": ["{args.x}", {"b": "{cred.token}"}]},
+            "timeout": 5,
+            "max_response_bytes": 1000,
         },
     }
 
@@ -204,7 +302,9 @@ def mutated_declarations(draw: st.DrawFn) -> dict[str, Any]:
 
 deep_toml = st.builds(
     lambda depth, opener, closer: f"x = {opener * depth}1{closer * depth}\n",
-    st.integers(100, 5000), st.just("["), st.just("]"),
+    st.integers(100, 5000),
+    st.just("["),
+    st.just("]"),
 ) | st.builds(lambda depth: "x = " + "{a=" * depth + "1" + "}" * depth + "\n", st.integers(100, 5000))
 declaration_bytes = st.one_of(
     st.binary(max_size=300),
@@ -282,7 +382,9 @@ ADVERSARIAL_FILES: dict[str, bytes] = {
     "deep_table.toml": b"x = " + b"{a=" * 2_000 + b"1" + b"}" * 2_000,
     "deep_schema.toml": (
         'name = "t"\n[handler]\nkind = "http"\nurl = "https://h/"\n[input_schema]\ntype = "object"\nallOf = '
-        + "[{allOf=" * 190 + "[]" + "}]" * 190
+        + "[{allOf=" * 190
+        + "[]"
+        + "}]" * 190
     ).encode(),
     "bad_ipv6.toml": b'name = "t"\n[handler]\nkind = "http"\nurl = "https://[::1/x"\n',
     "bad_port.toml": b'name = "t"\n[handler]\nkind = "http"\nurl = "https://h:99999/x"\n',
@@ -301,9 +403,21 @@ def test_credgate_tools_check_in_a_real_process_lists_every_hostile_file_and_no_
         (folder / name).write_bytes(data)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "mcp_credgate", "--home", str(tmp_path / "home"), "--tools-dir", str(folder),
-         "tools", "--check"],
-        capture_output=True, text=True, env=env, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "mcp_credgate",
+            "--home",
+            str(tmp_path / "home"),
+            "--tools-dir",
+            str(folder),
+            "tools",
+            "--check",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -317,7 +431,8 @@ def test_credgate_tools_check_in_a_real_process_lists_every_hostile_file_and_no_
 VALUE_TOOLS = {
     "svc": http_tool("svc", "https://api.example.com/x"),
     "pat": http_tool(
-        "pat", "https://api.example.com/y",
+        "pat",
+        "https://api.example.com/y",
         credential='type = "pat"\nfields = [ { name = "token", kind = "token", pattern = "^tk_[a-z0-9]{4,}$" } ]',
     ),
 }
@@ -345,11 +460,18 @@ _counter = iter(range(10**9))
 
 @examples(150)
 @given(
-    before=hostile_text, after=hostile_text, type_name=st.sampled_from(["svc", "pat"]),
-    raw=st.booleans(), extra=st.one_of(st.none(), st.dictionaries(hostile_text, json_values, max_size=2)),
+    before=hostile_text,
+    after=hostile_text,
+    type_name=st.sampled_from(["svc", "pat"]),
+    raw=st.booleans(),
+    extra=st.one_of(st.none(), st.dictionaries(hostile_text, json_values, max_size=2)),
 )
 def test_random_credential_values_are_stored_exactly_or_refused_in_one_line_without_the_value(
-    value_home: tuple[Settings, Store], before: str, after: str, type_name: str, raw: bool,
+    value_home: tuple[Settings, Store],
+    before: str,
+    after: str,
+    type_name: str,
+    raw: bool,
     extra: dict[str, Any] | None,
 ) -> None:
     settings_, store = value_home
@@ -360,8 +482,19 @@ def test_random_credential_values_are_stored_exactly_or_refused_in_one_line_with
     name = f"c{next(_counter)}"
     result = CliRunner().invoke(
         cli,
-        ["--home", str(settings_.home), "--tools-dir", str(settings_.tools_dirs[0]),
-         "cred", "add", name, "--type", type_name, "--from-json", "-"],
+        [
+            "--home",
+            str(settings_.home),
+            "--tools-dir",
+            str(settings_.tools_dirs[0]),
+            "cred",
+            "add",
+            name,
+            "--type",
+            type_name,
+            "--from-json",
+            "-",
+        ],
         input=text.encode("utf-8", "surrogatepass"),
         env={"CREDGATE_DEBUG": "1", **store_env(settings_)},
         catch_exceptions=False,
@@ -400,9 +533,21 @@ HOSTILE_STDIN: dict[str, bytes] = {
 
 def credgate_bytes(root: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "mcp_credgate", "--home", str(root / "home"), "--tools-dir", str(root / "tools.d"),
-         *args],
-        input=stdin, capture_output=True, env=credgate_env(), timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "mcp_credgate",
+            "--home",
+            str(root / "home"),
+            "--tools-dir",
+            str(root / "tools.d"),
+            *args,
+        ],
+        input=stdin,
+        capture_output=True,
+        env=credgate_env(),
+        timeout=60,
+        check=False,
     )
 
 
@@ -438,16 +583,22 @@ STR = '{ type = "string" }'
 def argument_tools(up: Upstream) -> dict[str, str]:
     return {
         "items": http_tool(
-            "items", up.url("/items/{args.item}"), method="POST",
-            properties="\n".join([*(f"properties.{p} = {STR}" for p in ("item", "q", "note", "text")),
-                                  "properties.data = {}"]),
+            "items",
+            up.url("/items/{args.item}"),
+            method="POST",
+            properties="\n".join(
+                [*(f"properties.{p} = {STR}" for p in ("item", "q", "note", "text")), "properties.data = {}"]
+            ),
             query='{ q = "{args.q}" }',
             headers='{ Authorization = "Bearer {cred.token}", X-Note = "{args.note}" }',
             extra='json = { text = "{args.text}", data = "{args.data}" }',
         ),
         "anything": http_tool(
-            "anything", up.url("/any/{args.p}"), properties="properties.p = {}\nproperties.h = {}",
-            headers='{ X-Api-Key = "{cred.token}", X-H = "{args.h}" }', query='{ p = "{args.p}" }',
+            "anything",
+            up.url("/any/{args.p}"),
+            properties="properties.p = {}\nproperties.h = {}",
+            headers='{ X-Api-Key = "{cred.token}", X-H = "{args.h}" }',
+            query='{ p = "{args.p}" }',
         ),
     }
 
@@ -535,8 +686,15 @@ def _arguments(keys: list[str]) -> st.SearchStrategy[dict[str, Any]]:
 @given(
     args=st.one_of(
         _arguments(["item", "q", "note", "text", "data"]),
-        st.fixed_dictionaries({"item": sendable_text, "q": sendable_text, "note": sendable_text,
-                               "text": sendable_text, "data": any_argument}),
+        st.fixed_dictionaries(
+            {
+                "item": sendable_text,
+                "q": sendable_text,
+                "note": sendable_text,
+                "text": sendable_text,
+                "data": any_argument,
+            }
+        ),
         st.dictionaries(sendable_text, any_argument, max_size=3),
     )
 )
@@ -632,16 +790,21 @@ for _lead in (b"", b"x", b"ab"):
             )
 ENCODERS["b64_bearer"] = lambda s: base64.b64encode(b"Bearer " + s.encode()).decode()
 
-SEP = st.sampled_from([" ", "\n", "=", ":", "\"", "&", ";", ",", "<br>", "\t"])
-recipes = st.fixed_dictionaries({
-    "parts": st.lists(st.tuples(st.text(max_size=12), SEP, st.sampled_from(sorted(ENCODERS))), min_size=1,
-                      max_size=6),
-    "status": st.sampled_from([200, 200, 201, 400, 404, 500, 503]),
-    "content_type": st.sampled_from(["text/plain", "application/json", "text/html", "application/octet-stream", ""]),
-    "charset": st.sampled_from([None, "utf-8", "latin-1", "utf-16", "cp1252", "no-such-charset"]),
-    "encoding": st.sampled_from([None, "gzip", "deflate"]),
-    "as_json": st.booleans(),
-})
+SEP = st.sampled_from([" ", "\n", "=", ":", '"', "&", ";", ",", "<br>", "\t"])
+recipes = st.fixed_dictionaries(
+    {
+        "parts": st.lists(
+            st.tuples(st.text(max_size=12), SEP, st.sampled_from(sorted(ENCODERS))), min_size=1, max_size=6
+        ),
+        "status": st.sampled_from([200, 200, 201, 400, 404, 500, 503]),
+        "content_type": st.sampled_from(
+            ["text/plain", "application/json", "text/html", "application/octet-stream", ""]
+        ),
+        "charset": st.sampled_from([None, "utf-8", "latin-1", "utf-16", "cp1252", "no-such-charset"]),
+        "encoding": st.sampled_from([None, "gzip", "deflate"]),
+        "as_json": st.booleans(),
+    }
+)
 
 
 def build_body(recipe: dict[str, Any], secret: str) -> tuple[int, dict[str, str], bytes]:
@@ -693,10 +856,15 @@ def echo_worlds(
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     port = server.server_address[1]
-    tools = {"echo_secret": http_tool(
-        "echo_secret", f"http://127.0.0.1:{port}/echo", headers='{ X-Token = "{cred.token}" }',
-        query='{ recipe = "{args.recipe}" }', properties=f"properties.recipe = {STR}",
-    )}
+    tools = {
+        "echo_secret": http_tool(
+            "echo_secret",
+            f"http://127.0.0.1:{port}/echo",
+            headers='{ X-Token = "{cred.token}" }',
+            query='{ recipe = "{args.recipe}" }',
+            properties=f"properties.recipe = {STR}",
+        )
+    }
 
     @contextmanager
     def make(database_url: str | None) -> Iterator[World]:

@@ -190,9 +190,26 @@ def start_server(
     stderr_path, stdout_path = folder / f"serve-{port}.err", folder / f"serve-{port}.out"
     with stderr_path.open("ab") as err, stdout_path.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mcp_credgate", "serve", "--http", "--host", "127.0.0.1", "--port", str(port),
-             "--home", str(home or world.settings.home), "--tools-dir", str(world.tools_dir), *extra],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=err, env={**credgate_env(world.settings), **(env or {})},
+            [
+                sys.executable,
+                "-m",
+                "mcp_credgate",
+                "serve",
+                "--http",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--home",
+                str(home or world.settings.home),
+                "--tools-dir",
+                str(world.tools_dir),
+                *extra,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env={**credgate_env(world.settings), **(env or {})},
             cwd=folder,
         )
     server = Server(process, port, stderr_path, stdout_path)
@@ -267,8 +284,9 @@ def make_world(root: Path, upstream: Upstream, database_url: str | None = None) 
     svc = 'type = "svc"\n' + TOKEN_FIELDS
     who = 'required = ["who"]\nproperties.who = { type = "string" }'
     tools = {
-        "whoami": http_tool("whoami", upstream.url("/echo"), credential=svc, query='{ who = "{args.who}" }',
-                            properties=who),
+        "whoami": http_tool(
+            "whoami", upstream.url("/echo"), credential=svc, query='{ who = "{args.who}" }', properties=who
+        ),
         "only_alpha": http_tool("only_alpha", upstream.url("/alpha"), credential=svc),
         "only_beta": http_tool("only_beta", upstream.url("/beta"), credential=svc),
         "forms": http_tool("forms", upstream.url("/forms"), credential=svc, headers='{ X-Token = "{cred.token}" }'),
@@ -321,16 +339,20 @@ def env(setup_for: SetupFor, backend: str) -> Setup:
 
 
 @asynccontextmanager
-async def connect(setup: Setup, token: str, transport: str, received: Received, mode: str = "auto"
-                  ) -> AsyncIterator[Client]:
+async def connect(
+    setup: Setup, token: str, transport: str, received: Received, mode: str = "auto"
+) -> AsyncIterator[Client]:
     """The SDK's Client over `streamable` HTTP (/mcp) or `sse` (/sse), sending `token` as a bearer token."""
     if transport == "streamable":
         http = received.http_client(token)
         async with http, Client(streamable_http_client(setup.server.mcp_url, http_client=http), mode=mode) as client:
             yield client
     else:
-        sse = sse_client(setup.server.sse_url, headers={"Authorization": f"Bearer {token}"},
-                         httpx_client_factory=received.sse_factory)
+        sse = sse_client(
+            setup.server.sse_url,
+            headers={"Authorization": f"Bearer {token}"},
+            httpx_client_factory=received.sse_factory,
+        )
         async with Client(sse, mode=mode) as client:
             yield client
 
@@ -342,8 +364,12 @@ def modern_call(tool: str, arguments: dict[str, Any], request_id: int = 1) -> tu
         "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
         "io.modelcontextprotocol/clientCapabilities": {},
     }
-    body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments, "_meta": meta}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments, "_meta": meta},
+    }
     headers = {**JSON_HEADERS, "Mcp-Protocol-Version": MODERN, "Mcp-Method": "tools/call", "Mcp-Name": tool}
     return headers, json.dumps(body).encode()
 
@@ -418,8 +444,11 @@ async def test_requests_without_a_valid_token_get_401_and_run_nothing(env: Setup
             responses = [
                 await http.post(env.server.mcp_url, content=body, headers={**headers, **auth}),
                 await http.get(env.server.sse_url, headers=auth),
-                await http.post(f"{env.server.base}/messages/?session_id={uuid.uuid4().hex}", content=body,
-                                headers={**JSON_HEADERS, **auth}),
+                await http.post(
+                    f"{env.server.base}/messages/?session_id={uuid.uuid4().hex}",
+                    content=body,
+                    headers={**JSON_HEADERS, **auth},
+                ),
             ]
             for response in responses:
                 assert response.status_code == 401, (label, response.request.url, response.text)
@@ -475,15 +504,20 @@ async def test_revocation_fails_the_next_message_of_an_open_sse_session(env: Set
     sessions: list[str] = []
     received = Received()
     _, body = modern_call("whoami", {"who": "after"}, request_id=77)
-    sse = sse_client(env.server.sse_url, headers=bearer(token), httpx_client_factory=received.sse_factory,
-                     on_session_created=sessions.append)
+    sse = sse_client(
+        env.server.sse_url,
+        headers=bearer(token),
+        httpx_client_factory=received.sse_factory,
+        on_session_created=sessions.append,
+    )
     with anyio.fail_after(20):
         async with Client(sse) as client:
             first = await client.call_tool("whoami", {"who": "before"})
             env.revoke("revoke-sse")
             async with received.http_client(token) as http:
-                response = await http.post(f"{env.server.base}/messages/?session_id={sessions[0]}", content=body,
-                                           headers=JSON_HEADERS)
+                response = await http.post(
+                    f"{env.server.base}/messages/?session_id={sessions[0]}", content=body, headers=JSON_HEADERS
+                )
 
     assert not first.is_error, result_text(first)
     assert response.status_code == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -542,13 +576,19 @@ async def test_a_foreign_host_header_gets_403(env: Setup, host: str) -> None:
     received = Received()
     async with received.http_client() as http:
         refused = [
-            await http.post(env.server.mcp_url, content=body,
-                            headers={**headers, **bearer(token), "Host": host.format(port=env.server.port)}),
+            await http.post(
+                env.server.mcp_url,
+                content=body,
+                headers={**headers, **bearer(token), "Host": host.format(port=env.server.port)},
+            ),
             await http.get(env.server.sse_url, headers={**bearer(token), "Host": host.format(port=env.server.port)}),
         ]
         assert env.upstream.seen() == []
-        accepted = await http.post(env.server.mcp_url, content=body,
-                                   headers={**headers, **bearer(token), "Host": f"localhost:{env.server.port}"})
+        accepted = await http.post(
+            env.server.mcp_url,
+            content=body,
+            headers={**headers, **bearer(token), "Host": f"localhost:{env.server.port}"},
+        )
 
     assert [r.status_code for r in refused] == [403, 403], [r.text for r in refused]
     assert accepted.status_code == 200, accepted.text
@@ -571,8 +611,9 @@ async def test_a_body_over_4_mib_gets_413(env: Setup) -> None:
     async with received.http_client(token) as http:
         declared = await http.post(env.server.mcp_url, content=body, headers=headers)
         streamed = await http.post(env.server.mcp_url, content=chunked(), headers=headers)
-        sse_post = await http.post(f"{env.server.base}/messages/?session_id={uuid.uuid4().hex}", content=body,
-                                   headers=JSON_HEADERS)
+        sse_post = await http.post(
+            f"{env.server.base}/messages/?session_id={uuid.uuid4().hex}", content=body, headers=JSON_HEADERS
+        )
 
     assert "content-length" not in streamed.request.headers
     assert [declared.status_code, streamed.status_code, sse_post.status_code] == [413, 413, 413]
@@ -587,23 +628,35 @@ async def test_a_body_over_4_mib_gets_413(env: Setup) -> None:
 async def test_a_streamable_session_of_one_agent_is_refused_to_another(env: Setup, intruder_group: str) -> None:
     owner = env.add_agent("alpha", f"owner-{intruder_group}")
     intruder = env.add_agent(intruder_group, f"intruder-{intruder_group}")
-    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+    }
     initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-            "params": {"name": "whoami", "arguments": {"who": "hijack"}}}
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "whoami", "arguments": {"who": "hijack"}},
+    }
     received = Received()
     async with received.http_client() as http:
         opened = await http.post(env.server.mcp_url, json=initialize, headers={**JSON_HEADERS, **bearer(owner)})
         assert opened.status_code == 200, opened.text
         session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": LEGACY}
-        ack = await http.post(env.server.mcp_url, json=initialized,
-                              headers={**JSON_HEADERS, **session, **bearer(owner)})
+        ack = await http.post(
+            env.server.mcp_url, json=initialized, headers={**JSON_HEADERS, **session, **bearer(owner)}
+        )
         assert ack.status_code == 202, ack.text
 
         hijack = await http.post(env.server.mcp_url, json=call, headers={**JSON_HEADERS, **session, **bearer(intruder)})
-        listing = await http.post(env.server.mcp_url, headers={**JSON_HEADERS, **session, **bearer(intruder)},
-                                  json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"})
+        listing = await http.post(
+            env.server.mcp_url,
+            headers={**JSON_HEADERS, **session, **bearer(intruder)},
+            json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
+        )
         assert env.upstream.seen() == []
         own = await http.post(env.server.mcp_url, json=call, headers={**JSON_HEADERS, **session, **bearer(owner)})
 
@@ -620,13 +673,18 @@ async def test_an_sse_session_of_one_agent_is_refused_to_another(env: Setup) -> 
     sessions: list[str] = []
     received = Received()
     _, body = modern_call("whoami", {"who": "hijack"}, request_id=42)
-    sse = sse_client(env.server.sse_url, headers=bearer(owner), httpx_client_factory=received.sse_factory,
-                     on_session_created=sessions.append)
+    sse = sse_client(
+        env.server.sse_url,
+        headers=bearer(owner),
+        httpx_client_factory=received.sse_factory,
+        on_session_created=sessions.append,
+    )
     with anyio.fail_after(20):
         async with Client(sse) as client:
             async with received.http_client(intruder) as http:
-                hijack = await http.post(f"{env.server.base}/messages/?session_id={sessions[0]}", content=body,
-                                         headers=JSON_HEADERS)
+                hijack = await http.post(
+                    f"{env.server.base}/messages/?session_id={sessions[0]}", content=body, headers=JSON_HEADERS
+                )
             await anyio.sleep(0.2)  # had the message been taken, its call would have reached the upstream by now
             assert env.upstream.seen() == []
             own = await client.call_tool("whoami", {"who": "owner"})
@@ -657,8 +715,11 @@ async def test_audit_rows_carry_the_agent_name_and_agent_list_the_last_use(env: 
     ]
     deadline = time.monotonic() + 10
     while True:
-        rows = [(r["agent"], r["group"], r["tool"], r["credential"], r["outcome"])
-                for r in reversed(env.audit()) if r["agent"] in tokens]
+        rows = [
+            (r["agent"], r["group"], r["tool"], r["credential"], r["outcome"])
+            for r in reversed(env.audit())
+            if r["agent"] in tokens
+        ]
         if len(rows) >= len(expected) or time.monotonic() > deadline:
             break
         await anyio.sleep(0.1)
@@ -779,9 +840,26 @@ def test_binding_beyond_loopback_without_an_agent_refuses_to_start(tmp_path: Pat
             create_agent(world.store, "alpha", "gone")
             world.store.revoke_agent("gone")  # a revoked agent does not count
             proc = subprocess.run(
-                [sys.executable, "-m", "mcp_credgate", "serve", "--http", "--host", "0.0.0.0", "--port",
-                 str(free_port()), "--home", str(world.settings.home), "--tools-dir", str(world.tools_dir)],
-                capture_output=True, text=True, timeout=20, env=credgate_env(world.settings), stdin=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "mcp_credgate",
+                    "serve",
+                    "--http",
+                    "--host",
+                    "0.0.0.0",
+                    "--port",
+                    str(free_port()),
+                    "--home",
+                    str(world.settings.home),
+                    "--tools-dir",
+                    str(world.tools_dir),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                env=credgate_env(world.settings),
+                stdin=subprocess.DEVNULL,
             )
         finally:
             world.close()
@@ -792,4 +870,3 @@ def test_binding_beyond_loopback_without_an_agent_refuses_to_start(tmp_path: Pat
     assert len(errors) == 1, proc.stderr
     assert "refusing" in errors[0] and "credgate agent add" in errors[0]
     assert "serving MCP" not in proc.stderr
-

@@ -292,9 +292,11 @@ async def test_backup_while_the_gateway_serves_is_consistent_and_complete(tmp_pa
                     calls_done += 1
 
             async def cli_backup() -> None:
-                procs.append(await anyio.run_process(
-                    [*base, "backup", str(backups["process"])], check=False, env=env, cwd=tmp_path
-                ))
+                procs.append(
+                    await anyio.run_process(
+                        [*base, "backup", str(backups["process"])], check=False, env=env, cwd=tmp_path
+                    )
+                )
 
             with anyio.fail_after(90):
                 async with anyio.create_task_group() as tg:
@@ -357,10 +359,14 @@ def test_restore_round_trip_brings_the_old_state_back_and_keeps_the_replaced_sto
 
     result = team("restore", str(target))
     assert_ok(result)
-    assert read_all(home, tools_dir) == before_creds == {
-        "wk": {"api_key": WEATHER_KEY},
-        "acct": ACCOUNT,
-    }
+    assert (
+        read_all(home, tools_dir)
+        == before_creds
+        == {
+            "wk": {"api_key": WEATHER_KEY},
+            "acct": ACCOUNT,
+        }
+    )
     assert json.loads(team("group", "list", "--json").stdout) == before_groups
     assert (home / "credgate.db").stat().st_mode & 0o777 == 0o600
     names = sorted(p.name for p in home.iterdir())
@@ -472,9 +478,22 @@ def test_restore_in_a_real_process_refuses_random_bytes_in_one_line(
     before = snapshot(home)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CREDGATE_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "mcp_credgate", "--home", str(home), "--tools-dir", str(tools_dir), "restore",
-         str(junk)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "mcp_credgate",
+            "--home",
+            str(home),
+            "--tools-dir",
+            str(tools_dir),
+            "restore",
+            str(junk),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
     )
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -594,14 +613,16 @@ def test_doctor_reports_several_problems_one_line_each(team: CliRun, home: Path,
 
 
 @pytest.mark.sqlite_only  # bytes of the SQLite file overwritten; PostgreSQL checks its own pages
-def test_doctor_reports_a_store_that_fails_its_integrity_check(
-    team: CliRun, home: Path, tools_dir: Path
-) -> None:
+def test_doctor_reports_a_store_that_fails_its_integrity_check(team: CliRun, home: Path, tools_dir: Path) -> None:
     """Some bytes in the middle of the database (an audit page: most pages are) overwritten while nothing
     holds the file open: the doctor says so in one line, with exit 1 and no traceback."""
     with Store.open(settings_for(home, tools_dir), env={}) as store:
-        rows = [AuditRow(f"2025-01-01T00:00:{n % 60:02d}.000+00:00", "team", None, "weather", "wk", "ok", 1.5,
-                         f"ref{n:06d}") for n in range(3000)]
+        rows = [
+            AuditRow(
+                f"2025-01-01T00:00:{n % 60:02d}.000+00:00", "team", None, "weather", "wk", "ok", 1.5, f"ref{n:06d}"
+            )
+            for n in range(3000)
+        ]
         store.write_audit(rows)
     db = home / "credgate.db"
     assert not (home / "credgate.db-wal").exists()  # closed: checkpointed, nothing holds it open
@@ -623,8 +644,12 @@ def test_doctor_reports_a_store_that_fails_its_integrity_check(
 
 def test_doctor_reports_a_credential_that_no_longer_decrypts(run_cli: CliRun, settings: Settings) -> None:
     assert run_cli("init").exit_code == 0
-    assert run_cli("cred", "add", "wk", "--tool", "weather", "--from-json", "-",
-                   input='{"api_key": "wk_Zq9secretish01"}').exit_code == 0
+    assert (
+        run_cli(
+            "cred", "add", "wk", "--tool", "weather", "--from-json", "-", input='{"api_key": "wk_Zq9secretish01"}'
+        ).exit_code
+        == 0
+    )
     with raw_db(settings) as db:
         db.execute("UPDATE credential_values SET ciphertext = ?", (bytes(40),))
     result = run_cli("doctor")

@@ -95,8 +95,15 @@ def test_valid_oauth2_type_loads_with_its_companions(tmp_path: Path) -> None:
     spec = catalog.types["acme"]
     by_name = {f.name: f for f in spec.fields}
     assert list(by_name) == [
-        "token", "account", "client_id", "client_secret", "refresh_token", "expires_at", "scope",
-        "refreshed_at", "refresh_error",
+        "token",
+        "account",
+        "client_id",
+        "client_secret",
+        "refresh_token",
+        "expires_at",
+        "scope",
+        "refreshed_at",
+        "refresh_error",
     ]
     assert by_name["token"].secret and by_name["token"].required
     assert not by_name["client_id"].secret and by_name["client_id"].required
@@ -131,7 +138,10 @@ def test_provider_defaults_and_loopback_http_token_url(tmp_path: Path) -> None:
     provider = catalog.types["acme"].oauth
     assert provider is not None
     assert (provider.scopes, provider.pkce, provider.token_auth, dict(provider.authorize_params)) == (
-        (), True, "client_secret_basic", {}
+        (),
+        True,
+        "client_secret_basic",
+        {},
     )
 
 
@@ -191,17 +201,17 @@ def test_provider_defaults_and_loopback_http_token_url(tmp_path: Path) -> None:
             id="unknown-token-auth",
         ),
         pytest.param(
-            f"{OAUTH_FIELD},\n{{ name = \"client_id\", kind = \"text\" }}",
+            f'{OAUTH_FIELD},\n{{ name = "client_id", kind = "text" }}',
             "credential: field name 'client_id' is taken by the oauth2 field 'token'",
             id="companion-name-client_id",
         ),
         pytest.param(
-            f"{OAUTH_FIELD},\n{{ name = \"refresh_token\", kind = \"token\" }}",
+            f'{OAUTH_FIELD},\n{{ name = "refresh_token", kind = "token" }}',
             "credential: field name 'refresh_token' is taken by the oauth2 field 'token'",
             id="companion-name-refresh_token",
         ),
         pytest.param(
-            f"{OAUTH_FIELD},\n{{ name = \"expires_at\", kind = \"text\", required = false }}",
+            f'{OAUTH_FIELD},\n{{ name = "expires_at", kind = "text", required = false }}',
             "credential: field name 'expires_at' is taken by the oauth2 field 'token'",
             id="companion-name-expires_at",
         ),
@@ -320,11 +330,15 @@ def test_no_bearer_header_for_a_type_without_oauth2(tmp_path: Path) -> None:
         pytest.param({"expires_at": at(30)}, 60, "fresh", id="inside-margin-no-refresh-token"),
         pytest.param(  # refused once: expired until new tokens are stored, even with seconds left
             {"expires_at": at(30), "refresh_token": "rt", "refresh_error": "invalid_grant"},
-            60, "expired", id="inside-margin-refresh-error",
+            60,
+            "expired",
+            id="inside-margin-refresh-error",
         ),
         pytest.param(
             {"expires_at": at(3600), "refresh_token": "rt", "refresh_error": "invalid_grant"},
-            60, "fresh", id="outside-margin-refresh-error",
+            60,
+            "fresh",
+            id="outside-margin-refresh-error",
         ),
         pytest.param({"expires_at": at(30), "refresh_token": "rt"}, 10, "fresh", id="smaller-margin"),
         pytest.param({"expires_at": at(-5), "refresh_token": "rt"}, 60, "refresh", id="past-refreshable"),
@@ -332,7 +346,9 @@ def test_no_bearer_header_for_a_type_without_oauth2(tmp_path: Path) -> None:
         pytest.param({"expires_at": at(0)}, 60, "expired", id="expiring-now-no-refresh-token"),
         pytest.param(
             {"expires_at": at(-5), "refresh_token": "rt", "refresh_error": "invalid_grant (x)"},
-            60, "expired", id="past-refresh-error",
+            60,
+            "expired",
+            id="past-refresh-error",
         ),
         pytest.param(
             {"expires_at": "2025-06-01T14:00:30+02:00", "refresh_token": "rt"}, 60, "refresh", id="offset-zone"
@@ -427,7 +443,10 @@ def test_start_authorization_builds_the_request() -> None:
 
     parts = urlsplit(request.url)
     assert (parts.scheme, parts.netloc, parts.path, parts.fragment) == (
-        "https", "auth.example.com", "/oauth/authorize", ""
+        "https",
+        "auth.example.com",
+        "/oauth/authorize",
+        "",
     )
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     assert pairs[:2] == [("tenant", "acme"), ("x", "1")]  # the existing query stays, first
@@ -483,7 +502,7 @@ def test_code_from_callback() -> None:
     assert "access_denied" in str(refused.value)
 
     with pytest.raises(oauth.GrantRefused) as odd:  # provider text that is not an RFC 6749 error code
-        oauth.code_from_callback(request, {"state": state, "error": "a\nb <script>\"x\""})
+        oauth.code_from_callback(request, {"state": state, "error": 'a\nb <script>"x"'})
     assert odd.value.error == "unknown_error"
 
     with pytest.raises(oauth.OAuthError, match="no authorization code") as empty:
@@ -692,7 +711,7 @@ class Connecting:
         lines = list(self.err)
         heads = [i for i, line in enumerate(lines) if line.startswith("Open this address in a browser to connect ")]
         assert heads, "".join(lines)
-        following = [line for line in lines[heads[0] + 1:] if line.strip()]
+        following = [line for line in lines[heads[0] + 1 :] if line.strip()]
         assert following and following[0].startswith("    http"), "".join(lines)
         return following[0].strip()
 
@@ -721,8 +740,19 @@ def start_connect(home: Path, tools_dir: Path, tmp_path: Path) -> Iterator[Start
     started: list[subprocess.Popen[str]] = []
 
     def start(*args: str, stdin: str | None = None) -> Connecting:
-        command = [sys.executable, "-m", "mcp_credgate", "--home", str(home), "--tools-dir", str(tools_dir),
-                   "cred", "connect", *args, "--no-browser"]
+        command = [
+            sys.executable,
+            "-m",
+            "mcp_credgate",
+            "--home",
+            str(home),
+            "--tools-dir",
+            str(tools_dir),
+            "cred",
+            "connect",
+            *args,
+            "--no-browser",
+        ]
         proc = subprocess.Popen(
             command,
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
@@ -798,12 +828,19 @@ def completed(result: Result) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess([], result.exit_code, result.stdout, result.stderr)
 
 
-def connect_with_secret(start_connect: StartConnect, browser: httpx2.Client, name: str = "acme1") -> tuple[
-    subprocess.CompletedProcess[str], httpx2.Response
-]:
+def connect_with_secret(
+    start_connect: StartConnect, browser: httpx2.Client, name: str = "acme1"
+) -> tuple[subprocess.CompletedProcess[str], httpx2.Response]:
     """A whole successful connection of a new credential (client id by --set, secret by --from-json -)."""
     running = start_connect(
-        name, "--tool", "whoami", "--set", f"client_id={CLIENT_ID}", "--from-json", "-", "--json",
+        name,
+        "--tool",
+        "whoami",
+        "--set",
+        f"client_id={CLIENT_ID}",
+        "--from-json",
+        "-",
+        "--json",
         stdin=json.dumps({"client_secret": CLIENT_SECRET}),
     )
     page = browser.get(running.url)
@@ -814,7 +851,14 @@ def test_connect_end_to_end(
     acme: Store, provider: OAuthProvider, start_connect: StartConnect, browser: httpx2.Client
 ) -> None:
     running = start_connect(
-        "acme1", "--tool", "whoami", "--set", f"client_id={CLIENT_ID}", "--from-json", "-", "--json",
+        "acme1",
+        "--tool",
+        "whoami",
+        "--set",
+        f"client_id={CLIENT_ID}",
+        "--from-json",
+        "-",
+        "--json",
         stdin=json.dumps({"client_secret": CLIENT_SECRET}),
     )
     address = running.url
@@ -872,8 +916,12 @@ def test_connect_keeps_tokens_encrypted_at_rest(
 
 
 def test_connect_human_output_and_public_client(
-    provider: OAuthProvider, public_provider: OAuthProvider, tools_dir: Path, store: Store,
-    start_connect: StartConnect, browser: httpx2.Client,
+    provider: OAuthProvider,
+    public_provider: OAuthProvider,
+    tools_dir: Path,
+    store: Store,
+    start_connect: StartConnect,
+    browser: httpx2.Client,
 ) -> None:
     write_tool(tools_dir, "pubwho.toml", oauth_tool(public_provider, "pubwho", type_name="pub"))
     running = start_connect("pub1", "--type", "pub", "--set", f"client_id={CLIENT_ID}")
@@ -897,8 +945,9 @@ def test_reconnect_keeps_the_client_and_replaces_the_tokens(
     assert first.returncode == 0, first.stderr
     before = acme.read_credential("acme1")
     spec = acme_spec(tools_dir)
-    refused = spec.validate_values({"refresh_error": "invalid_grant (2025-06-01T12:00:00Z)"}, complete=False,
-                                   managed=True)
+    refused = spec.validate_values(
+        {"refresh_error": "invalid_grant (2025-06-01T12:00:00Z)"}, complete=False, managed=True
+    )
     acme.update_credential("acme1", refused, spec.secret_fields)  # as the gateway notes a refused refresh
     assert acme.read_credential("acme1")["refresh_error"].startswith("invalid_grant")
 
@@ -922,7 +971,11 @@ def test_reconnect_keeps_the_client_and_replaces_the_tokens(
 
 
 def test_a_reconnect_without_a_refresh_token_drops_the_old_one(
-    acme: Store, provider: OAuthProvider, start_connect: StartConnect, browser: httpx2.Client, tools_dir: Path,
+    acme: Store,
+    provider: OAuthProvider,
+    start_connect: StartConnect,
+    browser: httpx2.Client,
+    tools_dir: Path,
     run_credgate: ProcRun,
 ) -> None:
     """A reconnect whose token response has no refresh_token must not keep the refresh token of the grant it
@@ -931,9 +984,11 @@ def test_a_reconnect_without_a_refresh_token_drops_the_old_one(
     first, _ = connect_with_secret(start_connect, browser)
     assert first.returncode == 0, first.stderr
     spec = acme_spec(tools_dir)
-    acme.update_credential("acme1", spec.validate_values(
-        {"refresh_error": "invalid_grant (2025-06-01T12:00:00Z)"}, complete=False, managed=True
-    ), spec.secret_fields)
+    acme.update_credential(
+        "acme1",
+        spec.validate_values({"refresh_error": "invalid_grant (2025-06-01T12:00:00Z)"}, complete=False, managed=True),
+        spec.secret_fields,
+    )
 
     provider.omit_refresh_token = True  # the provider no longer issues refresh tokens to this client
     running = start_connect("acme1", "--tool", "whoami")
@@ -949,8 +1004,16 @@ def test_a_reconnect_without_a_refresh_token_drops_the_old_one(
 def test_connect_refuses_a_wrong_state(
     acme: Store, provider: OAuthProvider, start_connect: StartConnect, browser: httpx2.Client
 ) -> None:
-    running = start_connect("acme1", "--tool", "whoami", "--set", f"client_id={CLIENT_ID}", "--from-json", "-",
-                            stdin=json.dumps({"client_secret": CLIENT_SECRET}))
+    running = start_connect(
+        "acme1",
+        "--tool",
+        "whoami",
+        "--set",
+        f"client_id={CLIENT_ID}",
+        "--from-json",
+        "-",
+        stdin=json.dumps({"client_secret": CLIENT_SECRET}),
+    )
     to_listener = browser.get(running.url, follow_redirects=False)
     assert to_listener.status_code == 302
     parts = urlsplit(to_listener.headers["Location"])
@@ -977,8 +1040,18 @@ def test_connect_refuses_a_wrong_state(
 def test_connect_with_only_a_forged_redirect_stores_nothing(
     acme: Store, provider: OAuthProvider, start_connect: StartConnect, browser: httpx2.Client
 ) -> None:
-    running = start_connect("acme1", "--tool", "whoami", "--set", f"client_id={CLIENT_ID}", "--from-json", "-",
-                            "--timeout", "3", stdin=json.dumps({"client_secret": CLIENT_SECRET}))
+    running = start_connect(
+        "acme1",
+        "--tool",
+        "whoami",
+        "--set",
+        f"client_id={CLIENT_ID}",
+        "--from-json",
+        "-",
+        "--timeout",
+        "3",
+        stdin=json.dumps({"client_secret": CLIENT_SECRET}),
+    )
     parts = urlsplit(browser.get(running.url, follow_redirects=False).headers["Location"])
     query = dict(parse_qsl(parts.query)) | {"state": "forged"}
     page = browser.get(urlunsplit(parts._replace(query=urlencode(query))))
@@ -992,8 +1065,16 @@ def test_connect_with_only_a_forged_redirect_stores_nothing(
 def test_connect_refuses_a_pkce_mismatch(
     acme: Store, provider: OAuthProvider, start_connect: StartConnect, browser: httpx2.Client
 ) -> None:
-    running = start_connect("acme1", "--tool", "whoami", "--set", f"client_id={CLIENT_ID}", "--from-json", "-",
-                            stdin=json.dumps({"client_secret": CLIENT_SECRET}))
+    running = start_connect(
+        "acme1",
+        "--tool",
+        "whoami",
+        "--set",
+        f"client_id={CLIENT_ID}",
+        "--from-json",
+        "-",
+        stdin=json.dumps({"client_secret": CLIENT_SECRET}),
+    )
     parts = urlsplit(running.url)
     query = dict(parse_qsl(parts.query))
     query["code_challenge"] = pkce_challenge("x" * 64)  # an attacker's challenge: credgate's verifier won't fit
@@ -1036,8 +1117,18 @@ def test_listener_answers_other_paths_404_and_keeps_waiting(
     acme: Store, provider: OAuthProvider, start_connect: StartConnect, browser: httpx2.Client
 ) -> None:
     port = closed_port()
-    running = start_connect("acme1", "--tool", "whoami", "--set", f"client_id={CLIENT_ID}", "--from-json", "-",
-                            "--port", str(port), stdin=json.dumps({"client_secret": CLIENT_SECRET}))
+    running = start_connect(
+        "acme1",
+        "--tool",
+        "whoami",
+        "--set",
+        f"client_id={CLIENT_ID}",
+        "--from-json",
+        "-",
+        "--port",
+        str(port),
+        stdin=json.dumps({"client_secret": CLIENT_SECRET}),
+    )
     base = running.redirect_base
     assert base == f"http://127.0.0.1:{port}"
 
@@ -1063,21 +1154,34 @@ def test_connect_without_client_id_and_no_terminal(acme: Store, run_credgate: Pr
 
 
 def test_connect_refusals_before_listening(acme: Store, run_credgate: ProcRun) -> None:
-    no_oauth = run_credgate("cred", "connect", "wk", "--type", "weatherkey", "--set", "client_id=x",
-                            "--no-browser", input="")
+    no_oauth = run_credgate(
+        "cred", "connect", "wk", "--type", "weatherkey", "--set", "client_id=x", "--no-browser", input=""
+    )
     assert_failed(no_oauth, "type 'weatherkey' has no oauth2 field")
 
     both = run_credgate("cred", "connect", "c", "--type", "acme", "--tool", "whoami", "--no-browser", input="")
     assert both.returncode == 2 and "Traceback" not in both.stderr
 
-    managed = run_credgate("cred", "connect", "c", "--tool", "whoami", "--set", "client_id=x",
-                           "--set", "refresh_error=no", "--no-browser", input="")
+    managed = run_credgate(
+        "cred",
+        "connect",
+        "c",
+        "--tool",
+        "whoami",
+        "--set",
+        "client_id=x",
+        "--set",
+        "refresh_error=no",
+        "--no-browser",
+        input="",
+    )
     assert_failed(managed, "'refresh_error' is kept by credgate")
 
     added = run_credgate("cred", "add", "wk", "--type", "weatherkey", "--set", "api_key=wk_0123456789abcdef")
     assert added.returncode == 0, added.stderr
-    other_type = run_credgate("cred", "connect", "wk", "--tool", "whoami", "--set", "client_id=x",
-                              "--no-browser", input="")
+    other_type = run_credgate(
+        "cred", "connect", "wk", "--tool", "whoami", "--set", "client_id=x", "--no-browser", input=""
+    )
     assert_failed(other_type, "credential 'wk' has type 'weatherkey', not 'acme'")
     assert stored_names(acme) == ["wk"]
 
@@ -1087,8 +1191,19 @@ def test_connect_refuses_a_port_in_use(acme: Store, run_credgate: ProcRun) -> No
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_credgate("cred", "connect", "acme1", "--tool", "whoami", "--set", f"client_id={CLIENT_ID}",
-                              "--port", str(port), "--no-browser", input="")
+        result = run_credgate(
+            "cred",
+            "connect",
+            "acme1",
+            "--tool",
+            "whoami",
+            "--set",
+            f"client_id={CLIENT_ID}",
+            "--port",
+            str(port),
+            "--no-browser",
+            input="",
+        )
 
     assert_failed(result, f"cannot listen on 127.0.0.1:{port}")
     assert stored_names(acme) == []
@@ -1141,15 +1256,19 @@ def test_cred_add_from_json_of_existing_tokens_and_show(
 
 def test_cred_show_of_an_expired_token_without_refresh(acme: Store, run_credgate: ProcRun) -> None:
     values = {"client_id": "cid-1", "token": make_canary("at"), "expires_at": "2020-01-01T00:00:00Z"}
-    assert run_credgate("cred", "add", "old", "--tool", "whoami", "--from-json", "-",
-                        input=json.dumps(values)).returncode == 0
+    assert (
+        run_credgate("cred", "add", "old", "--tool", "whoami", "--from-json", "-", input=json.dumps(values)).returncode
+        == 0
+    )
 
     shown = run_credgate("cred", "show", "old")
     data = json.loads(run_credgate("cred", "show", "old", "--json").stdout)
 
     assert shown.returncode == 0, shown.stderr
-    assert ("    oauth2: EXPIRED at 2020-01-01T00:00:00Z: reconnect with `credgate cred connect`; "
-            "no refresh token; scope: -; last refresh: never") in shown.stdout.splitlines()
+    assert (
+        "    oauth2: EXPIRED at 2020-01-01T00:00:00Z: reconnect with `credgate cred connect`; "
+        "no refresh token; scope: -; last refresh: never"
+    ) in shown.stdout.splitlines()
     assert data["oauth"]["expired"] is True and data["oauth"]["can_refresh"] is False
     assert_no_leak(shown.stdout, values["token"])
 
@@ -1172,8 +1291,9 @@ def test_cred_add_refusals(
 ) -> None:
     values = {"client_id": "cid-1", "token": tokens["token"], **extra}
 
-    result = completed(run_cli("cred", "add", "acme1", "--tool", "whoami", "--from-json", "-",
-                               input=json.dumps(values)))
+    result = completed(
+        run_cli("cred", "add", "acme1", "--tool", "whoami", "--from-json", "-", input=json.dumps(values))
+    )
 
     assert_failed(result, expected)
     assert stored_names(acme) == []
@@ -1193,8 +1313,12 @@ def test_cred_add_refuses_an_impossible_expiry(acme: Store, run_cli: CliRun) -> 
 
 def test_cred_update_refuses_managed_fields(acme: Store, run_credgate: ProcRun) -> None:
     values = {"client_id": "cid-1", "token": "at-1"}
-    assert run_credgate("cred", "add", "acme1", "--tool", "whoami", "--from-json", "-",
-                        input=json.dumps(values)).returncode == 0
+    assert (
+        run_credgate(
+            "cred", "add", "acme1", "--tool", "whoami", "--from-json", "-", input=json.dumps(values)
+        ).returncode
+        == 0
+    )
 
     for name in ("refresh_error", "refreshed_at"):
         refused = run_credgate("cred", "update", "acme1", "--set", f"{name}=2025-01-01T00:00:00Z")
@@ -1204,8 +1328,9 @@ def test_cred_update_refuses_managed_fields(acme: Store, run_credgate: ProcRun) 
 
 def set_refresh_error(store: Store, spec: CredentialSpec, name: str) -> None:
     """What the gateway writes when the token endpoint refuses the refresh token."""
-    values = spec.validate_values({"refresh_error": "invalid_grant (2025-06-01T12:00:00Z)"}, complete=False,
-                                  managed=True)
+    values = spec.validate_values(
+        {"refresh_error": "invalid_grant (2025-06-01T12:00:00Z)"}, complete=False, managed=True
+    )
     store.update_credential(name, values, spec.secret_fields)
 
 
@@ -1234,13 +1359,22 @@ def test_cred_update_of_a_token_clears_refresh_error(
     ("values", "refused", "status"),
     [
         pytest.param({"expires_at": "2020-01-01T00:00:00Z"}, False, "expired", id="expired-no-refresh-token"),
-        pytest.param({"expires_at": "2020-01-01T00:00:00Z", "refresh_token": "rt-1"}, True, "expired",
-                     id="expired-refresh-refused"),
-        pytest.param({"expires_at": "2020-01-01T00:00:00Z", "refresh_token": "rt-1"}, False, "ready",
-                     id="expired-but-refreshable"),
+        pytest.param(
+            {"expires_at": "2020-01-01T00:00:00Z", "refresh_token": "rt-1"},
+            True,
+            "expired",
+            id="expired-refresh-refused",
+        ),
+        pytest.param(
+            {"expires_at": "2020-01-01T00:00:00Z", "refresh_token": "rt-1"},
+            False,
+            "ready",
+            id="expired-but-refreshable",
+        ),
         pytest.param({"expires_at": "2099-01-01T00:00:00Z"}, False, "ready", id="valid-no-refresh-token"),
-        pytest.param({"expires_at": "2099-01-01T00:00:00Z", "refresh_token": "rt-1"}, True, "ready",
-                     id="valid-refresh-refused"),
+        pytest.param(
+            {"expires_at": "2099-01-01T00:00:00Z", "refresh_token": "rt-1"}, True, "ready", id="valid-refresh-refused"
+        ),
         pytest.param({}, False, "ready", id="no-expiry"),
     ],
 )
@@ -1248,8 +1382,16 @@ def test_group_show_status_of_a_bound_oauth2_credential(
     acme: Store, run_cli: CliRun, tools_dir: Path, values: Mapping[str, str], refused: bool, status: str
 ) -> None:
     token = make_canary("at")
-    added = run_cli("cred", "add", "acme1", "--tool", "whoami", "--from-json", "-",
-                    input=json.dumps({"client_id": "cid-1", "token": token, **values}))
+    added = run_cli(
+        "cred",
+        "add",
+        "acme1",
+        "--tool",
+        "whoami",
+        "--from-json",
+        "-",
+        input=json.dumps({"client_id": "cid-1", "token": token, **values}),
+    )
     assert added.exit_code == 0, added.output
     if refused:
         set_refresh_error(acme, acme_spec(tools_dir), "acme1")

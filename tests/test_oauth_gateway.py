@@ -259,8 +259,17 @@ async def test_20_concurrent_calls_on_an_expiring_token_make_one_refresh(tmp_pat
 def serve_params(world: World, errlog_dir: Path) -> StdioServerParameters:
     return StdioServerParameters(
         command=sys.executable,
-        args=["-m", "mcp_credgate", "serve", "--group", GROUP, "--home", str(world.settings.home),
-              "--tools-dir", str(world.tools_dir)],
+        args=[
+            "-m",
+            "mcp_credgate",
+            "serve",
+            "--group",
+            GROUP,
+            "--home",
+            str(world.settings.home),
+            "--tools-dir",
+            str(world.tools_dir),
+        ],
         env={"PYTHONUNBUFFERED": "1", **store_env(world.settings)},
         cwd=errlog_dir,
     )
@@ -365,8 +374,16 @@ async def test_invalid_grant_gives_credential_expired_until_new_tokens_are_store
             assert (status.status, status.credential) == ("expired", CRED)
             shown = CliRunner().invoke(
                 cli,
-                ["--home", str(world.settings.home), "--tools-dir", str(world.tools_dir),
-                 "group", "show", GROUP, "--json"],
+                [
+                    "--home",
+                    str(world.settings.home),
+                    "--tools-dir",
+                    str(world.tools_dir),
+                    "group",
+                    "show",
+                    GROUP,
+                    "--json",
+                ],
                 env={},
                 catch_exceptions=False,
             )
@@ -379,9 +396,14 @@ async def test_invalid_grant_gives_credential_expired_until_new_tokens_are_store
             provider.invalid_grant = False
             issued = provider.issue_tokens()
             admin.update_credential(
-                world.store, world.catalog, CRED,
-                {"token": issued["access_token"], "refresh_token": issued["refresh_token"],
-                 "expires_at": in_seconds(3600)},
+                world.store,
+                world.catalog,
+                CRED,
+                {
+                    "token": issued["access_token"],
+                    "refresh_token": issued["refresh_token"],
+                    "expires_at": in_seconds(3600),
+                },
             )
             repaired = stored(world)
             assert "refresh_error" not in repaired and repaired["refresh_token"] == issued["refresh_token"]
@@ -599,8 +621,12 @@ async def test_no_token_or_client_secret_leaks_through_refresh_invalid_grant_or_
             assert provider.refresh_requests == 4
             await transcript.call_refused(client, "nope", {})
 
-        issued = [old["token"], old["refresh_token"], str(provider.current_access_token),
-                  str(provider.current_refresh_token)]
+        issued = [
+            old["token"],
+            old["refresh_token"],
+            str(provider.current_access_token),
+            str(provider.current_refresh_token),
+        ]
         assert all(t.startswith(prefix) for t in issued)
         secrets_ = (prefix, client_secret, *issued)
         assert_no_leak(transcript.text(), *secrets_)
@@ -618,8 +644,10 @@ async def test_no_token_or_client_secret_leaks_through_refresh_invalid_grant_or_
 
 
 async def test_tokens_that_live_less_than_the_margin_still_make_one_refresh_for_20_calls(tmp_path: Path) -> None:
-    with running_oauth_provider(client_secret="acme-secret", access_ttl=30) as provider, \
-            oauth_world(tmp_path, provider) as world:
+    with (
+        running_oauth_provider(client_secret="acme-secret", access_ttl=30) as provider,
+        oauth_world(tmp_path, provider) as world,
+    ):
         add_acme(world, provider, expires_in=-1)  # every new token is "due" at once (30 s < the 60 s margin)
         provider.token_delay = 0.3
         results: list[types.CallToolResult] = []

@@ -65,7 +65,10 @@ async def test_sighup_reloads_a_running_http_server(tmp_path: Path) -> None:
     env = credgate_env(world.settings)
     added = subprocess.run(
         [sys.executable, "-m", "mcp_credgate", "agent", "add", "g", "a", "--json", *common],
-        capture_output=True, text=True, env=env, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     )
     token = json.loads(added.stdout)["token"]
     port = _free_port()
@@ -73,7 +76,10 @@ async def test_sighup_reloads_a_running_http_server(tmp_path: Path) -> None:
     with log.open("wb") as err:
         server = subprocess.Popen(
             [sys.executable, "-m", "mcp_credgate", "serve", "--http", "--port", str(port), *common],
-            stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            env=env,
         )
     try:
         deadline = time.monotonic() + 20

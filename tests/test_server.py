@@ -44,14 +44,23 @@ def declarations(up: Upstream) -> dict[str, str]:
         "whoami": http_tool("whoami", up.url("/echo"), query='{ n = "{args.n}" }', properties=N_PROP),
         "fail500": http_tool("fail500", up.url("/status/500")),
         "refused": http_tool("refused", f"http://127.0.0.1:{closed_port()}/"),
-        "crash": python_tool("crash", "sample_handlers:raise_with_secret", credential='type = "svc"\n'
-                             'fields = [ { name = "token", kind = "token" } ]'),
-        "leak": python_tool("leak", "sample_handlers:echo_token", credential='type = "svc"\n'
-                            'fields = [ { name = "token", kind = "token" } ]'),
+        "crash": python_tool(
+            "crash",
+            "sample_handlers:raise_with_secret",
+            credential='type = "svc"\nfields = [ { name = "token", kind = "token" } ]',
+        ),
+        "leak": python_tool(
+            "leak",
+            "sample_handlers:echo_token",
+            credential='type = "svc"\nfields = [ { name = "token", kind = "token" } ]',
+        ),
         "clock": python_tool("clock", "mcp_credgate.examples:utc_now"),
-        "unbound": http_tool("unbound", up.url("/echo"), credential='type = "other"\n'
-                             'fields = [ { name = "api_key", kind = "api_key" } ]',
-                             headers='{ X-Api-Key = "{cred.api_key}" }'),
+        "unbound": http_tool(
+            "unbound",
+            up.url("/echo"),
+            credential='type = "other"\nfields = [ { name = "api_key", kind = "api_key" } ]',
+            headers='{ X-Api-Key = "{cred.api_key}" }',
+        ),
     }
 
 
@@ -208,7 +217,9 @@ async def test_a_key_rotation_takes_effect_on_the_next_call_without_restart(worl
     assert not after.is_error, result_text(after)
     assert not newest.is_error, result_text(newest)
     assert [s.header("Authorization") for s in upstream.seen()] == [
-        f"Bearer {TOKEN_A}", f"Bearer {TOKEN_A}", f"Bearer {TOKEN_C}",
+        f"Bearer {TOKEN_A}",
+        f"Bearer {TOKEN_A}",
+        f"Bearer {TOKEN_C}",
     ]
 
 

@@ -39,18 +39,22 @@ pytestmark = pytest.mark.anyio
 TESTS_DIR = Path(__file__).resolve().parent
 TOKEN = make_canary("IO", rich=True)
 OTHER_TOKEN = make_canary("IX")
-HANDLERS = '''
+HANDLERS = """
 def explode(args, credential):
     raise RuntimeError("rejected " + credential["token"])
-'''
+"""
 
 
 @pytest.fixture
 def world(tmp_path: Path, upstream: Upstream) -> Iterator[World]:
     svc = 'type = "svc"\n' + TOKEN_FIELDS
     tools = {
-        "whoami": http_tool("whoami", upstream.url("/echo"), query='{ n = "{args.n}" }',
-                            properties='properties.n = { type = "integer" }'),
+        "whoami": http_tool(
+            "whoami",
+            upstream.url("/echo"),
+            query='{ n = "{args.n}" }',
+            properties='properties.n = { type = "integer" }',
+        ),
         "explode": python_tool("explode", "stdio_handlers:explode", credential=svc),
         "unbound": http_tool("unbound", upstream.url("/echo"), credential='type = "other"\n' + TOKEN_FIELDS),
         "hidden": http_tool("hidden", upstream.url("/echo")),
@@ -100,7 +104,10 @@ async def test_serve_over_stdio_runs_the_groups_tools_without_leaking(
 
     assert warned.is_error
     assert warned.structured_content == {
-        "warning": "missing_credential", "tool": "unbound", "group": "desk", "credential_type": "other",
+        "warning": "missing_credential",
+        "tool": "unbound",
+        "group": "desk",
+        "credential_type": "other",
         "missing_fields": ["token"],
         "setup_url": "http://127.0.0.1:8765/groups/desk/tools/unbound/setup",
         "setup_command": "credgate cred add <name> --tool unbound && credgate bind desk unbound <name>",
@@ -136,8 +143,12 @@ async def test_serve_takes_the_group_from_credgate_group(world: World, tmp_path:
 
 def run_serve(world: World, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, *serve_args(world, *args)], capture_output=True, text=True, timeout=30,
-        env={**credgate_env(world.settings), **(env or {})}, stdin=subprocess.DEVNULL,
+        [sys.executable, *serve_args(world, *args)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**credgate_env(world.settings), **(env or {})},
+        stdin=subprocess.DEVNULL,
     )
 
 

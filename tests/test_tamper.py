@@ -193,7 +193,9 @@ def world(tmp_path: Path, upstream: Upstream) -> Iterator[World]:
         if cred.startswith("svc")
     }
     tools["tool_d"] = http_tool(
-        "tool_d", upstream.url("/tool_d"), credential=ACCT,
+        "tool_d",
+        upstream.url("/tool_d"),
+        credential=ACCT,
         headers='{ X-User = "{cred.username}", X-Pass = "{cred.password}" }',
     )
     w = World.create(tmp_path, tools)
@@ -208,8 +210,9 @@ def world(tmp_path: Path, upstream: Upstream) -> Iterator[World]:
 
 
 def sent_secret(upstream: Upstream, tool: str) -> list[tuple[str | None, ...]]:
-    return [(s.header("X-Token"), s.header("X-User"), s.header("X-Pass")) for s in upstream.seen()
-            if s.path == f"/{tool}"]
+    return [
+        (s.header("X-Token"), s.header("X-User"), s.header("X-Pass")) for s in upstream.seen() if s.path == f"/{tool}"
+    ]
 
 
 def expected_secret(cred: str) -> tuple[str | None, ...]:
@@ -250,9 +253,21 @@ def check_refusal(transcript: Transcript, upstream: Upstream, case: Case) -> Non
 
 def run_credgate(world: World, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mcp_credgate", "--home", str(world.settings.home),
-         "--tools-dir", str(world.tools_dir), *args],
-        capture_output=True, text=True, env=credgate_env(world.settings), timeout=60, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "mcp_credgate",
+            "--home",
+            str(world.settings.home),
+            "--tools-dir",
+            str(world.tools_dir),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=credgate_env(world.settings),
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -301,10 +316,14 @@ async def test_a_tampered_credential_is_refused_by_name_and_the_others_keep_work
     assert listed.exit_code == 0 and all(name in listed.stdout for name in TOOL_OF), listed.output
 
     # the remedy the refusal names (`credgate cred update NAME --from-json -`, every field) sets it up again
-    fresh = {"username": "fresh-user", "password": "fresh password"} if case.target == "acct-d" else {
-        "token": "fresh-token"}
-    updated = runner.invoke(cli, [*base, "cred", "update", case.target, "--from-json", "-"],
-                            input=json.dumps(fresh), catch_exceptions=False)
+    fresh = (
+        {"username": "fresh-user", "password": "fresh password"}
+        if case.target == "acct-d"
+        else {"token": "fresh-token"}
+    )
+    updated = runner.invoke(
+        cli, [*base, "cred", "update", case.target, "--from-json", "-"], input=json.dumps(fresh), catch_exceptions=False
+    )
     assert updated.exit_code == 0, updated.output
     async with world.gateway() as gw, connect(gw, GROUP) as client:
         upstream.clear()
