@@ -15,14 +15,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from gateway_support import Upstream, credgate_env, running_upstream
-from postgres_support import (  # the hooks that run the suite on both backends
+
+from mcp_credgate.cli import cli
+from mcp_credgate.config import DEFAULT_PUBLIC_URL, Settings
+from mcp_credgate.declarations import Catalog, load_catalog
+from mcp_credgate.store import Store
+from tests.support.cli import CliRun, ProcRun
+from tests.support.gateway import Upstream, credgate_env, running_upstream
+from tests.support.postgres import (  # the hooks that run the suite on both backends
     POSTGRES_URL,
     database_url_for,
     drop_schema,
@@ -33,13 +38,9 @@ from postgres_support import (  # the hooks that run the suite on both backends
     pytest_terminal_summary,
     pytest_unconfigure,
 )
+from tests.support.samples import SAMPLE_TOOLS, database_url, write_tool
 
-from mcp_credgate.cli import cli
-from mcp_credgate.config import DEFAULT_PUBLIC_URL, Settings
-from mcp_credgate.declarations import Catalog, load_catalog
-from mcp_credgate.store import Store
-
-__all__ = [
+__all__ = [  # the PostgreSQL plugin's hooks, re-exported for pytest to find
     "pytest_addoption",
     "pytest_collection_modifyitems",
     "pytest_configure",
@@ -47,99 +48,6 @@ __all__ = [
     "pytest_terminal_summary",
     "pytest_unconfigure",
 ]
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-REPO_TOOLS_DIR = REPO_ROOT / "tools.d"
-
-# The tools every test can rely on (see `tools_dir`):
-#   echo      python handler, no credential
-#   weather   http handler, credential type "weatherkey" (api_key, secret, pattern ^wk_…)
-#   forecast  http handler, the same type "weatherkey" (shares its credentials with `weather`)
-#   login     python handler, credential type "account" (username: not secret; password: secret;
-#             note: optional text)
-SAMPLE_TOOLS: dict[str, str] = {
-    "echo.toml": """
-        name = "echo"
-        description = "Echo the given text back."
-
-        [input_schema]
-        type = "object"
-        required = ["text"]
-        properties.text = { type = "string" }
-
-        [handler]
-        kind = "python"
-        entrypoint = "mcp_credgate.examples:echo"
-    """,
-    "weather.toml": """
-        name = "weather"
-        description = "Current weather for a city."
-
-        [input_schema]
-        type = "object"
-        properties.city = { type = "string" }
-
-        [credential]
-        type = "weatherkey"
-        fields = [
-          { name = "api_key", kind = "api_key", required = true, pattern = '^wk_[A-Za-z0-9]{8,}$' },
-        ]
-
-        [handler]
-        kind = "http"
-        url = "https://weather.example.com/v1/current"
-        query = { city = "{args.city}" }
-        headers = { "X-Api-Key" = "{cred.api_key}" }
-    """,
-    "forecast.toml": """
-        name = "forecast"
-        description = "Weather forecast for a city."
-
-        [input_schema]
-        type = "object"
-        properties.city = { type = "string" }
-
-        [credential]
-        type = "weatherkey"
-        fields = [
-          { name = "api_key", kind = "api_key", required = true, pattern = '^wk_[A-Za-z0-9]{8,}$' },
-        ]
-
-        [handler]
-        kind = "http"
-        url = "https://weather.example.com/v1/forecast"
-        query = { city = "{args.city}" }
-        headers = { "X-Api-Key" = "{cred.api_key}" }
-    """,
-    "login.toml": """
-        name = "login"
-        description = "Sign in to the demo account service."
-
-        [credential]
-        type = "account"
-        fields = [
-          { name = "username", kind = "username" },
-          { name = "password", kind = "password" },
-          { name = "note", kind = "text", required = false },
-        ]
-
-        [handler]
-        kind = "python"
-        entrypoint = "mcp_credgate.examples:account_login"
-    """,
-}
-
-# Values that pass the sample types' validation.
-WEATHER_KEY = "wk_0123456789abcdef"
-ACCOUNT = {"username": "alice", "password": "correct horse battery staple"}
-
-
-def write_tool(folder: Path, filename: str, text: str) -> Path:
-    """Write one declaration file (the text is dedented, so tests may indent it)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / filename
-    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(autouse=True)
@@ -161,11 +69,6 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         yield name
     finally:
         drop_schema(server, schema)
-
-
-def database_url() -> str | None:
-    """The PostgreSQL URL of this test's store (None on SQLite), for settings built by hand."""
-    return os.environ.get("CREDGATE_DATABASE_URL")
 
 
 @pytest.fixture
@@ -206,9 +109,6 @@ def store(settings: Settings) -> Iterator[Store]:
         opened.close()
 
 
-CliRun = Callable[..., Result]
-
-
 @pytest.fixture
 def run_cli(home: Path, tools_dir: Path) -> CliRun:
     """Invoke `credgate --home HOME --tools-dir TOOLS ARGS...` in-process with click's CliRunner.
@@ -227,9 +127,6 @@ def run_cli(home: Path, tools_dir: Path) -> CliRun:
         )
 
     return run
-
-
-ProcRun = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture

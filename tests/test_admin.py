@@ -14,13 +14,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE_TOOLS, CliRun, write_tool
-from gateway_support import credgate_env
 
 from mcp_credgate import admin
 from mcp_credgate.config import Settings
 from mcp_credgate.declarations import load_catalog
 from mcp_credgate.store import Store
+from tests.support.cli import CliRun
+from tests.support.gateway import credgate_env
+from tests.support.samples import SAMPLE_TOOLS, write_tool
 
 CRED = '{"api_key": "wk_abcdefgh12345"}'
 

@@ -14,14 +14,13 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from click.testing import Result
-from conftest import CliRun, ProcRun
-from gateway_support import leaks
-from raw_db import raw_db
 
 from mcp_credgate.agents import AgentTokenVerifier, new_token, token_hash
 from mcp_credgate.config import Settings
 from mcp_credgate.store import Store
+from tests.support.cli import CliRun, ProcRun, assert_refused, out
+from tests.support.gateway import leaks
+from tests.support.raw_db import raw_db
 
 pytestmark = pytest.mark.anyio
 
@@ -34,21 +33,6 @@ def groups(store: Store, run_cli: CliRun) -> Store:
     for name in ("research", "ops"):
         assert run_cli("group", "add", name).exit_code == 0
     return store
-
-
-def out(result: Result) -> str:
-    return result.stdout + result.stderr
-
-
-def assert_refused(result: Result, *expected: str) -> str:
-    """Exit 1, exactly one line on stderr containing each expected text, no traceback."""
-    assert result.exit_code == 1, out(result)
-    assert "Traceback" not in out(result)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for text in expected:
-        assert text in lines[0], lines[0]
-    return lines[0]
 
 
 def add_agent(run_cli: CliRun, group: str, name: str) -> str:

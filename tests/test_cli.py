@@ -14,42 +14,18 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from conftest import ACCOUNT, WEATHER_KEY, CliRun, ProcRun, database_url, write_tool
-from gateway_support import credgate_env
-from raw_db import data_folder_files, raw_db, store_contents
 
 from mcp_credgate.config import Settings
 from mcp_credgate.crypto import MasterKey
 from mcp_credgate.store import AuditRow, Store, store_exists, store_location
+from tests.support.cli import CliRun, ProcRun, assert_ok, assert_refused, assert_usage_error, out
+from tests.support.gateway import credgate_env
+from tests.support.raw_db import data_folder_files, raw_db, store_contents
+from tests.support.samples import ACCOUNT, WEATHER_KEY, database_url, write_tool
 
 MISMATCH = "master key does not match this store"
 LONG_PASSWORD = ACCOUNT["password"]  # 28 characters: shows as ••••aple
 SHORT_SECRET = "tiny-secret"  # 11 characters: shows as •••• only
-
-
-def out(result: Result) -> str:
-    return result.stdout + result.stderr
-
-
-def assert_ok(result: Result) -> None:
-    assert result.exit_code == 0, out(result)
-    assert "Traceback" not in out(result)
-
-
-def assert_refused(result: Result, *expected: str) -> str:
-    """Exit 1 with exactly one line on stderr (containing each expected text) and no traceback."""
-    assert result.exit_code == 1, out(result)
-    assert "Traceback" not in out(result)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for text in expected:
-        assert text in lines[0], lines[0]
-    return lines[0]
-
-
-def assert_usage_error(result: Result) -> None:
-    assert result.exit_code == 2, out(result)
-    assert "Traceback" not in out(result)
 
 
 def as_json(result: Result) -> object:

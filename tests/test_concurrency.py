@@ -20,7 +20,10 @@ from typing import Any
 
 import anyio
 import pytest
-from gateway_support import (
+from mcp import Client
+
+from mcp_credgate.store import Store
+from tests.support.gateway import (
     TOKEN_FIELDS,
     Upstream,
     World,
@@ -31,10 +34,7 @@ from gateway_support import (
     make_canary,
     result_text,
 )
-from mcp import Client
-from raw_db import raw_db
-
-from mcp_credgate.store import Store
+from tests.support.raw_db import raw_db
 
 pytestmark = pytest.mark.anyio
 

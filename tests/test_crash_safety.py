@@ -41,17 +41,17 @@ import anyio
 import psycopg
 import pytest
 from click.testing import CliRunner
-from conftest import WEATHER_KEY
-from gateway_support import TOKEN_FIELDS, Upstream, World, credgate_env, http_tool, make_canary, store_env
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
-from raw_db import raw_db
 
 from mcp_credgate import admin
 from mcp_credgate.cli import cli
 from mcp_credgate.config import Settings
 from mcp_credgate.declarations import load_catalog
 from mcp_credgate.store import Store
+from tests.support.gateway import TOKEN_FIELDS, Upstream, World, credgate_env, http_tool, make_canary, store_env
+from tests.support.raw_db import raw_db
+from tests.support.samples import WEATHER_KEY
 
 KILLED = -signal.SIGKILL
 

@@ -29,20 +29,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import pytest
-from gateway_support import (
-    Upstream,
-    World,
-    connect,
-    http_tool,
-    leaks,
-    make_canary,
-    python_tool,
-    result_text,
-)
-from oauth_provider import OAuthProvider, oauth_tool, running_oauth_provider
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
-from test_http_app import modern_call
 
 from mcp_credgate.agents import create_agent
 from mcp_credgate.credential import mask
@@ -53,6 +41,18 @@ from mcp_credgate.web import session as web_session
 from mcp_credgate.web.app import build_dashboard_app, routes
 from mcp_credgate.web.session import COOKIE_NAME, SESSION_SECONDS, new_admin_secret
 from mcp_credgate.web.site import Site
+from tests.support.gateway import (
+    Upstream,
+    World,
+    connect,
+    http_tool,
+    leaks,
+    make_canary,
+    python_tool,
+    result_text,
+)
+from tests.support.http_server import modern_call
+from tests.support.oauth_provider import OAuthProvider, oauth_tool, running_oauth_provider
 
 BASE = "http://127.0.0.1:8765"
 MASK = mask("")  # the mask alone, as a short value shows

@@ -17,14 +17,14 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from gateway_support import World, http_tool, make_canary, result_text, running_upstream
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from oauth_provider import oauth_tool, running_oauth_provider
-from test_http_app import Server, start_server
 
 from mcp_credgate.agents import create_agent
 from mcp_credgate.web.session import new_admin_secret
+from tests.support.gateway import World, http_tool, make_canary, result_text, running_upstream
+from tests.support.http_server import Server, start_server
+from tests.support.oauth_provider import oauth_tool, running_oauth_provider
 
 CHROMIUM = os.environ.get("CREDGATE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_TOOLS_DIR, write_tool
 
 from mcp_credgate.declarations import Catalog, CredentialSpec, load_catalog
 from mcp_credgate.errors import CredentialValueError, DeclarationError
+from tests.support.samples import REPO_TOOLS_DIR, write_tool
 
 pytestmark = pytest.mark.no_store  # never touches a store: runs once, not per backend
 

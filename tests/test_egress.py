@@ -27,7 +27,9 @@ import anyio
 import httpx2
 import mcp_types as types
 import pytest
-from gateway_support import (
+from mcp import Client
+
+from tests.support.gateway import (
     ACCOUNT_FIELDS,
     Seen,
     Transcript,
@@ -42,7 +44,6 @@ from gateway_support import (
     result_text,
     running_upstream,
 )
-from mcp import Client
 
 pytestmark = pytest.mark.anyio
 

@@ -3,7 +3,7 @@ group; what an upstream sends on its own (log lines, progress, sampling, elicita
 cancellations) routed to the agent request it belongs to, redacted, and never to another agent.
 
 Nothing is mocked. Upstreams are real processes: the conformance suite's fixture server
-(conformance/upstream_server.py) and tests/front_upstream.py, which echoes its token everywhere a gateway must
+(conformance/upstream_server.py) and tests/support/front_upstream.py, which echoes its token everywhere a gateway must
 redact it and records what it saw (the `events` tool, and $FRONT_DIR/events.jsonl). They run over stdio,
 started by the gateway, and once over Streamable HTTP on 127.0.0.1. Agents are the SDK's `Client`: in memory
 against `build_server(...)` (`mode="legacy"` for the handshake-era features: sampling, elicitation,
@@ -29,18 +29,6 @@ import anyio
 import mcp_types as types
 import pytest
 from click.testing import CliRunner
-from gateway_support import (
-    World,
-    assert_no_leak,
-    assert_no_leak_at_rest,
-    closed_port,
-    listening_process,
-    make_canary,
-    python_tool,
-    result_text,
-    store_env,
-    teed_serve,
-)
 from mcp import Client
 from mcp.client.context import ClientRequestContext
 from mcp.client.stdio import stdio_client
@@ -54,6 +42,19 @@ from mcp_credgate.declarations import McpHandler, load_catalog
 from mcp_credgate.errors import DeclarationError
 from mcp_credgate.handlers.upstream import upstream_pool
 from mcp_credgate.server import Caller, Gateway, build_server
+from tests.support import REPO_ROOT, SUPPORT_DIR
+from tests.support.gateway import (
+    World,
+    assert_no_leak,
+    assert_no_leak_at_rest,
+    closed_port,
+    listening_process,
+    make_canary,
+    python_tool,
+    result_text,
+    store_env,
+    teed_serve,
+)
 
 pytestmark = [
     pytest.mark.anyio,
@@ -61,9 +62,8 @@ pytestmark = [
     pytest.mark.filterwarnings(f"ignore::{MCPDeprecationWarning.__module__}.{MCPDeprecationWarning.__name__}"),
 ]
 
-TESTS_DIR = Path(__file__).resolve().parent
-FIXTURE = TESTS_DIR / "front_upstream.py"
-CONFORMANCE = TESTS_DIR.parent / "conformance" / "upstream_server.py"
+FIXTURE = SUPPORT_DIR / "front_upstream.py"
+CONFORMANCE = REPO_ROOT / "conformance" / "upstream_server.py"
 
 TOKEN = make_canary("FR", rich=True)  # the credential of the `fr` upstream: its fixture echoes it everywhere
 OTHER_TOKEN = make_canary("FO")

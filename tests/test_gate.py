@@ -6,12 +6,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gateway_support import PUBLIC_URL, TOKEN_FIELDS, World, http_tool, make_canary, python_tool, rotate_master_key
-from raw_db import raw_db
 
 from mcp_credgate.declarations import load_catalog
 from mcp_credgate.gate import CredentialWarning, Gate, InvalidArguments, Ready, Unknown
 from mcp_credgate.store import Store
+from tests.support.gateway import (
+    PUBLIC_URL,
+    TOKEN_FIELDS,
+    World,
+    http_tool,
+    make_canary,
+    python_tool,
+    rotate_master_key,
+)
+from tests.support.raw_db import raw_db
 
 SEARCH_PROPS = (
     'required = ["query"]\n'

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-from gateway_support import (
+from mcp import Client
+
+from tests.support.gateway import (
     ACCOUNT_FIELDS,
     Upstream,
     World,
@@ -23,7 +25,6 @@ from gateway_support import (
     running_upstream,
     secret_forms,
 )
-from mcp import Client
 
 pytestmark = pytest.mark.anyio
 

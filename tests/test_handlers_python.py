@@ -10,8 +10,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-import sample_handlers
-from gateway_support import (
+from mcp import Client
+
+from tests.support import sample_handlers
+from tests.support.gateway import (
     TOKEN_FIELDS,
     Transcript,
     World,
@@ -21,7 +23,6 @@ from gateway_support import (
     python_tool,
     result_text,
 )
-from mcp import Client
 
 pytestmark = pytest.mark.anyio
 
@@ -29,18 +30,24 @@ SVC = 'type = "svc"\n' + TOKEN_FIELDS
 N_PROP = 'properties.n = { type = "integer" }'
 TAG_PROP = 'properties.tag = { type = "string" }'
 TOOLS = {
-    "py_sync": python_tool("py_sync", "sample_handlers:sync_report", credential=SVC, properties=N_PROP),
-    "py_async": python_tool("py_async", "sample_handlers:async_report", credential=SVC, properties=N_PROP),
-    "py_nocred": python_tool("py_nocred", "sample_handlers:sync_report"),
-    "py_list": python_tool("py_list", "sample_handlers:returns_list"),
-    "py_leak": python_tool("py_leak", "sample_handlers:echo_token", credential=SVC),
-    "py_repr": python_tool("py_repr", "sample_handlers:show_credential", credential=SVC),
-    "py_raise": python_tool("py_raise", "sample_handlers:raise_with_secret", credential=SVC),
-    "py_async_raise": python_tool("py_async_raise", "sample_handlers:async_raise_with_secret", credential=SVC),
-    "py_overwrite": python_tool("py_overwrite", "sample_handlers:overwrite_credential", credential=SVC),
-    "py_slow": python_tool("py_slow", "sample_handlers:sleep_long", credential=SVC, extra="timeout = 0.3"),
-    "py_slow_sync": python_tool("py_slow_sync", "sample_handlers:sleep_long_sync", extra="timeout = 0.3"),
-    "py_wait": python_tool("py_wait", "sample_handlers:wait_for_cancel", properties=TAG_PROP),
+    "py_sync": python_tool("py_sync", "tests.support.sample_handlers:sync_report", credential=SVC, properties=N_PROP),
+    "py_async": python_tool(
+        "py_async", "tests.support.sample_handlers:async_report", credential=SVC, properties=N_PROP
+    ),
+    "py_nocred": python_tool("py_nocred", "tests.support.sample_handlers:sync_report"),
+    "py_list": python_tool("py_list", "tests.support.sample_handlers:returns_list"),
+    "py_leak": python_tool("py_leak", "tests.support.sample_handlers:echo_token", credential=SVC),
+    "py_repr": python_tool("py_repr", "tests.support.sample_handlers:show_credential", credential=SVC),
+    "py_raise": python_tool("py_raise", "tests.support.sample_handlers:raise_with_secret", credential=SVC),
+    "py_async_raise": python_tool(
+        "py_async_raise", "tests.support.sample_handlers:async_raise_with_secret", credential=SVC
+    ),
+    "py_overwrite": python_tool("py_overwrite", "tests.support.sample_handlers:overwrite_credential", credential=SVC),
+    "py_slow": python_tool(
+        "py_slow", "tests.support.sample_handlers:sleep_long", credential=SVC, extra="timeout = 0.3"
+    ),
+    "py_slow_sync": python_tool("py_slow_sync", "tests.support.sample_handlers:sleep_long_sync", extra="timeout = 0.3"),
+    "py_wait": python_tool("py_wait", "tests.support.sample_handlers:wait_for_cancel", properties=TAG_PROP),
 }
 TOKEN = make_canary("PY", rich=True)
 

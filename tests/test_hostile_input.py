@@ -28,7 +28,16 @@ import httpx2
 import mcp_types as types
 import pytest
 from click.testing import CliRunner
-from gateway_support import (
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from mcp.shared.exceptions import MCPError
+
+from mcp_credgate.cli import cli
+from mcp_credgate.config import Settings
+from mcp_credgate.declarations import HttpHandler, load_catalog
+from mcp_credgate.loopback import is_loopback_host
+from mcp_credgate.store import Store
+from tests.support.gateway import (
     Transcript,
     Upstream,
     World,
@@ -41,15 +50,6 @@ from gateway_support import (
     running_upstream,
     store_env,
 )
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
-from mcp.shared.exceptions import MCPError
-
-from mcp_credgate.cli import cli
-from mcp_credgate.config import Settings
-from mcp_credgate.declarations import HttpHandler, load_catalog
-from mcp_credgate.loopback import is_loopback_host
-from mcp_credgate.store import Store
 
 SCALE = float(os.environ.get("HYPOTHESIS_SCALE", "1"))
 

@@ -11,22 +11,27 @@ from __future__ import annotations
 import json
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx2
 import pytest
 from click.testing import CliRunner, Result
-from gateway_support import (
+from mcp import Client
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from mcp_credgate.agents import create_agent
+from mcp_credgate.cli import cli
+from tests.support.gateway import (
     TOKEN_FIELDS,
     Seen,
     Upstream,
@@ -40,13 +45,16 @@ from gateway_support import (
     result_text,
     running_upstream,
 )
-from mcp import Client
-from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
-
-from mcp_credgate.agents import create_agent
-from mcp_credgate.cli import cli
+from tests.support.http_server import (
+    JSON_HEADERS,
+    Received,
+    Server,
+    bearer,
+    connect_over_http,
+    free_port,
+    modern_call,
+    start_server,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -55,183 +63,9 @@ BETA_SECRET = make_canary("HB")
 CANARIES = (ALPHA_SECRET, BETA_SECRET)
 SECRET_OF = {"alpha": ALPHA_SECRET, "beta": BETA_SECRET}
 TOOLS_OF = {"alpha": ["forms", "only_alpha", "whoami"], "beta": ["forms", "only_beta", "slow", "whoami"]}
-MODERN = "2026-07-28"
 LEGACY = "2025-06-18"
-JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 CROWD = 50  # concurrent agents, half in each group
 CALLS_EACH = 20
-START_TIMEOUT = 20.0
-
-
-# -- every byte received ---------------------------------------------------------------------------
-
-
-class _TeeStream(httpx2.AsyncByteStream):
-    def __init__(self, inner: Any, buffer: bytearray) -> None:
-        self._inner = inner
-        self._buffer = buffer
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            self._buffer.extend(chunk)
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class TeeTransport(httpx2.AsyncBaseTransport):
-    """A real HTTP transport that keeps a copy of every response: status, headers and body bytes."""
-
-    def __init__(self, received: Received) -> None:
-        self._inner = httpx2.AsyncHTTPTransport()
-        self._received = received
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = await self._inner.handle_async_request(request)
-        buffer = self._received.new_response(response)
-        response.stream = _TeeStream(response.stream, buffer)
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-@dataclass
-class Received:
-    """One buffer per response, so a canary split across chunks is still found."""
-
-    responses: list[bytearray] = field(default_factory=list)
-
-    def new_response(self, response: httpx2.Response) -> bytearray:
-        head = f"HTTP {response.status_code}\n" + "".join(f"{k}: {v}\n" for k, v in response.headers.items())
-        buffer = bytearray(head.encode("latin-1") + b"\n")
-        self.responses.append(buffer)
-        return buffer
-
-    def text(self) -> str:
-        return "\n".join(bytes(b).decode("utf-8", errors="replace") for b in self.responses)
-
-    def http_client(self, token: str | None = None, timeout: float = 30.0) -> httpx2.AsyncClient:
-        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-        return httpx2.AsyncClient(headers=headers, timeout=timeout, transport=TeeTransport(self))
-
-    def sse_factory(
-        self,
-        headers: dict[str, str] | None = None,
-        timeout: httpx2.Timeout | None = None,
-        auth: httpx2.Auth | None = None,
-    ) -> httpx2.AsyncClient:
-        return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth, transport=TeeTransport(self))
-
-
-# -- the server ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-@dataclass
-class Server:
-    """A running `credgate serve --http` process."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    stderr_path: Path
-    stdout_path: Path
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def mcp_url(self) -> str:
-        return self.base + "/mcp"
-
-    @property
-    def sse_url(self) -> str:
-        return self.base + "/sse"
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def output(self) -> str:
-        return self.stdout_path.read_text(errors="replace") + self.stderr()
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
-def start_server(
-    world: World,
-    folder: Path,
-    *extra: str,
-    home: Path | None = None,
-    env: Mapping[str, str] | None = None,
-    port: int | None = None,
-    wait: bool = True,
-) -> Server:
-    """Start `credgate serve --http` on a loopback port (a free one unless given) and, unless told not to,
-    wait (bounded) until it accepts connections. `home`: a data folder other than the world's; `env`: more
-    environment. Its output is appended to serve-PORT.err/.out in `folder`, across restarts."""
-    port = port or free_port()
-    folder.mkdir(parents=True, exist_ok=True)
-    stderr_path, stdout_path = folder / f"serve-{port}.err", folder / f"serve-{port}.out"
-    with stderr_path.open("ab") as err, stdout_path.open("ab") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mcp_credgate",
-                "serve",
-                "--http",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--home",
-                str(home or world.settings.home),
-                "--tools-dir",
-                str(world.tools_dir),
-                *extra,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            env={**credgate_env(world.settings), **(env or {})},
-            cwd=folder,
-        )
-    server = Server(process, port, stderr_path, stdout_path)
-    if wait:
-        wait_listening(server)
-    return server
-
-
-def wait_listening(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        if server.process.poll() is not None:
-            raise AssertionError(f"the server exited with {server.process.returncode}:\n{server.stderr()}")
-        try:
-            with socket.create_connection(("127.0.0.1", server.port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                server.stop()
-                message = f"the server did not listen within {START_TIMEOUT} s:\n{server.stderr()}"
-                raise AssertionError(message) from None
-            time.sleep(0.05)
 
 
 @dataclass
@@ -338,46 +172,6 @@ def env(setup_for: SetupFor, backend: str) -> Setup:
     return setup
 
 
-@asynccontextmanager
-async def connect(
-    setup: Setup, token: str, transport: str, received: Received, mode: str = "auto"
-) -> AsyncIterator[Client]:
-    """The SDK's Client over `streamable` HTTP (/mcp) or `sse` (/sse), sending `token` as a bearer token."""
-    if transport == "streamable":
-        http = received.http_client(token)
-        async with http, Client(streamable_http_client(setup.server.mcp_url, http_client=http), mode=mode) as client:
-            yield client
-    else:
-        sse = sse_client(
-            setup.server.sse_url,
-            headers={"Authorization": f"Bearer {token}"},
-            httpx_client_factory=received.sse_factory,
-        )
-        async with Client(sse, mode=mode) as client:
-            yield client
-
-
-def modern_call(tool: str, arguments: dict[str, Any], request_id: int = 1) -> tuple[dict[str, str], bytes]:
-    """Headers and body of a stand-alone tools/call of the 2026-07-28 protocol, as the SDK's client sends it."""
-    meta = {
-        "io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
-        "io.modelcontextprotocol/clientCapabilities": {},
-    }
-    body = {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments, "_meta": meta},
-    }
-    headers = {**JSON_HEADERS, "Mcp-Protocol-Version": MODERN, "Mcp-Method": "tools/call", "Mcp-Name": tool}
-    return headers, json.dumps(body).encode()
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 def only_request(upstream: Upstream) -> Seen:
     seen = upstream.seen()
     assert len(seen) == 1, [s.target for s in seen]
@@ -395,7 +189,7 @@ async def test_each_group_lists_and_calls_only_its_own_tools_with_its_own_creden
     for group, other in (("alpha", "beta"), ("beta", "alpha")):
         token = env.add_agent(group, f"{transport}-{group}")
         with anyio.fail_after(20):
-            async with connect(env, token, transport, received) as client:
+            async with connect_over_http(env.server, token, transport, received) as client:
                 listing = await client.list_tools()
                 env.upstream.clear()
                 called = await client.call_tool("whoami", {"who": group})
@@ -467,7 +261,7 @@ async def test_the_sdk_clients_fail_to_connect_with_an_unknown_token(env: Setup,
     failure: BaseException | None = None
     try:
         with anyio.fail_after(20):
-            async with connect(env, "cgt_" + secrets.token_urlsafe(32), transport, received) as client:
+            async with connect_over_http(env.server, "cgt_" + secrets.token_urlsafe(32), transport, received) as client:
                 await client.call_tool("whoami", {"who": "unknown"})
     except Exception as exc:  # the SDK reports it as MCPError, HTTPStatusError or a group of them
         failure = exc
@@ -484,7 +278,7 @@ async def test_revocation_fails_the_next_call_of_an_open_streamable_session(env:
     token = env.add_agent("beta", name)
     received = Received()
     with anyio.fail_after(20):
-        async with connect(env, token, "streamable", received, mode=mode) as client:
+        async with connect_over_http(env.server, token, "streamable", received, mode=mode) as client:
             first = await client.call_tool("whoami", {"who": "before"})
             env.revoke(name)
             with pytest.raises(MCPError):
@@ -699,11 +493,11 @@ async def test_audit_rows_carry_the_agent_name_and_agent_list_the_last_use(env: 
     tokens = {"audit-a": env.add_agent("alpha", "audit-a"), "audit-b": env.add_agent("beta", "audit-b")}
     received = Received()
     with anyio.fail_after(20):
-        async with connect(env, tokens["audit-a"], "streamable", received) as client:
+        async with connect_over_http(env.server, tokens["audit-a"], "streamable", received) as client:
             await client.call_tool("whoami", {"who": "a"})
             with pytest.raises(MCPError):
                 await client.call_tool("only_beta", {})
-        async with connect(env, tokens["audit-b"], "sse", received) as client:
+        async with connect_over_http(env.server, tokens["audit-b"], "sse", received) as client:
             await client.call_tool("whoami", {"who": "b"})
             await client.call_tool("whoami", {})  # invalid arguments
 
@@ -742,7 +536,7 @@ async def test_fifty_concurrent_agents_each_send_exactly_their_groups_credential
     errors: list[str] = []
 
     async def agent(name: str, token: str) -> None:
-        async with connect(env, token, "streamable", received) as client:
+        async with connect_over_http(env.server, token, "streamable", received) as client:
             for i in range(CALLS_EACH):
                 result = await client.call_tool("whoami", {"who": f"{name}-{i}"})
                 echoed = result.structured_content or {}

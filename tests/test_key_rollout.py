@@ -10,13 +10,14 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ACCOUNT, CliRun
-from raw_db import raw_db
 
 from mcp_credgate.config import Settings
 from mcp_credgate.crypto import MasterKey, read_key_file
 from mcp_credgate.store import Store
 from mcp_credgate.store import sqlite as sqlite_backend
+from tests.support.cli import CliRun
+from tests.support.raw_db import raw_db
+from tests.support.samples import ACCOUNT
 
 
 def ok(result: object) -> str:

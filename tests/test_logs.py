@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from gateway_support import TOKEN_FIELDS, World, assert_no_leak, connect, make_canary, python_tool, result_text
 
 from mcp_credgate.logs import configure_logging
+from tests.support.gateway import TOKEN_FIELDS, World, assert_no_leak, connect, make_canary, python_tool, result_text
 
 pytestmark = pytest.mark.anyio
 
@@ -31,8 +31,8 @@ def stderr(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], str]]:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     tools = {
-        "boom": python_tool("boom", "sample_handlers:raise_with_secret", credential=SVC),
-        "echo": python_tool("echo", "sample_handlers:echo_token", credential=SVC),
+        "boom": python_tool("boom", "tests.support.sample_handlers:raise_with_secret", credential=SVC),
+        "echo": python_tool("echo", "tests.support.sample_handlers:echo_token", credential=SVC),
     }
     world = World.create(tmp_path, tools)
     world.add_credential("c", "svc", {"token": TOKEN})

@@ -25,14 +25,15 @@ from pathlib import Path
 import anyio
 import pytest
 from click.testing import CliRunner, Result
-from conftest import ACCOUNT, WEATHER_KEY, CliRun, write_tool
-from gateway_support import TOKEN_FIELDS, World, connect, leaks, make_canary, python_tool
-from raw_db import data_folder_files, raw_db, store_contents
 
 from mcp_credgate.cli import cli
 from mcp_credgate.config import Settings
 from mcp_credgate.crypto import MasterKey
 from mcp_credgate.store import AuditRow, Store, store_location
+from tests.support.cli import CliRun, assert_ok, assert_refused, out
+from tests.support.gateway import TOKEN_FIELDS, World, connect, leaks, make_canary, python_tool
+from tests.support.raw_db import data_folder_files, raw_db, store_contents
+from tests.support.samples import ACCOUNT, WEATHER_KEY, write_tool
 
 OTHER_WEATHER_KEY = "wk_fedcba9876543210"
 
@@ -40,32 +41,11 @@ OTHER_WEATHER_KEY = "wk_fedcba9876543210"
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def output(result: Result) -> str:
-    return result.stdout + result.stderr
-
-
-def assert_ok(result: Result) -> None:
-    assert result.exit_code == 0, output(result)
-    assert "Traceback" not in output(result)
-
-
-def assert_refused(result: Result, *expected: str) -> str:
-    """Exit 1, exactly one line on stderr holding each expected text, no traceback, no "internal error"."""
-    assert result.exit_code == 1, output(result)
-    assert "Traceback" not in output(result)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "internal error" not in lines[0], lines[0]
-    for text in expected:
-        assert text in lines[0], lines[0]
-    return lines[0]
-
-
 def doctor_problems(run: CliRun, env: Mapping[str, str] | None = None) -> list[str]:
     """Run `credgate doctor`: exit 1, only `problem: ` lines on stdout, nothing on stderr. Returns them."""
     result = run("doctor", env=env)
-    assert result.exit_code == 1, output(result)
-    assert "Traceback" not in output(result)
+    assert result.exit_code == 1, out(result)
+    assert "Traceback" not in out(result)
     assert result.stderr == "", result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines, "doctor exited 1 without naming a problem"
@@ -251,7 +231,11 @@ async def test_backup_while_the_gateway_serves_is_consistent_and_complete(tmp_pa
     token = make_canary("SRV", rich=True)
     world = World.create(
         tmp_path,
-        {"probe": python_tool("probe", "sample_handlers:sync_report", credential='type = "svc"\n' + TOKEN_FIELDS)},
+        {
+            "probe": python_tool(
+                "probe", "tests.support.sample_handlers:sync_report", credential='type = "svc"\n' + TOKEN_FIELDS
+            )
+        },
     )
     extras: dict[str, str] = {}
     try:
@@ -458,7 +442,7 @@ def test_restore_refuses_damaged_and_missing_files_and_changes_nothing(
         path = tmp_path / f"damaged-{len(content)}-{label.split()[0]}.db"
         path.write_bytes(content)
         result = team("restore", str(path))
-        assert result.exit_code == 1, f"{label}: {output(result)}"
+        assert result.exit_code == 1, f"{label}: {out(result)}"
         assert_refused(result, str(path))
         assert snapshot(home) == before, label
     assert_refused(team("restore", str(tmp_path / "no-such-backup.db")), "no-such-backup.db")

@@ -26,10 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx2
 import pytest
 from click.testing import Result
-from conftest import CliRun, ProcRun, write_tool
-from gateway_support import assert_no_leak, assert_no_leak_at_rest, closed_port, credgate_env, make_canary
 from mcp.shared.auth import OAuthToken
-from oauth_provider import OAuthProvider, oauth_tool, pkce_challenge, running_oauth_provider
 
 from mcp_credgate import oauth, readiness
 from mcp_credgate.config import Settings
@@ -37,6 +34,10 @@ from mcp_credgate.credential import mask
 from mcp_credgate.declarations import Catalog, CredentialSpec, load_catalog
 from mcp_credgate.declarations import OAuthProvider as ProviderDecl
 from mcp_credgate.store import Store
+from tests.support.cli import CliRun, ProcRun
+from tests.support.gateway import assert_no_leak, assert_no_leak_at_rest, closed_port, credgate_env, make_canary
+from tests.support.oauth_provider import OAuthProvider, oauth_tool, pkce_challenge, running_oauth_provider
+from tests.support.samples import write_tool
 
 # A client secret with the characters the form-urlencoding of HTTP Basic credentials changes (RFC 6749 §2.3.1):
 # sent raw, ':' would split it, '+' would turn into a space and '%2F' into '/'.

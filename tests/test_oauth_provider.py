@@ -12,7 +12,8 @@ from urllib.parse import parse_qs, quote_plus, urlsplit
 
 import httpx2
 import pytest
-from oauth_provider import OAuthProvider, pkce_challenge, running_oauth_provider
+
+from tests.support.oauth_provider import OAuthProvider, pkce_challenge, running_oauth_provider
 
 pytestmark = pytest.mark.no_store  # never touches a store: runs once, not per backend
 

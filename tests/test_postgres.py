@@ -15,14 +15,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from conftest import CliRun
-from postgres_support import start_cluster, stop_cluster
 from psycopg.conninfo import conninfo_to_dict
-from raw_db import raw_db
 
 from mcp_credgate.config import Settings
 from mcp_credgate.errors import StoreBusyError
 from mcp_credgate.store import Store
+from tests.support.cli import CliRun
+from tests.support.postgres import start_cluster, stop_cluster
+from tests.support.raw_db import raw_db
 
 pytestmark = pytest.mark.postgresql_only
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from gateway_support import World, connect, python_tool
 from starlette.testclient import TestClient
 
 from mcp_credgate.cli import cli
@@ -23,6 +22,7 @@ from mcp_credgate.declarations import load_catalog
 from mcp_credgate.server import NOT_READY_NOTE
 from mcp_credgate.web.app import build_dashboard_app
 from mcp_credgate.web.session import new_admin_secret
+from tests.support.gateway import World, connect, python_tool
 
 pytestmark = pytest.mark.anyio
 

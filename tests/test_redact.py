@@ -7,10 +7,10 @@ import json
 from urllib.parse import quote
 
 import pytest
-from gateway_support import leaks, make_canary, secret_forms
 
 from mcp_credgate.credential import Credential
 from mcp_credgate.redact import Redactor, encoded_forms, redactor_for
+from tests.support.gateway import leaks, make_canary, secret_forms
 
 pytestmark = pytest.mark.no_store  # never touches a store: runs once, not per backend
 

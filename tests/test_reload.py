@@ -14,9 +14,10 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
-from gateway_support import World, connect, credgate_env, python_tool
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+
+from tests.support.gateway import World, connect, credgate_env, python_tool
 
 pytestmark = pytest.mark.anyio
 

@@ -20,7 +20,14 @@ import anyio
 import httpx2
 import pytest
 from click.testing import CliRunner, Result
-from gateway_support import (
+from mcp import Client, types
+from mcp.client.streamable_http import streamable_http_client
+
+from mcp_credgate.agents import create_agent
+from mcp_credgate.cli import cli
+from mcp_credgate.crypto import MasterKey
+from mcp_credgate.web.session import new_admin_secret
+from tests.support.gateway import (
     Upstream,
     World,
     assert_no_leak,
@@ -28,17 +35,10 @@ from gateway_support import (
     make_canary,
     result_text,
 )
-from mcp import Client, types
-from mcp.client.streamable_http import streamable_http_client
-from oauth_provider import running_oauth_provider
-from test_http_app import Server, bearer, free_port, modern_call, start_server, wait_listening
-from test_oauth_gateway import GROUP as OAUTH_GROUP
-from test_oauth_gateway import add_acme, oauth_world, stored, whoami_ok
-
-from mcp_credgate.agents import create_agent
-from mcp_credgate.cli import cli
-from mcp_credgate.crypto import MasterKey
-from mcp_credgate.web.session import new_admin_secret
+from tests.support.http_server import Server, bearer, free_port, modern_call, start_server, wait_listening
+from tests.support.oauth_provider import running_oauth_provider
+from tests.support.oauth_world import GROUP as OAUTH_GROUP
+from tests.support.oauth_world import add_acme, oauth_world, stored, whoami_ok
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgresql_only]
 

@@ -10,8 +10,19 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ACCOUNT, CliRun
-from gateway_support import (
+from mcp import Client
+
+import mcp_credgate.audit as audit_module
+import mcp_credgate.store.rotation as store_module
+from mcp_credgate import admin
+from mcp_credgate.audit import AuditLog
+from mcp_credgate.config import Settings
+from mcp_credgate.declarations import Catalog
+from mcp_credgate.handlers.http import MAX_ERROR_BODY
+from mcp_credgate.redact import Redactor
+from mcp_credgate.store import AuditRow, Store
+from tests.support.cli import CliRun
+from tests.support.gateway import (
     Upstream,
     World,
     _Handler,
@@ -24,17 +35,7 @@ from gateway_support import (
     rotate_master_key,
     running_upstream,
 )
-from mcp import Client
-
-import mcp_credgate.audit as audit_module
-import mcp_credgate.store.rotation as store_module
-from mcp_credgate import admin
-from mcp_credgate.audit import AuditLog
-from mcp_credgate.config import Settings
-from mcp_credgate.declarations import Catalog
-from mcp_credgate.handlers.http import MAX_ERROR_BODY
-from mcp_credgate.redact import Redactor
-from mcp_credgate.store import AuditRow, Store
+from tests.support.samples import ACCOUNT
 
 TOKEN = make_canary("RV")  # plain: its position in an echoed JSON body is predictable
 STR = '{ type = "string" }'

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-from gateway_support import (
+from mcp.shared.exceptions import MCPError
+
+from mcp_credgate.server import NOT_READY_NOTE
+from tests.support.gateway import (
     Transcript,
     Upstream,
     World,
@@ -26,9 +29,6 @@ from gateway_support import (
     result_text,
     rotate_master_key,
 )
-from mcp.shared.exceptions import MCPError
-
-from mcp_credgate.server import NOT_READY_NOTE
 
 pytestmark = pytest.mark.anyio
 
@@ -46,12 +46,12 @@ def declarations(up: Upstream) -> dict[str, str]:
         "refused": http_tool("refused", f"http://127.0.0.1:{closed_port()}/"),
         "crash": python_tool(
             "crash",
-            "sample_handlers:raise_with_secret",
+            "tests.support.sample_handlers:raise_with_secret",
             credential='type = "svc"\nfields = [ { name = "token", kind = "token" } ]',
         ),
         "leak": python_tool(
             "leak",
-            "sample_handlers:echo_token",
+            "tests.support.sample_handlers:echo_token",
             credential='type = "svc"\nfields = [ { name = "token", kind = "token" } ]',
         ),
         "clock": python_tool("clock", "mcp_credgate.examples:utc_now"),

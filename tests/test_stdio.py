@@ -1,6 +1,6 @@
 """`credgate serve --group G` as a real subprocess, driven by the MCP SDK's stdio client.
 
-The server's stdout passes through `stdout_tee.py`, so the test holds every byte the client received;
+The server's stdout passes through `tests/support/stdout_tee.py`, so the test holds every byte the client received;
 its stderr goes to a file. Both are scanned for the canaries.
 """
 
@@ -14,7 +14,11 @@ from pathlib import Path
 
 import anyio
 import pytest
-from gateway_support import (
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+from mcp_credgate.server import NOT_READY_NOTE
+from tests.support.gateway import (
     TOKEN_FIELDS,
     Transcript,
     Upstream,
@@ -29,14 +33,9 @@ from gateway_support import (
     store_env,
     teed_serve,
 )
-from mcp import Client, StdioServerParameters
-from mcp.client.stdio import stdio_client
-
-from mcp_credgate.server import NOT_READY_NOTE
 
 pytestmark = pytest.mark.anyio
 
-TESTS_DIR = Path(__file__).resolve().parent
 TOKEN = make_canary("IO", rich=True)
 OTHER_TOKEN = make_canary("IX")
 HANDLERS = """

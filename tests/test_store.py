@@ -13,9 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ACCOUNT, WEATHER_KEY
-from gateway_support import rotate_master_key
-from raw_db import data_folder_files, raw_db, store_contents
 
 from mcp_credgate import admin
 from mcp_credgate.config import Settings
@@ -33,6 +30,9 @@ from mcp_credgate.store import AuditRow, Store, now, rotation, store_exists
 from mcp_credgate.store import sqlite as sqlite_backend
 from mcp_credgate.store.change_hint import RECHECK_SECONDS, ChangeHint, hint_path
 from mcp_credgate.store.schema import MIGRATIONS, Dialect, Migration
+from tests.support.gateway import rotate_master_key
+from tests.support.raw_db import data_folder_files, raw_db, store_contents
+from tests.support.samples import ACCOUNT, WEATHER_KEY
 
 CANARY = "CANARY-q7Kp3mW9vT2sZx81-end"
 MISMATCH = "master key does not match this store"

@@ -26,7 +26,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from gateway_support import (
+from mcp import Client
+
+from mcp_credgate.cli import cli
+from mcp_credgate.crypto import NONCE_BYTES
+from tests.support.gateway import (
     TOKEN_FIELDS,
     Transcript,
     Upstream,
@@ -37,11 +41,7 @@ from gateway_support import (
     http_tool,
     make_canary,
 )
-from mcp import Client
-from raw_db import RawDb, raw_db
-
-from mcp_credgate.cli import cli
-from mcp_credgate.crypto import NONCE_BYTES
+from tests.support.raw_db import RawDb, raw_db
 
 pytestmark = pytest.mark.anyio
 

@@ -1,5 +1,5 @@
 """Upstream MCP servers (handler kind "mcp", issue 9): declarations, discovery, admin commands, and calls
-through the gateway to a real MCP server (tests/upstream_server.py) over stdio and Streamable HTTP.
+through the gateway to a real MCP server (tests/support/upstream_server.py) over stdio and Streamable HTTP.
 
 Nothing is mocked: the upstream is the SDK-built fixture server, run as a child process by the gateway
 (stdio) or as a separate process listening on 127.0.0.1 (Streamable HTTP). The stdio declarations start it
@@ -24,8 +24,18 @@ from typing import Any
 import anyio
 import pytest
 from click.testing import CliRunner, Result
-from conftest import WEATHER_KEY, write_tool
-from gateway_support import (
+from mcp import Client
+from mcp.client.stdio import stdio_client
+
+from mcp_credgate.cli import cli
+from mcp_credgate.config import Settings
+from mcp_credgate.credential import Credential
+from mcp_credgate.declarations import McpHandler, load_catalog
+from mcp_credgate.handlers.upstream import upstream_pool
+from mcp_credgate.server import NOT_READY_NOTE
+from mcp_credgate.store import Store
+from tests.support import SUPPORT_DIR
+from tests.support.gateway import (
     Transcript,
     World,
     assert_no_leak,
@@ -39,19 +49,9 @@ from gateway_support import (
     store_env,
     teed_serve,
 )
-from mcp import Client
-from mcp.client.stdio import stdio_client
+from tests.support.samples import WEATHER_KEY, write_tool
 
-from mcp_credgate.cli import cli
-from mcp_credgate.config import Settings
-from mcp_credgate.credential import Credential
-from mcp_credgate.declarations import McpHandler, load_catalog
-from mcp_credgate.handlers.upstream import upstream_pool
-from mcp_credgate.server import NOT_READY_NOTE
-from mcp_credgate.store import Store
-
-TESTS_DIR = Path(__file__).resolve().parent
-FIXTURE = TESTS_DIR / "upstream_server.py"
+FIXTURE = SUPPORT_DIR / "upstream_server.py"
 FIXTURE_TOOLS = ["crash", "echo_token", "environment", "pid", "sleep", "token_hash"]
 FIX_NAMES = [f"fix_{t}" for t in FIXTURE_TOOLS]
 

@@ -3,7 +3,6 @@
 Nothing here is a mock: the upstream is a `ThreadingHTTPServer` on 127.0.0.1, the store is a SQLite file
 under `tmp_path` (or the test's PostgreSQL schema), the declarations are TOML files, and the client is the MCP
 SDK's own `Client`.
-Test modules import these helpers (plain `import gateway_support`: pytest puts `tests/` on `sys.path`).
 """
 
 from __future__ import annotations
@@ -30,8 +29,6 @@ import mcp_types as types
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
-from postgres_support import POSTGRES_URL, database_url_for, drop_schema
-from raw_db import raw_db
 
 from mcp_credgate import admin
 from mcp_credgate.config import Settings
@@ -39,6 +36,8 @@ from mcp_credgate.crypto import MasterKey
 from mcp_credgate.declarations import Catalog, load_catalog
 from mcp_credgate.server import Caller, Gateway, build_server
 from mcp_credgate.store import AuditRow, Store, store_exists
+from tests.support.postgres import POSTGRES_URL, database_url_for, drop_schema
+from tests.support.raw_db import raw_db
 
 PUBLIC_URL = "http://127.0.0.1:8765"
 
@@ -440,7 +439,7 @@ def listening_process(
 def teed_serve(world: World, stdout_copy: Path, env: Mapping[str, str], *options: str) -> StdioServerParameters:
     """`credgate serve OPTIONS` on the world, as a stdio server for a client: its stdout also goes to
     `stdout_copy` (every byte the client received, for the leak scans); it runs in stdout_copy's folder."""
-    tee = Path(__file__).resolve().parent / "stdout_tee.py"
+    tee = Path(__file__).resolve().parent / "stdout_tee.py"  # beside this module
     return StdioServerParameters(
         command=sys.executable,
         args=[str(tee), str(stdout_copy), sys.executable, "-m", "mcp_credgate", "serve", *options, *world.cli_paths],

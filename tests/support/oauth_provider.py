@@ -1,6 +1,6 @@
 """A real local OAuth2 authorization server for tests: authorization code + PKCE (S256), refresh, a protected API.
 
-`OAuthProvider` is a `ThreadingHTTPServer` on 127.0.0.1 (port 0) in a daemon thread, like `gateway_support.Upstream`:
+`OAuthProvider` is a `ThreadingHTTPServer` on 127.0.0.1 (port 0) in a daemon thread, like `gateway.Upstream`:
 
 GET  /authorize    auto-approves (no login page): 302 to the loopback redirect_uri with `code` and `state`
 POST /token        grant_type authorization_code (PKCE checked) or refresh_token; client auth by HTTP Basic

@@ -1,8 +1,8 @@
 """An upstream MCP server for the front/relay tests (tests/test_front.py): everything but tools that an upstream
 can offer, its secret token echoed where a gateway must redact it, and what it saw recorded.
 
-    python tests/front_upstream.py [--features LIST]               # stdio; token from UPSTREAM_TOKEN
-    python tests/front_upstream.py --http PORT [--features LIST]   # Streamable HTTP on 127.0.0.1:PORT/mcp;
+    python tests/support/front_upstream.py [--features LIST]               # stdio; token from UPSTREAM_TOKEN
+    python tests/support/front_upstream.py --http PORT [--features LIST]   # Streamable HTTP on 127.0.0.1:PORT/mcp;
                                                                    # token from the Authorization header
 
 `--features` (comma-separated, default all): resources, subscribe, prompts, completions, logging. Tools are

@@ -1,4 +1,4 @@
-"""Python tool handlers used by the gateway tests (entrypoints `sample_handlers:NAME`)."""
+"""Python tool handlers used by the gateway tests (entrypoints `tests.support.sample_handlers:NAME`)."""
 
 from __future__ import annotations
 

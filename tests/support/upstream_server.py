@@ -1,7 +1,7 @@
 """A small real MCP server used as an upstream in tests: it reads its token from UPSTREAM_TOKEN.
 
-python tests/upstream_server.py                     # stdio
-python tests/upstream_server.py http PORT           # Streamable HTTP on 127.0.0.1:PORT/mcp,
+python tests/support/upstream_server.py                     # stdio
+python tests/support/upstream_server.py http PORT           # Streamable HTTP on 127.0.0.1:PORT/mcp,
                                                     # the token from the Authorization header
 """
 

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PG_CLUSTER = REPO_ROOT / "scripts" / "pg-cluster"
 POSTGRES_URL = pytest.StashKey[str | None]()
 SKIP_REASON = pytest.StashKey[str]()
