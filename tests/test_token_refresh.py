@@ -1,7 +1,7 @@
 """OAuth2 credentials at call time: the gateway refreshes an expiring access token before the call uses it.
 
-Everything is real: the local OAuth2 provider (`oauth_provider.py`) over HTTP on 127.0.0.1, a SQLite store under
-`tmp_path`, the MCP SDK's client (in memory, or over stdio against real `credgate serve` processes).
+Everything is real: the local OAuth2 provider (`tests/support/oauth_provider.py`) over HTTP on 127.0.0.1, a SQLite
+store under `tmp_path`, the MCP SDK's client (in memory, or over stdio against real `credgate serve` processes).
 
 * a fresh token is used as it is; an expired or expiring one is refreshed once, and the rotated refresh token,
   the new access token and its expiry are stored together (nothing lost, the old refresh token dead);

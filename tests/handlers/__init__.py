@@ -1,0 +1,1 @@
+"""Tests of mcp_credgate.handlers: one file per handler kind (http, python, upstream MCP servers)."""

@@ -1,0 +1,1 @@
+"""Tests of mcp_credgate.store: the Store (core), the PostgreSQL backend, keys staged ahead of a rotation."""

@@ -1,0 +1,1 @@
+"""Tests of mcp_credgate.web: the dashboard over HTTP, and in a real browser."""
