@@ -775,3 +775,15 @@ def test_two_processes_writing_at_once(run_credgate: ProcRun, home: Path, tools_
     with raw_db(settings_of(home, tools_dir)) as db:
         assert db.integrity_problems() == []
         assert db.execute("SELECT COUNT(*) FROM credential_values").fetchone()[0] == 2 * len(acknowledged)
+
+
+# found in a security review: `--set` without FIELD= echoed the start of the value
+def test_a_set_without_a_field_name_does_not_echo_the_value(run_cli: CliRun) -> None:
+    run_cli("init")
+    value = "d2tfc2VjcmV0dmFsdWVfMTIz=="  # a base64 secret given without `api_key=`
+
+    result = run_cli("cred", "add", "w", "--tool", "weather", "--set", value)
+
+    assert result.exit_code == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert value.rstrip("=") not in result.stdout + result.stderr

@@ -133,3 +133,12 @@ def test_a_text_shorter_than_every_secret_is_returned_as_is_and_a_longer_one_is_
     assert redactor.text("s3cret-value-012") == "s3cret-value-012"
     assert redactor.text("s3cret-value-0123") == "[redacted:token]"
     assert redactor.text("x s3cret-value-0123 y") == "x [redacted:token] y"
+
+
+# found in a security review: JSON with HTML-safe escapes (Go's encoding/json default)
+def test_a_secret_in_html_safe_json_escapes_is_redacted() -> None:
+    redactor = Redactor({"password": "pa&ss<wo>rd-1234"})
+
+    out = redactor.text('{"error":"bad password pa\\u0026ss\\u003cwo\\u003erd-1234"}')
+
+    assert out == '{"error":"bad password [redacted:password]"}'

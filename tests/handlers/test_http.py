@@ -11,10 +11,12 @@ import anyio
 import pytest
 from mcp import Client
 
+from mcp_credgate.handlers.http import MAX_ERROR_BODY
 from tests.support.gateway import (
     ACCOUNT_FIELDS,
     Upstream,
     World,
+    _Handler,
     assert_no_leak,
     closed_port,
     connect,
@@ -343,3 +345,70 @@ async def test_a_tool_without_credential_sends_no_authorization(client: Client, 
     assert not result.is_error
     assert seen.header("Authorization") is None
     assert seen.query == {"q": "rain"}
+
+
+# -- found in a security review ------------------------------------------------------------------
+# An error body cut before redaction kept part of the secret; a cross-origin redirect re-sent a body that carried
+# the credential. A token of its own, plain: its position in an echoed JSON body is predictable.
+
+PLAIN_TOKEN = make_canary("RV")
+
+
+@pytest.fixture
+def review_world(tmp_path: Path, upstream: Upstream, away: Upstream) -> Iterator[World]:
+    upstream.redirects["/hop-away-put"] = away.url("/landed")
+    tools = {
+        "fail400": http_tool(
+            "fail400", upstream.url("/status/400"), query='{ pad = "{args.pad}" }', properties=f"properties.pad = {STR}"
+        ),
+        "put_hop": http_tool(
+            "put_hop",
+            upstream.url("/hop-away-put"),
+            method="PUT",
+            headers="{}",
+            extra='json = { key = "{cred.token}" }',
+        ),
+    }
+    w = World.create(tmp_path, tools)
+    w.add_credential("svc-main", "svc", {"token": PLAIN_TOKEN})
+    w.allow_and_bind("dev", tools, {"svc": "svc-main"})
+    yield w
+    w.close()
+
+
+@pytest.fixture
+async def review_client(review_world: World) -> AsyncIterator[Client]:
+    async with review_world.gateway() as gw, connect(gw, "dev") as c:
+        yield c
+
+
+async def test_an_error_body_cut_through_a_secret_leaks_no_part_of_it(
+    review_client: Client, upstream: Upstream
+) -> None:
+    await review_client.call_tool("fail400", {"pad": ""})
+    start = _Handler._echo(upstream.seen()[-1]).decode().index(PLAIN_TOKEN)
+    # the pad appears twice in the echo (target and query) before the Authorization header
+    cut_inside = MAX_ERROR_BODY - 12
+    pad = (cut_inside - start) // 2
+    upstream.clear()
+
+    result = await review_client.call_tool("fail400", {"pad": "a" * pad})
+
+    echoed = _Handler._echo(upstream.seen()[-1]).decode()
+    position = echoed.index(PLAIN_TOKEN)
+    assert position < MAX_ERROR_BODY < position + len(PLAIN_TOKEN)  # the cut really falls inside the secret
+    assert result.is_error
+    text = result.model_dump_json()
+    assert PLAIN_TOKEN[: MAX_ERROR_BODY - position] not in text
+    assert_no_leak(text, PLAIN_TOKEN)
+
+
+async def test_a_redirect_to_another_origin_never_carries_a_credential_in_the_body(
+    review_client: Client, upstream: Upstream, away: Upstream
+) -> None:
+    result = await review_client.call_tool("put_hop", {})
+
+    assert PLAIN_TOKEN in upstream.seen()[0].body.decode()  # the declared origin got it
+    for seen in away.seen():
+        assert PLAIN_TOKEN not in seen.everything()
+    assert_no_leak(result.model_dump_json(), PLAIN_TOKEN)

@@ -200,3 +200,33 @@ async def test_python_outcomes_are_audited_without_values(world: World) -> None:
     failed = next(r for r in rows if r.outcome == "error")
     assert failed.ref is not None and failed.ref in transcript.text()
     assert_no_leak(repr(rows), TOKEN)
+
+
+# -- found in a security review: structured content with values JSON cannot carry was not redacted -----------------
+# A token of its own, plain (as when the review found it).
+
+PLAIN_TOKEN = make_canary("RV")
+LEAKY = {
+    name: python_tool(name, f"tests.support.sample_handlers:{name}", credential=SVC)
+    for name in ("leaky_bytes", "leaky_set", "leaky_mapping")
+}
+
+
+@pytest.fixture
+async def leaky_client(tmp_path: Path) -> AsyncIterator[Client]:
+    w = World.create(tmp_path, LEAKY)
+    w.add_credential("svc-main", "svc", {"token": PLAIN_TOKEN})
+    w.allow_and_bind("dev", LEAKY, {"svc": "svc-main"})
+    try:
+        async with w.gateway() as gw, connect(gw, "dev") as c:
+            yield c
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize("tool", ["leaky_bytes", "leaky_set", "leaky_mapping"])
+async def test_structured_content_with_non_json_values_is_redacted(leaky_client: Client, tool: str) -> None:
+    result = await leaky_client.call_tool(tool, {})
+
+    assert_no_leak(result.model_dump_json(), PLAIN_TOKEN)
+    assert "redacted" in result_text(result) or "••••" in result_text(result)

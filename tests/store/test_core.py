@@ -9,6 +9,8 @@ import hashlib
 import os
 import sqlite3
 import stat
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -1013,3 +1015,173 @@ def test_expiries_marked_by_the_migration_are_copied_in_at_the_next_open(store: 
 
     assert clear_expiry(settings, "acme") == "2030-01-01T00:00:00Z"
     assert clear_expiry(settings, "plain") is None
+
+
+# -- found in a security review: rotations racing other writers -----------------------------------------------
+# A credential added while a rotation finished bricked the store; a rotation by a process that opened the store
+# earlier threw the pending key away; two rotations at once.
+
+
+def _add(store: Store, catalog: Catalog, name: str, values: dict[str, str]) -> None:
+    admin.add_credential(store, catalog.types["account"], name, values)
+
+
+def test_a_credential_added_during_a_rotation_leaves_a_store_that_opens(
+    settings: Settings, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rotating, _ = Store.initialise(settings, env={})
+    _add(rotating, catalog, "before", ACCOUNT)
+    other = Store.open(settings, env={})  # e.g. `credgate cred add` in another terminal
+    late = {"username": "late", "password": "added during the rotation"}
+    real_replace = os.replace
+
+    def replace_after_a_concurrent_add(src: object, dst: object) -> None:
+        _add(other, catalog, "late", late)  # lands after the re-wrap loop, before the final step
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as mp:
+        mp.setattr(rotation.os, "replace", replace_after_a_concurrent_add)
+        rotate_master_key(rotating, settings)
+    rotating.close()
+    other.close()
+
+    with Store.open(settings, env={}) as reopened:
+        assert dict(reopened.read_credential("before")) == ACCOUNT
+        assert dict(reopened.read_credential("late")) == late
+
+
+def test_a_rotation_from_a_process_opened_earlier_keeps_the_pending_key(
+    settings: Settings, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, _ = Store.initialise(settings, env={})
+    added = {}
+    for i in range(4):
+        values = {"username": f"user{i}", "password": f"pw-{i}-{os.urandom(6).hex()}"}
+        _add(first, catalog, f"acct{i}", values)
+        added[f"acct{i}"] = values
+    second = Store.open(settings, env={})  # opened before the first rotation began
+
+    calls = {"n": 0}
+    real_wrap = rotation.MasterKey.wrap
+
+    def wrap_then_die(self: object, *args: object) -> bytes:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the first rotation dies with two data keys re-wrapped
+        return real_wrap(self, *args)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as mp:
+        mp.setattr(rotation.MasterKey, "wrap", wrap_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            rotate_master_key(first, settings)
+    first.close()
+
+    second.rotate_master_key(settings, key_from_env=False)
+    second.close()
+
+    with Store.open(settings, env={}) as reopened:
+        assert {n: dict(reopened.read_credential(n)) for n in added} == added
+
+
+def test_a_credential_added_during_a_rotation_that_then_dies_leaves_a_store_that_opens(
+    settings: Settings, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rotating, _ = Store.initialise(settings, env={})
+    _add(rotating, catalog, "before", ACCOUNT)
+    other = Store.open(settings, env={})
+    late = {"username": "late", "password": "added during the rotation"}
+    real_replace = os.replace
+
+    def add_then_replace_then_die(src: object, dst: object) -> None:
+        _add(other, catalog, "late", late)
+        real_replace(src, dst)  # type: ignore[arg-type]
+        raise KeyboardInterrupt  # the rotation dies before its final transaction
+
+    with monkeypatch.context() as mp:
+        mp.setattr(rotation.os, "replace", add_then_replace_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            rotate_master_key(rotating, settings)
+    rotating.close()
+    other.close()
+
+    with Store.open(settings, env={}) as reopened:
+        assert dict(reopened.read_credential("late")) == late
+        reopened.rotate_master_key(settings, key_from_env=False)
+    with Store.open(settings, env={}) as final:
+        assert dict(final.read_credential("before")) == ACCOUNT
+        assert dict(final.read_credential("late")) == late
+
+
+@pytest.mark.sqlite_only  # each rotation makes its own key; a shared store's rotate to the key staged before (below)
+def test_two_rotations_at_once_agree_on_one_key(
+    settings: Settings, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, _ = Store.initialise(settings, env={})
+    added = {}
+    for i in range(4):
+        values = {"username": f"user{i}", "password": f"pw-{i}-{os.urandom(6).hex()}"}
+        _add(first, catalog, f"acct{i}", values)
+        added[f"acct{i}"] = values
+    second = Store.open(settings, env={})
+    errors: list[BaseException] = []
+
+    def rotate_second() -> None:
+        try:
+            second.rotate_master_key(settings, key_from_env=False)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=rotate_second)
+    real_write_key_file = rotation.write_key_file
+
+    def start_the_other_rotation_first(path: Path, key: object) -> None:
+        if not thread.is_alive() and thread.ident is None:
+            thread.start()
+            time.sleep(0.3)  # the other rotation has begun (and waits if this one holds the write lock)
+        real_write_key_file(path, key)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as mp:
+        mp.setattr(rotation, "write_key_file", start_the_other_rotation_first)
+        first.rotate_master_key(settings, key_from_env=False)
+        thread.join(30)
+    first.close()
+    second.close()
+
+    assert not errors, errors
+    with Store.open(settings, env={}) as reopened:
+        assert {n: dict(reopened.read_credential(n)) for n in added} == added
+
+
+@pytest.mark.postgresql_only
+def test_two_rotations_at_once_on_a_shared_store_agree_on_the_staged_key(settings: Settings, catalog: Catalog) -> None:
+    first, _ = Store.initialise(settings, env={})
+    added = {}
+    for i in range(20):
+        values = {"username": f"user{i}", "password": f"pw-{i}-{os.urandom(6).hex()}"}
+        _add(first, catalog, f"acct{i}", values)
+        added[f"acct{i}"] = values
+    staged, _ = first.stage_master_key(settings)  # `credgate key new`, then both admins run `credgate key rotate`
+    first.close()
+    rotated: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def rotate(name: str) -> None:
+        try:
+            with Store.open(settings, env={}) as store:
+                rotated[name] = store.rotate_master_key(settings, key_from_env=False).key_id
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rotate, args=(name,)) for name in ("first", "second")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert not errors, errors
+    assert rotated == {"first": staged.key_id, "second": staged.key_id}
+    assert settings.key_path.read_text().strip() == staged.to_text()
+    with Store.open(settings, env={}) as reopened:
+        assert {n: dict(reopened.read_credential(n)) for n in added} == added
+        keys = [(r["key_id"], r["state"]) for r in reopened._db.execute("SELECT key_id, state FROM master_keys")]
+        assert keys == [(staged.key_id, "current")]

@@ -79,3 +79,19 @@ async def wait_for_cancel(args: Mapping[str, Any], credential: Mapping[str, str]
 
 def returns_list(args: Mapping[str, Any], credential: Mapping[str, str]) -> list[int]:
     return [1, 2, 3]
+
+
+# Handlers whose results hold values JSON cannot carry (found in a security review: their structured content was
+# not redacted).
+
+
+def leaky_bytes(args: Mapping[str, Any], credential: Mapping[str, str]) -> dict[str, Any]:
+    return {"raw": credential["token"].encode()}
+
+
+def leaky_set(args: Mapping[str, Any], credential: Mapping[str, str]) -> dict[str, Any]:
+    return {"tokens": {credential["token"]}}
+
+
+def leaky_mapping(args: Mapping[str, Any], credential: Mapping[str, str]) -> dict[str, Any]:
+    return {"credential": credential}
