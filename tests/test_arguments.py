@@ -46,7 +46,7 @@ def flat_schemas(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         schema["type"] = "object"
     names = draw(st.lists(st.sampled_from(NAMES), unique=True, max_size=4))
-    if names or draw(st.booleans()):
+    if len(names) > 0 or draw(st.booleans()):
         schema["properties"] = {name: draw(value_schemas()) for name in names}
     if draw(st.booleans()):
         schema["required"] = draw(st.lists(st.sampled_from(NAMES), unique=True, max_size=3))
@@ -104,7 +104,7 @@ def test_the_quick_test_accepts_only_arguments_that_jsonschema_accepts(data: st.
 @given(st.data())
 def test_for_one_value_too_the_quick_test_accepts_only_what_jsonschema_accepts(data: st.DataObject) -> None:
     """One property at a time: every value drawn is on or beside that property's limits."""
-    schema = {"type": "object", "properties": {"a": data.draw(value_schemas())}}
+    schema: dict[str, Any] = {"type": "object", "properties": {"a": data.draw(value_schemas())}}
     args = {"a": data.draw(near_the_limits(schema["properties"]["a"]))}
     quick = quick_acceptance(schema)
     assert quick is not None

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import Result
@@ -28,7 +29,7 @@ LONG_PASSWORD = ACCOUNT["password"]  # 28 characters: shows as ••••aple
 SHORT_SECRET = "tiny-secret"  # 11 characters: shows as •••• only
 
 
-def as_json(result: Result) -> object:
+def as_json(result: Result) -> Any:
     assert_ok(result)
     return json.loads(result.stdout)
 
@@ -445,10 +446,10 @@ def test_group_list_allow_deny_and_rm(team: CliRun) -> None:
     assert_ok(denied)
     assert "unbound: weather" in denied.stdout
     assert set(statuses(team)) == {"login"}
-    assert as_json(team("cred", "show", "wk", "--json"))["bindings"] == []  # type: ignore[index]
+    assert as_json(team("cred", "show", "wk", "--json"))["bindings"] == []
 
     assert_ok(team("group", "rm", "ops"))
-    assert [g["name"] for g in as_json(team("group", "list", "--json"))] == ["team"]  # type: ignore[union-attr, index]
+    assert [g["name"] for g in as_json(team("group", "list", "--json"))] == ["team"]
 
 
 def test_group_refusals(team: CliRun) -> None:
@@ -495,7 +496,7 @@ def test_key_rotate_keeps_credentials_and_retires_the_old_key(team: CliRun, home
     assert "rotated the master key" in rotated.stdout
     assert (home / "master.key").read_text().strip() != old_key
     assert old_key not in out(rotated)
-    assert as_json(team("cred", "show", "wk", "--json"))["values"] == {"api_key": "••••cdef"}  # type: ignore[index]
+    assert as_json(team("cred", "show", "wk", "--json"))["values"] == {"api_key": "••••cdef"}
     with_old = team("cred", "list", env={"CREDGATE_MASTER_KEY": old_key})
     assert_refused(with_old, MISMATCH)
     assert old_key not in out(with_old)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from contextvars import Context
+from typing import Any, TypeVarTuple, Unpack
 
 import anyio
 import pytest
@@ -13,6 +14,8 @@ import pytest
 from mcp_credgate.deadlines import Deadlines
 
 pytestmark = [pytest.mark.anyio, pytest.mark.no_store]
+
+Ts = TypeVarTuple("Ts")
 
 
 @pytest.fixture
@@ -22,11 +25,13 @@ async def timers_set() -> AsyncIterator[list[Any]]:
     loop = asyncio.get_running_loop()
     real_call_at = loop.call_at
 
-    def call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+    def call_at(
+        when: float, callback: Callable[[Unpack[Ts]], object], *args: *Ts, context: Context | None = None
+    ) -> asyncio.TimerHandle:
         callbacks.append(callback)
-        return real_call_at(when, callback, *args, **kwargs)
+        return real_call_at(when, callback, *args, context=context)
 
-    loop.call_at = call_at  # type: ignore[method-assign]
+    loop.call_at = call_at  # type: ignore[method-assign]  # a stand-in on this loop only, deleted below
     yield callbacks
     del loop.call_at
 

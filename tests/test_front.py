@@ -31,6 +31,7 @@ import pytest
 from click.testing import CliRunner
 from mcp import Client
 from mcp.client.context import ClientRequestContext
+from mcp.client.session import ElicitationFnT, SamplingFnT
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from pydantic import BaseModel
@@ -281,8 +282,8 @@ async def agent_client(
     server: Any,
     *,
     mode: str = "legacy",
-    sampling: Any = DEFAULT,
-    elicitation: Any = DEFAULT,
+    sampling: SamplingFnT | None = DEFAULT,
+    elicitation: ElicitationFnT | None = DEFAULT,
     log_level: types.LoggingLevel | None = None,
 ) -> AsyncIterator[Agent]:
     """A client whose callbacks record what it receives; `sampling` / `elicitation`: the callback answering
@@ -300,19 +301,25 @@ async def agent_client(
             a.notifications.append(message)  # type: ignore[arg-type]
             a.keep(message)
 
-    async def on_sampling(ctx: ClientRequestContext, params: types.CreateMessageRequestParams) -> Any:
+    async def on_sampling(
+        context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
         a.sampled.append(params)
         a.keep(params)
-        return await answer_sampling(ctx, params)
+        assert answer_sampling is not None  # offered only then
+        return await answer_sampling(context, params)
 
-    async def on_elicitation(ctx: ClientRequestContext, params: types.ElicitRequestParams) -> Any:
+    async def on_elicitation(
+        context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult | types.ErrorData:
         a.elicited.append(params)
         a.keep(params)
-        return await answer_elicitation(ctx, params)
+        assert answer_elicitation is not None  # offered only then
+        return await answer_elicitation(context, params)
 
     async with Client(
         server,
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
         cache=None,
         logging_callback=on_log,
         message_handler=on_message,
@@ -987,7 +994,8 @@ async def test_credgate_serve_redacts_the_token_in_everything_an_upstream_sends(
     assert result_text(chatty) == "chatty done"
     assert [x.data for x in a.logs] == ["chatty: one", "chatty: two", f"chatty: the token is {REDACTED}"]
     assert [m for _, _, m in a.progress] == [f"step {n} of 3, token {REDACTED}" for n in (1, 2, 3)]
-    assert a.sampled[0].messages[0].content.text == f"Say it back (token {REDACTED})"
+    said = a.sampled[0].messages[0].content
+    assert isinstance(said, types.TextContent) and said.text == f"Say it back (token {REDACTED})"
     assert result_text(sampled) == "model said: Paris"
     assert a.elicited[0].message == f"Your name? (token {REDACTED})"
     assert (

@@ -91,7 +91,7 @@ async def test_serve_over_stdio_runs_the_groups_tools_without_leaking(
 
     tools = {t.name: t for t in listing.tools}
     assert sorted(tools) == ["explode", "unbound", "whoami"]
-    assert tools["unbound"].description.endswith(NOT_READY_NOTE)
+    assert (tools["unbound"].description or "").endswith(NOT_READY_NOTE)
     assert tools["whoami"].input_schema == world.catalog.tools["whoami"].decl.input_schema
 
     [seen] = upstream.seen()

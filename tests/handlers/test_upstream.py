@@ -270,9 +270,9 @@ def test_tools_discovers_the_upstream_once_and_caches_its_tools(
     assert starts(counter) == 1
     with closing(Store.open(settings)) as store:
         cached = store.discovered_tools()
-    assert sorted(t["name"] for t in cached["fix"]) == FIXTURE_TOOLS
+    assert sorted(str(t["name"]) for t in cached["fix"]) == FIXTURE_TOOLS
     sleep_schema = next(t for t in cached["fix"] if t["name"] == "sleep")["inputSchema"]
-    assert sleep_schema["required"] == ["seconds"]
+    assert isinstance(sleep_schema, dict) and sleep_schema["required"] == ["seconds"]
 
     second = ok(run_cli("tools"))
     assert "fix_token_hash  [mcp]  credential type fixtoken" in second.stdout
@@ -598,7 +598,7 @@ async def test_two_groups_reach_a_streamable_http_upstream_with_their_own_token(
     finally:
         world.close()
 
-    assert sorted(t["name"] for t in listings) == FIXTURE_TOOLS
+    assert sorted(str(t["name"]) for t in listings) == FIXTURE_TOOLS
     assert result_text(hash_a) == result_text(again_a) == sha256(TOKEN_A)
     assert result_text(hash_b) == sha256(TOKEN_B)
     assert result_text(echo_a) == "a:token=[redacted:token]"

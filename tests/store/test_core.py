@@ -18,7 +18,7 @@ import pytest
 
 from mcp_credgate import admin
 from mcp_credgate.config import Settings
-from mcp_credgate.crypto import DataKey, MasterKey
+from mcp_credgate.crypto import DataKey, MasterKey, write_key_file
 from mcp_credgate.declarations import Catalog
 from mcp_credgate.errors import (
     CiphertextError,
@@ -31,6 +31,7 @@ from mcp_credgate.errors import (
 from mcp_credgate.store import AuditRow, Store, now, rotation, store_exists
 from mcp_credgate.store import sqlite as sqlite_backend
 from mcp_credgate.store.change_hint import RECHECK_SECONDS, ChangeHint, hint_path
+from mcp_credgate.store.database import Cursor, Params
 from mcp_credgate.store.schema import MIGRATIONS, Dialect, Migration
 from tests.support.gateway import rotate_master_key
 from tests.support.raw_db import data_folder_files, raw_db, store_contents
@@ -860,7 +861,12 @@ def test_the_change_counter_is_read_only_after_another_connection_committed(
     reader.change_marker()
     statements: list[str] = []
     real_execute = reader.execute
-    monkeypatch.setattr(reader, "execute", lambda sql, params=(): statements.append(sql) or real_execute(sql, params))
+
+    def recording_execute(sql: str, params: Params = ()) -> Cursor:
+        statements.append(sql)
+        return real_execute(sql, params)
+
+    monkeypatch.setattr(reader, "execute", recording_execute)
 
     for _ in range(3):
         reader.change_marker()
@@ -904,7 +910,7 @@ def test_a_setup_change_with_no_hint_is_seen_at_the_first_check_after_the_rechec
 ) -> None:
     """An edit by another tool, or by a writer that died between its commit and its hint."""
     clock = [1000.0]
-    monkeypatch.setattr(sqlite_backend.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # the module store.sqlite reads its clock from
     reader, writer = _two_connections(tmp_path, hinted=True)
     seen = reader.change_marker()
     writer.execute("UPDATE change_counter SET n = n + 1 WHERE id = 1")  # no hint announced
@@ -1040,7 +1046,7 @@ def test_a_credential_added_during_a_rotation_leaves_a_store_that_opens(
         real_replace(src, dst)  # type: ignore[arg-type]
 
     with monkeypatch.context() as mp:
-        mp.setattr(rotation.os, "replace", replace_after_a_concurrent_add)
+        mp.setattr(os, "replace", replace_after_a_concurrent_add)
         rotate_master_key(rotating, settings)
     rotating.close()
     other.close()
@@ -1062,7 +1068,7 @@ def test_a_rotation_from_a_process_opened_earlier_keeps_the_pending_key(
     second = Store.open(settings, env={})  # opened before the first rotation began
 
     calls = {"n": 0}
-    real_wrap = rotation.MasterKey.wrap
+    real_wrap = MasterKey.wrap
 
     def wrap_then_die(self: object, *args: object) -> bytes:
         calls["n"] += 1
@@ -1071,7 +1077,7 @@ def test_a_rotation_from_a_process_opened_earlier_keeps_the_pending_key(
         return real_wrap(self, *args)  # type: ignore[arg-type]
 
     with monkeypatch.context() as mp:
-        mp.setattr(rotation.MasterKey, "wrap", wrap_then_die)
+        mp.setattr(MasterKey, "wrap", wrap_then_die)
         with pytest.raises(KeyboardInterrupt):
             rotate_master_key(first, settings)
     first.close()
@@ -1098,7 +1104,7 @@ def test_a_credential_added_during_a_rotation_that_then_dies_leaves_a_store_that
         raise KeyboardInterrupt  # the rotation dies before its final transaction
 
     with monkeypatch.context() as mp:
-        mp.setattr(rotation.os, "replace", add_then_replace_then_die)
+        mp.setattr(os, "replace", add_then_replace_then_die)
         with pytest.raises(KeyboardInterrupt):
             rotate_master_key(rotating, settings)
     rotating.close()
@@ -1132,7 +1138,7 @@ def test_two_rotations_at_once_agree_on_one_key(
             errors.append(exc)
 
     thread = threading.Thread(target=rotate_second)
-    real_write_key_file = rotation.write_key_file
+    real_write_key_file = write_key_file  # what store.rotation calls, replaced there below
 
     def start_the_other_rotation_first(path: Path, key: object) -> None:
         if not thread.is_alive() and thread.ident is None:

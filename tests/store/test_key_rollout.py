@@ -128,7 +128,8 @@ def test_a_key_staged_after_a_rotation_died_never_replaces_the_key_the_store_nee
 
     with Store.open(settings, env={}) as s:
         assert s.read_credential("c")["token"] == "secret-value"
-    assert read_key_file(settings.pending_key_path).key_id == staged.key_id  # still staged for next time
+    pending = read_key_file(settings.pending_key_path)
+    assert pending is not None and pending.key_id == staged.key_id  # still staged for next time
 
 
 def test_key_new_replaces_a_staged_file_left_half_written(run_cli: CliRun, settings: Settings) -> None:
@@ -138,4 +139,5 @@ def test_key_new_replaces_a_staged_file_left_half_written(run_cli: CliRun, setti
     made = json.loads(ok(run_cli("key", "new", "--json")))
 
     assert made["created"] is True
-    assert read_key_file(settings.pending_key_path).key_id == made["key_id"]
+    pending = read_key_file(settings.pending_key_path)
+    assert pending is not None and pending.key_id == made["key_id"]

@@ -57,6 +57,7 @@ def test_a_wrong_password_is_one_clear_line_without_the_password(run_cli: CliRun
 
 def test_an_unreachable_server_is_one_clear_line(run_cli: CliRun) -> None:
     password = conninfo_to_dict(os.environ["CREDGATE_DATABASE_URL"])["password"]
+    assert isinstance(password, str)
     result = run_cli("init", env={"CREDGATE_DATABASE_URL": url_with(port=closed_port())})
 
     assert result.exit_code == 1
@@ -81,6 +82,7 @@ def test_init_reports_the_database_without_its_password(run_cli: CliRun, home: P
     assert data["created"] is True
     assert data["database"].startswith("postgresql://credgate@127.0.0.1:")
     password = conninfo_to_dict(os.environ["CREDGATE_DATABASE_URL"])["password"]
+    assert isinstance(password, str)
     assert password and password not in result.output
     assert not (home / "credgate.db").exists()  # nothing of SQLite: the data folder holds the key only
     assert run_cli("doctor").exit_code == 0

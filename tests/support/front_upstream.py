@@ -48,14 +48,23 @@ warnings.filterwarnings("ignore", category=MCPDeprecationWarning)  # logging and
 
 Ctx = ServerRequestContext[Any, Any]
 RESOURCE_NOT_FOUND = -32002
-LEVELS: tuple[str, ...] = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+LEVELS: tuple[types.LoggingLevel, ...] = (
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+)
 BINARY = bytes(range(256))
 ALL_FEATURES = ("resources", "subscribe", "prompts", "completions", "logging")
 
 # -- what it saw ---------------------------------------------------------------------------------
 
 _events: list[dict[str, Any]] = []
-_level = "debug"
+_level: types.LoggingLevel = "debug"
 _meetings: dict[str, tuple[int, anyio.Event]] = {}
 # made once the event loop runs (see init_events)
 _changed: anyio.Event
@@ -91,7 +100,7 @@ def text(value: str, *, is_error: bool = False) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(text=value)], is_error=is_error)
 
 
-async def log(ctx: Ctx, level: str, message: str) -> None:
+async def log(ctx: Ctx, level: types.LoggingLevel, message: str) -> None:
     if LEVELS.index(level) >= LEVELS.index(_level):
         await ctx.session.send_log_message(level, message, logger="front-upstream", related_request_id=ctx.request_id)
 

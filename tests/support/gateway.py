@@ -534,7 +534,7 @@ async def connect(
     """The SDK's in-memory client against the gateway's MCP server, calling as `group`."""
     caller = Caller(group, agent)
     server = build_server(gateway, lambda ctx: caller)
-    async with Client(server, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(server, mode=mode) as client:
         yield client
 
 

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import psycopg
@@ -156,7 +157,7 @@ class Killer:
     startup: float = 0.4  # seconds from spawn to "store opened"
     kills: int = 0
     acknowledged: int = 0
-    _pg: psycopg.Connection[tuple[object, ...]] | None = None
+    _pg: psycopg.Connection[tuple[Any, ...]] | None = None
 
     def _spawn(self, args: list[str]) -> subprocess.Popen[str]:
         return subprocess.Popen(
@@ -292,7 +293,7 @@ def _apply_update(model: Model, i: int) -> Model:
 def _prepare_rm(store: Store, settings: Settings, runs: int) -> Model:
     catalog = load_catalog(settings.tools_dirs)
     model = _add_accounts(store, settings, [f"r{i}" for i in range(runs)] + ["keep"], "rm")
-    bindings = {}
+    bindings: dict[tuple[str, str], str | None] = {}
     for i in range(runs):
         store.add_group(f"g{i}")
         admin.allow(store, catalog, f"g{i}", ["login"])

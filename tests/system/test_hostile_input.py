@@ -782,11 +782,17 @@ ENCODERS: dict[str, Callable[[str], str]] = {
     "hex": lambda s: s.encode().hex(),
     "HEX": lambda s: s.encode().hex().upper(),
 }
+
+
+def _b64_encoder(lead: bytes, urlsafe: bool, pad: bool) -> Callable[[str], str]:
+    return lambda s: _b64_at(s.encode(), lead, b"tail!", urlsafe, pad)
+
+
 for _lead in (b"", b"x", b"ab"):
     for _urlsafe in (False, True):
         for _pad in (False, True):
-            ENCODERS[f"b64{len(_lead)}{'url' if _urlsafe else ''}{'=' if _pad else ''}"] = (
-                lambda s, lead=_lead, u=_urlsafe, p=_pad: _b64_at(s.encode(), lead, b"tail!", u, p)
+            ENCODERS[f"b64{len(_lead)}{'url' if _urlsafe else ''}{'=' if _pad else ''}"] = _b64_encoder(
+                _lead, _urlsafe, _pad
             )
 ENCODERS["b64_bearer"] = lambda s: base64.b64encode(b"Bearer " + s.encode()).decode()
 

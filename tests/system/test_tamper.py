@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -84,7 +85,7 @@ def _set_value(db: RawDb, cred: str, field: str, blob: bytes) -> None:
     )
 
 
-def _column(db: RawDb, cred: str, column: str) -> object:
+def _column(db: RawDb, cred: str, column: str) -> Any:
     return db.execute(f"SELECT {column} FROM credentials WHERE name = ?", (cred,)).fetchone()[0]
 
 
@@ -108,7 +109,7 @@ def truncate_value(cred: str, field: str) -> Mutate:
 
 def flip_dek(cred: str, where: str) -> Mutate:
     def mutate(db: RawDb) -> None:
-        blob = bytes(_column(db, cred, "wrapped_dek"))  # type: ignore[arg-type]
+        blob = bytes(_column(db, cred, "wrapped_dek"))
         index = {"nonce": 0, "ciphertext": NONCE_BYTES + 17, "tag": len(blob) - 1}[where]
         _set_column(db, cred, "wrapped_dek", _flip(blob, index))
 
@@ -327,8 +328,8 @@ async def test_a_tampered_credential_is_refused_by_name_and_the_others_keep_work
     assert updated.exit_code == 0, updated.output
     async with world.gateway() as gw, connect(gw, GROUP) as client:
         upstream.clear()
-        result = await client.call_tool(TOOL_OF[case.target], {})
-    assert not result.is_error, result
+        repaired = await client.call_tool(TOOL_OF[case.target], {})
+    assert not repaired.is_error, repaired
     sent = sent_secret(upstream, TOOL_OF[case.target])
     assert sent == [(None, "fresh-user", "fresh password") if case.target == "acct-d" else ("fresh-token", None, None)]
 
