@@ -20,6 +20,31 @@ from .errors import CiphertextError, ConflictError, CredentialValueError, Credga
 from .readiness import Status, Verdict, credential_verdict, verdict
 from .store import CredentialInfo, Store, hint_path
 
+__all__ = [
+    "STATUS_LABELS",
+    "ToolStatus",
+    "add_credential",
+    "allow",
+    "bind",
+    "credential_status",
+    "deny",
+    "doctor",
+    "folders",
+    "group_statuses",
+    "is_declared",
+    "oauth_summary",
+    "require_tool",
+    "save_connection",
+    "serve_warnings",
+    "shown_values",
+    "spec_for",
+    "tools_folder_problem",
+    "unbind",
+    "undiscovered_upstream",
+    "update_credential",
+    "upstream_of",
+]
+
 STATUS_LABELS: dict[Status, str] = {
     "ready": "ready",
     "needs_credential": "needs credential",

@@ -15,6 +15,16 @@ from mcp.server.auth.provider import AccessToken
 
 from .store import Store
 
+__all__ = [
+    "MAX_TOKEN_LENGTH",
+    "TOKEN_PREFIX",
+    "TOUCH_EVERY_SECONDS",
+    "AgentTokenVerifier",
+    "create_agent",
+    "new_token",
+    "token_hash",
+]
+
 TOKEN_PREFIX = "cgt_"
 MAX_TOKEN_LENGTH = 128
 TOUCH_EVERY_SECONDS = 60.0

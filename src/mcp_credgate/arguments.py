@@ -17,6 +17,20 @@ from typing import Any
 
 import jsonschema
 
+__all__ = [
+    "ANNOTATIONS",
+    "ANY_JSON",
+    "LIMITS",
+    "MAX_ARGUMENT_ERROR",
+    "PYTHON_TYPES",
+    "TOP_KEYWORDS",
+    "VALUE_KEYWORDS",
+    "Acceptance",
+    "ArgumentCheck",
+    "ValueCheck",
+    "quick_acceptance",
+]
+
 MAX_ARGUMENT_ERROR = 300
 
 Acceptance = Callable[[Mapping[str, Any]], bool]  # True: valid; False: not sure

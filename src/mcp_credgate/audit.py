@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 
 from .store import AuditRow
 
+__all__ = ["BATCH", "FLUSH_SECONDS", "AuditLog", "Outcome"]
+
 logger = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.2

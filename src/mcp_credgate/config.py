@@ -10,6 +10,16 @@ from pathlib import Path
 
 from .errors import StoreError
 
+__all__ = [
+    "DATABASE_NAME",
+    "DEFAULT_PUBLIC_URL",
+    "KEY_FILE_NAME",
+    "PENDING_KEY_FILE_NAME",
+    "Settings",
+    "default_home",
+    "default_tools_dirs",
+]
+
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8765"
 DATABASE_NAME = "credgate.db"
 KEY_FILE_NAME = "master.key"

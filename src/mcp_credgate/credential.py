@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+__all__ = ["EMPTY_CREDENTIAL", "MASK", "Credential", "mask"]
+
 MASK = "••••"
 
 

@@ -23,6 +23,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import MasterKeyError
 
+__all__ = [
+    "KEY_BYTES",
+    "NONCE_BYTES",
+    "DataKey",
+    "Keyring",
+    "MasterKey",
+    "OpenError",
+    "read_key_file",
+    "write_key_file",
+]
+
 KEY_BYTES = 32
 NONCE_BYTES = 12
 _KEY_CHECK_PLAINTEXT = b"credgate master key check v1"

@@ -13,6 +13,8 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+__all__ = ["Deadlines"]
+
 T = TypeVar("T")
 
 

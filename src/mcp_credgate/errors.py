@@ -17,6 +17,20 @@ The CLI prints `str(error)` as one line on stderr and exits 1.
 
 from __future__ import annotations
 
+__all__ = [
+    "CiphertextError",
+    "ConflictError",
+    "CredentialValueError",
+    "CredgateError",
+    "DeclarationError",
+    "GatewayError",
+    "MasterKeyError",
+    "NotFoundError",
+    "NotInitialisedError",
+    "StoreBusyError",
+    "StoreError",
+]
+
 
 class CredgateError(Exception):
     """Root of credgate's errors. The message is shown to the user as is."""

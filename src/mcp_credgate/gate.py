@@ -23,6 +23,18 @@ from .errors import CiphertextError, CredentialValueError
 from .readiness import Verdict, credential_verdict, verdict
 from .store import Binding, SealedCredential, Store
 
+__all__ = [
+    "WARNINGS",
+    "CredentialWarning",
+    "Decision",
+    "Gate",
+    "InvalidArguments",
+    "ListedTool",
+    "Ready",
+    "Unknown",
+    "utc_now",
+]
+
 
 @dataclass(frozen=True)
 class Unknown:

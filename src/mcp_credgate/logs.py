@@ -13,6 +13,8 @@ import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
+__all__ = ["JsonLinesFormatter", "configure_logging", "new_ref", "request_id"]
+
 request_id: ContextVar[str | None] = ContextVar("credgate_request_id", default=None)
 
 

@@ -32,6 +32,27 @@ if TYPE_CHECKING:  # the network parts load with the first request: `credgate` c
     import httpx2
     from mcp.shared.auth import OAuthToken
 
+__all__ = [
+    "ERROR_CODE",
+    "MAX_LIFETIME",
+    "MAX_TOKEN_RESPONSE",
+    "TOKEN_TIMEOUT",
+    "AuthorizationRequest",
+    "Condition",
+    "GrantRefused",
+    "OAuthError",
+    "TokenEndpointUnavailable",
+    "TokenExpired",
+    "code_from_callback",
+    "condition",
+    "exchange_code",
+    "iso",
+    "refresh",
+    "start_authorization",
+    "token_values",
+    "utc_now",
+]
+
 TOKEN_TIMEOUT = 20.0
 MAX_TOKEN_RESPONSE = 64 * 1024
 MAX_LIFETIME = 10 * 365 * 24 * 3600  # an `expires_in` beyond this (or ≤ 0) is not taken as a lifetime

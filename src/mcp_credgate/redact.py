@@ -16,6 +16,8 @@ from urllib.parse import quote, quote_plus
 
 from .credential import Credential
 
+__all__ = ["MIN_DERIVED_LENGTH", "NO_REDACTION", "Redactor", "encoded_forms", "redactor_for"]
+
 MIN_DERIVED_LENGTH = 4  # shorter secrets are still redacted raw, but their encodings would match noise
 
 

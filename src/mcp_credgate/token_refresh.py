@@ -21,6 +21,8 @@ from .errors import ConflictError, CredentialValueError, NotFoundError, StoreBus
 from .readiness import REFRESH_MARGIN
 from .store import Store
 
+__all__ = ["SAVE_ATTEMPTS", "TokenRefresher"]
+
 logger = logging.getLogger("credgate.oauth")
 
 SAVE_ATTEMPTS = 3
