@@ -29,9 +29,7 @@ SAVE_ATTEMPTS = 3
 
 
 class TokenRefresher:
-    def __init__(
-        self, store: Store, http: Callable[[], httpx2.AsyncClient], margin: float = REFRESH_MARGIN
-    ) -> None:
+    def __init__(self, store: Store, http: Callable[[], httpx2.AsyncClient], margin: float = REFRESH_MARGIN) -> None:
         self.store = store
         self.http = http
         self.margin = margin
