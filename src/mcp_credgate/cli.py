@@ -985,13 +985,14 @@ def serve(
 ) -> None:
     """Serve MCP: over stdio for one group, or with --http for every agent with a token."""
     from .logs import configure_logging
-    from .transports import serve_http, serve_stdio
+    from .serving.http import serve_http
+    from .serving.stdio import serve_stdio
 
     catalog = app.catalog
     catalog.raise_problems()
     if use_http:
-        from .http_app import allowed_hosts_and_origins
         from .loopback import is_loopback_host
+        from .serving.guard import allowed_hosts_and_origins
 
         settings = app.settings
         if not app.meta.get("credgate.public_url") and not os.environ.get("CREDGATE_PUBLIC_URL"):
@@ -1043,7 +1044,7 @@ def dashboard(app: App, host: str, port: int) -> None:
     """Serve the web dashboard alone (for admins whose agents run over stdio)."""
     from .logs import configure_logging
     from .loopback import is_loopback_host
-    from .transports import serve_dashboard
+    from .serving.http import serve_dashboard
 
     settings = app.settings
     if not app.meta.get("credgate.public_url") and not os.environ.get("CREDGATE_PUBLIC_URL"):

@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..config import Settings
 from ..declarations import Catalog
+from ..serving.guard import RequestGuard, allowed_hosts_and_origins
 from .pages import audit, credentials, groups, setup, signin
 from .site import HERE, Site
 
@@ -58,8 +59,6 @@ def routes(site: Site) -> list[Route | Mount]:
 
 def build_dashboard_app(settings: Settings, catalog: Catalog, *, host: str, port: int) -> Starlette:
     """`credgate dashboard`: the pages alone, behind the same Host/Origin guard as the MCP app."""
-    from ..http_app import RequestGuard, allowed_hosts_and_origins
-
     site = Site.open(settings, lambda: catalog)
     hosts, origins = allowed_hosts_and_origins(host, port, settings.public_url)
 

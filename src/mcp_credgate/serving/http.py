@@ -1,7 +1,7 @@
 """Remote agents: one Starlette app serving Streamable HTTP at /mcp and SSE at /sse (+ /messages/).
 
 Layers, outermost first:
-1. `RequestGuard`: a foreign Host or Origin gets 403 (DNS-rebinding protection), a token in the query
+1. `RequestGuard` (`guard.py`): a foreign Host or Origin gets 403 (DNS-rebinding protection), a token in the query
    string 401, a declared body over the cap 413 — all before authentication and before the body is read;
 2. the SDK's bearer authentication (`BearerAuthBackend` + `AuthContextMiddleware`) with our
    `AgentTokenVerifier`, checked on every request, so a revoked token fails at its next request;
@@ -12,10 +12,10 @@ The caller's agent and group come only from the verified token (`get_access_toke
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware, get_access_token
 from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
@@ -24,79 +24,19 @@ from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
-from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
-from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .agents import AgentTokenVerifier
-from .loopback import is_loopback_host
-from .server import Caller, Gateway, build_server
-from .transports import reload_on_sighup
-
-MAX_BODY_BYTES = 4 * 1024 * 1024
-TOKEN_QUERY_NAMES = frozenset({"access_token", "token", "auth", "authorization", "bearer"})
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
-
-
-def allowed_hosts_and_origins(host: str, port: int, public_url: str | None) -> tuple[list[str], list[str]]:
-    """The Host headers and Origins this server answers: its own address (all loopback names when bound
-    to loopback) and the public URL's."""
-    names = list(LOOPBACK_NAMES) if is_loopback_host(host) else [f"[{host}]" if ":" in host else host]
-    hosts = [f"{n}:{port}" for n in names]
-    origins = [f"http://{h}" for h in hosts]
-    if public_url:
-        parts = urlsplit(public_url)
-        if parts.netloc:
-            default_port = {"http": 80, "https": 443}.get(parts.scheme)
-            netloc = parts.netloc.lower()
-            hosts.append(netloc)
-            origins.append(f"{parts.scheme}://{netloc}")
-            if parts.port is None and default_port:
-                hosts.append(f"{netloc}:{default_port}")
-    return sorted(set(hosts)), sorted(set(origins))
-
-
-class RequestGuard:
-    """Refuses foreign hosts/origins (403), query-string tokens (401) and oversized bodies (413) up front."""
-
-    def __init__(self, app: ASGIApp, hosts: list[str], origins: list[str], max_body: int = MAX_BODY_BYTES) -> None:
-        self.app = app
-        self.hosts = {h.lower() for h in hosts}
-        self.origins = {o.lower() for o in origins}
-        self.max_body = max_body
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        response = self._refusal(scope)
-        if response is not None:
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-    def _refusal(self, scope: Scope) -> Response | None:
-        headers = Headers(scope=scope)
-        host = (headers.get("host") or "").lower()
-        if host not in self.hosts:
-            return PlainTextResponse("Forbidden: unknown Host", status_code=403)
-        origin = headers.get("origin")
-        if origin is not None and origin.lower() not in self.origins:
-            return PlainTextResponse("Forbidden: foreign Origin", status_code=403)
-        query = scope.get("query_string", b"").decode("latin-1")
-        if any(name.lower() in TOKEN_QUERY_NAMES for name, _ in parse_qsl(query, keep_blank_values=True)):
-            return PlainTextResponse(
-                "Unauthorized: send the token in an Authorization: Bearer header, never in the URL",
-                status_code=401,
-                headers={"WWW-Authenticate": 'Bearer error="invalid_request"'},
-            )
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            return PlainTextResponse("Request body too large", status_code=413)
-        return None
+from ..agents import AgentTokenVerifier
+from ..config import Settings
+from ..declarations import Catalog
+from ..server import Caller, Gateway, build_server
+from ..web.app import build_dashboard_app, routes
+from ..web.site import Site
+from .guard import MAX_BODY_BYTES, RequestGuard, allowed_hosts_and_origins
+from .lifecycle import reload_on_sighup, run_uvicorn
 
 
 def identify(ctx: ServerRequestContext[Any] | None) -> Caller:
@@ -149,3 +89,22 @@ def build_http_app(
         ],
         lifespan=lifespan,
     )
+
+
+async def serve_http(settings: Settings, catalog: Catalog, host: str, port: int) -> None:
+    """Run the HTTP app (MCP for agents, the dashboard for admins) until SIGINT/SIGTERM; in-flight requests
+    finish, the audit is flushed."""
+    gateway = Gateway.open(settings, catalog)
+    with Site.open(settings, lambda: gateway.catalog) as site:  # the dashboard's own store connection
+        app = build_http_app(gateway, host=host, port=port, public_url=settings.public_url, extra_routes=routes(site))
+        logging.getLogger("credgate").info(
+            "serving MCP on http://%s:%d (/mcp, /sse) and the dashboard at /", host, port
+        )
+        await run_uvicorn(app, host, port)
+
+
+async def serve_dashboard(settings: Settings, catalog: Catalog, host: str, port: int) -> None:
+    """The dashboard alone, for admins whose agents run over stdio."""
+    app = build_dashboard_app(settings, catalog, host=host, port=port)
+    logging.getLogger("credgate").info("serving the dashboard on http://%s:%d", host, port)
+    await run_uvicorn(app, host, port)

@@ -1,0 +1,30 @@
+"""MCP over stdio for local clients: one group, the process's own."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+from mcp.server.context import ServerRequestContext
+from mcp.server.stdio import stdio_server
+
+from ..config import Settings
+from ..declarations import Catalog
+from ..errors import GatewayError
+from ..server import Caller, build_server, open_gateway
+from .lifecycle import reload_on_sighup
+
+
+async def serve_stdio(settings: Settings, catalog: Catalog, group: str) -> None:
+    async with open_gateway(settings, catalog) as gateway:
+        if not gateway.gate.group_exists(group):
+            raise GatewayError(f"no agent group named {group!r} (create it with `credgate group add {group}`)")
+        caller = Caller(group=group)
+
+        def identify(ctx: ServerRequestContext[Any] | None) -> Caller:
+            return caller
+
+        server = build_server(gateway, identify)
+        gc.freeze()  # start-up objects are permanent: later collections need not walk them
+        async with reload_on_sighup(gateway), stdio_server() as (read_stream, write_stream):
+            await server.run(read_stream, write_stream, server.create_initialization_options())
