@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property, partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
@@ -26,15 +26,14 @@ from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 from pydantic import BaseModel
 
 from . import oauth
+from .audit import AuditLog
+from .caller import Caller
 from .credential import Credential
 from .declarations import McpHandler
-from .gate import CredentialWarning, Ready
+from .gate import CredentialWarning, Gate, Ready
 from .handlers.upstream import Session, UpstreamError, UpstreamPool
 from .redact import Redactor, redactor_for
 from .relay import redacted
-
-if TYPE_CHECKING:
-    from .server import Caller, Gateway
 
 logger = logging.getLogger("credgate.front")
 
@@ -42,6 +41,10 @@ RESOURCE_NOT_FOUND = -32002  # the MCP specification's code for an unknown resou
 MAX_PAGES = 100  # an upstream's list, page after page, up to this many pages
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 _T = TypeVar("_T")
+
+# The credential of a ready decision as it may be used now (see `Gateway.usable_credential`): in full and as
+# the upstream gets it, or the warning that replaces it; raises oauth.OAuthError when it cannot be refreshed.
+UsableCredential = Callable[[str, Ready], Awaitable[tuple[Credential, Credential] | CredentialWarning]]
 
 
 @dataclass(frozen=True)
@@ -95,27 +98,43 @@ def _matches(template: str, uri: str) -> bool:
 
 
 class Front:
-    """Answers resources/*, prompts/*, completion/complete and logging/setLevel for the gateway."""
+    """Answers resources/*, prompts/*, completion/complete and logging/setLevel for the gateway. It lives as
+    long as the gateway that makes it, and is given what it uses: the current gate (a reload replaces it),
+    what the upstreams announced, the audit writer, the upstream pool (none outside `Gateway.running`) and
+    the way to a usable credential."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(
+        self,
+        *,
+        gate: Callable[[], Gate],
+        announced: Callable[[], Mapping[str, Mapping[str, Any]]],
+        audit: AuditLog,
+        pool: Callable[[], UpstreamPool | None],
+        usable_credential: UsableCredential,
+    ) -> None:
+        self._gate = gate
+        self._announced = announced
+        self._audit = audit
+        self._pool = pool
+        self._usable_credential = usable_credential
         # what each upstream last listed: resource URIs and templates (for routing a read), by upstream
         self._uris: dict[str, set[str]] = {}
         self._templates: dict[str, set[str]] = {}
 
     @property
     def pool(self) -> UpstreamPool:
-        if self.gateway.upstreams is None:
+        pool = self._pool()
+        if pool is None:
             raise MCPError(code=types.INTERNAL_ERROR, message="upstream MCP servers are not served here")
-        return self.gateway.upstreams
+        return pool
 
     # -- policy and capabilities ---------------------------------------------------------------
 
     def capabilities(self, group: str) -> types.ServerCapabilities:
         """The group's tools, and what its allowed upstreams announced: the union, not more."""
-        announced = self.gateway.store.upstream_capabilities()
+        announced = self._announced()
         caps: dict[str, Any] = {"tools": {}}
-        for name in self.gateway.gate.allowed_upstreams(group):
+        for name in self._gate().allowed_upstreams(group):
             upstream = announced.get(name, {})
             for feature in ("prompts", "completions", "logging"):
                 if feature in upstream:
@@ -129,8 +148,8 @@ class Front:
     def _announcing(self, group: str, feature: str, method: str | None) -> dict[str, Mapping[str, Any]]:
         """The group's upstreams that announced `feature`, with what they announced. When none did, `method`
         is unknown to the group, as it would be on a server without the feature: Method not found."""
-        announced = self.gateway.store.upstream_capabilities()
-        allowed = self.gateway.gate.allowed_upstreams(group)
+        announced = self._announced()
+        allowed = self._gate().allowed_upstreams(group)
         found: dict[str, Mapping[str, Any]] = {n: announced[n] for n in allowed if feature in announced.get(n, {})}
         if not found and method is not None:
             raise MCPError(code=types.METHOD_NOT_FOUND, message=f"Method not found: {method}")
@@ -154,13 +173,13 @@ class Front:
         return out
 
     async def _reach(self, group: str, name: str, capabilities: Mapping[str, Any]) -> Reached | CredentialWarning:
-        decision = self.gateway.gate.check_upstream(group, name)
+        decision = self._gate().check_upstream(group, name)
         if isinstance(decision, CredentialWarning):
             return decision
         if not isinstance(decision, Ready):
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown upstream: {name}")
         try:
-            usable = await self.gateway.usable_credential(group, decision)
+            usable = await self._usable_credential(group, decision)
         except oauth.OAuthError as exc:
             raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {name}: {exc}") from None
         if isinstance(usable, CredentialWarning):
@@ -194,7 +213,7 @@ class Front:
         finally:
             if audited is not None:
                 label = f"{up.name}:{audited}"
-                self.gateway.audit.record(caller.group, caller.agent, label, up.credential_name, outcome, started)
+                self._audit.record(caller.group, caller.agent, label, up.credential_name, outcome, started)
 
     async def _gather(
         self, caller: Caller, feature: str, method: str, list_one: Callable[[Reached], Awaitable[_T]]

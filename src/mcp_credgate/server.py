@@ -12,7 +12,6 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx2
@@ -25,6 +24,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from . import __version__, oauth
 from .audit import AuditLog
+from .caller import Caller
 from .config import Settings
 from .credential import Credential
 from .deadlines import Deadlines
@@ -37,23 +37,12 @@ from .handlers.python import run_python
 from .handlers.upstream import UpstreamError, UpstreamPool, upstream_pool
 from .logs import new_ref, request_id
 from .redact import Redactor, redactor_for
-from .relay import AgentRequest
 from .store import Store
 from .token_refresh import TokenRefresher
 
 logger = logging.getLogger("credgate.server")
 
 NOT_READY_NOTE = " (Not set up yet for this agent group: calling it returns setup instructions.)"
-
-
-@dataclass(frozen=True)
-class Caller:
-    group: str
-    agent: str | None = None
-
-    def relayed(self, ctx: ServerRequestContext[Any] | None) -> AgentRequest | None:
-        """The caller's MCP request as the relay to an upstream knows it (none outside a request)."""
-        return AgentRequest(ctx, (self.group, self.agent)) if ctx is not None else None
 
 
 class Gateway:
@@ -70,7 +59,13 @@ class Gateway:
         self.upstreams: UpstreamPool | None = None  # set while `running()`
         self.refresher = TokenRefresher(store, lambda: self.http)
         self.deadlines = Deadlines()  # the python handlers' timeouts
-        self.front = Front(self)
+        self.front = Front(
+            gate=lambda: self.gate,
+            announced=store.upstream_capabilities,
+            audit=self.audit,
+            pool=lambda: self.upstreams,
+            usable_credential=self.usable_credential,
+        )
 
     @classmethod
     def open(cls, settings: Settings, catalog: Catalog) -> Gateway:

@@ -31,10 +31,11 @@ from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
 from mcp_credgate import admin
+from mcp_credgate.caller import Caller
 from mcp_credgate.config import Settings
 from mcp_credgate.crypto import MasterKey
 from mcp_credgate.declarations import Catalog, load_catalog
-from mcp_credgate.server import Caller, Gateway, build_server
+from mcp_credgate.server import Gateway, build_server
 from mcp_credgate.store import AuditRow, Store, store_exists
 from tests.support.postgres import POSTGRES_URL, database_url_for, drop_schema
 from tests.support.raw_db import raw_db

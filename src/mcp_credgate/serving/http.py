@@ -30,9 +30,10 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..agents import AgentTokenVerifier
+from ..caller import Caller
 from ..config import Settings
 from ..declarations import Catalog
-from ..server import Caller, Gateway, build_server
+from ..server import Gateway, build_server
 from ..web.app import build_dashboard_app, routes
 from ..web.site import Site
 from .guard import MAX_BODY_BYTES, RequestGuard, allowed_hosts_and_origins

@@ -8,10 +8,11 @@ from typing import Any
 from mcp.server.context import ServerRequestContext
 from mcp.server.stdio import stdio_server
 
+from ..caller import Caller
 from ..config import Settings
 from ..declarations import Catalog
 from ..errors import GatewayError
-from ..server import Caller, build_server, open_gateway
+from ..server import build_server, open_gateway
 from .lifecycle import reload_on_sighup
 
 

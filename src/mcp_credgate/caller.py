@@ -1,0 +1,23 @@
+"""Who a request is from: the agent group (and agent) that the transport names for it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mcp.server.context import ServerRequestContext
+
+from .relay import AgentRequest
+
+
+@dataclass(frozen=True)
+class Caller:
+    """One request's caller, made by the transport's `identify` (stdio: the process's group; HTTP: the
+    verified bearer token's); frozen, and kept no longer than the request."""
+
+    group: str
+    agent: str | None = None
+
+    def relayed(self, ctx: ServerRequestContext[Any] | None) -> AgentRequest | None:
+        """The caller's MCP request as the relay to an upstream knows it (none outside a request)."""
+        return AgentRequest(ctx, (self.group, self.agent)) if ctx is not None else None
