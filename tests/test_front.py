@@ -42,8 +42,9 @@ from mcp_credgate.cli import cli
 from mcp_credgate.credential import Credential
 from mcp_credgate.declarations import McpHandler, load_catalog
 from mcp_credgate.errors import DeclarationError
+from mcp_credgate.gateway import Gateway
 from mcp_credgate.handlers.upstream import upstream_pool
-from mcp_credgate.server import Gateway, build_server
+from mcp_credgate.server import build_server
 from tests.support import REPO_ROOT, SUPPORT_DIR
 from tests.support.gateway import (
     World,

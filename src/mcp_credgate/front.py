@@ -98,10 +98,10 @@ def _matches(template: str, uri: str) -> bool:
 
 
 class Front:
-    """Answers resources/*, prompts/*, completion/complete and logging/setLevel for the gateway. It lives as
-    long as the gateway that makes it, and is given what it uses: the current gate (a reload replaces it),
-    what the upstreams announced, the audit writer, the upstream pool (none outside `Gateway.running`) and
-    the way to a usable credential."""
+    """Lives as long as the gateway that makes it (it remembers what each upstream last listed). Answers
+    resources/*, prompts/*, completion/complete and logging/setLevel, with what it is given: the current
+    gate (a reload replaces it), what the upstreams announced, the audit writer, the upstream pool (none
+    outside `Gateway.running`) and the way to a usable credential."""
 
     def __init__(
         self,

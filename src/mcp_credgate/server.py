@@ -1,5 +1,8 @@
 """The MCP wiring: a low-level `Server` whose tool list and calls are worked out per caller's group.
 
+`build_server(gateway, identify)` makes it over a `gateway.Gateway` (the app-lifetime parts): `ToolCalls`
+answers tools/list and tools/call, the gateway's `Front` the rest of MCP for upstream servers.
+
 Every request stands alone (the SDK's newest protocol has no session): the group comes from
 `identify(ctx)` each time. Everything that leaves for the agent passes through the redactor of the
 credential in use; no exception escapes `on_call_tool` (the SDK would echo its text in legacy mode).
@@ -10,11 +13,9 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import httpx2
 import mcp_types as types
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
@@ -23,92 +24,33 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from . import __version__, oauth
-from .audit import AuditLog
 from .caller import Caller
-from .config import Settings
 from .credential import Credential
-from .deadlines import Deadlines
-from .declarations import Catalog, HttpHandler, PythonHandler, Tool, load_catalog
-from .front import Front
-from .gate import CredentialWarning, Gate, InvalidArguments, Ready, Unknown
+from .declarations import HttpHandler, PythonHandler, Tool
+from .gate import CredentialWarning, InvalidArguments, Unknown
+from .gateway import Gateway
 from .handlers import ToolOutput
-from .handlers.http import make_client, run_http
+from .handlers.http import run_http
 from .handlers.python import run_python
-from .handlers.upstream import UpstreamError, UpstreamPool, upstream_pool
+from .handlers.upstream import UpstreamError
 from .logs import new_ref, request_id
 from .redact import Redactor, redactor_for
-from .store import Store
-from .token_refresh import TokenRefresher
 
 logger = logging.getLogger("credgate.server")
 
 NOT_READY_NOTE = " (Not set up yet for this agent group: calling it returns setup instructions.)"
 
 
-class Gateway:
-    """App-lifetime parts: declarations, store, gate, HTTP client and audit writer."""
+class ToolCalls:
+    """Lives as long as its server (one per `build_server`) and keeps nothing of a call: a call's caller, ref
+    and start time travel as arguments. tools/list and tools/call over the gateway's parts; the gate, the
+    HTTP client and the upstream pool are read from the gateway at each call (a reload replaces the gate)."""
 
-    def __init__(self, settings: Settings, catalog: Catalog, store: Store, audit_store: Store) -> None:
-        self.settings = settings
-        self.catalog = catalog
-        self.store = store
-        self.gate = Gate(store, catalog, settings.public_url)
-        self.audit = AuditLog(audit_store.write_audit)
-        self._audit_store = audit_store
-        self._http: httpx2.AsyncClient | None = None
-        self.upstreams: UpstreamPool | None = None  # set while `running()`
-        self.refresher = TokenRefresher(store, lambda: self.http)
-        self.deadlines = Deadlines()  # the python handlers' timeouts
-        self.front = Front(
-            gate=lambda: self.gate,
-            announced=store.upstream_capabilities,
-            audit=self.audit,
-            pool=lambda: self.upstreams,
-            usable_credential=self.usable_credential,
-        )
-
-    @classmethod
-    def open(cls, settings: Settings, catalog: Catalog) -> Gateway:
-        catalog.raise_problems()
-        return cls(settings, catalog, Store.open(settings), Store.open(settings))
-
-    def reload(self) -> bool:
-        """Read the declarations again (SIGHUP). All or nothing: a broken file keeps the running configuration
-        and is logged with its file and field. Calls already running finish with the catalog they began with."""
-        catalog = load_catalog(self.settings.tools_dirs)
-        if catalog.upstreams:
-            catalog = catalog.with_discovered(self.store.discovered_tools())
-        if catalog.problems:
-            for problem in catalog.problems:
-                logger.error("reload refused, the previous declarations stay active: %s", problem)
-            return False
-        gate = Gate(self.store, catalog, self.settings.public_url)
-        self.catalog, self.gate = catalog, gate
-        logger.info("reloaded the declarations: %d tools", len(catalog.tools))
-        return True
-
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[Gateway]:
-        """The async lifetime of the app: upstream MCP servers run inside it and stop when it ends."""
-        async with upstream_pool(self.store.save_upstream_capabilities) as pool:
-            self.upstreams = pool
-            try:
-                yield self
-            finally:
-                self.upstreams = None
-
-    @property
-    def http(self) -> httpx2.AsyncClient:
-        if self._http is None:
-            self._http = make_client()
-        return self._http
-
-    async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-        self.audit.close()
-        self._audit_store.close()
-        self.store.close()
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self._audit = gateway.audit
+        self._deadlines = gateway.deadlines
+        self._usable_credential = gateway.usable_credential
 
     # -- tools/list ------------------------------------------------------------------------
 
@@ -119,7 +61,7 @@ class Gateway:
                 description=listed.tool.decl.description + ("" if listed.ready else NOT_READY_NOTE),
                 input_schema=listed.tool.decl.input_schema,
             )
-            for listed in self.gate.list_tools(group)
+            for listed in self._gateway.gate.list_tools(group)
         ]
 
     # -- tools/call ------------------------------------------------------------------------
@@ -149,7 +91,7 @@ class Gateway:
     ) -> types.CallToolResult:
         started = time.perf_counter()
         args = dict(arguments or {})  # a dict of its own, as JSON Schema's object is
-        decision = self.gate.check(caller.group, name, args)
+        decision = self._gateway.gate.check(caller.group, name, args)
         if isinstance(decision, Unknown):
             self._record(caller, name, None, "denied", started, ref)
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
@@ -159,7 +101,7 @@ class Gateway:
         if isinstance(decision, CredentialWarning):
             return self._warn(caller, name, decision, started, ref)
         try:
-            usable = await self.usable_credential(caller.group, decision)
+            usable = await self._usable_credential(caller.group, decision)
         except oauth.OAuthError as exc:
             self._record(caller, name, decision.credential_name, "error", started, ref)
             return _text_result(
@@ -181,18 +123,6 @@ class Gateway:
         self._record(caller, name, decision.credential_name, "error" if output.is_error else "ok", started, ref)
         return _to_result(output, redactor)
 
-    async def usable_credential(self, group: str, ready: Ready) -> tuple[Credential, Credential] | CredentialWarning:
-        """The credential in full (for redaction) and as a handler sees it: an OAuth2 one refreshed when due,
-        without what only the refresh needs. Raises oauth.OAuthError when it cannot be refreshed for now."""
-        spec = ready.tool.credential
-        if spec is None or spec.oauth is None:
-            return ready.credential, ready.credential
-        try:
-            credential = await self.refresher.fresh(spec, ready.credential)
-        except oauth.TokenExpired:
-            return self.gate.expired(group, ready.tool, ready.credential.name)
-        return credential, credential.only(spec.handler_fields)  # not the refresh token nor the client secret
-
     def _warn(
         self, caller: Caller, name: str, warning: CredentialWarning, started: float, ref: str
     ) -> types.CallToolResult:
@@ -206,7 +136,7 @@ class Gateway:
     def _record(
         self, caller: Caller, tool: str, credential: str | None, outcome: str, started: float, ref: str
     ) -> None:
-        self.audit.record(caller.group, caller.agent, tool, credential, outcome, started, ref)
+        self._audit.record(caller.group, caller.agent, tool, credential, outcome, started, ref)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "call group=%s agent=%s tool=%s credential=%s outcome=%s",
@@ -227,15 +157,16 @@ class Gateway:
     ) -> ToolOutput:
         handler = tool.decl.handler
         if isinstance(handler, HttpHandler):
-            return await run_http(self.http, handler, tool.credential, args, credential)
+            return await run_http(self._gateway.http, handler, tool.credential, args, credential)
         if isinstance(handler, PythonHandler):
             assert tool.function is not None
-            return await run_python(handler, tool.function, args, credential, self.deadlines)
-        if self.upstreams is None or tool.upstream is None or tool.upstream_tool is None:
+            return await run_python(handler, tool.function, args, credential, self._deadlines)
+        upstreams = self._gateway.upstreams
+        if upstreams is None or tool.upstream is None or tool.upstream_tool is None:
             return ToolOutput.error(f"upstream tools are not served by this gateway: {tool.name}")
         try:
             agent = caller.relayed(ctx)  # only an upstream sends messages of its own during a call
-            result = await self.upstreams.call(tool.upstream, handler, tool.upstream_tool, args, credential, agent)
+            result = await upstreams.call(tool.upstream, handler, tool.upstream_tool, args, credential, agent)
         except UpstreamError as exc:
             return ToolOutput.error(str(exc))
         dumped = result.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -301,15 +232,16 @@ class GatewayServer(Server[Any]):
 def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
     """A low-level MCP server over the gateway; `identify` names the caller of each request."""
     front = gateway.front
+    calls = ToolCalls(gateway)
 
     async def on_list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=gateway.list_tools(identify(ctx).group))
+        return types.ListToolsResult(tools=calls.list_tools(identify(ctx).group))
 
     async def on_call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         try:
-            return await gateway.call_tool(identify(ctx), params.name, params.arguments, ctx)
+            return await calls.call_tool(identify(ctx), params.name, params.arguments, ctx)
         except MCPError:
             raise
         except Exception as exc:  # a bug of ours: never let its text (or a secret in it) reach the agent
@@ -388,13 +320,3 @@ def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
     # registered apart: through the constructor the SDK warns that logging is deprecated for 2026-07-28
     server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, on_set_logging_level)
     return server
-
-
-@asynccontextmanager
-async def open_gateway(settings: Settings, catalog: Catalog) -> AsyncIterator[Gateway]:
-    gateway = Gateway.open(settings, catalog)
-    try:
-        async with gateway.running():
-            yield gateway
-    finally:
-        await gateway.aclose()

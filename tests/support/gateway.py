@@ -35,7 +35,8 @@ from mcp_credgate.caller import Caller
 from mcp_credgate.config import Settings
 from mcp_credgate.crypto import MasterKey
 from mcp_credgate.declarations import Catalog, load_catalog
-from mcp_credgate.server import Gateway, build_server
+from mcp_credgate.gateway import Gateway
+from mcp_credgate.server import build_server
 from mcp_credgate.store import AuditRow, Store, store_exists
 from tests.support.postgres import POSTGRES_URL, database_url_for, drop_schema
 from tests.support.raw_db import raw_db

@@ -34,7 +34,7 @@ from starlette.testclient import TestClient
 
 from mcp_credgate.agents import create_agent
 from mcp_credgate.credential import mask
-from mcp_credgate.server import Gateway
+from mcp_credgate.gateway import Gateway
 from mcp_credgate.serving.http import build_http_app
 from mcp_credgate.store import AuditRow, Store
 from mcp_credgate.web import session as web_session

@@ -33,7 +33,8 @@ from ..agents import AgentTokenVerifier
 from ..caller import Caller
 from ..config import Settings
 from ..declarations import Catalog
-from ..server import Gateway, build_server
+from ..gateway import Gateway
+from ..server import build_server
 from ..web.app import build_dashboard_app, routes
 from ..web.site import Site
 from .guard import MAX_BODY_BYTES, RequestGuard, allowed_hosts_and_origins

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 
-from ..server import Gateway
+from ..gateway import Gateway
 
 
 @asynccontextmanager

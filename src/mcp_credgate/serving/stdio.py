@@ -12,7 +12,8 @@ from ..caller import Caller
 from ..config import Settings
 from ..declarations import Catalog
 from ..errors import GatewayError
-from ..server import build_server, open_gateway
+from ..gateway import open_gateway
+from ..server import build_server
 from .lifecycle import reload_on_sighup
 
 
