@@ -991,8 +991,8 @@ def serve(
     catalog = app.catalog
     catalog.raise_problems()
     if use_http:
+        from .guard import allowed_hosts_and_origins
         from .loopback import is_loopback_host
-        from .serving.guard import allowed_hosts_and_origins
 
         settings = app.settings
         if not app.meta.get("credgate.public_url") and not os.environ.get("CREDGATE_PUBLIC_URL"):

@@ -1,7 +1,7 @@
 """Remote agents: one Starlette app serving Streamable HTTP at /mcp and SSE at /sse (+ /messages/).
 
 Layers, outermost first:
-1. `RequestGuard` (`guard.py`): a foreign Host or Origin gets 403 (DNS-rebinding protection), a token in the query
+1. `guard.RequestGuard`: a foreign Host or Origin gets 403 (DNS-rebinding protection), a token in the query
    string 401, a declared body over the cap 413 — all before authentication and before the body is read;
 2. the SDK's bearer authentication (`BearerAuthBackend` + `AuthContextMiddleware`) with our
    `AgentTokenVerifier`, checked on every request, so a revoked token fails at its next request;
@@ -34,10 +34,10 @@ from ..caller import Caller
 from ..config import Settings
 from ..declarations import Catalog
 from ..gateway import Gateway
+from ..guard import MAX_BODY_BYTES, RequestGuard, allowed_hosts_and_origins
 from ..server import build_server
 from ..web.app import build_dashboard_app, routes
 from ..web.site import Site
-from .guard import MAX_BODY_BYTES, RequestGuard, allowed_hosts_and_origins
 from .lifecycle import reload_on_sighup, run_uvicorn
 
 

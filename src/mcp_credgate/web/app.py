@@ -19,7 +19,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..config import Settings
 from ..declarations import Catalog
-from ..serving.guard import RequestGuard, allowed_hosts_and_origins
+from ..guard import RequestGuard, allowed_hosts_and_origins
 from .pages import audit, credentials, groups, setup, signin
 from .site import HERE, Site
 

@@ -10,7 +10,7 @@ from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..loopback import is_loopback_host
+from .loopback import is_loopback_host
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 TOKEN_QUERY_NAMES = frozenset({"access_token", "token", "auth", "authorization", "bearer"})
