@@ -22,10 +22,29 @@ import click
 from . import __version__, admin, oauth
 from .config import Settings
 from .credential import Credential
-from .declarations import NAME_PATTERN, Catalog, CredentialSpec, McpHandler, OAuthProvider, load_catalog
+from .declarations import (
+    NAME_PATTERN,
+    Catalog,
+    CredentialSpec,
+    McpHandler,
+    OAuthProvider,
+    load_catalog,
+)
 from .errors import ConflictError, CredentialValueError, CredgateError, NotFoundError
+from .logs import configure_logging
+from .loopback import is_loopback_host
 from .oauth_callback import LoopbackCallback
-from .store import Store, read_staged_key, rotate_master_key, stage_master_key, store_exists, store_location
+from .redact import redactor_for
+from .store import (
+    Store,
+    read_staged_key,
+    restore_store,
+    rotate_master_key,
+    stage_master_key,
+    store_exists,
+    store_location,
+)
+from .web.session import new_admin_secret
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -187,8 +206,6 @@ def cli(ctx: click.Context) -> None:
 @pass_app
 def init(app: App) -> None:
     """Create the data folder, database and master key (idempotent)."""
-    from .web.session import new_admin_secret
-
     s = app.settings
     store, created = Store.initialise(s)
     with store:
@@ -216,8 +233,6 @@ def admin_cmd() -> None:
 @pass_app
 def admin_token(app: App) -> None:
     """Create a new admin secret for the dashboard (the old one and its sessions stop working)."""
-    from .web.session import new_admin_secret
-
     secret = new_admin_secret(app.store)
     app.out({"admin_secret": secret}, [f"dashboard admin secret (shown once): {secret}"])
 
@@ -310,9 +325,7 @@ def tools(app: App, check: bool, refresh: bool, discover_with: str | None) -> No
 
 def _discover_upstreams(app: App, refresh: bool, discover_with: str | None) -> list[str]:
     """Ask upstream MCP servers whose tools are not cached yet (or all, with --refresh) for their tools."""
-
-    from .handlers.upstream import UpstreamError
-    from .redact import redactor_for
+    from .handlers.upstream import UpstreamError  # lazy: the MCP client costs every command ~0.5 s of start-up
 
     declared = load_catalog(app.settings.tools_dirs)
     if not declared.upstreams or not store_exists(app.settings):
@@ -348,6 +361,7 @@ def _discover_upstreams(app: App, refresh: bool, discover_with: str | None) -> l
 async def _discover_upstream(
     store: Store, name: str, handler: McpHandler, spec: CredentialSpec | None, credential: Credential
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    # lazy: the MCP client (~0.5 s) and httpx2 (~20 ms) would slow every command's start-up
     from .handlers.http import make_client
     from .handlers.upstream import upstream_pool
     from .token_refresh import TokenRefresher
@@ -557,7 +571,7 @@ def _say_refused() -> None:
 async def _exchange(
     provider: OAuthProvider, client: dict[str, str], request: oauth.AuthorizationRequest, code: str
 ) -> tuple[dict[str, str], list[str]]:
-    from .handlers.http import make_client
+    from .handlers.http import make_client  # lazy: httpx2 would add ~20 ms to every command's start-up
 
     async with make_client() as http:
         return await oauth.exchange_code(http, provider, client, request, code)
@@ -786,7 +800,7 @@ def agent() -> None:
 @pass_app
 def agent_add(app: App, group: str, name: str) -> None:
     """Create agent NAME in GROUP and print its bearer token (shown once)."""
-    from .agents import create_agent
+    from .agents import create_agent  # lazy: it imports the MCP SDK's auth (~0.6 s at every command's start)
 
     token = create_agent(app.store, group, name)
     app.out(
@@ -931,8 +945,6 @@ def backup(app: App, path: Path) -> None:
 @pass_app
 def restore(app: App, path: Path) -> None:
     """Replace the store with the backup at PATH (stop the gateway first); the old one is kept aside."""
-    from .store import restore_store
-
     aside = restore_store(app.settings, path)
     kept = f"; the replaced store is kept as {aside}" if aside != app.settings.database_path else ""
     app.out({"restored": str(path), "replaced": str(aside) if kept else None}, f"restored the store from {path}{kept}")
@@ -984,15 +996,12 @@ def serve(
     app: App, group_name: str | None, use_http: bool, host: str, port: int, log_format: str, log_level: str
 ) -> None:
     """Serve MCP: over stdio for one group, or with --http for every agent with a token."""
-    from .logs import configure_logging
-    from .serving.http import serve_http
-    from .serving.stdio import serve_stdio
-
     catalog = app.catalog
     catalog.raise_problems()
     if use_http:
+        # lazy: the HTTP app (the MCP server, Starlette, Jinja2, uvicorn) takes ~0.7 s to import; only this needs it
         from .guard import allowed_hosts_and_origins
-        from .loopback import is_loopback_host
+        from .serving.http import serve_http
 
         settings = app.settings
         if not app.meta.get("credgate.public_url") and not os.environ.get("CREDGATE_PUBLIC_URL"):
@@ -1017,6 +1026,8 @@ def serve(
         raise click.ClickException(
             f"no agent group named {group_name!r} (create it with `credgate group add {group_name}`)"
         )
+    from .serving.stdio import serve_stdio  # lazy: the MCP server (~0.6 s), for this only
+
     _warn_at_start(app, [group_name])
     configure_logging(log_format, log_level)
     anyio.run(serve_stdio, app.settings, catalog, group_name)
@@ -1042,9 +1053,7 @@ def _warn_at_start(app: App, groups: list[str]) -> None:
 @pass_app
 def dashboard(app: App, host: str, port: int) -> None:
     """Serve the web dashboard alone (for admins whose agents run over stdio)."""
-    from .logs import configure_logging
-    from .loopback import is_loopback_host
-    from .serving.http import serve_dashboard
+    from .serving.http import serve_dashboard  # lazy: Starlette, Jinja2 and the MCP SDK (~0.7 s), for this only
 
     settings = app.settings
     if not app.meta.get("credgate.public_url") and not os.environ.get("CREDGATE_PUBLIC_URL"):

@@ -127,7 +127,7 @@ def start_authorization(provider: OAuthProvider, client_id: str, redirect_uri: s
         query["scope"] = " ".join(provider.scopes)
     verifier = None
     if provider.pkce:
-        from mcp.client.auth.oauth2 import PKCEParameters
+        from mcp.client.auth.oauth2 import PKCEParameters  # lazy: the MCP client, ~0.6 s at every command's start
 
         pkce = PKCEParameters.generate()
         verifier = pkce.code_verifier
@@ -219,6 +219,7 @@ def _client_auth(
 async def _token_request(
     http: httpx2.AsyncClient, provider: OAuthProvider, client: Mapping[str, str], form: dict[str, str], what: str
 ) -> OAuthToken:
+    # lazy: httpx2 (~20 ms) and the MCP SDK (~0.6 s) would load at every command's start (admin imports us)
     import httpx2
     from mcp.shared.auth import OAuthToken
 

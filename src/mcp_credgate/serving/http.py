@@ -13,10 +13,12 @@ The caller's agent and group come only from the verified token (`get_access_toke
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import uvicorn
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware, get_access_token
 from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
 from mcp.server.context import ServerRequestContext
@@ -38,7 +40,7 @@ from ..guard import MAX_BODY_BYTES, RequestGuard, allowed_hosts_and_origins
 from ..server import build_server
 from ..web.app import build_dashboard_app, routes
 from ..web.site import Site
-from .lifecycle import reload_on_sighup, run_uvicorn
+from .lifecycle import reload_on_sighup
 
 
 def identify(ctx: ServerRequestContext[Any] | None) -> Caller:
@@ -110,3 +112,27 @@ async def serve_dashboard(settings: Settings, catalog: Catalog, host: str, port:
     app = build_dashboard_app(settings, catalog, host=host, port=port)
     logging.getLogger("credgate").info("serving the dashboard on http://%s:%d", host, port)
     await run_uvicorn(app, host, port)
+
+
+async def run_uvicorn(app: Any, host: str, port: int) -> None:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal with the handler it found: make
+    # that one a plain exit, so a clean SIGTERM shutdown ends with status 0 instead of dying by the signal.
+    previous = signal.signal(signal.SIGTERM, _exit_cleanly)
+    try:
+        await server.serve()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_cleanly(signum: int, frame: Any) -> None:
+    raise SystemExit(0)

@@ -1,4 +1,4 @@
-"""What the serving entry points share: SIGHUP re-reads the declarations, uvicorn runs an HTTP app."""
+"""What the serving entry points share: SIGHUP re-reads the declarations while they serve."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 
@@ -32,29 +31,3 @@ async def reload_on_sighup(gateway: Gateway) -> AsyncIterator[None]:
             yield
         finally:
             tg.cancel_scope.cancel()
-
-
-async def run_uvicorn(app: Any, host: str, port: int) -> None:
-    import uvicorn
-
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
-    server = uvicorn.Server(config)
-    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal with the handler it found: make
-    # that one a plain exit, so a clean SIGTERM shutdown ends with status 0 instead of dying by the signal.
-    previous = signal.signal(signal.SIGTERM, _exit_cleanly)
-    try:
-        await server.serve()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _exit_cleanly(signum: int, frame: Any) -> None:
-    raise SystemExit(0)

@@ -15,6 +15,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from ... import admin, oauth
 from ...declarations import CredentialSpec
 from ...errors import ConflictError, CredentialValueError, CredgateError, NotFoundError
+from ...handlers.http import make_client
 from ..connections import PendingConnection
 from ..forms import fields_of, form_values, name_errors, plain, value_errors
 from ..session import Session
@@ -187,8 +188,6 @@ async def oauth_callback(site: Site, request: Request) -> Response:
         return site.refusal(request, 409, f"Type {pending.type!r} is no longer declared.")
     try:
         code = oauth.code_from_callback(pending.request, params)
-        from ...handlers.http import make_client
-
         async with make_client() as http:
             tokens = await oauth.exchange_code(http, spec.oauth, pending.client, pending.request, code)
         # it may wait for a refresh's lock
