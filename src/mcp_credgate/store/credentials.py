@@ -32,14 +32,13 @@ class Credentials(StoreBase):
         with self._write() as conn:
             for row in pending:
                 found = conn.execute(
-                    "SELECT ciphertext FROM credential_values WHERE credential_id = ? AND field = ? AND secret = 0",
+                    "SELECT field, secret, ciphertext FROM credential_values"
+                    " WHERE credential_id = ? AND field = ? AND secret = 0",
                     (row["id"], EXPIRY_FIELD),
-                ).fetchone()
+                ).fetchall()
                 try:
-                    expiry = (
-                        self._data_key(row).decrypt(row["uid"], EXPIRY_FIELD, found["ciphertext"]) if found else None
-                    )
-                except (CiphertextError, OpenError, UnicodeDecodeError):
+                    expiry = self._decrypt(row, found).get(EXPIRY_FIELD)
+                except CiphertextError:
                     continue
                 conn.execute(
                     "UPDATE credentials SET expires_at = ? WHERE id = ? AND expires_at = ?",
