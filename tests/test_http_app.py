@@ -215,6 +215,9 @@ async def test_each_group_lists_and_calls_only_its_own_tools_with_its_own_creden
 # -- authentication --------------------------------------------------------------------------------
 
 
+TOKENS_HELD_BY_NO_AGENT = ("not a token", "unknown", "truncated", "extended", "revoked")
+
+
 async def test_requests_without_a_valid_token_get_401_and_run_nothing(env: Setup) -> None:
     live = env.add_agent("alpha", "auth-live")
     revoked = env.add_agent("alpha", "auth-revoked")
@@ -244,9 +247,12 @@ async def test_requests_without_a_valid_token_get_401_and_run_nothing(env: Setup
                     headers={**JSON_HEADERS, **auth},
                 ),
             ]
+            said = "invalid or revoked token" if label in TOKENS_HELD_BY_NO_AGENT else "Authentication required"
             for response in responses:
                 assert response.status_code == 401, (label, response.request.url, response.text)
                 assert response.headers["WWW-Authenticate"].startswith("Bearer"), label
+                assert response.json()["error_description"] == said, label
+                assert f'error_description="{said}"' in response.headers["WWW-Authenticate"], label
         assert env.upstream.seen() == []
 
         accepted = await http.post(env.server.mcp_url, content=body, headers={**headers, **bearer(live)})

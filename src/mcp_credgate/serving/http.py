@@ -5,8 +5,8 @@ Layers, outermost first:
    string 401, a declared body over the cap 413 — all before authentication and before the body is read;
 2. the SDK's bearer authentication (`BearerAuthBackend` + `AuthContextMiddleware`) with our
    `AgentTokenVerifier`, checked on every request, so a revoked token fails at its next request;
-3. `RequireAuthMiddleware` on each MCP endpoint: 401 with `WWW-Authenticate` when the token is missing
-   or not valid.
+3. `AgentAuthRequired` (the SDK's `RequireAuthMiddleware`) on each MCP endpoint: 401 with `WWW-Authenticate`
+   when the token is missing ("Authentication required") or held by no agent ("invalid or revoked token").
 The caller's agent and group come only from the verified token (`get_access_token()`).
 """
 
@@ -20,12 +20,13 @@ from typing import Any
 
 import uvicorn
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware, get_access_token
-from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, BearerAuthBackend, RequireAuthMiddleware
 from mcp.server.context import ServerRequestContext
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.routing import Mount, Route
@@ -41,6 +42,21 @@ from ..server import build_server
 from ..web.app import build_dashboard_app, routes
 from ..web.site import Site
 from .lifecycle import reload_on_sighup
+
+INVALID_TOKEN = "invalid or revoked token"
+
+
+class AgentAuthRequired(RequireAuthMiddleware):
+    """The SDK's 401, saying which: no bearer token ("Authentication required"), or one that no agent holds
+    (any more): "invalid or revoked token"."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        authorization = Headers(scope=scope).get("authorization", "")
+        scheme, _, token = authorization.partition(" ")
+        if not isinstance(scope.get("user"), AuthenticatedUser) and scheme.lower() == "bearer" and token.strip():
+            await self._send_auth_error(send, status_code=401, error="invalid_token", description=INVALID_TOKEN)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def identify(ctx: ServerRequestContext[Any] | None) -> Caller:
@@ -67,7 +83,7 @@ def build_http_app(
             await server.run(read_stream, write_stream, server.create_initialization_options())
 
     def protected(app: ASGIApp) -> ASGIApp:
-        return RequireAuthMiddleware(app, required_scopes=[])
+        return AgentAuthRequired(app, required_scopes=[])
 
     routes: list[Route | Mount] = [
         Route("/mcp", endpoint=protected(StreamableHTTPASGIApp(manager)), methods=["GET", "POST", "DELETE"]),
