@@ -15,7 +15,7 @@ from . import oauth
 from .allow import AllowEntry, allows_upstream_tools
 from .config import Settings
 from .credential import mask
-from .declarations import Catalog, CredentialSpec, McpHandler, Tool
+from .declarations import Catalog, CredentialSpec, Tool
 from .errors import CiphertextError, ConflictError, CredentialValueError, CredgateError, NotFoundError, StoreError
 from .readiness import Status, Verdict, credential_verdict, verdict
 from .store import CredentialInfo, Store, hint_path
@@ -40,7 +40,6 @@ __all__ = [
     "spec_for",
     "tools_folder_problem",
     "unbind",
-    "undiscovered_upstream",
     "update_credential",
     "upstream_of",
 ]
@@ -319,17 +318,7 @@ def is_declared(catalog: Catalog, entry: str) -> bool:
     parsed = AllowEntry.parse(entry)
     if parsed.upstream is not None or entry in catalog.upstreams:
         return (parsed.upstream or entry) in catalog.upstreams
-    return entry in catalog.tools or undiscovered_upstream(catalog, entry) is not None
-
-
-def undiscovered_upstream(catalog: Catalog, tool_name: str) -> str | None:
-    """The declared upstream whose tools are not listed yet and that would export a tool of this name."""
-    for name, upstream in catalog.upstreams.items():
-        handler = upstream.decl.handler
-        prefix = name if not isinstance(handler, McpHandler) or handler.prefix is None else handler.prefix
-        if not catalog.upstream_tools(name) and (not prefix or tool_name.startswith(f"{prefix}_")):
-            return name
-    return None
+    return entry in catalog.tools or catalog.undiscovered_upstream(entry) is not None
 
 
 def folders(settings: Settings) -> str:
@@ -386,7 +375,7 @@ def _mode_problems(settings: Settings) -> list[str]:
 
 def _binding_problems(catalog: Catalog, group: str, target: str, cred: str, cred_type: str | None) -> list[str]:
     if not cred:  # an allowed entry without binding
-        upstream = undiscovered_upstream(catalog, target) if target not in catalog.tools else None
+        upstream = catalog.undiscovered_upstream(target) if target not in catalog.tools else None
         if upstream is not None:
             return [
                 f"group {group}: allows {target!r}, a tool of upstream {upstream}, whose tools are not listed yet "

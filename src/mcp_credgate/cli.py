@@ -26,15 +26,14 @@ from .declarations import (
     NAME_PATTERN,
     Catalog,
     CredentialSpec,
-    McpHandler,
     OAuthProvider,
+    Tool,
     load_catalog,
 )
 from .errors import ConflictError, CredentialValueError, CredgateError, NotFoundError
 from .logs import configure_logging
 from .loopback import is_loopback_host
 from .oauth_callback import LoopbackCallback
-from .redact import redactor_for
 from .store import (
     Store,
     read_staged_key,
@@ -341,38 +340,27 @@ def _discover_upstreams(app: App, refresh: bool, discover_with: str | None) -> l
             if credential.type != spec.type:
                 problems.append(f"{upstream.source}: --discover-with {discover_with}: not of type {spec.type!r}")
                 continue
-        handler = upstream.decl.handler
-        assert isinstance(handler, McpHandler)
-
         try:
-            listings, capabilities = anyio.run(_discover_upstream, app.store, name, handler, spec, credential)
+            anyio.run(_list_upstream_tools, app.store, upstream, credential)
         except (UpstreamError, TimeoutError, OSError) as exc:
             why = str(exc) if isinstance(exc, UpstreamError) else f"{type(exc).__name__}"
             if spec is not None and not discover_with:
                 why += "; if it needs its credential to start, add --discover-with CRED"
             problems.append(f"{upstream.source}: upstream {name}: its tools could not be listed ({why})")
             continue
-        # an upstream might put its credential into a description: cache and show only the redacted lists
-        app.store.save_upstream_tools(name, redactor_for(credential).obj(listings), capabilities)
         app.__dict__.pop("catalog", None)  # rebuilt with what was just discovered
     return problems
 
 
-async def _discover_upstream(
-    store: Store, name: str, handler: McpHandler, spec: CredentialSpec | None, credential: Credential
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+async def _list_upstream_tools(store: Store, upstream: Tool, credential: Credential) -> None:
     # lazy: the MCP client (~0.5 s) and httpx2 (~20 ms) would slow every command's start-up
+    from .discovery import list_upstream_tools
     from .handlers.http import make_client
     from .handlers.upstream import upstream_pool
     from .token_refresh import TokenRefresher
 
-    if spec is not None and spec.oauth is not None and credential:
-        # as a gateway would use it: refreshed if due, without what only the refresh needs
-        async with make_client() as http:
-            credential = await TokenRefresher(store, lambda: http).fresh(spec, credential)
-        credential = credential.only(spec.handler_fields)
-    async with upstream_pool() as pool:
-        return await pool.discover(name, handler, credential)
+    async with make_client() as http, upstream_pool() as pool:
+        await list_upstream_tools(store, pool, TokenRefresher(store, lambda: http), upstream, credential)
 
 
 # -- credentials -------------------------------------------------------------------------------
@@ -1041,7 +1029,8 @@ def _warn_at_start(app: App, groups: list[str]) -> None:
     for name, upstream in catalog.upstreams.items():
         if not catalog.upstream_tools(name):
             click.echo(
-                f"warning: upstream {name} ({upstream.source}) has no tools yet: run `credgate tools` to list them",
+                f"note: the tools of upstream {name} ({upstream.source}) are not listed yet: a group's first "
+                "tools/list lists them with its bound credential (or run `credgate tools --discover-with CRED`)",
                 err=True,
             )
 

@@ -215,12 +215,15 @@ class Gate:
         allowed = self.store.allowed_tools(group)
         return [name for name in self.catalog.upstreams if str(AllowEntry.of_upstream(name)) in allowed]
 
-    def check_upstream(self, group: str, upstream: str) -> Unknown | CredentialWarning | Ready:
-        """May the group use the upstream as a whole, and with which credential?"""
+    def check_upstream(
+        self, group: str, upstream: str, entry: str | None = None
+    ) -> Unknown | CredentialWarning | Ready:
+        """May the group use the upstream as a whole (or through the allow `entry` of one of its tools), and with
+        which credential?"""
         tool = self.catalog.upstreams.get(upstream)
         if tool is None:
             return Unknown(upstream)
-        binding = self.store.binding(group, str(AllowEntry.of_upstream(upstream)), upstream)
+        binding = self.store.binding(group, entry or str(AllowEntry.of_upstream(upstream)), upstream)
         if not binding.allowed:
             return Unknown(upstream)
         return self._resolve(group, tool, binding)

@@ -11,25 +11,30 @@ Per-call work is done above it (`server.ToolCalls`, `front.Front`), with the par
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 import httpx2
 
 from . import oauth
+from .allow import AllowEntry
 from .audit import AuditLog
 from .config import Settings
 from .credential import Credential
 from .deadlines import Deadlines
 from .declarations import Catalog, load_catalog
+from .discovery import fresh_views, list_upstream_tools
 from .front import Front
 from .gate import CredentialWarning, Gate, Ready
 from .handlers.http import make_client
-from .handlers.upstream import UpstreamPool, upstream_pool
+from .handlers.upstream import UpstreamError, UpstreamPool, upstream_pool
 from .store import Store
 from .token_refresh import TokenRefresher
 
 logger = logging.getLogger("credgate.server")  # the name its reload messages always had
+DISCOVERY_RETRY = 60.0  # seconds before an upstream whose tools could not be listed is tried again
 
 
 class Gateway:
@@ -49,6 +54,8 @@ class Gateway:
         self.upstreams: UpstreamPool | None = None  # set while `running()`
         self.refresher = TokenRefresher(store, lambda: self.http)
         self.deadlines = Deadlines()  # the python handlers' timeouts
+        self._discovering: dict[str, anyio.Lock] = {}  # upstream → held while its tools are being listed
+        self._retry_after: dict[str, float] = {}  # upstream → when listing it may be tried again
         self.front = Front(
             gate=lambda: self.gate,
             announced=store.upstream_capabilities,
@@ -107,10 +114,41 @@ class Gateway:
         if spec is None or spec.oauth is None:
             return ready.credential, ready.credential
         try:
-            credential = await self.refresher.fresh(spec, ready.credential)
+            return await fresh_views(self.refresher, spec, ready.credential)
         except oauth.TokenExpired:
             return self.gate.expired(group, ready.tool, ready.credential.name)
-        return credential, credential.only(spec.handler_fields)  # not the refresh token nor the client secret
+
+    async def discover_for(self, group: str) -> None:
+        """List the tools of the upstreams this group uses whose tools were never listed (declared, but
+        `credgate tools` not run since), starting each with the group's credential: at its first tools/list.
+        An upstream that cannot be listed is logged and tried again after a while, not at every listing."""
+        pool = self.upstreams
+        if pool is None or not any(not self.catalog.upstream_tools(n) for n in self.catalog.upstreams):
+            return
+        wanted: dict[str, str] = {}  # upstream → the group's allow entry that names it
+        for entry in self.store.allowed_tools(group):
+            upstream = AllowEntry.parse(entry).upstream or self.catalog.undiscovered_upstream(entry)
+            if upstream is not None and not self.catalog.upstream_tools(upstream):
+                wanted.setdefault(upstream, entry)
+        for upstream, entry in wanted.items():
+            async with self._discovering.setdefault(upstream, anyio.Lock()):
+                if self.catalog.upstream_tools(upstream) or time.monotonic() < self._retry_after.get(upstream, 0):
+                    continue  # listed meanwhile by another request, or failed a moment ago
+                decision = self.gate.check_upstream(group, upstream, entry)
+                if not isinstance(decision, Ready):
+                    continue  # no usable credential: a call gives the agent the warning
+                try:
+                    count = await list_upstream_tools(
+                        self.store, pool, self.refresher, decision.tool, decision.credential
+                    )
+                except (UpstreamError, oauth.OAuthError, TimeoutError, OSError) as exc:
+                    self._retry_after[upstream] = time.monotonic() + DISCOVERY_RETRY
+                    why = str(exc) if isinstance(exc, UpstreamError | oauth.OAuthError) else type(exc).__name__
+                    logger.warning("upstream %s: its tools could not be listed for group %s (%s)", upstream, group, why)
+                    continue
+                self.catalog = self.catalog.rediscovered(self.store.discovered_tools())
+                self.gate = Gate(self.store, self.catalog, self.settings.public_url)
+                logger.info("upstream %s: listed its %d tools (first use, group %s)", upstream, count, group)
 
 
 @asynccontextmanager

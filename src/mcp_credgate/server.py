@@ -54,7 +54,8 @@ class ToolCalls:
 
     # -- tools/list ------------------------------------------------------------------------
 
-    def list_tools(self, group: str) -> list[types.Tool]:
+    async def list_tools(self, group: str) -> list[types.Tool]:
+        await self._gateway.discover_for(group)
         return [
             types.Tool(
                 name=listed.tool.name,
@@ -237,7 +238,7 @@ def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
     async def on_list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=calls.list_tools(identify(ctx).group))
+        return types.ListToolsResult(tools=await calls.list_tools(identify(ctx).group))
 
     async def on_call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -469,6 +470,65 @@ async def test_two_groups_each_reach_their_own_stdio_upstream(
     assert "CREDGATE_MASTER_KEY" not in env and "GATEWAY_ONLY_CANARY" not in env
     everything = transcript.text()
     assert_no_leak(everything, TOKEN_A, TOKEN_B, master_key, GATEWAY_CANARY)
+
+
+@pytest.mark.anyio
+async def test_an_upstream_never_listed_is_listed_at_a_groups_first_tools_list_with_its_credential(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Declared, but `credgate tools` never run: the first tools/list of a group with a bound credential
+    starts the upstream with it, lists and caches its tools; a group with nothing bound starts nothing."""
+    caplog.set_level(logging.INFO, logger="credgate")
+    wrapper, counter = counting_wrapper(tmp_path / "bin")
+    world = World.create(tmp_path / "w", {"fix": stdio_decl(wrapper)})
+    world.add_credential("tok-a", "fixtoken", {"token": TOKEN_A})
+    world.allow("ga", "fix.*")
+    world.bind("ga", "fix", "tok-a")
+    world.allow("gn", "fix.*")
+    transcript = Transcript()
+
+    with anyio.fail_after(40):
+        async with world.gateway() as gw, gw.running():
+            async with connect(gw, "gn") as unbound:
+                assert (await transcript.list_tools(unbound)).tools == []
+            assert starts(counter) == 0
+            async with connect(gw, "ga") as a:
+                listing = await transcript.list_tools(a)
+                token_hash = await transcript.call(a, "fix_token_hash")
+            assert starts(counter) == 1  # the process that listed the tools serves the call
+            async with connect(gw, "gn") as unbound:
+                unbound_listing = await transcript.list_tools(unbound)
+
+    assert sorted(t.name for t in listing.tools) == FIX_NAMES
+    assert result_text(token_hash) == sha256(TOKEN_A)
+    assert sorted(t.name for t in unbound_listing.tools) == FIX_NAMES  # listed now, but not set up for gn
+    assert all((t.description or "").endswith(NOT_READY_NOTE) for t in unbound_listing.tools)
+    assert sorted(world.store.discovered_tools()) == ["fix"]  # cached for the next start
+    assert "listed its 6 tools" in caplog.text
+    assert_no_leak(transcript.text() + caplog.text, TOKEN_A)
+    world.close()
+
+
+@pytest.mark.anyio
+async def test_an_upstream_that_cannot_be_listed_is_logged_and_not_retried_at_every_listing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="credgate")
+    world = World.create(tmp_path / "w", {"fix": stdio_decl(tmp_path / "no-such-program.py")})
+    world.add_credential("tok-a", "fixtoken", {"token": TOKEN_A})
+    world.allow("ga", "fix.*")
+    world.bind("ga", "fix", "tok-a")
+
+    with anyio.fail_after(40):
+        async with world.gateway() as gw, gw.running(), connect(gw, "ga") as a:
+            first = await a.list_tools()
+            second = await a.list_tools()
+
+    assert first.tools == [] and second.tools == []
+    failures = [r for r in caplog.records if "could not be listed for group ga" in r.getMessage()]
+    assert len(failures) == 1, caplog.text
+    assert_no_leak(caplog.text, TOKEN_A)
+    world.close()
 
 
 @pytest.mark.anyio

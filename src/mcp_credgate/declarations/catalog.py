@@ -48,6 +48,20 @@ class Catalog:
     problems: tuple[str, ...] = ()
     upstreams: Mapping[str, Tool] = field(default_factory=dict)
 
+    def undiscovered_upstream(self, tool_name: str) -> str | None:
+        """The declared upstream whose tools are not listed yet and that would export a tool of this name."""
+        for name, upstream in self.upstreams.items():
+            handler = upstream.decl.handler
+            prefix = name if not isinstance(handler, McpHandler) or handler.prefix is None else handler.prefix
+            if not self.upstream_tools(name) and (not prefix or tool_name.startswith(f"{prefix}_")):
+                return name
+        return None
+
+    def rediscovered(self, discovered: Mapping[str, Sequence[Mapping[str, Any]]]) -> Catalog:
+        """The same declarations with the upstreams' tools as now discovered (those listed before dropped)."""
+        declared = {n: t for n, t in self.tools.items() if t.upstream is None}
+        return replace(self, tools=declared).with_discovered(discovered)
+
     def upstream_tools(self, upstream: str) -> list[str]:
         return sorted(n for n, t in self.tools.items() if t.upstream == upstream)
 
