@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 import httpx2
 import mcp_types as types
 from anyio.abc import TaskGroup
@@ -161,6 +162,26 @@ def _closed(session: Session) -> bool:
     return session.client is None or bool(getattr(dispatcher, "_closed", False))
 
 
+SETTLE_AFTER_IDLE = 0.02  # seconds: a session idle this long may have died since (killed, crashed)
+SETTLE_STEPS = 10  # event-loop turns that a connection's end takes from the pipe to the SDK's dispatcher
+
+
+async def _closed_meanwhile(session: Session) -> bool:
+    """Whether the connection ended since the last request: the end of a process that died while idle can
+    still be on its way from the pipe to the SDK's dispatcher (a few turns of the event loop, more on a busy
+    machine), and a request sent meanwhile would fail as if the upstream had died during it. So a session idle
+    for a while gets those turns first; back-to-back requests do not wait."""
+    if _closed(session):
+        return True
+    if time.monotonic() - session.last_used < SETTLE_AFTER_IDLE:
+        return False
+    for _ in range(SETTLE_STEPS):
+        await anyio.lowlevel.checkpoint()
+        if _closed(session):
+            return True
+    return False
+
+
 class UpstreamPool:
     def __init__(self, task_group: TaskGroup, on_start: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         """`on_start(name, capabilities)` learns what each upstream announced when it starts."""
@@ -213,7 +234,7 @@ class UpstreamPool:
         effects): UpstreamError, and the next request starts a new upstream. An error answer of the
         upstream leaves as its MCPError."""
         session = await self.session(name, handler, credential)
-        if _closed(session):
+        if await _closed_meanwhile(session):
             self._retire(session)
             session = await self.session(name, handler, credential)
         session.last_used = time.monotonic()
