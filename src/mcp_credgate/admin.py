@@ -375,7 +375,7 @@ def _mode_problems(settings: Settings) -> list[str]:
 
 def _binding_problems(catalog: Catalog, group: str, target: str, cred: str, cred_type: str | None) -> list[str]:
     if not cred:  # an allowed entry without binding
-        upstream = catalog.undiscovered_upstream(target) if target not in catalog.tools else None
+        upstream = catalog.undiscovered_upstream(target)
         if upstream is not None:
             return [
                 f"group {group}: allows {target!r}, a tool of upstream {upstream}, whose tools are not listed yet "

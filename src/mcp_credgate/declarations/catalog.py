@@ -49,7 +49,10 @@ class Catalog:
     upstreams: Mapping[str, Tool] = field(default_factory=dict)
 
     def undiscovered_upstream(self, tool_name: str) -> str | None:
-        """The declared upstream whose tools are not listed yet and that would export a tool of this name."""
+        """The declared upstream whose tools are not listed yet and that would export a tool of this name (None
+        for a declared tool)."""
+        if tool_name in self.tools:
+            return None
         for name, upstream in self.upstreams.items():
             handler = upstream.decl.handler
             prefix = name if not isinstance(handler, McpHandler) or handler.prefix is None else handler.prefix
