@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 __all__ = ["AllowEntry", "allows_upstream_tools"]
 
-WHOLE = ".*"  # the stored suffix of an entry that allows a whole upstream
-WHOLE_ALIASES = (".*", "_*")  # what users may type for it
+_WHOLE = ".*"  # the stored suffix of an entry that allows a whole upstream
+_WHOLE_ALIASES = (".*", "_*")  # what users may type for it
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class AllowEntry:
     @classmethod
     def parse(cls, text: str) -> AllowEntry:
         """An entry as stored."""
-        return cls(text[: -len(WHOLE)], whole=True) if text.endswith(WHOLE) else cls(text)
+        return cls(text[: -len(_WHOLE)], whole=True) if text.endswith(_WHOLE) else cls(text)
 
     @classmethod
     def of_upstream(cls, upstream: str) -> AllowEntry:
@@ -33,13 +33,13 @@ class AllowEntry:
     @staticmethod
     def names_whole_upstream(typed: str) -> bool:
         """Does what a user typed (`NAME.*` or `NAME_*`) ask for a whole upstream?"""
-        return typed.endswith(WHOLE_ALIASES)
+        return typed.endswith(_WHOLE_ALIASES)
 
     @staticmethod
     def without_suffix(typed: str) -> Iterable[str]:
         """The names a user may have meant by what they typed: as typed, and without a whole-upstream suffix."""
         yield typed
-        for suffix in WHOLE_ALIASES:
+        for suffix in _WHOLE_ALIASES:
             if typed.endswith(suffix):
                 yield typed[: -len(suffix)]
 
@@ -49,7 +49,7 @@ class AllowEntry:
         return self.name if self.whole else None
 
     def __str__(self) -> str:
-        return f"{self.name}{WHOLE}" if self.whole else self.name
+        return f"{self.name}{_WHOLE}" if self.whole else self.name
 
 
 def allows_upstream_tools(allowed: Collection[str], upstream: str, tools: Iterable[str]) -> bool:

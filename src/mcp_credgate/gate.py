@@ -24,7 +24,6 @@ from .readiness import Verdict, credential_verdict, verdict
 from .store import Binding, SealedCredential, Store
 
 __all__ = [
-    "WARNINGS",
     "CredentialWarning",
     "Decision",
     "Gate",
@@ -32,7 +31,6 @@ __all__ = [
     "ListedTool",
     "Ready",
     "Unknown",
-    "utc_now",
 ]
 
 
@@ -109,7 +107,7 @@ class Ready:
 Decision = Unknown | InvalidArguments | CredentialWarning | Ready
 
 # The warning a call gets for each status of `readiness.verdict` that is not ready.
-WARNINGS = {
+_WARNINGS = {
     "needs_credential": "missing_credential",
     "incomplete": "missing_credential",
     "invalid": "credential_invalid",
@@ -127,13 +125,13 @@ class ListedTool:
         return self.verdict.ready
 
 
-def utc_now() -> datetime:
+def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
 class Gate:
     def __init__(
-        self, store: Store, catalog: Catalog, public_url: str, clock: Callable[[], datetime] = utc_now
+        self, store: Store, catalog: Catalog, public_url: str, clock: Callable[[], datetime] = _utc_now
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -241,7 +239,7 @@ class Gate:
         if self._vetted.get(sealed) is not spec or spec.oauth is not None:
             found = credential_verdict(spec, sealed, self.clock())
             if not found.ready:
-                return self._warning(WARNINGS[found.status], group, tool, found.missing_fields, binding.credential)
+                return self._warning(_WARNINGS[found.status], group, tool, found.missing_fields, binding.credential)
         try:
             credential = self.store.open_sealed(sealed)
         except CiphertextError as exc:

@@ -23,6 +23,7 @@ __all__ = [
     "StoredCredential",
     "TokenCondition",
     "Verdict",
+    "credential_verdict",
     "parse_time",
     "token_condition",
     "verdict",
@@ -57,8 +58,8 @@ class Verdict:
         return self.status in READY_STATUSES
 
 
-NO_CREDENTIAL_NEEDED = Verdict("no_credential_needed")
-READY = Verdict("ready")
+_NO_CREDENTIAL_NEEDED = Verdict("no_credential_needed")
+_READY = Verdict("ready")
 
 
 def verdict(tool: Tool | None, credential: StoredCredential | None, now: datetime) -> Verdict:
@@ -67,7 +68,7 @@ def verdict(tool: Tool | None, credential: StoredCredential | None, now: datetim
         return Verdict("undeclared")
     spec = tool.credential
     if spec is None:
-        return NO_CREDENTIAL_NEEDED
+        return _NO_CREDENTIAL_NEEDED
     if credential is None:
         return Verdict("needs_credential", tuple(spec.missing_fields(())))
     return credential_verdict(spec, credential, now)
@@ -85,7 +86,7 @@ def credential_verdict(spec: CredentialSpec, credential: StoredCredential, now: 
         condition = token_condition(credential.expires_at, "refresh_token" in fields, "refresh_error" in fields, now)
         if condition == "expired":
             return Verdict("expired")
-    return READY
+    return _READY
 
 
 def token_condition(
