@@ -21,6 +21,7 @@ from .readiness import Status, Verdict, credential_verdict, verdict
 from .store import CredentialInfo, Store, hint_path
 
 __all__ = [
+    "OAUTH_CLIENT_FIELDS",
     "STATUS_LABELS",
     "ToolStatus",
     "add_credential",
@@ -38,12 +39,14 @@ __all__ = [
     "serve_warnings",
     "shown_values",
     "spec_for",
+    "stored_client",
     "tools_folder_problem",
     "unbind",
     "update_credential",
     "upstream_of",
 ]
 
+OAUTH_CLIENT_FIELDS = ("client_id", "client_secret")
 STATUS_LABELS: dict[Status, str] = {
     "ready": "ready",
     "needs_credential": "needs credential",
@@ -146,6 +149,12 @@ def save_connection(
     with store.credential_lock(uid):
         store.update_credential(name, clean, spec.secret_fields, remove=drop, uid=uid)
     return False
+
+
+def stored_client(credential: Mapping[str, str] | None) -> dict[str, str]:
+    """The OAuth2 client id and secret a stored credential holds, for connecting it again (the CLI and the
+    dashboard both reuse them; values given anew win over them)."""
+    return {k: credential[k] for k in OAUTH_CLIENT_FIELDS if credential is not None and k in credential}
 
 
 def shown_values(

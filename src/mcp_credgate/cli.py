@@ -529,7 +529,7 @@ def _client_values(
         existing = None
     if existing is not None and existing.type != spec.type:
         raise ConflictError(f"credential {name!r} has type {existing.type!r}, not {spec.type!r}")
-    client = {k: existing[k] for k in ("client_id", "client_secret") if existing and k in existing} | given
+    client = admin.stored_client(existing) | given
     if not client.get("client_id"):
         if not sys.stdin.isatty():
             raise CredentialValueError(
@@ -991,9 +991,7 @@ def serve(
         from .guard import allowed_hosts_and_origins
         from .serving.http import serve_http
 
-        settings = app.settings
-        if not app.meta.get("credgate.public_url") and not os.environ.get("CREDGATE_PUBLIC_URL"):
-            settings = replace(settings, public_url=f"http://{f'[{host}]' if ':' in host else host}:{port}")
+        settings = _served_at(app, host, port)
         if not is_loopback_host(host):
             if not any(a.revoked_at is None for a in app.store.list_agents()):
                 raise click.ClickException(
@@ -1044,9 +1042,7 @@ def dashboard(app: App, host: str, port: int) -> None:
     """Serve the web dashboard alone (for admins whose agents run over stdio)."""
     from .serving.http import serve_dashboard  # lazy: Starlette, Jinja2 and the MCP SDK (~0.7 s), for this only
 
-    settings = app.settings
-    if not app.meta.get("credgate.public_url") and not os.environ.get("CREDGATE_PUBLIC_URL"):
-        settings = replace(settings, public_url=f"http://{f'[{host}]' if ':' in host else host}:{port}")
+    settings = _served_at(app, host, port)
     if app.store.admin_secret_hash() is None:
         raise click.ClickException("no admin secret yet: create one with `credgate admin token`")
     if not is_loopback_host(host):
@@ -1054,6 +1050,14 @@ def dashboard(app: App, host: str, port: int) -> None:
     configure_logging("text", "info")
     click.echo(f"dashboard: {settings.public_url}/ (sign in with the admin secret)", err=True)
     anyio.run(serve_dashboard, settings, app.catalog, host, port)
+
+
+def _served_at(app: App, host: str, port: int) -> Settings:
+    """The settings of a server listening on host:port: its own address is the public URL (of setup links and
+    the dashboard's origin checks) unless --public-url or CREDGATE_PUBLIC_URL names another."""
+    if app.meta.get("credgate.public_url") or os.environ.get("CREDGATE_PUBLIC_URL"):
+        return app.settings
+    return replace(app.settings, public_url=f"http://{f'[{host}]' if ':' in host else host}:{port}")
 
 
 def main() -> None:

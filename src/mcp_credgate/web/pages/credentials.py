@@ -151,7 +151,7 @@ def credential_connect(site: Site, request: Request, session: Session, form: For
     if spec is None or spec.oauth is None:
         return site.refusal(request, 409, f"Credential {name!r} has no OAuth2 field to connect.", session)
     existing = site.store.read_credential(name)
-    client = {k: existing[k] for k in ("client_id", "client_secret") if k in existing}
+    client = admin.stored_client(existing)
     return start_connection(site, spec, name, client, {}, existing.uid, None)
 
 
