@@ -15,7 +15,7 @@ from . import oauth
 from .allow import AllowEntry, allows_upstream_tools
 from .config import Settings
 from .credential import mask
-from .declarations import Catalog, CredentialSpec, Tool
+from .declarations import Catalog, CredentialSpec, Tool, Upstream
 from .errors import CiphertextError, ConflictError, CredentialValueError, CredgateError, NotFoundError, StoreError
 from .readiness import Status, Verdict, credential_verdict, verdict
 from .store import CredentialInfo, Store, hint_path
@@ -81,7 +81,7 @@ class ToolStatus:
         }
 
 
-def require_tool(catalog: Catalog, name: str) -> Tool:
+def require_tool(catalog: Catalog, name: str) -> Tool | Upstream:
     """A declared tool, or an upstream MCP server's declaration by its name (what a warning about its
     resources or prompts names)."""
     tool = catalog.tool(name) or catalog.upstreams.get(name)
@@ -219,9 +219,11 @@ def group_statuses(store: Store, catalog: Catalog, group: str) -> list[ToolStatu
     out = []
     for entry, cred_name in info.tools.items():
         upstream = AllowEntry.parse(entry).upstream
-        tool = catalog.upstreams.get(upstream) if upstream else catalog.tool(entry)
-        if tool is not None and (tool.upstream or upstream):
-            cred_name = info.upstreams.get(tool.upstream or upstream or "")
+        tool: Tool | Upstream | None = catalog.upstreams.get(upstream) if upstream else catalog.tool(entry)
+        if isinstance(tool, Tool) and tool.upstream:
+            upstream = tool.upstream
+        if upstream is not None:
+            cred_name = info.upstreams.get(upstream)
         found = verdict(tool, creds.get(cred_name) if cred_name else None, now)
         spec = tool.credential if tool is not None else None
         shown_cred = cred_name if found.status != "no_credential_needed" else None

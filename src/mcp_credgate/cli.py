@@ -27,7 +27,7 @@ from .declarations import (
     Catalog,
     CredentialSpec,
     OAuthProvider,
-    Tool,
+    Upstream,
     load_catalog,
 )
 from .errors import ConflictError, CredentialValueError, CredgateError, NotFoundError
@@ -352,7 +352,7 @@ def _discover_upstreams(app: App, refresh: bool, discover_with: str | None) -> l
     return problems
 
 
-async def _list_upstream_tools(store: Store, upstream: Tool, credential: Credential) -> None:
+async def _list_upstream_tools(store: Store, upstream: Upstream, credential: Credential) -> None:
     # lazy: the MCP client (~0.5 s) and httpx2 (~20 ms) would slow every command's start-up
     from .discovery import list_upstream_tools
     from .handlers.http import make_client

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .credential import Credential
-from .declarations import CredentialSpec, McpHandler, Tool
+from .declarations import CredentialSpec, Upstream
 from .redact import redactor_for
 from .store import Store
 from .token_refresh import TokenRefresher
@@ -34,13 +34,11 @@ async def fresh_views(
 
 
 async def list_upstream_tools(
-    store: Store, pool: UpstreamPool, refresher: TokenRefresher, upstream: Tool, credential: Credential
+    store: Store, pool: UpstreamPool, refresher: TokenRefresher, upstream: Upstream, credential: Credential
 ) -> int:
     """Start (or reuse) the upstream with the credential, cache its redacted tools and capabilities in the
     store. Returns how many tools it listed. Raises UpstreamError, TimeoutError, OSError, oauth.OAuthError."""
-    handler = upstream.decl.handler
-    assert isinstance(handler, McpHandler)
     full, view = await fresh_views(refresher, upstream.credential, credential)
-    listings, capabilities = await pool.discover(upstream.name, handler, view)
+    listings, capabilities = await pool.discover(upstream.name, upstream.handler, view)
     store.save_upstream_tools(upstream.name, redactor_for(full).obj(listings), capabilities)
     return len(listings)

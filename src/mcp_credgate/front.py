@@ -44,7 +44,7 @@ _T = TypeVar("_T")
 
 # The credential of a ready decision as it may be used now (see `Gateway.usable_credential`): in full and as
 # the upstream gets it, or the warning that replaces it; raises oauth.OAuthError when it cannot be refreshed.
-UsableCredential = Callable[[str, Ready], Awaitable[tuple[Credential, Credential] | CredentialWarning]]
+UsableCredential = Callable[[str, Ready[Any]], Awaitable[tuple[Credential, Credential] | CredentialWarning]]
 
 
 @dataclass(frozen=True)
@@ -184,8 +184,7 @@ class Front:
             raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {name}: {exc}") from None
         if isinstance(usable, CredentialWarning):
             return usable
-        handler = decision.tool.decl.handler
-        assert isinstance(handler, McpHandler)
+        handler = decision.tool.handler
         return Reached(name, handler, usable[0], usable[1], capabilities, decision.credential_name)
 
     async def _ask(

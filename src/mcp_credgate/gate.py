@@ -12,13 +12,13 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 from .allow import AllowEntry
 from .arguments import ArgumentCheck
 from .credential import EMPTY_CREDENTIAL, Credential
-from .declarations import Catalog, CredentialSpec, Tool
+from .declarations import Catalog, CredentialSpec, Tool, Upstream
 from .errors import CiphertextError, CredentialValueError
 from .readiness import Verdict, credential_verdict, verdict
 from .store import Binding, SealedCredential, Store
@@ -97,14 +97,19 @@ class CredentialWarning:
         )
 
 
+Declared = TypeVar("Declared", Tool, Upstream)
+
+
 @dataclass(frozen=True)
-class Ready:
-    tool: Tool
+class Ready(Generic[Declared]):
+    """Go ahead: the tool (or the upstream, for its resources and prompts) and its decrypted credential."""
+
+    tool: Declared
     credential: Credential
     credential_name: str | None
 
 
-Decision = Unknown | InvalidArguments | CredentialWarning | Ready
+Decision = Unknown | InvalidArguments | CredentialWarning | Ready[Tool]
 
 # The warning a call gets for each status of `readiness.verdict` that is not ready.
 _WARNINGS = {
@@ -170,7 +175,7 @@ class Gate:
         return f"{self.public_url}/groups/{quote(group, safe='')}/tools/{quote(tool, safe='')}/setup"
 
     def _warning(
-        self, kind: str, group: str, tool: Tool, missing: tuple[str, ...], credential_name: str | None = None
+        self, kind: str, group: str, tool: Tool | Upstream, missing: tuple[str, ...], credential_name: str | None = None
     ) -> CredentialWarning:
         spec = tool.credential
         assert spec is not None
@@ -191,7 +196,7 @@ class Gate:
             credential_name=credential_name,
         )
 
-    def expired(self, group: str, tool: Tool, credential_name: str) -> CredentialWarning:
+    def expired(self, group: str, tool: Tool | Upstream, credential_name: str) -> CredentialWarning:
         """The warning for an OAuth2 credential whose token can no longer be refreshed."""
         return self._warning("credential_expired", group, tool, (), credential_name)
 
@@ -215,7 +220,7 @@ class Gate:
 
     def check_upstream(
         self, group: str, upstream: str, entry: str | None = None
-    ) -> Unknown | CredentialWarning | Ready:
+    ) -> Unknown | CredentialWarning | Ready[Upstream]:
         """May the group use the upstream as a whole (or through the allow `entry` of one of its tools), and with
         which credential?"""
         tool = self.catalog.upstreams.get(upstream)
@@ -226,7 +231,7 @@ class Gate:
             return Unknown(upstream)
         return self._resolve(group, tool, binding)
 
-    def _resolve(self, group: str, tool: Tool, binding: Binding) -> CredentialWarning | Ready:
+    def _resolve(self, group: str, tool: Declared, binding: Binding) -> CredentialWarning | Ready[Declared]:
         spec = tool.credential
         if spec is None:
             return Ready(tool, EMPTY_CREDENTIAL, None)
@@ -252,7 +257,9 @@ class Gate:
             self._vetted[sealed] = spec
         return decision
 
-    def _values_decision(self, group: str, tool: Tool, credential: Credential) -> CredentialWarning | Ready:
+    def _values_decision(
+        self, group: str, tool: Declared, credential: Credential
+    ) -> CredentialWarning | Ready[Declared]:
         """What only the decrypted values tell: each one still matches its field's declaration."""
         spec = tool.credential
         assert spec is not None

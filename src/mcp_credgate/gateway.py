@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import httpx2
@@ -107,7 +108,9 @@ class Gateway:
         self._audit_store.close()
         self.store.close()
 
-    async def usable_credential(self, group: str, ready: Ready) -> tuple[Credential, Credential] | CredentialWarning:
+    async def usable_credential(
+        self, group: str, ready: Ready[Any]
+    ) -> tuple[Credential, Credential] | CredentialWarning:
         """The credential in full (for redaction) and as a handler sees it: an OAuth2 one refreshed when due,
         without what only the refresh needs. Raises oauth.OAuthError when it cannot be refreshed for now."""
         spec = ready.tool.credential

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
-from .declarations import CredentialSpec, Tool
+from .declarations import CredentialSpec, Tool, Upstream
 
 __all__ = [
     "READY_STATUSES",
@@ -62,7 +62,7 @@ _NO_CREDENTIAL_NEEDED = Verdict("no_credential_needed")
 _READY = Verdict("ready")
 
 
-def verdict(tool: Tool | None, credential: StoredCredential | None, now: datetime) -> Verdict:
+def verdict(tool: Tool | Upstream | None, credential: StoredCredential | None, now: datetime) -> Verdict:
     """The status of a tool a group allows, given the credential bound to it (None: nothing is bound)."""
     if tool is None:
         return Verdict("undeclared")

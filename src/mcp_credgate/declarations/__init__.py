@@ -6,7 +6,7 @@
 - `loading`: reading the folders into a `Catalog` (`catalog`), every problem with its file and field.
 """
 
-from .catalog import Catalog, Tool
+from .catalog import Catalog, Tool, Upstream
 from .loading import load_catalog
 from .models import (
     NAME_PATTERN,
@@ -32,5 +32,6 @@ __all__ = [
     "PythonHandler",
     "Tool",
     "ToolDeclaration",
+    "Upstream",
     "load_catalog",
 ]

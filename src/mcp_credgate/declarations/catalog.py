@@ -39,6 +39,29 @@ class Tool:
 
 
 @dataclass(frozen=True)
+class Upstream:
+    """A declared upstream MCP server (handler kind "mcp") and the file it came from. Its tools join the
+    catalog as `Tool`s once discovered; a group allows it as a whole with `NAME.*`."""
+
+    decl: ToolDeclaration
+    source: Path
+
+    @property
+    def name(self) -> str:
+        return self.decl.name
+
+    @property
+    def credential(self) -> CredentialSpec | None:
+        return self.decl.credential
+
+    @property
+    def handler(self) -> McpHandler:
+        handler = self.decl.handler
+        assert isinstance(handler, McpHandler)  # only mcp declarations become upstreams (`load_catalog`)
+        return handler
+
+
+@dataclass(frozen=True)
 class Catalog:
     """Every valid tool, by name, and every credential type, by name. Upstream MCP servers are kept apart
     (`upstreams`); their tools join `tools` once discovered (`with_discovered`)."""
@@ -46,7 +69,7 @@ class Catalog:
     tools: Mapping[str, Tool]
     types: Mapping[str, CredentialSpec]
     problems: tuple[str, ...] = ()
-    upstreams: Mapping[str, Tool] = field(default_factory=dict)
+    upstreams: Mapping[str, Upstream] = field(default_factory=dict)
 
     def undiscovered_upstream(self, tool_name: str) -> str | None:
         """The declared upstream whose tools are not listed yet and that would export a tool of this name (None
@@ -54,8 +77,7 @@ class Catalog:
         if tool_name in self.tools:
             return None
         for name, upstream in self.upstreams.items():
-            handler = upstream.decl.handler
-            prefix = name if not isinstance(handler, McpHandler) or handler.prefix is None else handler.prefix
+            prefix = name if upstream.handler.prefix is None else upstream.handler.prefix
             if not self.upstream_tools(name) and (not prefix or tool_name.startswith(f"{prefix}_")):
                 return name
         return None
@@ -73,8 +95,7 @@ class Catalog:
         tools = dict(self.tools)
         problems = list(self.problems)
         for name, upstream in self.upstreams.items():
-            handler = upstream.decl.handler
-            assert isinstance(handler, McpHandler)
+            handler = upstream.handler
             for listed in discovered.get(name, ()):
                 remote = str(listed.get("name", ""))
                 if handler.tools is not None and remote not in handler.tools:

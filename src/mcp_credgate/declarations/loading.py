@@ -9,7 +9,7 @@ from pathlib import Path
 import tomli as tomllib
 from pydantic import ValidationError
 
-from .catalog import Catalog, Tool
+from .catalog import Catalog, Tool, Upstream
 from .checks import http_problems, mcp_problems, oauth_problems, pydantic_problems, with_default_bearer
 from .entrypoints import resolve_entrypoint
 from .models import (
@@ -83,7 +83,7 @@ def load_catalog(dirs: Iterable[Path]) -> Catalog:
                     continue
                 types.setdefault(spec.type, (spec, label))
             tools[tool.name] = tool
-    upstreams = {n: t for n, t in tools.items() if isinstance(t.decl.handler, McpHandler)}
+    upstreams = {n: Upstream(t.decl, t.source) for n, t in tools.items() if isinstance(t.decl.handler, McpHandler)}
     return Catalog(
         tools={n: t for n, t in sorted(tools.items()) if n not in upstreams},
         types={k: v[0] for k, v in sorted(types.items())},

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from ... import admin
 from ...allow import AllowEntry
-from ...declarations import CredentialSpec, Tool
+from ...declarations import CredentialSpec, Tool, Upstream
 from ..forms import fields_of, plain
 from ..session import Session
 from ..site import Site, back
@@ -28,7 +28,7 @@ def setup(site: Site, request: Request, session: Session, form: FormData) -> Res
     context = {"group": group, "tool": tool, "spec": spec}
     if spec is None:
         return site.render(request, "setup.html", session, **context, compatible=[], fields=[])
-    if tool_name in catalog.upstreams:  # the upstream as a whole: allowed as NAME.*
+    if isinstance(tool, Upstream):  # the upstream as a whole: allowed as NAME.*
         binding = site.store.binding(group, str(AllowEntry.of_upstream(tool_name)), tool_name)
     else:
         binding = site.store.binding(group, tool_name, tool.upstream)
@@ -55,7 +55,7 @@ def _setup_new(
     session: Session,
     context: dict[str, Any],
     spec: CredentialSpec,
-    tool: Tool,
+    tool: Tool | Upstream,
     group: str,
     form: Mapping[str, Any],
 ) -> Response:
@@ -70,6 +70,6 @@ def _setup_new(
     return back(f"/groups/{quote(group, safe='')}", "setup")
 
 
-def _bind_target(tool: Tool) -> str:
-    """What a binding names: the tool, or the upstream MCP server the tool belongs to."""
-    return tool.upstream or tool.name
+def _bind_target(tool: Tool | Upstream) -> str:
+    """What a binding names: the tool, or the upstream MCP server (which the tool belongs to)."""
+    return (tool.upstream if isinstance(tool, Tool) else None) or tool.name
