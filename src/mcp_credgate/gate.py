@@ -11,7 +11,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -20,6 +20,7 @@ from .arguments import ArgumentCheck
 from .credential import EMPTY_CREDENTIAL, Credential
 from .declarations import Catalog, CredentialSpec, Tool, Upstream
 from .errors import CiphertextError, CredentialValueError
+from .oauth import utc_now
 from .readiness import Verdict, credential_verdict, verdict
 from .store import Binding, SealedCredential, Store
 
@@ -130,13 +131,9 @@ class ListedTool:
         return self.verdict.ready
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Gate:
     def __init__(
-        self, store: Store, catalog: Catalog, public_url: str, clock: Callable[[], datetime] = _utc_now
+        self, store: Store, catalog: Catalog, public_url: str, clock: Callable[[], datetime] = utc_now
     ) -> None:
         self.store = store
         self.catalog = catalog
