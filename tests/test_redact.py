@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
-from urllib.parse import quote
+import string
+from collections.abc import Callable
+from urllib.parse import quote, quote_plus
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mcp_credgate.credential import Credential
-from mcp_credgate.redact import Redactor, encoded_forms, redactor_for
+from mcp_credgate.redact import MIN_BASE64_PATTERN, Redactor, patterns_of, redactor_for
 from tests.support.gateway import leaks, make_canary, secret_forms
 
 pytestmark = pytest.mark.no_store  # never touches a store: runs once, not per backend
@@ -118,12 +123,13 @@ def test_a_credential_repr_masks_secret_values() -> None:
 
 
 @pytest.mark.parametrize("length", range(1, 100))
-def test_no_form_is_shorter_than_the_value(length: int) -> None:
-    """The redactor skips texts shorter than the shortest secret, so this bound must hold for every form
-    (base64 at each alignment included: the byte count modulo 3 decides how much of it is stable)."""
+def test_no_pattern_is_shorter_than_the_value_or_the_shortest_base64_pattern(length: int) -> None:
+    """The redactor skips texts shorter than this bound, so it must hold for every pattern (base64 at each
+    alignment included: the byte count modulo 3 decides how much of it the secret alone decides)."""
     for alphabet in ("a", "é", "/+", "\u2603x", '%"<&\\', "\U0001d11e"):
         value = (alphabet * length)[:length]
-        assert min(len(form) for form in encoded_forms(value)) >= len(value)
+        exact, folded, b64 = patterns_of(value)
+        assert min(len(p) for p in exact | folded | b64) >= min(len(value), MIN_BASE64_PATTERN)
 
 
 def test_a_text_shorter_than_every_secret_is_returned_as_is_and_a_longer_one_is_redacted() -> None:
@@ -142,3 +148,152 @@ def test_a_secret_in_html_safe_json_escapes_is_redacted() -> None:
     out = redactor.text('{"error":"bad password pa\\u0026ss\\u003cwo\\u003erd-1234"}')
 
     assert out == '{"error":"bad password [redacted:password]"}'
+
+
+# -- issue 19: the forms an agent could still pull out (each failed on the redactor before it) --------------
+
+PASSWORD = "Pa$$w0rd!*(x)'~é<&>\"/+"
+
+
+def _html_numeric(text: str) -> str:
+    return "".join(f"&#{ord(c)};" for c in text)
+
+
+def _every_char_u_escaped(text: str) -> str:
+    utf16 = text.encode("utf-16-be")
+    return "".join(f"\\u{utf16[i]:02x}{utf16[i + 1]:02x}" for i in range(0, len(utf16), 2))
+
+
+def _wrapped(text: str, width: int, newline: str) -> str:
+    return newline.join(text[i : i + width] for i in range(0, len(text), width))
+
+
+def _encode_uri_component(text: str) -> str:
+    return quote(text, safe="-_.!~*'()")
+
+
+def _base64_wrapped_blob(width: int, newline: str) -> str:
+    return _wrapped(base64.b64encode(b"\x00" * 40 + PASSWORD.encode() + b"\xff" * 90).decode(), width, newline)
+
+
+ENCODED = {
+    "html-escaped": html.escape(PASSWORD),
+    "html-escaped without quotes": html.escape(PASSWORD, quote=False),
+    "html numeric references": _html_numeric(PASSWORD),
+    "encodeURIComponent (keeps !*'())": _encode_uri_component(PASSWORD),
+    "Java URLEncoder (keeps *, + for space)": quote_plus(PASSWORD, safe="*-._"),
+    "percent-encoding, lower-case escapes": quote(PASSWORD, safe="").lower(),
+    "upper case": PASSWORD.upper(),
+    "lower case": PASSWORD.lower(),
+    "every character \\u-escaped": _every_char_u_escaped(PASSWORD),
+    "every character \\u-escaped, upper-case hex": _every_char_u_escaped(PASSWORD).upper().replace("\\U", "\\u"),
+    "JSON in a JSON string": json.dumps(json.dumps(PASSWORD))[1:-1],
+    "html-escaped URL-encoding": html.escape(quote(PASSWORD)),
+    "URL-encoded JSON": quote(json.dumps(PASSWORD)),
+    "base64 wrapped at 76 columns (MIME)": _wrapped(base64.b64encode(PASSWORD.encode() * 4).decode(), 76, "\r\n"),
+    "base64 wrapped at 64 columns (PEM)": _wrapped(base64.b64encode(b"-" + PASSWORD.encode() * 3).decode(), 64, "\n"),
+}
+
+
+@pytest.mark.parametrize("form", sorted(ENCODED))
+def test_a_secret_in_every_encoding_an_api_uses_is_redacted(form: str) -> None:
+    out = Redactor({"password": PASSWORD}).text(f"<p>error: {ENCODED[form]} </p>")
+
+    assert "[redacted:password]" in out
+    assert leaks(out, PASSWORD) == []
+    assert out.startswith("<p>error: ") and out.endswith(" </p>")
+
+
+@pytest.mark.parametrize(("width", "newline"), [(64, "\n"), (76, "\r\n"), (76, "\n")])
+def test_a_base64_blob_that_holds_the_secret_is_redacted_whole_so_no_edge_byte_survives(
+    width: int, newline: str
+) -> None:
+    out = Redactor({"password": PASSWORD}).text(f"attachment:\n{_base64_wrapped_blob(width, newline)}\n--end")
+
+    assert out == "attachment:\n[redacted:password]\n--end"
+
+
+def test_a_secret_split_over_two_consecutive_strings_is_redacted_in_both() -> None:
+    for cut in range(1, len(PASSWORD)):
+        out = Redactor({"password": PASSWORD}).obj(["head " + PASSWORD[:cut], PASSWORD[cut:] + " tail"])
+
+        assert out == ["head [redacted:password]", "[redacted:password] tail"], cut
+
+
+def test_a_numeric_secret_is_redacted_as_a_json_number_and_as_text() -> None:
+    redactor = Redactor({"pin": "84207311"})
+
+    out = redactor.obj({"account": 84207311, "parts": [8420, 7311], "float": 84207311.0, "text": "pin 84207311"})
+
+    assert out == {
+        "account": "[redacted:pin]",
+        "parts": ["[redacted:pin]", "[redacted:pin]"],
+        "float": "[redacted:pin]",
+        "text": "pin [redacted:pin]",
+    }
+
+
+def test_a_secret_that_is_a_boolean_text_is_compared_by_its_json_text() -> None:
+    assert Redactor({"flag": "true"}).obj({"ok": True, "n": 1}) == {"ok": "[redacted:flag]", "n": 1}
+
+
+def test_the_case_of_a_short_secret_is_not_folded() -> None:
+    """Under CASE_FOLD_LENGTH, another case is another word: "abcd" must not redact "ABCD"."""
+    assert Redactor({"pin": "abcd"}).text("ABCD abcd") == "ABCD [redacted:pin]"
+
+
+def test_a_redacted_marker_does_not_depend_on_the_secret_length() -> None:
+    short, long = Redactor({"token": "x" * 9}), Redactor({"token": "y" * 90})
+
+    assert short.text("a " + "x" * 9 + " b") == long.text("a " + "y" * 90 + " b")
+
+
+# -- property tests: generated secrets, encodings and their compositions, splits at every position --------
+
+_TEXTUAL: dict[str, Callable[[str], str]] = {
+    "raw": lambda s: s,
+    "url": lambda s: quote(s, safe=""),
+    "url path": quote,
+    "encodeURIComponent": _encode_uri_component,
+    "url plus": lambda s: quote_plus(s, safe=""),
+    "json": lambda s: json.dumps(s)[1:-1],
+    "json ascii": lambda s: json.dumps(s, ensure_ascii=True)[1:-1],
+    "json slash": lambda s: json.dumps(s)[1:-1].replace("/", "\\/"),
+    "\\u all": _every_char_u_escaped,
+    "html": html.escape,
+    "html numeric": _html_numeric,
+    "ascii upper": lambda s: "".join(c.upper() if c.isascii() else c for c in s),
+    "ascii lower": lambda s: "".join(c.lower() if c.isascii() else c for c in s),
+}
+_BINARY: dict[str, Callable[[str], str]] = {
+    "hex": lambda s: s.encode().hex(),
+    "base64": lambda s: base64.b64encode(s.encode()).decode(),
+    "base64url": lambda s: base64.urlsafe_b64encode(s.encode()).decode().rstrip("="),
+    "base64 of a blob": lambda s: base64.b64encode(b"\x01\x02" + s.encode() + b"\x03").decode(),
+    "base64 wrapped": lambda s: _wrapped(base64.b64encode(b"\x07" + s.encode() * 3).decode(), 16, "\n"),
+    "base64 of url": lambda s: base64.b64encode(quote(s, safe="").encode()).decode(),
+}
+_SECRETS = st.one_of(
+    st.text(alphabet=string.ascii_letters + string.digits + string.punctuation, min_size=8, max_size=40),
+    st.text(alphabet=string.digits, min_size=8, max_size=20),
+    st.text(alphabet=st.characters(exclude_categories=["Cs"]), min_size=8, max_size=24),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    secret=_SECRETS,
+    inner=st.sampled_from(sorted(_TEXTUAL) + sorted(_BINARY)),
+    outer=st.sampled_from(sorted(_TEXTUAL)),
+    split=st.floats(min_value=0, max_value=1),
+)
+def test_no_composition_of_two_encodings_split_anywhere_lets_the_secret_be_recovered(
+    secret: str, inner: str, outer: str, split: float
+) -> None:
+    encode = {**_TEXTUAL, **_BINARY}
+    form = _TEXTUAL[outer](encode[inner](secret))
+    cut = round(split * len(form))
+
+    out = Redactor({"secret": secret}).obj(["before " + form[:cut], form[cut:] + " after"])
+
+    assert leaks("".join(out), secret) == [], (inner, outer, cut)

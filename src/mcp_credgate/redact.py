@@ -1,91 +1,353 @@
-"""Value-based redaction: every secret of the credential in use, in every encoding an upstream might echo.
+"""Value-based redaction: every secret of the credential in use, in the forms an API or an upstream may echo.
 
-Forms hunted: raw, URL-encoded (quote and quote_plus, upper- or lower-case escapes), JSON-escaped (with
-"/" as is or escaped; "&<>" as is or as unicode escapes; once, or twice for JSON inside a JSON string), hex,
-base64 (standard and URL-safe, with and without padding, and at each of the three byte alignments so a secret
-inside a longer base64 string is found too), and the base64 of `username:password` (HTTP Basic).
+How it works, in one pass over the output plus a fixed number of decoded views of it (linear in its size):
+
+- The strings of an output (and its numbers and booleans, compared by their JSON text) are joined in the order
+  the agent reads them, so a secret split over two strings or two content blocks is found like any other.
+- A multi-pattern matcher (Aho-Corasick, `ahocorasick_rs`) looks for every pattern of every secret at once:
+  the value itself, case-insensitively for values of `CASE_FOLD_LENGTH` characters or more; its UTF-8 bytes
+  read as Latin-1 (what percent-decoding yields for non-ASCII text); hex; and base64 at each of the three byte
+  alignments, in both alphabets, of the value and of its URL- and JSON-escaped text.
+- It looks again in *decoded views* of the text, and in the views of those (compositions of two): percent-
+  decoding (whatever characters the encoder left alone, escapes in either case, `+` as space), JSON and
+  JavaScript string escapes (`\\uXXXX` for every character, `\\/`, `\\xNN`), HTML character references, and the
+  text without its line breaks (base64 wrapped at 64 or 76 columns, as MIME and PEM do). A match in a view is
+  mapped back to the characters of the original it was decoded from.
+- A base64 match redacts the whole base64 run around it: inside a larger blob, the characters next to the
+  secret's would still decode to its first and last bytes.
+
+Redaction is defence in depth (see the README's security section): it cannot know every transformation an
+API may apply; the declared host pinning and the upstream sandbox are the boundary.
 """
 
 from __future__ import annotations
 
 import base64
+import html
 import json
-from collections.abc import Iterable, Mapping
+import re
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
+
+import ahocorasick_rs
 
 from .credential import Credential
 
-__all__ = ["MIN_DERIVED_LENGTH", "NO_REDACTION", "Redactor", "encoded_forms", "redactor_for"]
+__all__ = ["CASE_FOLD_LENGTH", "MIN_DERIVED_LENGTH", "NO_REDACTION", "Redactor", "patterns_of", "redactor_for"]
 
 MIN_DERIVED_LENGTH = 4  # shorter secrets are still redacted raw, but their encodings would match noise
+CASE_FOLD_LENGTH = 8  # from this length a secret is found whatever the case of its letters
+MIN_BASE64_PATTERN = 4  # base64 characters (24 bits) that only the secret decides, at the least
+_B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-")
+_B64_LINE = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 
 
-def _b64_forms(data: bytes) -> set[str]:
-    """Base64 text of `data` as it appears inside any longer base64 string, for each byte alignment,
-    in the standard and the URL-safe alphabet."""
-    forms: set[str] = set()
+@dataclass(frozen=True, slots=True)
+class _Pattern:
+    field: str
+    base64: bool  # a match stands for the whole base64 run around it
+
+
+# -- patterns ------------------------------------------------------------------------------------
+
+
+def _base64_patterns(data: bytes) -> set[str]:
+    """The base64 characters that `data` alone decides, inside any longer base64 text, at each byte
+    alignment, in the standard and the URL-safe alphabet."""
+    found: set[str] = set()
     for lead in range(3):
-        text = base64.b64encode(b"\0" * lead + data).decode()
-        start = (0, 2, 3)[lead]  # characters that still carry bits of the lead bytes
-        stable = text[start : ((lead + len(data)) // 3) * 4]
-        if len(stable) >= 8:
-            forms.add(stable)
-        if lead == 0:
-            forms |= {text, text.rstrip("=")}
-    return forms | {f.replace("+", "-").replace("/", "_") for f in forms}
+        text = base64.b64encode(b"\0" * lead + data + b"\0\0").decode()
+        start, end = -(-8 * lead // 6), 8 * (lead + len(data)) // 6  # characters whose 6 bits are all data's
+        if end - start >= MIN_BASE64_PATTERN:
+            found.add(text[start:end])
+    return found | {f.replace("+", "-").replace("/", "_") for f in found}
 
 
-def _lower_escapes(text: str) -> str:
-    """`a%2Fb` → `a%2fb` (every `%` of a quote() result starts an escape)."""
-    head, *rest = text.split("%")
-    return head + "".join("%" + part[:2].lower() + part[2:] for part in rest)
+def _fold(text: str) -> str:
+    """Lower case, one character for one (what mapping matches back needs)."""
+    lowered = text.lower()
+    if len(lowered) == len(text):
+        return lowered
+    return "".join(low if len(low := c.lower()) == 1 else c for c in text)
 
 
-def encoded_forms(value: str) -> set[str]:
-    """Every text form of one secret value that redaction replaces."""
-    forms = {value}
+def patterns_of(value: str) -> tuple[set[str], set[str], set[str]]:
+    """The patterns of one secret value: (exact, case-folded, base64). The folded ones are matched against
+    folded text; none is shorter than `min(len(value), MIN_BASE64_PATTERN)`."""
+    exact: set[str] = {value}
+    folded: set[str] = set()
     if len(value) < MIN_DERIVED_LENGTH:
-        return forms
+        return exact, folded, set()
     raw = value.encode()
-    url = {quote(value, safe=""), quote_plus(value, safe=""), quote(value)}
-    json_escaped = json.dumps(value)[1:-1]
-    forms |= url | {_lower_escapes(f) for f in url}  # servers may echo `%2f` for `%2F`
-    json_forms = {json_escaped, json_escaped.replace("/", "\\/")}  # JSON may escape "/" (PHP's json_encode does)
-    # ... and "&", "<", ">" as \u escapes (Go's encoding/json does by default)
-    json_forms.add(json_escaped.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e"))
-    # ... and JSON text inside a JSON string (a "stringified" JSON field) escapes them all once more
-    forms |= json_forms | {json.dumps(f)[1:-1] for f in json_forms}
-    forms |= {raw.hex(), raw.hex().upper()}
-    forms |= _b64_forms(raw)
-    return {f for f in forms if f}
+    exact.add(raw.decode("latin-1"))
+    exact |= {raw.hex(), raw.hex().upper()}
+    encoded = {quote(value, safe=""), json.dumps(value)[1:-1]}
+    b64 = set().union(*(_base64_patterns(text.encode()) for text in {value, *encoded}))
+    if len(value) >= CASE_FOLD_LENGTH:
+        folded, exact = {_fold(p) for p in exact}, set()
+    return exact, folded, b64
+
+
+class _Matcher:
+    """One automaton over the exact patterns and one over the folded ones, with what each pattern stands for."""
+
+    __slots__ = ("_exact", "_exact_meaning", "_folded", "_folded_meaning")
+
+    def __init__(self, sources: Iterable[tuple[str, str]]) -> None:
+        exact: dict[str, _Pattern] = {}
+        folded: dict[str, _Pattern] = {}
+        for fieldname, value in sources:
+            plain, lowered, b64 = patterns_of(value)
+            for pattern in b64:
+                exact.setdefault(pattern, _Pattern(fieldname, base64=True))
+            for pattern in plain:
+                exact.setdefault(pattern, _Pattern(fieldname, base64=False))
+            for pattern in lowered:
+                folded.setdefault(pattern, _Pattern(fieldname, base64=False))
+        self._exact = ahocorasick_rs.AhoCorasick(list(exact)) if exact else None
+        self._exact_meaning = list(exact.values())
+        self._folded = ahocorasick_rs.AhoCorasick(list(folded)) if folded else None
+        self._folded_meaning = list(folded.values())
+
+    def find(self, text: str) -> Iterator[tuple[int, int, _Pattern]]:
+        """Every match, overlapping ones included: (start, end, what it stands for)."""
+        if self._exact is not None:
+            for index, start, end in self._exact.find_matches_as_indexes(text, overlapping=True):
+                yield start, end, self._exact_meaning[index]
+        if self._folded is not None:
+            for index, start, end in self._folded.find_matches_as_indexes(_fold(text), overlapping=True):
+                yield start, end, self._folded_meaning[index]
+
+
+# -- decoded views -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoder:
+    name: str
+    introducer: str  # a text without it has nothing to decode
+    escape: re.Pattern[str]
+    decode: Callable[[re.Match[str]], str]
+
+
+def _json_escape(m: re.Match[str]) -> str:
+    text = m.group(0)
+    if text[1] in "uU":
+        if len(text) == 12:  # a surrogate pair
+            high, low = int(text[2:6], 16), int(text[8:12], 16)
+            return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+        return chr(int(text[2:6], 16))
+    if text[1] == "x":
+        return chr(int(text[2:4], 16))
+    return {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}.get(text[1], text[1])
+
+
+_DECODERS = (
+    _Decoder(
+        "percent",
+        "%",
+        re.compile(r"%[0-9A-Fa-f]{2}|\+"),
+        lambda m: " " if m.group(0) == "+" else chr(int(m.group(0)[1:], 16)),  # bytes, read as Latin-1
+    ),
+    _Decoder(
+        "json",
+        "\\",
+        re.compile(
+            r"\\[uU][dD][89abAB][0-9a-fA-F]{2}\\[uU][dD][c-fC-F][0-9a-fA-F]{2}"
+            r"|\\[uU][0-9a-fA-F]{4}|\\x[0-9a-fA-F]{2}|\\[\"\\/'bfnrt]"
+        ),
+        _json_escape,
+    ),
+    _Decoder(
+        "html",
+        "&",
+        re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});?"),
+        lambda m: html.unescape(m.group(0)),
+    ),
+    _Decoder("unwrapped", "\n", re.compile(r"\r?\n"), lambda m: ""),
+)
+
+
+class _View:
+    """A decoded form of its parent's text, and the way back: each escape decoded is a piece (its start and end
+    here and in the parent); the text between pieces is the parent's, shifted."""
+
+    __slots__ = ("_ends", "_origins", "_starts", "joins_lines", "parent", "text")
+
+    def __init__(self, text: str, parent: _View | None = None, *, joins_lines: bool = False) -> None:
+        self.text = text
+        self.parent = parent
+        self.joins_lines = joins_lines  # its text has lost line breaks: a base64 block is told in its parent
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self._origins: list[tuple[int, int]] = []
+
+    @classmethod
+    def decoded(cls, parent: _View, decoder: _Decoder) -> _View | None:
+        """The parent's text decoded, or None when there is nothing to decode."""
+        if decoder.introducer not in parent.text:
+            return None
+        view = cls("", parent, joins_lines=decoder.name == "unwrapped" or parent.joins_lines)
+        parts: list[str] = []
+        here = there = 0  # positions in the view and in the parent
+        for m in decoder.escape.finditer(parent.text):
+            literal = parent.text[there : m.start()]
+            parts.append(literal)
+            here += len(literal)
+            replacement = decoder.decode(m)
+            parts.append(replacement)
+            if replacement != m.group(0):
+                view._starts.append(here)
+                view._ends.append(here + len(replacement))
+                view._origins.append((m.start(), m.end()))
+            here += len(replacement)
+            there = m.end()
+        if not view._starts:
+            return None
+        parts.append(parent.text[there:])
+        view.text = "".join(parts)
+        return view
+
+    def _position(self, at: int, *, end: bool) -> int:
+        """Where position `at` (a start, or an exclusive end) comes from in the parent."""
+        i = bisect_right(self._starts, at - 1 if end else at) - 1
+        if i < 0:
+            return at
+        piece_end = self._ends[i]
+        origin_start, origin_end = self._origins[i]
+        if end and at <= piece_end:
+            return origin_end
+        if not end and at < piece_end:
+            return origin_start
+        return origin_end + (at - piece_end)
+
+    def to_root(self, start: int, end: int) -> tuple[int, int]:
+        view: _View = self
+        while view.parent is not None:
+            start, end = view._position(start, end=False), view._position(end, end=True)
+            view = view.parent
+        return start, end
+
+    def block_to_root(self, start: int, end: int) -> tuple[int, int]:
+        """A base64 match grown to the base64 block around it and mapped back, grown again at each step (a
+        blob wrapped in escaped line breaks has its lines only in the view that decoded them); never in a
+        view without the line breaks, where the text after a blob would look like more of it."""
+        view: _View = self
+        while True:
+            if not view.joins_lines:
+                start, end = _base64_block(view.text, start, end)
+            if view.parent is None:
+                return start, end
+            start, end = view._position(start, end=False), view._position(end, end=True)
+            view = view.parent
+
+
+def _views(root: _View) -> Iterator[_View]:
+    """The text itself, its decoded views, and their decoded views in turn (compositions of two)."""
+    yield root
+    for first in _DECODERS:
+        once = _View.decoded(root, first)
+        if once is None:
+            continue
+        yield once
+        for second in _DECODERS:
+            twice = _View.decoded(once, second)
+            if twice is not None:
+                yield twice
+
+
+def _line_before(text: str, start: int) -> tuple[int, int] | None:
+    """The line that ends just before position `start` (a line's first character), when it is all base64."""
+    if start == 0 or text[start - 1] != "\n":
+        return None
+    end = start - 1 - (start > 1 and text[start - 2] == "\r")
+    begin = text.rfind("\n", 0, end) + 1
+    return (begin, end) if _B64_LINE.fullmatch(text, begin, end) else None
+
+
+def _line_after(text: str, end: int) -> tuple[int, int] | None:
+    """The line that starts just after position `end` (a line's end), when it is all base64."""
+    if text.startswith("\r\n", end):
+        begin = end + 2
+    elif text.startswith("\n", end):
+        begin = end + 1
+    else:
+        return None
+    stop = text.find("\n", begin)
+    stop = len(text) if stop < 0 else stop - (stop > begin and text[stop - 1] == "\r")
+    return (begin, stop) if _B64_LINE.fullmatch(text, begin, stop) else None
+
+
+def _base64_block(text: str, start: int, end: int) -> tuple[int, int]:
+    """The base64 text around a match: its run of base64 characters, and when that run is a whole line, the
+    lines that continue it (a blob wrapped at a fixed width: full lines of one length, then a shorter one)."""
+    while start > 0 and text[start - 1] in _B64_CHARS:  # "=" only pads the end: "key=QUJD" starts after it
+        start -= 1
+    while end < len(text) and text[end] in _B64_CHARS:
+        end += 1
+    while end < len(text) and text[end] == "=":
+        end += 1
+    line_start = text.rfind("\n", 0, start) + 1
+    line_end = text.find("\n", end)
+    line_end = len(text) if line_end < 0 else line_end - (line_end > end and text[line_end - 1] == "\r")
+    if start != line_start or end != line_end:  # base64 inside a line of other text: the run is all of it
+        return start, end
+    first_break = text.find("\n", start, end)  # a match mapped back from a view without line breaks spans lines
+    width = (first_break - (text[first_break - 1] == "\r") if first_break >= 0 else end) - start
+    last_line = text.rfind("\n", start, end) + 1 or start
+    above = _line_before(text, start)
+    if above is not None and above[1] - above[0] > width:  # the match is on the last, shorter line
+        width = above[1] - above[0]
+    while above is not None and above[1] - above[0] == width and text[above[1] - 1] != "=":
+        start = above[0]
+        above = _line_before(text, start)
+    below = _line_after(text, end) if end - last_line == width and text[end - 1] != "=" else None
+    while below is not None and below[1] - below[0] <= width:
+        end = below[1]
+        if below[1] - below[0] < width or text[end - 1] == "=":
+            break
+        below = _line_after(text, end)
+    return start, end
+
+
+def _merged(spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    spans.sort()
+    merged: list[tuple[int, int, str]] = []
+    for start, end, fieldname in spans:
+        if merged and start <= merged[-1][1]:
+            last = merged[-1]
+            merged[-1] = (last[0], max(last[1], end), last[2])
+        else:
+            merged.append((start, end, fieldname))
+    return merged
+
+
+# -- the redactor --------------------------------------------------------------------------------
+
+_Leaf = str | bool | int | float  # what a JSON-like value holds, as the agent reads it
+
+
+def _leaf_text(leaf: _Leaf) -> str:
+    return leaf if isinstance(leaf, str) else json.dumps(leaf)
 
 
 class Redactor:
     """Replaces secret values in strings and in JSON-like structures.
 
-    Built per call and dropped with it: no cache keeps secret values alive (not even `re`'s pattern
-    cache, hence plain `str.replace`, longest form first).
+    Built per call and dropped with it: no cache keeps secret values alive (the automata are built on first
+    need and go with the redactor).
     """
 
-    __slots__ = ("_replacements", "_shortest", "_sources")
+    __slots__ = ("_matcher", "_shortest", "_sources")
 
     def __init__(self, secrets: Mapping[str, str], extra: Iterable[tuple[str, str]] = ()) -> None:
         self._sources = [(name, value) for name, value in (*secrets.items(), *extra) if value]
-        # No form of a value is shorter than the value itself (escapes only lengthen it; base64 and hex take
-        # more characters than bytes), so a text shorter than every value cannot hold one and needs no work;
-        # the forms are computed on first need.
-        self._shortest = min((len(v) for _, v in self._sources), default=0)
-        self._replacements: list[tuple[str, str]] | None = None
-
-    def _forms(self) -> list[tuple[str, str]]:
-        if self._replacements is None:
-            replacements: dict[str, str] = {}
-            for fieldname, value in self._sources:
-                for form in encoded_forms(value):
-                    replacements.setdefault(form, f"[redacted:{fieldname}]")
-            self._replacements = sorted(replacements.items(), key=lambda kv: len(kv[0]), reverse=True)
-        return self._replacements
+        # no pattern is shorter than this: a text shorter than it cannot hold one and needs no work
+        self._shortest = min((min(len(v), MIN_BASE64_PATTERN) for _, v in self._sources), default=0)
+        self._matcher: _Matcher | None = None
 
     def __bool__(self) -> bool:
         return bool(self._sources)
@@ -93,35 +355,106 @@ class Redactor:
     def __repr__(self) -> str:
         return f"Redactor({len(self._sources)} values)"
 
+    def _spans(self, text: str) -> list[tuple[int, int, str]]:
+        """The stretches of `text` to replace, merged: (start, end, the field named in the marker)."""
+        if self._matcher is None:
+            self._matcher = _Matcher(self._sources)
+        spans: list[tuple[int, int, str]] = []
+        for view in _views(_View(text)):
+            for start, end, pattern in self._matcher.find(view.text):
+                if pattern.base64:
+                    spans.append((*view.block_to_root(start, end), pattern.field))
+                else:
+                    spans.append((*view.to_root(start, end), pattern.field))
+        return _merged(spans)
+
     def text(self, value: str) -> str:
         if not self._sources or len(value) < self._shortest:
             return value
-        for form, replacement in self._forms():
-            if form in value:
-                value = value.replace(form, replacement)
-        return value
+        redacted = self._leaves([value])[0]
+        return redacted if isinstance(redacted, str) else value
 
     def obj(self, value: Any) -> Any:
-        """Redact every string (keys included) of a JSON-like value. What JSON does not know (bytes, sets,
-        other mappings, objects) becomes text first: it would otherwise be serialised unredacted."""
+        """Redact a JSON-like value: every string (keys included), number and boolean, read in order as one
+        text. What JSON does not know (bytes, sets, other mappings, objects) becomes text first: it would
+        otherwise be serialised unredacted."""
         if not self._sources:
             return value
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, Mapping):
-            return {self._key(k): self.obj(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple, set, frozenset)):
-            return [self.obj(v) for v in value]
-        if value is None or isinstance(value, (bool, int, float)):
-            return value
-        if isinstance(value, (bytes, bytearray)):
-            return self.text(bytes(value).decode("utf-8", errors="replace"))
-        return self.text(str(value))
+        leaves: list[_Leaf] = []
+        _collect(value, leaves)
+        redacted = iter(self._leaves(leaves))
+        return _rebuild(value, redacted)
 
-    def _key(self, key: Any) -> Any:
-        if key is None or isinstance(key, (bool, int, float)):
-            return key
-        return self.text(key if isinstance(key, str) else str(key))
+    def _leaves(self, leaves: list[_Leaf]) -> list[_Leaf]:
+        texts = [_leaf_text(leaf) for leaf in leaves]
+        joined = "".join(texts)
+        if len(joined) < self._shortest:
+            return leaves
+        spans = self._spans(joined)
+        if not spans:
+            return leaves
+        out: list[_Leaf] = []
+        offset = 0
+        for leaf, text in zip(leaves, texts, strict=True):
+            out.append(_cut(leaf, text, offset, spans))
+            offset += len(text)
+        return out
+
+
+def _cut(leaf: _Leaf, text: str, offset: int, spans: list[tuple[int, int, str]]) -> _Leaf:
+    """The leaf at `offset` of the joined text with its part of each span replaced by a marker."""
+    end = offset + len(text)
+    first = max(bisect_right(spans, (offset, end + 1)) - 1, 0)  # the last span that starts at or before it
+    parts: list[str] = []
+    position = offset
+    for start, stop, fieldname in spans[first:]:
+        if start >= end:
+            break
+        if stop <= offset:
+            continue
+        parts.append(text[position - offset : max(start, offset) - offset])
+        parts.append(f"[redacted:{fieldname}]")
+        position = min(stop, end)
+    if not parts:
+        return leaf
+    if not isinstance(leaf, str):  # a number or boolean is one word: any part of it is all of it
+        return parts[1]
+    parts.append(text[position - offset :])
+    return "".join(parts)
+
+
+def _collect(value: Any, leaves: list[_Leaf]) -> None:
+    if isinstance(value, (str, bool, int, float)):
+        leaves.append(value)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if key is not None:
+                leaves.append(key if isinstance(key, (str, bool, int, float)) else str(key))
+            _collect(item, leaves)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            _collect(item, leaves)
+    elif isinstance(value, (bytes, bytearray)):
+        leaves.append(bytes(value).decode("utf-8", errors="replace"))
+    elif value is not None:
+        leaves.append(str(value))
+
+
+def _rebuild(value: Any, redacted: Iterator[_Leaf]) -> Any:
+    """`value` again, each leaf taken in `_collect`'s order from `redacted` (a changed number is now text)."""
+    if isinstance(value, (str, bool, int, float)):
+        return next(redacted)
+    if isinstance(value, Mapping):
+        rebuilt = {}
+        for key, item in value.items():
+            new_key = next(redacted) if key is not None else None
+            rebuilt[new_key] = _rebuild(item, redacted)
+        return rebuilt
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_rebuild(item, redacted) for item in value]
+    if value is None:
+        return None
+    return next(redacted)
 
 
 NO_REDACTION = Redactor({})
@@ -134,6 +467,6 @@ def redactor_for(credential: Credential | None) -> Redactor:
     if not secrets:
         return NO_REDACTION
     # each non-secret value joined with each secret, `username:password`, so that their base64 (an HTTP
-    # Basic header) is redacted too
+    # Basic header) is redacted even when the password is too short to have base64 patterns of its own
     pairs = [(field, f"{user}:{pw}") for user in credential.public_values() for field, pw in secrets.items()]
     return Redactor(secrets, pairs)

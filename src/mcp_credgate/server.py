@@ -181,16 +181,11 @@ def _text_result(text: str, *, is_error: bool = False) -> types.CallToolResult:
 
 
 def _to_result(output: ToolOutput, redactor: Redactor) -> types.CallToolResult:
-    structured = redactor.obj(output.structured) if output.structured is not None else None
-    if output.content is not None:
-        return types.CallToolResult.model_validate(
-            {"content": redactor.obj(output.content), "structuredContent": structured, "isError": output.is_error}
-        )
-    return types.CallToolResult(
-        content=[types.TextContent(type="text", text=redactor.text(output.text))],
-        structured_content=structured,
-        is_error=output.is_error,
-    )
+    """The result the agent receives, redacted as one text: its content blocks, then its structured content, so a
+    secret split between two blocks (or a block and a structured value) is found too."""
+    content = output.content if output.content is not None else [{"type": "text", "text": output.text}]
+    redacted = redactor.obj({"content": content, "structuredContent": output.structured})
+    return types.CallToolResult.model_validate({**redacted, "isError": output.is_error})
 
 
 # Names the caller of a request; ctx is None where the SDK gives none (the schema lookup below).

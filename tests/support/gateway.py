@@ -8,6 +8,7 @@ SDK's own `Client`.
 from __future__ import annotations
 
 import base64
+import html
 import json
 import os
 import re
@@ -83,12 +84,14 @@ def secret_forms(secret: str) -> dict[str, str]:
     }
 
 
-_B64_RUN = re.compile(r"[A-Za-z0-9+/_\-]{8,}={0,2}")
+_B64_RUN = re.compile(r"[A-Za-z0-9+/_\-]{6,}={0,2}")
+_JS_ESCAPE = re.compile(r"\\(?:[uU]([0-9a-fA-F]{4})|x([0-9a-fA-F]{2})|(.))", re.DOTALL)
 
 
 def _base64_hides(text: str, needle: bytes) -> bool:
-    """Does any base64-looking run of `text` (either alphabet, any alignment) decode to bytes containing needle?"""
-    for run in _B64_RUN.findall(text):
+    """Does any base64-looking run of `text` (either alphabet, any alignment, line breaks ignored) decode to
+    bytes containing needle?"""
+    for run in _B64_RUN.findall(re.sub(r"\r?\n", "", text)):
         normal = run.rstrip("=").replace("-", "+").replace("_", "/")
         for start in range(4):
             chunk = normal[start:]
@@ -104,26 +107,66 @@ def _base64_hides(text: str, needle: bytes) -> bool:
     return False
 
 
+def _unescape_js(text: str) -> str:
+    """JSON and JavaScript string escapes, surrogate pairs joined."""
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(1):
+            return chr(int(m.group(1), 16))
+        if m.group(2):
+            return chr(int(m.group(2), 16))
+        return {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}.get(m.group(3), m.group(3))
+
+    decoded = _JS_ESCAPE.sub(one, text)
+    return decoded.encode("utf-16", "surrogatepass").decode("utf-16", errors="replace")
+
+
+def _unquote_bytes(text: str) -> str:
+    """Percent-decoding to bytes, read as Latin-1 where they are not UTF-8."""
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        return unquote(text, encoding="latin-1")
+
+
+_DECODINGS: dict[str, Callable[[str], str]] = {
+    "url": _unquote_bytes,
+    "url+": unquote_plus,
+    "html": html.unescape,
+    "js": _unescape_js,
+}
+
+
+def _decodings(text: str) -> dict[str, str]:
+    """The text, each decoding of it and each decoding of those (compositions of two), by name."""
+    found = {"": text}
+    for name, decode in _DECODINGS.items():
+        once = decode(text)
+        found[name] = once
+        for name2, decode2 in _DECODINGS.items():
+            found[f"{name}+{name2}"] = decode2(once)
+    return found
+
+
 def leaks(text: str, secret: str) -> list[str]:
     """The forms in which `secret` can still be read from `text` (empty: no leak).
 
-    Decodes instead of re-encoding where it can (URL, base64), so it does not share the product's
-    own list of forms.
+    Decodes instead of re-encoding (URL, JSON/JavaScript escapes, HTML references, twice over; base64 at any
+    alignment and line wrapping; hex; the case of its letters for secrets of 8 characters or more), so it does
+    not share the product's own list of patterns.
     """
     found = []
-    if secret in text:
-        found.append("raw")
-    if secret in unquote(text) or secret in unquote_plus(text):
-        found.append("url-encoded")
-    if json.dumps(secret)[1:-1] in text.replace("\\/", "/"):  # JSON may escape "/" as "\/"
-        found.append("json-escaped")
-    if json.dumps(json.dumps(secret)[1:-1])[1:-1] in text:  # JSON text inside a JSON string
-        found.append("json-escaped twice")
-    if secret.encode().hex() in text.lower():
-        found.append("hex")
     needle = secret.encode()
-    if _base64_hides(text, needle) or _base64_hides(unquote(text), needle):
-        found.append("base64")
+    for how, decoded in _decodings(text).items():
+        prefix = f"{how}: " if how else ""
+        if secret in decoded:
+            found.append(prefix + "raw")
+        elif len(secret) >= 8 and secret.isascii() and secret.lower() in decoded.lower():
+            found.append(prefix + "case changed")
+        if len(secret) >= 4 and needle.hex() in decoded.lower():
+            found.append(prefix + "hex")
+        if len(secret) >= 4 and _base64_hides(decoded, needle):
+            found.append(prefix + "base64")
     return found
 
 
