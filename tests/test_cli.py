@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 from click.testing import Result
+from psycopg.conninfo import conninfo_to_dict
 
 from mcp_credgate.config import Settings
 from mcp_credgate.crypto import MasterKey
 from mcp_credgate.store import AuditRow, Store, store_exists, store_location
 from tests.support.cli import CliRun, ProcRun, assert_ok, assert_refused, assert_usage_error, out
-from tests.support.gateway import credgate_env
+from tests.support.gateway import closed_port, credgate_env
 from tests.support.raw_db import data_folder_files, raw_db, store_contents
 from tests.support.samples import ACCOUNT, WEATHER_KEY, database_url, write_tool
 
@@ -618,6 +619,96 @@ def test_audit_reads_rows_newest_first_with_filters(cli: CliRun, home: Path, too
     assert [(r["group"], r["tool"]) for r in weather] == [("ops", "weather")]
 
 
+# -- a password on the command line ----------------------------------------------------------
+
+PASSWORD = "hunter2-on-the-command-line"
+
+
+def database_url_at_a_closed_port() -> str:
+    return f"postgresql://credgate:{PASSWORD}@127.0.0.1:{closed_port()}/credgate"
+
+
+def assert_warned_about_the_password(stderr: str, url: str) -> None:
+    """The first line on stderr says where the password shows and what to use instead, without either."""
+    first = stderr.splitlines()[0]
+    assert first.startswith("warning: ")
+    for text in ("--database-url", "other local users", "process list", "CREDGATE_DATABASE_URL", "PGPASSFILE"):
+        assert text in first, first
+    assert PASSWORD not in stderr and url not in stderr and "127.0.0.1" not in first
+    assert [line for line in stderr.splitlines() if line == first] == [first]  # said once
+
+
+@pytest.mark.no_store  # the flag's store is never reached
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("serve", "--group", "team"),
+        ("serve", "--http", "--port", "0"),
+        ("dashboard", "--port", "1"),
+        ("init",),
+        ("cred", "list"),
+        ("doctor",),
+    ],
+)
+def test_a_database_url_with_a_password_on_the_command_line_is_warned_about_first(
+    run_cli: CliRun, command: tuple[str, ...]
+) -> None:
+    url = database_url_at_a_closed_port()
+    result = run_cli(*command, "--database-url", url)
+
+    assert_warned_about_the_password(result.stderr, url)
+    assert PASSWORD not in result.stdout
+
+
+@pytest.mark.no_store
+@pytest.mark.parametrize(
+    "template",
+    [
+        "postgresql://127.0.0.1:{port}/credgate?user=credgate&password={password}",
+        "host=127.0.0.1 port={port} user=credgate password={password} dbname=credgate",
+    ],
+)
+def test_a_password_in_the_query_or_a_keyword_string_is_warned_about_too(run_cli: CliRun, template: str) -> None:
+    url = template.format(port=closed_port(), password=PASSWORD)
+    result = run_cli("serve", "--group", "team", "--database-url", url)
+
+    assert result.exit_code == 1
+    assert_warned_about_the_password(result.stderr, url)
+
+
+@pytest.mark.no_store
+def test_the_flag_given_before_and_after_the_command_is_warned_about_once(run_cli: CliRun) -> None:
+    url = database_url_at_a_closed_port()
+    result = run_cli("--database-url", url, "serve", "--group", "team", "--database-url", url)
+
+    assert_warned_about_the_password(result.stderr, url)
+
+
+@pytest.mark.postgresql_only
+def test_a_reachable_store_named_on_the_command_line_still_works_after_the_warning(run_cli: CliRun) -> None:
+    url = database_url()
+    assert url is not None
+    password = conninfo_to_dict(url).get("password")
+    assert isinstance(password, str) and password
+
+    for result in (run_cli("init", "--database-url", url), run_cli("group", "list", "--database-url", url)):
+        assert_ok(result)
+        assert result.stderr.splitlines()[0].startswith("warning: the password in --database-url")
+        assert password not in out(result) and url not in out(result)
+
+
+@pytest.mark.no_store
+def test_no_warning_for_a_password_in_the_environment_or_a_url_without_one(run_cli: CliRun) -> None:
+    from_env = run_cli("serve", "--group", "team", env={"CREDGATE_DATABASE_URL": database_url_at_a_closed_port()})
+    without = run_cli(
+        "serve", "--group", "team", "--database-url", f"postgresql://credgate@127.0.0.1:{closed_port()}/x"
+    )
+
+    for result in (from_env, without):
+        assert_refused(result, "cannot connect to PostgreSQL")
+        assert "warning" not in result.stderr
+
+
 # -- real processes --------------------------------------------------------------------------
 
 
@@ -788,3 +879,13 @@ def test_a_set_without_a_field_name_does_not_echo_the_value(run_cli: CliRun) -> 
     assert result.exit_code == 1
     assert "Traceback" not in result.stdout + result.stderr
     assert value.rstrip("=") not in result.stdout + result.stderr
+
+
+@pytest.mark.no_store
+def test_real_process_serve_warns_about_a_password_in_its_command_line(run_credgate: ProcRun) -> None:
+    url = database_url_at_a_closed_port()
+    proc = run_credgate("serve", "--group", "team", "--database-url", url)
+
+    assert proc.returncode == 1
+    assert_warned_about_the_password(proc.stderr, url)
+    assert "cannot connect to PostgreSQL" in proc.stderr.splitlines()[1]

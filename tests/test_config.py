@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_credgate.config import DEFAULT_PUBLIC_URL, Settings
+from mcp_credgate.config import DEFAULT_PUBLIC_URL, Settings, database_url_has_password
 from mcp_credgate.errors import StoreError
 
 pytestmark = pytest.mark.no_store  # never touches a store: runs once, not per backend
@@ -82,3 +82,34 @@ def test_a_database_url_that_is_not_postgresql_is_refused_without_echoing_it(tmp
 
     assert "postgresql://" in str(caught.value)
     assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "postgresql://credgate:hunter2@db.internal:5432/credgate",
+        "postgres://credgate:hunter2@db1,db2/credgate",
+        "postgresql://credgate:hunter%402@db.internal/credgate",
+        "postgresql://db.internal/credgate?user=credgate&password=hunter2",
+        "postgresql:///credgate?host=/run/postgresql&password=hunter2",
+        "host=db.internal user=credgate password=hunter2 dbname=credgate",
+        "password = 'hunter 2' host=db.internal",
+    ],
+)
+def test_a_password_in_a_database_url_or_keyword_string_is_noticed(value: str) -> None:
+    assert database_url_has_password(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "postgresql://credgate@db.internal:5432/credgate",
+        "postgresql://credgate:@db.internal/credgate",  # an empty password hides nothing
+        "postgresql://db.internal/credgate?passfile=/etc/credgate/pgpass",
+        "postgresql:///credgate?options=-csearch_path%3Dcredgate",
+        "host=db.internal user=credgate passfile=/etc/credgate/pgpass dbname=credgate",
+        "host=db.internal dbname=password_reset",
+    ],
+)
+def test_a_database_url_without_a_password_is_not_suspected(value: str) -> None:
+    assert not database_url_has_password(value)

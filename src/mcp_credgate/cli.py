@@ -20,7 +20,7 @@ import anyio
 import click
 
 from . import __version__, admin, oauth
-from .config import Settings
+from .config import Settings, database_url_has_password
 from .credential import Credential
 from .declarations import (
     NAME_PATTERN,
@@ -56,6 +56,20 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
         ctx.meta[f"credgate.{param.name}"] = value
 
 
+PASSWORD_IN_ARGV_WARNING = (
+    "warning: the password in --database-url is visible to other local users in the process list; "
+    "set CREDGATE_DATABASE_URL instead, or keep the password in ~/.pgpass (or the file PGPASSFILE names)"
+)
+
+
+def _remember_database_url(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """As `_remember`; a password in the flag's value is warned about (once, before anything connects)."""
+    _remember(ctx, param, value)
+    if value and database_url_has_password(value) and not ctx.meta.get("credgate.warned_of_password"):
+        ctx.meta["credgate.warned_of_password"] = True
+        click.echo(PASSWORD_IN_ARGV_WARNING, err=True)
+
+
 def common_options(f: F) -> F:
     for opt in (
         click.option(
@@ -79,9 +93,10 @@ def common_options(f: F) -> F:
         click.option(
             "--database-url",
             expose_value=False,
-            callback=_remember,
+            callback=_remember_database_url,
             is_eager=True,
-            help="PostgreSQL store shared by replicas (default: $CREDGATE_DATABASE_URL, else SQLite in the home).",
+            help="PostgreSQL store shared by replicas (default: $CREDGATE_DATABASE_URL, else SQLite in the home); "
+            "a password here shows in the process list: prefer CREDGATE_DATABASE_URL or ~/.pgpass.",
         ),
         click.option(
             "--public-url",

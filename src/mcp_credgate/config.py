@@ -4,9 +4,11 @@ several replicas, the PostgreSQL store."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 from .errors import StoreError
 
@@ -16,6 +18,7 @@ __all__ = [
     "KEY_FILE_NAME",
     "PENDING_KEY_FILE_NAME",
     "Settings",
+    "database_url_has_password",
     "default_home",
     "default_tools_dirs",
 ]
@@ -24,6 +27,7 @@ DEFAULT_PUBLIC_URL = "http://127.0.0.1:8765"
 DATABASE_NAME = "credgate.db"
 KEY_FILE_NAME = "master.key"
 PENDING_KEY_FILE_NAME = "master.key.new"
+_KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*(?:'(?:[^'\\]|\\.)+'|[^'\s])")  # a non-empty value
 
 
 def default_home(env: Mapping[str, str]) -> Path:
@@ -82,3 +86,17 @@ class Settings:
             # Not echoed: a URL may hold a password.
             raise StoreError("CREDGATE_DATABASE_URL / --database-url must be a postgresql:// URL")
         return cls(home=home_path.expanduser(), tools_dirs=dirs, public_url=url.rstrip("/"), database_url=database)
+
+
+def database_url_has_password(value: str) -> bool:
+    """Whether a PostgreSQL connection string carries a password: in a URL's user info (`user:PASSWORD@`,
+    which ends at the first `/`, as libpq reads it) or its `password` parameter, or as the `password` keyword of
+    a libpq `keyword=value` string. Only said, never shown: the value is a secret."""
+    _, is_url, rest = value.partition("://")
+    if not is_url:
+        return _KEYWORD_PASSWORD.search(value) is not None
+    user_info = rest.partition("/")[0].rpartition("@")[0]
+    if user_info.partition(":")[2]:
+        return True
+    query = rest.partition("?")[2].partition("#")[0]
+    return any(key == "password" and item for key, item in parse_qsl(query, keep_blank_values=True))

@@ -1,8 +1,11 @@
-"""Handlers of the example tools in the repository's `tools.d/` (they work offline)."""
+"""Handlers of the example tools in the repository's `tools.d/` (they work offline).
+
+They show how to write a tool, so they return nothing computed from a secret: not the value, nor its hash,
+prefix, length or masked form (a short unsalted hash of a password is cracked by a word list).
+"""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -19,10 +22,10 @@ def utc_now(args: Mapping[str, Any], credential: Mapping[str, str]) -> dict[str,
 
 
 def account_login(args: Mapping[str, Any], credential: Mapping[str, str]) -> dict[str, Any]:
-    """Pretend to sign in with a username and password; shows the handler got both, never the password."""
-    password = credential["password"]
+    """Pretend to sign in with a username and password. A real handler sends the password to its service here;
+    what it returns says that it had one, and nothing about its value."""
     return {
         "signed_in_as": credential["username"],
-        "password_fingerprint": hashlib.sha256(password.encode()).hexdigest()[:12],
+        "password_received": "password" in credential,
         "scope": args.get("scope", "read"),
     }

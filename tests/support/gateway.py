@@ -8,6 +8,7 @@ SDK's own `Client`.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import os
@@ -167,6 +168,26 @@ def leaks(text: str, secret: str) -> list[str]:
             found.append(prefix + "hex")
         if len(secret) >= 4 and _base64_hides(decoded, needle):
             found.append(prefix + "base64")
+    return found
+
+
+DIGESTS = ("md5", "sha1", "sha256", "sha512")
+DIGEST_PIECE = 6  # a "short hash" of fewer characters says too little to crack; this many is what people show
+
+
+def derived_leaks(text: str, secret: str) -> list[str]:
+    """`leaks`, and what a handler may have computed from `secret`: any DIGEST_PIECE characters of its MD5,
+    SHA-1, SHA-256 or SHA-512 hex digest (a prefix, a suffix, the whole), or the first or last bytes of the
+    digest in base64 (empty: none of them)."""
+    found = leaks(text, secret)
+    lowered = text.lower()
+    for name in DIGESTS:
+        digest = hashlib.new(name, secret.encode()).digest()
+        hexed = digest.hex()
+        if any(hexed[i : i + DIGEST_PIECE] in lowered for i in range(len(hexed) - DIGEST_PIECE + 1)):
+            found.append(f"{name} hex")
+        if _base64_hides(text, digest[:DIGEST_PIECE]) or _base64_hides(text, digest[-DIGEST_PIECE:]):
+            found.append(f"{name} base64")
     return found
 
 
