@@ -128,13 +128,22 @@ class _Matcher:
 @dataclass(frozen=True, slots=True)
 class _Decoder:
     name: str
-    introducer: str  # a text without it has nothing to decode
+    introducers: str  # a text without any of these characters has nothing to decode
     escape: re.Pattern[str]
-    decode: Callable[[re.Match[str]], str]
+    decode: Callable[[str], str]  # the text of one escape → what it stands for
 
 
-def _json_escape(m: re.Match[str]) -> str:
-    text = m.group(0)
+_JSON_SIMPLE = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+_PERCENT = {  # "%2f", "%2F", "%aF": each hex digit in either case
+    f"%{high}{low}": chr(b)
+    for b in range(256)
+    for high in {f"{b:02x}"[0], f"{b:02X}"[0]}
+    for low in {f"{b:02x}"[1], f"{b:02X}"[1]}
+}
+_PERCENT["+"] = " "
+
+
+def _json_escape(text: str) -> str:
     if text[1] in "uU":
         if len(text) == 12:  # a surrogate pair
             high, low = int(text[2:6], 16), int(text[8:12], 16)
@@ -142,33 +151,35 @@ def _json_escape(m: re.Match[str]) -> str:
         return chr(int(text[2:6], 16))
     if text[1] == "x":
         return chr(int(text[2:4], 16))
-    return {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}.get(text[1], text[1])
+    return _JSON_SIMPLE.get(text[1], text[1])
 
 
-_DECODERS = (
-    _Decoder(
-        "percent",
-        "%",
-        re.compile(r"%[0-9A-Fa-f]{2}|\+"),
-        lambda m: " " if m.group(0) == "+" else chr(int(m.group(0)[1:], 16)),  # bytes, read as Latin-1
-    ),
-    _Decoder(
-        "json",
-        "\\",
-        re.compile(
-            r"\\[uU][dD][89abAB][0-9a-fA-F]{2}\\[uU][dD][c-fC-F][0-9a-fA-F]{2}"
-            r"|\\[uU][0-9a-fA-F]{4}|\\x[0-9a-fA-F]{2}|\\[\"\\/'bfnrt]"
-        ),
-        _json_escape,
-    ),
-    _Decoder(
-        "html",
-        "&",
-        re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});?"),
-        lambda m: html.unescape(m.group(0)),
-    ),
-    _Decoder("unwrapped", "\n", re.compile(r"\r?\n"), lambda m: ""),
+_PERCENT_ESCAPE = r"%[0-9A-Fa-f]{2}"
+_JSON_ESCAPE = (
+    r"\\[uU][dD][89abAB][0-9a-fA-F]{2}\\[uU][dD][c-fC-F][0-9a-fA-F]{2}"
+    r"|\\[uU][0-9a-fA-F]{4}|\\x[0-9a-fA-F]{2}|\\[\"\\/'bfnrt]"
 )
+# named references end with ";" but for the four that HTML lets go without (URLs' "&size=" are not references)
+_HTML_ESCAPE = r"&(?:#[0-9]{1,7};?|#[xX][0-9a-fA-F]{1,6};?|[A-Za-z][A-Za-z0-9]{1,31};|(?:amp|lt|gt|quot)(?![\w;]))"
+
+
+def _any_escape(text: str) -> str:
+    first = text[0]
+    if first == "%":
+        return _PERCENT[text]
+    if first == "\\":
+        return _json_escape(text)
+    return html.unescape(text)
+
+
+_SINGLE_DECODERS = (
+    _Decoder("percent", "%", re.compile(_PERCENT_ESCAPE + r"|\+"), _PERCENT.__getitem__),  # bytes, as Latin-1
+    _Decoder("json", "\\", re.compile(_JSON_ESCAPE), _json_escape),
+    _Decoder("html", "&", re.compile(_HTML_ESCAPE), html.unescape),
+)
+# every kind at once, for what two encodings did one over the other (`+` stays: it may be base64's)
+_EVERY_ESCAPE = _Decoder("every", "%\\&", re.compile(f"{_PERCENT_ESCAPE}|{_JSON_ESCAPE}|{_HTML_ESCAPE}"), _any_escape)
+_UNWRAP = _Decoder("unwrapped", "\n", re.compile(r"\r?\n"), lambda text: "")
 
 
 class _View:
@@ -188,28 +199,26 @@ class _View:
     @classmethod
     def decoded(cls, parent: _View, decoder: _Decoder) -> _View | None:
         """The parent's text decoded, or None when there is nothing to decode."""
-        if decoder.introducer not in parent.text:
+        if not any(c in parent.text for c in decoder.introducers):
             return None
         view = cls("", parent, joins_lines=decoder.name == "unwrapped" or parent.joins_lines)
-        parts: list[str] = []
-        here = there = 0  # positions in the view and in the parent
-        for m in decoder.escape.finditer(parent.text):
-            literal = parent.text[there : m.start()]
-            parts.append(literal)
-            here += len(literal)
-            replacement = decoder.decode(m)
-            parts.append(replacement)
-            if replacement != m.group(0):
-                view._starts.append(here)
-                view._ends.append(here + len(replacement))
-                view._origins.append((m.start(), m.end()))
-            here += len(replacement)
-            there = m.end()
-        if not view._starts:
-            return None
-        parts.append(parent.text[there:])
-        view.text = "".join(parts)
-        return view
+        starts, ends, origins = view._starts, view._ends, view._origins
+        shift = 0  # position in the view minus position in the parent, after the escapes so far
+
+        def one(m: re.Match[str]) -> str:
+            nonlocal shift
+            escape = m.group()
+            replacement = decoder.decode(escape)
+            if replacement != escape:
+                start, end = m.span()
+                starts.append(start + shift)
+                shift += len(replacement) - (end - start)
+                ends.append(end + shift)
+                origins.append((start, end))
+            return replacement
+
+        view.text = decoder.escape.sub(one, parent.text)
+        return view if starts else None
 
     def _position(self, at: int, *, end: bool) -> int:
         """Where position `at` (a start, or an exclusive end) comes from in the parent."""
@@ -246,17 +255,21 @@ class _View:
 
 
 def _views(root: _View) -> Iterator[_View]:
-    """The text itself, its decoded views, and their decoded views in turn (compositions of two)."""
+    """The text itself; each kind of escape decoded; what is left in those, every kind decoded at once
+    (compositions of two encodings); and each of these without its line breaks (wrapped base64)."""
     yield root
-    for first in _DECODERS:
-        once = _View.decoded(root, first)
-        if once is None:
-            continue
-        yield once
-        for second in _DECODERS:
-            twice = _View.decoded(once, second)
-            if twice is not None:
-                yield twice
+    decoded = [root]
+    for single in _SINGLE_DECODERS:
+        once = _View.decoded(root, single)
+        if once is not None:
+            twice = _View.decoded(once, _EVERY_ESCAPE)
+            decoded += [once] if twice is None else [once, twice]
+    for view in decoded:
+        if view is not root:
+            yield view
+        unwrapped = _View.decoded(view, _UNWRAP)
+        if unwrapped is not None:
+            yield unwrapped
 
 
 def _line_before(text: str, start: int) -> tuple[int, int] | None:
