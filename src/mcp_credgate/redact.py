@@ -388,15 +388,19 @@ class Redactor:
         return redacted if isinstance(redacted, str) else value
 
     def obj(self, value: Any) -> Any:
-        """Redact a JSON-like value: every string (keys included), number and boolean, read in order as one
-        text. What JSON does not know (bytes, sets, other mappings, objects) becomes text first: it would
-        otherwise be serialised unredacted."""
+        """Redact a JSON-like value: its strings, numbers and booleans read in order as one text (a secret split
+        over two of them is found), and each key on its own. What JSON does not know (bytes, sets, other
+        mappings, objects) becomes text first: it would otherwise be serialised unredacted."""
         if not self._sources:
             return value
         leaves: list[_Leaf] = []
         _collect(value, leaves)
-        redacted = iter(self._leaves(leaves))
-        return _rebuild(value, redacted)
+        return _rebuild(value, iter(self._leaves(leaves)), self._key)
+
+    def _key(self, key: Any) -> Any:
+        if key is None or isinstance(key, (bool, int, float)):
+            return key
+        return self.text(key if isinstance(key, str) else str(key))
 
     def _leaves(self, leaves: list[_Leaf]) -> list[_Leaf]:
         texts = [_leaf_text(leaf) for leaf in leaves]
@@ -437,13 +441,14 @@ def _cut(leaf: _Leaf, text: str, offset: int, spans: list[tuple[int, int, str]])
 
 
 def _collect(value: Any, leaves: list[_Leaf]) -> None:
+    """The values of a JSON-like value in reading order. Keys, and the names that MCP's content blocks and JSON
+    Schema give in `"type"`, stand aside (each is redacted on its own): two text blocks read one after the other."""
     if isinstance(value, (str, bool, int, float)):
         leaves.append(value)
     elif isinstance(value, Mapping):
-        for key, item in value.items():
-            if key is not None:
-                leaves.append(key if isinstance(key, (str, bool, int, float)) else str(key))
-            _collect(item, leaves)
+        for k, item in value.items():
+            if not _aside(k, item):
+                _collect(item, leaves)
     elif isinstance(value, (list, tuple, set, frozenset)):
         for item in value:
             _collect(item, leaves)
@@ -453,18 +458,19 @@ def _collect(value: Any, leaves: list[_Leaf]) -> None:
         leaves.append(str(value))
 
 
-def _rebuild(value: Any, redacted: Iterator[_Leaf]) -> Any:
-    """`value` again, each leaf taken in `_collect`'s order from `redacted` (a changed number is now text)."""
+def _aside(key: Any, value: Any) -> bool:
+    return key == "type" and isinstance(value, str)
+
+
+def _rebuild(value: Any, redacted: Iterator[_Leaf], key: Callable[[Any], Any]) -> Any:
+    """`value` again, each value taken in `_collect`'s order from `redacted` (a changed number is now text)
+    and each key passed through `key`."""
     if isinstance(value, (str, bool, int, float)):
         return next(redacted)
     if isinstance(value, Mapping):
-        rebuilt = {}
-        for key, item in value.items():
-            new_key = next(redacted) if key is not None else None
-            rebuilt[new_key] = _rebuild(item, redacted)
-        return rebuilt
+        return {key(k): key(item) if _aside(k, item) else _rebuild(item, redacted, key) for k, item in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [_rebuild(item, redacted) for item in value]
+        return [_rebuild(item, redacted, key) for item in value]
     if value is None:
         return None
     return next(redacted)

@@ -230,3 +230,40 @@ async def test_structured_content_with_non_json_values_is_redacted(leaky_client:
 
     assert_no_leak(result.model_dump_json(), PLAIN_TOKEN)
     assert "redacted" in result_text(result) or "••••" in result_text(result)
+
+
+# -- issue 19: a numeric secret echoed as a JSON number, a secret split over two content blocks ----------------
+
+NUMERIC_TOKEN = "80461379215"
+CARELESS = {
+    name: python_tool(name, f"tests.support.sample_handlers:{name}", credential=SVC)
+    for name in ("echo_pin_as_number", "split_token")
+}
+
+
+@pytest.fixture
+async def careless_client(tmp_path: Path) -> AsyncIterator[Client]:
+    w = World.create(tmp_path, CARELESS)
+    w.add_credential("svc-main", "svc", {"token": NUMERIC_TOKEN})
+    w.allow_and_bind("dev", CARELESS, {"svc": "svc-main"})
+    try:
+        async with w.gateway() as gw, connect(gw, "dev") as c:
+            yield c
+    finally:
+        w.close()
+
+
+async def test_a_numeric_secret_returned_as_a_json_number_is_redacted_in_text_and_structured_content(
+    careless_client: Client,
+) -> None:
+    result = await careless_client.call_tool("echo_pin_as_number", {})
+
+    assert result.structured_content == {"account": "[redacted:token]", "ok": True}
+    assert NUMERIC_TOKEN not in result.model_dump_json()
+
+
+async def test_a_secret_split_over_two_content_blocks_is_redacted_in_both(careless_client: Client) -> None:
+    result = await careless_client.call_tool("split_token", {})
+
+    assert [block.text for block in result.content] == ["a: [redacted:token]", "[redacted:token] :b"]  # type: ignore[union-attr]
+    assert_no_leak(result.model_dump_json(), NUMERIC_TOKEN)

@@ -9,6 +9,8 @@ from typing import Any
 
 import anyio
 
+from mcp_credgate.handlers import ToolOutput
+
 
 def sync_report(args: Mapping[str, Any], credential: Mapping[str, str]) -> dict[str, Any]:
     """What a sync handler got, and where it ran."""
@@ -95,3 +97,17 @@ def leaky_set(args: Mapping[str, Any], credential: Mapping[str, str]) -> dict[st
 
 def leaky_mapping(args: Mapping[str, Any], credential: Mapping[str, str]) -> dict[str, Any]:
     return {"credential": credential}
+
+
+def echo_pin_as_number(args: Mapping[str, Any], credential: Mapping[str, str]) -> dict[str, Any]:
+    """A careless handler that returns a numeric secret as a JSON number."""
+    return {"account": int(credential["token"]), "ok": True}
+
+
+def split_token(args: Mapping[str, Any], credential: Mapping[str, str]) -> ToolOutput:
+    """A careless handler that returns the secret in two halves, as two content blocks."""
+    token = credential["token"]
+    half = len(token) // 2
+    return ToolOutput(
+        "", content=[{"type": "text", "text": "a: " + token[:half]}, {"type": "text", "text": token[half:] + " :b"}]
+    )
