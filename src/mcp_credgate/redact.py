@@ -36,7 +36,15 @@ import ahocorasick_rs
 
 from .credential import Credential
 
-__all__ = ["CASE_FOLD_LENGTH", "MIN_DERIVED_LENGTH", "NO_REDACTION", "Redactor", "patterns_of", "redactor_for"]
+__all__ = [
+    "CASE_FOLD_LENGTH",
+    "MIN_DERIVED_LENGTH",
+    "NO_REDACTION",
+    "Redactor",
+    "patterns_of",
+    "redactor_for",
+    "shortest_pattern",
+]
 
 MIN_DERIVED_LENGTH = 4  # shorter secrets are still redacted raw, but their encodings would match noise
 CASE_FOLD_LENGTH = 8  # from this length a secret is found whatever the case of its letters
@@ -74,21 +82,36 @@ def _fold(text: str) -> str:
     return "".join(low if len(low := c.lower()) == 1 else c for c in text)
 
 
-def patterns_of(value: str) -> tuple[set[str], set[str], set[str]]:
-    """The patterns of one secret value: (exact, case-folded, base64). The folded ones are matched against
-    folded text; none is shorter than `min(len(value), MIN_BASE64_PATTERN)`."""
-    exact: set[str] = {value}
-    folded: set[str] = set()
+def patterns_of(value: str) -> tuple[dict[str, bool], dict[str, bool]]:
+    """The patterns of one secret value, exact and case-folded (matched against folded text), each saying
+    whether it is base64. None is shorter than `shortest_pattern(value)`.
+
+    A value of `CASE_FOLD_LENGTH` characters or more has only folded patterns, its base64 ones too: what that
+    adds is the rare base64 text that differs from a secret's in case alone (redacted too: never less), and
+    it leaves a credential of long secrets with one automaton, whose building is most of a small call's cost."""
     if len(value) < MIN_DERIVED_LENGTH:
-        return exact, folded, set()
+        return {value: False}, {}
     raw = value.encode()
-    exact.add(raw.decode("latin-1"))
-    exact |= {raw.hex(), raw.hex().upper()}
+    plain = {value, raw.decode("latin-1"), raw.hex(), raw.hex().upper()}
     encoded = {quote(value, safe=""), json.dumps(value)[1:-1]}
     b64 = set().union(*(_base64_patterns(text.encode()) for text in {value, *encoded}))
-    if len(value) >= CASE_FOLD_LENGTH:
-        folded, exact = {_fold(p) for p in exact}, set()
-    return exact, folded, b64
+    if len(value) < CASE_FOLD_LENGTH:
+        return {p: False for p in plain} | {p: True for p in b64}, {}
+    return {}, {_fold(p): False for p in plain} | {_fold(p): True for p in b64}
+
+
+def _automaton(patterns: Iterable[str]) -> ahocorasick_rs.AhoCorasick:
+    """An automaton built per call: the NFA takes a few dozen microseconds to build (the DFA, ahocorasick-rs's
+    default for few patterns, about 170) and scans as fast for the handful of patterns a credential has."""
+    return ahocorasick_rs.AhoCorasick(list(patterns), implementation=ahocorasick_rs.Implementation.NoncontiguousNFA)
+
+
+def shortest_pattern(value: str) -> int:
+    """A bound under the length of every pattern of `value`: base64 of n bytes has at least 8n/6 - 3 characters
+    that the bytes alone decide, at any alignment, and a value has at least as many bytes as characters."""
+    if len(value) < MIN_DERIVED_LENGTH:
+        return len(value)
+    return min(len(value), max(MIN_BASE64_PATTERN, 8 * len(value) // 6 - 3))
 
 
 class _Matcher:
@@ -100,16 +123,14 @@ class _Matcher:
         exact: dict[str, _Pattern] = {}
         folded: dict[str, _Pattern] = {}
         for fieldname, value in sources:
-            plain, lowered, b64 = patterns_of(value)
-            for pattern in b64:
-                exact.setdefault(pattern, _Pattern(fieldname, base64=True))
-            for pattern in plain:
-                exact.setdefault(pattern, _Pattern(fieldname, base64=False))
-            for pattern in lowered:
-                folded.setdefault(pattern, _Pattern(fieldname, base64=False))
-        self._exact = ahocorasick_rs.AhoCorasick(list(exact)) if exact else None
+            plain, lowered = patterns_of(value)
+            for pattern, base64_text in plain.items():
+                exact.setdefault(pattern, _Pattern(fieldname, base64=base64_text))
+            for pattern, base64_text in lowered.items():
+                folded.setdefault(pattern, _Pattern(fieldname, base64=base64_text))
+        self._exact = _automaton(exact) if exact else None
         self._exact_meaning = list(exact.values())
-        self._folded = ahocorasick_rs.AhoCorasick(list(folded)) if folded else None
+        self._folded = _automaton(folded) if folded else None
         self._folded_meaning = list(folded.values())
 
     def find(self, text: str) -> Iterator[tuple[int, int, _Pattern]]:
@@ -165,7 +186,7 @@ _HTML_ESCAPE = r"&(?:#[0-9]{1,7};?|#[xX][0-9a-fA-F]{1,6};?|[A-Za-z][A-Za-z0-9]{1
 
 def _any_escape(text: str) -> str:
     first = text[0]
-    if first == "%":
+    if first in "%+":
         return _PERCENT[text]
     if first == "\\":
         return _json_escape(text)
@@ -177,8 +198,13 @@ _SINGLE_DECODERS = (
     _Decoder("json", "\\", re.compile(_JSON_ESCAPE), _json_escape),
     _Decoder("html", "&", re.compile(_HTML_ESCAPE), html.unescape),
 )
-# every kind at once, for what two encodings did one over the other (`+` stays: it may be base64's)
+# every kind at once, for what two encodings did one over the other (`+` stays: it may be base64's) ...
 _EVERY_ESCAPE = _Decoder("every", "%\\&", re.compile(f"{_PERCENT_ESCAPE}|{_JSON_ESCAPE}|{_HTML_ESCAPE}"), _any_escape)
+# ... and `+` as a space too, where there is one (a form-encoded secret under another encoding)
+_EVERY_ESCAPE_PLUS = _Decoder(
+    "every+", "+", re.compile(f"{_PERCENT_ESCAPE}|\\+|{_JSON_ESCAPE}|{_HTML_ESCAPE}"), _any_escape
+)
+_EVERY = (_EVERY_ESCAPE, _EVERY_ESCAPE_PLUS)
 _UNWRAP = _Decoder("unwrapped", "\n", re.compile(r"\r?\n"), lambda text: "")
 
 
@@ -254,16 +280,24 @@ class _View:
             view = view.parent
 
 
-def _views(root: _View) -> Iterator[_View]:
+def _views(root: _View, *, careful: bool) -> Iterator[_View]:
     """The text itself; each kind of escape decoded; what is left in those, every kind decoded at once
-    (compositions of two encodings); and each of these without its line breaks (wrapped base64)."""
+    (compositions of two encodings); and each of these without its line breaks (wrapped base64).
+
+    `careful` (a secret holds a character that starts an escape: `%`, `\\`, `&`): decoding every kind at once
+    would also decode what in the secret looks like an escape, so each kind is also decoded alone over each
+    other kind. (A `+` needs no care: it is decoded as a space only in views of its own.)"""
     yield root
     decoded = [root]
     for single in _SINGLE_DECODERS:
         once = _View.decoded(root, single)
-        if once is not None:
-            twice = _View.decoded(once, _EVERY_ESCAPE)
-            decoded += [once] if twice is None else [once, twice]
+        if once is None:
+            continue
+        decoded.append(once)
+        for second in (*_SINGLE_DECODERS, *_EVERY) if careful else _EVERY:
+            twice = _View.decoded(once, second)
+            if twice is not None:
+                decoded.append(twice)
     for view in decoded:
         if view is not root:
             yield view
@@ -354,13 +388,14 @@ class Redactor:
     need and go with the redactor).
     """
 
-    __slots__ = ("_matcher", "_shortest", "_sources")
+    __slots__ = ("_careful", "_matcher", "_shortest", "_sources")
 
     def __init__(self, secrets: Mapping[str, str], extra: Iterable[tuple[str, str]] = ()) -> None:
         self._sources = [(name, value) for name, value in (*secrets.items(), *extra) if value]
         # no pattern is shorter than this: a text shorter than it cannot hold one and needs no work
-        self._shortest = min((min(len(v), MIN_BASE64_PATTERN) for _, v in self._sources), default=0)
+        self._shortest = min((shortest_pattern(v) for _, v in self._sources), default=0)
         self._matcher: _Matcher | None = None
+        self._careful = any(c in value for _, value in self._sources for c in "%\\&")
 
     def __bool__(self) -> bool:
         return bool(self._sources)
@@ -373,7 +408,7 @@ class Redactor:
         if self._matcher is None:
             self._matcher = _Matcher(self._sources)
         spans: list[tuple[int, int, str]] = []
-        for view in _views(_View(text)):
+        for view in _views(_View(text), careful=self._careful):
             for start, end, pattern in self._matcher.find(view.text):
                 if pattern.base64:
                     spans.append((*view.block_to_root(start, end), pattern.field))
