@@ -297,3 +297,9 @@ def test_no_composition_of_two_encodings_split_anywhere_lets_the_secret_be_recov
     out = Redactor({"secret": secret}).obj(["before " + form[:cut], form[cut:] + " after"])
 
     assert leaks("".join(out), secret) == [], (inner, outer, cut)
+
+
+def test_a_typed_redaction_keeps_a_number_a_number_where_a_message_schema_wants_one() -> None:
+    out = Redactor({"pin": "84207311"}).obj({"progress": 84207311, "total": 5.0, "done": True}, typed=True)
+
+    assert out == {"progress": 0, "total": 5.0, "done": True}

@@ -422,15 +422,24 @@ class Redactor:
         redacted = self._leaves([value])[0]
         return redacted if isinstance(redacted, str) else value
 
-    def obj(self, value: Any) -> Any:
+    def obj(self, value: Any, *, typed: bool = False) -> Any:
         """Redact a JSON-like value: its strings, numbers and booleans read in order as one text (a secret split
         over two of them is found), and each key on its own. What JSON does not know (bytes, sets, other
-        mappings, objects) becomes text first: it would otherwise be serialised unredacted."""
+        mappings, objects) becomes text first: it would otherwise be serialised unredacted.
+
+        A redacted number or boolean becomes the marker, or with `typed` (an MCP message, whose schema wants a
+        number there) zero or false."""
         if not self._sources:
             return value
         leaves: list[_Leaf] = []
         _collect(value, leaves)
-        return _rebuild(value, iter(self._leaves(leaves)), self._key)
+        redacted = self._leaves(leaves)
+        if typed:
+            redacted = [
+                type(old)() if isinstance(new, str) and not isinstance(old, str) else new
+                for old, new in zip(leaves, redacted, strict=True)
+            ]
+        return _rebuild(value, iter(redacted), self._key)
 
     def _key(self, key: Any) -> Any:
         if key is None or isinstance(key, (bool, int, float)):

@@ -53,9 +53,10 @@ class AgentRequest:
 
 
 def redacted(redactor: Redactor, model: _ModelT) -> _ModelT:
-    """A copy of an MCP message with every secret value of the credential replaced."""
+    """A copy of an MCP message with every secret value of the credential replaced (a number that was one by
+    zero: the message keeps its schema)."""
     dumped = model.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return type(model).model_validate(redactor.obj(dumped))
+    return type(model).model_validate(redactor.obj(dumped, typed=True))
 
 
 class Relay:
