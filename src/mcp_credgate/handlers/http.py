@@ -7,6 +7,11 @@ default), any https origin but no private address from a public one (`https`), n
 declared origin and the listed ones; never from https to http. Elsewhere than the declared origin it goes
 without the credential-bearing headers and without Basic auth, and not at all when it would re-send a body
 that carries the credential. A refused hop is an error naming the policy, never the redirect's target.
+
+Errors credgate raises itself say nothing of a secret: what the arguments alone make of the request is checked
+first, with every credential empty, and named precisely (`request refused: …`); a failure once the credential
+is in place is one text, `the request to HOST could not be sent (ref: …)`, whatever the secret, its cause
+logged under the ref.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import re
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -28,19 +34,28 @@ import httpx2
 from ..credential import Credential
 from ..declarations import PLACEHOLDER, CredentialSpec, HttpHandler
 from ..declarations.models import DEFAULT_PORTS
+from ..logs import new_ref, request_id
 from ..redact import redactor_for
 from . import ToolOutput
 
 MAX_REDIRECTS = 5
 MAX_ERROR_BODY = 2000
+# What the arguments may make of the URL (measured with every credential empty), and what a credential may add
+# to it: together within httpx2's own limit (65536), so that its "URL too long" never depends on a secret. A
+# stored value may be 64 KiB (192 KiB percent-encoded): one that adds more is refused whatever the arguments.
+MAX_ARGUMENTS_URL = 8192
+MAX_CREDENTIAL_URL = 65536 - MAX_ARGUMENTS_URL
+LONG_URL = f"the arguments make the URL longer than {MAX_ARGUMENTS_URL} characters"
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+logger = logging.getLogger("credgate.http")
 # httpx2 logs every request URL at INFO; a credential in a query string must not reach the log.
 logging.getLogger("httpx2").setLevel(logging.WARNING)
 logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
 class RequestRefused(Exception):
-    """The arguments would change the request's shape (path traversal, header injection)."""
+    """A value would change the request's shape (path traversal, header injection) or cannot go where it is
+    placed. The message names the argument or credential field, never shows its value."""
 
 
 class RedirectRefused(Exception):
@@ -57,8 +72,19 @@ def _arg_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def render(template: str, args: Mapping[str, Any], credential: Mapping[str, str], *, path_segment: bool = False) -> str:
-    """Substitute `{args.X}`/`{cred.F}` in one pass. In a URL path, values are percent-encoded whole."""
+_HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what a header value cannot carry (a tab it can)
+
+
+def render(
+    template: str,
+    args: Mapping[str, Any],
+    credential: Mapping[str, str],
+    *,
+    path_segment: bool = False,
+    header: bool = False,
+) -> str:
+    """Substitute `{args.X}`/`{cred.F}` in one pass. In a URL path, values are percent-encoded whole; elsewhere
+    CR, LF and NUL are refused, and in a header every control character but the tab."""
 
     def sub(m: re.Match[str]) -> str:
         scope, name = m.group(1), m.group(2)
@@ -68,12 +94,15 @@ def render(template: str, args: Mapping[str, Any], credential: Mapping[str, str]
             text = credential.get(name, "")
         else:
             return m.group(0)
+        what = f"argument {name!r}" if scope == "args" else f"credential field {name!r}"
         if path_segment:
             if text in (".", ".."):
-                raise RequestRefused(f"argument {name!r} may not be '.' or '..' in a URL path")
+                raise RequestRefused(f"{what} may not be '.' or '..' in a URL path")
             return quote(text, safe="")
         if "\r" in text or "\n" in text or "\x00" in text:
-            raise RequestRefused(f"{'argument ' + repr(name) if scope == 'args' else 'a value'} contains CR, LF or NUL")
+            raise RequestRefused(f"{what} contains CR, LF or NUL")
+        if header and _HEADER_CONTROL.search(text):
+            raise RequestRefused(f"{what} contains a control character, which a header cannot carry")
         return text
 
     return PLACEHOLDER.sub(sub, template)
@@ -226,6 +255,79 @@ def make_client() -> httpx2.AsyncClient:
     return httpx2.AsyncClient(follow_redirects=False, cookies=jar, trust_env=False)
 
 
+@dataclass(frozen=True)
+class _Rendered:
+    """A request's parts with the placeholders filled in."""
+
+    url: str
+    params: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+
+
+def _render_request(handler: HttpHandler, args: Mapping[str, Any], credential: Mapping[str, str]) -> _Rendered:
+    """Raises RequestRefused. A header value loses its outer blanks: HTTP ignores them, and h11 refuses them."""
+    url = render_url(handler.url, args, credential)
+    params = {k: render(v, args, credential) for k, v in handler.query.items() if not _only_absent_arg(v, args)}
+    headers = {
+        k: render(v, args, credential, header=True).strip(" \t")
+        for k, v in handler.headers.items()
+        if not _only_absent_arg(v, args)
+    }
+    body = render_json(handler.json_body, args, credential) if handler.json_body is not None else None
+    for name, value in headers.items():
+        if not value.isascii():  # httpx2 would raise UnicodeEncodeError: a crash, not an answer
+            raise RequestRefused(f"header {name!r} would carry non-ASCII text")
+    return _Rendered(url, params, headers, body)
+
+
+def _build(client: httpx2.AsyncClient, handler: HttpHandler, rendered: _Rendered) -> httpx2.Request:
+    return client.build_request(
+        handler.method,
+        rendered.url,
+        params=rendered.params,
+        headers=rendered.headers,
+        json=rendered.body,
+        timeout=httpx2.Timeout(handler.timeout),
+    )
+
+
+def _check_arguments(client: httpx2.AsyncClient, handler: HttpHandler, args: Mapping[str, Any]) -> httpx2.Request:
+    """The request with every credential empty: what the arguments alone make of it. RequestRefused names
+    what is wrong with them."""
+    blank = _render_request(handler, args, {})
+    at_least = len(blank.url) + sum(len(k) + len(v) + 2 for k, v in blank.params.items())  # before encoding
+    if at_least > MAX_ARGUMENTS_URL:
+        raise RequestRefused(LONG_URL)
+    try:
+        request = _build(client, handler, blank)
+    except httpx2.InvalidURL:
+        raise RequestRefused("the arguments make the URL invalid") from None
+    except UnicodeError:  # a lone surrogate (`"\ud800"` in JSON) has no UTF-8
+        raise RequestRefused("the arguments are not valid Unicode text") from None
+    if len(str(request.url)) > MAX_ARGUMENTS_URL:
+        raise RequestRefused(LONG_URL)
+    return request
+
+
+class _CredentialTooLong(Exception):
+    """The credential alone makes the URL longer than MAX_CREDENTIAL_URL allows."""
+
+
+def _not_sent(host: str, exc: BaseException) -> ToolOutput:
+    """The one answer for a request that fails once the credential is in it: its text and length are the
+    same whatever the secret; the cause goes to the log (never a value) under the call's ref."""
+    ref = request_id.get() or new_ref()
+    if isinstance(exc, RequestRefused):
+        cause = str(exc)  # our own text: it names a field, never shows a value
+    elif isinstance(exc, _CredentialTooLong):
+        cause = f"the credential makes the URL longer than the {MAX_CREDENTIAL_URL} characters it may add"
+    else:  # httpx2's texts may quote a character of the value: the type says enough
+        cause = type(exc).__name__
+    logger.warning("the request to %s could not be sent (ref: %s): %s", host, ref, cause)
+    return ToolOutput.error(f"the request to {host} could not be sent (ref: {ref})")
+
+
 async def run_http(
     client: httpx2.AsyncClient,
     handler: HttpHandler,
@@ -233,32 +335,24 @@ async def run_http(
     args: Mapping[str, Any],
     credential: Credential,
 ) -> ToolOutput:
+    # First what depends on the arguments alone, named precisely; then, with the credential in place, any
+    # failure is one text: an error that only some secrets cause would tell them apart (an argument grown a
+    # character at a time would find a secret's length where httpx2 gives up on a long URL).
     try:
-        url = render_url(handler.url, args, credential)
-        params = {k: render(v, args, credential) for k, v in handler.query.items() if not _only_absent_arg(v, args)}
-        headers = {k: render(v, args, credential) for k, v in handler.headers.items() if not _only_absent_arg(v, args)}
-        body = render_json(handler.json_body, args, credential) if handler.json_body is not None else None
-        for name, value in headers.items():
-            if not value.isascii():  # httpx2 would raise UnicodeEncodeError: a crash, not an answer
-                raise RequestRefused(f"header {name!r} would carry non-ASCII text")
+        probe = _check_arguments(client, handler, args)
     except RequestRefused as exc:
         return ToolOutput.error(f"request refused: {exc}")
+    host = probe.url.host
+    try:
+        request = _build(client, handler, _render_request(handler, args, credential))
+        if len(str(request.url)) - len(str(probe.url)) > MAX_CREDENTIAL_URL:
+            raise _CredentialTooLong
+        auth = _basic_auth(spec, credential) if spec is not None and _uses_basic_auth(spec, handler) else None
+    except Exception as exc:
+        return _not_sent(host, exc)
     secret_headers = {k for k, v in handler.headers.items() if "{cred." in v}
     secret_body = handler.json_body is not None and "{cred." in json.dumps(handler.json_body)
-    auth = _basic_auth(spec, credential) if spec is not None and _uses_basic_auth(spec, handler) else None
-    try:
-        request = client.build_request(
-            handler.method,
-            url,
-            params=params,
-            headers=headers,
-            json=body,
-            timeout=httpx2.Timeout(handler.timeout),
-        )
-    except httpx2.InvalidURL:  # "URL too long" (an argument of 64 KiB in the path) and the like
-        return ToolOutput.error("request refused: the arguments make the URL invalid (too long or malformed)")
     home = _origin(request.url)
-    host = request.url.host
     checks_peer = handler.redirects == "https" and not is_private_host(home[1])
     try:
         # one deadline for the whole exchange: httpx2's timeout is per read, and a body that trickles in a
@@ -291,6 +385,8 @@ async def run_http(
         return ToolOutput.error(f"{host} did not answer within {handler.timeout:g} s")
     except httpx2.ConnectError:
         return ToolOutput.error(f"could not connect to {host}")
+    except httpx2.LocalProtocolError as exc:  # what h11 refuses to send: the credential's doing, as above
+        return _not_sent(host, exc)
     except httpx2.HTTPError as exc:
         return ToolOutput.error(f"the request to {host} failed ({type(exc).__name__})")
 
