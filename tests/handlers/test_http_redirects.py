@@ -18,7 +18,7 @@ from mcp import Client
 from mcp_credgate.credential import Credential
 from mcp_credgate.declarations import CredentialSpec, HttpHandler
 from mcp_credgate.handlers import ToolOutput
-from mcp_credgate.handlers.http import run_http
+from mcp_credgate.handlers.http import is_private_host, run_http
 from tests.support.gateway import (
     Upstream,
     World,
@@ -280,6 +280,8 @@ PRIVATE_TARGETS = [
     "https://[fe80::1]/x",
     "https://[fd00::1]/x",
     "https://[::ffff:10.0.0.1]/x",
+    "https://[64:ff9b::a00:1]/x",
+    "https://[2002:a00:1::]/x",
     "https://localhost/x",
     "https://LOCALHOST./x",
     "https://admin.localhost/x",
@@ -294,6 +296,13 @@ async def test_the_https_policy_never_leads_from_a_public_origin_to_a_private_ad
     assert output.text.startswith("redirect not followed: the tool's redirect policy is https")
     assert "private" in output.text
     assert mock.hosts() == ["api.example.com"]
+
+
+@pytest.mark.parametrize(
+    "host", ["8.8.8.8", "[2001:4860:4860::8888]", "[64:ff9b::808:808]", "api.example.com", "localhost.example.com"]
+)
+def test_a_public_address_or_a_name_is_not_taken_for_a_private_one(host: str) -> None:
+    assert not is_private_host(host)
 
 
 async def test_the_https_policy_follows_a_private_address_when_the_declared_host_is_one() -> None:

@@ -218,9 +218,14 @@ def _address(host: str) -> IPAddress | None:
     return None
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
 def _is_private_address(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address):
+    if isinstance(address, ipaddress.IPv6Address):  # an IPv4 address inside it counts as itself
         embedded = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None and _is_private_address(embedded):
             return True
     return not address.is_global or address.is_multicast
