@@ -489,6 +489,132 @@ def test_relative_or_non_http_url_is_refused(tmp_path: Path) -> None:
     assert "handler.url" in problem
 
 
+# -- an http handler's redirect policy ----------------------------------------------------------
+
+REDIRECTS = """
+    name = "hops"
+    [handler]
+    kind = "http"
+    url = "{url}"
+    redirects = {policy}
+"""
+
+
+def redirect_policy(tmp_path: Path, policy: str, url: str = "http://api.example.com/v1") -> object:
+    write_tool(tmp_path, "hops.toml", REDIRECTS.format(url=url, policy=policy))
+    catalog = load(tmp_path)
+    assert catalog.problems == (), catalog.problems
+    handler = catalog.tools["hops"].decl.handler
+    return getattr(handler, "redirects", None)
+
+
+def test_an_http_handler_follows_same_origin_redirects_unless_told_otherwise(tmp_path: Path) -> None:
+    write_tool(tmp_path, "plain.toml", CREDENTIALED_HTTP.format(name="plain", url="https://api.example.com/"))
+
+    handler = load(tmp_path).tools["plain"].decl.handler
+
+    assert getattr(handler, "redirects", None) == "same-origin"
+
+
+@pytest.mark.parametrize(
+    ("policy", "loaded"),
+    [
+        ('"same-origin"', "same-origin"),
+        ('"https"', "https"),
+        ("false", False),
+        ("[]", ()),
+        (
+            '["https://api.example.com", "https://CDN.example.com:8443", "http://[::1]:8080", "http://127.0.0.1:9"]',
+            ("https://api.example.com", "https://cdn.example.com:8443", "http://[::1]:8080", "http://127.0.0.1:9"),
+        ),
+    ],
+)
+def test_a_redirect_policy_loads_as_declared(tmp_path: Path, policy: str, loaded: object) -> None:
+    assert redirect_policy(tmp_path, policy) == loaded
+
+
+@pytest.mark.parametrize("policy", ["true", '"always"', '"same_origin"', "1", '""', "{ to = 1 }"])
+def test_an_unknown_redirect_policy_is_named_with_the_values_it_may_take(tmp_path: Path, policy: str) -> None:
+    path = write_tool(tmp_path, "hops.toml", REDIRECTS.format(url="https://api.example.com/", policy=policy))
+
+    problem = only_problem(load(tmp_path))
+
+    assert problem.startswith(f"{path}: handler.redirects: ")
+    assert '"same-origin"' in problem and '"https"' in problem and "false" in problem
+    assert "\n" not in problem
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "https://api.example.com/",
+        "https://api.example.com/v1",
+        "https://api.example.com?x=1",
+        "https://api.example.com#top",
+        "https://user@api.example.com",
+        "https://api.example.com:0",
+        "https://api.example.com:65536",
+        "https://api.example.com:",
+        "ftp://api.example.com",
+        "api.example.com",
+        "//api.example.com",
+        "https://",
+        "https://[not-ipv6]",
+        "https://{args.host}",
+        "https://api example.com",
+    ],
+)
+def test_a_redirect_origin_that_is_not_scheme_host_and_port_is_one_line_naming_file_and_field(
+    tmp_path: Path, entry: str
+) -> None:
+    policy = f'["https://ok.example.com", "{entry}"]'
+    path = write_tool(tmp_path, "hops.toml", REDIRECTS.format(url="https://api.example.com/", policy=policy))
+
+    problem = only_problem(load(tmp_path))
+
+    assert problem.startswith(f"{path}: handler.redirects: ")
+    assert "[1]" in problem
+    assert "scheme://host[:port]" in problem
+    assert "\n" not in problem
+
+
+def test_a_redirect_origin_entry_that_is_not_text_is_named(tmp_path: Path) -> None:
+    path = write_tool(tmp_path, "hops.toml", REDIRECTS.format(url="https://api.example.com/", policy="[443]"))
+
+    problem = only_problem(load(tmp_path))
+
+    assert problem.startswith(f"{path}: handler.redirects: ")
+    assert "[0]" in problem
+
+
+def test_a_listed_http_origin_is_refused_when_the_declared_url_is_https(tmp_path: Path) -> None:
+    policy = '["https://cdn.example.com", "http://cdn.example.com"]'
+    path = write_tool(tmp_path, "hops.toml", REDIRECTS.format(url="https://api.example.com/", policy=policy))
+
+    problem = only_problem(load(tmp_path))
+
+    assert problem.startswith(f"{path}: handler.redirects[1]: ")
+    assert "https://" in problem and "http://" in problem
+
+
+def test_a_redirect_policy_is_only_for_http_handlers(tmp_path: Path) -> None:
+    path = write_tool(
+        tmp_path,
+        "py.toml",
+        """
+        name = "py"
+        [handler]
+        kind = "python"
+        entrypoint = "mcp_credgate.examples:echo"
+        redirects = false
+    """,
+    )
+
+    problem = only_problem(load(tmp_path))
+
+    assert str(path) in problem and "handler.redirects" in problem and "unknown key" in problem
+
+
 @pytest.mark.parametrize(
     "entrypoint",
     [

@@ -29,6 +29,9 @@ from tests.support.gateway import (
     result_text,
     rotate_master_key,
 )
+from tests.support.oauth_provider import running_oauth_provider
+from tests.support.oauth_world import GROUP as OAUTH_GROUP
+from tests.support.oauth_world import add_acme, oauth_world
 
 pytestmark = pytest.mark.anyio
 
@@ -281,3 +284,34 @@ async def test_no_byte_the_agent_receives_or_the_server_logs_holds_a_secret(
     assert_no_leak(logged, *ALL_TOKENS)
     assert len(upstream.seen()) == 5
     assert_no_leak_at_rest(world.settings, *ALL_TOKENS)
+
+
+# -- an OAuth2 refresh the provider refuses -----------------------------------------------------------------
+# The provider's own words (its `error` code, its `error_description`) may repeat what it was sent.
+
+CLIENT_SECRET = make_canary("CS")
+
+
+@pytest.mark.parametrize("echo", ["refresh_token", "client_secret", "description"])
+async def test_a_refused_refresh_reaches_the_agent_without_the_refresh_token_or_the_client_secret(
+    tmp_path: Path, echo: str
+) -> None:
+    with running_oauth_provider(client_secret=CLIENT_SECRET) as provider, oauth_world(tmp_path, provider) as world:
+        values = add_acme(world, provider, expires_in=-60)
+        refresh_token = values["refresh_token"]
+        description = f"refresh token {refresh_token} is not for client secret {CLIENT_SECRET}"
+        provider.refuse_with = {
+            "refresh_token": {"error": refresh_token, "error_description": description},
+            "client_secret": {"error": CLIENT_SECRET, "error_description": description},
+            "description": {"error": "invalid_client", "error_description": description},
+        }[echo]
+        async with world.gateway() as gw, connect(gw, OAUTH_GROUP) as client:
+            result = await client.call_tool("whoami", {})
+
+    assert provider.refresh_requests == 1
+    assert result.is_error
+    text = result_text(result)
+    assert "could not be refreshed" in text and "(ref: " in text
+    if echo == "description":
+        assert "invalid_client" in text  # a provider's code that repeats nothing secret still helps
+    assert_no_leak(result.model_dump_json(), refresh_token, CLIENT_SECRET, values["token"])

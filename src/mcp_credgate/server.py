@@ -105,9 +105,10 @@ class ToolCalls:
             usable = await self._usable_credential(caller.group, decision)
         except oauth.OAuthError as exc:
             self._record(caller, name, decision.credential_name, "error", started, ref)
-            return _text_result(
+            return _text_result(  # the provider's error code is its own text: it may repeat what it was sent
                 f"The tool {name} was not called: the OAuth2 token of its credential could not be refreshed "
-                f"({exc}); the stored tokens are unchanged, retry later (ref: {ref}).",
+                f"({redactor_for(decision.credential).text(str(exc))}); the stored tokens are unchanged, "
+                f"retry later (ref: {ref}).",
                 is_error=True,
             )
         if isinstance(usable, CredentialWarning):

@@ -195,17 +195,27 @@ def away_server() -> Iterator[Upstream]:
         yield server
 
 
-def declarations(home: _HomeServer) -> dict[str, str]:
+def declarations(home: _HomeServer, away: Upstream) -> dict[str, str]:
     acct = 'type = "acct"\n' + ACCOUNT_FIELDS
     redirect = {"query": '{ to = "{args.to}" }', "properties": f"properties.code = {STR}\nproperties.to = {STR}"}
+    # the other origins these redirects may lead to (the default policy follows none of them)
+    elsewhere = [
+        away.base,
+        f"http://localhost:{away.port}",
+        f"http://[::ffff:127.0.0.1]:{away.port}",
+        "http://evil.invalid",
+        "https://evil.invalid",
+        "http://127.0.0.2:1",
+    ]
+    policy = "redirects = [" + ", ".join(f'"{origin}"' for origin in elsewhere) + "]"
     return {
-        "hop": http_tool("hop", home.url("/redirect/{args.code}"), headers=BOTH, **redirect),
+        "hop": http_tool("hop", home.url("/redirect/{args.code}"), headers=BOTH, extra=policy, **redirect),
         "hop_post": http_tool(
             "hop_post",
             home.url("/redirect/{args.code}"),
             method="POST",
             headers=BOTH,
-            extra='json = { note = "plain" }',
+            extra=f'json = {{ note = "plain" }}\n{policy}',
             **redirect,
         ),
         "hop_body": http_tool(
@@ -213,7 +223,7 @@ def declarations(home: _HomeServer) -> dict[str, str]:
             home.url("/redirect/{args.code}"),
             method="POST",
             headers="{}",
-            extra='json = { key = "{cred.token}" }',
+            extra=f'json = {{ key = "{{cred.token}}" }}\n{policy}',
             **redirect,
         ),
         "hop_query": http_tool(
@@ -222,9 +232,10 @@ def declarations(home: _HomeServer) -> dict[str, str]:
             headers="{}",
             query='{ to = "{args.to}", key = "{cred.token}" }',
             properties=redirect["properties"],
+            extra=policy,
         ),
         "hop_basic": http_tool(
-            "hop_basic", home.url("/redirect/{args.code}"), credential=acct, headers="{}", **redirect
+            "hop_basic", home.url("/redirect/{args.code}"), credential=acct, headers="{}", extra=policy, **redirect
         ),
         "chain": http_tool(
             "chain",
@@ -232,6 +243,7 @@ def declarations(home: _HomeServer) -> dict[str, str]:
             headers=BOTH,
             query='{ to = "{args.to}" }',
             properties=f"properties.n = {STR}\nproperties.to = {STR}",
+            extra=policy,
         ),
         "items": http_tool(
             "items",
@@ -263,11 +275,14 @@ def declarations(home: _HomeServer) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def worlds(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, home_server: _HomeServer
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+    home_server: _HomeServer,
+    away_server: Upstream,
 ) -> Iterator[Callable[[str], World]]:
     @contextmanager
     def make(database_url: str | None) -> Iterator[World]:
-        tools = declarations(home_server)
+        tools = declarations(home_server, away_server)
         w = World.create(tmp_path_factory.mktemp("egress"), tools, database_url=database_url)
         w.add_credential("svc-main", "svc", {"token": TOKEN})
         w.add_credential("acct-main", "acct", {"username": "alice", "password": PASSWORD})

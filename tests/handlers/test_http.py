@@ -38,6 +38,7 @@ STR = '{ type = "string" }'
 
 def declarations(up: Upstream, away: Upstream) -> dict[str, str]:
     bearer_and_key = '{ Authorization = "Bearer {cred.token}", X-Api-Key = "{cred.token}" }'
+    to_away = f'redirects = ["{away.base}"]'  # the default policy would not follow it at all
     return {
         "whoami": http_tool(
             "whoami", up.url("/echo"), query='{ n = "{args.n}" }', properties='properties.n = { type = "integer" }'
@@ -52,10 +53,12 @@ def declarations(up: Upstream, away: Upstream) -> dict[str, str]:
         "refused": http_tool("refused", f"http://127.0.0.1:{closed_port()}/x"),
         "slow": http_tool("slow", up.url("/slow"), extra="timeout = 0.5"),
         "big": http_tool("big", up.url("/big"), extra="max_response_bytes = 1000"),
-        "hop_away": http_tool("hop_away", up.url("/hop-away"), headers=bearer_and_key),
+        "hop_away": http_tool("hop_away", up.url("/hop-away"), headers=bearer_and_key, extra=to_away),
         "hop_home": http_tool("hop_home", up.url("/hop-home"), headers=bearer_and_key),
         "hop_relative": http_tool("hop_relative", up.url("/hop-relative"), headers=bearer_and_key),
-        "hop_basic_away": http_tool("hop_basic_away", up.url("/hop-away"), credential=ACCT, headers="{}"),
+        "hop_basic_away": http_tool(
+            "hop_basic_away", up.url("/hop-away"), credential=ACCT, headers="{}", extra=to_away
+        ),
         "items": http_tool(
             "items",
             up.url("/items/{args.item}"),
@@ -366,7 +369,7 @@ def review_world(tmp_path: Path, upstream: Upstream, away: Upstream) -> Iterator
             upstream.url("/hop-away-put"),
             method="PUT",
             headers="{}",
-            extra='json = { key = "{cred.token}" }',
+            extra=f'json = {{ key = "{{cred.token}}" }}\nredirects = ["{away.base}"]',
         ),
     }
     w = World.create(tmp_path, tools)

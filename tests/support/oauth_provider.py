@@ -7,10 +7,10 @@ POST /token        grant_type authorization_code (PKCE checked) or refresh_token
                    (form-urlencoded id and secret, RFC 6749 §2.3.1), by form fields, or none for a public client
 GET  /api/whoami   needs `Authorization: Bearer <access token>` that was issued and is not expired (server-side)
 
-Tests flip the switches (`invalid_grant`, `fail_status`, `token_delay`, `deny`, `omit_refresh_token`) at any time
-and read the records (`code_requests`, `refresh_requests`, `token_requests`, `authorize_requests`, `api_calls`,
-`current_access_token`, `current_refresh_token`). Every code and token starts with `token_prefix`, so a test can
-scan for it as a canary. Nothing is printed or logged.
+Tests flip the switches (`invalid_grant`, `fail_status`, `refuse_with`, `token_delay`, `deny`,
+`omit_refresh_token`) at any time and read the records (`code_requests`, `refresh_requests`, `token_requests`,
+`authorize_requests`, `api_calls`, `current_access_token`, `current_refresh_token`). Every code and token starts
+with `token_prefix`, so a test can scan for it as a canary. Nothing is printed or logged.
 """
 
 from __future__ import annotations
@@ -141,8 +141,9 @@ class OAuthProvider:
 
     Switches (set them from the test at any time; each request reads them once under the lock):
     `invalid_grant` refresh_token grant answers 400 invalid_grant; `fail_status` the token endpoint answers this
-    status to every request; `token_delay` seconds to sleep before answering a token request; `deny` authorize
-    redirects back with error=access_denied; `omit_refresh_token` token responses carry no refresh_token.
+    status to every request; `refuse_with` it answers 400 with this JSON object to every request; `token_delay`
+    seconds to sleep before answering a token request; `deny` authorize redirects back with error=access_denied;
+    `omit_refresh_token` token responses carry no refresh_token.
 
     PKCE (S256) is required of every client. Codes are single use: the first presentation that passes client
     authentication consumes the code, whatever the outcome. Refresh tokens stay valid until rotated away
@@ -168,6 +169,7 @@ class OAuthProvider:
         # switches
         self.invalid_grant: bool = False
         self.fail_status: int | None = None
+        self.refuse_with: dict[str, Any] | None = None
         self.token_delay: float = 0.0
         self.deny: bool = False
         self.omit_refresh_token: bool = False
@@ -294,9 +296,11 @@ class OAuthProvider:
                 self.code_requests += 1
             elif grant_type == "refresh_token":
                 self.refresh_requests += 1
-            delay, fail_status = self.token_delay, self.fail_status
+            delay, fail_status, refuse_with = self.token_delay, self.fail_status, self.refuse_with
         if delay > 0:
             self.stopping.wait(delay)
+        if refuse_with is not None:
+            return 400, dict(refuse_with), {}
         try:
             if fail_status is not None:
                 error = "temporarily_unavailable" if fail_status == 503 else "server_error"

@@ -81,7 +81,19 @@ def http_problems(label: str, tool: ToolDeclaration, handler: HttpHandler) -> li
     if handler.json_body is not None:
         for path, value in _strings(handler.json_body, "handler.json"):
             problems += _template_problems(label, path, value, tool)
-    return problems
+    return problems + _redirect_problems(label, handler)
+
+
+def _redirect_problems(label: str, handler: HttpHandler) -> list[str]:
+    """A listed http:// origin that an https:// URL can never reach (no redirect goes from https to http)."""
+    if not isinstance(handler.redirects, tuple) or not handler.url.lower().startswith("https://"):
+        return []
+    return [
+        f"{label}: handler.redirects[{i}]: {origin} can never be reached from the https:// URL: "
+        "a redirect is never followed from https:// to http://"
+        for i, origin in enumerate(handler.redirects)
+        if origin.startswith("http://")
+    ]
 
 
 def _origin_problems(label: str, where: str, url: str, tool: ToolDeclaration) -> list[str]:

@@ -3,6 +3,7 @@ validated by pydantic. A value's own rules (format, size, characters) live on it
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import CredentialValueError
 
@@ -253,6 +254,47 @@ class CredentialSpec(_Model):
         return self.fields == other.fields
 
 
+# Where an http handler's redirects may lead: the declared origin only, any https origin, nowhere, or the
+# declared origin and the listed ones. Never from https to http, whatever the policy.
+RedirectPolicy = Literal["same-origin", "https", False] | tuple[str, ...]
+REDIRECT_POLICIES = (
+    'must be "same-origin" (the default), "https", false, or a list of origins like ["https://api.example.com"]'
+)
+DEFAULT_PORTS = {"http": 80, "https": 443}
+Origin = tuple[str, str, int]
+
+_ORIGIN = re.compile(
+    r"(?P<scheme>https?)://(?P<host>\[[0-9a-f:.]+\]|[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?)(?::(?P<port>[0-9]{1,5}))?",
+    re.IGNORECASE | re.ASCII,
+)
+
+
+def parse_origin(text: str) -> Origin | None:
+    """`scheme://host[:port]` and nothing else (http or https; a host name, an IPv4 address or an IPv6 one in
+    brackets) as (scheme, host, port) in the form compared at run time: lower case, an IPv6 address in its
+    compressed form without brackets, the scheme's default port when none is given. None: not an origin."""
+    written = _written_origin(text)
+    return written[0] if written is not None else None
+
+
+def _written_origin(text: str) -> tuple[Origin, str] | None:
+    """The origin, and its text as a list keeps it: lower case, a port only if one was given."""
+    m = _ORIGIN.fullmatch(text)
+    if m is None:
+        return None
+    scheme, host, port_text = m.group("scheme").lower(), m.group("host").lower(), m.group("port")
+    if host.startswith("["):
+        try:
+            host = str(ipaddress.IPv6Address(host[1:-1]))
+        except ValueError:
+            return None
+    port = int(port_text) if port_text else DEFAULT_PORTS[scheme]
+    if not 0 < port < 65536:
+        return None
+    shown = f"[{host}]" if ":" in host else host
+    return (scheme, host, port), f"{scheme}://{shown}" + (f":{port}" if port_text else "")
+
+
 class HttpHandler(_Model):
     kind: Literal["http"]
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
@@ -262,6 +304,33 @@ class HttpHandler(_Model):
     json_body: dict[str, Any] | None = Field(default=None, alias="json")
     timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
     max_response_bytes: Annotated[int, Field(gt=0, le=64 * 1024 * 1024)] = 1024 * 1024
+    redirects: RedirectPolicy = "same-origin"
+
+    @field_validator("redirects", mode="before")
+    @classmethod
+    def _redirect_policy(cls, value: Any) -> Any:
+        """One of the policies, a list's origins each checked and written one way (lower case)."""
+        if value is False or (isinstance(value, str) and value in ("same-origin", "https")):
+            return value
+        if not isinstance(value, list | tuple):
+            raise ValueError(REDIRECT_POLICIES)
+        origins = []
+        for i, entry in enumerate(value):
+            written = _written_origin(entry) if isinstance(entry, str) else None
+            if written is None:
+                raise ValueError(
+                    f"item [{i}], {entry!r}, is not an origin: write scheme://host[:port] (http or https), "
+                    "with no path, query, user or trailing slash"
+                )
+            origins.append(written[1])
+        return tuple(origins)
+
+    @cached_property
+    def redirect_origins(self) -> frozenset[Origin]:
+        """The origins a list policy names (empty for the other policies)."""
+        if not isinstance(self.redirects, tuple):
+            return frozenset()
+        return frozenset(o for o in map(parse_origin, self.redirects) if o is not None)
 
 
 class PythonHandler(_Model):
