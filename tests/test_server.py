@@ -293,9 +293,10 @@ CLIENT_SECRET = make_canary("CS")
 
 
 @pytest.mark.parametrize("echo", ["refresh_token", "client_secret", "description"])
-async def test_a_refused_refresh_reaches_the_agent_without_the_refresh_token_or_the_client_secret(
-    tmp_path: Path, echo: str
+async def test_a_refused_refresh_reaches_the_agent_and_the_log_without_the_refresh_token_or_the_client_secret(
+    tmp_path: Path, echo: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     with running_oauth_provider(client_secret=CLIENT_SECRET) as provider, oauth_world(tmp_path, provider) as world:
         values = add_acme(world, provider, expires_in=-60)
         refresh_token = values["refresh_token"]
@@ -315,3 +316,5 @@ async def test_a_refused_refresh_reaches_the_agent_without_the_refresh_token_or_
     if echo == "description":
         assert "invalid_client" in text  # a provider's code that repeats nothing secret still helps
     assert_no_leak(result.model_dump_json(), refresh_token, CLIENT_SECRET, values["token"])
+    assert "refused by the token endpoint" in caplog.text
+    assert_no_leak(caplog.text, refresh_token, CLIENT_SECRET, values["token"])

@@ -19,6 +19,7 @@ from .credential import Credential
 from .declarations import CredentialSpec
 from .errors import ConflictError, CredentialValueError, NotFoundError, StoreBusyError
 from .readiness import REFRESH_MARGIN
+from .redact import redactor_for
 from .store import Store
 
 __all__ = ["SAVE_ATTEMPTS", "TokenRefresher"]
@@ -74,7 +75,9 @@ class TokenRefresher:
         try:
             values, drop = await oauth.refresh(self.http(), provider, current)
         except oauth.GrantRefused as exc:
-            logger.warning("refresh of credential %s refused by the token endpoint: %s", name, exc.error)
+            # the provider's error code is its own text: one that repeats a token must not reach the log
+            error = redactor_for(current).text(exc.error)
+            logger.warning("refresh of credential %s refused by the token endpoint: %s", name, error)
             if exc.error != "invalid_grant":
                 raise
             self._save(spec, current, {"refresh_error": f"invalid_grant ({oauth.iso(oauth.utc_now())})"}, [])
