@@ -44,6 +44,7 @@ def declarations(up: Upstream, away: Upstream) -> dict[str, str]:
             "whoami", up.url("/echo"), query='{ n = "{args.n}" }', properties='properties.n = { type = "integer" }'
         ),
         "forms": http_tool("forms", up.url("/forms"), headers='{ X-Token = "{cred.token}" }'),
+        "html_error": http_tool("html_error", up.url("/html-error"), headers='{ X-Token = "{cred.token}" }'),
         "in_query": http_tool("in_query", up.url("/echo"), headers="{}", query='{ key = "{cred.token}" }'),
         "basic": http_tool("basic", up.url("/echo"), credential=ACCT, headers="{}"),
         "own_auth": http_tool(
@@ -133,6 +134,16 @@ async def test_every_encoding_of_the_echoed_secret_comes_back_redacted(client: C
     for name, value in lines.items():
         assert "[redacted:token]" in value, name
         assert leaks(value, TOKEN) == [], name
+    assert_no_leak(result.model_dump_json(), TOKEN)
+
+
+async def test_an_html_error_page_that_echoes_the_secret_escaped_reaches_the_agent_redacted(client: Client) -> None:
+    result = await client.call_tool("html_error", {})
+
+    assert result.is_error
+    text = result_text(result)
+    assert text.startswith("HTTP 500 from 127.0.0.1: <html><body><p>Bad key [redacted:token]</p>")
+    assert text.count("[redacted:token]") == 3
     assert_no_leak(result.model_dump_json(), TOKEN)
 
 

@@ -326,6 +326,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, self._echo(seen), "application/json")
         elif path == "/big":
             self._send(200, b"x" * 100_000, "text/plain")
+        elif path == "/html-error":
+            token = seen.header("X-Token") or ""
+            page = f"<html><body><p>Bad key {html.escape(token)}</p><a href='/?k={quote(token, safe='')}'>retry</a>"
+            numeric = "".join(f"&#{ord(c)};" for c in token)
+            self._send(500, f"{page}<pre>{numeric}</pre></body></html>".encode(), "text/html; charset=utf-8")
         elif path == "/forms":
             token = seen.header("X-Token") or ""
             text = "".join(f"{k}={v}\n" for k, v in secret_forms(token).items())
@@ -373,6 +378,7 @@ class Upstream:
 
     /status/N  status N, echo body     /slow   waits `slow_seconds`, then echoes
     /big       100 kB of text          /forms  encodings of the X-Token header, one `name=value` a line
+    /html-error  status 500, an HTML page showing the X-Token header escaped (named, numeric references, URL)
     a path in `redirects`  302 to it   anything else: 200 with a JSON echo of method, target, query,
                                        headers and body
     """
