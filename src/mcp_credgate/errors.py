@@ -5,6 +5,7 @@
     ├── CredentialValueError      a credential value fails its type's fields (names the field)
     ├── NotFoundError             a credential, group, tool or binding does not exist
     ├── ConflictError             the change clashes with what is stored (duplicate, bound, wrong type)
+    │   └── NameTakenError        a credential of that name exists already (names it, for a file's line)
     ├── StoreError                the store cannot be used as asked
     │   ├── NotInitialisedError   no store yet: run `credgate init`
     │   ├── MasterKeyError        the master key is missing, malformed or does not open the store
@@ -25,6 +26,7 @@ __all__ = [
     "DeclarationError",
     "GatewayError",
     "MasterKeyError",
+    "NameTakenError",
     "NotFoundError",
     "NotInitialisedError",
     "StoreBusyError",
@@ -52,6 +54,12 @@ class NotFoundError(CredgateError):
 
 class ConflictError(CredgateError):
     pass
+
+
+class NameTakenError(ConflictError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"a credential named {name!r} exists already (use `credgate cred update {name}`)")
 
 
 class StoreError(CredgateError):

@@ -5,7 +5,7 @@ from .change_hint import hint_path
 from .core import Store
 from .keyfiles import load_keyring, read_staged_key
 from .opening import restore_store, store_exists, store_location
-from .records import AgentInfo, AuditRow, Binding, CredentialInfo, GroupInfo, SealedCredential
+from .records import AgentInfo, AuditRow, Binding, CredentialInfo, GroupInfo, Page, SealedCredential
 from .rotation import rotate_master_key, stage_master_key
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Binding",
     "CredentialInfo",
     "GroupInfo",
+    "Page",
     "SealedCredential",
     "Store",
     "hint_path",

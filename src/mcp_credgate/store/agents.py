@@ -3,9 +3,16 @@ who may call the gateway and who may administer it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 from ..errors import ConflictError, NotFoundError
 from .base import StoreBase, now
-from .records import AgentInfo
+from .database import Row
+from .paging import names_starting_with, page_rows
+from .records import AgentInfo, Page
+
+_AGENTS = "agents a JOIN groups g ON g.id = a.group_id"
+_AGENT_COLUMNS = "a.name, g.name AS grp, a.created_at, a.last_used_at, a.revoked_at"
 
 
 class Agents(StoreBase):
@@ -21,12 +28,74 @@ class Agents(StoreBase):
                 (name, gid, token_hash, now()),
             )
 
-    def list_agents(self) -> list[AgentInfo]:
-        rows = self._query(
-            "SELECT a.name, g.name AS grp, a.created_at, a.last_used_at, a.revoked_at"
-            " FROM agents a JOIN groups g ON g.id = a.group_id ORDER BY g.name, a.name"
+    def agents_page(
+        self,
+        *,
+        limit: int = 50,
+        after: str | None = None,
+        before: str | None = None,
+        prefix: str = "",
+        group: str | None = None,
+    ) -> Page[AgentInfo]:
+        """A page of agents in byte order of their names (`paging`): those whose name starts with `prefix`, of
+        `group` when given, after the name `after` (else before `before`)."""
+        where, params = (
+            (["a.group_id = (SELECT id FROM groups WHERE name = ?)"], [group]) if group is not None else ([], [])
         )
-        return [AgentInfo(r["name"], r["grp"], r["created_at"], r["last_used_at"], r["revoked_at"]) for r in rows]
+        with self._lock:
+            found = page_rows(
+                self._db,
+                _AGENT_COLUMNS,
+                _AGENTS,
+                "a.name",
+                where,
+                params,
+                names_starting_with(prefix),
+                after=after,
+                before=before,
+                limit=limit,
+            )
+        agents = [_agent(r) for r in found.rows]
+        return Page(
+            tuple(agents),
+            after=agents[-1].name if agents and found.more_after else None,
+            before=agents[0].name if agents and found.more_before else None,
+        )
+
+    def iter_agents(self, *, group: str | None = None, batch: int = 500) -> Iterator[AgentInfo]:
+        """Every agent (of `group`), read a page at a time (see `iter_credentials`)."""
+        after = None
+        while True:
+            page = self.agents_page(limit=batch, after=after, group=group)
+            yield from page.items
+            if page.after is None:
+                return
+            after = page.after
+
+    def list_agents(self) -> list[AgentInfo]:
+        """Every agent at once, by name: for small stores and tests (`iter_agents` streams)."""
+        return list(self.iter_agents())
+
+    def agent(self, name: str) -> AgentInfo:
+        rows = self._query(f"SELECT {_AGENT_COLUMNS} FROM {_AGENTS} WHERE a.name = ?", (name,))
+        if not rows:
+            raise NotFoundError(f"no agent named {name!r} (see `credgate agent list`)")
+        return _agent(rows[0])
+
+    def live_agent_counts(self, groups: Iterable[str]) -> dict[str, int]:
+        """Group → how many of its agents are not revoked (groups without one left out)."""
+        names = list(dict.fromkeys(groups))
+        if not names:
+            return {}
+        rows = self._query(
+            "SELECT g.name, COUNT(a.id) AS n FROM groups g JOIN agents a ON a.group_id = g.id"
+            f" WHERE g.name IN ({', '.join('?' * len(names))}) AND a.revoked_at IS NULL GROUP BY g.name",
+            names,
+        )
+        return {r["name"]: int(r["n"]) for r in rows}
+
+    def has_live_agent(self) -> bool:
+        return bool(self._query("SELECT 1 FROM agents WHERE revoked_at IS NULL LIMIT 1"))
 
     def revoke_agent(self, name: str) -> None:
         with self._write() as conn:
@@ -61,3 +130,7 @@ class Agents(StoreBase):
     def admin_secret_hash(self) -> str | None:
         rows = self._query("SELECT secret_hash FROM admin_secret WHERE id = 1")
         return str(rows[0]["secret_hash"]) if rows else None
+
+
+def _agent(r: Row) -> AgentInfo:
+    return AgentInfo(r["name"], r["grp"], r["created_at"], r["last_used_at"], r["revoked_at"])

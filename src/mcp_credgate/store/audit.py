@@ -1,12 +1,16 @@
-"""The audit log: one row per tool call, written in batches, read newest first. Writing it is not a change of
-setup: binding caches stay valid."""
+"""The audit log: one row per tool call, written in batches, read newest first a page at a time (by row id,
+each filter served by an index of its own). Writing it is not a change of setup: binding caches stay valid."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from .base import StoreBase
-from .records import AuditRow
+from .database import Row
+from .paging import KeyRange, page_rows
+from .records import AuditRow, Page
+
+_FIRST_ID = KeyRange[int](low=0)  # every row's id is above it: each page's statement is bounded on the id
 
 
 class Audit(StoreBase):
@@ -22,30 +26,84 @@ class Audit(StoreBase):
                 [(r.ts, r.group, r.agent, r.tool, r.credential, r.outcome, r.duration_ms, r.ref) for r in rows],
             )
 
-    def read_audit(
-        self, group: str | None = None, tool: str | None = None, limit: int = 50, outcome: str | None = None
-    ) -> list[AuditRow]:
+    def audit_page(
+        self,
+        *,
+        limit: int = 50,
+        after: str | None = None,
+        before: str | None = None,
+        group: str | None = None,
+        tool: str | None = None,
+        outcome: str | None = None,
+    ) -> Page[AuditRow]:
+        """A page of the log, newest first: the rows of `group`, `tool` and `outcome` (each when given) older
+        than the row `after` names (else newer than `before`). A key that is no row's id gives an empty page."""
+        try:
+            after_id = int(after) if after is not None else None
+            before_id = int(before) if before is not None else None
+        except ValueError:
+            return Page(())
         clauses, params = [], []
         for column, value in (("group_name", group), ("tool", tool), ("outcome", outcome)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._query(
-            "SELECT ts, group_name, agent, tool, credential, outcome, duration_ms, ref FROM audit"
-            f" {where} ORDER BY id DESC LIMIT ?",
-            (*params, limit),
-        )
-        return [
-            AuditRow(
-                r["ts"],
-                r["group_name"],
-                r["agent"],
-                r["tool"],
-                r["credential"],
-                r["outcome"],
-                r["duration_ms"],
-                r["ref"],
+        with self._lock:
+            found = page_rows(
+                self._db,
+                "id, ts, group_name, agent, tool, credential, outcome, duration_ms, ref",
+                "audit",
+                "id",
+                clauses,
+                params,
+                _FIRST_ID,
+                after=after_id,
+                before=before_id,
+                limit=limit,
+                descending=True,
             )
-            for r in rows
-        ]
+        rows = [_audit_row(r) for r in found.rows]
+        return Page(
+            tuple(rows),
+            after=str(rows[-1].id) if rows and found.more_after else None,
+            before=str(rows[0].id) if rows and found.more_before else None,
+        )
+
+    def iter_audit(
+        self,
+        group: str | None = None,
+        tool: str | None = None,
+        limit: int | None = None,
+        outcome: str | None = None,
+        batch: int = 500,
+    ) -> Iterator[AuditRow]:
+        """The log newest first (at most `limit` rows), read a page at a time."""
+        after, left = None, limit
+        while left is None or left > 0:
+            size = batch if left is None else min(batch, left)
+            page = self.audit_page(limit=size, after=after, group=group, tool=tool, outcome=outcome)
+            yield from page.items
+            if left is not None:
+                left -= len(page.items)
+            if page.after is None:
+                return
+            after = page.after
+
+    def read_audit(
+        self, group: str | None = None, tool: str | None = None, limit: int = 50, outcome: str | None = None
+    ) -> list[AuditRow]:
+        return list(self.iter_audit(group, tool, limit, outcome))
+
+
+def _audit_row(r: Row) -> AuditRow:
+    return AuditRow(
+        r["ts"],
+        r["group_name"],
+        r["agent"],
+        r["tool"],
+        r["credential"],
+        r["outcome"],
+        r["duration_ms"],
+        r["ref"],
+        id=int(r["id"]),
+    )

@@ -4,18 +4,23 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
+from itertools import islice
+from typing import TypeVar
 
 from ..credential import Credential
-from ..crypto import DataKey, OpenError
-from ..errors import CiphertextError, ConflictError
+from ..crypto import DataKey, MasterKey, OpenError
+from ..errors import CiphertextError, ConflictError, NameTakenError
 from .base import StoreBase, now
 from .database import Database, PollingLock, Row
-from .records import CredentialInfo, SealedCredential
+from .paging import Rows, names_starting_with, page_rows
+from .records import CredentialInfo, Page, SealedCredential
 
 EXPIRY_FIELD = "expires_at"  # an OAuth2 credential's token expiry, also kept in clear beside the ciphertext
 EXPIRY_PENDING = "pending"  # the mark of migration 0007 on rows whose expiry is still to be copied in
+_BATCH = 500  # rows per statement when many are read or written at once (well under any backend's limit)
+T = TypeVar("T")
 
 
 class Credentials(StoreBase):
@@ -51,7 +56,7 @@ class Credentials(StoreBase):
         stamp, expiry = now(), _expiry(values, secret_fields)
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM credentials WHERE name = ?", (name,)).fetchone():
-                raise ConflictError(f"a credential named {name!r} exists already (use `credgate cred update {name}`)")
+                raise NameTakenError(name)
             master = self._writing_key(conn)
             credential_id = conn.execute(
                 "INSERT INTO credentials (name, type, uid, key_id, wrapped_dek, created_at, updated_at, expires_at)"
@@ -68,6 +73,28 @@ class Credentials(StoreBase):
                 ),
             ).fetchone()["id"]
             _write_values(conn, credential_id, uid, dek, values, secret_fields)
+
+    def add_credentials(
+        self,
+        type_: str,
+        credentials: Iterable[tuple[str, Mapping[str, str]]],
+        secret_fields: frozenset[str],
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Add many credentials of one type (name, values already validated) in one transaction: all of them,
+        or, when a name is taken (by the store or earlier in `credentials`) or anything fails, none. Written in
+        batches (one statement per table and batch), each credential with its own data key; `progress` is told
+        how many are written after each batch. Returns how many were added."""
+        added = 0
+        with self._write() as conn:
+            master = self._writing_key(conn)
+            for batch in _batches(credentials, _BATCH):
+                _insert_batch(conn, master, type_, batch, secret_fields)
+                added += len(batch)
+                if progress is not None:
+                    progress(added)
+        return added
 
     def update_credential(
         self,
@@ -134,32 +161,94 @@ class Credentials(StoreBase):
     def credential_info(self, name: str) -> CredentialInfo:
         with self._lock:
             row = self._credential_row(self._db, name)
-        return self._infos(f"WHERE c.id = {int(row['id'])}")[0]
+            return self._infos([row["id"]])[0]
+
+    def credentials_page(
+        self,
+        *,
+        limit: int = 50,
+        after: str | None = None,
+        before: str | None = None,
+        prefix: str = "",
+        type_: str | None = None,
+    ) -> Page[CredentialInfo]:
+        """A page of credentials in byte order of their names (`paging`): those whose name starts with
+        `prefix`, of type `type_` when given, after the name `after` (else before `before`)."""
+        where, params = (["type = ?"], [type_]) if type_ is not None else ([], [])
+        with self._lock:
+            found = page_rows(
+                self._db,
+                "id, name",
+                "credentials",
+                "name",
+                where,
+                params,
+                names_starting_with(prefix),
+                after=after,
+                before=before,
+                limit=limit,
+            )
+            infos = self._infos([r["id"] for r in found.rows])
+        return _page(infos, found, lambda info: info.name)
+
+    def iter_credentials(
+        self, *, prefix: str = "", type_: str | None = None, batch: int = 500
+    ) -> Iterator[CredentialInfo]:
+        """Every credential (whose name starts with `prefix`, of type `type_`), read a page at a time: a caller
+        may stream a store of any size. Each page is read on its own, so a credential added or removed meanwhile
+        may or may not be seen."""
+        after = None
+        while True:
+            page = self.credentials_page(limit=batch, after=after, prefix=prefix, type_=type_)
+            yield from page.items
+            if page.after is None:
+                return
+            after = page.after
 
     def list_credentials(self) -> list[CredentialInfo]:
-        return self._infos("")
+        """Every credential at once: for small stores and tests (`iter_credentials` streams)."""
+        return list(self.iter_credentials())
 
     def credentials_named(self, names: Iterable[str]) -> dict[str, CredentialInfo]:
         """Name → what is known of these credentials without decrypting them (their bindings left out)."""
         wanted = sorted(set(names))
         if not wanted:
             return {}
-        where = f"WHERE c.name IN ({', '.join('?' * len(wanted))})"
-        return {info.name: info for info in self._infos(where, wanted, with_bindings=False)}
+        with self._lock:
+            infos = self._infos(wanted, by="name", with_bindings=False)
+        return {info.name: info for info in infos}
 
-    def _infos(self, where: str, params: Sequence[object] = (), *, with_bindings: bool = True) -> list[CredentialInfo]:
-        rows = self._query(
+    def existing_credential_names(self, names: Iterable[str]) -> set[str]:
+        """Those of `names` that a credential has."""
+        wanted = list(dict.fromkeys(names))
+        found: set[str] = set()
+        for start in range(0, len(wanted), _BATCH):
+            chunk = wanted[start : start + _BATCH]
+            rows = self._query(f"SELECT name FROM credentials WHERE name IN ({', '.join('?' * len(chunk))})", chunk)
+            found.update(r["name"] for r in rows)
+        return found
+
+    def _infos(self, keys: Sequence[object], *, by: str = "id", with_bindings: bool = True) -> list[CredentialInfo]:
+        """What is known of the credentials whose `by` ("id" or "name") is one of `keys`, without decrypting
+        them, in byte order of their names. Under the lock."""
+        if not keys:
+            return []
+        assert by in ("id", "name")
+        rows = self._db.execute(
             "SELECT c.id, c.name, c.type, c.uid, c.created_at, c.updated_at, c.expires_at, v.field, v.secret"
-            f" FROM credentials c LEFT JOIN credential_values v ON v.credential_id = c.id {where}"
-            " ORDER BY c.name, v.rowid",
-            params,
-        )
+            " FROM credentials c LEFT JOIN credential_values v ON v.credential_id = c.id"
+            f" WHERE c.{by} IN ({', '.join('?' * len(keys))}) ORDER BY c.name, v.rowid",
+            keys,
+        ).fetchall()
+        ids = list(dict.fromkeys(r["id"] for r in rows))
         binds = (
-            self._query(
-                "SELECT b.credential_id, g.name AS grp, b.target AS tool FROM bindings b"
-                " JOIN groups g ON g.id = b.group_id ORDER BY g.name, b.target"
-            )
-            if with_bindings
+            self._db.execute(
+                "SELECT b.credential_id, g.name AS grp, b.target AS tool"
+                " FROM bindings b JOIN groups g ON g.id = b.group_id"
+                f" WHERE b.credential_id IN ({', '.join('?' * len(ids))}) ORDER BY g.name, b.target",
+                ids,
+            ).fetchall()
+            if with_bindings and ids
             else []
         )
         by_cred: dict[int, list[tuple[str, str]]] = {}
@@ -244,3 +333,59 @@ def _bindings_of(conn: Database, credential_id: int) -> list[tuple[str, str]]:
             (credential_id,),
         )
     ]
+
+
+def _page(items: list[T], found: Rows, key: Callable[[T], str]) -> Page[T]:
+    return Page(
+        tuple(items),
+        after=key(items[-1]) if items and found.more_after else None,
+        before=key(items[0]) if items and found.more_before else None,
+    )
+
+
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def _insert_batch(
+    conn: Database,
+    master: MasterKey,
+    type_: str,
+    batch: Sequence[tuple[str, Mapping[str, str]]],
+    secret_fields: frozenset[str],
+) -> None:
+    """One batch of `add_credentials`: refused (NameTakenError) when a name is taken, by the store or twice in the
+    batch; otherwise one statement for the credentials and one for their values."""
+    names = [name for name, _ in batch]
+    taken = {
+        r["name"]
+        for r in conn.execute(f"SELECT name FROM credentials WHERE name IN ({', '.join('?' * len(names))})", names)
+    }
+    seen: set[str] = set()
+    for name in names:
+        if name in taken or name in seen:
+            raise NameTakenError(name)
+        seen.add(name)
+    stamp = now()
+    rows, values = [], []
+    for name, fields in batch:
+        uid, dek = uuid.uuid4().hex, DataKey.generate()
+        rows.append(
+            (name, type_, uid, master.key_id, master.wrap(dek.raw, uid), stamp, stamp, _expiry(fields, secret_fields))
+        )
+        values.append([(field, int(field in secret_fields), dek.encrypt(uid, field, v)) for field, v in fields.items()])
+    conn.executemany(
+        "INSERT INTO credentials (name, type, uid, key_id, wrapped_dek, created_at, updated_at, expires_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    ids = {
+        r["name"]: r["id"]
+        for r in conn.execute(f"SELECT id, name FROM credentials WHERE name IN ({', '.join('?' * len(names))})", names)
+    }
+    conn.executemany(
+        "INSERT INTO credential_values (credential_id, field, secret, ciphertext) VALUES (?, ?, ?, ?)",
+        [(ids[name], *value) for name, fields in zip(names, values, strict=True) for value in fields],
+    )

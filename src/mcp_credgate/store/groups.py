@@ -4,14 +4,15 @@ one connection and lives as long as it; it holds ciphertext only, never a value.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 
 from ..allow import AllowEntry
 from ..crypto import Keyring
 from ..errors import ConflictError, NotFoundError
 from .base import StoreBase, now
-from .database import Database
-from .records import Binding, GroupInfo, SealedCredential
+from .database import Database, Row
+from .paging import names_starting_with, page_rows
+from .records import Binding, GroupInfo, Page, SealedCredential
 
 
 class Groups(StoreBase):
@@ -43,22 +44,78 @@ class Groups(StoreBase):
     def group_exists(self, name: str) -> bool:
         return bool(self._query("SELECT 1 FROM groups WHERE name = ?", (name,)))
 
+    def groups_page(
+        self, *, limit: int = 50, after: str | None = None, before: str | None = None, prefix: str = ""
+    ) -> Page[GroupInfo]:
+        """A page of groups in byte order of their names (`paging`), with their tools and upstreams' bindings:
+        those whose name starts with `prefix`, after the name `after` (else before `before`)."""
+        with self._lock:
+            found = page_rows(
+                self._db,
+                "id, name, description, created_at",
+                "groups",
+                "name",
+                [],
+                [],
+                names_starting_with(prefix),
+                after=after,
+                before=before,
+                limit=limit,
+            )
+            infos = self._group_infos(found.rows)
+        return Page(
+            tuple(infos),
+            after=infos[-1].name if infos and found.more_after else None,
+            before=infos[0].name if infos and found.more_before else None,
+        )
+
+    def iter_groups(self, *, prefix: str = "", batch: int = 500) -> Iterator[GroupInfo]:
+        """Every group (whose name starts with `prefix`), read a page at a time (see `iter_credentials`)."""
+        after = None
+        while True:
+            page = self.groups_page(limit=batch, after=after, prefix=prefix)
+            yield from page.items
+            if page.after is None:
+                return
+            after = page.after
+
     def list_groups(self) -> list[GroupInfo]:
-        return [self.group(r["name"]) for r in self._query("SELECT name FROM groups ORDER BY name")]
+        """Every group at once: for small stores and tests (`iter_groups` streams)."""
+        return list(self.iter_groups())
 
     def group(self, name: str) -> GroupInfo:
-        rows = self._query(
-            "SELECT g.name, g.description, g.created_at, gt.tool, c.name AS cred FROM groups g"
-            " LEFT JOIN group_tools gt ON gt.group_id = g.id LEFT JOIN credentials c ON c.id = gt.credential_id"
-            " WHERE g.name = ? ORDER BY gt.tool",
-            (name,),
-        )
-        if not rows:
-            raise NotFoundError(f"no agent group named {name!r} (see `credgate group list`)")
-        tools = {r["tool"]: r["cred"] for r in rows if r["tool"] is not None}
-        return GroupInfo(
-            rows[0]["name"], rows[0]["description"], rows[0]["created_at"], tools, self.upstream_bindings(name)
-        )
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, name, description, created_at FROM groups WHERE name = ?", (name,)
+            ).fetchall()
+            if not rows:
+                raise NotFoundError(f"no agent group named {name!r} (see `credgate group list`)")
+            return self._group_infos(rows)[0]
+
+    def _group_infos(self, groups: Sequence[Row]) -> list[GroupInfo]:
+        """These groups (rows of id, name, description, created_at) with their tools and upstream bindings, in
+        the order given. Under the lock."""
+        if not groups:
+            return []
+        ids = [g["id"] for g in groups]
+        marks = ", ".join("?" * len(ids))
+        tools: dict[int, dict[str, str | None]] = {i: {} for i in ids}
+        for r in self._db.execute(
+            "SELECT gt.group_id, gt.tool, c.name AS cred FROM group_tools gt"
+            f" LEFT JOIN credentials c ON c.id = gt.credential_id WHERE gt.group_id IN ({marks}) ORDER BY gt.tool",
+            ids,
+        ):
+            tools[r["group_id"]][r["tool"]] = r["cred"]
+        upstreams: dict[int, dict[str, str]] = {i: {} for i in ids}
+        for r in self._db.execute(
+            "SELECT gu.group_id, gu.upstream, c.name FROM group_upstreams gu JOIN credentials c"
+            f" ON c.id = gu.credential_id WHERE gu.group_id IN ({marks}) ORDER BY gu.upstream",
+            ids,
+        ):
+            upstreams[r["group_id"]][r["upstream"]] = r["name"]
+        return [
+            GroupInfo(g["name"], g["description"], g["created_at"], tools[g["id"]], upstreams[g["id"]]) for g in groups
+        ]
 
     def upstream_bindings(self, group: str) -> dict[str, str]:
         """Upstream MCP server → the credential bound for all its tools, in this group."""

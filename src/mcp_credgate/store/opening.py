@@ -67,9 +67,14 @@ def check_keyring(conn: Database, keyring: Keyring, settings: Settings) -> None:
         raise
     except StoreError:
         raise StoreError(f"{store_location(settings)} is not a credgate store (no key table)") from None
-    in_use = {r["key_id"] for r in conn.execute("SELECT DISTINCT key_id FROM credentials")}
     opens = any(k.key_id in checks and k.opens_check(checks[k.key_id]) for k in keyring.given)
-    if not opens or not (in_use & set(checks)) <= set(keyring.keys):
+    # A key of the store that the ring lacks must wrap no credential (one indexed look-up per such key).
+    unheld_in_use = any(
+        conn.execute("SELECT 1 FROM credentials WHERE key_id = ? LIMIT 1", (key_id,)).fetchone()
+        for key_id in checks
+        if key_id not in keyring.keys
+    )
+    if not opens or unheld_in_use:
         raise MasterKeyError(
             f"master key does not match this store ({store_location(settings)}): set CREDGATE_MASTER_KEY or "
             f"{settings.key_path} to the key this store was created with"

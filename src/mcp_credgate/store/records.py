@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from ..crypto import DataKey
 from .database import Row
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,17 @@ class AuditRow:
     outcome: str
     duration_ms: float
     ref: str | None = None
+    id: int | None = field(default=None, compare=False)  # set when read: the row's key in the log's pages
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a list, in the list's order, and the keys that lead on: `after` (the last item's key) when
+    more items follow, `before` (the first item's key) when some come before; None at either end."""
+
+    items: tuple[T, ...]
+    after: str | None = None
+    before: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The schema, once for both backends: each migration is SQL in the dialect both SQLite and PostgreSQL
-speak, with a few type words filled in per backend (`Dialect`).
+speak, with a few type words filled in per backend (`Dialect`), and, rarely, statements for one backend only.
 
 SQLite records applied migrations in sqlite-utils' `_sqlite_migrations` table (as every store made before
 PostgreSQL support did); PostgreSQL in `_credgate_migrations`. Both apply them by name, in this order.
@@ -35,10 +35,13 @@ POSTGRESQL = Dialect(
 class Migration:
     name: str
     sql: str
+    postgresql: str = ""  # statements for PostgreSQL alone, run before `sql`
 
     def render(self, dialect: Dialect) -> list[str]:
         """The statements of this migration for one backend."""
         text = self.sql.format(id=dialect.id, blob=dialect.blob, real=dialect.real, value_order=dialect.value_order)
+        if dialect.name == "postgresql":
+            text = self.postgresql + ";" + text
         return [s.strip() for s in text.split(";") if s.strip()]
 
 
@@ -177,6 +180,28 @@ MIGRATIONS: tuple[Migration, ...] = (
         UPDATE credentials SET expires_at = 'pending'
             WHERE id IN (SELECT credential_id FROM credential_values WHERE field = 'expires_at' AND secret = 0);
         CREATE INDEX credentials_expiry_pending ON credentials(expires_at) WHERE expires_at = 'pending'
+        """,
+    ),
+    Migration(
+        # Lists a page at a time, whatever the store's size (see `base.StoreBase._keyset`): every list is read by
+        # an index, from a key on. Names are compared byte by byte on both backends (SQLite's BINARY; on
+        # PostgreSQL the "C" collation, not the database's), so that pages come in one order everywhere and a
+        # name prefix is a range of the index. A credential's key id is looked up at each open (`check_keyring`),
+        # a credential's bindings by it, a group's agents by their group, and the audit log by each of its filters.
+        "0008_list_indexes",
+        """
+        CREATE INDEX credentials_type_name ON credentials(type, name);
+        CREATE INDEX credentials_key ON credentials(key_id);
+        CREATE INDEX group_upstreams_credential ON group_upstreams(credential_id);
+        CREATE INDEX agents_group ON agents(group_id, name);
+        CREATE INDEX audit_group ON audit(group_name, id);
+        CREATE INDEX audit_tool ON audit(tool, id);
+        CREATE INDEX audit_outcome ON audit(outcome, id)
+        """,
+        postgresql="""
+        ALTER TABLE credentials ALTER COLUMN name TYPE TEXT COLLATE "C";
+        ALTER TABLE groups ALTER COLUMN name TYPE TEXT COLLATE "C";
+        ALTER TABLE agents ALTER COLUMN name TYPE TEXT COLLATE "C"
         """,
     ),
 )
