@@ -619,6 +619,102 @@ def test_audit_reads_rows_newest_first_with_filters(cli: CliRun, home: Path, too
     assert [(r["group"], r["tool"]) for r in weather] == [("ops", "weather")]
 
 
+# -- lists: streamed, a page at a time, with --limit ------------------------------------------
+
+
+@pytest.fixture
+def crowd(cli: CliRun, home: Path, tools_dir: Path) -> Settings:
+    """1,100 credentials, 1,100 groups (each with an agent) and 1,100 audit rows: more than two of the store's
+    pages (500) of each."""
+    settings = settings_of(home, tools_dir)
+    with Store.open(settings, env={}) as store:
+        store.add_credentials(
+            "weatherkey", [(f"k{i:04d}", {"api_key": f"wk_{i:010d}"}) for i in range(1100)], frozenset({"api_key"})
+        )
+        for i in range(1100):
+            store.add_group(f"g{i:04d}")
+            store.add_agent(f"g{i:04d}", f"bot{i:04d}", f"hash{i}")
+        store.write_audit(
+            [
+                AuditRow(f"2024-05-01T10:00:00.{i:03d}+00:00", "g0001", None, "echo", None, "ok", 1.0)
+                for i in range(1100)
+            ]
+        )
+    return settings
+
+
+LISTS = {  # command → (the store's page method it reads through, the first key printed)
+    ("cred", "list"): ("credentials_page", "k0000"),
+    ("group", "list"): ("groups_page", "g0000"),
+    ("agent", "list"): ("agents_page", "bot0000"),
+    ("audit", "--limit", "1100"): ("audit_page", "1100"),
+}
+
+
+@pytest.mark.parametrize("command", list(LISTS), ids=" ".join)
+def test_a_list_is_printed_a_page_at_a_time(
+    crowd: Settings, cli: CliRun, command: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    method, _ = LISTS[command]
+    real = getattr(Store, method)
+    printed_before_each_read: list[int] = []
+
+    def reading(self: Store, **how: Any) -> Any:
+        sys.stdout.flush()
+        printed_before_each_read.append(len(sys.stdout.buffer.getvalue()))  # type: ignore[attr-defined]
+        return real(self, **how)
+
+    monkeypatch.setattr(Store, method, reading)
+    for as_json_too in ((), ("--json",)):
+        printed_before_each_read.clear()
+        result = cli(*command, *as_json_too)
+        assert_ok(result)
+        assert len(printed_before_each_read) >= 3
+        assert 0 < printed_before_each_read[1] < printed_before_each_read[2] < len(result.stdout_bytes)
+
+
+@pytest.mark.parametrize("command", list(LISTS), ids=" ".join)
+def test_a_streamed_json_list_is_the_json_array_it_always_was(
+    crowd: Settings, cli: CliRun, command: tuple[str, ...]
+) -> None:
+    result = cli(*command, "--json")
+    items = as_json(result)
+    assert isinstance(items, list) and len(items) == 1100
+    assert result.stdout == json.dumps(items, indent=2, ensure_ascii=False) + "\n"
+
+
+@pytest.mark.parametrize(
+    "command, first",
+    [(("cred", "list"), "k0000 "), (("group", "list"), "g0000 "), (("agent", "list"), "bot0000 "), (("audit",), "")],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else None,
+)
+def test_limit_keeps_the_first_n_of_a_list(crowd: Settings, cli: CliRun, command: tuple[str, ...], first: str) -> None:
+    for n in (1, 3, 777):
+        assert len(as_json(cli(*command, "--limit", str(n), "--json"))) == n
+        text = cli(*command, "--limit", str(n)).stdout.splitlines()
+        assert len(text) == n and text[0].startswith(first)
+    assert_usage_error(cli(*command, "--limit", "0"))
+
+
+def test_audit_shows_its_50_latest_calls_unless_told_otherwise(crowd: Settings, cli: CliRun) -> None:
+    assert len(as_json(cli("audit", "--json"))) == 50
+    assert len(as_json(cli("audit", "--limit", "5000", "--json"))) == 1100
+    assert len(as_json(cli("audit", "--group", "g0001", "--tool", "echo", "--limit", "1001", "--json"))) == 1001
+
+
+def test_an_empty_list_says_how_to_fill_it_and_its_json_is_an_empty_array(cli: CliRun) -> None:
+    for command, hint in (
+        (("cred", "list"), "credgate cred add"),
+        (("group", "list"), "credgate group add"),
+        (("agent", "list"), "credgate agent add"),
+        (("audit",), "no calls recorded"),
+    ):
+        assert hint in cli(*command).stdout
+        result = cli(*command, "--json")
+        assert_ok(result)
+        assert result.stdout == "[]\n"
+
+
 # -- a password on the command line ----------------------------------------------------------
 
 PASSWORD = "hunter2-on-the-command-line"
