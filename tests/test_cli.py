@@ -661,7 +661,7 @@ def test_a_list_is_printed_a_page_at_a_time(
 
     def reading(self: Store, **how: Any) -> Any:
         sys.stdout.flush()
-        printed_before_each_read.append(len(sys.stdout.buffer.getvalue()))  # type: ignore[attr-defined]
+        printed_before_each_read.append(len(sys.stdout.buffer.getvalue()))  # type: ignore[union-attr]
         return real(self, **how)
 
     monkeypatch.setattr(Store, method, reading)

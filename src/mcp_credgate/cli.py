@@ -13,6 +13,7 @@ import webbrowser
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +47,19 @@ from .store import (
 from .web.session import new_admin_secret
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+LIST_LIMIT = click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Only the first N (by default, all of them)."
+)
+
+
+def _first(items: Iterable[T], limit: int | None) -> Iterable[T]:
+    return items if limit is None else islice(items, limit)
+
+
+def _batch(limit: int | None) -> int:
+    """How many rows a list reads at a time: a page of the store's (500), or fewer when fewer are wanted."""
+    return min(limit or 500, 500)
 
 
 # -- shared options: accepted before or after the sub-command ----------------------------------
@@ -164,6 +178,22 @@ class App:
         else:
             for line in [text] if isinstance(text, str) else text:
                 click.echo(line)
+
+    def out_list(self, items: Iterable[T], data: Callable[[T], Any], text: Callable[[T], str], empty: str) -> None:
+        """Print a list as it is read, item by item, never all of it at once: with --json the JSON array `out`
+        would print (the same bytes), else a line per item (`empty` when there is none)."""
+        count = 0
+        for item in items:
+            if self.as_json:
+                entry = json.dumps(data(item), indent=2, ensure_ascii=False).replace("\n", "\n  ")
+                click.echo(("[\n  " if count == 0 else ",\n  ") + entry, nl=False)
+            else:
+                click.echo(text(item))
+            count += 1
+        if self.as_json:
+            click.echo("\n]" if count else "[]")
+        elif not count:
+            click.echo(empty)
 
 
 pass_app = click.make_pass_decorator(App)
@@ -585,28 +615,27 @@ def _has_desktop() -> bool:
 
 
 @cred.command("list")
+@LIST_LIMIT
 @common_options
 @pass_app
-def cred_list(app: App) -> None:
-    """List credentials (names, types, fields, bindings; no values)."""
-    infos = app.store.list_credentials()
-    data = [
-        {
+def cred_list(app: App, limit: int | None) -> None:
+    """List credentials by name (types, fields, bindings; no values), streamed as they are read."""
+    app.out_list(
+        _first(app.store.iter_credentials(batch=_batch(limit)), limit),
+        lambda i: {
             "name": i.name,
             "type": i.type,
             "fields": list(i.fields),
             "created_at": i.created_at,
             "updated_at": i.updated_at,
             "bindings": [{"group": g, "tool": t} for g, t in i.bindings],
-        }
-        for i in infos
-    ]
-    lines = [
-        f"{i.name}  type {i.type}  fields {', '.join(i.fields)}  "
-        + ("bound: " + ", ".join(f"{g}/{t}" for g, t in i.bindings) if i.bindings else "not bound")
-        for i in infos
-    ]
-    app.out(data, lines or ["no credentials (add one with `credgate cred add NAME --tool TOOL`)"])
+        },
+        lambda i: (
+            f"{i.name}  type {i.type}  fields {', '.join(i.fields)}  "
+            + ("bound: " + ", ".join(f"{g}/{t}" for g, t in i.bindings) if i.bindings else "not bound")
+        ),
+        "no credentials (add one with `credgate cred add NAME --tool TOOL`)",
+    )
 
 
 @cred.command("show")
@@ -717,15 +746,16 @@ STATUS_TEXT = {**admin.STATUS_LABELS, "expired": "expired (reconnect with `credg
 
 
 @group_cmd.command("list")
+@LIST_LIMIT
 @common_options
 @pass_app
-def group_list(app: App) -> None:
-    """List agent groups."""
-    groups = app.store.list_groups()
-    app.out(
-        [{"name": g.name, "description": g.description, "tools": sorted(g.tools)} for g in groups],
-        [f"{g.name}  {len(g.tools)} tools  {g.description}".rstrip() for g in groups]
-        or ["no agent groups (add one with `credgate group add NAME`)"],
+def group_list(app: App, limit: int | None) -> None:
+    """List agent groups by name, streamed as they are read."""
+    app.out_list(
+        _first(app.store.iter_groups(batch=_batch(limit)), limit),
+        lambda g: {"name": g.name, "description": g.description, "tools": sorted(g.tools)},
+        lambda g: f"{g.name}  {len(g.tools)} tools  {g.description}".rstrip(),
+        "no agent groups (add one with `credgate group add NAME`)",
     )
 
 
@@ -813,28 +843,25 @@ def agent_add(app: App, group: str, name: str) -> None:
 
 
 @agent.command("list")
+@LIST_LIMIT
 @common_options
 @pass_app
-def agent_list(app: App) -> None:
-    """List agents with their group, creation, last use and revocation."""
-    agents = app.store.list_agents()
-    app.out(
-        [
-            {
-                "agent": a.name,
-                "group": a.group,
-                "created_at": a.created_at,
-                "last_used_at": a.last_used_at,
-                "revoked_at": a.revoked_at,
-            }
-            for a in agents
-        ],
-        [
+def agent_list(app: App, limit: int | None) -> None:
+    """List agents by name with their group, creation, last use and revocation, streamed as they are read."""
+    app.out_list(
+        _first(app.store.iter_agents(batch=_batch(limit)), limit),
+        lambda a: {
+            "agent": a.name,
+            "group": a.group,
+            "created_at": a.created_at,
+            "last_used_at": a.last_used_at,
+            "revoked_at": a.revoked_at,
+        },
+        lambda a: (
             f"{a.name}  group {a.group}  created {a.created_at}  last used {a.last_used_at or 'never'}"
             + (f"  REVOKED {a.revoked_at}" if a.revoked_at else "")
-            for a in agents
-        ]
-        or ["no agents (add one with `credgate agent add GROUP NAME`)"],
+        ),
+        "no agents (add one with `credgate agent add GROUP NAME`)",
     )
 
 
@@ -899,32 +926,28 @@ def key_new(app: App) -> None:
 @cli.command()
 @click.option("--group", "group_name", help="Only calls of this group.")
 @click.option("--tool", "tool_name", help="Only calls of this tool.")
-@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="The N latest calls.")
 @common_options
 @pass_app
 def audit(app: App, group_name: str | None, tool_name: str | None, limit: int) -> None:
-    """Recent tool calls, newest first."""
-    rows = app.store.read_audit(group_name, tool_name, limit)
-    app.out(
-        [
-            {
-                "ts": r.ts,
-                "group": r.group,
-                "agent": r.agent,
-                "tool": r.tool,
-                "credential": r.credential,
-                "outcome": r.outcome,
-                "duration_ms": r.duration_ms,
-                "ref": r.ref,
-            }
-            for r in rows
-        ],
-        [
+    """Recent tool calls, newest first, streamed as they are read."""
+    app.out_list(
+        app.store.iter_audit(group_name, tool_name, limit, batch=_batch(limit)),
+        lambda r: {
+            "ts": r.ts,
+            "group": r.group,
+            "agent": r.agent,
+            "tool": r.tool,
+            "credential": r.credential,
+            "outcome": r.outcome,
+            "duration_ms": r.duration_ms,
+            "ref": r.ref,
+        },
+        lambda r: (
             f"{r.ts}  {r.group}  {r.agent or '-'}  {r.tool}  {r.credential or '-'}  {r.outcome}  "
             f"{r.duration_ms:.1f} ms" + (f"  ref {r.ref}" if r.ref else "")
-            for r in rows
-        ]
-        or ["no calls recorded"],
+        ),
+        "no calls recorded",
     )
 
 
@@ -1008,14 +1031,14 @@ def serve(
 
         settings = _served_at(app, host, port)
         if not is_loopback_host(host):
-            if not any(a.revoked_at is None for a in app.store.list_agents()):
+            if not app.store.has_live_agent():
                 raise click.ClickException(
                     "refusing to listen beyond loopback with no agent: create one with `credgate agent add GROUP NAME`"
                 )
             hosts, origins = allowed_hosts_and_origins(host, port, settings.public_url)
             click.echo(f"binding {host}:{port}; allowed hosts: {', '.join(hosts)}", err=True)
             click.echo(f"allowed origins: {', '.join(origins)}", err=True)
-        _warn_at_start(app, [g.name for g in app.store.list_groups()])
+        _warn_at_start(app, (g.name for g in app.store.iter_groups()))
         configure_logging(log_format, log_level)
         anyio.run(serve_http, settings, catalog, host, port)
         return
@@ -1034,7 +1057,7 @@ def serve(
     anyio.run(serve_stdio, app.settings, catalog, group_name)
 
 
-def _warn_at_start(app: App, groups: list[str]) -> None:
+def _warn_at_start(app: App, groups: Iterable[str]) -> None:
     """On stderr (a desktop client's MCP log): what would otherwise fail silently, a wrong tools folder above all."""
     for line in admin.serve_warnings(app.settings, app.catalog, app.store, groups):
         click.echo(f"warning: {line}", err=True)
