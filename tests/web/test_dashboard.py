@@ -93,6 +93,8 @@ PAGES = [
     "/groups",
     "/groups/ops",
     "/groups/ops/tools/weather/setup",
+    "/agents",
+    "/agents?q=bo&group=ops",
     "/audit",
     "/audit?group=ops&outcome=ok",
 ]
@@ -1605,18 +1607,18 @@ def test_a_page_held_in_the_store_leaves_tool_calls_and_other_pages_answered(
     )
     token = create_agent(world.store, "ops", "remote")
     entered, release = threading.Event(), threading.Event()
-    list_credentials = site.store.list_credentials
+    credentials_page = site.store.credentials_page  # what the credentials page reads through
 
-    def held() -> Any:
+    def held(**how: Any) -> Any:
         entered.set()
         release.wait(30)
-        return list_credentials()
+        return credentials_page(**how)
 
     headers, body = modern_call("clock", {})
     headers["Authorization"] = f"Bearer {token}"
     with site, TestClient(app, base_url=BASE, follow_redirects=False) as browser, ThreadPoolExecutor(3) as pool:
         admin = sign_in(browser, admin_secret)
-        monkeypatch.setattr(site.store, "list_credentials", held)
+        monkeypatch.setattr(site.store, "credentials_page", held)
         try:
             page = pool.submit(admin.get, "/credentials")
             assert entered.wait(10)

@@ -35,7 +35,13 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-PAGES = {"credentials": "/credentials", "groups": "/groups", "group": "/groups/research", "audit": "/audit"}
+PAGES = {
+    "credentials": "/credentials",
+    "groups": "/groups",
+    "group": "/groups/research",
+    "agents": "/agents",
+    "audit": "/audit",
+}
 
 
 def _browser_or_skip() -> Any:
@@ -168,3 +174,42 @@ def test_an_oauth2_tool_is_connected_from_its_setup_page_in_the_browser(tmp_path
         finally:
             server.stop()
             world.close()
+
+
+def test_an_admin_pages_through_and_searches_many_credentials_in_the_browser(tmp_path: Path) -> None:
+    sync_playwright = _browser_or_skip()
+    world = World.create(tmp_path / "site", {"lookup": http_tool("lookup", "https://lookup.example.com/v1")})
+    spec = world.catalog.types["svc"]
+    world.store.add_credentials(
+        "svc", [(f"tok-{i:03d}", {"token": f"t-{i:03d}"}) for i in range(130)], spec.secret_fields
+    )
+    admin_secret = new_admin_secret(world.store)
+    server = start_server(world, tmp_path / "server")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            try:
+                page = browser.new_page(viewport={"width": 1100, "height": 900})
+                page.goto(f"{server.base}/credentials")
+                page.fill("#secret", admin_secret)
+                page.click("button[type=submit]")
+                page.wait_for_url(f"{server.base}/credentials")
+                names = page.locator(".card h2 a")
+                assert names.count() == 50 and names.first.inner_text() == "tok-000"
+                page.click("a[rel=next]")
+                page.wait_for_url("**/credentials?after=tok-049")
+                assert names.first.inner_text() == "tok-050"
+                page.screenshot(path=str(tmp_path / "credentials-page-2.png"), full_page=True)
+                page.click("a[rel=prev]")
+                page.wait_for_url("**/credentials?before=tok-050")
+                assert names.first.inner_text() == "tok-000"
+                page.fill("input[name=q]", "tok-12")
+                page.click("text=Search")
+                page.wait_for_url("**/credentials?q=tok-12*")
+                assert [names.nth(i).inner_text() for i in range(names.count())] == [f"tok-12{i}" for i in range(10)]
+                assert page.locator("a[rel=next]").count() == 0
+            finally:
+                browser.close()
+    finally:
+        server.stop()
+        world.close()

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -22,6 +23,7 @@ from mcp_credgate.web.app import build_dashboard_app
 from mcp_credgate.web.session import COOKIE_NAME, new_admin_secret
 from tests.support.gateway import World, http_tool, python_tool
 
+T = TypeVar("T")
 BASE = "http://127.0.0.1:8765"
 KEY_TYPE = 'type = "weatherkey"\nfields = [ { name = "api_key", kind = "api_key" } ]'
 ACCOUNT_TYPE = (
@@ -116,10 +118,10 @@ def audit_times(page: str) -> list[str]:
     return re.findall(r"<tr><td>(2030-[^<]+)</td>", page)
 
 
-def walk(client: TestClient, start: str, read: object) -> list[list[str]]:
+def walk(client: TestClient, start: str, read: Callable[[str], list[T]]) -> list[list[T]]:
     """Every page from `start`, following rel="next": what `read` finds on each."""
-    assert callable(read)
-    pages, href = [], start
+    pages: list[list[T]] = []
+    href: str | None = start
     while href is not None:
         page = get(client, href)
         pages.append(read(page))
@@ -244,13 +246,14 @@ def test_with_many_groups_the_audit_filter_takes_a_typed_group_name(admin: TestC
 
 def test_a_group_page_with_many_credentials_of_a_type_takes_a_typed_name(admin: TestClient, world: World) -> None:
     page = get(admin, "/groups/g-000")
-    weather = re.search(r'<form method="post" action="/groups/g-000/bind".*?</form>', page, re.S)
-    assert weather and re.search(r'<input[^>]*name="credential"[^>]*value="wk-007"', weather.group(0))
-    assert "<option" not in weather.group(0)
-    assert 'href="/credentials?type=weatherkey"' in weather.group(0)
+    forms = re.findall(r'<form method="post" action="/groups/g-000/bind".*?</form>', page, re.S)
+    binding = {re.findall(r'name="tool" value="([^"]+)"', form)[0]: form for form in forms}
+    weather = binding["weather"]
+    assert re.search(r'<input[^>]*name="credential"[^>]*value="wk-007"', weather)
+    assert "<option" not in weather
+    assert 'href="/credentials?type=weatherkey"' in weather
     # few of a type: the choice is still a list (the login tool's 5 accounts)
-    login = re.findall(r'<form method="post" action="/groups/g-000/bind".*?</form>', page, re.S)[1]
-    assert re.findall(r'<option value="([^"]+)"', login) == ACCOUNTS
+    assert re.findall(r'<option value="([^"]+)"', binding["login"]) == ACCOUNTS
 
     csrf = re.search(r'name="csrf" value="([^"]*)"', page)
     assert csrf

@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 from ..config import Settings
 from ..declarations import Catalog
 from ..guard import RequestGuard, allowed_hosts_and_origins
-from .pages import audit, credentials, groups, setup, signin
+from .pages import agents, audit, credentials, groups, setup, signin
 from .site import HERE, Site
 
 
@@ -52,6 +52,7 @@ def routes(site: Site) -> list[Route | Mount]:
         group_change("delete", groups.delete),
         group_change("{action:str}", groups.no_such_change),  # any other word, after those: 404
         Route("/groups/{group}/tools/{tool}/setup", page(setup.setup), methods=["GET", "POST"]),
+        Route("/agents", page(agents.agents)),
         Route("/audit", page(audit.audit)),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]

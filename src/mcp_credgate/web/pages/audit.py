@@ -1,4 +1,4 @@
-"""The audit log: the latest calls, filtered by group, tool and outcome."""
+"""The audit log: the latest calls first, a page at a time, filtered by group, tool and outcome."""
 
 from __future__ import annotations
 
@@ -6,29 +6,32 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..paging import ID_TEXT, ListRequest, name_filter
 from ..session import Session
 from ..site import Site
 
 OUTCOMES = ("ok", "error", "missing_credential", "denied", "invalid_arguments")
+GROUP_CHOICES = 100  # the group filter is a list up to this many groups; a typed name beyond
 
 
 def audit(site: Site, request: Request, session: Session, form: FormData) -> Response:
+    """`?after=`/`?before=` an audit row's id (older/newer calls), `?limit=` 1..1000 (100), and the filters."""
+    ask = ListRequest.of(request, keys=ID_TEXT, default_limit=100, most=1000, filters=("group", "tool", "outcome"))
     q = request.query_params
-    group, tool, outcome = q.get("group") or None, q.get("tool") or None, q.get("outcome") or None
-    try:
-        limit = max(1, min(int(q.get("limit", "100")), 1000))
-    except ValueError:
-        limit = 100
-    rows = site.store.read_audit(group=group, tool=tool, outcome=outcome, limit=limit)
-    groups = [g.name for g in site.store.list_groups()]
+    group, tool, outcome = (name_filter(q.get(name)) for name in ("group", "tool", "outcome"))
+    page = site.store.audit_page(
+        limit=ask.limit, after=ask.after, before=ask.before, group=group, tool=tool, outcome=outcome
+    )
+    groups = site.store.groups_page(limit=GROUP_CHOICES)
     return site.render(
         request,
         "audit.html",
         session,
-        rows=rows,
-        groups=groups,
+        rows=page.items,
+        groups=[g.name for g in groups.items] if groups.after is None else None,
         tools=sorted(site.catalog().tools),
         outcomes=OUTCOMES,
         selected={"group": group or "", "tool": tool or "", "outcome": outcome or ""},
-        limit=limit,
+        limit=ask.limit,
+        links=ask.pager(page),
     )

@@ -16,16 +16,26 @@ from ... import admin, oauth
 from ...declarations import CredentialSpec
 from ...errors import ConflictError, CredentialValueError, CredgateError, NotFoundError
 from ...handlers.http import make_client
+from ...store import CredentialInfo, Page
 from ..connections import PendingConnection
 from ..forms import fields_of, form_values, name_errors, plain, value_errors
+from ..paging import ListRequest, name_filter
 from ..session import Session
 from ..site import SECURITY_HEADERS, Site, back
 
 
 def credentials(site: Site, request: Request, session: Session, form: FormData) -> Response:
+    """A page of credentials by name (`paging`), each with its values masked: `?q=` a name prefix, `?type=`."""
     catalog = site.catalog()
+    ask = ListRequest.of(request, filters=("type",))
+    type_ = name_filter(request.query_params.get("type"))
+    page: Page[CredentialInfo] = Page(())
+    if ask.possible:
+        page = site.store.credentials_page(
+            limit=ask.limit, after=ask.after, before=ask.before, prefix=ask.q, type_=type_
+        )
     rows = []
-    for info in site.store.list_credentials():
+    for info in page.items:
         spec = catalog.types.get(info.type)
         try:
             values = site.store.read_credential(info.name)
@@ -35,7 +45,16 @@ def credentials(site: Site, request: Request, session: Session, form: FormData) 
         except CredgateError:
             shown, summary, unreadable = {}, None, True
         rows.append({"info": info, "values": shown, "oauth": summary, "unreadable": unreadable})
-    return site.render(request, "credentials.html", session, rows=rows, types=sorted(catalog.types))
+    return site.render(
+        request,
+        "credentials.html",
+        session,
+        rows=rows,
+        types=sorted(catalog.types),
+        ask=ask,
+        selected_type=type_ or "",
+        links=ask.pager(page),
+    )
 
 
 def credential_new(site: Site, request: Request, session: Session, form: FormData) -> Response:

@@ -15,13 +15,20 @@ from ...agents import create_agent
 from ...allow import AllowEntry
 from ...declarations import Catalog
 from ...errors import ConflictError, CredentialValueError, NotFoundError
+from ...store import GroupInfo, Page
 from ..forms import name_errors
+from ..paging import ListRequest
 from ..session import Session
 from ..site import Site, back
-from .signin import Page
+from .signin import Page as PageHandler
+
+AGENTS_SHOWN = 50  # a group page lists this many of its agents, and links to the agents page for the rest
+CHOICES = 100  # a credential is chosen from a list up to this many of its type; by typing its name beyond
 
 
 def groups(site: Site, request: Request, session: Session, form: FormData) -> Response:
+    """A page of groups by name (`paging`, `?q=` a name prefix), each with its tools and live agents counted;
+    and the form of a new group."""
     error = ""
     if request.method == "POST":
         name = str(form.get("name", "")).strip()
@@ -33,15 +40,32 @@ def groups(site: Site, request: Request, session: Session, form: FormData) -> Re
                 error = str(exc)
         if not error:
             return back(f"/groups/{quote(name, safe='')}", "created")
-    groups = site.store.list_groups()
-    agents = site.store.list_agents()
+    ask = ListRequest.of(request)
+    page: Page[GroupInfo] = Page(())
+    if ask.possible:
+        page = site.store.groups_page(limit=ask.limit, after=ask.after, before=ask.before, prefix=ask.q)
     return site.render(
-        request, "groups.html", session, status=400 if error else 200, groups=groups, agents=agents, error=error
+        request,
+        "groups.html",
+        session,
+        status=400 if error else 200,
+        groups=page.items,
+        agent_counts=site.store.live_agent_counts(g.name for g in page.items),
+        ask=ask,
+        links=ask.pager(page),
+        error=error,
     )
 
 
 def group(site: Site, request: Request, session: Session, form: FormData) -> Response:
     return _group_page(site, request, session)
+
+
+def credential_choices(site: Site, type_: str) -> list[str] | None:
+    """The names of the credentials of a type, to choose one from a list; None when there are more than
+    CHOICES (then a name is typed)."""
+    page = site.store.credentials_page(limit=CHOICES, type_=type_)
+    return None if page.after is not None else [c.name for c in page.items]
 
 
 def _group_page(
@@ -51,14 +75,16 @@ def _group_page(
     catalog = site.catalog()
     info = site.store.group(name)
     statuses = admin.group_statuses(site.store, catalog, name)
-    credentials = site.store.list_credentials()
+    by_type: dict[str, list[str] | None] = {}
     choices = {}
     for st in statuses:
         if st.credential_type:
-            choices[st.tool] = [c.name for c in credentials if c.type == st.credential_type]
+            if st.credential_type not in by_type:
+                by_type[st.credential_type] = credential_choices(site, st.credential_type)
+            choices[st.tool] = by_type[st.credential_type]
     allowable = [n for n in catalog.tools if n not in info.tools and not _via_upstream(catalog, n, info.tools)]
     allowable += [e for u in catalog.upstreams if (e := str(AllowEntry.of_upstream(u))) not in info.tools]
-    agents = [a for a in site.store.list_agents() if a.group == name]
+    agents = site.store.agents_page(limit=AGENTS_SHOWN, group=name)
     return site.render(
         request,
         "group.html",
@@ -68,7 +94,8 @@ def _group_page(
         statuses=statuses,
         choices=choices,
         allowable=sorted(allowable),
-        agents=agents,
+        agents=agents.items,
+        more_agents=agents.after is not None,
         error=error,
         token=token,
         status_text=admin.STATUS_LABELS,
@@ -78,7 +105,7 @@ def _group_page(
 GroupChange = Callable[[Site, Request, Session, str, FormData], Response]
 
 
-def changing(change: GroupChange) -> Page:
+def changing(change: GroupChange) -> PageHandler:
     """The page of one change that a group page's forms post: 404 for an unknown group; a change that a rule
     refuses shows the group page again, saying why."""
 
@@ -127,7 +154,11 @@ def add_agent(site: Site, request: Request, session: Session, name: str, form: F
 
 def revoke(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
     agent = str(form.get("agent", ""))
-    if not any(a.name == agent and a.group == name for a in site.store.list_agents()):
+    try:
+        found = site.store.agent(agent)
+    except NotFoundError:
+        found = None
+    if found is None or found.group != name:
         raise NotFoundError(f"no agent named {agent!r} in group {name!r}")
     site.store.revoke_agent(agent)
     return back(_group_path(name), "revoked")

@@ -17,6 +17,7 @@ from ..forms import fields_of, plain
 from ..session import Session
 from ..site import Site, back
 from .credentials import new_credential, start_connection
+from .groups import credential_choices
 
 
 def setup(site: Site, request: Request, session: Session, form: FormData) -> Response:
@@ -33,10 +34,9 @@ def setup(site: Site, request: Request, session: Session, form: FormData) -> Res
     else:
         binding = site.store.binding(group, tool_name, tool.upstream)
     allowed = binding.allowed
-    credentials = site.store.list_credentials()
-    compatible = [c.name for c in credentials if c.type == spec.type]
+    compatible = credential_choices(site, spec.type)
     context |= {"compatible": compatible, "fields": fields_of(spec), "allowed": allowed, "expired": None}
-    bound = next((c for c in credentials if c.name == binding.credential), None)
+    bound = site.store.credentials_named([binding.credential]).get(binding.credential) if binding.credential else None
     if bound is not None and admin.credential_status(spec, bound).status == "expired":
         context["expired"] = bound.name  # the fix is to connect it again, not another binding
     if request.method == "GET":
