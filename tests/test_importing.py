@@ -119,10 +119,11 @@ def test_a_dotenv_file_is_one_credential_its_keys_matched_to_fields_in_any_case(
 def test_the_format_comes_from_the_files_name(cli: CliRun, tmp_path: Path, settings: Settings, filename: str) -> None:
     key = wk("FN")
     lower = filename.lower()
+    extra: list[str] = []
     if lower.endswith(("jsonl", "ndjson")):
-        text, extra = jsonl({"name": "k1", "api_key": key}), []
+        text = jsonl({"name": "k1", "api_key": key})
     elif lower.endswith("csv"):
-        text, extra = f"name,api_key\nk1,{key}\n", []
+        text = f"name,api_key\nk1,{key}\n"
     else:
         text, extra = f"API_KEY={key}\n", ["--name", "k1"]
     assert_ok(cli("cred", "import", write(tmp_path, filename, text), "--type", "weatherkey", *extra))

@@ -23,6 +23,7 @@ import click
 from . import __version__, admin, oauth
 from .config import Settings, database_url_has_password
 from .credential import Credential
+from .credential_files import FORMATS, CredentialRecord, Format, format_of, read_records, text_lines
 from .declarations import (
     NAME_PATTERN,
     Catalog,
@@ -32,6 +33,7 @@ from .declarations import (
     load_catalog,
 )
 from .errors import ConflictError, CredentialValueError, CredgateError, NotFoundError
+from .importing import import_credentials
 from .logs import configure_logging
 from .loopback import is_loopback_host
 from .oauth_callback import LoopbackCallback
@@ -413,7 +415,7 @@ async def _list_upstream_tools(store: Store, upstream: Upstream, credential: Cre
 
 @cli.group()
 def cred() -> None:
-    """Credentials: add, update, list, show, rm (secret values are masked)."""
+    """Credentials: add, import, update, list, show, rm (secret values are masked)."""
 
 
 def _read_values(spec: CredentialSpec, sets: tuple[str, ...], from_json: str | None, prompt: bool) -> dict[str, Any]:
@@ -495,6 +497,75 @@ def cred_add(
     values = _read_values(spec, sets, from_json, prompt=True)
     admin.add_credential(store, spec, name, values)
     app.out({"added": name, "type": spec.type}, f"added credential {name} (type {spec.type})")
+
+
+def _check_optional_name(kind: str) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    check = _check_name(kind)
+
+    def optional(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        return None if value is None else check(ctx, param, value)
+
+    return optional
+
+
+@cred.command("import")
+@click.argument("file", metavar="FILE|-")
+@click.option("--type", "type_name", help="Credential type of every credential in the file.")
+@click.option("--tool", "tool_name", help="Take the credential type of this tool.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), help="jsonl, csv or env (default: from FILE's name).")
+@click.option("--name", callback=_check_optional_name("credential"), help="The credential of a .env file.")
+@click.option("--dry-run", is_flag=True, help="Check the whole file; store nothing.")
+@common_options
+@pass_app
+def cred_import(
+    app: App,
+    file: str,
+    type_name: str | None,
+    tool_name: str | None,
+    fmt: Format | None,
+    name: str | None,
+    dry_run: bool,
+) -> None:
+    """Add every credential of FILE, all or none: JSON lines (an object per line: "name" and field names), CSV (a
+    header row: name and field names) or a .env file (one credential, --name; keys are field names, any case).
+    Checked as `cred add` checks values, then stored in one transaction; - reads standard input (with --format)."""
+    if (type_name is None) == (tool_name is None):
+        raise click.UsageError("give exactly one of --type TYPE or --tool TOOL")
+    fmt = fmt or (format_of(file) if file != "-" else None)
+    if fmt is None:
+        raise click.UsageError(
+            f"cannot tell the format of {'standard input' if file == '-' else file} from its name: "
+            "give --format jsonl, csv or env"
+        )
+    if fmt == "env" and name is None:
+        raise click.UsageError("a .env file holds one credential: give its name with --name NAME")
+    if fmt != "env" and name is not None:
+        raise click.UsageError(f"--name is for .env files only (each record of a {fmt} file has its own name)")
+    spec = admin.spec_for(app.catalog, type_name, tool_name)
+    source = "standard input" if file == "-" else file
+    data = sys.stdin.buffer.read().splitlines(keepends=True) if file == "-" else None  # read twice: kept
+
+    def read() -> Iterator[CredentialRecord]:
+        if data is not None:
+            yield from read_records(text_lines(data), fmt, spec, source=source, name=name)
+            return
+        try:
+            handle = open(file, "rb")  # noqa: SIM115 (closed below, once read)
+        except OSError as exc:
+            raise CredentialValueError(f"cannot read {file} ({exc.strerror or type(exc).__name__})") from None
+        with handle:
+            yield from read_records(text_lines(handle), fmt, spec, source=source, name=name)
+
+    count = import_credentials(
+        app.store, spec, read, source=source, dry_run=dry_run, progress=lambda line: click.echo(line, err=True)
+    )
+    credentials = f"{count} credential{'' if count == 1 else 's'} of type {spec.type}"
+    app.out(
+        {"file": file, "type": spec.type, "credentials": count, "dry_run": dry_run},
+        f"checked {credentials} in {source}: all valid, none stored (--dry-run)"
+        if dry_run
+        else f"imported {credentials} from {source}",
+    )
 
 
 @cred.command("update")
