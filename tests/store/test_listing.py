@@ -104,6 +104,8 @@ def test_a_prefix_and_a_type_together_page_backwards_too(store: Store, catalog: 
     assert [c.name for c in back.items] == ["ab-acct0", "ab-acct1"] and back.before is None
     keys = store.credentials_page(limit=50, prefix="ab", type_="weatherkey")
     assert [c.name for c in keys.items] == ["ab", "ab-c", "abc", "abd"]
+    names = store.credential_names_page(limit=3, prefix="ab", type_="weatherkey")
+    assert names.items == ("ab", "ab-c", "abc") and names.after == "abc"
 
 
 def test_a_page_carries_each_credentials_fields_and_bindings(store: Store, catalog: Catalog) -> None:
@@ -187,6 +189,8 @@ def test_groups_come_in_pages_with_their_tools_and_can_be_searched(store: Store,
     assert [g.name for g in store.groups_page(limit=50, prefix="ab").items] == ["ab", "ab-c", "abc", "abd"]
     assert [g.name for g in store.groups_page(limit=2, before="ab").items] == ["a-b", "a_b"]
     assert [g.name for g in store.list_groups()] == NAMES
+    names = store.group_names_page(limit=2, prefix="ab", after="ab")
+    assert names.items == ("ab-c", "abc") and (names.before, names.after) == ("ab-c", "abc")
     assert store.group("ab") == ab
 
 

@@ -155,6 +155,7 @@ def test_a_credential_and_its_bindings_are_read_without_a_whole_table(filled: St
 )
 def test_a_credentials_page_reads_no_whole_table(filled: Store, how: dict[str, str]) -> None:
     assert_no_scan(filled, lambda: filled.credentials_page(limit=5, **how))
+    assert_no_scan(filled, lambda: filled.credential_names_page(limit=5, **how))
 
 
 @pytest.mark.parametrize("how", [{}, {"after": "g005"}, {"before": "g010"}, {"prefix": "g01"}], ids=repr)
@@ -162,6 +163,7 @@ def test_a_groups_page_and_its_agent_counts_read_no_whole_table(filled: Store, h
     def work() -> None:
         page = filled.groups_page(limit=5, **how)
         filled.live_agent_counts([g.name for g in page.items])
+        filled.group_names_page(limit=5, **how)
 
     assert_no_scan(filled, work)
 

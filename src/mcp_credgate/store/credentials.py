@@ -174,22 +174,41 @@ class Credentials(StoreBase):
     ) -> Page[CredentialInfo]:
         """A page of credentials in byte order of their names (`paging`): those whose name starts with
         `prefix`, of type `type_` when given, after the name `after` (else before `before`)."""
-        where, params = (["type = ?"], [type_]) if type_ is not None else ([], [])
         with self._lock:
-            found = page_rows(
-                self._db,
-                "id, name",
-                "credentials",
-                "name",
-                where,
-                params,
-                names_starting_with(prefix),
-                after=after,
-                before=before,
-                limit=limit,
-            )
+            found = self._found_credentials(limit, after, before, prefix, type_)
             infos = self._infos([r["id"] for r in found.rows])
         return _page(infos, found, lambda info: info.name)
+
+    def credential_names_page(
+        self,
+        *,
+        limit: int = 50,
+        after: str | None = None,
+        before: str | None = None,
+        prefix: str = "",
+        type_: str | None = None,
+    ) -> Page[str]:
+        """The names alone of `credentials_page` (to choose one from)."""
+        with self._lock:
+            found = self._found_credentials(limit, after, before, prefix, type_)
+        return _page([r["name"] for r in found.rows], found, lambda name: name)
+
+    def _found_credentials(
+        self, limit: int, after: str | None, before: str | None, prefix: str, type_: str | None
+    ) -> Rows:
+        where, params = (["type = ?"], [type_]) if type_ is not None else ([], [])
+        return page_rows(
+            self._db,
+            "id, name",
+            "credentials",
+            "name",
+            where,
+            params,
+            names_starting_with(prefix),
+            after=after,
+            before=before,
+            limit=limit,
+        )
 
     def iter_credentials(
         self, *, prefix: str = "", type_: str | None = None, batch: int = 500

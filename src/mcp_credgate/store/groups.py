@@ -11,7 +11,7 @@ from ..crypto import Keyring
 from ..errors import ConflictError, NotFoundError
 from .base import StoreBase, now
 from .database import Database, Row
-from .paging import names_starting_with, page_rows
+from .paging import Rows, names_starting_with, page_rows
 from .records import Binding, GroupInfo, Page, SealedCredential
 
 
@@ -50,23 +50,39 @@ class Groups(StoreBase):
         """A page of groups in byte order of their names (`paging`), with their tools and upstreams' bindings:
         those whose name starts with `prefix`, after the name `after` (else before `before`)."""
         with self._lock:
-            found = page_rows(
-                self._db,
-                "id, name, description, created_at",
-                "groups",
-                "name",
-                [],
-                [],
-                names_starting_with(prefix),
-                after=after,
-                before=before,
-                limit=limit,
-            )
+            found = self._found_groups(limit, after, before, prefix)
             infos = self._group_infos(found.rows)
         return Page(
             tuple(infos),
             after=infos[-1].name if infos and found.more_after else None,
             before=infos[0].name if infos and found.more_before else None,
+        )
+
+    def group_names_page(
+        self, *, limit: int = 50, after: str | None = None, before: str | None = None, prefix: str = ""
+    ) -> Page[str]:
+        """The names alone of `groups_page` (to choose one from)."""
+        with self._lock:
+            found = self._found_groups(limit, after, before, prefix)
+        names = [r["name"] for r in found.rows]
+        return Page(
+            tuple(names),
+            after=names[-1] if names and found.more_after else None,
+            before=names[0] if names and found.more_before else None,
+        )
+
+    def _found_groups(self, limit: int, after: str | None, before: str | None, prefix: str) -> Rows:
+        return page_rows(
+            self._db,
+            "id, name, description, created_at",
+            "groups",
+            "name",
+            [],
+            [],
+            names_starting_with(prefix),
+            after=after,
+            before=before,
+            limit=limit,
         )
 
     def iter_groups(self, *, prefix: str = "", batch: int = 500) -> Iterator[GroupInfo]:

@@ -22,13 +22,13 @@ def audit(site: Site, request: Request, session: Session, form: FormData) -> Res
     page = site.store.audit_page(
         limit=ask.limit, after=ask.after, before=ask.before, group=group, tool=tool, outcome=outcome
     )
-    groups = site.store.groups_page(limit=GROUP_CHOICES)
+    groups = site.store.group_names_page(limit=GROUP_CHOICES)
     return site.render(
         request,
         "audit.html",
         session,
         rows=page.items,
-        groups=[g.name for g in groups.items] if groups.after is None else None,
+        groups=list(groups.items) if groups.after is None else None,
         tools=sorted(site.catalog().tools),
         outcomes=OUTCOMES,
         selected={"group": group or "", "tool": tool or "", "outcome": outcome or ""},

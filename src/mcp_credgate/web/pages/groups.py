@@ -64,8 +64,8 @@ def group(site: Site, request: Request, session: Session, form: FormData) -> Res
 def credential_choices(site: Site, type_: str) -> list[str] | None:
     """The names of the credentials of a type, to choose one from a list; None when there are more than
     CHOICES (then a name is typed)."""
-    page = site.store.credentials_page(limit=CHOICES, type_=type_)
-    return None if page.after is not None else [c.name for c in page.items]
+    page = site.store.credential_names_page(limit=CHOICES, type_=type_)
+    return None if page.after is not None else list(page.items)
 
 
 def _group_page(
