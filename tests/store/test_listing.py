@@ -8,9 +8,12 @@ from typing import TypeVar
 
 import pytest
 
+from mcp_credgate.config import Settings
 from mcp_credgate.declarations import Catalog
 from mcp_credgate.errors import ConflictError, NameTakenError
 from mcp_credgate.store import AuditRow, Page, Store
+from mcp_credgate.store import credentials as credentials_module
+from tests.support.raw_db import raw_db
 
 T = TypeVar("T")
 
@@ -122,6 +125,41 @@ def test_a_page_carries_each_credentials_fields_and_bindings(store: Store, catal
     assert store.credential_info("k1") == k1
 
 
+def test_a_store_made_before_the_list_indexes_gets_them_at_its_next_open(
+    store: Store, catalog: Catalog, settings: Settings
+) -> None:
+    weatherkeys(store, catalog, reversed(NAMES))
+    store.close()
+    indexes = ("credentials_type_name", "credentials_key", "group_upstreams_credential", "agents_group")
+    with raw_db(settings) as db:  # back to the schema of migration 0007
+        for index in (*indexes, "audit_group", "audit_tool", "audit_outcome"):
+            db.execute(f"DROP INDEX {index}")
+        if db.postgres:
+            for table in ("credentials", "groups", "agents"):
+                db.execute(f'ALTER TABLE {table} ALTER COLUMN name TYPE TEXT COLLATE "default"')
+            db.execute("DELETE FROM _credgate_migrations WHERE name = '0008_list_indexes'")
+        else:
+            db.execute("DELETE FROM _sqlite_migrations WHERE name = '0008_list_indexes'")
+    with Store.open(settings) as reopened:
+        assert not reopened._db.pending_migrations()
+        assert [c.name for c in reopened.credentials_page(limit=50).items] == NAMES
+        assert [c.name for c in reopened.credentials_page(limit=50, prefix="a-").items] == ["a-b"]
+    with raw_db(settings) as db:
+        if db.postgres:
+            found = {r[0] for r in db.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
+            collations = {
+                r[0]
+                for r in db.execute(
+                    "SELECT collation_name FROM information_schema.columns WHERE table_schema = current_schema()"
+                    " AND column_name = 'name' AND table_name IN ('credentials', 'groups', 'agents')"
+                )
+            }
+            assert collations == {"C"}
+        else:
+            found = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert set(indexes) <= found
+
+
 # -- adding many at once --------------------------------------------------------------------------
 
 
@@ -134,6 +172,27 @@ def test_many_credentials_are_added_in_one_transaction_and_each_opens(store: Sto
     for name, values in (rows[0], rows[1234], rows[-1]):
         assert dict(store.read_credential(name)) == values
     assert store.credential_info("acct0007").secret_fields == frozenset({"password"})
+
+
+@pytest.mark.postgresql_only
+def test_adding_many_at_once_refreshes_the_planners_statistics(
+    store: Store, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(credentials_module, "ANALYZE_FROM", 100)
+    spec = catalog.types["weatherkey"]
+    store.add_credentials("weatherkey", [(f"k{i}", {"api_key": f"wk_{i:010d}"}) for i in range(99)], spec.secret_fields)
+
+    def analysed() -> set[str]:
+        rows = store._db.execute(
+            "SELECT relname FROM pg_stat_user_tables WHERE schemaname = current_schema() AND last_analyze IS NOT NULL"
+        )
+        return {r["relname"] for r in rows}
+
+    assert analysed() == set()
+    store.add_credentials(
+        "weatherkey", [(f"m{i}", {"api_key": f"wk_{i:010d}"}) for i in range(100)], spec.secret_fields
+    )
+    assert analysed() == {"credentials", "credential_values"}
 
 
 def test_adding_many_with_a_name_that_exists_adds_none_of_them(store: Store, catalog: Catalog) -> None:

@@ -11,8 +11,10 @@ from .database import Row
 from .paging import names_starting_with, page_rows
 from .records import AgentInfo, Page
 
-_AGENTS = "agents a JOIN groups g ON g.id = a.group_id"
-_AGENT_COLUMNS = "a.name, g.name AS grp, a.created_at, a.last_used_at, a.revoked_at"
+_AGENTS = "agents a"
+_AGENT_COLUMNS = (  # the group's name by a subquery: a page never joins every group (see groups._group_infos)
+    "a.name, (SELECT g.name FROM groups g WHERE g.id = a.group_id) AS grp, a.created_at, a.last_used_at, a.revoked_at"
+)
 
 
 class Agents(StoreBase):
@@ -88,11 +90,11 @@ class Agents(StoreBase):
         if not names:
             return {}
         rows = self._query(
-            "SELECT g.name, COUNT(a.id) AS n FROM groups g JOIN agents a ON a.group_id = g.id"
-            f" WHERE g.name IN ({', '.join('?' * len(names))}) AND a.revoked_at IS NULL GROUP BY g.name",
+            "SELECT g.name, (SELECT COUNT(*) FROM agents a WHERE a.group_id = g.id AND a.revoked_at IS NULL) AS n"
+            f" FROM groups g WHERE g.name IN ({', '.join('?' * len(names))})",
             names,
         )
-        return {r["name"]: int(r["n"]) for r in rows}
+        return {r["name"]: int(r["n"]) for r in rows if r["n"]}
 
     def has_live_agent(self) -> bool:
         return bool(self._query("SELECT 1 FROM agents WHERE revoked_at IS NULL LIMIT 1"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from itertools import islice
 from typing import TypeVar
 
@@ -19,6 +18,7 @@ from .records import CredentialInfo, Page, SealedCredential
 
 EXPIRY_FIELD = "expires_at"  # an OAuth2 credential's token expiry, also kept in clear beside the ciphertext
 EXPIRY_PENDING = "pending"  # the mark of migration 0007 on rows whose expiry is still to be copied in
+ANALYZE_FROM = 10_000  # credentials added at once from which the planner's statistics are refreshed
 _BATCH = 500  # rows per statement when many are read or written at once (well under any backend's limit)
 T = TypeVar("T")
 
@@ -94,6 +94,9 @@ class Credentials(StoreBase):
                 added += len(batch)
                 if progress is not None:
                     progress(added)
+        if added >= ANALYZE_FROM:
+            with self._lock:
+                self._db.refresh_statistics(["credentials", "credential_values"])
         return added
 
     def update_credential(
@@ -253,47 +256,51 @@ class Credentials(StoreBase):
         if not keys:
             return []
         assert by in ("id", "name")
-        rows = self._db.execute(
-            "SELECT c.id, c.name, c.type, c.uid, c.created_at, c.updated_at, c.expires_at, v.field, v.secret"
-            " FROM credentials c LEFT JOIN credential_values v ON v.credential_id = c.id"
-            f" WHERE c.{by} IN ({', '.join('?' * len(keys))}) ORDER BY c.name, v.rowid",
+        # Three look-ups by key rather than one join: on a just-loaded PostgreSQL table (no statistics yet) a
+        # join of a few keys may be planned as a hash join over a whole table.
+        creds = self._db.execute(
+            "SELECT id, name, type, uid, created_at, updated_at, expires_at FROM credentials"
+            f" WHERE {by} IN ({', '.join('?' * len(keys))})",
             keys,
         ).fetchall()
-        ids = list(dict.fromkeys(r["id"] for r in rows))
+        if not creds:
+            return []
+        ids = [r["id"] for r in creds]
+        marks = ", ".join("?" * len(ids))
+        fields: dict[int, list[Row]] = {}
+        for v in self._db.execute(
+            f"SELECT credential_id, field, secret FROM credential_values WHERE credential_id IN ({marks})"
+            " ORDER BY credential_id, rowid",
+            ids,
+        ):
+            fields.setdefault(v["credential_id"], []).append(v)
         binds = (
             self._db.execute(
-                "SELECT b.credential_id, g.name AS grp, b.target AS tool"
-                " FROM bindings b JOIN groups g ON g.id = b.group_id"
-                f" WHERE b.credential_id IN ({', '.join('?' * len(ids))}) ORDER BY g.name, b.target",
+                "SELECT b.credential_id, (SELECT name FROM groups g WHERE g.id = b.group_id) AS grp, b.target AS tool"
+                f" FROM bindings b WHERE b.credential_id IN ({marks})",
                 ids,
             ).fetchall()
-            if with_bindings and ids
+            if with_bindings
             else []
         )
         by_cred: dict[int, list[tuple[str, str]]] = {}
         for b in binds:
             by_cred.setdefault(b["credential_id"], []).append((b["grp"], b["tool"]))
-        infos: dict[int, CredentialInfo] = {}
-        for r in rows:
-            info = infos.get(r["id"]) or CredentialInfo(
+        infos = [
+            CredentialInfo(
                 r["name"],
                 r["type"],
-                (),
-                frozenset(),
+                tuple(v["field"] for v in fields.get(r["id"], [])),
+                frozenset(v["field"] for v in fields.get(r["id"], []) if v["secret"]),
                 r["created_at"],
                 r["updated_at"],
-                tuple(by_cred.get(r["id"], [])),
+                tuple(sorted(by_cred.get(r["id"], []))),
                 r["uid"],
                 r["expires_at"],
             )
-            if r["field"] is not None:
-                info = replace(
-                    info,
-                    fields=(*info.fields, r["field"]),
-                    secret_fields=info.secret_fields | ({r["field"]} if r["secret"] else set()),
-                )
-            infos[r["id"]] = info
-        return list(infos.values())
+            for r in creds
+        ]
+        return sorted(infos, key=lambda info: info.name)  # byte order, as the store's (Python's str order)
 
     def read_credential(self, name: str) -> Credential:
         """Decrypt a whole record. Raises CiphertextError if any stored value no longer opens."""

@@ -81,6 +81,11 @@ class Database(ABC):
         self.execute("UPDATE change_counter SET n = n + 1 WHERE id = 1")
 
     @abstractmethod
+    def refresh_statistics(self, tables: Sequence[str]) -> None:
+        """After many rows were written at once, outside any transaction: let the query planner know the tables
+        as they are now."""
+
+    @abstractmethod
     def pending_migrations(self) -> list[str]: ...
 
     @abstractmethod

@@ -115,18 +115,26 @@ class Groups(StoreBase):
             return []
         ids = [g["id"] for g in groups]
         marks = ", ".join("?" * len(ids))
+        # Look-ups by key, the credential's name by a subquery: no join a planner without statistics (a
+        # just-loaded PostgreSQL table) could make a hash join over every credential. Sorted here, in byte order.
         tools: dict[int, dict[str, str | None]] = {i: {} for i in ids}
-        for r in self._db.execute(
-            "SELECT gt.group_id, gt.tool, c.name AS cred FROM group_tools gt"
-            f" LEFT JOIN credentials c ON c.id = gt.credential_id WHERE gt.group_id IN ({marks}) ORDER BY gt.tool",
-            ids,
+        for r in sorted(
+            self._db.execute(
+                "SELECT gt.group_id, gt.tool, (SELECT c.name FROM credentials c WHERE c.id = gt.credential_id) AS cred"
+                f" FROM group_tools gt WHERE gt.group_id IN ({marks})",
+                ids,
+            ),
+            key=lambda r: str(r["tool"]),
         ):
             tools[r["group_id"]][r["tool"]] = r["cred"]
         upstreams: dict[int, dict[str, str]] = {i: {} for i in ids}
-        for r in self._db.execute(
-            "SELECT gu.group_id, gu.upstream, c.name FROM group_upstreams gu JOIN credentials c"
-            f" ON c.id = gu.credential_id WHERE gu.group_id IN ({marks}) ORDER BY gu.upstream",
-            ids,
+        for r in sorted(
+            self._db.execute(
+                "SELECT gu.group_id, gu.upstream, (SELECT c.name FROM credentials c WHERE c.id = gu.credential_id)"
+                f" AS name FROM group_upstreams gu WHERE gu.group_id IN ({marks})",
+                ids,
+            ),
+            key=lambda r: str(r["upstream"]),
         ):
             upstreams[r["group_id"]][r["upstream"]] = r["name"]
         return [
