@@ -1,5 +1,5 @@
 """The upstreams' sandbox (issue 20): the bubblewrap command line a stdio upstream runs under, its home, its
-limits, and the refusals.
+limits, the refusals, and what `credgate tools`, `serve` and `doctor` say about upstreams that run without one.
 
 The command lines are checked as data first, then run for real: `bwrap` (Debian's bubblewrap) runs a small
 Python program that tries to reach what it must not. Folders that must be hidden on purpose are made outside
@@ -24,6 +24,8 @@ from mcp_credgate.config import Settings
 from mcp_credgate.declarations import SandboxSpec
 from mcp_credgate.errors import SandboxError
 from mcp_credgate.sandbox import SandboxPolicy
+from tests.support.cli import CliRun
+from tests.support.samples import write_tool
 from tests.support.sandbox import folder_outside_tmp
 
 pytestmark = pytest.mark.no_store  # never touches a store unless a test says so
@@ -335,3 +337,41 @@ def test_inside_the_sandbox_the_gateways_files_and_processes_are_out_of_reach(ma
     assert found["write cwd"] != "ok" and found["write etc"] != "ok"
     assert any("Max processes" in line and " 64 " in line for line in found["limits"])
     assert any("Max data size" in line and str(256 * 1024 * 1024) in line for line in found["limits"])
+
+
+# -- the switches and what reports them ----------------------------------------------------------------
+
+
+def test_the_global_switch_turns_every_sandbox_off(machine: Machine) -> None:
+    assert machine.policy().enabled
+    assert not machine.policy(sandbox=False).enabled
+
+
+SANDBOX_OFF = """
+    name = "loose"
+    [handler]
+    kind = "mcp"
+    command = "loose-server"
+    sandbox = false
+"""
+SANDBOXED = """
+    name = "tight"
+    [handler]
+    kind = "mcp"
+    command = "tight-server"
+    sandbox.network = false
+"""
+
+
+def test_tools_reports_each_upstreams_sandbox(run_cli: CliRun, tools_dir: Path) -> None:
+    write_tool(tools_dir, "loose.toml", SANDBOX_OFF)
+    write_tool(tools_dir, "tight.toml", SANDBOXED)
+
+    data = json.loads(run_cli("tools", "--json").stdout)
+    off = json.loads(run_cli("tools", "--json", env={"CREDGATE_SANDBOX": "off"}).stdout)
+    text = run_cli("tools").stdout
+
+    assert {u["name"]: u["sandbox"] for u in data["upstreams"]} == {"loose": "off", "tight": "on"}
+    assert {u["name"]: u["sandbox"] for u in off["upstreams"]} == {"loose": "off", "tight": "off"}
+    assert "upstream loose  [stdio]  sandbox: off (sandbox = false)" in text
+    assert "upstream tight  [stdio]  sandbox: on" in text
