@@ -375,3 +375,13 @@ def test_tools_reports_each_upstreams_sandbox(run_cli: CliRun, tools_dir: Path) 
     assert {u["name"]: u["sandbox"] for u in off["upstreams"]} == {"loose": "off", "tight": "off"}
     assert "upstream loose  [stdio]  sandbox: off (sandbox = false)" in text
     assert "upstream tight  [stdio]  sandbox: on" in text
+
+
+def test_a_command_found_through_bin_on_a_merged_usr_system_is_not_refused(machine: Machine) -> None:
+    """/bin/sh on a system whose /lib holds node_modules: `/` is no installation to bind (it holds everything)."""
+    policy = machine.policy()
+    home = policy.home("fix", "tok-a", "ga")
+
+    argv = policy.wrap("fix", "sh", [], {"PATH": "/bin:/usr/bin"}, SandboxSpec(), home).argv
+
+    assert ("--ro-bind", "/", "/") in options(list(argv)) and command_after_bwrap(list(argv))[-1] == "/bin/sh"

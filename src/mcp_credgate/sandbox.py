@@ -197,6 +197,7 @@ class SandboxPolicy:
         # a file named in its arguments is bound, unless no upstream may see it: then it stays hidden
         needed |= {p for p in _script_args(args) if protected_overlap(p, self.protected) is None}
         _make_home(self.state_dir, home)
+        home = real_path(home)  # where the masks put it (a state folder reached through a link)
         _check_home_size(home, options.max_home_mb)
         argv = [bwrap, *self._namespaces(options), *self._mounts(needed, options, home), "--chdir", str(home)]
         argv += [
@@ -298,7 +299,7 @@ def _installation(path: Path) -> set[Path]:
         if (path.is_relative_to(prefix / "bin") or path.is_relative_to(modules)) and modules.is_dir():
             out.add(prefix)
             break
-    return out
+    return out - _SYSTEM  # the system's own folders are always there (and `/` would hold everything)
 
 
 def _shebang(path: Path, search: str) -> str | None:
