@@ -39,6 +39,7 @@ PUBLIC_MODULES = [
     "mcp_credgate.oauth",
     "mcp_credgate.readiness",
     "mcp_credgate.redact",
+    "mcp_credgate.sandbox",
     "mcp_credgate.store",
     "mcp_credgate.token_refresh",
 ]

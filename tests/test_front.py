@@ -58,6 +58,7 @@ from tests.support.gateway import (
     store_env,
     teed_serve,
 )
+from tests.support.sandbox import host_pid
 
 pytestmark = [
     pytest.mark.anyio,
@@ -109,6 +110,7 @@ def fixture_decl(name: str, variant: str, front_dir: Path, *, extra: str = "") -
         f'name = "{name}"\ndescription = "The front fixture upstream."\n{FRTOKEN}'
         f'[handler]\nkind = "mcp"\ncommand = {toml_str(sys.executable)}\nargs = [{args}]\n'
         f'env = {{ UPSTREAM_TOKEN = "{{cred.token}}", FRONT_DIR = {toml_str(front_dir)} }}\n'
+        f"sandbox.write = [{toml_str(front_dir)}]\n"  # where it records what it saw
         f"timeout = 30\n{extra}\n"
     )
 
@@ -681,13 +683,13 @@ async def test_the_subscriptions_of_an_agent_that_went_away_do_not_keep_its_upst
     try:
         async with world.gateway() as gw, gw.running():
             async with agent(gw, "g") as unsubscribed:
-                first = int(result_text(await unsubscribed.call("fr_pid")))
+                first = host_pid(result_text(await unsubscribed.call("fr_pid")))
                 await unsubscribed.ask(unsubscribed.mcp.subscribe_resource("front://watched-a"))
                 await unsubscribed.ask(unsubscribed.mcp.unsubscribe_resource("front://watched-a"))
             assert await stops_within(first, 8), "an idle upstream was not stopped"  # the control
 
             async with agent(gw, "g") as gone:
-                second = int(result_text(await gone.call("fr_pid")))
+                second = host_pid(result_text(await gone.call("fr_pid")))
                 await gone.ask(gone.mcp.subscribe_resource("front://watched-a"))
             # the agent's connection closed without unsubscribing: nothing is left to deliver updates to
             with anyio.fail_after(5):
@@ -978,7 +980,7 @@ async def test_credgate_serve_redacts_the_token_in_everything_an_upstream_sends(
             sampled = await a.call("fr_ask_llm", {"prompt": "Say it back"})
             elicited = await a.call("fr_ask_user", {"message": "Your name?"})
             failed = await a.call("fr_fail")
-            pid = int(result_text(await a.call("fr_pid")))
+            pid = result_text(await a.call("fr_pid"))
     assert [e["pid"] for e in recorded(front_dir, "start")][1:] == [pid]  # one for discovery, one for serving
 
     hello = next(t for t in tools.tools if t.name == "fr_hello")

@@ -31,6 +31,7 @@ from .front import Front
 from .gate import CredentialWarning, Gate, Ready
 from .handlers.http import make_client
 from .handlers.upstream import UpstreamError, UpstreamPool, upstream_pool
+from .sandbox import SandboxPolicy
 from .store import Store
 from .token_refresh import TokenRefresher
 
@@ -73,7 +74,7 @@ class Gateway:
     def reload(self) -> bool:
         """Read the declarations again (SIGHUP). All or nothing: a broken file keeps the running configuration
         and is logged with its file and field. Calls already running finish with the catalog they began with."""
-        catalog = load_catalog(self.settings.tools_dirs)
+        catalog = load_catalog(self.settings.tools_dirs, self.settings.protected_paths)
         if catalog.upstreams:
             catalog = catalog.with_discovered(self.store.discovered_tools())
         if catalog.problems:
@@ -88,7 +89,7 @@ class Gateway:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
         """The async lifetime of the app: upstream MCP servers run inside it and stop when it ends."""
-        async with upstream_pool(self.store.save_upstream_capabilities) as pool:
+        async with upstream_pool(self.store.save_upstream_capabilities, SandboxPolicy.of(self.settings)) as pool:
             self.upstreams = pool
             try:
                 yield self

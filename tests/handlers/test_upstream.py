@@ -51,16 +51,17 @@ from tests.support.gateway import (
     teed_serve,
 )
 from tests.support.samples import WEATHER_KEY, write_tool
+from tests.support.sandbox import host_pid
 
 FIXTURE = SUPPORT_DIR / "upstream_server.py"
 FIXTURE_TOOLS = ["crash", "echo_token", "environment", "pid", "sleep", "token_hash"]
 FIX_NAMES = [f"fix_{t}" for t in FIXTURE_TOOLS]
 
 # What a stdio child may find in its environment besides the declared variables: the SDK's default set,
-# LANG (passed through on purpose), and LC_CTYPE, which Python itself adds when it coerces a C locale
-# (PEP 538).
+# LANG (passed through on purpose), LC_CTYPE, which Python itself adds when it coerces a C locale
+# (PEP 538), and PWD, which bubblewrap sets to the sandbox's working directory (its home).
 SDK_DEFAULT_ENV = {"HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG"}
-PYTHON_ADDED_ENV = {"LC_CTYPE"}
+ADDED_ENV = {"LC_CTYPE", "PWD"}
 DECLARED_ENV = {"UPSTREAM_TOKEN", "DECLARED_PLAIN"}
 
 TOKEN_A = make_canary("UA", rich=True)
@@ -101,10 +102,13 @@ def starts(counter: Path) -> int:
 
 
 def stdio_decl(wrapper: Path, *, name: str = "fix", extra: str = "") -> str:
+    """The wrapper runs in the upstream's sandbox: the fixture it becomes (in the repository) and the folder
+    it counts its starts in (its own) are declared for it to read and write."""
     return (
         f'name = "{name}"\ndescription = "The fixture upstream."\n{FIXTOKEN}'
         f'[handler]\nkind = "mcp"\ncommand = {toml_str(sys.executable)}\nargs = [{toml_str(wrapper)}]\n'
         'env = { UPSTREAM_TOKEN = "{cred.token}", DECLARED_PLAIN = "declared-value" }\n'
+        f"sandbox.read = [{toml_str(FIXTURE)}]\nsandbox.write = [{toml_str(wrapper.parent)}]\n"
         f"timeout = 2\n{extra}\n"
     )
 
@@ -441,8 +445,8 @@ async def test_two_groups_each_reach_their_own_stdio_upstream(
             listing = await transcript.list_tools(a)
             hash_a = await transcript.call(a, "fix_token_hash")
             hash_b = await transcript.call(b, "fix_token_hash")
-            pid_a = int(result_text(await transcript.call(a, "fix_pid")))
-            pid_b = int(result_text(await transcript.call(b, "fix_pid")))
+            pid_a = host_pid(result_text(await transcript.call(a, "fix_pid")))
+            pid_b = host_pid(result_text(await transcript.call(b, "fix_pid")))
             echo_a = await transcript.call(a, "fix_echo_token", {"note": "n:"})
             echo_b = await transcript.call(b, "fix_echo_token", {})
             env_a = await transcript.call(a, "fix_environment")
@@ -464,7 +468,7 @@ async def test_two_groups_each_reach_their_own_stdio_upstream(
     assert result_text(bad_args).startswith("Invalid arguments for tool fix_sleep")
 
     env = load_json(env_a)
-    assert set(env) <= SDK_DEFAULT_ENV | PYTHON_ADDED_ENV | DECLARED_ENV, sorted(env)
+    assert set(env) <= SDK_DEFAULT_ENV | ADDED_ENV | DECLARED_ENV, sorted(env)
     assert env["DECLARED_PLAIN"] == "declared-value"
     assert env["UPSTREAM_TOKEN"] == "[redacted:token]"
     assert "CREDGATE_MASTER_KEY" not in env and "GATEWAY_ONLY_CANARY" not in env
@@ -540,11 +544,11 @@ async def test_a_killed_or_hung_stdio_upstream_does_not_break_the_next_call(
 
     with anyio.fail_after(40):
         async with world.gateway() as gw, gw.running(), connect(gw, "ga") as a:
-            first = int(result_text(await transcript.call(a, "fix_pid")))
+            first = host_pid(result_text(await transcript.call(a, "fix_pid")))
             os.kill(first, signal.SIGKILL)
             await wait_until_gone(first)
             after_kill = await transcript.call(a, "fix_pid")
-            second = int(result_text(after_kill))
+            second = host_pid(result_text(after_kill))
             assert starts(counter) == 2
 
             began = time.monotonic()
@@ -555,6 +559,7 @@ async def test_a_killed_or_hung_stdio_upstream_does_not_break_the_next_call(
             crashed = await transcript.call(a, "fix_crash")
             starts_after_crash = starts(counter)
             after_crash = await transcript.call(a, "fix_pid")
+            third = host_pid(result_text(after_crash))
 
     assert not after_kill.is_error and second != first
     assert slow.is_error and result_text(slow) == "upstream fix did not answer within 2 s"
@@ -562,7 +567,7 @@ async def test_a_killed_or_hung_stdio_upstream_does_not_break_the_next_call(
     assert not after_timeout.is_error and result_text(after_timeout) == sha256(TOKEN_A)
     assert crashed.is_error and "closed the connection during the request" in result_text(crashed)
     assert starts_after_crash == 2  # the call that ended its process is not sent again to a new one
-    assert not after_crash.is_error and int(result_text(after_crash)) not in (first, second)
+    assert not after_crash.is_error and third not in (first, second)
     assert_no_leak(transcript.text(), TOKEN_A)
 
 
@@ -707,14 +712,14 @@ async def test_credgate_serve_fronts_a_stdio_upstream_without_leaking(tmp_path: 
             hashed = await transcript.call(client, "fix_token_hash")
             echoed = await transcript.call(client, "fix_echo_token", {"note": "n:"})
             env_result = await transcript.call(client, "fix_environment")
-            pid = int(result_text(await transcript.call(client, "fix_pid")))
+            pid = host_pid(result_text(await transcript.call(client, "fix_pid")))
         await wait_until_gone(pid)  # the upstream ends with the server
 
     assert sorted(t.name for t in listing.tools) == FIX_NAMES
     assert result_text(hashed) == sha256(TOKEN_A)
     assert result_text(echoed) == "n:token=[redacted:token]"
     env = load_json(env_result)
-    assert set(env) <= SDK_DEFAULT_ENV | PYTHON_ADDED_ENV | DECLARED_ENV, sorted(env)
+    assert set(env) <= SDK_DEFAULT_ENV | ADDED_ENV | DECLARED_ENV, sorted(env)
     assert "CREDGATE_MASTER_KEY" not in env and "GATEWAY_ONLY_CANARY" not in env
     assert starts(counter) == 2  # one for discovery, one for the served calls
 

@@ -13,7 +13,8 @@ waits for and returns it) and appended as JSON lines to $FRONT_DIR/events.jsonl 
 
 Tools:
     hello                   "hello"; its description carries the token (a listing a gateway must redact)
-    pid                     this process's id
+    pid                     this process's name, unique (its comm): in a sandbox its pid means nothing
+                            outside; `tests.support.sandbox.host_pid` finds the pid the host knows it by
     chatty                  3 log lines (one with the token) and 3 progress steps (messages with the token)
     ask_llm {prompt}        sampling/createMessage with the prompt and the token; "model said: …" or
                             "sampling refused: code=…, message=…"
@@ -34,6 +35,7 @@ import argparse
 import base64
 import json
 import os
+import secrets
 import sys
 import warnings
 from typing import Any
@@ -74,6 +76,11 @@ _release: anyio.Event
 def init_events() -> None:
     global _changed, _release
     _changed, _release = anyio.Event(), anyio.Event()
+
+
+NAME = f"f{secrets.token_hex(7)}"
+with open("/proc/self/comm", "w") as _comm:  # what the host sees as this process's name
+    _comm.write(NAME)
 
 
 def record(kind: str, **data: Any) -> None:
@@ -220,7 +227,7 @@ async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.Call
     if name == "hello":
         return text("hello")
     if name == "pid":
-        return text(str(os.getpid()))
+        return text(NAME)
     if name == "chatty":
         await log(ctx, "debug", "chatty: one")
         for step in (1, 2, 3):
@@ -394,7 +401,7 @@ def main() -> None:
     parser.add_argument("--features", default=",".join(ALL_FEATURES))
     options = parser.parse_args()
     features = {f for f in options.features.split(",") if f}
-    record("start", pid=os.getpid(), features=sorted(features))
+    record("start", pid=NAME, features=sorted(features))
     server = build_server(features)
     if options.http is None:
         anyio.run(serve_stdio, server)

@@ -4,7 +4,9 @@ One running upstream per (server, credential): never one process shared by group
 credentials. Started on first use, reused, started again after a crash (with a back-off), stopped when
 idle and on shutdown. A stdio child gets only the declared environment on top of the SDK's small default
 one (HOME, PATH, SHELL, TERM, USER, LOGNAME) and LANG: the gateway's own variables, its master key above
-all, never reach it. Its stderr is logged line by line, redacted.
+all, never reach it. It runs in a sandbox (`sandbox.SandboxPolicy`: bubblewrap) unless its declaration or the
+gateway turned that off; a sandbox that cannot be set up refuses the start, never runs it unsandboxed. Its
+stderr is logged line by line, redacted.
 """
 
 from __future__ import annotations
@@ -19,23 +21,28 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import httpx2
 import mcp_types as types
 from anyio.abc import TaskGroup
 from mcp import Client, StdioServerParameters
 from mcp.client._transport import Transport
-from mcp.client.stdio import stdio_client
+from mcp.client.stdio import get_default_environment, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from ..config import Settings
 from ..credential import Credential
-from ..declarations import McpHandler
+from ..declarations import McpHandler, SandboxSpec
+from ..errors import SandboxError
 from ..redact import Redactor, redactor_for
 from ..relay import AgentRequest, Relay
+from ..sandbox import SandboxPolicy
 from .http import render
 
 logger = logging.getLogger("credgate.upstream")
@@ -63,17 +70,26 @@ def _render_all(items: Mapping[str, str], credential: Credential) -> dict[str, s
 
 
 def connect(
-    name: str, handler: McpHandler, credential: Credential, relay: Relay
+    name: str,
+    handler: McpHandler,
+    credential: Credential,
+    relay: Relay,
+    sandbox: SandboxPolicy | None = None,
+    group: str | None = None,
 ) -> AbstractAsyncContextManager[Client]:
     """A client session to the upstream, with the credential placed where the declaration says; what the
-    upstream sends on its own goes to `relay`."""
+    upstream sends on its own goes to `relay`. A stdio upstream runs in the sandbox `sandbox` describes (its
+    home keyed by name, credential and `group`) unless `sandbox` is None or off, or its declaration opts out."""
     if handler.command is not None:
         params = StdioServerParameters(
             command=render(handler.command, {}, credential),
             args=[render(a, {}, credential) for a in handler.args],
             env={**_passed_through(), **_render_all(handler.env, credential)},
         )
-        return _stdio_session(name, params, relay)
+        if sandbox is not None and sandbox.enabled and handler.sandbox is not None:
+            home = sandbox.home(name, credential.name, group)
+            return _stdio_session(name, _sandboxed(name, params, sandbox, handler.sandbox, home), relay)
+        return _stdio_session(name, _as_is(params), relay)
     assert handler.url is not None
     http = httpx2.AsyncClient(
         headers=_render_all(handler.headers, credential),
@@ -82,6 +98,31 @@ def connect(
         timeout=httpx2.Timeout(handler.timeout, read=handler.timeout + 5),
     )
     return _http_session(render(handler.url, {}, credential), http, relay)
+
+
+def _as_is(params: StdioServerParameters) -> Callable[[], Awaitable[StdioServerParameters]]:
+    async def params_() -> StdioServerParameters:
+        return params
+
+    return params_
+
+
+def _sandboxed(
+    name: str, params: StdioServerParameters, policy: SandboxPolicy, options: SandboxSpec, home: Path
+) -> Callable[[], Awaitable[StdioServerParameters]]:
+    """The parameters that run the upstream in its sandbox, worked out (files read, its home made) in a thread.
+    The SDK's default environment (HOME, PATH…) is merged in first: the sandbox sets HOME, finds the command
+    on that PATH."""
+
+    def wrap() -> StdioServerParameters:
+        env = {**get_default_environment(), **(params.env or {})}
+        wrapped = policy.wrap(name, params.command, params.args, env, options, home)
+        return StdioServerParameters(command=wrapped.argv[0], args=list(wrapped.argv[1:]), env=wrapped.env)
+
+    async def params_() -> StdioServerParameters:
+        return await anyio.to_thread.run_sync(wrap)
+
+    return params_
 
 
 def _client(transport: Transport, relay: Relay) -> Client:
@@ -106,7 +147,10 @@ async def _http_session(url: str, http: httpx2.AsyncClient, relay: Relay) -> Asy
 
 
 @asynccontextmanager
-async def _stdio_session(name: str, params: StdioServerParameters, relay: Relay) -> AsyncIterator[Client]:
+async def _stdio_session(
+    name: str, make_params: Callable[[], Awaitable[StdioServerParameters]], relay: Relay
+) -> AsyncIterator[Client]:
+    params = await make_params()  # SandboxError: before any process or pipe exists
     read_fd, write_fd = os.pipe()
     errlog = os.fdopen(write_fd, "w")
     reader = threading.Thread(target=_log_lines, args=(name, os.fdopen(read_fd), relay.redactor), daemon=True)
@@ -183,10 +227,17 @@ async def _closed_meanwhile(session: Session) -> bool:
 
 
 class UpstreamPool:
-    def __init__(self, task_group: TaskGroup, on_start: Callable[[str, dict[str, Any]], None] | None = None) -> None:
-        """`on_start(name, capabilities)` learns what each upstream announced when it starts."""
+    def __init__(
+        self,
+        task_group: TaskGroup,
+        on_start: Callable[[str, dict[str, Any]], None] | None = None,
+        sandbox: SandboxPolicy | None = None,
+    ) -> None:
+        """`on_start(name, capabilities)` learns what each upstream announced when it starts. `sandbox`: how
+        stdio upstreams are sandboxed (by default as the environment's settings say: on)."""
         self._tg = task_group
         self._on_start = on_start
+        self._sandbox = sandbox if sandbox is not None else SandboxPolicy.of(Settings.resolve())
         self._sessions: dict[tuple[str, str], Session] = {}
         self._locks: dict[tuple[str, str], anyio.Lock] = {}
         self._failures: dict[tuple[str, str], int] = {}
@@ -283,6 +334,8 @@ class UpstreamPool:
                 session.stop.set()
                 self._failures[key] = failures + 1
                 why = "did not start in time" if session.error is None else "could not be started"
+                if isinstance(session.error, SandboxError):  # says why and what to do, never a value
+                    why += f": {session.relay.redactor.text(str(session.error))}"
                 raise UpstreamError(f"upstream {name} {why}")
             self._failures[key] = 0
             self._sessions[key] = session
@@ -291,11 +344,14 @@ class UpstreamPool:
     async def _hold(self, name: str, handler: McpHandler, credential: Credential, session: Session) -> None:
         """Keeps one upstream session open (its context must be entered and left in the same task)."""
         try:
-            async with connect(name, handler, credential, session.relay) as client:
+            async with connect(name, handler, credential, session.relay, self._sandbox) as client:
                 session.client = client
                 self._started(name, client)
                 session.ready.set()
                 await session.stop.wait()
+        except SandboxError as exc:
+            session.error = exc
+            logger.error("upstream %s could not be started: %s", name, session.relay.redactor.text(str(exc)))
         except Exception as exc:
             session.error = exc
             logger.warning("upstream %s ended: %s", name, type(exc).__name__)
@@ -340,13 +396,13 @@ class UpstreamPool:
 
 @asynccontextmanager
 async def upstream_pool(
-    on_start: Callable[[str, dict[str, Any]], None] | None = None,
+    on_start: Callable[[str, dict[str, Any]], None] | None = None, sandbox: SandboxPolicy | None = None
 ) -> AsyncIterator[UpstreamPool]:
     """The pool's tasks never raise (`_hold` keeps its error): an exception of the body leaves as itself,
     not wrapped in the task group's ExceptionGroup, so callers can catch UpstreamError, GatewayError …"""
     try:
         async with anyio.create_task_group() as tg:
-            pool = UpstreamPool(tg, on_start)
+            pool = UpstreamPool(tg, on_start, sandbox)
             try:
                 yield pool
             finally:
