@@ -1117,7 +1117,7 @@ async def test_what_an_upstream_sends_after_a_call_returned_reaches_nobody_but_t
                 agent(gw, bob_group, name="bob") as b,
             ):
                 lingering = await a.call("fr_linger", {"tag": "A"})
-                late = json.loads(result_text(await b.call("fr_wake", {"count": 1})))
+                late = json.loads(result_text(await b.call("fr_wake", {"tag": "A"})))
                 pids = (result_text(await a.call("fr_pid")), result_text(await b.call("fr_pid")))
     finally:
         world.close()
@@ -1251,16 +1251,17 @@ async def test_what_a_remote_upstream_sends_outside_any_requests_stream_reaches_
     world.allow("g", "web.*")
     world.bind("g", "web", "tok")
     caplog.set_level(logging.INFO, logger="credgate")
+    tag = f"R-{tmp_path.name}"  # the upstream serves the whole module
     try:
         with anyio.fail_after(60):
             async with world.gateway() as gw, gw.running(), agent(gw, "g", name="alice") as a:
-                await a.call("web_linger", {"tag": "R"})
+                await a.call("web_linger", {"tag": tag})
                 # her own call is the only one in flight, but the upstream sends on no request's stream
-                late = json.loads(result_text(await a.call("web_wake", {"count": 1})))
+                late = json.loads(result_text(await a.call("web_wake", {"tag": tag})))
     finally:
         world.close()
 
-    assert late == [{"kind": "late", "tag": "R", "outcome": UNANSWERABLE}]
+    assert late == [{"kind": "late", "tag": tag, "outcome": UNANSWERABLE}]
     assert a.logs == a.sampled == a.progress == []
-    assert f"R: sent after its call returned, token {REDACTED}" in caplog.text
+    assert f"{tag}: sent after its call returned, token {REDACTED}" in caplog.text
     assert_no_leak(caplog.text + a.everything(), TOKEN)

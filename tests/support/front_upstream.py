@@ -24,12 +24,13 @@ Tools:
     rendezvous {n, run, tag}  waits until n calls of the run are in flight at once, then logs a line and asks
                             for sampling; returns what came back once all n have had their answer
     ask_with_context {context}  sampling/createMessage with includeContext = context; "model said: …"
-    linger {tag}            returns at once; once woken (`wake`, in this process or any other writing to the
-                            same FRONT_DIR), sends a log line, a progress step on the call's old token and a
-                            sampling request (includeContext "allServers"), none tied to a request, and records
-                            a "late" event with what came back of the sampling request
-    wake {count}            wakes every lingering call (here and in the processes sharing FRONT_DIR) and waits
-                            until `count` "late" events were recorded: it stays in flight meanwhile
+    linger {tag}            returns at once; once woken (`wake` with its tag, in this process or any other
+                            writing to the same FRONT_DIR), sends a log line, a progress step on the call's
+                            old token and a sampling request (includeContext "allServers"), none tied to a
+                            request, and records a "late" event with what came back of the sampling request
+    wake {tag}              wakes the lingering call of that tag (here or in a process sharing FRONT_DIR) and
+                            waits until its "late" event was recorded (it stays in flight meanwhile); returns
+                            the "late" events of the tag
     touch {uris}            sends notifications/resources/updated for each URI (subscribed or not)
     fail                    raises an exception whose text holds the token
     events {kind, count}    waits (up to 10 s) until `count` events of `kind` were seen, returns them as JSON
@@ -77,13 +78,13 @@ _meetings: dict[str, tuple[int, anyio.Event]] = {}
 # made once the event loop runs (see init_events, serve_stdio, serve_http)
 _changed: anyio.Event
 _release: anyio.Event
-_wake: anyio.Event
+_wakes: dict[str, anyio.Event] = {}
 _background: anyio.abc.TaskGroup  # what outlives the request that started it (`linger`)
 
 
 def init_events() -> None:
-    global _changed, _release, _wake
-    _changed, _release, _wake = anyio.Event(), anyio.Event(), anyio.Event()
+    global _changed, _release
+    _changed, _release = anyio.Event(), anyio.Event()
 
 
 def record(kind: str, **data: Any) -> None:
@@ -135,7 +136,7 @@ TOOLS = {
     "rendezvous": _schema(n={"type": "integer"}, run=STRING, tag=STRING),
     "ask_with_context": _schema(context=STRING),
     "linger": _schema(tag=STRING),
-    "wake": _schema(count={"type": "integer"}),
+    "wake": _schema(tag=STRING),
     "touch": _schema(uris={"type": "array", "items": STRING}),
     "fail": _schema(),
     "events": _schema(kind=STRING, count={"type": "integer"}),
@@ -232,16 +233,16 @@ async def ask_with_context(ctx: Ctx, context: types.IncludeContext) -> types.Cal
     return text(f"model said: {reply}")
 
 
-def _wake_file() -> str | None:
+def _wake_file(tag: str) -> str | None:
     folder = os.environ.get("FRONT_DIR")
-    return os.path.join(folder, "wake") if folder else None
+    return os.path.join(folder, f"wake-{tag}") if folder else None
 
 
-async def _woken() -> None:
-    wake_file = _wake_file()
-    while not _wake.is_set() and not (wake_file is not None and os.path.exists(wake_file)):
+async def _woken(tag: str) -> None:
+    woken, wake_file = _wakes.setdefault(tag, anyio.Event()), _wake_file(tag)
+    while not woken.is_set() and not (wake_file is not None and os.path.exists(wake_file)):
         with anyio.move_on_after(0.05):
-            await _wake.wait()
+            await woken.wait()
 
 
 async def linger(ctx: Ctx, tag: str) -> types.CallToolResult:
@@ -251,7 +252,7 @@ async def linger(ctx: Ctx, tag: str) -> types.CallToolResult:
     progress_token = meta.get("progress_token", meta.get("progressToken"))
 
     async def later() -> None:
-        await _woken()
+        await _woken(tag)
         await session.send_log_message("warning", f"{tag}: sent after its call returned, token {token(ctx)}")
         if progress_token is not None:
             await session.send_progress_notification(progress_token, 1, 1, f"{tag}: late progress")
@@ -267,28 +268,30 @@ async def linger(ctx: Ctx, tag: str) -> types.CallToolResult:
     return text(f"{tag}: lingering")
 
 
-def _late_events() -> list[dict[str, Any]]:
-    """The "late" events of every process writing to FRONT_DIR (of this one only without it)."""
+def _late_events(tag: str) -> list[dict[str, Any]]:
+    """The "late" events of a tag, of every process writing to FRONT_DIR (of this one only without it)."""
     folder = os.environ.get("FRONT_DIR")
-    if not folder:
-        return [e for e in _events if e["kind"] == "late"]
-    path = os.path.join(folder, "events.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [e for e in map(json.loads, f.read().splitlines()) if e["kind"] == "late"]
+    path = os.path.join(folder, "events.jsonl") if folder else None
+    if path is None:
+        seen = _events
+    elif os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            seen = list(map(json.loads, f.read().splitlines()))
+    else:
+        seen = []
+    return [e for e in seen if e["kind"] == "late" and e["tag"] == tag]
 
 
-async def wake(count: int) -> types.CallToolResult:
-    _wake.set()
-    wake_file = _wake_file()
+async def wake(tag: str) -> types.CallToolResult:
+    _wakes.setdefault(tag, anyio.Event()).set()
+    wake_file = _wake_file(tag)
     if wake_file is not None:
         with open(wake_file, "w", encoding="utf-8"):
             pass
     with anyio.move_on_after(10):
-        while len(_late_events()) < count:
+        while not _late_events(tag):
             await anyio.sleep(0.05)
-    return text(json.dumps(_late_events()))
+    return text(json.dumps(_late_events(tag)))
 
 
 async def events(kind: str, count: int) -> types.CallToolResult:
@@ -330,7 +333,7 @@ async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.Call
     if name == "linger":
         return await linger(ctx, str(args["tag"]))
     if name == "wake":
-        return await wake(int(args["count"]))
+        return await wake(str(args["tag"]))
     if name == "touch":
         for uri in args["uris"]:
             await ctx.session.send_resource_updated(uri)
