@@ -20,9 +20,10 @@ class Caller:
     group: str
     agent: str | None = None
 
-    def relayed(self, ctx: ServerRequestContext[Any] | None) -> AgentRequest | None:
-        """The caller's MCP request as the relay to an upstream knows it (none outside a request)."""
-        return AgentRequest(ctx, (self.group, self.agent)) if ctx is not None else None
+    def relayed(self, ctx: ServerRequestContext[Any] | None) -> AgentRequest:
+        """The caller's MCP request as the relay to an upstream knows it (`ctx` None: an in-process call,
+        which the upstream's own messages cannot reach)."""
+        return AgentRequest(ctx, (self.group, self.agent))
 
     def upstream_scope(self, server: str, handler: McpHandler, credential: str) -> UpstreamScope:
         """The upstream that serves this caller with that credential: its group's, or with

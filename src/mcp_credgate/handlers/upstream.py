@@ -37,7 +37,7 @@ from ..credential import Credential
 from ..declarations import McpHandler
 from ..isolation import UpstreamScope, upstream_scope
 from ..redact import Redactor, redactor_for
-from ..relay import AgentRequest, Relay
+from ..relay import AgentRequest, Relay, forget_related_request
 from .http import render
 
 logger = logging.getLogger("credgate.upstream")
@@ -244,8 +244,8 @@ class UpstreamPool:
         send: Callable[[Session], Awaitable[_T]],
         agent: AgentRequest | None = None,
     ) -> _T:
-        """Send one request to the scope's upstream, on behalf of `agent` (what the upstream sends meanwhile
-        goes to it; no agent: the gateway's own request). A session whose
+        """Send one request to the scope's upstream, on behalf of `agent` (the relay decides whether what
+        the upstream sends meanwhile is the agent's; no agent: the gateway's own request). A session whose
         connection is already closed (the process died since the last request) is replaced first; a
         request whose connection closes while it runs is not sent again (it may have had effects):
         UpstreamError, and the next request starts a new upstream. An error answer of the upstream leaves
@@ -258,8 +258,9 @@ class UpstreamPool:
             session = await self.session(scope, handler, credential)
         session.last_used = time.monotonic()
         try:
-            with anyio.fail_after(handler.timeout), session.relay.serving(agent):
-                result = await send(session)
+            with anyio.fail_after(handler.timeout):
+                with session.relay.serving(agent):  # until the answer: what comes later is no one's
+                    result = await send(session)
                 await session.relay.settle(agent)
                 return result
         except TimeoutError:
@@ -295,7 +296,7 @@ class UpstreamPool:
                 self._retire(current)  # the credential changed: its process must not serve the new one
             failures = self._failures.get(key, 0)
             await anyio.sleep(RESTART_BACKOFF[min(failures, len(RESTART_BACKOFF) - 1)])
-            relay = Relay(name, redactor_for(credential))
+            relay = Relay(name, redactor_for(credential), remote=handler.url is not None)
             session = Session(key, fingerprint, relay, idle_timeout=handler.idle_timeout)
             self._tg.start_soon(self._hold, handler, credential, session)
             with anyio.move_on_after(handler.start_timeout):
@@ -310,7 +311,9 @@ class UpstreamPool:
             return session
 
     async def _hold(self, handler: McpHandler, credential: Credential, session: Session) -> None:
-        """Keeps one upstream session open (its context must be entered and left in the same task)."""
+        """Keeps one upstream session open (its context must be entered and left in the same task). Its
+        tasks belong to no request, whichever request started it: the relay must not think otherwise."""
+        forget_related_request()
         name = session.key.server
         try:
             async with connect(name, handler, credential, session.relay, scope=session.key) as client:
