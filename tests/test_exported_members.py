@@ -34,6 +34,7 @@ PUBLIC_MODULES = [
     "mcp_credgate.errors",
     "mcp_credgate.gate",
     "mcp_credgate.handlers",
+    "mcp_credgate.isolation",
     "mcp_credgate.logs",
     "mcp_credgate.loopback",
     "mcp_credgate.oauth",

@@ -158,10 +158,11 @@ class SandboxPolicy:
         hidden = (*settings.tools_dirs, here, account, *_ALWAYS_HIDDEN)
         return cls(settings.sandbox, settings.state_dir, settings.protected_paths, tuple(hidden))
 
-    def home(self, server: str, credential: str, group: str | None) -> Path:
-        """The home of the upstream `server` run with `credential` for `group` (None: for whichever group
-        uses it): `<state>/<server>/<hash>`, the same at every start."""
-        digest = hashlib.sha256(f"{credential}\0{group or ''}".encode()).hexdigest()[:32]
+    def home(self, server: str, credential: str, group: str | None, agent: str | None = None) -> Path:
+        """The home of the upstream `server` run with `credential` for `group` (None: discovery's, for no
+        group) and, with isolation = "agent", for `agent`: `<state>/<server>/<hash>`, the same at every start."""
+        key = f"{credential}\0{group or ''}" + (f"\0{agent}" if agent is not None else "")
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         return self.state_dir / server / digest
 
     def wrap(

@@ -54,15 +54,15 @@ class ToolCalls:
 
     # -- tools/list ------------------------------------------------------------------------
 
-    async def list_tools(self, group: str) -> list[types.Tool]:
-        await self._gateway.discover_for(group)
+    async def list_tools(self, caller: Caller) -> list[types.Tool]:
+        await self._gateway.discover_for(caller)
         return [
             types.Tool(
                 name=listed.tool.name,
                 description=listed.tool.decl.description + ("" if listed.ready else NOT_READY_NOTE),
                 input_schema=listed.tool.decl.input_schema,
             )
-            for listed in self._gateway.gate.list_tools(group)
+            for listed in self._gateway.gate.list_tools(caller.group)
         ]
 
     # -- tools/call ------------------------------------------------------------------------
@@ -166,9 +166,9 @@ class ToolCalls:
         upstreams = self._gateway.upstreams
         if upstreams is None or tool.upstream is None or tool.upstream_tool is None:
             return ToolOutput.error(f"upstream tools are not served by this gateway: {tool.name}")
-        try:
-            agent = caller.relayed(ctx)  # only an upstream sends messages of its own during a call
-            result = await upstreams.call(tool.upstream, handler, tool.upstream_tool, args, credential, agent)
+        scope = caller.upstream_scope(tool.upstream, handler, credential.name)
+        try:  # only an upstream sends messages of its own during a call: the relay's view of it is made here
+            result = await upstreams.call(scope, handler, tool.upstream_tool, args, credential, caller.relayed(ctx))
         except UpstreamError as exc:
             return ToolOutput.error(str(exc))
         dumped = result.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -234,7 +234,7 @@ def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
     async def on_list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=await calls.list_tools(identify(ctx).group))
+        return types.ListToolsResult(tools=await calls.list_tools(identify(ctx)))
 
     async def on_call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         try:

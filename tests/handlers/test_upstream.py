@@ -33,6 +33,7 @@ from mcp_credgate.config import Settings
 from mcp_credgate.credential import Credential
 from mcp_credgate.declarations import McpHandler, load_catalog
 from mcp_credgate.handlers.upstream import upstream_pool
+from mcp_credgate.isolation import UpstreamScope
 from mcp_credgate.server import NOT_READY_NOTE
 from mcp_credgate.store import Store
 from tests.support import SUPPORT_DIR
@@ -54,7 +55,7 @@ from tests.support.samples import WEATHER_KEY, write_tool
 from tests.support.sandbox import host_pid
 
 FIXTURE = SUPPORT_DIR / "upstream_server.py"
-FIXTURE_TOOLS = ["crash", "echo_token", "environment", "pid", "sleep", "token_hash"]
+FIXTURE_TOOLS = ["crash", "echo_token", "environment", "pid", "session", "sleep", "token_hash"]
 FIX_NAMES = [f"fix_{t}" for t in FIXTURE_TOOLS]
 
 # What a stdio child may find in its environment besides the declared variables: the SDK's default set,
@@ -130,7 +131,8 @@ def fixture_listings() -> list[dict[str, Any]]:
     async def discover() -> list[dict[str, Any]]:
         with anyio.fail_after(30):
             async with upstream_pool() as pool:
-                tools, _ = await pool.discover("fix", handler, Credential("d", "fixtoken", {}, frozenset()))
+                scope = UpstreamScope.for_discovery("fix", "d")
+                tools, _ = await pool.discover(scope, handler, Credential("d", "fixtoken", {}, frozenset()))
                 return tools
 
     listings = anyio.run(discover)
@@ -212,6 +214,7 @@ BAD_HANDLERS = {
         "handler.url",
         "a placeholder in the scheme, host or port is not allowed",
     ),
+    "unknown_isolation": ('command = "srv"\nisolation = "process"', "handler.isolation", "'group' or 'agent'"),
     "credential_over_plain_http": (
         'url = "http://mcp.example.com/mcp"\nheaders = { Authorization = "Bearer {cred.token}" }',
         "handler.url",
@@ -235,6 +238,19 @@ def test_bad_upstream_declarations_are_named_with_file_and_field(tmp_path: Path,
 
     assert any(p.startswith(f"{path}: {where}: ") and message in p for p in catalog.problems), catalog.problems
     assert "bad" not in catalog.upstreams and "bad" not in catalog.tools
+
+
+def test_isolation_is_group_unless_a_declaration_says_agent(tmp_path: Path) -> None:
+    folder = tmp_path / "tools.d"
+    write_tool(folder, "plain.toml", stdio_decl(tmp_path / "w.py", name="plain"))
+    write_tool(folder, "per_agent.toml", stdio_decl(tmp_path / "w.py", name="per_agent", extra='isolation = "agent"'))
+
+    catalog = load_catalog([folder])
+
+    assert catalog.problems == ()
+    plain, per_agent = (catalog.upstreams[n].decl.handler for n in ("plain", "per_agent"))
+    assert isinstance(plain, McpHandler) and plain.isolation == "group"
+    assert isinstance(per_agent, McpHandler) and per_agent.isolation == "agent"
 
 
 def test_plain_http_without_a_credential_and_to_loopback_is_accepted(tmp_path: Path) -> None:
@@ -476,6 +492,123 @@ async def test_two_groups_each_reach_their_own_stdio_upstream(
     assert_no_leak(everything, TOKEN_A, TOKEN_B, master_key, GATEWAY_CANARY)
 
 
+# -- isolation: one upstream per (server, credential, group), or per agent -----------------------------
+
+
+def shared_credential_world(root: Path, listings: list[dict[str, Any]], *, extra: str = "") -> tuple[World, Path]:
+    """Groups ga and gb, both bound to the one credential tok-a (TOKEN_A)."""
+    wrapper, counter = counting_wrapper(root / "bin")
+    world = discovered_world(root / "w", {"fix": stdio_decl(wrapper, extra=extra)}, listings)
+    world.add_credential("tok-a", "fixtoken", {"token": TOKEN_A})
+    for group in ("ga", "gb"):
+        world.allow(group, "fix.*")
+        world.bind(group, "fix", "tok-a")
+    return world, counter
+
+
+async def pid_of(client: Client) -> int:
+    return int(result_text(await client.call_tool("fix_pid", {})))
+
+
+@pytest.mark.anyio
+async def test_two_groups_bound_to_the_same_credential_get_two_upstream_processes(
+    tmp_path: Path, fixture_listings: list[dict[str, Any]]
+) -> None:
+    world, counter = shared_credential_world(tmp_path, fixture_listings)
+    try:
+        with anyio.fail_after(40):
+            async with (
+                world.gateway() as gw,
+                gw.running(),
+                connect(gw, "ga", agent="alice") as alice,
+                connect(gw, "ga", agent="ann") as ann,
+                connect(gw, "gb", agent="bob") as bob,
+            ):
+                pids = {"alice": await pid_of(alice), "ann": await pid_of(ann), "bob": await pid_of(bob)}
+                hashes = {result_text(await c.call_tool("fix_token_hash", {})) for c in (alice, bob)}
+                again = await pid_of(alice)
+    finally:
+        world.close()
+
+    assert pids["alice"] == pids["ann"] == again  # one group: one process, whichever of its agents calls
+    assert pids["bob"] != pids["alice"]  # the same credential does not make two groups share one
+    assert hashes == {sha256(TOKEN_A)}
+    assert starts(counter) == 2
+
+
+@pytest.mark.anyio
+async def test_a_process_started_to_list_tools_never_serves_a_group(tmp_path: Path) -> None:
+    wrapper, counter = counting_wrapper(tmp_path / "bin")
+    handler = McpHandler(
+        kind="mcp", command=sys.executable, args=(str(wrapper),), env={"UPSTREAM_TOKEN": "{cred.token}"}
+    )
+    credential = Credential("tok-a", "fixtoken", {"token": TOKEN_A}, frozenset({"token"}))
+    with anyio.fail_after(30):
+        async with upstream_pool() as pool:
+            listed, _ = await pool.discover(UpstreamScope.for_discovery("fix", "tok-a"), handler, credential)
+            called = await pool.call(UpstreamScope("fix", "tok-a", "ga"), handler, "token_hash", {}, credential)
+            listed_for_ga, _ = await pool.discover(UpstreamScope("fix", "tok-a", "ga"), handler, credential)
+
+    assert sorted(t["name"] for t in listed) == sorted(t["name"] for t in listed_for_ga) == FIXTURE_TOOLS
+    assert result_text(called) == sha256(TOKEN_A)
+    assert starts(counter) == 2  # discovery's own, then the group's (which also lists for the group)
+
+
+@pytest.mark.anyio
+async def test_isolation_agent_gives_each_agent_of_a_group_its_own_process(
+    tmp_path: Path, fixture_listings: list[dict[str, Any]]
+) -> None:
+    world, counter = shared_credential_world(tmp_path, fixture_listings, extra='isolation = "agent"')
+    try:
+        with anyio.fail_after(40):
+            async with world.gateway() as gw, gw.running():
+                async with connect(gw, "ga", agent="alice") as alice, connect(gw, "ga", agent="bob") as bob:
+                    first = {"alice": await pid_of(alice), "bob": await pid_of(bob)}
+                async with connect(gw, "ga", agent="alice") as alice_again:  # a new connection, the same agent
+                    alice_later = await pid_of(alice_again)
+                async with connect(gw, "ga") as one, connect(gw, "ga") as other, connect(gw, "gb") as elsewhere:
+                    anonymous = {await pid_of(one), await pid_of(other)}
+                    other_group = await pid_of(elsewhere)
+    finally:
+        world.close()
+
+    assert first["alice"] != first["bob"]
+    assert alice_later == first["alice"]
+    assert len(anonymous) == 1  # callers without an agent name (stdio) are one agent of their group
+    assert anonymous.isdisjoint(first.values()) and other_group not in anonymous | set(first.values())
+    assert starts(counter) == 4
+
+
+@pytest.mark.anyio
+async def test_a_changed_credential_restarts_and_idle_reaping_stops_each_groups_upstream_on_its_own(
+    tmp_path: Path, fixture_listings: list[dict[str, Any]]
+) -> None:
+    world, counter = shared_credential_world(tmp_path, fixture_listings, extra="idle_timeout = 1.5")
+    try:
+        with anyio.fail_after(40):
+            async with world.gateway() as gw, gw.running(), connect(gw, "ga") as a, connect(gw, "gb") as b:
+                before = (await pid_of(a), await pid_of(b))
+                world.store.update_credential("tok-a", {"token": TOKEN_B}, frozenset({"token"}))
+                hashes = [result_text(await c.call_tool("fix_token_hash", {})) for c in (a, b)]
+                after = (await pid_of(a), await pid_of(b))
+                for pid in before:
+                    await wait_until_gone(pid)
+
+                began = time.monotonic()  # gb keeps calling, ga stays idle
+                while time.monotonic() - began < 4:
+                    assert await pid_of(b) == after[1]
+                    await anyio.sleep(0.3)
+                await wait_until_gone(after[0])
+                ga_again = await pid_of(a)
+    finally:
+        world.close()
+
+    assert hashes == [sha256(TOKEN_B)] * 2
+    assert len(set(before + after)) == 4
+    assert ga_again not in before + after
+    assert starts(counter) == 5
+
+
 @pytest.mark.anyio
 async def test_an_upstream_never_listed_is_listed_at_a_groups_first_tools_list_with_its_credential(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -508,7 +641,7 @@ async def test_an_upstream_never_listed_is_listed_at_a_groups_first_tools_list_w
     assert sorted(t.name for t in unbound_listing.tools) == FIX_NAMES  # listed now, but not set up for gn
     assert all((t.description or "").endswith(NOT_READY_NOTE) for t in unbound_listing.tools)
     assert sorted(world.store.discovered_tools()) == ["fix"]  # cached for the next start
-    assert "listed its 6 tools" in caplog.text
+    assert "listed its 7 tools" in caplog.text
     assert_no_leak(transcript.text() + caplog.text, TOKEN_A)
     world.close()
 
@@ -670,6 +803,35 @@ async def test_two_groups_reach_a_streamable_http_upstream_with_their_own_token(
     assert result_text(echo_b) == "b:token=[redacted:token]"
     assert refused.message == "Unknown tool: fix_pid"
     assert_no_leak(transcript.text(), TOKEN_A, TOKEN_B)
+
+
+@pytest.mark.anyio
+async def test_two_groups_bound_to_the_same_credential_get_two_remote_upstream_sessions(
+    tmp_path: Path, http_fixture: str, fixture_listings: list[dict[str, Any]]
+) -> None:
+    world = discovered_world(tmp_path / "w", {"fix": url_decl(http_fixture)}, fixture_listings)
+    world.add_credential("tok-a", "fixtoken", {"token": TOKEN_A})
+    for group in ("ga", "gb"):
+        world.allow(group, "fix.*")
+        world.bind(group, "fix", "tok-a")
+    try:
+        with anyio.fail_after(30):
+            async with (
+                world.gateway() as gw,
+                gw.running(),
+                connect(gw, "ga", agent="alice") as alice,
+                connect(gw, "ga", agent="ann") as ann,
+                connect(gw, "gb", agent="bob") as bob,
+            ):
+                sessions = {
+                    who: result_text(await c.call_tool("fix_session", {}))
+                    for who, c in (("alice", alice), ("ann", ann), ("bob", bob))
+                }
+    finally:
+        world.close()
+
+    assert sessions["alice"] == sessions["ann"] != sessions["bob"]
+    assert "none" not in sessions.values()
 
 
 # -- a real `credgate serve` process ----------------------------------------------------------------

@@ -62,6 +62,12 @@ def pid() -> str:
     return NAME  # in a sandbox, os.getpid() is a pid of its own namespace: it means nothing outside
 
 
+@server.tool(description="The MCP session id the client sent (over HTTP), or 'stdio'.")
+def session(ctx: Context) -> str:
+    request = ctx.request_context.request
+    return request.headers.get("mcp-session-id", "none") if request is not None else "stdio"
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "http":
         server.run(transport="streamable-http", host="127.0.0.1", port=int(sys.argv[2]))

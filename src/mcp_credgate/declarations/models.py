@@ -15,6 +15,7 @@ import jsonschema
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import CredentialValueError
+from ..isolation import Isolation
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 FIELD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
@@ -377,6 +378,7 @@ class McpHandler(_Model):
     timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0  # one call
     start_timeout: Annotated[float, Field(gt=0, le=600)] = 20.0  # start and handshake
     idle_timeout: Annotated[float, Field(gt=0)] = 300.0  # stop an unused upstream after this long
+    isolation: Isolation = "group"  # one upstream per (credential, group), or per (credential, group, agent)
     sandbox: SandboxSpec | None = SandboxSpec()
 
     @field_validator("sandbox", mode="before")
