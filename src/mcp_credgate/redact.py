@@ -38,6 +38,7 @@ from .credential import Credential
 
 __all__ = [
     "CASE_FOLD_LENGTH",
+    "MIN_BASE64_PATTERN",
     "MIN_DERIVED_LENGTH",
     "NO_REDACTION",
     "Redactor",
