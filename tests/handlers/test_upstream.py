@@ -52,7 +52,7 @@ from tests.support.gateway import (
     teed_serve,
 )
 from tests.support.samples import WEATHER_KEY, write_tool
-from tests.support.sandbox import host_pid
+from tests.support.sandbox import host_pid, is_running
 
 FIXTURE = SUPPORT_DIR / "upstream_server.py"
 FIXTURE_TOOLS = ["crash", "echo_token", "environment", "pid", "session", "sleep", "token_hash"]
@@ -147,6 +147,12 @@ def discovered_world(root: Path, tools: dict[str, str], listings: list[dict[str,
     world.catalog = world.catalog.with_discovered(world.store.discovered_tools())
     assert not world.catalog.problems, world.catalog.problems
     return world
+
+
+async def wait_until_no_process_named(name: str) -> None:
+    with anyio.fail_after(10):
+        while is_running(name):
+            await anyio.sleep(0.05)
 
 
 async def wait_until_gone(pid: int) -> None:
@@ -506,8 +512,10 @@ def shared_credential_world(root: Path, listings: list[dict[str, Any]], *, extra
     return world, counter
 
 
-async def pid_of(client: Client) -> int:
-    return int(result_text(await client.call_tool("fix_pid", {})))
+async def process_of(client: Client) -> str:
+    """The name the upstream process serving this client gave itself (in its sandbox, its pid is its own
+    namespace's: the same in every process)."""
+    return result_text(await client.call_tool("fix_pid", {}))
 
 
 @pytest.mark.anyio
@@ -524,9 +532,9 @@ async def test_two_groups_bound_to_the_same_credential_get_two_upstream_processe
                 connect(gw, "ga", agent="ann") as ann,
                 connect(gw, "gb", agent="bob") as bob,
             ):
-                pids = {"alice": await pid_of(alice), "ann": await pid_of(ann), "bob": await pid_of(bob)}
+                pids = {name: await process_of(c) for name, c in (("alice", alice), ("ann", ann), ("bob", bob))}
                 hashes = {result_text(await c.call_tool("fix_token_hash", {})) for c in (alice, bob)}
-                again = await pid_of(alice)
+                again = await process_of(alice)
     finally:
         world.close()
 
@@ -539,8 +547,14 @@ async def test_two_groups_bound_to_the_same_credential_get_two_upstream_processe
 @pytest.mark.anyio
 async def test_a_process_started_to_list_tools_never_serves_a_group(tmp_path: Path) -> None:
     wrapper, counter = counting_wrapper(tmp_path / "bin")
-    handler = McpHandler(
-        kind="mcp", command=sys.executable, args=(str(wrapper),), env={"UPSTREAM_TOKEN": "{cred.token}"}
+    handler = McpHandler.model_validate(
+        {
+            "kind": "mcp",
+            "command": sys.executable,
+            "args": [str(wrapper)],
+            "env": {"UPSTREAM_TOKEN": "{cred.token}"},
+            "sandbox": {"read": [str(FIXTURE)], "write": [str(wrapper.parent)]},  # as stdio_decl declares it
+        }
     )
     credential = Credential("tok-a", "fixtoken", {"token": TOKEN_A}, frozenset({"token"}))
     with anyio.fail_after(30):
@@ -563,12 +577,12 @@ async def test_isolation_agent_gives_each_agent_of_a_group_its_own_process(
         with anyio.fail_after(40):
             async with world.gateway() as gw, gw.running():
                 async with connect(gw, "ga", agent="alice") as alice, connect(gw, "ga", agent="bob") as bob:
-                    first = {"alice": await pid_of(alice), "bob": await pid_of(bob)}
+                    first = {"alice": await process_of(alice), "bob": await process_of(bob)}
                 async with connect(gw, "ga", agent="alice") as alice_again:  # a new connection, the same agent
-                    alice_later = await pid_of(alice_again)
+                    alice_later = await process_of(alice_again)
                 async with connect(gw, "ga") as one, connect(gw, "ga") as other, connect(gw, "gb") as elsewhere:
-                    anonymous = {await pid_of(one), await pid_of(other)}
-                    other_group = await pid_of(elsewhere)
+                    anonymous = {await process_of(one), await process_of(other)}
+                    other_group = await process_of(elsewhere)
     finally:
         world.close()
 
@@ -587,19 +601,19 @@ async def test_a_changed_credential_restarts_and_idle_reaping_stops_each_groups_
     try:
         with anyio.fail_after(40):
             async with world.gateway() as gw, gw.running(), connect(gw, "ga") as a, connect(gw, "gb") as b:
-                before = (await pid_of(a), await pid_of(b))
+                before = (await process_of(a), await process_of(b))
                 world.store.update_credential("tok-a", {"token": TOKEN_B}, frozenset({"token"}))
                 hashes = [result_text(await c.call_tool("fix_token_hash", {})) for c in (a, b)]
-                after = (await pid_of(a), await pid_of(b))
-                for pid in before:
-                    await wait_until_gone(pid)
+                after = (await process_of(a), await process_of(b))
+                for name in before:
+                    await wait_until_no_process_named(name)
 
                 began = time.monotonic()  # gb keeps calling, ga stays idle
                 while time.monotonic() - began < 4:
-                    assert await pid_of(b) == after[1]
+                    assert await process_of(b) == after[1]
                     await anyio.sleep(0.3)
-                await wait_until_gone(after[0])
-                ga_again = await pid_of(a)
+                await wait_until_no_process_named(after[0])
+                ga_again = await process_of(a)
     finally:
         world.close()
 
