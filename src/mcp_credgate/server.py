@@ -10,6 +10,7 @@ credential in use; no exception escapes `on_call_tool` (the SDK would echo its t
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -183,7 +184,16 @@ def _text_result(text: str, *, is_error: bool = False) -> types.CallToolResult:
 
 def _to_result(output: ToolOutput, redactor: Redactor) -> types.CallToolResult:
     """The result the agent receives, redacted as one text: its content blocks, then its structured content, so a
-    secret split between two blocks (or a block and a structured value) is found too."""
+    secret split between two blocks (or a block and a structured value) is found too. A text that is the
+    structured content's JSON is written again from the redacted structure (in the text, two halves of a secret
+    in two values have the JSON between them)."""
+    if output.mirrored and output.content is None and output.structured is not None:
+        structured = redactor.obj(output.structured)
+        text = json.dumps(structured, ensure_ascii=False) if redactor else output.text
+        content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        return types.CallToolResult.model_validate(
+            {"content": content, "structuredContent": structured, "isError": output.is_error}
+        )
     content = output.content if output.content is not None else [{"type": "text", "text": output.text}]
     redacted = redactor.obj({"content": content, "structuredContent": output.structured})
     return types.CallToolResult.model_validate({**redacted, "isError": output.is_error})
