@@ -2,19 +2,22 @@
 
 How it works, in one pass over the output plus a fixed number of decoded views of it (linear in its size):
 
-- The strings of an output (and its numbers and booleans, compared by their JSON text) are joined in the order
-  the agent reads them, so a secret split over two strings or two content blocks is found like any other.
+- The values of an output (strings, and numbers and booleans compared by their JSON text) are joined in the
+  order the agent reads them, so a secret split over two values or two content blocks is found like any other;
+  keys, and what an MCP content block says of itself (type, annotations), are redacted each on its own.
 - A multi-pattern matcher (Aho-Corasick, `ahocorasick_rs`) looks for every pattern of every secret at once:
   the value itself, case-insensitively for values of `CASE_FOLD_LENGTH` characters or more; its UTF-8 bytes
   read as Latin-1 (what percent-decoding yields for non-ASCII text); hex; and base64 at each of the three byte
   alignments, in both alphabets, of the value and of its URL- and JSON-escaped text.
-- It looks again in *decoded views* of the text, and in the views of those (compositions of two): percent-
-  decoding (whatever characters the encoder left alone, escapes in either case, `+` as space), JSON and
-  JavaScript string escapes (`\\uXXXX` for every character, `\\/`, `\\xNN`), HTML character references, and the
-  text without its line breaks (base64 wrapped at 64 or 76 columns, as MIME and PEM do). A match in a view is
-  mapped back to the characters of the original it was decoded from.
+- It looks again in *decoded views* of the text, one kind of escape at a time, and in the views of those
+  (compositions of two): percent-decoding (whatever characters the encoder left alone, escapes in either case;
+  once more with `+` as a space), JSON and JavaScript string escapes (`\\uXXXX` for every character, `\\/`,
+  `\\xNN`), HTML character references; and each without its line breaks (base64 wrapped at 64 or 76 columns,
+  as MIME and PEM do, indented or not). A match in a view is mapped back to the characters of the original it
+  was decoded from. A view is made only where the text holds what starts its escapes.
 - A base64 match redacts the whole base64 run around it: inside a larger blob, the characters next to the
   secret's would still decode to its first and last bytes.
+- Once replaced, the text is looked at again: a marker's own characters could complete a secret.
 
 Redaction is defence in depth (see the README's security section): it cannot know every transformation an
 API may apply; the declared host pinning and the upstream sandbox are the boundary.
