@@ -41,6 +41,7 @@ from .credential import Credential
 
 __all__ = [
     "CASE_FOLD_LENGTH",
+    "MAX_PASSES",
     "MIN_BASE64_PATTERN",
     "MIN_DERIVED_LENGTH",
     "NO_REDACTION",
