@@ -1,22 +1,34 @@
-"""Benchmark: calls to a stdio MCP server through credgate vs straight to it with the SDK's client.
+"""Benchmark: calls to a stdio MCP server straight with the SDK's client, through credgate with the upstream in
+its sandbox (bubblewrap), and through credgate without it (`serve --no-sandbox`), side by side in one run; then
+the upstream's start-up time (start and handshake) with and without the sandbox.
 
 credgate starts the upstream with the group's token in its environment and relays each call (argument
-check, credential resolution, redaction, audit). Both paths run at once and calls alternate one by one.
+check, credential resolution, redaction, audit). The three paths run at once and calls alternate one by one.
+Start-ups alternate too: each is a new upstream process started by credgate's upstream pool.
 
-    python bench/bench_upstream.py [--calls 1000]
+    python bench/bench_upstream.py [--calls 1000] [--starts 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
 from bench_stdio import HERE, measure, print_table
+
+from mcp_credgate.config import Settings
+from mcp_credgate.credential import Credential
+from mcp_credgate.declarations import McpHandler
+from mcp_credgate.handlers.upstream import upstream_pool
+from mcp_credgate.sandbox import SandboxPolicy
 
 TOOL = f"""
 name = "up"
@@ -30,9 +42,10 @@ command = "{sys.executable}"
 args = ["{HERE / "upstream_echo.py"}"]
 env = {{ UPSTREAM_TOKEN = "{{cred.token}}" }}
 """
+SANDBOXED, UNSANDBOXED = "credgate, sandboxed", "credgate, no sandbox"
 
 
-def setup(home: Path) -> tuple[list[str], dict[str, str]]:
+def setup(home: Path, env: dict[str, str]) -> list[str]:
     tools = home / "tools.d"
     tools.mkdir(parents=True)
     (tools / "up.toml").write_text(TOOL)
@@ -40,7 +53,7 @@ def setup(home: Path) -> tuple[list[str], dict[str, str]]:
     common = ["--home", str(home), "--tools-dir", str(tools)]
 
     def run(*args: str, stdin: str | None = None) -> None:
-        subprocess.run([*base, *args, *common], input=stdin, text=True, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([*base, *args, *common], input=stdin, text=True, check=True, stdout=subprocess.DEVNULL, env=env)
 
     run("init")
     run("tools")  # discovers the upstream's tools
@@ -48,24 +61,52 @@ def setup(home: Path) -> tuple[list[str], dict[str, str]]:
     run("group", "add", "bench")
     run("group", "allow", "bench", "up.*")
     run("bind", "bench", "up", "up-token")
-    return [*base, "serve", "--group", "bench", *common], {}
+    return [*base, "serve", "--group", "bench", *common]
+
+
+async def startups(settings: Settings, starts: int) -> dict[str, list[float]]:
+    """Seconds from asking credgate's pool for the upstream to its handshake done, a new process each time,
+    alternating with and without the sandbox."""
+    handler = McpHandler(kind="mcp", command=sys.executable, args=(str(HERE / "upstream_echo.py"),))
+    credential = Credential("up-token", "uptoken", {"token": "tok-bench-0123456789"}, frozenset({"token"}))
+    policies = {SANDBOXED: SandboxPolicy.of(settings), UNSANDBOXED: SandboxPolicy.of(replace(settings, sandbox=False))}
+    times: dict[str, list[float]] = {name: [] for name in policies}
+    for _ in range(starts):
+        for name, policy in policies.items():
+            async with upstream_pool(sandbox=policy) as pool:
+                began = time.perf_counter()
+                await pool.session("up", handler, credential)
+                times[name].append(time.perf_counter() - began)
+    return times
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=1000, help="sequential calls per path (default 1000)")
+    parser.add_argument("--starts", type=int, default=10, help="upstream start-ups per side (default 10)")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        credgate_argv, env = setup(Path(tmp) / "home")
+        state = {"CREDGATE_STATE_DIR": str(Path(tmp) / "state")}  # the sandboxes' homes: not ~/.local/state
+        serve = setup(Path(tmp) / "home", {**os.environ, **state})
         servers = {
             "direct to upstream": ([sys.executable, str(HERE / "upstream_echo.py")], {"UPSTREAM_TOKEN": "tok"}),
-            "through credgate": (credgate_argv, env),
+            SANDBOXED: (serve, state),
+            UNSANDBOXED: ([*serve, "--no-sandbox"], state),
         }
-        results = await measure(servers, opts.calls, tool_names={"through credgate": "up_echo"})
+        names = {SANDBOXED: "up_echo", UNSANDBOXED: "up_echo"}
+        results = await measure(servers, opts.calls, tool_names=names)
+        started = await startups(Settings.resolve(env=state), opts.starts)
     print(f"stdio upstream, {opts.calls} sequential tools/call each, alternating call by call")
     figures = print_table(results, "path")
-    ratio = figures["through credgate"][0] / figures["direct to upstream"][0]
-    print(f"throughput ratio credgate/direct: {ratio:.2f}")
+    direct = figures["direct to upstream"][0]
+    print(f"throughput ratio credgate/direct: {figures[SANDBOXED][0] / direct:.2f} sandboxed, ", end="")
+    print(f"{figures[UNSANDBOXED][0] / direct:.2f} without")
+    ratio = figures[SANDBOXED][0] / figures[UNSANDBOXED][0]
+    print(f"throughput ratio sandboxed/unsandboxed: {ratio:.3f} (target >= 0.98)")
+    print(f"\nupstream start-up (start and handshake), {opts.starts} each, alternating")
+    print(f"{'upstream':<24}{'median ms':>10}{'min ms':>10}{'max ms':>10}")
+    for name, times in started.items():
+        print(f"{name:<24}{statistics.median(times) * 1000:>10.1f}{min(times) * 1000:>10.1f}{max(times) * 1000:>10.1f}")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,16 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         drop_schema(server, schema)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def upstream_homes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The upstreams' sandbox homes (contract §1's state folder) for the whole run: a temporary folder, never
+    the developer's own ~/.local/state. Child processes inherit it."""
+    folder = tmp_path_factory.mktemp("state")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(folder))
+        yield folder
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     """The data folder (not created yet: `credgate init` / `Store.initialise` create it)."""

@@ -8,6 +8,7 @@ it; a declaration really removed is still reported with its fix.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -36,9 +37,11 @@ def team(run_cli: CliRun) -> CliRun:
     return run_cli
 
 
-def serve_from(folder: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def serve_from(
+    folder: Path, home: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """`credgate serve` as a desktop client starts it: in a folder of its own, no --tools-dir, stdin at its end."""
-    env = {**credgate_env(), "CREDGATE_HOME": str(home)}
+    env = {**credgate_env(), "CREDGATE_HOME": str(home), **(env or {})}
     env.pop("CREDGATE_TOOLS_DIR", None)
     return subprocess.run(
         [sys.executable, "-m", "mcp_credgate", "serve", *args],
@@ -123,3 +126,51 @@ def test_serve_warnings_name_each_group_with_undeclared_tools(team: CliRun, home
         warnings = admin.serve_warnings(settings, load_catalog((tools_dir,)), store, ["team"])
     assert len(warnings) == 1
     assert warnings[0].startswith(f"group team allows echo, which no declaration names in {tools_dir}:")
+
+
+# -- upstreams without a sandbox (issue 20) ----------------------------------------------------------
+
+LOOSE = 'name = "loose"\n[handler]\nkind = "mcp"\ncommand = "loose-server"\nsandbox = false\n'
+TIGHT = 'name = "tight"\n[handler]\nkind = "mcp"\ncommand = "tight-server"\n'
+
+
+@pytest.mark.parametrize("switch", ["declaration", "--no-sandbox", "CREDGATE_SANDBOX=off"])
+def test_serve_warns_at_start_once_per_upstream_that_runs_without_a_sandbox(
+    team: CliRun, home: Path, tools_dir: Path, switch: str
+) -> None:
+    write_tool(tools_dir, "loose.toml", LOOSE)
+    write_tool(tools_dir, "tight.toml", TIGHT)
+    flags = ["--no-sandbox"] if switch == "--no-sandbox" else []
+    env = {"CREDGATE_SANDBOX": "off"} if switch.startswith("CREDGATE") else {}
+
+    served = serve_from(tools_dir.parent, home, "--group", "team", *flags, env=env)
+
+    warned = [line for line in served.stderr.splitlines() if "without a sandbox" in line]
+    expected = ["loose"] if switch == "declaration" else ["loose", "tight"]
+    assert [line.split()[2] for line in warned] == expected, served.stderr
+    for line in warned:
+        assert line.startswith("warning: upstream ") and "master key" in line
+    assert "(sandbox = false)" in warned[0]  # its own declaration's, whatever the switch
+    if switch != "declaration":
+        assert "(CREDGATE_SANDBOX=off or --no-sandbox)" in warned[1]
+
+
+def test_doctor_warns_of_upstreams_without_a_sandbox_and_a_missing_bubblewrap_is_a_problem(
+    team: CliRun, tools_dir: Path, tmp_path: Path
+) -> None:
+    write_tool(tools_dir, "loose.toml", LOOSE)
+    write_tool(tools_dir, "tight.toml", TIGHT)
+
+    fine = team("doctor", "--json")
+    without_bwrap = team("doctor", "--json", env={"PATH": str(tmp_path)})
+    text = team("doctor")
+
+    assert fine.exit_code == 0, fine.output
+    report = json.loads(fine.stdout)
+    assert report["problems"] == []
+    assert len(report["warnings"]) == 1 and report["warnings"][0].startswith("upstream loose ")
+    assert "without a sandbox (sandbox = false)" in report["warnings"][0]
+    assert f"warning: {report['warnings'][0]}" in text.stdout and "ok: no problem found" in text.stdout
+    assert without_bwrap.exit_code == 1
+    missing = json.loads(without_bwrap.stdout)["problems"]
+    assert len(missing) == 1 and "bubblewrap" in missing[0] and "tight" in missing[0], missing

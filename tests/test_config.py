@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mcp_credgate.config import DEFAULT_PUBLIC_URL, Settings, database_url_has_password
-from mcp_credgate.errors import StoreError
+from mcp_credgate.errors import SandboxError, StoreError
 
 pytestmark = pytest.mark.no_store  # never touches a store: runs once, not per backend
 
@@ -113,3 +113,30 @@ def test_a_password_in_a_database_url_or_keyword_string_is_noticed(value: str) -
 )
 def test_a_database_url_without_a_password_is_not_suspected(value: str) -> None:
     assert not database_url_has_password(value)
+
+
+def test_the_upstreams_homes_follow_xdg_state_home_and_credgate_state_dir(tmp_path: Path) -> None:
+    xdg = Settings.resolve(env={"XDG_STATE_HOME": str(tmp_path / "xs")}, cwd=tmp_path)
+    plain = Settings.resolve(env={}, cwd=tmp_path)
+    named = Settings.resolve(env={"CREDGATE_STATE_DIR": str(tmp_path / "st"), "XDG_STATE_HOME": "/x"}, cwd=tmp_path)
+
+    assert xdg.state_dir == tmp_path / "xs" / "credgate" / "upstreams"
+    assert plain.state_dir == Path.home() / ".local" / "state" / "credgate" / "upstreams"
+    assert named.state_dir == tmp_path / "st"
+
+
+def test_the_sandbox_is_on_unless_credgate_sandbox_is_off(tmp_path: Path) -> None:
+    assert Settings.resolve(env={}, cwd=tmp_path).sandbox
+    assert Settings.resolve(env={"CREDGATE_SANDBOX": "on"}, cwd=tmp_path).sandbox
+    assert not Settings.resolve(env={"CREDGATE_SANDBOX": "off"}, cwd=tmp_path).sandbox
+    assert not Settings.resolve(env={"CREDGATE_SANDBOX": "on"}, cwd=tmp_path, sandbox=False).sandbox  # --no-sandbox
+
+    with pytest.raises(SandboxError) as refused:
+        Settings.resolve(env={"CREDGATE_SANDBOX": "maybe"}, cwd=tmp_path)
+    assert str(refused.value) == "CREDGATE_SANDBOX must be on or off, not 'maybe'"
+
+
+def test_what_no_upstream_may_see_is_the_data_folder_its_key_and_the_upstreams_homes(tmp_path: Path) -> None:
+    s = Settings.resolve(env={"CREDGATE_HOME": str(tmp_path / "h"), "CREDGATE_STATE_DIR": str(tmp_path / "st")})
+
+    assert set(s.protected_paths) == {s.home, s.key_path, s.state_dir}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
-from mcp_credgate.declarations import Catalog, CredentialSpec, load_catalog
+from mcp_credgate.declarations import Catalog, CredentialSpec, McpHandler, SandboxSpec, load_catalog
 from mcp_credgate.errors import CredentialValueError, DeclarationError
 from tests.support.samples import REPO_TOOLS_DIR, write_tool
 
@@ -917,3 +918,96 @@ def test_value_of_exactly_64_kib_is_accepted(tmp_path: Path) -> None:
 def test_values_that_are_not_a_mapping_are_refused(svc_spec: CredentialSpec) -> None:
     with pytest.raises(CredentialValueError):
         svc_spec.validate_values(["tok_abc"])  # type: ignore[arg-type]
+
+
+# -- an upstream's sandbox (`sandbox` in an mcp handler with a command) ------------------------------
+
+STDIO_UPSTREAM = """
+    name = "up"
+    [handler]
+    kind = "mcp"
+    command = "up-server"
+"""
+
+
+def upstream_handler(tmp_path: Path, sandbox: str) -> McpHandler:
+    write_tool(tmp_path, "up.toml", STDIO_UPSTREAM + sandbox)
+    catalog = load(tmp_path)
+    assert catalog.problems == ()
+    return catalog.upstreams["up"].handler
+
+
+def test_a_stdio_upstream_is_sandboxed_by_default_with_network_and_sane_limits(tmp_path: Path) -> None:
+    handler = upstream_handler(tmp_path, "")
+
+    assert handler.sandbox == SandboxSpec()
+    assert handler.sandbox.read == () and handler.sandbox.write == () and handler.sandbox.network
+    assert handler.sandbox.max_memory_mb == 2048 and handler.sandbox.max_processes == 512
+    assert handler.sandbox.max_home_mb == 1024
+
+
+def test_sandbox_false_opts_out_and_a_table_sets_the_options(tmp_path: Path) -> None:
+    assert upstream_handler(tmp_path, "sandbox = false\n").sandbox is None
+    assert upstream_handler(tmp_path, "sandbox = true\n").sandbox == SandboxSpec()
+
+    handler = upstream_handler(
+        tmp_path,
+        'sandbox.read = ["/srv/models", "~/.cache/x"]\nsandbox.write = ["/srv/out"]\n'
+        "sandbox.network = false\nsandbox.max_memory_mb = 512\n",
+    )
+
+    assert handler.sandbox == SandboxSpec(
+        read=("/srv/models", "~/.cache/x"), write=("/srv/out",), network=False, max_memory_mb=512
+    )
+
+
+BAD_SANDBOXES = {
+    "unknown key": ("sandbox.net = false", "handler.sandbox.net", "unknown key"),
+    "relative path": ('sandbox.read = ["data"]', "handler.sandbox.read[0]", "an absolute path"),
+    "the root": ('sandbox.write = ["/"]', "handler.sandbox.write[0]", "/ is the whole machine"),
+    "a string": ('sandbox = "on"', "handler.sandbox", "false, or a table"),
+    "tiny memory": ("sandbox.max_memory_mb = 1", "handler.sandbox.max_memory_mb", "greater than or equal"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SANDBOXES))
+def test_bad_sandbox_options_are_one_line_naming_the_file_and_field(tmp_path: Path, case: str) -> None:
+    body, field, message = BAD_SANDBOXES[case]
+    path = write_tool(tmp_path, "up.toml", STDIO_UPSTREAM + body + "\n")
+
+    problem = only_problem(load(tmp_path))
+
+    assert problem.startswith(f"{path}: {field}: "), problem
+    assert message in problem and "\n" not in problem
+
+
+def test_a_remote_upstream_has_no_sandbox_to_set(tmp_path: Path) -> None:
+    path = write_tool(
+        tmp_path, "up.toml", 'name = "up"\n[handler]\nkind = "mcp"\nurl = "https://x.example/mcp"\nsandbox = false\n'
+    )
+
+    problem = only_problem(load(tmp_path))
+
+    assert problem.startswith(f"{path}: handler.sandbox: ") and "a remote upstream" in problem
+
+
+@pytest.mark.parametrize("field", ["read", "write"])
+def test_sandbox_paths_reaching_the_data_folder_the_key_or_the_upstreams_homes_are_refused(
+    tmp_path: Path, field: str
+) -> None:
+    data, state = tmp_path / "data", tmp_path / "state"
+    protected = {data: "the data folder", data / "master.key": "the master key", state: "the upstreams' homes"}
+    cases = {
+        str(data): "the data folder",
+        str(data / "master.key"): "the data folder",
+        str(tmp_path): "the data folder",  # it holds them
+        str(state / "other" / "abc"): "the upstreams' homes",
+    }
+    folder = tmp_path / "tools.d"
+    for path, what in cases.items():
+        decl = write_tool(folder, "up.toml", STDIO_UPSTREAM + f"sandbox.{field} = [{json.dumps(path)}]\n")
+
+        problem = only_problem(load_catalog([folder], protected=protected))
+
+        assert problem.startswith(f"{decl}: handler.sandbox.{field}[0]: "), problem
+        assert what in problem and path in problem

@@ -36,11 +36,13 @@ PUBLIC_MODULES = [
     "mcp_credgate.gate",
     "mcp_credgate.handlers",
     "mcp_credgate.importing",
+    "mcp_credgate.isolation",
     "mcp_credgate.logs",
     "mcp_credgate.loopback",
     "mcp_credgate.oauth",
     "mcp_credgate.readiness",
     "mcp_credgate.redact",
+    "mcp_credgate.sandbox",
     "mcp_credgate.store",
     "mcp_credgate.token_refresh",
 ]

@@ -44,6 +44,7 @@ from mcp_credgate.declarations import McpHandler, load_catalog
 from mcp_credgate.errors import DeclarationError
 from mcp_credgate.gateway import Gateway
 from mcp_credgate.handlers.upstream import upstream_pool
+from mcp_credgate.isolation import UpstreamScope
 from mcp_credgate.server import build_server
 from tests.support import REPO_ROOT, SUPPORT_DIR
 from tests.support.gateway import (
@@ -58,6 +59,7 @@ from tests.support.gateway import (
     store_env,
     teed_serve,
 )
+from tests.support.sandbox import host_pid
 
 pytestmark = [
     pytest.mark.anyio,
@@ -109,6 +111,7 @@ def fixture_decl(name: str, variant: str, front_dir: Path, *, extra: str = "") -
         f'name = "{name}"\ndescription = "The front fixture upstream."\n{FRTOKEN}'
         f'[handler]\nkind = "mcp"\ncommand = {toml_str(sys.executable)}\nargs = [{args}]\n'
         f'env = {{ UPSTREAM_TOKEN = "{{cred.token}}", FRONT_DIR = {toml_str(front_dir)} }}\n'
+        f"sandbox.write = [{toml_str(front_dir)}]\n"  # where it records what it saw
         f"timeout = 30\n{extra}\n"
     )
 
@@ -135,7 +138,8 @@ def discovered() -> Discovered:
 
         async def one(variant: str, pool: Any) -> None:
             handler = McpHandler(kind="mcp", command=sys.executable, args=tuple(VARIANTS[variant]))
-            found[variant] = await pool.discover(variant, handler, Credential("d", "frtoken", {}, frozenset()))
+            scope = UpstreamScope.for_discovery(variant, "d")
+            found[variant] = await pool.discover(scope, handler, Credential("d", "frtoken", {}, frozenset()))
 
         with anyio.fail_after(60):
             async with upstream_pool() as pool, anyio.create_task_group() as tg:
@@ -681,13 +685,13 @@ async def test_the_subscriptions_of_an_agent_that_went_away_do_not_keep_its_upst
     try:
         async with world.gateway() as gw, gw.running():
             async with agent(gw, "g") as unsubscribed:
-                first = int(result_text(await unsubscribed.call("fr_pid")))
+                first = host_pid(result_text(await unsubscribed.call("fr_pid")))
                 await unsubscribed.ask(unsubscribed.mcp.subscribe_resource("front://watched-a"))
                 await unsubscribed.ask(unsubscribed.mcp.unsubscribe_resource("front://watched-a"))
             assert await stops_within(first, 8), "an idle upstream was not stopped"  # the control
 
             async with agent(gw, "g") as gone:
-                second = int(result_text(await gone.call("fr_pid")))
+                second = host_pid(result_text(await gone.call("fr_pid")))
                 await gone.ask(gone.mcp.subscribe_resource("front://watched-a"))
             # the agent's connection closed without unsubscribing: nothing is left to deliver updates to
             with anyio.fail_after(5):
@@ -978,7 +982,7 @@ async def test_credgate_serve_redacts_the_token_in_everything_an_upstream_sends(
             sampled = await a.call("fr_ask_llm", {"prompt": "Say it back"})
             elicited = await a.call("fr_ask_user", {"message": "Your name?"})
             failed = await a.call("fr_fail")
-            pid = int(result_text(await a.call("fr_pid")))
+            pid = result_text(await a.call("fr_pid"))
     assert [e["pid"] for e in recorded(front_dir, "start")][1:] == [pid]  # one for discovery, one for serving
 
     hello = next(t for t in tools.tools if t.name == "fr_hello")
@@ -1015,17 +1019,18 @@ async def test_credgate_serve_redacts_the_token_in_everything_an_upstream_sends(
     assert_no_leak_at_rest(world.settings, TOKEN)
 
 
-# -- 11. two agents on one upstream session ---------------------------------------------------------
+# -- 11. attribution: what an upstream sends on its own reaches an agent only when tied to its request ---
+
+UNANSWERABLE = (
+    f"refused: code={types.INVALID_REQUEST}, "
+    "message=sampling is unavailable: the gateway cannot tell which agent to ask"
+)
 
 
 async def test_what_an_upstream_sends_while_two_agents_calls_are_in_flight_reaches_neither(
     tmp_path: Path, discovered: Discovered, front_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    world = front_world(tmp_path / "w", discovered, {"fr": (fixture_decl("fr", "fixture", front_dir), "fixture")})
-    world.add_credential("shared", "frtoken", {"token": TOKEN})
-    for group in ("ga", "gb"):  # two groups, one credential: one upstream process serves both
-        world.allow(group, "fr.*")
-        world.bind(group, "fr", "shared")
+    world = fr_world(tmp_path, discovered, front_dir)  # isolation = "group": alice and bob share one process
     caplog.set_level(logging.INFO, logger="credgate")
     results: dict[str, types.CallToolResult] = {}
     try:
@@ -1033,8 +1038,8 @@ async def test_what_an_upstream_sends_while_two_agents_calls_are_in_flight_reach
             async with (
                 world.gateway() as gw,
                 gw.running(),
-                agent(gw, "ga", name="alice") as a,
-                agent(gw, "gb", name="bob") as b,
+                agent(gw, "g", name="alice") as a,
+                agent(gw, "g", name="bob") as b,
             ):
                 async with anyio.create_task_group() as tg:
                     for tag, who in (("A", a), ("B", b)):
@@ -1044,7 +1049,7 @@ async def test_what_an_upstream_sends_while_two_agents_calls_are_in_flight_reach
 
                         tg.start_soon(call)
                 crossed = (list(a.logs), list(b.logs), list(a.sampled), list(b.sampled))
-                # the same upstream, one agent's call in flight: its line and request are its own
+                # one call in flight now, but the process has served two agents: nothing ties the line to hers
                 solo = await a.call("fr_rendezvous", {"n": 1, "run": "solo", "tag": "A"})
                 pids = {result_text(await a.call("fr_pid")), result_text(await b.call("fr_pid"))}
     finally:
@@ -1052,18 +1057,99 @@ async def test_what_an_upstream_sends_while_two_agents_calls_are_in_flight_reach
 
     for tag in ("A", "B"):
         assert results[tag].is_error
-        assert result_text(results[tag]) == (
-            f"{tag}: sampling refused: code={types.INVALID_REQUEST}, "
-            "message=sampling is unavailable: the gateway cannot tell which agent to ask"
-        )
+        assert result_text(results[tag]) == f"{tag}: sampling {UNANSWERABLE}"
     assert crossed == ([], [], [], [])
-    assert "logged (warning) outside any one agent's request" in caplog.text  # kept in the gateway's log
-    assert "asked for sampling: refused, several agents' requests are in flight" in caplog.text
+    assert result_text(solo) == f"A: sampling {UNANSWERABLE}"
+    assert a.logs == a.sampled == b.logs == b.sampled == []
+    assert "A: logged while 2 calls were in flight" in caplog.text  # kept in the gateway's log
+    assert "A: logged while 1 calls were in flight" in caplog.text
+    assert "asked for sampling: refused, several requests are in flight" in caplog.text
+    assert "asked for sampling: refused, this upstream process has served more than one agent" in caplog.text
+    assert len(pids) == 1  # the two agents of the group did share one upstream process
+    assert_no_leak(caplog.text + a.everything() + b.everything(), TOKEN)
+
+
+async def test_an_upstream_process_of_one_agent_gives_it_what_it_sends_during_its_call(
+    tmp_path: Path, discovered: Discovered, front_dir: Path
+) -> None:
+    world = fr_world(tmp_path, discovered, front_dir, extra='isolation = "agent"')
+    try:
+        with anyio.fail_after(60):
+            async with (
+                world.gateway() as gw,
+                gw.running(),
+                agent(gw, "g", name="alice") as a,
+                agent(gw, "g", name="bob") as b,
+            ):
+                bob_pid = result_text(await b.call("fr_pid"))
+                solo = await a.call("fr_rendezvous", {"n": 1, "run": "solo", "tag": "A"})
+                alice_pid = result_text(await a.call("fr_pid"))
+    finally:
+        world.close()
+
+    assert alice_pid != bob_pid
     assert result_text(solo) == "A: model said: Paris"
     assert [x.data for x in a.logs] == ["A: logged while 1 calls were in flight"]
     assert b.logs == [] and b.sampled == []
-    assert len(pids) == 1  # the two groups did share one upstream process
+
+
+# (isolation, alice's group, bob's group): bob's call is in flight while alice's upstream sends on its own
+LATE: dict[str, tuple[str, str, str]] = {
+    "another agent of the group, on the same process": ("group", "g", "g"),
+    "another group, on its own process": ("group", "g", "h"),
+    "another agent, on its own process": ("agent", "g", "g"),
+}
+
+
+@pytest.mark.parametrize("case", list(LATE))
+async def test_what_an_upstream_sends_after_a_call_returned_reaches_nobody_but_the_log(
+    tmp_path: Path, discovered: Discovered, front_dir: Path, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
+    isolation, alice_group, bob_group = LATE[case]
+    world = fr_world(tmp_path, discovered, front_dir, extra=f'isolation = "{isolation}"')
+    world.allow("h", "fr.*")
+    world.bind("h", "fr", "tok")  # the same credential as g's
+    caplog.set_level(logging.INFO, logger="credgate")
+    try:
+        with anyio.fail_after(60):
+            async with (
+                world.gateway() as gw,
+                gw.running(),
+                agent(gw, alice_group, name="alice") as a,
+                agent(gw, bob_group, name="bob") as b,
+            ):
+                lingering = await a.call("fr_linger", {"tag": "A"})
+                late = json.loads(result_text(await b.call("fr_wake", {"tag": "A"})))
+                pids = (result_text(await a.call("fr_pid")), result_text(await b.call("fr_pid")))
+    finally:
+        world.close()
+
+    assert result_text(lingering) == "A: lingering"
+    assert late == [{"kind": "late", "tag": "A", "outcome": UNANSWERABLE}]  # an error back, not a hang
+    assert a.logs == a.sampled == a.progress == []
+    assert b.logs == b.sampled == b.progress == []
+    assert f"A: sent after its call returned, token {REDACTED}" in caplog.text  # the gateway's log, redacted
+    assert "upstream fr asked for sampling: refused" in caplog.text
+    assert (pids[0] == pids[1]) == (case == "another agent of the group, on the same process")
     assert_no_leak(caplog.text + a.everything() + b.everything(), TOKEN)
+
+
+async def test_a_relayed_sampling_request_asks_the_agent_for_no_context_whatever_the_upstream_wanted(
+    tmp_path: Path, discovered: Discovered, front_dir: Path
+) -> None:
+    world = fr_world(tmp_path, discovered, front_dir)
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running(), agent(gw, "g") as a:
+                answers = [
+                    result_text(await a.call("fr_ask_with_context", {"context": context}))
+                    for context in ("allServers", "thisServer", "none")
+                ]
+    finally:
+        world.close()
+
+    assert answers == ["model said: Paris"] * 3
+    assert [p.include_context for p in a.sampled] == ["none"] * 3
 
 
 # -- 12. prefix collisions --------------------------------------------------------------------------
@@ -1153,3 +1239,31 @@ async def test_a_streamable_http_upstream_relays_resources_prompts_logs_sampling
     assert a.sampled[0].messages[0].content.text == f"over HTTP? (token {REDACTED})"
     assert a.updated() == ["front://watched-a"]
     assert_no_leak(a.everything(), TOKEN)
+
+
+async def test_what_a_remote_upstream_sends_outside_any_requests_stream_reaches_nobody_but_the_log(
+    tmp_path: Path, discovered: Discovered, http_upstream: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    decl = (
+        f'name = "web"\n{FRTOKEN}[handler]\nkind = "mcp"\nurl = "{http_upstream}"\n'
+        'headers = { Authorization = "Bearer {cred.token}" }\ntimeout = 30\n'
+    )
+    world = front_world(tmp_path / "w", discovered, {"web": (decl, "fixture")})
+    world.add_credential("tok", "frtoken", {"token": TOKEN})
+    world.allow("g", "web.*")
+    world.bind("g", "web", "tok")
+    caplog.set_level(logging.INFO, logger="credgate")
+    tag = f"R-{tmp_path.name}"  # the upstream serves the whole module
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running(), agent(gw, "g", name="alice") as a:
+                await a.call("web_linger", {"tag": tag})
+                # her own call is the only one in flight, but the upstream sends on no request's stream
+                late = json.loads(result_text(await a.call("web_wake", {"tag": tag})))
+    finally:
+        world.close()
+
+    assert late == [{"kind": "late", "tag": tag, "outcome": UNANSWERABLE}]
+    assert a.logs == a.sampled == a.progress == []
+    assert f"{tag}: sent after its call returned, token {REDACTED}" in caplog.text
+    assert_no_leak(caplog.text + a.everything(), TOKEN)

@@ -303,3 +303,69 @@ def test_a_typed_redaction_keeps_a_number_a_number_where_a_message_schema_wants_
     out = Redactor({"pin": "84207311"}).obj({"progress": 84207311, "total": 5.0, "done": True}, typed=True)
 
     assert out == {"progress": 0, "total": 5.0, "done": True}
+
+
+# -- found in a hostile review of the rewritten redactor ----------------------------------------------------
+
+REVIEWED = "Zq7-secret-Tk9!"
+
+
+@pytest.mark.parametrize(
+    ("secret", "text"),
+    [
+        ("correct horse battery staple", "password=correct+horse+battery+staple"),  # form-encoded, no %
+        ("pass+word/xyz12", "pass+word%2Fxyz12"),  # a + the encoder left alone
+        ("tS3cr<e>t-xyz9", quote(html.escape("\\tS3cr<e>t-xyz9"), safe="")),  # a JSON escape's start before it
+        ("4fS3cr<e>t-xyz9", quote(html.escape("%4fS3cr<e>t-xyz9"), safe="")),
+        ('4f"S3cret-xyz9', html.escape(json.dumps({"pw": '%4f"S3cret-xyz9'}))),
+        ('#1S3cr"et-xyz9', quote(json.dumps('&#1S3cr"et-xyz9'), safe="")),
+        ("PASSWORD\u03a3", "PASSWORD\u03a3X"),  # a capital sigma lowers by its context
+        ("PASSWORD\u03a3", "\u0130 PASSWORD\u03a3 y"),
+        ("password\u03c3", "PASSWORD\u03a3"),
+        (
+            "Zq7-secret-Tk9!",
+            "  "
+            + base64.b64encode(b"\x01Zq7-secret-Tk9!").decode()[:10]
+            + "\n  "
+            + base64.b64encode(b"\x01Zq7-secret-Tk9!").decode()[10:],
+        ),  # wrapped with an indent
+        ("Zq7-secret-Tk9!", "".join(f"&#{ord(c):08d};" for c in "Zq7-secret-Tk9!")),  # zero-padded references
+        ("a!b*c'd(e)f/g", base64.b64encode(quote("a!b*c'd(e)f/g", safe="-_.!~*'()").encode()).decode()),
+        ('pa/ss"word-1', base64.b64encode(json.dumps('pa/ss"word-1').replace("/", "\\/").encode()).decode()),
+    ],
+)
+def test_what_the_review_got_through_is_redacted(secret: str, text: str) -> None:
+    out = Redactor({"t": secret}).text(text)
+
+    assert "[redacted:t]" in out, out
+    assert leaks(out, secret) == [], out
+
+
+def test_a_marker_never_completes_a_secret_that_starts_with_its_last_character() -> None:
+    for secret, text in ((":]k9#Lp2q", ":]k9#Lp2q]k9#Lp2q"), ("k9#Lp2q[", "k9#Lp2qk9#Lp2q[")):
+        out = Redactor({"password": secret}).text(text)
+
+        assert secret not in out, out
+
+
+def test_type_is_aside_only_in_a_content_block_and_annotations_do_not_break_two_blocks_apart() -> None:
+    redactor = Redactor({"t": REVIEWED})
+    blocks = [
+        {"type": "text", "text": REVIEWED[:7], "annotations": {"audience": ["user"], "priority": 0.5}},
+        {"type": "text", "text": REVIEWED[7:]},
+    ]
+
+    assert REVIEWED[:7] not in json.dumps(redactor.obj(blocks))
+    assert redactor.obj({"a": REVIEWED[:9], "type": REVIEWED[9:]}) == {"a": "[redacted:t]", "type": "[redacted:t]"}
+
+
+def test_a_number_key_that_is_a_secret_is_redacted() -> None:
+    assert Redactor({"pin": "84207311"}).obj({84207311: "x"}) == {"[redacted:pin]": "x"}
+
+
+def test_lone_surrogates_and_huge_integers_do_not_make_redaction_raise() -> None:
+    redactor = Redactor({"t": "secretvalue123"})
+
+    assert redactor.text('"\\ud800" padding padding secretvalue123') == '"\\ud800" padding padding [redacted:t]'
+    assert redactor.text("x\ud800 secretvalue123") == "x\ud800 [redacted:t]"
+    assert redactor.obj({"n": 10**5000, "s": "secretvalue123"})["s"] == "[redacted:t]"

@@ -18,6 +18,7 @@ from .credential import mask
 from .declarations import Catalog, CredentialSpec, Tool, Upstream
 from .errors import CiphertextError, ConflictError, CredentialValueError, CredgateError, NotFoundError, StoreError
 from .readiness import Status, Verdict, credential_verdict, verdict
+from .sandbox import missing_bubblewrap, probe, sandbox_state
 from .store import CredentialInfo, Store, hint_path
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "is_declared",
     "oauth_summary",
     "require_tool",
+    "sandbox_problems",
+    "sandbox_warnings",
     "save_connection",
     "serve_warnings",
     "shown_values",
@@ -292,6 +295,7 @@ def doctor(settings: Settings, catalog: Catalog) -> list[str]:
     declarations, and bindings that no longer match the declarations."""
     problems = [f"{p} (fix the file, then run `credgate tools --check`)" for p in catalog.problems]
     problems += _mode_problems(settings)
+    problems += sandbox_problems(settings, catalog)
     try:
         store = Store.open(settings)
     except CredgateError as exc:
@@ -361,6 +365,36 @@ def serve_warnings(settings: Settings, catalog: Catalog, store: Store, groups: I
                 "agents will not see them (point --tools-dir or CREDGATE_TOOLS_DIR at the folder that declares them)"
             )
     return out
+
+
+_UNSANDBOXED_RISK = "it can read everything this account can, the master key and every credential included"
+
+
+def sandbox_warnings(settings: Settings, catalog: Catalog) -> list[str]:
+    """One line per stdio upstream that runs without a sandbox, saying what turned it off (`serve` prints them
+    at start, `doctor` as warnings)."""
+    out = []
+    for name, upstream in catalog.upstreams.items():
+        state = sandbox_state(upstream.handler, settings.sandbox)
+        if state is None or state == "on":
+            continue
+        why = "sandbox = false" if state == "off: declaration" else "CREDGATE_SANDBOX=off or --no-sandbox"
+        out.append(f"upstream {name} ({upstream.source}) runs without a sandbox ({why}): {_UNSANDBOXED_RISK}")
+    return out
+
+
+def sandbox_problems(settings: Settings, catalog: Catalog) -> list[str]:
+    """The sandboxed stdio upstreams that cannot start here: bubblewrap missing or unable to make a sandbox."""
+    sandboxed = [n for n, u in catalog.upstreams.items() if sandbox_state(u.handler, settings.sandbox) == "on"]
+    if not sandboxed:
+        return []
+    names = f"upstream{'s' if len(sandboxed) > 1 else ''} {', '.join(sandboxed)}"
+    why = probe()
+    if why is None:
+        return []
+    if why.startswith("bubblewrap (`bwrap`) is not on the PATH"):
+        return [f"{names} will not start: {missing_bubblewrap(names)}"]
+    return [f"{names} will not start: {why}"]
 
 
 def _mode_problems(settings: Settings) -> list[str]:

@@ -37,6 +37,7 @@ from .importing import import_credentials
 from .logs import configure_logging
 from .loopback import is_loopback_host
 from .oauth_callback import LoopbackCallback
+from .sandbox import SandboxPolicy, SandboxState, sandbox_state
 from .store import (
     Store,
     read_staged_key,
@@ -158,7 +159,7 @@ class App:
     @cached_property
     def catalog(self) -> Catalog:
         """The declarations, with the upstream MCP servers' tools as last discovered (when a store exists)."""
-        catalog = load_catalog(self.settings.tools_dirs)
+        catalog = load_catalog(self.settings.tools_dirs, self.settings.protected_paths)
         if catalog.upstreams and store_exists(self.settings):
             catalog = catalog.with_discovered(self.store.discovered_tools())
         return catalog
@@ -319,6 +320,7 @@ def tools(app: App, check: bool, refresh: bool, discover_with: str | None) -> No
     discovery_problems = _discover_upstreams(app, refresh, discover_with)
     cat = app.catalog
     cat = replace(cat, problems=(*cat.problems, *discovery_problems))
+    upstreams = [_upstream_json(name, u, app.settings.sandbox) for name, u in cat.upstreams.items()]
     data = {
         "tools": [
             {
@@ -330,6 +332,7 @@ def tools(app: App, check: bool, refresh: bool, discover_with: str | None) -> No
             }
             for t in cat.tools.values()
         ],
+        "upstreams": upstreams,
         "credential_types": {
             name: {"fields": _field_json(spec), "tools": cat.tools_of_type(name)} for name, spec in cat.types.items()
         },
@@ -344,6 +347,8 @@ def tools(app: App, check: bool, refresh: bool, discover_with: str | None) -> No
             yield f"{t.name}  [{t.decl.handler.kind}]  {need}"
             if t.decl.description:
                 yield f"    {t.decl.description}"
+        for upstream in upstreams:
+            yield _upstream_line(upstream)
         for name, spec in cat.types.items():
             yield f"credential type {name}:"
             for f in spec.fields:
@@ -369,11 +374,36 @@ def tools(app: App, check: bool, refresh: bool, discover_with: str | None) -> No
         click.echo(f"ok: {len(cat.tools)} tools, {len(cat.types)} credential types", err=True)
 
 
+SANDBOX_OFF_BY: dict[SandboxState, str] = {"off: declaration": "sandbox = false", "off: global": "CREDGATE_SANDBOX=off"}
+
+
+def _upstream_json(name: str, upstream: Upstream, sandboxing: bool) -> dict[str, Any]:
+    """An upstream MCP server as `tools --json` lists it: how it is reached, and whether it runs sandboxed
+    ("sandbox": "on" | "off", with what turned it off; null for a remote one)."""
+    state = sandbox_state(upstream.handler, sandboxing)
+    return {
+        "name": name,
+        "source": str(upstream.source),
+        "transport": "stdio" if upstream.handler.command is not None else "http",
+        "sandbox": None if state is None else state.partition(":")[0],
+        "sandbox_off_by": SANDBOX_OFF_BY.get(state) if state is not None else None,
+    }
+
+
+def _upstream_line(upstream: Mapping[str, Any]) -> str:
+    line = f"upstream {upstream['name']}  [{upstream['transport']}]"
+    if upstream["sandbox"] == "on":
+        return f"{line}  sandbox: on"
+    if upstream["sandbox"] == "off":
+        return f"{line}  sandbox: off ({upstream['sandbox_off_by']})"
+    return line
+
+
 def _discover_upstreams(app: App, refresh: bool, discover_with: str | None) -> list[str]:
     """Ask upstream MCP servers whose tools are not cached yet (or all, with --refresh) for their tools."""
     from .handlers.upstream import UpstreamError  # lazy: the MCP client costs every command ~0.5 s of start-up
 
-    declared = load_catalog(app.settings.tools_dirs)
+    declared = load_catalog(app.settings.tools_dirs, app.settings.protected_paths)
     if not declared.upstreams or not store_exists(app.settings):
         return []
     cached = app.store.discovered_tools()
@@ -388,7 +418,7 @@ def _discover_upstreams(app: App, refresh: bool, discover_with: str | None) -> l
                 problems.append(f"{upstream.source}: --discover-with {discover_with}: not of type {spec.type!r}")
                 continue
         try:
-            anyio.run(_list_upstream_tools, app.store, upstream, credential)
+            anyio.run(_list_upstream_tools, app.settings, app.store, upstream, credential)
         except (UpstreamError, TimeoutError, OSError) as exc:
             why = str(exc) if isinstance(exc, UpstreamError) else f"{type(exc).__name__}"
             if spec is not None and not discover_with:
@@ -399,14 +429,14 @@ def _discover_upstreams(app: App, refresh: bool, discover_with: str | None) -> l
     return problems
 
 
-async def _list_upstream_tools(store: Store, upstream: Upstream, credential: Credential) -> None:
+async def _list_upstream_tools(settings: Settings, store: Store, upstream: Upstream, credential: Credential) -> None:
     # lazy: the MCP client (~0.5 s) and httpx2 (~20 ms) would slow every command's start-up
     from .discovery import list_upstream_tools
     from .handlers.http import make_client
     from .handlers.upstream import upstream_pool
     from .token_refresh import TokenRefresher
 
-    async with make_client() as http, upstream_pool() as pool:
+    async with make_client() as http, upstream_pool(sandbox=SandboxPolicy.of(settings)) as pool:
         await list_upstream_tools(store, pool, TokenRefresher(store, lambda: http), upstream, credential)
 
 
@@ -1051,9 +1081,13 @@ def restore(app: App, path: Path) -> None:
 @common_options
 @pass_app
 def doctor(app: App) -> None:
-    """Check file modes, key and store, schema, integrity, declarations and bindings; exit 1 on a problem."""
-    problems = admin.doctor(app.settings, load_catalog_with_discovered(app))
-    app.out({"problems": problems}, [f"problem: {p}" for p in problems] or ["ok: no problem found"])
+    """Check file modes, key and store, schema, integrity, declarations, bindings and the upstreams' sandbox;
+    exit 1 on a problem (upstreams run without a sandbox are warnings)."""
+    catalog = load_catalog_with_discovered(app)
+    problems = admin.doctor(app.settings, catalog)
+    warnings = admin.sandbox_warnings(app.settings, catalog)
+    lines = [f"problem: {p}" for p in problems] or ["ok: no problem found"]
+    app.out({"problems": problems, "warnings": warnings}, [*lines, *(f"warning: {w}" for w in warnings)])
     if problems:
         raise click.exceptions.Exit(1)
 
@@ -1063,7 +1097,7 @@ def load_catalog_with_discovered(app: App) -> Catalog:
     try:
         return app.catalog
     except CredgateError:
-        return load_catalog(app.settings.tools_dirs)
+        return load_catalog(app.settings.tools_dirs, app.settings.protected_paths)
 
 
 @cli.command()
@@ -1087,14 +1121,29 @@ def load_catalog_with_discovered(app: App) -> Catalog:
     show_default=True,
     help="debug logs every call (names only, never a value).",
 )
+@click.option(
+    "--no-sandbox",
+    "no_sandbox",
+    is_flag=True,
+    help="Run stdio upstreams without their sandbox (as CREDGATE_SANDBOX=off): each can read all this account can.",
+)
 @common_options
 @pass_app
 def serve(
-    app: App, group_name: str | None, use_http: bool, host: str, port: int, log_format: str, log_level: str
+    app: App,
+    group_name: str | None,
+    use_http: bool,
+    host: str,
+    port: int,
+    log_format: str,
+    log_level: str,
+    no_sandbox: bool,
 ) -> None:
     """Serve MCP: over stdio for one group, or with --http for every agent with a token."""
     catalog = app.catalog
     catalog.raise_problems()
+    if no_sandbox:
+        app.settings = replace(app.settings, sandbox=False)
     if use_http:
         # lazy: the HTTP app (the MCP server, Starlette, Jinja2, uvicorn) takes ~0.7 s to import; only this needs it
         from .guard import allowed_hosts_and_origins
@@ -1129,10 +1178,13 @@ def serve(
 
 
 def _warn_at_start(app: App, groups: Iterable[str]) -> None:
-    """On stderr (a desktop client's MCP log): what would otherwise fail silently, a wrong tools folder above all."""
+    """On stderr (a desktop client's MCP log): what would otherwise fail silently, a wrong tools folder above all;
+    upstreams that run without a sandbox, or whose sandbox cannot be made here."""
     for line in admin.serve_warnings(app.settings, app.catalog, app.store, groups):
         click.echo(f"warning: {line}", err=True)
-    catalog = app.catalog
+    settings, catalog = app.settings, app.catalog
+    for line in [*admin.sandbox_warnings(settings, catalog), *admin.sandbox_problems(settings, catalog)]:
+        click.echo(f"warning: {line}", err=True)
     for name, upstream in catalog.upstreams.items():
         if not catalog.upstream_tools(name):
             click.echo(

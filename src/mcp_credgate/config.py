@@ -1,16 +1,16 @@
-"""Where things live: the data folder, the tool declarations, the public URL (contract §1) and, for
-several replicas, the PostgreSQL store."""
+"""Where things live: the data folder, the tool declarations, the public URL, the upstreams' sandbox homes
+(contract §1), whether upstreams run sandboxed and, for several replicas, the PostgreSQL store."""
 
 from __future__ import annotations
 
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-from .errors import StoreError
+from .errors import SandboxError, StoreError
 
 __all__ = [
     "DATABASE_NAME",
@@ -20,7 +20,9 @@ __all__ = [
     "Settings",
     "database_url_has_password",
     "default_home",
+    "default_state_dir",
     "default_tools_dirs",
+    "sandbox_switch",
 ]
 
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8765"
@@ -38,6 +40,26 @@ def default_home(env: Mapping[str, str]) -> Path:
     return base / "credgate"
 
 
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    """Where the upstreams' sandbox homes live: outside the data folder, so that no upstream is ever given a
+    place in it, and kept across restarts (an upstream finds its cache again)."""
+    if env.get("CREDGATE_STATE_DIR"):
+        return Path(env["CREDGATE_STATE_DIR"]).expanduser()
+    xdg = env.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "credgate" / "upstreams"
+
+
+def sandbox_switch(env: Mapping[str, str]) -> bool:
+    """CREDGATE_SANDBOX: on (the default) or off, for every stdio upstream."""
+    value = env.get("CREDGATE_SANDBOX", "").strip().lower()
+    if value in ("", "on", "1", "true", "yes"):
+        return True
+    if value in ("off", "0", "false", "no"):
+        return False
+    raise SandboxError(f"CREDGATE_SANDBOX must be on or off, not {env['CREDGATE_SANDBOX']!r}")
+
+
 def default_tools_dirs(home: Path, env: Mapping[str, str], cwd: Path) -> tuple[Path, ...]:
     if env.get("CREDGATE_TOOLS_DIR"):
         return tuple(Path(p) for p in env["CREDGATE_TOOLS_DIR"].split(":") if p)
@@ -51,6 +73,8 @@ class Settings:
     tools_dirs: tuple[Path, ...]
     public_url: str
     database_url: str | None = None  # PostgreSQL; None: the SQLite file in the data folder
+    state_dir: Path = field(default_factory=lambda: default_state_dir(os.environ))
+    sandbox: bool = True  # stdio upstreams run sandboxed (CREDGATE_SANDBOX=off, `serve --no-sandbox`: not)
 
     @property
     def database_path(self) -> Path:
@@ -64,6 +88,15 @@ class Settings:
     def pending_key_path(self) -> Path:
         return self.home / PENDING_KEY_FILE_NAME
 
+    @property
+    def protected_paths(self) -> dict[Path, str]:
+        """What no upstream may ever see or be given (each with what it is, for messages)."""
+        return {
+            self.home: "the data folder",
+            self.key_path: "the master key",
+            self.state_dir: "the upstreams' homes",
+        }
+
     @classmethod
     def resolve(
         cls,
@@ -73,6 +106,7 @@ class Settings:
         env: Mapping[str, str] | None = None,
         database_url: str | None = None,
         cwd: Path | None = None,
+        sandbox: bool | None = None,
     ) -> Settings:
         """Flags win over environment variables, which win over the defaults."""
         env = os.environ if env is None else env
@@ -85,7 +119,14 @@ class Settings:
         if database is not None and not database.startswith(("postgresql://", "postgres://")):
             # Not echoed: a URL may hold a password.
             raise StoreError("CREDGATE_DATABASE_URL / --database-url must be a postgresql:// URL")
-        return cls(home=home_path.expanduser(), tools_dirs=dirs, public_url=url.rstrip("/"), database_url=database)
+        return cls(
+            home=home_path.expanduser(),
+            tools_dirs=dirs,
+            public_url=url.rstrip("/"),
+            database_url=database,
+            state_dir=default_state_dir(env),
+            sandbox=sandbox_switch(env) if sandbox is None else sandbox,
+        )
 
 
 def database_url_has_password(value: str) -> bool:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from .credential import Credential
 from .declarations import CredentialSpec, Upstream
+from .isolation import UpstreamScope
 from .redact import redactor_for
 from .store import Store
 from .token_refresh import TokenRefresher
@@ -34,11 +35,18 @@ async def fresh_views(
 
 
 async def list_upstream_tools(
-    store: Store, pool: UpstreamPool, refresher: TokenRefresher, upstream: Upstream, credential: Credential
+    store: Store,
+    pool: UpstreamPool,
+    refresher: TokenRefresher,
+    upstream: Upstream,
+    credential: Credential,
+    scope: UpstreamScope | None = None,
 ) -> int:
-    """Start (or reuse) the upstream with the credential, cache its redacted tools and capabilities in the
-    store. Returns how many tools it listed. Raises UpstreamError, TimeoutError, OSError, oauth.OAuthError."""
+    """Start (or reuse) the upstream of `scope` with the credential, cache its redacted tools and capabilities
+    in the store. Returns how many tools it listed. No scope: discovery's own, an upstream that serves no
+    group (`credgate tools`). Raises UpstreamError, TimeoutError, OSError, oauth.OAuthError."""
     full, view = await fresh_views(refresher, upstream.credential, credential)
-    listings, capabilities = await pool.discover(upstream.name, upstream.handler, view)
+    scope = scope if scope is not None else UpstreamScope.for_discovery(upstream.name, view.name)
+    listings, capabilities = await pool.discover(scope, upstream.handler, view)
     store.save_upstream_tools(upstream.name, redactor_for(full).obj(listings), capabilities)
     return len(listings)

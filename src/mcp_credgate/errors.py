@@ -11,7 +11,9 @@
     │   ├── MasterKeyError        the master key is missing, malformed or does not open the store
     │   ├── StoreBusyError        another process holds the write lock past the busy timeout
     │   └── CiphertextError       a stored value no longer opens (tampered, moved or corrupt)
-    └── GatewayError              the gateway refuses to start (no group, unknown group)
+    ├── GatewayError              the gateway refuses to start (no group, unknown group)
+    └── SandboxError              an upstream's sandbox cannot be set up (no bubblewrap, a path it may not
+                                  see, a full home, CREDGATE_SANDBOX neither on nor off)
 
 The CLI prints `str(error)` as one line on stderr and exits 1.
 """
@@ -29,6 +31,7 @@ __all__ = [
     "NameTakenError",
     "NotFoundError",
     "NotInitialisedError",
+    "SandboxError",
     "StoreBusyError",
     "StoreError",
 ]
@@ -91,4 +94,8 @@ class CiphertextError(StoreError):
 
 
 class GatewayError(CredgateError):
+    pass
+
+
+class SandboxError(CredgateError):
     pass

@@ -200,7 +200,8 @@ class Front:
         `UPSTREAM:METHOD` in the tool column."""
         started, outcome = time.perf_counter(), "error"
         try:
-            result = await self.pool.request(up.name, up.handler, up.handler_view, send, caller.relayed(ctx))
+            scope = caller.upstream_scope(up.name, up.handler, up.handler_view.name)
+            result = await self.pool.request(scope, up.handler, up.handler_view, send, caller.relayed(ctx))
             outcome = "ok"
             return result
         except UpstreamError as exc:
@@ -396,8 +397,8 @@ class Front:
     async def set_logging_level(
         self, ctx: ServerRequestContext[Any], caller: Caller, level: types.LoggingLevel
     ) -> types.EmptyResult:
-        """Passed on to each of the group's upstreams that logs (an upstream process is shared by the groups
-        bound to the same credential: the last level set is theirs)."""
+        """Passed on to each of the group's upstreams that logs (an upstream is shared by the agents of the
+        group, unless its declaration says isolation = "agent": the last level set is theirs)."""
         await self._gather(
             caller,
             "logging",

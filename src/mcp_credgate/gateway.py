@@ -22,6 +22,7 @@ import httpx2
 from . import oauth
 from .allow import AllowEntry
 from .audit import AuditLog
+from .caller import Caller
 from .config import Settings
 from .credential import Credential
 from .deadlines import Deadlines
@@ -31,6 +32,7 @@ from .front import Front
 from .gate import CredentialWarning, Gate, Ready
 from .handlers.http import make_client
 from .handlers.upstream import UpstreamError, UpstreamPool, upstream_pool
+from .sandbox import SandboxPolicy
 from .store import Store
 from .token_refresh import TokenRefresher
 
@@ -73,7 +75,7 @@ class Gateway:
     def reload(self) -> bool:
         """Read the declarations again (SIGHUP). All or nothing: a broken file keeps the running configuration
         and is logged with its file and field. Calls already running finish with the catalog they began with."""
-        catalog = load_catalog(self.settings.tools_dirs)
+        catalog = load_catalog(self.settings.tools_dirs, self.settings.protected_paths)
         if catalog.upstreams:
             catalog = catalog.with_discovered(self.store.discovered_tools())
         if catalog.problems:
@@ -88,7 +90,7 @@ class Gateway:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
         """The async lifetime of the app: upstream MCP servers run inside it and stop when it ends."""
-        async with upstream_pool(self.store.save_upstream_capabilities) as pool:
+        async with upstream_pool(self.store.save_upstream_capabilities, SandboxPolicy.of(self.settings)) as pool:
             self.upstreams = pool
             try:
                 yield self
@@ -121,10 +123,13 @@ class Gateway:
         except oauth.TokenExpired:
             return self.gate.expired(group, ready.tool, ready.credential.name)
 
-    async def discover_for(self, group: str) -> None:
-        """List the tools of the upstreams this group uses whose tools were never listed (declared, but
-        `credgate tools` not run since), starting each with the group's credential: at its first tools/list.
-        An upstream that cannot be listed is logged and tried again after a while, not at every listing."""
+    async def discover_for(self, caller: Caller) -> None:
+        """List the tools of the upstreams the caller's group uses whose tools were never listed (declared,
+        but `credgate tools` not run since), starting each with the group's credential: at its first
+        tools/list. The upstream is the caller's own (its scope), which then serves its calls: no other
+        group's. An upstream that cannot be listed is logged and tried again after a while, not at every
+        listing."""
+        group = caller.group
         pool = self.upstreams
         if pool is None or not any(not self.catalog.upstream_tools(n) for n in self.catalog.upstreams):
             return
@@ -140,9 +145,10 @@ class Gateway:
                 decision = self.gate.check_upstream(group, upstream, entry)
                 if not isinstance(decision, Ready):
                     continue  # no usable credential: a call gives the agent the warning
+                scope = caller.upstream_scope(upstream, decision.tool.handler, decision.credential.name)
                 try:
                     count = await list_upstream_tools(
-                        self.store, pool, self.refresher, decision.tool, decision.credential
+                        self.store, pool, self.refresher, decision.tool, decision.credential, scope
                     )
                 except (UpstreamError, oauth.OAuthError, TimeoutError, OSError) as exc:
                     self._retry_after[upstream] = time.monotonic() + DISCOVERY_RETRY

@@ -2,19 +2,22 @@
 
 How it works, in one pass over the output plus a fixed number of decoded views of it (linear in its size):
 
-- The strings of an output (and its numbers and booleans, compared by their JSON text) are joined in the order
-  the agent reads them, so a secret split over two strings or two content blocks is found like any other.
+- The values of an output (strings, and numbers and booleans compared by their JSON text) are joined in the
+  order the agent reads them, so a secret split over two values or two content blocks is found like any other;
+  keys, and what an MCP content block says of itself (type, annotations), are redacted each on its own.
 - A multi-pattern matcher (Aho-Corasick, `ahocorasick_rs`) looks for every pattern of every secret at once:
   the value itself, case-insensitively for values of `CASE_FOLD_LENGTH` characters or more; its UTF-8 bytes
   read as Latin-1 (what percent-decoding yields for non-ASCII text); hex; and base64 at each of the three byte
   alignments, in both alphabets, of the value and of its URL- and JSON-escaped text.
-- It looks again in *decoded views* of the text, and in the views of those (compositions of two): percent-
-  decoding (whatever characters the encoder left alone, escapes in either case, `+` as space), JSON and
-  JavaScript string escapes (`\\uXXXX` for every character, `\\/`, `\\xNN`), HTML character references, and the
-  text without its line breaks (base64 wrapped at 64 or 76 columns, as MIME and PEM do). A match in a view is
-  mapped back to the characters of the original it was decoded from.
+- It looks again in *decoded views* of the text, one kind of escape at a time, and in the views of those
+  (compositions of two): percent-decoding (whatever characters the encoder left alone, escapes in either case;
+  once more with `+` as a space), JSON and JavaScript string escapes (`\\uXXXX` for every character, `\\/`,
+  `\\xNN`), HTML character references; and each without its line breaks (base64 wrapped at 64 or 76 columns,
+  as MIME and PEM do, indented or not). A match in a view is mapped back to the characters of the original it
+  was decoded from. A view is made only where the text holds what starts its escapes.
 - A base64 match redacts the whole base64 run around it: inside a larger blob, the characters next to the
   secret's would still decode to its first and last bytes.
+- Once replaced, the text is looked at again: a marker's own characters could complete a secret.
 
 Redaction is defence in depth (see the README's security section): it cannot know every transformation an
 API may apply; the declared host pinning and the upstream sandbox are the boundary.
@@ -30,7 +33,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 import ahocorasick_rs
 
@@ -38,6 +41,8 @@ from .credential import Credential
 
 __all__ = [
     "CASE_FOLD_LENGTH",
+    "MAX_PASSES",
+    "MIN_BASE64_PATTERN",
     "MIN_DERIVED_LENGTH",
     "NO_REDACTION",
     "Redactor",
@@ -47,6 +52,7 @@ __all__ = [
 ]
 
 MIN_DERIVED_LENGTH = 4  # shorter secrets are still redacted raw, but their encodings would match noise
+MAX_PASSES = 3  # then whatever still matches is replaced whole
 CASE_FOLD_LENGTH = 8  # from this length a secret is found whatever the case of its letters
 MIN_BASE64_PATTERN = 4  # base64 characters (24 bits) that only the secret decides, at the least
 _B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-")
@@ -74,12 +80,17 @@ def _base64_patterns(data: bytes) -> set[str]:
     return found | {f.replace("+", "-").replace("/", "_") for f in found}
 
 
+_FINAL_SIGMA, _SIGMA = "\u03c2", "\u03c3"
+
+
 def _fold(text: str) -> str:
-    """Lower case, one character for one (what mapping matches back needs)."""
+    """Lower case, one character for one (what mapping matches back needs), and the same for a character
+    wherever it stands: Python lowers a final capital sigma to U+03C2, elsewhere to U+03C3; here both are
+    U+03C3."""
     lowered = text.lower()
-    if len(lowered) == len(text):
-        return lowered
-    return "".join(low if len(low := c.lower()) == 1 else c for c in text)
+    if len(lowered) != len(text):
+        lowered = "".join(low if len(low := c.lower()) == 1 else c for c in text)
+    return lowered.replace(_FINAL_SIGMA, _SIGMA) if _FINAL_SIGMA in lowered else lowered
 
 
 def patterns_of(value: str) -> tuple[dict[str, bool], dict[str, bool]]:
@@ -93,11 +104,23 @@ def patterns_of(value: str) -> tuple[dict[str, bool], dict[str, bool]]:
         return {value: False}, {}
     raw = value.encode()
     plain = {value, raw.decode("latin-1"), raw.hex(), raw.hex().upper()}
-    encoded = {quote(value, safe=""), json.dumps(value)[1:-1]}
+    escaped = json.dumps(value)[1:-1]
+    encoded = {  # what base64 is also taken of: a URL's or a JSON text's form of the value
+        quote(value, safe=""),
+        quote(value, safe="-_.!~*'()"),  # encodeURIComponent
+        quote_plus(value, safe=""),
+        quote(value, safe="").lower(),
+        escaped,
+        escaped.replace("/", "\\/"),
+        json.dumps(value, ensure_ascii=False)[1:-1],
+    }
     b64 = set().union(*(_base64_patterns(text.encode()) for text in {value, *encoded}))
     if len(value) < CASE_FOLD_LENGTH:
         return {p: False for p in plain} | {p: True for p in b64}, {}
     return {}, {_fold(p): False for p in plain} | {_fold(p): True for p in b64}
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _automaton(patterns: Iterable[str]) -> ahocorasick_rs.AhoCorasick:
@@ -134,7 +157,10 @@ class _Matcher:
         self._folded_meaning = list(folded.values())
 
     def find(self, text: str) -> Iterator[tuple[int, int, _Pattern]]:
-        """Every match, overlapping ones included: (start, end, what it stands for)."""
+        """Every match, overlapping ones included: (start, end, what it stands for). A lone surrogate (which a
+        JSON escape can make) has no UTF-8, which the matcher needs: it is looked at as U+FFFD, one for one."""
+        if not text.isascii():
+            text = _LONE_SURROGATE.sub("\ufffd", text)
         if self._exact is not None:
             for index, start, end in self._exact.find_matches_as_indexes(text, overlapping=True):
                 yield start, end, self._exact_meaning[index]
@@ -181,31 +207,17 @@ _JSON_ESCAPE = (
     r"|\\[uU][0-9a-fA-F]{4}|\\x[0-9a-fA-F]{2}|\\[\"\\/'bfnrt]"
 )
 # named references end with ";" but for the four that HTML lets go without (URLs' "&size=" are not references)
-_HTML_ESCAPE = r"&(?:#[0-9]{1,7};?|#[xX][0-9a-fA-F]{1,6};?|[A-Za-z][A-Za-z0-9]{1,31};|(?:amp|lt|gt|quot)(?![\w;]))"
+_HTML_ESCAPE = r"&(?:#0*[0-9]{1,7};?|#[xX]0*[0-9a-fA-F]{1,6};?|[A-Za-z][A-Za-z0-9]{1,31};|(?:amp|lt|gt|quot)(?![\w;]))"
 
 
-def _any_escape(text: str) -> str:
-    first = text[0]
-    if first in "%+":
-        return _PERCENT[text]
-    if first == "\\":
-        return _json_escape(text)
-    return html.unescape(text)
-
-
-_SINGLE_DECODERS = (
-    _Decoder("percent", "%", re.compile(_PERCENT_ESCAPE + r"|\+"), _PERCENT.__getitem__),  # bytes, as Latin-1
+_DECODERS = (
+    _Decoder("percent", "%", re.compile(_PERCENT_ESCAPE), _PERCENT.__getitem__),  # bytes, read as Latin-1
+    _Decoder("form", "+", re.compile(_PERCENT_ESCAPE + r"|\+"), _PERCENT.__getitem__),  # ... and + as a space
     _Decoder("json", "\\", re.compile(_JSON_ESCAPE), _json_escape),
     _Decoder("html", "&", re.compile(_HTML_ESCAPE), html.unescape),
 )
-# every kind at once, for what two encodings did one over the other (`+` stays: it may be base64's) ...
-_EVERY_ESCAPE = _Decoder("every", "%\\&", re.compile(f"{_PERCENT_ESCAPE}|{_JSON_ESCAPE}|{_HTML_ESCAPE}"), _any_escape)
-# ... and `+` as a space too, where there is one (a form-encoded secret under another encoding)
-_EVERY_ESCAPE_PLUS = _Decoder(
-    "every+", "+", re.compile(f"{_PERCENT_ESCAPE}|\\+|{_JSON_ESCAPE}|{_HTML_ESCAPE}"), _any_escape
-)
-_EVERY = (_EVERY_ESCAPE, _EVERY_ESCAPE_PLUS)
-_UNWRAP = _Decoder("unwrapped", "\n", re.compile(r"\r?\n"), lambda text: "")
+# line breaks, with the blanks around them (an indented YAML or folded header value) and stray carriage returns
+_UNWRAP = _Decoder("unwrapped", "\n\r", re.compile(r"[ \t]*(?:\r*\n|\r)[ \t]*"), lambda text: "")
 
 
 class _View:
@@ -280,21 +292,19 @@ class _View:
             view = view.parent
 
 
-def _views(root: _View, *, careful: bool) -> Iterator[_View]:
-    """The text itself; each kind of escape decoded; what is left in those, every kind decoded at once
-    (compositions of two encodings); and each of these without its line breaks (wrapped base64).
-
-    `careful` (a secret holds a character that starts an escape: `%`, `\\`, `&`): decoding every kind at once
-    would also decode what in the secret looks like an escape, so each kind is also decoded alone over each
-    other kind. (A `+` needs no care: it is decoded as a space only in views of its own.)"""
+def _views(root: _View) -> Iterator[_View]:
+    """The text itself; each kind of escape decoded; each kind decoded again over each (compositions of two
+    encodings, one kind at a time: decoding every kind at once would also decode what, in a secret or next to
+    it, only looks like an escape of another kind); and each of these without its line breaks (wrapped base64).
+    A view is made only where its text holds what starts an escape."""
     yield root
     decoded = [root]
-    for single in _SINGLE_DECODERS:
-        once = _View.decoded(root, single)
+    for first in _DECODERS:
+        once = _View.decoded(root, first)
         if once is None:
             continue
         decoded.append(once)
-        for second in (*_SINGLE_DECODERS, *_EVERY) if careful else _EVERY:
+        for second in _DECODERS:
             twice = _View.decoded(once, second)
             if twice is not None:
                 decoded.append(twice)
@@ -337,10 +347,9 @@ def _base64_block(text: str, start: int, end: int) -> tuple[int, int]:
         end += 1
     while end < len(text) and text[end] == "=":
         end += 1
-    line_start = text.rfind("\n", 0, start) + 1
-    line_end = text.find("\n", end)
-    line_end = len(text) if line_end < 0 else line_end - (line_end > end and text[line_end - 1] == "\r")
-    if start != line_start or end != line_end:  # base64 inside a line of other text: the run is all of it
+    at_line_start = start == 0 or text[start - 1] == "\n"
+    at_line_end = end == len(text) or text[end] == "\n" or text.startswith("\r\n", end)
+    if not (at_line_start and at_line_end):  # base64 inside a line of other text: the run is all of it
         return start, end
     first_break = text.find("\n", start, end)  # a match mapped back from a view without line breaks spans lines
     width = (first_break - (text[first_break - 1] == "\r") if first_break >= 0 else end) - start
@@ -378,7 +387,12 @@ _Leaf = str | bool | int | float  # what a JSON-like value holds, as the agent r
 
 
 def _leaf_text(leaf: _Leaf) -> str:
-    return leaf if isinstance(leaf, str) else json.dumps(leaf)
+    if isinstance(leaf, str):
+        return leaf
+    try:
+        return json.dumps(leaf)
+    except ValueError:  # an int of more digits than Python prints: nothing JSON can carry either
+        return ""
 
 
 class Redactor:
@@ -388,14 +402,13 @@ class Redactor:
     need and go with the redactor).
     """
 
-    __slots__ = ("_careful", "_matcher", "_shortest", "_sources")
+    __slots__ = ("_matcher", "_shortest", "_sources")
 
     def __init__(self, secrets: Mapping[str, str], extra: Iterable[tuple[str, str]] = ()) -> None:
         self._sources = [(name, value) for name, value in (*secrets.items(), *extra) if value]
         # no pattern is shorter than this: a text shorter than it cannot hold one and needs no work
         self._shortest = min((shortest_pattern(v) for _, v in self._sources), default=0)
         self._matcher: _Matcher | None = None
-        self._careful = any(c in value for _, value in self._sources for c in "%\\&")
 
     def __bool__(self) -> bool:
         return bool(self._sources)
@@ -408,12 +421,15 @@ class Redactor:
         if self._matcher is None:
             self._matcher = _Matcher(self._sources)
         spans: list[tuple[int, int, str]] = []
-        for view in _views(_View(text), careful=self._careful):
+        for view in _views(_View(text)):
+            block = (0, -1)  # the last base64 block: another match inside it adds nothing (and costs no walk)
             for start, end, pattern in self._matcher.find(view.text):
-                if pattern.base64:
-                    spans.append((*view.block_to_root(start, end), pattern.field))
-                else:
-                    spans.append((*view.to_root(start, end), pattern.field))
+                at = view.to_root(start, end)
+                if not pattern.base64:
+                    spans.append((*at, pattern.field))
+                elif not block[0] <= at[0] <= at[1] <= block[1]:
+                    block = view.block_to_root(start, end)
+                    spans.append((*block, pattern.field))
         return _merged(spans)
 
     def text(self, value: str) -> str:
@@ -439,27 +455,36 @@ class Redactor:
                 type(old)() if isinstance(new, str) and not isinstance(old, str) else new
                 for old, new in zip(leaves, redacted, strict=True)
             ]
-        return _rebuild(value, iter(redacted), self._key)
+        return _rebuild(value, iter(redacted), self._key, lambda item: self.obj(item, typed=typed))
 
     def _key(self, key: Any) -> Any:
-        if key is None or isinstance(key, (bool, int, float)):
+        """A key, redacted on its own: a number or boolean that matches becomes the marker (JSON writes
+        every key as text)."""
+        if key is None:
             return key
+        if isinstance(key, (bool, int, float)):
+            text = _leaf_text(key)
+            return key if self.text(text) == text else self.text(text)
         return self.text(key if isinstance(key, str) else str(key))
 
     def _leaves(self, leaves: list[_Leaf]) -> list[_Leaf]:
-        texts = [_leaf_text(leaf) for leaf in leaves]
-        joined = "".join(texts)
-        if len(joined) < self._shortest:
-            return leaves
-        spans = self._spans(joined)
-        if not spans:
-            return leaves
-        out: list[_Leaf] = []
-        offset = 0
-        for leaf, text in zip(leaves, texts, strict=True):
-            out.append(_cut(leaf, text, offset, spans))
-            offset += len(text)
-        return out
+        """The leaves, redacted as one text; again while that finds more (a marker's own characters may
+        complete a secret that starts with "]" or ends with "[")."""
+        for _ in range(MAX_PASSES):
+            texts = [_leaf_text(leaf) for leaf in leaves]
+            joined = "".join(texts)
+            if len(joined) < self._shortest:
+                return leaves
+            spans = self._spans(joined)
+            if not spans:
+                return leaves
+            cut: list[_Leaf] = []
+            offset = 0
+            for leaf, text in zip(leaves, texts, strict=True):
+                cut.append(_cut(leaf, text, offset, spans))
+                offset += len(text)
+            leaves = cut
+        return [f"[redacted:{self._sources[0][0]}]" if isinstance(leaf, str) else leaf for leaf in leaves]
 
 
 def _cut(leaf: _Leaf, text: str, offset: int, spans: list[tuple[int, int, str]]) -> _Leaf:
@@ -468,7 +493,8 @@ def _cut(leaf: _Leaf, text: str, offset: int, spans: list[tuple[int, int, str]])
     first = max(bisect_right(spans, (offset, end + 1)) - 1, 0)  # the last span that starts at or before it
     parts: list[str] = []
     position = offset
-    for start, stop, fieldname in spans[first:]:
+    for index in range(first, len(spans)):
+        start, stop, fieldname = spans[index]
         if start >= end:
             break
         if stop <= offset:
@@ -485,13 +511,14 @@ def _cut(leaf: _Leaf, text: str, offset: int, spans: list[tuple[int, int, str]])
 
 
 def _collect(value: Any, leaves: list[_Leaf]) -> None:
-    """The values of a JSON-like value in reading order. Keys, and the names that MCP's content blocks and JSON
-    Schema give in `"type"`, stand aside (each is redacted on its own): two text blocks read one after the other."""
+    """The values of a JSON-like value in reading order (keys aside: each is redacted on its own, and so is
+    what an MCP content block says of itself, see `_aside`)."""
     if isinstance(value, (str, bool, int, float)):
         leaves.append(value)
     elif isinstance(value, Mapping):
+        block = _is_content_block(value)
         for k, item in value.items():
-            if not _aside(k, item):
+            if not (block and _aside(k, item)):
                 _collect(item, leaves)
     elif isinstance(value, (list, tuple, set, frozenset)):
         for item in value:
@@ -502,19 +529,35 @@ def _collect(value: Any, leaves: list[_Leaf]) -> None:
         leaves.append(str(value))
 
 
+_CONTENT_TYPES = frozenset({"text", "image", "audio", "resource", "resource_link"})
+
+
+def _is_content_block(value: Mapping[Any, Any]) -> bool:
+    kind = value.get("type")
+    return isinstance(kind, str) and kind in _CONTENT_TYPES
+
+
 def _aside(key: Any, value: Any) -> bool:
-    return key == "type" and isinstance(value, str)
+    """What an MCP content block says of itself, its type name and its annotations and metadata: redacted on
+    its own, so that the texts of two blocks read one after the other."""
+    return (key == "type" and isinstance(value, str)) or (
+        key in ("annotations", "_meta") and isinstance(value, Mapping)
+    )
 
 
-def _rebuild(value: Any, redacted: Iterator[_Leaf], key: Callable[[Any], Any]) -> Any:
-    """`value` again, each value taken in `_collect`'s order from `redacted` (a changed number is now text)
-    and each key passed through `key`."""
+def _rebuild(value: Any, redacted: Iterator[_Leaf], key: Callable[[Any], Any], alone: Callable[[Any], Any]) -> Any:
+    """`value` again, each value taken in `_collect`'s order from `redacted` (a changed number is now text),
+    each key passed through `key` and what stood aside through `alone`."""
     if isinstance(value, (str, bool, int, float)):
         return next(redacted)
     if isinstance(value, Mapping):
-        return {key(k): key(item) if _aside(k, item) else _rebuild(item, redacted, key) for k, item in value.items()}
+        block = _is_content_block(value)
+        return {
+            key(k): alone(item) if block and _aside(k, item) else _rebuild(item, redacted, key, alone)
+            for k, item in value.items()
+        }
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [_rebuild(item, redacted, key) for item in value]
+        return [_rebuild(item, redacted, key, alone) for item in value]
     if value is None:
         return None
     return next(redacted)

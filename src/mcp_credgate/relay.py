@@ -1,20 +1,34 @@
-"""What an upstream MCP server sends on its own reaches the agent it belongs to, redacted.
+"""What an upstream MCP server sends on its own reaches the agent it belongs to, redacted, or no agent.
 
 Log lines, progress, sampling / elicitation / roots requests and resource updates start at the upstream.
-An upstream session is shared by every agent whose group binds the same credential, and stdio carries no
-link from such a message to the request that caused it (progress alone names its request, by its token).
-So a message goes to the agent request in flight on that session. When requests of *different* agents
-are in flight at once it cannot be attributed: a log line then stays in the gateway's log and a request
-of the upstream is refused. Nothing of one agent's calls ever reaches another agent.
+There is one relay per running upstream, and one running upstream per group, or per agent with
+`isolation = "agent"` (see `isolation`). A message reaches an agent only when it is tied to a request of
+that agent's that is still waiting for its answer:
 
-Resource updates go to the agent connections that subscribed to that URI through this session.
+- progress, by its token (the SDK gives each request its own and drops progress for no pending request);
+- over Streamable HTTP, by the response stream it came on: the SDK handles a message in the context of the
+  request whose stream carried it, and `serving` marks that context with the request;
+- over stdio, where nothing on the wire ties a message to a request, by elimination only: exactly one
+  request is in flight on the process, it is an agent's, and that agent is the only one the process has
+  ever served. The process talks to no one but this relay, so nothing else can have caused the message: not
+  another agent's request, nor an earlier one of another agent's that the process is still busy with.
+  With isolation = "agent" that holds for every process; with "group", until a second agent of the group
+  uses the process (a stdio client is one agent of its group).
+
+Anything else (sent while no request is in flight, after its request was answered, while two are in
+flight, by a process that has served two agents, or by a remote upstream outside any request's stream)
+goes to the gateway's log, redacted, and a request of the upstream is answered with an error.
+
+Resource updates go to the agent connections that subscribed to that URI through this upstream.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -33,6 +47,7 @@ from .redact import Redactor
 logger = logging.getLogger("credgate.relay")
 
 SETTLE_SECONDS = 5.0  # how long a result waits for the log lines and progress sent before it
+LOGGED_CHARS = 2000  # of a log line no agent receives, the gateway's log keeps this much
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 
 
@@ -46,10 +61,30 @@ def connection_of(ctx: ServerRequestContext[Any]) -> object:
 class AgentRequest:
     """An agent's request being relayed to an upstream, and where the upstream's own messages for it go."""
 
-    ctx: ServerRequestContext[Any]
+    ctx: ServerRequestContext[Any] | None  # None: a call made in-process, with no way back to its agent
     caller: tuple[str, str | None]  # (group, agent): who may see what the upstream sends during it
     forwarding: int = 0
     settled: anyio.Event = field(default_factory=anyio.Event)
+
+
+@dataclass(eq=False)
+class InFlight:
+    """One request to an upstream, from sending it until its answer came back."""
+
+    relay: Relay
+    agent: AgentRequest | None  # None: the gateway's own (listing the upstream's tools)
+    answered: bool = False
+
+
+# The request whose context a message of the upstream is handled in: over Streamable HTTP, the one whose
+# response stream carried it (see the module's docstring).
+_RELATED: ContextVar[InFlight | None] = ContextVar("credgate_related_request", default=None)
+
+
+def forget_related_request() -> None:
+    """For a task that outlives any one request (the one holding an upstream's session open): started by a
+    request, it must not pass that request on to what the upstream sends outside it."""
+    _RELATED.set(None)
 
 
 def redacted(redactor: Redactor, model: _ModelT) -> _ModelT:
@@ -60,12 +95,15 @@ def redacted(redactor: Redactor, model: _ModelT) -> _ModelT:
 
 
 class Relay:
-    """One per upstream session: its in-flight agent requests and its resource subscribers."""
+    """One per running upstream: its requests in flight, the agents it has served, its resource
+    subscribers. `remote`: a Streamable HTTP upstream, whose messages are tied by their stream or not at all."""
 
-    def __init__(self, name: str, redactor: Redactor) -> None:
+    def __init__(self, name: str, redactor: Redactor, *, remote: bool = False) -> None:
         self.name = name
         self.redactor = redactor
-        self._in_flight: list[AgentRequest] = []
+        self._remote = remote
+        self._in_flight: list[InFlight] = []
+        self._served: set[tuple[str, str | None]] = set()  # (group, agent) of every request it got
         self._subscribers: dict[str, dict[int, ServerRequestContext[Any]]] = {}
         self._watched: set[int] = set()  # connections whose end is hooked (see subscribe)
 
@@ -73,22 +111,39 @@ class Relay:
 
     @contextmanager
     def serving(self, request: AgentRequest | None) -> Iterator[None]:
-        if request is None:
-            yield
-            return
-        self._in_flight.append(request)
+        """Around one request to the upstream, from sending it until its answer (`request`: the agent's, or
+        None for the gateway's own). Must be entered and left in the task that sends the request."""
+        entry = InFlight(self, request)
+        if request is not None:
+            self._served.add(request.caller)
+        self._in_flight.append(entry)
+        token = _RELATED.set(entry)
         try:
             yield
         finally:
-            self._in_flight.remove(request)
+            entry.answered = True
+            self._in_flight.remove(entry)
+            _RELATED.reset(token)
 
-    def owner(self) -> AgentRequest | None:
-        """The request an unattributed message belongs to: the latest one in flight, when every request in
-        flight is the same agent's; otherwise none."""
+    def owner(self) -> AgentRequest | str:
+        """The agent request a message of the upstream is arriving for, or why there is none."""
+        related = _RELATED.get()
+        if related is not None and related.relay is self:
+            if related.answered:
+                return "its request was answered already"
+            return related.agent if related.agent is not None else "it came during the gateway's own request"
+        if self._remote:
+            return "it came on no request's stream"
         if not self._in_flight:
-            return None
-        latest = self._in_flight[-1]
-        return latest if all(r.caller == latest.caller for r in self._in_flight) else None
+            return "no request is in flight"
+        if len(self._in_flight) > 1:
+            return "several requests are in flight"
+        only = self._in_flight[0].agent
+        if only is None:
+            return "only the gateway's own request is in flight"
+        if len(self._served) > 1:
+            return "this upstream process has served more than one agent"
+        return only
 
     async def settle(self, request: AgentRequest | None) -> None:
         """Wait until what was forwarded for the request has gone, so it reaches the agent before the result."""
@@ -115,10 +170,11 @@ class Relay:
         agent's own progress token (nothing is sent when the agent asked for none)."""
 
         async def report(progress: float, total: float | None, message: str | None) -> None:
-            if request is None:
+            ctx = request.ctx if request is not None else None
+            if request is None or ctx is None:
                 return
             text = self.redactor.text(message) if message is not None else None
-            await self._forward(request, lambda: request.ctx.session.report_progress(progress, total, text))
+            await self._forward(request, lambda: ctx.session.report_progress(progress, total, text))
 
         return report
 
@@ -126,15 +182,16 @@ class Relay:
 
     async def on_log(self, params: types.LoggingMessageNotificationParams) -> None:
         request = self.owner()
-        if request is None:
-            logger.info("upstream %s logged (%s) outside any one agent's request", self.name, params.level)
+        ctx = request.ctx if isinstance(request, AgentRequest) else None
+        if not isinstance(request, AgentRequest) or ctx is None:
+            why = request if isinstance(request, str) else "its agent cannot be reached"
+            data = json.dumps(self.redactor.obj(params.data), ensure_ascii=False, default=str)[:LOGGED_CHARS]
+            logger.info("upstream %s logged (%s) for no agent, %s: %s", self.name, params.level, why, data)
             return
-        if params.level not in allowed_log_levels(request.ctx.protocol_version, request.ctx.meta):
+        if params.level not in allowed_log_levels(ctx.protocol_version, ctx.meta):
             return  # a 2026-07-28 agent did not opt in to this level for this request
         notification = types.LoggingMessageNotification(params=redacted(self.redactor, params))
-        await self._forward(
-            request, lambda: request.ctx.session.send_notification(notification, request.ctx.request_id)
-        )
+        await self._forward(request, lambda: ctx.session.send_notification(notification, ctx.request_id))
 
     async def on_sampling(
         self, context: ClientRequestContext, params: types.CreateMessageRequestParams
@@ -142,7 +199,11 @@ class Relay:
         result_type: type[types.CreateMessageResult | types.CreateMessageResultWithTools] = (
             types.CreateMessageResultWithTools if params.tools else types.CreateMessageResult
         )
-        request = types.CreateMessageRequest(params=redacted(self.redactor, params))
+        # includeContext would have the agent's client add to the prompt what it has from this server or from
+        # all its servers: an upstream does not get to read what the agent has from elsewhere. No group may
+        # allow more yet, so it is always lowered to "none".
+        asked = params.model_copy(update={"include_context": "none"})
+        request = types.CreateMessageRequest(params=redacted(self.redactor, asked))
         wanted = types.ClientCapabilities(sampling=types.SamplingCapability())
         return await self._ask("sampling", request, result_type, wanted)
 
@@ -160,19 +221,21 @@ class Relay:
     async def _ask(
         self, what: str, request: types.ServerRequest, result_type: type[_ModelT], wanted: types.ClientCapabilities
     ) -> _ModelT | types.ErrorData:
-        """Put the upstream's request to the agent whose request it serves, on that request's channel."""
+        """Put the upstream's request to the agent whose request it serves, on that request's channel; when
+        there is none, the upstream gets an error at once (it never waits for an answer no one will give)."""
         owner = self.owner()
-        if owner is None:
-            why = "several agents' requests are in flight" if self._in_flight else "no agent request is in flight"
-            logger.info("upstream %s asked for %s: refused, %s", self.name, what, why)
+        ctx = owner.ctx if isinstance(owner, AgentRequest) else None
+        if ctx is None:
+            why = owner if isinstance(owner, str) else "its agent cannot be reached"
+            logger.warning("upstream %s asked for %s: refused, %s", self.name, what, why)
             return types.ErrorData(
                 code=types.INVALID_REQUEST, message=f"{what} is unavailable: the gateway cannot tell which agent to ask"
             )
-        if not owner.ctx.session.check_client_capability(wanted):
+        if not ctx.session.check_client_capability(wanted):
             return types.ErrorData(code=types.METHOD_NOT_FOUND, message=f"the agent's client does not offer {what}")
-        metadata = ServerMessageMetadata(related_request_id=owner.ctx.request_id)
+        metadata = ServerMessageMetadata(related_request_id=ctx.request_id)
         try:
-            return await owner.ctx.session.send_request(request, result_type, metadata=metadata)
+            return await ctx.session.send_request(request, result_type, metadata=metadata)
         except MCPError as exc:
             return exc.error
 

@@ -10,6 +10,7 @@ credential in use; no exception escapes `on_call_tool` (the SDK would echo its t
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
@@ -54,15 +55,15 @@ class ToolCalls:
 
     # -- tools/list ------------------------------------------------------------------------
 
-    async def list_tools(self, group: str) -> list[types.Tool]:
-        await self._gateway.discover_for(group)
+    async def list_tools(self, caller: Caller) -> list[types.Tool]:
+        await self._gateway.discover_for(caller)
         return [
             types.Tool(
                 name=listed.tool.name,
                 description=listed.tool.decl.description + ("" if listed.ready else NOT_READY_NOTE),
                 input_schema=listed.tool.decl.input_schema,
             )
-            for listed in self._gateway.gate.list_tools(group)
+            for listed in self._gateway.gate.list_tools(caller.group)
         ]
 
     # -- tools/call ------------------------------------------------------------------------
@@ -166,9 +167,9 @@ class ToolCalls:
         upstreams = self._gateway.upstreams
         if upstreams is None or tool.upstream is None or tool.upstream_tool is None:
             return ToolOutput.error(f"upstream tools are not served by this gateway: {tool.name}")
-        try:
-            agent = caller.relayed(ctx)  # only an upstream sends messages of its own during a call
-            result = await upstreams.call(tool.upstream, handler, tool.upstream_tool, args, credential, agent)
+        scope = caller.upstream_scope(tool.upstream, handler, credential.name)
+        try:  # only an upstream sends messages of its own during a call: the relay's view of it is made here
+            result = await upstreams.call(scope, handler, tool.upstream_tool, args, credential, caller.relayed(ctx))
         except UpstreamError as exc:
             return ToolOutput.error(str(exc))
         dumped = result.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -183,7 +184,16 @@ def _text_result(text: str, *, is_error: bool = False) -> types.CallToolResult:
 
 def _to_result(output: ToolOutput, redactor: Redactor) -> types.CallToolResult:
     """The result the agent receives, redacted as one text: its content blocks, then its structured content, so a
-    secret split between two blocks (or a block and a structured value) is found too."""
+    secret split between two blocks (or a block and a structured value) is found too. A text that is the
+    structured content's JSON is written again from the redacted structure (in the text, two halves of a secret
+    in two values have the JSON between them)."""
+    if output.mirrored and output.content is None and output.structured is not None:
+        structured = redactor.obj(output.structured)
+        text = json.dumps(structured, ensure_ascii=False) if redactor else output.text
+        content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        return types.CallToolResult.model_validate(
+            {"content": content, "structuredContent": structured, "isError": output.is_error}
+        )
     content = output.content if output.content is not None else [{"type": "text", "text": output.text}]
     redacted = redactor.obj({"content": content, "structuredContent": output.structured})
     return types.CallToolResult.model_validate({**redacted, "isError": output.is_error})
@@ -234,7 +244,7 @@ def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
     async def on_list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=await calls.list_tools(identify(ctx).group))
+        return types.ListToolsResult(tools=await calls.list_tools(identify(ctx)))
 
     async def on_call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -237,7 +238,7 @@ async def test_structured_content_with_non_json_values_is_redacted(leaky_client:
 NUMERIC_TOKEN = "80461379215"
 CARELESS = {
     name: python_tool(name, f"tests.support.sample_handlers:{name}", credential=SVC)
-    for name in ("echo_pin_as_number", "split_token")
+    for name in ("echo_pin_as_number", "split_token", "split_into_two_values")
 }
 
 
@@ -267,3 +268,13 @@ async def test_a_secret_split_over_two_content_blocks_is_redacted_in_both(carele
 
     assert [block.text for block in result.content] == ["a: [redacted:token]", "[redacted:token] :b"]  # type: ignore[union-attr]
     assert_no_leak(result.model_dump_json(), NUMERIC_TOKEN)
+
+
+async def test_a_secret_split_over_two_values_is_redacted_in_the_structure_and_in_its_json_text(
+    careless_client: Client,
+) -> None:
+    result = await careless_client.call_tool("split_into_two_values", {})
+
+    assert result.structured_content == {"a": "[redacted:token]", "b": "[redacted:token]"}
+    assert json.loads(result_text(result)) == result.structured_content
+    assert NUMERIC_TOKEN[:4] not in result.model_dump_json()

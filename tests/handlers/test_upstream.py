@@ -33,6 +33,7 @@ from mcp_credgate.config import Settings
 from mcp_credgate.credential import Credential
 from mcp_credgate.declarations import McpHandler, load_catalog
 from mcp_credgate.handlers.upstream import upstream_pool
+from mcp_credgate.isolation import UpstreamScope
 from mcp_credgate.server import NOT_READY_NOTE
 from mcp_credgate.store import Store
 from tests.support import SUPPORT_DIR
@@ -51,16 +52,17 @@ from tests.support.gateway import (
     teed_serve,
 )
 from tests.support.samples import WEATHER_KEY, write_tool
+from tests.support.sandbox import host_pid, is_running
 
 FIXTURE = SUPPORT_DIR / "upstream_server.py"
-FIXTURE_TOOLS = ["crash", "echo_token", "environment", "pid", "sleep", "token_hash"]
+FIXTURE_TOOLS = ["crash", "echo_token", "environment", "pid", "session", "sleep", "token_hash"]
 FIX_NAMES = [f"fix_{t}" for t in FIXTURE_TOOLS]
 
 # What a stdio child may find in its environment besides the declared variables: the SDK's default set,
-# LANG (passed through on purpose), and LC_CTYPE, which Python itself adds when it coerces a C locale
-# (PEP 538).
+# LANG (passed through on purpose), LC_CTYPE, which Python itself adds when it coerces a C locale
+# (PEP 538), and PWD, which bubblewrap sets to the sandbox's working directory (its home).
 SDK_DEFAULT_ENV = {"HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG"}
-PYTHON_ADDED_ENV = {"LC_CTYPE"}
+ADDED_ENV = {"LC_CTYPE", "PWD"}
 DECLARED_ENV = {"UPSTREAM_TOKEN", "DECLARED_PLAIN"}
 
 TOKEN_A = make_canary("UA", rich=True)
@@ -101,10 +103,13 @@ def starts(counter: Path) -> int:
 
 
 def stdio_decl(wrapper: Path, *, name: str = "fix", extra: str = "") -> str:
+    """The wrapper runs in the upstream's sandbox: the fixture it becomes (in the repository) and the folder
+    it counts its starts in (its own) are declared for it to read and write."""
     return (
         f'name = "{name}"\ndescription = "The fixture upstream."\n{FIXTOKEN}'
         f'[handler]\nkind = "mcp"\ncommand = {toml_str(sys.executable)}\nargs = [{toml_str(wrapper)}]\n'
         'env = { UPSTREAM_TOKEN = "{cred.token}", DECLARED_PLAIN = "declared-value" }\n'
+        f"sandbox.read = [{toml_str(FIXTURE)}]\nsandbox.write = [{toml_str(wrapper.parent)}]\n"
         f"timeout = 2\n{extra}\n"
     )
 
@@ -126,7 +131,8 @@ def fixture_listings() -> list[dict[str, Any]]:
     async def discover() -> list[dict[str, Any]]:
         with anyio.fail_after(30):
             async with upstream_pool() as pool:
-                tools, _ = await pool.discover("fix", handler, Credential("d", "fixtoken", {}, frozenset()))
+                scope = UpstreamScope.for_discovery("fix", "d")
+                tools, _ = await pool.discover(scope, handler, Credential("d", "fixtoken", {}, frozenset()))
                 return tools
 
     listings = anyio.run(discover)
@@ -141,6 +147,12 @@ def discovered_world(root: Path, tools: dict[str, str], listings: list[dict[str,
     world.catalog = world.catalog.with_discovered(world.store.discovered_tools())
     assert not world.catalog.problems, world.catalog.problems
     return world
+
+
+async def wait_until_no_process_named(name: str) -> None:
+    with anyio.fail_after(10):
+        while is_running(name):
+            await anyio.sleep(0.05)
 
 
 async def wait_until_gone(pid: int) -> None:
@@ -208,6 +220,7 @@ BAD_HANDLERS = {
         "handler.url",
         "a placeholder in the scheme, host or port is not allowed",
     ),
+    "unknown_isolation": ('command = "srv"\nisolation = "process"', "handler.isolation", "'group' or 'agent'"),
     "credential_over_plain_http": (
         'url = "http://mcp.example.com/mcp"\nheaders = { Authorization = "Bearer {cred.token}" }',
         "handler.url",
@@ -231,6 +244,19 @@ def test_bad_upstream_declarations_are_named_with_file_and_field(tmp_path: Path,
 
     assert any(p.startswith(f"{path}: {where}: ") and message in p for p in catalog.problems), catalog.problems
     assert "bad" not in catalog.upstreams and "bad" not in catalog.tools
+
+
+def test_isolation_is_group_unless_a_declaration_says_agent(tmp_path: Path) -> None:
+    folder = tmp_path / "tools.d"
+    write_tool(folder, "plain.toml", stdio_decl(tmp_path / "w.py", name="plain"))
+    write_tool(folder, "per_agent.toml", stdio_decl(tmp_path / "w.py", name="per_agent", extra='isolation = "agent"'))
+
+    catalog = load_catalog([folder])
+
+    assert catalog.problems == ()
+    plain, per_agent = (catalog.upstreams[n].decl.handler for n in ("plain", "per_agent"))
+    assert isinstance(plain, McpHandler) and plain.isolation == "group"
+    assert isinstance(per_agent, McpHandler) and per_agent.isolation == "agent"
 
 
 def test_plain_http_without_a_credential_and_to_loopback_is_accepted(tmp_path: Path) -> None:
@@ -441,8 +467,8 @@ async def test_two_groups_each_reach_their_own_stdio_upstream(
             listing = await transcript.list_tools(a)
             hash_a = await transcript.call(a, "fix_token_hash")
             hash_b = await transcript.call(b, "fix_token_hash")
-            pid_a = int(result_text(await transcript.call(a, "fix_pid")))
-            pid_b = int(result_text(await transcript.call(b, "fix_pid")))
+            pid_a = host_pid(result_text(await transcript.call(a, "fix_pid")))
+            pid_b = host_pid(result_text(await transcript.call(b, "fix_pid")))
             echo_a = await transcript.call(a, "fix_echo_token", {"note": "n:"})
             echo_b = await transcript.call(b, "fix_echo_token", {})
             env_a = await transcript.call(a, "fix_environment")
@@ -464,12 +490,137 @@ async def test_two_groups_each_reach_their_own_stdio_upstream(
     assert result_text(bad_args).startswith("Invalid arguments for tool fix_sleep")
 
     env = load_json(env_a)
-    assert set(env) <= SDK_DEFAULT_ENV | PYTHON_ADDED_ENV | DECLARED_ENV, sorted(env)
+    assert set(env) <= SDK_DEFAULT_ENV | ADDED_ENV | DECLARED_ENV, sorted(env)
     assert env["DECLARED_PLAIN"] == "declared-value"
     assert env["UPSTREAM_TOKEN"] == "[redacted:token]"
     assert "CREDGATE_MASTER_KEY" not in env and "GATEWAY_ONLY_CANARY" not in env
     everything = transcript.text()
     assert_no_leak(everything, TOKEN_A, TOKEN_B, master_key, GATEWAY_CANARY)
+
+
+# -- isolation: one upstream per (server, credential, group), or per agent -----------------------------
+
+
+def shared_credential_world(root: Path, listings: list[dict[str, Any]], *, extra: str = "") -> tuple[World, Path]:
+    """Groups ga and gb, both bound to the one credential tok-a (TOKEN_A)."""
+    wrapper, counter = counting_wrapper(root / "bin")
+    world = discovered_world(root / "w", {"fix": stdio_decl(wrapper, extra=extra)}, listings)
+    world.add_credential("tok-a", "fixtoken", {"token": TOKEN_A})
+    for group in ("ga", "gb"):
+        world.allow(group, "fix.*")
+        world.bind(group, "fix", "tok-a")
+    return world, counter
+
+
+async def process_of(client: Client) -> str:
+    """The name the upstream process serving this client gave itself (in its sandbox, its pid is its own
+    namespace's: the same in every process)."""
+    return result_text(await client.call_tool("fix_pid", {}))
+
+
+@pytest.mark.anyio
+async def test_two_groups_bound_to_the_same_credential_get_two_upstream_processes(
+    tmp_path: Path, fixture_listings: list[dict[str, Any]]
+) -> None:
+    world, counter = shared_credential_world(tmp_path, fixture_listings)
+    try:
+        with anyio.fail_after(40):
+            async with (
+                world.gateway() as gw,
+                gw.running(),
+                connect(gw, "ga", agent="alice") as alice,
+                connect(gw, "ga", agent="ann") as ann,
+                connect(gw, "gb", agent="bob") as bob,
+            ):
+                pids = {name: await process_of(c) for name, c in (("alice", alice), ("ann", ann), ("bob", bob))}
+                hashes = {result_text(await c.call_tool("fix_token_hash", {})) for c in (alice, bob)}
+                again = await process_of(alice)
+    finally:
+        world.close()
+
+    assert pids["alice"] == pids["ann"] == again  # one group: one process, whichever of its agents calls
+    assert pids["bob"] != pids["alice"]  # the same credential does not make two groups share one
+    assert hashes == {sha256(TOKEN_A)}
+    assert starts(counter) == 2
+
+
+@pytest.mark.anyio
+async def test_a_process_started_to_list_tools_never_serves_a_group(tmp_path: Path) -> None:
+    wrapper, counter = counting_wrapper(tmp_path / "bin")
+    handler = McpHandler.model_validate(
+        {
+            "kind": "mcp",
+            "command": sys.executable,
+            "args": [str(wrapper)],
+            "env": {"UPSTREAM_TOKEN": "{cred.token}"},
+            "sandbox": {"read": [str(FIXTURE)], "write": [str(wrapper.parent)]},  # as stdio_decl declares it
+        }
+    )
+    credential = Credential("tok-a", "fixtoken", {"token": TOKEN_A}, frozenset({"token"}))
+    with anyio.fail_after(30):
+        async with upstream_pool() as pool:
+            listed, _ = await pool.discover(UpstreamScope.for_discovery("fix", "tok-a"), handler, credential)
+            called = await pool.call(UpstreamScope("fix", "tok-a", "ga"), handler, "token_hash", {}, credential)
+            listed_for_ga, _ = await pool.discover(UpstreamScope("fix", "tok-a", "ga"), handler, credential)
+
+    assert sorted(t["name"] for t in listed) == sorted(t["name"] for t in listed_for_ga) == FIXTURE_TOOLS
+    assert result_text(called) == sha256(TOKEN_A)
+    assert starts(counter) == 2  # discovery's own, then the group's (which also lists for the group)
+
+
+@pytest.mark.anyio
+async def test_isolation_agent_gives_each_agent_of_a_group_its_own_process(
+    tmp_path: Path, fixture_listings: list[dict[str, Any]]
+) -> None:
+    world, counter = shared_credential_world(tmp_path, fixture_listings, extra='isolation = "agent"')
+    try:
+        with anyio.fail_after(40):
+            async with world.gateway() as gw, gw.running():
+                async with connect(gw, "ga", agent="alice") as alice, connect(gw, "ga", agent="bob") as bob:
+                    first = {"alice": await process_of(alice), "bob": await process_of(bob)}
+                async with connect(gw, "ga", agent="alice") as alice_again:  # a new connection, the same agent
+                    alice_later = await process_of(alice_again)
+                async with connect(gw, "ga") as one, connect(gw, "ga") as other, connect(gw, "gb") as elsewhere:
+                    anonymous = {await process_of(one), await process_of(other)}
+                    other_group = await process_of(elsewhere)
+    finally:
+        world.close()
+
+    assert first["alice"] != first["bob"]
+    assert alice_later == first["alice"]
+    assert len(anonymous) == 1  # callers without an agent name (stdio) are one agent of their group
+    assert anonymous.isdisjoint(first.values()) and other_group not in anonymous | set(first.values())
+    assert starts(counter) == 4
+
+
+@pytest.mark.anyio
+async def test_a_changed_credential_restarts_and_idle_reaping_stops_each_groups_upstream_on_its_own(
+    tmp_path: Path, fixture_listings: list[dict[str, Any]]
+) -> None:
+    world, counter = shared_credential_world(tmp_path, fixture_listings, extra="idle_timeout = 1.5")
+    try:
+        with anyio.fail_after(40):
+            async with world.gateway() as gw, gw.running(), connect(gw, "ga") as a, connect(gw, "gb") as b:
+                before = (await process_of(a), await process_of(b))
+                world.store.update_credential("tok-a", {"token": TOKEN_B}, frozenset({"token"}))
+                hashes = [result_text(await c.call_tool("fix_token_hash", {})) for c in (a, b)]
+                after = (await process_of(a), await process_of(b))
+                for name in before:
+                    await wait_until_no_process_named(name)
+
+                began = time.monotonic()  # gb keeps calling, ga stays idle
+                while time.monotonic() - began < 4:
+                    assert await process_of(b) == after[1]
+                    await anyio.sleep(0.3)
+                await wait_until_no_process_named(after[0])
+                ga_again = await process_of(a)
+    finally:
+        world.close()
+
+    assert hashes == [sha256(TOKEN_B)] * 2
+    assert len(set(before + after)) == 4
+    assert ga_again not in before + after
+    assert starts(counter) == 5
 
 
 @pytest.mark.anyio
@@ -504,7 +655,7 @@ async def test_an_upstream_never_listed_is_listed_at_a_groups_first_tools_list_w
     assert sorted(t.name for t in unbound_listing.tools) == FIX_NAMES  # listed now, but not set up for gn
     assert all((t.description or "").endswith(NOT_READY_NOTE) for t in unbound_listing.tools)
     assert sorted(world.store.discovered_tools()) == ["fix"]  # cached for the next start
-    assert "listed its 6 tools" in caplog.text
+    assert "listed its 7 tools" in caplog.text
     assert_no_leak(transcript.text() + caplog.text, TOKEN_A)
     world.close()
 
@@ -540,11 +691,11 @@ async def test_a_killed_or_hung_stdio_upstream_does_not_break_the_next_call(
 
     with anyio.fail_after(40):
         async with world.gateway() as gw, gw.running(), connect(gw, "ga") as a:
-            first = int(result_text(await transcript.call(a, "fix_pid")))
+            first = host_pid(result_text(await transcript.call(a, "fix_pid")))
             os.kill(first, signal.SIGKILL)
             await wait_until_gone(first)
             after_kill = await transcript.call(a, "fix_pid")
-            second = int(result_text(after_kill))
+            second = host_pid(result_text(after_kill))
             assert starts(counter) == 2
 
             began = time.monotonic()
@@ -555,6 +706,7 @@ async def test_a_killed_or_hung_stdio_upstream_does_not_break_the_next_call(
             crashed = await transcript.call(a, "fix_crash")
             starts_after_crash = starts(counter)
             after_crash = await transcript.call(a, "fix_pid")
+            third = host_pid(result_text(after_crash))
 
     assert not after_kill.is_error and second != first
     assert slow.is_error and result_text(slow) == "upstream fix did not answer within 2 s"
@@ -562,7 +714,7 @@ async def test_a_killed_or_hung_stdio_upstream_does_not_break_the_next_call(
     assert not after_timeout.is_error and result_text(after_timeout) == sha256(TOKEN_A)
     assert crashed.is_error and "closed the connection during the request" in result_text(crashed)
     assert starts_after_crash == 2  # the call that ended its process is not sent again to a new one
-    assert not after_crash.is_error and int(result_text(after_crash)) not in (first, second)
+    assert not after_crash.is_error and third not in (first, second)
     assert_no_leak(transcript.text(), TOKEN_A)
 
 
@@ -667,6 +819,35 @@ async def test_two_groups_reach_a_streamable_http_upstream_with_their_own_token(
     assert_no_leak(transcript.text(), TOKEN_A, TOKEN_B)
 
 
+@pytest.mark.anyio
+async def test_two_groups_bound_to_the_same_credential_get_two_remote_upstream_sessions(
+    tmp_path: Path, http_fixture: str, fixture_listings: list[dict[str, Any]]
+) -> None:
+    world = discovered_world(tmp_path / "w", {"fix": url_decl(http_fixture)}, fixture_listings)
+    world.add_credential("tok-a", "fixtoken", {"token": TOKEN_A})
+    for group in ("ga", "gb"):
+        world.allow(group, "fix.*")
+        world.bind(group, "fix", "tok-a")
+    try:
+        with anyio.fail_after(30):
+            async with (
+                world.gateway() as gw,
+                gw.running(),
+                connect(gw, "ga", agent="alice") as alice,
+                connect(gw, "ga", agent="ann") as ann,
+                connect(gw, "gb", agent="bob") as bob,
+            ):
+                sessions = {
+                    who: result_text(await c.call_tool("fix_session", {}))
+                    for who, c in (("alice", alice), ("ann", ann), ("bob", bob))
+                }
+    finally:
+        world.close()
+
+    assert sessions["alice"] == sessions["ann"] != sessions["bob"]
+    assert "none" not in sessions.values()
+
+
 # -- a real `credgate serve` process ----------------------------------------------------------------
 
 
@@ -707,14 +888,14 @@ async def test_credgate_serve_fronts_a_stdio_upstream_without_leaking(tmp_path: 
             hashed = await transcript.call(client, "fix_token_hash")
             echoed = await transcript.call(client, "fix_echo_token", {"note": "n:"})
             env_result = await transcript.call(client, "fix_environment")
-            pid = int(result_text(await transcript.call(client, "fix_pid")))
+            pid = host_pid(result_text(await transcript.call(client, "fix_pid")))
         await wait_until_gone(pid)  # the upstream ends with the server
 
     assert sorted(t.name for t in listing.tools) == FIX_NAMES
     assert result_text(hashed) == sha256(TOKEN_A)
     assert result_text(echoed) == "n:token=[redacted:token]"
     env = load_json(env_result)
-    assert set(env) <= SDK_DEFAULT_ENV | PYTHON_ADDED_ENV | DECLARED_ENV, sorted(env)
+    assert set(env) <= SDK_DEFAULT_ENV | ADDED_ENV | DECLARED_ENV, sorted(env)
     assert "CREDGATE_MASTER_KEY" not in env and "GATEWAY_ONLY_CANARY" not in env
     assert starts(counter) == 2  # one for discovery, one for the served calls
 

@@ -13,7 +13,8 @@ waits for and returns it) and appended as JSON lines to $FRONT_DIR/events.jsonl 
 
 Tools:
     hello                   "hello"; its description carries the token (a listing a gateway must redact)
-    pid                     this process's id
+    pid                     this process's name, unique (its comm): in a sandbox its pid means nothing
+                            outside; `tests.support.sandbox.host_pid` finds the pid the host knows it by
     chatty                  3 log lines (one with the token) and 3 progress steps (messages with the token)
     ask_llm {prompt}        sampling/createMessage with the prompt and the token; "model said: …" or
                             "sampling refused: code=…, message=…"
@@ -23,6 +24,14 @@ Tools:
     block                   logs "blocking", then waits until cancelled (recorded as a "cancelled" event)
     rendezvous {n, run, tag}  waits until n calls of the run are in flight at once, then logs a line and asks
                             for sampling; returns what came back once all n have had their answer
+    ask_with_context {context}  sampling/createMessage with includeContext = context; "model said: …"
+    linger {tag}            returns at once; once woken (`wake` with its tag, in this process or any other
+                            writing to the same FRONT_DIR), sends a log line, a progress step on the call's
+                            old token and a sampling request (includeContext "allServers"), none tied to a
+                            request, and records a "late" event with what came back of the sampling request
+    wake {tag}              wakes the lingering call of that tag (here or in a process sharing FRONT_DIR) and
+                            waits until its "late" event was recorded (it stays in flight meanwhile); returns
+                            the "late" events of the tag
     touch {uris}            sends notifications/resources/updated for each URI (subscribed or not)
     fail                    raises an exception whose text holds the token
     events {kind, count}    waits (up to 10 s) until `count` events of `kind` were seen, returns them as JSON
@@ -34,11 +43,13 @@ import argparse
 import base64
 import json
 import os
+import secrets
 import sys
 import warnings
 from typing import Any
 
 import anyio
+import anyio.abc
 import mcp_types as types
 from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
@@ -66,14 +77,21 @@ ALL_FEATURES = ("resources", "subscribe", "prompts", "completions", "logging")
 _events: list[dict[str, Any]] = []
 _level: types.LoggingLevel = "debug"
 _meetings: dict[str, tuple[int, anyio.Event]] = {}
-# made once the event loop runs (see init_events)
+# made once the event loop runs (see init_events, serve_stdio, serve_http)
 _changed: anyio.Event
 _release: anyio.Event
+_wakes: dict[str, anyio.Event] = {}
+_background: anyio.abc.TaskGroup  # what outlives the request that started it (`linger`)
 
 
 def init_events() -> None:
     global _changed, _release
     _changed, _release = anyio.Event(), anyio.Event()
+
+
+NAME = f"f{secrets.token_hex(7)}"
+with open("/proc/self/comm", "w") as _comm:  # what the host sees as this process's name
+    _comm.write(NAME)
 
 
 def record(kind: str, **data: Any) -> None:
@@ -123,6 +141,9 @@ TOOLS = {
     "release": _schema(),
     "block": _schema(),
     "rendezvous": _schema(n={"type": "integer"}, run=STRING, tag=STRING),
+    "ask_with_context": _schema(context=STRING),
+    "linger": _schema(tag=STRING),
+    "wake": _schema(tag=STRING),
     "touch": _schema(uris={"type": "array", "items": STRING}),
     "fail": _schema(),
     "events": _schema(kind=STRING, count={"type": "integer"}),
@@ -207,6 +228,79 @@ async def rendezvous(ctx: Ctx, n: int, run: str, tag: str) -> types.CallToolResu
     return text(f"{tag}: {sampled.content[0].text}", is_error=bool(sampled.is_error))  # type: ignore[union-attr]
 
 
+async def ask_with_context(ctx: Ctx, context: types.IncludeContext) -> types.CallToolResult:
+    message = types.SamplingMessage(role="user", content=types.TextContent(text="what do you know?"))
+    try:
+        answer = await ctx.session.create_message(
+            [message], max_tokens=5, include_context=context, related_request_id=ctx.request_id
+        )
+    except MCPError as exc:
+        return text(f"sampling refused: code={exc.code}, message={exc.message}", is_error=True)
+    reply = answer.content.text if isinstance(answer.content, types.TextContent) else answer.content.type
+    return text(f"model said: {reply}")
+
+
+def _wake_file(tag: str) -> str | None:
+    folder = os.environ.get("FRONT_DIR")
+    return os.path.join(folder, f"wake-{tag}") if folder else None
+
+
+async def _woken(tag: str) -> None:
+    woken, wake_file = _wakes.setdefault(tag, anyio.Event()), _wake_file(tag)
+    while not woken.is_set() and not (wake_file is not None and os.path.exists(wake_file)):
+        with anyio.move_on_after(0.05):
+            await woken.wait()
+
+
+async def linger(ctx: Ctx, tag: str) -> types.CallToolResult:
+    """What an upstream may do after a call returned: send on its own, tied to no request."""
+    session = ctx.session
+    meta: dict[str, Any] = dict(ctx.meta or {})
+    progress_token = meta.get("progress_token", meta.get("progressToken"))
+
+    async def later() -> None:
+        await _woken(tag)
+        await session.send_log_message("warning", f"{tag}: sent after its call returned, token {token(ctx)}")
+        if progress_token is not None:
+            await session.send_progress_notification(progress_token, 1, 1, f"{tag}: late progress")
+        message = types.SamplingMessage(role="user", content=types.TextContent(text=f"{tag}: who is there?"))
+        try:
+            answer = await session.create_message([message], max_tokens=5, include_context="allServers")
+            outcome = f"answered: {answer.content.text if isinstance(answer.content, types.TextContent) else '?'}"
+        except MCPError as exc:
+            outcome = f"refused: code={exc.code}, message={exc.message}"
+        record("late", tag=tag, outcome=outcome)
+
+    _background.start_soon(later)
+    return text(f"{tag}: lingering")
+
+
+def _late_events(tag: str) -> list[dict[str, Any]]:
+    """The "late" events of a tag, of every process writing to FRONT_DIR (of this one only without it)."""
+    folder = os.environ.get("FRONT_DIR")
+    path = os.path.join(folder, "events.jsonl") if folder else None
+    if path is None:
+        seen = _events
+    elif os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            seen = list(map(json.loads, f.read().splitlines()))
+    else:
+        seen = []
+    return [e for e in seen if e["kind"] == "late" and e["tag"] == tag]
+
+
+async def wake(tag: str) -> types.CallToolResult:
+    _wakes.setdefault(tag, anyio.Event()).set()
+    wake_file = _wake_file(tag)
+    if wake_file is not None:
+        with open(wake_file, "w", encoding="utf-8"):
+            pass
+    with anyio.move_on_after(10):
+        while not _late_events(tag):
+            await anyio.sleep(0.05)
+    return text(json.dumps(_late_events(tag)))
+
+
 async def events(kind: str, count: int) -> types.CallToolResult:
     with anyio.move_on_after(10):
         while sum(e["kind"] == kind for e in _events) < count:
@@ -220,7 +314,7 @@ async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.Call
     if name == "hello":
         return text("hello")
     if name == "pid":
-        return text(str(os.getpid()))
+        return text(NAME)
     if name == "chatty":
         await log(ctx, "debug", "chatty: one")
         for step in (1, 2, 3):
@@ -241,6 +335,12 @@ async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.Call
         return await block(ctx)
     if name == "rendezvous":
         return await rendezvous(ctx, int(args["n"]), str(args["run"]), str(args["tag"]))
+    if name == "ask_with_context":
+        return await ask_with_context(ctx, args["context"])
+    if name == "linger":
+        return await linger(ctx, str(args["tag"]))
+    if name == "wake":
+        return await wake(str(args["tag"]))
     if name == "touch":
         for uri in args["uris"]:
             await ctx.session.send_resource_updated(uri)
@@ -375,17 +475,23 @@ def build_server(features: set[str]) -> Server[Any]:
 
 
 async def serve_stdio(server: Server[Any]) -> None:
+    global _background
     init_events()
-    async with stdio_server() as (read_stream, write_stream):
-        await server.run(read_stream, write_stream, server.create_initialization_options())
+    async with anyio.create_task_group() as _background:
+        async with stdio_server() as (read_stream, write_stream):
+            await server.run(read_stream, write_stream, server.create_initialization_options())
+        _background.cancel_scope.cancel()
 
 
 async def serve_http(server: Server[Any], port: int) -> None:
+    global _background
     import uvicorn
 
     init_events()
     app = server.streamable_http_app(host="127.0.0.1")
-    await uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")).serve()
+    async with anyio.create_task_group() as _background:
+        await uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")).serve()
+        _background.cancel_scope.cancel()
 
 
 def main() -> None:
@@ -394,7 +500,7 @@ def main() -> None:
     parser.add_argument("--features", default=",".join(ALL_FEATURES))
     options = parser.parse_args()
     features = {f for f in options.features.split(",") if f}
-    record("start", pid=os.getpid(), features=sorted(features))
+    record("start", pid=NAME, features=sorted(features))
     server = build_server(features)
     if options.http is None:
         anyio.run(serve_stdio, server)

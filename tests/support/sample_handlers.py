@@ -111,3 +111,9 @@ def split_token(args: Mapping[str, Any], credential: Mapping[str, str]) -> ToolO
     return ToolOutput(
         "", content=[{"type": "text", "text": "a: " + token[:half]}, {"type": "text", "text": token[half:] + " :b"}]
     )
+
+
+def split_into_two_values(args: Mapping[str, Any], credential: Mapping[str, str]) -> dict[str, str]:
+    """A careless handler that returns the secret in two halves, as two values of one object."""
+    token = credential["token"]
+    return {"a": token[:4], "b": token[4:]}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import sys
 import time
 
@@ -51,9 +52,20 @@ def environment() -> str:
     return json.dumps(dict(os.environ))
 
 
-@server.tool(description="This process's id.")
+NAME = f"u{secrets.token_hex(7)}"
+with open("/proc/self/comm", "w") as _comm:  # what the host sees as this process's name
+    _comm.write(NAME)
+
+
+@server.tool(description="This process's name, unique (its comm): `tests.support.sandbox.host_pid` finds its pid.")
 def pid() -> str:
-    return str(os.getpid())
+    return NAME  # in a sandbox, os.getpid() is a pid of its own namespace: it means nothing outside
+
+
+@server.tool(description="The MCP session id the client sent (over HTTP), or 'stdio'.")
+def session(ctx: Context) -> str:
+    request = ctx.request_context.request
+    return request.headers.get("mcp-session-id", "none") if request is not None else "stdio"
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 """
 
 from .catalog import Catalog, Tool, Upstream
+from .checks import protected_overlap, real_path
 from .loading import load_catalog
 from .models import (
     NAME_PATTERN,
@@ -17,6 +18,7 @@ from .models import (
     McpHandler,
     OAuthProvider,
     PythonHandler,
+    SandboxSpec,
     ToolDeclaration,
 )
 
@@ -30,8 +32,11 @@ __all__ = [
     "McpHandler",
     "OAuthProvider",
     "PythonHandler",
+    "SandboxSpec",
     "Tool",
     "ToolDeclaration",
     "Upstream",
     "load_catalog",
+    "protected_overlap",
+    "real_path",
 ]

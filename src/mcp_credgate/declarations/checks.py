@@ -3,8 +3,10 @@ that name the file and the field."""
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -130,6 +132,40 @@ def mcp_problems(label: str, tool: ToolDeclaration, handler: McpHandler) -> list
                 f"{label}: {where}: an upstream server is started per credential, not per call: "
                 "{args.*} cannot be used here"
             )
+    return problems
+
+
+def real_path(path: str | Path) -> Path:
+    """A path as the kernel will find it: `~/` expanded, symbolic links followed (as far as they exist)."""
+    return Path(os.path.realpath(os.path.expanduser(path)))
+
+
+def protected_overlap(path: str | Path, protected: Mapping[Path, str]) -> str | None:
+    """Why `path` may not be shown to an upstream: it is, lies in or holds one of the `protected` paths
+    (path → what it is); None when it may."""
+    wanted = real_path(path)
+    for place, what in protected.items():
+        real = real_path(place)
+        if wanted == real or wanted.is_relative_to(real):
+            return f"{path} is in {what} ({place}), which no upstream may see"
+        if real.is_relative_to(wanted):
+            return f"{path} holds {what} ({place}), which no upstream may see"
+    return None
+
+
+def sandbox_problems(label: str, handler: McpHandler, protected: Mapping[Path, str]) -> list[str]:
+    """A remote upstream has no sandbox to set; a stdio one's extra paths keep clear of what no upstream may
+    see (the data folder, the key, the upstreams' homes)."""
+    if handler.url is not None and "sandbox" in handler.model_fields_set:
+        return [f"{label}: handler.sandbox: a remote upstream (url) runs elsewhere: there is no sandbox to set"]
+    if handler.sandbox is None:
+        return []
+    problems = []
+    for field in ("read", "write"):
+        for i, path in enumerate(getattr(handler.sandbox, field)):
+            why = protected_overlap(path, protected)
+            if why is not None:
+                problems.append(f"{label}: handler.sandbox.{field}[{i}]: {why}")
     return problems
 
 

@@ -3,14 +3,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import tomli as tomllib
 from pydantic import ValidationError
 
 from .catalog import Catalog, Tool, Upstream
-from .checks import http_problems, mcp_problems, oauth_problems, pydantic_problems, with_default_bearer
+from .checks import (
+    http_problems,
+    mcp_problems,
+    oauth_problems,
+    pydantic_problems,
+    sandbox_problems,
+    with_default_bearer,
+)
 from .entrypoints import resolve_entrypoint
 from .models import (
     CredentialSpec,
@@ -21,7 +28,9 @@ from .models import (
 )
 
 
-def _parse_file(path: Path, label: str, dirs: tuple[Path, ...]) -> tuple[Tool | None, list[str]]:
+def _parse_file(
+    path: Path, label: str, dirs: tuple[Path, ...], protected: Mapping[Path, str]
+) -> tuple[Tool | None, list[str]]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
@@ -51,12 +60,14 @@ def _parse_file(path: Path, label: str, dirs: tuple[Path, ...]) -> tuple[Tool | 
             )
     else:
         problems += mcp_problems(label, decl, handler)
+        problems += sandbox_problems(label, handler, protected)
     tool = Tool(decl=decl, source=path, function=function)
     return (None if problems else tool), problems
 
 
-def load_catalog(dirs: Iterable[Path]) -> Catalog:
-    """Read every `*.toml` in the folders (missing folders are empty) and cross-check them."""
+def load_catalog(dirs: Iterable[Path], protected: Mapping[Path, str] | None = None) -> Catalog:
+    """Read every `*.toml` in the folders (missing folders are empty) and cross-check them. `protected`: the
+    paths no upstream's sandbox may be given (path → what it is: `Settings.protected_paths`)."""
     dirs = tuple(dirs)
     tools: dict[str, Tool] = {}
     types: dict[str, tuple[CredentialSpec, str]] = {}
@@ -66,7 +77,7 @@ def load_catalog(dirs: Iterable[Path]) -> Catalog:
             continue
         for path in sorted(d.glob("*.toml")):
             label = str(path)
-            tool, file_problems = _parse_file(path, label, dirs)
+            tool, file_problems = _parse_file(path, label, dirs, protected or {})
             problems += file_problems
             if tool is None:
                 continue

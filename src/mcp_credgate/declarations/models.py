@@ -12,9 +12,10 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import jsonschema
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import CredentialValueError
+from ..isolation import Isolation
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 FIELD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
@@ -339,8 +340,32 @@ class PythonHandler(_Model):
     timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0
 
 
+def _sandbox_path(value: str) -> str:
+    if not (value.startswith("/") or value.startswith("~/")) or "\x00" in value:
+        raise ValueError("must be an absolute path (or start with ~/)")
+    if value.rstrip("/") == "":
+        raise ValueError("/ is the whole machine: name the folders the upstream needs")
+    return value
+
+
+SandboxPath = Annotated[str, AfterValidator(_sandbox_path)]
+
+
+class SandboxSpec(_Model):
+    """A stdio upstream's sandbox (`sandbox.*` in its handler; `sandbox = false` opts out): extra paths it
+    may read or write, whether it has the network, and its limits."""
+
+    read: tuple[SandboxPath, ...] = ()
+    write: tuple[SandboxPath, ...] = ()
+    network: bool = True  # true: the host's network, loopback services included
+    max_memory_mb: Annotated[int, Field(ge=64, le=1024 * 1024)] = 2048  # per process (RLIMIT_DATA)
+    max_processes: Annotated[int, Field(ge=8, le=1024 * 1024)] = 512  # processes and threads (RLIMIT_NPROC)
+    max_home_mb: Annotated[int, Field(ge=1, le=1024 * 1024)] = 1024  # at start; and per file (RLIMIT_FSIZE)
+
+
 class McpHandler(_Model):
-    """An upstream MCP server: a command run over stdio, or a remote Streamable HTTP `url`."""
+    """An upstream MCP server: a command run over stdio, or a remote Streamable HTTP `url`. A stdio one runs
+    in a sandbox (`sandbox`; None when its declaration says `sandbox = false`)."""
 
     kind: Literal["mcp"]
     command: str | None = None
@@ -353,12 +378,32 @@ class McpHandler(_Model):
     timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0  # one call
     start_timeout: Annotated[float, Field(gt=0, le=600)] = 20.0  # start and handshake
     idle_timeout: Annotated[float, Field(gt=0)] = 300.0  # stop an unused upstream after this long
+    isolation: Isolation = "group"  # one upstream per (credential, group), or per (credential, group, agent)
+    sandbox: SandboxSpec | None = SandboxSpec()
+
+    @field_validator("sandbox", mode="before")
+    @classmethod
+    def _sandbox_switch(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        if not isinstance(value, dict | SandboxSpec):
+            raise ValueError(
+                "give false, or a table of read, write, network, max_memory_mb, max_processes, max_home_mb"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_transport(self) -> McpHandler:
         if (self.command is None) == (self.url is None):
             raise ValueError("give exactly one of command (a stdio upstream) or url (a remote one)")
         return self
+
+    @property
+    def sandboxed(self) -> bool:
+        """Whether its declaration wants a sandbox: a stdio upstream that did not opt out."""
+        return self.command is not None and self.sandbox is not None
 
     def tool_name(self, declaration_name: str, upstream_tool: str) -> str:
         prefix = declaration_name if self.prefix is None else self.prefix

@@ -15,12 +15,15 @@ __all__ = ["ToolOutput"]
 @dataclass(frozen=True)
 class ToolOutput:
     """What a handler produced. `content` carries MCP content blocks as JSON (an upstream's images,
-    resources…); without it the output is the one text block `text`."""
+    resources…); without it the output is the one text block `text`. `mirrored`: `text` is `structured` as JSON
+    text (the agent's copy is then written again from the redacted structure: a secret split over two of its
+    values is only found there)."""
 
     text: str
     structured: dict[str, Any] | None = None
     is_error: bool = False
     content: list[dict[str, Any]] | None = None
+    mirrored: bool = False
 
     @classmethod
     def from_value(cls, value: Any) -> ToolOutput:
@@ -32,7 +35,9 @@ class ToolOutput:
         if isinstance(value, bytes):
             return cls(value.decode("utf-8", errors="replace"))
         text = json.dumps(value, ensure_ascii=False, default=str)
-        return cls(text, value if isinstance(value, dict) else None)
+        if isinstance(value, dict):
+            return cls(text, value, mirrored=True)
+        return cls(text)
 
     @classmethod
     def error(cls, text: str) -> ToolOutput:

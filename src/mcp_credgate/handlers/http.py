@@ -446,17 +446,27 @@ async def _read_capped(response: httpx2.Response, cap: int) -> bytes | None:
 
 def _output(response: httpx2.Response, data: bytes, host: str, credential: Credential) -> ToolOutput:
     text = data.decode(response.encoding or "utf-8", errors="replace")
+    parsed = _json_of(response, text)
     if response.status_code >= 400:
-        # redact before cutting: a cut through a secret would leave a prefix no redactor recognises
-        body = redactor_for(credential).text(text)
+        # redact before cutting: a cut through a secret would leave a prefix no redactor recognises; JSON as a
+        # structure, so that a secret split over two of its values is found
+        redactor = redactor_for(credential)
+        if isinstance(parsed, (dict, list)):
+            body = json.dumps(redactor.obj(parsed), ensure_ascii=False)
+        else:
+            body = redactor.text(text)
         body = body if len(body) <= MAX_ERROR_BODY else body[:MAX_ERROR_BODY] + "…"
         return ToolOutput.error(f"HTTP {response.status_code} from {host}: {body}")
-    structured = None
-    if "json" in response.headers.get("content-type", ""):
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict):
-            structured = parsed
-    return ToolOutput(text, structured)
+    if isinstance(parsed, dict):
+        return ToolOutput(text, parsed, mirrored=True)
+    return ToolOutput(text)
+
+
+def _json_of(response: httpx2.Response, text: str) -> Any:
+    """The body as JSON when it says it is JSON and is, else None."""
+    if "json" not in response.headers.get("content-type", ""):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None

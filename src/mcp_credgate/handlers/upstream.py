@@ -1,10 +1,13 @@
 """`mcp` handlers: upstream MCP servers, started (stdio) or connected to (Streamable HTTP) with a credential.
 
-One running upstream per (server, credential): never one process shared by groups with different
-credentials. Started on first use, reused, started again after a crash (with a back-off), stopped when
-idle and on shutdown. A stdio child gets only the declared environment on top of the SDK's small default
+One running upstream per scope (`isolation.UpstreamScope`): per (server, credential, group), never one
+process or remote session shared by two groups, and with `isolation = "agent"` per agent of the group too.
+Started on first use, reused, started again after a crash (with a back-off) or a change of its credential,
+stopped when idle and on shutdown. A stdio child gets only the declared environment on top of the SDK's small default
 one (HOME, PATH, SHELL, TERM, USER, LOGNAME) and LANG: the gateway's own variables, its master key above
-all, never reach it. Its stderr is logged line by line, redacted.
+all, never reach it. It runs in a sandbox (`sandbox.SandboxPolicy`: bubblewrap) unless its declaration or the
+gateway turned that off; a sandbox that cannot be set up refuses the start, never runs it unsandboxed. Its
+stderr is logged line by line, redacted.
 """
 
 from __future__ import annotations
@@ -19,23 +22,29 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import httpx2
 import mcp_types as types
 from anyio.abc import TaskGroup
 from mcp import Client, StdioServerParameters
 from mcp.client._transport import Transport
-from mcp.client.stdio import stdio_client
+from mcp.client.stdio import get_default_environment, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from ..config import Settings
 from ..credential import Credential
-from ..declarations import McpHandler
+from ..declarations import McpHandler, SandboxSpec
+from ..errors import SandboxError
+from ..isolation import UpstreamScope, upstream_scope
 from ..redact import Redactor, redactor_for
-from ..relay import AgentRequest, Relay
+from ..relay import AgentRequest, Relay, forget_related_request
+from ..sandbox import SandboxPolicy
 from .http import render
 
 logger = logging.getLogger("credgate.upstream")
@@ -63,17 +72,28 @@ def _render_all(items: Mapping[str, str], credential: Credential) -> dict[str, s
 
 
 def connect(
-    name: str, handler: McpHandler, credential: Credential, relay: Relay
+    name: str,
+    handler: McpHandler,
+    credential: Credential,
+    relay: Relay,
+    *,
+    scope: UpstreamScope,
+    sandbox: SandboxPolicy | None = None,
 ) -> AbstractAsyncContextManager[Client]:
     """A client session to the upstream, with the credential placed where the declaration says; what the
-    upstream sends on its own goes to `relay`."""
+    upstream sends on its own goes to `relay`. `scope` is whom this upstream serves (its server, credential,
+    group and, with isolation = "agent", agent). A stdio upstream runs in the sandbox `sandbox` describes (its
+    home kept per scope) unless `sandbox` is None or off, or its declaration opts out."""
     if handler.command is not None:
         params = StdioServerParameters(
             command=render(handler.command, {}, credential),
             args=[render(a, {}, credential) for a in handler.args],
             env={**_passed_through(), **_render_all(handler.env, credential)},
         )
-        return _stdio_session(name, params, relay)
+        if sandbox is not None and sandbox.enabled and handler.sandbox is not None:
+            home = sandbox.home(name, credential.name, scope.group, scope.agent)
+            return _stdio_session(name, _sandboxed(name, params, sandbox, handler.sandbox, home), relay)
+        return _stdio_session(name, _as_is(params), relay)
     assert handler.url is not None
     http = httpx2.AsyncClient(
         headers=_render_all(handler.headers, credential),
@@ -82,6 +102,31 @@ def connect(
         timeout=httpx2.Timeout(handler.timeout, read=handler.timeout + 5),
     )
     return _http_session(render(handler.url, {}, credential), http, relay)
+
+
+def _as_is(params: StdioServerParameters) -> Callable[[], Awaitable[StdioServerParameters]]:
+    async def params_() -> StdioServerParameters:
+        return params
+
+    return params_
+
+
+def _sandboxed(
+    name: str, params: StdioServerParameters, policy: SandboxPolicy, options: SandboxSpec, home: Path
+) -> Callable[[], Awaitable[StdioServerParameters]]:
+    """The parameters that run the upstream in its sandbox, worked out (files read, its home made) in a thread.
+    The SDK's default environment (HOME, PATH…) is merged in first: the sandbox sets HOME, finds the command
+    on that PATH."""
+
+    def wrap() -> StdioServerParameters:
+        env = {**get_default_environment(), **(params.env or {})}
+        wrapped = policy.wrap(name, params.command, params.args, env, options, home)
+        return StdioServerParameters(command=wrapped.argv[0], args=list(wrapped.argv[1:]), env=wrapped.env)
+
+    async def params_() -> StdioServerParameters:
+        return await anyio.to_thread.run_sync(wrap)
+
+    return params_
 
 
 def _client(transport: Transport, relay: Relay) -> Client:
@@ -106,7 +151,10 @@ async def _http_session(url: str, http: httpx2.AsyncClient, relay: Relay) -> Asy
 
 
 @asynccontextmanager
-async def _stdio_session(name: str, params: StdioServerParameters, relay: Relay) -> AsyncIterator[Client]:
+async def _stdio_session(
+    name: str, make_params: Callable[[], Awaitable[StdioServerParameters]], relay: Relay
+) -> AsyncIterator[Client]:
+    params = await make_params()  # SandboxError: before any process or pipe exists
     read_fd, write_fd = os.pipe()
     errlog = os.fdopen(write_fd, "w")
     reader = threading.Thread(target=_log_lines, args=(name, os.fdopen(read_fd), relay.redactor), daemon=True)
@@ -128,7 +176,7 @@ def _log_lines(name: str, stream: IO[str], redactor: Redactor) -> None:
 class Session:
     """A running upstream: its client, its relay, and the event that stops the task holding it open."""
 
-    key: tuple[str, str]
+    key: UpstreamScope
     fingerprint: bytes
     relay: Relay
     client: Client | None = None
@@ -142,7 +190,7 @@ class Session:
     def live(self) -> Client:
         """The client of a running session (a closed one is retired before use)."""
         if self.client is None:
-            raise UpstreamError(f"upstream {self.key[0]} is not running")
+            raise UpstreamError(f"upstream {self.key.server} is not running")
         return self.client
 
 
@@ -182,14 +230,33 @@ async def _closed_meanwhile(session: Session) -> bool:
     return False
 
 
+def _check_scope(scope: UpstreamScope, handler: McpHandler, credential: Credential, agent: AgentRequest | None) -> None:
+    """A request goes only to the upstream of its caller's own scope. A mismatch is a bug of the gateway's,
+    refused before anything is sent (ValueError)."""
+    if scope.credential != credential.name:
+        raise ValueError(f"upstream {scope.server}: the scope names another credential than the one given")
+    if agent is None:
+        return
+    group, who = agent.caller
+    if scope != upstream_scope(scope.server, scope.credential, group=group, agent=who, isolation=handler.isolation):
+        raise ValueError(f"upstream {scope.server}: a request of group {group} for another scope ({scope})")
+
+
 class UpstreamPool:
-    def __init__(self, task_group: TaskGroup, on_start: Callable[[str, dict[str, Any]], None] | None = None) -> None:
-        """`on_start(name, capabilities)` learns what each upstream announced when it starts."""
+    def __init__(
+        self,
+        task_group: TaskGroup,
+        on_start: Callable[[str, dict[str, Any]], None] | None = None,
+        sandbox: SandboxPolicy | None = None,
+    ) -> None:
+        """`on_start(name, capabilities)` learns what each upstream announced when it starts. `sandbox`: how
+        stdio upstreams are sandboxed (by default as the environment's settings say: on)."""
         self._tg = task_group
         self._on_start = on_start
-        self._sessions: dict[tuple[str, str], Session] = {}
-        self._locks: dict[tuple[str, str], anyio.Lock] = {}
-        self._failures: dict[tuple[str, str], int] = {}
+        self._sandbox = sandbox if sandbox is not None else SandboxPolicy.of(Settings.resolve())
+        self._sessions: dict[UpstreamScope, Session] = {}
+        self._locks: dict[UpstreamScope, anyio.Lock] = {}
+        self._failures: dict[UpstreamScope, int] = {}
         self._fingerprint_key = secrets.token_bytes(32)
         self._reaper = anyio.CancelScope()
         task_group.start_soon(self._reap_idle)
@@ -201,17 +268,18 @@ class UpstreamPool:
 
     async def call(
         self,
-        name: str,
+        scope: UpstreamScope,
         handler: McpHandler,
         remote_tool: str,
         args: dict[str, Any],
         credential: Credential,
         agent: AgentRequest | None = None,
     ) -> types.CallToolResult:
-        """Call a tool of the upstream; its progress becomes the agent's. No answer in time is an error result."""
+        """Call a tool of the scope's upstream; its progress becomes the agent's. No answer in time is an
+        error result."""
         try:
             return await self.request(
-                name,
+                scope,
                 handler,
                 credential,
                 lambda s: s.live.call_tool(remote_tool, args, progress_callback=s.relay.progress_to(agent)),
@@ -222,25 +290,29 @@ class UpstreamPool:
 
     async def request(
         self,
-        name: str,
+        scope: UpstreamScope,
         handler: McpHandler,
         credential: Credential,
         send: Callable[[Session], Awaitable[_T]],
         agent: AgentRequest | None = None,
     ) -> _T:
-        """Send one request to the upstream, on behalf of `agent` (what the upstream sends meanwhile goes to
-        it). A session whose connection is already closed (the process died since the last request) is
-        replaced first; a request whose connection closes while it runs is not sent again (it may have had
-        effects): UpstreamError, and the next request starts a new upstream. An error answer of the
-        upstream leaves as its MCPError."""
-        session = await self.session(name, handler, credential)
+        """Send one request to the scope's upstream, on behalf of `agent` (the relay decides whether what
+        the upstream sends meanwhile is the agent's; no agent: the gateway's own request). A session whose
+        connection is already closed (the process died since the last request) is replaced first; a
+        request whose connection closes while it runs is not sent again (it may have had effects):
+        UpstreamError, and the next request starts a new upstream. An error answer of the upstream leaves
+        as its MCPError."""
+        _check_scope(scope, handler, credential, agent)
+        name = scope.server
+        session = await self.session(scope, handler, credential)
         if await _closed_meanwhile(session):
             self._retire(session)
-            session = await self.session(name, handler, credential)
+            session = await self.session(scope, handler, credential)
         session.last_used = time.monotonic()
         try:
-            with anyio.fail_after(handler.timeout), session.relay.serving(agent):
-                result = await send(session)
+            with anyio.fail_after(handler.timeout):
+                with session.relay.serving(agent):  # until the answer: what comes later is no one's
+                    result = await send(session)
                 await session.relay.settle(agent)
                 return result
         except TimeoutError:
@@ -252,18 +324,21 @@ class UpstreamPool:
             raise UpstreamError(f"upstream {name} closed the connection during the request") from None
 
     async def discover(
-        self, name: str, handler: McpHandler, credential: Credential
+        self, scope: UpstreamScope, handler: McpHandler, credential: Credential
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """The upstream's tools and the capabilities it announced, as JSON."""
-        session = await self.session(name, handler, credential)
-        with anyio.fail_after(handler.start_timeout):
+        """The upstream's tools and the capabilities it announced, as JSON: listed by the scope's upstream
+        (`UpstreamScope.for_discovery` outside any agent's request), as the gateway's own request."""
+        _check_scope(scope, handler, credential, None)
+        session = await self.session(scope, handler, credential)
+        with anyio.fail_after(handler.start_timeout), session.relay.serving(None):
             listed = await session.live.list_tools()
         tools = [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in listed.tools]
         return tools, _announced(session.live)
 
-    async def session(self, name: str, handler: McpHandler, credential: Credential) -> Session:
-        """The running upstream for this credential, started (or restarted after a change) when needed."""
-        key = (name, credential.name)
+    async def session(self, scope: UpstreamScope, handler: McpHandler, credential: Credential) -> Session:
+        """The running upstream of the scope, started (or restarted after a change of its credential or
+        declaration) when needed. Never another scope's: the scope is the whole key."""
+        key, name = scope, scope.server
         fingerprint = self._fingerprint(handler, credential)
         async with self._locks.setdefault(key, anyio.Lock()):
             current = self._sessions.get(key)
@@ -273,29 +348,38 @@ class UpstreamPool:
                 self._retire(current)  # the credential changed: its process must not serve the new one
             failures = self._failures.get(key, 0)
             await anyio.sleep(RESTART_BACKOFF[min(failures, len(RESTART_BACKOFF) - 1)])
-            session = Session(
-                key, fingerprint, Relay(name, redactor_for(credential)), idle_timeout=handler.idle_timeout
-            )
-            self._tg.start_soon(self._hold, name, handler, credential, session)
+            relay = Relay(name, redactor_for(credential), remote=handler.url is not None)
+            session = Session(key, fingerprint, relay, idle_timeout=handler.idle_timeout)
+            self._tg.start_soon(self._hold, handler, credential, session)
             with anyio.move_on_after(handler.start_timeout):
                 await session.ready.wait()
             if session.client is None:
                 session.stop.set()
                 self._failures[key] = failures + 1
                 why = "did not start in time" if session.error is None else "could not be started"
+                if isinstance(session.error, SandboxError):  # says why and what to do, never a value
+                    why += f": {session.relay.redactor.text(str(session.error))}"
                 raise UpstreamError(f"upstream {name} {why}")
-            self._failures[key] = 0
+            self._failures.pop(key, None)
             self._sessions[key] = session
             return session
 
-    async def _hold(self, name: str, handler: McpHandler, credential: Credential, session: Session) -> None:
-        """Keeps one upstream session open (its context must be entered and left in the same task)."""
+    async def _hold(self, handler: McpHandler, credential: Credential, session: Session) -> None:
+        """Keeps one upstream session open (its context must be entered and left in the same task). Its
+        tasks belong to no request, whichever request started it: the relay must not think otherwise."""
+        forget_related_request()
+        name = session.key.server
         try:
-            async with connect(name, handler, credential, session.relay) as client:
+            async with connect(
+                name, handler, credential, session.relay, scope=session.key, sandbox=self._sandbox
+            ) as client:
                 session.client = client
                 self._started(name, client)
                 session.ready.set()
                 await session.stop.wait()
+        except SandboxError as exc:
+            session.error = exc
+            logger.error("upstream %s could not be started: %s", name, session.relay.redactor.text(str(exc)))
         except Exception as exc:
             session.error = exc
             logger.warning("upstream %s ended: %s", name, type(exc).__name__)
@@ -328,8 +412,10 @@ class UpstreamPool:
         now = time.monotonic()
         for session in list(self._sessions.values()):
             if now - session.last_used > session.idle_timeout and not session.relay.has_subscribers:
-                logger.info("stopping idle upstream %s", session.key[0])
+                logger.info("stopping idle upstream %s", session.key)
                 self._retire(session)
+        for key in [k for k, lock in self._locks.items() if k not in self._sessions and not lock.locked()]:
+            del self._locks[key]  # one per scope ever used would add up (an OAuth client is an agent)
 
     def close(self) -> None:
         """Stop every upstream; the task group then ends as their sessions close."""
@@ -340,13 +426,13 @@ class UpstreamPool:
 
 @asynccontextmanager
 async def upstream_pool(
-    on_start: Callable[[str, dict[str, Any]], None] | None = None,
+    on_start: Callable[[str, dict[str, Any]], None] | None = None, sandbox: SandboxPolicy | None = None
 ) -> AsyncIterator[UpstreamPool]:
     """The pool's tasks never raise (`_hold` keeps its error): an exception of the body leaves as itself,
     not wrapped in the task group's ExceptionGroup, so callers can catch UpstreamError, GatewayError …"""
     try:
         async with anyio.create_task_group() as tg:
-            pool = UpstreamPool(tg, on_start)
+            pool = UpstreamPool(tg, on_start, sandbox)
             try:
                 yield pool
             finally:
