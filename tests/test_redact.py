@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mcp_credgate import redact
 from mcp_credgate.credential import Credential
 from mcp_credgate.redact import Redactor, patterns_of, redactor_for, shortest_pattern
 from tests.support.gateway import leaks, make_canary, secret_forms
@@ -297,6 +298,30 @@ def test_no_composition_of_two_encodings_split_anywhere_lets_the_secret_be_recov
     out = Redactor({"secret": secret}).obj(["before " + form[:cut], form[cut:] + " after"])
 
     assert leaks("".join(out), secret) == [], (inner, outer, cut)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    secret=_SECRETS,
+    inner=st.sampled_from(sorted(_TEXTUAL) + sorted(_BINARY)),
+    outer=st.sampled_from(sorted(_TEXTUAL)),
+    noise=st.text(max_size=60),
+    copies=st.integers(min_value=1, max_value=3),
+)
+def test_a_short_text_is_redacted_by_plain_search_exactly_as_the_automaton_would(
+    secret: str, inner: str, outer: str, noise: str, copies: int
+) -> None:
+    encode = {**_TEXTUAL, **_BINARY}
+    form = _TEXTUAL[outer](encode[inner](secret))
+    text = noise.join([form] * copies) + noise + secret.upper() + form[: len(form) // 2]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(redact, "FIND_BUDGET", 10**12)
+        searched = Redactor({"secret": secret}).text(text)
+        patch.setattr(redact, "FIND_BUDGET", 0)
+        by_automaton = Redactor({"secret": secret}).text(text)
+
+    assert searched == by_automaton
 
 
 def test_a_typed_redaction_keeps_a_number_a_number_where_a_message_schema_wants_one() -> None:

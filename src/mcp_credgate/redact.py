@@ -41,6 +41,7 @@ from .credential import Credential
 
 __all__ = [
     "CASE_FOLD_LENGTH",
+    "FIND_BUDGET",
     "MAX_PASSES",
     "MIN_BASE64_PATTERN",
     "MIN_DERIVED_LENGTH",
@@ -137,10 +138,39 @@ def shortest_pattern(value: str) -> int:
     return min(len(value), max(MIN_BASE64_PATTERN, 8 * len(value) // 6 - 3))
 
 
-class _Matcher:
-    """One automaton over the exact patterns and one over the folded ones, with what each pattern stands for."""
+FIND_BUDGET = 20_000  # characters times patterns under which plain `str.find` beats building an automaton
 
-    __slots__ = ("_exact", "_exact_meaning", "_folded", "_folded_meaning")
+
+class _Patterns:
+    """Patterns and what each stands for, found in a text by `str.find` while the text is short (a small call's
+    usual case: building an automaton is most of its cost) and by an automaton, built on first need, beyond."""
+
+    __slots__ = ("_automaton", "_meaning", "_patterns")
+
+    def __init__(self, patterns: dict[str, _Pattern]) -> None:
+        self._patterns = list(patterns)
+        self._meaning = list(patterns.values())
+        self._automaton: ahocorasick_rs.AhoCorasick | None = None
+
+    def find(self, text: str) -> Iterator[tuple[int, int, _Pattern]]:
+        """Every match, overlapping ones included, in both ways alike (a test holds them side by side)."""
+        if len(text) * len(self._patterns) <= FIND_BUDGET:
+            for index, pattern in enumerate(self._patterns):
+                start = text.find(pattern)
+                while start >= 0:
+                    yield start, start + len(pattern), self._meaning[index]
+                    start = text.find(pattern, start + 1)
+            return
+        if self._automaton is None:
+            self._automaton = _automaton(self._patterns)
+        for index, start, end in self._automaton.find_matches_as_indexes(text, overlapping=True):
+            yield start, end, self._meaning[index]
+
+
+class _Matcher:
+    """The exact patterns of a credential's values and the case-folded ones (matched against folded text)."""
+
+    __slots__ = ("_exact", "_folded")
 
     def __init__(self, sources: Iterable[tuple[str, str]]) -> None:
         exact: dict[str, _Pattern] = {}
@@ -151,22 +181,18 @@ class _Matcher:
                 exact.setdefault(pattern, _Pattern(fieldname, base64=base64_text))
             for pattern, base64_text in lowered.items():
                 folded.setdefault(pattern, _Pattern(fieldname, base64=base64_text))
-        self._exact = _automaton(exact) if exact else None
-        self._exact_meaning = list(exact.values())
-        self._folded = _automaton(folded) if folded else None
-        self._folded_meaning = list(folded.values())
+        self._exact = _Patterns(exact) if exact else None
+        self._folded = _Patterns(folded) if folded else None
 
     def find(self, text: str) -> Iterator[tuple[int, int, _Pattern]]:
         """Every match, overlapping ones included: (start, end, what it stands for). A lone surrogate (which a
-        JSON escape can make) has no UTF-8, which the matcher needs: it is looked at as U+FFFD, one for one."""
+        JSON escape can make) has no UTF-8, which the automaton needs: it is looked at as U+FFFD, one for one."""
         if not text.isascii():
             text = _LONE_SURROGATE.sub("\ufffd", text)
         if self._exact is not None:
-            for index, start, end in self._exact.find_matches_as_indexes(text, overlapping=True):
-                yield start, end, self._exact_meaning[index]
+            yield from self._exact.find(text)
         if self._folded is not None:
-            for index, start, end in self._folded.find_matches_as_indexes(_fold(text), overlapping=True):
-                yield start, end, self._folded_meaning[index]
+            yield from self._folded.find(_fold(text))
 
 
 # -- decoded views -------------------------------------------------------------------------------
