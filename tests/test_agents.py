@@ -104,7 +104,8 @@ def test_only_the_sha256_of_a_token_is_stored(groups: Store, run_cli: CliRun, se
         assert hashlib.sha256(token.encode()).hexdigest() in everything
     reopened = Store.open(settings)
     try:
-        assert reopened.agent_by_token_hash(token_hash(tokens[0])) == AgentIdentity("bot0", "research", token_hash(tokens[0]))
+        found = reopened.agent_by_token_hash(token_hash(tokens[0]))
+        assert found == AgentIdentity("bot0", "research", token_hash(tokens[0]))
     finally:
         reopened.close()
 
