@@ -62,6 +62,8 @@ def bind_personal(store: Store, catalog: Catalog, group: str, tool_name: str, cr
     """A member's personal binding: a credential of the tool's type that the member owns."""
     tool = bindable(catalog, tool_name)
     assert tool.credential is not None
+    if not store.user_exists(user):
+        raise NotFoundError(f"no user named {user!r} (see `credgate user list`)")
     info = store.credential_info(credential)
     if info.owner != user:
         raise ConflictError(
