@@ -646,6 +646,7 @@ def cred_update(app: App, name: str, sets: tuple[str, ...], from_json: str | Non
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port of the redirect on 127.0.0.1 (0: any).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300, help="Seconds to wait for the browser.")
 @click.option("--no-browser", is_flag=True, help="Only print the address; do not open a browser.")
+@OWNER_OPTION
 @common_options
 @pass_app
 def cred_connect(
@@ -658,6 +659,7 @@ def cred_connect(
     port: int,
     timeout: float,
     no_browser: bool,
+    owner: str | None,
 ) -> None:
     """Connect an OAuth2 credential NAME: authorize in a browser, store the tokens (new or reconnected).
 
@@ -669,7 +671,13 @@ def cred_connect(
     if provider is None:
         raise ConflictError(f"type {spec.type!r} has no oauth2 field: add its values with `credgate cred add`")
     given = _read_values(spec, sets, from_json, prompt=False)
+    if owner is not None and not app.store.user_exists(owner):
+        raise NotFoundError(f"no user named {owner!r} (see `credgate user list`)")
     client, uid = _client_values(app.store, spec, name, given)
+    if uid is not None and owner is not None and app.store.credential_info(name).owner != owner:
+        raise ConflictError(
+            f"credential {name!r} exists and is not {owner}'s: connect it without --owner, or pick a new name"
+        )
     with LoopbackCallback(port) as callback:
         request = oauth.start_authorization(provider, client["client_id"], callback.redirect_uri)
         click.echo(f"Open this address in a browser to connect {name}:\n\n    {request.url}\n", err=True)
@@ -679,7 +687,7 @@ def cred_connect(
         params = callback.wait(request.state, timeout, on_refused=_say_refused)
     code = oauth.code_from_callback(request, params)
     tokens = anyio.run(_exchange, provider, client, request, code)
-    created = admin.save_connection(app.store, spec, name, given, tokens, uid=uid)
+    created = admin.save_connection(app.store, spec, name, given, tokens, uid=uid, owner=owner)
     summary = admin.oauth_summary(spec, app.store.read_credential(name)) or {}
     expiry = f", expires at {summary['expires_at']}" if summary.get("expires_at") else ""
     app.out(
