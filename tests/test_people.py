@@ -12,6 +12,8 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+from mcp import Client
+from mcp.client.stdio import stdio_client
 
 from mcp_credgate.agents import create_agent
 from mcp_credgate.people import create_user, user_secret_hash
@@ -27,6 +29,8 @@ from tests.support.gateway import (
     http_tool,
     make_canary,
     result_text,
+    store_env,
+    teed_serve,
 )
 from tests.support.http_server import Received, bearer, connect_over_http, start_server
 from tests.support.raw_db import raw_db
@@ -390,3 +394,23 @@ async def test_two_users_of_one_group_over_http_each_reach_the_api_with_their_ow
     with raw_db(world.settings) as db:
         rows = db.execute("SELECT user_name, credential FROM audit ORDER BY id").fetchall()
     assert [tuple(r) for r in rows] == [("alice", "alice-tok"), ("bob", "bob-tok"), ("alice", "alice-tok")]
+
+
+@pytest.mark.anyio
+async def test_two_stdio_processes_acting_for_two_members_each_send_their_own_token(
+    world: World, upstream: Upstream, tmp_path: Path
+) -> None:
+    received = ""
+    for name in ("alice", "bob"):
+        stdout_copy = tmp_path / f"stdout-{name}.bin"
+        params = teed_serve(world, stdout_copy, store_env(world.settings), "--group", "team", "--user", name)
+        upstream.clear()
+        with (tmp_path / f"stderr-{name}.txt").open("w") as errlog, anyio.fail_after(30):
+            async with Client(stdio_client(params, errlog=errlog)) as client:
+                result = await client.call_tool("whoami", {})
+        assert not result.is_error, result_text(result)
+        [seen] = upstream.seen()
+        assert seen.header("Authorization") == f"Bearer {KEYS[name]}"
+        received += stdout_copy.read_bytes().decode(errors="replace")
+        received += (tmp_path / f"stderr-{name}.txt").read_text()
+    assert_no_leak(received, *KEYS.values())
