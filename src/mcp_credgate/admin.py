@@ -327,6 +327,10 @@ def deny(store: Store, catalog: Catalog, group: str, tools: Iterable[str]) -> li
         if not allows_upstream_tools(allowed, upstream, catalog.upstream_tools(upstream)):
             store.unbind_upstream(group, upstream)
             unbound.append(upstream)
+    for target in sorted({target for target, _ in store.personal_bindings(group)}):
+        if target in catalog.upstreams and not allows_upstream_tools(allowed, target, catalog.upstream_tools(target)):
+            store.remove_personal_bindings(group, target)
+            unbound.append(target)
     return unbound
 
 

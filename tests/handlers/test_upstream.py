@@ -938,3 +938,23 @@ async def test_a_personal_upstream_starts_each_member_with_their_own_token_and_a
     assert hashes == {"alice": sha256(TOKEN_A), "bob": sha256(TOKEN_B)}
     assert starts(counter) == 2
     assert unnamed.is_error and (unnamed.structured_content or {})["warning"] == "user_required"
+
+
+def test_denying_every_tool_of_a_personal_upstream_removes_its_members_bindings(
+    tmp_path: Path, fixture_listings: list[dict[str, Any]]
+) -> None:
+    world = discovered_world(tmp_path / "w", {"fix": stdio_decl(tmp_path / "unused")}, fixture_listings)
+    try:
+        create_user(world.store, "alice")
+        world.store.add_credential("alice-tok", "fixtoken", {"token": TOKEN_A}, frozenset({"token"}), owner="alice")
+        world.store.add_group("ga")
+        world.store.add_members("ga", ["alice"])
+        admin.allow(world.store, world.catalog, "ga", ["fix.*"], personal=True)
+        people.bind_personal(world.store, world.catalog, "ga", "fix_pid", "alice-tok", "alice")
+
+        unbound = admin.deny(world.store, world.catalog, "ga", ["fix.*"])
+
+        assert unbound == ["fix"]
+        assert world.store.personal_bindings("ga") == {}
+    finally:
+        world.close()

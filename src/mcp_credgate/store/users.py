@@ -250,6 +250,12 @@ class Users(StoreBase):
             if cur.rowcount == 0:
                 raise NotFoundError(f"{target!r} has no personal credential of {user!r} bound in group {group!r}")
 
+    def remove_personal_bindings(self, group: str, target: str) -> None:
+        """Every member's personal binding for `target` (a tool or an upstream) in the group."""
+        with self._write() as conn:
+            gid = self._group_id(conn, group)
+            conn.execute("DELETE FROM personal_bindings WHERE group_id = ? AND target = ?", (gid, target))
+
     def personal_bindings(self, group: str, user: str | None = None) -> dict[tuple[str, str], str]:
         """(tool or upstream, user) → the credential bound, in the group (for one user when given)."""
         clauses, params = ["pb.group_id = (SELECT id FROM groups WHERE name = ?)"], [group]
