@@ -8,6 +8,7 @@ tokens: a secret of this entropy needs no password stretching).
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -15,11 +16,12 @@ from . import oauth
 from .admin import bindable, check_scope, scope_entries, target_of
 from .allow import AllowEntry
 from .declarations import Catalog, Tool, Upstream
-from .errors import ConflictError, NotFoundError
+from .errors import ConflictError, CredentialValueError, NotFoundError
 from .readiness import Status, verdict
 from .store import Store
 
 __all__ = [
+    "EMAIL_PATTERN",
     "USER_SECRET_PREFIX",
     "MemberStatus",
     "bind_personal",
@@ -44,8 +46,13 @@ def user_secret_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+EMAIL_PATTERN = r"[^@\s]{1,64}@[^@\s]{1,255}"
+
+
 def create_user(store: Store, name: str, *, admin: bool = False, email: str | None = None) -> str:
     """Add a user; returns their sign-in secret, which is never stored nor shown again."""
+    if email is not None and not re.fullmatch(EMAIL_PATTERN, email):
+        raise CredentialValueError("an email address is NAME@DOMAIN, without spaces")
     secret = _new_secret()
     store.add_user(name, user_secret_hash(secret), admin=admin, email=email)
     return secret

@@ -441,7 +441,7 @@ def test_a_wrong_admin_secret_gets_401_and_no_cookie(client: TestClient, admin_s
     response = client.post("/login", data={"secret": given})
     assert response.status_code == 401
     assert "set-cookie" not in response.headers
-    assert "That is not the admin secret." in response.text
+    assert "That is neither the admin secret nor a user's sign-in secret." in html.unescape(response.text)
     assert 'aria-invalid="true"' in response.text
     assert not client.cookies.get(COOKIE_NAME)
     assert client.get("/credentials").status_code == 303

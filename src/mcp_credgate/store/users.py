@@ -103,6 +103,15 @@ class Users(StoreBase):
             self._user_row(conn, name)
             conn.execute("UPDATE users SET secret_hash = ? WHERE name = ?", (secret_hash, name))
 
+    def user_secret_hash(self, name: str) -> str | None:
+        """The hash of the user's sign-in secret (None: no such user)."""
+        rows = self._query("SELECT secret_hash FROM users WHERE name = ?", (name,))
+        return rows[0]["secret_hash"] if rows else None
+
+    def user_is_admin(self, name: str) -> bool:
+        rows = self._query("SELECT is_admin FROM users WHERE name = ?", (name,))
+        return bool(rows and rows[0]["is_admin"])
+
     def user_by_secret_hash(self, secret_hash: str) -> tuple[str, bool, str] | None:
         """(name, admin, stored hash) of the user whose sign-in secret has this hash, or None."""
         rows = self._query("SELECT name, is_admin, secret_hash FROM users WHERE secret_hash = ?", (secret_hash,))
