@@ -4,8 +4,6 @@ user alone: anyone else signed in, an admin too, gets a refusal, not the form.""
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
@@ -71,7 +69,7 @@ def personal_setup(site: Site, request: Request, session: Session, form: FormDat
     mine = [c.name for c in site.store.credentials_page(limit=MINE_SHOWN, owner=owner, type_=spec.type).items]
     context = {"owner": owner, "group": group, "tool": tool, "tool_name": tool_name, "spec": spec, "mine": mine}
     context["fields"] = fields_of(spec)
-    done = f"/me?group={quote(group, safe='')}"
+    done = "/me"
     if request.method == "GET":
         return site.render(request, "personal_setup.html", session, **context, errors={}, given={}, name="")
     if form.get("mode") == "existing":
