@@ -29,6 +29,7 @@ __all__ = [
     "allow",
     "bind",
     "bindable",
+    "check_credential",
     "check_scope",
     "credential_status",
     "deny",
@@ -244,6 +245,29 @@ def scope_entries(store: Store, catalog: Catalog, group: str, tool_name: str) ->
     return [e for e in store.allowed_tools(group) if e == tool_name or target_of(catalog, e) == target]
 
 
+def check_credential(store: Store, catalog: Catalog, tool_name: str, credential: str, *, owner: str | None) -> None:
+    """Refuse to bind `credential` for `tool_name` unless it is of the tool's type and `owner`'s (None: shared,
+    no one's): a personal credential is never a group's, nor another user's."""
+    tool = bindable(catalog, tool_name)
+    assert tool.credential is not None
+    info = store.credential_info(credential)
+    if info.owner != owner and owner is not None:
+        raise ConflictError(
+            f"credential {credential!r} is not {owner}'s: a personal binding takes a credential its user owns "
+            f"(`credgate cred add NAME --tool {tool_name} --owner {owner}`)"
+        )
+    if info.owner is not None and owner is None:
+        raise ConflictError(
+            f"credential {credential!r} is {info.owner}'s own: a shared binding takes a shared credential "
+            f"(a personal one is bound with `--user {info.owner}`, for a personal tool)"
+        )
+    if info.type != tool.credential.type:
+        raise ConflictError(
+            f"credential {credential!r} has type {info.type!r} but tool {tool_name!r} needs type "
+            f"{tool.credential.type!r}"
+        )
+
+
 def check_scope(store: Store, catalog: Catalog, group: str, tool_name: str, *, personal: bool) -> None:
     """Refuse a shared binding for a personal tool, and a personal binding for a shared one."""
     entries = scope_entries(store, catalog, group, tool_name)
@@ -338,20 +362,8 @@ def bind(store: Store, catalog: Catalog, group: str, tool_name: str, credential:
     """Bind a credential to a tool, or to an upstream MCP server (for all its tools; naming one of them
     binds the upstream too: one upstream process serves one credential)."""
     upstream = upstream_of(catalog, tool_name)
-    tool = bindable(catalog, tool_name)
-    assert tool.credential is not None
     check_scope(store, catalog, group, tool_name, personal=False)
-    info = store.credential_info(credential)
-    if info.owner is not None:
-        raise ConflictError(
-            f"credential {credential!r} is {info.owner}'s own: a shared binding takes a shared credential "
-            f"(a personal one is bound with `--user {info.owner}`, for a personal tool)"
-        )
-    if info.type != tool.credential.type:
-        raise ConflictError(
-            f"credential {credential!r} has type {info.type!r} but tool {tool_name!r} needs type "
-            f"{tool.credential.type!r}"
-        )
+    check_credential(store, catalog, tool_name, credential, owner=None)
     if upstream is None:
         store.bind(group, tool_name, credential)
         return

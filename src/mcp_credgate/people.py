@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 
 from . import oauth
-from .admin import bindable, check_scope, scope_entries, target_of
+from .admin import check_credential, check_scope, scope_entries, target_of
 from .allow import AllowEntry
 from .declarations import Catalog, Tool, Upstream
 from .errors import ConflictError, CredentialValueError, NotFoundError
@@ -67,21 +67,9 @@ def renew_user_secret(store: Store, name: str) -> str:
 
 def bind_personal(store: Store, catalog: Catalog, group: str, tool_name: str, credential: str, user: str) -> None:
     """A member's personal binding: a credential of the tool's type that the member owns."""
-    tool = bindable(catalog, tool_name)
-    assert tool.credential is not None
     if not store.user_exists(user):
         raise NotFoundError(f"no user named {user!r} (see `credgate user list`)")
-    info = store.credential_info(credential)
-    if info.owner != user:
-        raise ConflictError(
-            f"credential {credential!r} is not {user}'s: a personal binding takes a credential its user owns "
-            f"(`credgate cred add NAME --tool {tool_name} --owner {user}`)"
-        )
-    if info.type != tool.credential.type:
-        raise ConflictError(
-            f"credential {credential!r} has type {info.type!r} but tool {tool_name!r} needs type "
-            f"{tool.credential.type!r}"
-        )
+    check_credential(store, catalog, tool_name, credential, owner=user)
     if not scope_entries(store, catalog, group, tool_name):
         raise ConflictError(
             f"group {group!r} does not allow tool {tool_name!r}: run "
