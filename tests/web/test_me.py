@@ -247,3 +247,18 @@ def test_the_admin_filters_the_audit_by_user_and_sees_personal_credentials_maske
     assert "a-bot" in filtered and "b-bot" not in filtered
     assert "alice's own" in html.unescape(listed)
     assert leaks(listed, ALICE_KEY) == [] and leaks(listed, BOB_KEY) == []
+
+
+def test_the_groups_setup_page_of_a_personal_tool_refuses_and_creates_nothing(
+    app: Starlette, world: World, secrets: dict[str, str]
+) -> None:
+    boss = browser(app, secrets["admin"])
+
+    page = boss.get("/groups/team/tools/weather/setup")
+    posted = boss.post(
+        "/groups/team/tools/weather/setup", {"mode": "new", "name": "shared-wk", "field_api_key": NEW_KEY}
+    )
+
+    assert page.status_code == 409 and "personal in group team" in page.text
+    assert posted.status_code == 409
+    assert "shared-wk" not in [c.name for c in world.store.list_credentials()]
