@@ -17,7 +17,7 @@ import pytest
 
 from mcp_credgate.agents import AgentTokenVerifier, new_token, token_hash
 from mcp_credgate.config import Settings
-from mcp_credgate.store import Store
+from mcp_credgate.store import AgentIdentity, Store
 from tests.support.cli import CliRun, ProcRun, assert_refused, out
 from tests.support.gateway import leaks
 from tests.support.raw_db import raw_db
@@ -104,7 +104,8 @@ def test_only_the_sha256_of_a_token_is_stored(groups: Store, run_cli: CliRun, se
         assert hashlib.sha256(token.encode()).hexdigest() in everything
     reopened = Store.open(settings)
     try:
-        assert reopened.agent_by_token_hash(token_hash(tokens[0]))[:2] == ("bot0", "research")  # type: ignore[index]
+        found = reopened.agent_by_token_hash(token_hash(tokens[0]))
+        assert found == AgentIdentity("bot0", "research", token_hash(tokens[0]))
     finally:
         reopened.close()
 
@@ -114,7 +115,7 @@ def test_agent_add_as_a_real_process_prints_a_working_token(groups: Store, run_c
     assert result.returncode == 0, result.stderr
     token = json.loads(result.stdout)["token"]
     assert TOKEN_SHAPE.match(token)
-    assert groups.agent_by_token_hash(token_hash(token))[:2] == ("proc-bot", "ops")  # type: ignore[index]
+    assert groups.agent_by_token_hash(token_hash(token)) == AgentIdentity("proc-bot", "ops", token_hash(token))
 
 
 # -- agent add / list / revoke ---------------------------------------------------------------------
@@ -227,7 +228,7 @@ async def test_verifier_answers_the_agent_and_group_of_a_live_token(groups: Stor
         access = await verifier.verify_token(token)
         assert access is not None
         assert access.client_id == agent and access.subject == agent
-        assert access.claims == {"group": group}
+        assert access.claims == {"group": group, "user": None}
         assert access.token != token  # the raw token is not kept in the request's auth context
 
 

@@ -40,6 +40,7 @@ PUBLIC_MODULES = [
     "mcp_credgate.logs",
     "mcp_credgate.loopback",
     "mcp_credgate.oauth",
+    "mcp_credgate.people",
     "mcp_credgate.readiness",
     "mcp_credgate.redact",
     "mcp_credgate.sandbox",

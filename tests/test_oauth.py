@@ -33,6 +33,7 @@ from mcp_credgate.config import Settings
 from mcp_credgate.credential import mask
 from mcp_credgate.declarations import Catalog, CredentialSpec, load_catalog
 from mcp_credgate.declarations import OAuthProvider as ProviderDecl
+from mcp_credgate.people import create_user
 from mcp_credgate.store import Store
 from tests.support.cli import CliRun, ProcRun
 from tests.support.gateway import assert_no_leak, assert_no_leak_at_rest, closed_port, credgate_env, make_canary
@@ -904,6 +905,33 @@ def test_connect_end_to_end(
     # no code, verifier, token or client secret in any byte the process wrote, nor in the browser's page
     assert_no_leak(result.stdout + result.stderr, *flow_secrets(provider))
     assert_no_leak(page.text + str(page.headers), *flow_secrets(provider))
+
+
+def test_connect_owner_makes_a_personal_credential_and_refuses_an_unknown_user(
+    acme: Store, provider: OAuthProvider, start_connect: StartConnect, browser: httpx2.Client
+) -> None:
+    create_user(acme, "alice")
+    refused = start_connect("acme1", "--tool", "whoami", "--set", f"client_id={CLIENT_ID}", "--owner", "nobody")
+    assert_failed(refused.finish(), "no user named 'nobody'")
+
+    running = start_connect(
+        "acme1",
+        "--tool",
+        "whoami",
+        "--set",
+        f"client_id={CLIENT_ID}",
+        "--owner",
+        "alice",
+        "--from-json",
+        "-",
+        stdin=json.dumps({"client_secret": CLIENT_SECRET}),
+    )
+    browser.get(running.url)
+    result = running.finish()
+
+    assert result.returncode == 0, result.stderr
+    assert acme.credential_info("acme1").owner == "alice"
+    assert_no_leak(result.stdout + result.stderr, *flow_secrets(provider))
 
 
 def test_connect_keeps_tokens_encrypted_at_rest(

@@ -28,6 +28,9 @@ __all__ = [
     "add_credential",
     "allow",
     "bind",
+    "bindable",
+    "check_credential",
+    "check_scope",
     "credential_status",
     "deny",
     "doctor",
@@ -39,10 +42,12 @@ __all__ = [
     "sandbox_problems",
     "sandbox_warnings",
     "save_connection",
+    "scope_entries",
     "serve_warnings",
     "shown_values",
     "spec_for",
     "stored_client",
+    "target_of",
     "tools_folder_problem",
     "unbind",
     "update_credential",
@@ -108,9 +113,12 @@ def spec_for(catalog: Catalog, type_name: str | None = None, tool_name: str | No
     return spec
 
 
-def add_credential(store: Store, spec: CredentialSpec, name: str, values: Mapping[str, Any]) -> None:
+def add_credential(
+    store: Store, spec: CredentialSpec, name: str, values: Mapping[str, Any], owner: str | None = None
+) -> None:
+    """Add a credential, shared or (`owner`) a user's personal one, its values checked against the type."""
     clean = spec.validate_values(values, complete=True)
-    store.add_credential(name, spec.type, clean, spec.secret_fields)
+    store.add_credential(name, spec.type, clean, spec.secret_fields, owner)
 
 
 def update_credential(store: Store, catalog: Catalog, name: str, values: Mapping[str, Any]) -> None:
@@ -140,14 +148,16 @@ def save_connection(
     given: Mapping[str, str],
     tokens: tuple[dict[str, str], list[str]],
     uid: str | None,
+    owner: str | None = None,
 ) -> bool:
     """Store what an OAuth2 connection produced, with the fields given for it: a new credential (`uid` None:
     refused if the name was taken meanwhile), or new tokens for the credential that was there when the
-    connection started (refused if it was replaced). Returns True if the credential was created."""
+    connection started (refused if it was replaced); a new one is `owner`'s when given. Returns True if the
+    credential was created."""
     values, drop = tokens
     clean = spec.validate_values({**given, **values}, complete=uid is None, managed=True)
     if uid is None:
-        store.add_credential(name, spec.type, clean, spec.secret_fields)
+        store.add_credential(name, spec.type, clean, spec.secret_fields, owner)
         return True
     with store.credential_lock(uid):
         store.update_credential(name, clean, spec.secret_fields, remove=drop, uid=uid)
@@ -214,6 +224,68 @@ def _allow_entry(catalog: Catalog, name: str) -> AllowEntry:
     return AllowEntry(name)
 
 
+def target_of(catalog: Catalog, name: str) -> str:
+    """What a tool's bindings are made for: the upstream MCP server of an upstream's tool or `NAME.*`, else
+    the tool itself."""
+    return upstream_of(catalog, name) or name
+
+
+def bindable(catalog: Catalog, tool_name: str) -> Tool | Upstream:
+    """The declaration a binding for `tool_name` is made for (an upstream's, for one of its tools)."""
+    upstream = upstream_of(catalog, tool_name)
+    tool = catalog.upstreams[upstream] if upstream else require_tool(catalog, tool_name)
+    if tool.credential is None:
+        raise ConflictError(f"tool {tool_name!r} needs no credential; nothing to bind")
+    return tool
+
+
+def scope_entries(store: Store, catalog: Catalog, group: str, tool_name: str) -> list[str]:
+    """The group's allow entries that a binding for `tool_name` serves: the tool, or an upstream's entries."""
+    target = target_of(catalog, tool_name)
+    return [e for e in store.allowed_tools(group) if e == tool_name or target_of(catalog, e) == target]
+
+
+def check_credential(store: Store, catalog: Catalog, tool_name: str, credential: str, *, owner: str | None) -> None:
+    """Refuse to bind `credential` for `tool_name` unless it is of the tool's type and `owner`'s (None: shared,
+    no one's): a personal credential is never a group's, nor another user's."""
+    tool = bindable(catalog, tool_name)
+    assert tool.credential is not None
+    info = store.credential_info(credential)
+    if info.owner != owner and owner is not None:
+        raise ConflictError(
+            f"credential {credential!r} is not {owner}'s: a personal binding takes a credential its user owns "
+            f"(`credgate cred add NAME --tool {tool_name} --owner {owner}`)"
+        )
+    if info.owner is not None and owner is None:
+        raise ConflictError(
+            f"credential {credential!r} is {info.owner}'s own: a shared binding takes a shared credential "
+            f"(a personal one is bound with `--user {info.owner}`, for a personal tool)"
+        )
+    if info.type != tool.credential.type:
+        raise ConflictError(
+            f"credential {credential!r} has type {info.type!r} but tool {tool_name!r} needs type "
+            f"{tool.credential.type!r}"
+        )
+
+
+def check_scope(store: Store, catalog: Catalog, group: str, tool_name: str, *, personal: bool) -> None:
+    """Refuse a shared binding for a personal tool, and a personal binding for a shared one."""
+    entries = scope_entries(store, catalog, group, tool_name)
+    if not entries:
+        return  # not allowed: the store's own refusal names the fix
+    is_personal = bool(set(entries) & store.personal_tools(group))
+    if is_personal and not personal:
+        raise ConflictError(
+            f"tool {tool_name!r} is personal in group {group!r}: each member binds their own "
+            f"(`credgate bind {group} {tool_name} CRED --user USER`)"
+        )
+    if personal and not is_personal:
+        raise ConflictError(
+            f"tool {tool_name!r} is shared in group {group!r}: bind it without --user, or make it personal "
+            f"(`credgate group allow {group} {tool_name} --personal`)"
+        )
+
+
 def group_statuses(store: Store, catalog: Catalog, group: str) -> list[ToolStatus]:
     """Each entry the group allows, with its readiness (`readiness.verdict`, as `tools/list` and calls)."""
     info = store.group(group)
@@ -234,10 +306,34 @@ def group_statuses(store: Store, catalog: Catalog, group: str) -> list[ToolStatu
     return out
 
 
-def allow(store: Store, catalog: Catalog, group: str, tools: Iterable[str]) -> list[str]:
+def allow(
+    store: Store, catalog: Catalog, group: str, tools: Iterable[str], *, personal: bool = False, force: bool = False
+) -> tuple[list[str], list[str]]:
+    """Allow tools, shared or personal (contract §5). An upstream's entries in a group share one scope (the
+    upstream has one binding per caller); `force` changes them all. Returns (the entries allowed, those whose
+    bindings of the other scope `force` removed)."""
     entries = [str(_allow_entry(catalog, name)) for name in tools]
-    store.allow(group, entries)
-    return entries
+    if personal:
+        for entry in entries:
+            declared = catalog.upstreams.get(upstream_of(catalog, entry) or "") or catalog.tool(entry)
+            if declared is not None and declared.credential is None:
+                raise ConflictError(f"tool {entry!r} needs no credential: there is nothing personal to allow")
+    allowed = store.allowed_tools(group) if store.group_exists(group) else {}
+    personal_now = store.personal_tools(group) if allowed else frozenset()
+    upstreams = {upstream_of(catalog, e) for e in entries} - {None}
+    siblings = [e for e in allowed if e not in entries and upstream_of(catalog, e) in upstreams]
+    differing = [e for e in siblings if (e in personal_now) != personal]
+    if differing and not force:
+        raise ConflictError(
+            f"{', '.join(sorted(differing))} (of the same upstream) {'is' if len(differing) == 1 else 'are'} "
+            f"{'shared' if personal else 'personal'} in group {group!r}: an upstream has one scope in a group; "
+            "use --force to change them all"
+        )
+    entries += differing
+    removed = store.allow(
+        group, entries, personal=personal, force=force, targets={e: target_of(catalog, e) for e in entries}
+    )
+    return entries, removed
 
 
 def deny(store: Store, catalog: Catalog, group: str, tools: Iterable[str]) -> list[str]:
@@ -255,6 +351,10 @@ def deny(store: Store, catalog: Catalog, group: str, tools: Iterable[str]) -> li
         if not allows_upstream_tools(allowed, upstream, catalog.upstream_tools(upstream)):
             store.unbind_upstream(group, upstream)
             unbound.append(upstream)
+    for target in sorted({target for target, _ in store.personal_bindings(group)}):
+        if target in catalog.upstreams and not allows_upstream_tools(allowed, target, catalog.upstream_tools(target)):
+            store.remove_personal_bindings(group, target)
+            unbound.append(target)
     return unbound
 
 
@@ -262,15 +362,8 @@ def bind(store: Store, catalog: Catalog, group: str, tool_name: str, credential:
     """Bind a credential to a tool, or to an upstream MCP server (for all its tools; naming one of them
     binds the upstream too: one upstream process serves one credential)."""
     upstream = upstream_of(catalog, tool_name)
-    tool = catalog.upstreams[upstream] if upstream else require_tool(catalog, tool_name)
-    if tool.credential is None:
-        raise ConflictError(f"tool {tool_name!r} needs no credential; nothing to bind")
-    info = store.credential_info(credential)
-    if info.type != tool.credential.type:
-        raise ConflictError(
-            f"credential {credential!r} has type {info.type!r} but tool {tool_name!r} needs type "
-            f"{tool.credential.type!r}"
-        )
+    check_scope(store, catalog, group, tool_name, personal=False)
+    check_credential(store, catalog, tool_name, credential, owner=None)
     if upstream is None:
         store.bind(group, tool_name, credential)
         return

@@ -38,17 +38,19 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_agent(store: Store, group: str, name: str) -> str:
-    """Create an agent in `group`; returns its token, which is never stored nor shown again."""
+def create_agent(store: Store, group: str, name: str, user: str | None = None) -> str:
+    """Create an agent in `group` (acting for `user`); returns its token, which is never stored nor shown again."""
     token = new_token()
-    store.add_agent(group, name, token_hash(token))
+    store.add_agent(group, name, token_hash(token), user)
     return token
 
 
 class AgentTokenVerifier:
-    """The SDK's `TokenVerifier`: a live agent's token → AccessToken(client_id=agent, claims={"group": …}).
+    """The SDK's `TokenVerifier`: a live agent's token → AccessToken(client_id=agent, claims={"group": …,
+    "user": … or None}).
 
-    Checked against the store on every request, so a revocation takes effect at the next request.
+    Checked against the store on every request, so a revocation (or the agent's user leaving its group) takes
+    effect at the next request.
     """
 
     def __init__(self, store: Store) -> None:
@@ -60,11 +62,16 @@ class AgentTokenVerifier:
             return None
         digest = token_hash(token)
         found = self._store.agent_by_token_hash(digest)
-        if found is None or not hmac.compare_digest(found[2], digest):
+        if found is None or not hmac.compare_digest(found.token_hash, digest):
             return None
-        agent, group, _ = found
-        self._touch(agent)
-        return AccessToken(token=digest, client_id=agent, scopes=[], subject=agent, claims={"group": group})
+        self._touch(found.name)
+        return AccessToken(
+            token=digest,
+            client_id=found.name,
+            scopes=[],
+            subject=found.name,
+            claims={"group": found.group, "user": found.user},
+        )
 
     def _touch(self, agent: str) -> None:
         """Record last use at most once a minute per agent: a write per request would cost more than the call."""

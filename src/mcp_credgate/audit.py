@@ -24,14 +24,22 @@ BATCH = 200
 
 Outcome = str  # ok | error | missing_credential | denied | invalid_arguments
 # What a call enqueues: cheap to build on the call path; the writer thread turns it into an AuditRow.
-_Pending = tuple[float, str, str | None, str, str | None, Outcome, float, str | None]
+_Pending = tuple[float, str, str | None, str, str | None, Outcome, float, str | None, str | None]
 
 
 def _row(
-    ts: float, group: str, agent: str | None, tool: str, cred: str | None, outcome: str, ms: float, ref: str | None
+    ts: float,
+    group: str,
+    agent: str | None,
+    tool: str,
+    cred: str | None,
+    outcome: str,
+    ms: float,
+    ref: str | None,
+    user: str | None,
 ) -> AuditRow:
     stamp = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
-    return AuditRow(stamp, group, agent, tool, cred, outcome, round(ms, 3), ref)
+    return AuditRow(stamp, group, agent, tool, cred, outcome, round(ms, 3), ref, user)
 
 
 class AuditLog:
@@ -55,9 +63,10 @@ class AuditLog:
         outcome: Outcome,
         started: float,
         ref: str | None = None,
+        user: str | None = None,
     ) -> None:
         duration_ms = (time.perf_counter() - started) * 1000
-        self._pending.append((time.time(), group, agent, tool, credential, outcome, duration_ms, ref))
+        self._pending.append((time.time(), group, agent, tool, credential, outcome, duration_ms, ref, user))
 
     def _run(self) -> None:
         while not self._stop.wait(FLUSH_SECONDS):

@@ -1,4 +1,4 @@
-"""Who a request is from: the agent group (and agent) that the transport names for it."""
+"""Who a request is from: the agent group (and agent, and the user it acts for) that the transport names for it."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from .relay import AgentRequest
 @dataclass(frozen=True)
 class Caller:
     """One request's caller, made by the transport's `identify` (stdio: the process's group; HTTP: the
-    verified bearer token's group and agent); frozen, and kept no longer than the request."""
+    verified bearer token's group and agent); frozen, and kept no longer than the request. `user`: the person
+    the agent acts for (stdio: `serve --user`; HTTP: the agent's), whose personal credentials it uses."""
 
     group: str
     agent: str | None = None
+    user: str | None = None
 
     def relayed(self, ctx: ServerRequestContext[Any] | None) -> AgentRequest:
         """The caller's MCP request as the relay to an upstream knows it (`ctx` None: an in-process call,

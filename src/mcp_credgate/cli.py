@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import anyio
 import click
 
-from . import __version__, admin, oauth
+from . import __version__, admin, oauth, people
 from .config import Settings, database_url_has_password
 from .credential import Credential
 from .credential_files import FORMATS, CredentialRecord, Format, format_of, read_records, text_lines
@@ -40,6 +40,7 @@ from .oauth_callback import LoopbackCallback
 from .sandbox import SandboxPolicy, SandboxState, sandbox_state
 from .store import (
     Store,
+    UserInfo,
     read_staged_key,
     restore_store,
     rotate_master_key,
@@ -216,6 +217,21 @@ def _check_name(kind: str) -> Callable[[click.Context, click.Parameter, str], st
         return value
 
     return check
+
+
+def _check_optional_name(kind: str) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    check = _check_name(kind)
+
+    def optional(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        return None if value is None else check(ctx, param, value)
+
+    return optional
+
+
+OWNER_OPTION = click.option(
+    "--owner", callback=_check_optional_name("user"), help="The user whose personal credential(s) these are."
+)
+USER_OPTION = click.option("--user", callback=_check_optional_name("user"), help="The member this is for.")
 
 
 class CredgateGroup(click.Group):
@@ -514,28 +530,29 @@ def value_options(f: F) -> F:
 @click.option("--type", "type_name", help="Credential type.")
 @click.option("--tool", "tool_name", help="Take the credential type of this tool.")
 @value_options
+@OWNER_OPTION
 @common_options
 @pass_app
 def cred_add(
-    app: App, name: str, type_name: str | None, tool_name: str | None, sets: tuple[str, ...], from_json: str | None
+    app: App,
+    name: str,
+    type_name: str | None,
+    tool_name: str | None,
+    sets: tuple[str, ...],
+    from_json: str | None,
+    owner: str | None,
 ) -> None:
-    """Add a credential NAME of a type (given directly or through a tool)."""
+    """Add a credential NAME of a type (given directly or through a tool): shared, or with --owner a user's own."""
     if (type_name is None) == (tool_name is None):
         raise click.UsageError("give exactly one of --type TYPE or --tool TOOL")
     spec = admin.spec_for(app.catalog, type_name, tool_name)
     store = app.store
+    if owner is not None and not store.user_exists(owner):
+        raise NotFoundError(f"no user named {owner!r} (see `credgate user list`)")
     values = _read_values(spec, sets, from_json, prompt=True)
-    admin.add_credential(store, spec, name, values)
-    app.out({"added": name, "type": spec.type}, f"added credential {name} (type {spec.type})")
-
-
-def _check_optional_name(kind: str) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
-    check = _check_name(kind)
-
-    def optional(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-        return None if value is None else check(ctx, param, value)
-
-    return optional
+    admin.add_credential(store, spec, name, values, owner)
+    whose = f", {owner}'s own" if owner else ""
+    app.out({"added": name, "type": spec.type, "owner": owner}, f"added credential {name} (type {spec.type}{whose})")
 
 
 @cred.command("import")
@@ -545,6 +562,7 @@ def _check_optional_name(kind: str) -> Callable[[click.Context, click.Parameter,
 @click.option("--format", "fmt", type=click.Choice(FORMATS), help="jsonl, csv or env (default: from FILE's name).")
 @click.option("--name", callback=_check_optional_name("credential"), help="The credential of a .env file.")
 @click.option("--dry-run", is_flag=True, help="Check the whole file; store nothing.")
+@OWNER_OPTION
 @common_options
 @pass_app
 def cred_import(
@@ -555,6 +573,7 @@ def cred_import(
     fmt: Format | None,
     name: str | None,
     dry_run: bool,
+    owner: str | None,
 ) -> None:
     """Add every credential of FILE, all or none: JSON lines (an object per line: "name" and field names), CSV (a
     header row: name and field names) or a .env file (one credential, --name; keys are field names, any case).
@@ -587,11 +606,17 @@ def cred_import(
             yield from read_records(text_lines(handle), fmt, spec, source=source, name=name)
 
     count = import_credentials(
-        app.store, spec, read, source=source, dry_run=dry_run, progress=lambda line: click.echo(line, err=True)
+        app.store,
+        spec,
+        read,
+        source=source,
+        dry_run=dry_run,
+        owner=owner,
+        progress=lambda line: click.echo(line, err=True),
     )
     credentials = f"{count} credential{'' if count == 1 else 's'} of type {spec.type}"
     app.out(
-        {"file": file, "type": spec.type, "credentials": count, "dry_run": dry_run},
+        {"file": file, "type": spec.type, "credentials": count, "dry_run": dry_run, "owner": owner},
         f"checked {credentials} in {source}: all valid, none stored (--dry-run)"
         if dry_run
         else f"imported {credentials} from {source}",
@@ -621,6 +646,7 @@ def cred_update(app: App, name: str, sets: tuple[str, ...], from_json: str | Non
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port of the redirect on 127.0.0.1 (0: any).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300, help="Seconds to wait for the browser.")
 @click.option("--no-browser", is_flag=True, help="Only print the address; do not open a browser.")
+@OWNER_OPTION
 @common_options
 @pass_app
 def cred_connect(
@@ -633,6 +659,7 @@ def cred_connect(
     port: int,
     timeout: float,
     no_browser: bool,
+    owner: str | None,
 ) -> None:
     """Connect an OAuth2 credential NAME: authorize in a browser, store the tokens (new or reconnected).
 
@@ -644,7 +671,13 @@ def cred_connect(
     if provider is None:
         raise ConflictError(f"type {spec.type!r} has no oauth2 field: add its values with `credgate cred add`")
     given = _read_values(spec, sets, from_json, prompt=False)
+    if owner is not None and not app.store.user_exists(owner):
+        raise NotFoundError(f"no user named {owner!r} (see `credgate user list`)")
     client, uid = _client_values(app.store, spec, name, given)
+    if uid is not None and owner is not None and app.store.credential_info(name).owner != owner:
+        raise ConflictError(
+            f"credential {name!r} exists and is not {owner}'s: connect it without --owner, or pick a new name"
+        )
     with LoopbackCallback(port) as callback:
         request = oauth.start_authorization(provider, client["client_id"], callback.redirect_uri)
         click.echo(f"Open this address in a browser to connect {name}:\n\n    {request.url}\n", err=True)
@@ -654,7 +687,7 @@ def cred_connect(
         params = callback.wait(request.state, timeout, on_refused=_say_refused)
     code = oauth.code_from_callback(request, params)
     tokens = anyio.run(_exchange, provider, client, request, code)
-    created = admin.save_connection(app.store, spec, name, given, tokens, uid=uid)
+    created = admin.save_connection(app.store, spec, name, given, tokens, uid=uid, owner=owner)
     summary = admin.oauth_summary(spec, app.store.read_credential(name)) or {}
     expiry = f", expires at {summary['expires_at']}" if summary.get("expires_at") else ""
     app.out(
@@ -717,25 +750,29 @@ def _has_desktop() -> bool:
 
 @cred.command("list")
 @LIST_LIMIT
+@OWNER_OPTION
 @common_options
 @pass_app
-def cred_list(app: App, limit: int | None) -> None:
-    """List credentials by name (types, fields, bindings; no values), streamed as they are read."""
+def cred_list(app: App, limit: int | None, owner: str | None) -> None:
+    """List credentials by name (types, fields, owners, bindings; no values), streamed as they are read."""
+    if owner is not None and not app.store.user_exists(owner):
+        raise NotFoundError(f"no user named {owner!r} (see `credgate user list`)")
     app.out_list(
-        _first(app.store.iter_credentials(batch=_batch(limit)), limit),
+        _first(app.store.iter_credentials(owner=owner, batch=_batch(limit)), limit),
         lambda i: {
             "name": i.name,
             "type": i.type,
+            "owner": i.owner,
             "fields": list(i.fields),
             "created_at": i.created_at,
             "updated_at": i.updated_at,
             "bindings": [{"group": g, "tool": t} for g, t in i.bindings],
         },
         lambda i: (
-            f"{i.name}  type {i.type}  fields {', '.join(i.fields)}  "
+            f"{i.name}  type {i.type}{f'  owner {i.owner}' if i.owner else ''}  fields {', '.join(i.fields)}  "
             + ("bound: " + ", ".join(f"{g}/{t}" for g, t in i.bindings) if i.bindings else "not bound")
         ),
-        "no credentials (add one with `credgate cred add NAME --tool TOOL`)",
+        f"no credentials of {owner}" if owner else "no credentials (add one with `credgate cred add NAME --tool TOOL`)",
     )
 
 
@@ -753,12 +790,13 @@ def cred_show(app: App, name: str) -> None:
     data = {
         "name": info.name,
         "type": info.type,
+        "owner": info.owner,
         "values": shown,
         "created_at": info.created_at,
         "updated_at": info.updated_at,
         "bindings": [{"group": g, "tool": t} for g, t in info.bindings],
     }
-    lines = [f"{info.name}  (type {info.type})"]
+    lines = [f"{info.name}  (type {info.type}{f', owner {info.owner}' if info.owner else ''})"]
     lines += [f"    {k} = {v}" for k, v in shown.items()]
     if spec:
         lines += [f"    {m}: missing (required)" for m in spec.missing_fields(values)]
@@ -821,12 +859,19 @@ def group_add(app: App, name: str, description: str) -> None:
 @group_cmd.command("allow")
 @click.argument("name")
 @click.argument("tools", nargs=-1, required=True)
+@click.option("--personal", is_flag=True, help="Each member binds a credential of their own for these tools.")
+@click.option("--force", is_flag=True, help="Change the scope of tools that have bindings (which are removed).")
 @common_options
 @pass_app
-def group_allow(app: App, name: str, tools: tuple[str, ...]) -> None:
-    """Allow TOOLS for the group."""
-    admin.allow(app.store, app.catalog, name, tools)
-    app.out({"group": name, "allowed": list(tools)}, f"group {name} now allows {', '.join(tools)}")
+def group_allow(app: App, name: str, tools: tuple[str, ...], personal: bool, force: bool) -> None:
+    """Allow TOOLS for the group: shared (the group's binding serves every agent), or --personal."""
+    _, unbound = admin.allow(app.store, app.catalog, name, tools, personal=personal, force=force)
+    scope = "personal" if personal else "shared"
+    app.out(
+        {"group": name, "allowed": list(tools), "scope": scope, "unbound": unbound},
+        f"group {name} now allows {', '.join(tools)} ({scope})"
+        + (f"; unbound: {', '.join(unbound)}" if unbound else ""),
+    )
 
 
 @group_cmd.command("deny")
@@ -866,24 +911,72 @@ def group_list(app: App, limit: int | None) -> None:
 @pass_app
 def group_show(app: App, name: str) -> None:
     """Show a group's tools, their bindings and status."""
-    info = app.store.group(name)
-    statuses = admin.group_statuses(app.store, app.catalog, name)
+    store = app.store
+    info = store.group(name)
+    statuses = admin.group_statuses(store, app.catalog, name)
     lines = [f"{info.name}  {info.description}".rstrip()]
+    tools = []
     for st in statuses:
+        if st.tool in info.personal:
+            each = people.personal_statuses(store, app.catalog, name, st.tool)
+            lines.append(f"    {st.tool}  personal: each member binds their own")
+            lines += [
+                f"        {m.user}  {STATUS_TEXT[m.status]}" + (f"  credential {m.credential}" if m.credential else "")
+                for m in each
+            ]
+            if not each:
+                lines.append(f"        no members yet (`credgate group member add {name} USER`)")
+            shown = {**st.as_json(), "status": None, "credential": None, "missing_fields": []}
+            tools.append({**shown, "scope": "personal", "members": {m.user: m.status for m in each}})
+            continue
         bound = f"  credential {st.credential}" if st.credential else ""
         missing = f"  missing: {', '.join(st.missing_fields)}" if st.status == "incomplete" else ""
         lines.append(f"    {st.tool}  {STATUS_TEXT[st.status]}{bound}{missing}")
+        tools.append({**st.as_json(), "scope": "shared"})
     if not statuses:
         lines.append(f"    no tools allowed yet (`credgate group allow {name} TOOL`)")
+    members = list(store.iter_members(name))
+    lines.append(f"    members: {', '.join(members) if members else 'none'}")
     app.out(
         {
             "name": info.name,
             "description": info.description,
             "created_at": info.created_at,
-            "tools": [st.as_json() for st in statuses],
+            "tools": tools,
+            "members": members,
         },
         lines,
     )
+
+
+@group_cmd.group("member")
+def group_member() -> None:
+    """The users who belong to a group."""
+
+
+@group_member.command("add")
+@click.argument("group")
+@click.argument("users", nargs=-1, required=True)
+@common_options
+@pass_app
+def group_member_add(app: App, group: str, users: tuple[str, ...]) -> None:
+    """Make USERS members of GROUP."""
+    added = app.store.add_members(group, users)
+    app.out(
+        {"group": group, "added": added},
+        f"group {group}: added {', '.join(added)}" if added else f"group {group}: already members",
+    )
+
+
+@group_member.command("rm")
+@click.argument("group")
+@click.argument("users", nargs=-1, required=True)
+@common_options
+@pass_app
+def group_member_rm(app: App, group: str, users: tuple[str, ...]) -> None:
+    """End the membership of USERS in GROUP: their agents of the group are refused from their next request."""
+    app.store.remove_members(group, users)
+    app.out({"group": group, "removed": list(users)}, f"group {group}: removed {', '.join(users)}")
 
 
 @group_cmd.command("rm")
@@ -900,23 +993,135 @@ def group_rm(app: App, name: str) -> None:
 @click.argument("group")
 @click.argument("tool")
 @click.argument("credential")
+@USER_OPTION
 @common_options
 @pass_app
-def bind(app: App, group: str, tool: str, credential: str) -> None:
-    """Bind CREDENTIAL to TOOL for GROUP."""
-    admin.bind(app.store, app.catalog, group, tool, credential)
-    app.out({"group": group, "tool": tool, "credential": credential}, f"bound {credential} to {tool} for group {group}")
+def bind(app: App, group: str, tool: str, credential: str, user: str | None) -> None:
+    """Bind CREDENTIAL to TOOL for GROUP; for a personal tool, --user USER binds USER's own credential."""
+    if user is None:
+        admin.bind(app.store, app.catalog, group, tool, credential)
+    else:
+        people.bind_personal(app.store, app.catalog, group, tool, credential, user)
+    whose = f" for {user} in group {group}" if user else f" for group {group}"
+    app.out(
+        {"group": group, "tool": tool, "credential": credential, "user": user}, f"bound {credential} to {tool}{whose}"
+    )
 
 
 @cli.command()
 @click.argument("group")
 @click.argument("tool")
+@USER_OPTION
 @common_options
 @pass_app
-def unbind(app: App, group: str, tool: str) -> None:
-    """Remove the credential bound to TOOL (or to an upstream MCP server) for GROUP."""
-    admin.unbind(app.store, app.catalog, group, tool)
-    app.out({"group": group, "tool": tool}, f"unbound {tool} for group {group}")
+def unbind(app: App, group: str, tool: str, user: str | None) -> None:
+    """Remove the credential bound to TOOL (or to an upstream MCP server) for GROUP (--user: USER's own)."""
+    if user is None:
+        admin.check_scope(app.store, app.catalog, group, tool, personal=False)
+        admin.unbind(app.store, app.catalog, group, tool)
+    else:
+        people.unbind_personal(app.store, app.catalog, group, tool, user)
+    whose = f" of {user}" if user else ""
+    app.out({"group": group, "tool": tool, "user": user}, f"unbound {tool}{whose} for group {group}")
+
+
+# -- users -------------------------------------------------------------------------------------
+
+
+@cli.group()
+def user() -> None:
+    """Users: people who sign in to the dashboard, belong to groups and may own personal credentials."""
+
+
+def _user_json(u: UserInfo) -> dict[str, Any]:
+    return {"name": u.name, "admin": u.admin, "email": u.email, "created_at": u.created_at, "groups": list(u.groups)}
+
+
+@user.command("add")
+@click.argument("name", callback=_check_name("user"))
+@click.option("--admin", "is_admin", is_flag=True, help="The user manages everything.")
+@click.option("--email", help="The user's email address.")
+@common_options
+@pass_app
+def user_add(app: App, name: str, is_admin: bool, email: str | None) -> None:
+    """Add user NAME and print their sign-in secret (shown once)."""
+    if email is not None and not re.fullmatch(people.EMAIL_PATTERN, email):
+        raise click.BadParameter("an email address is NAME@DOMAIN, without spaces", param_hint="--email")
+    secret = people.create_user(app.store, name, admin=is_admin, email=email)
+    app.out(
+        {"user": name, "admin": is_admin, "email": email, "secret": secret},
+        [f"added {'admin ' if is_admin else ''}user {name}; their sign-in secret (shown only now):", secret],
+    )
+
+
+@user.command("list")
+@LIST_LIMIT
+@common_options
+@pass_app
+def user_list(app: App, limit: int | None) -> None:
+    """List users by name with their groups, streamed as they are read."""
+    app.out_list(
+        _first(app.store.iter_users(batch=_batch(limit)), limit),
+        _user_json,
+        lambda u: f"{u.name}{'  admin' if u.admin else ''}  groups: {', '.join(u.groups) or 'none'}",
+        "no users (add one with `credgate user add NAME`)",
+    )
+
+
+@user.command("show")
+@click.argument("name")
+@common_options
+@pass_app
+def user_show(app: App, name: str) -> None:
+    """Show a user: admin or not, their groups, their credentials and agents (no values)."""
+    store = app.store
+    info = store.user(name)
+    credentials = [c.name for c in store.iter_credentials(owner=name)]
+    agents = [a.name for a in store.iter_agents() if a.user == name and a.revoked_at is None]
+    app.out(
+        {**_user_json(info), "credentials": credentials, "agents": agents},
+        [
+            f"{info.name}{'  (admin)' if info.admin else ''}{f'  <{info.email}>' if info.email else ''}",
+            f"    groups: {', '.join(info.groups) or 'none'}",
+            f"    credentials: {', '.join(credentials) or 'none'}",
+            f"    agents: {', '.join(agents) or 'none'}",
+        ],
+    )
+
+
+@user.command("rm")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Also delete the credentials the user owns.")
+@common_options
+@pass_app
+def user_rm(app: App, name: str, force: bool) -> None:
+    """Remove a user: their agents are revoked, their memberships and personal bindings removed."""
+    removed = app.store.remove_user(name, force=force)
+    parts = [
+        f"revoked agents: {', '.join(removed.agents)}" if removed.agents else "",
+        f"unbound: {', '.join(f'{g}/{t}' for g, t in removed.bindings)}" if removed.bindings else "",
+        f"deleted credentials: {', '.join(removed.credentials)}" if removed.credentials else "",
+    ]
+    details = "; ".join(p for p in parts if p)
+    app.out(
+        {
+            "removed": name,
+            "revoked_agents": list(removed.agents),
+            "unbound": [{"group": g, "tool": t} for g, t in removed.bindings],
+            "deleted_credentials": list(removed.credentials),
+        },
+        f"removed user {name}" + (f" ({details})" if details else ""),
+    )
+
+
+@user.command("secret")
+@click.argument("name")
+@common_options
+@pass_app
+def user_secret(app: App, name: str) -> None:
+    """Give user NAME a new sign-in secret (shown once): the old one and its sessions stop working."""
+    secret = people.renew_user_secret(app.store, name)
+    app.out({"user": name, "secret": secret}, [f"new sign-in secret of {name} (shown only now):", secret])
 
 
 # -- agents ------------------------------------------------------------------------------------
@@ -930,16 +1135,18 @@ def agent() -> None:
 @agent.command("add")
 @click.argument("group")
 @click.argument("name", callback=_check_name("agent"))
+@click.option("--user", callback=_check_optional_name("user"), help="The member the agent acts for.")
 @common_options
 @pass_app
-def agent_add(app: App, group: str, name: str) -> None:
-    """Create agent NAME in GROUP and print its bearer token (shown once)."""
+def agent_add(app: App, group: str, name: str, user: str | None) -> None:
+    """Create agent NAME in GROUP (acting for --user USER, a member) and print its bearer token (shown once)."""
     from .agents import create_agent  # lazy: it imports the MCP SDK's auth (~0.6 s at every command's start)
 
-    token = create_agent(app.store, group, name)
+    token = create_agent(app.store, group, name, user)
+    acting = f", acting for {user}" if user else ""
     app.out(
-        {"agent": name, "group": group, "token": token},
-        [f"added agent {name} to group {group}; its bearer token (shown only now):", token],
+        {"agent": name, "group": group, "user": user, "token": token},
+        [f"added agent {name} to group {group}{acting}; its bearer token (shown only now):", token],
     )
 
 
@@ -954,13 +1161,14 @@ def agent_list(app: App, limit: int | None) -> None:
         lambda a: {
             "agent": a.name,
             "group": a.group,
+            "user": a.user,
             "created_at": a.created_at,
             "last_used_at": a.last_used_at,
             "revoked_at": a.revoked_at,
         },
         lambda a: (
-            f"{a.name}  group {a.group}  created {a.created_at}  last used {a.last_used_at or 'never'}"
-            + (f"  REVOKED {a.revoked_at}" if a.revoked_at else "")
+            f"{a.name}  group {a.group}{f'  user {a.user}' if a.user else ''}  created {a.created_at}"
+            f"  last used {a.last_used_at or 'never'}" + (f"  REVOKED {a.revoked_at}" if a.revoked_at else "")
         ),
         "no agents (add one with `credgate agent add GROUP NAME`)",
     )
@@ -1027,17 +1235,19 @@ def key_new(app: App) -> None:
 @cli.command()
 @click.option("--group", "group_name", help="Only calls of this group.")
 @click.option("--tool", "tool_name", help="Only calls of this tool.")
+@click.option("--user", "user_name", help="Only calls of agents acting for this user.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="The N latest calls.")
 @common_options
 @pass_app
-def audit(app: App, group_name: str | None, tool_name: str | None, limit: int) -> None:
+def audit(app: App, group_name: str | None, tool_name: str | None, user_name: str | None, limit: int) -> None:
     """Recent tool calls, newest first, streamed as they are read."""
     app.out_list(
-        app.store.iter_audit(group_name, tool_name, limit, batch=_batch(limit)),
+        app.store.iter_audit(group_name, tool_name, limit, batch=_batch(limit), user=user_name),
         lambda r: {
             "ts": r.ts,
             "group": r.group,
             "agent": r.agent,
+            "user": r.user,
             "tool": r.tool,
             "credential": r.credential,
             "outcome": r.outcome,
@@ -1045,7 +1255,8 @@ def audit(app: App, group_name: str | None, tool_name: str | None, limit: int) -
             "ref": r.ref,
         },
         lambda r: (
-            f"{r.ts}  {r.group}  {r.agent or '-'}  {r.tool}  {r.credential or '-'}  {r.outcome}  "
+            f"{r.ts}  {r.group}  {r.agent or '-'}{f' ({r.user})' if r.user else ''}  {r.tool}  {r.credential or '-'}"
+            f"  {r.outcome}  "
             f"{r.duration_ms:.1f} ms" + (f"  ref {r.ref}" if r.ref else "")
         ),
         "no calls recorded",
@@ -1086,6 +1297,11 @@ def doctor(app: App) -> None:
     catalog = load_catalog_with_discovered(app)
     problems = admin.doctor(app.settings, catalog)
     warnings = admin.sandbox_warnings(app.settings, catalog)
+    try:
+        problems += people.orphaned_bindings(app.store)
+        warnings += people.missing_personal(app.store, catalog)
+    except CredgateError:
+        pass  # a store that does not open: the doctor said so already
     lines = [f"problem: {p}" for p in problems] or ["ok: no problem found"]
     app.out({"problems": problems, "warnings": warnings}, [*lines, *(f"warning: {w}" for w in warnings)])
     if problems:
@@ -1102,6 +1318,7 @@ def load_catalog_with_discovered(app: App) -> Catalog:
 
 @cli.command()
 @click.option("--group", "group_name", envvar="CREDGATE_GROUP", help="The agent group, for stdio (or CREDGATE_GROUP).")
+@click.option("--user", "user_name", envvar="CREDGATE_USER", help="Over stdio, act for this member (or CREDGATE_USER).")
 @click.option("--http", "use_http", is_flag=True, help="Serve remote agents over HTTP (SSE and Streamable HTTP).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind with --http.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port with --http.")
@@ -1132,6 +1349,7 @@ def load_catalog_with_discovered(app: App) -> Catalog:
 def serve(
     app: App,
     group_name: str | None,
+    user_name: str | None,
     use_http: bool,
     host: str,
     port: int,
@@ -1144,6 +1362,8 @@ def serve(
     catalog.raise_problems()
     if no_sandbox:
         app.settings = replace(app.settings, sandbox=False)
+    if use_http and user_name:
+        raise click.UsageError("--user is for stdio: over HTTP, each agent acts for the user it was added for")
     if use_http:
         # lazy: the HTTP app (the MCP server, Starlette, Jinja2, uvicorn) takes ~0.7 s to import; only this needs it
         from .guard import allowed_hosts_and_origins
@@ -1170,11 +1390,13 @@ def serve(
         raise click.ClickException(
             f"no agent group named {group_name!r} (create it with `credgate group add {group_name}`)"
         )
+    if user_name is not None:
+        people.require_member(app.store, group_name, user_name)
     from .serving.stdio import serve_stdio  # lazy: the MCP server (~0.6 s), for this only
 
     _warn_at_start(app, [group_name])
     configure_logging(log_format, log_level)
-    anyio.run(serve_stdio, app.settings, catalog, group_name)
+    anyio.run(serve_stdio, app.settings, catalog, group_name, user_name)
 
 
 def _warn_at_start(app: App, groups: Iterable[str]) -> None:

@@ -156,24 +156,25 @@ class Front:
         return found
 
     async def reached(
-        self, group: str, feature: str, method: str | None, warnings: list[CredentialWarning] | None = None
+        self, caller: Caller, feature: str, method: str | None, warnings: list[CredentialWarning] | None = None
     ) -> list[Reached]:
         """The group's upstreams that announced `feature` (none: `method` is not found), each with the group's
         credential. One whose credential is missing or unusable is left out (logged, and its setup warning
         added to `warnings`): a list leaves its items out, a request that only it could answer gets the warning."""
         out = []
-        for name, capabilities in self._announcing(group, feature, method).items():
-            found = await self._reach(group, name, capabilities)
+        for name, capabilities in self._announcing(caller.group, feature, method).items():
+            found = await self._reach(caller, name, capabilities)
             if isinstance(found, CredentialWarning):
-                logger.info("upstream %s left out for group %s: %s", name, group, found.warning)
+                logger.info("upstream %s left out for group %s: %s", name, caller.group, found.warning)
                 if warnings is not None:
                     warnings.append(found)
                 continue
             out.append(found)
         return out
 
-    async def _reach(self, group: str, name: str, capabilities: Mapping[str, Any]) -> Reached | CredentialWarning:
-        decision = self._gate().check_upstream(group, name)
+    async def _reach(self, caller: Caller, name: str, capabilities: Mapping[str, Any]) -> Reached | CredentialWarning:
+        group = caller.group
+        decision = self._gate().check_upstream(group, name, user=caller.user)
         if isinstance(decision, CredentialWarning):
             return decision
         if not isinstance(decision, Ready):
@@ -213,14 +214,16 @@ class Front:
         finally:
             if audited is not None:
                 label = f"{up.name}:{audited}"
-                self._audit.record(caller.group, caller.agent, label, up.credential_name, outcome, started)
+                self._audit.record(
+                    caller.group, caller.agent, label, up.credential_name, outcome, started, user=caller.user
+                )
 
     async def _gather(
         self, caller: Caller, feature: str, method: str, list_one: Callable[[Reached], Awaitable[_T]]
     ) -> list[_T]:
         """Each reached upstream's answer; one that fails is logged and left out, the others still answer."""
         out = []
-        for up in await self.reached(caller.group, feature, method):
+        for up in await self.reached(caller, feature, method):
             try:
                 out.append(await list_one(up))
             except (MCPError, UpstreamError) as exc:
@@ -275,7 +278,7 @@ class Front:
         """The upstream a resource URI belongs to: the only one, the one that listed it, or the one with a
         template that matches it (the lists are asked for again when they are not known yet)."""
         warnings: list[CredentialWarning] = []
-        candidates = await self.reached(caller.group, "resources", method, warnings)
+        candidates = await self.reached(caller, "resources", method, warnings)
         if len(candidates) == 1 and not warnings:
             return candidates[0]
         for refresh in (False, True):
@@ -352,7 +355,7 @@ class Front:
         """The upstream of an exported prompt name and its name there: by prefix, and by the upstreams'
         lists when more than one prefix fits (an upstream with no prefix fits every name)."""
         warnings: list[CredentialWarning] = []
-        reached = await self.reached(caller.group, "prompts", method, warnings)
+        reached = await self.reached(caller, "prompts", method, warnings)
         fits = [(up, remote) for up in reached if (remote := up.remote(name))]
         if len(fits) > 1:
             for up, remote in fits:

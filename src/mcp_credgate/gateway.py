@@ -121,7 +121,7 @@ class Gateway:
         try:
             return await fresh_views(self.refresher, spec, ready.credential)
         except oauth.TokenExpired:
-            return self.gate.expired(group, ready.tool, ready.credential.name)
+            return self.gate.expired(group, ready.tool, ready.credential.name, ready.user)
 
     async def discover_for(self, caller: Caller) -> None:
         """List the tools of the upstreams the caller's group uses whose tools were never listed (declared,
@@ -142,7 +142,7 @@ class Gateway:
             async with self._discovering.setdefault(upstream, anyio.Lock()):
                 if self.catalog.upstream_tools(upstream) or time.monotonic() < self._retry_after.get(upstream, 0):
                     continue  # listed meanwhile by another request, or failed a moment ago
-                decision = self.gate.check_upstream(group, upstream, entry)
+                decision = self.gate.check_upstream(group, upstream, entry, caller.user)
                 if not isinstance(decision, Ready):
                     continue  # no usable credential: a call gives the agent the warning
                 scope = caller.upstream_scope(upstream, decision.tool.handler, decision.credential.name)

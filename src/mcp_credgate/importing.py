@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 from .credential_files import CredentialRecord
 from .declarations import NAME_PATTERN, CredentialSpec
-from .errors import CredentialValueError, NameTakenError
+from .errors import CredentialValueError, NameTakenError, NotFoundError
 from .store import Store
 
 __all__ = ["CHECK_PROGRESS_EVERY", "STORE_PROGRESS_FROM", "import_credentials"]
@@ -35,10 +35,14 @@ def import_credentials(
     *,
     source: str,
     dry_run: bool = False,
+    owner: str | None = None,
     progress: Callable[[str], None] = lambda line: None,
 ) -> int:
-    """Check the records `read()` gives, then (unless `dry_run`) store them all in one transaction. Returns how
-    many there are. Raises CredentialValueError naming `source`, the line and the field on the first problem."""
+    """Check the records `read()` gives, then (unless `dry_run`) store them all in one transaction (`owner`: as
+    that user's personal credentials). Returns how many there are. Raises CredentialValueError naming `source`,
+    the line and the field on the first problem."""
+    if owner is not None and not store.user_exists(owner):
+        raise NotFoundError(f"no user named {owner!r} (see `credgate user list`)")
     first_line: dict[str, int] = {}
     pending: list[CredentialRecord] = []
     for record in read():
@@ -71,7 +75,7 @@ def import_credentials(
 
     checked = ((r.name, _checked(spec, r, source)) for r in read())
     try:
-        return store.add_credentials(spec.type, checked, spec.secret_fields, progress=stored)
+        return store.add_credentials(spec.type, checked, spec.secret_fields, owner=owner, progress=stored)
     except NameTakenError as exc:
         line = first_line.get(exc.name)
         where = f"{source}, line {line}" if line is not None else source

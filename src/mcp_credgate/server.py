@@ -28,7 +28,7 @@ from . import __version__, oauth
 from .caller import Caller
 from .credential import Credential
 from .declarations import HttpHandler, PythonHandler, Tool
-from .gate import CredentialWarning, InvalidArguments, Unknown
+from .gate import CredentialWarning, InvalidArguments, NotMember, Unknown
 from .gateway import Gateway
 from .handlers import ToolOutput
 from .handlers.http import run_http
@@ -63,7 +63,7 @@ class ToolCalls:
                 description=listed.tool.decl.description + ("" if listed.ready else NOT_READY_NOTE),
                 input_schema=listed.tool.decl.input_schema,
             )
-            for listed in self._gateway.gate.list_tools(caller.group)
+            for listed in self._gateway.gate.list_tools(caller.group, caller.user)
         ]
 
     # -- tools/call ------------------------------------------------------------------------
@@ -93,10 +93,13 @@ class ToolCalls:
     ) -> types.CallToolResult:
         started = time.perf_counter()
         args = dict(arguments or {})  # a dict of its own, as JSON Schema's object is
-        decision = self._gateway.gate.check(caller.group, name, args)
+        decision = self._gateway.gate.check(caller.group, name, args, caller.user)
         if isinstance(decision, Unknown):
             self._record(caller, name, None, "denied", started, ref)
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
+        if isinstance(decision, NotMember):
+            self._record(caller, name, None, "denied", started, ref)
+            return _text_result(decision.text(), is_error=True)
         if isinstance(decision, InvalidArguments):
             self._record(caller, name, None, "invalid_arguments", started, ref)
             return _text_result(f"Invalid arguments for tool {name}: {decision.message}", is_error=True)
@@ -139,7 +142,7 @@ class ToolCalls:
     def _record(
         self, caller: Caller, tool: str, credential: str | None, outcome: str, started: float, ref: str
     ) -> None:
-        self._audit.record(caller.group, caller.agent, tool, credential, outcome, started, ref)
+        self._audit.record(caller.group, caller.agent, tool, credential, outcome, started, ref, caller.user)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "call group=%s agent=%s tool=%s credential=%s outcome=%s",

@@ -28,12 +28,14 @@ from click.testing import CliRunner, Result
 from mcp import Client
 from mcp.client.stdio import stdio_client
 
+from mcp_credgate import admin, people
 from mcp_credgate.cli import cli
 from mcp_credgate.config import Settings
 from mcp_credgate.credential import Credential
 from mcp_credgate.declarations import McpHandler, load_catalog
 from mcp_credgate.handlers.upstream import upstream_pool
 from mcp_credgate.isolation import UpstreamScope
+from mcp_credgate.people import create_user
 from mcp_credgate.server import NOT_READY_NOTE
 from mcp_credgate.store import Store
 from tests.support import SUPPORT_DIR
@@ -905,3 +907,54 @@ async def test_credgate_serve_fronts_a_stdio_upstream_without_leaking(tmp_path: 
     for text in (received, stderr, transcript.text()):
         assert_no_leak(text, TOKEN_A, master_key, GATEWAY_CANARY)
     assert_no_leak_at_rest(world.settings, TOKEN_A, GATEWAY_CANARY)
+
+
+@pytest.mark.anyio
+async def test_a_personal_upstream_starts_each_member_with_their_own_token_and_asks_others_for_theirs(
+    tmp_path: Path, fixture_listings: list[dict[str, Any]]
+) -> None:
+    wrapper, counter = counting_wrapper(tmp_path / "bin")
+    world = discovered_world(tmp_path / "w", {"fix": stdio_decl(wrapper)}, fixture_listings)
+    try:
+        for user, token in (("alice", TOKEN_A), ("bob", TOKEN_B)):
+            create_user(world.store, user)
+            world.store.add_credential(f"{user}-tok", "fixtoken", {"token": token}, frozenset({"token"}), owner=user)
+        world.store.add_group("ga")
+        world.store.add_members("ga", ["alice", "bob"])
+        admin.allow(world.store, world.catalog, "ga", ["fix.*"], personal=True)
+        for user in ("alice", "bob"):
+            people.bind_personal(world.store, world.catalog, "ga", "fix.*", f"{user}-tok", user)
+        with anyio.fail_after(40):
+            async with world.gateway() as gw, gw.running():
+                hashes = {}
+                for user in ("alice", "bob"):
+                    async with connect(gw, "ga", user=user) as client:
+                        hashes[user] = result_text(await client.call_tool("fix_token_hash", {}))
+                async with connect(gw, "ga") as nobody:
+                    unnamed = await nobody.call_tool("fix_token_hash", {})
+    finally:
+        world.close()
+
+    assert hashes == {"alice": sha256(TOKEN_A), "bob": sha256(TOKEN_B)}
+    assert starts(counter) == 2
+    assert unnamed.is_error and (unnamed.structured_content or {})["warning"] == "user_required"
+
+
+def test_denying_every_tool_of_a_personal_upstream_removes_its_members_bindings(
+    tmp_path: Path, fixture_listings: list[dict[str, Any]]
+) -> None:
+    world = discovered_world(tmp_path / "w", {"fix": stdio_decl(tmp_path / "unused")}, fixture_listings)
+    try:
+        create_user(world.store, "alice")
+        world.store.add_credential("alice-tok", "fixtoken", {"token": TOKEN_A}, frozenset({"token"}), owner="alice")
+        world.store.add_group("ga")
+        world.store.add_members("ga", ["alice"])
+        admin.allow(world.store, world.catalog, "ga", ["fix.*"], personal=True)
+        people.bind_personal(world.store, world.catalog, "ga", "fix_pid", "alice-tok", "alice")
+
+        unbound = admin.deny(world.store, world.catalog, "ga", ["fix.*"])
+
+        assert unbound == ["fix"]
+        assert world.store.personal_bindings("ga") == {}
+    finally:
+        world.close()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mcp_credgate import admin
+from mcp_credgate import admin, people
 from mcp_credgate.config import Settings
 from mcp_credgate.declarations import Catalog
 from mcp_credgate.gate import Gate
@@ -22,7 +22,18 @@ from mcp_credgate.store import AuditRow, Store
 from mcp_credgate.store.database import Cursor, Params
 from mcp_credgate.store.opening import check_keyring
 
-GROWING = {"credentials", "credential_values", "groups", "group_tools", "group_upstreams", "agents", "audit"}
+GROWING = {
+    "credentials",
+    "credential_values",
+    "groups",
+    "group_tools",
+    "group_upstreams",
+    "agents",
+    "audit",
+    "users",
+    "members",
+    "personal_bindings",
+}
 TABLE_REF = re.compile(r"\b(?:FROM|JOIN|UPDATE)\s+([a-z_]+)(?:\s+(?:AS\s+)?([a-z_]+))?", re.IGNORECASE)
 KEYWORDS = {"on", "where", "join", "left", "order", "group", "limit", "set", "union", "inner"}
 
@@ -42,9 +53,17 @@ def filled(store: Store, catalog: Catalog) -> Store:
         store.allow(f"g{g:03d}", ["weather", "login", "echo"])
         store.bind(f"g{g:03d}", "weather", f"k{g:03d}")
         store.add_agent(f"g{g:03d}", f"bot{g:03d}", f"hash{g}")
+        store.allow(f"g{g:03d}", ["forecast"], personal=True)
+    for u in range(60):  # three members per group, each with a personal key bound for forecast, and an agent
+        user, group = f"u{u:03d}", f"g{u % 20:03d}"
+        store.add_user(user, f"secret{u}")
+        store.add_members(group, [user])
+        store.add_credential(f"p{u:03d}", "weatherkey", {"api_key": f"wk_p{u:09d}"}, key.secret_fields, owner=user)
+        store.bind_personal(group, "forecast", user, f"p{u:03d}")
+        store.add_agent(group, f"ubot{u:03d}", f"uhash{u}", user)
     store.write_audit(
         [
-            AuditRow("2030-01-01T00:00:00.000+00:00", f"g{i % 20:03d}", "bot", "weather", None, "ok", 1.0)
+            AuditRow("2030-01-01T00:00:00.000+00:00", f"g{i % 20:03d}", "bot", "weather", None, "ok", 1.0, user="u007")
             for i in range(200)
         ]
     )
@@ -131,8 +150,23 @@ def test_tools_list_and_a_calls_binding_read_no_whole_table(filled: Store, catal
     assert_no_scan(filled, lambda: gate.check("g007", "weather", {}))
 
 
+def test_a_members_tools_list_and_personal_call_read_no_whole_table(filled: Store, catalog: Catalog) -> None:
+    gate = Gate(filled, catalog, "http://127.0.0.1:8765")
+    assert_no_scan(filled, lambda: gate.list_tools("g007", "u007"))
+    assert_no_scan(filled, lambda: gate.check("g007", "forecast", {}, "u007"))
+    assert_no_scan(filled, lambda: gate.check("g007", "forecast", {}, "u008"))  # not a member
+
+
 def test_group_show_reads_no_whole_table(filled: Store, catalog: Catalog) -> None:
     assert_no_scan(filled, lambda: (filled.group("g007"), admin.group_statuses(filled, catalog, "g007")))
+    assert_no_scan(filled, lambda: people.personal_statuses(filled, catalog, "g007", "forecast"))
+
+
+def test_users_pages_and_a_users_own_credentials_read_no_whole_table(filled: Store) -> None:
+    assert_no_scan(filled, lambda: filled.users_page(limit=5, after="u010"))
+    assert_no_scan(filled, lambda: filled.user("u007"))
+    assert_no_scan(filled, lambda: filled.credentials_page(limit=5, owner="u007"))
+    assert_no_scan(filled, lambda: filled.user_by_secret_hash("secret7"))
 
 
 def test_a_credential_and_its_bindings_are_read_without_a_whole_table(filled: Store) -> None:
@@ -177,7 +211,14 @@ def test_an_agents_page_reads_no_whole_table(filled: Store, how: dict[str, str])
 
 @pytest.mark.parametrize(
     "how",
-    [{}, {"group": "g003"}, {"tool": "weather"}, {"outcome": "error"}, {"group": "g003", "tool": "weather"}],
+    [
+        {},
+        {"group": "g003"},
+        {"tool": "weather"},
+        {"outcome": "error"},
+        {"group": "g003", "tool": "weather"},
+        {"user": "u007"},
+    ],
     ids=repr,
 )
 def test_an_audit_page_reads_no_whole_table(filled: Store, how: dict[str, str]) -> None:
@@ -191,6 +232,7 @@ def test_an_audit_page_reads_no_whole_table(filled: Store, how: dict[str, str]) 
 
 def test_opening_the_store_and_an_agents_request_read_no_whole_table(filled: Store, settings: Settings) -> None:
     assert_no_scan(filled, lambda: filled.agent_by_token_hash("hash3"))
+    assert_no_scan(filled, lambda: filled.agent_by_token_hash("uhash3"))
     assert_no_scan(filled, lambda: filled.touch_agent("bot003"))
     assert_no_scan(filled, lambda: filled.agent("bot003"))
     assert_no_scan(filled, lambda: check_keyring(filled._db, filled._keyring, settings))  # what `Store.open` checks

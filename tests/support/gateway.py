@@ -601,10 +601,10 @@ class World:
 
 @asynccontextmanager
 async def connect(
-    gateway: Gateway, group: str, *, agent: str | None = None, mode: str = "auto"
+    gateway: Gateway, group: str, *, agent: str | None = None, user: str | None = None, mode: str = "auto"
 ) -> AsyncIterator[Client]:
-    """The SDK's in-memory client against the gateway's MCP server, calling as `group`."""
-    caller = Caller(group, agent)
+    """The SDK's in-memory client against the gateway's MCP server, calling as `group` (acting for `user`)."""
+    caller = Caller(group, agent, user)
     server = build_server(gateway, lambda ctx: caller)
     async with Client(server, mode=mode) as client:
         yield client

@@ -223,6 +223,30 @@ async def test_stateless_calls_go_to_either_replica_and_a_revoked_agent_is_refus
             assert not result_of(await stateless_call(replica, other)).is_error
 
 
+async def test_people_changes_are_seen_by_both_replicas_at_their_next_call(tmp_path: Path, upstream: Upstream) -> None:
+    with two_replicas(tmp_path, upstream) as (world, a, b, _, _token):
+        admin_ok(world, "user", "add", "alice")
+        admin_ok(world, "group", "member", "add", GROUP, "alice")
+        admin_ok(world, "group", "allow", GROUP, "whoami", "--personal", "--force")
+        admin_ok(world, "cred", "add", "alice-one", "--type", "svc", "--set", f"token={TWO}", "--owner", "alice")
+        admin_ok(world, "bind", GROUP, "whoami", "alice-one", "--user", "alice")
+        alice = create_agent(world.store, GROUP, "alice-bot", user="alice")
+        async with session(a, alice) as on_a, session(b, alice) as on_b:
+            assert await token_used_by(on_a, upstream) == TWO
+            assert await token_used_by(on_b, upstream) == TWO
+
+            admin_ok(world, "cred", "add", "alice-two", "--type", "svc", "--set", f"token={THREE}", "--owner", "alice")
+            admin_ok(world, "bind", GROUP, "whoami", "alice-two", "--user", "alice")
+            assert await token_used_by(on_b, upstream) == THREE
+            assert await token_used_by(on_a, upstream) == THREE
+
+        admin_ok(world, "group", "member", "rm", GROUP, "alice")
+        for replica in (a, b):
+            refused = await stateless_call(replica, alice)
+            assert refused.status_code == 401, refused.text
+        assert_no_leak(a.log() + b.log(), TWO, THREE)
+
+
 async def test_audit_rows_of_both_replicas_land_in_the_shared_table(tmp_path: Path, upstream: Upstream) -> None:
     with two_replicas(tmp_path, upstream) as (world, a, b, _, _token):
         on_a, on_b = create_agent(world.store, GROUP, "via-a"), create_agent(world.store, GROUP, "via-b")

@@ -36,7 +36,7 @@ from mcp_credgate.agents import create_agent
 from mcp_credgate.credential import mask
 from mcp_credgate.gateway import Gateway
 from mcp_credgate.serving.http import build_http_app
-from mcp_credgate.store import AuditRow, Store
+from mcp_credgate.store import AgentIdentity, AuditRow, Store
 from mcp_credgate.web import session as web_session
 from mcp_credgate.web.app import build_dashboard_app, routes
 from mcp_credgate.web.session import COOKIE_NAME, SESSION_SECONDS, new_admin_secret
@@ -441,7 +441,7 @@ def test_a_wrong_admin_secret_gets_401_and_no_cookie(client: TestClient, admin_s
     response = client.post("/login", data={"secret": given})
     assert response.status_code == 401
     assert "set-cookie" not in response.headers
-    assert "That is not the admin secret." in response.text
+    assert "That is neither the admin secret nor a user's sign-in secret." in html.unescape(response.text)
     assert 'aria-invalid="true"' in response.text
     assert not client.cookies.get(COOKIE_NAME)
     assert client.get("/credentials").status_code == 303
@@ -947,7 +947,7 @@ def test_creating_an_agent_shows_its_token_once_and_revoking_it(admin: Admin, wo
     token = found.group(1)
     assert response.headers["cache-control"] == "no-store"
     hashed = hashlib.sha256(token.encode()).hexdigest()
-    assert world.store.agent_by_token_hash(hashed) == ("deployer", "ops", hashed)
+    assert world.store.agent_by_token_hash(hashed) == AgentIdentity("deployer", "ops", hashed)
     again = admin.get("/groups/ops").text
     assert token not in again and "cgt_" not in again
     assert "<td>deployer</td>" in again

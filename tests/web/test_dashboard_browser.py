@@ -20,6 +20,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from mcp_credgate import admin, people
 from mcp_credgate.agents import create_agent
 from mcp_credgate.web.session import new_admin_secret
 from tests.support.gateway import World, http_tool, make_canary, result_text, running_upstream
@@ -213,3 +214,49 @@ def test_an_admin_pages_through_and_searches_many_credentials_in_the_browser(tmp
     finally:
         server.stop()
         world.close()
+
+
+def test_a_member_follows_their_personal_warnings_link_sets_up_their_own_key_and_their_agent_works(
+    tmp_path: Path,
+) -> None:
+    sync_playwright = _browser_or_skip()
+    secret = make_canary("member")
+    with running_upstream() as upstream:
+        world = World.create(tmp_path / "site", {"lookup": http_tool("lookup", upstream.url("/lookup"))})
+        world.store.add_group("research")
+        admin.allow(world.store, world.catalog, "research", ["lookup"], personal=True)
+        alice_secret = people.create_user(world.store, "alice")
+        world.store.add_members("research", ["alice"])
+        token = create_agent(world.store, "research", "alice-laptop", user="alice")
+        server = start_server(world, tmp_path / "server")
+        try:
+            warning = anyio.run(_call_tool, server, token, "lookup")
+            assert warning.structured_content is not None
+            assert warning.structured_content["scope"] == "personal"
+            setup_url = warning.structured_content["setup_url"]
+            assert setup_url == f"{server.base}/users/alice/groups/research/tools/lookup/setup"
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+                try:
+                    page = browser.new_page(viewport={"width": 1100, "height": 900})
+                    page.goto(setup_url)
+                    assert "/login" in page.url
+                    page.fill("#secret", alice_secret)
+                    page.click("button[type=submit]")
+                    page.wait_for_url(setup_url)
+                    page.fill("#name", "alice-lookup")
+                    page.fill("#field_token", secret)
+                    page.click("text=Create and use it")
+                    page.wait_for_url(f"{server.base}/me?done=setup")
+                    page.screenshot(path=str(tmp_path / "me.png"), full_page=True)
+                    assert page.locator(".status-ready").count() == 1
+                    mine = page.content()
+                finally:
+                    browser.close()
+            result = anyio.run(_call_tool, server, token, "lookup")
+        finally:
+            server.stop()
+            world.close()
+    assert not result.is_error, result_text(result)
+    assert upstream.seen()[-1].header("Authorization") == f"Bearer {secret}"
+    assert secret not in mine and secret not in server.output()

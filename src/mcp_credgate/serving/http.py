@@ -64,7 +64,8 @@ def identify(ctx: ServerRequestContext[Any] | None) -> Caller:
     token = get_access_token()
     if token is None or not token.claims or "group" not in token.claims:
         raise PermissionError("no authenticated agent")
-    return Caller(group=str(token.claims["group"]), agent=token.client_id)
+    user = token.claims.get("user")
+    return Caller(group=str(token.claims["group"]), agent=token.client_id, user=str(user) if user else None)
 
 
 def build_http_app(

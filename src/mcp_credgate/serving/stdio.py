@@ -1,4 +1,5 @@
-"""MCP over stdio for local clients: one group, the process's own."""
+"""MCP over stdio for local clients: one group, the process's own, and the user it acts for (`serve --user`:
+a claim by whoever may run the process; the local account is the trust boundary here)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from ..server import build_server
 from .lifecycle import reload_on_sighup
 
 
-async def serve_stdio(settings: Settings, catalog: Catalog, group: str) -> None:
+async def serve_stdio(settings: Settings, catalog: Catalog, group: str, user: str | None = None) -> None:
     async with open_gateway(settings, catalog) as gateway:
         if not gateway.gate.group_exists(group):
             raise GatewayError(f"no agent group named {group!r} (create it with `credgate group add {group}`)")
-        caller = Caller(group=group)
+        caller = Caller(group=group, user=user)
 
         def identify(ctx: ServerRequestContext[Any] | None) -> Caller:
             return caller

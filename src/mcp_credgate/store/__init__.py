@@ -5,18 +5,33 @@ from .change_hint import hint_path
 from .core import Store
 from .keyfiles import load_keyring, read_staged_key
 from .opening import restore_store, store_exists, store_location
-from .records import AgentInfo, AuditRow, Binding, CredentialInfo, GroupInfo, Page, SealedCredential
+from .records import (
+    AgentIdentity,
+    AgentInfo,
+    AuditRow,
+    Binding,
+    CredentialInfo,
+    GroupInfo,
+    Page,
+    SealedCredential,
+    UserInfo,
+)
 from .rotation import rotate_master_key, stage_master_key
+from .users import BUILT_IN_ADMIN, Removal
 
 __all__ = [
+    "BUILT_IN_ADMIN",
+    "AgentIdentity",
     "AgentInfo",
     "AuditRow",
     "Binding",
     "CredentialInfo",
     "GroupInfo",
     "Page",
+    "Removal",
     "SealedCredential",
     "Store",
+    "UserInfo",
     "hint_path",
     "load_keyring",
     "now",

@@ -9,25 +9,38 @@ from ..errors import ConflictError, NotFoundError
 from .base import StoreBase, now
 from .database import Row
 from .paging import names_starting_with, page_rows
-from .records import AgentInfo, Page
+from .records import AgentIdentity, AgentInfo, Page
 
 _AGENTS = "agents a"
 _AGENT_COLUMNS = (  # the group's name by a subquery: a page never joins every group (see groups._group_infos)
-    "a.name, (SELECT g.name FROM groups g WHERE g.id = a.group_id) AS grp, a.created_at, a.last_used_at, a.revoked_at"
+    "a.name, (SELECT g.name FROM groups g WHERE g.id = a.group_id) AS grp, a.created_at, a.last_used_at, a.revoked_at,"
+    " (SELECT u.name FROM users u WHERE u.id = a.user_id) AS usr"
 )
 
 
 class Agents(StoreBase):
     """The agents of a store and the admin secret."""
 
-    def add_agent(self, group: str, name: str, token_hash: str) -> None:
+    def add_agent(self, group: str, name: str, token_hash: str, user: str | None = None) -> None:
+        """An agent of the group, acting for `user` (a member of the group) or for nobody."""
         with self._write() as conn:
             gid = self._group_id(conn, group)
             if conn.execute("SELECT 1 FROM agents WHERE name = ?", (name,)).fetchone():
                 raise ConflictError(f"an agent named {name!r} exists already")
+            uid = None
+            if user is not None:
+                found = conn.execute("SELECT id FROM users WHERE name = ?", (user,)).fetchone()
+                if found is None:
+                    raise NotFoundError(f"no user named {user!r} (see `credgate user list`)")
+                uid = found["id"]
+                if not conn.execute("SELECT 1 FROM members WHERE group_id = ? AND user_id = ?", (gid, uid)).fetchone():
+                    raise ConflictError(
+                        f"user {user!r} is not a member of group {group!r}:"
+                        f" run `credgate group member add {group} {user}`"
+                    )
             conn.execute(
-                "INSERT INTO agents (name, group_id, token_hash, created_at) VALUES (?, ?, ?, ?)",
-                (name, gid, token_hash, now()),
+                "INSERT INTO agents (name, group_id, token_hash, created_at, user_id) VALUES (?, ?, ?, ?, ?)",
+                (name, gid, token_hash, now(), uid),
             )
 
     def agents_page(
@@ -107,14 +120,19 @@ class Agents(StoreBase):
                     raise ConflictError(f"agent {name!r} is already revoked")
                 raise NotFoundError(f"no agent named {name!r} (see `credgate agent list`)")
 
-    def agent_by_token_hash(self, token_hash: str) -> tuple[str, str, str] | None:
-        """(agent, group, stored hash) of a live agent with this token hash, or None."""
+    def agent_by_token_hash(self, token_hash: str) -> AgentIdentity | None:
+        """The live agent with this token hash, or None; None too when the user it acts for is no longer a
+        member of its group."""
         rows = self._query(
-            "SELECT a.name, g.name AS grp, a.token_hash FROM agents a JOIN groups g ON g.id = a.group_id"
-            " WHERE a.token_hash = ? AND a.revoked_at IS NULL",
+            "SELECT a.name, g.name AS grp, a.token_hash, a.user_id,"
+            " (SELECT u.name FROM users u WHERE u.id = a.user_id) AS usr,"
+            " (SELECT 1 FROM members m WHERE m.group_id = a.group_id AND m.user_id = a.user_id) AS member"
+            " FROM agents a JOIN groups g ON g.id = a.group_id WHERE a.token_hash = ? AND a.revoked_at IS NULL",
             (token_hash,),
         )
-        return (rows[0]["name"], rows[0]["grp"], rows[0]["token_hash"]) if rows else None
+        if not rows or (rows[0]["user_id"] is not None and not rows[0]["member"]):
+            return None
+        return AgentIdentity(rows[0]["name"], rows[0]["grp"], rows[0]["token_hash"], rows[0]["usr"])
 
     def touch_agent(self, name: str) -> None:
         with self._write(changes_setup=False) as conn:
@@ -135,4 +153,4 @@ class Agents(StoreBase):
 
 
 def _agent(r: Row) -> AgentInfo:
-    return AgentInfo(r["name"], r["grp"], r["created_at"], r["last_used_at"], r["revoked_at"])
+    return AgentInfo(r["name"], r["grp"], r["created_at"], r["last_used_at"], r["revoked_at"], r["usr"])

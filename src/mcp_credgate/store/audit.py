@@ -21,9 +21,9 @@ class Audit(StoreBase):
             return
         with self._write(changes_setup=False) as conn:
             conn.executemany(
-                "INSERT INTO audit (ts, group_name, agent, tool, credential, outcome, duration_ms, ref)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r.ts, r.group, r.agent, r.tool, r.credential, r.outcome, r.duration_ms, r.ref) for r in rows],
+                "INSERT INTO audit (ts, group_name, agent, tool, credential, outcome, duration_ms, ref, user_name)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.ts, r.group, r.agent, r.tool, r.credential, r.outcome, r.duration_ms, r.ref, r.user) for r in rows],
             )
 
     def audit_page(
@@ -35,8 +35,9 @@ class Audit(StoreBase):
         group: str | None = None,
         tool: str | None = None,
         outcome: str | None = None,
+        user: str | None = None,
     ) -> Page[AuditRow]:
-        """A page of the log, newest first: the rows of `group`, `tool` and `outcome` (each when given) older
+        """A page of the log, newest first: the rows of `group`, `tool`, `outcome` and `user` (each when given) older
         than the row `after` names (else newer than `before`). A key that is no row's id gives an empty page."""
         try:
             after_id = int(after) if after is not None else None
@@ -44,14 +45,14 @@ class Audit(StoreBase):
         except ValueError:
             return Page(())
         clauses, params = [], []
-        for column, value in (("group_name", group), ("tool", tool), ("outcome", outcome)):
+        for column, value in (("group_name", group), ("tool", tool), ("outcome", outcome), ("user_name", user)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
         with self._lock:
             found = page_rows(
                 self._db,
-                "id, ts, group_name, agent, tool, credential, outcome, duration_ms, ref",
+                "id, ts, group_name, agent, tool, credential, outcome, duration_ms, ref, user_name",
                 "audit",
                 "id",
                 clauses,
@@ -76,12 +77,13 @@ class Audit(StoreBase):
         limit: int | None = None,
         outcome: str | None = None,
         batch: int = 500,
+        user: str | None = None,
     ) -> Iterator[AuditRow]:
         """The log newest first (at most `limit` rows), read a page at a time."""
         after, left = None, limit
         while left is None or left > 0:
             size = batch if left is None else min(batch, left)
-            page = self.audit_page(limit=size, after=after, group=group, tool=tool, outcome=outcome)
+            page = self.audit_page(limit=size, after=after, group=group, tool=tool, outcome=outcome, user=user)
             yield from page.items
             if left is not None:
                 left -= len(page.items)
@@ -105,5 +107,6 @@ def _audit_row(r: Row) -> AuditRow:
         r["outcome"],
         r["duration_ms"],
         r["ref"],
+        r["user_name"],
         id=int(r["id"]),
     )

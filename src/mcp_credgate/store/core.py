@@ -11,6 +11,7 @@ by the settings and nothing outside the package knows which one it is.
 
 - `credentials`: credentials and their values;  `groups`: groups, allowed tools, bindings, the binding cache;
 - `upstreams`: upstream servers' discovered tools;  `agents`: agents and the admin secret;
+- `users`: users, their memberships of groups and their personal bindings;
 - `audit`: the audit log;  `keys`: the master keys and a rotation's database steps;  `maintenance`: backup
   and health;  `rotation`: the rotation's protocol and its key files, driving `keys`;
 - `records`: the frozen records handed out;  `keyfiles`: the key files;  `opening`: finding and checking a
@@ -38,9 +39,10 @@ from .keys import Keys
 from .maintenance import Maintenance
 from .opening import check_keyring, open_existing, postgres_backend, store_exists, store_location
 from .upstreams import Upstreams
+from .users import Users
 
 
-class Store(Credentials, Groups, Upstreams, Agents, Audit, Keys, Maintenance):
+class Store(Credentials, Groups, Users, Upstreams, Agents, Audit, Keys, Maintenance):
     """One open store: a connection, the key ring that opens it, and the operations on it (one class per
     concern, each over `StoreBase`; they share the connection, its lock and the key ring)."""
 

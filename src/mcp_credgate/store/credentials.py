@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from ..credential import Credential
 from ..crypto import DataKey, MasterKey, OpenError
-from ..errors import CiphertextError, ConflictError, NameTakenError
+from ..errors import CiphertextError, ConflictError, NameTakenError, NotFoundError
 from .base import StoreBase, now
 from .database import Database, PollingLock, Row
 from .paging import Rows, names_starting_with, page_rows
@@ -50,17 +50,27 @@ class Credentials(StoreBase):
                     (expiry, row["id"], EXPIRY_PENDING),
                 )
 
-    def add_credential(self, name: str, type_: str, values: Mapping[str, str], secret_fields: frozenset[str]) -> None:
+    def add_credential(
+        self,
+        name: str,
+        type_: str,
+        values: Mapping[str, str],
+        secret_fields: frozenset[str],
+        owner: str | None = None,
+    ) -> None:
+        """Add a credential: shared (a group's), or personal, owned by the user `owner`."""
         uid = uuid.uuid4().hex
         dek = DataKey.generate()
         stamp, expiry = now(), _expiry(values, secret_fields)
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM credentials WHERE name = ?", (name,)).fetchone():
                 raise NameTakenError(name)
+            owner_id = self._owner_id(conn, owner)
             master = self._writing_key(conn)
             credential_id = conn.execute(
-                "INSERT INTO credentials (name, type, uid, key_id, wrapped_dek, created_at, updated_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                "INSERT INTO credentials"
+                " (name, type, uid, key_id, wrapped_dek, created_at, updated_at, expires_at, owner_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     name,
                     type_,
@@ -70,6 +80,7 @@ class Credentials(StoreBase):
                     stamp,
                     stamp,
                     expiry,
+                    owner_id,
                 ),
             ).fetchone()["id"]
             _write_values(conn, credential_id, uid, dek, values, secret_fields)
@@ -80,17 +91,19 @@ class Credentials(StoreBase):
         credentials: Iterable[tuple[str, Mapping[str, str]]],
         secret_fields: frozenset[str],
         *,
+        owner: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> int:
         """Add many credentials of one type (name, values already validated) in one transaction: all of them,
         or, when a name is taken (by the store or earlier in `credentials`) or anything fails, none. Written in
         batches (one statement per table and batch), each credential with its own data key; `progress` is told
-        how many are written after each batch. Returns how many were added."""
+        how many are written after each batch; `owner`: all are that user's. Returns how many were added."""
         added = 0
         with self._write() as conn:
+            owner_id = self._owner_id(conn, owner)
             master = self._writing_key(conn)
             for batch in _batches(credentials, _BATCH):
-                _insert_batch(conn, master, type_, batch, secret_fields)
+                _insert_batch(conn, master, type_, batch, secret_fields, owner_id)
                 added += len(batch)
                 if progress is not None:
                     progress(added)
@@ -153,6 +166,7 @@ class Credentials(StoreBase):
                 raise ConflictError(f"credential {name!r} is bound ({where}); unbind it first or use --force")
             conn.execute("UPDATE group_tools SET credential_id = NULL WHERE credential_id = ?", (row["id"],))
             conn.execute("DELETE FROM group_upstreams WHERE credential_id = ?", (row["id"],))
+            conn.execute("DELETE FROM personal_bindings WHERE credential_id = ?", (row["id"],))
             conn.execute("DELETE FROM credentials WHERE id = ?", (row["id"],))
         return bindings
 
@@ -174,11 +188,13 @@ class Credentials(StoreBase):
         before: str | None = None,
         prefix: str = "",
         type_: str | None = None,
+        owner: str | None = None,
     ) -> Page[CredentialInfo]:
         """A page of credentials in byte order of their names (`paging`): those whose name starts with
-        `prefix`, of type `type_` when given, after the name `after` (else before `before`)."""
+        `prefix`, of type `type_` and owned by the user `owner` when given, after the name `after` (else before
+        `before`)."""
         with self._lock:
-            found = self._found_credentials(limit, after, before, prefix, type_)
+            found = self._found_credentials(limit, after, before, prefix, type_, owner)
             infos = self._infos([r["id"] for r in found.rows])
         return _page(infos, found, lambda info: info.name)
 
@@ -190,16 +206,24 @@ class Credentials(StoreBase):
         before: str | None = None,
         prefix: str = "",
         type_: str | None = None,
+        owner: str | None = None,
     ) -> Page[str]:
         """The names alone of `credentials_page` (to choose one from)."""
         with self._lock:
-            found = self._found_credentials(limit, after, before, prefix, type_)
+            found = self._found_credentials(limit, after, before, prefix, type_, owner)
         return _page([r["name"] for r in found.rows], found, lambda name: name)
 
     def _found_credentials(
-        self, limit: int, after: str | None, before: str | None, prefix: str, type_: str | None
+        self, limit: int, after: str | None, before: str | None, prefix: str, type_: str | None, owner: str | None
     ) -> Rows:
-        where, params = (["type = ?"], [type_]) if type_ is not None else ([], [])
+        where: list[str] = []
+        params: list[object] = []
+        if type_ is not None:
+            where.append("type = ?")
+            params.append(type_)
+        if owner is not None:
+            where.append("owner_id = (SELECT id FROM users WHERE name = ?)")
+            params.append(owner)
         return page_rows(
             self._db,
             "id, name",
@@ -214,14 +238,14 @@ class Credentials(StoreBase):
         )
 
     def iter_credentials(
-        self, *, prefix: str = "", type_: str | None = None, batch: int = 500
+        self, *, prefix: str = "", type_: str | None = None, owner: str | None = None, batch: int = 500
     ) -> Iterator[CredentialInfo]:
         """Every credential (whose name starts with `prefix`, of type `type_`), read a page at a time: a caller
         may stream a store of any size. Each page is read on its own, so a credential added or removed meanwhile
         may or may not be seen."""
         after = None
         while True:
-            page = self.credentials_page(limit=batch, after=after, prefix=prefix, type_=type_)
+            page = self.credentials_page(limit=batch, after=after, prefix=prefix, type_=type_, owner=owner)
             yield from page.items
             if page.after is None:
                 return
@@ -259,7 +283,8 @@ class Credentials(StoreBase):
         # Three look-ups by key rather than one join: on a just-loaded PostgreSQL table (no statistics yet) a
         # join of a few keys may be planned as a hash join over a whole table.
         creds = self._db.execute(
-            "SELECT id, name, type, uid, created_at, updated_at, expires_at FROM credentials"
+            "SELECT id, name, type, uid, created_at, updated_at, expires_at,"
+            " (SELECT u.name FROM users u WHERE u.id = owner_id) AS owner FROM credentials"
             f" WHERE {by} IN ({', '.join('?' * len(keys))})",
             keys,
         ).fetchall()
@@ -297,10 +322,19 @@ class Credentials(StoreBase):
                 tuple(sorted(by_cred.get(r["id"], []))),
                 r["uid"],
                 r["expires_at"],
+                r["owner"],
             )
             for r in creds
         ]
         return sorted(infos, key=lambda info: info.name)  # byte order, as the store's (Python's str order)
+
+    def _owner_id(self, conn: Database, owner: str | None) -> int | None:
+        if owner is None:
+            return None
+        row = conn.execute("SELECT id FROM users WHERE name = ?", (owner,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no user named {owner!r} (see `credgate user list`)")
+        return int(row["id"])
 
     def read_credential(self, name: str) -> Credential:
         """Decrypt a whole record. Raises CiphertextError if any stored value no longer opens."""
@@ -381,6 +415,7 @@ def _insert_batch(
     type_: str,
     batch: Sequence[tuple[str, Mapping[str, str]]],
     secret_fields: frozenset[str],
+    owner_id: int | None,
 ) -> None:
     """One batch of `add_credentials`: refused (NameTakenError) when a name is taken, by the store or twice in the
     batch; otherwise one statement for the credentials and one for their values."""
@@ -399,12 +434,22 @@ def _insert_batch(
     for name, fields in batch:
         uid, dek = uuid.uuid4().hex, DataKey.generate()
         rows.append(
-            (name, type_, uid, master.key_id, master.wrap(dek.raw, uid), stamp, stamp, _expiry(fields, secret_fields))
+            (
+                name,
+                type_,
+                uid,
+                master.key_id,
+                master.wrap(dek.raw, uid),
+                stamp,
+                stamp,
+                _expiry(fields, secret_fields),
+                owner_id,
+            )
         )
         values.append([(field, int(field in secret_fields), dek.encrypt(uid, field, v)) for field, v in fields.items()])
     conn.executemany(
-        "INSERT INTO credentials (name, type, uid, key_id, wrapped_dek, created_at, updated_at, expires_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO credentials (name, type, uid, key_id, wrapped_dek, created_at, updated_at, expires_at, owner_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
     ids = {

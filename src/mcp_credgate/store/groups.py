@@ -4,7 +4,7 @@ one connection and lives as long as it; it holds ciphertext only, never a value.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from ..allow import AllowEntry
 from ..crypto import Keyring
@@ -20,9 +20,9 @@ class Groups(StoreBase):
 
     def __init__(self, db: Database, keyring: Keyring) -> None:
         super().__init__(db, keyring)
-        # (group, tool) → Binding, valid while the database's change marker is unchanged (no change committed
+        # (group, tool, user) → Binding, valid while the database's change marker is unchanged (no change committed
         # by another connection) and this connection wrote nothing. It holds ciphertext only, never a value.
-        self._bindings: dict[tuple[str, str], Binding] = {}
+        self._bindings: dict[tuple[str, str, str | None], Binding] = {}
         self._bindings_version = -1
 
     def _drop_caches(self) -> None:
@@ -118,15 +118,19 @@ class Groups(StoreBase):
         # Look-ups by key, the credential's name by a subquery: no join a planner without statistics (a
         # just-loaded PostgreSQL table) could make a hash join over every credential. Sorted here, in byte order.
         tools: dict[int, dict[str, str | None]] = {i: {} for i in ids}
+        personal: dict[int, set[str]] = {i: set() for i in ids}
         for r in sorted(
             self._db.execute(
-                "SELECT gt.group_id, gt.tool, (SELECT c.name FROM credentials c WHERE c.id = gt.credential_id) AS cred"
+                "SELECT gt.group_id, gt.tool, gt.personal,"
+                " (SELECT c.name FROM credentials c WHERE c.id = gt.credential_id) AS cred"
                 f" FROM group_tools gt WHERE gt.group_id IN ({marks})",
                 ids,
             ),
             key=lambda r: str(r["tool"]),
         ):
             tools[r["group_id"]][r["tool"]] = r["cred"]
+            if r["personal"]:
+                personal[r["group_id"]].add(r["tool"])
         upstreams: dict[int, dict[str, str]] = {i: {} for i in ids}
         for r in sorted(
             self._db.execute(
@@ -138,7 +142,15 @@ class Groups(StoreBase):
         ):
             upstreams[r["group_id"]][r["upstream"]] = r["name"]
         return [
-            GroupInfo(g["name"], g["description"], g["created_at"], tools[g["id"]], upstreams[g["id"]]) for g in groups
+            GroupInfo(
+                g["name"],
+                g["description"],
+                g["created_at"],
+                tools[g["id"]],
+                upstreams[g["id"]],
+                frozenset(personal[g["id"]]),
+            )
+            for g in groups
         ]
 
     def upstream_bindings(self, group: str) -> dict[str, str]:
@@ -167,13 +179,59 @@ class Groups(StoreBase):
             if cur.rowcount == 0:
                 raise NotFoundError(f"upstream {upstream!r} has no credential bound in group {group!r}")
 
-    def allow(self, group: str, tools: Iterable[str]) -> None:
+    def allow(
+        self,
+        group: str,
+        tools: Iterable[str],
+        *,
+        personal: bool = False,
+        force: bool = False,
+        targets: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """Allow tools in a group, shared or `personal` (each member binds their own). A tool allowed already
+        takes the scope given: refused while it has bindings of the other scope, unless `force` (which removes
+        them). `targets` names what a tool's bindings are made for (an upstream's tools: the upstream; else the
+        tool). Returns the tools whose bindings were removed."""
+        targets = targets or {}
+        removed: list[str] = []
         with self._write() as conn:
             gid = self._group_id(conn, group)
-            conn.executemany(
-                "INSERT INTO group_tools (group_id, tool) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                [(gid, t) for t in tools],
-            )
+            for tool in dict.fromkeys(tools):
+                row = conn.execute(
+                    "SELECT personal, credential_id FROM group_tools WHERE group_id = ? AND tool = ?", (gid, tool)
+                ).fetchone()
+                if row is None:
+                    conn.execute(
+                        "INSERT INTO group_tools (group_id, tool, personal) VALUES (?, ?, ?)",
+                        (gid, tool, int(personal)),
+                    )
+                    continue
+                if bool(row["personal"]) == personal:
+                    continue
+                target = targets.get(tool, tool)
+                if _scope_bindings(conn, gid, tool, target, personal=not personal):
+                    if not force:
+                        raise ConflictError(
+                            f"tool {tool!r} has {'personal' if not personal else 'a shared'} binding(s) in group"
+                            f" {group!r}: to make it {'personal' if personal else 'shared'}, unbind first"
+                            " or use --force (which unbinds)"
+                        )
+                    _clear_scope_bindings(conn, gid, tool, target, personal=not personal)
+                    removed.append(tool)
+                conn.execute(
+                    "UPDATE group_tools SET personal = ?, credential_id = NULL WHERE group_id = ? AND tool = ?",
+                    (int(personal), gid, tool),
+                )
+        return removed
+
+    def personal_tools(self, group: str) -> frozenset[str]:
+        """The allowed entries of the group that are personal."""
+        rows = self._query(
+            "SELECT gt.tool FROM group_tools gt WHERE gt.group_id = (SELECT id FROM groups WHERE name = ?)"
+            " AND gt.personal = 1",
+            (group,),
+        )
+        return frozenset(r["tool"] for r in rows)
 
     def deny(self, group: str, tools: Iterable[str]) -> list[str]:
         """Remove tools from a group (their bindings go too). Returns the tools that were bound."""
@@ -190,6 +248,7 @@ class Groups(StoreBase):
                 )
             ]
             conn.execute(f"DELETE FROM group_tools WHERE group_id = ? AND tool IN ({marks})", (gid, *tools))
+            conn.execute(f"DELETE FROM personal_bindings WHERE group_id = ? AND target IN ({marks})", (gid, *tools))
         return bound
 
     def bind(self, group: str, tool: str, credential: str) -> None:
@@ -224,50 +283,80 @@ class Groups(StoreBase):
         )
         return {r["tool"]: r["cred"] for r in rows}
 
-    def binding(self, group: str, tool: str, upstream: str | None = None) -> Binding:
-        """At call time: is the tool allowed for the group, and what does its bound credential hold (still
+    def binding(self, group: str, tool: str, upstream: str | None = None, user: str | None = None) -> Binding:
+        """At call time: is the tool allowed for the group, and what does the credential bound for it hold (still
         sealed: `open_sealed` decrypts it once the caller decides to use it)? One cheap version check while
-        nothing changed, one query otherwise: a rebind by any process is seen at the next call.
+        nothing changed, a few look-ups by key otherwise: a rebind by any process is seen at the next call.
 
         A tool of an upstream MCP server is allowed by name or by `UPSTREAM.*`, and its credential is the
-        one bound to the upstream."""
+        one bound to the upstream. A personal tool's credential is the one `user` bound for it (none when the
+        caller acts for nobody or the user is not a member of the group)."""
         with self._lock:
             version = self._db.change_marker()
             if version != self._bindings_version:
                 self._bindings.clear()
                 self._bindings_version = version
-            cached = self._bindings.get((group, tool))
+            cached = self._bindings.get((group, tool, user))
             if cached is not None:
                 return cached
+        found = self._read_binding(group, tool, upstream, user)
+        with self._lock:
+            if self._bindings_version == version:
+                self._bindings[(group, tool, user)] = found
+        return found
+
+    def _read_binding(self, group: str, tool: str, upstream: str | None, user: str | None) -> Binding:
         if upstream is None:
-            rows = self._query(
-                "SELECT gt.credential_id AS cid, c.name, c.type, c.uid, c.key_id, c.wrapped_dek, c.expires_at,"
-                " v.field, v.secret, v.ciphertext FROM groups g JOIN group_tools gt ON gt.group_id = g.id"
-                " LEFT JOIN credentials c ON c.id = gt.credential_id"
-                " LEFT JOIN credential_values v ON v.credential_id = c.id WHERE g.name = ? AND gt.tool = ?",
+            allowed = self._query(
+                "SELECT g.id AS gid, gt.personal, gt.credential_id AS cid FROM groups g"
+                " JOIN group_tools gt ON gt.group_id = g.id WHERE g.name = ? AND gt.tool = ?",
                 (group, tool),
             )
         else:
-            rows = self._query(
-                "SELECT c.id AS cid, c.name, c.type, c.uid, c.key_id, c.wrapped_dek, c.expires_at, v.field, v.secret,"
-                " v.ciphertext"
-                " FROM groups g LEFT JOIN group_upstreams gu ON gu.group_id = g.id AND gu.upstream = ?"
-                " LEFT JOIN credentials c ON c.id = gu.credential_id"
-                " LEFT JOIN credential_values v ON v.credential_id = c.id WHERE g.name = ?"
-                " AND EXISTS (SELECT 1 FROM group_tools gt WHERE gt.group_id = g.id AND gt.tool IN (?, ?))",
+            allowed = self._query(
+                "SELECT g.id AS gid, MAX(gt.personal) AS personal,"
+                " (SELECT gu.credential_id FROM group_upstreams gu WHERE gu.group_id = g.id AND gu.upstream = ?) AS cid"
+                " FROM groups g JOIN group_tools gt ON gt.group_id = g.id WHERE g.name = ? AND gt.tool IN (?, ?)"
+                " GROUP BY g.id",
                 (upstream, group, tool, str(AllowEntry.of_upstream(upstream))),
             )
-        if not rows:
-            found = Binding(allowed=False)
-        elif rows[0]["cid"] is None:
-            found = Binding(allowed=True)
-        else:
-            values = tuple(r for r in rows if r["field"] is not None)
-            found = Binding(allowed=True, credential=rows[0]["name"], sealed=SealedCredential(rows[0], values))
-        with self._lock:
-            if self._bindings_version == version:
-                self._bindings[(group, tool)] = found
-        return found
+        if not allowed:
+            return Binding(allowed=False)
+        gid, personal, cid = allowed[0]["gid"], bool(allowed[0]["personal"]), allowed[0]["cid"]
+        member = user is None or bool(
+            self._query(
+                "SELECT 1 FROM members WHERE group_id = ? AND user_id = (SELECT id FROM users WHERE name = ?)",
+                (gid, user),
+            )
+        )
+        if personal:
+            mine = (
+                self._query(
+                    "SELECT credential_id FROM personal_bindings WHERE group_id = ? AND target = ?"
+                    " AND user_id = (SELECT id FROM users WHERE name = ?)",
+                    (gid, upstream or tool, user),
+                )
+                if user is not None and member
+                else []
+            )
+            cid = mine[0]["credential_id"] if mine else None
+        if cid is None:
+            return Binding(allowed=True, personal=personal, member=member)
+        rows = self._query(
+            "SELECT c.id AS cid, c.name, c.type, c.uid, c.key_id, c.wrapped_dek, c.expires_at, v.field, v.secret,"
+            " v.ciphertext FROM credentials c LEFT JOIN credential_values v ON v.credential_id = c.id WHERE c.id = ?",
+            (cid,),
+        )
+        if not rows:  # removed between two look-ups: the next call reads again
+            return Binding(allowed=True, personal=personal, member=member)
+        values = tuple(r for r in rows if r["field"] is not None)
+        return Binding(
+            allowed=True,
+            credential=rows[0]["name"],
+            sealed=SealedCredential(rows[0], values),
+            personal=personal,
+            member=member,
+        )
 
     def bound_targets(self) -> list[tuple[str, str, str]]:
         """(group, tool or upstream, credential) of every binding, and (group, allowed entry, "") rows."""
@@ -278,3 +367,26 @@ class Groups(StoreBase):
             " ORDER BY 1, 2"
         )
         return [(r["grp"], r["target"], r["cred"]) for r in rows]
+
+
+def _scope_bindings(conn: Database, gid: int, tool: str, target: str, *, personal: bool) -> bool:
+    """Whether the tool (bound for `target`) has bindings of that scope in the group."""
+    if personal:
+        sql, params = "SELECT 1 FROM personal_bindings WHERE group_id = ? AND target = ?", (gid, target)
+    elif target != tool:
+        sql, params = "SELECT 1 FROM group_upstreams WHERE group_id = ? AND upstream = ?", (gid, target)
+    else:
+        sql, params = (
+            "SELECT 1 FROM group_tools WHERE group_id = ? AND tool = ? AND credential_id IS NOT NULL",
+            (gid, tool),
+        )
+    return conn.execute(sql, params).fetchone() is not None
+
+
+def _clear_scope_bindings(conn: Database, gid: int, tool: str, target: str, *, personal: bool) -> None:
+    if personal:
+        conn.execute("DELETE FROM personal_bindings WHERE group_id = ? AND target = ?", (gid, target))
+    elif target != tool:
+        conn.execute("DELETE FROM group_upstreams WHERE group_id = ? AND upstream = ?", (gid, target))
+    else:
+        conn.execute("UPDATE group_tools SET credential_id = NULL WHERE group_id = ? AND tool = ?", (gid, tool))

@@ -27,6 +27,7 @@ class CredentialInfo:
     bindings: tuple[tuple[str, str], ...] = ()  # (group, tool)
     uid: str = ""
     expires_at: str | None = None  # an OAuth2 token's expiry: clear metadata, not a secret
+    owner: str | None = None  # the user a personal credential belongs to; None: shared (a group's)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class GroupInfo:
     created_at: str
     tools: Mapping[str, str | None] = field(default_factory=dict)  # tool (or `UPSTREAM.*`) → bound credential
     upstreams: Mapping[str, str] = field(default_factory=dict)  # upstream MCP server → bound credential
+    personal: frozenset[str] = frozenset()  # the allowed entries each member binds a credential of their own for
 
 
 @dataclass(eq=False)
@@ -67,11 +69,13 @@ class SealedCredential:
 
 @dataclass(frozen=True)
 class Binding:
-    """What a (group, tool) pair resolves to at call time."""
+    """What a (group, tool) pair resolves to at call time, for a caller acting for a user or for nobody."""
 
     allowed: bool
     credential: str | None = None  # the bound credential's name; None when nothing is bound
     sealed: SealedCredential | None = None
+    personal: bool = False  # each member binds their own: `credential` is the user's binding
+    member: bool = True  # the user is a member of the group (True when acting for nobody)
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class AuditRow:
     outcome: str
     duration_ms: float
     ref: str | None = None
+    user: str | None = None  # the user the agent acted for
     id: int | None = field(default=None, compare=False)  # set when read: the row's key in the log's pages
 
 
@@ -104,3 +109,24 @@ class AgentInfo:
     created_at: str
     last_used_at: str | None
     revoked_at: str | None
+    user: str | None = None  # the user the agent acts for
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    """A live agent found by its token: who it is, its group, the stored hash, and the user it acts for (a
+    member of the group: an agent whose user left it is found no more)."""
+
+    name: str
+    group: str
+    token_hash: str
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    name: str
+    admin: bool
+    email: str | None
+    created_at: str
+    groups: tuple[str, ...] = ()  # the groups the user is a member of, by name

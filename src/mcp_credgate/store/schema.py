@@ -19,6 +19,7 @@ class Dialect:
     # credential_values keeps the order fields were first stored in: SQLite's implicit rowid does that, on
     # PostgreSQL an identity column of that name does it (an update keeps both).
     value_order: str
+    name_text: str = "TEXT"  # a name's column: compared byte by byte (see migration 0008)
 
 
 SQLITE = Dialect("sqlite", id="INTEGER PRIMARY KEY", blob="BLOB", real="REAL", value_order="")
@@ -28,6 +29,7 @@ POSTGRESQL = Dialect(
     blob="BYTEA",
     real="DOUBLE PRECISION",
     value_order="rowid BIGINT GENERATED ALWAYS AS IDENTITY,",
+    name_text='TEXT COLLATE "C"',
 )
 
 
@@ -39,7 +41,13 @@ class Migration:
 
     def render(self, dialect: Dialect) -> list[str]:
         """The statements of this migration for one backend."""
-        text = self.sql.format(id=dialect.id, blob=dialect.blob, real=dialect.real, value_order=dialect.value_order)
+        text = self.sql.format(
+            id=dialect.id,
+            blob=dialect.blob,
+            real=dialect.real,
+            value_order=dialect.value_order,
+            name_text=dialect.name_text,
+        )
         if dialect.name == "postgresql":
             text = self.postgresql + ";" + text
         return [s.strip() for s in text.split(";") if s.strip()]
@@ -202,6 +210,54 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE credentials ALTER COLUMN name TYPE TEXT COLLATE "C";
         ALTER TABLE groups ALTER COLUMN name TYPE TEXT COLLATE "C";
         ALTER TABLE agents ALTER COLUMN name TYPE TEXT COLLATE "C"
+        """,
+    ),
+    Migration(
+        # People (contract §5): users who sign in, their memberships of groups, the tools a group makes personal
+        # (each member binds a credential of their own), credentials' owners, agents acting for a user, and the
+        # user of each audit row. The admin secret of `credgate init` signs in the built-in user `admin`.
+        # A personal binding's target is a tool, or an upstream server (as `bindings` names them).
+        "0009_people",
+        """
+        CREATE TABLE users (
+            id {id},
+            name {name_text} NOT NULL UNIQUE,
+            email TEXT,
+            is_admin INTEGER NOT NULL DEFAULT 0,
+            secret_hash TEXT UNIQUE,
+            created_at TEXT NOT NULL
+        );
+        INSERT INTO users (name, is_admin, created_at)
+            VALUES ('admin', 1, COALESCE((SELECT MIN(created_at) FROM master_keys), CAST(CURRENT_TIMESTAMP AS TEXT)));
+        CREATE TABLE members (
+            group_id BIGINT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+            user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            PRIMARY KEY (group_id, user_id)
+        );
+        CREATE INDEX members_user ON members(user_id, group_id);
+        ALTER TABLE group_tools ADD COLUMN personal INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE credentials ADD COLUMN owner_id BIGINT REFERENCES users(id);
+        CREATE INDEX credentials_owner ON credentials(owner_id, name);
+        CREATE TABLE personal_bindings (
+            group_id BIGINT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+            target TEXT NOT NULL,
+            user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            credential_id BIGINT NOT NULL REFERENCES credentials(id) ON DELETE RESTRICT,
+            PRIMARY KEY (group_id, target, user_id)
+        );
+        CREATE INDEX personal_bindings_user ON personal_bindings(user_id, group_id);
+        CREATE INDEX personal_bindings_credential ON personal_bindings(credential_id);
+        DROP VIEW bindings;
+        CREATE VIEW bindings AS
+            SELECT group_id, tool AS target, credential_id FROM group_tools WHERE credential_id IS NOT NULL
+            UNION ALL
+            SELECT group_id, upstream AS target, credential_id FROM group_upstreams
+            UNION ALL
+            SELECT group_id, target, credential_id FROM personal_bindings;
+        ALTER TABLE agents ADD COLUMN user_id BIGINT REFERENCES users(id);
+        CREATE INDEX agents_user ON agents(user_id);
+        ALTER TABLE audit ADD COLUMN user_name TEXT;
+        CREATE INDEX audit_user ON audit(user_name, id)
         """,
     ),
 )

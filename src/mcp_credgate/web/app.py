@@ -1,9 +1,10 @@
 """The dashboard's routes, and `credgate dashboard`'s app: the pages alone, behind the HTTP guard.
 
-Server-rendered HTML (Jinja2, autoescaped), plain forms, no JavaScript. Every page needs the admin session
-cookie; every form post also its CSRF token. Secret values are shown masked and never put into a form: an
-empty secret input keeps the stored value. The rules (validation, binding types, statuses) are `admin`'s and
-the declarations', as for the CLI.
+Server-rendered HTML (Jinja2, autoescaped), plain forms, no JavaScript. Every page needs a session cookie: an
+admin's, but for a user's own pages (`/me`, a personal setup page); every form post also its CSRF token.
+Secret values are shown masked and never put into a form: an empty secret input keeps the stored value. The
+rules (validation, binding types, statuses, people) are `admin`'s, `people`'s and the declarations', as for
+the CLI.
 """
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ from starlette.staticfiles import StaticFiles
 from ..config import Settings
 from ..declarations import Catalog
 from ..guard import RequestGuard, allowed_hosts_and_origins
-from .pages import agents, audit, credentials, groups, setup, signin
+from .pages import agents, audit, credentials, groups, me, setup, signin, users
 from .site import HERE, Site
 
 
 def routes(site: Site) -> list[Route | Mount]:
     def page(handler: signin.Page) -> signin.Endpoint:
         return signin.guarded(site, handler)
+
+    def own(handler: signin.Page) -> signin.Endpoint:
+        """A page of the signed-in user's own: for every user (the page checks whose it is)."""
+        return signin.guarded(site, handler, admin_only=False)
 
     def group_change(action: str, change: groups.GroupChange) -> Route:
         return Route(f"/groups/{{group}}/{action}", page(groups.changing(change)), methods=["POST"])
@@ -49,10 +54,14 @@ def routes(site: Site) -> list[Route | Mount]:
         group_change("bind", groups.bind),
         group_change("agents", groups.add_agent),
         group_change("revoke", groups.revoke),
+        group_change("members", groups.members),
         group_change("delete", groups.delete),
         group_change("{action:str}", groups.no_such_change),  # any other word, after those: 404
         Route("/groups/{group}/tools/{tool}/setup", page(setup.setup), methods=["GET", "POST"]),
         Route("/agents", page(agents.agents)),
+        Route("/users", page(users.users), methods=["GET", "POST"]),
+        Route("/me", own(me.me)),
+        Route("/users/{user}/groups/{group}/tools/{tool}/setup", own(me.personal_setup), methods=["GET", "POST"]),
         Route("/audit", page(audit.audit)),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]

@@ -22,6 +22,7 @@ class PendingConnection:
     given: dict[str, str] = field(repr=False)  # what the form gave, stored with the tokens
     uid: str | None  # the credential reconnected (None: a new one)
     bind_to: tuple[str, str] | None  # (group, tool) for the setup page
+    owner: str | None = None  # a personal credential's user (then `bind_to` is that user's personal binding)
     started: float = field(default_factory=time.monotonic)
 
 

@@ -1,10 +1,12 @@
-"""Admin access to the dashboard: one admin secret, signed session cookies and CSRF tokens.
+"""Access to the dashboard: the admin secret and users' sign-in secrets, signed session cookies, CSRF tokens.
 
-The admin secret (`cga_` + 256 random bits) is shown once, by `credgate init` or `credgate admin token`;
-only its SHA-256 is stored. A session is a signed cookie (`HttpOnly`, `SameSite=Strict`): its key is
-derived from the master key and the admin secret's hash, so a new admin secret or a master key rotation
-ends every session at once, on every process sharing the store. A form's CSRF token is the session's
-HMAC under that key: nothing is kept server-side.
+The admin secret (`cga_` + 256 random bits) is shown once, by `credgate init` or `credgate admin token`, and signs
+in the built-in admin; a user's (`cgu_`, contract §5) by `credgate user add` or `user secret`. Only their SHA-256
+is stored. A session is a signed cookie (`HttpOnly`, `SameSite=Strict`): `v1.SID.ISSUED.SIG` for the admin
+secret, `u1.USER.SID.ISSUED.SIG` for a user. Its key is derived from the master key and the hash of the secret
+that signed it in, so a new secret, the user's removal or a master key rotation ends its sessions, on every
+process sharing the store. Whether a user is an admin is read from the store at each request, never from the
+cookie. A form's CSRF token is the session's HMAC under that key: nothing is kept server-side.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from ..store import Store
+from ..people import USER_SECRET_PREFIX, user_secret_hash
+from ..store import BUILT_IN_ADMIN, Store
 
 SECRET_PREFIX = "cga_"
 MAX_SECRET_LENGTH = 128
@@ -43,49 +46,85 @@ def _b64(data: bytes) -> str:
 class Session:
     sid: str
     issued: int
+    user: str = BUILT_IN_ADMIN  # who signed in (the admin secret signs in the built-in admin)
+    admin: bool = True  # read from the store at each request
+    by_admin_secret: bool = True
 
 
-class AdminSessions:
+@dataclass(frozen=True)
+class SignIn:
+    """Who a secret signs in: the admin secret's built-in admin, or a user."""
+
+    user: str
+    by_admin_secret: bool
+
+
+class Sessions:
     def __init__(self, store: Store, max_age: int = SESSION_SECONDS) -> None:
         self.store = store
         self.max_age = max_age
 
-    def _key(self) -> bytes | None:
-        secret_hash = self.store.admin_secret_hash()
-        if secret_hash is None:
+    def _key(self, who: SignIn) -> bytes | None:
+        """The signing key of `who`'s sessions: from the hash of the secret that signs them in (None: none)."""
+        if who.by_admin_secret:
+            secret_hash = self.store.admin_secret_hash()
+            material = secret_hash
+        else:
+            found = self.store.user_secret_hash(who.user)
+            secret_hash = found
+            material = f"user|{who.user}|{found}"
+        if secret_hash is None or material is None:
             return None
-        return hmac.new(self.store.derived_key("dashboard session"), secret_hash.encode(), hashlib.sha256).digest()
+        return hmac.new(self.store.derived_key("dashboard session"), material.encode(), hashlib.sha256).digest()
 
-    def check_secret(self, given: str) -> bool:
-        stored = self.store.admin_secret_hash()
-        if stored is None or not given.startswith(SECRET_PREFIX) or len(given) > MAX_SECRET_LENGTH:
-            return False
-        return hmac.compare_digest(_hash(given), stored)
+    def check_secret(self, given: str) -> SignIn | None:
+        """Who `given` signs in, or None."""
+        if len(given) > MAX_SECRET_LENGTH:
+            return None
+        if given.startswith(SECRET_PREFIX):
+            stored = self.store.admin_secret_hash()
+            if stored is not None and hmac.compare_digest(_hash(given), stored):
+                return SignIn(BUILT_IN_ADMIN, by_admin_secret=True)
+            return None
+        if given.startswith(USER_SECRET_PREFIX):
+            found = self.store.user_by_secret_hash(user_secret_hash(given))
+            if found is not None and hmac.compare_digest(found[2], user_secret_hash(given)):
+                return SignIn(found[0], by_admin_secret=False)
+        return None
 
-    def issue(self) -> str:
-        key = self._key()
-        assert key is not None, "no admin secret"
-        body = f"v1.{secrets.token_urlsafe(18)}.{int(time.time())}"
+    def issue(self, who: SignIn | None = None) -> str:
+        who = who or SignIn(BUILT_IN_ADMIN, by_admin_secret=True)
+        key = self._key(who)
+        assert key is not None, "no secret"
+        head = "v1" if who.by_admin_secret else f"u1.{who.user}"
+        body = f"{head}.{secrets.token_urlsafe(18)}.{int(time.time())}"
         return f"{body}.{_b64(hmac.new(key, body.encode(), hashlib.sha256).digest())}"
 
     def verify(self, cookie: str | None) -> Session | None:
-        if not cookie or len(cookie) > 200:
+        if not cookie or len(cookie) > 300:
             return None
         body, _, signature = cookie.rpartition(".")
         parts = body.split(".")
-        key = self._key()
-        if key is None or len(parts) != 3 or parts[0] != "v1" or not parts[2].isdigit():
+        if len(parts) == 3 and parts[0] == "v1":
+            who, sid, issued_text = SignIn(BUILT_IN_ADMIN, by_admin_secret=True), parts[1], parts[2]
+        elif len(parts) == 4 and parts[0] == "u1" and parts[1]:
+            who, sid, issued_text = SignIn(parts[1], by_admin_secret=False), parts[2], parts[3]
+        else:
+            return None
+        key = self._key(who) if issued_text.isdigit() else None
+        if key is None:
             return None
         expected = _b64(hmac.new(key, body.encode(), hashlib.sha256).digest())
         if not hmac.compare_digest(signature.encode(), expected.encode()):
             return None
-        issued = int(parts[2])
+        issued = int(issued_text)
         if not 0 <= time.time() - issued <= self.max_age:
             return None
-        return Session(parts[1], issued)
+        admin = who.by_admin_secret or self.store.user_is_admin(who.user)
+        return Session(sid, issued, who.user, admin, who.by_admin_secret)
 
     def csrf_token(self, session: Session) -> str:
-        key = self._key()
+        key = self._key(SignIn(session.user, session.by_admin_secret))
         assert key is not None
         return _b64(hmac.new(key, f"csrf.{session.sid}".encode(), hashlib.sha256).digest())
 

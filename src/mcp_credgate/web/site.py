@@ -25,7 +25,7 @@ from ..credential import mask
 from ..declarations import Catalog, CredentialSpec
 from ..store import Store
 from .connections import PendingConnections
-from .session import AdminSessions, Session
+from .session import Session, Sessions
 
 HERE = Path(__file__).parent
 P = ParamSpec("P")
@@ -63,7 +63,7 @@ class Site:
         self.store = store
         self.catalog = catalog
         self.settings = settings
-        self.sessions = AdminSessions(store)
+        self.sessions = Sessions(store)
         self.pending = PendingConnections()
         self.redirect_uri = f"{settings.public_url.rstrip('/')}/oauth/callback"
         self.templates = Environment(
@@ -97,6 +97,7 @@ class Site:
         html = self.templates.get_template(template).render(
             csrf=self.sessions.csrf_token(session) if session else "",
             signed_in=session is not None,
+            me=session,
             message=DONE_MESSAGES.get(done, ""),
             path=request.url.path,
             **context,

@@ -1,4 +1,4 @@
-"""The audit log: the latest calls first, a page at a time, filtered by group, tool and outcome."""
+"""The audit log: the latest calls first, a page at a time, filtered by group, tool, outcome and user."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ GROUP_CHOICES = 100  # the group filter is a list up to this many groups; a type
 
 def audit(site: Site, request: Request, session: Session, form: FormData) -> Response:
     """`?after=`/`?before=` an audit row's id (older/newer calls), `?limit=` 1..1000 (100), and the filters."""
-    ask = ListRequest.of(request, keys=ID_TEXT, default_limit=100, most=1000, filters=("group", "tool", "outcome"))
+    ask = ListRequest.of(
+        request, keys=ID_TEXT, default_limit=100, most=1000, filters=("group", "tool", "outcome", "user")
+    )
     q = request.query_params
-    group, tool, outcome = (name_filter(q.get(name)) for name in ("group", "tool", "outcome"))
+    group, tool, outcome, user = (name_filter(q.get(name)) for name in ("group", "tool", "outcome", "user"))
     page = site.store.audit_page(
-        limit=ask.limit, after=ask.after, before=ask.before, group=group, tool=tool, outcome=outcome
+        limit=ask.limit, after=ask.after, before=ask.before, group=group, tool=tool, outcome=outcome, user=user
     )
     groups = site.store.group_names_page(limit=GROUP_CHOICES)
     return site.render(
@@ -31,7 +33,7 @@ def audit(site: Site, request: Request, session: Session, form: FormData) -> Res
         groups=list(groups.items) if groups.after is None else None,
         tools=sorted(site.catalog().tools),
         outcomes=OUTCOMES,
-        selected={"group": group or "", "tool": tool or "", "outcome": outcome or ""},
+        selected={"group": group or "", "tool": tool or "", "outcome": outcome or "", "user": user or ""},
         limit=ask.limit,
         links=ask.pager(page),
     )

@@ -12,7 +12,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from ... import admin, oauth
+from ... import admin, oauth, people
 from ...declarations import CredentialSpec
 from ...errors import ConflictError, CredentialValueError, CredgateError, NotFoundError
 from ...handlers.http import make_client
@@ -185,12 +185,15 @@ def start_connection(
     given: dict[str, str],
     uid: str | None,
     bind_to: tuple[str, str] | None,
+    owner: str | None = None,
 ) -> Response:
+    """Send the browser to the provider; its redirect back ends the connection (`oauth_callback`). `owner`: a
+    personal credential of that user, `bind_to` then that user's personal binding."""
     assert spec.oauth is not None
     if not client.get("client_id"):
         raise CredentialValueError("the OAuth2 client id is missing")
     auth = oauth.start_authorization(spec.oauth, client["client_id"], site.redirect_uri)
-    site.pending.add(PendingConnection(auth, name, spec.type, client, given, uid, bind_to))
+    site.pending.add(PendingConnection(auth, name, spec.type, client, given, uid, bind_to, owner))
     return RedirectResponse(auth.url, status_code=303, headers=SECURITY_HEADERS)
 
 
@@ -210,17 +213,26 @@ async def oauth_callback(site: Site, request: Request) -> Response:
         async with make_client() as http:
             tokens = await oauth.exchange_code(http, spec.oauth, pending.client, pending.request, code)
         # it may wait for a refresh's lock
-        await site.run(admin.save_connection, site.store, spec, pending.name, pending.given, tokens, pending.uid)
+        await site.run(
+            admin.save_connection, site.store, spec, pending.name, pending.given, tokens, pending.uid, pending.owner
+        )
     except CredgateError as exc:
         return site.refusal(request, 502, f"Not connected: {exc}. Nothing was stored.")
     if pending.bind_to is not None:
         try:
-            await site.run(admin.bind, site.store, site.catalog(), *pending.bind_to, pending.name)
+            if pending.owner is None:
+                await site.run(admin.bind, site.store, site.catalog(), *pending.bind_to, pending.name)
+            else:
+                group, tool = pending.bind_to
+                await site.run(
+                    people.bind_personal, site.store, site.catalog(), group, tool, pending.name, pending.owner
+                )
         except CredgateError as exc:  # the group or its tool changed meanwhile
             return site.refusal(request, 409, f"Connected and stored as {pending.name}, but not bound: {exc}")
     if pending.bind_to is not None:
         group, tool = pending.bind_to
-        target, what = f"/groups/{quote(group, safe='')}", f"{pending.name}, bound to {tool} for {group}"
+        page = "/me" if pending.owner is not None else f"/groups/{quote(group, safe='')}"
+        target, what = page, f"{pending.name}, bound to {tool} for {group}"
     else:
         target, what = f"/credentials/{quote(pending.name, safe='')}", pending.name
     return site.render(request, "connected.html", None, target=target, what=what)

@@ -10,7 +10,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ... import admin
+from ... import admin, people
 from ...agents import create_agent
 from ...allow import AllowEntry
 from ...declarations import Catalog
@@ -85,6 +85,7 @@ def _group_page(
     allowable = [n for n in catalog.tools if n not in info.tools and not _via_upstream(catalog, n, info.tools)]
     allowable += [e for u in catalog.upstreams if (e := str(AllowEntry.of_upstream(u))) not in info.tools]
     agents = site.store.agents_page(limit=AGENTS_SHOWN, group=name)
+    personal = {entry: people.personal_statuses(site.store, catalog, name, entry) for entry in info.personal}
     return site.render(
         request,
         "group.html",
@@ -99,6 +100,8 @@ def _group_page(
         error=error,
         token=token,
         status_text=admin.STATUS_LABELS,
+        personal=personal,
+        members=site.store.members_page(name, limit=AGENTS_SHOWN).items,
     )
 
 
@@ -150,6 +153,16 @@ def add_agent(site: Site, request: Request, session: Session, name: str, form: F
         raise CredentialValueError(f"agent {problem}")
     token = create_agent(site.store, name, agent)
     return _group_page(site, request, session, token=token)
+
+
+def members(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
+    """Add a user to the group, or remove one."""
+    user = str(form.get("user", "")).strip()
+    if form.get("action") == "remove":
+        site.store.remove_members(name, [user])
+    else:
+        site.store.add_members(name, [user])
+    return back(_group_path(name), "saved")
 
 
 def revoke(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:

@@ -34,6 +34,13 @@ def setup(site: Site, request: Request, session: Session, form: FormData) -> Res
     else:
         binding = site.store.binding(group, tool_name, tool.upstream)
     allowed = binding.allowed
+    if binding.personal:  # nothing to bind for the group: each member binds their own
+        return site.refusal(
+            request,
+            409,
+            f"{tool_name} is personal in group {group}: each member sets it up on their own page (My tools).",
+            session,
+        )
     compatible = credential_choices(site, spec.type)
     context |= {"compatible": compatible, "fields": fields_of(spec), "allowed": allowed, "expired": None}
     bound = site.store.credentials_named([binding.credential]).get(binding.credential) if binding.credential else None

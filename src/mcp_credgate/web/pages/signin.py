@@ -1,5 +1,6 @@
-"""Signing in and out, and the guard every other page is behind: the admin session cookie, and for a form post
-its CSRF token as well. The event loop only reads the form; the rest runs in a worker thread (`Site.run`)."""
+"""Signing in and out, and the guard every other page is behind: a session cookie (an admin's for the admin
+pages, anyone's for a user's own pages), and for a form post its CSRF token as well. The event loop only reads
+the form; the rest runs in a worker thread (`Site.run`)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ Page = Callable[[Site, Request, Session, FormData], Response]
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def guarded(site: Site, page: Page) -> Endpoint:
-    """Only with the admin session; a form post only with its CSRF token as well."""
+def guarded(site: Site, page: Page, *, admin_only: bool = True) -> Endpoint:
+    """Only with a session (an admin's, unless `admin_only` is False); a form post only with its CSRF token as
+    well. A user who is not an admin gets a refusal from an admin page, whatever it names."""
 
     async def endpoint(request: Request) -> Response:
         if request.method not in ("GET", "POST"):  # HEAD too: every page reads "not GET" as a change
@@ -31,6 +33,10 @@ def guarded(site: Site, page: Page) -> Endpoint:
                 return site.refusal(request, 403, "Not signed in.")
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+        if admin_only and not session.admin:
+            if request.url.path == "/" and request.method == "GET":
+                return RedirectResponse("/me", status_code=303)
+            return site.refusal(request, 403, "This page is for administrators: see your own at /me.", session)
         form = await request.form() if request.method == "POST" else FormData()
         return await site.run(_answer, site, page, request, session, form)
 
@@ -59,18 +65,19 @@ def _login(site: Site, request: Request, form: FormData | None) -> Response:
         next_path = "/"
     error = ""
     if form is not None:
-        if site.sessions.check_secret(str(form.get("secret", ""))):
+        who = site.sessions.check_secret(str(form.get("secret", "")))
+        if who is not None:
             response = RedirectResponse(next_path, status_code=303, headers=SECURITY_HEADERS)
             response.set_cookie(
                 COOKIE_NAME,
-                site.sessions.issue(),
+                site.sessions.issue(who),
                 max_age=site.sessions.max_age,
                 httponly=True,
                 samesite="strict",
                 secure=request.url.scheme == "https" or site.settings.public_url.startswith("https://"),
             )
             return response
-        error = "That is not the admin secret."
+        error = "That is neither the admin secret nor a user's sign-in secret."
     no_secret = site.store.admin_secret_hash() is None
     return site.render(
         request,
