@@ -28,6 +28,7 @@ from mcp_credgate.config import Settings
 from mcp_credgate.credential import Credential
 from mcp_credgate.declarations import McpHandler
 from mcp_credgate.handlers.upstream import upstream_pool
+from mcp_credgate.isolation import UpstreamScope
 from mcp_credgate.sandbox import SandboxPolicy
 
 TOOL = f"""
@@ -75,7 +76,7 @@ async def startups(settings: Settings, starts: int) -> dict[str, list[float]]:
         for name, policy in policies.items():
             async with upstream_pool(sandbox=policy) as pool:
                 began = time.perf_counter()
-                await pool.session("up", handler, credential)
+                await pool.session(UpstreamScope.for_discovery("up", credential.name), handler, credential)
                 times[name].append(time.perf_counter() - began)
     return times
 
