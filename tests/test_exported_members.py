@@ -35,6 +35,7 @@ PUBLIC_MODULES = [
     "mcp_credgate.errors",
     "mcp_credgate.gate",
     "mcp_credgate.handlers",
+    "mcp_credgate.handlers.keepalive",
     "mcp_credgate.importing",
     "mcp_credgate.isolation",
     "mcp_credgate.logs",
