@@ -5,7 +5,10 @@ injects on every call, then redacts the output and queues an audit row. Both run
 its own SDK stdio client, and the calls alternate between them one by one (so machine noise and drift
 hit both alike); throughput is calls per second of time spent waiting on that server.
 
-    python bench/bench_stdio.py [--calls 2000]
+    python bench/bench_stdio.py [--calls 2000] [--before SRC]
+
+`--before SRC` adds a third server: credgate run from another source tree's `src` (e.g. an earlier commit's,
+from `git archive`), on the same store: a before/after pair measured side by side.
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ def print_table(results: dict[str, list[float]], heading: str = "server") -> dic
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=2000, help="sequential calls per server (default 2000)")
+    parser.add_argument("--before", type=Path, help="another source tree's src: a second credgate, run from it")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         credgate_argv, credgate_env = setup_credgate(Path(tmp) / "home")
@@ -114,11 +118,18 @@ async def main() -> None:
             "bare mcp server": ([sys.executable, str(HERE / "bare_server.py")], {}),
             "credgate serve": (credgate_argv, credgate_env),
         }
+        if opts.before is not None:
+            before_env = {**credgate_env, "PYTHONPATH": f"{opts.before.resolve()}{os.pathsep}{HERE}"}
+            servers["credgate, before"] = (credgate_argv, before_env)
         results = await measure(servers, opts.calls)
     print(f"stdio, {opts.calls} sequential tools/call each, alternating call by call between the two servers")
     figures = print_table(results)
     ratio = figures["credgate serve"][0] / figures["bare mcp server"][0]
     print(f"throughput ratio credgate/bare: {ratio:.2f} (target >= 0.90)")
+    if "credgate, before" in figures:
+        before = figures["credgate, before"][0]
+        print(f"throughput ratio credgate before/bare: {before / figures['bare mcp server'][0]:.2f}, ", end="")
+        print(f"credgate/credgate before: {figures['credgate serve'][0] / before:.2f}")
 
 
 if __name__ == "__main__":
