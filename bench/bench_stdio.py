@@ -5,7 +5,11 @@ injects on every call, then redacts the output and queues an audit row. Both run
 its own SDK stdio client, and the calls alternate between them one by one (so machine noise and drift
 hit both alike); throughput is calls per second of time spent waiting on that server.
 
-    python bench/bench_stdio.py [--calls 2000] [--block 300]
+    python bench/bench_stdio.py [--calls 2000] [--block 300] [--before SRC]
+
+Each runs twice: calls alternating one by one, then in blocks of 300 consecutive calls per server (one agent's
+real pattern). `--before SRC` adds a third server: credgate run from another source tree's `src` (e.g. an
+earlier commit's, from `git archive`), on the same store: a before/after pair measured side by side.
 """
 
 from __future__ import annotations
@@ -114,6 +118,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=2000, help="sequential calls per server (default 2000)")
     parser.add_argument("--block", type=int, default=300, help="consecutive calls per server in the second mode")
+    parser.add_argument("--before", type=Path, help="another source tree's src: a second credgate, run from it")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         credgate_argv, credgate_env = setup_credgate(Path(tmp) / "home")
@@ -121,12 +126,19 @@ async def main() -> None:
             "bare mcp server": ([sys.executable, str(HERE / "bare_server.py")], {}),
             "credgate serve": (credgate_argv, credgate_env),
         }
+        if opts.before is not None:
+            before_env = {**credgate_env, "PYTHONPATH": f"{opts.before.resolve()}{os.pathsep}{HERE}"}
+            servers["credgate, before"] = (credgate_argv, before_env)
         for block, mode in ((1, "alternating call by call"), (opts.block, f"in blocks of {opts.block} calls")):
             results = await measure(servers, opts.calls, block=block)
-            print(f"stdio, {opts.calls} sequential tools/call each, {mode} between the two servers")
+            print(f"stdio, {opts.calls} sequential tools/call each, {mode} between the servers")
             figures = print_table(results)
-            ratio = figures["credgate serve"][0] / figures["bare mcp server"][0]
-            print(f"throughput ratio credgate/bare: {ratio:.2f} (target >= 0.95)")
+            bare = figures["bare mcp server"][0]
+            print(f"throughput ratio credgate/bare: {figures['credgate serve'][0] / bare:.2f} (target >= 0.95)")
+            if "credgate, before" in figures:
+                before = figures["credgate, before"][0]
+                print(f"throughput ratio credgate before/bare: {before / bare:.2f}, ", end="")
+                print(f"credgate/credgate before: {figures['credgate serve'][0] / before:.2f}")
 
 
 if __name__ == "__main__":

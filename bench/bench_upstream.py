@@ -6,7 +6,10 @@ credgate starts the upstream with the group's token in its environment and relay
 check, credential resolution, redaction, audit). The three paths run at once and calls alternate one by one.
 Start-ups alternate too: each is a new upstream process started by credgate's upstream pool.
 
-    python bench/bench_upstream.py [--calls 1000] [--starts 10]
+    python bench/bench_upstream.py [--calls 1000] [--starts 10] [--before SRC]
+
+`--before SRC` adds a fourth path: credgate (sandboxed) run from another source tree's `src` (e.g. an earlier
+commit's, from `git archive`), on the same store: a before/after pair measured side by side.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from mcp_credgate.config import Settings
 from mcp_credgate.credential import Credential
 from mcp_credgate.declarations import McpHandler
 from mcp_credgate.handlers.upstream import upstream_pool
+from mcp_credgate.isolation import UpstreamScope
 from mcp_credgate.sandbox import SandboxPolicy
 
 TOOL = f"""
@@ -42,7 +46,7 @@ command = "{sys.executable}"
 args = ["{HERE / "upstream_echo.py"}"]
 env = {{ UPSTREAM_TOKEN = "{{cred.token}}" }}
 """
-SANDBOXED, UNSANDBOXED = "credgate, sandboxed", "credgate, no sandbox"
+SANDBOXED, UNSANDBOXED, BEFORE = "credgate, sandboxed", "credgate, no sandbox", "credgate, before"
 
 
 def setup(home: Path, env: dict[str, str]) -> list[str]:
@@ -75,7 +79,7 @@ async def startups(settings: Settings, starts: int) -> dict[str, list[float]]:
         for name, policy in policies.items():
             async with upstream_pool(sandbox=policy) as pool:
                 began = time.perf_counter()
-                await pool.session("up", handler, credential)
+                await pool.session(UpstreamScope.for_discovery("up", credential.name), handler, credential)
                 times[name].append(time.perf_counter() - began)
     return times
 
@@ -84,6 +88,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=1000, help="sequential calls per path (default 1000)")
     parser.add_argument("--starts", type=int, default=10, help="upstream start-ups per side (default 10)")
+    parser.add_argument("--before", type=Path, help="another source tree's src: credgate, sandboxed, run from it")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         state = {"CREDGATE_STATE_DIR": str(Path(tmp) / "state")}  # the sandboxes' homes: not ~/.local/state
@@ -93,7 +98,9 @@ async def main() -> None:
             SANDBOXED: (serve, state),
             UNSANDBOXED: ([*serve, "--no-sandbox"], state),
         }
-        names = {SANDBOXED: "up_echo", UNSANDBOXED: "up_echo"}
+        if opts.before is not None:
+            servers[BEFORE] = (serve, {**state, "PYTHONPATH": str(opts.before.resolve())})
+        names = {SANDBOXED: "up_echo", UNSANDBOXED: "up_echo", BEFORE: "up_echo"}
         results = await measure(servers, opts.calls, tool_names=names)
         started = await startups(Settings.resolve(env=state), opts.starts)
     print(f"stdio upstream, {opts.calls} sequential tools/call each, alternating call by call")
@@ -101,6 +108,9 @@ async def main() -> None:
     direct = figures["direct to upstream"][0]
     print(f"throughput ratio credgate/direct: {figures[SANDBOXED][0] / direct:.2f} sandboxed, ", end="")
     print(f"{figures[UNSANDBOXED][0] / direct:.2f} without")
+    if BEFORE in figures:
+        print(f"throughput ratio credgate before/direct: {figures[BEFORE][0] / direct:.2f}, ", end="")
+        print(f"sandboxed/before: {figures[SANDBOXED][0] / figures[BEFORE][0]:.2f}")
     ratio = figures[SANDBOXED][0] / figures[UNSANDBOXED][0]
     print(f"throughput ratio sandboxed/unsandboxed: {ratio:.3f} (target >= 0.98)")
     print(f"\nupstream start-up (start and handshake), {opts.starts} each, alternating")

@@ -35,6 +35,7 @@ PUBLIC_MODULES = [
     "mcp_credgate.errors",
     "mcp_credgate.gate",
     "mcp_credgate.handlers",
+    "mcp_credgate.handlers.keepalive",
     "mcp_credgate.importing",
     "mcp_credgate.isolation",
     "mcp_credgate.logs",
@@ -44,6 +45,7 @@ PUBLIC_MODULES = [
     "mcp_credgate.readiness",
     "mcp_credgate.redact",
     "mcp_credgate.sandbox",
+    "mcp_credgate.serving.pipes",
     "mcp_credgate.store",
     "mcp_credgate.token_refresh",
 ]

@@ -6,11 +6,17 @@ its stderr goes to a file. Both are scanned for the canaries.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import queue
 import re
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import anyio
 import pytest
@@ -39,8 +45,16 @@ pytestmark = pytest.mark.anyio
 TOKEN = make_canary("IO", rich=True)
 OTHER_TOKEN = make_canary("IX")
 HANDLERS = """
+import os, sys
+
 def explode(args, credential):
     raise RuntimeError("rejected " + credential["token"])
+
+def noisy(args, credential):
+    print("stray line on stdout")
+    sys.stdout.flush()
+    os.write(1, b"stray bytes on fd 1\\n")
+    return {"stdin": os.read(0, 100).decode()}
 """
 
 
@@ -55,13 +69,14 @@ def world(tmp_path: Path, upstream: Upstream) -> Iterator[World]:
             properties='properties.n = { type = "integer" }',
         ),
         "explode": python_tool("explode", "stdio_handlers:explode", credential=svc),
+        "noisy": python_tool("noisy", "stdio_handlers:noisy"),
         "unbound": http_tool("unbound", upstream.url("/echo"), credential='type = "other"\n' + TOKEN_FIELDS),
         "hidden": http_tool("hidden", upstream.url("/echo")),
     }
     w = World.create(tmp_path, tools, files={"stdio_handlers.py": HANDLERS})
     w.add_credential("svc-main", "svc", {"token": TOKEN})
     w.add_credential("svc-other", "svc", {"token": OTHER_TOKEN})
-    w.allow("desk", "whoami", "explode", "unbound")
+    w.allow("desk", "whoami", "explode", "unbound", "noisy")
     w.bind("desk", "whoami", "svc-main")
     w.bind("desk", "explode", "svc-main")
     w.allow("elsewhere", "hidden")
@@ -90,7 +105,7 @@ async def test_serve_over_stdio_runs_the_groups_tools_without_leaking(
             unknown = await transcript.call_refused(client, "hidden", {})
 
     tools = {t.name: t for t in listing.tools}
-    assert sorted(tools) == ["explode", "unbound", "whoami"]
+    assert sorted(tools) == ["explode", "noisy", "unbound", "whoami"]
     assert (tools["unbound"].description or "").endswith(NOT_READY_NOTE)
     assert tools["whoami"].input_schema == world.catalog.tools["whoami"].decl.input_schema
 
@@ -138,6 +153,113 @@ async def test_serve_takes_the_group_from_credgate_group(world: World, tmp_path:
             listing = await client.list_tools()
 
     assert [t.name for t in listing.tools] == ["hidden"]
+
+
+async def test_stray_output_of_a_handler_misses_the_wire_and_it_reads_no_agent_input(
+    world: World, tmp_path: Path
+) -> None:
+    """While serving over pipes (the wire read and written on the loop, serving/pipes.py), fd 0 reads nothing
+    and fd 1 goes to stderr, as under the SDK's own wire."""
+    stdout_copy, stderr_file = tmp_path / "stdout.bin", tmp_path / "stderr.txt"
+    params = teed_serve(world, stdout_copy, store_env(world.settings), "--group", "desk")
+    with stderr_file.open("w") as errlog, anyio.fail_after(30):
+        async with Client(stdio_client(params, errlog=errlog)) as client:
+            first = await client.call_tool("noisy", {})
+            second = await client.call_tool("noisy", {})
+
+    assert not first.is_error and not second.is_error
+    assert first.structured_content == second.structured_content == {"stdin": ""}
+    received = stdout_copy.read_bytes().decode("utf-8")
+    stderr = stderr_file.read_text()
+    assert "stray" not in received
+    assert stderr.count("stray line on stdout") == 2 and stderr.count("stray bytes on fd 1") == 2
+
+
+MESSAGES = [
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    },
+    {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami", "arguments": {"n": 7}}},
+    {"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
+]
+
+
+def converse(argv: list[str], env: dict[str, str], lines: list[bytes], stdout_file: Path | None) -> dict[int, Any]:
+    """Send the lines one by one to `credgate serve`, each request once the one before it was answered; its
+    stdout a pipe, or `stdout_file`. Returns the answers by id."""
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(stdout_file.open("wb")) if stdout_file is not None else subprocess.PIPE
+        proc = stack.enter_context(
+            subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.DEVNULL, env=env)
+        )
+        assert proc.stdin is not None
+        received: queue.Queue[bytes] = queue.Queue()
+        if stdout_file is None:
+            assert proc.stdout is not None
+            threading.Thread(target=read_lines, args=(proc.stdout, received), daemon=True).start()
+        else:
+            stack.enter_context(tail_into(stdout_file, received))
+        answers: dict[int, Any] = {}
+        for line in lines:
+            proc.stdin.write(line + b"\n")
+            proc.stdin.flush()
+            wanted = json.loads(line).get("id") if line.startswith(b"{") else None
+            while wanted is not None and wanted not in answers:
+                message = json.loads(received.get(timeout=30))
+                answers[message["id"]] = message.get("result", message.get("error"))
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+    return answers
+
+
+def read_lines(stream: IO[bytes], lines: queue.Queue[bytes]) -> None:
+    for line in stream:
+        lines.put(line)
+
+
+@contextlib.contextmanager
+def tail_into(path: Path, lines: queue.Queue[bytes]) -> Iterator[None]:
+    """Put each line written to the file into `lines`, until the block ends."""
+    done = threading.Event()
+
+    def follow() -> None:
+        with path.open("rb") as f:
+            pending = b""
+            while not done.is_set():
+                pending += f.read()
+                *whole, pending = pending.split(b"\n")
+                for line in whole:
+                    lines.put(line)
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def test_the_wire_answers_alike_over_pipes_and_over_a_file(world: World, upstream: Upstream, tmp_path: Path) -> None:
+    """Pipes are read and written on the loop (serving/pipes.py); a file or a terminal by the SDK's threaded
+    wire. A line of invalid UTF-8 between two requests is answered alike by both."""
+    lines = [json.dumps(m).encode() for m in MESSAGES]
+    lines.insert(2, b"\xff\xfe not json")
+    argv = [sys.executable, *serve_args(world, "--group", "desk")]
+    env = credgate_env(world.settings)
+
+    by_pipe = converse(argv, env, lines, None)
+    by_file = converse(argv, env, lines, tmp_path / "out.txt")
+
+    assert sorted(by_pipe) == [1, 2, 3]
+    assert by_pipe[2]["structuredContent"]["query"] == {"n": "7"}
+    assert [t["name"] for t in by_pipe[3]["tools"]] == ["explode", "noisy", "unbound", "whoami"]
+    assert by_pipe == by_file
 
 
 def run_serve(world: World, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

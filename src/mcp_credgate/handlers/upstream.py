@@ -7,7 +7,8 @@ stopped when idle and on shutdown. A stdio child gets only the declared environm
 one (HOME, PATH, SHELL, TERM, USER, LOGNAME) and LANG: the gateway's own variables, its master key above
 all, never reach it. It runs in a sandbox (`sandbox.SandboxPolicy`: bubblewrap) unless its declaration or the
 gateway turned that off; a sandbox that cannot be set up refuses the start, never runs it unsandboxed. Its
-stderr is logged line by line, redacted.
+stderr is logged line by line, redacted. A remote upstream's HTTP connections serve call after call
+(`keepalive`), within its own session only.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from ..redact import Redactor, redactor_for
 from ..relay import AgentRequest, Relay, forget_related_request
 from ..sandbox import SandboxPolicy
 from .http import render
+from .keepalive import KeepAliveTransport
 
 logger = logging.getLogger("credgate.upstream")
 
@@ -100,6 +102,7 @@ def connect(
         follow_redirects=False,
         trust_env=False,
         timeout=httpx2.Timeout(handler.timeout, read=handler.timeout + 5),
+        transport=KeepAliveTransport(httpx2.AsyncHTTPTransport(trust_env=False)),
     )
     return _http_session(render(handler.url, {}, credential), http, relay)
 

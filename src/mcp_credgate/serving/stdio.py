@@ -16,6 +16,7 @@ from ..errors import GatewayError
 from ..gateway import open_gateway
 from ..server import build_server
 from .lifecycle import reload_on_sighup
+from .pipes import pipe_wire
 
 
 async def serve_stdio(settings: Settings, catalog: Catalog, group: str, user: str | None = None) -> None:
@@ -29,5 +30,5 @@ async def serve_stdio(settings: Settings, catalog: Catalog, group: str, user: st
 
         server = build_server(gateway, identify)
         gc.freeze()  # start-up objects are permanent: later collections need not walk them
-        async with reload_on_sighup(gateway), stdio_server() as (read_stream, write_stream):
-            await server.run(read_stream, write_stream, server.create_initialization_options())
+        async with reload_on_sighup(gateway), pipe_wire() as wire, stdio_server(*wire or ()) as (read, write):
+            await server.run(read, write, server.create_initialization_options())
