@@ -43,6 +43,7 @@ PUBLIC_MODULES = [
     "mcp_credgate.readiness",
     "mcp_credgate.redact",
     "mcp_credgate.sandbox",
+    "mcp_credgate.slots",
     "mcp_credgate.store",
     "mcp_credgate.token_refresh",
 ]
