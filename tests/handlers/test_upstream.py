@@ -343,6 +343,19 @@ def test_tools_discovers_the_upstream_once_and_caches_its_tools(
     assert starts(counter) == 2
 
 
+def test_tools_reports_an_upstreams_max_processes(run_cli: Any, tools_dir: Path, tmp_path: Path) -> None:
+    wrapper, _ = counting_wrapper(tmp_path / "bin")
+    write_tool(tools_dir, "capped.toml", stdio_decl(wrapper, name="capped", extra="max_processes = 4"))
+    write_tool(tools_dir, "open.toml", stdio_decl(wrapper, name="open"))
+
+    data = json.loads(run_cli("tools", "--json").stdout)
+    text = run_cli("tools").stdout
+
+    assert {u["name"]: u["max_processes"] for u in data["upstreams"]} == {"capped": 4, "open": None}
+    assert "upstream capped  [stdio]  sandbox: on  max_processes: 4\n" in text
+    assert "upstream open  [stdio]  sandbox: on\n" in text
+
+
 def test_tools_applies_the_allow_list_and_the_prefix(run_cli: Any, tools_dir: Path, tmp_path: Path) -> None:
     wrapper, counter = counting_wrapper(tmp_path / "bin")
     write_tool(tools_dir, "fix.toml", stdio_decl(wrapper, extra='tools = ["token_hash", "pid", "not_there"]'))
