@@ -360,7 +360,9 @@ class SandboxSpec(_Model):
     write: tuple[SandboxPath, ...] = ()
     network: bool = True  # true: the host's network, loopback services included
     max_memory_mb: Annotated[int, Field(ge=64, le=1024 * 1024)] = 2048  # per process (RLIMIT_DATA)
-    max_processes: Annotated[int, Field(ge=8, le=1024 * 1024)] = 512  # processes and threads (RLIMIT_NPROC)
+    # processes and threads inside this one sandbox (RLIMIT_NPROC); how many sandboxed upstreams run at once
+    # is the handler's own max_processes
+    max_processes: Annotated[int, Field(ge=8, le=1024 * 1024)] = 512
     max_home_mb: Annotated[int, Field(ge=1, le=1024 * 1024)] = 1024  # at start; and per file (RLIMIT_FSIZE)
 
 
