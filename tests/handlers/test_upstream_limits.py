@@ -22,8 +22,8 @@ from mcp_credgate.credential import Credential
 from mcp_credgate.declarations import McpHandler
 from mcp_credgate.handlers.upstream import UpstreamBusy, UpstreamPool, upstream_pool
 from mcp_credgate.isolation import UpstreamScope
-from tests.handlers.test_upstream import FIXTURE
-from tests.support.gateway import result_text
+from tests.handlers.test_upstream import FIXTURE, counting_wrapper, discovered_world, stdio_decl
+from tests.support.gateway import Transcript, assert_no_leak, connect, make_canary, result_text
 from tests.support.sandbox import is_running
 
 pytestmark = [pytest.mark.no_store, pytest.mark.anyio]
@@ -226,3 +226,53 @@ async def test_a_call_longer_than_idle_timeout_keeps_its_process() -> None:
 
     assert slept == "slept"
     assert after == name
+
+
+@pytest.fixture(scope="module")
+def fixture_tools() -> list[dict[str, Any]]:
+    """The fixture's tools as the pool lists them, for a gateway's catalog."""
+
+    async def discover() -> list[dict[str, Any]]:
+        with anyio.fail_after(30):
+            async with upstream_pool() as pool:
+                discovery = UpstreamScope.for_discovery("fix", CREDENTIAL.name)
+                tools, _ = await pool.discover(discovery, handler("listing"), CREDENTIAL)
+                return tools
+
+    return anyio.run(discover)
+
+
+async def test_an_agent_beyond_the_cap_gets_that_line_as_its_tool_error(
+    tmp_path: Path, fixture_tools: list[dict[str, Any]]
+) -> None:
+    wrapper, _ = counting_wrapper(tmp_path / "bin")
+    decl = stdio_decl(wrapper, extra="max_processes = 1\nslot_timeout = 0.5")
+    world = discovered_world(tmp_path / "w", {"fix": decl}, fixture_tools)
+    tokens = {"ga": make_canary("LA"), "gb": make_canary("LB")}
+    for group, token in tokens.items():
+        world.add_credential(f"tok-{group}", "fixtoken", {"token": token})
+        world.allow(group, "fix.*")
+        world.bind(group, "fix", f"tok-{group}")
+    transcript = Transcript()
+    slept: list[str] = []
+
+    async def long_call() -> None:
+        slept.append(result_text(await transcript.call(a, "fix_sleep", {"seconds": 1.5})))
+
+    try:
+        with anyio.fail_after(40):
+            async with world.gateway() as gw, gw.running(), connect(gw, "ga") as a, connect(gw, "gb") as b:
+                await transcript.call(a, "fix_pid")
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(long_call)
+                    await anyio.sleep(0.2)
+                    refused = await transcript.call(b, "fix_token_hash")
+    finally:
+        world.close()
+
+    assert refused.is_error
+    assert result_text(refused) == (
+        "upstream fix: all of its 1 processes are busy (max_processes = 1); none came free within 0.5 s"
+    )
+    assert slept == ["slept"]
+    assert_no_leak(transcript.text(), *tokens.values())

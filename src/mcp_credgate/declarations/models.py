@@ -427,7 +427,7 @@ class McpHandler(_Model):
     @property
     def slot_wait(self) -> float:
         """How long a call waits for one of the `max_processes` to come free: `slot_timeout`, else one call's
-        `timeout` (by then every call in flight has ended or timed out, and its process made room)."""
+        `timeout` (by then every call in flight when it began has ended or timed out, its process idle)."""
         return self.slot_timeout if self.slot_timeout is not None else self.timeout
 
     def tool_name(self, declaration_name: str, upstream_tool: str) -> str:
