@@ -394,8 +394,9 @@ SANDBOX_OFF_BY: dict[SandboxState, str] = {"off: declaration": "sandbox = false"
 
 
 def _upstream_json(name: str, upstream: Upstream, sandboxing: bool) -> dict[str, Any]:
-    """An upstream MCP server as `tools --json` lists it: how it is reached, and whether it runs sandboxed
-    ("sandbox": "on" | "off", with what turned it off; null for a remote one)."""
+    """An upstream MCP server as `tools --json` lists it: how it is reached, whether it runs sandboxed
+    ("sandbox": "on" | "off", with what turned it off; null for a remote one), and how many of its processes
+    may be alive at once ("max_processes", null: no limit)."""
     state = sandbox_state(upstream.handler, sandboxing)
     return {
         "name": name,
@@ -403,15 +404,18 @@ def _upstream_json(name: str, upstream: Upstream, sandboxing: bool) -> dict[str,
         "transport": "stdio" if upstream.handler.command is not None else "http",
         "sandbox": None if state is None else state.partition(":")[0],
         "sandbox_off_by": SANDBOX_OFF_BY.get(state) if state is not None else None,
+        "max_processes": upstream.handler.max_processes,
     }
 
 
 def _upstream_line(upstream: Mapping[str, Any]) -> str:
     line = f"upstream {upstream['name']}  [{upstream['transport']}]"
     if upstream["sandbox"] == "on":
-        return f"{line}  sandbox: on"
-    if upstream["sandbox"] == "off":
-        return f"{line}  sandbox: off ({upstream['sandbox_off_by']})"
+        line += "  sandbox: on"
+    elif upstream["sandbox"] == "off":
+        line += f"  sandbox: off ({upstream['sandbox_off_by']})"
+    if upstream["max_processes"] is not None:
+        line += f"  max_processes: {upstream['max_processes']}"
     return line
 
 

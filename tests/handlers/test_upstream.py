@@ -223,6 +223,24 @@ BAD_HANDLERS = {
         "a placeholder in the scheme, host or port is not allowed",
     ),
     "unknown_isolation": ('command = "srv"\nisolation = "process"', "handler.isolation", "'group' or 'agent'"),
+    "max_processes_zero": ('command = "srv"\nmax_processes = 0', "handler.max_processes", "at least 1"),
+    "max_processes_text": ('command = "srv"\nmax_processes = "4"', "handler.max_processes", "a whole number"),
+    "max_processes_fraction": ('command = "srv"\nmax_processes = 2.5', "handler.max_processes", "a whole number"),
+    "max_processes_remote": (
+        'url = "https://example.com/mcp"\nmax_processes = 4',
+        "handler.max_processes",
+        "a remote upstream (url) runs no process here",
+    ),
+    "slot_timeout_without_max_processes": (
+        'command = "srv"\nslot_timeout = 5',
+        "handler.slot_timeout",
+        "no slot to wait for without max_processes",
+    ),
+    "slot_timeout_zero": (
+        'command = "srv"\nmax_processes = 2\nslot_timeout = 0',
+        "handler.slot_timeout",
+        "greater than 0",
+    ),
     "credential_over_plain_http": (
         'url = "http://mcp.example.com/mcp"\nheaders = { Authorization = "Bearer {cred.token}" }',
         "handler.url",
@@ -246,6 +264,22 @@ def test_bad_upstream_declarations_are_named_with_file_and_field(tmp_path: Path,
 
     assert any(p.startswith(f"{path}: {where}: ") and message in p for p in catalog.problems), catalog.problems
     assert "bad" not in catalog.upstreams and "bad" not in catalog.tools
+
+
+def test_max_processes_and_slot_timeout_are_read_apart_from_the_sandboxs_own_limit(tmp_path: Path) -> None:
+    folder = tmp_path / "tools.d"
+    write_tool(folder, "plain.toml", stdio_decl(tmp_path / "w.py", name="plain"))
+    extra = "max_processes = 4\nslot_timeout = 7.5\nsandbox.max_processes = 64"
+    write_tool(folder, "capped.toml", stdio_decl(tmp_path / "w.py", name="capped", extra=extra))
+
+    catalog = load_catalog([folder])
+
+    assert catalog.problems == ()
+    plain, capped = (catalog.upstreams[n].decl.handler for n in ("plain", "capped"))
+    assert isinstance(plain, McpHandler) and isinstance(capped, McpHandler)
+    assert (plain.max_processes, plain.slot_timeout, plain.slot_wait) == (None, None, plain.timeout)
+    assert (capped.max_processes, capped.slot_timeout, capped.slot_wait) == (4, 7.5, 7.5)
+    assert capped.sandbox is not None and capped.sandbox.max_processes == 64  # RLIMIT_NPROC in one sandbox
 
 
 def test_isolation_is_group_unless_a_declaration_says_agent(tmp_path: Path) -> None:
@@ -309,6 +343,19 @@ def test_tools_discovers_the_upstream_once_and_caches_its_tools(
 
     ok(run_cli("tools", "--refresh"))
     assert starts(counter) == 2
+
+
+def test_tools_reports_an_upstreams_max_processes(run_cli: Any, tools_dir: Path, tmp_path: Path) -> None:
+    wrapper, _ = counting_wrapper(tmp_path / "bin")
+    write_tool(tools_dir, "capped.toml", stdio_decl(wrapper, name="capped", extra="max_processes = 4"))
+    write_tool(tools_dir, "open.toml", stdio_decl(wrapper, name="open"))
+
+    data = json.loads(run_cli("tools", "--json").stdout)
+    text = run_cli("tools").stdout
+
+    assert {u["name"]: u["max_processes"] for u in data["upstreams"]} == {"capped": 4, "open": None}
+    assert "upstream capped  [stdio]  sandbox: on  max_processes: 4\n" in text
+    assert "upstream open  [stdio]  sandbox: on\n" in text
 
 
 def test_tools_applies_the_allow_list_and_the_prefix(run_cli: Any, tools_dir: Path, tmp_path: Path) -> None:

@@ -125,6 +125,12 @@ def mcp_problems(label: str, tool: ToolDeclaration, handler: McpHandler) -> list
     templates += [(f"handler.args[{i}]", a) for i, a in enumerate(handler.args)]
     templates += [(f"handler.env.{k}", v) for k, v in handler.env.items()]
     templates += [(f"handler.headers.{k}", v) for k, v in handler.headers.items()]
+    if handler.url is not None and handler.max_processes is not None:
+        problems.append(
+            f"{label}: handler.max_processes: a remote upstream (url) runs no process here: there is nothing to cap"
+        )
+    if handler.slot_timeout is not None and handler.max_processes is None:
+        problems.append(f"{label}: handler.slot_timeout: there is no slot to wait for without max_processes")
     for where, text in templates:
         problems += _template_problems(label, where, text, tool)
         if "{args." in text:

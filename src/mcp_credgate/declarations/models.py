@@ -20,6 +20,7 @@ from ..isolation import Isolation
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 FIELD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 MAX_VALUE_BYTES = 64 * 1024
+MAX_PROCESSES_LIMIT = 100_000  # the highest `max_processes` of an upstream's declaration
 NON_SECRET_KINDS = frozenset({"username", "text"})
 
 FieldKind = Literal["api_key", "token", "username", "password", "oauth2", "text"]
@@ -359,7 +360,9 @@ class SandboxSpec(_Model):
     write: tuple[SandboxPath, ...] = ()
     network: bool = True  # true: the host's network, loopback services included
     max_memory_mb: Annotated[int, Field(ge=64, le=1024 * 1024)] = 2048  # per process (RLIMIT_DATA)
-    max_processes: Annotated[int, Field(ge=8, le=1024 * 1024)] = 512  # processes and threads (RLIMIT_NPROC)
+    # processes and threads inside this one sandbox (RLIMIT_NPROC); how many sandboxed upstreams run at once
+    # is the handler's own max_processes
+    max_processes: Annotated[int, Field(ge=8, le=1024 * 1024)] = 512
     max_home_mb: Annotated[int, Field(ge=1, le=1024 * 1024)] = 1024  # at start; and per file (RLIMIT_FSIZE)
 
 
@@ -379,7 +382,23 @@ class McpHandler(_Model):
     start_timeout: Annotated[float, Field(gt=0, le=600)] = 20.0  # start and handshake
     idle_timeout: Annotated[float, Field(gt=0)] = 300.0  # stop an unused upstream after this long
     isolation: Isolation = "group"  # one upstream per (credential, group), or per (credential, group, agent)
+    # Upstream processes of this declaration alive at once, over all its scopes (None: no limit). Not
+    # sandbox.max_processes, which bounds the processes and threads inside one sandbox (RLIMIT_NPROC).
+    max_processes: int | None = None
+    slot_timeout: Annotated[float, Field(gt=0, le=3600)] | None = None  # a call's wait for one; None: `timeout`
     sandbox: SandboxSpec | None = SandboxSpec()
+
+    @field_validator("max_processes", mode="before")
+    @classmethod
+    def _process_count(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_PROCESSES_LIMIT:
+            raise ValueError(
+                f"must be a whole number of processes, at least 1 and at most {MAX_PROCESSES_LIMIT} (leave it "
+                "out for no limit); the processes inside one sandbox are sandbox.max_processes"
+            )
+        return value
 
     @field_validator("sandbox", mode="before")
     @classmethod
@@ -404,6 +423,12 @@ class McpHandler(_Model):
     def sandboxed(self) -> bool:
         """Whether its declaration wants a sandbox: a stdio upstream that did not opt out."""
         return self.command is not None and self.sandbox is not None
+
+    @property
+    def slot_wait(self) -> float:
+        """How long a call waits for one of the `max_processes` to come free: `slot_timeout`, else one call's
+        `timeout` (by then every call in flight when it began has ended or timed out, its process idle)."""
+        return self.slot_timeout if self.slot_timeout is not None else self.timeout
 
     def tool_name(self, declaration_name: str, upstream_tool: str) -> str:
         prefix = declaration_name if self.prefix is None else self.prefix

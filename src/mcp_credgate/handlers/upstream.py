@@ -46,6 +46,7 @@ from ..isolation import UpstreamScope, upstream_scope
 from ..redact import Redactor, redactor_for
 from ..relay import AgentRequest, Relay, forget_related_request
 from ..sandbox import SandboxPolicy
+from ..slots import ProcessSlots
 from .http import render
 from .keepalive import KeepAliveTransport
 
@@ -62,6 +63,10 @@ class UpstreamError(Exception):
 
 class UpstreamTimeout(UpstreamError):
     """The upstream did not answer in time."""
+
+
+class UpstreamBusy(UpstreamError):
+    """All of the declaration's `max_processes` were busy for as long as a call may wait for one."""
 
 
 def _passed_through() -> dict[str, str]:
@@ -175,7 +180,7 @@ def _log_lines(name: str, stream: IO[str], redactor: Redactor) -> None:
             logger.info("upstream %s: %s", name, redactor.text(line.rstrip("\n"))[:2000])
 
 
-@dataclass
+@dataclass(eq=False)  # one running upstream each: told apart by identity (kept in sets)
 class Session:
     """A running upstream: its client, its relay, and the event that stops the task holding it open."""
 
@@ -186,8 +191,16 @@ class Session:
     error: BaseException | None = None
     ready: anyio.Event = field(default_factory=anyio.Event)
     stop: anyio.Event = field(default_factory=anyio.Event)
-    last_used: float = field(default_factory=time.monotonic)
+    last_used: float = field(default_factory=time.monotonic)  # the last request began
+    last_done: float = field(default_factory=time.monotonic)  # the last request ended: idle since
     idle_timeout: float = 300.0
+    in_flight: int = 0  # requests sent and not yet answered (or being sent)
+
+    @property
+    def idle(self) -> bool:
+        """Running, with no request in flight, no subscriber, and not asked to stop: it may be stopped."""
+        running = self.client is not None and not self.stop.is_set()
+        return running and self.in_flight == 0 and not self.relay.has_subscribers
 
     @property
     def live(self) -> Client:
@@ -200,6 +213,10 @@ class Session:
 def _announced(client: Client) -> dict[str, Any]:
     """The capabilities an upstream announced at its handshake, as JSON."""
     return client.server_capabilities.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _last_done(session: Session) -> float:
+    return session.last_done
 
 
 def _error_result(text: str) -> types.CallToolResult:
@@ -260,6 +277,8 @@ class UpstreamPool:
         self._sessions: dict[UpstreamScope, Session] = {}
         self._locks: dict[UpstreamScope, anyio.Lock] = {}
         self._failures: dict[UpstreamScope, int] = {}
+        self._slots: dict[str, ProcessSlots] = {}  # per declaration: its max_processes
+        self._holding: set[Session] = set()  # sessions whose process may be alive (their task still runs)
         self._fingerprint_key = secrets.token_bytes(32)
         self._reaper = anyio.CancelScope()
         task_group.start_soon(self._reap_idle)
@@ -307,11 +326,7 @@ class UpstreamPool:
         as its MCPError."""
         _check_scope(scope, handler, credential, agent)
         name = scope.server
-        session = await self.session(scope, handler, credential)
-        if await _closed_meanwhile(session):
-            self._retire(session)
-            session = await self.session(scope, handler, credential)
-        session.last_used = time.monotonic()
+        session = await self._in_use(scope, handler, credential)
         try:
             with anyio.fail_after(handler.timeout):
                 with session.relay.serving(agent):  # until the answer: what comes later is no one's
@@ -325,6 +340,8 @@ class UpstreamPool:
                 raise
             self._retire(session)
             raise UpstreamError(f"upstream {name} closed the connection during the request") from None
+        finally:
+            self._done_with(session)
 
     async def discover(
         self, scope: UpstreamScope, handler: McpHandler, credential: Credential
@@ -332,15 +349,66 @@ class UpstreamPool:
         """The upstream's tools and the capabilities it announced, as JSON: listed by the scope's upstream
         (`UpstreamScope.for_discovery` outside any agent's request), as the gateway's own request."""
         _check_scope(scope, handler, credential, None)
-        session = await self.session(scope, handler, credential)
-        with anyio.fail_after(handler.start_timeout), session.relay.serving(None):
-            listed = await session.live.list_tools()
+        session = await self._in_use(scope, handler, credential)
+        try:
+            with anyio.fail_after(handler.start_timeout), session.relay.serving(None):
+                listed = await session.live.list_tools()
+        finally:
+            self._done_with(session)
         tools = [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in listed.tools]
         return tools, _announced(session.live)
 
+    async def _in_use(self, scope: UpstreamScope, handler: McpHandler, credential: Credential) -> Session:
+        """The scope's running upstream, marked in use until `_done_with`: no idle stop takes it meanwhile.
+        One whose connection ended since its last request (it died while idle) is replaced first."""
+        session = await self.session(scope, handler, credential)
+        session.in_flight += 1  # no await since `session` returned: no other task saw it idle meanwhile
+        if await _closed_meanwhile(session):
+            self._done_with(session)
+            self._retire(session)
+            session = await self.session(scope, handler, credential)
+            session.in_flight += 1
+        session.last_used = time.monotonic()
+        return session
+
+    def _done_with(self, session: Session) -> None:
+        """A request has ended: its upstream is idle from now on, unless another is in flight. A call that
+        waits for a slot of the same declaration then gets the least recently used idle one's."""
+        session.in_flight -= 1
+        session.last_done = time.monotonic()
+        if session.in_flight == 0:
+            self._make_room(session.key.server)
+
+    def _make_room(self, name: str) -> None:
+        """Stop as many idle upstreams of the declaration as calls wait for a slot, least recently used
+        first; those already stopping count (their slots are on the way)."""
+        slots = self._slots.get(name)
+        if slots is None or slots.waiting == 0:
+            return
+        stopping = sum(1 for s in self._holding if s.key.server == name and s.stop.is_set())
+        idle = sorted((s for s in self._sessions.values() if s.key.server == name and s.idle), key=_last_done)
+        for session in idle[: max(0, slots.waiting - stopping)]:
+            logger.info("stopping idle upstream %s: a call waits for one of its max_processes", session.key)
+            self._retire(session)
+
+    async def _slot(self, name: str, handler: McpHandler) -> None:
+        """One of the declaration's `max_processes`, held until the process has exited (`_hold` gives it
+        back). UpstreamBusy when none comes free within the handler's `slot_wait`."""
+        slots = self._slots.get(name)
+        if slots is None:
+            slots = self._slots[name] = ProcessSlots(handler.max_processes)
+        elif slots.limit != handler.max_processes:
+            slots.resize(handler.max_processes)
+        if not await slots.take(handler.slot_wait, lambda: self._make_room(name)):
+            raise UpstreamBusy(
+                f"upstream {name}: all of its {handler.max_processes} processes are busy "
+                f"(max_processes = {handler.max_processes}); none came free within {handler.slot_wait:g} s"
+            )
+
     async def session(self, scope: UpstreamScope, handler: McpHandler, credential: Credential) -> Session:
         """The running upstream of the scope, started (or restarted after a change of its credential or
-        declaration) when needed. Never another scope's: the scope is the whole key."""
+        declaration) when needed. Never another scope's: the scope is the whole key. Starting one waits for
+        one of the declaration's `max_processes` (UpstreamBusy when none comes free in time)."""
         key, name = scope, scope.server
         fingerprint = self._fingerprint(handler, credential)
         async with self._locks.setdefault(key, anyio.Lock()):
@@ -353,6 +421,8 @@ class UpstreamPool:
             await anyio.sleep(RESTART_BACKOFF[min(failures, len(RESTART_BACKOFF) - 1)])
             relay = Relay(name, redactor_for(credential), remote=handler.url is not None)
             session = Session(key, fingerprint, relay, idle_timeout=handler.idle_timeout)
+            await self._slot(name, handler)  # from here until its process has exited (`_hold`)
+            self._holding.add(session)
             self._tg.start_soon(self._hold, handler, credential, session)
             with anyio.move_on_after(handler.start_timeout):
                 await session.ready.wait()
@@ -391,6 +461,8 @@ class UpstreamPool:
             session.ready.set()
             if self._sessions.get(session.key) is session:
                 del self._sessions[session.key]
+            self._holding.discard(session)
+            self._slots[name].give_back()  # its process has exited (the SDK waits for it)
 
     def _started(self, name: str, client: Client) -> None:
         if self._on_start is None:
@@ -414,7 +486,7 @@ class UpstreamPool:
     def _stop_idle(self) -> None:
         now = time.monotonic()
         for session in list(self._sessions.values()):
-            if now - session.last_used > session.idle_timeout and not session.relay.has_subscribers:
+            if now - session.last_done > session.idle_timeout and session.idle:
                 logger.info("stopping idle upstream %s", session.key)
                 self._retire(session)
         for key in [k for k, lock in self._locks.items() if k not in self._sessions and not lock.locked()]:
