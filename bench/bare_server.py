@@ -1,7 +1,11 @@
-"""The baseline: a bare `mcp` low-level server over stdio with one echo tool, nothing else."""
+"""The baseline: a bare `mcp` low-level server over stdio with one echo tool, nothing else.
+
+`--pipe-wire`: the same server on credgate's stdio wire (`serving/pipes.py`: read and written on the event loop)
+instead of the SDK's threaded one, so that credgate's own work per call can be compared on an equal wire."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import anyio
@@ -30,6 +34,12 @@ async def on_call_tool(ctx: ServerRequestContext[Any], params: types.CallToolReq
 
 async def main() -> None:
     server: Server[Any] = Server("bare-echo", on_list_tools=on_list_tools, on_call_tool=on_call_tool)
+    if "--pipe-wire" in sys.argv:
+        from mcp_credgate.serving.pipes import pipe_wire
+
+        async with pipe_wire() as wire, stdio_server(*wire or ()) as (read_stream, write_stream):
+            await server.run(read_stream, write_stream, server.create_initialization_options())
+        return
     async with stdio_server() as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())
 

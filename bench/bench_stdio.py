@@ -5,11 +5,12 @@ injects on every call, then redacts the output and queues an audit row. Both run
 its own SDK stdio client, and the calls alternate between them one by one (so machine noise and drift
 hit both alike); throughput is calls per second of time spent waiting on that server.
 
-    python bench/bench_stdio.py [--calls 2000] [--block 300] [--before SRC]
+    python bench/bench_stdio.py [--calls 2000] [--block 300] [--before SRC] [--equal-wire]
 
 Each runs twice: calls alternating one by one, then in blocks of 300 consecutive calls per server (one agent's
 real pattern). `--before SRC` adds a third server: credgate run from another source tree's `src` (e.g. an
 earlier commit's, from `git archive`), on the same store: a before/after pair measured side by side.
+`--equal-wire` adds the bare server on credgate's stdio wire: credgate's own work per call, on an equal wire.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 HERE = Path(__file__).resolve().parent
+EQUAL = "bare, credgate's wire"
 TOOL = """
 name = "echo"
 description = "Echo the text back."
@@ -119,6 +121,7 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=2000, help="sequential calls per server (default 2000)")
     parser.add_argument("--block", type=int, default=300, help="consecutive calls per server in the second mode")
     parser.add_argument("--before", type=Path, help="another source tree's src: a second credgate, run from it")
+    parser.add_argument("--equal-wire", action="store_true", help="add the bare server on credgate's stdio wire")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         credgate_argv, credgate_env = setup_credgate(Path(tmp) / "home")
@@ -126,6 +129,8 @@ async def main() -> None:
             "bare mcp server": ([sys.executable, str(HERE / "bare_server.py")], {}),
             "credgate serve": (credgate_argv, credgate_env),
         }
+        if opts.equal_wire:
+            servers[EQUAL] = ([sys.executable, str(HERE / "bare_server.py"), "--pipe-wire"], {})
         if opts.before is not None:
             before_env = {**credgate_env, "PYTHONPATH": f"{opts.before.resolve()}{os.pathsep}{HERE}"}
             servers["credgate, before"] = (credgate_argv, before_env)
@@ -135,6 +140,9 @@ async def main() -> None:
             figures = print_table(results)
             bare = figures["bare mcp server"][0]
             print(f"throughput ratio credgate/bare: {figures['credgate serve'][0] / bare:.2f} (target >= 0.95)")
+            if EQUAL in figures:
+                same_wire = figures["credgate serve"][0] / figures[EQUAL][0]
+                print(f"throughput ratio credgate/bare on the same wire: {same_wire:.2f}")
             if "credgate, before" in figures:
                 before = figures["credgate, before"][0]
                 print(f"throughput ratio credgate before/bare: {before / bare:.2f}, ", end="")
