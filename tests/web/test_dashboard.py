@@ -32,6 +32,8 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from mcp_credgate import admin as admin_rules
+from mcp_credgate import people
 from mcp_credgate.agents import create_agent
 from mcp_credgate.credential import mask
 from mcp_credgate.gateway import Gateway
@@ -1249,6 +1251,45 @@ def test_connecting_from_the_setup_page_binds_after_the_callback(
     assert world.store.group("ops").tools["whoami"] == "acme-ops"
     assert world.store.read_credential("acme-ops")["token"] == provider.current_access_token
     assert row_status(tool_rows(admin.get("/groups/ops").text)["whoami"])[0] == "ready"
+
+
+def test_a_member_connects_their_own_account_from_their_personal_setup_page(
+    app: Starlette, world: World, provider: OAuthProvider
+) -> None:
+    admin_allow_personal(world, "ops", "whoami")
+    secret = people.create_user(world.store, "alice")
+    world.store.add_members("ops", ["alice"])
+    alice = sign_in(fresh_client(app), secret)
+    setup = "/users/alice/groups/ops/tools/whoami/setup"
+    csrf = csrf_of(alice.get(setup).text)
+
+    response = alice.client.post(
+        setup,
+        data={
+            "csrf": csrf,
+            "mode": "new",
+            "name": "acme-alice",
+            "field_client_id": provider.client_id,
+            "field_client_secret": CLIENT_SECRET,
+            "action": "connect",
+        },
+    )
+    callback = provider_redirect(location(response))
+    with closing(fresh_client(app)) as from_provider:
+        page = from_provider.get(callback)
+
+    assert page.status_code == 200, page.text
+    assert "acme-alice, bound to whoami for ops" in page.text and 'href="/me"' in page.text
+    assert world.store.credential_info("acme-alice").owner == "alice"
+    assert world.store.personal_bindings("ops", "alice") == {("whoami", "alice"): "acme-alice"}
+    assert world.store.group("ops").tools["whoami"] is None  # nothing shared was bound
+    assert not leaks(page.text, PROVIDER_PREFIX) and not leaks(page.text, CLIENT_SECRET)
+
+
+def admin_allow_personal(world: World, group: str, tool: str) -> None:
+    if not world.store.group_exists(group):
+        world.store.add_group(group)
+    admin_rules.allow(world.store, world.catalog, group, [tool], personal=True)
 
 
 @pytest.mark.parametrize("change", ["tool-removed", "group-deleted"])
