@@ -474,17 +474,8 @@ class Redactor:
         if not self._sources:
             return value
         leaves: list[_Leaf] = []
-        keys: list[Any] = []
-        alone: list[Any] = []
-        plain = _collect(value, leaves, keys, alone)
+        _collect(value, leaves)
         redacted = self._leaves(leaves)
-        if (
-            redacted is leaves
-            and plain
-            and all(self._key(k) == k for k in keys)
-            and all(self.obj(item, typed=typed) is item for item in alone)
-        ):
-            return value  # plain JSON in which nothing is to be replaced: what a rebuild would copy
         if typed:
             redacted = [
                 type(old)() if isinstance(new, str) and not isinstance(old, str) else new
@@ -545,37 +536,23 @@ def _cut(leaf: _Leaf, text: str, offset: int, spans: list[tuple[int, int, str]])
     return "".join(parts)
 
 
-def _collect(value: Any, leaves: list[_Leaf], keys: list[Any], alone: list[Any]) -> bool:
-    """The values of a JSON-like value in reading order into `leaves`; its keys into `keys` and what an MCP
-    content block says of itself into `alone` (each redacted on its own, see `_aside`). Returns whether the
-    value is plain JSON (dicts with text keys, lists, text, numbers, booleans, None): one that can be handed
-    back as it is when nothing in it changes."""
+def _collect(value: Any, leaves: list[_Leaf]) -> None:
+    """The values of a JSON-like value in reading order (keys aside: each is redacted on its own, and so is
+    what an MCP content block says of itself, see `_aside`)."""
     if isinstance(value, (str, bool, int, float)):
         leaves.append(value)
-        return True
-    if isinstance(value, Mapping):
+    elif isinstance(value, Mapping):
         block = _is_content_block(value)
-        plain = type(value) is dict
         for k, item in value.items():
-            keys.append(k)
-            plain = plain and isinstance(k, str)
-            if block and _aside(k, item):
-                alone.append(item)
-            else:
-                plain = _collect(item, leaves, keys, alone) and plain
-        return plain
-    if isinstance(value, (list, tuple, set, frozenset)):
-        plain = type(value) is list
+            if not (block and _aside(k, item)):
+                _collect(item, leaves)
+    elif isinstance(value, (list, tuple, set, frozenset)):
         for item in value:
-            plain = _collect(item, leaves, keys, alone) and plain
-        return plain
-    if isinstance(value, (bytes, bytearray)):
+            _collect(item, leaves)
+    elif isinstance(value, (bytes, bytearray)):
         leaves.append(bytes(value).decode("utf-8", errors="replace"))
-        return False
-    if value is not None:
+    elif value is not None:
         leaves.append(str(value))
-        return False
-    return True
 
 
 _CONTENT_TYPES = frozenset({"text", "image", "audio", "resource", "resource_link"})
