@@ -343,7 +343,7 @@ async def test_a_member_without_a_credential_gets_a_personal_warning_with_their_
     assert warning["setup_command"] == (
         "credgate cred add <name> --tool whoami --owner bob && credgate bind team whoami <name> --user bob"
     )
-    assert "Not set up yet" in {t.name: t for t in listing.tools}["whoami"].description
+    assert "Not set up yet" in ({t.name: t for t in listing.tools}["whoami"].description or "")
     assert upstream.seen() == []
 
 
