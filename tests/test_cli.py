@@ -398,6 +398,7 @@ def test_group_show_gives_each_tool_a_status(team: CliRun) -> None:
         "credential": None,
         "credential_type": None,
         "missing_fields": [],
+        "scope": "shared",
     }
     assert by_tool["weather"]["status"] == "ready"
     assert by_tool["weather"]["credential"] == "wk"
@@ -609,6 +610,7 @@ def test_audit_reads_rows_newest_first_with_filters(cli: CliRun, home: Path, too
         "ts": "2024-05-01T10:00:02.000+00:00",
         "group": "ops",
         "agent": "bot2",
+        "user": None,
         "tool": "weather",
         "credential": None,
         "outcome": "missing_credential",

@@ -1433,7 +1433,14 @@ def test_group_show_status_of_a_bound_oauth2_credential(
 
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.stdout)["tools"] == [
-        {"tool": "whoami", "status": status, "credential": "acme1", "credential_type": "acme", "missing_fields": []}
+        {
+            "tool": "whoami",
+            "status": status,
+            "credential": "acme1",
+            "credential_type": "acme",
+            "missing_fields": [],
+            "scope": "shared",
+        }
     ]
     if status == "expired":
         assert "whoami  expired (reconnect with `credgate cred connect`)  credential acme1" in text.stdout

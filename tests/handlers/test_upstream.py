@@ -440,6 +440,7 @@ def test_group_allow_deny_and_bind_for_an_upstream(
             "credential": None,
             "credential_type": "fixtoken",
             "missing_fields": ["token"],
+            "scope": "shared",
         },
     ]
     assert [t["tool"] for t in show("alias")] == ["fix.*"]  # the alias is stored as NAME.*
@@ -454,7 +455,14 @@ def test_group_allow_deny_and_bind_for_an_upstream(
     ok(run_cli("bind", "some", "fix_pid", "tok"))  # one of its tools binds the whole upstream
 
     assert show("all") == [
-        {"tool": "fix.*", "status": "ready", "credential": "tok", "credential_type": "fixtoken", "missing_fields": []},
+        {
+            "tool": "fix.*",
+            "status": "ready",
+            "credential": "tok",
+            "credential_type": "fixtoken",
+            "missing_fields": [],
+            "scope": "shared",
+        },
     ]
     assert {t["tool"]: (t["status"], t["credential"]) for t in show("some")} == {
         "fix_pid": ("ready", "tok"),
