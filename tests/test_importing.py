@@ -95,7 +95,13 @@ def test_csv_adds_one_credential_per_row_and_an_empty_cell_is_no_value(
     path = write(tmp_path, "people.csv", f'name,username,password,note\nalice,alice,{a},\nbob,bob,"{b}","desk, 2"\n')
     result = cli("cred", "import", path, "--tool", "login", "--json")
     assert_ok(result)
-    assert json.loads(result.stdout) == {"file": path, "type": "account", "credentials": 2, "dry_run": False, "owner": None}
+    assert json.loads(result.stdout) == {
+        "file": path,
+        "type": "account",
+        "credentials": 2,
+        "dry_run": False,
+        "owner": None,
+    }
     assert stored(settings) == {
         "alice": {"username": "alice", "password": a},
         "bob": {"username": "bob", "password": b, "note": "desk, 2"},
