@@ -551,8 +551,8 @@ def cred_add(
         raise click.UsageError("give exactly one of --type TYPE or --tool TOOL")
     spec = admin.spec_for(app.catalog, type_name, tool_name)
     store = app.store
-    if owner is not None and not store.user_exists(owner):
-        raise NotFoundError(f"no user named {owner!r} (see `credgate user list`)")
+    if owner is not None:
+        store.require_user(owner)
     values = _read_values(spec, sets, from_json, prompt=True)
     admin.add_credential(store, spec, name, values, owner)
     whose = f", {owner}'s own" if owner else ""
@@ -675,8 +675,8 @@ def cred_connect(
     if provider is None:
         raise ConflictError(f"type {spec.type!r} has no oauth2 field: add its values with `credgate cred add`")
     given = _read_values(spec, sets, from_json, prompt=False)
-    if owner is not None and not app.store.user_exists(owner):
-        raise NotFoundError(f"no user named {owner!r} (see `credgate user list`)")
+    if owner is not None:
+        app.store.require_user(owner)
     client, uid = _client_values(app.store, spec, name, given)
     if uid is not None and owner is not None and app.store.credential_info(name).owner != owner:
         raise ConflictError(
@@ -759,8 +759,8 @@ def _has_desktop() -> bool:
 @pass_app
 def cred_list(app: App, limit: int | None, owner: str | None) -> None:
     """List credentials by name (types, fields, owners, bindings; no values), streamed as they are read."""
-    if owner is not None and not app.store.user_exists(owner):
-        raise NotFoundError(f"no user named {owner!r} (see `credgate user list`)")
+    if owner is not None:
+        app.store.require_user(owner)
     app.out_list(
         _first(app.store.iter_credentials(owner=owner, batch=_batch(limit)), limit),
         lambda i: {

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 from .credential_files import CredentialRecord
 from .declarations import NAME_PATTERN, CredentialSpec
-from .errors import CredentialValueError, NameTakenError, NotFoundError
+from .errors import CredentialValueError, NameTakenError
 from .store import Store
 
 __all__ = ["CHECK_PROGRESS_EVERY", "STORE_PROGRESS_FROM", "import_credentials"]
@@ -41,8 +41,8 @@ def import_credentials(
     """Check the records `read()` gives, then (unless `dry_run`) store them all in one transaction (`owner`: as
     that user's personal credentials). Returns how many there are. Raises CredentialValueError naming `source`,
     the line and the field on the first problem."""
-    if owner is not None and not store.user_exists(owner):
-        raise NotFoundError(f"no user named {owner!r} (see `credgate user list`)")
+    if owner is not None:
+        store.require_user(owner)
     first_line: dict[str, int] = {}
     pending: list[CredentialRecord] = []
     for record in read():

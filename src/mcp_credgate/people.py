@@ -16,7 +16,7 @@ from . import oauth
 from .admin import check_credential, check_scope, scope_entries, target_of
 from .allow import AllowEntry
 from .declarations import Catalog, Tool, Upstream
-from .errors import ConflictError, CredentialValueError, NotFoundError
+from .errors import ConflictError, CredentialValueError
 from .readiness import Status, verdict
 from .store import Store
 
@@ -67,8 +67,7 @@ def renew_user_secret(store: Store, name: str) -> str:
 
 def bind_personal(store: Store, catalog: Catalog, group: str, tool_name: str, credential: str, user: str) -> None:
     """A member's personal binding: a credential of the tool's type that the member owns."""
-    if not store.user_exists(user):
-        raise NotFoundError(f"no user named {user!r} (see `credgate user list`)")
+    store.require_user(user)
     check_credential(store, catalog, tool_name, credential, owner=user)
     if not scope_entries(store, catalog, group, tool_name):
         raise ConflictError(
@@ -140,8 +139,7 @@ def missing_personal(store: Store, catalog: Catalog) -> list[str]:
 
 def require_member(store: Store, group: str, user: str) -> None:
     """Refuse a user who does not exist or is not a member of the group (`serve --user`)."""
-    if not store.user_exists(user):
-        raise NotFoundError(f"no user named {user!r} (see `credgate user list`)")
+    store.require_user(user)
     if not store.is_member(group, user):
         raise ConflictError(
             f"user {user!r} is not a member of group {group!r}: run `credgate group member add {group} {user}`"

@@ -29,10 +29,7 @@ class Agents(StoreBase):
                 raise ConflictError(f"an agent named {name!r} exists already")
             uid = None
             if user is not None:
-                found = conn.execute("SELECT id FROM users WHERE name = ?", (user,)).fetchone()
-                if found is None:
-                    raise NotFoundError(f"no user named {user!r} (see `credgate user list`)")
-                uid = found["id"]
+                uid = self._user_id(conn, user)
                 if not conn.execute("SELECT 1 FROM members WHERE group_id = ? AND user_id = ?", (gid, uid)).fetchone():
                     raise ConflictError(
                         f"user {user!r} is not a member of group {group!r}:"

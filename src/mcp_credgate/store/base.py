@@ -71,6 +71,12 @@ class StoreBase:
             raise NotFoundError(f"no agent group named {name!r} (see `credgate group list`)")
         return int(row["id"])
 
+    def _user_id(self, conn: Database, name: str) -> int:
+        row = conn.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no user named {name!r} (see `credgate user list`)")
+        return int(row["id"])
+
     # -- keys ----------------------------------------------------------------------------
 
     def _writing_key(self, conn: Database) -> MasterKey:

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from ..credential import Credential
 from ..crypto import DataKey, MasterKey, OpenError
-from ..errors import CiphertextError, ConflictError, NameTakenError, NotFoundError
+from ..errors import CiphertextError, ConflictError, NameTakenError
 from .base import StoreBase, now
 from .database import Database, PollingLock, Row
 from .paging import Rows, names_starting_with, page_rows
@@ -329,12 +329,7 @@ class Credentials(StoreBase):
         return sorted(infos, key=lambda info: info.name)  # byte order, as the store's (Python's str order)
 
     def _owner_id(self, conn: Database, owner: str | None) -> int | None:
-        if owner is None:
-            return None
-        row = conn.execute("SELECT id FROM users WHERE name = ?", (owner,)).fetchone()
-        if row is None:
-            raise NotFoundError(f"no user named {owner!r} (see `credgate user list`)")
-        return int(row["id"])
+        return None if owner is None else self._user_id(conn, owner)
 
     def read_credential(self, name: str) -> Credential:
         """Decrypt a whole record. Raises CiphertextError if any stored value no longer opens."""

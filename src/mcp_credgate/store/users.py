@@ -44,6 +44,11 @@ class Users(StoreBase):
             row = self._user_row(self._db, name)
             return self._user_infos([row])[0]
 
+    def require_user(self, name: str) -> None:
+        """NotFoundError (one line, naming the fix) unless a user of that name exists."""
+        with self._lock:
+            self._user_id(self._db, name)
+
     def user_exists(self, name: str) -> bool:
         return bool(self._query("SELECT 1 FROM users WHERE name = ?", (name,)))
 
@@ -170,7 +175,7 @@ class Users(StoreBase):
             gid = self._group_id(conn, group)
             added = []
             for name in dict.fromkeys(users):
-                uid = self._user_row(conn, name)["id"]
+                uid = self._user_id(conn, name)
                 if not conn.execute("SELECT 1 FROM members WHERE group_id = ? AND user_id = ?", (gid, uid)).fetchone():
                     conn.execute("INSERT INTO members (group_id, user_id) VALUES (?, ?)", (gid, uid))
                     added.append(name)
@@ -182,7 +187,7 @@ class Users(StoreBase):
         with self._write() as conn:
             gid = self._group_id(conn, group)
             for name in dict.fromkeys(users):
-                uid = self._user_row(conn, name)["id"]
+                uid = self._user_id(conn, name)
                 cur = conn.execute("DELETE FROM members WHERE group_id = ? AND user_id = ?", (gid, uid))
                 if cur.rowcount == 0:
                     raise NotFoundError(f"user {name!r} is not a member of group {group!r}")
@@ -231,7 +236,7 @@ class Users(StoreBase):
         Whether the group makes `target` personal is the caller's check (it knows the declarations)."""
         with self._write() as conn:
             gid = self._group_id(conn, group)
-            uid = self._user_row(conn, user)["id"]
+            uid = self._user_id(conn, user)
             cred = self._credential_row(conn, credential)
             owner = conn.execute("SELECT owner_id FROM credentials WHERE id = ?", (cred["id"],)).fetchone()["owner_id"]
             if owner != uid:
@@ -252,7 +257,7 @@ class Users(StoreBase):
     def unbind_personal(self, group: str, target: str, user: str) -> None:
         with self._write() as conn:
             gid = self._group_id(conn, group)
-            uid = self._user_row(conn, user)["id"]
+            uid = self._user_id(conn, user)
             cur = conn.execute(
                 "DELETE FROM personal_bindings WHERE group_id = ? AND target = ? AND user_id = ?", (gid, target, uid)
             )
