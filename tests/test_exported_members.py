@@ -25,6 +25,7 @@ PUBLIC_MODULES = [
     "mcp_credgate.allow",
     "mcp_credgate.arguments",
     "mcp_credgate.audit",
+    "mcp_credgate.client_documents",
     "mcp_credgate.config",
     "mcp_credgate.credential",
     "mcp_credgate.credential_files",
