@@ -8,15 +8,15 @@ a client whose `client_id` is an https URL, whose metadata the authorization ser
 The URL comes from whoever calls our authorization endpoint, so the fetch is a request to a place an attacker
 chooses, and the answer is the attacker's text. Hence:
 
-- Where we connect (SSRF). A literal address or a `localhost` name is refused before anything is sent. A name
+- Where we connect (SSRF). A refused literal address, or a `localhost` name, is refused before any look-up. A name
   is resolved when the connection is made, by the network backend given to httpcore2 (`_guarded_backend`):
   every address it resolves to must be globally routable (`address_refusal`), and the socket is opened to one
   of those very addresses. There is no second look-up, so a name that answers a public address first and a
   private one next (DNS rebinding) cannot slip through between a check and the fetch. TLS keeps the name: SNI
   and the certificate check are on the host of the URL, and so is the `Host` header.
 - What we send: GET with a User-Agent naming credgate, `Accept: application/json`, no cookies, no credentials.
-  httpcore2 is used directly, under httpx2: it never follows redirects, keeps no cookies and reads no proxy
-  settings from the environment (httpx2's transport has no way to take a network backend).
+  httpcore2, the engine under httpx2, is used directly, since httpx2's transport takes no network backend; it
+  never follows redirects, keeps no cookies and reads no proxy settings from the environment.
 - What we read: 200 with a JSON content type only (a redirect is refused, never followed), at most `max_bytes`
   of body. The stream stops being read once the answer passes the cap (plus a small allowance for headers), so
   a huge answer costs us little; the whole fetch runs under one deadline.
@@ -186,7 +186,7 @@ def _url_problem(url: str, allow_loopback: bool) -> str | None:
     if scheme not in ("https", "http"):
         return "the client_id is not an https URL"
     if not host or port == 0:
-        return "the client_id URL has no host"
+        return "the client_id URL has no host (or port 0)"
     if "@" in parts.netloc:
         return "the client_id URL carries user info"
     if "#" in url:
@@ -464,7 +464,7 @@ def _checked(url: str, metadata: Mapping[str, Any], shown: str, allow_loopback: 
     if metadata.get("client_id") != url:
         raise refuse("the document's client_id is not exactly its URL")
     if "client_secret" in metadata or "client_secret_expires_at" in metadata:
-        raise refuse("the document holds a client_secret; a metadata document is public and cannot")
+        raise refuse("the document holds a client_secret, which a public metadata document must not")
     method = metadata.get("token_endpoint_auth_method", "none")
     if method in _SECRET_METHODS:
         raise refuse(f"token_endpoint_auth_method {method} needs a shared secret, which a public document cannot")
