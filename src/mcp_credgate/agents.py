@@ -13,6 +13,7 @@ import time
 
 from mcp.server.auth.provider import AccessToken
 
+from .authorization import ACCESS_PREFIX, agent_access_token
 from .store import Store
 
 __all__ = [
@@ -47,17 +48,24 @@ def create_agent(store: Store, group: str, name: str, user: str | None = None) -
 
 class AgentTokenVerifier:
     """The SDK's `TokenVerifier`: a live agent's token → AccessToken(client_id=agent, claims={"group": …,
-    "user": … or None}).
+    "user": … or None}). The token is a static `cgt_` one, or an OAuth access token of a client's sign-in
+    (`authorization`), whose agent is the grant.
 
     Checked against the store on every request, so a revocation (or the agent's user leaving its group) takes
     effect at the next request.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, resource: str | None = None) -> None:
         self._store = store
+        self._resource = resource  # this server's, when it signs clients in: OAuth access tokens bound to it count
         self._touched: dict[str, float] = {}
 
     async def verify_token(self, token: str) -> AccessToken | None:
+        if token.startswith(ACCESS_PREFIX) and self._resource is not None:
+            granted = agent_access_token(self._store, token, self._resource)
+            if granted is not None:
+                self._touch(granted.client_id)
+            return granted
         if not token.startswith(TOKEN_PREFIX) or len(token) > MAX_TOKEN_LENGTH:
             return None
         digest = token_hash(token)

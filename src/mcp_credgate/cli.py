@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from itertools import islice
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
 import click
@@ -49,6 +49,9 @@ from .store import (
     store_location,
 )
 from .web.session import new_admin_secret
+
+if TYPE_CHECKING:  # the SDK's auth, for the HTTP server only
+    from .authorization import Registration
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -1159,19 +1162,23 @@ def agent_add(app: App, group: str, name: str, user: str | None) -> None:
 @common_options
 @pass_app
 def agent_list(app: App, limit: int | None) -> None:
-    """List agents by name with their group, creation, last use and revocation, streamed as they are read."""
+    """List agents by name with their kind (static token, or an OAuth client's sign-in), group, user, creation,
+    last use and revocation, streamed as they are read."""
     app.out_list(
         _first(app.store.iter_agents(batch=_batch(limit)), limit),
         lambda a: {
             "agent": a.name,
             "group": a.group,
             "user": a.user,
+            "kind": a.kind,
+            "client": a.client,
             "created_at": a.created_at,
             "last_used_at": a.last_used_at,
             "revoked_at": a.revoked_at,
         },
         lambda a: (
-            f"{a.name}  group {a.group}{f'  user {a.user}' if a.user else ''}  created {a.created_at}"
+            f"{a.name}  {a.kind}{f' client {a.client}' if a.client else ''}  group {a.group}"
+            f"{f'  user {a.user}' if a.user else ''}  created {a.created_at}"
             f"  last used {a.last_used_at or 'never'}" + (f"  REVOKED {a.revoked_at}" if a.revoked_at else "")
         ),
         "no agents (add one with `credgate agent add GROUP NAME`)",
@@ -1348,6 +1355,15 @@ def load_catalog_with_discovered(app: App) -> Catalog:
     is_flag=True,
     help="Run stdio upstreams without their sandbox (as CREDGATE_SANDBOX=off): each can read all this account can.",
 )
+@click.option(
+    "--registration",
+    type=click.Choice(["loopback", "open", "off"]),
+    envvar="CREDGATE_REGISTRATION",
+    default="loopback",
+    show_default=True,
+    help="With --http, which OAuth clients may register themselves (RFC 7591): those whose redirect URIs are "
+    "loopback, any, or none (clients with a metadata document still sign in).",
+)
 @common_options
 @pass_app
 def serve(
@@ -1360,6 +1376,7 @@ def serve(
     log_format: str,
     log_level: str,
     no_sandbox: bool,
+    registration: str,
 ) -> None:
     """Serve MCP: over stdio for one group, or with --http for every agent with a token."""
     catalog = app.catalog
@@ -1375,16 +1392,17 @@ def serve(
 
         settings = _served_at(app, host, port)
         if not is_loopback_host(host):
-            if not app.store.has_live_agent():
+            if not app.store.has_live_agent() and not app.store.has_members():
                 raise click.ClickException(
-                    "refusing to listen beyond loopback with no agent: create one with `credgate agent add GROUP NAME`"
+                    "refusing to listen beyond loopback with no agent and no member of a group to sign in: create "
+                    "one with `credgate agent add GROUP NAME`, or `credgate group member add GROUP USER`"
                 )
             hosts, origins = allowed_hosts_and_origins(host, port, settings.public_url)
             click.echo(f"binding {host}:{port}; allowed hosts: {', '.join(hosts)}", err=True)
             click.echo(f"allowed origins: {', '.join(origins)}", err=True)
         _warn_at_start(app, (g.name for g in app.store.iter_groups()))
         configure_logging(log_format, log_level)
-        anyio.run(serve_http, settings, catalog, host, port)
+        anyio.run(serve_http, settings, catalog, host, port, cast("Registration", registration))
         return
     if not group_name:
         raise click.ClickException(

@@ -38,11 +38,19 @@ def allowed_hosts_and_origins(host: str, port: int, public_url: str | None) -> t
 class RequestGuard:
     """Refuses foreign hosts/origins (403), query-string tokens (401) and oversized bodies (413) up front."""
 
-    def __init__(self, app: ASGIApp, hosts: list[str], origins: list[str], max_body: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        hosts: list[str],
+        origins: list[str],
+        max_body: int = MAX_BODY_BYTES,
+        cross_origin_paths: frozenset[str] = frozenset(),
+    ) -> None:
         self.app = app
         self.hosts = {h.lower() for h in hosts}
         self.origins = {o.lower() for o in origins}
         self.max_body = max_body
+        self.cross_origin_paths = cross_origin_paths  # called by other sites' pages (CORS): any Origin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,7 +68,7 @@ class RequestGuard:
         if host not in self.hosts:
             return PlainTextResponse("Forbidden: unknown Host", status_code=403)
         origin = headers.get("origin")
-        if origin is not None and origin.lower() not in self.origins:
+        if origin is not None and origin.lower() not in self.origins and scope["path"] not in self.cross_origin_paths:
             return PlainTextResponse("Forbidden: foreign Origin", status_code=403)
         query = scope.get("query_string", b"").decode("latin-1")
         if any(name.lower() in TOKEN_QUERY_NAMES for name, _ in parse_qsl(query, keep_blank_values=True)):

@@ -17,6 +17,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware, get_access_token
@@ -25,6 +26,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
@@ -33,15 +35,18 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..agents import AgentTokenVerifier
+from ..authorization import AuthorizationServer, Registration
 from ..caller import Caller
 from ..config import Settings
 from ..declarations import Catalog
 from ..gateway import Gateway
 from ..guard import MAX_BODY_BYTES, RequestGuard, allowed_hosts_and_origins
+from ..loopback import is_loopback_host
 from ..server import build_server
 from ..web.app import build_dashboard_app, routes
 from ..web.site import Site
 from .lifecycle import reload_on_sighup
+from .sign_in import CROSS_ORIGIN_PATHS, resource_metadata_url, sign_in_routes
 
 INVALID_TOKEN = "invalid or revoked token"
 
@@ -69,8 +74,16 @@ def identify(ctx: ServerRequestContext[Any] | None) -> Caller:
 
 
 def build_http_app(
-    gateway: Gateway, *, host: str, port: int, public_url: str | None, extra_routes: list[Route | Mount] | None = None
+    gateway: Gateway,
+    *,
+    host: str,
+    port: int,
+    public_url: str | None,
+    extra_routes: list[Route | Mount] | None = None,
+    sign_in: AuthorizationServer | None = None,
 ) -> Starlette:
+    """The MCP endpoints (and `extra_routes`: the dashboard's); with `sign_in`, the OAuth endpoints too, and
+    OAuth access tokens count beside the static ones."""
     hosts, origins = allowed_hosts_and_origins(host, port, public_url)
     security = TransportSecuritySettings(
         enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
@@ -83,10 +96,13 @@ def build_http_app(
         async with sse.connect_sse(scope, receive, send) as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())
 
+    metadata_url = AnyHttpUrl(resource_metadata_url(sign_in)) if sign_in is not None else None
+
     def protected(app: ASGIApp) -> ASGIApp:
-        return AgentAuthRequired(app, required_scopes=[])
+        return AgentAuthRequired(app, required_scopes=[], resource_metadata_url=metadata_url)
 
     routes: list[Route | Mount] = [
+        *(sign_in_routes(sign_in) if sign_in is not None else []),
         Route("/mcp", endpoint=protected(StreamableHTTPASGIApp(manager)), methods=["GET", "POST", "DELETE"]),
         Route("/sse", endpoint=protected(sse_endpoint), methods=["GET"]),
         Mount("/messages/", app=protected(sse.handle_post_message)),
@@ -104,24 +120,60 @@ def build_http_app(
     return Starlette(
         routes=routes,
         middleware=[
-            Middleware(RequestGuard, hosts=hosts, origins=origins),
-            Middleware(AuthenticationMiddleware, backend=BearerAuthBackend(AgentTokenVerifier(gateway.store))),
+            Middleware(
+                RequestGuard,
+                hosts=hosts,
+                origins=origins,
+                cross_origin_paths=CROSS_ORIGIN_PATHS if sign_in is not None else frozenset(),
+            ),
+            Middleware(
+                AuthenticationMiddleware,
+                backend=BearerAuthBackend(
+                    AgentTokenVerifier(gateway.store, sign_in.resource if sign_in is not None else None)
+                ),
+            ),
             Middleware(AuthContextMiddleware),
         ],
         lifespan=lifespan,
     )
 
 
-async def serve_http(settings: Settings, catalog: Catalog, host: str, port: int) -> None:
-    """Run the HTTP app (MCP for agents, the dashboard for admins) until SIGINT/SIGTERM; in-flight requests
-    finish, the audit is flushed."""
+async def serve_http(
+    settings: Settings, catalog: Catalog, host: str, port: int, registration: Registration = "loopback"
+) -> None:
+    """Run the HTTP app (MCP for agents, the dashboard for admins, OAuth sign-in for remote clients) until
+    SIGINT/SIGTERM; in-flight requests finish, the audit is flushed."""
     gateway = Gateway.open(settings, catalog)
     with Site.open(settings, lambda: gateway.catalog) as site:  # the dashboard's own store connection
-        app = build_http_app(gateway, host=host, port=port, public_url=settings.public_url, extra_routes=routes(site))
+        site.sign_in = _sign_in_server(site, settings.public_url, host, registration)
+        app = build_http_app(
+            gateway,
+            host=host,
+            port=port,
+            public_url=settings.public_url,
+            extra_routes=routes(site),
+            sign_in=site.sign_in,
+        )
         logging.getLogger("credgate").info(
             "serving MCP on http://%s:%d (/mcp, /sse) and the dashboard at /", host, port
         )
         await run_uvicorn(app, host, port)
+
+
+def _sign_in_server(site: Site, public_url: str, host: str, registration: Registration) -> AuthorizationServer | None:
+    """Remote clients sign in with OAuth where the public URL is https, or loopback (RFC 8414's issuer rule):
+    elsewhere their tokens and codes would cross the network in clear, so only static tokens are taken."""
+    parts = urlsplit(public_url)
+    if parts.scheme != "https" and not is_loopback_host(parts.hostname or ""):
+        logging.getLogger("credgate").warning(
+            "OAuth sign-in for remote clients is off: the public URL %s is not https (set --public-url "
+            "https://… behind your TLS proxy); static agent tokens work",
+            public_url,
+        )
+        return None
+    return AuthorizationServer(
+        site.store, public_url, registration=registration, allow_loopback_documents=is_loopback_host(host)
+    )
 
 
 async def serve_dashboard(settings: Settings, catalog: Catalog, host: str, port: int) -> None:

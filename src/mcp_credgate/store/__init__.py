@@ -3,6 +3,7 @@
 from .base import now
 from .change_hint import hint_path
 from .core import Store
+from .grants import IssuedTokens, OAuthClientRecord, OAuthCode, OAuthToken, RefreshReused
 from .keyfiles import load_keyring, read_staged_key
 from .opening import restore_store, store_exists, store_location
 from .records import (
@@ -27,7 +28,12 @@ __all__ = [
     "Binding",
     "CredentialInfo",
     "GroupInfo",
+    "IssuedTokens",
+    "OAuthClientRecord",
+    "OAuthCode",
+    "OAuthToken",
     "Page",
+    "RefreshReused",
     "Removal",
     "SealedCredential",
     "Store",

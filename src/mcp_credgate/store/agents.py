@@ -14,7 +14,7 @@ from .records import AgentIdentity, AgentInfo, Page
 _AGENTS = "agents a"
 _AGENT_COLUMNS = (  # the group's name by a subquery: a page never joins every group (see groups._group_infos)
     "a.name, (SELECT g.name FROM groups g WHERE g.id = a.group_id) AS grp, a.created_at, a.last_used_at, a.revoked_at,"
-    " (SELECT u.name FROM users u WHERE u.id = a.user_id) AS usr"
+    " (SELECT u.name FROM users u WHERE u.id = a.user_id) AS usr, a.kind, a.client_id"
 )
 
 
@@ -30,11 +30,7 @@ class Agents(StoreBase):
             uid = None
             if user is not None:
                 uid = self._user_id(conn, user)
-                if not conn.execute("SELECT 1 FROM members WHERE group_id = ? AND user_id = ?", (gid, uid)).fetchone():
-                    raise ConflictError(
-                        f"user {user!r} is not a member of group {group!r}:"
-                        f" run `credgate group member add {group} {user}`"
-                    )
+                self._require_member(conn, gid, uid, group, user)
             conn.execute(
                 "INSERT INTO agents (name, group_id, token_hash, created_at, user_id) VALUES (?, ?, ?, ?, ?)",
                 (name, gid, token_hash, now(), uid),
@@ -150,4 +146,6 @@ class Agents(StoreBase):
 
 
 def _agent(r: Row) -> AgentInfo:
-    return AgentInfo(r["name"], r["grp"], r["created_at"], r["last_used_at"], r["revoked_at"], r["usr"])
+    return AgentInfo(
+        r["name"], r["grp"], r["created_at"], r["last_used_at"], r["revoked_at"], r["usr"], r["kind"], r["client_id"]
+    )

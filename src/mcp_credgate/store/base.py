@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from ..config import Settings
 from ..crypto import DataKey, Keyring, MasterKey, OpenError
-from ..errors import CiphertextError, MasterKeyError, NotFoundError
+from ..errors import CiphertextError, ConflictError, MasterKeyError, NotFoundError
 from .database import Database, Row
 from .keyfiles import load_keyring
 
@@ -76,6 +76,13 @@ class StoreBase:
         if row is None:
             raise NotFoundError(f"no user named {name!r} (see `credgate user list`)")
         return int(row["id"])
+
+    @staticmethod
+    def _require_member(conn: Database, group_id: int, user_id: int, group: str, user: str) -> None:
+        if not conn.execute("SELECT 1 FROM members WHERE group_id = ? AND user_id = ?", (group_id, user_id)).fetchone():
+            raise ConflictError(
+                f"user {user!r} is not a member of group {group!r}: run `credgate group member add {group} {user}`"
+            )
 
     # -- keys ----------------------------------------------------------------------------
 

@@ -110,6 +110,8 @@ class AgentInfo:
     last_used_at: str | None
     revoked_at: str | None
     user: str | None = None  # the user the agent acts for
+    kind: str = "static"  # 'static': a `cgt_` token; 'oauth': a client's sign-in (contract §6)
+    client: str | None = None  # an OAuth grant's client_id
 
 
 @dataclass(frozen=True)

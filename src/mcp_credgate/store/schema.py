@@ -260,4 +260,48 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX audit_user ON audit(user_name, id)
         """,
     ),
+    Migration(
+        # Remote clients sign in (contract §6): OAuth clients (registered, or known by their metadata
+        # document), authorization codes and tokens, only their hashes. A grant (one sign-in of a client by
+        # a user for a group) is an agent of kind 'oauth': its tokens die with it. Such an agent has no static
+        # token: its token_hash is a marker no SHA-256 hex digest can equal.
+        "0010_oauth",
+        """
+        CREATE TABLE oauth_clients (
+            client_id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('registered', 'document')),
+            metadata TEXT NOT NULL,
+            registered_at TEXT NOT NULL,
+            fetched_at {real},
+            used_at TEXT
+        );
+        CREATE INDEX oauth_clients_unused ON oauth_clients(kind, used_at, registered_at);
+        CREATE TABLE oauth_codes (
+            code_hash TEXT PRIMARY KEY,
+            client_id TEXT NOT NULL,
+            user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            group_id BIGINT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+            redirect_uri TEXT NOT NULL,
+            redirect_explicit INTEGER NOT NULL,
+            code_challenge TEXT NOT NULL,
+            resource TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            expires_at {real} NOT NULL,
+            agent_id BIGINT REFERENCES agents(id) ON DELETE CASCADE
+        );
+        ALTER TABLE agents ADD COLUMN kind TEXT NOT NULL DEFAULT 'static';
+        ALTER TABLE agents ADD COLUMN client_id TEXT;
+        CREATE TABLE oauth_tokens (
+            token_hash TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('access', 'refresh')),
+            agent_id BIGINT NOT NULL REFERENCES agents(id) ON DELETE CASCADE,
+            resource TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            expires_at {real} NOT NULL,
+            used_at TEXT
+        );
+        CREATE INDEX oauth_tokens_agent ON oauth_tokens(agent_id);
+        CREATE INDEX oauth_tokens_expiry ON oauth_tokens(expires_at)
+        """,
+    ),
 )

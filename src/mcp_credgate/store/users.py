@@ -192,6 +192,10 @@ class Users(StoreBase):
                 if cur.rowcount == 0:
                     raise NotFoundError(f"user {name!r} is not a member of group {group!r}")
 
+    def has_members(self) -> bool:
+        """Whether any group has a member (who could sign a remote client in)."""
+        return bool(self._query("SELECT 1 FROM members LIMIT 1"))
+
     def is_member(self, group: str, user: str) -> bool:
         return bool(
             self._query(
@@ -244,10 +248,7 @@ class Users(StoreBase):
                     f"credential {credential!r} is not {user}'s: a personal binding takes a credential its user owns"
                     f" (`credgate cred add NAME --owner {user} ...`)"
                 )
-            if not conn.execute("SELECT 1 FROM members WHERE group_id = ? AND user_id = ?", (gid, uid)).fetchone():
-                raise ConflictError(
-                    f"user {user!r} is not a member of group {group!r}: run `credgate group member add {group} {user}`"
-                )
+            self._require_member(conn, gid, uid, group, user)
             conn.execute(
                 "INSERT INTO personal_bindings (group_id, target, user_id, credential_id) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (group_id, target, user_id) DO UPDATE SET credential_id = excluded.credential_id",

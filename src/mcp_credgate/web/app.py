@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 from ..config import Settings
 from ..declarations import Catalog
 from ..guard import RequestGuard, allowed_hosts_and_origins
-from .pages import agents, audit, credentials, groups, me, setup, signin, users
+from .pages import agents, audit, consent, credentials, groups, me, setup, signin, users
 from .site import HERE, Site
 
 
@@ -63,6 +63,7 @@ def routes(site: Site) -> list[Route | Mount]:
         Route("/me", own(me.me)),
         Route("/users/{user}/groups/{group}/tools/{tool}/setup", own(me.personal_setup), methods=["GET", "POST"]),
         Route("/audit", page(audit.audit)),
+        Route("/oauth/consent", own(consent.consent), methods=["GET", "POST"]),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
 

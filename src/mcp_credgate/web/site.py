@@ -20,6 +20,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse
 
+from ..authorization import AuthorizationServer
 from ..config import Settings
 from ..credential import mask
 from ..declarations import Catalog, CredentialSpec
@@ -65,6 +66,7 @@ class Site:
         self.settings = settings
         self.sessions = Sessions(store)
         self.pending = PendingConnections()
+        self.sign_in: AuthorizationServer | None = None  # remote clients' OAuth sign-in (`serve --http` sets it)
         self.redirect_uri = f"{settings.public_url.rstrip('/')}/oauth/callback"
         self.templates = Environment(
             loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True)
@@ -102,18 +104,25 @@ class Site:
             path=request.url.path,
             **context,
         )
-        headers = SECURITY_HEADERS
+        response = HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
         spec = context.get("spec")
         if isinstance(spec, CredentialSpec) and spec.oauth is not None:
-            # its Connect form is answered with a redirect to the provider, which `form-action` must allow
-            parts = urlsplit(spec.oauth.authorize_url)
-            allowed = f"form-action 'self' {parts.scheme}://{parts.netloc}"
-            csp = SECURITY_HEADERS["Content-Security-Policy"].replace("form-action 'self'", allowed)
-            headers = {**headers, "Content-Security-Policy": csp}
-        return HTMLResponse(html, status_code=status, headers=headers)
+            # its Connect form is answered with a redirect to the provider
+            return allowing_form_target(response, spec.oauth.authorize_url)
+        return response
 
     def refusal(self, request: Request, status: int, text: str, session: Session | None = None) -> HTMLResponse:
         return self.render(request, "refused.html", session, status=status, title="Refused", text=text)
+
+
+def allowing_form_target(response: HTMLResponse, url: str) -> HTMLResponse:
+    """A page whose form is answered with a redirect to `url`'s origin, which its `form-action` must allow
+    (browsers check the redirects a form submission follows too)."""
+    parts = urlsplit(url)
+    target = f"{parts.scheme}://{parts.netloc}" if parts.netloc else f"{parts.scheme}:"
+    csp = SECURITY_HEADERS["Content-Security-Policy"].replace("form-action 'self'", f"form-action 'self' {target}")
+    response.headers["Content-Security-Policy"] = csp
+    return response
 
 
 def back(path: str, done: str) -> RedirectResponse:
