@@ -17,7 +17,7 @@ from .records import (
     UserInfo,
 )
 from .rotation import rotate_master_key, stage_master_key
-from .users import BUILT_IN_ADMIN, Removal
+from .users import BUILT_IN_ADMIN, Removal, SsoLink, SsoMatch
 
 __all__ = [
     "BUILT_IN_ADMIN",
@@ -30,6 +30,8 @@ __all__ = [
     "Page",
     "Removal",
     "SealedCredential",
+    "SsoLink",
+    "SsoMatch",
     "Store",
     "UserInfo",
     "hint_path",

@@ -260,4 +260,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX audit_user ON audit(user_name, id)
         """,
     ),
+    Migration(
+        # Sign-in through the organisation's OpenID provider (issue 23): a user is linked to one account there,
+        # (issuer, subject), unique; an account is first matched by its verified email (compared in lower case),
+        # once, when it has no link yet. Numbered after a 0010 made by a parallel change.
+        "0011_sso",
+        """
+        ALTER TABLE users ADD COLUMN oidc_issuer TEXT;
+        ALTER TABLE users ADD COLUMN oidc_subject TEXT;
+        CREATE UNIQUE INDEX users_oidc ON users(oidc_issuer, oidc_subject);
+        CREATE INDEX users_email ON users(lower(email))
+        """,
+    ),
 )
