@@ -48,6 +48,7 @@ PUBLIC_MODULES = [
     "mcp_credgate.serving.pipes",
     "mcp_credgate.slots",
     "mcp_credgate.sso",
+    "mcp_credgate.throttle",
     "mcp_credgate.store",
     "mcp_credgate.token_refresh",
 ]
