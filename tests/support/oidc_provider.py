@@ -17,7 +17,7 @@ import re
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +145,3 @@ def callback_path(url: str, base: str) -> str:
     """The part of `url` after `base` (for a test client that knows only paths)."""
     assert url.startswith(base), url
     return url[len(base) :]
-
-
-def claims_of(accounts: Mapping[str, Account]) -> dict[str, dict[str, Any]]:
-    return {sub: a.claims() for sub, a in accounts.items()}

@@ -16,10 +16,10 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from mcp_credgate import people
-from mcp_credgate.sso import SsoSettings
+from mcp_credgate.sso import SsoSettings, new_flow
 from mcp_credgate.web.app import build_dashboard_app
 from mcp_credgate.web.pages.sso import FLOW_COOKIE
-from mcp_credgate.web.session import COOKIE_NAME, new_admin_secret
+from mcp_credgate.web.session import COOKIE_NAME, new_admin_secret, open_flow, seal_flow
 from tests.support.gateway import World, make_canary, python_tool
 from tests.support.oidc_provider import (
     Account,
@@ -262,3 +262,34 @@ def test_refusals_of_one_provider_account_are_limited_from_every_address(client:
 
     assert answer.status_code == 429 and "refused sign-ins of this account" in answer.text
     assert sso_sign_in(fresh, ALICE).status_code == 200  # another account, the same address: not limited
+
+
+# -- the flow between the two redirects -----------------------------------------------------------------
+
+
+def test_the_answer_may_reach_another_replica_sharing_the_store(
+    client: TestClient, world: World, provider: OidcProvider
+) -> None:
+    start = client.get("/login/sso?next=/me")
+    back = sign_in_at_provider(start.headers["location"], ALICE.sub, BASE)
+    flow_cookie = client.cookies.get(FLOW_COOKIE, path="/login/sso")
+    assert flow_cookie is not None
+
+    with TestClient(dashboard(world, provider), base_url=BASE, follow_redirects=False) as replica:
+        replica.cookies.set(FLOW_COOKIE, flow_cookie, path="/login/sso")
+        answer = replica.get(callback_path(back, BASE))
+
+        assert answer.status_code == 200, answer.text
+        assert replica.get("/me").status_code == 200
+
+
+def test_the_flow_cookie_is_sealed_and_an_altered_one_opens_nothing(world: World) -> None:
+    flow = new_flow("/me")
+    sealed = seal_flow(world.store, flow)
+
+    assert open_flow(world.store, sealed) == flow
+    for secret in (flow.state, flow.nonce, flow.verifier):
+        assert secret not in sealed
+    altered = sealed[:-2] + ("A" if sealed[-2] != "A" else "B") + sealed[-1]
+    assert open_flow(world.store, altered) is None
+    assert open_flow(world.store, "") is None and open_flow(world.store, "%%%") is None
