@@ -81,6 +81,7 @@ def running_oidc_provider(
     redirect_uris: Sequence[str],
 ) -> Iterator[OidcProvider]:
     node = node_for_tests()
+    tmp_path.mkdir(parents=True, exist_ok=True)
     config = tmp_path / "oidc-provider.json"
     config.write_text(
         json.dumps(
