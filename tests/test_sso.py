@@ -328,11 +328,16 @@ class FakeProvider:
     jwks_reads: int = 0
     token_requests: list[httpx2.Request] = field(default_factory=list)
     published: list[dict[str, Any]] | None = None
+    userinfo: dict[str, Any] | None = None
+    userinfo_requests: list[httpx2.Request] = field(default_factory=list)
 
     def handle(self, request: httpx2.Request) -> httpx2.Response:
         path = request.url.path
         if path == "/.well-known/openid-configuration":
-            return httpx2.Response(200, json=discovery())
+            return httpx2.Response(200, json=discovery(userinfo_endpoint=f"{ISSUER}/userinfo"))
+        if path == "/userinfo":
+            self.userinfo_requests.append(request)
+            return httpx2.Response(200, json=self.userinfo or {})
         if path == "/jwks":
             self.jwks_reads += 1
             return httpx2.Response(200, json={"keys": self.published or self.keys.jwks()})
@@ -455,3 +460,33 @@ def test_an_id_token_with_the_wrong_nonce_from_the_provider_is_refused(keys: Key
 
     with pytest.raises(IdTokenError, match="nonce"):
         run_sign_in(provider, flow, {"state": flow.state, "code": "the-code"})
+
+
+def test_an_email_missing_from_the_id_token_is_asked_of_the_userinfo_endpoint(keys: Keys) -> None:
+    provider = FakeProvider(keys, lambda flow: claims(nonce=flow.nonce, email=None, email_verified=None))
+    provider.userinfo = {"sub": "248289761001", "email": "jane@example.com", "email_verified": True}
+    flow = new_flow("/")
+
+    identity = run_sign_in(provider, flow, {"state": flow.state, "code": "the-code"})
+
+    assert (identity.email, identity.email_verified) == ("jane@example.com", True)
+    assert provider.userinfo_requests[0].headers["Authorization"] == "Bearer at"
+
+
+def test_a_userinfo_answer_about_another_subject_is_ignored(keys: Keys) -> None:
+    provider = FakeProvider(keys, lambda flow: claims(nonce=flow.nonce, email=None, email_verified=None))
+    provider.userinfo = {"sub": "someone-else", "email": "boss@example.com", "email_verified": True}
+    flow = new_flow("/")
+
+    identity = run_sign_in(provider, flow, {"state": flow.state, "code": "the-code"})
+
+    assert identity.subject == "248289761001" and identity.email is None and not identity.email_verified
+
+
+def test_an_id_token_with_an_email_needs_no_userinfo(keys: Keys) -> None:
+    provider = FakeProvider(keys, lambda flow: claims(nonce=flow.nonce))
+    flow = new_flow("/")
+
+    run_sign_in(provider, flow, {"state": flow.state, "code": "the-code"})
+
+    assert provider.userinfo_requests == []

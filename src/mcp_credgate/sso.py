@@ -158,6 +158,7 @@ class ProviderMetadata:
     token_auth: str  # client_secret_basic | client_secret_post | none
     algorithms: frozenset[str]  # the ID token algorithms both sides accept
     iss_in_response: bool  # RFC 9207: the callback carries `iss`
+    userinfo_endpoint: str | None = None  # asked for the email when the ID token does not carry it
 
 
 def parse_metadata(document: object, settings: SsoSettings) -> ProviderMetadata:
@@ -202,7 +203,14 @@ def parse_metadata(document: object, settings: SsoSettings) -> ProviderMetadata:
         token_auth,
         algorithms,
         document.get("authorization_response_iss_parameter_supported") is True,
+        _userinfo_endpoint(document.get("userinfo_endpoint")),
     )
+
+
+def _userinfo_endpoint(value: object) -> str | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return check_url(value, "the provider's userinfo_endpoint")
 
 
 def _strings(value: object, default: list[str]) -> list[str]:
@@ -359,14 +367,17 @@ def _identity(claims: Mapping[str, Any], *, issuer: str, client_id: str, nonce: 
     subject = claims["sub"]
     if not isinstance(subject, str) or not 0 < len(subject) <= 255:
         raise IdTokenError("the ID token's subject (sub) is not a string of 1-255 characters")
+    return Identity(issuer, subject, *_identity_claims(claims))
+
+
+def _identity_claims(claims: Mapping[str, Any]) -> tuple[str | None, bool, str | None, str | None]:
+    """(email, email_verified, preferred_username, name) of an ID token's or a userinfo answer's claims."""
     email = claims.get("email")
     email = email.strip() if isinstance(email, str) and 3 <= len(email.strip()) <= 320 else None
     verified = claims.get("email_verified")
     preferred = claims.get("preferred_username")
     name = claims.get("name")
-    return Identity(
-        issuer,
-        subject,
+    return (
         email,
         email is not None and (verified is True or verified == "true"),
         preferred[:255] if isinstance(preferred, str) else None,
@@ -446,11 +457,39 @@ class SsoClient:
         code = params.get("code", "")
         if not code:
             raise SsoError("the provider's answer carries no authorization code")
-        token = await self._exchange(metadata, code, flow, redirect_uri)
+        id_token, access_token = await self._exchange(metadata, code, flow, redirect_uri)
         try:
-            return self._verify(token, await self.keys(), metadata, flow)
+            identity = self._verify(id_token, await self.keys(), metadata, flow)
         except UnknownKeyError:
-            return self._verify(token, await self.keys(again=True), metadata, flow)
+            identity = self._verify(id_token, await self.keys(again=True), metadata, flow)
+        if identity.email is None and metadata.userinfo_endpoint and access_token:
+            identity = await self._with_userinfo(identity, metadata.userinfo_endpoint, access_token)
+        return identity
+
+    async def _with_userinfo(self, identity: Identity, endpoint: str, access_token: str) -> Identity:
+        """The email (and names) from the userinfo endpoint, for providers that keep them out of the ID token
+        in the code flow (OpenID Connect Core §5.4; oidc-provider's default). Its `sub` must be the ID token's
+        (§5.3.2); a failure there leaves the identity as it was (it still signs in by its subject)."""
+        try:
+            status, answer = await self._request(
+                "GET",
+                endpoint,
+                "the provider's userinfo endpoint",
+                headers={"Accept": "application/json", "Authorization": f"Bearer {access_token}"},
+            )
+        except SsoError:
+            return identity
+        if status != 200 or not isinstance(answer, dict) or answer.get("sub") != identity.subject:
+            return identity
+        found = _identity_claims(answer)
+        return Identity(
+            identity.issuer,
+            identity.subject,
+            found[0],
+            found[1],
+            found[2] or identity.preferred_username,
+            found[3] or identity.name,
+        )
 
     def _verify(self, token: str, keys: list[dict[str, Any]], metadata: ProviderMetadata, flow: Flow) -> Identity:
         return verify_id_token(
@@ -462,7 +501,10 @@ class SsoClient:
             algorithms=metadata.algorithms,
         )
 
-    async def _exchange(self, metadata: ProviderMetadata, code: str, flow: Flow, redirect_uri: str) -> str:
+    async def _exchange(
+        self, metadata: ProviderMetadata, code: str, flow: Flow, redirect_uri: str
+    ) -> tuple[str, str | None]:
+        """(ID token, access token) for the code."""
         form = {
             "grant_type": "authorization_code",
             "code": code,
@@ -486,7 +528,8 @@ class SsoClient:
         id_token = answer.get("id_token") if isinstance(answer, dict) else None
         if not isinstance(id_token, str) or not id_token:
             raise SsoError("the token endpoint's answer has no ID token (was the openid scope granted?)")
-        return id_token
+        access_token = answer.get("access_token") if isinstance(answer, dict) else None
+        return id_token, access_token if isinstance(access_token, str) and access_token else None
 
     async def _get_json(self, url: str, what: str) -> object:
         status, answer = await self._request("GET", url, what)

@@ -2,7 +2,9 @@
 //
 // Usage: node oidc_provider.mjs CONFIG.json
 // CONFIG: {"clients": [{client_id, client_secret, redirect_uris, token_endpoint_auth_method?}],
-//          "accounts": [{sub, email?, email_verified?, preferred_username?, name?}]}
+//          "accounts": [{sub, email?, email_verified?, preferred_username?, name?}],
+//          "idTokenClaims": true}   (false: the ID token carries `sub` alone, the rest is at the userinfo endpoint,
+//                                    as oidc-provider does by default)
 // It listens on an ephemeral port and prints one JSON line, {"issuer": "http://127.0.0.1:PORT"}, once it
 // accepts connections. Its own sign-in page (GET /interaction/UID) lists the accounts, each a button
 // (`<button name="sub" value="SUB">`); choosing one signs in and consents to `openid email profile` at once.
@@ -37,7 +39,8 @@ async function start() {
     },
     cookies: { keys: [randomBytes(32).toString('hex')] },
     claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name', 'preferred_username'] },
-    conformIdTokenClaims: false, // the scopes' claims in the ID token too, as most organisations' providers do
+    // the scopes' claims in the ID token too, as most organisations' providers do (unless told otherwise)
+    conformIdTokenClaims: config.idTokenClaims === false,
     features: { devInteractions: { enabled: false } },
     pkce: { required: () => true },
     interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },

@@ -79,7 +79,9 @@ def running_oidc_provider(
     client_id: str,
     client_secret: str,
     redirect_uris: Sequence[str],
+    id_token_claims: bool = True,
 ) -> Iterator[OidcProvider]:
+    """`id_token_claims`: the ID token carries email and names (else `sub` alone, the rest at userinfo)."""
     node = node_for_tests()
     tmp_path.mkdir(parents=True, exist_ok=True)
     config = tmp_path / "oidc-provider.json"
@@ -90,6 +92,7 @@ def running_oidc_provider(
                     {"client_id": client_id, "client_secret": client_secret, "redirect_uris": list(redirect_uris)}
                 ],
                 "accounts": [a.claims() for a in accounts],
+                "idTokenClaims": id_token_claims,
             }
         )
     )

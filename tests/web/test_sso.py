@@ -133,6 +133,23 @@ def test_a_verified_email_signs_in_its_user_who_reaches_their_own_page(
     assert client.get("/credentials").status_code == 403  # alice is no admin
 
 
+def test_an_email_only_at_the_userinfo_endpoint_is_found_there(world: World, tmp_path: Path, admin_secret: str) -> None:
+    only_sub = running_oidc_provider(  # oidc-provider's default: the code flow's ID token carries `sub` alone
+        tmp_path / "oidc",
+        ACCOUNTS,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        redirect_uris=[f"{BASE}/login/sso/callback"],
+        id_token_claims=False,
+    )
+    with only_sub as provider, TestClient(dashboard(world, provider), base_url=BASE, follow_redirects=False) as client:
+        answer = sso_sign_in(client, ALICE)
+
+        assert answer.status_code == 200, answer.text
+        assert client.get("/me").status_code == 200
+    assert world.store.sso_link("alice") is not None
+
+
 def test_an_unverified_email_matches_no_user(client: TestClient, world: World) -> None:
     answer = sso_sign_in(client, BOB)
 
