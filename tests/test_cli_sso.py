@@ -4,9 +4,13 @@ A server started with them is in tests/web/test_dashboard_browser_sso.py."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from tests.support.cli import CliRun, assert_refused, assert_usage_error
+from mcp_credgate.config import Settings
+from mcp_credgate.store import Store
+from tests.support.cli import CliRun, assert_ok, assert_refused, assert_usage_error
 from tests.support.gateway import make_canary
 
 SECRET = make_canary("OIDCSECRET")
@@ -65,3 +69,23 @@ def test_the_client_secret_on_the_command_line_is_warned_about_and_never_shown(r
 @pytest.mark.no_store
 def test_the_sso_options_are_for_the_dashboard_not_for_stdio(run_cli: CliRun) -> None:
     assert_usage_error(run_cli("serve", "--group", "team", "--oidc-issuer", ISSUER))
+
+
+def test_user_unlink_forgets_the_users_sso_account(run_cli: CliRun, settings: Settings) -> None:
+    run_cli("init")
+    run_cli("user", "add", "alice", "--email", "alice@example.com")
+    with Store.open(settings) as store:
+        store.sso_sign_in(
+            ISSUER, "sub-a", email="alice@example.com", email_verified=True, name_hint="a", default_group=None
+        )
+
+    first = run_cli("user", "unlink", "alice", "--json")
+    again = run_cli("user", "unlink", "alice")
+
+    assert_ok(first)
+    assert json.loads(first.stdout) == {"user": "alice", "unlinked": True}
+    assert_ok(again)
+    assert again.stdout.strip() == "alice was not linked to an SSO account"
+    with Store.open(settings) as store:
+        assert store.sso_link("alice") is None
+    assert_refused(run_cli("user", "unlink", "nobody"), "no user named 'nobody'")

@@ -1130,6 +1130,22 @@ def user_secret(app: App, name: str) -> None:
     app.out({"user": name, "secret": secret}, [f"new sign-in secret of {name} (shown only now):", secret])
 
 
+@user.command("unlink")
+@click.argument("name")
+@common_options
+@pass_app
+def user_unlink(app: App, name: str) -> None:
+    """Forget which account of the organisation's OpenID provider signs in user NAME: their SSO sessions end,
+    and that account signs in again only by a verified email (or the default group)."""
+    unlinked = app.store.unlink_sso(name)
+    app.out(
+        {"user": name, "unlinked": unlinked},
+        f"unlinked {name} from their SSO account; their SSO sessions have ended"
+        if unlinked
+        else f"{name} was not linked to an SSO account",
+    )
+
+
 # -- agents ------------------------------------------------------------------------------------
 
 

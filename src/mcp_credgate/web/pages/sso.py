@@ -16,6 +16,7 @@ token verified; it cannot be used to lock anyone else out.
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -28,6 +29,7 @@ from ..session import SignIn, open_flow, seal_flow
 from ..site import SECURITY_HEADERS, Site
 from .signin import client_key, safe_next, signed_in, too_many
 
+LOG = logging.getLogger("credgate.sso")
 FLOW_COOKIE = "credgate_sso_flow"
 FLOW_PATH = "/login/sso"
 
@@ -81,6 +83,7 @@ async def callback(site: Site, request: Request) -> Response:
         identity = await site.sso.finish(flow, dict(request.query_params), site.sso_redirect_uri)
     except SsoError as exc:
         site.limits.by_address.fail(address)
+        LOG.warning("SSO sign-in failed from %s: %s", address, exc)
         return _forget_flow(site, request, site.refusal(request, 401, f"Not signed in: {exc}."))
     return _forget_flow(site, request, await _sign_in(site, site.sso, request, identity, flow.next_path, address))
 
@@ -99,7 +102,11 @@ async def _sign_in(
     if match is None:
         site.limits.by_address.fail(address)
         site.limits.by_account.fail(account)
+        LOG.warning(
+            "SSO sign-in refused: no credgate user for subject %r of %s", identity.subject[:80], identity.issuer
+        )
         return site.refusal(request, 403, _no_user_text(identity))
+    LOG.info("SSO sign-in of %s (matched by %s)", match.user, match.how)
     target = quote(next_path, safe="/?=&%:@-._~!$()*+,;")  # no quote mark: it goes into the meta refresh
     page = site.render(request, "signed_in.html", None, target=target, user=match.user)
     return await site.run(signed_in, site, request, page, SignIn(match.user, by_admin_secret=False, by_sso=True))
