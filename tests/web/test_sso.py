@@ -20,7 +20,7 @@ from mcp_credgate.sso import SsoSettings, new_flow
 from mcp_credgate.web.app import build_dashboard_app
 from mcp_credgate.web.pages.sso import FLOW_COOKIE
 from mcp_credgate.web.session import COOKIE_NAME, new_admin_secret, open_flow, seal_flow
-from tests.support.gateway import World, make_canary, python_tool
+from tests.support.gateway import World, closed_port, make_canary, python_tool
 from tests.support.oidc_provider import (
     Account,
     OidcProvider,
@@ -310,3 +310,14 @@ def test_the_flow_cookie_is_sealed_and_an_altered_one_opens_nothing(world: World
     altered = sealed[:-2] + ("A" if sealed[-2] != "A" else "B") + sealed[-1]
     assert open_flow(world.store, altered) is None
     assert open_flow(world.store, "") is None and open_flow(world.store, "%%%") is None
+
+
+def test_a_provider_that_cannot_be_reached_is_said_on_one_line(world: World, admin_secret: str) -> None:
+    sso = SsoSettings(f"http://127.0.0.1:{closed_port()}", CLIENT_ID, CLIENT_SECRET)
+    app = build_dashboard_app(replace(world.settings, sso=sso), world.catalog, host="127.0.0.1", port=8765)
+    with TestClient(app, base_url=BASE, follow_redirects=False) as client:
+        answer = client.get("/login/sso")
+
+        assert answer.status_code == 502
+        assert "is unavailable: the provider&#39;s discovery document cannot be reached (ConnectError)." in answer.text
+        assert client.post("/login", data={"secret": admin_secret}).status_code == 303
