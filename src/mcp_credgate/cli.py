@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
 import click
+from click.core import ParameterSource
 
 from . import __version__, admin, oauth, people
 from .config import Settings, database_url_has_password
@@ -38,6 +39,7 @@ from .logs import configure_logging
 from .loopback import is_loopback_host
 from .oauth_callback import LoopbackCallback
 from .sandbox import SandboxPolicy, SandboxState, sandbox_state
+from .sso import SsoSettings
 from .store import (
     Store,
     UserInfo,
@@ -1131,6 +1133,22 @@ def user_secret(app: App, name: str) -> None:
     app.out({"user": name, "secret": secret}, [f"new sign-in secret of {name} (shown only now):", secret])
 
 
+@user.command("unlink")
+@click.argument("name")
+@common_options
+@pass_app
+def user_unlink(app: App, name: str) -> None:
+    """Forget which account of the organisation's OpenID provider signs in user NAME: their SSO sessions end,
+    and that account signs in again only by a verified email (or the default group)."""
+    unlinked = app.store.unlink_sso(name)
+    app.out(
+        {"user": name, "unlinked": unlinked},
+        f"unlinked {name} from their SSO account; their SSO sessions have ended"
+        if unlinked
+        else f"{name} was not linked to an SSO account",
+    )
+
+
 # -- agents ------------------------------------------------------------------------------------
 
 
@@ -1327,6 +1345,60 @@ def load_catalog_with_discovered(app: App) -> Catalog:
         return load_catalog(app.settings.tools_dirs, app.settings.protected_paths)
 
 
+CLIENT_SECRET_IN_ARGV_WARNING = (
+    "warning: --oidc-client-secret is visible to other local users in the process list; "
+    "set CREDGATE_OIDC_CLIENT_SECRET instead"
+)
+OIDC_OPTIONS = ("oidc_issuer", "oidc_client_id", "oidc_client_secret", "oidc_default_group")
+
+
+def oidc_options(f: F) -> F:
+    """The dashboard's sign-in through the organisation's OpenID provider (contract §6), each also an
+    environment variable."""
+    for opt in (
+        click.option(
+            "--oidc-default-group",
+            envvar="CREDGATE_OIDC_DEFAULT_GROUP",
+            help="Make an unknown account of the provider a new user, member of this group (or "
+            "CREDGATE_OIDC_DEFAULT_GROUP); without it, unknown accounts are refused.",
+        ),
+        click.option(
+            "--oidc-client-secret",
+            envvar="CREDGATE_OIDC_CLIENT_SECRET",
+            help="Our client secret at the provider: prefer CREDGATE_OIDC_CLIENT_SECRET (a value here shows in "
+            "the process list).",
+        ),
+        click.option(
+            "--oidc-client-id",
+            envvar="CREDGATE_OIDC_CLIENT_ID",
+            help="Our client id at the provider (or CREDGATE_OIDC_CLIENT_ID).",
+        ),
+        click.option(
+            "--oidc-issuer",
+            envvar="CREDGATE_OIDC_ISSUER",
+            help="Sign in through this OpenID provider too (its issuer URL, https://; or CREDGATE_OIDC_ISSUER).",
+        ),
+    ):
+        f = opt(f)
+    return f
+
+
+def _sso_settings(
+    app: App, issuer: str | None, client_id: str | None, client_secret: str | None, default_group: str | None
+) -> SsoSettings | None:
+    """The SSO settings of `serve --http` or `dashboard`; one line on a bad value (never the secret's)."""
+    ctx = click.get_current_context()
+    if client_secret and ctx.get_parameter_source("oidc_client_secret") == ParameterSource.COMMANDLINE:
+        click.echo(CLIENT_SECRET_IN_ARGV_WARNING, err=True)
+    sso = SsoSettings.from_options(issuer, client_id, client_secret, default_group)
+    if sso is not None and sso.default_group is not None and not app.store.group_exists(sso.default_group):
+        raise click.ClickException(
+            f"--oidc-default-group (CREDGATE_OIDC_DEFAULT_GROUP): no agent group named {sso.default_group!r} "
+            f"(create it with `credgate group add {sso.default_group}`)"
+        )
+    return sso
+
+
 @cli.command()
 @click.option("--group", "group_name", envvar="CREDGATE_GROUP", help="The agent group, for stdio (or CREDGATE_GROUP).")
 @click.option("--user", "user_name", envvar="CREDGATE_USER", help="Over stdio, act for this member (or CREDGATE_USER).")
@@ -1364,6 +1436,7 @@ def load_catalog_with_discovered(app: App) -> Catalog:
     help="With --http, which OAuth clients may register themselves (RFC 7591): those whose redirect URIs are "
     "loopback, any, or none (clients with a metadata document still sign in).",
 )
+@oidc_options
 @common_options
 @pass_app
 def serve(
@@ -1377,6 +1450,10 @@ def serve(
     log_level: str,
     no_sandbox: bool,
     registration: str,
+    oidc_issuer: str | None,
+    oidc_client_id: str | None,
+    oidc_client_secret: str | None,
+    oidc_default_group: str | None,
 ) -> None:
     """Serve MCP: over stdio for one group, or with --http for every agent with a token."""
     catalog = app.catalog
@@ -1385,12 +1462,18 @@ def serve(
         app.settings = replace(app.settings, sandbox=False)
     if use_http and user_name:
         raise click.UsageError("--user is for stdio: over HTTP, each agent acts for the user it was added for")
+    ctx = click.get_current_context()
+    if not use_http and any(ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE for n in OIDC_OPTIONS):
+        raise click.UsageError("the --oidc-* options are for the dashboard: use them with --http (or `dashboard`)")
     if use_http:
         # lazy: the HTTP app (the MCP server, Starlette, Jinja2, uvicorn) takes ~0.7 s to import; only this needs it
         from .guard import allowed_hosts_and_origins
         from .serving.http import serve_http
 
-        settings = _served_at(app, host, port)
+        settings = replace(
+            _served_at(app, host, port),
+            sso=_sso_settings(app, oidc_issuer, oidc_client_id, oidc_client_secret, oidc_default_group),
+        )
         if not is_loopback_host(host):
             if not app.store.has_live_agent() and not app.store.has_members():
                 raise click.ClickException(
@@ -1441,19 +1524,32 @@ def _warn_at_start(app: App, groups: Iterable[str]) -> None:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True, help="Port to listen on.")
+@oidc_options
 @common_options
 @pass_app
-def dashboard(app: App, host: str, port: int) -> None:
+def dashboard(
+    app: App,
+    host: str,
+    port: int,
+    oidc_issuer: str | None,
+    oidc_client_id: str | None,
+    oidc_client_secret: str | None,
+    oidc_default_group: str | None,
+) -> None:
     """Serve the web dashboard alone (for admins whose agents run over stdio)."""
     from .serving.http import serve_dashboard  # lazy: Starlette, Jinja2 and the MCP SDK (~0.7 s), for this only
 
-    settings = _served_at(app, host, port)
+    settings = replace(
+        _served_at(app, host, port),
+        sso=_sso_settings(app, oidc_issuer, oidc_client_id, oidc_client_secret, oidc_default_group),
+    )
     if app.store.admin_secret_hash() is None:
         raise click.ClickException("no admin secret yet: create one with `credgate admin token`")
     if not is_loopback_host(host):
         click.echo(f"binding {host}:{port}: put TLS in front of it (the admin session is a cookie)", err=True)
     configure_logging("text", "info")
-    click.echo(f"dashboard: {settings.public_url}/ (sign in with the admin secret)", err=True)
+    via = f", or through {settings.sso.issuer_host}" if settings.sso else ""
+    click.echo(f"dashboard: {settings.public_url}/ (sign in with the admin secret{via})", err=True)
     anyio.run(serve_dashboard, settings, app.catalog, host, port)
 
 

@@ -1,5 +1,6 @@
 """Where things live: the data folder, the tool declarations, the public URL, the upstreams' sandbox homes
-(contract §1), whether upstreams run sandboxed and, for several replicas, the PostgreSQL store."""
+(contract §1), whether upstreams run sandboxed, for several replicas the PostgreSQL store, and the
+organisation's OpenID provider the dashboard signs in through (`serve --http` and `dashboard` set it)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from .errors import SandboxError, StoreError
+from .sso import SsoSettings
 
 __all__ = [
     "DATABASE_NAME",
@@ -75,6 +77,7 @@ class Settings:
     database_url: str | None = None  # PostgreSQL; None: the SQLite file in the data folder
     state_dir: Path = field(default_factory=lambda: default_state_dir(os.environ))
     sandbox: bool = True  # stdio upstreams run sandboxed (CREDGATE_SANDBOX=off, `serve --no-sandbox`: not)
+    sso: SsoSettings | None = None  # the dashboard's sign-in through the organisation's OpenID provider
 
     @property
     def database_path(self) -> Path:

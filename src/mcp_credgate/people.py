@@ -18,7 +18,8 @@ from .allow import AllowEntry
 from .declarations import Catalog, Tool, Upstream
 from .errors import ConflictError, CredentialValueError
 from .readiness import Status, verdict
-from .store import Store
+from .sso import Identity, SsoSettings, user_name_hint
+from .store import SsoMatch, Store
 
 __all__ = [
     "EMAIL_PATTERN",
@@ -31,6 +32,7 @@ __all__ = [
     "personal_statuses",
     "renew_user_secret",
     "require_member",
+    "sso_user",
     "unbind_personal",
     "user_secret_hash",
 ]
@@ -144,3 +146,17 @@ def require_member(store: Store, group: str, user: str) -> None:
         raise ConflictError(
             f"user {user!r} is not a member of group {group!r}: run `credgate group member add {group} {user}`"
         )
+
+
+def sso_user(store: Store, settings: SsoSettings, identity: Identity) -> SsoMatch | None:
+    """The user a verified sign-in through the organisation's provider signs in (issue 23): the one linked to
+    the account; else the one user with its email, when the provider verified that email; else, with a default
+    group, a new member of it (never an admin); else None."""
+    return store.sso_sign_in(
+        identity.issuer,
+        identity.subject,
+        email=identity.email,
+        email_verified=identity.email_verified,
+        name_hint=user_name_hint(identity),
+        default_group=settings.default_group,
+    )

@@ -32,7 +32,7 @@ from starlette.routing import Route, request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..authorization import AuthorizationServer, same_resource
-from ..rate_limits import RateLimit
+from ..throttle import FailureWindow, address_key
 
 MAX_FORM_BYTES = 64 * 1024
 REGISTRATIONS_PER_MINUTE = 10
@@ -81,29 +81,29 @@ class PublicClientRevocationHandler(RevocationHandler):
 
 
 class PerAddressLimit:
-    """429 once a client address has made `limit.limit` requests in the window."""
+    """429 once a client address has made `window.limit` requests within the window (every POST counts)."""
 
-    def __init__(self, app: ASGIApp, limit: RateLimit) -> None:
+    def __init__(self, app: ASGIApp, window: FailureWindow) -> None:
         self.app = app
-        self.limit = limit
+        self.window = window
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        address = (scope.get("client") or ("?", 0))[0]
-        if scope["type"] == "http" and scope.get("method") == "POST" and not self.limit.allow(address):
-            body = json.dumps({"error": "too_many_requests", "error_description": "too many registrations"}).encode()
-            response = Response(
-                body,
-                status_code=429,
-                media_type="application/json",
-                headers={"Retry-After": str(self.limit.retry_after(address))},
-            )
-            await response(scope, receive, send)
-            return
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            key = address_key((scope.get("client") or (None, 0))[0])
+            wait = self.window.wait(key)
+            if wait > 0:
+                body = json.dumps({"error": "too_many_requests", "error_description": "too many registrations"})
+                answer = Response(
+                    body, status_code=429, media_type="application/json", headers={"Retry-After": str(int(wait) + 1)}
+                )
+                await answer(scope, receive, send)
+                return
+            self.window.fail(key)  # counted as one of its allowance, as a failure would be
         await self.app(scope, receive, send)
 
 
 def _endpoint(
-    handler: Any, methods: list[str], *, cross_origin: bool = True, limit: RateLimit | None = None
+    handler: Any, methods: list[str], *, cross_origin: bool = True, limit: FailureWindow | None = None
 ) -> ASGIApp:
     app: ASGIApp = RequestBodyLimitMiddleware(request_response(handler), MAX_FORM_BYTES)
     if limit is not None:
@@ -163,7 +163,7 @@ def sign_in_routes(server: AuthorizationServer) -> list[Route]:
     ]
     if registration.enabled:
         register = RegistrationHandler(server, options=registration).handle
-        limit = RateLimit(REGISTRATIONS_PER_MINUTE, 60.0)
+        limit = FailureWindow(REGISTRATIONS_PER_MINUTE, 60.0)
         routes.append(
             Route("/register", _endpoint(register, ["POST", "OPTIONS"], limit=limit), methods=["POST", "OPTIONS"])
         )

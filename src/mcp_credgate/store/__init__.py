@@ -18,7 +18,7 @@ from .records import (
     UserInfo,
 )
 from .rotation import rotate_master_key, stage_master_key
-from .users import BUILT_IN_ADMIN, Removal
+from .users import BUILT_IN_ADMIN, Removal, SsoLink, SsoMatch
 
 __all__ = [
     "BUILT_IN_ADMIN",
@@ -36,6 +36,8 @@ __all__ = [
     "RefreshReused",
     "Removal",
     "SealedCredential",
+    "SsoLink",
+    "SsoMatch",
     "Store",
     "UserInfo",
     "hint_path",

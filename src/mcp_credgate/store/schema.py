@@ -304,4 +304,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX oauth_tokens_expiry ON oauth_tokens(expires_at)
         """,
     ),
+    Migration(
+        # Sign-in through the organisation's OpenID provider (issue 23): a user is linked to one account there,
+        # (issuer, subject), unique; an account is first matched by its verified email (compared in lower case),
+        # once, when it has no link yet.
+        "0011_sso",
+        """
+        ALTER TABLE users ADD COLUMN oidc_issuer TEXT;
+        ALTER TABLE users ADD COLUMN oidc_subject TEXT;
+        CREATE UNIQUE INDEX users_oidc ON users(oidc_issuer, oidc_subject);
+        CREATE INDEX users_email ON users(lower(email))
+        """,
+    ),
 )

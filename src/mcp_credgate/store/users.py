@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 from ..errors import ConflictError, NotFoundError
 from .base import StoreBase, now
@@ -25,6 +26,24 @@ class Removal:
     agents: tuple[str, ...]  # revoked
     bindings: tuple[tuple[str, str], ...]  # (group, tool or upstream) personal bindings removed
     credentials: tuple[str, ...]  # deleted (with force)
+
+
+@dataclass(frozen=True)
+class SsoLink:
+    """Which account at the organisation's OpenID provider a user is linked to; `user_id` is the row's, so a
+    name removed and added again is not the same link."""
+
+    user_id: int
+    issuer: str
+    subject: str
+
+
+@dataclass(frozen=True)
+class SsoMatch:
+    """Who an account of the provider signs in, and how they were found."""
+
+    user: str
+    how: Literal["subject", "email", "created"]
 
 
 class Users(StoreBase):
@@ -166,6 +185,76 @@ class Users(StoreBase):
                 conn.execute("DELETE FROM credentials WHERE id = ?", (cid,))
             conn.execute("DELETE FROM users WHERE id = ?", (uid,))
         return Removal(agents, bindings, tuple(owned))
+
+    # -- sign-in through the organisation's OpenID provider (issue 23) --------------------
+
+    def sso_sign_in(
+        self,
+        issuer: str,
+        subject: str,
+        *,
+        email: str | None,
+        email_verified: bool,
+        name_hint: str,
+        default_group: str | None,
+    ) -> SsoMatch | None:
+        """The user an account of the provider signs in, in one transaction (two replicas never make the same
+        user twice): the user linked to (issuer, subject); else, for a verified email, the one user with that
+        email and no link yet, now linked; else, with a default group, a new user (never an admin, no sign-in
+        secret: `credgate user secret` gives one) named after `name_hint` (made unique with `-2`, `-3`...),
+        linked and made a member of that group. None: no user, and no default group to make one in."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT name FROM users WHERE oidc_issuer = ? AND oidc_subject = ?", (issuer, subject)
+            ).fetchone()
+            if row is not None:
+                return SsoMatch(row["name"], "subject")
+            if email is not None and email_verified:
+                rows = conn.execute(
+                    "SELECT id, name, oidc_subject FROM users WHERE lower(email) = lower(?)", (email,)
+                ).fetchall()
+                if len(rows) == 1 and rows[0]["oidc_subject"] is None:
+                    conn.execute(
+                        "UPDATE users SET oidc_issuer = ?, oidc_subject = ? WHERE id = ?",
+                        (issuer, subject, rows[0]["id"]),
+                    )
+                    return SsoMatch(rows[0]["name"], "email")
+            if default_group is None:
+                return None
+            gid = self._group_id(conn, default_group)
+            name = self._free_user_name(conn, name_hint)
+            conn.execute(
+                "INSERT INTO users (name, email, is_admin, oidc_issuer, oidc_subject, created_at)"
+                " VALUES (?, ?, 0, ?, ?, ?)",
+                (name, email if email_verified else None, issuer, subject, now()),
+            )
+            conn.execute("INSERT INTO members (group_id, user_id) VALUES (?, ?)", (gid, self._user_id(conn, name)))
+            return SsoMatch(name, "created")
+
+    @staticmethod
+    def _free_user_name(conn: Database, base: str) -> str:
+        for n in range(1, 1000):
+            name = base if n == 1 else f"{base[:60]}-{n}"
+            if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
+                return name
+        raise ConflictError(f"no free user name like {base!r}: add the user with `credgate user add`")
+
+    def sso_link(self, name: str) -> SsoLink | None:
+        """The account of the provider the user is linked to (None: no such user, or not linked)."""
+        rows = self._query("SELECT id, oidc_issuer, oidc_subject FROM users WHERE name = ?", (name,))
+        if not rows or rows[0]["oidc_subject"] is None:
+            return None
+        return SsoLink(int(rows[0]["id"]), rows[0]["oidc_issuer"], rows[0]["oidc_subject"])
+
+    def unlink_sso(self, name: str) -> bool:
+        """Forget the user's link to the provider (their SSO sessions end); False when there was none."""
+        with self._write() as conn:
+            uid = self._user_id(conn, name)
+            cur = conn.execute(
+                "UPDATE users SET oidc_issuer = NULL, oidc_subject = NULL WHERE id = ? AND oidc_subject IS NOT NULL",
+                (uid,),
+            )
+            return cur.rowcount > 0
 
     # -- memberships ---------------------------------------------------------------------
 

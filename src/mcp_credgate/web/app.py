@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 from ..config import Settings
 from ..declarations import Catalog
 from ..guard import RequestGuard, allowed_hosts_and_origins
-from .pages import agents, audit, consent, credentials, groups, me, setup, signin, users
+from .pages import agents, audit, consent, credentials, groups, me, setup, signin, sso, users
 from .site import HERE, Site
 
 
@@ -39,6 +39,9 @@ def routes(site: Site) -> list[Route | Mount]:
     return [
         Route("/", page(signin.home)),
         Route("/login", partial(signin.login, site), methods=["GET", "POST"]),
+        # the organisation's OpenID provider (no session there: the sealed flow cookie and the state prove it)
+        Route("/login/sso", partial(sso.start, site)),
+        Route("/login/sso/callback", partial(sso.callback, site)),
         Route("/logout", page(signin.logout), methods=["POST"]),
         Route("/credentials", page(credentials.credentials)),
         Route("/credentials/new", page(credentials.credential_new), methods=["GET", "POST"]),

@@ -10,6 +10,7 @@ agents' tool calls under `credgate serve --http`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -24,7 +25,9 @@ from ..authorization import AuthorizationServer
 from ..config import Settings
 from ..credential import mask
 from ..declarations import Catalog, CredentialSpec
+from ..sso import SsoClient
 from ..store import Store
+from ..throttle import FailureWindow
 from .connections import PendingConnections
 from .session import Session, Sessions
 
@@ -52,8 +55,19 @@ SECURITY_HEADERS = {
 }
 
 
+@dataclass
+class SignInLimits:
+    """Failed sign-ins allowed before a wait (app lifetime): per client address, whatever the way (a wrong
+    secret, an SSO answer that does not verify, an account no user matches), and per account of the
+    organisation's provider (refusals of that one account, from any address)."""
+
+    by_address: FailureWindow = field(default_factory=lambda: FailureWindow(10, 15 * 60))
+    by_account: FailureWindow = field(default_factory=lambda: FailureWindow(5, 15 * 60))
+
+
 class Site:
-    """App lifetime: the pages' store, declarations, sessions, templates and pending OAuth2 connections.
+    """App lifetime: the pages' store, declarations, sessions, templates and pending OAuth2 connections;
+    with SSO, the organisation's provider (its metadata and keys, cached); the sign-in limits.
 
     `Site.open` opens a store connection for the pages alone (tool calls never wait behind a page for it);
     `close` closes it, when the app stops. Thread-safe: the store serialises its calls (an `RLock`), the
@@ -64,15 +78,19 @@ class Site:
         self.store = store
         self.catalog = catalog
         self.settings = settings
-        self.sessions = Sessions(store)
+        self.sessions = Sessions(store, sso_issuer=settings.sso.issuer if settings.sso else None)
         self.pending = PendingConnections()
         self.sign_in: AuthorizationServer | None = None  # remote clients' OAuth sign-in (`serve --http` sets it)
         self.redirect_uri = f"{settings.public_url.rstrip('/')}/oauth/callback"
+        self.sso = SsoClient(settings.sso) if settings.sso else None
+        self.sso_redirect_uri = f"{settings.public_url.rstrip('/')}/login/sso/callback"
+        self.limits = SignInLimits()
         self.templates = Environment(
             loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True)
         )
         self.templates.globals["mask"] = mask
         self.templates.globals["redirect_uri"] = self.redirect_uri
+        self.templates.globals["sso_host"] = settings.sso.issuer_host if settings.sso else None
         self.templates.filters["q"] = lambda value: quote(str(value), safe="")
 
     @classmethod

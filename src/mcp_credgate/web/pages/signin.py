@@ -1,6 +1,14 @@
 """Signing in and out, and the guard every other page is behind: a session cookie (an admin's for the admin
 pages, anyone's for a user's own pages), and for a form post its CSRF token as well. The event loop only reads
-the form; the rest runs in a worker thread (`Site.run`)."""
+the form; the rest runs in a worker thread (`Site.run`).
+
+Guessing secrets is limited per client address (`Site.limits`): past 10 wrong ones in 15 minutes, that
+address's next attempts get 429 without being looked at, until the oldest leaves the window. There is no
+per-user count on this form, on purpose: it names no user, so a guess is not aimed at one account (it is tested
+against all of them, and a 256-bit secret is not guessed); and counting by what a guess claims to be (`cga_`:
+the admin) would let anyone lock the built-in admin out, which is the break-glass way in. Per-account limits
+are for sign-ins through the provider, whose account is known for sure (`sso`).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from ...errors import CredgateError, NotFoundError
-from ..session import COOKIE_NAME, Session
+from ...throttle import address_key
+from ..session import COOKIE_NAME, Session, SignIn
 from ..site import SECURITY_HEADERS, Site
 
 Page = Callable[[Site, Request, Session, FormData], Response]
@@ -59,24 +68,50 @@ async def login(site: Site, request: Request) -> Response:
     return await site.run(_login, site, request, form)
 
 
-def _login(site: Site, request: Request, form: FormData | None) -> Response:
+def safe_next(request: Request) -> str:
+    """The `next` of the query: a path of this site, or `/`."""
     next_path = request.query_params.get("next", "/")
     if not next_path.startswith("/") or next_path.startswith("//") or "\\" in next_path:
-        next_path = "/"
+        return "/"
+    return next_path
+
+
+def client_key(request: Request) -> str:
+    return address_key(request.client.host if request.client else None)
+
+
+def signed_in(site: Site, request: Request, response: Response, who: SignIn) -> Response:
+    """`response` with the session cookie of `who`."""
+    response.set_cookie(
+        COOKIE_NAME,
+        site.sessions.issue(who),
+        max_age=site.sessions.max_age,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https" or site.settings.public_url.startswith("https://"),
+    )
+    return response
+
+
+def too_many(site: Site, request: Request, wait: float, what: str = "failed sign-ins from your address") -> Response:
+    seconds = max(1, round(wait))
+    response = site.refusal(request, 429, f"Too many {what}: try again in {seconds} s.")
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
+def _login(site: Site, request: Request, form: FormData | None) -> Response:
+    next_path = safe_next(request)
     error = ""
     if form is not None:
+        address = client_key(request)
+        wait = site.limits.by_address.wait(address)
+        if wait:
+            return too_many(site, request, wait)
         who = site.sessions.check_secret(str(form.get("secret", "")))
         if who is not None:
-            response = RedirectResponse(next_path, status_code=303, headers=SECURITY_HEADERS)
-            response.set_cookie(
-                COOKIE_NAME,
-                site.sessions.issue(who),
-                max_age=site.sessions.max_age,
-                httponly=True,
-                samesite="strict",
-                secure=request.url.scheme == "https" or site.settings.public_url.startswith("https://"),
-            )
-            return response
+            return signed_in(site, request, RedirectResponse(next_path, status_code=303, headers=SECURITY_HEADERS), who)
+        site.limits.by_address.fail(address)
         error = "That is neither the admin secret nor a user's sign-in secret."
     no_secret = site.store.admin_secret_hash() is None
     return site.render(
