@@ -27,8 +27,16 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_credgate import people
 from mcp_credgate.cli import cli
 from mcp_credgate.store import AgentInfo
-from tests.support.gateway import World, assert_no_leak, assert_no_leak_at_rest, python_tool, result_text
-from tests.support.http_server import Server, start_server
+from tests.support.gateway import (
+    World,
+    assert_no_leak,
+    assert_no_leak_at_rest,
+    make_canary,
+    python_tool,
+    result_text,
+)
+from tests.support.http_server import Server, free_port, start_server
+from tests.support.oidc_provider import Account, running_oidc_provider
 from tests.support.sign_in import (
     CALLBACK,
     BrowserUser,
@@ -40,6 +48,7 @@ from tests.support.sign_in import (
 )
 
 pytestmark = pytest.mark.anyio
+OIDC_SECRET = make_canary("OIDC")
 
 
 @dataclass
@@ -531,3 +540,35 @@ def test_a_ten_megabyte_metadata_document_is_refused_quickly(hand: HandFlow, sit
         answer = hand.authorize(f"{origin}/big.json", challenge)
     assert answer.status_code == 400 and time.monotonic() - began < 5
     assert "client metadata document at 127.0.0.1" in site.server.stderr()
+
+
+async def test_the_consent_page_signs_the_user_in_through_the_organisations_openid_provider(tmp_path: Path) -> None:
+    port = free_port()
+    world = World.create(tmp_path / "site", {"clock": python_tool("clock", "mcp_credgate.examples:utc_now")})
+    world.allow("research", "clock")
+    people.create_user(world.store, "alice", email="alice@example.com")
+    world.store.add_members("research", ["alice"])
+    alice = Account("alice-sub", "alice@example.com", True, "alice", "Alice Example")
+    redirect = f"http://127.0.0.1:{port}/login/sso/callback"
+    with running_oidc_provider(
+        tmp_path / "oidc", [alice], client_id="credgate", client_secret=OIDC_SECRET, redirect_uris=[redirect]
+    ) as provider:
+        env = {
+            "CREDGATE_OIDC_ISSUER": provider.issuer,
+            "CREDGATE_OIDC_CLIENT_ID": "credgate",
+            "CREDGATE_OIDC_CLIENT_SECRET": OIDC_SECRET,
+        }
+        server = start_server(world, tmp_path / "server", port=port, env=env)
+        try:
+            person = BrowserUser("", group="research", sso_account=alice.sub)
+            client_auth = oauth_provider(server.mcp_url, person)
+            async with (
+                signed_in_http(client_auth) as http,
+                Client(streamable_http_client(server.mcp_url, http_client=http)) as client,
+            ):
+                assert [t.name for t in (await client.list_tools()).tools] == ["clock"]
+            [agent] = [a for a in world.store.list_agents() if a.kind == "oauth"]
+            assert (agent.user, agent.group) == ("alice", "research")
+        finally:
+            server.stop()
+            world.close()

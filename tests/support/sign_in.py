@@ -63,7 +63,8 @@ class MemoryStorage:
 
 @dataclass
 class BrowserUser:
-    """The person at the browser: `secret` signs them in; `group` is what they allow (None: they deny)."""
+    """The person at the browser: `secret` (or their account at the OpenID provider) signs them in; `group` is
+    what they allow (None: they deny)."""
 
     secret: str
     group: str | None = None
@@ -72,6 +73,7 @@ class BrowserUser:
     answers: list[str] = field(default_factory=list)  # the redirects to the client, as they came
     pages: list[str] = field(default_factory=list)  # the consent pages' text
     page_hook: Callable[[Any], None] | None = None  # called on the consent page before answering
+    sso_account: str | None = None  # sign in through the OpenID provider as this account (its subject)
 
     def follow(self, authorization_url: str) -> str:
         """Open the authorization URL, sign in, answer the consent page; returns the redirect to the client."""
@@ -88,7 +90,10 @@ class BrowserUser:
 
                 page.route(f"{self.callback}**", catch)
                 page.goto(authorization_url)
-                if "/login" in page.url:
+                if "/login" in page.url and self.sso_account is not None:  # through the OpenID provider
+                    page.click("#sso")
+                    page.click(f"button[value={self.sso_account}]")
+                elif "/login" in page.url:
                     page.fill("#secret", self.secret)
                     page.click("button[type=submit]")
                 page.wait_for_selector("text=Let a client act for you")
