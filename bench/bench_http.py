@@ -5,6 +5,10 @@ sequential calls alternating between the servers one by one, then 50 concurrent 
 server at a time, in alternating rounds.
 
     python bench/bench_http.py [--calls 2000] [--clients 50] [--per-client 20] [--rounds 4]
+
+`--oauth`: instead, one credgate server, called with a static `cgt_` token and with an OAuth access token
+(`cgo_`, of a client's sign-in: contract §6) side by side, to measure what the per-request check of an OAuth
+token costs against a static one.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import httpx2
@@ -106,13 +111,99 @@ def print_concurrent_table(
     return rates
 
 
+def oauth_access_token(home: Path, tools: Path, public_url: str) -> str:
+    """An OAuth access token for group `bench`, made as a client's sign-in makes it (a user who is a member, a
+    registered client, the consent's code, its exchange), in-process on the store."""
+    from mcp.shared.auth import OAuthClientInformationFull
+    from pydantic import AnyUrl
+
+    from mcp_credgate import people
+    from mcp_credgate.authorization import AuthorizationServer, SignInRequest
+    from mcp_credgate.config import Settings
+    from mcp_credgate.store import Store
+
+    async def grant() -> str:
+        with Store.open(Settings.resolve(home=home, tools_dirs=[tools], public_url=public_url)) as store:
+            people.create_user(store, "bench-user")
+            store.add_members("bench", ["bench-user"])
+            server = AuthorizationServer(store, public_url)
+            client = OAuthClientInformationFull(
+                client_id="bench-client",
+                client_name="Bench",
+                redirect_uris=[AnyUrl("http://127.0.0.1:9/callback")],
+                token_endpoint_auth_method="none",
+            )
+            await server.register_client(client)
+            request = SignInRequest(
+                client_id="bench-client",
+                redirect_uri="http://127.0.0.1:9/callback",
+                redirect_explicit=True,
+                code_challenge="unused-here",
+                state=None,
+                resource=server.resource,
+                scopes=(),
+                expires_at=time.time() + 60,
+            )
+            code = parse_qs(urlsplit(server.approve(request, "bench-user", "bench")).query)["code"][0]
+            loaded = await server.load_authorization_code(client, code)
+            assert loaded is not None
+            return (await server.exchange_authorization_code(client, loaded)).access_token
+
+    return anyio.run(grant)
+
+
+async def compare_tokens(opts: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        serve_argv, env = setup_credgate(home)
+        base = serve_argv[: serve_argv.index("serve")]
+        common = serve_argv[serve_argv.index("--home") :]
+        out = subprocess.run(
+            [*base, "agent", "add", "bench", "bench-agent", "--json", *common],
+            env={**os.environ, **env},
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/mcp"
+        tokens = {
+            "static cgt_ token": json.loads(out.stdout)["token"],
+            "OAuth cgo_ token": await anyio.to_thread.run_sync(
+                oauth_access_token, home, home / "tools.d", f"http://127.0.0.1:{port}"
+            ),
+        }
+        conc: dict[str, list[float]] = {name: [] for name in tokens}
+        wall: dict[str, float] = {name: 0.0 for name in tokens}
+        with running([*base, "serve", "--http", "--port", str(port), *common], env, port):
+            seq = await sequential({name: (url, token) for name, token in tokens.items()}, opts.calls)
+            for _ in range(opts.rounds):
+                for name, token in tokens.items():
+                    times, elapsed = await concurrent(url, token, opts.clients, opts.per_client)
+                    conc[name] += times
+                    wall[name] += elapsed
+    print("Streamable HTTP, one credgate server, static and OAuth tokens side by side")
+    print(f"sequential: {opts.calls} calls from one client each, alternating call by call")
+    rates = print_table(seq, heading="token")
+    p50 = {name: figures[1] for name, figures in rates.items()}
+    print(f"sequential p50 OAuth/static: {p50['OAuth cgo_ token'] / p50['static cgt_ token']:.3f} (target <= 1.05)")
+    print(f"concurrent: {opts.clients} clients x {opts.per_client} calls, {opts.rounds} alternating rounds each")
+    crates = print_concurrent_table(conc, wall, heading="token")
+    ratio = crates["OAuth cgo_ token"] / crates["static cgt_ token"]
+    print(f"concurrent throughput OAuth/static: {ratio:.3f} (target >= 0.95)")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=2000, help="sequential calls per server")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--per-client", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds of concurrent load")
+    parser.add_argument("--oauth", action="store_true", help="static vs OAuth tokens on one credgate server")
     opts = parser.parse_args()
+    if opts.oauth:
+        await compare_tokens(opts)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         serve_argv, env = setup_credgate(home)

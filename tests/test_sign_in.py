@@ -27,6 +27,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_credgate import people
 from mcp_credgate.cli import cli
 from mcp_credgate.store import AgentInfo
+from mcp_credgate.web.session import new_admin_secret
 from tests.support.gateway import (
     World,
     assert_no_leak,
@@ -572,3 +573,12 @@ async def test_the_consent_page_signs_the_user_in_through_the_organisations_open
         finally:
             server.stop()
             world.close()
+
+
+def test_the_dashboards_agents_page_shows_a_sign_in_as_an_oauth_agent_of_its_user(site: Site, hand: HandFlow) -> None:
+    hand.tokens(name="Cursor")
+    secret = new_admin_secret(site.world.store)
+    with hand.http() as http:
+        http.post("/login", data={"secret": secret})
+        page = http.get("/agents").text
+    assert "OAuth sign-in" in page and re.search(r"cursor-[0-9a-f]{6}", page) and "<td>ann</td>" in page

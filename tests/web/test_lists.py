@@ -111,7 +111,8 @@ def group_names(page: str) -> list[str]:
 
 
 def agent_rows(page: str) -> list[tuple[str, str]]:
-    return re.findall(r'<tr><td>([^<]+)</td><td><a href="/groups/[^"]+">([^<]+)</a></td>', page)
+    row = r'<tr><td>([^<]+)</td>\s*<td>static token</td>\s*<td><a href="/groups/[^"]+">([^<]+)</a></td>'
+    return re.findall(row, page)
 
 
 def audit_times(page: str) -> list[str]:
