@@ -20,6 +20,7 @@ pytestmark = pytest.mark.no_store
 
 PUBLIC_MODULES = [
     "mcp_credgate",
+    "mcp_credgate.addresses",
     "mcp_credgate.admin",
     "mcp_credgate.agents",
     "mcp_credgate.authorization",

@@ -43,6 +43,7 @@ from urllib.parse import unquote, urlsplit
 import anyio
 
 from . import __version__
+from .addresses import address_refusal, literal_address
 from .errors import CredgateError
 from .loopback import is_loopback_host
 
@@ -57,7 +58,6 @@ __all__ = [
     "USER_AGENT",
     "ClientDocument",
     "ClientDocumentError",
-    "address_refusal",
     "fetch_client_document",
     "is_client_document_url",
 ]
@@ -75,15 +75,8 @@ _SHOWN_HOST = re.compile(r"[A-Za-z0-9._:\[\]-]{1,255}")
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 _SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*")  # RFC 6749 §3.3
 _NAME = re.compile(r"[\x21-\x7e]{1,200}")  # a grant or response type
-_NUMERIC_HOST = re.compile(r"[0-9a-fx.]+")  # what inet_aton reads as IPv4 besides dotted quads: 127.1, 0x7f000001
 
-_CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
-_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
-_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated (RFC 4291 §2.5.5.1): never a place to fetch from
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052: the low 32 bits are the IPv4 address reached
-_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: a local network's own translator
 
-_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Refuse = Callable[[str], "ClientDocumentError"]
 
 
@@ -210,67 +203,12 @@ def _shown_host(url: str) -> str:
 # -- where we may connect -----------------------------------------------------------------------
 
 
-def address_refusal(address: _Address, *, allow_loopback: bool = False) -> str | None:
-    """Why a client metadata document may not be fetched from this address (None: it may): anything but a
-    globally routable unicast address, including IPv6 forms that carry a refused IPv4 address (mapped,
-    compatible, NAT64, 6to4). `allow_loopback` lets loopback through, nothing else."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.is_loopback or address.is_unspecified:
-            return _refusal(address, allow_loopback)
-        if address.ipv4_mapped is not None:
-            return address_refusal(address.ipv4_mapped, allow_loopback=allow_loopback)
-        if address in _IPV4_COMPATIBLE:
-            return "an IPv4-compatible IPv6 address (deprecated, not routed)"
-        if address in _NAT64_LOCAL:
-            return "a local NAT64 address"
-        if address in _NAT64:  # a DNS64 answer on an IPv6-only network: as good as the IPv4 address in it
-            inner = address_refusal(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-            return f"{inner}, behind NAT64" if inner else None
-        if address.sixtofour is not None and (inner := address_refusal(address.sixtofour)) is not None:
-            return f"{inner}, behind 6to4"
-    return _refusal(address, allow_loopback)
-
-
-def _refusal(address: _Address, allow_loopback: bool) -> str | None:
-    if address.is_loopback:
-        return None if allow_loopback else "a loopback address"
-    if address.is_unspecified or (isinstance(address, ipaddress.IPv4Address) and address in _THIS_NETWORK):
-        return "an unspecified address"
-    if address.is_link_local:
-        return "a link-local address"
-    if address.is_multicast:
-        return "a multicast address"
-    if isinstance(address, ipaddress.IPv4Address) and address in _CGNAT:
-        return "a shared (carrier-grade NAT) address"
-    if address.is_reserved:
-        return "a reserved address"
-    if address.is_private or (isinstance(address, ipaddress.IPv6Address) and address.is_site_local):
-        return "a private address"
-    if not address.is_global:
-        return "an address that is not globally routable"
-    return None
-
-
-def _literal_address(host: str) -> _Address | None:
-    """The address a host names by itself, in any spelling the resolver reads as one (`127.1`, `0x7f.1`)."""
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    if _NUMERIC_HOST.fullmatch(host):
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return None
-    return None
-
-
 def _host_refusal(host: str, allow_loopback: bool) -> str | None:
     """Why a host is refused as written, before any look-up: a refused literal address, or `localhost`."""
     name = host.lower().rstrip(".")
     if name == "localhost" or name.endswith(".localhost"):  # RFC 6761 §6.3: always this machine
         return None if allow_loopback else "refused: localhost is this machine"
-    address = _literal_address(name)
+    address = literal_address(name)
     refusal = address_refusal(address, allow_loopback=allow_loopback) if address is not None else None
     return f"refused: {address} is {refusal}" if refusal else None
 

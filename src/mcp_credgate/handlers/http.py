@@ -22,7 +22,6 @@ import ipaddress
 import json
 import logging
 import re
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from urllib.parse import quote
 import anyio
 import httpx2
 
+from ..addresses import address_refusal, literal_address
 from ..credential import Credential
 from ..declarations import PLACEHOLDER, CredentialSpec, HttpHandler
 from ..declarations.models import DEFAULT_PORTS
@@ -167,7 +167,6 @@ TO_PRIVATE = (
     "redirect not followed: the tool's redirect policy is https, which never leads from a public address "
     "to a private, loopback or link-local one"
 )
-_NUMERIC_HOST = re.compile(r"[0-9a-fx.]+")  # what inet_aton may read as an IPv4 address: 127.1, 0x7f000001…
 
 
 def redirect_refusal(handler: HttpHandler, home: Origin, here: Origin, there: Origin) -> str | None:
@@ -201,34 +200,8 @@ def is_private_host(host: str) -> bool:
     name = host.lower().strip("[]").rstrip(".")
     if name == "localhost" or name.endswith(".localhost"):
         return True
-    address = _address(name)
-    return address is not None and _is_private_address(address)
-
-
-def _address(host: str) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    if _NUMERIC_HOST.fullmatch(host):
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return None
-    return None
-
-
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-
-
-def _is_private_address(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address):  # an IPv4 address inside it counts as itself
-        embedded = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
-        if embedded is None and address in _NAT64:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if embedded is not None and _is_private_address(embedded):
-            return True
-    return not address.is_global or address.is_multicast
+    address = literal_address(name)
+    return address is not None and address_refusal(address) is not None
 
 
 def _reached_private(response: httpx2.Response) -> bool:
@@ -240,7 +213,7 @@ def _reached_private(response: httpx2.Response) -> bool:
     if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
         return False
     try:
-        return _is_private_address(ipaddress.ip_address(peer[0]))
+        return address_refusal(ipaddress.ip_address(peer[0])) is not None
     except ValueError:
         return False
 
