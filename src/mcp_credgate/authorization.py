@@ -73,6 +73,7 @@ __all__ = [
     "Registration",
     "SignInRequest",
     "agent_access_token",
+    "is_loopback_redirect",
     "same_resource",
 ]
 
@@ -125,7 +126,8 @@ def same_resource(given: str, resource: str) -> bool:
         return False
 
 
-def _is_loopback_redirect(uri: str) -> bool:
+def is_loopback_redirect(uri: str) -> bool:
+    """Whether a redirect URI is plain http to this machine's loopback (a native client's, RFC 8252 §7.3)."""
     parts = urlsplit(uri)
     return parts.scheme == "http" and is_loopback_host(parts.hostname or "")
 
@@ -137,10 +139,10 @@ class CredgateClient(OAuthClientInformationFull):
     def validate_redirect_uri(self, redirect_uri: AnyUrl | None) -> AnyUrl:
         if redirect_uri is not None and self.redirect_uris and redirect_uri not in self.redirect_uris:
             asked = urlsplit(str(redirect_uri))
-            if _is_loopback_redirect(str(redirect_uri)):
+            if is_loopback_redirect(str(redirect_uri)):
                 for registered in self.redirect_uris:
                     known = urlsplit(str(registered))
-                    if _is_loopback_redirect(str(registered)) and (
+                    if is_loopback_redirect(str(registered)) and (
                         known.hostname,
                         known.path,
                         known.query,
@@ -222,6 +224,7 @@ class AuthorizationServer:
         self.issuer_url = issuer.rstrip("/")
         self.issuer = self.issuer_url  # as the metadata says it (no slash added): RFC 9207's `iss` must be equal
         self.resource = f"{self.issuer_url}/mcp"
+        self.consent_url = f"{self.issuer_url}/oauth/consent"
         self.registration = registration
         self.allow_loopback_documents = allow_loopback_documents
         self.clock = clock
@@ -276,7 +279,7 @@ class AuthorizationServer:
         handler's client secret is dropped: the answer says `none`); loopback-only unless `open`."""
         uris = [str(u) for u in client_info.redirect_uris or []]
         for uri in uris:
-            loopback = _is_loopback_redirect(uri)
+            loopback = is_loopback_redirect(uri)
             if self.registration == "loopback" and not loopback:
                 raise RegistrationError(
                     "invalid_redirect_uri",
@@ -340,7 +343,7 @@ class AuthorizationServer:
             expires_at=self.clock() + REQUEST_SECONDS,
         )
         sealed = await self._run(lambda: request.seal(self._request_key()))
-        return f"{self.issuer_url}/oauth/consent?request={sealed}"
+        return f"{self.consent_url}?request={sealed}"
 
     def sign_in_request(self, sealed: str) -> SignInRequest | None:
         """The consent page's request, if it is genuine and not expired."""
