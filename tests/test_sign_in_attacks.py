@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import pytest
 
-from mcp_credgate import people
+from mcp_credgate import authorization, people
+from mcp_credgate.authorization import AuthorizationServer
 from tests.support.gateway import World, python_tool
 from tests.support.http_server import Server, start_server
 from tests.support.sign_in import CALLBACK, HandFlow, pkce_pair
@@ -79,3 +81,31 @@ def test_an_authorization_error_still_goes_back_to_a_loopback_client(site: Site)
     _, challenge = pkce_pair()
     answer = site.hand.authorize(client_id, challenge, resource="https://other.example/mcp")
     assert answer.status_code == 302 and answer.headers["location"].startswith(CALLBACK + "?error=invalid_target")
+
+
+# -- metadata documents: an unauthenticated request makes the server fetch and keep one ----------------
+
+
+def _document_rows(world: World) -> int:
+    return len([c for c in world.store._query("SELECT kind FROM oauth_clients", ()) if c["kind"] == "document"])
+
+
+def test_documents_of_clients_that_never_sign_in_are_not_kept_without_bound(site: Site) -> None:
+    # each new client_id URL at /authorize (or /token, /revoke: no sign-in needed) made a fetch and a row
+    # kept for ever; a host serving documents at every path filled the store
+    documents: dict[str, bytes] = {}
+    with document_server(documents) as origin:
+        _, challenge = pkce_pair()
+        for i in range(5):
+            site.hand.authorize(_document(documents, origin, f"/d{i}.json", [CALLBACK]), challenge)
+        assert _document_rows(site.world) == 5
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(authorization, "MAX_UNUSED_CLIENTS", 5)
+            server = AuthorizationServer(site.world.store, site.server.base, allow_loopback_documents=True)
+            more = _document(documents, origin, "/more.json", [CALLBACK])
+            assert anyio.run(server.get_client, more) is None  # full: not fetched, not kept
+            assert _document_rows(site.world) == 5
+            assert anyio.run(server.get_client, f"{origin}/d0.json") is not None  # one known still is
+            patch.setattr(authorization, "UNUSED_CLIENT_SECONDS", -60)  # a day later: the unused are forgotten
+            assert anyio.run(server.get_client, more) is not None
+    assert _document_rows(site.world) == 1

@@ -87,7 +87,9 @@ ACCESS_SECONDS = 3600
 REFRESH_SECONDS = 30 * 86400
 CODE_SECONDS = 300
 REQUEST_SECONDS = 600  # between /authorize and the consent's answer
-UNUSED_CLIENT_SECONDS = 86400  # a registered client that never completes a sign-in is forgotten after this
+UNUSED_CLIENT_SECONDS = (
+    86400  # a client (registered, or a document) that never completes a sign-in is forgotten after this
+)
 MAX_UNUSED_CLIENTS = 1000
 DOCUMENT_FRESH_SECONDS = 3600  # a metadata document is fetched again after this
 DOCUMENT_STALE_SECONDS = 86400  # ... and its last copy used while the fetch fails, up to this
@@ -251,6 +253,9 @@ class AuthorizationServer:
 
     async def _document_client(self, url: str) -> CredgateClient | None:
         record = await self._run(self.store.oauth_client, url)
+        if record is None and not await self._run(self._room_for, "document"):
+            log.warning("client metadata document not fetched: too many documents of clients not yet used")
+            return None
         age = self.clock() - record.fetched_at if record is not None and record.fetched_at is not None else None
         if record is not None and age is not None and age < DOCUMENT_FRESH_SECONDS:
             return CredgateClient.model_validate_json(record.metadata)
@@ -299,13 +304,18 @@ class AuthorizationServer:
         await self._run(self._save_registration, client_info)
 
     def _save_registration(self, client_info: OAuthClientInformationFull) -> None:
-        cutoff = datetime.now(UTC) - timedelta(seconds=UNUSED_CLIENT_SECONDS)
-        self.store.forget_unused_oauth_clients(cutoff.isoformat(timespec="milliseconds"))
-        if self.store.unused_oauth_client_count() >= MAX_UNUSED_CLIENTS:
+        if not self._room_for("registered"):
             raise RegistrationError(
                 "invalid_client_metadata", "too many clients registered and not yet used: try again later"
             )
         self.store.save_oauth_client(client_info.client_id, "registered", client_info.model_dump_json())
+
+    def _room_for(self, kind: str) -> bool:
+        """Whether another client of `kind` may be kept, once those unused for a day are forgotten: anyone can
+        make one (a registration; a document, by naming its URL), so at most MAX_UNUSED_CLIENTS wait unused."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=UNUSED_CLIENT_SECONDS)
+        self.store.forget_unused_oauth_clients(cutoff.isoformat(timespec="milliseconds"), kind)
+        return self.store.unused_oauth_client_count(kind) < MAX_UNUSED_CLIENTS
 
     def client_view(self, client: OAuthClientInformationFull, redirect_uri: str) -> ClientView:
         record = self.store.oauth_client(client.client_id)
