@@ -73,6 +73,7 @@ __all__ = [
     "Registration",
     "SignInRequest",
     "agent_access_token",
+    "is_loopback_redirect",
     "same_resource",
 ]
 
@@ -86,7 +87,9 @@ ACCESS_SECONDS = 3600
 REFRESH_SECONDS = 30 * 86400
 CODE_SECONDS = 300
 REQUEST_SECONDS = 600  # between /authorize and the consent's answer
-UNUSED_CLIENT_SECONDS = 86400  # a registered client that never completes a sign-in is forgotten after this
+UNUSED_CLIENT_SECONDS = (
+    86400  # a client (registered, or a document) that never completes a sign-in is forgotten after this
+)
 MAX_UNUSED_CLIENTS = 1000
 DOCUMENT_FRESH_SECONDS = 3600  # a metadata document is fetched again after this
 DOCUMENT_STALE_SECONDS = 86400  # ... and its last copy used while the fetch fails, up to this
@@ -125,7 +128,8 @@ def same_resource(given: str, resource: str) -> bool:
         return False
 
 
-def _is_loopback_redirect(uri: str) -> bool:
+def is_loopback_redirect(uri: str) -> bool:
+    """Whether a redirect URI is plain http to this machine's loopback (a native client's, RFC 8252 §7.3)."""
     parts = urlsplit(uri)
     return parts.scheme == "http" and is_loopback_host(parts.hostname or "")
 
@@ -137,10 +141,10 @@ class CredgateClient(OAuthClientInformationFull):
     def validate_redirect_uri(self, redirect_uri: AnyUrl | None) -> AnyUrl:
         if redirect_uri is not None and self.redirect_uris and redirect_uri not in self.redirect_uris:
             asked = urlsplit(str(redirect_uri))
-            if _is_loopback_redirect(str(redirect_uri)):
+            if is_loopback_redirect(str(redirect_uri)):
                 for registered in self.redirect_uris:
                     known = urlsplit(str(registered))
-                    if _is_loopback_redirect(str(registered)) and (
+                    if is_loopback_redirect(str(registered)) and (
                         known.hostname,
                         known.path,
                         known.query,
@@ -222,6 +226,7 @@ class AuthorizationServer:
         self.issuer_url = issuer.rstrip("/")
         self.issuer = self.issuer_url  # as the metadata says it (no slash added): RFC 9207's `iss` must be equal
         self.resource = f"{self.issuer_url}/mcp"
+        self.consent_url = f"{self.issuer_url}/oauth/consent"
         self.registration = registration
         self.allow_loopback_documents = allow_loopback_documents
         self.clock = clock
@@ -248,6 +253,9 @@ class AuthorizationServer:
 
     async def _document_client(self, url: str) -> CredgateClient | None:
         record = await self._run(self.store.oauth_client, url)
+        if record is None and not await self._run(self._room_for, "document"):
+            log.warning("client metadata document not fetched: too many documents of clients not yet used")
+            return None
         age = self.clock() - record.fetched_at if record is not None and record.fetched_at is not None else None
         if record is not None and age is not None and age < DOCUMENT_FRESH_SECONDS:
             return CredgateClient.model_validate_json(record.metadata)
@@ -276,7 +284,7 @@ class AuthorizationServer:
         handler's client secret is dropped: the answer says `none`); loopback-only unless `open`."""
         uris = [str(u) for u in client_info.redirect_uris or []]
         for uri in uris:
-            loopback = _is_loopback_redirect(uri)
+            loopback = is_loopback_redirect(uri)
             if self.registration == "loopback" and not loopback:
                 raise RegistrationError(
                     "invalid_redirect_uri",
@@ -296,13 +304,18 @@ class AuthorizationServer:
         await self._run(self._save_registration, client_info)
 
     def _save_registration(self, client_info: OAuthClientInformationFull) -> None:
-        cutoff = datetime.now(UTC) - timedelta(seconds=UNUSED_CLIENT_SECONDS)
-        self.store.forget_unused_oauth_clients(cutoff.isoformat(timespec="milliseconds"))
-        if self.store.unused_oauth_client_count() >= MAX_UNUSED_CLIENTS:
+        if not self._room_for("registered"):
             raise RegistrationError(
                 "invalid_client_metadata", "too many clients registered and not yet used: try again later"
             )
         self.store.save_oauth_client(client_info.client_id, "registered", client_info.model_dump_json())
+
+    def _room_for(self, kind: str) -> bool:
+        """Whether another client of `kind` may be kept, once those unused for a day are forgotten: anyone can
+        make one (a registration; a document, by naming its URL), so at most MAX_UNUSED_CLIENTS wait unused."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=UNUSED_CLIENT_SECONDS)
+        self.store.forget_unused_oauth_clients(cutoff.isoformat(timespec="milliseconds"), kind)
+        return self.store.unused_oauth_client_count(kind) < MAX_UNUSED_CLIENTS
 
     def client_view(self, client: OAuthClientInformationFull, redirect_uri: str) -> ClientView:
         record = self.store.oauth_client(client.client_id)
@@ -340,7 +353,7 @@ class AuthorizationServer:
             expires_at=self.clock() + REQUEST_SECONDS,
         )
         sealed = await self._run(lambda: request.seal(self._request_key()))
-        return f"{self.issuer_url}/oauth/consent?request={sealed}"
+        return f"{self.consent_url}?request={sealed}"
 
     def sign_in_request(self, sealed: str) -> SignInRequest | None:
         """The consent page's request, if it is genuine and not expired."""

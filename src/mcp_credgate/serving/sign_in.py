@@ -4,7 +4,8 @@
 
 Ours on top of the SDK's: the metadata says what this server does (public clients only, `iss` in the
 authorization response, Client ID Metadata Documents); /token refuses a `resource` that is not this server's
-(RFC 8707); request bodies are capped small.
+(RFC 8707); request bodies are capped small; /authorize sends an error back by redirect only to a loopback
+redirect URI, so that it is no open redirector (RFC 9700 §4.11.2).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from mcp.server.auth.handlers.authorize import AuthorizationHandler
 from mcp.server.auth.handlers.metadata import MetadataHandler, ProtectedResourceMetadataHandler
@@ -27,11 +29,11 @@ from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from starlette.datastructures import FormData
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..authorization import AuthorizationServer, same_resource
+from ..authorization import AuthorizationServer, is_loopback_redirect, same_resource
 from ..throttle import FailureWindow, address_key
 
 MAX_FORM_BYTES = 64 * 1024
@@ -47,6 +49,25 @@ CROSS_ORIGIN_PATHS = frozenset(  # called by browser-based clients from their ow
         "/revoke",
     }
 )
+
+
+@dataclass
+class NoOpenRedirectAuthorizationHandler(AuthorizationHandler):
+    """The SDK's /authorize, which sends an error in the request (a wrong `resource`, no PKCE...) back to the
+    client's redirect URI at once. Any site can be that URI (its own metadata document, `--registration open`),
+    and a link to /authorize would then be a link to it with our URL as the bait (RFC 9700 §4.11.2): such an
+    error is answered here (400), unless the redirect URI is loopback (the user's own machine)."""
+
+    consent_url: str = ""
+
+    async def handle(self, request: Request) -> Response:
+        answer: Response = await super().handle(request)
+        target = answer.headers.get("location", "")
+        if target and not target.startswith(self.consent_url) and not is_loopback_redirect(target):
+            query = parse_qs(urlsplit(target).query)
+            error = {name: query[name][-1] for name in ("error", "error_description", "state") if name in query}
+            answer = JSONResponse(error, status_code=400, headers={"Cache-Control": "no-store"})
+        return answer
 
 
 @dataclass
@@ -138,6 +159,7 @@ def sign_in_routes(server: AuthorizationServer) -> list[Route]:
     )
     authenticator = ClientAuthenticator(server)
     token = ResourceBoundTokenHandler(server, authenticator, resource=server.resource)
+    authorize = NoOpenRedirectAuthorizationHandler(server, consent_url=f"{server.consent_url}?")
     resource_handler = ProtectedResourceMetadataHandler(protected).handle
     routes = [
         Route(
@@ -151,7 +173,7 @@ def sign_in_routes(server: AuthorizationServer) -> list[Route]:
         ),
         Route(
             "/authorize",
-            _endpoint(AuthorizationHandler(server).handle, ["GET", "POST"], cross_origin=False),
+            _endpoint(authorize.handle, ["GET", "POST"], cross_origin=False),
             methods=["GET", "POST"],
         ),
         Route("/token", _endpoint(token.handle, ["POST", "OPTIONS"]), methods=["POST", "OPTIONS"]),

@@ -117,18 +117,18 @@ class Grants(StoreBase):
             r["client_id"], r["kind"], r["metadata"], r["registered_at"], r["fetched_at"], r["used_at"]
         )
 
-    def forget_unused_oauth_clients(self, registered_before: str) -> int:
-        """Remove registered clients that never completed a sign-in and were registered before the time given
-        (an ISO timestamp, as `now()` writes them). Returns how many."""
+    def forget_unused_oauth_clients(self, registered_before: str, kind: str = "registered") -> int:
+        """Remove clients of `kind` that never completed a sign-in and were registered (a document: first
+        fetched) before the time given (an ISO timestamp, as `now()` writes them). Returns how many."""
         with self._write(changes_setup=False) as conn:
             cur = conn.execute(
-                "DELETE FROM oauth_clients WHERE kind = 'registered' AND used_at IS NULL AND registered_at < ?",
-                (registered_before,),
+                "DELETE FROM oauth_clients WHERE kind = ? AND used_at IS NULL AND registered_at < ?",
+                (kind, registered_before),
             )
             return int(cur.rowcount)
 
-    def unused_oauth_client_count(self) -> int:
-        rows = self._query("SELECT COUNT(*) AS n FROM oauth_clients WHERE kind = 'registered' AND used_at IS NULL")
+    def unused_oauth_client_count(self, kind: str = "registered") -> int:
+        rows = self._query("SELECT COUNT(*) AS n FROM oauth_clients WHERE kind = ? AND used_at IS NULL", (kind,))
         return int(rows[0]["n"])
 
     # -- codes -----------------------------------------------------------------------------
