@@ -74,6 +74,8 @@ class BrowserUser:
     pages: list[str] = field(default_factory=list)  # the consent pages' text
     page_hook: Callable[[Any], None] | None = None  # called on the consent page before answering
     sso_account: str | None = None  # sign in through the OpenID provider as this account (its subject)
+    deliver: bool = False  # let the browser really go back to the client (its loopback listener) and wait there
+    landings: list[str] = field(default_factory=list)  # with `deliver`: the text of the client's page, as shown
 
     def follow(self, authorization_url: str) -> str:
         """Open the authorization URL, sign in, answer the consent page; returns the redirect to the client."""
@@ -88,7 +90,8 @@ class BrowserUser:
                     caught.append(route.request.url)
                     route.fulfill(body="you may close this window")
 
-                page.route(f"{self.callback}**", catch)
+                if not self.deliver:
+                    page.route(f"{self.callback}**", catch)
                 page.goto(authorization_url)
                 if "/login" in page.url and self.sso_account is not None:  # through the OpenID provider
                     page.click("#sso")
@@ -108,6 +111,10 @@ class BrowserUser:
                     page.check(f"input[name=group][value={self.group}]")
                     page.click("button[value=allow]")
                 page.wait_for_url(f"{self.callback}**")
+                if self.deliver:
+                    page.wait_for_load_state()
+                    caught.append(page.url)
+                    self.landings.append(page.inner_text("body"))
             finally:
                 browser.close()
         self.answers.append(caught[-1] if caught else "")
