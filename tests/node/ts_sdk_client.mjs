@@ -4,7 +4,8 @@
 // Usage: node ts_sdk_client.mjs MCP_URL REDIRECT_URI TOKENS_FILE
 // (TOKENS_FILE: where it writes, on its way out, every token it was given, for the test's leak checks)
 //
-// It talks to the test in JSON lines. Out (stdout), each {"event": ...}:
+// It talks to the test in JSON lines. Out (stdout), each {"event": ..., "at": its time in ms since the epoch}:
+//   start                           before its first request
 //   authorize {url}                 the SDK wants the person at a browser: the test drives it, then writes the
 //                                   code it got back (one line on stdin)
 //   connected {tools: [names]}      signed in, tools listed
@@ -26,7 +27,7 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 
 const [mcpUrl, redirectUri, tokensFile] = process.argv.slice(2);
 const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-const say = (event, fields = {}) => process.stdout.write(`${JSON.stringify({ event, ...fields })}\n`);
+const say = (event, fields = {}) => process.stdout.write(`${JSON.stringify({ event, ...fields, at: Date.now() })}\n`);
 const CALL_TIMEOUT_MS = 20_000;
 
 async function nextLine() {
@@ -110,6 +111,7 @@ async function callClock(client, phase) {
 
 async function main() {
   let client;
+  say('start');
   try {
     client = await connect();
   } catch (error) {
