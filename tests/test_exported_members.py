@@ -52,6 +52,7 @@ PUBLIC_MODULES = [
     "mcp_credgate.slots",
     "mcp_credgate.sso",
     "mcp_credgate.throttle",
+    "mcp_credgate.setup_links",
     "mcp_credgate.store",
     "mcp_credgate.token_refresh",
 ]

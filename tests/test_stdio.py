@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import anyio
+import httpx2
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
@@ -103,6 +104,9 @@ async def test_serve_over_stdio_runs_the_groups_tools_without_leaking(
             failed = await transcript.call(client, "explode", {})
             bad = await transcript.call(client, "whoami", {"n": "five"})
             unknown = await transcript.call_refused(client, "hidden", {})
+            link = (warned.structured_content or {}).get("setup_url", "")
+            async with httpx2.AsyncClient() as http:  # the link opens while the gateway runs (contract §7)
+                page = await http.get(link)
 
     tools = {t.name: t for t in listing.tools}
     assert sorted(tools) == ["explode", "noisy", "unbound", "whoami"]
@@ -123,9 +127,11 @@ async def test_serve_over_stdio_runs_the_groups_tools_without_leaking(
         "group": "desk",
         "credential_type": "other",
         "missing_fields": ["token"],
-        "setup_url": "http://127.0.0.1:8765/groups/desk/tools/unbound/setup",
+        "setup_url": link,
         "setup_command": "credgate cred add <name> --tool unbound && credgate bind desk unbound <name>",
     }
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/setup/[\w-]{43}", link)  # its own page server's single-use link
+    assert page.status_code == 200 and "Set up <code>unbound</code>" in page.text
     assert bad.is_error and "'n'" in result_text(bad)
     assert unknown.message == "Unknown tool: hidden"
 

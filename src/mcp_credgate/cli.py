@@ -1501,7 +1501,8 @@ def serve(
 
     _warn_at_start(app, [group_name])
     configure_logging(log_format, log_level)
-    anyio.run(serve_stdio, app.settings, catalog, group_name, user_name)
+    # setup links open at the gateway's own page server, unless a public URL names a dashboard that serves them
+    anyio.run(serve_stdio, app.settings, catalog, group_name, user_name, not _public_url_given(app))
 
 
 def _warn_at_start(app: App, groups: Iterable[str]) -> None:
@@ -1556,9 +1557,13 @@ def dashboard(
 def _served_at(app: App, host: str, port: int) -> Settings:
     """The settings of a server listening on host:port: its own address is the public URL (of setup links and
     the dashboard's origin checks) unless --public-url or CREDGATE_PUBLIC_URL names another."""
-    if app.meta.get("credgate.public_url") or os.environ.get("CREDGATE_PUBLIC_URL"):
+    if _public_url_given(app):
         return app.settings
     return replace(app.settings, public_url=f"http://{f'[{host}]' if ':' in host else host}:{port}")
+
+
+def _public_url_given(app: App) -> bool:
+    return bool(app.meta.get("credgate.public_url") or os.environ.get("CREDGATE_PUBLIC_URL"))
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from .gate import CredentialWarning, Gate, Ready
 from .handlers.http import make_client
 from .handlers.upstream import UpstreamError, UpstreamPool, upstream_pool
 from .sandbox import SandboxPolicy
+from .setup_links import FixedPages, PageServer, SetupLinks
 from .store import Store
 from .token_refresh import TokenRefresher
 
@@ -57,6 +58,8 @@ class Gateway:
         self.upstreams: UpstreamPool | None = None  # set while `running()`
         self.refresher = TokenRefresher(store, lambda: self.http)
         self.deadlines = Deadlines()  # the python handlers' timeouts
+        self.setup_links = SetupLinks(store)  # one call's setup pages (contract §7)
+        self.pages: PageServer = FixedPages(settings.public_url)  # where they are served (stdio: its own)
         self._discovering: dict[str, anyio.Lock] = {}  # upstream → held while its tools are being listed
         self._retry_after: dict[str, float] = {}  # upstream → when listing it may be tried again
         self.front = Front(

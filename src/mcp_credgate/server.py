@@ -15,13 +15,15 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
+import anyio.to_thread
 import mcp_types as types
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from . import __version__, oauth
@@ -104,7 +106,7 @@ class ToolCalls:
             self._record(caller, name, None, "invalid_arguments", started, ref)
             return _text_result(f"Invalid arguments for tool {name}: {decision.message}", is_error=True)
         if isinstance(decision, CredentialWarning):
-            return self._warn(caller, name, decision, started, ref)
+            return await self._warn(caller, name, decision, started, ref, ctx)
         try:
             usable = await self._usable_credential(caller.group, decision)
         except oauth.OAuthError as exc:
@@ -116,7 +118,7 @@ class ToolCalls:
                 is_error=True,
             )
         if isinstance(usable, CredentialWarning):
-            return self._warn(caller, name, usable, started, ref)
+            return await self._warn(caller, name, usable, started, ref, ctx)
         credential, handler_view = usable
         redactor = redactor_for(credential)
         try:
@@ -129,10 +131,32 @@ class ToolCalls:
         self._record(caller, name, decision.credential_name, "error" if output.is_error else "ok", started, ref)
         return _to_result(output, redactor)
 
-    def _warn(
-        self, caller: Caller, name: str, warning: CredentialWarning, started: float, ref: str
+    async def _warn(
+        self,
+        caller: Caller,
+        name: str,
+        warning: CredentialWarning,
+        started: float,
+        ref: str,
+        ctx: ServerRequestContext[Any] | None,
     ) -> types.CallToolResult:
+        """The §4 warning; with a setup link of its own (contract §7) where the gateway serves its pages itself,
+        and as a URL elicitation (the link, error -32042) to a client that declared URL elicitation."""
         self._record(caller, name, warning.credential_name, warning.outcome, started, ref)
+        pages = self._gateway.pages
+        asks = ctx is not None and _asks_by_url(ctx)
+        if warning.warning != "user_required" and (asks or pages.own):
+            links = self._gateway.setup_links
+            base = await pages.base_url()
+            link = await anyio.to_thread.run_sync(links.issue, base, warning.group, warning.tool, warning.user)
+            warning = replace(warning, setup_url=link.url) if pages.own else warning
+            if ctx is not None and asks:
+                session, eid = ctx.session, link.elicitation_id
+                links.completions.wait(eid, lambda: session.send_elicit_complete(eid))
+                asked = types.ElicitRequestURLParams(
+                    message=replace(warning, setup_url=link.url).text(), url=link.url, elicitation_id=eid
+                )
+                raise UrlElicitationRequiredError([asked])
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=warning.text())],
             structured_content=warning.as_json(),
@@ -179,6 +203,12 @@ class ToolCalls:
         return ToolOutput(
             text="", structured=dumped.get("structuredContent"), is_error=result.is_error, content=dumped["content"]
         )
+
+
+def _asks_by_url(ctx: ServerRequestContext[Any]) -> bool:
+    """Whether the calling client declared URL-mode elicitation (at its handshake, or with this request)."""
+    declared = ctx.session.client_capabilities
+    return declared is not None and declared.elicitation is not None and declared.elicitation.url is not None
 
 
 def _text_result(text: str, *, is_error: bool = False) -> types.CallToolResult:

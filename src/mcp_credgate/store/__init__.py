@@ -18,6 +18,7 @@ from .records import (
     UserInfo,
 )
 from .rotation import rotate_master_key, stage_master_key
+from .setup_links import SetupLinkRecord
 from .users import BUILT_IN_ADMIN, Removal, SsoLink, SsoMatch
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "RefreshReused",
     "Removal",
     "SealedCredential",
+    "SetupLinkRecord",
     "SsoLink",
     "SsoMatch",
     "Store",

@@ -12,6 +12,7 @@ by the settings and nothing outside the package knows which one it is.
 - `credentials`: credentials and their values;  `groups`: groups, allowed tools, bindings, the binding cache;
 - `upstreams`: upstream servers' discovered tools;  `agents`: agents and the admin secret;
 - `grants`: remote clients' OAuth sign-ins (clients, codes, tokens; each grant an agent);
+- `setup_links`: single-use links to a call's setup page (contract §7);
 - `users`: users, their memberships of groups and their personal bindings;
 - `audit`: the audit log;  `keys`: the master keys and a rotation's database steps;  `maintenance`: backup
   and health;  `rotation`: the rotation's protocol and its key files, driving `keys`;
@@ -40,11 +41,12 @@ from .keyfiles import load_keyring
 from .keys import Keys
 from .maintenance import Maintenance
 from .opening import check_keyring, open_existing, postgres_backend, store_exists, store_location
+from .setup_links import SetupLinks
 from .upstreams import Upstreams
 from .users import Users
 
 
-class Store(Credentials, Groups, Users, Upstreams, Agents, Grants, Audit, Keys, Maintenance):
+class Store(Credentials, Groups, Users, Upstreams, Agents, Grants, SetupLinks, Audit, Keys, Maintenance):
     """One open store: a connection, the key ring that opens it, and the operations on it (one class per
     concern, each over `StoreBase`; they share the connection, its lock and the key ring)."""
 

@@ -316,4 +316,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX users_email ON users(lower(email))
         """,
     ),
+    Migration(
+        # Fixing it in the conversation (contract §7): a setup link for one call's missing credential, single
+        # use, expiring in minutes, kept by its hash; its elicitation id is the public name a client knows it by.
+        "0012_setup_links",
+        """
+        CREATE TABLE setup_links (
+            link_hash TEXT PRIMARY KEY,
+            elicitation_id TEXT NOT NULL UNIQUE,
+            group_id BIGINT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+            tool TEXT NOT NULL,
+            user_id BIGINT REFERENCES users(id) ON DELETE CASCADE,
+            expires_at {real} NOT NULL,
+            used_at TEXT
+        );
+        CREATE INDEX setup_links_expiry ON setup_links(expires_at)
+        """,
+    ),
 )

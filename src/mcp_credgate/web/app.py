@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 from ..config import Settings
 from ..declarations import Catalog
 from ..guard import RequestGuard, allowed_hosts_and_origins
-from .pages import agents, audit, consent, credentials, groups, me, setup, signin, sso, users
+from .pages import agents, audit, consent, credentials, groups, me, setup, setup_link, signin, sso, users
 from .site import HERE, Site
 
 
@@ -67,6 +67,20 @@ def routes(site: Site) -> list[Route | Mount]:
         Route("/users/{user}/groups/{group}/tools/{tool}/setup", own(me.personal_setup), methods=["GET", "POST"]),
         Route("/audit", page(audit.audit)),
         Route("/oauth/consent", own(consent.consent), methods=["GET", "POST"]),
+        Route("/setup/{token}", own(setup_link.setup_link), methods=["GET", "POST"]),
+        Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+
+
+def link_routes(site: Site) -> list[Route | Mount]:
+    """The stdio gateway's page server: setup links alone, which the link itself opens (contract §7)."""
+    return [
+        Route(
+            "/setup/{token}",
+            signin.opened_by_link(site, setup_link.setup_link, setup_link.link_session),
+            methods=["GET", "POST"],
+        ),
+        Route("/oauth/callback", partial(credentials.oauth_callback, site)),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
 
@@ -88,3 +102,9 @@ def build_dashboard_app(settings: Settings, catalog: Catalog, *, host: str, port
         middleware=[Middleware(RequestGuard, hosts=hosts, origins=origins)],
         lifespan=lifespan,
     )
+
+
+def build_link_app(site: Site, port: int) -> Starlette:
+    """The stdio gateway's page server on 127.0.0.1:`port`, behind the Host/Origin guard (`link_routes`)."""
+    hosts, origins = allowed_hosts_and_origins("127.0.0.1", port, site.settings.public_url)
+    return Starlette(routes=link_routes(site), middleware=[Middleware(RequestGuard, hosts=hosts, origins=origins)])

@@ -62,6 +62,7 @@ class Session:
     admin: bool = True  # read from the store at each request
     by_admin_secret: bool = True
     by_sso: bool = False  # signed in through the organisation's OpenID provider
+    by_link: bool = False  # no sign-in: a setup link's page, which the link alone opens (over stdio)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from ..authorization import AuthorizationServer
 from ..config import Settings
 from ..credential import mask
 from ..declarations import Catalog, CredentialSpec
+from ..setup_links import SetupLinks
 from ..sso import SsoClient
 from ..store import Store
 from ..throttle import FailureWindow
@@ -81,6 +82,7 @@ class Site:
         self.sessions = Sessions(store, sso_issuer=settings.sso.issuer if settings.sso else None)
         self.pending = PendingConnections()
         self.sign_in: AuthorizationServer | None = None  # remote clients' OAuth sign-in (`serve --http` sets it)
+        self.setup_links = SetupLinks(store)  # `serve` shares the gateway's: its clients wait for their links
         self.redirect_uri = f"{settings.public_url.rstrip('/')}/oauth/callback"
         self.sso = SsoClient(settings.sso) if settings.sso else None
         self.sso_redirect_uri = f"{settings.public_url.rstrip('/')}/login/sso/callback"
@@ -115,7 +117,7 @@ class Site:
     ) -> HTMLResponse:
         done = request.query_params.get("done", "")
         html = self.templates.get_template(template).render(
-            csrf=self.sessions.csrf_token(session) if session else "",
+            csrf=self.sessions.csrf_token(session) if session and not session.by_link else "",
             signed_in=session is not None,
             me=session,
             message=DONE_MESSAGES.get(done, ""),

@@ -4,6 +4,9 @@ user alone: anyone else signed in, an admin too, gets a refusal, not the form.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
@@ -54,6 +57,20 @@ def personal_setup(site: Site, request: Request, session: Session, form: FormDat
     """Bind one of my credentials of the tool's type, or make one (mine) and bind it, for a personal tool of a
     group I belong to."""
     owner, group, tool_name = (request.path_params[k] for k in ("user", "group", "tool"))
+    return personal_setup_page(site, request, session, form, owner, group, tool_name, lambda: back("/me", "setup"))
+
+
+def personal_setup_page(
+    site: Site,
+    request: Request,
+    session: Session,
+    form: FormData,
+    owner: str,
+    group: str,
+    tool_name: str,
+    finished: Callable[[], Response],
+) -> Response:
+    """`owner`'s page of the personal tool `tool_name` in `group`; `finished()` answers a save."""
     if session.user != owner:
         return site.refusal(request, 403, f"This setup page is {owner}'s own: sign in as {owner} to open it.", session)
     catalog = site.catalog()
@@ -67,14 +84,20 @@ def personal_setup(site: Site, request: Request, session: Session, form: FormDat
     if not admin.scope_entries(site.store, catalog, group, tool_name):
         raise NotFoundError(f"group {group!r} does not allow {tool_name!r}")
     mine = [c.name for c in site.store.credentials_page(limit=MINE_SHOWN, owner=owner, type_=spec.type).items]
-    context = {"owner": owner, "group": group, "tool": tool, "tool_name": tool_name, "spec": spec, "mine": mine}
+    context: dict[str, Any] = {
+        "owner": owner,
+        "group": group,
+        "tool": tool,
+        "tool_name": tool_name,
+        "spec": spec,
+        "mine": mine,
+    }
     context["fields"] = fields_of(spec)
-    done = "/me"
     if request.method == "GET":
         return site.render(request, "personal_setup.html", session, **context, errors={}, given={}, name="")
     if form.get("mode") == "existing":
         people.bind_personal(site.store, catalog, group, tool_name, str(form.get("credential", "")), owner)
-        return back(done, "setup")
+        return finished()
     name, values, connect, errors = new_credential(site, spec, form, ": pick it above instead")
     if errors:
         given = plain(spec, values)
@@ -85,4 +108,4 @@ def personal_setup(site: Site, request: Request, session: Session, form: FormDat
         return start_connection(site, spec, name, values, values, None, (group, tool_name), owner)
     admin.add_credential(site.store, spec, name, values, owner)
     people.bind_personal(site.store, catalog, group, tool_name, name, owner)
-    return back(done, "setup")
+    return finished()

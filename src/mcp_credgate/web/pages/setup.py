@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -22,11 +22,25 @@ from .groups import credential_choices
 
 def setup(site: Site, request: Request, session: Session, form: FormData) -> Response:
     group, tool_name = request.path_params["group"], request.path_params["tool"]
+    return setup_page(site, request, session, form, group, tool_name, lambda: back(_group_page(group), "setup"))
+
+
+def setup_page(
+    site: Site,
+    request: Request,
+    session: Session,
+    form: FormData,
+    group: str,
+    tool_name: str,
+    finished: Callable[[], Response],
+) -> Response:
+    """The page of `tool_name` in `group`; `finished()` answers a save (a binding made, a credential added and
+    bound)."""
     catalog = site.catalog()
     site.store.group(group)
     tool = admin.require_tool(catalog, tool_name)
     spec = tool.credential
-    context = {"group": group, "tool": tool, "spec": spec}
+    context: dict[str, Any] = {"group": group, "tool": tool, "spec": spec}
     if spec is None:
         return site.render(request, "setup.html", session, **context, compatible=[], fields=[])
     if isinstance(tool, Upstream):  # the upstream as a whole: allowed as NAME.*
@@ -52,8 +66,8 @@ def setup(site: Site, request: Request, session: Session, form: FormData) -> Res
         return site.render(request, "setup.html", session, status=409, **context, errors={}, given={}, name="")
     if form.get("mode") == "existing":
         admin.bind(site.store, catalog, group, _bind_target(tool), str(form.get("credential", "")))
-        return back(f"/groups/{quote(group, safe='')}", "setup")
-    return _setup_new(site, request, session, context, spec, tool, group, form)
+        return finished()
+    return _setup_new(site, request, session, context, spec, tool, group, form, finished)
 
 
 def _setup_new(
@@ -65,6 +79,7 @@ def _setup_new(
     tool: Tool | Upstream,
     group: str,
     form: Mapping[str, Any],
+    finished: Callable[[], Response],
 ) -> Response:
     name, values, connect, errors = new_credential(site, spec, form, ": pick it above instead")
     if errors:
@@ -74,7 +89,11 @@ def _setup_new(
         return start_connection(site, spec, name, values, values, None, (group, _bind_target(tool)))
     admin.add_credential(site.store, spec, name, values)
     admin.bind(site.store, site.catalog(), group, _bind_target(tool), name)
-    return back(f"/groups/{quote(group, safe='')}", "setup")
+    return finished()
+
+
+def _group_page(group: str) -> str:
+    return f"/groups/{quote(group, safe='')}"
 
 
 def _bind_target(tool: Tool | Upstream) -> str:

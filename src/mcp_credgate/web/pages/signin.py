@@ -52,8 +52,24 @@ def guarded(site: Site, page: Page, *, admin_only: bool = True) -> Endpoint:
     return endpoint
 
 
+def opened_by_link(site: Site, page: Page, session_of: Callable[[Site, str], Session]) -> Endpoint:
+    """A setup link's page where no one signs in (the stdio gateway's page server): `session_of(site, token)`
+    says who the link stands for. No CSRF token: the unguessable link in the path is the proof, and the guard
+    refuses a foreign Origin."""
+
+    async def endpoint(request: Request) -> Response:
+        if request.method not in ("GET", "POST"):
+            return PlainTextResponse("Method Not Allowed", status_code=405, headers={"Allow": "GET, POST"})
+        session = await site.run(session_of, site, request.path_params["token"])
+        form = await request.form() if request.method == "POST" else FormData()
+        return await site.run(_answer, site, page, request, session, form)
+
+    return endpoint
+
+
 def _answer(site: Site, page: Page, request: Request, session: Session, form: FormData) -> Response:
-    if request.method == "POST" and not site.sessions.check_csrf(session, str(form.get("csrf", ""))):
+    checked = not session.by_link
+    if checked and request.method == "POST" and not site.sessions.check_csrf(session, str(form.get("csrf", ""))):
         return site.refusal(request, 403, "The form's CSRF token is missing or wrong: reload the page.")
     try:
         return page(site, request, session, form)
