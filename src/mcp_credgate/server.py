@@ -42,6 +42,7 @@ from .redact import Redactor, redactor_for
 logger = logging.getLogger("credgate.server")
 
 NOT_READY_NOTE = " (Not set up yet for this agent group: calling it returns setup instructions.)"
+SETUP_INPUT = "credgate_setup"  # the key of a call's setup link among a 2026-07-28 round's input requests
 
 
 class ToolCalls:
@@ -76,12 +77,15 @@ class ToolCalls:
         name: str,
         arguments: Mapping[str, Any] | None,
         ctx: ServerRequestContext[Any] | None = None,
-    ) -> types.CallToolResult:
-        """Call a tool for the caller; `ctx`, the agent's request, receives what an upstream sends meanwhile."""
+        answered: bool = False,
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """Call a tool for the caller; `ctx`, the agent's request, receives what an upstream sends meanwhile.
+        `answered`: this is the retry after the setup round of 2026-07-28 (`SETUP_INPUT`): a credential still
+        missing gets the plain warning, not another round."""
         ref = new_ref()
         token = request_id.set(ref)
         try:
-            return await self._call(caller, name, arguments, ref, ctx)
+            return await self._call(caller, name, arguments, ref, ctx, answered)
         finally:
             request_id.reset(token)
 
@@ -92,7 +96,8 @@ class ToolCalls:
         arguments: Mapping[str, Any] | None,
         ref: str,
         ctx: ServerRequestContext[Any] | None,
-    ) -> types.CallToolResult:
+        answered: bool,
+    ) -> types.CallToolResult | types.InputRequiredResult:
         started = time.perf_counter()
         args = dict(arguments or {})  # a dict of its own, as JSON Schema's object is
         decision = self._gateway.gate.check(caller.group, name, args, caller.user)
@@ -106,7 +111,7 @@ class ToolCalls:
             self._record(caller, name, None, "invalid_arguments", started, ref)
             return _text_result(f"Invalid arguments for tool {name}: {decision.message}", is_error=True)
         if isinstance(decision, CredentialWarning):
-            return await self._warn(caller, name, decision, started, ref, ctx)
+            return await self._warn(caller, name, decision, started, ref, ctx, answered)
         try:
             usable = await self._usable_credential(caller.group, decision)
         except oauth.OAuthError as exc:
@@ -118,7 +123,7 @@ class ToolCalls:
                 is_error=True,
             )
         if isinstance(usable, CredentialWarning):
-            return await self._warn(caller, name, usable, started, ref, ctx)
+            return await self._warn(caller, name, usable, started, ref, ctx, answered)
         credential, handler_view = usable
         redactor = redactor_for(credential)
         try:
@@ -139,12 +144,14 @@ class ToolCalls:
         started: float,
         ref: str,
         ctx: ServerRequestContext[Any] | None,
-    ) -> types.CallToolResult:
+        answered: bool = False,
+    ) -> types.CallToolResult | types.InputRequiredResult:
         """The §4 warning; with a setup link of its own (contract §7) where the gateway serves its pages itself,
-        and as a URL elicitation (the link, error -32042) to a client that declared URL elicitation."""
+        and as a URL elicitation of the link to a client that declared URL elicitation: error -32042 on the
+        handshake protocols, an input-required result on 2026-07-28 (once per call: `answered`)."""
         self._record(caller, name, warning.credential_name, warning.outcome, started, ref)
         pages = self._gateway.pages
-        asks = ctx is not None and _asks_by_url(ctx)
+        asks = ctx is not None and not answered and _asks_by_url(ctx)
         if warning.warning != "user_required" and (asks or pages.own):
             links = self._gateway.setup_links
             base = await pages.base_url()
@@ -152,10 +159,12 @@ class ToolCalls:
             warning = replace(warning, setup_url=link.url) if pages.own else warning
             if ctx is not None and asks:
                 session, eid = ctx.session, link.elicitation_id
-                links.completions.wait(eid, lambda: session.send_elicit_complete(eid))
                 asked = types.ElicitRequestURLParams(
                     message=replace(warning, setup_url=link.url).text(), url=link.url, elicitation_id=eid
                 )
+                if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                    return types.InputRequiredResult(input_requests={SETUP_INPUT: types.ElicitRequest(params=asked)})
+                links.completions.wait(eid, lambda: session.send_elicit_complete(eid))
                 raise UrlElicitationRequiredError([asked])
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=warning.text())],
@@ -279,9 +288,12 @@ def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
     ) -> types.ListToolsResult:
         return types.ListToolsResult(tools=await calls.list_tools(identify(ctx)))
 
-    async def on_call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def on_call_tool(
+        ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        answered = SETUP_INPUT in (params.input_responses or {})
         try:
-            return await calls.call_tool(identify(ctx), params.name, params.arguments, ctx)
+            return await calls.call_tool(identify(ctx), params.name, params.arguments, ctx, answered)
         except MCPError:
             raise
         except Exception as exc:  # a bug of ours: never let its text (or a secret in it) reach the agent

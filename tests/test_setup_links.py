@@ -1,0 +1,123 @@
+"""Setup links on both backends (contract §7): a link opens its call's page until it is used or expires, is
+spent once (two racing saves: one wins), is kept as a hash only, dies with its group or its user, and its
+client hears that it was used."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from mcp_credgate.config import Settings
+from mcp_credgate.setup_links import LINK_SECONDS, SetupLinks
+from mcp_credgate.store import Store
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _token(url: str) -> str:
+    return url.rsplit("/setup/", 1)[1]
+
+
+def test_a_link_opens_its_calls_page_until_it_is_used_once(store: Store) -> None:
+    store.add_group("research")
+    links = SetupLinks(store)
+    issued = links.issue("http://127.0.0.1:9/", "research", "weather", None)
+    assert issued.url.startswith("http://127.0.0.1:9/setup/")
+    token = _token(issued.url)
+
+    found = links.find(token)
+    assert found is not None and (found.group, found.tool, found.user, found.used) == (
+        "research",
+        "weather",
+        None,
+        False,
+    )
+    assert found.elicitation_id == issued.elicitation_id
+    assert links.use(token) is True
+    assert links.use(token) is False  # single use
+    used = links.find(token)
+    assert used is not None and used.used
+    assert links.find(token + "x") is None and links.find("") is None
+
+
+def test_a_link_is_stored_as_its_hash_alone(store: Store) -> None:
+    store.add_group("research")
+    token = _token(SetupLinks(store).issue("http://127.0.0.1:9", "research", "weather", None).url)
+    rows = store._query("SELECT * FROM setup_links")
+    assert token not in repr([dict(r) for r in rows])
+    assert store.setup_link(hashlib.sha256(token.encode()).hexdigest()) is not None
+
+
+def test_an_expired_link_opens_nothing_and_cannot_be_spent(store: Store) -> None:
+    store.add_group("research")
+    clock = Clock()
+    links = SetupLinks(store, clock=clock)
+    token = _token(links.issue("http://127.0.0.1:9", "research", "weather", None).url)
+    clock.now += LINK_SECONDS + 1
+    assert links.find(token) is None
+    assert links.use(token) is False
+
+
+def test_a_personal_link_names_its_user_and_dies_with_the_user_or_the_group(store: Store) -> None:
+    store.add_group("research")
+    store.add_user("ann", "ann-secret-hash")
+    store.add_members("research", ["ann"])
+    links = SetupLinks(store)
+    mine = _token(links.issue("http://127.0.0.1:9", "research", "mail", "ann").url)
+    shared = _token(links.issue("http://127.0.0.1:9", "research", "weather", None).url)
+    found = links.find(mine)
+    assert found is not None and found.user == "ann"
+
+    store.remove_user("ann", force=True)
+    assert links.find(mine) is None
+    store.remove_group("research")
+    assert links.find(shared) is None
+
+
+def test_two_saves_racing_for_one_link_spend_it_once(store: Store, settings: Settings) -> None:
+    store.add_group("research")
+    token = _token(SetupLinks(store).issue("http://127.0.0.1:9", "research", "weather", None).url)
+    other = Store.open(settings)
+    try:
+        wins: list[bool] = []
+        barrier = threading.Barrier(2)
+
+        def spend(on: Store) -> None:
+            barrier.wait()
+            wins.append(SetupLinks(on).use(token))
+
+        threads = [threading.Thread(target=spend, args=(s,)) for s in (store, other)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(wins) == [False, True]
+    finally:
+        other.close()
+
+
+@pytest.mark.anyio
+async def test_the_client_that_was_given_a_link_hears_once_that_it_was_used(store: Store) -> None:
+    store.add_group("research")
+    links = SetupLinks(store)
+    issued = links.issue("http://127.0.0.1:9", "research", "weather", None)
+    heard: list[str] = []
+
+    async def notify() -> None:
+        heard.append(issued.elicitation_id)
+
+    links.completions.wait(issued.elicitation_id, notify)
+    token = _token(issued.url)
+    assert await anyio.to_thread.run_sync(links.use, token)  # the pages save in a worker thread
+    assert not await anyio.to_thread.run_sync(links.use, token)
+    assert heard == [issued.elicitation_id]
