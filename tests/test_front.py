@@ -581,6 +581,35 @@ async def test_sampling_and_elicitation_requests_of_the_upstream_are_answered_by
     assert plain.sampled == [] and plain.elicited == []
 
 
+async def test_an_upstreams_url_elicitation_reaches_the_agent_labelled_and_never_to_the_gateways_own_pages(
+    tmp_path: Path, discovered: Discovered, front_dir: Path
+) -> None:
+    world = fr_world(tmp_path, discovered, front_dir)
+    own = world.settings.public_url  # the gateway's own pages (here http://127.0.0.1:8765)
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running(), agent(gw, "g") as a:
+                elsewhere = await a.call("fr_send_to", {"url": "https://login.example.com/device"})
+                phished = [
+                    await a.call("fr_send_to", {"url": url})
+                    for url in (f"{own}/setup/abc", "http://localhost:8765/login", "http://[::1]:8765/oauth/consent")
+                ]
+                other_local = await a.call("fr_send_to", {"url": "http://127.0.0.1:9999/callback"})
+    finally:
+        world.close()
+
+    assert result_text(elsewhere) == "user went: action=accept"
+    first, last = a.elicited
+    assert isinstance(first, types.ElicitRequestURLParams) and first.url == "https://login.example.com/device"
+    assert first.message == "[fr] Sign in there"  # whose page it is: the upstream's, by its name
+    assert isinstance(last, types.ElicitRequestURLParams) and last.url == "http://127.0.0.1:9999/callback"
+    for refused in phished:
+        assert result_text(refused) == (
+            "elicitation refused: code=-32602, message=an upstream may not send the agent to the gateway's own pages"
+        )
+    assert result_text(other_local) == "user went: action=accept"
+
+
 async def test_an_agent_without_sampling_gets_a_clean_refusal_back_to_the_upstream(
     tmp_path: Path, discovered: Discovered, front_dir: Path
 ) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from urllib.parse import urlsplit
 
-__all__ = ["Address", "address_refusal", "literal_address"]
+__all__ = ["Address", "address_refusal", "literal_address", "server_of"]
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -36,6 +37,22 @@ def literal_address(host: str) -> Address | None:
         except OSError:
             return None
     return None
+
+
+def server_of(url: str) -> str:
+    """Which server a URL leads to, for telling whether two URLs lead to the same one: its host as the resolver
+    reads it, in lower case; on loopback (every spelling of it one) with its port, since other local servers
+    listen there, elsewhere without (a host's other ports and schemes are taken as the same server's)."""
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").rstrip(".").lower()
+    address = literal_address(host)
+    if host == "localhost" or host.endswith(".localhost") or (address is not None and address.is_loopback):
+        try:
+            port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower(), 0)
+        except ValueError:
+            port = -1
+        return f"loopback:{port}"
+    return str(address) if address is not None else host
 
 
 def address_refusal(address: Address, *, allow_loopback: bool = False) -> str | None:

@@ -93,12 +93,19 @@ class Gateway:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
         """The async lifetime of the app: upstream MCP servers run inside it and stop when it ends."""
-        async with upstream_pool(self.store.save_upstream_capabilities, SandboxPolicy.of(self.settings)) as pool:
+        async with upstream_pool(
+            self.store.save_upstream_capabilities, SandboxPolicy.of(self.settings), self.own_pages
+        ) as pool:
             self.upstreams = pool
             try:
                 yield self
             finally:
                 self.upstreams = None
+
+    def own_pages(self) -> list[str]:
+        """Where the gateway's own pages are: its public URL, and its setup links' page server once it runs."""
+        listening = self.pages.listening
+        return [self.settings.public_url] + ([listening] if listening else [])
 
     @property
     def http(self) -> httpx2.AsyncClient:

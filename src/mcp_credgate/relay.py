@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -42,6 +42,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
 from pydantic import BaseModel
 
+from .addresses import server_of
 from .redact import Redactor
 
 logger = logging.getLogger("credgate.relay")
@@ -98,10 +99,18 @@ class Relay:
     """One per running upstream: its requests in flight, the agents it has served, its resource
     subscribers. `remote`: a Streamable HTTP upstream, whose messages are tied by their stream or not at all."""
 
-    def __init__(self, name: str, redactor: Redactor, *, remote: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        redactor: Redactor,
+        *,
+        remote: bool = False,
+        own_pages: Callable[[], Collection[str]] = frozenset,
+    ) -> None:
         self.name = name
         self.redactor = redactor
         self._remote = remote
+        self._own_pages = own_pages  # the URLs of the gateway's own pages: no upstream sends an agent there
         self._in_flight: list[InFlight] = []
         self._served: set[tuple[str, str | None]] = set()  # (group, agent) of every request it got
         self._subscribers: dict[str, dict[int, ServerRequestContext[Any]]] = {}
@@ -210,6 +219,15 @@ class Relay:
     async def on_elicitation(
         self, context: ClientRequestContext, params: types.ElicitRequestParams
     ) -> types.ElicitResult | types.ErrorData:
+        if isinstance(params, types.ElicitRequestURLParams):
+            # The agent's person is asked to open a page: they must see whose page it is, and credgate's own
+            # pages (setup links, sign-in, consent) are never an upstream's to send them to (phishing).
+            if server_of(params.url) in {server_of(own) for own in self._own_pages()}:
+                logger.warning("upstream %s asked the agent to open a page of the gateway's own: refused", self.name)
+                return types.ErrorData(
+                    code=types.INVALID_PARAMS, message="an upstream may not send the agent to the gateway's own pages"
+                )
+            params = params.model_copy(update={"message": f"[{self.name}] {params.message}"})
         request = types.ElicitRequest(params=redacted(self.redactor, params))
         wanted = types.ClientCapabilities(elicitation=types.ElicitationCapability())
         return await self._ask("elicitation", request, types.ElicitResult, wanted)

@@ -44,6 +44,10 @@ class PageServer(Protocol):
     @property
     def own(self) -> bool: ...
 
+    @property
+    def listening(self) -> str | None:
+        """Its base URL once it serves."""
+
     async def base_url(self) -> str: ...
 
 
@@ -53,6 +57,10 @@ class FixedPages:
 
     url: str
     own: bool = False
+
+    @property
+    def listening(self) -> str | None:
+        return self.url
 
     async def base_url(self) -> str:
         return self.url

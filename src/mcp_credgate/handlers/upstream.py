@@ -20,7 +20,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,10 +268,13 @@ class UpstreamPool:
         task_group: TaskGroup,
         on_start: Callable[[str, dict[str, Any]], None] | None = None,
         sandbox: SandboxPolicy | None = None,
+        own_pages: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         """`on_start(name, capabilities)` learns what each upstream announced when it starts. `sandbox`: how
-        stdio upstreams are sandboxed (by default as the environment's settings say: on)."""
+        stdio upstreams are sandboxed (by default as the environment's settings say: on). `own_pages`: the
+        gateway's own pages, where no upstream may send an agent (`Relay.on_elicitation`)."""
         self._tg = task_group
+        self._own_pages = own_pages
         self._on_start = on_start
         self._sandbox = sandbox if sandbox is not None else SandboxPolicy.of(Settings.resolve())
         self._sessions: dict[UpstreamScope, Session] = {}
@@ -419,7 +422,7 @@ class UpstreamPool:
                 self._retire(current)  # the credential changed: its process must not serve the new one
             failures = self._failures.get(key, 0)
             await anyio.sleep(RESTART_BACKOFF[min(failures, len(RESTART_BACKOFF) - 1)])
-            relay = Relay(name, redactor_for(credential), remote=handler.url is not None)
+            relay = Relay(name, redactor_for(credential), remote=handler.url is not None, own_pages=self._own_pages)
             session = Session(key, fingerprint, relay, idle_timeout=handler.idle_timeout)
             await self._slot(name, handler)  # from here until its process has exited (`_hold`)
             self._holding.add(session)
@@ -501,13 +504,15 @@ class UpstreamPool:
 
 @asynccontextmanager
 async def upstream_pool(
-    on_start: Callable[[str, dict[str, Any]], None] | None = None, sandbox: SandboxPolicy | None = None
+    on_start: Callable[[str, dict[str, Any]], None] | None = None,
+    sandbox: SandboxPolicy | None = None,
+    own_pages: Callable[[], Collection[str]] = frozenset,
 ) -> AsyncIterator[UpstreamPool]:
     """The pool's tasks never raise (`_hold` keeps its error): an exception of the body leaves as itself,
     not wrapped in the task group's ExceptionGroup, so callers can catch UpstreamError, GatewayError …"""
     try:
         async with anyio.create_task_group() as tg:
-            pool = UpstreamPool(tg, on_start, sandbox)
+            pool = UpstreamPool(tg, on_start, sandbox, own_pages)
             try:
                 yield pool
             finally:

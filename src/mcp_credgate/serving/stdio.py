@@ -67,6 +67,10 @@ class OwnPages:
         self._url: str | None = None
         self._starting = anyio.Lock()
 
+    @property
+    def listening(self) -> str | None:
+        return self._url
+
     async def base_url(self) -> str:
         async with self._starting:
             if self._url is None:
