@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,8 @@ from tests.support.gateway import (
     teed_serve,
 )
 from tests.support.http_server import Server, start_server
+from tests.support.oauth_provider import OAuthProvider, oauth_tool, running_oauth_provider
+from tests.support.oauth_world import add_acme, oauth_world
 from tests.support.sign_in import CHROMIUM, CHROMIUM_FLAGS, browser_or_skip
 
 pytestmark = pytest.mark.anyio
@@ -89,11 +91,37 @@ def set_up_at_browser(url: str, name: str, token: str, secret: str | None = None
             browser.close()
 
 
-class Agent:
-    """What the client heard besides results: the elicitation rounds it was asked, the completions."""
+def connect_at_browser(url: str, provider: OAuthProvider, client_secret: str, expired: str | None = None) -> str:
+    """A person opens the setup link of an OAuth2 tool and connects a new credential there (or, `expired`, the
+    bound one again) at the provider; returns the link's page once it is done."""
+    sync_playwright = browser_or_skip()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            if expired is not None:
+                page.click(f"text=Connect {expired} again")
+            else:
+                page.fill("#name", "my-acme")
+                page.fill("#field_client_id", provider.client_id)
+                page.fill("#field_client_secret", client_secret)
+                page.click("text=Connect and bind")  # → the provider → back to the link server's /oauth/callback
+            page.wait_for_selector("text=The provider granted access")
+            page.click("text=Continue")
+            page.wait_for_selector("text=The credential is saved")
+            return str(page.inner_text("main"))
+        finally:
+            browser.close()
 
-    def __init__(self, answer: str = "accept") -> None:
+
+class Agent:
+    """What the client heard besides results: the elicitation rounds it was asked, the completions. `browse`:
+    what the person does at the link (by default: create the `svc` credential)."""
+
+    def __init__(self, answer: str = "accept", browse: Callable[[str], str] | None = None) -> None:
         self.answer = answer
+        self.browse = browse or (lambda url: set_up_at_browser(url, "svc-main", TOKEN))
         self.asked: list[types.ElicitRequestURLParams] = []
         self.completed: list[str] = []
         self.heard = anyio.Event()
@@ -105,7 +133,7 @@ class Agent:
         assert isinstance(params, types.ElicitRequestURLParams), params
         self.asked.append(params)
         if self.answer == "accept":
-            self.pages.append(await anyio.to_thread.run_sync(set_up_at_browser, params.url, "svc-main", TOKEN))
+            self.pages.append(await anyio.to_thread.run_sync(self.browse, params.url))
         return types.ElicitResult(action=self.answer)  # type: ignore[arg-type]
 
     async def on_message(self, message: Any) -> None:
@@ -199,6 +227,46 @@ async def test_over_stdio_a_client_without_url_elicitation_gets_the_warning_with
     assert LINK.fullmatch(link) and page.status_code == 200 and "Create a new credential" in page.text
     assert unknown.status_code == 404 and "unknown or has expired" in unknown.text
     assert foreign.status_code == 403
+
+
+async def test_over_stdio_an_oauth2_tool_is_connected_from_the_links_page_and_the_retry_runs(tmp_path: Path) -> None:
+    client_secret = "cs-" + secrets.token_hex(12)
+    with running_oauth_provider(client_secret=client_secret, token_prefix="acme-" + secrets.token_hex(4)) as provider:
+        world = World.create(tmp_path / "site", {"whoami": oauth_tool(provider)})
+        world.allow("desk", "whoami")
+        agent = Agent(browse=lambda url: connect_at_browser(url, provider, client_secret))
+        transcript = Transcript()
+        try:
+            with anyio.fail_after(90):
+                async with over_stdio(world, tmp_path, agent, "legacy") as client:
+                    refused = await transcript.call_refused(client, "whoami", {})
+                    [asked] = (refused.error.data or {})["elicitations"]
+                    await agent.on_elicitation(None, types.ElicitRequestURLParams(**asked))  # type: ignore[arg-type]
+                    with anyio.fail_after(10):
+                        await agent.heard.wait()
+                    result = await transcript.call(client, "whoami", {})
+            tokens = (client_secret, provider.current_access_token, provider.current_refresh_token)
+        finally:
+            world.close()
+    assert agent.completed == [asked["elicitationId"]]
+    assert "Go back to your agent" in agent.pages[0]
+    assert not result.is_error and provider.code_requests == 1 and provider.api_calls == 1
+    for text in (transcript.text(), (tmp_path / "stdout.bin").read_text(), (tmp_path / "stderr.txt").read_text()):
+        for token in tokens:
+            assert token and token not in text
+
+
+async def test_over_stdio_an_expired_oauth2_credential_is_connected_again_in_one_input_round(tmp_path: Path) -> None:
+    with running_oauth_provider() as provider, oauth_world(tmp_path / "site", provider) as world:
+        add_acme(world, provider, expires_in=-60, refresh=False)
+        agent = Agent(browse=lambda url: connect_at_browser(url, provider, "", expired="acme-main"))
+        with anyio.fail_after(90):
+            async with over_stdio(world, tmp_path, agent, "2026-07-28") as client:
+                result = await client.call_tool("whoami", {})
+    [asked] = agent.asked
+    assert "has expired or was revoked" in asked.message
+    assert not result.is_error, result
+    assert provider.code_requests == 1 and provider.api_calls == 1
 
 
 @pytest.fixture

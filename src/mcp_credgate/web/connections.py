@@ -23,6 +23,7 @@ class PendingConnection:
     uid: str | None  # the credential reconnected (None: a new one)
     bind_to: tuple[str, str] | None  # (group, tool) for the setup page
     owner: str | None = None  # a personal credential's user (then `bind_to` is that user's personal binding)
+    link: str | None = None  # the setup link it was started from: spent once connected
     started: float = field(default_factory=time.monotonic)
 
 

@@ -186,14 +186,16 @@ def start_connection(
     uid: str | None,
     bind_to: tuple[str, str] | None,
     owner: str | None = None,
+    link: str | None = None,
 ) -> Response:
     """Send the browser to the provider; its redirect back ends the connection (`oauth_callback`). `owner`: a
-    personal credential of that user, `bind_to` then that user's personal binding."""
+    personal credential of that user, `bind_to` then that user's personal binding; `link`: the setup link
+    whose page started it, spent once connected."""
     assert spec.oauth is not None
     if not client.get("client_id"):
         raise CredentialValueError("the OAuth2 client id is missing")
     auth = oauth.start_authorization(spec.oauth, client["client_id"], site.redirect_uri)
-    site.pending.add(PendingConnection(auth, name, spec.type, client, given, uid, bind_to, owner))
+    site.pending.add(PendingConnection(auth, name, spec.type, client, given, uid, bind_to, owner, link))
     return RedirectResponse(auth.url, status_code=303, headers=SECURITY_HEADERS)
 
 
@@ -229,7 +231,10 @@ async def oauth_callback(site: Site, request: Request) -> Response:
                 )
         except CredgateError as exc:  # the group or its tool changed meanwhile
             return site.refusal(request, 409, f"Connected and stored as {pending.name}, but not bound: {exc}")
-    if pending.bind_to is not None:
+    if pending.link is not None:  # back to the setup link's page, which now says it is done
+        await site.run(site.setup_links.use, pending.link)
+        target, what = f"/setup/{pending.link}", pending.name
+    elif pending.bind_to is not None:
         group, tool = pending.bind_to
         page = "/me" if pending.owner is not None else f"/groups/{quote(group, safe='')}"
         target, what = page, f"{pending.name}, bound to {tool} for {group}"

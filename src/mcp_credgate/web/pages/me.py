@@ -69,8 +69,10 @@ def personal_setup_page(
     group: str,
     tool_name: str,
     finished: Callable[[], Response],
+    link: str | None = None,
 ) -> Response:
-    """`owner`'s page of the personal tool `tool_name` in `group`; `finished()` answers a save."""
+    """`owner`'s page of the personal tool `tool_name` in `group`; `finished()` answers a save. `link`: the
+    setup link it is opened by, which an OAuth2 connection spends when it ends."""
     if session.user != owner:
         return site.refusal(request, 403, f"This setup page is {owner}'s own: sign in as {owner} to open it.", session)
     catalog = site.catalog()
@@ -105,7 +107,7 @@ def personal_setup_page(
             request, "personal_setup.html", session, status=400, **context, errors=errors, given=given, name=name
         )
     if connect:
-        return start_connection(site, spec, name, values, values, None, (group, tool_name), owner)
+        return start_connection(site, spec, name, values, values, None, (group, tool_name), owner, link)
     admin.add_credential(site.store, spec, name, values, owner)
     people.bind_personal(site.store, catalog, group, tool_name, name, owner)
     return finished()

@@ -33,14 +33,15 @@ def setup_page(
     group: str,
     tool_name: str,
     finished: Callable[[], Response],
+    link: str | None = None,
 ) -> Response:
     """The page of `tool_name` in `group`; `finished()` answers a save (a binding made, a credential added and
-    bound)."""
+    bound). `link`: the setup link it is opened by, which an OAuth2 connection spends when it ends."""
     catalog = site.catalog()
     site.store.group(group)
     tool = admin.require_tool(catalog, tool_name)
     spec = tool.credential
-    context: dict[str, Any] = {"group": group, "tool": tool, "spec": spec}
+    context: dict[str, Any] = {"group": group, "tool": tool, "spec": spec, "link": link}
     if spec is None:
         return site.render(request, "setup.html", session, **context, compatible=[], fields=[])
     if isinstance(tool, Upstream):  # the upstream as a whole: allowed as NAME.*
@@ -67,6 +68,10 @@ def setup_page(
     if form.get("mode") == "existing":
         admin.bind(site.store, catalog, group, _bind_target(tool), str(form.get("credential", "")))
         return finished()
+    if form.get("mode") == "reconnect" and context["expired"]:  # the bound credential, connected again
+        existing = site.store.read_credential(context["expired"])
+        client = admin.stored_client(existing)
+        return start_connection(site, spec, existing.name, client, {}, existing.uid, None, link=link)
     return _setup_new(site, request, session, context, spec, tool, group, form, finished)
 
 
@@ -86,7 +91,9 @@ def _setup_new(
         given = plain(spec, values)
         return site.render(request, "setup.html", session, status=400, **context, errors=errors, given=given, name=name)
     if connect:
-        return start_connection(site, spec, name, values, values, None, (group, _bind_target(tool)))
+        return start_connection(
+            site, spec, name, values, values, None, (group, _bind_target(tool)), None, context["link"]
+        )
     admin.add_credential(site.store, spec, name, values)
     admin.bind(site.store, site.catalog(), group, _bind_target(tool), name)
     return finished()

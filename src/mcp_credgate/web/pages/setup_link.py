@@ -36,8 +36,9 @@ def setup_link(site: Site, request: Request, session: Session, form: FormData) -
         return RedirectResponse(request.url.path, status_code=303, headers=SECURITY_HEADERS)
 
     if record.user is not None:  # the page refuses anyone but its user
-        return personal_setup_page(site, request, session, form, record.user, record.group, record.tool, finished)
-    return setup_page(site, request, session, form, record.group, record.tool, finished)
+        owner = record.user
+        return personal_setup_page(site, request, session, form, owner, record.group, record.tool, finished, token)
+    return setup_page(site, request, session, form, record.group, record.tool, finished, token)
 
 
 def link_session(site: Site, token: str) -> Session:
