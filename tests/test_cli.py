@@ -399,6 +399,7 @@ def test_group_show_gives_each_tool_a_status(team: CliRun) -> None:
         "credential_type": None,
         "missing_fields": [],
         "scope": "shared",
+        "approval": None,
     }
     assert by_tool["weather"]["status"] == "ready"
     assert by_tool["weather"]["credential"] == "wk"
@@ -452,6 +453,18 @@ def test_group_list_allow_deny_and_rm(team: CliRun) -> None:
 
     assert_ok(team("group", "rm", "ops"))
     assert [g["name"] for g in as_json(team("group", "list", "--json"))] == ["team"]
+
+
+def test_group_allow_with_approval_is_shown_and_allowing_again_without_it_lifts_it(team: CliRun) -> None:
+    allowed = team("group", "allow", "team", "weather", "--approval")
+    assert_ok(allowed)
+    assert "group team now allows weather (shared, each call approved first)" in allowed.stdout
+    assert statuses(team)["weather"]["approval"] == "group"
+    assert "weather  ready  credential wk  approval: each call (group)" in team("group", "show", "team").stdout
+
+    assert_ok(team("group", "allow", "team", "weather"))
+    assert statuses(team)["weather"]["approval"] is None
+    assert statuses(team)["weather"]["credential"] == "wk"  # the binding stays
 
 
 def test_group_refusals(team: CliRun) -> None:

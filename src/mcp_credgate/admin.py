@@ -19,7 +19,7 @@ from .declarations import Catalog, CredentialSpec, Tool, Upstream
 from .errors import CiphertextError, ConflictError, CredentialValueError, CredgateError, NotFoundError, StoreError
 from .readiness import Status, Verdict, credential_verdict, verdict
 from .sandbox import missing_bubblewrap, probe, sandbox_state
-from .store import CredentialInfo, Store, hint_path
+from .store import CredentialInfo, GroupInfo, Store, hint_path
 
 __all__ = [
     "OAUTH_CLIENT_FIELDS",
@@ -27,6 +27,7 @@ __all__ = [
     "ToolStatus",
     "add_credential",
     "allow",
+    "approval_required_by",
     "bind",
     "bindable",
     "check_credential",
@@ -307,9 +308,17 @@ def group_statuses(store: Store, catalog: Catalog, group: str) -> list[ToolStatu
 
 
 def allow(
-    store: Store, catalog: Catalog, group: str, tools: Iterable[str], *, personal: bool = False, force: bool = False
+    store: Store,
+    catalog: Catalog,
+    group: str,
+    tools: Iterable[str],
+    *,
+    personal: bool = False,
+    force: bool = False,
+    approval: bool = False,
 ) -> tuple[list[str], list[str]]:
-    """Allow tools, shared or personal (contract §5). An upstream's entries in a group share one scope (the
+    """Allow tools, shared or personal (contract §5), each call first approved by a person or not (§7; a
+    declaration's `approval = true` holds either way). An upstream's entries in a group share one scope (the
     upstream has one binding per caller); `force` changes them all. Returns (the entries allowed, those whose
     bindings of the other scope `force` removed)."""
     entries = [str(_allow_entry(catalog, name)) for name in tools]
@@ -331,9 +340,23 @@ def allow(
         )
     entries += differing
     removed = store.allow(
-        group, entries, personal=personal, force=force, targets={e: target_of(catalog, e) for e in entries}
+        group,
+        entries,
+        personal=personal,
+        force=force,
+        targets={e: target_of(catalog, e) for e in entries},
+        approval=approval,
     )
     return entries, removed
+
+
+def approval_required_by(catalog: Catalog, group: GroupInfo, entry: str) -> str | None:
+    """Who requires a person's approval of each call of an allowed entry: "declaration" (its tool's or its
+    upstream's `approval = true`, which no group lifts), "group" (`group allow --approval`), or None."""
+    declared = catalog.upstreams.get(upstream_of(catalog, entry) or "") or catalog.tool(entry)
+    if declared is not None and declared.decl.approval:
+        return "declaration"
+    return "group" if entry in group.approval else None
 
 
 def deny(store: Store, catalog: Catalog, group: str, tools: Iterable[str]) -> list[str]:

@@ -22,9 +22,9 @@ logger = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.2
 BATCH = 200
 
-Outcome = str  # ok | error | missing_credential | denied | invalid_arguments
+Outcome = str  # ok | error | missing_credential | denied | invalid_arguments | declined | approval_required
 # What a call enqueues: cheap to build on the call path; the writer thread turns it into an AuditRow.
-_Pending = tuple[float, str, str | None, str, str | None, Outcome, float, str | None, str | None]
+_Pending = tuple[float, str, str | None, str, str | None, Outcome, float, str | None, str | None, str | None]
 
 
 def _row(
@@ -37,9 +37,10 @@ def _row(
     ms: float,
     ref: str | None,
     user: str | None,
+    approval: str | None,
 ) -> AuditRow:
     stamp = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
-    return AuditRow(stamp, group, agent, tool, cred, outcome, round(ms, 3), ref, user)
+    return AuditRow(stamp, group, agent, tool, cred, outcome, round(ms, 3), ref, user, approval)
 
 
 class AuditLog:
@@ -64,9 +65,10 @@ class AuditLog:
         started: float,
         ref: str | None = None,
         user: str | None = None,
+        approval: str | None = None,
     ) -> None:
         duration_ms = (time.perf_counter() - started) * 1000
-        self._pending.append((time.time(), group, agent, tool, credential, outcome, duration_ms, ref, user))
+        self._pending.append((time.time(), group, agent, tool, credential, outcome, duration_ms, ref, user, approval))
 
     def _run(self) -> None:
         while not self._stop.wait(FLUSH_SECONDS):

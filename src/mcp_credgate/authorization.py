@@ -16,10 +16,7 @@ A grant is an agent of kind `oauth` (`store.grants`): `credgate agent revoke` en
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
-import json
 import logging
 import re
 import secrets
@@ -48,6 +45,7 @@ from pydantic import AnyUrl
 from .client_documents import ClientDocumentError, fetch_client_document, is_client_document_url
 from .errors import ConflictError
 from .loopback import is_loopback_host
+from .sealing import seal, unseal
 from .store import IssuedTokens, RefreshReused, Store
 
 __all__ = [
@@ -106,14 +104,6 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def same_resource(given: str, resource: str) -> bool:
     """Whether a resource indicator names this server's resource: as URLs (scheme and host in any case), a
     trailing slash aside."""
@@ -169,20 +159,17 @@ class SignInRequest:
     expires_at: float
 
     def seal(self, key: bytes) -> str:
-        body = _b64(json.dumps(asdict(self), separators=(",", ":")).encode())
-        return f"{body}.{_b64(hmac.new(key, body.encode(), hashlib.sha256).digest())}"
+        return seal(asdict(self), key)
 
     @classmethod
     def unseal(cls, sealed: str, key: bytes) -> SignInRequest | None:
         """The request, if `sealed` was signed with `key` and has not expired; else None."""
-        body, _, signature = sealed.partition(".")
-        expected = _b64(hmac.new(key, body.encode(), hashlib.sha256).digest())
-        if not hmac.compare_digest(signature.encode(), expected.encode()):
-            return None
+        fields = unseal(sealed, key)
         try:
-            fields = json.loads(_unb64(body))
-            request = cls(**{**fields, "scopes": tuple(fields["scopes"])})
+            request = cls(**{**fields, "scopes": tuple(fields["scopes"])}) if fields is not None else None
         except (ValueError, TypeError, KeyError):
+            return None
+        if request is None:
             return None
         return request if request.expires_at > time.time() else None
 

@@ -870,15 +870,21 @@ def group_add(app: App, name: str, description: str) -> None:
 @click.argument("tools", nargs=-1, required=True)
 @click.option("--personal", is_flag=True, help="Each member binds a credential of their own for these tools.")
 @click.option("--force", is_flag=True, help="Change the scope of tools that have bindings (which are removed).")
+@click.option(
+    "--approval",
+    is_flag=True,
+    help="A person approves each call first (asked through the agent's client); without it, allowing a tool again "
+    "lifts the group's requirement (not a declaration's `approval = true`).",
+)
 @common_options
 @pass_app
-def group_allow(app: App, name: str, tools: tuple[str, ...], personal: bool, force: bool) -> None:
+def group_allow(app: App, name: str, tools: tuple[str, ...], personal: bool, force: bool, approval: bool) -> None:
     """Allow TOOLS for the group: shared (the group's binding serves every agent), or --personal."""
-    _, unbound = admin.allow(app.store, app.catalog, name, tools, personal=personal, force=force)
+    _, unbound = admin.allow(app.store, app.catalog, name, tools, personal=personal, force=force, approval=approval)
     scope = "personal" if personal else "shared"
     app.out(
-        {"group": name, "allowed": list(tools), "scope": scope, "unbound": unbound},
-        f"group {name} now allows {', '.join(tools)} ({scope})"
+        {"group": name, "allowed": list(tools), "scope": scope, "approval": approval, "unbound": unbound},
+        f"group {name} now allows {', '.join(tools)} ({scope}{', each call approved first' if approval else ''})"
         + (f"; unbound: {', '.join(unbound)}" if unbound else ""),
     )
 
@@ -926,9 +932,11 @@ def group_show(app: App, name: str) -> None:
     lines = [f"{info.name}  {info.description}".rstrip()]
     tools = []
     for st in statuses:
+        approval = admin.approval_required_by(app.catalog, info, st.tool)
+        asked = f"  approval: each call ({approval})" if approval else ""
         if st.tool in info.personal:
             each = people.personal_statuses(store, app.catalog, name, st.tool)
-            lines.append(f"    {st.tool}  personal: each member binds their own")
+            lines.append(f"    {st.tool}  personal: each member binds their own{asked}")
             lines += [
                 f"        {m.user}  {STATUS_TEXT[m.status]}" + (f"  credential {m.credential}" if m.credential else "")
                 for m in each
@@ -936,12 +944,13 @@ def group_show(app: App, name: str) -> None:
             if not each:
                 lines.append(f"        no members yet (`credgate group member add {name} USER`)")
             shown = {**st.as_json(), "status": None, "credential": None, "missing_fields": []}
-            tools.append({**shown, "scope": "personal", "members": {m.user: m.status for m in each}})
+            statuses_by_user = {m.user: m.status for m in each}
+            tools.append({**shown, "scope": "personal", "members": statuses_by_user, "approval": approval})
             continue
         bound = f"  credential {st.credential}" if st.credential else ""
         missing = f"  missing: {', '.join(st.missing_fields)}" if st.status == "incomplete" else ""
-        lines.append(f"    {st.tool}  {STATUS_TEXT[st.status]}{bound}{missing}")
-        tools.append({**st.as_json(), "scope": "shared"})
+        lines.append(f"    {st.tool}  {STATUS_TEXT[st.status]}{bound}{missing}{asked}")
+        tools.append({**st.as_json(), "scope": "shared", "approval": approval})
     if not statuses:
         lines.append(f"    no tools allowed yet (`credgate group allow {name} TOOL`)")
     members = list(store.iter_members(name))
@@ -1282,10 +1291,11 @@ def audit(app: App, group_name: str | None, tool_name: str | None, user_name: st
             "outcome": r.outcome,
             "duration_ms": r.duration_ms,
             "ref": r.ref,
+            **({"approval": r.approval} if r.approval else {}),
         },
         lambda r: (
             f"{r.ts}  {r.group}  {r.agent or '-'}{f' ({r.user})' if r.user else ''}  {r.tool}  {r.credential or '-'}"
-            f"  {r.outcome}  "
+            f"  {r.outcome}{f' ({r.approval})' if r.approval else ''}  "
             f"{r.duration_ms:.1f} ms" + (f"  ref {r.ref}" if r.ref else "")
         ),
         "no calls recorded",

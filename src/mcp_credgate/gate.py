@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -136,6 +136,7 @@ class Ready(Generic[Declared]):
     credential: Credential
     credential_name: str | None
     user: str | None = None  # the owner of a personal credential (None: the group's shared one)
+    approval: bool = False  # a person approves the call first (the declaration's or the group's requirement)
 
 
 Decision = Unknown | InvalidArguments | NotMember | CredentialWarning | Ready[Tool]
@@ -278,7 +279,10 @@ class Gate:
         problem = self._argument_checks[tool_name].problem(arguments)
         if problem is not None:
             return InvalidArguments(tool_name, problem)
-        return self._resolve(group, tool, binding, user)
+        decision = self._resolve(group, tool, binding, user)
+        if isinstance(decision, Ready) and (tool.decl.approval or binding.approval):
+            return replace(decision, approval=True)
+        return decision
 
     def allowed_upstreams(self, group: str) -> list[str]:
         """The upstream MCP servers the group allows as a whole (`NAME.*`): only their resources, prompts,

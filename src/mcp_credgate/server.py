@@ -15,7 +15,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio.to_thread
@@ -27,6 +27,7 @@ from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from . import __version__, oauth
+from .approvals import APPROVAL_INPUT, ApprovalState, approval_form, question
 from .caller import Caller
 from .credential import Credential
 from .declarations import HttpHandler, PythonHandler, Tool
@@ -77,15 +78,14 @@ class ToolCalls:
         name: str,
         arguments: Mapping[str, Any] | None,
         ctx: ServerRequestContext[Any] | None = None,
-        answered: bool = False,
+        answers: Answers | None = None,
     ) -> types.CallToolResult | types.InputRequiredResult:
         """Call a tool for the caller; `ctx`, the agent's request, receives what an upstream sends meanwhile.
-        `answered`: this is the retry after the setup round of 2026-07-28 (`SETUP_INPUT`): a credential still
-        missing gets the plain warning, not another round."""
+        `answers`: what a 2026-07-28 retry brings back from its round (setup, approval)."""
         ref = new_ref()
         token = request_id.set(ref)
         try:
-            return await self._call(caller, name, arguments, ref, ctx, answered)
+            return await self._call(caller, name, arguments, ref, ctx, answers or Answers())
         finally:
             request_id.reset(token)
 
@@ -96,7 +96,7 @@ class ToolCalls:
         arguments: Mapping[str, Any] | None,
         ref: str,
         ctx: ServerRequestContext[Any] | None,
-        answered: bool,
+        answers: Answers,
     ) -> types.CallToolResult | types.InputRequiredResult:
         started = time.perf_counter()
         args = dict(arguments or {})  # a dict of its own, as JSON Schema's object is
@@ -111,7 +111,7 @@ class ToolCalls:
             self._record(caller, name, None, "invalid_arguments", started, ref)
             return _text_result(f"Invalid arguments for tool {name}: {decision.message}", is_error=True)
         if isinstance(decision, CredentialWarning):
-            return await self._warn(caller, name, decision, started, ref, ctx, answered)
+            return await self._warn(caller, name, decision, started, ref, ctx, SETUP_INPUT in answers.responses)
         try:
             usable = await self._usable_credential(caller.group, decision)
         except oauth.OAuthError as exc:
@@ -123,18 +123,69 @@ class ToolCalls:
                 is_error=True,
             )
         if isinstance(usable, CredentialWarning):
-            return await self._warn(caller, name, usable, started, ref, ctx, answered)
+            return await self._warn(caller, name, usable, started, ref, ctx, SETUP_INPUT in answers.responses)
         credential, handler_view = usable
+        approval = None
+        if decision.approval:  # the last check before the call runs (contract §7's order)
+            refused = await self._approval(caller, name, args, ctx, answers)
+            if refused is not None:
+                answer, outcome = refused
+                if outcome is not None:  # the question itself ends nothing: its retry is the call audited
+                    self._record(caller, name, decision.credential_name, outcome, started, ref)
+                return answer
+            approval = "approved"
         redactor = redactor_for(credential)
         try:
             output = await self._dispatch(decision.tool, args, handler_view, caller, ctx)
         except Exception as exc:
             details = "".join(traceback.format_exception(exc))
             logger.error("tool %s failed (ref: %s):\n%s", name, ref, redactor.text(details))
-            self._record(caller, name, decision.credential_name, "error", started, ref)
+            self._record(caller, name, decision.credential_name, "error", started, ref, approval)
             return _text_result(f"The tool {name} failed (ref: {ref}).", is_error=True)
-        self._record(caller, name, decision.credential_name, "error" if output.is_error else "ok", started, ref)
+        outcome = "error" if output.is_error else "ok"
+        self._record(caller, name, decision.credential_name, outcome, started, ref, approval)
         return _to_result(output, redactor)
+
+    async def _approval(
+        self,
+        caller: Caller,
+        name: str,
+        args: dict[str, Any],
+        ctx: ServerRequestContext[Any] | None,
+        answers: Answers,
+    ) -> tuple[types.CallToolResult | types.InputRequiredResult, str | None] | None:
+        """Ask the person behind the agent to approve this call (`approvals`): None when approved; else what
+        the agent gets, with the audit outcome: the question (a 2026-07-28 round; no outcome yet), a declined
+        call (`declined`), or, from a client that cannot ask, the §4 shape (`approval_required`)."""
+        if ctx is None or not _asks_by_form(ctx):
+            return _approval_required(caller, name), "approval_required"
+        store = self._gateway.store
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            answer = answers.responses.get(APPROVAL_INPUT)
+            if answer is None:
+                state = await anyio.to_thread.run_sync(ApprovalState.asking(caller, name, args).seal, store)
+                asked = types.ElicitRequest(params=approval_form(name, args))
+                return types.InputRequiredResult(input_requests={APPROVAL_INPUT: asked}, request_state=state), None
+            approves = ApprovalState.approves
+            valid = await anyio.to_thread.run_sync(approves, answers.state, store, caller, name, args)
+            if not valid:
+                text = (
+                    f"The approval given does not belong to this call of {name} (another call's, used, or expired): "
+                    "nothing was run."
+                )
+                return _text_result(text, is_error=True), "declined"
+            accepted = _action_of(answer) == "accept"
+        else:
+            try:
+                asked_now = await ctx.session.elicit_form(
+                    question(name, args), {"type": "object", "properties": {}}, related_request_id=ctx.request_id
+                )
+            except MCPError:
+                asked_now = types.ElicitResult(action="cancel")
+            accepted = asked_now.action == "accept"
+        if accepted:
+            return None
+        return _text_result(f"The call of {name} was declined: nothing was run.", is_error=True), "declined"
 
     async def _warn(
         self,
@@ -173,9 +224,16 @@ class ToolCalls:
         )
 
     def _record(
-        self, caller: Caller, tool: str, credential: str | None, outcome: str, started: float, ref: str
+        self,
+        caller: Caller,
+        tool: str,
+        credential: str | None,
+        outcome: str,
+        started: float,
+        ref: str,
+        approval: str | None = None,
     ) -> None:
-        self._audit.record(caller.group, caller.agent, tool, credential, outcome, started, ref, caller.user)
+        self._audit.record(caller.group, caller.agent, tool, credential, outcome, started, ref, caller.user, approval)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "call group=%s agent=%s tool=%s credential=%s outcome=%s",
@@ -212,6 +270,37 @@ class ToolCalls:
         return ToolOutput(
             text="", structured=dumped.get("structuredContent"), is_error=result.is_error, content=dumped["content"]
         )
+
+
+@dataclass(frozen=True)
+class Answers:
+    """What a 2026-07-28 retry brings back from its round: the client's responses, by key, and the state."""
+
+    responses: Mapping[str, Any] = field(default_factory=dict)
+    state: str | None = None
+
+
+def _action_of(response: Any) -> str | None:
+    return response.get("action") if isinstance(response, dict) else getattr(response, "action", None)
+
+
+def _approval_required(caller: Caller, name: str) -> types.CallToolResult:
+    """The §4 shape for a call that needs approval from a client that cannot ask (no form elicitation)."""
+    text = (
+        f"Tool {name} needs a person's approval of each call in agent group {caller.group}, and this agent's client "
+        "cannot ask for it (it offers no form elicitation): nothing was run."
+    )
+    found = {"warning": "approval_required", "tool": name, "group": caller.group}
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)], structured_content=found, is_error=True
+    )
+
+
+def _asks_by_form(ctx: ServerRequestContext[Any]) -> bool:
+    """Whether the calling client can be asked a question (form elicitation; declared empty, it means form)."""
+    declared = ctx.session.client_capabilities
+    asks = declared.elicitation if declared is not None else None
+    return asks is not None and (asks.form is not None or asks.url is None)
 
 
 def _asks_by_url(ctx: ServerRequestContext[Any]) -> bool:
@@ -291,9 +380,9 @@ def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
     async def on_call_tool(
         ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult | types.InputRequiredResult:
-        answered = SETUP_INPUT in (params.input_responses or {})
+        answers = Answers(params.input_responses or {}, params.request_state)
         try:
-            return await calls.call_tool(identify(ctx), params.name, params.arguments, ctx, answered)
+            return await calls.call_tool(identify(ctx), params.name, params.arguments, ctx, answers)
         except MCPError:
             raise
         except Exception as exc:  # a bug of ours: never let its text (or a secret in it) reach the agent

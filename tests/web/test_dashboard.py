@@ -941,6 +941,12 @@ def test_allowing_and_removing_a_tool(admin: Admin, world: World) -> None:
     assert "no-such-tool" not in world.store.group("ops").tools
 
 
+def test_allowing_a_tool_with_approval_shows_who_requires_it(admin: Admin, world: World) -> None:
+    assert location(admin.post("/groups/ops/allow", {"tool": "whoami", "approval": "on"})) == "/groups/ops?done=allowed"
+    assert world.store.group("ops").approval == frozenset({"whoami"})
+    assert "each call approved first (by its group)" in admin.get("/groups/ops").text
+
+
 def test_creating_an_agent_shows_its_token_once_and_revoking_it(admin: Admin, world: World) -> None:
     response = admin.post("/groups/ops/agents", {"name": "deployer"})
     assert response.status_code == 200

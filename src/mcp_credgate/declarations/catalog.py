@@ -109,6 +109,7 @@ class Catalog:
                             "input_schema": listed.get("inputSchema") or {"type": "object"},
                             "credential": upstream.decl.credential,
                             "handler": handler,
+                            "approval": upstream.decl.approval,
                         }
                     )
                 except ValidationError as exc:

@@ -444,6 +444,7 @@ class ToolDeclaration(_Model):
     input_schema: dict[str, Any] = {"type": "object", "properties": {}}
     credential: CredentialSpec | None = None
     handler: Handler
+    approval: bool = False  # a person approves each call first (contract §7); a group cannot lift it
 
     @model_validator(mode="after")
     def _schema_is_an_object_schema(self) -> ToolDeclaration:

@@ -21,9 +21,12 @@ class Audit(StoreBase):
             return
         with self._write(changes_setup=False) as conn:
             conn.executemany(
-                "INSERT INTO audit (ts, group_name, agent, tool, credential, outcome, duration_ms, ref, user_name)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r.ts, r.group, r.agent, r.tool, r.credential, r.outcome, r.duration_ms, r.ref, r.user) for r in rows],
+                "INSERT INTO audit (ts, group_name, agent, tool, credential, outcome, duration_ms, ref, user_name,"
+                " approval) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.ts, r.group, r.agent, r.tool, r.credential, r.outcome, r.duration_ms, r.ref, r.user, r.approval)
+                    for r in rows
+                ],
             )
 
     def audit_page(
@@ -52,7 +55,7 @@ class Audit(StoreBase):
         with self._lock:
             found = page_rows(
                 self._db,
-                "id, ts, group_name, agent, tool, credential, outcome, duration_ms, ref, user_name",
+                "id, ts, group_name, agent, tool, credential, outcome, duration_ms, ref, user_name, approval",
                 "audit",
                 "id",
                 clauses,
@@ -108,5 +111,6 @@ def _audit_row(r: Row) -> AuditRow:
         r["duration_ms"],
         r["ref"],
         r["user_name"],
+        r["approval"],
         id=int(r["id"]),
     )

@@ -12,7 +12,7 @@ by the settings and nothing outside the package knows which one it is.
 - `credentials`: credentials and their values;  `groups`: groups, allowed tools, bindings, the binding cache;
 - `upstreams`: upstream servers' discovered tools;  `agents`: agents and the admin secret;
 - `grants`: remote clients' OAuth sign-ins (clients, codes, tokens; each grant an agent);
-- `setup_links`: single-use links to a call's setup page (contract §7);
+- `setup_links`: single-use links to a call's setup page (contract §7);  `approvals`: approvals spent;
 - `users`: users, their memberships of groups and their personal bindings;
 - `audit`: the audit log;  `keys`: the master keys and a rotation's database steps;  `maintenance`: backup
   and health;  `rotation`: the rotation's protocol and its key files, driving `keys`;
@@ -32,6 +32,7 @@ from ..crypto import Keyring, MasterKey, write_key_file
 from ..errors import MasterKeyError, NotInitialisedError, StoreBusyError, StoreError
 from . import rotation, sqlite
 from .agents import Agents
+from .approvals import Approvals
 from .audit import Audit
 from .base import now
 from .credentials import Credentials
@@ -46,7 +47,7 @@ from .upstreams import Upstreams
 from .users import Users
 
 
-class Store(Credentials, Groups, Users, Upstreams, Agents, Grants, SetupLinks, Audit, Keys, Maintenance):
+class Store(Credentials, Groups, Users, Upstreams, Agents, Grants, SetupLinks, Approvals, Audit, Keys, Maintenance):
     """One open store: a connection, the key ring that opens it, and the operations on it (one class per
     concern, each over `StoreBase`; they share the connection, its lock and the key ring)."""
 

@@ -119,9 +119,10 @@ class Groups(StoreBase):
         # just-loaded PostgreSQL table) could make a hash join over every credential. Sorted here, in byte order.
         tools: dict[int, dict[str, str | None]] = {i: {} for i in ids}
         personal: dict[int, set[str]] = {i: set() for i in ids}
+        approval: dict[int, set[str]] = {i: set() for i in ids}
         for r in sorted(
             self._db.execute(
-                "SELECT gt.group_id, gt.tool, gt.personal,"
+                "SELECT gt.group_id, gt.tool, gt.personal, gt.approval,"
                 " (SELECT c.name FROM credentials c WHERE c.id = gt.credential_id) AS cred"
                 f" FROM group_tools gt WHERE gt.group_id IN ({marks})",
                 ids,
@@ -131,6 +132,8 @@ class Groups(StoreBase):
             tools[r["group_id"]][r["tool"]] = r["cred"]
             if r["personal"]:
                 personal[r["group_id"]].add(r["tool"])
+            if r["approval"]:
+                approval[r["group_id"]].add(r["tool"])
         upstreams: dict[int, dict[str, str]] = {i: {} for i in ids}
         for r in sorted(
             self._db.execute(
@@ -149,6 +152,7 @@ class Groups(StoreBase):
                 tools[g["id"]],
                 upstreams[g["id"]],
                 frozenset(personal[g["id"]]),
+                frozenset(approval[g["id"]]),
             )
             for g in groups
         ]
@@ -187,9 +191,11 @@ class Groups(StoreBase):
         personal: bool = False,
         force: bool = False,
         targets: Mapping[str, str] | None = None,
+        approval: bool = False,
     ) -> list[str]:
-        """Allow tools in a group, shared or `personal` (each member binds their own). A tool allowed already
-        takes the scope given: refused while it has bindings of the other scope, unless `force` (which removes
+        """Allow tools in a group, shared or `personal` (each member binds their own), each call first
+        `approval`-ed by a person or not. A tool allowed already takes the scope and the approval given: a
+        change of scope is refused while it has bindings of the other scope, unless `force` (which removes
         them). `targets` names what a tool's bindings are made for (an upstream's tools: the upstream; else the
         tool). Returns the tools whose bindings were removed."""
         targets = targets or {}
@@ -202,10 +208,13 @@ class Groups(StoreBase):
                 ).fetchone()
                 if row is None:
                     conn.execute(
-                        "INSERT INTO group_tools (group_id, tool, personal) VALUES (?, ?, ?)",
-                        (gid, tool, int(personal)),
+                        "INSERT INTO group_tools (group_id, tool, personal, approval) VALUES (?, ?, ?, ?)",
+                        (gid, tool, int(personal), int(approval)),
                     )
                     continue
+                conn.execute(
+                    "UPDATE group_tools SET approval = ? WHERE group_id = ? AND tool = ?", (int(approval), gid, tool)
+                )
                 if bool(row["personal"]) == personal:
                     continue
                 target = targets.get(tool, tool)
@@ -308,13 +317,13 @@ class Groups(StoreBase):
     def _read_binding(self, group: str, tool: str, upstream: str | None, user: str | None) -> Binding:
         if upstream is None:
             allowed = self._query(
-                "SELECT g.id AS gid, gt.personal, gt.credential_id AS cid FROM groups g"
+                "SELECT g.id AS gid, gt.personal, gt.approval, gt.credential_id AS cid FROM groups g"
                 " JOIN group_tools gt ON gt.group_id = g.id WHERE g.name = ? AND gt.tool = ?",
                 (group, tool),
             )
         else:
             allowed = self._query(
-                "SELECT g.id AS gid, MAX(gt.personal) AS personal,"
+                "SELECT g.id AS gid, MAX(gt.personal) AS personal, MAX(gt.approval) AS approval,"
                 " (SELECT gu.credential_id FROM group_upstreams gu WHERE gu.group_id = g.id AND gu.upstream = ?) AS cid"
                 " FROM groups g JOIN group_tools gt ON gt.group_id = g.id WHERE g.name = ? AND gt.tool IN (?, ?)"
                 " GROUP BY g.id",
@@ -323,6 +332,7 @@ class Groups(StoreBase):
         if not allowed:
             return Binding(allowed=False)
         gid, personal, cid = allowed[0]["gid"], bool(allowed[0]["personal"]), allowed[0]["cid"]
+        approval = bool(allowed[0]["approval"])
         member = user is None or bool(
             self._query(
                 "SELECT 1 FROM members WHERE group_id = ? AND user_id = (SELECT id FROM users WHERE name = ?)",
@@ -341,14 +351,14 @@ class Groups(StoreBase):
             )
             cid = mine[0]["credential_id"] if mine else None
         if cid is None:
-            return Binding(allowed=True, personal=personal, member=member)
+            return Binding(allowed=True, personal=personal, member=member, approval=approval)
         rows = self._query(
             "SELECT c.id AS cid, c.name, c.type, c.uid, c.key_id, c.wrapped_dek, c.expires_at, v.field, v.secret,"
             " v.ciphertext FROM credentials c LEFT JOIN credential_values v ON v.credential_id = c.id WHERE c.id = ?",
             (cid,),
         )
         if not rows:  # removed between two look-ups: the next call reads again
-            return Binding(allowed=True, personal=personal, member=member)
+            return Binding(allowed=True, personal=personal, member=member, approval=approval)
         values = tuple(r for r in rows if r["field"] is not None)
         return Binding(
             allowed=True,
@@ -356,6 +366,7 @@ class Groups(StoreBase):
             sealed=SealedCredential(rows[0], values),
             personal=personal,
             member=member,
+            approval=approval,
         )
 
     def bound_targets(self) -> list[tuple[str, str, str]]:

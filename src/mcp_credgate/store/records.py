@@ -38,6 +38,7 @@ class GroupInfo:
     tools: Mapping[str, str | None] = field(default_factory=dict)  # tool (or `UPSTREAM.*`) → bound credential
     upstreams: Mapping[str, str] = field(default_factory=dict)  # upstream MCP server → bound credential
     personal: frozenset[str] = frozenset()  # the allowed entries each member binds a credential of their own for
+    approval: frozenset[str] = frozenset()  # the allowed entries whose every call a person approves first
 
 
 @dataclass(eq=False)
@@ -76,6 +77,7 @@ class Binding:
     sealed: SealedCredential | None = None
     personal: bool = False  # each member binds their own: `credential` is the user's binding
     member: bool = True  # the user is a member of the group (True when acting for nobody)
+    approval: bool = False  # the group requires a person's approval of each call (contract §7)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class AuditRow:
     duration_ms: float
     ref: str | None = None
     user: str | None = None  # the user the agent acted for
+    approval: str | None = None  # "approved": a person approved the call before it ran
     id: int | None = field(default=None, compare=False)  # set when read: the row's key in the log's pages
 
 

@@ -333,4 +333,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX setup_links_expiry ON setup_links(expires_at)
         """,
     ),
+    Migration(
+        # Approvals (contract §7): a group may require a person's approval of each call of a tool; an approved
+        # call's audit row says so; an approval given across a 2026-07-28 round is spent once (its nonce).
+        "0013_approvals",
+        """
+        ALTER TABLE group_tools ADD COLUMN approval INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE audit ADD COLUMN approval TEXT;
+        CREATE TABLE spent_approvals (
+            nonce TEXT PRIMARY KEY,
+            expires_at {real} NOT NULL
+        );
+        CREATE INDEX spent_approvals_expiry ON spent_approvals(expires_at)
+        """,
+    ),
 )

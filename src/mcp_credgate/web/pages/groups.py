@@ -93,6 +93,7 @@ def _group_page(
         status=status or (400 if error else 200),
         info=info,
         statuses=statuses,
+        approvals={st.tool: admin.approval_required_by(catalog, info, st.tool) for st in statuses},
         choices=choices,
         allowable=sorted(allowable),
         agents=agents.items,
@@ -126,7 +127,8 @@ def changing(change: GroupChange) -> PageHandler:
 
 
 def allow(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
-    admin.allow(site.store, site.catalog(), name, [str(form.get("tool", ""))])
+    approval = form.get("approval") == "on"
+    admin.allow(site.store, site.catalog(), name, [str(form.get("tool", ""))], approval=approval)
     return back(_group_path(name), "allowed")
 
 
