@@ -14,6 +14,7 @@ import pytest
 from mcp_credgate.config import Settings
 from mcp_credgate.setup_links import LINK_SECONDS, SetupLinks
 from mcp_credgate.store import Store
+from mcp_credgate.store.setup_links import MAX_LINKS_PER_SETUP
 
 
 class Clock:
@@ -121,3 +122,16 @@ async def test_the_client_that_was_given_a_link_hears_once_that_it_was_used(stor
     assert await anyio.to_thread.run_sync(links.use, token)  # the pages save in a worker thread
     assert not await anyio.to_thread.run_sync(links.use, token)
     assert heard == [issued.elicitation_id]
+
+
+def test_an_agent_calling_in_a_loop_keeps_only_the_newest_links_of_one_setup(store: Store) -> None:
+    store.add_group("research")
+    clock = Clock()
+    links = SetupLinks(store, clock=clock)
+    issued = []
+    for _ in range(MAX_LINKS_PER_SETUP + 5):
+        clock.now += 1
+        issued.append(_token(links.issue("http://127.0.0.1:9", "research", "weather", None).url))
+    other = _token(links.issue("http://127.0.0.1:9", "research", "mail", None).url)
+    assert [links.find(t) is not None for t in issued] == [False] * 5 + [True] * MAX_LINKS_PER_SETUP
+    assert links.find(other) is not None

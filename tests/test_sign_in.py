@@ -43,6 +43,7 @@ from tests.support.sign_in import (
     BrowserUser,
     HandFlow,
     MemoryStorage,
+    clock_site,
     oauth_provider,
     pkce_pair,
     signed_in_http,
@@ -62,17 +63,8 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    world = World.create(tmp_path / "site", {"clock": python_tool("clock", "mcp_credgate.examples:utc_now")})
-    world.allow("research", "clock")
-    ann = people.create_user(world.store, "ann")
-    bob = people.create_user(world.store, "bob")
-    world.store.add_members("research", ["ann"])
-    server = start_server(world, tmp_path / "server")
-    try:
-        yield Site(world, server, ann, bob)
-    finally:
-        server.stop()
-        world.close()
+    with clock_site(tmp_path) as (world, server, ann):
+        yield Site(world, server, ann, people.create_user(world.store, "bob"))
 
 
 async def test_a_client_signs_in_on_the_consent_page_then_lists_and_calls_tools_as_an_agent_of_its_user(

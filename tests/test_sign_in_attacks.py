@@ -14,11 +14,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from mcp_credgate import authorization, people
+from mcp_credgate import authorization
 from mcp_credgate.authorization import AuthorizationServer
-from tests.support.gateway import World, python_tool
-from tests.support.http_server import Server, start_server
-from tests.support.sign_in import CALLBACK, HandFlow, pkce_pair
+from tests.support.gateway import World
+from tests.support.http_server import Server
+from tests.support.sign_in import CALLBACK, HandFlow, clock_site, pkce_pair
 from tests.test_sign_in import document_server
 
 EVIL = "https://evil.example/cb"
@@ -33,16 +33,8 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    world = World.create(tmp_path / "site", {"clock": python_tool("clock", "mcp_credgate.examples:utc_now")})
-    world.allow("research", "clock")
-    ann = people.create_user(world.store, "ann")
-    world.store.add_members("research", ["ann"])
-    server = start_server(world, tmp_path / "server")
-    try:
+    with clock_site(tmp_path) as (world, server, ann):
         yield Site(world, server, HandFlow(server.base, ann))
-    finally:
-        server.stop()
-        world.close()
 
 
 def _document(documents: dict[str, bytes], origin: str, path: str, redirect_uris: list[str]) -> str:

@@ -21,13 +21,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from click.testing import CliRunner
 
-from mcp_credgate import people
 from mcp_credgate.cli import cli
 from tests.support.browser_opener import opened, opener_script
-from tests.support.gateway import World, assert_no_leak, python_tool
-from tests.support.http_server import Server, free_port, start_server
+from tests.support.gateway import World, assert_no_leak
+from tests.support.http_server import Server, free_port
 from tests.support.node import NODE_DIR, NodeLines, node_for_tests, node_module
-from tests.support.sign_in import CALLBACK, BrowserUser, browser_or_skip
+from tests.support.sign_in import CALLBACK, BrowserUser, browser_or_skip, clock_site
 
 
 @dataclass
@@ -39,16 +38,8 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
-    world = World.create(tmp_path / "site", {"clock": python_tool("clock", "mcp_credgate.examples:utc_now")})
-    world.allow("research", "clock")
-    ann = people.create_user(world.store, "ann")
-    world.store.add_members("research", ["ann"])
-    server = start_server(world, tmp_path / "server")
-    try:
+    with clock_site(tmp_path) as (world, server, ann):
         yield Site(world, server, ann)
-    finally:
-        server.stop()
-        world.close()
 
 
 def _agent_list(site: Site) -> list[dict[str, str]]:

@@ -46,7 +46,7 @@ from tests.support.gateway import (
 from tests.support.http_server import Server, start_server
 from tests.support.oauth_provider import OAuthProvider, oauth_tool, running_oauth_provider
 from tests.support.oauth_world import add_acme, oauth_world
-from tests.support.sign_in import CHROMIUM, CHROMIUM_FLAGS, browser_or_skip
+from tests.support.sign_in import chromium_page
 
 pytestmark = pytest.mark.anyio
 
@@ -72,47 +72,35 @@ def world(tmp_path: Path) -> Any:
 def set_up_at_browser(url: str, name: str, token: str, secret: str | None = None) -> str:
     """A person opens the setup link, signs in if asked (with `secret`), creates a credential there; returns
     the page's text once saved."""
-    sync_playwright = browser_or_skip()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            if "/login" in page.url and secret is not None:
-                page.fill("#secret", secret)
-                page.click("button[type=submit]")
-            page.wait_for_selector("text=Create a new credential")
-            page.fill("#name", name)
-            page.fill("#field_token", token)
-            page.click("button[value=save]")
-            page.wait_for_selector("text=The credential is saved")
-            return str(page.inner_text("main"))
-        finally:
-            browser.close()
+    with chromium_page() as page:
+        page.goto(url)
+        if "/login" in page.url and secret is not None:
+            page.fill("#secret", secret)
+            page.click("button[type=submit]")
+        page.wait_for_selector("text=Create a new credential")
+        page.fill("#name", name)
+        page.fill("#field_token", token)
+        page.click("button[value=save]")
+        page.wait_for_selector("text=The credential is saved")
+        return str(page.inner_text("main"))
 
 
 def connect_at_browser(url: str, provider: OAuthProvider, client_secret: str, expired: str | None = None) -> str:
     """A person opens the setup link of an OAuth2 tool and connects a new credential there (or, `expired`, the
     bound one again) at the provider; returns the link's page once it is done."""
-    sync_playwright = browser_or_skip()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            if expired is not None:
-                page.click(f"text=Connect {expired} again")
-            else:
-                page.fill("#name", "my-acme")
-                page.fill("#field_client_id", provider.client_id)
-                page.fill("#field_client_secret", client_secret)
-                page.click("text=Connect and bind")  # → the provider → back to the link server's /oauth/callback
-            page.wait_for_selector("text=The provider granted access")
-            page.click("text=Continue")
-            page.wait_for_selector("text=The credential is saved")
-            return str(page.inner_text("main"))
-        finally:
-            browser.close()
+    with chromium_page() as page:
+        page.goto(url)
+        if expired is not None:
+            page.click(f"text=Connect {expired} again")
+        else:
+            page.fill("#name", "my-acme")
+            page.fill("#field_client_id", provider.client_id)
+            page.fill("#field_client_secret", client_secret)
+            page.click("text=Connect and bind")  # → the provider → back to the link server's /oauth/callback
+        page.wait_for_selector("text=The provider granted access")
+        page.click("text=Continue")
+        page.wait_for_selector("text=The credential is saved")
+        return str(page.inner_text("main"))
 
 
 class Agent:
@@ -312,18 +300,12 @@ async def test_over_http_the_link_opens_for_an_admin_signed_in_and_for_no_member
 
 
 def _page_as(url: str, secret: str) -> str:
-    sync_playwright = browser_or_skip()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            page.fill("#secret", secret)
-            page.click("button[type=submit]")
-            page.wait_for_load_state()
-            return str(page.inner_text("main"))
-        finally:
-            browser.close()
+    with chromium_page() as page:
+        page.goto(url)
+        page.fill("#secret", secret)
+        page.click("button[type=submit]")
+        page.wait_for_load_state()
+        return str(page.inner_text("main"))
 
 
 async def test_over_http_a_client_without_url_elicitation_gets_the_dashboards_setup_page(

@@ -27,7 +27,7 @@ from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from . import __version__, oauth
-from .approvals import APPROVAL_INPUT, ApprovalState, approval_form, question
+from .approvals import APPROVAL_INPUT, ApprovalState, approval_form
 from .caller import Caller
 from .credential import Credential
 from .declarations import HttpHandler, PythonHandler, Tool
@@ -176,9 +176,10 @@ class ToolCalls:
                 return _text_result(text, is_error=True), "declined"
             accepted = _action_of(answer) == "accept"
         else:
+            form = approval_form(name, args)
             try:
                 asked_now = await ctx.session.elicit_form(
-                    question(name, args), {"type": "object", "properties": {}}, related_request_id=ctx.request_id
+                    form.message, form.requested_schema, related_request_id=ctx.request_id
                 )
             except MCPError:
                 asked_now = types.ElicitResult(action="cancel")

@@ -16,7 +16,8 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ from mcp.client.auth import OAuthClientProvider
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 from pydantic import AnyUrl
 
+from mcp_credgate import people
+from tests.support.gateway import World, python_tool
+from tests.support.http_server import Server, start_server
+
 CHROMIUM = os.environ.get("CREDGATE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 CALLBACK = "http://127.0.0.1:47913/callback"  # nothing listens: the browser's request is caught by Playwright
@@ -40,6 +45,34 @@ def browser_or_skip() -> Any:
     from playwright.sync_api import sync_playwright
 
     return sync_playwright
+
+
+@contextmanager
+def chromium_page() -> Iterator[Any]:
+    """A page of a headless chromium (Debian's, driven by Playwright), closed at the end."""
+    sync_playwright = browser_or_skip()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
+
+
+@contextmanager
+def clock_site(root: Path) -> Iterator[tuple[World, Server, str]]:
+    """`credgate serve --http` over a world whose group `research` allows `clock` (no credential) and has one
+    member, ann: (the world, the server, ann's sign-in secret)."""
+    world = World.create(root / "site", {"clock": python_tool("clock", "mcp_credgate.examples:utc_now")})
+    world.allow("research", "clock")
+    ann = people.create_user(world.store, "ann")
+    world.store.add_members("research", ["ann"])
+    server = start_server(world, root / "server")
+    try:
+        yield world, server, ann
+    finally:
+        server.stop()
+        world.close()
 
 
 @dataclass

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from .base import StoreBase, now
 
+MAX_LINKS_PER_SETUP = 50
+
 
 @dataclass(frozen=True)
 class SetupLinkRecord:
@@ -24,7 +26,8 @@ class SetupLinks(StoreBase):
         self, link_hash: str, elicitation_id: str, group: str, tool: str, user: str | None, expires_at: float
     ) -> None:
         """A link to set up `tool` for `group` (for `user`, a personal tool); links expired an hour before this
-        one's expiry are forgotten on the way."""
+        one's expiry are forgotten on the way, and of one (group, tool, user)'s links only the newest
+        `MAX_LINKS_PER_SETUP` are kept (an agent calling in a loop fills no table)."""
         with self._write(changes_setup=False) as conn:
             gid = self._group_id(conn, group)
             uid = self._user_id(conn, user) if user is not None else None
@@ -33,6 +36,12 @@ class SetupLinks(StoreBase):
                 "INSERT INTO setup_links (link_hash, elicitation_id, group_id, tool, user_id, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (link_hash, elicitation_id, gid, tool, uid, expires_at),
+            )
+            whose = "user_id = ?" if uid is not None else "user_id IS NULL"
+            conn.execute(
+                "DELETE FROM setup_links WHERE link_hash IN (SELECT link_hash FROM setup_links"
+                f" WHERE group_id = ? AND tool = ? AND {whose} ORDER BY expires_at DESC LIMIT 1000000 OFFSET ?)",
+                (gid, tool, *([uid] if uid is not None else []), MAX_LINKS_PER_SETUP),
             )
 
     def setup_link(self, link_hash: str) -> SetupLinkRecord | None:
