@@ -203,6 +203,7 @@ async def test_over_stdio_a_client_without_url_elicitation_gets_the_warning_with
     world: World, tmp_path: Path
 ) -> None:
     transcript = Transcript()
+    world.add_credential("svc-other", "svc", {"token": "tok-of-another-group-1234"})  # another group's, say
     with anyio.fail_after(60):
         async with over_stdio(world, tmp_path, None, "legacy") as client:
             result = await transcript.call(client, "weather", {})
@@ -211,10 +212,14 @@ async def test_over_stdio_a_client_without_url_elicitation_gets_the_warning_with
                 page = await http.get(link)
                 unknown = await http.get(link[:-4] + "abcd")
                 foreign = await http.post(link, headers={"Origin": "http://evil.example"}, data={"mode": "new"})
+                # whoever holds the link (the agent too) creates a credential there, but binds no stored one
+                picked = await http.post(link, data={"mode": "existing", "credential": "svc-other"})
     assert result.is_error and (result.structured_content or {})["warning"] == "missing_credential"
     assert LINK.fullmatch(link) and page.status_code == 200 and "Create a new credential" in page.text
+    assert "svc-other" not in page.text and "Use an existing credential" not in page.text
     assert unknown.status_code == 404 and "unknown or has expired" in unknown.text
     assert foreign.status_code == 403
+    assert picked.status_code == 400 and world.store.binding("desk", "weather").credential is None
 
 
 async def test_over_stdio_an_oauth2_tool_is_connected_from_the_links_page_and_the_retry_runs(tmp_path: Path) -> None:

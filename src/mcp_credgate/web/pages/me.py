@@ -86,6 +86,8 @@ def personal_setup_page(
     if not admin.scope_entries(site.store, catalog, group, tool_name):
         raise NotFoundError(f"group {group!r} does not allow {tool_name!r}")
     mine = [c.name for c in site.store.credentials_page(limit=MINE_SHOWN, owner=owner, type_=spec.type).items]
+    if session.by_link:  # opened by its link alone: it creates a credential, binds no stored one (see `setup`)
+        mine = []
     context: dict[str, Any] = {
         "owner": owner,
         "group": group,
@@ -97,7 +99,7 @@ def personal_setup_page(
     context["fields"] = fields_of(spec)
     if request.method == "GET":
         return site.render(request, "personal_setup.html", session, **context, errors={}, given={}, name="")
-    if form.get("mode") == "existing":
+    if form.get("mode") == "existing" and not session.by_link:
         people.bind_personal(site.store, catalog, group, tool_name, str(form.get("credential", "")), owner)
         return finished()
     name, values, connect, errors = new_credential(site, spec, form, ": pick it above instead")

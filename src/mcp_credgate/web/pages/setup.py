@@ -56,7 +56,9 @@ def setup_page(
             f"{tool_name} is personal in group {group}: each member sets it up on their own page (My tools).",
             session,
         )
-    compatible = credential_choices(site, spec.type)
+    # A page opened by its link alone (over stdio) creates a credential; it binds no stored one: whoever holds
+    # the link (the agent is given it too) must not pick another group's credential for this one.
+    compatible = [] if session.by_link else credential_choices(site, spec.type)
     context |= {"compatible": compatible, "fields": fields_of(spec), "allowed": allowed, "expired": None}
     bound = site.store.credentials_named([binding.credential]).get(binding.credential) if binding.credential else None
     if bound is not None and admin.credential_status(spec, bound).status == "expired":
@@ -65,7 +67,7 @@ def setup_page(
         return site.render(request, "setup.html", session, **context, errors={}, given={}, name="")
     if not allowed:
         return site.render(request, "setup.html", session, status=409, **context, errors={}, given={}, name="")
-    if form.get("mode") == "existing":
+    if form.get("mode") == "existing" and not session.by_link:
         admin.bind(site.store, catalog, group, _bind_target(tool), str(form.get("credential", "")))
         return finished()
     if form.get("mode") == "reconnect" and context["expired"]:  # the bound credential, connected again
