@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from mcp_credgate.addresses import address_refusal, literal_address
+from mcp_credgate.addresses import address_refusal, literal_address, server_of
 
 pytestmark = pytest.mark.no_store
 
@@ -105,3 +105,36 @@ def test_a_name_is_not_an_address() -> None:
 def test_an_ipv4_address_behind_teredo_is_judged_by_itself() -> None:
     teredo_private = ipaddress.IPv6Address("2001:0:4136:e378:8000:63bf:f5ff:fffe")  # client 10.0.0.1
     assert address_refusal(teredo_private) is not None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://credgate.example.com\\@evil.example/consent",  # a browser reads `\\` as `/`: the host is before it
+        "https://credgate%2Eexample%2Ecom/oauth/consent",  # a browser decodes the host's percent escapes
+        "https://\uff43redgate\u3002example.com/",  # and maps it as IDNA does (fullwidth letters, ideographic dot)
+        "HTTPS://CREDGATE.EXAMPLE.COM./",
+    ],
+)
+def test_a_url_a_browser_opens_at_the_gateways_host_is_the_gateways_server(url: str) -> None:
+    assert server_of(url) == server_of("https://credgate.example.com")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8765\\@evil.example/setup/abc",
+        "http://127%2E0%2E0%2E1:8765/setup/abc",
+        "http://\uff11\uff12\uff17.0.0.1:8765/setup/abc",
+        "http://evil@localhost:8765/setup/abc",
+    ],
+)
+def test_a_url_a_browser_opens_at_the_link_server_is_the_link_servers(url: str) -> None:
+    assert server_of(url) == server_of("http://127.0.0.1:8765")
+
+
+def test_other_servers_stay_other_servers() -> None:
+    own = server_of("https://credgate.example.com")
+    assert server_of("https://evil.example/@credgate.example.com") != own
+    assert server_of("https://credgate.example.com.evil.example/") != own
+    assert server_of("http://127.0.0.1:8766/") != server_of("http://127.0.0.1:8765")

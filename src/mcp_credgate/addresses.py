@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 __all__ = ["Address", "address_refusal", "literal_address", "server_of"]
 
@@ -42,9 +42,11 @@ def literal_address(host: str) -> Address | None:
 def server_of(url: str) -> str:
     """Which server a URL leads to, for telling whether two URLs lead to the same one: its host as the resolver
     reads it, in lower case; on loopback (every spelling of it one) with its port, since other local servers
-    listen there, elsewhere without (a host's other ports and schemes are taken as the same server's)."""
-    parts = urlsplit(url.strip())
-    host = (parts.hostname or "").rstrip(".").lower()
+    listen there, elsewhere without (a host's other ports and schemes are taken as the same server's). The host
+    is the one a browser goes to: `\\` ends the authority as `/` does, percent escapes are decoded and the name
+    mapped as IDNA maps it (fullwidth letters, ideographic full stops)."""
+    parts = urlsplit(url.strip().replace("\\", "/"))
+    host = _browsers_host(parts.hostname or "").rstrip(".").lower()
     address = literal_address(host)
     if host == "localhost" or host.endswith(".localhost") or (address is not None and address.is_loopback):
         try:
@@ -53,6 +55,14 @@ def server_of(url: str) -> str:
             port = -1
         return f"loopback:{port}"
     return str(address) if address is not None else host
+
+
+def _browsers_host(host: str) -> str:
+    decoded = unquote(host)
+    try:
+        return decoded.encode("idna").decode("ascii")
+    except UnicodeError:  # no name a browser would go to: compared as written
+        return decoded
 
 
 def address_refusal(address: Address, *, allow_loopback: bool = False) -> str | None:
