@@ -5,16 +5,28 @@ client hears that it was used."""
 from __future__ import annotations
 
 import hashlib
+import secrets
 import threading
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
+import httpx2
 import pytest
+from starlette.testclient import TestClient
 
 from mcp_credgate.config import Settings
+from mcp_credgate.errors import NotFoundError
 from mcp_credgate.setup_links import LINK_SECONDS, SetupLinks
 from mcp_credgate.store import Store
 from mcp_credgate.store.setup_links import MAX_LINKS_PER_SETUP
+from mcp_credgate.web.app import build_link_app
+from mcp_credgate.web.site import Site
+from tests.support.gateway import closed_port
+from tests.support.oauth_provider import running_oauth_provider
+from tests.support.oauth_world import GROUP, oauth_world
 
 
 class Clock:
@@ -135,3 +147,34 @@ def test_an_agent_calling_in_a_loop_keeps_only_the_newest_links_of_one_setup(sto
     other = _token(links.issue("http://127.0.0.1:9", "research", "mail", None).url)
     assert [links.find(t) is not None for t in issued] == [False] * 5 + [True] * MAX_LINKS_PER_SETUP
     assert links.find(other) is not None
+
+
+def test_an_oauth_connection_started_at_a_link_binds_nothing_once_the_link_is_spent(tmp_path: Path) -> None:
+    """The agent holds the link too: it starts a connection of its own (to its own account at the provider)
+    while the person connects theirs. Once the person's has spent the link, the agent's ends in a refusal:
+    its credential neither stored nor bound in place of the person's."""
+    secret = "cs-" + secrets.token_hex(8)
+    with running_oauth_provider(client_secret=secret) as provider, oauth_world(tmp_path / "site", provider) as world:
+        port = closed_port()
+        base = f"http://127.0.0.1:{port}"
+        with Site.open(replace(world.settings, public_url=base), lambda: world.catalog) as site:
+            token = _token(site.setup_links.issue(base, GROUP, "whoami", None).url)
+            with TestClient(build_link_app(site, port), base_url=base) as browser:
+
+                def connect(name: str) -> str:
+                    form = {"mode": "new", "name": name, "action": "connect"}
+                    form |= {"field_client_id": provider.client_id, "field_client_secret": secret}
+                    started = browser.post(f"/setup/{token}", data=form, follow_redirects=False)
+                    assert started.status_code == 303, started.text
+                    with httpx2.Client(trust_env=False, follow_redirects=False) as at_provider:
+                        back = urlsplit(at_provider.get(started.headers["location"]).headers["location"])
+                    return f"{back.path}?{back.query}"
+
+                agents = connect("agents-acme")  # started first, finished last
+                persons = connect("persons-acme")
+                assert browser.get(persons).status_code == 200
+                late = browser.get(agents)
+            assert late.status_code == 409, late.text
+            assert world.store.group(GROUP).tools["whoami"] == "persons-acme"
+            with pytest.raises(NotFoundError):
+                world.store.credential_info("agents-acme")

@@ -112,11 +112,19 @@ class SetupLinks:
 
     def use(self, token: str) -> bool:
         """Spend the link (True for the one caller that did) and tell its client, if it waits here."""
-        record = self.store.setup_link(_hash(token))
-        if record is None or not self.store.use_setup_link(_hash(token), self._clock()):
+        record = self.spend(token)
+        if record is None:
             return False
         self.completions.complete(record.elicitation_id)
         return True
+
+    def spend(self, token: str) -> SetupLinkRecord | None:
+        """Spend the link without telling its client yet (`Completions.complete` once saved): its record for the
+        one caller that did, None if it is unknown, used or expired."""
+        record = self.store.setup_link(_hash(token))
+        if record is None or not self.store.use_setup_link(_hash(token), self._clock()):
+            return None
+        return record
 
 
 def _hash(token: str) -> str:

@@ -214,6 +214,11 @@ async def oauth_callback(site: Site, request: Request) -> Response:
         code = oauth.code_from_callback(pending.request, params)
         async with make_client() as http:
             tokens = await oauth.exchange_code(http, spec.oauth, pending.client, pending.request, code)
+        # a setup link's connection stores nothing once its link is spent (another connection from it, a
+        # save at its page) or expired: the agent holds the link too
+        link = await site.run(site.setup_links.spend, pending.link) if pending.link is not None else None
+        if pending.link is not None and link is None:
+            return site.refusal(request, 409, "Not connected: the setup link was used meanwhile or has expired.")
         # it may wait for a refresh's lock
         await site.run(
             admin.save_connection, site.store, spec, pending.name, pending.given, tokens, pending.uid, pending.owner
@@ -231,8 +236,8 @@ async def oauth_callback(site: Site, request: Request) -> Response:
                 )
         except CredgateError as exc:  # the group or its tool changed meanwhile
             return site.refusal(request, 409, f"Connected and stored as {pending.name}, but not bound: {exc}")
-    if pending.link is not None:  # back to the setup link's page, which now says it is done
-        await site.run(site.setup_links.use, pending.link)
+    if link is not None:  # back to the setup link's page, which now says it is done
+        await site.run(site.setup_links.completions.complete, link.elicitation_id)
         target, what = f"/setup/{pending.link}", pending.name
     elif pending.bind_to is not None:
         group, tool = pending.bind_to
