@@ -7,8 +7,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -19,7 +21,7 @@ from starlette.testclient import TestClient
 
 from mcp_credgate.config import Settings
 from mcp_credgate.errors import NotFoundError
-from mcp_credgate.setup_links import LINK_SECONDS, SetupLinks
+from mcp_credgate.setup_links import LINK_SECONDS, Completions, SetupLinks
 from mcp_credgate.store import Store
 from mcp_credgate.store.setup_links import MAX_LINKS_PER_SETUP
 from mcp_credgate.web.app import build_link_app
@@ -178,3 +180,25 @@ def test_an_oauth_connection_started_at_a_link_binds_nothing_once_the_link_is_sp
             assert world.store.group(GROUP).tools["whoami"] == "persons-acme"
             with pytest.raises(NotFoundError):
                 world.store.credential_info("agents-acme")
+
+
+def test_an_agent_calling_in_a_loop_keeps_a_bounded_number_of_clients_waiting() -> None:
+    """Each link's client waits (in memory, holding its session) to hear it was used; the store keeps only the
+    newest links of one setup, and so many waiting notices are kept at most, the oldest dropped first."""
+    clock = Clock()
+    completions = Completions(clock, most=100)
+    heard: list[str] = []
+
+    def notify(eid: str) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def told() -> None:
+            heard.append(eid)
+
+        return told
+
+    for i in range(1000):
+        clock.now += 0.01
+        completions.wait(str(i), notify(str(i)))
+    assert len(completions) == 100
+    clock.now += LINK_SECONDS + 1
+    completions.wait("last", notify("last"))
+    assert len(completions) == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from .store import SetupLinkRecord, Store
 __all__ = ["LINK_SECONDS", "Completions", "FixedPages", "IssuedLink", "PageServer", "SetupLinks"]
 
 LINK_SECONDS = 600
+MAX_WAITING = 10_000  # clients waiting to hear that their link was used
 log = logging.getLogger("credgate.setup_links")
 
 
@@ -67,22 +69,33 @@ class FixedPages:
 
 
 class Completions:
-    """Who to tell when a link's page has saved: elicitation id → an async notice, kept until the link expires.
-    In process only: a link opened on another replica is not heard of here (the client's retry works all the
-    same)."""
+    """Who to tell when a link's page has saved: elicitation id → an async notice, kept until the link expires,
+    `most` of them (the oldest dropped first: an agent calling in a loop fills no memory). In process only: a
+    link opened on another replica is not heard of here (the client's retry works all the same)."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, most: int = MAX_WAITING) -> None:
         self._clock = clock
-        self._waiting: dict[str, tuple[float, _Notify]] = {}
+        self._most = most
+        self._waiting: dict[str, tuple[float, _Notify]] = {}  # in the order given, which is that of expiry
+        self._lock = threading.Lock()  # `complete` runs in the pages' worker threads
+
+    def __len__(self) -> int:
+        return len(self._waiting)
 
     def wait(self, elicitation_id: str, notify: _Notify) -> None:
         now = self._clock()
-        self._waiting = {k: v for k, v in self._waiting.items() if v[0] > now}
-        self._waiting[elicitation_id] = (now + LINK_SECONDS, notify)
+        with self._lock:
+            while self._waiting:
+                oldest = next(iter(self._waiting))
+                if self._waiting[oldest][0] > now and len(self._waiting) < self._most:
+                    break
+                del self._waiting[oldest]
+            self._waiting[elicitation_id] = (now + LINK_SECONDS, notify)
 
     def complete(self, elicitation_id: str) -> None:
         """Send the notice, from a worker thread of the event loop that waits for it (the pages run there)."""
-        found = self._waiting.pop(elicitation_id, None)
+        with self._lock:
+            found = self._waiting.pop(elicitation_id, None)
         if found is None:
             return
         try:
