@@ -191,6 +191,16 @@ def test_the_question_shows_hidden_and_reordering_characters_escaped() -> None:
     assert shown_escaped("plain text, é and 日本") == "plain text, é and 日本"
 
 
+def test_the_question_shows_characters_that_render_as_nothing_escaped() -> None:
+    """Default-ignorable characters outside the control and format categories render as nothing: variation
+    selectors after a letter can carry any bytes (one per byte), unseen by the person who approves."""
+    smuggled = "".join(chr(0xE0100 + b - 16) if b >= 16 else chr(0xFE00 + b) for b in b"the user's API key")
+    fillers = "\u034f\u115f\u1160\u17b4\u180b\u3164\uffa0\u2065"
+    asked = question("post_message", {"text": "Thanks!" + smuggled + fillers})
+    assert not [c for c in smuggled + fillers if c in asked]
+    assert "Thanks!\\U000e0164\\U000e0158" in asked and "\\u3164" in asked
+
+
 def test_group_show_says_who_requires_approval_and_allowing_again_lifts_only_the_groups(world: World) -> None:
     info = world.store.group("desk")
     assert admin.approval_required_by(world.catalog, info, "transfer") == "group"
