@@ -28,7 +28,7 @@ from mcp_credgate.web.app import build_link_app
 from mcp_credgate.web.site import Site
 from tests.support.gateway import closed_port
 from tests.support.oauth_provider import running_oauth_provider
-from tests.support.oauth_world import GROUP, oauth_world
+from tests.support.oauth_world import GROUP, add_acme, oauth_world
 
 
 class Clock:
@@ -202,3 +202,25 @@ def test_an_agent_calling_in_a_loop_keeps_a_bounded_number_of_clients_waiting() 
     clock.now += LINK_SECONDS + 1
     completions.wait("last", notify("last"))
     assert len(completions) == 1
+
+
+def test_a_link_connects_again_no_expired_credential_another_group_uses_too(tmp_path: Path) -> None:
+    """The link alone (over stdio) may connect again the expired credential bound for its call, when that is
+    its group's alone; bound in another group too, connecting it (the agent holds the link, and its own account
+    at the provider) would hand the other group's calls to the agent's account: the page offers a new one."""
+    with running_oauth_provider() as provider, oauth_world(tmp_path / "site", provider) as world:
+        add_acme(world, provider, expires_in=-60, refresh=False)
+        world.allow("ops", "whoami")
+        world.bind("ops", "whoami", "acme-main")
+        port = closed_port()
+        base = f"http://127.0.0.1:{port}"
+        with Site.open(replace(world.settings, public_url=base), lambda: world.catalog) as site:
+            shared = _token(site.setup_links.issue(base, GROUP, "whoami", None).url)
+            with TestClient(build_link_app(site, port), base_url=base) as browser:
+                page = browser.get(f"/setup/{shared}")
+                tried = browser.post(f"/setup/{shared}", data={"mode": "reconnect"}, follow_redirects=False)
+                world.store.unbind("ops", "whoami")  # the desk group's alone now
+                alone = browser.get(f"/setup/{shared}")
+        assert page.status_code == 200 and "Connect acme-main again" not in page.text
+        assert not tried.headers.get("location", "").startswith(provider.authorize_url)
+        assert "Connect acme-main again" in alone.text

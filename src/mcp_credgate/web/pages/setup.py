@@ -62,7 +62,13 @@ def setup_page(
     context |= {"compatible": compatible, "fields": fields_of(spec), "allowed": allowed, "expired": None}
     bound = site.store.credentials_named([binding.credential]).get(binding.credential) if binding.credential else None
     if bound is not None and admin.credential_status(spec, bound).status == "expired":
-        context["expired"] = bound.name  # the fix is to connect it again, not another binding
+        # the fix is to connect it again, not another binding; by the link alone, only the group's own credential
+        # (no user's, no other group's): connected again to whatever account the link's holder signs in with,
+        # it would serve them all
+        used_by = {g for g, _ in site.store.credential_info(bound.name).bindings}
+        mine = bound.owner is None and used_by == {group}
+        if mine or not session.by_link:
+            context["expired"] = bound.name
     if request.method == "GET":
         return site.render(request, "setup.html", session, **context, errors={}, given={}, name="")
     if not allowed:
