@@ -56,6 +56,7 @@ PUBLIC_MODULES = [
     "mcp_credgate.sealing",
     "mcp_credgate.setup_links",
     "mcp_credgate.store",
+    "mcp_credgate.visible",
     "mcp_credgate.token_refresh",
 ]
 INCLUDED_PRIVATE_MEMBERS = {"__version__"}

@@ -589,12 +589,15 @@ async def test_an_upstreams_url_elicitation_reaches_the_agent_labelled_and_never
     try:
         with anyio.fail_after(60):
             async with world.gateway() as gw, gw.running(), agent(gw, "g") as a:
-                elsewhere = await a.call("fr_send_to", {"url": "https://login.example.com/device"})
+                sign_in = "Sign in there"
+                elsewhere = await a.call("fr_send_to", {"url": "https://login.example.com/device", "message": sign_in})
                 phished = [
-                    await a.call("fr_send_to", {"url": url})
+                    await a.call("fr_send_to", {"url": url, "message": sign_in})
                     for url in (f"{own}/setup/abc", "http://localhost:8765/login", "http://[::1]:8765/oauth/consent")
                 ]
-                other_local = await a.call("fr_send_to", {"url": "http://127.0.0.1:9999/callback"})
+                # a carriage return would let the message overwrite its label in a terminal: shown escaped
+                forged = "\rcredgate: sign in again \u202eereh"
+                other_local = await a.call("fr_send_to", {"url": "http://127.0.0.1:9999/callback", "message": forged})
     finally:
         world.close()
 
@@ -603,6 +606,7 @@ async def test_an_upstreams_url_elicitation_reaches_the_agent_labelled_and_never
     assert isinstance(first, types.ElicitRequestURLParams) and first.url == "https://login.example.com/device"
     assert first.message == "[fr] Sign in there"  # whose page it is: the upstream's, by its name
     assert isinstance(last, types.ElicitRequestURLParams) and last.url == "http://127.0.0.1:9999/callback"
+    assert last.message == "[fr] \\u000dcredgate: sign in again \\u202eereh"
     for refused in phished:
         assert result_text(refused) == (
             "elicitation refused: code=-32602, message=an upstream may not send the agent to the gateway's own pages"

@@ -17,7 +17,6 @@ import hashlib
 import json
 import secrets
 import time
-import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ import mcp_types as types
 from .caller import Caller
 from .sealing import seal, unseal
 from .store import Store
+from .visible import shown_escaped
 
 __all__ = [
     "APPROVAL_INPUT",
@@ -34,28 +34,11 @@ __all__ = [
     "approval_form",
     "arguments_digest",
     "question",
-    "shown_escaped",
 ]
 
 APPROVAL_INPUT = "credgate_approval"  # the key of the question among a 2026-07-28 round's input requests
 APPROVAL_SECONDS = 300
 _KEY_PURPOSE = "approval state"
-_INVISIBLE = {"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"}  # controls, formatting (bidi, zero widths), separators
-# Unicode's other default-ignorable code points, which render as nothing: the combining grapheme joiner, Hangul
-# fillers, Khmer inherent vowels, Mongolian and other variation selectors (which can carry any bytes unseen)
-_IGNORABLE = [(0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F), (0x3164, 0x3164)]
-_IGNORABLE += [(0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xE0100, 0xE01EF)]
-
-
-def shown_escaped(text: str) -> str:
-    """`text` with every character that could hide or reorder what a person reads (controls, bidi and other
-    format characters, line and paragraph separators, unassigned and other default-ignorable code points)
-    written as its escape, `\\u202e`."""
-    return "".join((f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}") if _hidden(c) else c for c in text)
-
-
-def _hidden(c: str) -> bool:
-    return unicodedata.category(c) in _INVISIBLE or any(low <= ord(c) <= high for low, high in _IGNORABLE)
 
 
 def question(tool: str, arguments: dict[str, Any]) -> str:

@@ -44,6 +44,7 @@ from pydantic import BaseModel
 
 from .addresses import server_of
 from .redact import Redactor
+from .visible import shown_escaped
 
 logger = logging.getLogger("credgate.relay")
 
@@ -227,7 +228,7 @@ class Relay:
                 return types.ErrorData(
                     code=types.INVALID_PARAMS, message="an upstream may not send the agent to the gateway's own pages"
                 )
-            params = params.model_copy(update={"message": f"[{self.name}] {params.message}"})
+            params = params.model_copy(update={"message": f"[{self.name}] {shown_escaped(params.message)}"})
         request = types.ElicitRequest(params=redacted(self.redactor, params))
         wanted = types.ClientCapabilities(elicitation=types.ElicitationCapability())
         return await self._ask("elicitation", request, types.ElicitResult, wanted)

@@ -22,7 +22,7 @@ import anyio.from_thread
 
 from .store import SetupLinkRecord, Store
 
-__all__ = ["LINK_SECONDS", "Completions", "FixedPages", "IssuedLink", "PageServer", "SetupLinks"]
+__all__ = ["LINK_SECONDS", "MAX_WAITING", "Completions", "FixedPages", "IssuedLink", "PageServer", "SetupLinks"]
 
 LINK_SECONDS = 600
 MAX_WAITING = 10_000  # clients waiting to hear that their link was used

@@ -19,7 +19,7 @@ Tools:
     ask_llm {prompt}        sampling/createMessage with the prompt and the token; "model said: …" or
                             "sampling refused: code=…, message=…"
     ask_user {message}      elicitation/create with the message and the token; "user said: …" or "… refused: …"
-    send_to {url}           a URL-mode elicitation/create of that URL; "user went: …" or "… refused: …"
+    send_to {url, message}  a URL-mode elicitation/create of that URL; "user went: …" or "… refused: …"
     ask_then_withdraw       a sampling request the upstream cancels itself once `release` is called
     release                 lets `ask_then_withdraw` cancel its request
     block                   logs "blocking", then waits until cancelled (recorded as a "cancelled" event)
@@ -138,7 +138,7 @@ TOOLS = {
     "chatty": _schema(),
     "ask_llm": _schema(prompt=STRING),
     "ask_user": _schema(message=STRING),
-    "send_to": _schema(url=STRING),
+    "send_to": _schema(url=STRING, message=STRING),
     "ask_then_withdraw": _schema(),
     "release": _schema(),
     "block": _schema(),
@@ -182,9 +182,9 @@ async def ask_user(ctx: Ctx, message: str) -> types.CallToolResult:
     return text(f"user said: action={answer.action}, content={json.dumps(answer.content, sort_keys=True)}")
 
 
-async def send_to(ctx: Ctx, url: str) -> types.CallToolResult:
+async def send_to(ctx: Ctx, url: str, message: str) -> types.CallToolResult:
     try:
-        answer = await ctx.session.elicit_url("Sign in there", url, "up-1", related_request_id=ctx.request_id)
+        answer = await ctx.session.elicit_url(message, url, "up-1", related_request_id=ctx.request_id)
     except MCPError as exc:
         return text(f"elicitation refused: code={exc.code}, message={exc.message}", is_error=True)
     return text(f"user went: action={answer.action}")
@@ -337,7 +337,7 @@ async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.Call
     if name == "ask_user":
         return await ask_user(ctx, args["message"])
     if name == "send_to":
-        return await send_to(ctx, args["url"])
+        return await send_to(ctx, args["url"], args["message"])
     if name == "ask_then_withdraw":
         return await ask_then_withdraw(ctx)
     if name == "release":
