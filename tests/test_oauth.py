@@ -1440,6 +1440,7 @@ def test_group_show_status_of_a_bound_oauth2_credential(
             "credential_type": "acme",
             "missing_fields": [],
             "scope": "shared",
+            "approval": None,
         }
     ]
     if status == "expired":

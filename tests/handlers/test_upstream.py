@@ -441,6 +441,7 @@ def test_group_allow_deny_and_bind_for_an_upstream(
             "credential_type": "fixtoken",
             "missing_fields": ["token"],
             "scope": "shared",
+            "approval": None,
         },
     ]
     assert [t["tool"] for t in show("alias")] == ["fix.*"]  # the alias is stored as NAME.*
@@ -462,6 +463,7 @@ def test_group_allow_deny_and_bind_for_an_upstream(
             "credential_type": "fixtoken",
             "missing_fields": [],
             "scope": "shared",
+            "approval": None,
         },
     ]
     assert {t["tool"]: (t["status"], t["credential"]) for t in show("some")} == {
