@@ -284,6 +284,7 @@ async def test_over_http_the_link_opens_for_an_admin_signed_in_and_for_no_member
             streamable_http_client(http_site.mcp_url, http_client=http),
             mode="legacy",
             elicitation_callback=agent.on_elicitation,
+            message_handler=agent.on_message,
         ) as client,
     ):
         with pytest.raises(MCPError) as refused:
@@ -296,10 +297,12 @@ async def test_over_http_the_link_opens_for_an_admin_signed_in_and_for_no_member
             anonymous = await browser.get(link)
         as_bob = await anyio.to_thread.run_sync(_page_as, link, bob)
         page = await anyio.to_thread.run_sync(set_up_at_browser, link, "svc-main", TOKEN, admin_secret)
+        with anyio.fail_after(10):  # the page saved in the process the client is connected to
+            await agent.heard.wait()
         result = await client.call_tool("weather", {})
     assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/login?next=%2Fsetup%2F")
     assert "for an administrator" in as_bob
-    assert "Go back to your agent" in page
+    assert "Go back to your agent" in page and agent.completed == [asked["elicitationId"]]
     assert not result.is_error and result.structured_content == {"token_length": len(TOKEN)}
     assert_no_leak(http_site.output(), TOKEN)
 

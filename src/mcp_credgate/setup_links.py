@@ -109,7 +109,7 @@ class SetupLinks:
         self, store: Store, completions: Completions | None = None, clock: Callable[[], float] = time.time
     ) -> None:
         self.store = store
-        self.completions = completions or Completions(clock)
+        self.completions = completions if completions is not None else Completions(clock)
         self._clock = clock
 
     def issue(self, base_url: str, group: str, tool: str, user: str | None) -> IssuedLink:

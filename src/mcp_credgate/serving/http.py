@@ -146,6 +146,7 @@ async def serve_http(
     gateway = Gateway.open(settings, catalog)
     with Site.open(settings, lambda: gateway.catalog) as site:  # the dashboard's own store connection
         site.sign_in = _sign_in_server(site, settings.public_url, host, registration)
+        site.share_completions(gateway.setup_links)  # the clients sent a setup link wait on the gateway's side
         app = build_http_app(
             gateway,
             host=host,

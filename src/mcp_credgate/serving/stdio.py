@@ -83,7 +83,7 @@ class OwnPages:
         port = sock.getsockname()[1]
         url = f"http://127.0.0.1:{port}"
         site = Site.open(replace(self._gateway.settings, public_url=url), lambda: self._gateway.catalog)
-        site.setup_links = self._gateway.setup_links  # its clients wait to hear the link was used
+        site.share_completions(self._gateway.setup_links)  # the clients sent a link wait on the gateway's side
         config = uvicorn.Config(
             build_link_app(site, port),
             log_config=None,

@@ -82,7 +82,7 @@ class Site:
         self.sessions = Sessions(store, sso_issuer=settings.sso.issuer if settings.sso else None)
         self.pending = PendingConnections()
         self.sign_in: AuthorizationServer | None = None  # remote clients' OAuth sign-in (`serve --http` sets it)
-        self.setup_links = SetupLinks(store)  # `serve` shares the gateway's: its clients wait for their links
+        self.setup_links = SetupLinks(store)  # over the pages' own connection (`share_completions`)
         self.redirect_uri = f"{settings.public_url.rstrip('/')}/oauth/callback"
         self.sso = SsoClient(settings.sso) if settings.sso else None
         self.sso_redirect_uri = f"{settings.public_url.rstrip('/')}/login/sso/callback"
@@ -98,6 +98,11 @@ class Site:
     @classmethod
     def open(cls, settings: Settings, catalog: Callable[[], Catalog]) -> Site:
         return cls(Store.open(settings), catalog, settings)
+
+    def share_completions(self, links: SetupLinks) -> None:
+        """Tell the clients waiting on the MCP side (`links`, the gateway's) when a page here spends their link:
+        the same waiting list, over the pages' own store connection."""
+        self.setup_links = SetupLinks(self.store, links.completions)
 
     def close(self) -> None:
         self.store.close()
