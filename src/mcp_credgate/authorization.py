@@ -165,11 +165,11 @@ class SignInRequest:
     def unseal(cls, sealed: str, key: bytes) -> SignInRequest | None:
         """The request, if `sealed` was signed with `key` and has not expired; else None."""
         fields = unseal(sealed, key)
-        try:
-            request = cls(**{**fields, "scopes": tuple(fields["scopes"])}) if fields is not None else None
-        except (ValueError, TypeError, KeyError):
+        if fields is None:
             return None
-        if request is None:
+        try:
+            request = cls(**{**fields, "scopes": tuple(fields["scopes"])})
+        except (ValueError, TypeError, KeyError):
             return None
         return request if request.expires_at > time.time() else None
 

@@ -208,12 +208,11 @@ class ToolCalls:
             links = self._gateway.setup_links
             base = await pages.base_url()
             link = await anyio.to_thread.run_sync(links.issue, base, warning.group, warning.tool, warning.user)
-            warning = replace(warning, setup_url=link.url) if pages.own else warning
+            linked = replace(warning, setup_url=link.url)
+            warning = linked if pages.own else warning
             if ctx is not None and asks:
                 session, eid = ctx.session, link.elicitation_id
-                asked = types.ElicitRequestURLParams(
-                    message=replace(warning, setup_url=link.url).text(), url=link.url, elicitation_id=eid
-                )
+                asked = types.ElicitRequestURLParams(message=linked.text(), url=link.url, elicitation_id=eid)
                 if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
                     return types.InputRequiredResult(input_requests={SETUP_INPUT: types.ElicitRequest(params=asked)})
                 links.completions.wait(eid, lambda: session.send_elicit_complete(eid))

@@ -29,7 +29,9 @@ def setup_link(site: Site, request: Request, session: Session, form: FormData) -
     if record.used:
         return site.render(request, "setup_link_done.html", session, record=record)
     if record.user is None and not session.admin:
-        return site.refusal(request, 403, "This setup link is for an administrator: sign in as one to open it.")
+        return site.refusal(
+            request, 403, "This setup link is for an administrator: sign in as one to open it.", session
+        )
 
     def finished() -> Response:
         site.setup_links.use(token)
