@@ -93,4 +93,4 @@ class ApprovalState:
         same = (state.group, state.agent, state.user, state.tool) == (caller.group, caller.agent, caller.user, tool)
         if not same or state.arguments != arguments_digest(arguments):
             return False
-        return store.spend_approval(state.nonce, state.expires_at, time.time())
+        return store.spend_nonce(state.nonce, state.expires_at, time.time())

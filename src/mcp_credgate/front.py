@@ -85,9 +85,17 @@ def _not_found(uri: str) -> MCPError:
 
 
 async def _send(session: Session, request: types.ClientRequest) -> types.EmptyResult:
-    """A request the SDK's client marks deprecated for the 2026-07-28 protocol (logging/setLevel,
-    resources/subscribe and unsubscribe): upstream sessions speak the handshake protocol, where they are not."""
+    """A request of the handshake protocols only (logging/setLevel, resources/subscribe and unsubscribe), which
+    the SDK's client marks deprecated; an upstream speaking 2026-07-28 gets none of them (`Relay.log_level`,
+    `handlers.upstream._relay_subscriptions` stand in)."""
+    if session.modern:
+        return types.EmptyResult()
     return await session.live.session.send_request(request, types.EmptyResult)
+
+
+async def _set_level(session: Session, level: types.LoggingLevel) -> types.EmptyResult:
+    session.relay.log_level = level
+    return await _send(session, types.SetLevelRequest(params=types.SetLevelRequestParams(level=level)))
 
 
 def _matches(template: str, uri: str) -> bool:
@@ -406,11 +414,6 @@ class Front:
             caller,
             "logging",
             "logging/setLevel",
-            lambda up: self._ask(
-                up,
-                lambda s: _send(s, types.SetLevelRequest(params=types.SetLevelRequestParams(level=level))),
-                ctx,
-                caller,
-            ),
+            lambda up: self._ask(up, lambda s: _set_level(s, level), ctx, caller),
         )
         return types.EmptyResult()

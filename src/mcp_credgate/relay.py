@@ -20,6 +20,11 @@ flight, by a process that has served two agents, or by a remote upstream outside
 goes to the gateway's log, redacted, and a request of the upstream is answered with an error.
 
 Resource updates go to the agent connections that subscribed to that URI through this upstream.
+
+An upstream speaking 2026-07-28 learns with each request what the agent behind it can do (`declare_for_agent`):
+the client capabilities the agent declared, as far as the gateway relays them, and the log level it asked for.
+Its questions to the agent then come back inside its result (an input-required round), not as requests of its
+own; `for_agent` shapes them the same way either way.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 from .addresses import server_of
@@ -116,6 +122,10 @@ class Relay:
         self._served: set[tuple[str, str | None]] = set()  # (group, agent) of every request it got
         self._subscribers: dict[str, dict[int, ServerRequestContext[Any]]] = {}
         self._watched: set[int] = set()  # connections whose end is hooked (see subscribe)
+        self.subscriptions_changed = anyio.Event()  # set (and replaced) whenever the subscribed URIs change
+        # the level the group's handshake-era agents last set (logging/setLevel), for a 2026-07-28 upstream,
+        # which has no such request and is told the level with each request instead; all lines until one is set
+        self.log_level: types.LoggingLevel = "debug"
 
     # -- requests in flight ------------------------------------------------------------------
 
@@ -154,6 +164,27 @@ class Relay:
         if len(self._served) > 1:
             return "this upstream process has served more than one agent"
         return only
+
+    def declare_for_agent(self, meta: dict[str, Any]) -> None:
+        """Rewrite the `_meta` of a 2026-07-28 request to the upstream for the agent it is sent for: the client
+        capabilities the gateway relays (sampling, elicitation, roots) only as far as the agent's client declared
+        them, and the agent's log level. The gateway's own requests declare none and ask for no log lines."""
+        related = _RELATED.get()
+        agent = related.agent if related is not None and related.relay is self else None
+        ctx = agent.ctx if agent is not None else None
+        declared = ctx.session.client_capabilities if ctx is not None else None
+        meta[types.CLIENT_CAPABILITIES_META_KEY] = _relayed_capabilities(declared)
+        level = None if ctx is None else self._log_level_of(ctx)
+        if level is None:
+            meta.pop(types.LOG_LEVEL_META_KEY, None)
+        else:
+            meta[types.LOG_LEVEL_META_KEY] = level
+
+    def _log_level_of(self, ctx: ServerRequestContext[Any]) -> str | None:
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            level = (ctx.meta or {}).get(types.LOG_LEVEL_META_KEY)
+            return level if isinstance(level, str) else None
+        return self.log_level
 
     async def settle(self, request: AgentRequest | None) -> None:
         """Wait until what was forwarded for the request has gone, so it reaches the agent before the result."""
@@ -203,33 +234,46 @@ class Relay:
         notification = types.LoggingMessageNotification(params=redacted(self.redactor, params))
         await self._forward(request, lambda: ctx.session.send_notification(notification, ctx.request_id))
 
+    def for_agent(self, request: types.InputRequest) -> types.InputRequest | types.ErrorData:
+        """An upstream's question (sampling, elicitation, roots) as the agent may see it, or why it may not:
+        redacted; sampling never includes context (includeContext would have the agent's client add what it has
+        from this server or from all its servers: an upstream does not get to read what the agent has from
+        elsewhere); a URL elicitation labelled with the upstream's name, and never one to the gateway's own pages
+        (setup links, sign-in, consent: phishing through the gateway)."""
+        if isinstance(request, types.CreateMessageRequest):
+            asked = request.params.model_copy(update={"include_context": "none"})
+            return types.CreateMessageRequest(params=redacted(self.redactor, asked))
+        if isinstance(request, types.ElicitRequest):
+            params = request.params
+            if isinstance(params, types.ElicitRequestURLParams):
+                if server_of(params.url) in {server_of(own) for own in self._own_pages()}:
+                    logger.warning("upstream %s sent the agent to a page of the gateway's own: refused", self.name)
+                    return types.ErrorData(
+                        code=types.INVALID_PARAMS,
+                        message="an upstream may not send the agent to the gateway's own pages",
+                    )
+                params = params.model_copy(update={"message": f"[{self.name}] {shown_escaped(params.message)}"})
+            return types.ElicitRequest(params=redacted(self.redactor, params))
+        return request
+
     async def on_sampling(
         self, context: ClientRequestContext, params: types.CreateMessageRequestParams
     ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
         result_type: type[types.CreateMessageResult | types.CreateMessageResultWithTools] = (
             types.CreateMessageResultWithTools if params.tools else types.CreateMessageResult
         )
-        # includeContext would have the agent's client add to the prompt what it has from this server or from
-        # all its servers: an upstream does not get to read what the agent has from elsewhere. No group may
-        # allow more yet, so it is always lowered to "none".
-        asked = params.model_copy(update={"include_context": "none"})
-        request = types.CreateMessageRequest(params=redacted(self.redactor, asked))
+        request = self.for_agent(types.CreateMessageRequest(params=params))
+        if isinstance(request, types.ErrorData):
+            return request
         wanted = types.ClientCapabilities(sampling=types.SamplingCapability())
         return await self._ask("sampling", request, result_type, wanted)
 
     async def on_elicitation(
         self, context: ClientRequestContext, params: types.ElicitRequestParams
     ) -> types.ElicitResult | types.ErrorData:
-        if isinstance(params, types.ElicitRequestURLParams):
-            # The agent's person is asked to open a page: they must see whose page it is, and credgate's own
-            # pages (setup links, sign-in, consent) are never an upstream's to send them to (phishing).
-            if server_of(params.url) in {server_of(own) for own in self._own_pages()}:
-                logger.warning("upstream %s asked the agent to open a page of the gateway's own: refused", self.name)
-                return types.ErrorData(
-                    code=types.INVALID_PARAMS, message="an upstream may not send the agent to the gateway's own pages"
-                )
-            params = params.model_copy(update={"message": f"[{self.name}] {shown_escaped(params.message)}"})
-        request = types.ElicitRequest(params=redacted(self.redactor, params))
+        request = self.for_agent(types.ElicitRequest(params=params))
+        if isinstance(request, types.ErrorData):
+            return request
         wanted = types.ClientCapabilities(elicitation=types.ElicitationCapability())
         return await self._ask("elicitation", request, types.ElicitResult, wanted)
 
@@ -272,7 +316,18 @@ class Relay:
         subscribers = self._subscribers.setdefault(uri, {})
         first = not subscribers
         subscribers[key] = ctx
+        if first:
+            self._changed()
         return first
+
+    def _changed(self) -> None:
+        self.subscriptions_changed.set()
+        self.subscriptions_changed = anyio.Event()
+
+    @property
+    def subscribed(self) -> list[str]:
+        """The URIs someone is subscribed to through this upstream."""
+        return sorted(self._subscribers)
 
     def _forget(self, key: int) -> None:
         self._watched.discard(key)
@@ -282,8 +337,8 @@ class Relay:
     def _drop(self, uri: str, key: int) -> None:
         subscribers = self._subscribers.get(uri, {})
         subscribers.pop(key, None)
-        if not subscribers:
-            self._subscribers.pop(uri, None)
+        if not subscribers and self._subscribers.pop(uri, None) is not None:
+            self._changed()
 
     def unsubscribe(self, uri: str, ctx: ServerRequestContext[Any]) -> bool:
         """Forget the agent's subscription; True when no one is left (unsubscribe upstream)."""
@@ -292,6 +347,7 @@ class Relay:
             return False
         if not subscribers:
             del self._subscribers[uri]
+            self._changed()
             return True
         return False
 
@@ -301,11 +357,31 @@ class Relay:
 
     async def on_message(self, message: Any) -> None:
         """The upstream's other notifications: a resource update goes to the URI's subscribers."""
-        if not isinstance(message, types.ResourceUpdatedNotification):
-            return
-        uri = message.params.uri
+        if isinstance(message, types.ResourceUpdatedNotification):
+            await self.resource_updated(message.params.uri)
+
+    async def resource_updated(self, uri: str) -> None:
+        """The upstream says a resource changed (a notification, or an event of its `subscriptions/listen`)."""
         for key, ctx in list(self._subscribers.get(uri, {}).items()):
             try:
                 await ctx.session.send_resource_updated(self.redactor.text(uri))
             except Exception:  # that agent's connection is gone: drop its subscription
                 self._drop(uri, key)
+
+
+# What the gateway relays of an agent's client capabilities to an upstream (the relay's callbacks): sampling
+# without context (`Relay.for_agent` lowers includeContext), elicitation in the modes the agent has, roots
+# without list-change notices (the gateway relays none).
+def _relayed_capabilities(declared: types.ClientCapabilities | None) -> dict[str, Any]:
+    if declared is None:
+        return {}
+    relayed: dict[str, Any] = {}
+    if declared.sampling is not None:
+        sampling = declared.sampling.model_dump(mode="json", by_alias=True, exclude_none=True)
+        sampling.pop("context", None)
+        relayed["sampling"] = sampling
+    if declared.elicitation is not None:
+        relayed["elicitation"] = declared.elicitation.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if declared.roots is not None:
+        relayed["roots"] = {}
+    return relayed

@@ -1,6 +1,8 @@
-"""Small signed records that travel through a client and come back (a sign-in request through the consent
-page, an approval through a 2026-07-28 round): JSON, base64url, and an HMAC-SHA256 of it with a key of the
-store's (`Store.derived_key`), so that nothing in them can be changed and any replica can read them."""
+"""Small records that travel through a client and come back (a sign-in request through the consent page, an
+approval or an upstream's state through a 2026-07-28 round), with a key of the store's (`Store.derived_key`), so
+that nothing in them can be changed and any replica can read them: `seal`ed, JSON in base64url and an
+HMAC-SHA256 of it (the client may read it); `seal_private`, encrypted and authenticated with AES-GCM (it may not:
+an upstream's state is the upstream's, and may hold what the upstream holds)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,15 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 from typing import Any
 
-__all__ = ["seal", "unseal"]
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+__all__ = ["seal", "seal_private", "unseal", "unseal_private"]
+
+_NONCE_BYTES = 12
 
 
 def seal(fields: dict[str, Any], key: bytes) -> str:
@@ -27,6 +35,21 @@ def unseal(sealed: str, key: bytes) -> dict[str, Any] | None:
     try:
         fields = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     except ValueError:
+        return None
+    return fields if isinstance(fields, dict) else None
+
+
+def seal_private(fields: dict[str, Any], key: bytes) -> str:
+    nonce = os.urandom(_NONCE_BYTES)
+    return _b64(nonce + AESGCM(key).encrypt(nonce, json.dumps(fields, separators=(",", ":")).encode(), None))
+
+
+def unseal_private(sealed: str, key: bytes) -> dict[str, Any] | None:
+    """The fields, if `sealed` was made by `seal_private` with `key`; else None."""
+    try:
+        blob = base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4))
+        fields = json.loads(AESGCM(key).decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], None))
+    except (ValueError, InvalidTag):
         return None
     return fields if isinstance(fields, dict) else None
 

@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio.to_thread
 import mcp_types as types
@@ -39,6 +39,7 @@ from .handlers.python import run_python
 from .handlers.upstream import UpstreamError
 from .logs import new_ref, request_id
 from .redact import Redactor, redactor_for
+from .rounds import RoundState
 
 logger = logging.getLogger("credgate.server")
 
@@ -125,8 +126,14 @@ class ToolCalls:
         if isinstance(usable, CredentialWarning):
             return await self._warn(caller, name, usable, started, ref, ctx, SETUP_INPUT in answers.responses)
         credential, handler_view = usable
-        approval = None
-        if decision.approval:  # the last check before the call runs (contract §7's order)
+        resumed = None
+        if answers.state is not None and not (decision.approval and APPROVAL_INPUT in answers.responses):
+            resumed = await self._resumed(caller, name, args, answers.state)
+            if resumed is None:
+                self._record(caller, name, decision.credential_name, "denied", started, ref)
+                raise MCPError(code=types.INVALID_PARAMS, message="Invalid or expired requestState")
+        approval = "approved" if resumed is not None and resumed.approved else None
+        if decision.approval and approval is None:  # the last check before the call runs (contract §7's order)
             refused = await self._approval(caller, name, args, ctx, answers)
             if refused is not None:
                 answer, outcome = refused
@@ -135,8 +142,13 @@ class ToolCalls:
                 return answer
             approval = "approved"
         redactor = redactor_for(credential)
+        rounds = Rounds(dict(answers.responses) if resumed else None, resumed.upstream_state if resumed else None)
         try:
-            output = await self._dispatch(decision.tool, args, handler_view, caller, ctx)
+            output = await self._dispatch(decision.tool, args, handler_view, caller, ctx, rounds)
+            if isinstance(output, types.InputRequiredResult):  # the upstream asks: the call goes on at the retry
+                state = RoundState.begun(caller, name, args, output.request_state, approval is not None)
+                sealed = await anyio.to_thread.run_sync(state.seal, self._gateway.store)
+                return output.model_copy(update={"request_state": sealed})
         except Exception as exc:
             details = "".join(traceback.format_exception(exc))
             logger.error("tool %s failed (ref: %s):\n%s", name, ref, redactor.text(details))
@@ -145,6 +157,12 @@ class ToolCalls:
         outcome = "error" if output.is_error else "ok"
         self._record(caller, name, decision.credential_name, outcome, started, ref, approval)
         return _to_result(output, redactor)
+
+    async def _resumed(self, caller: Caller, name: str, args: dict[str, Any], sealed: str) -> RoundState | None:
+        """The upstream round a retry answers (`rounds`): None when its state is not one the gateway made for
+        this call, or was used before."""
+        store = self._gateway.store
+        return await anyio.to_thread.run_sync(RoundState.resumed, sealed, store, caller, name, args)
 
     async def _approval(
         self,
@@ -251,7 +269,8 @@ class ToolCalls:
         credential: Credential,
         caller: Caller,
         ctx: ServerRequestContext[Any] | None,
-    ) -> ToolOutput:
+        rounds: Rounds,
+    ) -> ToolOutput | types.InputRequiredResult:
         handler = tool.decl.handler
         if isinstance(handler, HttpHandler):
             return await run_http(self._gateway.http, handler, tool.credential, args, credential)
@@ -262,8 +281,16 @@ class ToolCalls:
         if upstreams is None or tool.upstream is None or tool.upstream_tool is None:
             return ToolOutput.error(f"upstream tools are not served by this gateway: {tool.name}")
         scope = caller.upstream_scope(tool.upstream, handler, credential.name)
-        try:  # only an upstream sends messages of its own during a call: the relay's view of it is made here
-            result = await upstreams.call(scope, handler, tool.upstream_tool, args, credential, caller.relayed(ctx))
+        agent = caller.relayed(ctx)  # only an upstream sends messages of its own during a call: the relay's view
+        remote = tool.upstream_tool
+        try:
+            if ctx is not None and ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                answers, state = rounds
+                result = await upstreams.call_in_rounds(scope, handler, remote, args, credential, agent, answers, state)
+                if isinstance(result, types.InputRequiredResult):
+                    return result
+            else:
+                result = await upstreams.call(scope, handler, remote, args, credential, agent)
         except UpstreamError as exc:
             return ToolOutput.error(str(exc))
         dumped = result.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -278,6 +305,13 @@ class Answers:
 
     responses: Mapping[str, Any] = field(default_factory=dict)
     state: str | None = None
+
+
+class Rounds(NamedTuple):
+    """What a retry brings back to an upstream's round: the agent's answers and the upstream's own state."""
+
+    responses: types.InputResponses | None
+    upstream_state: str | None
 
 
 def _action_of(response: Any) -> str | None:

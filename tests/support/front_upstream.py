@@ -8,6 +8,10 @@ can offer, its secret token echoed where a gateway must redact it, and what it s
 `--features` (comma-separated, default all): resources, subscribe, prompts, completions, logging. Tools are
 always served; a feature left out is not announced (the low-level `Server` announces what has a handler).
 
+It speaks the handshake protocol only, as servers written before 2026-07-28 do: server/discover is not found
+(answered before the SDK's server sees it, which would commit the connection to 2026-07-28), and its questions
+to the agent are requests of its own, on the back channel that protocol has.
+
 What it saw (starts, log levels set, subscriptions, cancellations) is kept in memory (the `events` tool
 waits for and returns it) and appended as JSON lines to $FRONT_DIR/events.jsonl when FRONT_DIR is set.
 
@@ -47,6 +51,8 @@ import os
 import secrets
 import sys
 import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -55,6 +61,7 @@ import mcp_types as types
 from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp.shared.message import SessionMessage
 
 warnings.filterwarnings("ignore", category=MCPDeprecationWarning)  # logging and sampling are handshake-era
 
@@ -486,12 +493,79 @@ def build_server(features: set[str]) -> Server[Any]:
     return server
 
 
+def _is_discover(message: Any) -> bool:
+    root = getattr(getattr(message, "message", None), "root", getattr(message, "message", None))
+    return isinstance(root, types.JSONRPCRequest) and root.method == "server/discover"
+
+
+@asynccontextmanager
+async def handshake_only(read_stream: Any, write_stream: Any) -> AsyncIterator[Any]:
+    """The stdio read stream with server/discover answered "not found" on the way, as an older server would."""
+    send, receive = anyio.create_memory_object_stream[Any](16)
+
+    async def pass_on() -> None:
+        async with send:
+            async for message in read_stream:
+                if not _is_discover(message):
+                    await send.send(message)
+                    continue
+                error = types.JSONRPCError(
+                    jsonrpc="2.0",
+                    id=message.message.id,
+                    error=types.ErrorData(code=types.METHOD_NOT_FOUND, message="Method not found"),
+                )
+                await write_stream.send(SessionMessage(error))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pass_on)
+        yield receive
+        tg.cancel_scope.cancel()
+
+
+def handshake_only_http(app: Any) -> Any:
+    """The HTTP app with a server/discover POST refused as a server before 2026-07-28 refuses a request
+    outside any session."""
+
+    async def guarded(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            event = await receive()
+            chunks.append(event.get("body", b""))
+            more = event.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            method = json.loads(body).get("method")
+        except (ValueError, AttributeError):
+            method = None
+        if method == "server/discover":
+            error = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Missing session ID"}}
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 400, "headers": headers})
+            await send({"type": "http.response.body", "body": json.dumps(error).encode()})
+            return
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await app(scope, replay, send)
+
+    return guarded
+
+
 async def serve_stdio(server: Server[Any]) -> None:
     global _background
     init_events()
     async with anyio.create_task_group() as _background:
-        async with stdio_server() as (read_stream, write_stream):
-            await server.run(read_stream, write_stream, server.create_initialization_options())
+        async with stdio_server() as (read_stream, write_stream), handshake_only(read_stream, write_stream) as read:
+            await server.run(read, write_stream, server.create_initialization_options())
         _background.cancel_scope.cancel()
 
 
@@ -500,7 +574,7 @@ async def serve_http(server: Server[Any], port: int) -> None:
     import uvicorn
 
     init_events()
-    app = server.streamable_http_app(host="127.0.0.1")
+    app = handshake_only_http(server.streamable_http_app(host="127.0.0.1"))
     async with anyio.create_task_group() as _background:
         await uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")).serve()
         _background.cancel_scope.cancel()

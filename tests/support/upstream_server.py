@@ -62,10 +62,16 @@ def pid() -> str:
     return NAME  # in a sandbox, os.getpid() is a pid of its own namespace: it means nothing outside
 
 
-@server.tool(description="The MCP session id the client sent (over HTTP), or 'stdio'.")
+@server.tool(
+    description="Over HTTP, the MCP session id the client sent (none on 2026-07-28) and the client's port (its "
+    "connection, which a session keeps alive); 'stdio' over stdio."
+)
 def session(ctx: Context) -> str:
     request = ctx.request_context.request
-    return request.headers.get("mcp-session-id", "none") if request is not None else "stdio"
+    if request is None:
+        return "stdio"
+    port = request.client.port if request.client is not None else "?"
+    return f"{request.headers.get('mcp-session-id', 'none')} from port {port}"
 
 
 if __name__ == "__main__":

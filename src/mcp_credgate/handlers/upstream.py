@@ -9,6 +9,10 @@ all, never reach it. It runs in a sandbox (`sandbox.SandboxPolicy`: bubblewrap) 
 gateway turned that off; a sandbox that cannot be set up refuses the start, never runs it unsandboxed. Its
 stderr is logged line by line, redacted. A remote upstream's HTTP connections serve call after call
 (`keepalive`), within its own session only.
+
+An upstream is spoken to in the newest protocol it offers: 2026-07-28 when it does (each request then says what
+the agent behind it can do, `Relay.declare_for_agent`; an agent of that protocol too gets the upstream's
+input-required rounds as they are, `call_in_rounds`), else the handshake protocol.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from mcp import Client, StdioServerParameters
 from mcp.client._transport import Transport
 from mcp.client.stdio import get_default_environment, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import ResourceUpdated, SubscriptionLost
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from ..config import Settings
 from ..credential import Credential
@@ -142,7 +148,7 @@ def _client(transport: Transport, relay: Relay) -> Client:
     no response cache (every agent request is asked anew), and the relay's callbacks."""
     return Client(
         transport,
-        mode="legacy",
+        mode="auto",
         cache=None,
         sampling_callback=relay.on_sampling,
         elicitation_callback=relay.on_elicitation,
@@ -155,6 +161,7 @@ def _client(transport: Transport, relay: Relay) -> Client:
 @asynccontextmanager
 async def _http_session(url: str, http: httpx2.AsyncClient, relay: Relay) -> AsyncIterator[Client]:
     async with http, _client(streamable_http_client(url, http_client=http), relay) as client:
+        _declare_per_request(client, relay)
         yield client
 
 
@@ -169,9 +176,74 @@ async def _stdio_session(
     reader.start()
     try:
         async with _client(stdio_client(params, errlog=errlog), relay) as client:
+            _declare_per_request(client, relay)
             yield client
     finally:
         errlog.close()  # the child's copy closes when it exits: then the reader sees the end
+
+
+def _declare_per_request(client: Client, relay: Relay) -> None:
+    """On 2026-07-28 every request carries the client's capabilities and log level in its `_meta`, and the SDK
+    stamps the session's own on each: the relay's callbacks would claim sampling, elicitation and roots for an
+    agent that has none (an upstream may then run what it must refuse, -32021). The stamp is the SDK's private
+    hook; the relay rewrites what it wrote for the agent each request is sent for. Should the hook go, requests
+    keep the session's declaration and the relay still refuses to ask an agent what its client cannot answer."""
+    session = client.session
+    stamp = getattr(session, "_stamp", None)
+    if client.protocol_version not in MODERN_PROTOCOL_VERSIONS or stamp is None:
+        return
+
+    def for_agent(data: dict[str, Any], opts: Any) -> None:
+        stamp(data, opts)
+        meta = (data.get("params") or {}).get("_meta")
+        if isinstance(meta, dict):
+            relay.declare_for_agent(meta)
+
+    session._stamp = for_agent
+
+
+def modern(client: Client) -> bool:
+    """Whether the upstream speaks 2026-07-28 with the gateway: no session, rounds instead of requests."""
+    return client.protocol_version in MODERN_PROTOCOL_VERSIONS
+
+
+LISTEN_RETRY_SECONDS = 1.0
+
+
+async def _relay_subscriptions(name: str, client: Client, relay: Relay) -> None:
+    """A 2026-07-28 upstream has no resources/subscribe: the URIs subscribed through it are one
+    `subscriptions/listen` stream, opened again whenever they change (it replays nothing: an agent refetches
+    what it depends on, as after any update) and after the upstream drops it."""
+    while True:
+        changed, uris = relay.subscriptions_changed, relay.subscribed
+        if not uris:
+            await changed.wait()
+            continue
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_when_set, changed, tg.cancel_scope)
+            if await _listen(name, client, relay, uris):
+                await changed.wait()  # closed by the upstream: open again once the URIs change
+            tg.cancel_scope.cancel()
+
+
+async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def _listen(name: str, client: Client, relay: Relay, uris: list[str]) -> bool:
+    """Relay the URIs' updates until the stream ends: True when the upstream closed it, False (after a pause)
+    when it was lost."""
+    try:
+        async with client.listen(resource_subscriptions=uris) as events:
+            async for event in events:
+                if isinstance(event, ResourceUpdated):
+                    await relay.resource_updated(event.uri)
+        return True
+    except (MCPError, SubscriptionLost, TimeoutError, *GONE) as exc:
+        logger.info("upstream %s: its subscription stream ended (%s)", name, type(exc).__name__)
+        await anyio.sleep(LISTEN_RETRY_SECONDS)
+        return False
 
 
 def _log_lines(name: str, stream: IO[str], redactor: Redactor) -> None:
@@ -203,6 +275,10 @@ class Session:
         return running and self.in_flight == 0 and not self.relay.has_subscribers
 
     @property
+    def modern(self) -> bool:
+        return modern(self.live)
+
+    @property
     def live(self) -> Client:
         """The client of a running session (a closed one is retired before use)."""
         if self.client is None:
@@ -213,6 +289,17 @@ class Session:
 def _announced(client: Client) -> dict[str, Any]:
     """The capabilities an upstream announced at its handshake, as JSON."""
     return client.server_capabilities.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _for_agent(result: types.InputRequiredResult, relay: Relay) -> types.CallToolResult | types.InputRequiredResult:
+    """An upstream's round as the agent may see it (`Relay.for_agent`); a question it may not see ends the call."""
+    shown: types.InputRequests = {}
+    for key, request in (result.input_requests or {}).items():
+        shaped = relay.for_agent(request)
+        if isinstance(shaped, types.ErrorData):
+            return _error_result(f"upstream {relay.name}: {shaped.message}")
+        shown[key] = shaped
+    return result.model_copy(update={"input_requests": shown or None})
 
 
 def _last_done(session: Session) -> float:
@@ -310,6 +397,40 @@ class UpstreamPool:
                 lambda s: s.live.call_tool(remote_tool, args, progress_callback=s.relay.progress_to(agent)),
                 agent,
             )
+        except UpstreamTimeout as exc:
+            return _error_result(str(exc))
+
+    async def call_in_rounds(
+        self,
+        scope: UpstreamScope,
+        handler: McpHandler,
+        remote_tool: str,
+        args: dict[str, Any],
+        credential: Credential,
+        agent: AgentRequest,
+        responses: types.InputResponses | None,
+        state: str | None,
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """Call a tool for a 2026-07-28 agent: an upstream of that protocol too hands back its input-required
+        round as it is (the agent answers it and retries with `responses` and the upstream's `state`); one of
+        the handshake protocol puts its questions to the agent as requests (which such an agent cannot take)."""
+
+        async def send(session: Session) -> types.CallToolResult | types.InputRequiredResult:
+            progress = session.relay.progress_to(agent)
+            if not session.modern:
+                return await session.live.call_tool(remote_tool, args, progress_callback=progress)
+            result = await session.live.session.call_tool(
+                remote_tool,
+                args,
+                progress_callback=progress,
+                input_responses=responses,
+                request_state=state,
+                allow_input_required=True,
+            )
+            return _for_agent(result, session.relay) if isinstance(result, types.InputRequiredResult) else result
+
+        try:
+            return await self.request(scope, handler, credential, send, agent)
         except UpstreamTimeout as exc:
             return _error_result(str(exc))
 
@@ -452,7 +573,11 @@ class UpstreamPool:
                 session.client = client
                 self._started(name, client)
                 session.ready.set()
-                await session.stop.wait()
+                async with anyio.create_task_group() as tg:
+                    if modern(client):
+                        tg.start_soon(_relay_subscriptions, name, client, session.relay)
+                    await session.stop.wait()
+                    tg.cancel_scope.cancel()
         except SandboxError as exc:
             session.error = exc
             logger.error("upstream %s could not be started: %s", name, session.relay.redactor.text(str(exc)))

@@ -1,4 +1,5 @@
-"""Approvals given across a 2026-07-28 round (contract §7): each is spent once, by its nonce, on every replica."""
+"""Approvals given and upstream rounds relayed across a 2026-07-28 round (contract §7): each is spent once, by its
+nonce, on every replica (the table keeps its first name, `spent_approvals`)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from .base import StoreBase
 
 
 class Approvals(StoreBase):
-    def spend_approval(self, nonce: str, expires_at: float, now: float) -> bool:
-        """Spend the approval `nonce` names: True the first time, False ever after (until it has expired, when
-        its signature refuses it anyway). Approvals expired by `now` are forgotten on the way."""
+    def spend_nonce(self, nonce: str, expires_at: float, now: float) -> bool:
+        """Spend the approval or round `nonce` names: True the first time, False ever after (until it has expired,
+        when its seal refuses it anyway). Those expired by `now` are forgotten on the way."""
         with self._write(changes_setup=False) as conn:
             conn.execute("DELETE FROM spent_approvals WHERE expires_at < ?", (now,))
             cur = conn.execute(
