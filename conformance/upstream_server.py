@@ -33,7 +33,7 @@ import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 import anyio
 import jsonschema
@@ -45,6 +45,7 @@ from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, PromptsListChanged, ToolsListChanged
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
 
@@ -149,32 +150,62 @@ def _client_can(ctx: Ctx, capability: types.ClientCapabilities) -> bool:
     return ctx.session.check_client_capability(capability)
 
 
-async def _ask_client(
-    ctx: Ctx,
+def _ask_client(
     params: types.CallToolRequestParams,
     key: str,
     ask: types.CreateMessageRequestParams | types.ElicitRequestFormParams,
 ) -> types.InputResponse | types.InputRequiredResult:
-    """Get the client's answer to a sampling or elicitation request, whatever the protocol version.
+    """The client's answer under `key` if the call carries one, else an `InputRequiredResult` asking for it.
 
-    Handshake versions: a server-to-client request on the `tools/call` response stream (`related_request_id`).
-    2026-07-28: an `InputRequiredResult` the first time, the answer from `input_responses` on the retry.
+    The 2026-07-28 way, whatever the version: on a handshake session `_settle` asks the client itself.
     """
-    if _is_modern(ctx):
-        answer = (params.input_responses or {}).get(key)
-        if answer is not None:
-            return answer
-        request: types.InputRequest = (
-            types.CreateMessageRequest(params=ask)
-            if isinstance(ask, types.CreateMessageRequestParams)
-            else types.ElicitRequest(params=ask)
-        )
-        return types.InputRequiredResult(input_requests={key: request})
-    if isinstance(ask, types.CreateMessageRequestParams):
-        return await ctx.session.create_message(
-            ask.messages, max_tokens=ask.max_tokens, related_request_id=ctx.request_id
-        )
-    return await ctx.session.elicit_form(ask.message, ask.requested_schema, related_request_id=ctx.request_id)
+    answer = (params.input_responses or {}).get(key)
+    if answer is not None:
+        return answer
+    request: types.InputRequest = (
+        types.CreateMessageRequest(params=ask)
+        if isinstance(ask, types.CreateMessageRequestParams)
+        else types.ElicitRequest(params=ask)
+    )
+    return types.InputRequiredResult(input_requests={key: request})
+
+
+# What a client answers to each kind of input request.
+ANSWER_TYPES: dict[type[types.InputRequest], type[types.InputResponse]] = {
+    types.CreateMessageRequest: types.CreateMessageResult,
+    types.ElicitRequest: types.ElicitResult,
+    types.ListRootsRequest: types.ListRootsResult,
+}
+MAX_ROUNDS = 5  # of questions a handler may ask on a handshake session (multi_round asks two)
+
+Params = TypeVar("Params", types.CallToolRequestParams, types.GetPromptRequestParams)
+Result = TypeVar("Result")
+
+
+async def _settle(
+    ctx: Ctx,
+    params: Params,
+    handler: Callable[[Ctx, Params], Awaitable[Result | types.InputRequiredResult]],
+) -> Result | types.InputRequiredResult:
+    """Run a handler that may answer `InputRequiredResult`, on any protocol version.
+
+    2026-07-28 callers get the `InputRequiredResult` and retry by themselves. Handshake sessions (2025-11-25 and
+    before) have no such result: the server asks each question as a server-to-client request on this call's
+    response stream (`related_request_id`) and runs the handler again with the answers, as a retrying client would.
+    """
+    result = await handler(ctx, params)
+    for _ in range(MAX_ROUNDS):
+        if _is_modern(ctx) or not isinstance(result, types.InputRequiredResult) or not result.input_requests:
+            break
+        metadata = ServerMessageMetadata(related_request_id=ctx.request_id)
+        answers: dict[str, types.InputResponse] = {}
+        for key, request in result.input_requests.items():
+            answers[key] = await ctx.session.send_request(request, ANSWER_TYPES[type(request)], metadata=metadata)
+        params = params.model_copy(update={"input_responses": answers, "request_state": result.request_state})
+        result = await handler(ctx, params)
+    if isinstance(result, types.InputRequiredResult) and not _is_modern(ctx):
+        raise MCPError(types.INTERNAL_ERROR, "The handler still wants input after the client answered")
+    return result
 
 
 async def _elicit(ctx: Ctx, params: types.CallToolRequestParams, message: str, schema: dict[str, Any]) -> ToolResult:
@@ -182,7 +213,7 @@ async def _elicit(ctx: Ctx, params: types.CallToolRequestParams, message: str, s
     if not _client_can(ctx, types.ClientCapabilities(elicitation=types.ElicitationCapability())):
         return _text("Client does not support elicitation", is_error=True)
     ask = types.ElicitRequestFormParams(message=message, requested_schema=schema)
-    answer = await _ask_client(ctx, params, "elicitation", ask)
+    answer = _ask_client(params, "elicitation", ask)
     if isinstance(answer, types.InputRequiredResult):
         return answer
     if not isinstance(answer, types.ElicitResult):
@@ -257,7 +288,7 @@ async def test_sampling(ctx: Ctx, params: types.CallToolRequestParams, args: dic
         return _text("Client does not support sampling", is_error=True)
     message = types.SamplingMessage(role="user", content=types.TextContent(text=args["prompt"]))
     ask = types.CreateMessageRequestParams(messages=[message], max_tokens=100)
-    answer = await _ask_client(ctx, params, "sampling", ask)
+    answer = _ask_client(params, "sampling", ask)
     if isinstance(answer, types.InputRequiredResult):
         return answer
     if not isinstance(answer, types.CreateMessageResult):
@@ -352,51 +383,9 @@ async def test_reconnection(ctx: Ctx, params: types.CallToolRequestParams, args:
     return _text("Reconnection test completed")
 
 
-# --- diagnostic tools of the server-stateless scenario (2026-07-28) ----------------------------------------------
-
-
-async def test_missing_capability(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
-    """Needs the client's `sampling` capability. Without it: a -32021 error (HTTP 400 on 2026-07-28), not a
-    tool error, naming the capability in `data.requiredCapabilities`."""
-    if not _client_can(ctx, types.ClientCapabilities(sampling=types.SamplingCapability())):
-        raise MCPError(
-            types.MISSING_REQUIRED_CLIENT_CAPABILITY,
-            "This tool requires the client 'sampling' capability",
-            {"requiredCapabilities": {"sampling": {}}},
-        )
-    return _text("Client declared the sampling capability; proceeding.")
-
-
-async def test_streaming_elicitation(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
-    """Asks for a name: on 2026-07-28 the response stream carries an `InputRequiredResult`, never a request."""
-    return await _elicit(ctx, params, "What is your name?", NAME_SCHEMA)
-
-
-async def test_logging_tool(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
-    """Logs once. On 2026-07-28 the SDK drops the message unless the request set `_meta[...logLevel]`."""
-    await _log(ctx, "info", "Diagnostic trace logging activated")
-    return _text("Logging evaluated")
-
-
-async def test_x_mcp_header(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
-    return _text(f"region={args.get('region', '<none>')}")
-
-
-async def test_trigger_tool_change(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
-    """Announces a tool-list change to the open `subscriptions/listen` streams (the list itself stays as it is)."""
-    await BUS.publish(ToolsListChanged())
-    return _text("tool list changed")
-
-
-async def test_trigger_prompt_change(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
-    """Announces a prompt-list change to the open `subscriptions/listen` streams."""
-    await BUS.publish(PromptsListChanged())
-    return _text("prompt list changed")
-
-
 # --- multi-round trips (SEP-2322, 2026-07-28) --------------------------------------------------------------------
 # Each tool answers an `InputRequiredResult` until the client retries with the `input_responses` it asked for (and
-# the `request_state` it was given). On the handshake versions they are called the same way, but no client does.
+# the `request_state` it was given). On a handshake session `_settle` asks the client and retries in its place.
 
 NAME_SCHEMA: dict[str, Any] = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
 
@@ -522,6 +511,48 @@ async def test_input_required_result_capabilities(
     return types.InputRequiredResult(input_requests=requests, request_state="capability-gated")
 
 
+# --- diagnostic tools of the server-stateless scenario (2026-07-28) ----------------------------------------------
+
+
+async def test_missing_capability(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    """Needs the client's `sampling` capability. Without it: a -32021 error (HTTP 400 on 2026-07-28), not a
+    tool error, naming the capability in `data.requiredCapabilities`."""
+    if not _client_can(ctx, types.ClientCapabilities(sampling=types.SamplingCapability())):
+        raise MCPError(
+            types.MISSING_REQUIRED_CLIENT_CAPABILITY,
+            "This tool requires the client 'sampling' capability",
+            {"requiredCapabilities": {"sampling": {}}},
+        )
+    return _text("Client declared the sampling capability; proceeding.")
+
+
+async def test_streaming_elicitation(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    """Asks for a name: on 2026-07-28 the response stream carries an `InputRequiredResult`, never a request."""
+    return await _elicit(ctx, params, "What is your name?", NAME_SCHEMA)
+
+
+async def test_logging_tool(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    """Logs once. On 2026-07-28 the SDK drops the message unless the request set `_meta[...logLevel]`."""
+    await _log(ctx, "info", "Diagnostic trace logging activated")
+    return _text("Logging evaluated")
+
+
+async def test_x_mcp_header(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    return _text(f"region={args.get('region', '<none>')}")
+
+
+async def test_trigger_tool_change(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    """Announces a tool-list change to the open `subscriptions/listen` streams (the list itself stays as it is)."""
+    await BUS.publish(ToolsListChanged())
+    return _text("tool list changed")
+
+
+async def test_trigger_prompt_change(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    """Announces a prompt-list change to the open `subscriptions/listen` streams."""
+    await BUS.publish(PromptsListChanged())
+    return _text("prompt list changed")
+
+
 @dataclass(frozen=True)
 class Fixture:
     """A tool: its listing and its implementation."""
@@ -629,7 +660,7 @@ async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> ToolResult
     errors = sorted(VALIDATORS[params.name].iter_errors(args), key=lambda e: list(e.path))
     if errors:
         return _text(f"Invalid arguments: {errors[0].message}", is_error=True)
-    return await fixture.run(ctx, params, args)
+    return await _settle(ctx, params, lambda ctx, params: fixture.run(ctx, params, args))
 
 
 def input_schema(name: str) -> Mapping[str, Any] | None:
@@ -738,6 +769,12 @@ async def list_prompts(ctx: Ctx, params: types.PaginatedRequestParams | None) ->
 
 
 async def get_prompt(
+    ctx: Ctx, params: types.GetPromptRequestParams
+) -> types.GetPromptResult | types.InputRequiredResult:
+    return await _settle(ctx, params, _get_prompt)
+
+
+async def _get_prompt(
     ctx: Ctx, params: types.GetPromptRequestParams
 ) -> types.GetPromptResult | types.InputRequiredResult:
     prompt = next((p for p in PROMPTS if p.name == params.name), None)
