@@ -3,6 +3,10 @@ and print the results side by side.
 
     python conformance/run.py SUITE_JS       # SUITE_JS: the suite's dist/index.js (scripts/conformance)
 
+Every target gets three legs: `--suite all --spec-version 2025-11-25` (the initialize handshake and sessions),
+`--suite all --spec-version 2026-07-28` (stateless requests with per-request `_meta`), and the extension
+scenarios (tasks, skills), which no `--spec-version` selects, one by one at the wire the suite gives them.
+
 Targets, each a real process on 127.0.0.1:
 - direct:        conformance/upstream_server.py over Streamable HTTP;
 - via stdio:     `credgate serve --http` fronting that server started over stdio;
@@ -12,8 +16,9 @@ Targets, each a real process on 127.0.0.1:
 The suite sends no Authorization header: each gateway has `conformance/bearer_proxy.py` in front, which adds
 an agent token, and is started with the proxy's address as its public URL.
 
-Through the gateway every scenario must end exactly as it does directly (check by check), but for those in
-conformance/expected-failures.yml. Exit status 0 when that holds, 1 otherwise.
+Through the gateway every scenario must end exactly as it does directly, check by check (each check's id and
+status), in every leg, but for those in conformance/expected-failures.yml. Exit status 0 when that holds,
+1 otherwise.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
 CREDGATE = [PYTHON, "-m", "mcp_credgate"]
 EXPECTED_FAILURES = HERE / "expected-failures.yml"
+SPEC_VERSIONS = ("2025-11-25", "2026-07-28")
+# The scenarios that apply to a server without the fixtures; each runs only at the versions it applies to.
 OWN_SERVER_SCENARIOS = (
     "server-initialize",
     "ping",
@@ -133,70 +140,133 @@ def gateway(kind: str, upstream_port: int, root: Path) -> Iterator[str]:
         yield f"{public}/mcp"
 
 
+Check = tuple[str, str]  # (check id, status)
+
+
 @dataclass
 class Run:
     title: str
-    results: dict[str, Counter[str]]  # scenario -> its checks' outcomes (SUCCESS, FAILURE, WARNING)
+    results: dict[str, Counter[Check]]  # scenario -> its checks (INFO entries left out)
+    messages: dict[tuple[str, str], str]  # (scenario, check id) -> the suite's message, for the checks not passed
     exit_code: int
 
 
-def run_suite(suite: Path, node: str, title: str, url: str, out: Path, scenarios: Sequence[str] = ()) -> Run:
-    """The whole suite (every scenario, pending ones too), or the scenarios named."""
+@dataclass(frozen=True)
+class Leg:
+    """One pass of the suite over a target: a spec version, or the extension scenarios."""
+
+    name: str
+    args: tuple[str, ...]  # what selects the scenarios: `--suite all --spec-version V`, or nothing
+    scenarios: tuple[str, ...] = ()  # run one by one instead, when given
+
+
+def legs(node: str, suite: Path) -> list[Leg]:
+    """A leg per spec version, and one for the extension scenarios, read from the suite's own list."""
+    listing = subprocess.run([node, str(suite), "list", "--server"], capture_output=True, text=True, check=True)
+    extensions = tuple(re.findall(r"^\s*-\s*([\w-]+) \[extension\]", listing.stdout, flags=re.MULTILINE))
+    return [
+        *(Leg(version, ("--suite", "all", "--spec-version", version)) for version in SPEC_VERSIONS),
+        Leg("extensions", (), extensions),
+    ]
+
+
+def run_suite(suite: Path, node: str, title: str, url: str, out: Path, leg: Leg, only: Sequence[str] = ()) -> Run:
+    """The leg's scenarios (those of `only` alone, when given) against `url`; results in `out`."""
     base = [node, str(suite), "server", "--url", url, "-o", str(out)]
     if EXPECTED_FAILURES.exists():
         base += ["--expected-failures", str(EXPECTED_FAILURES)]
-    runs = [[*base, "--scenario", s] for s in scenarios] if scenarios else [[*base, "--suite", "all"]]
+    if only:
+        # run one by one at the leg's version; the suite skips those that do not apply there
+        version = leg.args[-1:] if leg.args else ()
+        runs = [[*base, "--scenario", s, *(("--spec-version", *version) if version else ())] for s in only]
+    elif leg.scenarios:
+        runs = [[*base, "--scenario", s] for s in leg.scenarios]
+    else:
+        runs = [[*base, *leg.args]]
     code = 0
+    out.parent.mkdir(parents=True, exist_ok=True)
     with (out.parent / f"{out.name}.log").open("w") as log:
         for args in runs:
             code |= subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, timeout=900, check=False).returncode
-    results: dict[str, Counter[str]] = {}
+    results: dict[str, Counter[Check]] = {}
+    messages: dict[tuple[str, str], str] = {}
     for checks in sorted(out.glob("*/checks.json")):
         scenario = re.sub(r"-\d{4}-\d{2}-\d{2}T[\d-]+Z$", "", checks.parent.name).removeprefix("server-")
         # INFO entries narrate the exchange (event ids, streams seen); the outcome is in the other statuses
-        statuses = (str(c.get("status")) for c in json.loads(checks.read_text()))
-        results[scenario] = Counter(s for s in statuses if s != "INFO")
-    return Run(title, results, code)
+        entries = [c for c in json.loads(checks.read_text()) if c.get("status") != "INFO"]
+        results[scenario] = Counter((str(c.get("id")), str(c.get("status"))) for c in entries)
+        for c in entries:
+            if c.get("status") != "SUCCESS":
+                messages[scenario, str(c.get("id"))] = str(c.get("errorMessage") or c.get("description") or "")
+    return Run(title, results, messages, code)
 
 
 def expected_failures() -> set[str]:
-    """The scenario names listed under `server:` in the baseline (a list of `- name  # reason`)."""
+    """The entries listed under `server:` in the baseline (`- scenario` or `- scenario:check-id`)."""
     if not EXPECTED_FAILURES.exists():
         return set()
-    names = re.findall(r"^\s*-\s*([\w-]+)", EXPECTED_FAILURES.read_text(), flags=re.MULTILINE)
-    return set(names)
+    return set(re.findall(r"^\s*-\s*([\w:.-]+)", EXPECTED_FAILURES.read_text(), flags=re.MULTILINE))
 
 
-def cell(statuses: Counter[str] | None) -> str:
-    if statuses is None:
+def statuses(checks: Counter[Check]) -> Counter[str]:
+    counts = Counter[str]()
+    for (_, status), n in checks.items():
+        counts[status] += n
+    return counts
+
+
+def cell(checks: Counter[Check] | None) -> str:
+    if checks is None:
         return "—"
-    text = f"{statuses['SUCCESS']}/{statuses['SUCCESS'] + statuses['FAILURE']}"
-    return text + (f" {statuses['WARNING']}w" if statuses["WARNING"] else "")
+    counts = statuses(checks)
+    text = f"{counts['SUCCESS']}/{counts['SUCCESS'] + counts['FAILURE']}"
+    return text + (f" {counts['WARNING']}w" if counts["WARNING"] else "")
 
 
-def report(runs: Sequence[Run], through: Sequence[Run]) -> list[str]:
-    """Print the table; return what differs from the direct run (and is not an expected failure)."""
+def differences(scenario: str, direct: Run, through: Run, allowed: set[str]) -> list[str]:
+    """The checks of `scenario` that end otherwise through the gateway (but for listed ones), with its messages."""
+    mine, theirs = direct.results.get(scenario, Counter()), through.results.get(scenario, Counter())
+    lines = []
+    for check in sorted({c for c, _ in mine} | {c for c, _ in theirs}):
+        if f"{scenario}:{check}" in allowed:
+            continue
+        was = sorted(s for (c, s), n in mine.items() if c == check for _ in range(n))
+        now = sorted(s for (c, s), n in theirs.items() if c == check for _ in range(n))
+        if was != now:
+            why = through.messages.get((scenario, check), "")
+            lines.append(
+                f"{scenario}: {check}: direct {'/'.join(was) or 'absent'}, "
+                f"{through.title} {'/'.join(now) or 'absent'}" + (f": {why}" if why else "")
+            )
+    return lines
+
+
+def report(leg: str, runs: Sequence[Run], through: Sequence[Run]) -> list[str]:
+    """Print the leg's table; return what differs from the direct run (and is not an expected failure)."""
     direct = runs[0]
     scenarios = sorted({s for run in runs for s in run.results})
+    if not scenarios:
+        return []
     width = max(len(s) for s in scenarios)
-    print(f"{'scenario':<{width}}  " + "  ".join(f"{run.title:>16}" for run in runs))
+    print(f"\n{leg:<{width}}  " + "  ".join(f"{run.title:>16}" for run in runs))
     for scenario in scenarios:
         print(f"{scenario:<{width}}  " + "  ".join(f"{cell(run.results.get(scenario)):>16}" for run in runs))
-    totals = [
-        (sum(c["SUCCESS"] for c in run.results.values()), sum(c["FAILURE"] for c in run.results.values()))
-        for run in runs
-    ]
-    print(f"{'checks passed':<{width}}  " + "  ".join(f"{f'{p}/{p + f}':>16}" for p, f in totals))
+    totals = [statuses(sum(run.results.values(), Counter[Check]())) for run in runs]
+    row = (f"{t['SUCCESS']}/{t['SUCCESS'] + t['FAILURE']}" for t in totals)
+    print(f"{'checks passed':<{width}}  " + "  ".join(f"{r:>16}" for r in row))
     allowed = expected_failures()
     problems = []
     for run in through:
-        for scenario, statuses in direct.results.items():
-            if scenario not in allowed and run.results.get(scenario) != statuses:
-                problems.append(f"{run.title}: {scenario}: {dict(run.results.get(scenario) or {})} != {dict(statuses)}")
+        for scenario in sorted(set(direct.results) | set(run.results)):
+            if scenario not in allowed:
+                problems += [f"[{leg}] {line}" for line in differences(scenario, direct, run, allowed)]
     for run in runs:
-        problems += [f"{run.title}: {s} failed" for s, c in run.results.items() if c["FAILURE"] and s not in allowed]
+        for scenario, checks in run.results.items():
+            failed = [c for (c, s) in checks if s == "FAILURE" and f"{scenario}:{c}" not in allowed]
+            if failed and scenario not in allowed:
+                problems.append(f"[{leg}] {run.title}: {scenario} failed ({', '.join(failed)})")
         if run.exit_code:
-            problems.append(f"{run.title}: the suite exited with status {run.exit_code}")
+            problems.append(f"[{leg}] {run.title}: the suite exited with status {run.exit_code}")
     return problems
 
 
@@ -209,16 +279,27 @@ def main(argv: Sequence[str]) -> int:
     assert node is not None, "node (22 or newer) must be on PATH"
     root = Path(tempfile.mkdtemp(prefix="credgate-conformance-"))
     upstream_port = free_port()
+    started = time.monotonic()
+    all_legs = legs(node, suite)
+    runs: dict[str, list[Run]] = {leg.name: [] for leg in all_legs}
+
+    def each_leg(title: str, url: str, out: Path, only: Sequence[str] = ()) -> None:
+        for leg in all_legs:
+            if only and not leg.args:
+                continue  # the extension scenarios need the fixtures
+            runs[leg.name].append(run_suite(suite, node, title, url, out / leg.name, leg, only))
+
     with upstream_http(upstream_port, root):
-        direct = run_suite(suite, node, "direct", f"http://127.0.0.1:{upstream_port}/mcp", root / "direct")
-        through = []
+        each_leg("direct", f"http://127.0.0.1:{upstream_port}/mcp", root / "direct")
         for kind, title in (("stdio", "credgate→stdio"), ("http", "credgate→HTTP")):
             with gateway(kind, upstream_port, root) as url:
-                through.append(run_suite(suite, node, title, url, root / kind / "results"))
+                each_leg(title, url, root / kind / "results")
         with gateway("own", upstream_port, root) as url:
-            own = run_suite(suite, node, "credgate alone", url, root / "own" / "results", OWN_SERVER_SCENARIOS)
-    problems = report([direct, *through, own], through)
-    print("(checks passed/checked per scenario, w = warnings)")
+            each_leg("credgate alone", url, root / "own" / "results", OWN_SERVER_SCENARIOS)
+    problems = []
+    for leg, leg_runs in runs.items():
+        problems += report(leg, leg_runs, leg_runs[1:3])
+    print(f"(checks passed/checked per scenario, w = warnings; {time.monotonic() - started:.0f} s)")
     for problem in problems:
         print(f"MISMATCH {problem}")
     if problems:

@@ -1,8 +1,10 @@
 """Upstream test server with the fixtures of the MCP conformance suite.
 
-Implements every server fixture that `@modelcontextprotocol/conformance` 0.1.16 exercises (tools, resources,
-prompts, completion, logging, progress, sampling, elicitation, SSE resumption) on the low-level `mcp.server.Server`
-of the `mcp` 2.3 SDK, so the suite can run against it directly and a gateway can proxy it.
+Implements every server fixture that `@modelcontextprotocol/conformance` 0.2.0-alpha.12 exercises at 2025-11-25
+and 2026-07-28 (tools, resources, prompts, completion, logging, progress, sampling, elicitation, SSE resumption,
+multi-round trips with `InputRequiredResult`, `subscriptions/listen`, `Mcp-Param` headers, and the diagnostic tools
+of the `server-stateless` scenario) on the low-level `mcp.server.Server` of the `mcp` 2.3 SDK, so the suite can
+run against it directly and a gateway can proxy it. The extensions (tasks, skills) are not implemented.
 
     python conformance/upstream_server.py               # stdio (default)
     python conformance/upstream_server.py --http 8931   # Streamable HTTP at http://127.0.0.1:8931/mcp
@@ -11,7 +13,8 @@ Over HTTP the server binds 127.0.0.1 only, checks Host/Origin (DNS-rebinding pro
 in-memory event store so a client can resume an SSE stream with `Last-Event-ID`.
 
 Handshake-era clients (2025-06-18, 2025-11-25) get sampling and elicitation as server-to-client requests on the
-`tools/call` response stream; 2026-07-28 clients get an `InputRequiredResult` and retry with `input_responses`.
+`tools/call` response stream; 2026-07-28 clients get an `InputRequiredResult` and retry with `input_responses`
+(and the echoed `requestState`, sealed by the SDK's `RequestStateBoundary` so that a tampered one is refused).
 """
 
 from __future__ import annotations
@@ -30,16 +33,19 @@ import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 import anyio
 import jsonschema
 import mcp_types as types
 import uvicorn
 from mcp.server import Server, ServerRequestContext
+from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
 from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, PromptsListChanged, ToolsListChanged
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
 
@@ -48,7 +54,10 @@ from starlette.requests import Request
 warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
 
 SERVER_NAME = "mcp-conformance-upstream"
-RESOURCE_NOT_FOUND = -32002  # the spec's error code for an unknown resource URI
+RESOURCE_NOT_FOUND = -32002  # an unknown resource URI up to 2025-11-25; -32602 from 2026-07-28 (SEP-2164)
+# `RequestStateSecurity` wants 32 bytes or more. A fixed key, so that every instance of this server (one per
+# gateway over stdio) accepts the state another minted; a real server would load a secret.
+REQUEST_STATE_KEY = b"credgate-conformance-fixture-request-state-key"
 RETRY_INTERVAL_MS = 500  # the `retry` field of SSE priming events: how long a client waits before reconnecting
 RECONNECT_WAIT_S = 0.2  # test_reconnection: time left to the client to reconnect after the stream is closed
 STEP_DELAY_S = 0.05  # pause between the log / progress notifications of the slow tools
@@ -94,6 +103,10 @@ COMPLETIONS: dict[str, list[str]] = {
 }
 
 
+# `subscriptions/listen` (2026-07-28): the trigger tools publish here, the listen handler fans out to the streams.
+BUS = InMemorySubscriptionBus()
+
+
 # --- per-session state ------------------------------------------------------------------------------------------
 
 
@@ -137,32 +150,62 @@ def _client_can(ctx: Ctx, capability: types.ClientCapabilities) -> bool:
     return ctx.session.check_client_capability(capability)
 
 
-async def _ask_client(
-    ctx: Ctx,
+def _ask_client(
     params: types.CallToolRequestParams,
     key: str,
     ask: types.CreateMessageRequestParams | types.ElicitRequestFormParams,
 ) -> types.InputResponse | types.InputRequiredResult:
-    """Get the client's answer to a sampling or elicitation request, whatever the protocol version.
+    """The client's answer under `key` if the call carries one, else an `InputRequiredResult` asking for it.
 
-    Handshake versions: a server-to-client request on the `tools/call` response stream (`related_request_id`).
-    2026-07-28: an `InputRequiredResult` the first time, the answer from `input_responses` on the retry.
+    The 2026-07-28 way, whatever the version: on a handshake session `_settle` asks the client itself.
     """
-    if _is_modern(ctx):
-        answer = (params.input_responses or {}).get(key)
-        if answer is not None:
-            return answer
-        request: types.InputRequest = (
-            types.CreateMessageRequest(params=ask)
-            if isinstance(ask, types.CreateMessageRequestParams)
-            else types.ElicitRequest(params=ask)
-        )
-        return types.InputRequiredResult(input_requests={key: request})
-    if isinstance(ask, types.CreateMessageRequestParams):
-        return await ctx.session.create_message(
-            ask.messages, max_tokens=ask.max_tokens, related_request_id=ctx.request_id
-        )
-    return await ctx.session.elicit_form(ask.message, ask.requested_schema, related_request_id=ctx.request_id)
+    answer = (params.input_responses or {}).get(key)
+    if answer is not None:
+        return answer
+    request: types.InputRequest = (
+        types.CreateMessageRequest(params=ask)
+        if isinstance(ask, types.CreateMessageRequestParams)
+        else types.ElicitRequest(params=ask)
+    )
+    return types.InputRequiredResult(input_requests={key: request})
+
+
+# What a client answers to each kind of input request.
+ANSWER_TYPES: dict[type[types.InputRequest], type[types.InputResponse]] = {
+    types.CreateMessageRequest: types.CreateMessageResult,
+    types.ElicitRequest: types.ElicitResult,
+    types.ListRootsRequest: types.ListRootsResult,
+}
+MAX_ROUNDS = 5  # of questions a handler may ask on a handshake session (multi_round asks two)
+
+Params = TypeVar("Params", types.CallToolRequestParams, types.GetPromptRequestParams)
+Result = TypeVar("Result")
+
+
+async def _settle(
+    ctx: Ctx,
+    params: Params,
+    handler: Callable[[Ctx, Params], Awaitable[Result | types.InputRequiredResult]],
+) -> Result | types.InputRequiredResult:
+    """Run a handler that may answer `InputRequiredResult`, on any protocol version.
+
+    2026-07-28 callers get the `InputRequiredResult` and retry by themselves. Handshake sessions (2025-11-25 and
+    before) have no such result: the server asks each question as a server-to-client request on this call's
+    response stream (`related_request_id`) and runs the handler again with the answers, as a retrying client would.
+    """
+    result = await handler(ctx, params)
+    for _ in range(MAX_ROUNDS):
+        if _is_modern(ctx) or not isinstance(result, types.InputRequiredResult) or not result.input_requests:
+            break
+        metadata = ServerMessageMetadata(related_request_id=ctx.request_id)
+        answers: dict[str, types.InputResponse] = {}
+        for key, request in result.input_requests.items():
+            answers[key] = await ctx.session.send_request(request, ANSWER_TYPES[type(request)], metadata=metadata)
+        params = params.model_copy(update={"input_responses": answers, "request_state": result.request_state})
+        result = await handler(ctx, params)
+    if isinstance(result, types.InputRequiredResult) and not _is_modern(ctx):
+        raise MCPError(types.INTERNAL_ERROR, "The handler still wants input after the client answered")
+    return result
 
 
 async def _elicit(ctx: Ctx, params: types.CallToolRequestParams, message: str, schema: dict[str, Any]) -> ToolResult:
@@ -170,7 +213,7 @@ async def _elicit(ctx: Ctx, params: types.CallToolRequestParams, message: str, s
     if not _client_can(ctx, types.ClientCapabilities(elicitation=types.ElicitationCapability())):
         return _text("Client does not support elicitation", is_error=True)
     ask = types.ElicitRequestFormParams(message=message, requested_schema=schema)
-    answer = await _ask_client(ctx, params, "elicitation", ask)
+    answer = _ask_client(params, "elicitation", ask)
     if isinstance(answer, types.InputRequiredResult):
         return answer
     if not isinstance(answer, types.ElicitResult):
@@ -245,7 +288,7 @@ async def test_sampling(ctx: Ctx, params: types.CallToolRequestParams, args: dic
         return _text("Client does not support sampling", is_error=True)
     message = types.SamplingMessage(role="user", content=types.TextContent(text=args["prompt"]))
     ask = types.CreateMessageRequestParams(messages=[message], max_tokens=100)
-    answer = await _ask_client(ctx, params, "sampling", ask)
+    answer = _ask_client(params, "sampling", ask)
     if isinstance(answer, types.InputRequiredResult):
         return answer
     if not isinstance(answer, types.CreateMessageResult):
@@ -340,6 +383,176 @@ async def test_reconnection(ctx: Ctx, params: types.CallToolRequestParams, args:
     return _text("Reconnection test completed")
 
 
+# --- multi-round trips (SEP-2322, 2026-07-28) --------------------------------------------------------------------
+# Each tool answers an `InputRequiredResult` until the client retries with the `input_responses` it asked for (and
+# the `request_state` it was given). On a handshake session `_settle` asks the client and retries in its place.
+
+NAME_SCHEMA: dict[str, Any] = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+
+
+def _ask_name(message: str = "What is your name?") -> types.ElicitRequest:
+    return types.ElicitRequest(params=types.ElicitRequestFormParams(message=message, requested_schema=NAME_SCHEMA))
+
+
+def _ask_llm(prompt: str, max_tokens: int) -> types.CreateMessageRequest:
+    message = types.SamplingMessage(role="user", content=types.TextContent(text=prompt))
+    return types.CreateMessageRequest(
+        params=types.CreateMessageRequestParams(messages=[message], max_tokens=max_tokens)
+    )
+
+
+def _elicited(params: types.CallToolRequestParams | types.GetPromptRequestParams, key: str, field: str) -> str | None:
+    """The field `field` of the accepted elicitation answer under `key`, if the client sent one."""
+    answer = (params.input_responses or {}).get(key)
+    if isinstance(answer, types.ElicitResult) and answer.content:
+        value = answer.content.get(field)
+        return str(value) if value is not None else None
+    return None
+
+
+async def test_input_required_result_elicitation(
+    ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]
+) -> ToolResult:
+    if isinstance((params.input_responses or {}).get("user_name"), types.ElicitResult):
+        return _text(f"Hello, {_elicited(params, 'user_name', 'name') or 'stranger'}!")
+    return types.InputRequiredResult(input_requests={"user_name": _ask_name()})
+
+
+async def test_input_required_result_sampling(
+    ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]
+) -> ToolResult:
+    answer = (params.input_responses or {}).get("capital_question")
+    if isinstance(answer, types.CreateMessageResult):
+        text = answer.content.text if isinstance(answer.content, types.TextContent) else "?"
+        return _text(f"Model said: {text}")
+    return types.InputRequiredResult(
+        input_requests={"capital_question": _ask_llm("What is the capital of France?", 100)}
+    )
+
+
+async def test_input_required_result_list_roots(
+    ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]
+) -> ToolResult:
+    answer = (params.input_responses or {}).get("client_roots")
+    if isinstance(answer, types.ListRootsResult):
+        return _text(f"Client exposed {len(answer.roots)} root(s): {', '.join(str(r.uri) for r in answer.roots)}")
+    return types.InputRequiredResult(input_requests={"client_roots": types.ListRootsRequest()})
+
+
+CONFIRM = types.ElicitRequest(
+    params=types.ElicitRequestFormParams(
+        message="Please confirm",
+        requested_schema={"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]},
+    )
+)
+
+
+async def test_input_required_result_request_state(
+    ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]
+) -> ToolResult:
+    if "confirm" in (params.input_responses or {}) and params.request_state == "request-state-nonce":
+        return _text("state-ok: confirmation received")
+    return types.InputRequiredResult(input_requests={"confirm": CONFIRM}, request_state="request-state-nonce")
+
+
+async def test_input_required_result_multiple_inputs(
+    ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]
+) -> ToolResult:
+    requests: dict[str, types.InputRequest] = {
+        "user_name": _ask_name(),
+        "greeting": _ask_llm("Generate a greeting", 50),
+        "client_roots": types.ListRootsRequest(),
+    }
+    if requests.keys() <= (params.input_responses or {}).keys():
+        return _text("All inputs received.")
+    return types.InputRequiredResult(input_requests=requests, request_state="multiple-inputs")
+
+
+async def test_input_required_result_multi_round(
+    ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]
+) -> ToolResult:
+    """Three rounds: name, then colour, then the answer; the state says which round the client is at."""
+    state: dict[str, Any] = json.loads(params.request_state) if params.request_state else {"round": 0}
+    if state.get("round") == 1 and (name := _elicited(params, "step1", "name")) is not None:
+        color_schema = {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}
+        ask = types.ElicitRequestFormParams(
+            message="Step 2: What is your favorite color?", requested_schema=color_schema
+        )
+        return types.InputRequiredResult(
+            input_requests={"step2": types.ElicitRequest(params=ask)},
+            request_state=json.dumps({"round": 2, "name": name}),
+        )
+    if state.get("round") == 2 and (color := _elicited(params, "step2", "color")) is not None:
+        return _text(f"{state.get('name')} likes {color}.")
+    # first round, or an answer missing or out of order: start again
+    return types.InputRequiredResult(
+        input_requests={"step1": _ask_name("Step 1: What is your name?")}, request_state=json.dumps({"round": 1})
+    )
+
+
+async def test_input_required_result_tampered_state(
+    ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]
+) -> ToolResult:
+    """Plain state here: the `RequestStateBoundary` middleware seals it and refuses a tampered echo (-32602)."""
+    if params.request_state is None:
+        return types.InputRequiredResult(input_requests={"confirm": CONFIRM}, request_state="round-1")
+    return _text(f"state-ok: {params.request_state}")
+
+
+async def test_input_required_result_capabilities(
+    ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]
+) -> ToolResult:
+    """Asks only for what the client declared (per request on 2026-07-28)."""
+    requests: dict[str, types.InputRequest] = {}
+    if _client_can(ctx, types.ClientCapabilities(sampling=types.SamplingCapability())):
+        requests["sample"] = _ask_llm("Say hello", 50)
+    if _client_can(ctx, types.ClientCapabilities(elicitation=types.ElicitationCapability())):
+        requests["ask"] = _ask_name()
+    return types.InputRequiredResult(input_requests=requests, request_state="capability-gated")
+
+
+# --- diagnostic tools of the server-stateless scenario (2026-07-28) ----------------------------------------------
+
+
+async def test_missing_capability(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    """Needs the client's `sampling` capability. Without it: a -32021 error (HTTP 400 on 2026-07-28), not a
+    tool error, naming the capability in `data.requiredCapabilities`."""
+    if not _client_can(ctx, types.ClientCapabilities(sampling=types.SamplingCapability())):
+        raise MCPError(
+            types.MISSING_REQUIRED_CLIENT_CAPABILITY,
+            "This tool requires the client 'sampling' capability",
+            {"requiredCapabilities": {"sampling": {}}},
+        )
+    return _text("Client declared the sampling capability; proceeding.")
+
+
+async def test_streaming_elicitation(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    """Asks for a name: on 2026-07-28 the response stream carries an `InputRequiredResult`, never a request."""
+    return await _elicit(ctx, params, "What is your name?", NAME_SCHEMA)
+
+
+async def test_logging_tool(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    """Logs once. On 2026-07-28 the SDK drops the message unless the request set `_meta[...logLevel]`."""
+    await _log(ctx, "info", "Diagnostic trace logging activated")
+    return _text("Logging evaluated")
+
+
+async def test_x_mcp_header(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    return _text(f"region={args.get('region', '<none>')}")
+
+
+async def test_trigger_tool_change(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    """Announces a tool-list change to the open `subscriptions/listen` streams (the list itself stays as it is)."""
+    await BUS.publish(ToolsListChanged())
+    return _text("tool list changed")
+
+
+async def test_trigger_prompt_change(ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]) -> ToolResult:
+    """Announces a prompt-list change to the open `subscriptions/listen` streams."""
+    await BUS.publish(PromptsListChanged())
+    return _text("prompt list changed")
+
+
 @dataclass(frozen=True)
 class Fixture:
     """A tool: its listing and its implementation."""
@@ -357,12 +570,42 @@ def _string_args(**descriptions: str) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": list(descriptions)}
 
 
+# Every 2020-12 keyword the json-schema-2020-12 scenario looks for: `$schema`, `$defs` with an `$anchor`, `$ref`,
+# composition (`allOf`/`anyOf`), conditionals (`if`/`then`/`else`) and `additionalProperties`.
 JSON_SCHEMA_2020_12: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
-    "$defs": {"address": {"type": "object", "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
-    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+    "$defs": {
+        "address": {
+            "$anchor": "addressDef",
+            "type": "object",
+            "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
+        }
+    },
+    "properties": {
+        "name": {"type": "string"},
+        "address": {"$ref": "#/$defs/address"},
+        "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+        "phone": {"type": "string"},
+        "email": {"type": "string"},
+    },
+    "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+    "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+    "then": {"required": ["phone"]},
+    "else": {"required": ["email"]},
     "additionalProperties": False,
+}
+# test_x_mcp_header: `region` is mirrored into an `Mcp-Param-Region` header on 2026-07-28 (SEP-2243); the SDK's
+# transport checks that header against the body, with `input_schema` below telling it which tool wants what.
+X_MCP_HEADER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "region": {
+            "type": "string",
+            "description": "Mirrored into the Mcp-Param-Region header",
+            "x-mcp-header": "Region",
+        }
+    },
 }
 
 FIXTURES: dict[str, Fixture] = {
@@ -384,6 +627,22 @@ FIXTURES: dict[str, Fixture] = {
         _fixture(test_elicitation_sep1330_enums, "Elicitation with the five enum schema variants (SEP-1330)"),
         _fixture(json_schema_2020_12_tool, "Tool with JSON Schema 2020-12 features", JSON_SCHEMA_2020_12),
         _fixture(test_reconnection, "Closes the SSE stream mid-call to test resumption (SEP-1699)"),
+        _fixture(test_missing_capability, "Requires the client's sampling capability (-32021 without it)"),
+        _fixture(test_streaming_elicitation, "Asks for a name; on 2026-07-28 through an InputRequiredResult"),
+        _fixture(test_logging_tool, "Logs once, only when the request asked for logs"),
+        _fixture(
+            test_x_mcp_header, "Echoes its region argument, sent as an Mcp-Param header (SEP-2243)", X_MCP_HEADER_SCHEMA
+        ),
+        _fixture(test_trigger_tool_change, "Announces a tool-list change to subscriptions/listen streams"),
+        _fixture(test_trigger_prompt_change, "Announces a prompt-list change to subscriptions/listen streams"),
+        _fixture(test_input_required_result_elicitation, "InputRequiredResult with one elicitation (user_name)"),
+        _fixture(test_input_required_result_sampling, "InputRequiredResult with one sampling request"),
+        _fixture(test_input_required_result_list_roots, "InputRequiredResult with one roots/list request"),
+        _fixture(test_input_required_result_request_state, "InputRequiredResult whose requestState must come back"),
+        _fixture(test_input_required_result_multiple_inputs, "InputRequiredResult with elicitation, sampling, roots"),
+        _fixture(test_input_required_result_multi_round, "Three rounds of InputRequiredResult, the state evolving"),
+        _fixture(test_input_required_result_tampered_state, "InputRequiredResult whose sealed state must not change"),
+        _fixture(test_input_required_result_capabilities, "InputRequiredResult asking only for declared capabilities"),
     ]
 }
 VALIDATORS = {name: jsonschema.Draft202012Validator(f.tool.input_schema) for name, f in FIXTURES.items()}
@@ -401,7 +660,7 @@ async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> ToolResult
     errors = sorted(VALIDATORS[params.name].iter_errors(args), key=lambda e: list(e.path))
     if errors:
         return _text(f"Invalid arguments: {errors[0].message}", is_error=True)
-    return await fixture.run(ctx, params, args)
+    return await _settle(ctx, params, lambda ctx, params: fixture.run(ctx, params, args))
 
 
 def input_schema(name: str) -> Mapping[str, Any] | None:
@@ -458,7 +717,9 @@ async def read_resource(ctx: Ctx, params: types.ReadResourceRequestParams) -> ty
         data = {"id": item_id, "templateTest": True, "data": f"Data for ID: {item_id}"}
         contents = types.TextResourceContents(uri=uri, mime_type="application/json", text=json.dumps(data))
     else:
-        raise MCPError(RESOURCE_NOT_FOUND, "Resource not found", {"uri": uri})
+        raise MCPError(
+            types.INVALID_PARAMS if _is_modern(ctx) else RESOURCE_NOT_FOUND, "Resource not found", {"uri": uri}
+        )
     return types.ReadResourceResult(contents=[contents])
 
 
@@ -492,14 +753,30 @@ PROMPTS = [
         arguments=[_required("resourceUri", "URI of the resource to embed")],
     ),
     types.Prompt(name="test_prompt_with_image", description="A prompt that includes an image"),
+    types.Prompt(
+        name="test_input_required_result_prompt", description="Asks for context first (InputRequiredResult, SEP-2322)"
+    ),
 ]
+CONTEXT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"context": {"type": "string"}},
+    "required": ["context"],
+}
 
 
 async def list_prompts(ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
     return types.ListPromptsResult(prompts=PROMPTS)
 
 
-async def get_prompt(ctx: Ctx, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+async def get_prompt(
+    ctx: Ctx, params: types.GetPromptRequestParams
+) -> types.GetPromptResult | types.InputRequiredResult:
+    return await _settle(ctx, params, _get_prompt)
+
+
+async def _get_prompt(
+    ctx: Ctx, params: types.GetPromptRequestParams
+) -> types.GetPromptResult | types.InputRequiredResult:
     prompt = next((p for p in PROMPTS if p.name == params.name), None)
     if prompt is None:
         raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: {params.name}")
@@ -516,6 +793,14 @@ async def get_prompt(ctx: Ctx, params: types.GetPromptRequestParams) -> types.Ge
     elif params.name == "test_prompt_with_arguments":
         text = f"Prompt with arguments: arg1='{args['arg1']}', arg2='{args['arg2']}'"
         messages = [user(types.TextContent(text=text))]
+    elif params.name == "test_input_required_result_prompt":
+        context = _elicited(params, "user_context", "context")
+        if context is None:
+            ask = types.ElicitRequestFormParams(
+                message="What context should the prompt use?", requested_schema=CONTEXT_SCHEMA
+            )
+            return types.InputRequiredResult(input_requests={"user_context": types.ElicitRequest(params=ask)})
+        messages = [user(types.TextContent(text=f"Use the following context: {context}"))]
     elif params.name == "test_prompt_with_embedded_resource":
         resource = types.TextResourceContents(
             uri=args["resourceUri"], mime_type="text/plain", text="Embedded resource content for testing."
@@ -568,7 +853,11 @@ def build_server() -> Server[Any]:
         on_list_prompts=list_prompts,
         on_get_prompt=get_prompt,
         on_completion=complete,
+        on_subscriptions_listen=ListenHandler(BUS),
     )
+    # Seals each outgoing `requestState` and checks each one echoed back; handlers see only their own plain state.
+    security = RequestStateSecurity(keys=[REQUEST_STATE_KEY])
+    server.middleware.append(RequestStateBoundary(security, default_audience=SERVER_NAME))
     # Registered apart: the constructor's `on_set_logging_level` warns that logging is deprecated at 2026-07-28.
     server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_logging_level)
     return server
