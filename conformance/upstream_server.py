@@ -43,7 +43,13 @@ from mcp.server import Server, ServerRequestContext
 from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
 from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
-from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, PromptsListChanged, ToolsListChanged
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    PromptsListChanged,
+    ResourceUpdated,
+    ToolsListChanged,
+)
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -553,6 +559,15 @@ async def test_trigger_prompt_change(ctx: Ctx, params: types.CallToolRequestPara
     return _text("prompt list changed")
 
 
+async def test_trigger_resource_update(
+    ctx: Ctx, params: types.CallToolRequestParams, args: dict[str, Any]
+) -> ToolResult:
+    """Announces a change of the resource `uri` to the `subscriptions/listen` streams that watch it (a gateway's
+    tests use it: no scenario of the suite does)."""
+    await BUS.publish(ResourceUpdated(uri=args["uri"]))
+    return _text(f"{args['uri']} changed")
+
+
 @dataclass(frozen=True)
 class Fixture:
     """A tool: its listing and its implementation."""
@@ -635,6 +650,11 @@ FIXTURES: dict[str, Fixture] = {
         ),
         _fixture(test_trigger_tool_change, "Announces a tool-list change to subscriptions/listen streams"),
         _fixture(test_trigger_prompt_change, "Announces a prompt-list change to subscriptions/listen streams"),
+        _fixture(
+            test_trigger_resource_update,
+            "Announces a resource's change to the subscriptions/listen streams watching it",
+            _string_args(uri="The resource that changed"),
+        ),
         _fixture(test_input_required_result_elicitation, "InputRequiredResult with one elicitation (user_name)"),
         _fixture(test_input_required_result_sampling, "InputRequiredResult with one sampling request"),
         _fixture(test_input_required_result_list_roots, "InputRequiredResult with one roots/list request"),

@@ -83,6 +83,7 @@ CONFORMANCE_PROMPTS = [
     "test_prompt_with_arguments",
     "test_prompt_with_embedded_resource",
     "test_prompt_with_image",
+    "test_input_required_result_prompt",
 ]
 STATIC_TEXT = "This is the content of the static text resource."  # conformance/upstream_server.py
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -368,7 +369,8 @@ async def test_resources_are_listed_and_read_through_the_gateway_with_their_uris
                 binary = await a.ask(a.mcp.read_resource("test://static-binary"))
                 templated = await a.ask(a.mcp.read_resource("test://template/123/data"))
                 via_legacy = await legacy.ask(legacy.mcp.read_resource("test://template/7/data"))
-                unknown = await a.refused(a.mcp.read_resource("test://no-such-resource"))
+                unknown = await a.refused(a.mcp.read_resource("test://no-such-resource"))  # the upstream's answer
+                unknown_here = await a.refused(a.mcp.read_resource("other://elsewhere"))  # the gateway's
                 unknown_legacy = await legacy.refused(legacy.mcp.read_resource("other://elsewhere"))
     finally:
         world.close()
@@ -383,7 +385,8 @@ async def test_resources_are_listed_and_read_through_the_gateway_with_their_uris
     assert isinstance(item, types.TextResourceContents) and str(item.uri) == "test://template/123/data"
     assert json.loads(item.text) == {"id": "123", "templateTest": True, "data": "Data for ID: 123"}
     assert json.loads(via_legacy.contents[0].text)["id"] == "7"
-    assert unknown.code == RESOURCE_NOT_FOUND and unknown_legacy.code == RESOURCE_NOT_FOUND
+    # an unknown resource is Invalid params on 2026-07-28 (SEP-2164), -32002 before
+    assert unknown.code == unknown_here.code == types.INVALID_PARAMS and unknown_legacy.code == RESOURCE_NOT_FOUND
 
 
 async def test_an_unbound_upstream_answers_with_the_setup_warning_and_reads_are_audited(
@@ -640,6 +643,114 @@ async def test_an_agent_without_sampling_gets_a_clean_refusal_back_to_the_upstre
     assert modern.sampled == []
 
 
+# -- 5b. an upstream's input-required rounds (2026-07-28) --------------------------------------------
+
+
+async def answer_ann_green(ctx: ClientRequestContext, params: types.ElicitRequestParams) -> types.ElicitResult:
+    return types.ElicitResult(action="accept", content={"name": "Ann", "color": "green", "context": "tests"})
+
+
+def confirmed() -> dict[str, types.InputResponse]:
+    return {"confirm": types.ElicitResult(action="accept", content={"ok": True})}
+
+
+async def test_a_2026_agent_answers_an_upstreams_rounds_and_a_handshake_agent_is_asked_them_as_requests(
+    tmp_path: Path, discovered: Discovered
+) -> None:
+    """The upstream speaks 2026-07-28: its questions come inside its results. An agent of that protocol gets them
+    as rounds of its own (its client answers and retries, round after round); a handshake-era agent is asked
+    them as requests during the call, as with an upstream of its own era."""
+    world = front_world(tmp_path / "w", discovered, {"conf": (conformance_decl("conf"), "conformance")})
+    world.allow("g", "conf.*")
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running():
+                async with agent(gw, "g", mode="auto", elicitation=answer_ann_green) as modern:
+                    named = await modern.call("conf_test_input_required_result_elicitation")
+                    sampled = await modern.call("conf_test_input_required_result_sampling")
+                    three_rounds = await modern.call("conf_test_input_required_result_multi_round")
+                    prompt = await modern.ask(modern.mcp.get_prompt("conf_test_input_required_result_prompt"))
+                async with agent(gw, "g") as legacy:
+                    named_legacy = await legacy.call("conf_test_input_required_result_elicitation")
+    finally:
+        world.close()
+
+    assert result_text(named) == "Hello, Ann!" and result_text(named_legacy) == "Hello, Ann!"
+    assert result_text(sampled) == "Model said: Paris"
+    assert result_text(three_rounds) == "Ann likes green."
+    assert len(modern.elicited) == 4  # one, two (the last of three rounds is the result), the prompt's one
+    assert prompt.messages and legacy.elicited and isinstance(legacy.elicited[0], types.ElicitRequestFormParams)
+
+
+async def test_a_rounds_state_is_the_gateways_own_bound_to_its_caller_and_spent_once(
+    tmp_path: Path, discovered: Discovered
+) -> None:
+    world = front_world(tmp_path / "w", discovered, {"conf": (conformance_decl("conf"), "conformance")})
+    world.allow("g", "conf.*")
+    tool = "conf_test_input_required_result_request_state"
+    try:
+        with anyio.fail_after(60):
+            async with (
+                world.gateway() as gw,
+                gw.running(),
+                agent(gw, "g", name="ann", mode="auto") as ann,
+                agent(gw, "g", name="bob", mode="auto") as bob,
+            ):
+                asked = await ann.mcp.session.call_tool(tool, {}, allow_input_required=True)
+                assert isinstance(asked, types.InputRequiredResult) and asked.request_state is not None
+                state = asked.request_state
+
+                def retry(who: Agent, state: str) -> Awaitable[Any]:
+                    return who.mcp.session.call_tool(
+                        tool, {}, input_responses=confirmed(), request_state=state, allow_input_required=True
+                    )
+
+                by_another = await bob.refused(retry(bob, state))
+                flipped = state[:-4] + ("AAAA" if not state.endswith("AAAA") else "BBBB")
+                tampered = await ann.refused(retry(ann, flipped))
+                answered = await retry(ann, state)
+                replayed = await ann.refused(retry(ann, state))
+                # without a state, the answers alone go to the upstream: it asks again (its state is missing)
+                stateless = await ann.mcp.session.call_tool(
+                    tool, {}, input_responses=confirmed(), allow_input_required=True
+                )
+    finally:
+        world.close()
+
+    assert list(asked.input_requests or {}) == ["confirm"]
+    for refused in (by_another, tampered, replayed):
+        assert (refused.code, refused.message) == (types.INVALID_PARAMS, "Invalid or expired requestState")
+    assert isinstance(answered, types.CallToolResult) and result_text(answered) == "state-ok: confirmation received"
+    assert isinstance(stateless, types.InputRequiredResult)
+
+
+async def test_an_upstream_needing_a_capability_the_agents_client_lacks_refuses_it_by_name(
+    tmp_path: Path, discovered: Discovered
+) -> None:
+    """Each 2026-07-28 request tells the upstream what the agent's own client can do, not what the gateway could
+    relay: an upstream that needs sampling from an agent without it answers -32021, and the agent gets that."""
+    world = front_world(tmp_path / "w", discovered, {"conf": (conformance_decl("conf"), "conformance")})
+    world.allow("g", "conf.*")
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running():
+                async with agent(gw, "g", mode="auto", sampling=None) as plain:
+                    refused = await plain.refused(plain.mcp.call_tool("conf_test_missing_capability", {}))
+                    asked_for = await plain.mcp.session.call_tool(
+                        "conf_test_input_required_result_capabilities", {}, allow_input_required=True
+                    )
+                async with agent(gw, "g", mode="auto") as sampler:
+                    allowed = await sampler.call("conf_test_missing_capability")
+    finally:
+        world.close()
+
+    assert refused.code == types.MISSING_REQUIRED_CLIENT_CAPABILITY
+    assert refused.error.data == {"requiredCapabilities": {"sampling": {}}}
+    assert isinstance(asked_for, types.InputRequiredResult)
+    assert "sample" not in (asked_for.input_requests or {})  # the upstream asked only what the client offers
+    assert result_text(allowed) == "Client declared the sampling capability; proceeding."
+
+
 # -- 6. subscriptions -------------------------------------------------------------------------------
 
 
@@ -696,6 +807,45 @@ async def test_resource_updates_reach_the_subscribed_agents_until_they_unsubscri
     assert [e["uri"] for e in gone] == [a_uri]
     # the other credential's upstream process got the other subscription
     assert sorted(e["uri"] for e in recorded(front_dir, "subscribe")) == [a_uri, b_uri, b_uri]
+
+
+async def test_a_2026_upstreams_resource_updates_reach_subscribed_agents_through_one_listen_stream(
+    tmp_path: Path, discovered: Discovered
+) -> None:
+    """An upstream of 2026-07-28 has no resources/subscribe: what agents subscribe to through the gateway is one
+    subscriptions/listen stream of the gateway's, opened again as the URIs change."""
+    world = front_world(tmp_path / "w", discovered, {"conf": (conformance_decl("conf"), "conformance")})
+    world.allow("g", "conf.*")
+    watched, other = "test://watched-resource", "test://static-text"
+
+    async def touch(who: Agent, uri: str) -> None:
+        await who.call("conf_test_trigger_resource_update", {"uri": uri})
+
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running(), agent(gw, "g", name="one") as one:
+                await one.ask(one.mcp.subscribe_resource(watched))
+                while not one.updated():  # the stream opens on its own: touch until it is there
+                    await touch(one, watched)
+                    with anyio.move_on_after(0.5):
+                        await one.wait_until(lambda: bool(one.updated()))
+                await touch(one, other)  # nobody subscribed to it
+                await one.ask(one.mcp.subscribe_resource(other))
+                before = len(one.updated())
+                while one.updated()[before:].count(other) == 0:
+                    await touch(one, other)
+                    with anyio.move_on_after(0.5):
+                        await one.wait_until(lambda: other in one.updated()[before:])
+                await one.ask(one.mcp.unsubscribe_resource(watched))
+                await one.ask(one.mcp.unsubscribe_resource(other))
+                after = len(one.updated())
+                await touch(one, watched)
+                await anyio.sleep(0.5)
+    finally:
+        world.close()
+
+    assert set(one.updated()[:before]) == {watched}  # the unsubscribed URI's update reached no one
+    assert len(one.updated()) == after  # nothing once it unsubscribed
 
 
 async def stops_within(pid: int, seconds: float) -> bool:

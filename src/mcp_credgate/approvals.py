@@ -13,7 +13,6 @@ said, not that a person read it (the README's threat model says so).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import mcp_types as types
 
 from .caller import Caller
+from .rounds import arguments_digest
 from .sealing import seal, unseal
 from .store import Store
 from .visible import shown_escaped
@@ -32,7 +32,6 @@ __all__ = [
     "APPROVAL_SECONDS",
     "ApprovalState",
     "approval_form",
-    "arguments_digest",
     "question",
 ]
 
@@ -51,11 +50,6 @@ def approval_form(tool: str, arguments: dict[str, Any]) -> types.ElicitRequestFo
     return types.ElicitRequestFormParams(
         message=question(tool, arguments), requested_schema={"type": "object", "properties": {}}
     )
-
-
-def arguments_digest(arguments: dict[str, Any]) -> str:
-    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 from . import oauth
@@ -31,16 +32,19 @@ from .caller import Caller
 from .credential import Credential
 from .declarations import McpHandler
 from .gate import CredentialWarning, Gate, Ready
-from .handlers.upstream import Session, UpstreamError, UpstreamPool
+from .handlers.upstream import Session, UpstreamError, UpstreamPool, shown_to_agent
 from .redact import Redactor, redactor_for
 from .relay import redacted
+from .rounds import Answers, Rounds
 
 logger = logging.getLogger("credgate.front")
 
-RESOURCE_NOT_FOUND = -32002  # the MCP specification's code for an unknown resource
+RESOURCE_NOT_FOUND = -32002  # the code for an unknown resource before 2026-07-28
 MAX_PAGES = 100  # an upstream's list, page after page, up to this many pages
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
 _T = TypeVar("_T")
+_R = TypeVar("_R")
+NO_ANSWERS = Answers()  # a request that answers no round
 
 # The credential of a ready decision as it may be used now (see `Gateway.usable_credential`): in full and as
 # the upstream gets it, or the warning that replaces it; raises oauth.OAuthError when it cannot be refreshed.
@@ -80,8 +84,21 @@ def _refused(warning: CredentialWarning) -> MCPError:
     return MCPError(code=types.INVALID_REQUEST, message=warning.text(), data=warning.as_json())
 
 
-def _not_found(uri: str) -> MCPError:
-    return MCPError(code=RESOURCE_NOT_FOUND, message="Resource not found", data={"uri": uri})
+def _not_found(uri: str, ctx: ServerRequestContext[Any]) -> MCPError:
+    """An unknown resource: -32002 on the handshake protocols, Invalid params on 2026-07-28 (SEP-2164)."""
+    return MCPError(code=_not_found_code(ctx), message="Resource not found", data={"uri": uri})
+
+
+def _not_found_code(ctx: ServerRequestContext[Any]) -> int:
+    return types.INVALID_PARAMS if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS else RESOURCE_NOT_FOUND
+
+
+def _in_agents_protocol(exc: MCPError, ctx: ServerRequestContext[Any]) -> MCPError:
+    """An upstream's "resource not found" in the code of the agent's protocol, which need not be the upstream's."""
+    unknown = exc.code == RESOURCE_NOT_FOUND or (exc.code == types.INVALID_PARAMS and "not found" in exc.message)
+    if not unknown or exc.code == _not_found_code(ctx):
+        return exc
+    return MCPError(code=_not_found_code(ctx), message=exc.message, data=exc.error.data)
 
 
 async def _send(session: Session, request: types.ClientRequest) -> types.EmptyResult:
@@ -119,8 +136,10 @@ class Front:
         audit: AuditLog,
         pool: Callable[[], UpstreamPool | None],
         usable_credential: UsableCredential,
+        rounds: Rounds,
     ) -> None:
         self._gate = gate
+        self._rounds = rounds
         self._announced = announced
         self._audit = audit
         self._pool = pool
@@ -299,12 +318,27 @@ class Front:
             for up in candidates:
                 if any(_matches(t, uri) for t in self._templates.get(up.name, ())):
                     return up
-        raise _refused(warnings[0]) if warnings else _not_found(uri)
+        raise _refused(warnings[0]) if warnings else _not_found(uri, ctx)
 
-    async def read_resource(self, ctx: ServerRequestContext[Any], caller: Caller, uri: str) -> types.ReadResourceResult:
+    async def read_resource(
+        self, ctx: ServerRequestContext[Any], caller: Caller, uri: str, answers: Answers = NO_ANSWERS
+    ) -> types.ReadResourceResult | types.InputRequiredResult:
         up = await self._owner_of(ctx, caller, uri, "resources/read")
-        result = await self._ask(up, lambda s: s.live.read_resource(uri), ctx, caller, "resources/read")
-        return redacted(up.redactor, result)
+
+        def in_rounds(
+            s: Session, responses: types.InputResponses | None, state: str | None
+        ) -> Awaitable[types.ReadResourceResult | types.InputRequiredResult]:
+            return s.live.session.read_resource(
+                uri, input_responses=responses, request_state=state, allow_input_required=True
+            )
+
+        try:
+            result = await self._in_rounds(
+                up, ctx, caller, ("resources/read", uri, None), answers, in_rounds, lambda s: s.live.read_resource(uri)
+            )
+        except MCPError as exc:
+            raise _in_agents_protocol(exc, ctx) from None
+        return result if isinstance(result, types.InputRequiredResult) else redacted(up.redactor, result)
 
     async def subscribe(self, ctx: ServerRequestContext[Any], caller: Caller, uri: str) -> types.EmptyResult:
         up = await self._owner_of(ctx, caller, uri, "resources/subscribe")
@@ -378,11 +412,79 @@ class Front:
         )
 
     async def get_prompt(
-        self, ctx: ServerRequestContext[Any], caller: Caller, name: str, arguments: dict[str, str] | None
-    ) -> types.GetPromptResult:
+        self,
+        ctx: ServerRequestContext[Any],
+        caller: Caller,
+        name: str,
+        arguments: dict[str, str] | None,
+        answers: Answers = NO_ANSWERS,
+    ) -> types.GetPromptResult | types.InputRequiredResult:
         up, remote = await self._prompt_owner(ctx, caller, name, "prompts/get")
-        result = await self._ask(up, lambda s: s.live.get_prompt(remote, arguments), ctx, caller, "prompts/get")
-        return redacted(up.redactor, result)
+
+        def in_rounds(
+            s: Session, responses: types.InputResponses | None, state: str | None
+        ) -> Awaitable[types.GetPromptResult | types.InputRequiredResult]:
+            return s.live.session.get_prompt(
+                remote, arguments, input_responses=responses, request_state=state, allow_input_required=True
+            )
+
+        result = await self._in_rounds(
+            up,
+            ctx,
+            caller,
+            ("prompts/get", name, arguments),
+            answers,
+            in_rounds,
+            lambda s: s.live.get_prompt(remote, arguments),
+        )
+        return result if isinstance(result, types.InputRequiredResult) else redacted(up.redactor, result)
+
+    # -- input-required rounds (2026-07-28) -----------------------------------------------------
+
+    async def _in_rounds(
+        self,
+        up: Reached,
+        ctx: ServerRequestContext[Any],
+        caller: Caller,
+        asked: tuple[str, str, Mapping[str, Any] | None],
+        answers: Answers,
+        in_rounds: Callable[
+            [Session, types.InputResponses | None, str | None], Awaitable[_R | types.InputRequiredResult]
+        ],
+        whole: Callable[[Session], Awaitable[_R]],
+    ) -> _R | types.InputRequiredResult:
+        """A request the upstream may answer with a round of questions (`rounds`): to an agent and an upstream
+        both of 2026-07-28, the round reaches the agent and its retry the upstream (`in_rounds`); otherwise the
+        upstream's questions are the agent's requests, asked during the request (`whole`). `asked`: the method,
+        the prompt's name or the resource's URI, and the arguments the round is bound to."""
+        method, what, arguments = asked
+        bound = f"{method} {what}"
+        resumed = None
+        if answers.state is not None:
+            resumed = await self._rounds.resume(answers.state, caller, bound, arguments)
+            if resumed is None:
+                raise MCPError(code=types.INVALID_PARAMS, message="Invalid or expired requestState")
+        responses, state = answers.for_upstream(), resumed.upstream_state if resumed is not None else None
+        agent_in_rounds = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+
+        async def send(session: Session) -> _R | types.InputRequiredResult:
+            if not (agent_in_rounds and session.modern):
+                return await whole(session)
+            result = await in_rounds(session, responses, state)
+            if not isinstance(result, types.InputRequiredResult):
+                return result
+            shown = shown_to_agent(result, session.relay)
+            if isinstance(shown, str):
+                raise MCPError(code=types.INTERNAL_ERROR, message=shown)
+            return shown
+
+        result = await self._ask(up, send, ctx, caller, method)
+        if not isinstance(result, types.InputRequiredResult):
+            return result
+        asking = await self._rounds.begin(caller, bound, arguments, result)
+        if asking is None:
+            raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {up.name}: its question used a reserved key")
+        return asking
 
     # -- completion and logging --------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from .front import Front
 from .gate import CredentialWarning, Gate, Ready
 from .handlers.http import make_client
 from .handlers.upstream import UpstreamError, UpstreamPool, upstream_pool
+from .rounds import Rounds
 from .sandbox import SandboxPolicy
 from .setup_links import FixedPages, PageServer, SetupLinks
 from .store import Store
@@ -59,6 +60,7 @@ class Gateway:
         self.refresher = TokenRefresher(store, lambda: self.http)
         self.deadlines = Deadlines()  # the python handlers' timeouts
         self.setup_links = SetupLinks(store)  # one call's setup pages (contract §7)
+        self.rounds = Rounds(store)  # upstreams' input-required rounds, relayed (contract §7)
         self.pages: PageServer = FixedPages(settings.public_url)  # where they are served (stdio: its own)
         self._discovering: dict[str, anyio.Lock] = {}  # upstream → held while its tools are being listed
         self._retry_after: dict[str, float] = {}  # upstream → when listing it may be tried again
@@ -68,6 +70,7 @@ class Gateway:
             audit=self.audit,
             pool=lambda: self.upstreams,
             usable_credential=self.usable_credential,
+            rounds=self.rounds,
         )
 
     @classmethod

@@ -15,8 +15,8 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from dataclasses import replace
+from typing import Any
 
 import anyio.to_thread
 import mcp_types as types
@@ -39,7 +39,7 @@ from .handlers.python import run_python
 from .handlers.upstream import UpstreamError
 from .logs import new_ref, request_id
 from .redact import Redactor, redactor_for
-from .rounds import RoundState
+from .rounds import Answers
 
 logger = logging.getLogger("credgate.server")
 
@@ -128,7 +128,7 @@ class ToolCalls:
         credential, handler_view = usable
         resumed = None
         if answers.state is not None and not (decision.approval and APPROVAL_INPUT in answers.responses):
-            resumed = await self._resumed(caller, name, args, answers.state)
+            resumed = await self._gateway.rounds.resume(answers.state, caller, name, args)
             if resumed is None:
                 self._record(caller, name, decision.credential_name, "denied", started, ref)
                 raise MCPError(code=types.INVALID_PARAMS, message="Invalid or expired requestState")
@@ -142,14 +142,19 @@ class ToolCalls:
                 return answer
             approval = "approved"
         redactor = redactor_for(credential)
-        rounds = Rounds(dict(answers.responses) if resumed else None, resumed.upstream_state if resumed else None)
+        resume = (answers.for_upstream(), resumed.upstream_state if resumed is not None else None)
         try:
-            output = await self._dispatch(decision.tool, args, handler_view, caller, ctx, rounds)
+            output = await self._dispatch(decision.tool, args, handler_view, caller, ctx, resume)
             if isinstance(output, types.InputRequiredResult):  # the upstream asks: the call goes on at the retry
-                state = RoundState.begun(caller, name, args, output.request_state, approval is not None)
-                sealed = await anyio.to_thread.run_sync(state.seal, self._gateway.store)
-                return output.model_copy(update={"request_state": sealed})
+                asking = await self._gateway.rounds.begin(caller, name, args, output, approval is not None)
+                if asking is not None:
+                    return asking
+                output = ToolOutput.error(f"upstream of {name}: its question used a key reserved for the gateway")
         except Exception as exc:
+            if isinstance(exc, MCPError) and exc.code == types.MISSING_REQUIRED_CLIENT_CAPABILITY:
+                # the upstream needs what the agent's client did not declare: the agent must learn which
+                self._record(caller, name, decision.credential_name, "error", started, ref, approval)
+                raise MCPError(exc.code, redactor.text(exc.message), redactor.obj(exc.data)) from None
             details = "".join(traceback.format_exception(exc))
             logger.error("tool %s failed (ref: %s):\n%s", name, ref, redactor.text(details))
             self._record(caller, name, decision.credential_name, "error", started, ref, approval)
@@ -157,12 +162,6 @@ class ToolCalls:
         outcome = "error" if output.is_error else "ok"
         self._record(caller, name, decision.credential_name, outcome, started, ref, approval)
         return _to_result(output, redactor)
-
-    async def _resumed(self, caller: Caller, name: str, args: dict[str, Any], sealed: str) -> RoundState | None:
-        """The upstream round a retry answers (`rounds`): None when its state is not one the gateway made for
-        this call, or was used before."""
-        store = self._gateway.store
-        return await anyio.to_thread.run_sync(RoundState.resumed, sealed, store, caller, name, args)
 
     async def _approval(
         self,
@@ -269,7 +268,7 @@ class ToolCalls:
         credential: Credential,
         caller: Caller,
         ctx: ServerRequestContext[Any] | None,
-        rounds: Rounds,
+        resume: tuple[types.InputResponses | None, str | None] = (None, None),
     ) -> ToolOutput | types.InputRequiredResult:
         handler = tool.decl.handler
         if isinstance(handler, HttpHandler):
@@ -285,7 +284,7 @@ class ToolCalls:
         remote = tool.upstream_tool
         try:
             if ctx is not None and ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-                answers, state = rounds
+                answers, state = resume  # the agent's answers to the upstream's last round, and its state
                 result = await upstreams.call_in_rounds(scope, handler, remote, args, credential, agent, answers, state)
                 if isinstance(result, types.InputRequiredResult):
                     return result
@@ -297,21 +296,6 @@ class ToolCalls:
         return ToolOutput(
             text="", structured=dumped.get("structuredContent"), is_error=result.is_error, content=dumped["content"]
         )
-
-
-@dataclass(frozen=True)
-class Answers:
-    """What a 2026-07-28 retry brings back from its round: the client's responses, by key, and the state."""
-
-    responses: Mapping[str, Any] = field(default_factory=dict)
-    state: str | None = None
-
-
-class Rounds(NamedTuple):
-    """What a retry brings back to an upstream's round: the agent's answers and the upstream's own state."""
-
-    responses: types.InputResponses | None
-    upstream_state: str | None
 
 
 def _action_of(response: Any) -> str | None:
@@ -446,8 +430,9 @@ def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
 
     async def on_read_resource(
         ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
-    ) -> types.ReadResourceResult:
-        return await front.read_resource(ctx, identify(ctx), str(params.uri))
+    ) -> types.ReadResourceResult | types.InputRequiredResult:
+        answers = Answers(params.input_responses or {}, params.request_state)
+        return await front.read_resource(ctx, identify(ctx), str(params.uri), answers)
 
     async def on_subscribe(ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams) -> types.EmptyResult:
         return await front.subscribe(ctx, identify(ctx), str(params.uri))
@@ -464,8 +449,9 @@ def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
 
     async def on_get_prompt(
         ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams
-    ) -> types.GetPromptResult:
-        return await front.get_prompt(ctx, identify(ctx), params.name, params.arguments)
+    ) -> types.GetPromptResult | types.InputRequiredResult:
+        answers = Answers(params.input_responses or {}, params.request_state)
+        return await front.get_prompt(ctx, identify(ctx), params.name, params.arguments, answers)
 
     async def on_completion(
         ctx: ServerRequestContext[Any], params: types.CompleteRequestParams

@@ -291,13 +291,14 @@ def _announced(client: Client) -> dict[str, Any]:
     return client.server_capabilities.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def _for_agent(result: types.InputRequiredResult, relay: Relay) -> types.CallToolResult | types.InputRequiredResult:
-    """An upstream's round as the agent may see it (`Relay.for_agent`); a question it may not see ends the call."""
+def shown_to_agent(result: types.InputRequiredResult, relay: Relay) -> types.InputRequiredResult | str:
+    """An upstream's round as the agent may see it (`Relay.for_agent`), or why it may not (a question it may not
+    see ends the request)."""
     shown: types.InputRequests = {}
     for key, request in (result.input_requests or {}).items():
         shaped = relay.for_agent(request)
         if isinstance(shaped, types.ErrorData):
-            return _error_result(f"upstream {relay.name}: {shaped.message}")
+            return f"upstream {relay.name}: {shaped.message}"
         shown[key] = shaped
     return result.model_copy(update={"input_requests": shown or None})
 
@@ -427,7 +428,10 @@ class UpstreamPool:
                 request_state=state,
                 allow_input_required=True,
             )
-            return _for_agent(result, session.relay) if isinstance(result, types.InputRequiredResult) else result
+            if not isinstance(result, types.InputRequiredResult):
+                return result
+            shown = shown_to_agent(result, session.relay)
+            return _error_result(shown) if isinstance(shown, str) else shown
 
         try:
             return await self.request(scope, handler, credential, send, agent)

@@ -1,0 +1,105 @@
+"""An upstream's input-required rounds relayed to the agent: the gateway's state for them (`rounds.Rounds`).
+
+The whole relay, with real clients and a real 2026-07-28 upstream, is in tests/test_front.py (section 5b)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import mcp_types as types
+import pytest
+
+from mcp_credgate.caller import Caller
+from mcp_credgate.rounds import Answers, Rounds
+from mcp_credgate.store import Store
+
+pytestmark = pytest.mark.anyio
+
+ANN = Caller("g", "ann", "ann-user")
+UPSTREAM_STATE = "upstream-state-with-what-the-upstream-holds-s3cr3t"
+
+
+def upstream_round(keys: tuple[str, ...] = ("confirm",)) -> types.InputRequiredResult:
+    ask = types.ElicitRequest(
+        params=types.ElicitRequestFormParams(message="Sure?", requested_schema={"type": "object", "properties": {}})
+    )
+    return types.InputRequiredResult(input_requests=dict.fromkeys(keys, ask), request_state=UPSTREAM_STATE)
+
+
+async def begun(rounds: Rounds, caller: Caller = ANN, asked: str = "t", arguments: dict[str, int] | None = None) -> str:
+    asking = await rounds.begin(caller, asked, arguments or {"n": 1}, upstream_round())
+    assert asking is not None and asking.request_state is not None
+    return asking.request_state
+
+
+async def test_the_agent_gets_the_upstreams_questions_with_a_state_it_cannot_read(store: Store) -> None:
+    rounds = Rounds(store)
+    asking = await rounds.begin(ANN, "t", {"n": 1}, upstream_round())
+
+    assert asking is not None and list(asking.input_requests or {}) == ["confirm"]
+    state = asking.request_state
+    assert state is not None and UPSTREAM_STATE not in state
+    assert b"s3cr3t" not in base64.urlsafe_b64decode(state + "=" * (-len(state) % 4))
+
+
+async def test_the_state_brings_the_upstreams_own_back_to_the_same_request_once(store: Store) -> None:
+    rounds = Rounds(store)
+    state = await begun(rounds)
+
+    resumed = await rounds.resume(state, ANN, "t", {"n": 1})
+    again = await rounds.resume(state, ANN, "t", {"n": 1})
+
+    assert resumed is not None and resumed.upstream_state == UPSTREAM_STATE and not resumed.approved
+    assert again is None  # spent
+
+
+@pytest.mark.parametrize(
+    ("caller", "asked", "arguments"),
+    [
+        (Caller("g", "bob", "ann-user"), "t", {"n": 1}),  # another agent
+        (Caller("g", "ann", "bob-user"), "t", {"n": 1}),  # another person
+        (Caller("h", "ann", "ann-user"), "t", {"n": 1}),  # another group
+        (ANN, "u", {"n": 1}),  # another tool
+        (ANN, "t", {"n": 2}),  # other arguments
+    ],
+)
+async def test_a_state_answers_no_other_request(
+    store: Store, caller: Caller, asked: str, arguments: dict[str, int]
+) -> None:
+    rounds = Rounds(store)
+    state = await begun(rounds)
+
+    assert await rounds.resume(state, caller, asked, arguments) is None
+    assert await rounds.resume(state, ANN, "t", {"n": 1}) is not None  # the refusal did not spend it
+
+
+async def test_a_changed_foreign_or_expired_state_answers_nothing(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rounds = Rounds(store)
+    state = await begun(rounds)
+    flipped = state[:10] + ("A" if state[10] != "A" else "B") + state[11:]
+    forged = base64.urlsafe_b64encode(json.dumps({"group": "g"}).encode()).decode()
+
+    assert await rounds.resume(flipped, ANN, "t", {"n": 1}) is None
+    assert await rounds.resume(forged, ANN, "t", {"n": 1}) is None
+    assert await rounds.resume("x" * 100_000, ANN, "t", {"n": 1}) is None
+    later = time.time() + 3600
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert await rounds.resume(state, ANN, "t", {"n": 1}) is None
+
+
+async def test_an_upstream_may_not_ask_under_a_key_of_the_gateways_own_questions(store: Store) -> None:
+    asking = await Rounds(store).begin(ANN, "t", {}, upstream_round(("confirm", "credgate_approval")))
+
+    assert asking is None
+
+
+def test_the_upstream_gets_the_agents_answers_but_never_those_to_the_gateways_own_questions() -> None:
+    accept = types.ElicitResult(action="accept")
+    answers = Answers({"confirm": accept, "credgate_approval": accept, "credgate_setup": accept}, "state")
+
+    assert answers.for_upstream() == {"confirm": accept}
+    assert Answers({"credgate_setup": accept}).for_upstream() is None
