@@ -50,6 +50,7 @@ PUBLIC_MODULES = [
     "mcp_credgate.readiness",
     "mcp_credgate.redact",
     "mcp_credgate.sandbox",
+    "mcp_credgate.serving.events",
     "mcp_credgate.serving.pipes",
     "mcp_credgate.slots",
     "mcp_credgate.sso",

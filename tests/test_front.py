@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import mcp_types as types
 import pytest
 from click.testing import CliRunner
@@ -33,10 +34,12 @@ from mcp import Client
 from mcp.client.context import ClientRequestContext
 from mcp.client.session import ElicitationFnT, SamplingFnT
 from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from pydantic import BaseModel
 
 from mcp_credgate import admin
+from mcp_credgate.agents import create_agent
 from mcp_credgate.caller import Caller
 from mcp_credgate.cli import cli
 from mcp_credgate.credential import Credential
@@ -59,6 +62,7 @@ from tests.support.gateway import (
     store_env,
     teed_serve,
 )
+from tests.support.http_server import bearer, start_server
 from tests.support.sandbox import host_pid
 
 pytestmark = [
@@ -1422,6 +1426,43 @@ async def test_a_streamable_http_upstream_relays_resources_prompts_logs_sampling
     assert a.sampled[0].messages[0].content.text == f"over HTTP? (token {REDACTED})"
     assert a.updated() == ["front://watched-a"]
     assert_no_leak(a.everything(), TOKEN)
+
+
+async def test_an_http_upstream_that_closes_a_calls_stream_has_the_agents_closed_too_and_both_resume(
+    tmp_path: Path, discovered: Discovered, http_upstream: str
+) -> None:
+    """SEP-1699 polling through the gateway: the upstream (of the handshake protocol, as here) closes the stream
+    of a call it is still working on; the gateway resumes it, and closes the agent's stream of that call too, so
+    the agent resumes from the gateway's events in turn, and nobody holds a connection open meanwhile."""
+    decl = (
+        f'name = "web"\n{FRTOKEN}[handler]\nkind = "mcp"\nurl = "{http_upstream}"\n'
+        'headers = { Authorization = "Bearer {cred.token}" }\ntimeout = 30\n'
+    )
+    world = front_world(tmp_path / "w", discovered, {"web": (decl, "fixture")})
+    world.add_credential("tok", "frtoken", {"token": TOKEN})
+    world.allow("g", "web.*")
+    world.bind("g", "web", "tok")
+    token = create_agent(world.store, "g", "poller")
+    server = start_server(world, tmp_path / "logs")
+    resumed: list[str] = []
+
+    async def note_resumption(request: httpx2.Request) -> None:
+        if request.method == "GET" and "last-event-id" in request.headers:
+            resumed.append(request.headers["last-event-id"])
+
+    try:
+        with anyio.fail_after(60):
+            http = httpx2.AsyncClient(headers=bearer(token), event_hooks={"request": [note_resumption]})
+            transport = streamable_http_client(server.mcp_url, http_client=http)
+            async with http, Client(transport, mode="legacy") as client:
+                polled = await client.call_tool("web_poll", {})
+    finally:
+        server.stop()
+        world.close()
+
+    assert result_text(polled) == "polled"
+    assert resumed  # the agent's client came back for the rest of its call's stream
+    assert_no_leak(server.output(), TOKEN)
 
 
 async def test_what_a_remote_upstream_sends_outside_any_requests_stream_reaches_nobody_but_the_log(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
 from click.testing import CliRunner, Result
 from mcp import Client
@@ -64,6 +65,7 @@ CANARIES = (ALPHA_SECRET, BETA_SECRET)
 SECRET_OF = {"alpha": ALPHA_SECRET, "beta": BETA_SECRET}
 TOOLS_OF = {"alpha": ["forms", "only_alpha", "whoami"], "beta": ["forms", "only_beta", "slow", "whoami"]}
 LEGACY = "2025-06-18"
+HANDSHAKE = "2025-11-25"  # the first protocol whose streams are primed for resumption
 CROWD = 50  # concurrent agents, half in each group
 CALLS_EACH = 20
 
@@ -631,6 +633,72 @@ async def test_sigterm_lets_an_in_flight_call_finish_and_audits_it(env: Setup, t
     stderr = server.stderr()
     assert "Traceback" not in stderr
     assert_no_leak(stderr + received.text(), *CANARIES)
+
+
+# -- resumable streams (SEP-1699) ---------------------------------------------------------------------
+
+
+async def sse_events(response: httpx2.Response) -> AsyncIterator[dict[str, str]]:
+    """The events of an SSE response, each as its fields (id, data, retry)."""
+    event: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if not line:
+            if event:
+                yield event
+            event = {}
+            continue
+        name, _, value = line.partition(":")
+        event[name] = value.removeprefix(" ")
+
+
+async def open_session(http: httpx2.AsyncClient, url: str, headers: dict[str, str]) -> dict[str, str]:
+    """An MCP session of the handshake protocol (2025-11-25); the headers its requests carry."""
+    hello = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {"protocolVersion": HANDSHAKE, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+    }
+    opened = await http.post(url, headers=headers, json=hello)
+    assert opened.status_code == 200, opened.text
+    session = {**headers, "Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": HANDSHAKE}
+    done = await http.post(url, headers=session, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    assert done.status_code == 202
+    return session
+
+
+async def test_a_call_whose_stream_broke_is_resumed_with_last_event_id_in_its_own_session_only(env: Setup) -> None:
+    """A proxy that cuts an idle connection, a laptop changing networks: the call goes on, and the client that
+    comes back with the last event id it saw gets the rest of that stream; another session gets nothing of it."""
+    token = env.add_agent("beta", "resuming-bot")
+    headers = {**JSON_HEADERS, **bearer(token)}
+    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "slow", "arguments": {}}}
+    env.upstream.slow_seconds = 1.0
+    try:
+        with anyio.fail_after(30):
+            async with httpx2.AsyncClient(timeout=10) as http:
+                session = await open_session(http, env.server.mcp_url, headers)
+                async with http.stream("POST", env.server.mcp_url, headers=session, json=call) as response:
+                    priming = await anext(sse_events(response))  # then the connection breaks
+                other = await open_session(http, env.server.mcp_url, headers)
+                stolen: list[dict[str, str]] = []
+                with anyio.move_on_after(2):
+                    resumed_elsewhere = {**other, "Last-Event-ID": priming["id"]}
+                    async with http.stream("GET", env.server.mcp_url, headers=resumed_elsewhere) as response:
+                        stolen = [e async for e in sse_events(response) if e.get("data")]
+                resume = {**session, "Last-Event-ID": priming["id"]}
+                async with http.stream("GET", env.server.mcp_url, headers=resume) as response:
+                    async for event in sse_events(response):
+                        if event.get("data") and json.loads(event["data"]).get("id") == 7:
+                            answer = json.loads(event["data"])
+                            break
+    finally:
+        env.upstream.slow_seconds = 5.0
+
+    assert priming["data"] == "" and priming["retry"] == "1000" and priming["id"]
+    assert stolen == []
+    assert answer["result"]["isError"] is False
+    assert_no_leak(json.dumps(answer), *CANARIES)
 
 
 def test_binding_beyond_loopback_without_an_agent_refuses_to_start(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
+import httpx2
 import mcp_types as types
 from mcp.client.session import ClientRequestContext
 from mcp.server.connection import allowed_log_levels
@@ -185,6 +186,19 @@ class Relay:
             level = (ctx.meta or {}).get(types.LOG_LEVEL_META_KEY)
             return level if isinstance(level, str) else None
         return self.log_level
+
+    async def on_http_request(self, request: httpx2.Request) -> None:
+        """Before each HTTP request to a remote upstream: a GET with Last-Event-ID made while an agent's request
+        is in flight is its client resuming that request's stream, which the upstream closed mid-request
+        (SEP-1699 polling). The agent's own stream then closes too (when its client can resume it): it resumes
+        from the gateway's events as the gateway does from the upstream's, however long the upstream makes it."""
+        if request.method != "GET" or "last-event-id" not in request.headers:
+            return
+        related = _RELATED.get()
+        agent = related.agent if related is not None and related.relay is self else None
+        ctx = agent.ctx if agent is not None else None
+        if ctx is not None and ctx.close_sse_stream is not None:
+            await ctx.close_sse_stream()
 
     async def settle(self, request: AgentRequest | None) -> None:
         """Wait until what was forwarded for the request has gone, so it reaches the agent before the result."""

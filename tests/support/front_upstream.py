@@ -40,6 +40,8 @@ Tools:
     touch {uris}            sends notifications/resources/updated for each URI (subscribed or not)
     fail                    raises an exception whose text holds the token
     events {kind, count}    waits (up to 10 s) until `count` events of `kind` were seen, returns them as JSON
+    poll                    over HTTP, closes its response stream (SEP-1699 polling; the client resumes it with
+                            Last-Event-ID), then answers "polled" after a moment; elsewhere "not polled"
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ import anyio.abc
 import mcp_types as types
 from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.message import SessionMessage
 
@@ -156,6 +159,7 @@ TOOLS = {
     "touch": _schema(uris={"type": "array", "items": STRING}),
     "fail": _schema(),
     "events": _schema(kind=STRING, count={"type": "integer"}),
+    "poll": _schema(),
 }
 
 
@@ -369,6 +373,12 @@ async def call_tool(ctx: Ctx, params: types.CallToolRequestParams) -> types.Call
         raise RuntimeError(f"failed while holding token {token(ctx)}")
     if name == "events":
         return await events(args["kind"], int(args["count"]))
+    if name == "poll":
+        if ctx.close_sse_stream is None:
+            return text("not polled")
+        await ctx.close_sse_stream()
+        await anyio.sleep(0.3)
+        return text("polled")
     raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {name}")
 
 
@@ -560,6 +570,26 @@ def handshake_only_http(app: Any) -> Any:
     return guarded
 
 
+class Events(EventStore):
+    """Every event, for resumed streams (a test server: nothing is ever forgotten)."""
+
+    def __init__(self) -> None:
+        self._events: list[tuple[str, types.JSONRPCMessage | None]] = []
+
+    async def store_event(self, stream_id: str, message: types.JSONRPCMessage | None) -> str:
+        self._events.append((stream_id, message))
+        return str(len(self._events))
+
+    async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> str | None:
+        if not last_event_id.isdigit() or not 0 < int(last_event_id) <= len(self._events):
+            return None
+        stream_id = self._events[int(last_event_id) - 1][0]
+        for number, (stream, message) in enumerate(self._events[int(last_event_id) :], int(last_event_id) + 1):
+            if stream == stream_id and message is not None:
+                await send_callback(EventMessage(message, str(number)))
+        return stream_id
+
+
 async def serve_stdio(server: Server[Any]) -> None:
     global _background
     init_events()
@@ -574,7 +604,8 @@ async def serve_http(server: Server[Any], port: int) -> None:
     import uvicorn
 
     init_events()
-    app = handshake_only_http(server.streamable_http_app(host="127.0.0.1"))
+    # resumable streams: the `poll` tool closes its stream and the client comes back for the rest
+    app = handshake_only_http(server.streamable_http_app(host="127.0.0.1", event_store=Events()))
     async with anyio.create_task_group() as _background:
         await uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")).serve()
         _background.cancel_scope.cancel()

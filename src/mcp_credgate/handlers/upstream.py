@@ -114,6 +114,7 @@ def connect(
         trust_env=False,
         timeout=httpx2.Timeout(handler.timeout, read=handler.timeout + 5),
         transport=KeepAliveTransport(httpx2.AsyncHTTPTransport(trust_env=False)),
+        event_hooks={"request": [relay.on_http_request]},
     )
     return _http_session(render(handler.url, {}, credential), http, relay)
 

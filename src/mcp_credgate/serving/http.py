@@ -24,7 +24,7 @@ from mcp.server.auth.middleware.auth_context import AuthContextMiddleware, get_a
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, BearerAuthBackend, RequireAuthMiddleware
 from mcp.server.context import ServerRequestContext
 from mcp.server.sse import SseServerTransport
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
@@ -45,6 +45,7 @@ from ..loopback import is_loopback_host
 from ..server import build_server
 from ..web.app import build_dashboard_app, routes
 from ..web.site import Site
+from .events import ResumableSessions
 from .lifecycle import reload_on_sighup
 from .sign_in import CROSS_ORIGIN_PATHS, resource_metadata_url, sign_in_routes
 
@@ -89,7 +90,7 @@ def build_http_app(
         enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
     )
     server = build_server(gateway, identify)
-    manager = StreamableHTTPSessionManager(app=server, security_settings=security, max_request_body_size=MAX_BODY_BYTES)
+    manager = ResumableSessions(app=server, security_settings=security, max_request_body_size=MAX_BODY_BYTES)
     sse = SseServerTransport("/messages/", security_settings=security, max_request_body_size=MAX_BODY_BYTES)
 
     async def sse_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
