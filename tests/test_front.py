@@ -852,6 +852,56 @@ async def test_a_2026_upstreams_resource_updates_reach_subscribed_agents_through
     assert len(one.updated()) == after  # nothing once it unsubscribed
 
 
+async def test_a_2026_agents_listen_stream_gets_what_it_asked_for_from_the_groups_upstreams(
+    tmp_path: Path, discovered: Discovered
+) -> None:
+    """subscriptions/listen through the gateway: the group's upstreams of 2026-07-28 listen on the agent's behalf,
+    and its stream delivers the list changes and resource updates it asked for, nothing else, and nothing of
+    another group's upstreams."""
+    world = front_world(tmp_path / "w", discovered, {"conf": (conformance_decl("conf"), "conformance")})
+    world.allow("g", "conf.*")
+    world.allow("h", "conf.*")
+    watched = "test://watched-resource"
+
+    async def next_within(events: Any, seconds: float) -> list[Any]:
+        with anyio.move_on_after(seconds):
+            return [await anext(aiter(events))]
+        return []
+
+    try:
+        with anyio.fail_after(60):
+            async with (
+                world.gateway() as gw,
+                gw.running(),
+                agent(gw, "g", mode="auto") as a,
+                agent(gw, "h", mode="auto") as b,
+            ):
+                capabilities_now = a.mcp.server_capabilities
+                async with (
+                    a.mcp.listen(tools_list_changed=True, resource_subscriptions=[watched]) as events,
+                    b.mcp.listen(tools_list_changed=True) as others,
+                ):
+                    honored = events.honored
+                    await b.call("conf_test_trigger_tool_change")  # the other group's upstream
+                    theirs = await next_within(others, 10)
+                    await a.call("conf_test_trigger_prompt_change")  # not asked for
+                    await a.call("conf_test_trigger_resource_update", {"uri": "test://static-text"})  # not asked
+                    early = await next_within(events, 1)  # none of those reaches it
+                    await a.call("conf_test_trigger_tool_change")
+                    await a.call("conf_test_trigger_resource_update", {"uri": watched})
+                    got = await next_within(events, 10) + await next_within(events, 10)
+                    more_of_theirs = await next_within(others, 1)
+    finally:
+        world.close()
+
+    assert capabilities_now.tools is not None and capabilities_now.tools.list_changed is True
+    assert honored.tools_list_changed is True and honored.resource_subscriptions == [watched]
+    assert [type(e).__name__ for e in theirs] == ["ToolsListChanged"] and more_of_theirs == []
+    assert early == []
+    assert [type(e).__name__ for e in got] == ["ToolsListChanged", "ResourceUpdated"]
+    assert got[1].uri == watched
+
+
 async def stops_within(pid: int, seconds: float) -> bool:
     """Whether the process ends within `seconds`."""
     with anyio.move_on_after(seconds):

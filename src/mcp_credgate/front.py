@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from functools import cached_property, partial
 from typing import Any, TypeVar
 
+import anyio
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ServerEvent
 from mcp.shared.exceptions import MCPError
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -34,7 +36,7 @@ from .declarations import McpHandler
 from .gate import CredentialWarning, Gate, Ready
 from .handlers.upstream import Session, UpstreamError, UpstreamPool, shown_to_agent
 from .redact import Redactor, redactor_for
-from .relay import redacted
+from .relay import Relay, redacted
 from .rounds import Answers, Rounds
 
 logger = logging.getLogger("credgate.front")
@@ -45,6 +47,7 @@ _ModelT = TypeVar("_ModelT", bound=BaseModel)
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 NO_ANSWERS = Answers()  # a request that answers no round
+LISTEN_READY_SECONDS = 5.0  # how long an agent's listen stream waits for its upstreams' to open
 
 # The credential of a ready decision as it may be used now (see `Gateway.usable_credential`): in full and as
 # the upstream gets it, or the warning that replaces it; raises oauth.OAuthError when it cannot be refreshed.
@@ -147,6 +150,9 @@ class Front:
         # what each upstream last listed: resource URIs and templates (for routing a read), by upstream
         self._uris: dict[str, set[str]] = {}
         self._templates: dict[str, set[str]] = {}
+        # the listen streams of each group's agents (2026-07-28): where its upstreams' events go
+        self._buses: dict[str, InMemorySubscriptionBus] = {}
+        self._listen_handlers: dict[str, ListenHandler] = {}
 
     @property
     def pool(self) -> UpstreamPool:
@@ -157,8 +163,9 @@ class Front:
 
     # -- policy and capabilities ---------------------------------------------------------------
 
-    def capabilities(self, group: str) -> types.ServerCapabilities:
-        """The group's tools, and what its allowed upstreams announced: the union, not more."""
+    def capabilities(self, group: str, *, listen: bool = False) -> types.ServerCapabilities:
+        """The group's tools, and what its allowed upstreams announced: the union, not more. `listen`: for an
+        agent of 2026-07-28, whose listen streams carry the upstreams' list changes (`listen`)."""
         announced = self._announced()
         caps: dict[str, Any] = {"tools": {}}
         for name in self._gate().allowed_upstreams(group):
@@ -170,6 +177,10 @@ class Front:
                 resources = caps.setdefault("resources", {})
                 if isinstance(upstream["resources"], Mapping) and upstream["resources"].get("subscribe"):
                     resources["subscribe"] = True
+            for feature in ("tools", "prompts", "resources") if listen else ():
+                offered = upstream.get(feature)
+                if isinstance(offered, Mapping) and offered.get("listChanged"):
+                    caps.setdefault(feature, {})["listChanged"] = True
         return types.ServerCapabilities.model_validate(caps)
 
     def _announcing(self, group: str, feature: str, method: str | None) -> dict[str, Mapping[str, Any]]:
@@ -367,6 +378,52 @@ class Front:
 
         await self._ask(up, send, ctx, caller)
         return types.EmptyResult()
+
+    # -- listen streams (2026-07-28) ---------------------------------------------------------------
+
+    async def publish(self, group: str, event: ServerEvent) -> None:
+        """An upstream's event, to the open listen streams of the group's agents."""
+        bus = self._buses.get(group)
+        if bus is not None:
+            await bus.publish(event)
+
+    async def listen(
+        self, ctx: ServerRequestContext[Any], caller: Caller, params: types.SubscriptionsListenRequestParams
+    ) -> types.SubscriptionsListenResult:
+        """A 2026-07-28 agent's `subscriptions/listen` stream: the group's upstreams of that protocol (started
+        when needed) each listen for it too, for the resources it names and for list changes, and what they
+        send reaches it through the group's bus, filtered as it asked. Its stream is acknowledged once they
+        listen (or after LISTEN_READY_SECONDS), so that nothing sent after the acknowledgment is missed."""
+        group = caller.group
+        if group not in self._buses:
+            self._buses[group] = InMemorySubscriptionBus()
+            self._listen_handlers[group] = ListenHandler(self._buses[group])
+        stream, uris = object(), params.notifications.resource_subscriptions or []
+        relays: list[Relay] = []
+        ready: list[anyio.Event] = []
+
+        async def register(session: Session) -> None:
+            if session.modern:  # one of the handshake protocols has no listen stream
+                ready.append(session.relay.listened)
+                session.relay.listen(stream, uris)
+                relays.append(session.relay)
+
+        try:
+            for name in self._gate().allowed_upstreams(group):
+                up = await self._reach(caller, name, self._announced().get(name, {}))
+                if isinstance(up, CredentialWarning):
+                    continue
+                try:
+                    await self._ask(up, register, ctx, caller)
+                except MCPError as exc:
+                    logger.warning("upstream %s: not listened to for group %s (%s)", name, group, exc.message)
+            with anyio.move_on_after(LISTEN_READY_SECONDS):
+                for listening in ready:
+                    await listening.wait()
+            return await self._listen_handlers[group](ctx, params)
+        finally:
+            for relay in relays:
+                relay.unlisten(stream)
 
     # -- prompts -----------------------------------------------------------------------------
 

@@ -97,7 +97,7 @@ class Gateway:
     async def running(self) -> AsyncIterator[Gateway]:
         """The async lifetime of the app: upstream MCP servers run inside it and stop when it ends."""
         async with upstream_pool(
-            self.store.save_upstream_capabilities, SandboxPolicy.of(self.settings), self.own_pages
+            self.store.save_upstream_capabilities, SandboxPolicy.of(self.settings), self.own_pages, self.front.publish
         ) as pool:
             self.upstreams = pool
             try:

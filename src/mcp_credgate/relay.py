@@ -19,7 +19,9 @@ Anything else (sent while no request is in flight, after its request was answere
 flight, by a process that has served two agents, or by a remote upstream outside any request's stream)
 goes to the gateway's log, redacted, and a request of the upstream is answered with an error.
 
-Resource updates go to the agent connections that subscribed to that URI through this upstream.
+Resource updates go to the agent connections that subscribed to that URI through this upstream, and with
+list changes to the `subscriptions/listen` streams (2026-07-28) of the group's agents (`publish`: the group's bus),
+which filter them as each agent asked.
 
 An upstream speaking 2026-07-28 learns with each request what the agent behind it can do (`declare_for_agent`):
 the client capabilities the agent declared, as far as the gateway relays them, and the log level it asked for.
@@ -46,6 +48,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
+from mcp.shared.subscriptions import ResourceUpdated, ServerEvent
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
@@ -114,8 +117,11 @@ class Relay:
         *,
         remote: bool = False,
         own_pages: Callable[[], Collection[str]] = frozenset,
+        publish: Callable[[ServerEvent], Awaitable[None]] | None = None,
     ) -> None:
+        """`publish`: where the upstream's events for the listen streams of the agents it serves go."""
         self.name = name
+        self._publish = publish
         self.redactor = redactor
         self._remote = remote
         self._own_pages = own_pages  # the URLs of the gateway's own pages: no upstream sends an agent there
@@ -124,6 +130,8 @@ class Relay:
         self._subscribers: dict[str, dict[int, ServerRequestContext[Any]]] = {}
         self._watched: set[int] = set()  # connections whose end is hooked (see subscribe)
         self.subscriptions_changed = anyio.Event()  # set (and replaced) whenever the subscribed URIs change
+        self._listening: dict[object, frozenset[str]] = {}  # agents' listen streams: the URIs each watches
+        self.listened = anyio.Event()  # set (and replaced) each time the upstream acknowledged a listen stream
         # the level the group's handshake-era agents last set (logging/setLevel), for a 2026-07-28 upstream,
         # which has no such request and is told the level with each request instead; all lines until one is set
         self.log_level: types.LoggingLevel = "debug"
@@ -340,8 +348,22 @@ class Relay:
 
     @property
     def subscribed(self) -> list[str]:
-        """The URIs someone is subscribed to through this upstream."""
-        return sorted(self._subscribers)
+        """The URIs someone is subscribed to through this upstream (a connection, or a listen stream)."""
+        return sorted(set(self._subscribers).union(*self._listening.values()))
+
+    @property
+    def wants_list_changes(self) -> bool:
+        """Whether an agent's listen stream is open through this upstream (list changes go to it)."""
+        return bool(self._listening)
+
+    def listen(self, stream: object, uris: Collection[str]) -> None:
+        """An agent's listen stream opened, watching `uris`: what the upstream's own listen stream asks for."""
+        self._listening[stream] = frozenset(uris)
+        self._changed()
+
+    def unlisten(self, stream: object) -> None:
+        if self._listening.pop(stream, None) is not None:
+            self._changed()
 
     def _forget(self, key: int) -> None:
         self._watched.discard(key)
@@ -367,7 +389,7 @@ class Relay:
 
     @property
     def has_subscribers(self) -> bool:
-        return bool(self._subscribers)
+        return bool(self._subscribers or self._listening)
 
     async def on_message(self, message: Any) -> None:
         """The upstream's other notifications: a resource update goes to the URI's subscribers."""
@@ -381,6 +403,20 @@ class Relay:
                 await ctx.session.send_resource_updated(self.redactor.text(uri))
             except Exception:  # that agent's connection is gone: drop its subscription
                 self._drop(uri, key)
+        if any(uri in uris for uris in self._listening.values()):
+            await self._to_listeners(ResourceUpdated(uri=self.redactor.text(uri)))
+
+    async def on_event(self, event: ServerEvent) -> None:
+        """An event of the upstream's own listen stream."""
+        if isinstance(event, ResourceUpdated):
+            await self.resource_updated(event.uri)
+        else:
+            await self._to_listeners(event)
+
+    async def _to_listeners(self, event: ServerEvent) -> None:
+        """To the listen streams of the agents this upstream serves (each delivers only what its agent asked)."""
+        if self._publish is not None and self._listening:
+            await self._publish(event)
 
 
 # What the gateway relays of an agent's client capabilities to an upstream (the relay's callbacks): sampling

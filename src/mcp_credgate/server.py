@@ -378,11 +378,7 @@ class GatewayServer(Server[Any]):
             group = self._identify(None).group
         except Exception:  # no caller (yet): the one thing every group has
             return types.ServerCapabilities(tools=types.ToolsCapability())
-        capabilities = self._gateway.front.capabilities(group)
-        if protocol_version in MODERN_PROTOCOL_VERSIONS and capabilities.resources is not None:
-            # 2026-07-28 subscribes through subscriptions/listen, which the gateway does not relay
-            capabilities.resources.subscribe = None
-        return capabilities
+        return self._gateway.front.capabilities(group, listen=protocol_version in MODERN_PROTOCOL_VERSIONS)
 
 
 def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
@@ -458,6 +454,11 @@ def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
     ) -> types.CompleteResult:
         return await front.complete(ctx, identify(ctx), params)
 
+    async def on_listen(
+        ctx: ServerRequestContext[Any], params: types.SubscriptionsListenRequestParams
+    ) -> types.SubscriptionsListenResult:
+        return await front.listen(ctx, identify(ctx), params)
+
     async def on_set_logging_level(
         ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams
     ) -> types.EmptyResult:
@@ -477,6 +478,7 @@ def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
         on_list_prompts=on_list_prompts,
         on_get_prompt=on_get_prompt,
         on_completion=on_completion,
+        on_subscriptions_listen=on_listen,
     )
     # registered apart: through the constructor the SDK warns that logging is deprecated for 2026-07-28
     server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, on_set_logging_level)

@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -40,7 +41,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client._transport import Transport
 from mcp.client.stdio import get_default_environment, stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.client.subscriptions import ResourceUpdated, SubscriptionLost
+from mcp.client.subscriptions import ServerEvent, SubscriptionLost
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
@@ -61,6 +62,7 @@ logger = logging.getLogger("credgate.upstream")
 RESTART_BACKOFF = (0.0, 0.5, 1.0, 2.0, 5.0)
 GONE = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
 _T = TypeVar("_T")
+Publish = Callable[[str, ServerEvent], Awaitable[None]]  # (group, event): to the group's agents' listen streams
 
 
 class UpstreamError(Exception):
@@ -212,17 +214,18 @@ LISTEN_RETRY_SECONDS = 1.0
 
 
 async def _relay_subscriptions(name: str, client: Client, relay: Relay) -> None:
-    """A 2026-07-28 upstream has no resources/subscribe: the URIs subscribed through it are one
-    `subscriptions/listen` stream, opened again whenever they change (it replays nothing: an agent refetches
-    what it depends on, as after any update) and after the upstream drops it."""
+    """A 2026-07-28 upstream has no resources/subscribe: what agents subscribe to through the gateway (resources
+    by connection, and the listen streams of 2026-07-28 agents with list changes) is one `subscriptions/listen`
+    stream of the gateway's, opened again whenever that changes (it replays nothing: an agent refetches what it
+    depends on, as after any update) and after the upstream drops it."""
     while True:
-        changed, uris = relay.subscriptions_changed, relay.subscribed
-        if not uris:
+        changed, uris, lists = relay.subscriptions_changed, relay.subscribed, relay.wants_list_changes
+        if not (uris or lists):
             await changed.wait()
             continue
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_when_set, changed, tg.cancel_scope)
-            if await _listen(name, client, relay, uris):
+            if await _listen(name, client, relay, uris, lists):
                 await changed.wait()  # closed by the upstream: open again once the URIs change
             tg.cancel_scope.cancel()
 
@@ -232,14 +235,20 @@ async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None
     scope.cancel()
 
 
-async def _listen(name: str, client: Client, relay: Relay, uris: list[str]) -> bool:
-    """Relay the URIs' updates until the stream ends: True when the upstream closed it, False (after a pause)
-    when it was lost."""
+async def _listen(name: str, client: Client, relay: Relay, uris: list[str], lists: bool) -> bool:
+    """Relay the upstream's events until its stream ends: True when the upstream closed it, False (after a
+    pause) when it was lost. `lists`: list changes too."""
     try:
-        async with client.listen(resource_subscriptions=uris) as events:
+        async with client.listen(
+            tools_list_changed=lists,
+            prompts_list_changed=lists,
+            resources_list_changed=lists,
+            resource_subscriptions=uris,
+        ) as events:
+            relay.listened.set()
+            relay.listened = anyio.Event()
             async for event in events:
-                if isinstance(event, ResourceUpdated):
-                    await relay.resource_updated(event.uri)
+                await relay.on_event(event)
         return True
     except (MCPError, SubscriptionLost, TimeoutError, *GONE) as exc:
         logger.info("upstream %s: its subscription stream ended (%s)", name, type(exc).__name__)
@@ -358,12 +367,15 @@ class UpstreamPool:
         on_start: Callable[[str, dict[str, Any]], None] | None = None,
         sandbox: SandboxPolicy | None = None,
         own_pages: Callable[[], Collection[str]] = frozenset,
+        publish: Publish | None = None,
     ) -> None:
         """`on_start(name, capabilities)` learns what each upstream announced when it starts. `sandbox`: how
         stdio upstreams are sandboxed (by default as the environment's settings say: on). `own_pages`: the
-        gateway's own pages, where no upstream may send an agent (`Relay.on_elicitation`)."""
+        gateway's own pages, where no upstream may send an agent (`Relay.for_agent`). `publish(group, event)`:
+        where an upstream's events for the listen streams of a group's agents go."""
         self._tg = task_group
         self._own_pages = own_pages
+        self._publish = publish
         self._on_start = on_start
         self._sandbox = sandbox if sandbox is not None else SandboxPolicy.of(Settings.resolve())
         self._sessions: dict[UpstreamScope, Session] = {}
@@ -548,7 +560,10 @@ class UpstreamPool:
                 self._retire(current)  # the credential changed: its process must not serve the new one
             failures = self._failures.get(key, 0)
             await anyio.sleep(RESTART_BACKOFF[min(failures, len(RESTART_BACKOFF) - 1)])
-            relay = Relay(name, redactor_for(credential), remote=handler.url is not None, own_pages=self._own_pages)
+            # discovery's upstream serves no group: none of its events is anyone's
+            publish = partial(self._publish, key.group) if self._publish and key.group is not None else None
+            remote = handler.url is not None
+            relay = Relay(name, redactor_for(credential), remote=remote, own_pages=self._own_pages, publish=publish)
             session = Session(key, fingerprint, relay, idle_timeout=handler.idle_timeout)
             await self._slot(name, handler)  # from here until its process has exited (`_hold`)
             self._holding.add(session)
@@ -637,12 +652,13 @@ async def upstream_pool(
     on_start: Callable[[str, dict[str, Any]], None] | None = None,
     sandbox: SandboxPolicy | None = None,
     own_pages: Callable[[], Collection[str]] = frozenset,
+    publish: Publish | None = None,
 ) -> AsyncIterator[UpstreamPool]:
     """The pool's tasks never raise (`_hold` keeps its error): an exception of the body leaves as itself,
     not wrapped in the task group's ExceptionGroup, so callers can catch UpstreamError, GatewayError …"""
     try:
         async with anyio.create_task_group() as tg:
-            pool = UpstreamPool(tg, on_start, sandbox, own_pages)
+            pool = UpstreamPool(tg, on_start, sandbox, own_pages, publish)
             try:
                 yield pool
             finally:
