@@ -902,6 +902,29 @@ async def test_a_2026_agents_listen_stream_gets_what_it_asked_for_from_the_group
     assert got[1].uri == watched
 
 
+async def test_a_2026_agent_listens_to_a_handshake_upstreams_resource_which_the_gateway_subscribes_for_it(
+    tmp_path: Path, discovered: Discovered, front_dir: Path
+) -> None:
+    world = front_world(tmp_path / "w", discovered, {"fr": (fixture_decl("fr", "fixture", front_dir), "fixture")})
+    world.add_credential("tok", "frtoken", {"token": TOKEN})
+    world.allow("g", "fr.*")
+    world.bind("g", "fr", "tok")
+    watched = "front://watched-a"
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running(), agent(gw, "g", mode="auto") as a:
+                async with a.mcp.listen(resource_subscriptions=[watched]) as events:
+                    await a.call("fr_touch", {"uris": ["front://watched-b", watched]})
+                    updated = await anext(aiter(events))
+                gone = json.loads(result_text(await a.call("fr_events", {"kind": "unsubscribe", "count": 1})))
+                seen = json.loads(result_text(await a.call("fr_events", {"kind": "subscribe", "count": 1})))
+    finally:
+        world.close()
+
+    assert type(updated).__name__ == "ResourceUpdated" and updated.uri == watched
+    assert [e["uri"] for e in seen] == [watched] and [e["uri"] for e in gone] == [watched]
+
+
 async def stops_within(pid: int, seconds: float) -> bool:
     """Whether the process ends within `seconds`."""
     with anyio.move_on_after(seconds):
@@ -1166,7 +1189,7 @@ async def test_capabilities_are_tools_plus_exactly_what_the_groups_upstreams_ann
     assert set(caps["nosub"]) == announced["fixture_no_subscribe"]
     assert caps["nosub"]["resources"] == {}  # no subscribe it cannot relay
     assert set(modern_caps) == announced["fixture"]
-    assert "subscribe" not in modern_caps["resources"]  # 2026-07-28 subscribes by subscriptions/listen
+    assert modern_caps["resources"]["subscribe"] is True  # 2026-07-28 subscribes by subscriptions/listen
     assert starts_before_use == 0  # offered from the store: no upstream was started to answer the handshakes
     assert lean_resources.code == types.METHOD_NOT_FOUND
     assert [x.name for x in lean_prompts.prompts] == ["lean_greet", "lean_leaky", "lean_broken"]

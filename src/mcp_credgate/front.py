@@ -118,6 +118,12 @@ async def _set_level(session: Session, level: types.LoggingLevel) -> types.Empty
     return await _send(session, types.SetLevelRequest(params=types.SetLevelRequestParams(level=level)))
 
 
+def _subscribes(up: Reached) -> bool:
+    """Whether the upstream announced resource subscriptions."""
+    resources = up.capabilities.get("resources")
+    return isinstance(resources, Mapping) and bool(resources.get("subscribe"))
+
+
 def _matches(template: str, uri: str) -> bool:
     try:
         return UriTemplate.parse(template).match(uri) is not None
@@ -353,9 +359,7 @@ class Front:
 
     async def subscribe(self, ctx: ServerRequestContext[Any], caller: Caller, uri: str) -> types.EmptyResult:
         up = await self._owner_of(ctx, caller, uri, "resources/subscribe")
-        if not (
-            isinstance(up.capabilities.get("resources"), Mapping) and up.capabilities["resources"].get("subscribe")
-        ):
+        if not _subscribes(up):
             raise MCPError(code=types.METHOD_NOT_FOUND, message="Method not found: resources/subscribe")
 
         async def send(session: Session) -> None:
@@ -399,14 +403,18 @@ class Front:
             self._buses[group] = InMemorySubscriptionBus()
             self._listen_handlers[group] = ListenHandler(self._buses[group])
         stream, uris = object(), params.notifications.resource_subscriptions or []
-        relays: list[Relay] = []
+        listening: list[tuple[Reached, Relay]] = []
         ready: list[anyio.Event] = []
 
-        async def register(session: Session) -> None:
-            if session.modern:  # one of the handshake protocols has no listen stream
-                ready.append(session.relay.listened)
-                session.relay.listen(stream, uris)
-                relays.append(session.relay)
+        async def register(up: Reached, session: Session) -> None:
+            relay = session.relay
+            if session.modern:
+                ready.append(relay.listened)
+            new = relay.listen(stream, uris)
+            listening.append((up, relay))
+            if not session.modern and _subscribes(up):  # a handshake upstream is subscribed on the stream's behalf
+                for uri in new:
+                    await _send(session, types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri)))
 
         try:
             for name in self._gate().allowed_upstreams(group):
@@ -414,16 +422,34 @@ class Front:
                 if isinstance(up, CredentialWarning):
                     continue
                 try:
-                    await self._ask(up, register, ctx, caller)
+                    await self._ask(up, partial(register, up), ctx, caller)
                 except MCPError as exc:
                     logger.warning("upstream %s: not listened to for group %s (%s)", name, group, exc.message)
             with anyio.move_on_after(LISTEN_READY_SECONDS):
-                for listening in ready:
-                    await listening.wait()
+                for listened in ready:
+                    await listened.wait()
             return await self._listen_handlers[group](ctx, params)
         finally:
-            for relay in relays:
-                relay.unlisten(stream)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(LISTEN_READY_SECONDS):
+                for up, relay in listening:
+                    await self._unlisten(up, relay, stream, ctx, caller)
+
+    async def _unlisten(
+        self, up: Reached, relay: Relay, stream: object, ctx: ServerRequestContext[Any], caller: Caller
+    ) -> None:
+        """A listen stream ended: a handshake upstream is unsubscribed from what no one watches any more."""
+        gone = relay.unlisten(stream)
+
+        async def unsubscribe(session: Session) -> None:
+            if session.relay is relay and not session.modern:  # the same upstream process, still running
+                for uri in gone:
+                    await _send(session, types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=uri)))
+
+        if gone and _subscribes(up):
+            try:
+                await self._ask(up, unsubscribe, ctx, caller)
+            except (MCPError, UpstreamError) as exc:
+                logger.info("upstream %s: not unsubscribed (%s)", up.name, type(exc).__name__)
 
     # -- prompts -----------------------------------------------------------------------------
 

@@ -48,7 +48,13 @@ from mcp.server.context import ServerRequestContext
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
-from mcp.shared.subscriptions import ResourceUpdated, ServerEvent
+from mcp.shared.subscriptions import (
+    PromptsListChanged,
+    ResourcesListChanged,
+    ResourceUpdated,
+    ServerEvent,
+    ToolsListChanged,
+)
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
@@ -335,8 +341,8 @@ class Relay:
             exit_stack = getattr(connection, "exit_stack", None)
             if exit_stack is not None:
                 exit_stack.callback(self._forget, key)
+        first = uri not in self.subscribed
         subscribers = self._subscribers.setdefault(uri, {})
-        first = not subscribers
         subscribers[key] = ctx
         if first:
             self._changed()
@@ -356,14 +362,21 @@ class Relay:
         """Whether an agent's listen stream is open through this upstream (list changes go to it)."""
         return bool(self._listening)
 
-    def listen(self, stream: object, uris: Collection[str]) -> None:
-        """An agent's listen stream opened, watching `uris`: what the upstream's own listen stream asks for."""
+    def listen(self, stream: object, uris: Collection[str]) -> list[str]:
+        """An agent's listen stream opened, watching `uris`; the URIs no one watched before (an upstream of the
+        handshake protocol is subscribed to them; one of 2026-07-28 listens for what `subscribed` says)."""
+        before = set(self.subscribed)
         self._listening[stream] = frozenset(uris)
         self._changed()
+        return sorted(set(uris) - before)
 
-    def unlisten(self, stream: object) -> None:
-        if self._listening.pop(stream, None) is not None:
-            self._changed()
+    def unlisten(self, stream: object) -> list[str]:
+        """An agent's listen stream ended; the URIs no one watches any more."""
+        uris = self._listening.pop(stream, None)
+        if uris is None:
+            return []
+        self._changed()
+        return sorted(uris - set(self.subscribed))
 
     def _forget(self, key: int) -> None:
         self._watched.discard(key)
@@ -384,17 +397,23 @@ class Relay:
         if not subscribers:
             del self._subscribers[uri]
             self._changed()
-            return True
-        return False
+        return uri not in self.subscribed  # an agent's listen stream may still watch it
 
     @property
     def has_subscribers(self) -> bool:
         return bool(self._subscribers or self._listening)
 
     async def on_message(self, message: Any) -> None:
-        """The upstream's other notifications: a resource update goes to the URI's subscribers."""
+        """The upstream's other notifications: a resource update goes to the URI's subscribers, a list change
+        to the agents' listen streams."""
         if isinstance(message, types.ResourceUpdatedNotification):
             await self.resource_updated(message.params.uri)
+        elif isinstance(message, types.ToolListChangedNotification):
+            await self._to_listeners(ToolsListChanged())
+        elif isinstance(message, types.PromptListChangedNotification):
+            await self._to_listeners(PromptsListChanged())
+        elif isinstance(message, types.ResourceListChangedNotification):
+            await self._to_listeners(ResourcesListChanged())
 
     async def resource_updated(self, uri: str) -> None:
         """The upstream says a resource changed (a notification, or an event of its `subscriptions/listen`)."""
