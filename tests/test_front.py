@@ -1460,17 +1460,23 @@ def http_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/mcp"
 
 
-async def test_a_streamable_http_upstream_relays_resources_prompts_logs_sampling_and_updates(
-    tmp_path: Path, discovered: Discovered, http_upstream: str
-) -> None:
+def web_world(root: Path, discovered: Discovered, url: str) -> World:
+    """The fixture over Streamable HTTP as upstream `web`, its token from the credential bound to group `g`."""
     decl = (
-        f'name = "web"\n{FRTOKEN}[handler]\nkind = "mcp"\nurl = "{http_upstream}"\n'
+        f'name = "web"\n{FRTOKEN}[handler]\nkind = "mcp"\nurl = "{url}"\n'
         'headers = { Authorization = "Bearer {cred.token}" }\ntimeout = 30\n'
     )
-    world = front_world(tmp_path / "w", discovered, {"web": (decl, "fixture")})
+    world = front_world(root, discovered, {"web": (decl, "fixture")})
     world.add_credential("tok", "frtoken", {"token": TOKEN})
     world.allow("g", "web.*")
     world.bind("g", "web", "tok")
+    return world
+
+
+async def test_a_streamable_http_upstream_relays_resources_prompts_logs_sampling_and_updates(
+    tmp_path: Path, discovered: Discovered, http_upstream: str
+) -> None:
+    world = web_world(tmp_path / "w", discovered, http_upstream)
     try:
         with anyio.fail_after(60):
             async with world.gateway() as gw, gw.running(), agent(gw, "g") as a:
@@ -1507,14 +1513,7 @@ async def test_an_http_upstream_that_closes_a_calls_stream_has_the_agents_closed
     """SEP-1699 polling through the gateway: the upstream (of the handshake protocol, as here) closes the stream
     of a call it is still working on; the gateway resumes it, and closes the agent's stream of that call too, so
     the agent resumes from the gateway's events in turn, and nobody holds a connection open meanwhile."""
-    decl = (
-        f'name = "web"\n{FRTOKEN}[handler]\nkind = "mcp"\nurl = "{http_upstream}"\n'
-        'headers = { Authorization = "Bearer {cred.token}" }\ntimeout = 30\n'
-    )
-    world = front_world(tmp_path / "w", discovered, {"web": (decl, "fixture")})
-    world.add_credential("tok", "frtoken", {"token": TOKEN})
-    world.allow("g", "web.*")
-    world.bind("g", "web", "tok")
+    world = web_world(tmp_path / "w", discovered, http_upstream)
     token = create_agent(world.store, "g", "poller")
     server = start_server(world, tmp_path / "logs")
     resumed: list[str] = []
@@ -1541,14 +1540,7 @@ async def test_an_http_upstream_that_closes_a_calls_stream_has_the_agents_closed
 async def test_what_a_remote_upstream_sends_outside_any_requests_stream_reaches_nobody_but_the_log(
     tmp_path: Path, discovered: Discovered, http_upstream: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    decl = (
-        f'name = "web"\n{FRTOKEN}[handler]\nkind = "mcp"\nurl = "{http_upstream}"\n'
-        'headers = { Authorization = "Bearer {cred.token}" }\ntimeout = 30\n'
-    )
-    world = front_world(tmp_path / "w", discovered, {"web": (decl, "fixture")})
-    world.add_credential("tok", "frtoken", {"token": TOKEN})
-    world.allow("g", "web.*")
-    world.bind("g", "web", "tok")
+    world = web_world(tmp_path / "w", discovered, http_upstream)
     caplog.set_level(logging.INFO, logger="credgate")
     tag = f"R-{tmp_path.name}"  # the upstream serves the whole module
     try:

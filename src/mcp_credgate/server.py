@@ -36,7 +36,7 @@ from .gateway import Gateway
 from .handlers import ToolOutput
 from .handlers.http import run_http
 from .handlers.python import run_python
-from .handlers.upstream import UpstreamError
+from .handlers.upstream import Rounds, UpstreamError
 from .logs import new_ref, request_id
 from .redact import Redactor, redactor_for
 from .rounds import Answers
@@ -268,7 +268,7 @@ class ToolCalls:
         credential: Credential,
         caller: Caller,
         ctx: ServerRequestContext[Any] | None,
-        resume: tuple[types.InputResponses | None, str | None] = (None, None),
+        resume: Rounds = (None, None),
     ) -> ToolOutput | types.InputRequiredResult:
         handler = tool.decl.handler
         if isinstance(handler, HttpHandler):
@@ -281,15 +281,13 @@ class ToolCalls:
             return ToolOutput.error(f"upstream tools are not served by this gateway: {tool.name}")
         scope = caller.upstream_scope(tool.upstream, handler, credential.name)
         agent = caller.relayed(ctx)  # only an upstream sends messages of its own during a call: the relay's view
-        remote = tool.upstream_tool
+        in_rounds = ctx is not None and ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
         try:
-            if ctx is not None and ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
-                answers, state = resume  # the agent's answers to the upstream's last round, and its state
-                result = await upstreams.call_in_rounds(scope, handler, remote, args, credential, agent, answers, state)
-                if isinstance(result, types.InputRequiredResult):
-                    return result
-            else:
-                result = await upstreams.call(scope, handler, remote, args, credential, agent)
+            result = await upstreams.call(
+                scope, handler, tool.upstream_tool, args, credential, agent, resume if in_rounds else None
+            )
+            if isinstance(result, types.InputRequiredResult):
+                return result
         except UpstreamError as exc:
             return ToolOutput.error(str(exc))
         dumped = result.model_dump(mode="json", by_alias=True, exclude_none=True)

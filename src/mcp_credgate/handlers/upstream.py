@@ -12,7 +12,7 @@ stderr is logged line by line, redacted. A remote upstream's HTTP connections se
 
 An upstream is spoken to in the newest protocol it offers: 2026-07-28 when it does (each request then says what
 the agent behind it can do, `Relay.declare_for_agent`; an agent of that protocol too gets the upstream's
-input-required rounds as they are, `call_in_rounds`), else the handshake protocol.
+input-required rounds as they are, `UpstreamPool.call`), else the handshake protocol.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TypeVar, overload
 
 import anyio
 import anyio.lowlevel
@@ -63,6 +63,7 @@ RESTART_BACKOFF = (0.0, 0.5, 1.0, 2.0, 5.0)
 GONE = (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
 _T = TypeVar("_T")
 Publish = Callable[[str, ServerEvent], Awaitable[None]]  # (group, event): to the group's agents' listen streams
+Rounds = tuple[types.InputResponses | None, str | None]  # a 2026-07-28 agent's answers, the upstream's state
 
 
 class UpstreamError(Exception):
@@ -392,6 +393,7 @@ class UpstreamPool:
         text = repr((handler.model_dump(), sorted(credential.items())))
         return hmac.new(self._fingerprint_key, text.encode(), hashlib.sha256).digest()
 
+    @overload
     async def call(
         self,
         scope: UpstreamScope,
@@ -400,39 +402,42 @@ class UpstreamPool:
         args: dict[str, Any],
         credential: Credential,
         agent: AgentRequest | None = None,
-    ) -> types.CallToolResult:
-        """Call a tool of the scope's upstream; its progress becomes the agent's. No answer in time is an
-        error result."""
-        try:
-            return await self.request(
-                scope,
-                handler,
-                credential,
-                lambda s: s.live.call_tool(remote_tool, args, progress_callback=s.relay.progress_to(agent)),
-                agent,
-            )
-        except UpstreamTimeout as exc:
-            return _error_result(str(exc))
+        rounds: None = None,
+    ) -> types.CallToolResult: ...
 
-    async def call_in_rounds(
+    @overload
+    async def call(
         self,
         scope: UpstreamScope,
         handler: McpHandler,
         remote_tool: str,
         args: dict[str, Any],
         credential: Credential,
-        agent: AgentRequest,
-        responses: types.InputResponses | None,
-        state: str | None,
+        agent: AgentRequest | None,
+        rounds: Rounds | None,
+    ) -> types.CallToolResult | types.InputRequiredResult: ...
+
+    async def call(
+        self,
+        scope: UpstreamScope,
+        handler: McpHandler,
+        remote_tool: str,
+        args: dict[str, Any],
+        credential: Credential,
+        agent: AgentRequest | None = None,
+        rounds: Rounds | None = None,
     ) -> types.CallToolResult | types.InputRequiredResult:
-        """Call a tool for a 2026-07-28 agent: an upstream of that protocol too hands back its input-required
-        round as it is (the agent answers it and retries with `responses` and the upstream's `state`); one of
-        the handshake protocol puts its questions to the agent as requests (which such an agent cannot take)."""
+        """Call a tool of the scope's upstream; its progress becomes the agent's. No answer in time is an error
+        result. `rounds`, for an agent of 2026-07-28 (its answers to the upstream's last round and the upstream's
+        state): an upstream of that protocol too hands its input-required rounds back as they are, for the agent
+        to answer. Otherwise (or from an upstream of the handshake protocol) the upstream's questions are put to
+        the agent as requests during the call."""
 
         async def send(session: Session) -> types.CallToolResult | types.InputRequiredResult:
             progress = session.relay.progress_to(agent)
-            if not session.modern:
+            if rounds is None or not session.modern:
                 return await session.live.call_tool(remote_tool, args, progress_callback=progress)
+            responses, state = rounds
             result = await session.live.session.call_tool(
                 remote_tool,
                 args,
