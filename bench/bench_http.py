@@ -4,7 +4,9 @@ Both run as real processes on 127.0.0.1 at once and are driven by the SDK's Stre
 sequential calls alternating between the servers one by one, then 50 concurrent clients against one
 server at a time, in alternating rounds.
 
-    python bench/bench_http.py [--calls 2000] [--clients 50] [--per-client 20] [--rounds 4]
+    python bench/bench_http.py [--calls 2000] [--clients 50] [--per-client 20] [--rounds 4] [--mode legacy]
+
+`--mode legacy`: the clients speak the handshake protocol (2025-11-25: sessions, primed and resumable streams).
 
 `--oauth`: instead, one credgate server, called with a static `cgt_` token and with an OAuth access token
 (`cgo_`, of a client's sign-in: contract §6) side by side, to measure what the per-request check of an OAuth
@@ -58,16 +60,18 @@ def running(argv: list[str], env: dict[str, str], port: int) -> Iterator[None]:
         proc.wait(timeout=15)
 
 
-def client(url: str, token: str) -> Client:
+def client(url: str, token: str, mode: str = "auto") -> Client:
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    return Client(streamable_http_client(url, http_client=http))
+    return Client(streamable_http_client(url, http_client=http), mode=mode)
 
 
-async def sequential(targets: dict[str, tuple[str, str]], calls: int) -> dict[str, list[float]]:
+async def sequential(targets: dict[str, tuple[str, str]], calls: int, mode: str = "auto") -> dict[str, list[float]]:
     """One client per server, both open at once; calls alternate between the servers one by one."""
     times: dict[str, list[float]] = {name: [] for name in targets}
     async with AsyncExitStack() as stack:
-        clients = {name: await stack.enter_async_context(client(url, token)) for name, (url, token) in targets.items()}
+        clients = {
+            name: await stack.enter_async_context(client(url, token, mode)) for name, (url, token) in targets.items()
+        }
         for c in clients.values():
             for _ in range(20):
                 await c.call_tool("echo", {"text": "warm"})
@@ -80,11 +84,13 @@ async def sequential(targets: dict[str, tuple[str, str]], calls: int) -> dict[st
     return times
 
 
-async def concurrent(url: str, token: str, clients: int, per_client: int) -> tuple[list[float], float]:
+async def concurrent(
+    url: str, token: str, clients: int, per_client: int, mode: str = "auto"
+) -> tuple[list[float], float]:
     times: list[float] = []
 
     async def one(n: int) -> None:
-        async with client(url, token) as c:
+        async with client(url, token, mode) as c:
             for i in range(per_client):
                 start = time.perf_counter()
                 result = await c.call_tool("echo", {"text": f"agent {n} call {i}"})
@@ -179,7 +185,7 @@ async def compare_tokens(opts: argparse.Namespace) -> None:
             seq = await sequential({name: (url, token) for name, token in tokens.items()}, opts.calls)
             for _ in range(opts.rounds):
                 for name, token in tokens.items():
-                    times, elapsed = await concurrent(url, token, opts.clients, opts.per_client)
+                    times, elapsed = await concurrent(url, token, opts.clients, opts.per_client, opts.mode)
                     conc[name] += times
                     wall[name] += elapsed
     print("Streamable HTTP, one credgate server, static and OAuth tokens side by side")
@@ -200,6 +206,9 @@ async def main() -> None:
     parser.add_argument("--per-client", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds of concurrent load")
     parser.add_argument("--oauth", action="store_true", help="static vs OAuth tokens on one credgate server")
+    parser.add_argument(
+        "--mode", default="auto", choices=["auto", "legacy"], help="the clients' protocol: 2026-07-28 or handshake"
+    )
     opts = parser.parse_args()
     if opts.oauth:
         await compare_tokens(opts)
@@ -232,10 +241,10 @@ async def main() -> None:
         wall: dict[str, float] = {name: 0.0 for name in servers}
         with running(*servers["bare mcp server"][:3]), running(*servers["credgate serve"][:3]):
             targets = {name: (f"http://127.0.0.1:{port}/mcp", token) for name, (_, _, port, token) in servers.items()}
-            seq = await sequential(targets, opts.calls)
+            seq = await sequential(targets, opts.calls, opts.mode)
             for _ in range(opts.rounds):  # concurrent load: one server at a time, alternating rounds
                 for name, (url, token) in targets.items():
-                    times, elapsed = await concurrent(url, token, opts.clients, opts.per_client)
+                    times, elapsed = await concurrent(url, token, opts.clients, opts.per_client, opts.mode)
                     conc[name] += times
                     wall[name] += elapsed
     print("Streamable HTTP, both servers running at once")

@@ -4,8 +4,9 @@ through credgate, side by side in one run.
 The upstream is `bare_http_server.py` (the SDK's low-level server behind its bearer check) on 127.0.0.1. credgate
 (`serve` over stdio, as an agent's client starts it) holds the token as a stored credential and sends it as the
 upstream's Authorization header; it relays each call (argument check, credential resolution, redaction, audit).
-The direct client talks to the upstream in the SDK's default mode and, as credgate's upstream session does, in
-the handshake protocol (`mode="legacy"`). All paths run at once and calls alternate one by one.
+The direct client talks to the upstream in the SDK's default mode (2026-07-28, as credgate's upstream session
+does since issue 24) and in the handshake protocol (`mode="legacy"`, as it did before). All paths run at once and
+calls alternate one by one.
 
     python bench/bench_upstream_http.py [--calls 1000] [--before SRC]
 
