@@ -41,6 +41,7 @@ PUBLIC_MODULES = [
     "mcp_credgate.gate",
     "mcp_credgate.handlers",
     "mcp_credgate.handlers.keepalive",
+    "mcp_credgate.handlers.parked",
     "mcp_credgate.importing",
     "mcp_credgate.isolation",
     "mcp_credgate.logs",

@@ -686,6 +686,36 @@ async def test_a_2026_agent_answers_an_upstreams_rounds_and_a_handshake_agent_is
     assert prompt.messages and legacy.elicited and isinstance(legacy.elicited[0], types.ElicitRequestFormParams)
 
 
+async def test_a_handshake_upstreams_requests_reach_a_2026_agent_as_rounds_while_its_call_waits(
+    tmp_path: Path, discovered: Discovered, front_dir: Path
+) -> None:
+    """An upstream of the handshake protocols asks in the middle of a call; a 2026-07-28 agent cannot take a
+    request then, so the call waits in the gateway and each question is a round of the agent's, redacted."""
+    world = front_world(tmp_path / "w", discovered, {"fr": (fixture_decl("fr", "fixture", front_dir), "fixture")})
+    world.add_credential("tok", "frtoken", {"token": TOKEN})
+    world.allow("g", "fr.*")
+    world.bind("g", "fr", "tok")
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running():
+                async with agent(gw, "g", mode="auto") as a:
+                    sampled = await a.call("fr_ask_llm", {"prompt": "Capital of France?"})
+                    elicited = await a.call("fr_ask_user", {"message": "Who are you?"})
+                    asked = await a.mcp.session.call_tool("fr_ask_llm", {"prompt": "again"}, allow_input_required=True)
+                async with agent(gw, "g", mode="auto", sampling=None) as plain:
+                    refused = await plain.call("fr_ask_llm", {"prompt": "anyone?"})
+    finally:
+        world.close()
+
+    assert result_text(sampled) == "model said: Paris"
+    assert result_text(elicited).startswith("user said: action=accept")
+    [sampling] = a.sampled[:1]
+    assert "Capital of France?" in sampling.messages[0].content.text and TOKEN not in a.everything()
+    assert isinstance(asked, types.InputRequiredResult) and asked.request_state
+    assert [type(r).__name__ for r in (asked.input_requests or {}).values()] == ["CreateMessageRequest"]
+    assert refused.is_error and "sampling refused" in result_text(refused)  # its client offers no sampling
+
+
 async def test_a_rounds_state_is_the_gateways_own_bound_to_its_caller_and_spent_once(
     tmp_path: Path, discovered: Discovered
 ) -> None:

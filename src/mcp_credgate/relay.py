@@ -67,6 +67,8 @@ logger = logging.getLogger("credgate.relay")
 SETTLE_SECONDS = 5.0  # how long a result waits for the log lines and progress sent before it
 LOGGED_CHARS = 2000  # of a log line no agent receives, the gateway's log keeps this much
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
+# a parked call's way to ask its agent: (the request, the result's type, the capability it needs)
+Ask = Callable[[Any, type[Any], types.ClientCapabilities], Awaitable[Any]]
 
 
 def connection_of(ctx: ServerRequestContext[Any]) -> object:
@@ -83,6 +85,8 @@ class AgentRequest:
     caller: tuple[str, str | None]  # (group, agent): who may see what the upstream sends during it
     forwarding: int = 0
     settled: anyio.Event = field(default_factory=anyio.Event)
+    # a parked call's (`handlers.parked`): the upstream's requests become the 2026-07-28 agent's rounds
+    asks: Ask | None = None
 
 
 @dataclass(eq=False)
@@ -315,6 +319,9 @@ class Relay:
         """Put the upstream's request to the agent whose request it serves, on that request's channel; when
         there is none, the upstream gets an error at once (it never waits for an answer no one will give)."""
         owner = self.owner()
+        if isinstance(owner, AgentRequest) and owner.asks is not None:
+            answer: _ModelT | types.ErrorData = await owner.asks(request, result_type, wanted)
+            return answer
         ctx = owner.ctx if isinstance(owner, AgentRequest) else None
         if ctx is None:
             why = owner if isinstance(owner, str) else "its agent cannot be reached"

@@ -56,6 +56,7 @@ from ..sandbox import SandboxPolicy
 from ..slots import ProcessSlots
 from .http import render
 from .keepalive import KeepAliveTransport
+from .parked import ParkedCall, Question
 
 logger = logging.getLogger("credgate.upstream")
 
@@ -383,6 +384,7 @@ class UpstreamPool:
         self._locks: dict[UpstreamScope, anyio.Lock] = {}
         self._failures: dict[UpstreamScope, int] = {}
         self._slots: dict[str, ProcessSlots] = {}  # per declaration: its max_processes
+        self._parked: dict[str, ParkedCall] = {}  # 2026-07-28 agents' calls between rounds, by id
         self._holding: set[Session] = set()  # sessions whose process may be alive (their task still runs)
         self._fingerprint_key = secrets.token_bytes(32)
         self._reaper = anyio.CancelScope()
@@ -430,8 +432,16 @@ class UpstreamPool:
         """Call a tool of the scope's upstream; its progress becomes the agent's. No answer in time is an error
         result. `rounds`, for an agent of 2026-07-28 (its answers to the upstream's last round and the upstream's
         state): an upstream of that protocol too hands its input-required rounds back as they are, for the agent
-        to answer. Otherwise (or from an upstream of the handshake protocol) the upstream's questions are put to
-        the agent as requests during the call."""
+        to answer; one of the handshake protocols asks its questions as requests during the call, which is then
+        parked between the agent's rounds (`handlers.parked`). Otherwise the upstream's questions are put to the
+        agent as requests during the call."""
+        if rounds is not None and agent is not None:
+            parked = self._parked.get(rounds[1] or "")
+            if parked is not None and parked.caller == agent.caller and parked.scope == scope:
+                parked.answer(rounds[0])  # the agent's retry of a parked call's round
+                return await self._next_round(parked)
+            if not (await self.session(scope, handler, credential)).modern:
+                return await self._park(scope, handler, remote_tool, args, credential, agent)
 
         async def send(session: Session) -> types.CallToolResult | types.InputRequiredResult:
             progress = session.relay.progress_to(agent)
@@ -455,6 +465,54 @@ class UpstreamPool:
             return await self.request(scope, handler, credential, send, agent)
         except UpstreamTimeout as exc:
             return _error_result(str(exc))
+
+    async def _park(
+        self,
+        scope: UpstreamScope,
+        handler: McpHandler,
+        remote_tool: str,
+        args: dict[str, Any],
+        credential: Credential,
+        agent: AgentRequest,
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """Run a 2026-07-28 agent's call to a handshake-protocol upstream in a task of the pool's, its questions
+        becoming the agent's rounds."""
+        self._forget_stale_parked()
+        declared = agent.ctx.session.client_capabilities if agent.ctx is not None else None
+        parked = ParkedCall(agent.caller, scope, declared)
+        self._parked[parked.id] = parked
+        behind = AgentRequest(None, agent.caller, asks=parked.ask)  # no request of the agent's stays open
+
+        async def run() -> None:
+            try:
+                result = await self.request(
+                    scope, handler, credential, lambda s: s.live.call_tool(remote_tool, args), behind
+                )
+                parked.end(result)
+            except UpstreamTimeout as exc:
+                parked.end(_error_result(str(exc)))
+            except Exception as exc:
+                parked.end(exc)
+
+        self._tg.start_soon(run)
+        return await self._next_round(parked)
+
+    async def _next_round(self, parked: ParkedCall) -> types.CallToolResult | types.InputRequiredResult:
+        """The parked call's next question, as a round whose state is the parked call's id (the gateway seals
+        it), or its result (the parked call is then forgotten)."""
+        try:
+            found = await parked.next()
+        except BaseException:
+            self._parked.pop(parked.id, None)
+            raise
+        if isinstance(found, Question):
+            return types.InputRequiredResult(input_requests={found.key: found.request}, request_state=parked.id)
+        self._parked.pop(parked.id, None)
+        return found
+
+    def _forget_stale_parked(self) -> None:
+        for key in [k for k, p in self._parked.items() if p.stale]:
+            del self._parked[key]
 
     async def request(
         self,
