@@ -716,6 +716,36 @@ async def test_a_handshake_upstreams_requests_reach_a_2026_agent_as_rounds_while
     assert refused.is_error and "sampling refused" in result_text(refused)  # its client offers no sampling
 
 
+async def test_a_parked_calls_round_answered_on_another_replica_is_told_to_call_again(
+    tmp_path: Path, discovered: Discovered, front_dir: Path
+) -> None:
+    world = front_world(tmp_path / "w", discovered, {"fr": (fixture_decl("fr", "fixture", front_dir), "fixture")})
+    world.add_credential("tok", "frtoken", {"token": TOKEN})
+    world.allow("g", "fr.*")
+    world.bind("g", "fr", "tok")
+    paris = types.CreateMessageResult(role="assistant", content=types.TextContent(text="Paris"), model="m")
+    answer: dict[str, types.InputResponse] = {"upstream_1": paris}
+    try:
+        with anyio.fail_after(60):
+            async with (
+                world.gateway() as one,
+                one.running(),
+                world.gateway() as other,
+                other.running(),
+                agent(one, "g", mode="auto") as here,
+                agent(other, "g", mode="auto") as there,
+            ):
+                asked = await here.mcp.session.call_tool("fr_ask_llm", {"prompt": "?"}, allow_input_required=True)
+                assert isinstance(asked, types.InputRequiredResult)
+                elsewhere = await there.mcp.session.call_tool(
+                    "fr_ask_llm", {"prompt": "?"}, input_responses=answer, request_state=asked.request_state
+                )
+    finally:
+        world.close()
+
+    assert elsewhere.is_error and "call the tool again" in result_text(elsewhere)
+
+
 async def test_a_rounds_state_is_the_gateways_own_bound_to_its_caller_and_spent_once(
     tmp_path: Path, discovered: Discovered
 ) -> None:

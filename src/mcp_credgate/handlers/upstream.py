@@ -436,11 +436,17 @@ class UpstreamPool:
         parked between the agent's rounds (`handlers.parked`). Otherwise the upstream's questions are put to the
         agent as requests during the call."""
         if rounds is not None and agent is not None:
-            parked = self._parked.get(rounds[1] or "")
+            responses, state = rounds
+            parked = self._parked.get(state or "")
             if parked is not None and parked.caller == agent.caller and parked.scope == scope:
-                parked.answer(rounds[0])  # the agent's retry of a parked call's round
+                parked.answer(responses)  # the agent's retry of a parked call's round
                 return await self._next_round(parked)
             if not (await self.session(scope, handler, credential)).modern:
+                if state is not None:  # a parked call's round, but not (any longer) one of this process's
+                    return _error_result(
+                        f"upstream {scope.server}: the call this answers is not waiting here (it ran on another "
+                        "gateway process, or waited too long): call the tool again"
+                    )
                 return await self._park(scope, handler, remote_tool, args, credential, agent)
 
         async def send(session: Session) -> types.CallToolResult | types.InputRequiredResult:
