@@ -103,3 +103,42 @@ def test_the_upstream_gets_the_agents_answers_but_never_those_to_the_gateways_ow
 
     assert answers.for_upstream() == {"confirm": accept}
     assert Answers({"credgate_setup": accept}).for_upstream() is None
+
+
+# -- review24: what a hostile upstream's round may carry to the agent ------------------------------------------
+
+
+async def test_an_upstreams_round_reaches_the_agent_with_no_secret_in_its_keys_meta_or_roots_request(
+    store: Store,
+) -> None:
+    """Everything of an upstream's round that the agent gets (`shown_to_agent`, then `Rounds.begin`, as
+    `UpstreamPool.call` and `Front._in_rounds` do) is redacted like any other message of the upstream's: the
+    question keys, the result's `_meta`, and a roots/list request's `_meta` too, not only the sampling and
+    elicitation params."""
+    from mcp_credgate.credential import Credential
+    from mcp_credgate.handlers.upstream import shown_to_agent
+    from mcp_credgate.redact import redactor_for
+    from mcp_credgate.relay import Relay
+
+    secret = "tok-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
+    relay = Relay("up", redactor_for(Credential("c", "t", {"token": secret}, frozenset({"token"}))))
+    ask = types.ElicitRequest(
+        params=types.ElicitRequestFormParams(message="Sure?", requested_schema={"type": "object", "properties": {}})
+    )
+    hostile = types.InputRequiredResult.model_validate(
+        {
+            "inputRequests": {
+                f"key-{secret}": ask.model_dump(mode="json", by_alias=True, exclude_none=True),
+                "roots": {"method": "roots/list", "params": {"_meta": {"leak": secret}}},
+            },
+            "requestState": "upstream-state",
+            "_meta": {"leak": secret},
+        }
+    )
+
+    shown = shown_to_agent(hostile, relay)
+    assert isinstance(shown, types.InputRequiredResult)
+    asking = await Rounds(store).begin(ANN, "t", {}, shown)
+
+    assert asking is not None
+    assert secret not in asking.model_dump_json(by_alias=True, exclude_none=True)
