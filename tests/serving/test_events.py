@@ -65,3 +65,23 @@ async def test_the_oldest_events_go_beyond_the_bounds(limit: int, max_bytes: int
     assert (await replayed(events, ids[0]))[0] is None  # forgotten: the client has to call again
     stream, sent = await replayed(events, ids[-2])
     assert stream == "1" and [m.event_id for m in sent] == [ids[-1]]
+
+
+# -- review24 ----------------------------------------------------------------------------------------------------
+
+ALL_SESSIONS_BYTES = 512 * 1024 * 1024  # what the gateway may keep of past events across all sessions, at most
+
+
+async def test_the_events_kept_across_all_sessions_are_bounded_not_only_each_sessions() -> None:
+    """Before resumable streams a session kept no past messages; now each keeps up to EVENT_BYTES_PER_SESSION
+    for as long as it lives (30 minutes idle), and the manager admits up to `max_sessions` of them (the SDK's
+    10 000 by default): one authenticated client opening sessions and reading large results in each would have
+    the gateway hold max_sessions x EVENT_BYTES_PER_SESSION (40 GiB). The total must have a bound of its own."""
+    from mcp.server import Server
+
+    from mcp_credgate.serving.events import EVENT_BYTES_PER_SESSION, ResumableSessions
+
+    manager = ResumableSessions(Server("review"))
+
+    assert manager.max_sessions is not None
+    assert manager.max_sessions * EVENT_BYTES_PER_SESSION <= ALL_SESSIONS_BYTES
