@@ -985,6 +985,37 @@ async def test_a_2026_agent_listens_to_a_handshake_upstreams_resource_which_the_
     assert [e["uri"] for e in seen] == [watched] and [e["uri"] for e in gone] == [watched]
 
 
+async def test_a_listen_stream_subscribes_an_upstream_only_to_its_own_resources_not_to_another_upstreams(
+    tmp_path: Path, discovered: Discovered, front_dir: Path
+) -> None:
+    """review24: resources/subscribe routes a URI to the upstream that owns it (`_owner_of`); a listen stream's
+    URIs must be routed the same way. Otherwise every upstream of the group is subscribed to every URI an agent
+    watches (a hostile upstream learns which of another upstream's resources the agent follows, and may send
+    updates for them), and one listen with many URIs is a subscribe request per URI to each upstream."""
+    world = front_world(
+        tmp_path / "w",
+        discovered,
+        {
+            "fr": (fixture_decl("fr", "fixture", front_dir), "fixture"),
+            "conf": (conformance_decl("conf"), "conformance"),
+        },
+    )
+    world.add_credential("tok", "frtoken", {"token": TOKEN})
+    world.allow("g", "fr.*")
+    world.allow("g", "conf.*")
+    world.bind("g", "fr", "tok")
+    theirs = "test://watched-resource"  # the conformance upstream's, never listed by `fr`
+    try:
+        with anyio.fail_after(60):
+            async with world.gateway() as gw, gw.running(), agent(gw, "g", mode="auto") as a:
+                async with a.mcp.listen(resource_subscriptions=[theirs, "front://watched-a"]):
+                    seen = json.loads(result_text(await a.call("fr_events", {"kind": "subscribe", "count": 2})))
+    finally:
+        world.close()
+
+    assert [e["uri"] for e in seen] == ["front://watched-a"]
+
+
 async def stops_within(pid: int, seconds: float) -> bool:
     """Whether the process ends within `seconds`."""
     with anyio.move_on_after(seconds):
