@@ -1016,6 +1016,45 @@ async def test_a_listen_stream_subscribes_an_upstream_only_to_its_own_resources_
     assert [e["uri"] for e in seen] == ["front://watched-a"]
 
 
+async def test_one_agent_cannot_take_every_listen_slot_of_its_group(
+    tmp_path: Path, discovered: Discovered, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review24: the listen streams of a group share one ListenHandler and its `max_subscriptions` (1024 by
+    default, 2 here), and nothing bounds one agent's: an agent opening that many shuts every other agent of its
+    group out of listening (and each refused attempt still starts the group's upstreams and reopens their listen
+    streams first). A bound per agent, below the group's, leaves the others room."""
+    from mcp.server.subscriptions import ListenHandler
+
+    limited = ListenHandler.__init__
+
+    def two_per_group(self: Any, bus: Any, **options: Any) -> None:
+        limited(self, bus, max_subscriptions=2)
+
+    monkeypatch.setattr(ListenHandler, "__init__", two_per_group)
+    world = front_world(tmp_path / "w", discovered, {"conf": (conformance_decl("conf"), "conformance")})
+    world.allow("g", "conf.*")
+    try:
+        with anyio.fail_after(60):
+            async with (
+                world.gateway() as gw,
+                gw.running(),
+                agent(gw, "g", name="greedy", mode="auto") as greedy,
+                agent(gw, "g", name="other", mode="auto") as other,
+            ):
+                async with greedy.mcp.listen(tools_list_changed=True), greedy.mcp.listen(tools_list_changed=True):
+                    try:
+                        async with other.mcp.listen(tools_list_changed=True) as events:
+                            refused = None
+                            honored = events.honored
+                    except MCPError as exc:
+                        refused = exc
+    finally:
+        world.close()
+
+    assert refused is None, refused
+    assert honored.tools_list_changed is True
+
+
 async def stops_within(pid: int, seconds: float) -> bool:
     """Whether the process ends within `seconds`."""
     with anyio.move_on_after(seconds):
