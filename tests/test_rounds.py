@@ -12,6 +12,10 @@ import mcp_types as types
 import pytest
 
 from mcp_credgate.caller import Caller
+from mcp_credgate.credential import Credential
+from mcp_credgate.handlers.upstream import shown_to_agent
+from mcp_credgate.redact import redactor_for
+from mcp_credgate.relay import Relay
 from mcp_credgate.rounds import Answers, Rounds
 from mcp_credgate.store import Store
 
@@ -97,6 +101,16 @@ async def test_an_upstream_may_not_ask_under_a_key_of_the_gateways_own_questions
     assert asking is None
 
 
+async def test_an_upstream_state_too_long_to_come_back_sealed_is_not_relayed(store: Store) -> None:
+    rounds = Rounds(store)
+    longest = upstream_round().model_copy(update={"request_state": "s" * 32 * 1024})
+    too_long = upstream_round().model_copy(update={"request_state": "s" * (32 * 1024 + 1)})
+
+    asking = await rounds.begin(ANN, "t", {}, longest)
+    assert asking is not None and await rounds.resume(asking.request_state or "", ANN, "t", {}) is not None
+    assert await rounds.begin(ANN, "t", {}, too_long) is None
+
+
 def test_the_upstream_gets_the_agents_answers_but_never_those_to_the_gateways_own_questions() -> None:
     accept = types.ElicitResult(action="accept")
     answers = Answers({"confirm": accept, "credgate_approval": accept, "credgate_setup": accept}, "state")
@@ -105,40 +119,39 @@ def test_the_upstream_gets_the_agents_answers_but_never_those_to_the_gateways_ow
     assert Answers({"credgate_setup": accept}).for_upstream() is None
 
 
-# -- review24: what a hostile upstream's round may carry to the agent ------------------------------------------
+# -- what a hostile upstream's round may carry to the agent --------------------------------------------------
 
 
-async def test_an_upstreams_round_reaches_the_agent_with_no_secret_in_its_keys_meta_or_roots_request(
-    store: Store,
-) -> None:
+async def test_an_upstreams_round_reaches_the_agent_with_no_secret_in_its_meta_or_roots_request(store: Store) -> None:
     """Everything of an upstream's round that the agent gets (`shown_to_agent`, then `Rounds.begin`, as
     `UpstreamPool.call` and `Front._in_rounds` do) is redacted like any other message of the upstream's: the
-    question keys, the result's `_meta`, and a roots/list request's `_meta` too, not only the sampling and
-    elicitation params."""
-    from mcp_credgate.credential import Credential
-    from mcp_credgate.handlers.upstream import shown_to_agent
-    from mcp_credgate.redact import redactor_for
-    from mcp_credgate.relay import Relay
-
+    result's `_meta` and a roots/list request's `_meta` too, not only the sampling and elicitation params; a
+    round whose question key holds a secret is refused (the agent's answers come back by key)."""
     secret = "tok-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
     relay = Relay("up", redactor_for(Credential("c", "t", {"token": secret}, frozenset({"token"}))))
     ask = types.ElicitRequest(
         params=types.ElicitRequestFormParams(message="Sure?", requested_schema={"type": "object", "properties": {}})
     )
-    hostile = types.InputRequiredResult.model_validate(
-        {
-            "inputRequests": {
-                f"key-{secret}": ask.model_dump(mode="json", by_alias=True, exclude_none=True),
-                "roots": {"method": "roots/list", "params": {"_meta": {"leak": secret}}},
-            },
-            "requestState": "upstream-state",
-            "_meta": {"leak": secret},
-        }
-    )
 
-    shown = shown_to_agent(hostile, relay)
+    def hostile(key: str) -> types.InputRequiredResult:
+        return types.InputRequiredResult.model_validate(
+            {
+                "inputRequests": {
+                    key: ask.model_dump(mode="json", by_alias=True, exclude_none=True),
+                    "roots": {"method": "roots/list", "params": {"_meta": {"leak": secret}}},
+                },
+                "requestState": f"upstream-state-{secret}",
+                "_meta": {"leak": secret},
+            }
+        )
+
+    shown = shown_to_agent(hostile("confirm"), relay)
+    by_key = shown_to_agent(hostile(f"key-{secret}"), relay)
     assert isinstance(shown, types.InputRequiredResult)
     asking = await Rounds(store).begin(ANN, "t", {}, shown)
 
-    assert asking is not None
+    assert asking is not None and sorted(asking.input_requests or {}) == ["confirm", "roots"]
     assert secret not in asking.model_dump_json(by_alias=True, exclude_none=True)
+    assert isinstance(by_key, str) and secret not in by_key
+    resumed = await Rounds(store).resume(asking.request_state or "", ANN, "t", {})
+    assert resumed is not None and resumed.upstream_state == f"upstream-state-{secret}"  # back to the upstream whole

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property, partial
@@ -37,7 +38,7 @@ from .gate import CredentialWarning, Gate, Ready
 from .handlers.upstream import Session, UpstreamError, UpstreamPool, shown_to_agent
 from .redact import Redactor, redactor_for
 from .relay import Relay, redacted
-from .rounds import Answers, Rounds
+from .rounds import UNRELAYED_ROUND, Answers, Rounds
 
 logger = logging.getLogger("credgate.front")
 
@@ -48,6 +49,8 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 NO_ANSWERS = Answers()  # a request that answers no round
 LISTEN_READY_SECONDS = 5.0  # how long an agent's listen stream waits for its upstreams' to open
+LISTEN_STREAMS_PER_AGENT = 16
+LISTEN_URIS = 100  # resources one listen stream may watch
 
 # The credential of a ready decision as it may be used now (see `Gateway.usable_credential`): in full and as
 # the upstream gets it, or the warning that replaces it; raises oauth.OAuthError when it cannot be refreshed.
@@ -156,9 +159,11 @@ class Front:
         # what each upstream last listed: resource URIs and templates (for routing a read), by upstream
         self._uris: dict[str, set[str]] = {}
         self._templates: dict[str, set[str]] = {}
-        # the listen streams of each group's agents (2026-07-28): where its upstreams' events go
+        # the listen streams of each group's agents (2026-07-28): where its upstreams' events go, each agent's
+        # handler over its group's bus, and how many streams each agent has open
         self._buses: dict[str, InMemorySubscriptionBus] = {}
-        self._listen_handlers: dict[str, ListenHandler] = {}
+        self._listen_handlers: dict[tuple[str, str | None], ListenHandler] = {}
+        self._listen_streams: Counter[tuple[str, str | None]] = Counter()
 
     @property
     def pool(self) -> UpstreamPool:
@@ -318,6 +323,27 @@ class Front:
                 break
         return pages
 
+    async def _owners(self, ctx: ServerRequestContext[Any], caller: Caller, uris: list[str]) -> dict[str, list[str]]:
+        """The URIs by the upstream each belongs to, as `_owner_of` finds it (the lists asked for again once at
+        most); a URI of none of the group's upstreams is left out: nothing will ever say it changed."""
+        candidates = await self.reached(caller, "resources", None)
+        if len(candidates) == 1:
+            return {candidates[0].name: list(uris)}
+
+        def owner(uri: str) -> Reached | None:
+            listed = (up for up in candidates if uri in self._uris.get(up.name, ()))
+            matched = (up for up in candidates if any(_matches(t, uri) for t in self._templates.get(up.name, ())))
+            return next(listed, None) or next(matched, None)
+
+        if any(owner(uri) is None for uri in uris):
+            await self.list_resources(ctx, caller)
+            await self.list_resource_templates(ctx, caller)
+        owners: dict[str, list[str]] = {}
+        for uri in uris:
+            if (up := owner(uri)) is not None:
+                owners.setdefault(up.name, []).append(uri)
+        return owners
+
     async def _owner_of(self, ctx: ServerRequestContext[Any], caller: Caller, uri: str, method: str | None) -> Reached:
         """The upstream a resource URI belongs to: the only one, the one that listed it, or the one with a
         template that matches it (the lists are asked for again when they are not known yet)."""
@@ -394,45 +420,80 @@ class Front:
     async def listen(
         self, ctx: ServerRequestContext[Any], caller: Caller, params: types.SubscriptionsListenRequestParams
     ) -> types.SubscriptionsListenResult:
-        """A 2026-07-28 agent's `subscriptions/listen` stream: the group's upstreams of that protocol (started
-        when needed) each listen for it too, for the resources it names and for list changes, and what they
-        send reaches it through the group's bus, filtered as it asked. Its stream is acknowledged once they
-        listen (or after LISTEN_READY_SECONDS), so that nothing sent after the acknowledgment is missed."""
-        group = caller.group
-        if group not in self._buses:
-            self._buses[group] = InMemorySubscriptionBus()
-            self._listen_handlers[group] = ListenHandler(self._buses[group])
-        stream, uris = object(), params.notifications.resource_subscriptions or []
+        """A 2026-07-28 agent's `subscriptions/listen` stream: the group's upstreams (started when needed) each
+        listen for it too, for list changes and for those of its resources that are theirs (an upstream hears of
+        no other's), and what they send reaches it through the group's bus, filtered as it asked. Its stream is
+        acknowledged once they listen (or after LISTEN_READY_SECONDS), so nothing sent after the acknowledgment
+        is missed. An agent holds LISTEN_STREAMS_PER_AGENT streams at most, of LISTEN_URIS URIs each."""
+        who = (caller.group, caller.agent)
+        uris = params.notifications.resource_subscriptions or []
+        if len(uris) > LISTEN_URIS:
+            message = f"a listen stream watches {LISTEN_URIS} resources at most"
+            raise MCPError(code=types.INVALID_PARAMS, message=message)
+        if self._listen_streams[who] >= LISTEN_STREAMS_PER_AGENT:
+            raise MCPError(
+                code=types.INVALID_REQUEST,
+                message=f"this agent has {LISTEN_STREAMS_PER_AGENT} listen streams open already: close one first",
+            )
+        self._listen_streams[who] += 1
+        stream = object()
         listening: list[tuple[Reached, Relay]] = []
+        try:
+            ready = await self._listen_upstreams(ctx, caller, stream, uris, listening)
+            with anyio.move_on_after(LISTEN_READY_SECONDS):
+                for listened in ready:
+                    await listened.wait()
+            return await self._listen_handler(who)(ctx, params)
+        finally:
+            self._listen_streams[who] -= 1
+            if not self._listen_streams[who]:
+                del self._listen_streams[who]
+                self._listen_handlers.pop(who, None)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(LISTEN_READY_SECONDS):
+                for up, relay in listening:
+                    await self._unlisten(up, relay, stream, ctx, caller)
+
+    def _listen_handler(self, who: tuple[str, str | None]) -> ListenHandler:
+        """The agent's own handler (its streams, its bound) over its group's bus."""
+        group = who[0]
+        bus = self._buses.setdefault(group, InMemorySubscriptionBus())
+        handler = self._listen_handlers.get(who)
+        if handler is None:
+            handler = self._listen_handlers[who] = ListenHandler(bus, max_subscriptions=LISTEN_STREAMS_PER_AGENT)
+        return handler
+
+    async def _listen_upstreams(
+        self,
+        ctx: ServerRequestContext[Any],
+        caller: Caller,
+        stream: object,
+        uris: list[str],
+        listening: list[tuple[Reached, Relay]],
+    ) -> list[anyio.Event]:
+        """Have each of the group's upstreams listen for the stream (noted in `listening`); the events that say
+        the 2026-07-28 ones do."""
+        owners = await self._owners(ctx, caller, uris)
         ready: list[anyio.Event] = []
 
         async def register(up: Reached, session: Session) -> None:
-            relay = session.relay
+            relay, own = session.relay, owners.get(up.name, [])
             if session.modern:
                 ready.append(relay.listened)
-            new = relay.listen(stream, uris)
+            new = relay.listen(stream, own)
             listening.append((up, relay))
             if not session.modern and _subscribes(up):  # a handshake upstream is subscribed on the stream's behalf
                 for uri in new:
                     await _send(session, types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri)))
 
-        try:
-            for name in self._gate().allowed_upstreams(group):
-                up = await self._reach(caller, name, self._announced().get(name, {}))
-                if isinstance(up, CredentialWarning):
-                    continue
-                try:
-                    await self._ask(up, partial(register, up), ctx, caller)
-                except MCPError as exc:
-                    logger.warning("upstream %s: not listened to for group %s (%s)", name, group, exc.message)
-            with anyio.move_on_after(LISTEN_READY_SECONDS):
-                for listened in ready:
-                    await listened.wait()
-            return await self._listen_handlers[group](ctx, params)
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(LISTEN_READY_SECONDS):
-                for up, relay in listening:
-                    await self._unlisten(up, relay, stream, ctx, caller)
+        for name in self._gate().allowed_upstreams(caller.group):
+            up = await self._reach(caller, name, self._announced().get(name, {}))
+            if isinstance(up, CredentialWarning):
+                continue
+            try:
+                await self._ask(up, partial(register, up), ctx, caller)
+            except MCPError as exc:
+                logger.warning("upstream %s: not listened to for group %s (%s)", name, caller.group, exc.message)
+        return ready
 
     async def _unlisten(
         self, up: Reached, relay: Relay, stream: object, ctx: ServerRequestContext[Any], caller: Caller
@@ -566,7 +627,7 @@ class Front:
             return result
         asking = await self._rounds.begin(caller, bound, arguments, result)
         if asking is None:
-            raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {up.name}: its question used a reserved key")
+            raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {up.name}: {UNRELAYED_ROUND}")
         return asking
 
     # -- completion and logging --------------------------------------------------------------

@@ -286,7 +286,7 @@ class Relay:
                     )
                 params = params.model_copy(update={"message": f"[{self.name}] {shown_escaped(params.message)}"})
             return types.ElicitRequest(params=redacted(self.redactor, params))
-        return request
+        return redacted(self.redactor, request)  # roots/list: its `_meta`
 
     async def on_sampling(
         self, context: ClientRequestContext, params: types.CreateMessageRequestParams

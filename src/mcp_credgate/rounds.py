@@ -30,12 +30,24 @@ from .caller import Caller
 from .sealing import seal_private, unseal_private
 from .store import Store
 
-__all__ = ["GATEWAY_INPUTS", "ROUND_SECONDS", "Answers", "RoundState", "Rounds", "arguments_digest"]
+__all__ = [
+    "GATEWAY_INPUTS",
+    "ROUND_SECONDS",
+    "UNRELAYED_ROUND",
+    "Answers",
+    "RoundState",
+    "Rounds",
+    "arguments_digest",
+]
 
 ROUND_SECONDS = 600  # an agent answers a round within this long, or asks afresh
 GATEWAY_INPUTS = "credgate_"  # the keys of the gateway's own questions (setup, approval) start so: no upstream's may
+UNRELAYED_ROUND = (
+    "its round could not be relayed (a key reserved for the gateway's own questions, or a state over 32 KiB)"
+)
 _KEY_PURPOSE = "relayed round state"
 _LONGEST_STATE = 64 * 1024  # an upstream's own state included
+_LONGEST_UPSTREAM_STATE = 32 * 1024  # sealed, it grows by a third and then some
 
 
 def arguments_digest(arguments: Mapping[str, Any] | None) -> str:
@@ -89,8 +101,11 @@ class Rounds:
         approved: bool = False,
     ) -> types.InputRequiredResult | None:
         """The upstream's round as the agent gets it: with a state of the gateway's for the upstream's. None when
-        the upstream used a key of the gateway's own questions (its answer would be taken for the gateway's)."""
+        the upstream used a key of the gateway's own questions (its answer would be taken for the gateway's), or
+        its state is too long to come back sealed."""
         if any(key.startswith(GATEWAY_INPUTS) for key in upstream_round.input_requests or {}):
+            return None
+        if len(upstream_round.request_state or "") > _LONGEST_UPSTREAM_STATE:
             return None
         state = RoundState(
             caller.group,

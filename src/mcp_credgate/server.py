@@ -39,7 +39,7 @@ from .handlers.python import run_python
 from .handlers.upstream import Rounds, UpstreamError
 from .logs import new_ref, request_id
 from .redact import Redactor, redactor_for
-from .rounds import Answers
+from .rounds import UNRELAYED_ROUND, Answers
 
 logger = logging.getLogger("credgate.server")
 
@@ -149,7 +149,7 @@ class ToolCalls:
                 asking = await self._gateway.rounds.begin(caller, name, args, output, approval is not None)
                 if asking is not None:
                     return asking
-                output = ToolOutput.error(f"upstream of {name}: its question used a key reserved for the gateway")
+                output = ToolOutput.error(f"upstream of {name}: {UNRELAYED_ROUND}")
         except Exception as exc:
             if isinstance(exc, MCPError) and exc.code == types.MISSING_REQUIRED_CLIENT_CAPABILITY:
                 # the upstream needs what the agent's client did not declare: the agent must learn which

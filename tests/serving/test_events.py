@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import mcp_types as types
 import pytest
+from mcp.server import Server
 from mcp.server.streamable_http import EventMessage
 
-from mcp_credgate.serving.events import SessionEvents
+from mcp_credgate.serving.events import EventBudget, ResumableSessions, SessionEvents
 
 pytestmark = pytest.mark.anyio
 
@@ -67,21 +68,18 @@ async def test_the_oldest_events_go_beyond_the_bounds(limit: int, max_bytes: int
     assert stream == "1" and [m.event_id for m in sent] == [ids[-1]]
 
 
-# -- review24 ----------------------------------------------------------------------------------------------------
-
-ALL_SESSIONS_BYTES = 512 * 1024 * 1024  # what the gateway may keep of past events across all sessions, at most
-
-
 async def test_the_events_kept_across_all_sessions_are_bounded_not_only_each_sessions() -> None:
-    """Before resumable streams a session kept no past messages; now each keeps up to EVENT_BYTES_PER_SESSION
-    for as long as it lives (30 minutes idle), and the manager admits up to `max_sessions` of them (the SDK's
-    10 000 by default): one authenticated client opening sessions and reading large results in each would have
-    the gateway hold max_sessions x EVENT_BYTES_PER_SESSION (40 GiB). The total must have a bound of its own."""
-    from mcp.server import Server
+    """Each session keeps up to EVENT_BYTES_PER_SESSION, and a client may open many sessions: all of them
+    together keep no more than the manager's budget, the oldest events of any session going first."""
+    manager = ResumableSessions(Server("review"), budget=EventBudget(max_bytes=64 * 1024))
+    sessions = [events for _ in range(20) if isinstance(events := manager.event_store, SessionEvents)]
+    big = result(1, "x" * 4000)
+    kept: list[tuple[SessionEvents, str]] = []
+    for events in sessions:
+        kept += [(events, await events.store_event("1", big)) for _ in range(5)]
 
-    from mcp_credgate.serving.events import EVENT_BYTES_PER_SESSION, ResumableSessions
-
-    manager = ResumableSessions(Server("review"))
-
-    assert manager.max_sessions is not None
-    assert manager.max_sessions * EVENT_BYTES_PER_SESSION <= ALL_SESSIONS_BYTES
+    assert manager.budget.total <= 64 * 1024
+    assert sum(events.size for events in sessions) <= 64 * 1024
+    assert (await replayed(sessions[0], kept[0][1]))[0] is None  # the oldest went first
+    last, last_id = kept[-2]
+    assert (await replayed(last, last_id))[1]  # the newest are there to resume

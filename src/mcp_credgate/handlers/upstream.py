@@ -51,7 +51,7 @@ from ..declarations import McpHandler, SandboxSpec
 from ..errors import SandboxError
 from ..isolation import UpstreamScope, upstream_scope
 from ..redact import Redactor, redactor_for
-from ..relay import AgentRequest, Relay, forget_related_request
+from ..relay import AgentRequest, Relay, forget_related_request, redacted
 from ..sandbox import SandboxPolicy
 from ..slots import ProcessSlots
 from .http import render
@@ -304,15 +304,20 @@ def _announced(client: Client) -> dict[str, Any]:
 
 
 def shown_to_agent(result: types.InputRequiredResult, relay: Relay) -> types.InputRequiredResult | str:
-    """An upstream's round as the agent may see it (`Relay.for_agent`), or why it may not (a question it may not
-    see ends the request)."""
+    """An upstream's round as the agent may see it (`Relay.for_agent`: each question shaped), redacted whole,
+    its keys and `_meta` included, or why it may not be seen (a question the agent may not see, a key that holds
+    a secret: the agent's answers come back by key). The upstream's own state is kept as it is, for the gateway
+    to seal (`rounds`): it goes back to the upstream, never to the agent."""
     shown: types.InputRequests = {}
     for key, request in (result.input_requests or {}).items():
         shaped = relay.for_agent(request)
         if isinstance(shaped, types.ErrorData):
             return f"upstream {relay.name}: {shaped.message}"
         shown[key] = shaped
-    return result.model_copy(update={"input_requests": shown or None})
+    clean = redacted(relay.redactor, result.model_copy(update={"input_requests": shown or None, "request_state": None}))
+    if set(clean.input_requests or {}) != set(shown):
+        return f"upstream {relay.name}: a key of its round's questions holds a secret value"
+    return clean.model_copy(update={"request_state": result.request_state})
 
 
 def _last_done(session: Session) -> float:
