@@ -628,10 +628,13 @@ async def test_an_agent_without_sampling_gets_a_clean_refusal_back_to_the_upstre
     world = fr_world(tmp_path, discovered, front_dir)
     try:
         with anyio.fail_after(60):
-            async with world.gateway() as gw, gw.running():
-                async with agent(gw, "g", sampling=None, elicitation=None) as legacy:
-                    refused = await legacy.call("fr_ask_llm", {"prompt": "hello?"})
-                    refused_form = await legacy.call("fr_ask_user", {"message": "name?"})
+            async with (
+                world.gateway() as gw,
+                gw.running(),
+                agent(gw, "g", sampling=None, elicitation=None) as legacy,
+            ):
+                refused = await legacy.call("fr_ask_llm", {"prompt": "hello?"})
+                refused_form = await legacy.call("fr_ask_user", {"message": "name?"})
     finally:
         world.close()
 
