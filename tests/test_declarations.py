@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -1011,3 +1012,56 @@ def test_sandbox_paths_reaching_the_data_folder_the_key_or_the_upstreams_homes_a
 
         assert problem.startswith(f"{decl}: handler.sandbox.{field}[0]: "), problem
         assert what in problem and path in problem
+
+
+# -- costs (contract §8) -------------------------------------------------------------------------------------
+
+HTTP_HANDLER = '[handler]\nkind = "http"\nurl = "https://api.example.com/x"\n'
+STDIO_HANDLER = '[handler]\nkind = "mcp"\ncommand = "up-server"\n'
+
+
+def test_a_tools_cost_is_kept_exactly_in_micro_units_and_an_upstreams_tools_get_theirs_by_name(
+    tmp_path: Path,
+) -> None:
+    write_tool(tmp_path, "paid.toml", 'name = "paid"\ncost = 0.002\ncurrency = "EUR"\n' + HTTP_HANDLER)
+    write_tool(tmp_path, "free.toml", 'name = "free"\n' + HTTP_HANDLER)
+    write_tool(tmp_path, "up.toml", 'name = "up"\ncosts = { echo = 0.1 }\n' + STDIO_HANDLER)
+    catalog = load(tmp_path)
+    listed: dict[str, list[dict[str, Any]]] = {"up": [{"name": "echo"}, {"name": "other"}]}
+    with_upstream = catalog.with_discovered(listed)
+
+    assert catalog.problems == ()
+    assert (catalog.tools["paid"].decl.cost, catalog.tools["paid"].decl.currency) == (2000, "EUR")
+    assert (catalog.tools["free"].decl.cost, catalog.tools["free"].decl.currency) == (0, "USD")
+    assert with_upstream.tools["up_echo"].decl.cost == 100_000 and with_upstream.tools["up_other"].decl.cost == 0
+
+
+BAD_COSTS = {
+    "nan": ("cost = nan", "cost", "finite"),
+    "inf": ("cost = inf", "cost", "finite"),
+    "negative": ("cost = -0.5", "cost", "at least 0"),
+    "text": ('cost = "cheap"', "cost", "a number"),
+    "a boolean": ("cost = true", "cost", "a number"),
+    "too precise": ("cost = 0.0000001", "cost", "6 decimal places"),
+    "currency": ('currency = "dollars"', "currency", "pattern"),
+    "costs on an http tool": ("costs = { x = 1 }", "", "for an upstream MCP server"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_COSTS))
+def test_bad_costs_are_one_line_naming_the_file_and_field_never_a_traceback(tmp_path: Path, case: str) -> None:
+    body, field, message = BAD_COSTS[case]
+    path = write_tool(tmp_path, "paid.toml", f'name = "paid"\n{body}\n' + HTTP_HANDLER)
+
+    problem = only_problem(load(tmp_path))
+
+    assert problem.startswith(f"{path}: {field}"), problem
+    assert message in problem and "\n" not in problem and "Traceback" not in problem
+
+
+def test_an_upstream_declaration_gives_its_tools_costs_by_name_not_one_cost(tmp_path: Path) -> None:
+    path = write_tool(tmp_path, "up.toml", 'name = "up"\ncost = 1\n' + STDIO_HANDLER)
+
+    problem = only_problem(load(tmp_path))
+
+    assert problem.startswith(f"{path}: cost: ") and "costs" in problem

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 from ..errors import DeclarationError
 from .checks import pydantic_problems
 from .models import (
+    MICROS,
     CredentialSpec,
     McpHandler,
     ToolDeclaration,
@@ -110,6 +112,8 @@ class Catalog:
                             "credential": upstream.decl.credential,
                             "handler": handler,
                             "approval": upstream.decl.approval,
+                            "cost": Decimal(upstream.decl.costs.get(remote, 0)) / MICROS,  # validated again
+                            "currency": upstream.decl.currency,
                         }
                     )
                 except ValidationError as exc:

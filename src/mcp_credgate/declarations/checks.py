@@ -131,6 +131,8 @@ def mcp_problems(label: str, tool: ToolDeclaration, handler: McpHandler) -> list
         )
     if handler.slot_timeout is not None and handler.max_processes is None:
         problems.append(f"{label}: handler.slot_timeout: there is no slot to wait for without max_processes")
+    if tool.cost:
+        problems.append(f"{label}: cost: an upstream's tools cost each their own: give them in costs, by their names")
     for where, text in templates:
         problems += _template_problems(label, where, text, tool)
         if "{args." in text:

@@ -8,11 +8,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import jsonschema
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import CredentialValueError
 from ..isolation import Isolation
@@ -438,6 +439,28 @@ class McpHandler(_Model):
 Handler = Annotated[HttpHandler | PythonHandler | McpHandler, Field(discriminator="kind")]
 
 
+MICROS = 1_000_000  # costs are kept exactly, in millionths of the currency (contract §8)
+
+
+def _micros(value: Any) -> int:
+    """A cost as a whole number of micro-units: a finite decimal, at least 0, with at most 6 decimal places."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError("must be a number, such as 0.002")
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError("must be a number, such as 0.002") from None
+    if not amount.is_finite() or amount < 0:
+        raise ValueError("must be a finite number of at least 0")
+    micros = amount * MICROS
+    if micros != micros.to_integral_value() or micros > 10**18:
+        raise ValueError("must have at most 6 decimal places (and be below a trillion)")
+    return int(micros)
+
+
+Micros = Annotated[int, BeforeValidator(_micros)]
+
+
 class ToolDeclaration(_Model):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     description: str = ""
@@ -445,6 +468,17 @@ class ToolDeclaration(_Model):
     credential: CredentialSpec | None = None
     handler: Handler
     approval: bool = False  # a person approves each call first (contract §7); a group cannot lift it
+    # what one call costs, in micro-units of `currency` (contract §8; none: 0); an upstream's declaration sets
+    # each of its tools' by the upstream's own name in `costs`
+    cost: Micros = 0
+    costs: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-/]{1,128}$")], Micros] = {}
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
+
+    @model_validator(mode="after")
+    def _costs_per_upstream_tool(self) -> ToolDeclaration:
+        if self.costs and not isinstance(self.handler, McpHandler):
+            raise ValueError("costs: per upstream tool, for an upstream MCP server; give this tool's as cost")
+        return self
 
     @model_validator(mode="after")
     def _schema_is_an_object_schema(self) -> ToolDeclaration:
