@@ -24,6 +24,7 @@ PUBLIC_MODULES = [
     "mcp_credgate.admin",
     "mcp_credgate.agents",
     "mcp_credgate.approvals",
+    "mcp_credgate.budgets",
     "mcp_credgate.rounds",
     "mcp_credgate.authorization",
     "mcp_credgate.allow",

@@ -13,6 +13,7 @@ from typing import Any
 
 from . import oauth
 from .allow import AllowEntry, allows_upstream_tools
+from .budgets import Limit, parse_calls, parse_spend
 from .config import Settings
 from .credential import mask
 from .declarations import Catalog, CredentialSpec, Tool, Upstream
@@ -30,6 +31,7 @@ __all__ = [
     "approval_required_by",
     "bind",
     "bindable",
+    "budget_limit",
     "check_credential",
     "check_scope",
     "credential_status",
@@ -560,3 +562,44 @@ def _binding_problems(catalog: Catalog, group: str, target: str, cred: str, cred
             f"{tool.credential.type} (fix: `credgate bind {group} {target} <a {tool.credential.type} credential>`)"
         ]
     return []
+
+
+# -- budgets (contract §8) --------------------------------------------------------------------------------------
+
+
+def budget_limit(
+    store: Store,
+    catalog: Catalog,
+    group: str,
+    *,
+    tool: str | None,
+    user: str | None,
+    agent: str | None,
+    calls: str | None,
+    spend: str | None,
+) -> Limit:
+    """A limit from `budget set`'s options, checked: one of --calls / --spend, a known tool, one of --user /
+    --agent, an existing agent; a spend limit's currency is that of the tools it covers, which must be one."""
+    if (calls is None) == (spend is None):
+        raise CredgateError("give one of --calls N/WINDOW or --spend X/PERIOD")
+    if user is not None and agent is not None:
+        raise CredgateError("give --user or --agent, not both: a limit is the group's, a member's or an agent's")
+    store.group(group)  # NotFoundError for an unknown group
+    if tool is not None and catalog.tool(tool) is None:
+        raise NotFoundError(f"no tool named {tool!r} is declared (see `credgate tools`)")
+    if agent is not None:
+        store.agent(agent)  # NotFoundError for an unknown agent
+    try:
+        amount, per = parse_calls(calls) if calls is not None else parse_spend(spend or "")
+    except ValueError as exc:
+        raise CredgateError(str(exc)) from None
+    if calls is not None:
+        return Limit(group, tool, user, agent, "calls", amount, per)
+    covered = [tool] if tool is not None else list(store.allowed_tools(group))
+    currencies = sorted({t.decl.currency for name in covered if (t := catalog.tool(name)) is not None})
+    if len(currencies) > 1:
+        raise CredgateError(
+            f"the tools this spend limit covers cost in different currencies ({', '.join(currencies)}): "
+            "set one per tool with --tool"
+        )
+    return Limit(group, tool, user, agent, "spend", amount, per, currencies[0] if currencies else "USD")

@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.2
 BATCH = 200
 
-Outcome = str  # ok | error | missing_credential | denied | invalid_arguments | declined | approval_required
+# ok | error | missing_credential | denied | invalid_arguments | declined | approval_required | over_budget
+Outcome = str
 # What a call enqueues: cheap to build on the call path; the writer thread turns it into an AuditRow.
 _Pending = tuple[float, str, str | None, str, str | None, Outcome, float, str | None, str | None, str | None]
 

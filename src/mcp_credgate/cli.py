@@ -12,6 +12,7 @@ import sys
 import webbrowser
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import cached_property
 from itertools import islice
 from pathlib import Path
@@ -901,6 +902,78 @@ def group_deny(app: App, name: str, tools: tuple[str, ...]) -> None:
         {"group": name, "denied": list(tools), "unbound": unbound},
         f"group {name} no longer allows {', '.join(tools)}" + (f" (unbound: {', '.join(unbound)})" if unbound else ""),
     )
+
+
+# -- budgets (contract §8) ------------------------------------------------------------------------------------
+
+
+@cli.group("budget")
+def budget_cmd() -> None:
+    """Limits on what a group, a member or an agent may call and spend."""
+
+
+BUDGET_TOOL = click.option("--tool", help="One tool only (by default: all the group's tools).")
+BUDGET_AGENT = click.option("--agent", callback=_check_optional_name("agent"), help="One agent of the group only.")
+
+
+@budget_cmd.command("set")
+@click.argument("group")
+@BUDGET_TOOL
+@USER_OPTION
+@BUDGET_AGENT
+@click.option("--calls", metavar="N/WINDOW", help="At most N calls per minute, hour or day (such as 100/minute).")
+@click.option("--spend", metavar="X/PERIOD", help="At most X spent per day or month (such as 50.00/month).")
+@common_options
+@pass_app
+def budget_set(
+    app: App,
+    group: str,
+    tool: str | None,
+    user: str | None,
+    agent: str | None,
+    calls: str | None,
+    spend: str | None,
+) -> None:
+    """Set a limit of GROUP's; one of the same scope and kind is replaced."""
+    limit = admin.budget_limit(
+        app.store, app.catalog, group, tool=tool, user=user, agent=agent, calls=calls, spend=spend
+    )
+    app.store.set_budget(limit)
+    app.out({"group": group, "limit": limit.as_json()}, f"group {group}: at most {limit.describe()}")
+
+
+@budget_cmd.command("show")
+@click.argument("group")
+@common_options
+@pass_app
+def budget_show(app: App, group: str) -> None:
+    """GROUP's limits, with what was used of each in its current window and when it resets."""
+    store = app.store
+    store.group(group)
+    shown, lines = [], [f"{group}"]
+    for limit in store.budgets(group):
+        used, resets_at = store.used(limit)
+        when = datetime.fromtimestamp(resets_at, UTC).isoformat().replace("+00:00", "Z")
+        shown.append({**limit.as_json(), "used": limit.used_json(used), "resets_at": when})
+        lines.append(f"    {limit.describe()}: {limit.used_json(used)} used, resets {when}")
+    if not shown:
+        lines.append(f"    no limits (`credgate budget set {group} --calls 100/day`)")
+    app.out({"group": group, "limits": shown}, lines)
+
+
+@budget_cmd.command("rm")
+@click.argument("group")
+@BUDGET_TOOL
+@USER_OPTION
+@BUDGET_AGENT
+@click.option("--calls", "kind", flag_value="calls", help="Only the scope's limit on calls.")
+@click.option("--spend", "kind", flag_value="spend", help="Only the scope's limit on spend.")
+@common_options
+@pass_app
+def budget_rm(app: App, group: str, tool: str | None, user: str | None, agent: str | None, kind: str | None) -> None:
+    """Remove the scope's limits of GROUP (both kinds, unless --calls or --spend)."""
+    removed = app.store.remove_budget(group, tool, user, agent, kind)
+    app.out({"group": group, "removed": removed}, f"removed {removed} limit(s) of group {group}")
 
 
 STATUS_TEXT = {**admin.STATUS_LABELS, "expired": "expired (reconnect with `credgate cred connect`)"}

@@ -28,6 +28,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from . import __version__, oauth
 from .approvals import APPROVAL_INPUT, ApprovalState, approval_form
+from .budgets import Limit, exceeded_warning
 from .caller import Caller
 from .credential import Credential
 from .declarations import HttpHandler, PythonHandler, Tool
@@ -40,6 +41,7 @@ from .handlers.upstream import Rounds, UpstreamError
 from .logs import new_ref, request_id
 from .redact import Redactor, redactor_for
 from .rounds import UNRELAYED_ROUND, Answers
+from .store import Exceeded
 
 logger = logging.getLogger("credgate.server")
 
@@ -132,6 +134,12 @@ class ToolCalls:
             if resumed is None:
                 self._record(caller, name, decision.credential_name, "denied", started, ref)
                 raise MCPError(code=types.INVALID_PARAMS, message="Invalid or expired requestState")
+        charges = self._charges(caller, decision.tool)
+        if charges and resumed is None:  # budget before approval (contract §7's order); counted when it runs
+            over = await anyio.to_thread.run_sync(self._over_budget, charges)
+            if over is not None:
+                self._record(caller, name, decision.credential_name, "over_budget", started, ref)
+                return _over_budget(over, name)
         approval = "approved" if resumed is not None and resumed.approved else None
         if decision.approval and approval is None:  # the last check before the call runs (contract §7's order)
             refused = await self._approval(caller, name, args, ctx, answers)
@@ -141,6 +149,11 @@ class ToolCalls:
                     self._record(caller, name, decision.credential_name, outcome, started, ref)
                 return answer
             approval = "approved"
+        if charges and resumed is None:  # the call runs now: counted, or refused if it no longer fits
+            over = await anyio.to_thread.run_sync(self._gateway.store.charge, charges)
+            if over is not None:
+                self._record(caller, name, decision.credential_name, "over_budget", started, ref, approval)
+                return _over_budget(over, name)
         redactor = redactor_for(credential)
         resume = (answers.for_upstream(), resumed.upstream_state if resumed is not None else None)
         try:
@@ -162,6 +175,26 @@ class ToolCalls:
         outcome = "error" if output.is_error else "ok"
         self._record(caller, name, decision.credential_name, outcome, started, ref, approval)
         return _to_result(output, redactor)
+
+    def _charges(self, caller: Caller, tool: Tool) -> list[tuple[Limit, int]]:
+        """What a call of the tool counts against each of the group's limits that applies to it: 1 call, or its
+        cost (a spend limit in another currency than the tool's counts it as over: `_over_budget`)."""
+        limits = self._gateway.store.budgets(caller.group)
+        decl = tool.decl
+        return [
+            (limit, 1 if limit.kind == "calls" else (decl.cost if limit.currency == decl.currency else -1))
+            for limit in limits
+            if limit.applies(tool.name, caller.user, caller.agent)
+        ]
+
+    def _over_budget(self, charges: list[tuple[Limit, int]]) -> Exceeded | None:
+        """The first limit the call would not fit (read only: nothing is counted here)."""
+        store = self._gateway.store
+        for limit, n in charges:
+            used, resets_at = store.used(limit)
+            if n < 0 or used + n > limit.amount:
+                return Exceeded(limit, used, resets_at)
+        return None
 
     async def _approval(
         self,
@@ -298,6 +331,18 @@ class ToolCalls:
 
 def _action_of(response: Any) -> str | None:
     return response.get("action") if isinstance(response, dict) else getattr(response, "action", None)
+
+
+def _over_budget(over: Exceeded, name: str) -> types.CallToolResult:
+    """The §4 shape of a call a budget refused (contract §8)."""
+    limit, found = over.limit, exceeded_warning(over.limit, over.used, over.resets_at, name)
+    text = (
+        f"The tool {name} was not called: agent group {limit.group}'s limit of {limit.describe()} is used up "
+        f"({found['used']} used); it resets at {found['resets_at']}."
+    )
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)], structured_content=found, is_error=True
+    )
 
 
 def _approval_required(caller: Caller, name: str) -> types.CallToolResult:

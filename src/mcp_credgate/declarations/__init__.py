@@ -10,6 +10,7 @@ from .catalog import Catalog, Tool, Upstream
 from .checks import protected_overlap, real_path
 from .loading import load_catalog
 from .models import (
+    MICROS,
     NAME_PATTERN,
     PLACEHOLDER,
     CredentialField,
@@ -23,6 +24,7 @@ from .models import (
 )
 
 __all__ = [
+    "MICROS",
     "NAME_PATTERN",
     "PLACEHOLDER",
     "Catalog",

@@ -1,6 +1,7 @@
 """The store and what it hands out. See `core` for the `Store` and its parts, and `database` for the backends."""
 
 from .base import now
+from .budgets import Exceeded
 from .change_hint import hint_path
 from .core import Store
 from .grants import IssuedTokens, OAuthClientRecord, OAuthCode, OAuthToken, RefreshReused
@@ -28,6 +29,7 @@ __all__ = [
     "AuditRow",
     "Binding",
     "CredentialInfo",
+    "Exceeded",
     "GroupInfo",
     "IssuedTokens",
     "OAuthClientRecord",

@@ -35,6 +35,7 @@ from .agents import Agents
 from .approvals import Approvals
 from .audit import Audit
 from .base import now
+from .budgets import Budgets
 from .credentials import Credentials
 from .grants import Grants
 from .groups import Groups
@@ -47,7 +48,9 @@ from .upstreams import Upstreams
 from .users import Users
 
 
-class Store(Credentials, Groups, Users, Upstreams, Agents, Grants, SetupLinks, Approvals, Audit, Keys, Maintenance):
+class Store(
+    Credentials, Groups, Users, Upstreams, Agents, Grants, SetupLinks, Approvals, Budgets, Audit, Keys, Maintenance
+):
     """One open store: a connection, the key ring that opens it, and the operations on it (one class per
     concern, each over `StoreBase`; they share the connection, its lock and the key ring)."""
 

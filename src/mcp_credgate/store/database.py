@@ -72,6 +72,10 @@ class Database(ABC):
         on any exception."""
 
     @abstractmethod
+    def epoch(self) -> float:
+        """The store's clock, in seconds since 1970 (UTC): what decides a budget's window on every replica."""
+
+    @abstractmethod
     def change_marker(self) -> int:
         """Moves whenever another connection commits a change (this one's own writes are known to the store)."""
 

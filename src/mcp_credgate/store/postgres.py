@@ -132,6 +132,9 @@ class PostgresDatabase(Database):
         comes by (a minute or more), and joins of a few rows may be planned over the whole table meanwhile."""
         self.execute(f"ANALYZE {', '.join(tables)}")
 
+    def epoch(self) -> float:
+        return float(self.execute("SELECT extract(epoch FROM clock_timestamp()) AS t").fetchone()["t"])
+
     def change_marker(self) -> int:
         return int(self.execute("SELECT n FROM change_counter WHERE id = 1").fetchone()["n"])
 

@@ -347,4 +347,30 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX spent_approvals_expiry ON spent_approvals(expires_at)
         """,
     ),
+    Migration(
+        # Budgets (contract §8): a group's limits, for all tools or one, the whole group or one member or agent
+        # ('' for none of those), on calls per window or spend per period (micro-units of its currency); what was
+        # used of each in each window, counted when a call runs.
+        "0014_budgets",
+        """
+        CREATE TABLE budgets (
+            id {id},
+            group_id BIGINT NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+            tool TEXT NOT NULL,
+            user_name TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            amount BIGINT NOT NULL,
+            per TEXT NOT NULL,
+            currency TEXT,
+            UNIQUE (group_id, tool, user_name, agent, kind)
+        );
+        CREATE TABLE budget_usage (
+            budget_id BIGINT NOT NULL REFERENCES budgets(id) ON DELETE CASCADE,
+            window_start BIGINT NOT NULL,
+            used BIGINT NOT NULL,
+            PRIMARY KEY (budget_id, window_start)
+        )
+        """,
+    ),
 )

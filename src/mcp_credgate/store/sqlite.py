@@ -154,6 +154,9 @@ class SqliteDatabase(Database):
         super().note_change()
         self._noted_change = True
 
+    def epoch(self) -> float:
+        return time.time()  # the store lives on this machine: its clock is the store's
+
     def change_marker(self) -> int:
         """`change_counter`, read again only when `PRAGMA data_version` says another connection committed
         something: most commits (audit rows, last-use times) change no setup and leave the counter alone.

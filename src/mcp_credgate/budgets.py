@@ -1,0 +1,118 @@
+"""Budgets (contract §8): limits on what a group's agents may call and spend.
+
+A limit belongs to a group and applies to all its tools or one (`tool`), to the whole group or to one member
+(`user`) or agent (`agent`); it caps calls per fixed window (minute, hour, day) or spend per calendar period (day,
+month), in UTC by the store's clock. Every limit that matches a call applies. Spend is counted in micro-units of
+the limit's currency from each tool's declared cost (`declarations.MICROS`). A call is counted when it runs, all
+its limits at once or none (`Store.charge`), so concurrent calls on any number of processes and replicas never
+exceed a limit.
+"""
+
+from __future__ import annotations
+
+import calendar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from .declarations import MICROS
+
+__all__ = ["CALL_WINDOWS", "SPEND_PERIODS", "Limit", "exceeded_warning", "parse_calls", "parse_spend", "shown_spend"]
+
+Kind = Literal["calls", "spend"]
+CALL_WINDOWS = {"minute": 60, "hour": 3600, "day": 86400}
+SPEND_PERIODS = ("day", "month")
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One limit of a group's: its scope (None: any tool, the whole group), its kind, amount and window."""
+
+    group: str
+    tool: str | None
+    user: str | None
+    agent: str | None
+    kind: Kind
+    amount: int  # calls, or micro-units of `currency`
+    per: str
+    currency: str | None = None
+
+    def applies(self, tool: str, user: str | None, agent: str | None) -> bool:
+        return self.tool in (None, tool) and self.user in (None, user) and self.agent in (None, agent)
+
+    def window(self, at: float) -> tuple[int, int]:
+        """The window `at` falls in: (its start, when it resets), epoch seconds, UTC."""
+        if self.per in CALL_WINDOWS:
+            size = CALL_WINDOWS[self.per]
+            start = int(at) // size * size
+            return start, start + size
+        day = datetime.fromtimestamp(at, UTC)
+        if self.per == "day":
+            start_day = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return int(start_day.timestamp()), int(start_day.timestamp()) + 86400
+        start_month = datetime(day.year, day.month, 1, tzinfo=UTC)
+        days = calendar.monthrange(day.year, day.month)[1]
+        return int(start_month.timestamp()), int(start_month.timestamp()) + days * 86400
+
+    def scope(self) -> dict[str, str]:
+        return {k: v for k, v in (("tool", self.tool), ("user", self.user), ("agent", self.agent)) if v is not None}
+
+    def as_json(self) -> dict[str, Any]:
+        """The limit as contract §8 shows it: `{"calls": 10, "per": "day"}` or `{"spend": "2.00", ...}`, with
+        its scope."""
+        if self.kind == "calls":
+            return {"calls": self.amount, "per": self.per, **self.scope()}
+        return {"spend": shown_spend(self.amount), "currency": self.currency, "per": self.per, **self.scope()}
+
+    def describe(self) -> str:
+        amount = f"{self.amount} calls" if self.kind == "calls" else f"{shown_spend(self.amount)} {self.currency}"
+        whose = ", ".join(f"{k} {v}" for k, v in self.scope().items()) or "all tools, the whole group"
+        return f"{amount} per {self.per} ({whose})"
+
+    def used_json(self, used: int) -> int | str:
+        return used if self.kind == "calls" else shown_spend(used)
+
+
+def shown_spend(micros: int) -> str:
+    """Micro-units as a decimal with at least 2 places: 2000000 → "2.00", 2500 → "0.0025"."""
+    text = f"{Decimal(micros) / MICROS:f}"
+    whole, _, fraction = text.partition(".")
+    fraction = fraction.rstrip("0")
+    return f"{whole}.{fraction.ljust(2, '0')}"
+
+
+def parse_calls(text: str) -> tuple[int, str]:
+    """`N/WINDOW` (`100/minute`): a whole number of calls of at least 1 per minute, hour or day."""
+    count, _, per = text.partition("/")
+    if per not in CALL_WINDOWS:
+        raise ValueError(f"--calls: give N/WINDOW with WINDOW one of {', '.join(CALL_WINDOWS)} (such as 100/minute)")
+    if not count.strip().isdigit() or int(count) < 1:
+        raise ValueError("--calls: N must be a whole number of calls, at least 1 (such as 100/minute)")
+    return int(count), per
+
+
+def parse_spend(text: str) -> tuple[int, str]:
+    """`X/PERIOD` (`50.00/month`): a finite decimal of at least 0 (at most 6 places) per day or month."""
+    amount, _, per = text.partition("/")
+    if per not in SPEND_PERIODS:
+        raise ValueError(f"--spend: give X/PERIOD with PERIOD one of {', '.join(SPEND_PERIODS)} (such as 50.00/month)")
+    try:
+        value = Decimal(amount.strip())
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not value.is_finite() or value < 0 or (value * MICROS) != (value * MICROS).to_integral_value():
+        raise ValueError("--spend: X must be a number of at least 0 with at most 6 decimal places (such as 50.00)")
+    return int(value * MICROS), per
+
+
+def exceeded_warning(limit: Limit, used: int, resets_at: int, tool: str) -> dict[str, Any]:
+    """The §4 result shape of a call a limit refused (contract §8)."""
+    return {
+        "warning": "budget_exceeded",
+        "tool": tool,
+        "group": limit.group,
+        "limit": limit.as_json(),
+        "used": limit.used_json(used),
+        "resets_at": datetime.fromtimestamp(resets_at, UTC).isoformat().replace("+00:00", "Z"),
+    }

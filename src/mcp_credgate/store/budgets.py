@@ -1,0 +1,179 @@
+"""Budgets (contract §8): each group's limits, and what was used of each per window, counted exactly.
+
+`charge` counts a call against all its limits in one write transaction, each by an update that only succeeds
+while the limit still fits (`used + n <= amount`): writers run one at a time on SQLite (BEGIN IMMEDIATE), and on
+PostgreSQL the update locks the window's row and checks it again as it is, so concurrent calls on any number of
+gateways never count past a limit. Windows are the store's clock's (`Database.epoch`), never a replica's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..budgets import Limit
+from ..crypto import Keyring
+from ..errors import NotFoundError
+from .base import StoreBase
+from .database import Database, Row
+
+
+@dataclass(frozen=True)
+class Exceeded:
+    """The first limit a call no longer fits: what was used of it, and when its window resets."""
+
+    limit: Limit
+    used: int
+    resets_at: int
+
+
+def _key(value: str | None) -> str:
+    return value or ""
+
+
+def _limit(group: str, row: Row) -> Limit:
+    return Limit(
+        group,
+        row["tool"] or None,
+        row["user_name"] or None,
+        row["agent"] or None,
+        row["kind"],
+        int(row["amount"]),
+        row["per"],
+        row["currency"],
+    )
+
+
+class Budgets(StoreBase):
+    def __init__(self, db: Database, keyring: Keyring) -> None:
+        super().__init__(db, keyring)
+        # group → its limits, valid while the database's change marker is unchanged (as the binding cache)
+        self._limits: dict[str, list[Limit]] = {}
+        self._limits_version = -1
+
+    def _drop_caches(self) -> None:
+        super()._drop_caches()
+        self._limits.clear()
+
+    def set_budget(self, limit: Limit) -> None:
+        """Set a limit; one of the same scope and kind is replaced (its counts with it)."""
+        with self._write() as conn:
+            gid = self._group_id(conn, limit.group)
+            if limit.user is not None:
+                self._require_member(conn, gid, self._user_id(conn, limit.user), limit.group, limit.user)
+            scope = (gid, _key(limit.tool), _key(limit.user), _key(limit.agent), limit.kind)
+            conn.execute(
+                "DELETE FROM budgets WHERE group_id = ? AND tool = ? AND user_name = ? AND agent = ? AND kind = ?",
+                scope,
+            )
+            conn.execute(
+                "INSERT INTO budgets (group_id, tool, user_name, agent, kind, amount, per, currency)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (*scope, limit.amount, limit.per, limit.currency),
+            )
+
+    def remove_budget(
+        self, group: str, tool: str | None, user: str | None, agent: str | None, kind: str | None = None
+    ) -> int:
+        """Remove the scope's limits (of one kind, when given); how many went."""
+        with self._write() as conn:
+            gid = self._group_id(conn, group)
+            sql = "DELETE FROM budgets WHERE group_id = ? AND tool = ? AND user_name = ? AND agent = ?"
+            params: list[object] = [gid, _key(tool), _key(user), _key(agent)]
+            if kind is not None:
+                sql += " AND kind = ?"
+                params.append(kind)
+            removed = int(conn.execute(sql, params).rowcount)
+        if not removed:
+            raise NotFoundError(f"group {group!r} has no such limit (see `credgate budget show {group}`)")
+        return removed
+
+    def budgets(self, group: str) -> list[Limit]:
+        """The group's limits (none for a group without any, or no group of that name); at call time one cheap
+        version check while nothing changed."""
+        with self._lock:
+            version = self._db.change_marker()
+            if version != self._limits_version:
+                self._limits.clear()
+                self._limits_version = version
+            cached = self._limits.get(group)
+        if cached is not None:
+            return cached
+        found = self._read_budgets(group)
+        with self._lock:
+            if self._limits_version == version:
+                self._limits[group] = found
+        return found
+
+    def _read_budgets(self, group: str) -> list[Limit]:
+        rows = self._query(
+            "SELECT b.* FROM budgets b JOIN groups g ON g.id = b.group_id WHERE g.name = ?"
+            " ORDER BY b.tool, b.user_name, b.agent, b.kind",
+            (group,),
+        )
+        return [_limit(group, r) for r in rows]
+
+    def store_epoch(self) -> float:
+        with self._lock:
+            return self._db.epoch()
+
+    def used(self, limit: Limit, at: float | None = None) -> tuple[int, int]:
+        """What was used of the limit in its current window (by the store's clock, or `at`), and when it resets."""
+        with self._lock:
+            start, resets = limit.window(self._db.epoch() if at is None else at)
+            row = self._db.execute(
+                "SELECT u.used FROM budget_usage u WHERE u.window_start = ? AND u.budget_id = ("
+                " SELECT b.id FROM budgets b JOIN groups g ON g.id = b.group_id WHERE g.name = ? AND b.tool = ?"
+                " AND b.user_name = ? AND b.agent = ? AND b.kind = ?)",
+                (start, limit.group, _key(limit.tool), _key(limit.user), _key(limit.agent), limit.kind),
+            ).fetchone()
+        return (int(row["used"]) if row else 0), resets
+
+    def charge(self, charges: Sequence[tuple[Limit, int]]) -> Exceeded | None:
+        """Count a call against each limit (`n`: 1 call, or its cost), all or none: None when it fits all of them
+        and was counted, else the first it does not fit (nothing counted)."""
+        if not charges:
+            return None
+        try:
+            with self._write(changes_setup=False) as conn:
+                at = conn.epoch()
+                for limit, n in charges:
+                    exceeded = self._count(conn, limit, n, at)
+                    if exceeded is not None:
+                        raise _Refused(exceeded)
+        except _Refused as refused:
+            return refused.exceeded
+        return None
+
+    def _count(self, conn: Database, limit: Limit, n: int, at: float) -> Exceeded | None:
+        start, resets = limit.window(at)
+        row = conn.execute(
+            "SELECT b.id FROM budgets b JOIN groups g ON g.id = b.group_id WHERE g.name = ? AND b.tool = ?"
+            " AND b.user_name = ? AND b.agent = ? AND b.kind = ?",
+            (limit.group, _key(limit.tool), _key(limit.user), _key(limit.agent), limit.kind),
+        ).fetchone()
+        if row is None:  # removed since it was read: it limits nothing any more
+            return None
+        bid = int(row["id"])
+        conn.execute(
+            "INSERT INTO budget_usage (budget_id, window_start, used) VALUES (?, ?, 0)"
+            " ON CONFLICT (budget_id, window_start) DO NOTHING",
+            (bid, start),
+        )
+        counted = conn.execute(
+            "UPDATE budget_usage SET used = used + ? WHERE budget_id = ? AND window_start = ? AND used + ? <= ?",
+            (n, bid, start, n, limit.amount),
+        ).rowcount
+        if counted:
+            return None
+        used = conn.execute(
+            "SELECT used FROM budget_usage WHERE budget_id = ? AND window_start = ?", (bid, start)
+        ).fetchone()
+        return Exceeded(limit, int(used["used"]), resets)
+
+
+class _Refused(Exception):
+    """Rolls a charge back: one of its limits did not fit."""
+
+    def __init__(self, exceeded: Exceeded) -> None:
+        self.exceeded = exceeded

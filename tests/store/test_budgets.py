@@ -1,0 +1,102 @@
+"""Budgets in the store (`store.budgets`): limits set, replaced and removed, and calls counted exactly, all of a
+call's limits or none, with many callers at once on two connections (two gateways on one SQLite folder, two
+replicas on PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from mcp_credgate.budgets import Limit
+from mcp_credgate.config import Settings
+from mcp_credgate.errors import ConflictError, NotFoundError
+from mcp_credgate.store import Store
+
+
+def calls(amount: int, *, tool: str | None = None, agent: str | None = None, per: str = "day") -> Limit:
+    return Limit("g", tool, None, agent, "calls", amount, per)
+
+
+@pytest.fixture
+def grouped(store: Store) -> Store:
+    store.add_group("g")
+    return store
+
+
+def test_a_limit_of_the_same_scope_and_kind_replaces_the_last_and_rm_removes_the_scopes(grouped: Store) -> None:
+    grouped.set_budget(calls(10))
+    grouped.set_budget(calls(20))
+    grouped.set_budget(Limit("g", None, None, None, "spend", 2_000_000, "month", "USD"))
+    grouped.set_budget(calls(5, tool="t"))
+
+    assert sorted((b.kind, b.tool or "", b.amount) for b in grouped.budgets("g")) == [
+        ("calls", "", 20),
+        ("calls", "t", 5),
+        ("spend", "", 2_000_000),
+    ]
+    assert grouped.remove_budget("g", None, None, None, "calls") == 1
+    assert grouped.remove_budget("g", None, None, None) == 1  # the spend one is left: both kinds by default
+    assert [b.tool for b in grouped.budgets("g")] == ["t"]
+    with pytest.raises(NotFoundError):
+        grouped.remove_budget("g", None, None, None)
+
+
+def test_a_members_limit_needs_a_member_and_a_groups_limit_a_group(grouped: Store) -> None:
+    grouped.add_user("ann", "0" * 64)
+    with pytest.raises(ConflictError, match="not a member"):
+        grouped.set_budget(Limit("g", None, "ann", None, "calls", 1, "day"))
+    with pytest.raises(NotFoundError):
+        grouped.set_budget(Limit("nope", None, None, None, "calls", 1, "day"))
+
+
+def test_a_call_is_counted_against_all_its_limits_or_none(grouped: Store) -> None:
+    whole, tool = calls(3), calls(1, tool="t")
+    grouped.set_budget(whole)
+    grouped.set_budget(tool)
+
+    first = grouped.charge([(whole, 1), (tool, 1)])
+    second = grouped.charge([(whole, 1), (tool, 1)])  # the tool's limit is used up
+
+    assert first is None
+    assert second is not None and second.limit == tool and second.used == 1
+    assert grouped.used(whole)[0] == 1  # the refused call counted nowhere
+
+
+def test_windows_are_fixed_in_utc_and_a_new_window_starts_from_nothing(grouped: Store) -> None:
+    minute = calls(1, per="minute")
+    grouped.set_budget(minute)
+    assert grouped.charge([(minute, 1)]) is None
+    used_now, resets = grouped.used(minute)
+
+    assert used_now == 1 and resets % 60 == 0
+    assert grouped.used(minute, at=resets + 1)[0] == 0
+
+
+@pytest.mark.parametrize("n", [20])
+def test_twenty_concurrent_calls_against_a_limit_of_ten_on_two_connections_count_exactly_ten(
+    grouped: Store, settings: Settings, n: int
+) -> None:
+    limit = calls(10)
+    grouped.set_budget(limit)
+    other = Store.open(settings, env={})  # a second gateway on the same folder, or a second replica
+    outcomes: list[bool] = []
+    lock, start = threading.Lock(), threading.Barrier(n)
+
+    def call(store: Store) -> None:
+        start.wait()
+        fitted = store.charge([(limit, 1)]) is None
+        with lock:
+            outcomes.append(fitted)
+
+    try:
+        threads = [threading.Thread(target=call, args=(grouped if i % 2 else other,)) for i in range(n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        other.close()
+
+    assert outcomes.count(True) == 10 and outcomes.count(False) == 10
+    assert grouped.used(limit)[0] == 10
