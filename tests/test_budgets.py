@@ -3,11 +3,13 @@ is sent. Counting across processes and replicas is tested in tests/store/test_bu
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -214,3 +216,46 @@ def test_a_spend_limit_over_tools_of_two_currencies_is_refused(world: World) -> 
     result = CliRunner().invoke(cli, [*world.cli_paths, "budget", "set", "desk", "--spend", "5/month"])
 
     assert result.exit_code == 1 and "different currencies (EUR, USD)" in result.output
+
+
+# -- usage ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_usage_counts_the_calls_that_ran_and_their_cost_by_tool_and_by_agent(world: World) -> None:
+    budget(world, "set", "desk", "--tool", "broken", "--calls", "1/day")
+    with anyio.fail_after(30):
+        async with desk(world, "bot") as bot, desk(world, "other") as other:
+            for client in (bot, bot, other):
+                await client.call_tool("search", {"q": "x"})
+            await bot.call_tool("search", {"q": 5})  # invalid: it did not run
+            await bot.call_tool("broken", {})  # ran and failed: it counts
+            await bot.call_tool("broken", {})  # over budget: it did not run
+    audit(world, "broken", 2)
+
+    by_tool = usage(world, "desk", "--json")
+    by_agent = usage(world, "desk", "--by", "agent", "--json")
+    text = usage(world, "desk")
+
+    assert by_tool["usage"] == [
+        {"tool": "broken", "calls": 1, "spent": {"USD": "0.00"}},
+        {"tool": "search", "calls": 3, "spent": {"USD": "0.75"}},
+    ]
+    assert by_agent["usage"] == [
+        {"agent": "bot", "calls": 3, "spent": {"USD": "0.50"}},
+        {"agent": "other", "calls": 1, "spent": {"USD": "0.25"}},
+    ]
+    assert "search  3 calls  0.75 USD" in text
+    assert usage(world, "desk", "--since", "2999-01-01", "--json")["usage"] == []
+
+
+def test_usage_refuses_a_bad_date_with_one_line(world: World) -> None:
+    result = CliRunner().invoke(cli, [*world.cli_paths, "usage", "desk", "--since", "last week"])
+
+    assert result.exit_code == 2 and "give a date" in result.output
+
+
+def usage(world: World, *args: str) -> Any:
+    result = CliRunner().invoke(cli, [*world.cli_paths, "usage", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output) if "--json" in args else result.output

@@ -25,7 +25,9 @@ BATCH = 200
 # ok | error | missing_credential | denied | invalid_arguments | declined | approval_required | over_budget
 Outcome = str
 # What a call enqueues: cheap to build on the call path; the writer thread turns it into an AuditRow.
-_Pending = tuple[float, str, str | None, str, str | None, Outcome, float, str | None, str | None, str | None]
+_Pending = tuple[
+    float, str, str | None, str, str | None, Outcome, float, str | None, str | None, str | None, tuple[int, str] | None
+]
 
 
 def _row(
@@ -39,9 +41,11 @@ def _row(
     ref: str | None,
     user: str | None,
     approval: str | None,
+    spent: tuple[int, str] | None,
 ) -> AuditRow:
     stamp = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
-    return AuditRow(stamp, group, agent, tool, cred, outcome, round(ms, 3), ref, user, approval)
+    cost, currency = spent if spent is not None else (None, None)
+    return AuditRow(stamp, group, agent, tool, cred, outcome, round(ms, 3), ref, user, approval, cost, currency)
 
 
 class AuditLog:
@@ -67,9 +71,13 @@ class AuditLog:
         ref: str | None = None,
         user: str | None = None,
         approval: str | None = None,
+        spent: tuple[int, str] | None = None,
     ) -> None:
+        """`spent`: a call that ran, what it cost (micro-units, currency): usage and budgets derive from it."""
         duration_ms = (time.perf_counter() - started) * 1000
-        self._pending.append((time.time(), group, agent, tool, credential, outcome, duration_ms, ref, user, approval))
+        self._pending.append(
+            (time.time(), group, agent, tool, credential, outcome, duration_ms, ref, user, approval, spent)
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(FLUSH_SECONDS):

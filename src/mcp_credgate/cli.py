@@ -12,7 +12,7 @@ import sys
 import webbrowser
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from itertools import islice
 from pathlib import Path
@@ -23,6 +23,7 @@ import click
 from click.core import ParameterSource
 
 from . import __version__, admin, oauth, people
+from .budgets import shown_spend
 from .config import Settings, database_url_has_password
 from .credential import Credential
 from .credential_files import FORMATS, CredentialRecord, Format, format_of, read_records, text_lines
@@ -1373,6 +1374,42 @@ def audit(app: App, group_name: str | None, tool_name: str | None, user_name: st
         ),
         "no calls recorded",
     )
+
+
+USAGE_DAYS = 30
+
+
+def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC) - timedelta(days=USAGE_DAYS)
+    try:
+        since = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter("give a date, such as 2026-12-01 (or a time, 2026-12-01T09:00)") from None
+    return since if since.tzinfo is not None else since.replace(tzinfo=UTC)
+
+
+@cli.command()
+@click.argument("group")
+@click.option("--since", callback=_since, help=f"From this date (UTC); the last {USAGE_DAYS} days by default.")
+@click.option("--by", type=click.Choice(["tool", "user", "agent"]), default="tool", show_default=True)
+@common_options
+@pass_app
+def usage(app: App, group: str, since: datetime, by: str) -> None:
+    """What GROUP's agents used: the calls that ran and what they cost, by tool, user or agent."""
+    app.store.group(group)
+    found = app.store.usage(group, since.astimezone(UTC).isoformat(timespec="milliseconds"), by)
+    start = since.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    rows: list[dict[str, Any]] = []
+    lines = [f"{group} since {start}, by {by}"]
+    for u in found:
+        spent = {currency: shown_spend(micros) for currency, micros in sorted(u.spent.items())}
+        rows.append({by: u.key, "calls": u.calls, "spent": spent})
+        costs = ", ".join(f"{amount} {currency}" for currency, amount in spent.items())
+        lines.append(f"    {u.key or '-'}  {u.calls} calls" + (f"  {costs}" if costs else ""))
+    if not rows:
+        lines.append("    no calls ran")
+    app.out({"group": group, "since": start, "by": by, "usage": rows}, lines)
 
 
 @cli.command()

@@ -166,14 +166,14 @@ class ToolCalls:
         except Exception as exc:
             if isinstance(exc, MCPError) and exc.code == types.MISSING_REQUIRED_CLIENT_CAPABILITY:
                 # the upstream needs what the agent's client did not declare: the agent must learn which
-                self._record(caller, name, decision.credential_name, "error", started, ref, approval)
+                self._record(caller, name, decision.credential_name, "error", started, ref, approval, decision.tool)
                 raise MCPError(exc.code, redactor.text(exc.message), redactor.obj(exc.data)) from None
             details = "".join(traceback.format_exception(exc))
             logger.error("tool %s failed (ref: %s):\n%s", name, ref, redactor.text(details))
-            self._record(caller, name, decision.credential_name, "error", started, ref, approval)
+            self._record(caller, name, decision.credential_name, "error", started, ref, approval, decision.tool)
             return _text_result(f"The tool {name} failed (ref: {ref}).", is_error=True)
         outcome = "error" if output.is_error else "ok"
-        self._record(caller, name, decision.credential_name, outcome, started, ref, approval)
+        self._record(caller, name, decision.credential_name, outcome, started, ref, approval, decision.tool)
         return _to_result(output, redactor)
 
     def _charges(self, caller: Caller, tool: Tool) -> list[tuple[Limit, int]]:
@@ -282,8 +282,13 @@ class ToolCalls:
         started: float,
         ref: str,
         approval: str | None = None,
+        ran: Tool | None = None,
     ) -> None:
-        self._audit.record(caller.group, caller.agent, tool, credential, outcome, started, ref, caller.user, approval)
+        """`ran`: the call ran (its cost counts in usage)."""
+        spent = (ran.decl.cost, ran.decl.currency) if ran is not None else None
+        self._audit.record(
+            caller.group, caller.agent, tool, credential, outcome, started, ref, caller.user, approval, spent
+        )
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "call group=%s agent=%s tool=%s credential=%s outcome=%s",

@@ -1,7 +1,7 @@
 """The store and what it hands out. See `core` for the `Store` and its parts, and `database` for the backends."""
 
 from .base import now
-from .budgets import Exceeded
+from .budgets import Exceeded, Usage
 from .change_hint import hint_path
 from .core import Store
 from .grants import IssuedTokens, OAuthClientRecord, OAuthCode, OAuthToken, RefreshReused
@@ -43,6 +43,7 @@ __all__ = [
     "SsoLink",
     "SsoMatch",
     "Store",
+    "Usage",
     "UserInfo",
     "hint_path",
     "load_keyring",

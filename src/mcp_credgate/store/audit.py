@@ -22,9 +22,12 @@ class Audit(StoreBase):
         with self._write(changes_setup=False) as conn:
             conn.executemany(
                 "INSERT INTO audit (ts, group_name, agent, tool, credential, outcome, duration_ms, ref, user_name,"
-                " approval) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " approval, cost, currency) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (r.ts, r.group, r.agent, r.tool, r.credential, r.outcome, r.duration_ms, r.ref, r.user, r.approval)
+                    (
+                        *(r.ts, r.group, r.agent, r.tool, r.credential, r.outcome, r.duration_ms, r.ref, r.user),
+                        *(r.approval, r.cost, r.currency),
+                    )
                     for r in rows
                 ],
             )
@@ -55,7 +58,8 @@ class Audit(StoreBase):
         with self._lock:
             found = page_rows(
                 self._db,
-                "id, ts, group_name, agent, tool, credential, outcome, duration_ms, ref, user_name, approval",
+                "id, ts, group_name, agent, tool, credential, outcome, duration_ms, ref, user_name, approval, cost,"
+                " currency",
                 "audit",
                 "id",
                 clauses,
@@ -112,5 +116,7 @@ def _audit_row(r: Row) -> AuditRow:
         r["ref"],
         r["user_name"],
         r["approval"],
+        r["cost"],
+        r["currency"],
         id=int(r["id"]),
     )

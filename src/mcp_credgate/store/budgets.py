@@ -17,6 +17,17 @@ from ..errors import NotFoundError
 from .base import StoreBase
 from .database import Database, Row
 
+USAGE_BY = {"tool": "tool", "user": "user_name", "agent": "agent"}
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Calls that ran, and what they cost (micro-units by currency), for one tool, member or agent."""
+
+    key: str | None
+    calls: int
+    spent: dict[str, int]
+
 
 @dataclass(frozen=True)
 class Exceeded:
@@ -112,6 +123,24 @@ class Budgets(StoreBase):
             (group,),
         )
         return [_limit(group, r) for r in rows]
+
+    def usage(self, group: str, since: str, by: str) -> list[Usage]:
+        """The calls of the group that ran since `since` (ISO UTC), by tool, user or agent (`USAGE_BY`), read from
+        the audit rows they left."""
+        column = USAGE_BY[by]
+        rows = self._query(
+            f"SELECT {column} AS k, currency, count(*) AS calls, sum(cost) AS spent FROM audit"
+            " WHERE group_name = ? AND ts >= ? AND cost IS NOT NULL"
+            f" GROUP BY {column}, currency ORDER BY {column}",
+            (group, since),
+        )
+        found: dict[str | None, Usage] = {}
+        for r in rows:
+            usage = found.setdefault(r["k"], Usage(r["k"], 0, {}))
+            found[r["k"]] = Usage(
+                r["k"], usage.calls + int(r["calls"]), {**usage.spent, r["currency"]: int(r["spent"])}
+            )
+        return list(found.values())
 
     def store_epoch(self) -> float:
         with self._lock:

@@ -92,6 +92,8 @@ class AuditRow:
     ref: str | None = None
     user: str | None = None  # the user the agent acted for
     approval: str | None = None  # "approved": a person approved the call before it ran
+    cost: int | None = None  # a call that ran: its declared cost, in micro-units of `currency`
+    currency: str | None = None
     id: int | None = field(default=None, compare=False)  # set when read: the row's key in the log's pages
 
 

@@ -373,4 +373,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         )
         """,
     ),
+    Migration(
+        # Usage (contract §8): a call that ran records what it cost, so that usage by tool, member or agent is
+        # read from the audit rows it derives from.
+        "0015_audit_costs",
+        """
+        ALTER TABLE audit ADD COLUMN cost BIGINT;
+        ALTER TABLE audit ADD COLUMN currency TEXT;
+        CREATE INDEX audit_group_ts ON audit(group_name, ts)
+        """,
+    ),
 )
