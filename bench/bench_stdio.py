@@ -5,12 +5,14 @@ injects on every call, then redacts the output and queues an audit row. Both run
 its own SDK stdio client, and the calls alternate between them one by one (so machine noise and drift
 hit both alike); throughput is calls per second of time spent waiting on that server.
 
-    python bench/bench_stdio.py [--calls 2000] [--block 300] [--before SRC] [--equal-wire]
+    python bench/bench_stdio.py [--calls 2000] [--block 300] [--before SRC] [--equal-wire] [--budget]
 
 Each runs twice: calls alternating one by one, then in blocks of 300 consecutive calls per server (one agent's
 real pattern). `--before SRC` adds a third server: credgate run from another source tree's `src` (e.g. an
 earlier commit's, from `git archive`), on the same store: a before/after pair measured side by side.
 `--equal-wire` adds the bare server on credgate's stdio wire: credgate's own work per call, on an equal wire.
+`--budget` adds credgate on a store of its own whose group has limits (calls per day and spend per month, the tool
+costing 0.001): what counting each call against its limits costs, side by side with no limit set.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from mcp.client.stdio import stdio_client
 
 HERE = Path(__file__).resolve().parent
 EQUAL = "bare, credgate's wire"
+BUDGETED = "credgate, with limits"
 TOOL = """
 name = "echo"
 description = "Echo the text back."
@@ -47,12 +50,14 @@ entrypoint = "bench_tools:echo"
 """
 
 
-def setup_credgate(home: Path, extra_env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+def setup_credgate(
+    home: Path, extra_env: dict[str, str] | None = None, *, budget: bool = False
+) -> tuple[list[str], dict[str, str]]:
     """A store (SQLite in `home`, or where `extra_env`'s CREDGATE_DATABASE_URL says) with the echo tool bound
     for group `bench`; returns the `serve` command line and the environment it needs."""
     tools = home / "tools.d"
     tools.mkdir(parents=True)
-    (tools / "echo.toml").write_text(TOOL)
+    (tools / "echo.toml").write_text(("cost = 0.001\n" if budget else "") + TOOL)
     env = {**os.environ, "PYTHONPATH": str(HERE), **(extra_env or {})}
     base = [sys.executable, "-m", "mcp_credgate"]
     common = ["--home", str(home), "--tools-dir", str(tools)]
@@ -66,6 +71,9 @@ def setup_credgate(home: Path, extra_env: dict[str, str] | None = None) -> tuple
     run("group", "add", "bench")
     run("group", "allow", "bench", "echo")
     run("bind", "bench", "echo", "bench-key")
+    if budget:
+        run("budget", "set", "bench", "--calls", "100000000/day")
+        run("budget", "set", "bench", "--spend", "1000000/month")
     return [*base, "serve", "--group", "bench", *common], {"PYTHONPATH": str(HERE), **(extra_env or {})}
 
 
@@ -122,6 +130,7 @@ async def main() -> None:
     parser.add_argument("--block", type=int, default=300, help="consecutive calls per server in the second mode")
     parser.add_argument("--before", type=Path, help="another source tree's src: a second credgate, run from it")
     parser.add_argument("--equal-wire", action="store_true", help="add the bare server on credgate's stdio wire")
+    parser.add_argument("--budget", action="store_true", help="add credgate with limits to count each call against")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         credgate_argv, credgate_env = setup_credgate(Path(tmp) / "home")
@@ -131,6 +140,8 @@ async def main() -> None:
         }
         if opts.equal_wire:
             servers[EQUAL] = ([sys.executable, str(HERE / "bare_server.py"), "--pipe-wire"], {})
+        if opts.budget:
+            servers[BUDGETED] = setup_credgate(Path(tmp) / "budgeted", budget=True)
         if opts.before is not None:
             before_env = {**credgate_env, "PYTHONPATH": f"{opts.before.resolve()}{os.pathsep}{HERE}"}
             servers["credgate, before"] = (credgate_argv, before_env)
@@ -143,6 +154,9 @@ async def main() -> None:
             if EQUAL in figures:
                 same_wire = figures["credgate serve"][0] / figures[EQUAL][0]
                 print(f"throughput ratio credgate/bare on the same wire: {same_wire:.2f}")
+            if BUDGETED in figures:
+                limited = figures[BUDGETED][0] / figures["credgate serve"][0]
+                print(f"throughput ratio credgate with limits/without: {limited:.3f} (target >= 0.90)")
             if "credgate, before" in figures:
                 before = figures["credgate, before"][0]
                 print(f"throughput ratio credgate before/bare: {before / bare:.2f}, ", end="")

@@ -55,6 +55,9 @@ class Gateway:
         self.gate = Gate(store, catalog, settings.public_url)
         self.audit = AuditLog(audit_store.write_audit)
         self._audit_store = audit_store
+        # the connection that counts calls against budgets: the audit's, whose writes need no disk wait
+        audit_store.relax_durability()
+        self.counts = audit_store
         self._http: httpx2.AsyncClient | None = None
         self.upstreams: UpstreamPool | None = None  # set while `running()`
         self.refresher = TokenRefresher(store, lambda: self.http)

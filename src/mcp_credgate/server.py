@@ -135,7 +135,7 @@ class ToolCalls:
                 self._record(caller, name, decision.credential_name, "denied", started, ref)
                 raise MCPError(code=types.INVALID_PARAMS, message="Invalid or expired requestState")
         charges = self._charges(caller, decision.tool)
-        if charges and resumed is None:  # budget before approval (contract §7's order); counted when it runs
+        if charges and resumed is None and decision.approval:  # budget before the question (contract §7's order)
             over = await anyio.to_thread.run_sync(self._over_budget, charges)
             if over is not None:
                 self._record(caller, name, decision.credential_name, "over_budget", started, ref)
@@ -150,7 +150,7 @@ class ToolCalls:
                 return answer
             approval = "approved"
         if charges and resumed is None:  # the call runs now: counted, or refused if it no longer fits
-            over = await anyio.to_thread.run_sync(self._gateway.store.charge, charges)
+            over = await anyio.to_thread.run_sync(self._gateway.counts.charge, charges)
             if over is not None:
                 self._record(caller, name, decision.credential_name, "over_budget", started, ref, approval)
                 return _over_budget(over, name)
@@ -189,7 +189,7 @@ class ToolCalls:
 
     def _over_budget(self, charges: list[tuple[Limit, int]]) -> Exceeded | None:
         """The first limit the call would not fit (read only: nothing is counted here)."""
-        store = self._gateway.store
+        store = self._gateway.counts
         for limit, n in charges:
             used, resets_at = store.used(limit)
             if n < 0 or used + n > limit.amount:

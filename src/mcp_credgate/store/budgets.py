@@ -142,6 +142,11 @@ class Budgets(StoreBase):
             )
         return list(found.values())
 
+    def relax_durability(self) -> None:
+        """See `Database.relax_durability`: for the gateway's second connection, which counts and audits."""
+        with self._lock:
+            self._db.relax_durability()
+
     def store_epoch(self) -> float:
         with self._lock:
             return self._db.epoch()
@@ -164,7 +169,7 @@ class Budgets(StoreBase):
         if not charges:
             return None
         try:
-            with self._write(changes_setup=False) as conn:
+            with self._write(changes_setup=False, keeps_caches=True) as conn:
                 at = conn.epoch()
                 for limit, n in charges:
                     exceeded = self._count(conn, limit, n, at)

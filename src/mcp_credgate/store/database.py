@@ -72,6 +72,11 @@ class Database(ABC):
         on any exception."""
 
     @abstractmethod
+    def relax_durability(self) -> None:
+        """For a connection whose writes may be lost to a power cut but not to a crash of the process (budget
+        counts, audit rows): commit without waiting for the disk where the backend allows it."""
+
+    @abstractmethod
     def epoch(self) -> float:
         """The store's clock, in seconds since 1970 (UTC): what decides a budget's window on every replica."""
 

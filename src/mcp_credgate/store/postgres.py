@@ -132,6 +132,9 @@ class PostgresDatabase(Database):
         comes by (a minute or more), and joins of a few rows may be planned over the whole table meanwhile."""
         self.execute(f"ANALYZE {', '.join(tables)}")
 
+    def relax_durability(self) -> None:
+        """PostgreSQL keeps its commits as its server is configured: replicas share them, none is relaxed."""
+
     def epoch(self) -> float:
         return float(self.execute("SELECT extract(epoch FROM clock_timestamp()) AS t").fetchone()["t"])
 

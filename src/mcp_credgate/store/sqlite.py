@@ -154,6 +154,11 @@ class SqliteDatabase(Database):
         super().note_change()
         self._noted_change = True
 
+    def relax_durability(self) -> None:
+        # WAL: a commit is in the log (and the OS) at once, on disk at the next checkpoint; a crash of the
+        # process loses nothing, a power cut the last commits at most
+        self.execute("PRAGMA synchronous = NORMAL")
+
     def epoch(self) -> float:
         return time.time()  # the store lives on this machine: its clock is the store's
 
