@@ -988,7 +988,7 @@ async def test_a_2026_agent_listens_to_a_handshake_upstreams_resource_which_the_
 async def test_a_listen_stream_subscribes_an_upstream_only_to_its_own_resources_not_to_another_upstreams(
     tmp_path: Path, discovered: Discovered, front_dir: Path
 ) -> None:
-    """review24: resources/subscribe routes a URI to the upstream that owns it (`_owner_of`); a listen stream's
+    """resources/subscribe routes a URI to the upstream that owns it (`_owner_of`); a listen stream's
     URIs must be routed the same way. Otherwise every upstream of the group is subscribed to every URI an agent
     watches (a hostile upstream learns which of another upstream's resources the agent follows, and may send
     updates for them), and one listen with many URIs is a subscribe request per URI to each upstream."""
