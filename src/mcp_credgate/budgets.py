@@ -18,7 +18,16 @@ from typing import Any, Literal
 
 from .declarations import MICROS
 
-__all__ = ["CALL_WINDOWS", "SPEND_PERIODS", "Limit", "exceeded_warning", "parse_calls", "parse_spend", "shown_spend"]
+__all__ = [
+    "CALL_WINDOWS",
+    "SPEND_PERIODS",
+    "Kind",
+    "Limit",
+    "exceeded_warning",
+    "parse_calls",
+    "parse_spend",
+    "shown_spend",
+]
 
 Kind = Literal["calls", "spend"]
 CALL_WINDOWS = {"minute": 60, "hour": 3600, "day": 86400}
