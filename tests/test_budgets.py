@@ -259,3 +259,17 @@ def usage(world: World, *args: str) -> Any:
     result = CliRunner().invoke(cli, [*world.cli_paths, "usage", *args])
     assert result.exit_code == 0, result.output
     return json.loads(result.output) if "--json" in args else result.output
+
+
+@pytest.mark.anyio
+async def test_a_tool_in_another_currency_than_its_spend_limit_is_refused_and_counts_nothing(world: World) -> None:
+    budget(world, "set", "desk", "--spend", "5/month")  # the group's tools cost in USD
+    world.allow("desk", "euro")  # allowed later, costing in EUR
+    with anyio.fail_after(30):
+        async with desk(world) as client:
+            refused = await client.call_tool("euro", {"q": "x"})
+
+    [limit] = world.store.budgets("desk")
+    assert refused.is_error and refused.structured_content is not None
+    assert refused.structured_content["warning"] == "budget_exceeded"
+    assert world.store.used(limit)[0] == 0

@@ -135,11 +135,12 @@ class ToolCalls:
                 self._record(caller, name, decision.credential_name, "denied", started, ref)
                 raise MCPError(code=types.INVALID_PARAMS, message="Invalid or expired requestState")
         charges = self._charges(caller, decision.tool)
-        if charges and resumed is None and decision.approval:  # budget before the question (contract §7's order)
-            over = await anyio.to_thread.run_sync(self._over_budget, charges)
+        # budget before the question (contract §7's order); a charge that cannot be counted is refused here too
+        if charges and resumed is None and (decision.approval or any(n < 0 for _, n in charges)):
+            over = await anyio.to_thread.run_sync(self._first_exceeded, charges)
             if over is not None:
                 self._record(caller, name, decision.credential_name, "over_budget", started, ref)
-                return _over_budget(over, name)
+                return _budget_refusal(over, name)
         approval = "approved" if resumed is not None and resumed.approved else None
         if decision.approval and approval is None:  # the last check before the call runs (contract §7's order)
             refused = await self._approval(caller, name, args, ctx, answers)
@@ -153,7 +154,7 @@ class ToolCalls:
             over = await anyio.to_thread.run_sync(self._gateway.counts.charge, charges)
             if over is not None:
                 self._record(caller, name, decision.credential_name, "over_budget", started, ref, approval)
-                return _over_budget(over, name)
+                return _budget_refusal(over, name)
         redactor = redactor_for(credential)
         resume = (answers.for_upstream(), resumed.upstream_state if resumed is not None else None)
         try:
@@ -178,7 +179,7 @@ class ToolCalls:
 
     def _charges(self, caller: Caller, tool: Tool) -> list[tuple[Limit, int]]:
         """What a call of the tool counts against each of the group's limits that applies to it: 1 call, or its
-        cost (a spend limit in another currency than the tool's counts it as over: `_over_budget`)."""
+        cost (a spend limit in another currency than the tool's counts it as over: `_first_exceeded`)."""
         limits = self._gateway.store.budgets(caller.group)
         decl = tool.decl
         return [
@@ -187,7 +188,7 @@ class ToolCalls:
             if limit.applies(tool.name, caller.user, caller.agent)
         ]
 
-    def _over_budget(self, charges: list[tuple[Limit, int]]) -> Exceeded | None:
+    def _first_exceeded(self, charges: list[tuple[Limit, int]]) -> Exceeded | None:
         """The first limit the call would not fit (read only: nothing is counted here)."""
         store = self._gateway.counts
         for limit, n in charges:
@@ -338,7 +339,7 @@ def _action_of(response: Any) -> str | None:
     return response.get("action") if isinstance(response, dict) else getattr(response, "action", None)
 
 
-def _over_budget(over: Exceeded, name: str) -> types.CallToolResult:
+def _budget_refusal(over: Exceeded, name: str) -> types.CallToolResult:
     """The §4 shape of a call a budget refused (contract §8)."""
     limit, found = over.limit, exceeded_warning(over.limit, over.used, over.resets_at, name)
     text = (
