@@ -42,6 +42,16 @@ def _key(value: str | None) -> str:
     return value or ""
 
 
+def _budget_id(conn: Database, limit: Limit) -> int | None:
+    """The row of the limit's scope and kind, as it is now (None: removed)."""
+    row = conn.execute(
+        "SELECT b.id FROM budgets b JOIN groups g ON g.id = b.group_id WHERE g.name = ? AND b.tool = ?"
+        " AND b.user_name = ? AND b.agent = ? AND b.kind = ?",
+        (limit.group, _key(limit.tool), _key(limit.user), _key(limit.agent), limit.kind),
+    ).fetchone()
+    return int(row["id"]) if row is not None else None
+
+
 def _limit(group: str, row: Row) -> Limit:
     return Limit(
         group,
@@ -155,11 +165,9 @@ class Budgets(StoreBase):
         """What was used of the limit in its current window (by the store's clock, or `at`), and when it resets."""
         with self._lock:
             start, resets = limit.window(self._db.epoch() if at is None else at)
+            bid = _budget_id(self._db, limit)
             row = self._db.execute(
-                "SELECT u.used FROM budget_usage u WHERE u.window_start = ? AND u.budget_id = ("
-                " SELECT b.id FROM budgets b JOIN groups g ON g.id = b.group_id WHERE g.name = ? AND b.tool = ?"
-                " AND b.user_name = ? AND b.agent = ? AND b.kind = ?)",
-                (start, limit.group, _key(limit.tool), _key(limit.user), _key(limit.agent), limit.kind),
+                "SELECT used FROM budget_usage WHERE budget_id = ? AND window_start = ?", (bid, start)
             ).fetchone()
         return (int(row["used"]) if row else 0), resets
 
@@ -181,14 +189,9 @@ class Budgets(StoreBase):
 
     def _count(self, conn: Database, limit: Limit, n: int, at: float) -> Exceeded | None:
         start, resets = limit.window(at)
-        row = conn.execute(
-            "SELECT b.id FROM budgets b JOIN groups g ON g.id = b.group_id WHERE g.name = ? AND b.tool = ?"
-            " AND b.user_name = ? AND b.agent = ? AND b.kind = ?",
-            (limit.group, _key(limit.tool), _key(limit.user), _key(limit.agent), limit.kind),
-        ).fetchone()
-        if row is None:  # removed since it was read: it limits nothing any more
+        bid = _budget_id(conn, limit)
+        if bid is None:  # removed since it was read: it limits nothing any more
             return None
-        bid = int(row["id"])
         conn.execute(
             "INSERT INTO budget_usage (budget_id, window_start, used) VALUES (?, ?, 0)"
             " ON CONFLICT (budget_id, window_start) DO NOTHING",
