@@ -62,6 +62,8 @@ PUBLIC_MODULES = [
     "mcp_credgate.store",
     "mcp_credgate.visible",
     "mcp_credgate.token_refresh",
+    "mcp_credgate.web.charts",
+    "mcp_credgate.web.usage",
 ]
 INCLUDED_PRIVATE_MEMBERS = {"__version__"}
 

@@ -577,9 +577,11 @@ def budget_limit(
     agent: str | None,
     calls: str | None,
     spend: str | None,
+    option: str | None = None,
 ) -> Limit:
     """A limit from `budget set`'s options, checked: one of --calls / --spend, a known tool, one of --user /
-    --agent, an existing agent; a spend limit's currency is that of the tools it covers, which must be one."""
+    --agent, an existing agent; a spend limit's currency is that of the tools it covers, which must be one.
+    `option`: what the amount was given as, to begin its refusal with (--calls or --spend by default)."""
     if (calls is None) == (spend is None):
         raise CredgateError("give one of --calls N/WINDOW or --spend X/PERIOD")
     if user is not None and agent is not None:
@@ -590,7 +592,10 @@ def budget_limit(
     if agent is not None:
         store.agent(agent)  # NotFoundError for an unknown agent
     try:
-        amount, per = parse_calls(calls) if calls is not None else parse_spend(spend or "")
+        if calls is not None:
+            amount, per = parse_calls(calls, option or "--calls")
+        else:
+            amount, per = parse_spend(spend or "", option or "--spend")
     except ValueError as exc:
         raise CredgateError(str(exc)) from None
     if calls is not None:

@@ -91,27 +91,30 @@ def shown_spend(micros: int) -> str:
     return f"{whole}.{fraction.ljust(2, '0')}"
 
 
-def parse_calls(text: str) -> tuple[int, str]:
-    """`N/WINDOW` (`100/minute`): a whole number of calls of at least 1 per minute, hour or day."""
+def parse_calls(text: str, option: str = "--calls") -> tuple[int, str]:
+    """`N/WINDOW` (`100/minute`): a whole number of calls of at least 1 per minute, hour or day. `option`: what
+    the text was given as, to begin a refusal with."""
     count, _, per = text.partition("/")
     if per not in CALL_WINDOWS:
-        raise ValueError(f"--calls: give N/WINDOW with WINDOW one of {', '.join(CALL_WINDOWS)} (such as 100/minute)")
+        raise ValueError(f"{option}: give N/WINDOW with WINDOW one of {', '.join(CALL_WINDOWS)} (such as 100/minute)")
     if not count.strip().isdigit() or int(count) < 1:
-        raise ValueError("--calls: N must be a whole number of calls, at least 1 (such as 100/minute)")
+        raise ValueError(f"{option}: the number of calls must be a whole number, at least 1 (such as 100/minute)")
     return int(count), per
 
 
-def parse_spend(text: str) -> tuple[int, str]:
+def parse_spend(text: str, option: str = "--spend") -> tuple[int, str]:
     """`X/PERIOD` (`50.00/month`): a finite decimal of at least 0 (at most 6 places) per day or month."""
     amount, _, per = text.partition("/")
     if per not in SPEND_PERIODS:
-        raise ValueError(f"--spend: give X/PERIOD with PERIOD one of {', '.join(SPEND_PERIODS)} (such as 50.00/month)")
+        raise ValueError(f"{option}: give X/PERIOD with PERIOD one of {', '.join(SPEND_PERIODS)} (such as 50.00/month)")
     try:
         value = Decimal(amount.strip())
     except InvalidOperation:
         value = Decimal("NaN")
     if not value.is_finite() or value < 0 or (value * MICROS) != (value * MICROS).to_integral_value():
-        raise ValueError("--spend: X must be a number of at least 0 with at most 6 decimal places (such as 50.00)")
+        raise ValueError(
+            f"{option}: the amount must be a number of at least 0 with at most 6 decimal places (such as 50.00)"
+        )
     return int(value * MICROS), per
 
 

@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import date
 from typing import Any
 
 import pytest
@@ -218,10 +219,11 @@ def test_an_agents_page_reads_no_whole_table(filled: Store, how: dict[str, str])
         {"outcome": "error"},
         {"group": "g003", "tool": "weather"},
         {"user": "u007"},
+        {"group": "g003", "day": date(2024, 1, 1), "ran": True},  # a usage chart's bar
     ],
     ids=repr,
 )
-def test_an_audit_page_reads_no_whole_table(filled: Store, how: dict[str, str]) -> None:
+def test_an_audit_page_reads_no_whole_table(filled: Store, how: dict[str, Any]) -> None:
     def work() -> None:
         first = filled.audit_page(limit=5, **how)
         if first.after is not None:

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -35,6 +36,7 @@ from starlette.testclient import TestClient
 from mcp_credgate import admin as admin_rules
 from mcp_credgate import people
 from mcp_credgate.agents import create_agent
+from mcp_credgate.budgets import Limit
 from mcp_credgate.credential import mask
 from mcp_credgate.gateway import Gateway
 from mcp_credgate.serving.http import build_http_app
@@ -99,6 +101,7 @@ PAGES = [
     "/agents?q=bo&group=ops",
     "/audit",
     "/audit?group=ops&outcome=ok",
+    "/audit?group=ops&day=2026-12-01&ran=yes",
 ]
 
 # Every form post, each with data that would change something if it were accepted.
@@ -114,6 +117,8 @@ POST_ROUTES: list[tuple[str, dict[str, str]]] = [
     ("/groups/ops/bind", {"tool": "forecast", "credential": "wk-short"}),
     ("/groups/ops/agents", {"name": "bot2"}),
     ("/groups/ops/revoke", {"agent": "bot"}),
+    ("/groups/ops/budget", {"amount": "5", "kind": "calls", "per": "day"}),
+    ("/groups/ops/budget-rm", {"kind": "spend"}),
     ("/groups/ops/delete", {}),
     ("/groups/ops/tools/forecast/setup", {"mode": "existing", "credential": "wk-short"}),
     ("/groups/ops/tools/forecast/setup", {"mode": "new", "name": "wk-setup", "field_api_key": NEW_KEY}),
@@ -163,6 +168,7 @@ def world(tmp_path: Path, upstream: Upstream, provider: OAuthProvider) -> Iterat
     w.bind("ops", "weather", "wk-main")
     w.bind("ops", "login", "acct")
     create_agent(w.store, "ops", "bot")
+    w.store.set_budget(Limit("ops", None, None, None, "spend", 50_000_000, "month", "USD"))
     yield w
     w.close()
 
@@ -323,7 +329,8 @@ def snapshot(store: Store) -> tuple[Any, ...]:
     ]
     groups = [(g.name, g.description, dict(g.tools), dict(g.upstreams)) for g in store.list_groups()]
     agents = [(a.name, a.group, a.revoked_at) for a in store.list_agents()]
-    return creds, groups, agents, store.admin_secret_hash()
+    budgets = [store.budgets(g.name) for g in store.list_groups()]
+    return creds, groups, agents, budgets, store.admin_secret_hash()
 
 
 def cookie_value(client: TestClient) -> str:
@@ -990,6 +997,143 @@ def test_an_unknown_group_is_404(admin: Admin, world: World) -> None:
         assert admin.post(f"/groups/nope/{action}", data).status_code == 404
     assert admin.post("/groups/ops/explode").status_code == 404
     assert snapshot(world.store) == before
+
+
+# -- budgets and usage (contract §8) ---------------------------------------------------------------
+
+
+def budget_rows(page: str) -> list[str]:
+    """The limits table of a group page: each limit's words, what was used of it and when it resets."""
+    section = page.split('id="budgets"', 1)[1].split("</section>", 1)[0]
+    body = section.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return [
+        " | ".join(re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)[:3])
+        for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)
+    ]
+
+
+def charts(page: str) -> dict[str, str]:
+    """The usage charts of a group page: each chart's title → its SVG."""
+    found = re.findall(r"<figure class=\"chart\">\s*<figcaption>([^<]+?) <span.*?(<svg.*?</svg>)", page, re.S)
+    return {html.unescape(title): svg for title, svg in found}
+
+
+def test_a_limit_is_set_and_removed_on_the_group_page_and_shows_what_was_used(admin: Admin, world: World) -> None:
+    response = admin.post("/groups/ops/budget", {"amount": "2", "kind": "calls", "per": "day", "tool": "weather"})
+    assert location(response) == "/groups/ops?done=saved"
+    assert world.store.charge([(Limit("ops", "weather", None, None, "calls", 2, "day"), 1)]) is None
+    admin.post("/groups/ops/budget", {"amount": "1.5", "kind": "spend", "per": "month", "agent": "bot"})
+
+    rows = budget_rows(admin.get("/groups/ops").text)
+    assert rows[0] == "50.00 USD per month (all tools, the whole group) | 0.00 |" + rows[0].rsplit("|", 1)[1]
+    assert rows[1].startswith("1.50 USD per month (agent bot) | 0.00 | ")
+    assert rows[2].startswith("2 calls per day (tool weather) | 1 | ")
+    assert re.fullmatch(r".* \| \d{4}-\d\d-\d\d 00:00", rows[2])  # a day's window resets at midnight UTC
+
+    removed = admin.post("/groups/ops/budget-rm", {"tool": "weather", "kind": "calls"})
+    assert location(removed) == "/groups/ops?done=deleted"
+    assert [(b.tool, b.agent, b.kind) for b in world.store.budgets("ops")] == [
+        (None, None, "spend"),
+        (None, "bot", "spend"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (
+            {"amount": "0", "kind": "calls", "per": "day"},
+            "calls: the number of calls must be a whole number, at least 1",
+        ),
+        ({"amount": "2.5", "kind": "calls", "per": "day"}, "whole number"),
+        ({"amount": "-1", "kind": "spend", "per": "month"}, "spend: the amount must be a number of at least 0"),
+        ({"amount": "nan", "kind": "spend", "per": "day"}, "at least 0"),
+        ({"amount": "5", "kind": "calls", "per": "month"}, "WINDOW one of minute, hour, day"),
+        ({"amount": "5", "kind": "calls", "per": "day", "tool": "nope"}, "no tool named &#39;nope&#39;"),
+        ({"amount": "5", "kind": "calls", "per": "day", "agent": "ghost"}, "ghost"),
+        ({"amount": "5", "kind": "calls", "per": "day", "user": "ann", "agent": "bot"}, "not both"),
+        ({"amount": "5", "kind": "calls", "per": "day", "user": "nobody"}, "nobody"),
+    ],
+)
+def test_a_bad_limit_on_the_group_page_says_why_in_one_line_and_changes_nothing(
+    admin: Admin, world: World, data: dict[str, str], words: str
+) -> None:
+    before = snapshot(world.store)
+    response = admin.post("/groups/ops/budget", data)
+
+    assert response.status_code in (400, 404, 409)
+    error = re.search(r'<p class="error" role="alert">([^<]*)</p>', response.text)
+    assert error and words in error.group(1), response.text[:2000]
+    assert snapshot(world.store) == before
+
+
+def test_the_group_page_charts_30_days_of_calls_and_spend_with_limits_and_bars_lead_to_their_calls(
+    admin: Admin, world: World
+) -> None:
+    today = datetime.fromtimestamp(world.store.store_epoch(), UTC)
+    yesterday, old = today - timedelta(days=1), today - timedelta(days=40)
+
+    def row(at: datetime, tool: str, outcome: str, user: str | None = None, cost: int | None = 0) -> AuditRow:
+        return AuditRow(at.isoformat(), "ops", "bot", tool, None, outcome, 1.0, None, user, None, cost, "USD")
+
+    world.store.write_audit(
+        [
+            *(row(today, "weather", "ok", cost=250_000) for _ in range(3)),
+            row(today, "weather", "error", user="ann", cost=250_000),  # failed upstream: it ran, it counts
+            row(today, "weather", "over_budget", cost=None),  # refused: did not run, not counted
+            row(yesterday, "clock", "ok", user="ann"),
+            row(old, "clock", "ok"),  # before the 30 days
+        ]
+    )
+    world.store.set_budget(Limit("ops", "weather", None, None, "calls", 8, "day"))
+    world.store.set_budget(Limit("ops", None, None, None, "calls", 2, "minute"))
+
+    page = admin.get("/groups/ops").text
+    shown = charts(page)
+    assert list(shown) == [
+        "All tools: calls",
+        "All tools: spend (USD)",
+        "Tool clock: calls",
+        "Tool weather: calls",
+        "Tool weather: spend (USD)",
+        "Member ann: calls",
+        "Member ann: spend (USD)",
+    ]
+    weather = shown["Tool weather: calls"]
+    assert "4 calls over 30 days" in weather
+    assert re.search(r'<line class="limit"[^>]*><title>limit 8 calls per day</title>', weather)
+    assert "Also limited, not drawn per day: 2 calls per minute (all tools, the whole group)" in page
+    assert re.search(
+        r"<polyline class=\"running\"[^>]*><title>this month so far</title>", shown["All tools: spend (USD)"]
+    )
+    assert "limit 50.00 USD per month" in shown["All tools: spend (USD)"]
+    assert "1.00 USD over 30 days" in shown["All tools: spend (USD)"]
+
+    (link,) = re.findall(r'<a href="([^"]+)"', weather)  # today's bar: the only day with calls
+    link = html.unescape(link)
+    assert parse_qs(urlsplit(link).query) == {
+        "group": ["ops"],
+        "tool": ["weather"],
+        "day": [today.date().isoformat()],
+        "ran": ["yes"],
+    }
+    calls = audit_rows(admin.get(link).text)
+    assert sorted(c[4] for c in calls) == ["error", "ok", "ok", "ok"]  # the bar's 4 calls: not the refused one
+    member_days = [
+        parse_qs(urlsplit(html.unescape(a)).query) for a in re.findall(r'<a href="([^"]+)"', shown["Member ann: calls"])
+    ]
+    assert [(q["user"], q["day"]) for q in member_days] == [
+        (["ann"], [yesterday.date().isoformat()]),
+        (["ann"], [today.date().isoformat()]),
+    ]
+
+
+def test_a_group_without_calls_or_limits_shows_empty_charts(admin: Admin, world: World) -> None:
+    world.store.remove_budget("ops", None, None, None)
+    page = admin.get("/groups/ops").text
+    assert list(charts(page)) == ["All tools: calls"]
+    assert "0 calls over 30 days" in page and "<a href" not in charts(page)["All tools: calls"]
+    assert "No limits" in page
 
 
 # == 5. setup pages =================================================================================

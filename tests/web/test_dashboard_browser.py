@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_credgate import admin, people
 from mcp_credgate.agents import create_agent
 from mcp_credgate.web.session import new_admin_secret
-from tests.support.gateway import World, http_tool, make_canary, result_text, running_upstream
+from tests.support.gateway import World, http_tool, make_canary, python_tool, result_text, running_upstream
 from tests.support.http_server import Server, start_server
 from tests.support.oauth_provider import oauth_tool, running_oauth_provider
 
@@ -130,6 +132,69 @@ def test_an_admin_follows_a_warnings_setup_url_and_the_agents_next_call_works(
     assert "lookup-key" in sources["credentials"]
     for name in (*PAGES, "login", "setup", "group-phone"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+def test_an_admin_sets_a_limit_in_the_browser_and_the_chart_leads_from_a_bar_to_its_calls(tmp_path: Path) -> None:
+    """The budget form and the usage charts work without JavaScript: a limit set in the form refuses the call
+    past it; the group page's chart shows the calls that ran and the limit; its bar opens those calls."""
+    sync_playwright = _browser_or_skip()
+    clock = python_tool("clock", "mcp_credgate.examples:utc_now").replace(
+        'name = "clock"\n', 'name = "clock"\ncost = 0.25\n'
+    )
+    world = World.create(tmp_path / "site", {"clock": clock})
+    world.allow("research", "clock")
+    admin_secret = new_admin_secret(world.store)
+    agent_token = create_agent(world.store, "research", "browser-test-agent")
+    server = start_server(world, tmp_path / "server")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            try:
+                page = browser.new_page(viewport={"width": 1100, "height": 900})
+                page.goto(f"{server.base}/groups/research")
+                page.fill("#secret", admin_secret)
+                page.click("button[type=submit]")
+                page.wait_for_url(f"{server.base}/groups/research")
+                page.fill("#budget-amount", "3")
+                page.select_option("#budget-per", "day")
+                page.select_option("#budget-tool", "clock")
+                page.click("#budgets button:has-text('Set')")
+                page.wait_for_url(f"{server.base}/groups/research?done=saved")
+
+                with ThreadPoolExecutor(1) as other:  # Playwright's loop runs in this thread
+                    results = [
+                        other.submit(anyio.run, _call_tool, server, agent_token, "clock").result() for _ in range(4)
+                    ]
+                assert [r.is_error for r in results] == [False, False, False, True]
+                assert (results[3].structured_content or {})["warning"] == "budget_exceeded"
+                _wait_for_usage(world, "research", 3)
+
+                page.goto(f"{server.base}/groups/research")
+                page.screenshot(path=str(tmp_path / "group-usage.png"), full_page=True)
+                chart = page.locator("figure.chart", has_text="Tool clock: calls")
+                assert "3 calls in 30 days" in chart.inner_text()
+                assert chart.locator("line.limit title").text_content() == "limit 3 calls per day"
+                chart.locator("svg a").click()
+                page.wait_for_url(f"{server.base}/audit?*")
+                outcomes = page.locator("tbody .status").all_inner_texts()
+                assert outcomes == ["ok", "ok", "ok"]  # the calls that ran: not the one refused
+                phone = browser.new_page(viewport={"width": 390, "height": 844})
+                phone.context.add_cookies(page.context.cookies())
+                phone.goto(f"{server.base}/groups/research")
+                assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+            finally:
+                browser.close()
+    finally:
+        server.stop()
+        world.close()
+
+
+def _wait_for_usage(world: World, group: str, calls: int) -> None:
+    """Until the gateway's audit rows (written in batches) count `calls` calls that ran."""
+    deadline = time.monotonic() + 10
+    while sum(u.calls for u in world.store.usage(group, "2000-01-01", "tool")) < calls:
+        assert time.monotonic() < deadline, "the calls' audit rows were not written"
+        time.sleep(0.05)
 
 
 def test_an_oauth2_tool_is_connected_from_its_setup_page_in_the_browser(tmp_path: Path) -> None:

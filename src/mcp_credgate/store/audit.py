@@ -4,6 +4,7 @@ each filter served by an index of its own). Writing it is not a change of setup:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import date, timedelta
 
 from .base import StoreBase
 from .database import Row
@@ -42,9 +43,12 @@ class Audit(StoreBase):
         tool: str | None = None,
         outcome: str | None = None,
         user: str | None = None,
+        day: date | None = None,
+        ran: bool = False,
     ) -> Page[AuditRow]:
-        """A page of the log, newest first: the rows of `group`, `tool`, `outcome` and `user` (each when given) older
-        than the row `after` names (else newer than `before`). A key that is no row's id gives an empty page."""
+        """A page of the log, newest first: the rows of `group`, `tool`, `outcome`, `user` and `day` (UTC; each
+        when given), of calls that ran only when `ran`, older than the row `after` names (else newer than
+        `before`). A key that is no row's id gives an empty page."""
         try:
             after_id = int(after) if after is not None else None
             before_id = int(before) if before is not None else None
@@ -55,6 +59,11 @@ class Audit(StoreBase):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
+        if day is not None:
+            clauses += ["ts >= ?", "ts < ?"]
+            params += [day.isoformat(), (day + timedelta(days=1)).isoformat()]
+        if ran:
+            clauses.append("cost IS NOT NULL")  # a call that ran recorded what it cost, 0 included
         with self._lock:
             found = page_rows(
                 self._db,

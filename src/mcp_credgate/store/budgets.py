@@ -22,11 +22,13 @@ USAGE_BY = {"tool": "tool", "user": "user_name", "agent": "agent"}
 
 @dataclass(frozen=True)
 class Usage:
-    """Calls that ran, and what they cost (micro-units by currency), for one tool, member or agent."""
+    """Calls that ran, and what they cost (micro-units by currency), for one tool, member or agent (and one day,
+    `YYYY-MM-DD` UTC, when asked per day)."""
 
     key: str | None
     calls: int
     spent: dict[str, int]
+    day: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,22 +136,24 @@ class Budgets(StoreBase):
         )
         return [_limit(group, r) for r in rows]
 
-    def usage(self, group: str, since: str, by: str) -> list[Usage]:
-        """The calls of the group that ran since `since` (ISO UTC), by tool, user or agent (`USAGE_BY`), read from
-        the audit rows they left."""
+    def usage(self, group: str, since: str, by: str, *, per_day: bool = False) -> list[Usage]:
+        """The calls of the group that ran since `since` (ISO UTC), by tool, user or agent (`USAGE_BY`), and by
+        day when `per_day`, read from the audit rows they left."""
         column = USAGE_BY[by]
+        day = "substr(ts, 1, 10)"  # the day of an ISO UTC time
+        keys = f"{column}, {day}" if per_day else column
         rows = self._query(
-            f"SELECT {column} AS k, currency, count(*) AS calls, sum(cost) AS spent FROM audit"
-            " WHERE group_name = ? AND ts >= ? AND cost IS NOT NULL"
-            f" GROUP BY {column}, currency ORDER BY {column}",
+            f"SELECT {column} AS k, {day if per_day else 'NULL'} AS day, currency, count(*) AS calls, sum(cost) AS"
+            f" spent FROM audit WHERE group_name = ? AND ts >= ? AND cost IS NOT NULL"
+            f" GROUP BY {keys}, currency ORDER BY {keys}",
             (group, since),
         )
-        found: dict[str | None, Usage] = {}
+        found: dict[tuple[str | None, str | None], Usage] = {}
         for r in rows:
-            usage = found.setdefault(r["k"], Usage(r["k"], 0, {}))
-            found[r["k"]] = Usage(
-                r["k"], usage.calls + int(r["calls"]), {**usage.spent, r["currency"]: int(r["spent"])}
-            )
+            key = (r["k"], r["day"])
+            usage = found.get(key) or Usage(r["k"], 0, {}, r["day"])
+            spent = {**usage.spent, r["currency"]: int(r["spent"])}
+            found[key] = Usage(r["k"], usage.calls + int(r["calls"]), spent, r["day"])
         return list(found.values())
 
     def relax_durability(self) -> None:

@@ -58,6 +58,8 @@ def routes(site: Site) -> list[Route | Mount]:
         group_change("agents", groups.add_agent),
         group_change("revoke", groups.revoke),
         group_change("members", groups.members),
+        group_change("budget", groups.budget),
+        group_change("budget-rm", groups.budget_rm),
         group_change("delete", groups.delete),
         group_change("{action:str}", groups.no_such_change),  # any other word, after those: 404
         Route("/groups/{group}/tools/{tool}/setup", page(setup.setup), methods=["GET", "POST"]),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -13,13 +15,15 @@ from starlette.responses import Response
 from ... import admin, people
 from ...agents import create_agent
 from ...allow import AllowEntry
+from ...budgets import Limit
 from ...declarations import Catalog
-from ...errors import ConflictError, CredentialValueError, NotFoundError
+from ...errors import ConflictError, CredentialValueError, CredgateError, NotFoundError
 from ...store import GroupInfo, Page
 from ..forms import name_errors
 from ..paging import ListRequest
 from ..session import Session
 from ..site import Site, back
+from ..usage import USAGE_DAYS, group_usage
 from .signin import Page as PageHandler
 
 AGENTS_SHOWN = 50  # a group page lists this many of its agents, and links to the agents page for the rest
@@ -86,6 +90,7 @@ def _group_page(
     allowable += [e for u in catalog.upstreams if (e := str(AllowEntry.of_upstream(u))) not in info.tools]
     agents = site.store.agents_page(limit=AGENTS_SHOWN, group=name)
     personal = {entry: people.personal_statuses(site.store, catalog, name, entry) for entry in info.personal}
+    limits = site.store.budgets(name)
     return site.render(
         request,
         "group.html",
@@ -103,7 +108,23 @@ def _group_page(
         status_text=admin.STATUS_LABELS,
         personal=personal,
         members=site.store.members_page(name, limit=AGENTS_SHOWN).items,
+        budgets=[_limit_used(site, limit) for limit in limits],
+        budget_tools=[st.tool for st in statuses if catalog.tool(st.tool) is not None],
+        usage=group_usage(site.store, name, limits),
+        usage_days=USAGE_DAYS,
     )
+
+
+@dataclass(frozen=True)
+class LimitUsed:
+    limit: Limit
+    used: int | str
+    resets_at: str
+
+
+def _limit_used(site: Site, limit: Limit) -> LimitUsed:
+    used, resets_at = site.store.used(limit)
+    return LimitUsed(limit, limit.used_json(used), datetime.fromtimestamp(resets_at, UTC).strftime("%Y-%m-%d %H:%M"))
 
 
 GroupChange = Callable[[Site, Request, Session, str, FormData], Response]
@@ -165,6 +186,41 @@ def members(site: Site, request: Request, session: Session, name: str, form: For
     else:
         site.store.add_members(name, [user])
     return back(_group_path(name), "saved")
+
+
+def budget(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
+    """Set a limit (as `credgate budget set`): an amount of calls or spend per window, on all tools or one, for
+    the whole group, a member or an agent. A limit the rules refuse shows the group page again, saying why."""
+    amount, per = str(form.get("amount", "")).strip(), str(form.get("per", ""))
+    kind = form.get("kind")
+    try:
+        limit = admin.budget_limit(
+            site.store,
+            site.catalog(),
+            name,
+            tool=_given(form, "tool"),
+            user=_given(form, "user"),
+            agent=_given(form, "agent"),
+            calls=f"{amount}/{per}" if kind == "calls" else None,
+            spend=f"{amount}/{per}" if kind == "spend" else None,
+            option=str(kind),
+        )
+        site.store.set_budget(limit)
+    except CredgateError as exc:
+        return _group_page(
+            site, request, session, error=str(exc), status=409 if isinstance(exc, ConflictError) else 400
+        )
+    return back(_group_path(name), "saved")
+
+
+def budget_rm(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:
+    kind = str(form.get("kind", "")) or None
+    site.store.remove_budget(name, _given(form, "tool"), _given(form, "user"), _given(form, "agent"), kind)
+    return back(_group_path(name), "deleted")
+
+
+def _given(form: FormData, field: str) -> str | None:
+    return str(form.get(field, "")).strip() or None
 
 
 def revoke(site: Site, request: Request, session: Session, name: str, form: FormData) -> Response:

@@ -1,0 +1,97 @@
+"""What a group used over the last days, for its page: read from the audit rows of the calls that ran (as
+`credgate usage` reads it) and laid out as charts (`charts`) for the whole group, each tool and each member, each
+with the limits of exactly its scope."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlencode
+
+from ..budgets import Limit
+from ..store import Store
+from .charts import Chart, daily_chart, last_days
+
+__all__ = ["USAGE_DAYS", "UsageSection", "group_usage"]
+
+USAGE_DAYS = 30
+
+
+@dataclass(frozen=True)
+class UsageSection:
+    """The charts of one scope: the whole group, a tool or a member."""
+
+    title: str
+    charts: tuple[Chart, ...]
+
+
+@dataclass
+class _Scope:
+    calls: dict[str, int]
+    spent: dict[str, dict[str, int]]  # currency → day → micro-units
+
+
+def group_usage(store: Store, group: str, limits: Sequence[Limit]) -> list[UsageSection]:
+    """The group's sections: the whole group first, then each tool and each member that ran a call or has a
+    limit of its own, by name."""
+    days = last_days(datetime.fromtimestamp(store.store_epoch(), UTC).date(), USAGE_DAYS)
+    since = f"{days[0][:7]}-01"  # from the start of the first day's month: a month's limit counts all of it
+    tools = _scopes(store, group, since, "tool")
+    users = _scopes(store, group, since, "user")
+    whole = _Scope(defaultdict(int), defaultdict(lambda: defaultdict(int)))
+    for scope in tools.values():
+        for day, n in scope.calls.items():
+            whole.calls[day] += n
+        for currency, spent in scope.spent.items():
+            for day, micros in spent.items():
+                whole.spent[currency][day] += micros
+
+    def of(tool: str | None, user: str | None) -> list[Limit]:
+        return [lim for lim in limits if (lim.tool, lim.user, lim.agent) == (tool, user, None)]
+
+    sections = [_section("All tools", whole, days, of(None, None), {"group": group})]
+    for tool in sorted(set(tools) | {lim.tool for lim in limits if lim.tool and not (lim.user or lim.agent)}):
+        scope = tools.get(tool) or _Scope({}, {})
+        sections.append(_section(f"Tool {tool}", scope, days, of(tool, None), {"group": group, "tool": tool}))
+    for user in sorted(set(users) | {lim.user for lim in limits if lim.user and not (lim.tool or lim.agent)}):
+        scope = users.get(user) or _Scope({}, {})
+        sections.append(_section(f"Member {user}", scope, days, of(None, user), {"group": group, "user": user}))
+    return sections
+
+
+def _scopes(store: Store, group: str, since: str, by: str) -> dict[str, _Scope]:
+    found: dict[str, _Scope] = {}
+    for usage in store.usage(group, since, by, per_day=True):
+        if usage.key is None or usage.day is None:  # calls of no user (a local agent) show in the group's
+            continue
+        scope = found.setdefault(usage.key, _Scope({}, {}))
+        scope.calls[usage.day] = usage.calls
+        for currency, micros in usage.spent.items():
+            scope.spent.setdefault(currency, {})[usage.day] = micros
+    return found
+
+
+def _section(title: str, scope: _Scope, days: list[str], limits: list[Limit], filters: dict[str, str]) -> UsageSection:
+    def href(day: str) -> str:
+        return "/audit?" + urlencode({**filters, "day": day, "ran": "yes"})
+
+    calls = [lim for lim in limits if lim.kind == "calls"]
+    charts = [daily_chart(f"{title}: calls", days, scope.calls, kind="calls", limits=calls, href=href)]
+    spend_limits = [lim for lim in limits if lim.kind == "spend"]
+    currencies = {c for c, spent in scope.spent.items() if any(spent.values())}
+    currencies |= {lim.currency or "USD" for lim in spend_limits}
+    for currency in sorted(currencies):
+        charts.append(
+            daily_chart(
+                f"{title}: spend ({currency})",
+                days,
+                scope.spent.get(currency, {}),
+                kind="spend",
+                limits=[lim for lim in spend_limits if (lim.currency or "USD") == currency],
+                href=href,
+                currency=currency,
+            )
+        )
+    return UsageSection(title, tuple(charts))
