@@ -14,9 +14,10 @@ from ..budgets import Limit
 from ..store import Store
 from .charts import Chart, daily_chart, last_days
 
-__all__ = ["USAGE_DAYS", "UsageSection", "group_usage"]
+__all__ = ["MOST_SHOWN", "USAGE_DAYS", "GroupUsage", "UsageSection", "group_usage"]
 
 USAGE_DAYS = 30
+MOST_SHOWN = 20  # tools, and members, charted on a group's page: those with limits of their own, then the busiest
 
 
 @dataclass(frozen=True)
@@ -27,15 +28,22 @@ class UsageSection:
     charts: tuple[Chart, ...]
 
 
+@dataclass(frozen=True)
+class GroupUsage:
+    sections: tuple[UsageSection, ...]
+    more_tools: int  # tools that ran calls but are not charted (beyond MOST_SHOWN)
+    more_members: int
+
+
 @dataclass
 class _Scope:
     calls: dict[str, int]
     spent: dict[str, dict[str, int]]  # currency → day → micro-units
 
 
-def group_usage(store: Store, group: str, limits: Sequence[Limit]) -> list[UsageSection]:
-    """The group's sections: the whole group first, then each tool and each member that ran a call or has a
-    limit of its own, by name."""
+def group_usage(store: Store, group: str, limits: Sequence[Limit]) -> GroupUsage:
+    """The group's sections: the whole group first, then each tool and each member with a limit of its own or
+    calls that ran, by name (at most MOST_SHOWN of each: those with limits, then the busiest)."""
     days = last_days(datetime.fromtimestamp(store.store_epoch(), UTC).date(), USAGE_DAYS)
     since = f"{days[0][:7]}-01"  # from the start of the first day's month: a month's limit counts all of it
     tools = _scopes(store, group, since, "tool")
@@ -51,14 +59,29 @@ def group_usage(store: Store, group: str, limits: Sequence[Limit]) -> list[Usage
     def of(tool: str | None, user: str | None) -> list[Limit]:
         return [lim for lim in limits if (lim.tool, lim.user, lim.agent) == (tool, user, None)]
 
+    limited_tools = {lim.tool for lim in limits if lim.tool and not (lim.user or lim.agent)}
+    limited_users = {lim.user for lim in limits if lim.user and not (lim.tool or lim.agent)}
+    shown_tools, more_tools = _most_shown(tools, limited_tools, days)
+    shown_users, more_users = _most_shown(users, limited_users, days)
     sections = [_section("All tools", whole, days, of(None, None), {"group": group})]
-    for tool in sorted(set(tools) | {lim.tool for lim in limits if lim.tool and not (lim.user or lim.agent)}):
+    for tool in shown_tools:
         scope = tools.get(tool) or _Scope({}, {})
         sections.append(_section(f"Tool {tool}", scope, days, of(tool, None), {"group": group, "tool": tool}))
-    for user in sorted(set(users) | {lim.user for lim in limits if lim.user and not (lim.tool or lim.agent)}):
+    for user in shown_users:
         scope = users.get(user) or _Scope({}, {})
         sections.append(_section(f"Member {user}", scope, days, of(None, user), {"group": group, "user": user}))
-    return sections
+    return GroupUsage(tuple(sections), more_tools, more_users)
+
+
+def _most_shown(scopes: dict[str, _Scope], limited: set[str], days: list[str]) -> tuple[list[str], int]:
+    """The names to chart, by name, and how many more there are."""
+
+    def calls(name: str) -> int:  # in the days shown
+        found = scopes.get(name)
+        return sum(n for day, n in found.calls.items() if day >= days[0]) if found else 0
+
+    ranked = sorted(set(scopes) | limited, key=lambda name: (name not in limited, -calls(name), name))
+    return sorted(ranked[:MOST_SHOWN]), max(0, len(ranked) - MOST_SHOWN)
 
 
 def _scopes(store: Store, group: str, since: str, by: str) -> dict[str, _Scope]:

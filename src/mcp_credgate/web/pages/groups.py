@@ -23,7 +23,7 @@ from ..forms import name_errors
 from ..paging import ListRequest
 from ..session import Session
 from ..site import Site, back
-from ..usage import USAGE_DAYS, group_usage
+from ..usage import MOST_SHOWN, USAGE_DAYS, group_usage
 from .signin import Page as PageHandler
 
 AGENTS_SHOWN = 50  # a group page lists this many of its agents, and links to the agents page for the rest
@@ -112,6 +112,7 @@ def _group_page(
         budget_tools=[st.tool for st in statuses if catalog.tool(st.tool) is not None],
         usage=group_usage(site.store, name, limits),
         usage_days=USAGE_DAYS,
+        most_shown=MOST_SHOWN,
     )
 
 
