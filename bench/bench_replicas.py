@@ -5,12 +5,15 @@ client with the echo tool (an API-key credential resolved, decrypted and injecte
 
 1. one replica on SQLite vs one replica on PostgreSQL, both running at once: sequential calls alternating
    between them call by call, then 50 concurrent agents against one at a time, in alternating rounds;
-2. PostgreSQL, 50 concurrent agents: all on one replica vs split over two replicas, alternating rounds.
+2. PostgreSQL, 50 concurrent agents: all on one replica vs split over two replicas, alternating rounds;
+3. with `--budget`: PostgreSQL, 50 concurrent agents split over two replicas, on a store whose group has limits
+   (calls per day, spend per month: every call counted in one transaction on the primary) vs on one without any,
+   alternating rounds (issue 25's figure).
 
 PostgreSQL is a throw-away cluster that scripts/pg-cluster starts (fsync on, as in production), unless
 --database-url names one (its database gets a schema of its own, dropped at the end).
 
-    python bench/bench_replicas.py [--calls 1000] [--clients 50] [--per-client 20] [--rounds 3]
+    python bench/bench_replicas.py [--calls 1000] [--clients 50] [--per-client 20] [--rounds 3] [--budget]
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ PG_CLUSTER = HERE.parent / "scripts" / "pg-cluster"
 
 @contextmanager
 def postgres(url: str | None) -> Iterator[str]:
-    """A URL whose search_path is a new schema: on the given server, or on a throw-away cluster."""
+    """The given server's URL, or a throw-away cluster's."""
     with ExitStack() as stack:
         if url is None:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="credgate-bench-pg-")))
@@ -47,14 +50,20 @@ def postgres(url: str | None) -> Iterator[str]:
                 ["bash", str(PG_CLUSTER), "start", str(cluster)], check=True, capture_output=True, text=True
             ).stdout.strip()
             stack.callback(subprocess.run, ["bash", str(PG_CLUSTER), "stop", str(cluster)], capture_output=True)
-        schema = f"bench_{secrets.token_hex(4)}"
+        yield url
+
+
+@contextmanager
+def new_schema(url: str) -> Iterator[str]:
+    """A URL of the server whose search_path is a new schema (dropped at the end): a store of its own."""
+    schema = f"bench_{secrets.token_hex(4)}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}options={quote(f'-csearch_path={schema}')}"
+    finally:
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
-        try:
-            yield f"{url}{'&' if '?' in url else '?'}options={quote(f'-csearch_path={schema}')}"
-        finally:
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA {schema} CASCADE")
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def http_server(serve_argv: list[str], env: dict[str, str], token_env: dict[str, str]) -> tuple[list[str], str]:
@@ -99,41 +108,59 @@ async def main() -> None:
     parser.add_argument("--per-client", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of concurrent load")
     parser.add_argument("--database-url", help="a PostgreSQL server to use instead of a throw-away cluster")
+    parser.add_argument("--budget", action="store_true", help="add 3.: two replicas with limits vs without")
     opts = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, postgres(opts.database_url) as url:
-        pg_env = {"CREDGATE_DATABASE_URL": url}
+    with ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        server = stack.enter_context(postgres(opts.database_url))
         sqlite_argv, sqlite_env = setup_credgate(Path(tmp) / "sqlite-home")
-        pg_argv, pg_env = setup_credgate(Path(tmp) / "pg-home", pg_env)
+        pg_argv, pg_env = setup_credgate(
+            Path(tmp) / "pg-home", {"CREDGATE_DATABASE_URL": stack.enter_context(new_schema(server))}
+        )
         sqlite_http, sqlite_token = http_server(sqlite_argv, sqlite_env, sqlite_env)
         pg_http, pg_token = http_server(pg_argv, pg_env, pg_env)
         ports = {"sqlite": free_port(), "postgresql": free_port(), "postgresql 2": free_port()}
+        stack.enter_context(running(on_port(sqlite_http, ports["sqlite"]), sqlite_env, ports["sqlite"]))
+        stack.enter_context(running(on_port(pg_http, ports["postgresql"]), pg_env, ports["postgresql"]))
+        stack.enter_context(running(on_port(pg_http, ports["postgresql 2"]), pg_env, ports["postgresql 2"]))
+        budgeted: list[tuple[str, str]] = []
+        if opts.budget:
+            limited_env = {"CREDGATE_DATABASE_URL": stack.enter_context(new_schema(server))}
+            limited_argv, limited_env = setup_credgate(Path(tmp) / "limited-home", limited_env, budget=True)
+            limited_http, limited_token = http_server(limited_argv, limited_env, limited_env)
+            for _ in range(2):
+                port = free_port()
+                stack.enter_context(running(on_port(limited_http, port), limited_env, port))
+                budgeted.append((f"http://127.0.0.1:{port}/mcp", limited_token))
         urls = {name: f"http://127.0.0.1:{port}/mcp" for name, port in ports.items()}
-        with (
-            running(on_port(sqlite_http, ports["sqlite"]), sqlite_env, ports["sqlite"]),
-            running(on_port(pg_http, ports["postgresql"]), pg_env, ports["postgresql"]),
-            running(on_port(pg_http, ports["postgresql 2"]), pg_env, ports["postgresql 2"]),
-        ):
-            for target, token in [(urls["sqlite"], sqlite_token), (urls["postgresql 2"], pg_token)]:
-                await concurrent(target, token, opts.clients, 5)  # warm (sequential below warms the others)
-            seq = await sequential(
-                {"sqlite": (urls["sqlite"], sqlite_token), "postgresql": (urls["postgresql"], pg_token)}, opts.calls
-            )
-            backends = {"sqlite": (urls["sqlite"], sqlite_token), "postgresql": (urls["postgresql"], pg_token)}
-            replicas = {
-                "1 replica": [(urls["postgresql"], pg_token)],
-                "2 replicas": [(urls["postgresql"], pg_token), (urls["postgresql 2"], pg_token)],
-            }
-            conc: dict[str, list[float]] = {}
-            wall: dict[str, float] = {}
-            for _ in range(opts.rounds):
-                for name, (target, token) in backends.items():
-                    times, elapsed = await concurrent(target, token, opts.clients, opts.per_client)
-                    conc.setdefault(name, []).extend(times)
-                    wall[name] = wall.get(name, 0.0) + elapsed
-                for name, targets in replicas.items():
-                    times, elapsed = await split_load(targets, opts.clients, opts.per_client)
-                    conc.setdefault(name, []).extend(times)
-                    wall[name] = wall.get(name, 0.0) + elapsed
+        for target, token in [(urls["sqlite"], sqlite_token), (urls["postgresql 2"], pg_token)]:
+            await concurrent(target, token, opts.clients, 5)  # warm (sequential below warms the others)
+        seq = await sequential(
+            {"sqlite": (urls["sqlite"], sqlite_token), "postgresql": (urls["postgresql"], pg_token)}, opts.calls
+        )
+        backends = {"sqlite": (urls["sqlite"], sqlite_token), "postgresql": (urls["postgresql"], pg_token)}
+        replicas = {
+            "1 replica": [(urls["postgresql"], pg_token)],
+            "2 replicas": [(urls["postgresql"], pg_token), (urls["postgresql 2"], pg_token)],
+        }
+        limits = {"no limits": replicas["2 replicas"], "with limits": budgeted} if budgeted else {}
+        for target, token in budgeted:
+            await concurrent(target, token, opts.clients, 5)  # warm
+        conc: dict[str, list[float]] = {}
+        wall: dict[str, float] = {}
+        for _ in range(opts.rounds):
+            for name, (target, token) in backends.items():
+                times, elapsed = await concurrent(target, token, opts.clients, opts.per_client)
+                conc.setdefault(name, []).extend(times)
+                wall[name] = wall.get(name, 0.0) + elapsed
+            for name, targets in replicas.items():
+                times, elapsed = await split_load(targets, opts.clients, opts.per_client)
+                conc.setdefault(name, []).extend(times)
+                wall[name] = wall.get(name, 0.0) + elapsed
+            for name, targets in limits.items():
+                times, elapsed = await split_load(targets, opts.clients, opts.per_client)
+                conc.setdefault(name, []).extend(times)
+                wall[name] = wall.get(name, 0.0) + elapsed
 
     def concurrent_table(names: list[str]) -> dict[str, float]:
         return print_concurrent_table({name: conc[name] for name in names}, wall, heading="")
@@ -149,6 +176,10 @@ async def main() -> None:
     print(f"2. PostgreSQL, {opts.clients} concurrent agents on one replica vs split over two")
     crates = concurrent_table(["1 replica", "2 replicas"])
     print(f"throughput ratio 2 replicas/1 replica: {crates['2 replicas'] / crates['1 replica']:.2f}")
+    if opts.budget:
+        print(f"3. PostgreSQL, {opts.clients} concurrent agents over two replicas: a group with limits vs without")
+        crates = concurrent_table(["no limits", "with limits"])
+        print(f"throughput ratio with limits/no limits: {crates['with limits'] / crates['no limits']:.2f}")
 
 
 if __name__ == "__main__":

@@ -100,3 +100,24 @@ def test_twenty_concurrent_calls_against_a_limit_of_ten_on_two_connections_count
 
     assert outcomes.count(True) == 10 and outcomes.count(False) == 10
     assert grouped.used(limit)[0] == 10
+
+
+def test_the_counting_connection_commits_without_waiting_for_the_disk_even_after_a_reconnect(
+    store: Store, settings: Settings
+) -> None:
+    """The gateway counts on a connection of relaxed durability (a crash of the process loses no count; of the
+    database server or the machine, the last moments' at most): PostgreSQL holds a count's rows until its commit,
+    which must not wait for the disk. A connection the server dropped comes back relaxed."""
+    db = store._db
+    store.relax_durability()
+    if not db.shared:
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        return
+    assert db.execute("SHOW synchronous_commit").fetchone()["synchronous_commit"] == "off"
+    pid = db.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"]
+    other = Store.open(settings, env={})
+    try:
+        other._db.execute("SELECT pg_terminate_backend(?)", (pid,))
+    finally:
+        other.close()
+    assert db.execute("SHOW synchronous_commit").fetchone()["synchronous_commit"] == "off"

@@ -20,7 +20,7 @@ class Audit(StoreBase):
     def write_audit(self, rows: Sequence[AuditRow]) -> None:
         if not rows:
             return
-        with self._write(changes_setup=False) as conn:
+        with self._write(changes_setup=False, exclusive=False) as conn:  # rows of its own: beside any writer
             conn.executemany(
                 "INSERT INTO audit (ts, group_name, agent, tool, credential, outcome, duration_ms, ref, user_name,"
                 " approval, cost, currency) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -41,14 +41,17 @@ class StoreBase:
         A concern that caches what it reads (`groups`: the binding cache) extends it."""
 
     @contextmanager
-    def _write(self, *, changes_setup: bool = True, keeps_caches: bool = False) -> Iterator[Database]:
+    def _write(
+        self, *, changes_setup: bool = True, keeps_caches: bool = False, exclusive: bool = True
+    ) -> Iterator[Database]:
         """A write transaction. `changes_setup`: it changes credentials, groups, bindings, agents or keys,
         which other connections' binding caches must see (the audit log and last-use times do not).
-        `keeps_caches`: it writes nothing any cache holds (a budget's counts), so this connection's stay."""
+        `keeps_caches`: it writes nothing any cache holds (a budget's counts), so this connection's stay.
+        `exclusive`: see `Database.transaction`."""
         with self._lock:
             if not keeps_caches:
                 self._drop_caches()
-            with self._db.transaction():
+            with self._db.transaction(exclusive=exclusive):
                 if changes_setup:
                     self._db.note_change()
                 yield self._db

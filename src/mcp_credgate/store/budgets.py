@@ -177,11 +177,12 @@ class Budgets(StoreBase):
 
     def charge(self, charges: Sequence[tuple[Limit, int]]) -> Exceeded | None:
         """Count a call against each limit (`n`: 1 call, or its cost), all or none: None when it fits all of them
-        and was counted, else the first it does not fit (nothing counted)."""
+        and was counted, else the first it does not fit (nothing counted). Beside any other writer (PostgreSQL
+        holds only the counted rows): each count is one statement that checks its row as it is."""
         if not charges:
             return None
         try:
-            with self._write(changes_setup=False, keeps_caches=True) as conn:
+            with self._write(changes_setup=False, keeps_caches=True, exclusive=False) as conn:
                 at = conn.epoch()
                 for limit, n in charges:
                     exceeded = self._count(conn, limit, n, at)
@@ -192,25 +193,28 @@ class Budgets(StoreBase):
         return None
 
     def _count(self, conn: Database, limit: Limit, n: int, at: float) -> Exceeded | None:
+        """Add `n` to the limit's row of the window `at` falls in (made at 0 when new) if it still fits: one
+        statement, which on PostgreSQL waits for a concurrent count of the same row and checks the row again as
+        that one left it."""
         start, resets = limit.window(at)
+        counted = conn.execute(
+            "INSERT INTO budget_usage (budget_id, window_start, used)"
+            " SELECT b.id, ?, ? FROM budgets b JOIN groups g ON g.id = b.group_id WHERE g.name = ? AND b.tool = ?"
+            " AND b.user_name = ? AND b.agent = ? AND b.kind = ? AND ? <= b.amount"
+            " ON CONFLICT (budget_id, window_start) DO UPDATE SET used = budget_usage.used + excluded.used"
+            " WHERE budget_usage.used + excluded.used"
+            " <= (SELECT amount FROM budgets WHERE id = budget_usage.budget_id) RETURNING used",
+            (start, n, limit.group, _key(limit.tool), _key(limit.user), _key(limit.agent), limit.kind, n),
+        ).fetchone()
+        if counted is not None:
+            return None
         bid = _budget_id(conn, limit)
         if bid is None:  # removed since it was read: it limits nothing any more
-            return None
-        conn.execute(
-            "INSERT INTO budget_usage (budget_id, window_start, used) VALUES (?, ?, 0)"
-            " ON CONFLICT (budget_id, window_start) DO NOTHING",
-            (bid, start),
-        )
-        counted = conn.execute(
-            "UPDATE budget_usage SET used = used + ? WHERE budget_id = ? AND window_start = ? AND used + ? <= ?",
-            (n, bid, start, n, limit.amount),
-        ).rowcount
-        if counted:
             return None
         used = conn.execute(
             "SELECT used FROM budget_usage WHERE budget_id = ? AND window_start = ?", (bid, start)
         ).fetchone()
-        return Exceeded(limit, int(used["used"]), resets)
+        return Exceeded(limit, int(used["used"]) if used else 0, resets)
 
 
 class _Refused(Exception):

@@ -67,9 +67,11 @@ class Database(ABC):
     def executemany(self, sql: str, rows: Iterable[Params]) -> None: ...
 
     @abstractmethod
-    def transaction(self) -> AbstractContextManager[None]:
+    def transaction(self, *, exclusive: bool = True) -> AbstractContextManager[None]:
         """A write transaction; writers from every process run one at a time. Commits at the end, rolls back
-        on any exception."""
+        on any exception. `exclusive=False`: a transaction whose statements are safe beside any other writer's
+        on their own (appending audit rows; counting a budget by an update that checks the row as it is), which
+        PostgreSQL runs beside the others, holding only the rows it writes (SQLite has one writer all the same)."""
 
     @abstractmethod
     def relax_durability(self) -> None:

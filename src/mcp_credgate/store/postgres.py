@@ -30,6 +30,7 @@ from .schema import MIGRATIONS, POSTGRESQL
 
 LOCK_TIMEOUT = "5s"
 CONNECT_TIMEOUT_S = 10
+RELAXED = "SET synchronous_commit = off"  # see `PostgresDatabase.relax_durability`
 # pg_advisory_xact_lock key of the one-writer-at-a-time lock (the bytes of "credgate").
 WRITE_LOCK_KEY = int.from_bytes(b"credgate", "big", signed=True)
 
@@ -77,6 +78,7 @@ class PostgresDatabase(Database):
         self.where = describe(url)
         self.conn = connect(url)
         self._in_transaction = False
+        self._relaxed = False  # `relax_durability` was asked: each new connection is relaxed too
 
     @contextmanager
     def _mapped_errors(self) -> Iterator[None]:
@@ -94,6 +96,8 @@ class PostgresDatabase(Database):
         transactions; the statement that found it dropped failed with StoreBusyError."""
         if self.conn.closed and not self._in_transaction:
             self.conn = connect(self.url)
+            if self._relaxed:
+                self.conn.execute(RELAXED)
         return self.conn
 
     def execute(self, sql: str, params: Params = ()) -> Cursor:
@@ -112,11 +116,12 @@ class PostgresDatabase(Database):
             cur.executemany(_placeholders(sql), [tuple(r) for r in rows])
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, *, exclusive: bool = True) -> Iterator[None]:
         self.execute("BEGIN")
         self._in_transaction = True
         try:
-            self.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK_KEY,))
+            if exclusive:
+                self.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK_KEY,))
             yield
             self.execute("COMMIT")
         except BaseException:
@@ -133,7 +138,12 @@ class PostgresDatabase(Database):
         self.execute(f"ANALYZE {', '.join(tables)}")
 
     def relax_durability(self) -> None:
-        """PostgreSQL keeps its commits as its server is configured: replicas share them, none is relaxed."""
+        """Commit without waiting for the server's disk (`synchronous_commit = off`, this session only): a crash
+        of the PostgreSQL server (not of a gateway) may lose the last fraction of a second of counts and audit
+        rows, never corrupt them. Rows a count updates are held until its commit: waiting for the disk there
+        would make every call of a group wait for the one before it."""
+        self._relaxed = True
+        self.execute(RELAXED)
 
     def epoch(self) -> float:
         return float(self.execute("SELECT extract(epoch FROM clock_timestamp()) AS t").fetchone()["t"])

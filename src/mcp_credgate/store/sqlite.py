@@ -130,7 +130,7 @@ class SqliteDatabase(Database):
             self.conn.executemany(sql, rows)
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, *, exclusive: bool = True) -> Iterator[None]:
         with _mapped_errors(self.where):
             self.conn.execute("BEGIN IMMEDIATE")
         self._noted_change = False
