@@ -41,7 +41,7 @@ from .handlers.upstream import Rounds, UpstreamError
 from .logs import new_ref, request_id
 from .redact import Redactor, redactor_for
 from .rounds import UNRELAYED_ROUND, Answers
-from .store import Exceeded
+from .store import BUSY, Exceeded
 
 logger = logging.getLogger("credgate.server")
 
@@ -151,7 +151,9 @@ class ToolCalls:
                 return answer
             approval = "approved"
         if charges and resumed is None:  # the call runs now: counted, or refused if it no longer fits
-            over = await anyio.to_thread.run_sync(self._gateway.counts.charge, charges)
+            counts = self._gateway.counts
+            at_once = counts.charge_at_once(charges)  # a thread hop costs more than the count itself
+            over = await anyio.to_thread.run_sync(counts.charge, charges) if at_once is BUSY else at_once
             if over is not None:
                 self._record(caller, name, decision.credential_name, "over_budget", started, ref, approval)
                 return _budget_refusal(over, name)

@@ -5,13 +5,14 @@ replicas on PostgreSQL)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
 from mcp_credgate.budgets import Limit
 from mcp_credgate.config import Settings
 from mcp_credgate.errors import ConflictError, NotFoundError
-from mcp_credgate.store import Store
+from mcp_credgate.store import BUSY, Store
 
 
 def calls(amount: int, *, tool: str | None = None, agent: str | None = None, per: str = "day") -> Limit:
@@ -121,3 +122,42 @@ def test_the_counting_connection_commits_without_waiting_for_the_disk_even_after
     finally:
         other.close()
     assert db.execute("SHOW synchronous_commit").fetchone()["synchronous_commit"] == "off"
+
+
+def test_a_count_at_once_counts_on_sqlite_without_waiting_and_leaves_postgresql_to_a_worker_thread(
+    grouped: Store, settings: Settings
+) -> None:
+    limit = calls(5)
+    grouped.set_budget(limit)
+    if grouped._db.shared:  # a network round trip: never on the caller's (event loop) thread
+        assert grouped.charge_at_once([(limit, 1)]) is BUSY
+        assert grouped.used(limit)[0] == 0
+        return
+    assert grouped.charge_at_once([(limit, 1)]) is None
+    other = Store.open(settings, env={})  # another gateway on the folder, in the middle of a write
+    try:
+        with other._db.transaction():
+            started = time.monotonic()
+            assert grouped.charge_at_once([(limit, 1)]) is BUSY
+            assert time.monotonic() - started < 0.5  # refused at once, not after the busy timeout
+    finally:
+        other.close()
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold_the_connection() -> None:  # as the audit writer does, writing a batch
+        with grouped._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_connection)
+    holder.start()
+    held.wait(10)
+    try:
+        assert grouped.charge_at_once([(limit, 1)]) is BUSY
+    finally:
+        release.set()
+        holder.join()
+    assert grouped.used(limit)[0] == 1  # only the first counted
+    assert grouped.charge_at_once([(limit, 1)]) is None
+    assert grouped._db.execute("PRAGMA busy_timeout").fetchone()[0] > 0  # waiting again for everything else

@@ -1,7 +1,7 @@
 """The store and what it hands out. See `core` for the `Store` and its parts, and `database` for the backends."""
 
 from .base import now
-from .budgets import Exceeded, Usage
+from .budgets import BUSY, Busy, Exceeded, Usage
 from .change_hint import hint_path
 from .core import Store
 from .grants import IssuedTokens, OAuthClientRecord, OAuthCode, OAuthToken, RefreshReused
@@ -24,10 +24,12 @@ from .users import BUILT_IN_ADMIN, Removal, SsoLink, SsoMatch
 
 __all__ = [
     "BUILT_IN_ADMIN",
+    "BUSY",
     "AgentIdentity",
     "AgentInfo",
     "AuditRow",
     "Binding",
+    "Busy",
     "CredentialInfo",
     "Exceeded",
     "GroupInfo",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -72,6 +72,13 @@ class Database(ABC):
         on any exception. `exclusive=False`: a transaction whose statements are safe beside any other writer's
         on their own (appending audit rows; counting a budget by an update that checks the row as it is), which
         PostgreSQL runs beside the others, holding only the rows it writes (SQLite has one writer all the same)."""
+
+    @contextmanager
+    def without_waiting(self) -> Iterator[bool]:
+        """Yields whether its statements may run on the caller's thread: True (SQLite) with a busy timeout of 0
+        for their duration, so that a write lock held elsewhere fails them at once (StoreBusyError) instead of
+        waiting; False where every statement is a network round trip (PostgreSQL)."""
+        yield False
 
     @abstractmethod
     def relax_durability(self) -> None:

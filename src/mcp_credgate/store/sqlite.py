@@ -154,6 +154,14 @@ class SqliteDatabase(Database):
         super().note_change()
         self._noted_change = True
 
+    @contextmanager
+    def without_waiting(self) -> Iterator[bool]:
+        self.conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            yield True
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
     def relax_durability(self) -> None:
         # WAL: a commit is in the log (and the OS) at once, on disk at the next checkpoint; a crash of the
         # process loses nothing, a power cut the last commits at most
