@@ -12,7 +12,8 @@ import pytest
 from mcp_credgate.budgets import Limit
 from mcp_credgate.config import Settings
 from mcp_credgate.errors import ConflictError, NotFoundError
-from mcp_credgate.store import BUSY, Store
+from mcp_credgate.store import BUSY, AuditRow, Store
+from mcp_credgate.store.schema import MIGRATIONS, POSTGRESQL, SQLITE
 
 
 def calls(amount: int, *, tool: str | None = None, agent: str | None = None, per: str = "day") -> Limit:
@@ -161,3 +162,78 @@ def test_a_count_at_once_counts_on_sqlite_without_waiting_and_leaves_postgresql_
     assert grouped.used(limit)[0] == 1  # only the first counted
     assert grouped.charge_at_once([(limit, 1)]) is None
     assert grouped._db.execute("PRAGMA busy_timeout").fetchone()[0] > 0  # waiting again for everything else
+
+
+# -- usage ---------------------------------------------------------------------------------------------------
+
+
+def ran(tool: str, at: str, user: str | None = None, cost: int = 0, currency: str = "USD") -> AuditRow:
+    return AuditRow(at, "g", "bot", tool, None, "ok", 1.0, None, user, None, cost, currency)
+
+
+def test_usage_counts_whole_days_from_their_totals_and_the_first_days_rest_from_its_audit_rows(
+    grouped: Store,
+) -> None:
+    grouped.write_audit(
+        [
+            ran("t", "2026-11-30T23:59:59.999+00:00", cost=5),
+            ran("t", "2026-12-01T08:00:00.000+00:00", user="ann", cost=10),
+            ran("t", "2026-12-01T10:00:00.000+00:00", user="ann", cost=20),
+            ran("u", "2026-12-02T00:00:00.000+00:00", cost=1, currency="EUR"),
+            AuditRow("2026-12-02T01:00:00.000+00:00", "g", "bot", "t", None, "denied", 1.0),  # did not run
+        ]
+    )
+
+    def by(since: str, key: str = "tool", *, per_day: bool = False) -> list[tuple[object, ...]]:
+        return [(u.key, u.day, u.calls, u.spent) for u in grouped.usage("g", since, key, per_day=per_day)]
+
+    assert by("2026-12-01") == [("t", None, 2, {"USD": 30}), ("u", None, 1, {"EUR": 1})]
+    assert by("2026-12-01T00:00:00.000+00:00") == by("2026-12-01")
+    assert by("2026-12-01T09:00:00.000+00:00") == [("t", None, 1, {"USD": 20}), ("u", None, 1, {"EUR": 1})]
+    assert by("2026-11-30T12:00:00.000+00:00", per_day=True) == [
+        ("t", "2026-11-30", 1, {"USD": 5}),
+        ("t", "2026-12-01", 2, {"USD": 30}),
+        ("u", "2026-12-02", 1, {"EUR": 1}),
+    ]
+    assert by("2026-12-01", "user") == [(None, None, 1, {"EUR": 1}), ("ann", None, 2, {"USD": 30})]
+    assert by("2026-12-03") == []
+
+
+def test_the_usage_migration_fills_the_days_from_the_audit_rows_already_written(grouped: Store) -> None:
+    grouped.write_audit([ran("t", f"2026-12-0{d}T0{h}:00:00.000+00:00", cost=d * h) for d in (1, 2) for h in (1, 2)])
+    before = grouped.usage("g", "2026-01-01", "tool", per_day=True)
+    (migration,) = [m for m in MIGRATIONS if m.name == "0016_usage_days"]
+    dialect = POSTGRESQL if grouped._db.shared else SQLITE
+    fill = [statement for statement in migration.render(dialect) if statement.startswith("INSERT")]
+
+    with grouped._write(changes_setup=False) as conn:
+        conn.execute("DELETE FROM usage_days")
+        for statement in fill:
+            conn.execute(statement)
+
+    assert grouped.usage("g", "2026-01-01", "tool", per_day=True) == before
+    assert [(u.day, u.calls, u.spent) for u in before] == [("2026-12-01", 2, {"USD": 3}), ("2026-12-02", 2, {"USD": 6})]
+
+
+def test_two_gateways_writing_audit_rows_of_the_same_days_at_once_count_every_call(
+    grouped: Store, settings: Settings
+) -> None:
+    other = Store.open(settings, env={})
+    tools = [f"t{i}" for i in range(8)]
+
+    def write(store: Store, order: list[str]) -> None:
+        for _ in range(10):
+            store.write_audit([ran(tool, "2026-12-01T10:00:00.000+00:00", cost=1) for tool in order])
+
+    try:
+        writers = [
+            threading.Thread(target=write, args=(grouped, tools)),
+            threading.Thread(target=write, args=(other, tools[::-1])),  # the same days' rows, the other way round
+        ]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join()
+    finally:
+        other.close()
+    assert [(u.key, u.calls) for u in grouped.usage("g", "2026-12-01", "tool")] == [(tool, 20) for tool in tools]

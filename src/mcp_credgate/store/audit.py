@@ -18,8 +18,10 @@ class Audit(StoreBase):
     """The audit log of a store."""
 
     def write_audit(self, rows: Sequence[AuditRow]) -> None:
+        """Append rows, and add the calls that ran among them to their days' usage (`usage_days`)."""
         if not rows:
             return
+        used = _usage_by_day(rows)
         with self._write(changes_setup=False, exclusive=False) as conn:  # rows of its own: beside any writer
             conn.executemany(
                 "INSERT INTO audit (ts, group_name, agent, tool, credential, outcome, duration_ms, ref, user_name,"
@@ -31,6 +33,13 @@ class Audit(StoreBase):
                     )
                     for r in rows
                 ],
+            )
+            # in the order of the key, as every writer: two replicas adding to the same days never deadlock
+            conn.executemany(
+                "INSERT INTO usage_days (group_name, day, tool, user_name, agent, currency, calls, spent)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (group_name, day, tool, user_name, agent, currency)"
+                " DO UPDATE SET calls = usage_days.calls + excluded.calls, spent = usage_days.spent + excluded.spent",
+                [(*key, calls, spent) for key, (calls, spent) in sorted(used.items())],
             )
 
     def audit_page(
@@ -111,6 +120,19 @@ class Audit(StoreBase):
         self, group: str | None = None, tool: str | None = None, limit: int = 50, outcome: str | None = None
     ) -> list[AuditRow]:
         return list(self.iter_audit(group, tool, limit, outcome))
+
+
+def _usage_by_day(rows: Sequence[AuditRow]) -> dict[tuple[str, ...], tuple[int, int]]:
+    """The calls that ran among `rows` (those with a cost), counted and costed by group, day, tool, member, agent
+    and currency ('' for none)."""
+    used: dict[tuple[str, ...], tuple[int, int]] = {}
+    for r in rows:
+        if r.cost is None:
+            continue
+        key = (r.group, r.ts[:10], r.tool, r.user or "", r.agent or "", r.currency or "")
+        calls, spent = used.get(key, (0, 0))
+        used[key] = (calls + 1, spent + r.cost)
+    return used
 
 
 def _audit_row(r: Row) -> AuditRow:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, time, timedelta
 from enum import Enum
 
 from ..budgets import Limit
@@ -146,23 +147,33 @@ class Budgets(StoreBase):
 
     def usage(self, group: str, since: str, by: str, *, per_day: bool = False) -> list[Usage]:
         """The calls of the group that ran since `since` (ISO UTC), by tool, user or agent (`USAGE_BY`), and by
-        day when `per_day`, read from the audit rows they left."""
+        day when `per_day`: whole days from their usage (`usage_days`), the part of a day `since` starts in from
+        the audit rows."""
         column = USAGE_BY[by]
-        day = "substr(ts, 1, 10)"  # the day of an ISO UTC time
-        keys = f"{column}, {day}" if per_day else column
+        start = datetime.fromisoformat(since)
+        first_day = start.date() if start.time() == time() else start.date() + timedelta(days=1)
+        keys = f"{column}, day" if per_day else column
         rows = self._query(
-            f"SELECT {column} AS k, {day if per_day else 'NULL'} AS day, currency, count(*) AS calls, sum(cost) AS"
-            f" spent FROM audit WHERE group_name = ? AND ts >= ? AND cost IS NOT NULL"
-            f" GROUP BY {keys}, currency ORDER BY {keys}",
-            (group, since),
+            f"SELECT {column} AS k, {'day' if per_day else 'NULL'} AS day, currency, sum(calls) AS calls,"
+            f" sum(spent) AS spent FROM usage_days WHERE group_name = ? AND day >= ? GROUP BY {keys}, currency",
+            (group, first_day.isoformat()),
         )
+        if first_day != start.date():  # `since` is within a day: that day's calls from `since` on
+            day = "substr(ts, 1, 10)"
+            keys = f"{column}, {day}" if per_day else column
+            rows += self._query(
+                f"SELECT {column} AS k, {day if per_day else 'NULL'} AS day, currency, count(*) AS calls,"
+                f" sum(cost) AS spent FROM audit WHERE group_name = ? AND ts >= ? AND ts < ? AND cost IS NOT NULL"
+                f" GROUP BY {keys}, currency",
+                (group, since, first_day.isoformat()),
+            )
         found: dict[tuple[str | None, str | None], Usage] = {}
         for r in rows:
-            key = (r["k"], r["day"])
-            usage = found.get(key) or Usage(r["k"], 0, {}, r["day"])
-            spent = {**usage.spent, r["currency"]: int(r["spent"])}
-            found[key] = Usage(r["k"], usage.calls + int(r["calls"]), spent, r["day"])
-        return list(found.values())
+            key = (r["k"] or None, r["day"])  # '' in usage_days: no member, no agent
+            usage = found.get(key) or Usage(key[0], 0, {}, r["day"])
+            spent = {**usage.spent, r["currency"]: usage.spent.get(r["currency"], 0) + int(r["spent"])}
+            found[key] = Usage(key[0], usage.calls + int(r["calls"]), spent, r["day"])
+        return [found[key] for key in sorted(found, key=lambda k: (k[0] or "", k[1] or ""))]
 
     def relax_durability(self) -> None:
         """See `Database.relax_durability`: for the gateway's second connection, which counts and audits."""
