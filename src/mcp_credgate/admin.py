@@ -21,6 +21,7 @@ from .errors import CiphertextError, ConflictError, CredentialValueError, Credga
 from .readiness import Status, Verdict, credential_verdict, verdict
 from .sandbox import missing_bubblewrap, probe, sandbox_state
 from .store import CredentialInfo, GroupInfo, Store, hint_path
+from .store.faults import os_fault
 
 __all__ = [
     "OAUTH_CLIENT_FIELDS",
@@ -417,7 +418,7 @@ def doctor(settings: Settings, catalog: Catalog) -> list[str]:
     try:
         store = Store.open(settings)
     except CredgateError as exc:
-        return [*problems, str(exc)]
+        return list(dict.fromkeys([*problems, str(exc)]))  # a fault under the folder is said once
     with store:
         try:
             problems += [f"{p} (restore a backup with `credgate restore PATH`)" for p in store.health()]
@@ -516,7 +517,7 @@ def sandbox_problems(settings: Settings, catalog: Catalog) -> list[str]:
 
 
 def _mode_problems(settings: Settings) -> list[str]:
-    out = []
+    out: list[str] = []
     wanted = [(settings.home, 0o700)] + [
         (settings.home / name, 0o600)
         for name in (
@@ -529,10 +530,14 @@ def _mode_problems(settings: Settings) -> list[str]:
         )
     ]
     for path, mode in wanted:
-        if path.exists() and stat.S_IMODE(path.stat().st_mode) & ~mode:
-            out.append(
-                f"{path} is mode {stat.S_IMODE(path.stat().st_mode):o}, readable by others (fix: chmod {mode:o} {path})"
-            )
+        try:
+            found = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # not ours to look at: say whose it is, once
+            return [*out, str(os_fault(path, exc))]
+        if found & ~mode:
+            out.append(f"{path} is mode {found:o}, readable by others (fix: chmod {mode:o} {path})")
     return out
 
 

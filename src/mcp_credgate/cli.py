@@ -99,7 +99,7 @@ def common_options(f: F) -> F:
     for opt in (
         click.option(
             "--home",
-            type=click.Path(path_type=Path),
+            type=click.Path(path_type=Path, readable=False),  # a folder not ours: the store says how (mode, owner)
             expose_value=False,
             callback=_remember,
             is_eager=True,

@@ -34,6 +34,7 @@ __all__ = [
     "SandboxError",
     "StoreBusyError",
     "StoreError",
+    "StoreFaultError",
 ]
 
 
@@ -67,6 +68,11 @@ class NameTakenError(ConflictError):
 
 class StoreError(CredgateError):
     pass
+
+
+class StoreFaultError(StoreError):
+    """The disk, filesystem or permissions under the store failed it (full, read-only, not ours): the store
+    itself is not in question. The message names the fault and what to do."""
 
 
 class NotInitialisedError(StoreError):

@@ -14,6 +14,7 @@ from .loopback import is_loopback_host
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 TOKEN_QUERY_NAMES = frozenset({"access_token", "token", "auth", "authorization", "bearer"})
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})  # `probes`: no Host/Origin check, no authentication
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -53,8 +54,8 @@ class RequestGuard:
         self.cross_origin_paths = cross_origin_paths  # called by other sites' pages (CORS): any Origin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or (scope["path"] in PROBE_PATHS and scope["method"] in ("GET", "HEAD")):
+            await self.app(scope, receive, send)  # probes send the pod's address as Host (`probes`)
             return
         response = self._refusal(scope)
         if response is not None:

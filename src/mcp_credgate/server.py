@@ -32,6 +32,7 @@ from .budgets import Limit, exceeded_warning
 from .caller import Caller
 from .credential import Credential
 from .declarations import HttpHandler, PythonHandler, Tool
+from .errors import StoreError
 from .gate import CredentialWarning, InvalidArguments, NotMember, Unknown
 from .gateway import Gateway
 from .handlers import ToolOutput
@@ -137,7 +138,10 @@ class ToolCalls:
         charges = self._charges(caller, decision.tool)
         # budget before the question (contract §7's order); a charge that cannot be counted is refused here too
         if charges and resumed is None and (decision.approval or any(n < 0 for _, n in charges)):
-            over = await anyio.to_thread.run_sync(self._first_exceeded, charges)
+            try:
+                over = await anyio.to_thread.run_sync(self._first_exceeded, charges)
+            except StoreError as exc:
+                return self._uncounted(caller, name, decision.credential_name, started, ref, exc)
             if over is not None:
                 self._record(caller, name, decision.credential_name, "over_budget", started, ref)
                 return _budget_refusal(over, name)
@@ -152,8 +156,11 @@ class ToolCalls:
             approval = "approved"
         if charges and resumed is None:  # the call runs now: counted, or refused if it no longer fits
             counts = self._gateway.counts
-            at_once = counts.charge_at_once(charges)  # a thread hop costs more than the count itself
-            over = await anyio.to_thread.run_sync(counts.charge, charges) if at_once is BUSY else at_once
+            try:
+                at_once = counts.charge_at_once(charges)  # a thread hop costs more than the count itself
+                over = await anyio.to_thread.run_sync(counts.charge, charges) if at_once is BUSY else at_once
+            except StoreError as exc:  # fails closed: a call under a budget runs only once counted
+                return self._uncounted(caller, name, decision.credential_name, started, ref, exc)
             if over is not None:
                 self._record(caller, name, decision.credential_name, "over_budget", started, ref, approval)
                 return _budget_refusal(over, name)
@@ -189,6 +196,18 @@ class ToolCalls:
             for limit in limits
             if limit.applies(tool.name, caller.user, caller.agent)
         ]
+
+    def _uncounted(
+        self, caller: Caller, name: str, credential: str | None, started: float, ref: str, exc: StoreError
+    ) -> types.CallToolResult:
+        """A call under a budget whose count the store could not take: not run (the log says why; the agent
+        gets the ref, not the store's paths)."""
+        logger.error("tool %s not called: its budget could not be counted (ref: %s): %s", name, ref, exc)
+        self._record(caller, name, credential, "error", started, ref)
+        return _text_result(
+            f"The tool {name} was not called: its budget could not be counted just now; retry later (ref: {ref}).",
+            is_error=True,
+        )
 
     def _first_exceeded(self, charges: list[tuple[Limit, int]]) -> Exceeded | None:
         """The first limit the call would not fit (read only: nothing is counted here)."""

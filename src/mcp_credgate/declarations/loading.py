@@ -73,9 +73,14 @@ def load_catalog(dirs: Iterable[Path], protected: Mapping[Path, str] | None = No
     types: dict[str, tuple[CredentialSpec, str]] = {}
     problems: list[str] = []
     for d in dirs:
-        if not d.is_dir():
+        try:
+            if not d.is_dir():
+                continue
+            found = sorted(d.glob("*.toml"))
+        except OSError as exc:  # a folder not ours to read: said, never a traceback
+            problems.append(f"{d}: cannot read the declarations folder ({exc.strerror})")
             continue
-        for path in sorted(d.glob("*.toml")):
+        for path in found:
             label = str(path)
             tool, file_problems = _parse_file(path, label, dirs, protected or {})
             problems += file_problems

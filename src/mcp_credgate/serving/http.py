@@ -42,6 +42,7 @@ from ..declarations import Catalog
 from ..gateway import Gateway
 from ..guard import MAX_BODY_BYTES, RequestGuard, allowed_hosts_and_origins
 from ..loopback import is_loopback_host
+from ..probes import gateway_checks, probe_routes
 from ..server import build_server
 from ..web.app import build_dashboard_app, routes
 from ..web.site import Site
@@ -107,6 +108,7 @@ def build_http_app(
         Route("/mcp", endpoint=protected(StreamableHTTPASGIApp(manager)), methods=["GET", "POST", "DELETE"]),
         Route("/sse", endpoint=protected(sse_endpoint), methods=["GET"]),
         Mount("/messages/", app=protected(sse.handle_post_message)),
+        *probe_routes(gateway_checks(gateway)),
         *(extra_routes or []),
     ]
 

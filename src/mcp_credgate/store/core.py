@@ -29,7 +29,7 @@ from collections.abc import Mapping
 
 from ..config import Settings
 from ..crypto import Keyring, MasterKey, write_key_file
-from ..errors import MasterKeyError, NotInitialisedError, StoreBusyError, StoreError
+from ..errors import MasterKeyError, NotInitialisedError, StoreBusyError, StoreError, StoreFaultError
 from . import rotation, sqlite
 from .agents import Agents
 from .approvals import Approvals
@@ -105,7 +105,7 @@ class Store(
             check_keyring(db, keyring, settings)
             if db.pending_migrations():
                 db.migrate()
-        except StoreBusyError:
+        except (StoreBusyError, StoreFaultError):
             db.close()
             raise
         except (MasterKeyError, NotInitialisedError):
@@ -121,6 +121,25 @@ class Store(
         store._key_source = (settings, env)
         store._copy_pending_expiries()
         return store
+
+    # -- readiness (`probes`) ---------------------------------------------------------------------
+
+    def check_reachable(self) -> None:
+        """Raise StoreError unless the store answers a read."""
+        with self._lock:
+            self._db.execute("SELECT key_id FROM master_keys LIMIT 1").fetchone()
+
+    def check_key(self) -> None:
+        """Raise MasterKeyError unless the key this store was opened with is still where it came from and still
+        opens the store (a key file removed or replaced while serving)."""
+        if self._key_source is None:
+            return
+        settings, env = self._key_source
+        keyring = load_keyring(settings, env)
+        if keyring is None:
+            raise MasterKeyError(f"master key missing: {settings.key_path} is gone and CREDGATE_MASTER_KEY is not set")
+        with self._lock:
+            check_keyring(self._db, keyring, settings)
 
     # -- the master key's rotation (in `rotation`; kept here for callers that hold a store) ---------
 

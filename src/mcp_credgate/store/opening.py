@@ -10,9 +10,10 @@ from types import ModuleType
 
 from ..config import Settings
 from ..crypto import Keyring
-from ..errors import MasterKeyError, NotInitialisedError, StoreBusyError, StoreError
+from ..errors import MasterKeyError, NotInitialisedError, StoreBusyError, StoreError, StoreFaultError
 from . import sqlite
 from .database import Database
+from .faults import os_fault
 from .keyfiles import load_keyring
 
 
@@ -32,8 +33,12 @@ def open_existing(settings: Settings) -> Database:
     file is looked for first (connecting would create it); PostgreSQL is asked on the connection kept."""
     missing = NotInitialisedError(f"no credgate store at {store_location(settings)}: run `credgate init` first")
     if not settings.database_url:
-        if not settings.database_path.exists():
-            raise missing
+        try:
+            settings.database_path.stat()
+        except FileNotFoundError:
+            raise missing from None
+        except OSError as exc:  # the folder is not ours to read: not "no store"
+            raise os_fault(settings.database_path, exc) from None
         return sqlite.SqliteDatabase(settings.database_path, sqlite.open_change_hint(settings.database_path))
     postgres = postgres_backend()
     db: Database = postgres.PostgresDatabase(settings.database_url)
@@ -63,7 +68,7 @@ def check_keyring(conn: Database, keyring: Keyring, settings: Settings) -> None:
     row, refused when it is read (it must not lock every other credential out)."""
     try:
         checks = {r["key_id"]: r["check_blob"] for r in conn.execute("SELECT key_id, check_blob FROM master_keys")}
-    except StoreBusyError:
+    except (StoreBusyError, StoreFaultError):  # the store could not be read: that says nothing of what it is
         raise
     except StoreError:
         raise StoreError(f"{store_location(settings)} is not a credgate store (no key table)") from None

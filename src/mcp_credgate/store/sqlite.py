@@ -28,6 +28,7 @@ from sqlite_utils.migrations import Migrations
 from ..errors import ConflictError, NotFoundError, StoreBusyError, StoreError
 from .change_hint import RECHECK_SECONDS, ChangeHint, hint_path
 from .database import Cursor, Database, Params, Result
+from .faults import sqlite_fault
 from .filelock import FileLock
 from .schema import MIGRATIONS, SQLITE, Migration
 
@@ -83,7 +84,13 @@ def _mapped_errors(where: str) -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         if is_busy(exc):
-            raise StoreBusyError("the store is busy (another credgate process is writing); retry") from None
+            raise StoreBusyError(
+                f"the store was locked by another process for longer than {BUSY_TIMEOUT_MS // 1000} s (another "
+                f"credgate writing, or a tool holding {where} open); retry"
+            ) from None
+        fault = sqlite_fault(Path(where), exc)
+        if fault is not None:
+            raise fault from None
         raise StoreError(f"{where}: {exc}") from None
 
 

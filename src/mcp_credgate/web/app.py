@@ -21,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 from ..config import Settings
 from ..declarations import Catalog
 from ..guard import RequestGuard, allowed_hosts_and_origins
+from ..probes import probe_routes, store_checks
 from .pages import agents, audit, consent, credentials, groups, me, setup, setup_link, signin, sso, users
 from .site import HERE, Site
 
@@ -100,7 +101,7 @@ def build_dashboard_app(settings: Settings, catalog: Catalog, *, host: str, port
             site.close()
 
     return Starlette(
-        routes=routes(site),
+        routes=[*probe_routes(store_checks(site.store)), *routes(site)],
         middleware=[Middleware(RequestGuard, hosts=hosts, origins=origins)],
         lifespan=lifespan,
     )
