@@ -175,7 +175,7 @@ class App:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store.open(self.settings)
+            self._store = Store.open(self.settings, frozen_on_fault=True)  # reads work on a full disk
         return self._store
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mcp_credgate.agents import create_agent
 from mcp_credgate.store import Store
-from tests.support.gateway import World, credgate_env, python_tool, result_text
+from tests.support.gateway import World, credgate_env, http_tool, python_tool, result_text
 from tests.support.http_server import Server, start_server
 
 pytestmark = [
@@ -38,7 +38,7 @@ pytestmark = [
 
 NOT_OURS = ("setpriv", "--bounding-set=-dac_override,-dac_read_search")  # root, but held to file modes
 CALLS = 300  # more audit rows than the free pages of a 2 MB disk's database can take
-READING = [["cred", "list"], ["group", "list"], ["group", "show", "ops"]]
+READING = {("cred", "list"): "svc-key", ("group", "list"): "ops", ("group", "show", "ops"): "clock"}  # → shown
 
 
 @pytest.fixture
@@ -57,7 +57,12 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 @pytest.fixture
 def world(small_disk: Path) -> Iterator[World]:
     """A store on the small disk with a group allowed a tool; no connection of the test's left open."""
-    w = World.create(small_disk / "site", {"clock": python_tool("clock", "mcp_credgate.examples:utc_now")})
+    tools = {
+        "clock": python_tool("clock", "mcp_credgate.examples:utc_now"),
+        "api": http_tool("api", "http://127.0.0.1:9"),
+    }
+    w = World.create(small_disk / "site", tools)
+    w.add_credential("svc-key", "svc", {"token": "tok-" + "x" * 16})
     w.allow("ops", "clock")
     w.store.close()
     yield w
@@ -86,30 +91,34 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-def test_a_full_disk_is_said_as_a_full_disk_by_every_command_and_the_store_is_whole_once_space_is_back(
+def test_on_a_full_disk_reading_commands_work_and_writing_ones_say_the_disk_is_full(
     world: World, small_disk: Path
 ) -> None:
     filler = fill(small_disk)
 
-    for args in [*READING, ["group", "add", "more"], ["doctor"]]:
+    for args, shown in READING.items():  # the store's file holds all of it: read as it is on disk, read-only
         result = credgate(world, *args)
-        if args == ["doctor"]:
-            assert result.returncode == 1 and "problem: the disk holding" in result.stdout, result.stdout
-            assert "not a credgate store" not in result.stdout
-        else:
-            assert_refused_saying(result, f"the disk holding {world.settings.home} is full")
+        assert result.returncode == 0 and shown in result.stdout, result.stderr
+        assert f"the disk holding {world.settings.home} is full" in result.stderr  # said all the same
+    assert_refused_saying(credgate(world, "group", "add", "more"), f"the disk holding {world.settings.home} is full")
+    doctor = credgate(world, "doctor")
+    assert doctor.returncode == 1 and "problem: the disk holding" in doctor.stdout, doctor.stdout
+    assert "not a credgate store" not in doctor.stdout
 
     filler.unlink()
-    assert "ops" in credgate(world, "group", "list").stdout
-    assert credgate(world, "doctor").returncode == 0
-    assert "more" not in credgate(world, "group", "list").stdout  # the refused write left nothing behind
+    assert credgate(world, "group", "add", "more").returncode == 0
+    assert credgate(world, "doctor").returncode == 0  # integrity checked: whole
 
 
-def test_a_read_only_filesystem_is_said_so_and_changes_nothing(world: World, small_disk: Path) -> None:
+def test_on_a_read_only_filesystem_reading_commands_work_and_writing_ones_say_so(
+    world: World, small_disk: Path
+) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     try:
-        for args in [*READING, ["group", "add", "more"]]:
-            assert_refused_saying(credgate(world, *args), f"{world.settings.home} is on a read-only filesystem")
+        for args, shown in READING.items():
+            assert shown in credgate(world, *args).stdout
+        result = credgate(world, "group", "add", "more")
+        assert_refused_saying(result, f"{world.settings.home} is on a read-only filesystem")
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
     assert "more" not in credgate(world, "group", "list").stdout

@@ -24,6 +24,7 @@ One `Store` lives as long as its connection: open it once per process (or per ap
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 
@@ -37,6 +38,7 @@ from .audit import Audit
 from .base import now
 from .budgets import Budgets
 from .credentials import Credentials
+from .database import Database
 from .grants import Grants
 from .groups import Groups
 from .keyfiles import load_keyring
@@ -46,6 +48,8 @@ from .opening import check_keyring, open_existing, postgres_backend, store_exist
 from .setup_links import SetupLinks
 from .upstreams import Upstreams
 from .users import Users
+
+logger = logging.getLogger("credgate.store")
 
 
 class Store(
@@ -86,10 +90,23 @@ class Store(
         return cls.open(settings, env), True
 
     @classmethod
-    def open(cls, settings: Settings, env: Mapping[str, str] | None = None) -> Store:
-        """Open an existing store, refusing (before anything is written) a key that does not open it."""
+    def open(cls, settings: Settings, env: Mapping[str, str] | None = None, *, frozen_on_fault: bool = False) -> Store:
+        """Open an existing store, refusing (before anything is written) a key that does not open it.
+        `frozen_on_fault`: for a command's reads, a SQLite store that a full disk or a read-only filesystem keeps
+        from being opened as usual is opened read-only from its file alone, where that file holds all of it;
+        its first write is refused with the fault (never for a gateway: a frozen view never sees new writes)."""
+        try:
+            return cls._open(settings, env, open_existing(settings))
+        except StoreFaultError as fault:
+            if not (frozen_on_fault and not settings.database_url and sqlite.can_open_frozen(settings.database_path)):
+                raise
+            frozen = sqlite.SqliteDatabase(settings.database_path, frozen=fault)
+            logger.warning("%s; showing the store as it is on disk, read-only", fault)
+            return cls._open(settings, env, frozen)
+
+    @classmethod
+    def _open(cls, settings: Settings, env: Mapping[str, str] | None, db: Database) -> Store:
         where = store_location(settings)
-        db = open_existing(settings)
         mismatch = f"master key does not match this store ({where})"
         try:
             try:

@@ -25,7 +25,7 @@ from pathlib import Path
 from sqlite_utils import Database as SqliteUtilsDatabase
 from sqlite_utils.migrations import Migrations
 
-from ..errors import ConflictError, NotFoundError, StoreBusyError, StoreError
+from ..errors import ConflictError, NotFoundError, StoreBusyError, StoreError, StoreFaultError
 from .change_hint import RECHECK_SECONDS, ChangeHint, hint_path
 from .database import Cursor, Database, Params, Result
 from .faults import sqlite_fault
@@ -62,6 +62,25 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
+
+
+def connect_frozen(path: Path) -> sqlite3.Connection:
+    """Read-only, without the `-shm` file or any lock (`immutable`): exact only while the write-ahead log is empty
+    and nothing writes (`can_open_frozen`)."""
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def can_open_frozen(path: Path) -> bool:
+    """Whether the database file alone holds the whole store: its write-ahead log is absent or empty (every
+    commit checkpointed into the file: the last connection closed cleanly)."""
+    try:
+        return path.with_name(path.name + "-wal").stat().st_size == 0
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def create_private_file(path: Path) -> None:
@@ -113,13 +132,16 @@ def _announce(hint: ChangeHint) -> None:
 
 
 class SqliteDatabase(Database):
-    """`hint`: the store's change hint, for a connection to the store itself (not to a scratch copy)."""
+    """`hint`: the store's change hint, for a connection to the store itself (not to a scratch copy).
+    `frozen`: the fault that keeps the store from being opened as usual, for a read-only connection to its file
+    alone (`frozen_open`): every write is refused with that fault."""
 
-    def __init__(self, path: Path, hint: ChangeHint | None = None) -> None:
+    def __init__(self, path: Path, hint: ChangeHint | None = None, frozen: StoreFaultError | None = None) -> None:
         self.path = path
         self.where = str(path)
+        self._frozen = frozen
         with _mapped_errors(self.where):
-            self.conn = connect(path)
+            self.conn = connect(path) if frozen is None else connect_frozen(path)
         self._hint = hint
         self._hint_seen: bytes | None = None  # the hint when SQLite was last asked
         self._recheck_at = 0.0
@@ -138,6 +160,8 @@ class SqliteDatabase(Database):
 
     @contextmanager
     def transaction(self, *, exclusive: bool = True) -> Iterator[None]:
+        if self._frozen is not None:
+            raise self._frozen
         with _mapped_errors(self.where):
             self.conn.execute("BEGIN IMMEDIATE")
         self._noted_change = False
@@ -202,6 +226,8 @@ class SqliteDatabase(Database):
             return [m.name for m in migrations.pending(SqliteUtilsDatabase(self.conn))]
 
     def migrate(self) -> None:
+        if self._frozen is not None:
+            raise self._frozen
         with _mapped_errors(self.where):
             migrations.apply(SqliteUtilsDatabase(self.conn))
 
