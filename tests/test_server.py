@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -318,3 +319,16 @@ async def test_a_refused_refresh_reaches_the_agent_and_the_log_without_the_refre
     assert_no_leak(result.model_dump_json(), refresh_token, CLIENT_SECRET, values["token"])
     assert "refused by the token endpoint" in caplog.text
     assert_no_leak(caplog.text, refresh_token, CLIENT_SECRET, values["token"])
+
+
+async def test_a_store_that_cannot_be_read_fails_the_call_closed_with_a_ref_and_no_path(world: World) -> None:
+    if world.store._db.shared:
+        pytest.skip("a PostgreSQL connection that closed is opened again at the next statement (recovery)")
+    async with world.gateway() as gw:
+        gw.store.close()  # the gateway's store can no longer be read at all
+        async with connect(gw, "beta") as client:
+            result = await client.call_tool("whoami", {"n": 1})
+
+    text = result_text(result)
+    assert result.is_error and "was not called: the gateway cannot reach its store just now" in text
+    assert re.search(r"\(ref: [\w-]+\)", text) and str(world.settings.home) not in text and "Traceback" not in text

@@ -34,6 +34,7 @@ from .audit import AuditLog
 from .caller import Caller
 from .credential import Credential
 from .declarations import McpHandler
+from .errors import StoreError
 from .gate import CredentialWarning, Gate, Ready
 from .handlers.upstream import Session, UpstreamError, UpstreamPool, shown_to_agent
 from .redact import Redactor, redactor_for
@@ -177,9 +178,14 @@ class Front:
     def capabilities(self, group: str, *, listen: bool = False) -> types.ServerCapabilities:
         """The group's tools, and what its allowed upstreams announced: the union, not more. `listen`: for an
         agent of 2026-07-28, whose listen streams carry the upstreams' list changes (`listen`)."""
-        announced = self._announced()
         caps: dict[str, Any] = {"tools": {}}
-        for name in self._gate().allowed_upstreams(group):
+        try:
+            announced = self._announced()
+            allowed = self._gate().allowed_upstreams(group)
+        except StoreError as exc:  # a session still opens: its calls say the store is away, with a ref
+            logger.error("capabilities of tools alone: the store cannot be read (%s)", exc)
+            return types.ServerCapabilities.model_validate(caps)
+        for name in allowed:
             upstream = announced.get(name, {})
             for feature in ("prompts", "completions", "logging"):
                 if feature in upstream:

@@ -90,6 +90,14 @@ class ToolCalls:
         token = request_id.set(ref)
         try:
             return await self._call(caller, name, arguments, ref, ctx, answers or Answers())
+        except StoreError as exc:  # the store could not be read (or written where a call must): closed, with a ref
+            logger.error("tool %s not called: the store failed (ref: %s): %s", name, ref, exc)
+            self._record(caller, name, None, "error", time.perf_counter(), ref)
+            return _text_result(
+                f"The tool {name} was not called: the gateway cannot reach its store just now; retry later "
+                f"(ref: {ref}).",
+                is_error=True,
+            )
         finally:
             request_id.reset(token)
 
