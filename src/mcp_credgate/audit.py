@@ -71,6 +71,11 @@ class AuditLog:
         self._thread.start()
 
     @property
+    def failing(self) -> bool:
+        """Whether the last write of audit rows failed (and none has worked since)."""
+        return self._failing_since is not None
+
+    @property
     def backlog(self) -> int:
         """Rows waiting to be written (those being written included)."""
         return len(self._pending) + self._in_flight

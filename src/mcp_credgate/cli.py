@@ -1548,6 +1548,16 @@ def _sso_settings(
     help="Run stdio upstreams without their sandbox (as CREDGATE_SANDBOX=off): each can read all this account can.",
 )
 @click.option(
+    "--audit",
+    "audit_policy",
+    type=click.Choice(["best-effort", "required"]),
+    envvar="CREDGATE_AUDIT",
+    default="best-effort",
+    show_default=True,
+    help="While audit rows cannot be written (a full disk...): keep serving, the rows waiting in memory "
+    "(best-effort), or refuse calls until they can be (required).",
+)
+@click.option(
     "--registration",
     type=click.Choice(["loopback", "open", "off"]),
     envvar="CREDGATE_REGISTRATION",
@@ -1569,6 +1579,7 @@ def serve(
     log_format: str,
     log_level: str,
     no_sandbox: bool,
+    audit_policy: str,
     registration: str,
     oidc_issuer: str | None,
     oidc_client_id: str | None,
@@ -1580,6 +1591,7 @@ def serve(
     catalog.raise_problems()
     if no_sandbox:
         app.settings = replace(app.settings, sandbox=False)
+    app.settings = replace(app.settings, audit_required=audit_policy == "required")
     if use_http and user_name:
         raise click.UsageError("--user is for stdio: over HTTP, each agent acts for the user it was added for")
     ctx = click.get_current_context()

@@ -78,6 +78,7 @@ class Settings:
     state_dir: Path = field(default_factory=lambda: default_state_dir(os.environ))
     sandbox: bool = True  # stdio upstreams run sandboxed (CREDGATE_SANDBOX=off, `serve --no-sandbox`: not)
     sso: SsoSettings | None = None  # the dashboard's sign-in through the organisation's OpenID provider
+    audit_required: bool = False  # `serve --audit required`: refuse calls while audit rows cannot be written
 
     @property
     def database_path(self) -> Path:

@@ -111,6 +111,15 @@ class ToolCalls:
         answers: Answers,
     ) -> types.CallToolResult | types.InputRequiredResult:
         started = time.perf_counter()
+        if self._gateway.settings.audit_required and self._audit.failing:  # `serve --audit required`
+            logger.error(
+                "tool %s not called: audit rows cannot be written and --audit is required (ref: %s)", name, ref
+            )
+            self._record(caller, name, None, "error", started, ref)  # kept, written once the store can be again
+            return _text_result(
+                f"The tool {name} was not called: its call cannot be audited just now; retry later (ref: {ref}).",
+                is_error=True,
+            )
         args = dict(arguments or {})  # a dict of its own, as JSON Schema's object is
         decision = self._gateway.gate.check(caller.group, name, args, caller.user)
         if isinstance(decision, Unknown):

@@ -171,3 +171,26 @@ async def _calls(server: Server, token: str, n: int) -> list[str]:
 def _audited(world: World) -> int:
     with Store.open(world.settings, env={}) as store:
         return len(store.read_audit(tool="clock", limit=10 * CALLS))
+
+
+def test_with_audit_required_a_gateway_on_a_full_disk_refuses_calls_until_it_can_audit_them(
+    world: World, small_disk: Path, tmp_path: Path
+) -> None:
+    with Store.open(world.settings, env={}) as store:
+        token = create_agent(store, "ops", "bot")
+    server = start_server(world, tmp_path / "server", "--audit", "required")
+    try:
+        filler = fill(small_disk)
+        deadline = time.monotonic() + 30
+        refused = ""
+        while not refused and time.monotonic() < deadline:  # once the writer finds it cannot write
+            answers = anyio.run(_calls, server, token, CALLS // 10)
+            refused = next((a for a in answers if "cannot be audited" in a), "")
+        assert "was not called: its call cannot be audited just now; retry later (ref: " in refused
+        filler.unlink()
+        deadline = time.monotonic() + 30
+        while "cannot be audited" in anyio.run(_calls, server, token, 1)[0]:
+            assert time.monotonic() < deadline, "calls still refused once the disk has room again"
+            time.sleep(0.2)
+    finally:
+        server.stop()
