@@ -237,3 +237,90 @@ def test_two_gateways_writing_audit_rows_of_the_same_days_at_once_count_every_ca
     finally:
         other.close()
     assert [(u.key, u.calls) for u in grouped.usage("g", "2026-12-01", "tool")] == [(tool, 20) for tool in tools]
+
+
+# -- counts beside the changes of limits ---------------------------------------------------------------------
+
+
+def pause_after(store: Store, statement: str, seconds: float = 0.5) -> threading.Event:
+    """Make the store's connection stop for `seconds` after the first statement that starts with `statement`
+    (in the middle of its transaction); the event is set when it got there."""
+    db, reached = store._db, threading.Event()
+    run = db.execute
+
+    def execute(sql: str, params: object = ()) -> object:
+        found = run(sql, params)  # type: ignore[arg-type]
+        if sql.startswith(statement) and not reached.is_set():
+            reached.set()
+            time.sleep(seconds)
+        return found
+
+    db.execute = execute  # type: ignore[method-assign]
+    return reached
+
+
+def test_a_call_counted_while_its_limit_is_replaced_counts_against_the_new_limit_without_an_error(
+    grouped: Store, settings: Settings
+) -> None:
+    """`budget set` of a limit that calls are counted against (another replica, or the dashboard): the
+    replacement's DELETE cascades to the old limit's counts. A count beside it must neither fail (PostgreSQL: a
+    foreign key violation, the old limit's row gone under the count's INSERT) nor count against the old limit."""
+    old, new = calls(10), calls(20)
+    grouped.set_budget(old)
+    admin = Store.open(settings, env={})
+    failed: list[BaseException] = []
+
+    def replace() -> None:
+        try:
+            admin.set_budget(new)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    try:
+        deleted = pause_after(admin, "DELETE FROM budgets")
+        replacing = threading.Thread(target=replace)
+        replacing.start()
+        assert deleted.wait(10)
+        counted = grouped.charge([(old, 1)])  # the call, checked against the limit its replica had read
+        replacing.join(10)
+    finally:
+        admin.close()
+
+    assert failed == [] and counted is None
+    assert grouped.used(new)[0] == 1  # counted against the limit in force once the replacement committed
+
+
+def test_removing_limits_while_a_call_is_counted_against_them_neither_deadlocks_nor_fails(
+    grouped: Store, settings: Settings
+) -> None:
+    """A call counted against a calls and a spend limit of the group while `budget rm` removes both: the count
+    holds the first limit's counts and goes on to the second; the removal deletes both limits and then their
+    counts. Both must end (PostgreSQL: neither is a deadlock's victim, which the store says is "busy")."""
+    per_call, spend = calls(10), Limit("g", None, None, None, "spend", 10_000_000, "month", "USD")
+    grouped.set_budget(per_call)
+    assert grouped.charge([(per_call, 1)]) is None  # the calls limit has a count this day; the spend one none yet
+    grouped.set_budget(spend)
+    admin = Store.open(settings, env={})
+    outcomes: dict[str, object] = {}
+
+    def count() -> None:
+        try:
+            outcomes["charge"] = grouped.charge([(per_call, 1), (spend, 1_000_000)])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcomes["charge"] = exc
+
+    try:
+        first_counted = pause_after(grouped, "INSERT INTO budget_usage", seconds=1.0)
+        counting = threading.Thread(target=count)
+        counting.start()
+        assert first_counted.wait(10)
+        try:
+            outcomes["removed"] = admin.remove_budget("g", None, None, None)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcomes["removed"] = exc
+        counting.join(10)
+    finally:
+        admin.close()
+
+    assert outcomes == {"charge": None, "removed": 2}
+    assert grouped.budgets("g") == []
