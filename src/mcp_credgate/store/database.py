@@ -69,9 +69,10 @@ class Database(ABC):
     @abstractmethod
     def transaction(self, *, exclusive: bool = True) -> AbstractContextManager[None]:
         """A write transaction; writers from every process run one at a time. Commits at the end, rolls back
-        on any exception. `exclusive=False`: a transaction whose statements are safe beside any other writer's
-        on their own (appending audit rows; counting a budget by an update that checks the row as it is), which
-        PostgreSQL runs beside the others, holding only the rows it writes (SQLite has one writer all the same)."""
+        on any exception. `exclusive=False`: a transaction whose statements are safe beside each other
+        (appending audit rows; counting a budget by an update that checks the row as it is), which PostgreSQL runs
+        beside the others of its kind, holding only the rows it writes, but never beside an exclusive writer
+        (one that deletes a limit deletes its counts; SQLite has one writer all the same)."""
 
     @contextmanager
     def without_waiting(self) -> Iterator[bool]:

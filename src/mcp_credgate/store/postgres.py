@@ -1,7 +1,8 @@
 """The shared backend: PostgreSQL, for several gateway replicas on one store (psycopg 3).
 
 - Writers serialise on a transaction-level advisory lock, so every write transaction runs alone, as with
-  SQLite's `BEGIN IMMEDIATE`: the store's read-check-write sequences need no other care.
+  SQLite's `BEGIN IMMEDIATE`: the store's read-check-write sequences need no other care. Counts and audit rows
+  (`exclusive=False`) take it shared: beside each other, never beside another writer.
 - `change_counter` moves with every change to credentials, groups, bindings or agents; each replica reads it
   at each call and drops its binding cache when it moved, so a change is seen at the next call everywhere.
 - A credential's lock (one OAuth2 refresh at a time) is a session advisory lock on a connection of its own;
@@ -120,8 +121,11 @@ class PostgresDatabase(Database):
         self.execute("BEGIN")
         self._in_transaction = True
         try:
-            if exclusive:
-                self.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK_KEY,))
+            # shared: counts and audit rows run beside each other, never beside a writer that holds it alone
+            # (`budget set`/`rm` deleting a limit's row and its counts while a count holds some: a foreign key
+            # violation, or a deadlock)
+            lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+            self.execute(f"SELECT {lock}(?)", (WRITE_LOCK_KEY,))
             yield
             self.execute("COMMIT")
         except BaseException:
