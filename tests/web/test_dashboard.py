@@ -1128,6 +1128,37 @@ def test_the_group_page_charts_30_days_of_calls_and_spend_with_limits_and_bars_l
     ]
 
 
+@pytest.mark.parametrize(
+    ("amount", "kind"),
+    [
+        ("99999999999999999999", "calls"),  # past what the store's counts hold (SQLite: OverflowError, a 500)
+        ("1e20", "spend"),  # past it in micro-units (PostgreSQL: "bigint out of range", with the store's address)
+        ("1e999999", "spend"),  # past what a decimal holds once in micro-units (decimal.Overflow, a 500)
+        ("1e999990", "spend"),  # a number of three million bits, half a minute of the server's time to make
+    ],
+)
+def test_an_amount_too_large_to_count_is_refused_in_one_line_at_once_and_changes_nothing(
+    admin: Admin, world: World, amount: str, kind: str
+) -> None:
+    before = snapshot(world.store)
+    started = time.monotonic()
+    response = admin.post("/groups/ops/budget", {"amount": amount, "kind": kind, "per": "day"})
+
+    assert time.monotonic() - started < 2
+    assert response.status_code == 400
+    error = re.search(r'<p class="error" role="alert">([^<]*)</p>', response.text)
+    assert error and error.group(1).startswith(f"{kind}: ") and "postgresql" not in error.group(1), error
+    assert snapshot(world.store) == before
+
+
+def test_a_day_the_calendar_ends_on_filters_the_audit_page_instead_of_failing_it(admin: Admin, world: World) -> None:
+    """`?day=` is the last day there is: the filter's end, the day after it, is past `date.max`."""
+    response = admin.get("/audit?day=9999-12-31&ran=yes")
+
+    assert response.status_code == 200
+    assert "No calls recorded for this filter" in response.text
+
+
 def test_a_group_without_calls_or_limits_shows_empty_charts(admin: Admin, world: World) -> None:
     world.store.remove_budget("ops", None, None, None)
     page = admin.get("/groups/ops").text
