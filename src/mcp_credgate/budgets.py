@@ -32,6 +32,8 @@ __all__ = [
 Kind = Literal["calls", "spend"]
 CALL_WINDOWS = {"minute": 60, "hour": 3600, "day": 86400}
 SPEND_PERIODS = ("day", "month")
+MOST = 10**18  # calls, or micro-units: as a declared cost's bound; the store's counts hold twice that
+_MICRO = Decimal(1).scaleb(-6)
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,11 @@ def parse_calls(text: str, option: str = "--calls") -> tuple[int, str]:
     count, _, per = text.partition("/")
     if per not in CALL_WINDOWS:
         raise ValueError(f"{option}: give N/WINDOW with WINDOW one of {', '.join(CALL_WINDOWS)} (such as 100/minute)")
-    if not count.strip().isdigit() or int(count) < 1:
-        raise ValueError(f"{option}: the number of calls must be a whole number, at least 1 (such as 100/minute)")
+    count = count.strip()
+    if not (count.isascii() and count.isdigit()) or len(count) > 19 or not 1 <= int(count) <= MOST:
+        raise ValueError(
+            f"{option}: the number of calls must be a whole number, at least 1 and at most 10^18 (such as 100/minute)"
+        )
     return int(count), per
 
 
@@ -111,9 +116,12 @@ def parse_spend(text: str, option: str = "--spend") -> tuple[int, str]:
         value = Decimal(amount.strip())
     except InvalidOperation:
         value = Decimal("NaN")
-    if not value.is_finite() or value < 0 or (value * MICROS) != (value * MICROS).to_integral_value():
+    # bounded before any arithmetic: 1e999999 overflows a decimal once in micro-units, 1e999990 takes half a
+    # minute to become an int, and the store's counts hold at most 2^63 - 1 (a declared cost's bound, as here)
+    if not value.is_finite() or not 0 <= value <= Decimal(MOST) / MICROS or value != value.quantize(_MICRO):
         raise ValueError(
-            f"{option}: the amount must be a number of at least 0 with at most 6 decimal places (such as 50.00)"
+            f"{option}: the amount must be a number of at least 0 and at most {MOST // MICROS} with at most 6"
+            " decimal places (such as 50.00)"
         )
     return int(value * MICROS), per
 

@@ -69,8 +69,11 @@ class Audit(StoreBase):
                 clauses.append(f"{column} = ?")
                 params.append(value)
         if day is not None:
-            clauses += ["ts >= ?", "ts < ?"]
-            params += [day.isoformat(), (day + timedelta(days=1)).isoformat()]
+            clauses.append("ts >= ?")
+            params.append(day.isoformat())
+            if day < date.max:  # the last day there is has no day after it: its calls are all from it on
+                clauses.append("ts < ?")
+                params.append((day + timedelta(days=1)).isoformat())
         if ran:
             clauses.append("cost IS NOT NULL")  # a call that ran recorded what it cost, 0 included
         with self._lock:
