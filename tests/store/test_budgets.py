@@ -273,7 +273,7 @@ def test_a_call_counted_while_its_limit_is_replaced_counts_against_the_new_limit
     def replace() -> None:
         try:
             admin.set_budget(new)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             failed.append(exc)
 
     try:
@@ -306,7 +306,7 @@ def test_removing_limits_while_a_call_is_counted_against_them_neither_deadlocks_
     def count() -> None:
         try:
             outcomes["charge"] = grouped.charge([(per_call, 1), (spend, 1_000_000)])
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             outcomes["charge"] = exc
 
     try:
@@ -316,7 +316,7 @@ def test_removing_limits_while_a_call_is_counted_against_them_neither_deadlocks_
         assert first_counted.wait(10)
         try:
             outcomes["removed"] = admin.remove_budget("g", None, None, None)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             outcomes["removed"] = exc
         counting.join(10)
     finally:
