@@ -13,6 +13,7 @@ from mcp_credgate.budgets import Limit
 from mcp_credgate.config import Settings
 from mcp_credgate.errors import ConflictError, NotFoundError
 from mcp_credgate.store import BUSY, AuditRow, Store
+from mcp_credgate.store.database import Cursor, Params
 from mcp_credgate.store.schema import MIGRATIONS, POSTGRESQL, SQLITE
 
 
@@ -248,14 +249,14 @@ def pause_after(store: Store, statement: str, seconds: float = 0.5) -> threading
     db, reached = store._db, threading.Event()
     run = db.execute
 
-    def execute(sql: str, params: object = ()) -> object:
-        found = run(sql, params)  # type: ignore[arg-type]
+    def execute(sql: str, params: Params = ()) -> Cursor:
+        found = run(sql, params)
         if sql.startswith(statement) and not reached.is_set():
             reached.set()
             time.sleep(seconds)
         return found
 
-    db.execute = execute  # type: ignore[method-assign]
+    db.execute = execute  # type: ignore[method-assign]  # a stand-in with the same signature
     return reached
 
 

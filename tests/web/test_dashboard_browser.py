@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,22 @@ def site(tmp_path: Path) -> Iterator[tuple[World, Server, str, str, Any]]:
         finally:
             server.stop()
             world.close()
+
+
+@contextmanager
+def signed_in(sync_playwright: Any, server: Server, admin_secret: str, path: str) -> Iterator[tuple[Any, Any]]:
+    """A browser, and a page of it on `path` once the admin signed in on the way there; closed at the end."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(f"{server.base}{path}")
+            page.fill("#secret", admin_secret)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{server.base}{path}")
+            yield browser, page
+        finally:
+            browser.close()
 
 
 async def _call_tool(server: Server, token: str, tool: str) -> Any:
@@ -147,43 +164,32 @@ def test_an_admin_sets_a_limit_in_the_browser_and_the_chart_leads_from_a_bar_to_
     agent_token = create_agent(world.store, "research", "browser-test-agent")
     server = start_server(world, tmp_path / "server")
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-            try:
-                page = browser.new_page(viewport={"width": 1100, "height": 900})
-                page.goto(f"{server.base}/groups/research")
-                page.fill("#secret", admin_secret)
-                page.click("button[type=submit]")
-                page.wait_for_url(f"{server.base}/groups/research")
-                page.fill("#budget-amount", "3")
-                page.select_option("#budget-per", "day")
-                page.select_option("#budget-tool", "clock")
-                page.click("#budgets button:has-text('Set')")
-                page.wait_for_url(f"{server.base}/groups/research?done=saved")
+        with signed_in(sync_playwright, server, admin_secret, "/groups/research") as (browser, page):
+            page.fill("#budget-amount", "3")
+            page.select_option("#budget-per", "day")
+            page.select_option("#budget-tool", "clock")
+            page.click("#budgets button:has-text('Set')")
+            page.wait_for_url(f"{server.base}/groups/research?done=saved")
 
-                with ThreadPoolExecutor(1) as other:  # Playwright's loop runs in this thread
-                    results = [
-                        other.submit(anyio.run, _call_tool, server, agent_token, "clock").result() for _ in range(4)
-                    ]
-                assert [r.is_error for r in results] == [False, False, False, True]
-                assert (results[3].structured_content or {})["warning"] == "budget_exceeded"
-                _wait_for_usage(world, "research", 3)
+            with ThreadPoolExecutor(1) as other:  # Playwright's loop runs in this thread
+                results = [other.submit(anyio.run, _call_tool, server, agent_token, "clock").result() for _ in range(4)]
+            assert [r.is_error for r in results] == [False, False, False, True]
+            assert (results[3].structured_content or {})["warning"] == "budget_exceeded"
+            _wait_for_usage(world, "research", 3)
 
-                page.goto(f"{server.base}/groups/research")
-                page.screenshot(path=str(tmp_path / "group-usage.png"), full_page=True)
-                chart = page.locator("figure.chart", has_text="Tool clock: calls")
-                assert "3 calls in 30 days" in chart.inner_text()
-                assert chart.locator("line.limit title").text_content() == "limit 3 calls per day"
-                chart.locator("svg a").click()
-                page.wait_for_url(f"{server.base}/audit?*")
-                outcomes = page.locator("tbody .status").all_inner_texts()
-                assert outcomes == ["ok", "ok", "ok"]  # the calls that ran: not the one refused
-                phone = browser.new_page(viewport={"width": 390, "height": 844})
-                phone.context.add_cookies(page.context.cookies())
-                phone.goto(f"{server.base}/groups/research")
-                assert phone.evaluate("document.documentElement.scrollWidth") <= 390
-            finally:
-                browser.close()
+            page.goto(f"{server.base}/groups/research")
+            page.screenshot(path=str(tmp_path / "group-usage.png"), full_page=True)
+            chart = page.locator("figure.chart", has_text="Tool clock: calls")
+            assert "3 calls in 30 days" in chart.inner_text()
+            assert chart.locator("line.limit title").text_content() == "limit 3 calls per day"
+            chart.locator("svg a").click()
+            page.wait_for_url(f"{server.base}/audit?*")
+            outcomes = page.locator("tbody .status").all_inner_texts()
+            assert outcomes == ["ok", "ok", "ok"]  # the calls that ran: not the one refused
+            phone = browser.new_page(viewport={"width": 390, "height": 844})
+            phone.context.add_cookies(page.context.cookies())
+            phone.goto(f"{server.base}/groups/research")
+            assert phone.evaluate("document.documentElement.scrollWidth") <= 390
     finally:
         server.stop()
         world.close()
@@ -252,30 +258,21 @@ def test_an_admin_pages_through_and_searches_many_credentials_in_the_browser(tmp
     admin_secret = new_admin_secret(world.store)
     server = start_server(world, tmp_path / "server")
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-            try:
-                page = browser.new_page(viewport={"width": 1100, "height": 900})
-                page.goto(f"{server.base}/credentials")
-                page.fill("#secret", admin_secret)
-                page.click("button[type=submit]")
-                page.wait_for_url(f"{server.base}/credentials")
-                names = page.locator(".card h2 a")
-                assert names.count() == 50 and names.first.inner_text() == "tok-000"
-                page.click("a[rel=next]")
-                page.wait_for_url("**/credentials?after=tok-049")
-                assert names.first.inner_text() == "tok-050"
-                page.screenshot(path=str(tmp_path / "credentials-page-2.png"), full_page=True)
-                page.click("a[rel=prev]")
-                page.wait_for_url("**/credentials?before=tok-050")
-                assert names.first.inner_text() == "tok-000"
-                page.fill("input[name=q]", "tok-12")
-                page.click("text=Search")
-                page.wait_for_url("**/credentials?q=tok-12*")
-                assert [names.nth(i).inner_text() for i in range(names.count())] == [f"tok-12{i}" for i in range(10)]
-                assert page.locator("a[rel=next]").count() == 0
-            finally:
-                browser.close()
+        with signed_in(sync_playwright, server, admin_secret, "/credentials") as (_browser, page):
+            names = page.locator(".card h2 a")
+            assert names.count() == 50 and names.first.inner_text() == "tok-000"
+            page.click("a[rel=next]")
+            page.wait_for_url("**/credentials?after=tok-049")
+            assert names.first.inner_text() == "tok-050"
+            page.screenshot(path=str(tmp_path / "credentials-page-2.png"), full_page=True)
+            page.click("a[rel=prev]")
+            page.wait_for_url("**/credentials?before=tok-050")
+            assert names.first.inner_text() == "tok-000"
+            page.fill("input[name=q]", "tok-12")
+            page.click("text=Search")
+            page.wait_for_url("**/credentials?q=tok-12*")
+            assert [names.nth(i).inner_text() for i in range(names.count())] == [f"tok-12{i}" for i in range(10)]
+            assert page.locator("a[rel=next]").count() == 0
     finally:
         server.stop()
         world.close()

@@ -196,8 +196,9 @@ class Budgets(StoreBase):
 
     def charge(self, charges: Sequence[tuple[Limit, int]]) -> Exceeded | None:
         """Count a call against each limit (`n`: 1 call, or its cost), all or none: None when it fits all of them
-        and was counted, else the first it does not fit (nothing counted). Beside any other writer (PostgreSQL
-        holds only the counted rows): each count is one statement that checks its row as it is."""
+        and was counted, else the first it does not fit (nothing counted). On PostgreSQL beside other counts and
+        audit rows (never beside an admin change), holding only the counted rows: each count is one statement that
+        checks its row as it is."""
         if not charges:
             return None
         try:
