@@ -20,6 +20,7 @@ from .declarations import MICROS
 
 __all__ = [
     "CALL_WINDOWS",
+    "MOST",
     "SPEND_PERIODS",
     "Kind",
     "Limit",
