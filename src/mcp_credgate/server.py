@@ -91,12 +91,8 @@ class ToolCalls:
         try:
             return await self._call(caller, name, arguments, ref, ctx, answers or Answers())
         except StoreError as exc:  # the store could not be read (or written where a call must): closed, with a ref
-            logger.error("tool %s not called: the store failed (ref: %s): %s", name, ref, exc)
-            self._record(caller, name, None, "error", time.perf_counter(), ref)
-            return _text_result(
-                f"The tool {name} was not called: the gateway cannot reach its store just now; retry later "
-                f"(ref: {ref}).",
-                is_error=True,
+            return self._not_now(
+                caller, name, None, time.perf_counter(), ref, "the gateway cannot reach its store", exc
             )
         finally:
             request_id.reset(token)
@@ -112,14 +108,7 @@ class ToolCalls:
     ) -> types.CallToolResult | types.InputRequiredResult:
         started = time.perf_counter()
         if self._gateway.settings.audit_required and self._audit.failing:  # `serve --audit required`
-            logger.error(
-                "tool %s not called: audit rows cannot be written and --audit is required (ref: %s)", name, ref
-            )
-            self._record(caller, name, None, "error", started, ref)  # kept, written once the store can be again
-            return _text_result(
-                f"The tool {name} was not called: its call cannot be audited just now; retry later (ref: {ref}).",
-                is_error=True,
-            )
+            return self._not_now(caller, name, None, started, ref, "its call cannot be audited", "--audit required")
         args = dict(arguments or {})  # a dict of its own, as JSON Schema's object is
         decision = self._gateway.gate.check(caller.group, name, args, caller.user)
         if isinstance(decision, Unknown):
@@ -158,7 +147,9 @@ class ToolCalls:
             try:
                 over = await anyio.to_thread.run_sync(self._first_exceeded, charges)
             except StoreError as exc:
-                return self._uncounted(caller, name, decision.credential_name, started, ref, exc)
+                return self._not_now(
+                    caller, name, decision.credential_name, started, ref, "its budget could not be counted", exc
+                )
             if over is not None:
                 self._record(caller, name, decision.credential_name, "over_budget", started, ref)
                 return _budget_refusal(over, name)
@@ -177,7 +168,9 @@ class ToolCalls:
                 at_once = counts.charge_at_once(charges)  # a thread hop costs more than the count itself
                 over = await anyio.to_thread.run_sync(counts.charge, charges) if at_once is BUSY else at_once
             except StoreError as exc:  # fails closed: a call under a budget runs only once counted
-                return self._uncounted(caller, name, decision.credential_name, started, ref, exc)
+                return self._not_now(
+                    caller, name, decision.credential_name, started, ref, "its budget could not be counted", exc
+                )
             if over is not None:
                 self._record(caller, name, decision.credential_name, "over_budget", started, ref, approval)
                 return _budget_refusal(over, name)
@@ -214,17 +207,22 @@ class ToolCalls:
             if limit.applies(tool.name, caller.user, caller.agent)
         ]
 
-    def _uncounted(
-        self, caller: Caller, name: str, credential: str | None, started: float, ref: str, exc: StoreError
+    def _not_now(
+        self,
+        caller: Caller,
+        name: str,
+        credential: str | None,
+        started: float,
+        ref: str,
+        why: str,
+        cause: StoreError | str,
     ) -> types.CallToolResult:
-        """A call under a budget whose count the store could not take: not run (the log says why; the agent
-        gets the ref, not the store's paths)."""
-        logger.error("tool %s not called: its budget could not be counted (ref: %s): %s", name, ref, exc)
+        """A call not run for a fault of the moment (the store, the audit): the agent gets `why` and the ref, the
+        log the cause (never the agent: the store's message may name its paths). Its audit row is kept, written
+        once the store can be again."""
+        logger.error("tool %s not called: %s (ref: %s): %s", name, why, ref, cause)
         self._record(caller, name, credential, "error", started, ref)
-        return _text_result(
-            f"The tool {name} was not called: its budget could not be counted just now; retry later (ref: {ref}).",
-            is_error=True,
-        )
+        return _text_result(f"The tool {name} was not called: {why} just now; retry later (ref: {ref}).", is_error=True)
 
     def _first_exceeded(self, charges: list[tuple[Limit, int]]) -> Exceeded | None:
         """The first limit the call would not fit (read only: nothing is counted here)."""

@@ -134,7 +134,7 @@ def _announce(hint: ChangeHint) -> None:
 class SqliteDatabase(Database):
     """`hint`: the store's change hint, for a connection to the store itself (not to a scratch copy).
     `frozen`: the fault that keeps the store from being opened as usual, for a read-only connection to its file
-    alone (`frozen_open`): every write is refused with that fault."""
+    alone (`connect_frozen`): every write is refused with that fault."""
 
     def __init__(self, path: Path, hint: ChangeHint | None = None, frozen: StoreFaultError | None = None) -> None:
         self.path = path
