@@ -22,7 +22,7 @@ class Audit(StoreBase):
         if not rows:
             return
         used = _usage_by_day(rows)
-        with self._write(changes_setup=False, exclusive=False) as conn:  # rows of its own: beside any writer
+        with self._write(changes_setup=False, exclusive=False) as conn:  # rows of its own: beside other counts
             conn.executemany(
                 "INSERT INTO audit (ts, group_name, agent, tool, credential, outcome, duration_ms, ref, user_name,"
                 " approval, cost, currency) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

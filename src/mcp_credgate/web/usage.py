@@ -1,4 +1,4 @@
-"""What a group used over the last days, for its page: read from the audit rows of the calls that ran (as
+"""What a group used over the last days, for its page: read from the days' totals of the calls that ran (as
 `credgate usage` reads it) and laid out as charts (`charts`) for the whole group, each tool and each member, each
 with the limits of exactly its scope."""
 
