@@ -1,16 +1,22 @@
 """The guard in front of every HTTP app (MCP for remote agents, the dashboard): a foreign Host or Origin gets
 403 (DNS-rebinding protection), a token in the query string 401, a declared body over the cap 413 — all before
-authentication and before the body is read."""
+authentication and before the body is read. Behind it, `StoreFaultAnswer` turns a store that cannot be used just
+now into 503 with a ref."""
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import parse_qsl, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import StoreError
+from .logs import new_ref
 from .loopback import is_loopback_host
+
+logger = logging.getLogger("credgate.http")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 TOKEN_QUERY_NAMES = frozenset({"access_token", "token", "auth", "authorization", "bearer"})
@@ -82,3 +88,40 @@ class RequestGuard:
         if length is not None and length.isdigit() and int(length) > self.max_body:
             return PlainTextResponse("Request body too large", status_code=413)
         return None
+
+
+class StoreFaultAnswer:
+    """A request that found the store unusable before its answer began (PostgreSQL away, a disk that fails:
+    checking a bearer token, reading a page) gets 503 with Retry-After and a ref, not a 500 and a traceback; the
+    cause is logged with the ref, never sent (it may name the store's paths or server). Once the answer has
+    begun, the app's own handling is all there is."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = False
+
+        async def watched(message: Message) -> None:
+            nonlocal began
+            began = began or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except StoreError as exc:
+            if began:
+                raise
+            ref = new_ref()
+            logger.error(
+                "%s %s not served: the store cannot be used (ref: %s): %s", scope["method"], scope["path"], ref, exc
+            )
+            answer = PlainTextResponse(
+                f"Service Unavailable: the gateway cannot use its store just now; retry later (ref: {ref})",
+                status_code=503,
+                headers={"Retry-After": "5"},
+            )
+            await answer(scope, receive, send)

@@ -69,6 +69,16 @@ def stop_cluster(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def pause_cluster(folder: Path) -> None:
+    """Stop the server (a fast shutdown: its sessions are ended), keeping the cluster for `resume_cluster`."""
+    subprocess.run(["bash", str(PG_CLUSTER), "stop", str(folder / "cluster")], capture_output=True, check=True)
+
+
+def resume_cluster(folder: Path) -> None:
+    """Start a paused cluster again, on the same port."""
+    subprocess.run(["bash", str(PG_CLUSTER), "resume", str(folder / "cluster")], capture_output=True, check=True)
+
+
 def _start_cluster(config: pytest.Config) -> str | None:
     try:
         url, folder = start_cluster()

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 
 from mcp_credgate.config import Settings
 from mcp_credgate.store.change_hint import ChangeHint, hint_path
+from mcp_credgate.store.postgres import WRITE_LOCK_KEY
 
 
 class RawDb:
@@ -118,6 +120,21 @@ class RawDb:
 
 def raw_db(settings: Settings) -> RawDb:
     return RawDb(settings)
+
+
+@contextmanager
+def holding_the_write_lock(settings: Settings) -> Iterator[None]:
+    """Another process's writer, holding the store's write lock until the block ends: the store's writes wait
+    for it, then give up after their busy timeout (SQLite's `BEGIN IMMEDIATE`; PostgreSQL's advisory lock)."""
+    db = RawDb(settings)
+    try:
+        if db.postgres:
+            db.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK_KEY,))  # in psycopg's implicit transaction
+        else:
+            db.execute("BEGIN IMMEDIATE")
+        yield
+    finally:
+        db.close()  # ends the transaction unwritten, releasing the lock
 
 
 def store_contents(settings: Settings) -> object:

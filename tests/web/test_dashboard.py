@@ -57,6 +57,7 @@ from tests.support.gateway import (
 )
 from tests.support.http_server import modern_call
 from tests.support.oauth_provider import OAuthProvider, oauth_tool, running_oauth_provider
+from tests.support.raw_db import holding_the_write_lock
 
 BASE = "http://127.0.0.1:8765"
 MASK = mask("")  # the mask alone, as a short value shows
@@ -1065,6 +1066,20 @@ def test_a_bad_limit_on_the_group_page_says_why_in_one_line_and_changes_nothing(
     error = re.search(r'<p class="error" role="alert">([^<]*)</p>', response.text)
     assert error and words in error.group(1), response.text[:2000]
     assert snapshot(world.store) == before
+
+
+def test_a_limit_the_store_cannot_take_just_now_is_a_503_with_a_ref_not_a_fault_of_the_form(
+    admin: Admin, world: World
+) -> None:
+    before = snapshot(world.store)
+    with holding_the_write_lock(world.settings):  # for longer than the store's busy timeout
+        response = admin.post("/groups/ops/budget", {"amount": "5", "kind": "calls", "per": "day"})
+
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert "cannot use its store just now; retry later (ref: " in response.text
+    assert "busy" not in response.text and str(world.settings.home) not in response.text  # the cause: in the log
+    assert snapshot(world.store) == before
+    assert admin.post("/groups/ops/budget", {"amount": "5", "kind": "calls", "per": "day"}).status_code == 303
 
 
 def test_the_group_page_charts_30_days_of_calls_and_spend_with_limits_and_bars_lead_to_their_calls(

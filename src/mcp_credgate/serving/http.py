@@ -7,6 +7,8 @@ Layers, outermost first:
    `AgentTokenVerifier`, checked on every request, so a revoked token fails at its next request;
 3. `AgentAuthRequired` (the SDK's `RequireAuthMiddleware`) on each MCP endpoint: 401 with `WWW-Authenticate`
    when the token is missing ("Authentication required") or held by no agent ("invalid or revoked token").
+A store that cannot be used just now (checking a token, say) is 503 with a ref (`guard.StoreFaultAnswer`,
+between 1 and 2).
 The caller's agent and group come only from the verified token (`get_access_token()`).
 """
 
@@ -40,7 +42,7 @@ from ..caller import Caller
 from ..config import Settings
 from ..declarations import Catalog
 from ..gateway import Gateway
-from ..guard import MAX_BODY_BYTES, RequestGuard, allowed_hosts_and_origins
+from ..guard import MAX_BODY_BYTES, RequestGuard, StoreFaultAnswer, allowed_hosts_and_origins
 from ..loopback import is_loopback_host
 from ..probes import gateway_checks, probe_routes
 from ..server import build_server
@@ -129,6 +131,7 @@ def build_http_app(
                 origins=origins,
                 cross_origin_paths=CROSS_ORIGIN_PATHS if sign_in is not None else frozenset(),
             ),
+            Middleware(StoreFaultAnswer),
             Middleware(
                 AuthenticationMiddleware,
                 backend=BearerAuthBackend(

@@ -115,9 +115,9 @@ class Store(
                 raise MasterKeyError(f"{mismatch}: {exc}") from None
             if keyring is None:
                 raise MasterKeyError(
-                    f"{mismatch}: no key found: {settings.key_path} does not exist and CREDGATE_MASTER_KEY is "
-                    "not set; restore the key file or set CREDGATE_MASTER_KEY (a new key is never generated over "
-                    "an existing store)"
+                    f"no master key for this store ({where}): {settings.key_path} does not exist and "
+                    "CREDGATE_MASTER_KEY is not set; restore the key file from where you keep its copy, or set "
+                    "CREDGATE_MASTER_KEY (a new key is never generated over an existing store)"
                 )
             check_keyring(db, keyring, settings)
             if db.pending_migrations():

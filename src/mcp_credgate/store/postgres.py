@@ -53,8 +53,39 @@ def _placeholders(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
+# libpq's words when the server is not there to answer (stopped, starting, failing over, unreachable)
+_NOT_ANSWERING = (
+    "connection refused",
+    "timeout expired",
+    "shutting down",
+    "starting up",
+    "recovery mode",
+    "not yet accepting",
+    "no route to host",
+    "network is unreachable",
+    "could not translate host name",
+    "terminating connection",
+)
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _reason(exc: BaseException) -> str:
+    """libpq's reason alone: 'connection failed: connection to server at "h", port 5432 failed: Connection
+    refused' → 'Connection refused'."""
+    line = _first_line(exc).rsplit("failed: ", 1)[-1]
+    return " ".join(line.removeprefix("FATAL:").split()) or type(exc).__name__
+
+
+def _not_answering(where: str, exc: BaseException) -> StoreError | None:
+    if not any(words in str(exc).lower() for words in _NOT_ANSWERING):
+        return None
+    return StoreError(
+        f"PostgreSQL at {where} is not answering ({_reason(exc)}): start it, or wait for its failover to finish, "
+        "then retry (the store is not damaged: do not restore a backup for this)"
+    )
 
 
 def connect(url: str) -> psycopg.Connection[dict[str, Any]]:
@@ -66,7 +97,9 @@ def connect(url: str) -> psycopg.Connection[dict[str, Any]]:
     except psycopg.ProgrammingError:  # a malformed URL: never echo it, it may hold a password
         raise StoreError("CREDGATE_DATABASE_URL is not a valid PostgreSQL URL") from None
     except psycopg.Error as exc:
-        raise StoreError(f"cannot connect to PostgreSQL at {where}: {_first_line(exc)}") from None
+        raise _not_answering(where, exc) or StoreError(
+            f"cannot connect to PostgreSQL at {where}: {_reason(exc)}"
+        ) from None
     conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
     return conn
 
@@ -88,7 +121,12 @@ class PostgresDatabase(Database):
         except (pg_errors.LockNotAvailable, pg_errors.SerializationFailure, pg_errors.DeadlockDetected):
             raise StoreBusyError("the store is busy (another credgate process is writing); retry") from None
         except psycopg.OperationalError as exc:
-            raise StoreBusyError(f"PostgreSQL at {self.where} did not answer ({_first_line(exc)}); retry") from None
+            if self.conn.closed:  # a restart, a failover, pg_terminate_backend
+                raise StoreBusyError(
+                    f"the connection to PostgreSQL at {self.where} was lost ({_reason(exc)}): retry once it answers "
+                    "(a change is made whole or not at all)"
+                ) from None
+            raise StoreBusyError(f"PostgreSQL at {self.where} did not answer ({_reason(exc)}); retry") from None
         except psycopg.Error as exc:
             raise StoreError(f"{self.where}: {_first_line(exc)}") from None
 
@@ -216,7 +254,7 @@ class AdvisoryLock(PollingLock):
             row = self._conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (self.key,)).fetchone()
         except psycopg.Error as exc:
             self._give_up()
-            raise StoreBusyError(f"PostgreSQL did not answer ({_first_line(exc)}); retry") from None
+            raise StoreBusyError(f"PostgreSQL did not answer ({_reason(exc)}); retry") from None
         return bool(row and row["ok"])
 
     def _give_up(self) -> None:

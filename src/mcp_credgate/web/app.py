@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..config import Settings
 from ..declarations import Catalog
-from ..guard import RequestGuard, allowed_hosts_and_origins
+from ..guard import RequestGuard, StoreFaultAnswer, allowed_hosts_and_origins
 from ..probes import probe_routes, store_checks
 from .pages import agents, audit, consent, credentials, groups, me, setup, setup_link, signin, sso, users
 from .site import HERE, Site
@@ -102,7 +102,7 @@ def build_dashboard_app(settings: Settings, catalog: Catalog, *, host: str, port
 
     return Starlette(
         routes=[*probe_routes(store_checks(site.store)), *routes(site)],
-        middleware=[Middleware(RequestGuard, hosts=hosts, origins=origins)],
+        middleware=[Middleware(RequestGuard, hosts=hosts, origins=origins), Middleware(StoreFaultAnswer)],
         lifespan=lifespan,
     )
 
@@ -110,4 +110,5 @@ def build_dashboard_app(settings: Settings, catalog: Catalog, *, host: str, port
 def build_link_app(site: Site, port: int) -> Starlette:
     """The stdio gateway's page server on 127.0.0.1:`port`, behind the Host/Origin guard (`link_routes`)."""
     hosts, origins = allowed_hosts_and_origins("127.0.0.1", port, site.settings.public_url)
-    return Starlette(routes=link_routes(site), middleware=[Middleware(RequestGuard, hosts=hosts, origins=origins)])
+    guards = [Middleware(RequestGuard, hosts=hosts, origins=origins), Middleware(StoreFaultAnswer)]
+    return Starlette(routes=link_routes(site), middleware=guards)
