@@ -181,10 +181,12 @@ def write_key_file(path: Path, key: MasterKey) -> None:
 
 
 def read_key_file(path: Path) -> MasterKey | None:
+    """The key in the file; None when there is no file. Any other OSError (a permission, an I/O error) is the
+    caller's to name: it is no fault of the key."""
     try:
         text = path.read_text(encoding="ascii")
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError):
-        raise MasterKeyError(f"master key file {path} cannot be read") from None
+    except UnicodeDecodeError:
+        raise MasterKeyError(f"master key file {path} is not a key (not text)") from None
     return MasterKey.from_text(text, str(path))

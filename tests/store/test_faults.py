@@ -140,9 +140,23 @@ def test_a_folder_that_is_not_ours_is_named_with_its_mode_and_owner(world: World
     assert "ops" in credgate(world, "group", "list").stdout
 
 
+def test_a_key_file_that_is_not_ours_is_named_as_such_not_as_a_wrong_key(world: World) -> None:
+    key = world.settings.key_path
+    os.chown(key, 65534, 65534)
+    try:
+        result = credgate(world, "cred", "list", prefix=NOT_OURS)
+        assert_refused_saying(result, f"permission denied on {key} (mode 0600, owner nobody)")
+        assert "does not match" not in result.stderr
+    finally:
+        os.chown(key, 0, 0)
+    assert "svc-key" in credgate(world, "cred", "list").stdout
+
+
 def test_a_gateway_on_a_full_disk_keeps_serving_and_writes_every_audit_row_once_space_is_back(
     world: World, small_disk: Path, tmp_path: Path
 ) -> None:
+    """(A read-only filesystem cannot be made under a serving gateway: the kernel refuses to remount read-only
+    while a file is open for writing. The full disk is the fault a gateway meets.)"""
     with Store.open(world.settings, env={}) as store:
         token = create_agent(store, "ops", "bot")
     server = start_server(world, tmp_path / "server")
