@@ -71,8 +71,8 @@ class StoreError(CredgateError):
 
 
 class StoreFaultError(StoreError):
-    """The disk, filesystem or permissions under the store failed it (full, read-only, not ours): the store
-    itself is not in question. The message names the fault and what to do."""
+    """What is under the store failed it (a disk full, a read-only filesystem, permissions; a PostgreSQL server
+    that does not answer): the store itself is not in question. The message names the fault and what to do."""
 
 
 class NotInitialisedError(StoreError):

@@ -25,7 +25,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
-from ..errors import StoreBusyError, StoreError
+from ..errors import StoreBusyError, StoreError, StoreFaultError
 from .database import Cursor, Database, Params, PollingLock
 from .schema import MIGRATIONS, POSTGRESQL
 
@@ -79,10 +79,10 @@ def _reason(exc: BaseException) -> str:
     return " ".join(line.removeprefix("FATAL:").split()) or type(exc).__name__
 
 
-def _not_answering(where: str, exc: BaseException) -> StoreError | None:
+def _not_answering(where: str, exc: BaseException) -> StoreFaultError | None:
     if not any(words in str(exc).lower() for words in _NOT_ANSWERING):
         return None
-    return StoreError(
+    return StoreFaultError(
         f"PostgreSQL at {where} is not answering ({_reason(exc)}): start it, or wait for its failover to finish, "
         "then retry (the store is not damaged: do not restore a backup for this)"
     )

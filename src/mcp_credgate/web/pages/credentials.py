@@ -14,7 +14,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from ... import admin, oauth, people
 from ...declarations import CredentialSpec
-from ...errors import ConflictError, CredentialValueError, CredgateError, NotFoundError, StoreError
+from ...errors import ConflictError, CredentialValueError, CredgateError, NotFoundError, StoreBusyError, StoreFaultError
 from ...handlers.http import make_client
 from ...store import CredentialInfo, Page
 from ..connections import PendingConnection
@@ -223,7 +223,7 @@ async def oauth_callback(site: Site, request: Request) -> Response:
         await site.run(
             admin.save_connection, site.store, spec, pending.name, pending.given, tokens, pending.uid, pending.owner
         )
-    except StoreError:  # 503 with a ref (`guard.StoreFaultAnswer`)
+    except (StoreBusyError, StoreFaultError):  # 503 with a ref (`guard.StoreFaultAnswer`)
         raise
     except CredgateError as exc:
         return site.refusal(request, 502, f"Not connected: {exc}. Nothing was stored.")

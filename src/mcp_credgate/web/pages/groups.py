@@ -17,7 +17,7 @@ from ...agents import create_agent
 from ...allow import AllowEntry
 from ...budgets import Limit
 from ...declarations import Catalog
-from ...errors import ConflictError, CredentialValueError, CredgateError, NotFoundError, StoreError
+from ...errors import ConflictError, CredentialValueError, CredgateError, NotFoundError, StoreBusyError, StoreFaultError
 from ...store import GroupInfo, Page
 from ..forms import name_errors
 from ..paging import ListRequest
@@ -207,7 +207,7 @@ def budget(site: Site, request: Request, session: Session, name: str, form: Form
             option=str(kind),
         )
         site.store.set_budget(limit)
-    except StoreError:  # not the form's fault: 503 with a ref (`guard.StoreFaultAnswer`)
+    except (StoreBusyError, StoreFaultError):  # not the form's fault: 503 with a ref (`guard.StoreFaultAnswer`)
         raise
     except CredgateError as exc:
         return _group_page(

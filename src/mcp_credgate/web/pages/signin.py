@@ -19,7 +19,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
-from ...errors import CredgateError, NotFoundError, StoreError
+from ...errors import CredgateError, NotFoundError, StoreBusyError, StoreFaultError
 from ...throttle import address_key
 from ..session import COOKIE_NAME, Session, SignIn
 from ..site import SECURITY_HEADERS, Site
@@ -75,7 +75,7 @@ def _answer(site: Site, page: Page, request: Request, session: Session, form: Fo
         return page(site, request, session, form)
     except NotFoundError as exc:
         return site.refusal(request, 404, str(exc), session)
-    except StoreError:  # not the form's fault: 503 with a ref (`guard.StoreFaultAnswer`)
+    except (StoreBusyError, StoreFaultError):  # not the form's fault: 503 with a ref (`guard.StoreFaultAnswer`)
         raise
     except CredgateError as exc:  # a rule refused the change (messages never carry a value)
         return site.refusal(request, 409, str(exc), session)
