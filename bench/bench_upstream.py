@@ -1,6 +1,9 @@
 """Benchmark: calls to a stdio MCP server straight with the SDK's client, through credgate with the upstream in
 its sandbox (bubblewrap), and through credgate without it (`serve --no-sandbox`), side by side in one run; then
-the upstream's start-up time (start and handshake) with and without the sandbox.
+the upstream's start-up time (start and handshake) with and without the sandbox. A fourth path, `bare_relay.py`
+(the SDK's server relaying to the SDK's client, nothing else), is the floor of any relay built on the SDK: credgate
+against it is what credgate's own work costs on this path; a fifth, `byte_relay.py` (bytes copied both ways, no
+message read), is the floor of any relay process.
 
 credgate starts the upstream with the group's token in its environment and relays each call (argument
 check, credential resolution, redaction, audit). The three paths run at once and calls alternate one by one.
@@ -47,6 +50,7 @@ args = ["{HERE / "upstream_echo.py"}"]
 env = {{ UPSTREAM_TOKEN = "{{cred.token}}" }}
 """
 SANDBOXED, UNSANDBOXED, BEFORE = "credgate, sandboxed", "credgate, no sandbox", "credgate, before"
+RELAY, BYTES = "bare SDK relay", "byte relay"
 
 
 def setup(home: Path, env: dict[str, str]) -> list[str]:
@@ -93,8 +97,11 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state = {"CREDGATE_STATE_DIR": str(Path(tmp) / "state")}  # the sandboxes' homes: not ~/.local/state
         serve = setup(Path(tmp) / "home", {**os.environ, **state})
+        upstream = [sys.executable, str(HERE / "upstream_echo.py")]
         servers = {
-            "direct to upstream": ([sys.executable, str(HERE / "upstream_echo.py")], {"UPSTREAM_TOKEN": "tok"}),
+            "direct to upstream": (upstream, {"UPSTREAM_TOKEN": "tok"}),
+            BYTES: ([sys.executable, str(HERE / "byte_relay.py"), *upstream], {"UPSTREAM_TOKEN": "tok"}),
+            RELAY: ([sys.executable, str(HERE / "bare_relay.py"), *upstream], {"UPSTREAM_TOKEN": "tok"}),
             SANDBOXED: (serve, state),
             UNSANDBOXED: ([*serve, "--no-sandbox"], state),
         }
@@ -108,6 +115,11 @@ async def main() -> None:
     direct = figures["direct to upstream"][0]
     print(f"throughput ratio credgate/direct: {figures[SANDBOXED][0] / direct:.2f} sandboxed, ", end="")
     print(f"{figures[UNSANDBOXED][0] / direct:.2f} without")
+    relay, floor = figures[RELAY][0], figures[BYTES][0]
+    print(f"throughput ratio byte relay/direct: {floor / direct:.2f} (the floor of any relay process)")
+    print(f"throughput ratio bare SDK relay/direct: {relay / direct:.2f} (the floor of a relay built on the SDK)")
+    print(f"throughput ratio credgate/bare SDK relay: {figures[SANDBOXED][0] / relay:.2f} sandboxed, ", end="")
+    print(f"{figures[UNSANDBOXED][0] / relay:.2f} without (credgate's own work)")
     if BEFORE in figures:
         print(f"throughput ratio credgate before/direct: {figures[BEFORE][0] / direct:.2f}, ", end="")
         print(f"sandboxed/before: {figures[SANDBOXED][0] / figures[BEFORE][0]:.2f}")
