@@ -49,6 +49,7 @@ PUBLIC_MODULES = [
     "mcp_credgate.loopback",
     "mcp_credgate.oauth",
     "mcp_credgate.people",
+    "mcp_credgate.placeholders",
     "mcp_credgate.probes",
     "mcp_credgate.readiness",
     "mcp_credgate.redact",

@@ -12,8 +12,10 @@
     │   ├── StoreBusyError        another process holds the write lock past the busy timeout
     │   └── CiphertextError       a stored value no longer opens (tampered, moved or corrupt)
     ├── GatewayError              the gateway refuses to start (no group, unknown group)
-    └── SandboxError              an upstream's sandbox cannot be set up (no bubblewrap, a path it may not
-                                  see, a full home, CREDGATE_SANDBOX neither on nor off)
+    ├── SandboxError              an upstream's sandbox cannot be set up (no bubblewrap, a path it may not
+    │                             see, a full home, CREDGATE_SANDBOX neither on nor off)
+    └── PlaceholderError          no placeholder can be made for a field (its pattern is too narrow for
+                                  placeholders that cannot collide, or uses what cannot be drawn from)
 
 The CLI prints `str(error)` as one line on stderr and exits 1.
 """
@@ -31,6 +33,7 @@ __all__ = [
     "NameTakenError",
     "NotFoundError",
     "NotInitialisedError",
+    "PlaceholderError",
     "SandboxError",
     "StoreBusyError",
     "StoreError",
@@ -105,3 +108,8 @@ class GatewayError(CredgateError):
 
 class SandboxError(CredgateError):
     pass
+
+
+class PlaceholderError(CredgateError):
+    """A field's pattern admits no placeholder credgate can stand behind. The message names the field and the
+    pattern (declaration text) and says why; it never holds a value."""
