@@ -38,6 +38,7 @@ PUBLIC_MODULES = [
     "mcp_credgate.deadlines",
     "mcp_credgate.discovery",
     "mcp_credgate.declarations",
+    "mcp_credgate.egress_ca",
     "mcp_credgate.errors",
     "mcp_credgate.gate",
     "mcp_credgate.handlers",
