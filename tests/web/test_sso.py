@@ -28,6 +28,7 @@ from tests.support.oidc_provider import (
     running_oidc_provider,
     sign_in_at_provider,
 )
+from tests.support.raw_db import holding_the_write_lock
 
 BASE = "http://127.0.0.1:8765"
 CLIENT_ID = "credgate-dashboard"
@@ -168,6 +169,20 @@ def test_an_unknown_account_is_refused_saying_what_an_admin_can_do(client: TestC
     assert "No credgate user for this account (carol@example.com); ask an admin: " in answer.text
     assert "credgate user add NAME --email carol@example.com" in answer.text
     assert not world.store.user_exists("carol-smith")
+
+
+def test_a_sign_in_the_store_cannot_take_just_now_is_a_503_with_a_ref_not_a_refusal(
+    client: TestClient, world: World
+) -> None:
+    with holding_the_write_lock(world.settings):  # for longer than the store's busy timeout
+        answer = sso_sign_in(client, ALICE)
+
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "5", answer.text
+    assert "cannot use its store just now; retry later (ref: " in answer.text
+    assert "Not signed in" not in answer.text  # not a conflict of the account's: the cause is in the log
+    assert "busy" not in answer.text and "locked" not in answer.text and str(world.settings.home) not in answer.text
+    assert client.cookies.get(COOKIE_NAME) is None and world.store.sso_link("alice") is None
+    assert sso_sign_in(client, ALICE).status_code == 200
 
 
 def test_with_a_default_group_an_unknown_account_joins_it_as_a_new_user(

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from ... import people
-from ...errors import CredgateError
+from ...errors import CredgateError, StoreError
 from ...sso import FLOW_SECONDS, Identity, SsoClient, SsoError, new_flow
 from ..session import SignIn, open_flow, seal_flow
 from ..site import SECURITY_HEADERS, Site
@@ -97,6 +97,8 @@ async def _sign_in(
         return too_many(site, request, wait, "refused sign-ins of this account")
     try:
         match = await site.run(people.sso_user, site.store, client.settings, identity)
+    except StoreError:  # not the account's fault: 503 with a ref (`guard.StoreFaultAnswer`)
+        raise
     except CredgateError as exc:  # the default group was removed meanwhile
         return site.refusal(request, 409, f"Not signed in: {exc}.")
     if match is None:
