@@ -5,18 +5,20 @@ answers tools/list and tools/call, the gateway's `Front` the rest of MCP for ups
 
 Every request stands alone (the SDK's newest protocol has no session): the group comes from
 `identify(ctx)` each time. Everything that leaves for the agent passes through the redactor of the
-credential in use; no exception escapes `on_call_tool` (the SDK would echo its text in legacy mode).
+credential in use; no exception escapes `on_call_tool`, nor a StoreError any handler (the SDK would echo its
+text in legacy mode).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import anyio.to_thread
 import mcp_types as types
@@ -47,6 +49,7 @@ from .store import BUSY, Exceeded
 logger = logging.getLogger("credgate.server")
 
 NOT_READY_NOTE = " (Not set up yet for this agent group: calling it returns setup instructions.)"
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 SETUP_INPUT = "credgate_setup"  # the key of a call's setup link among a 2026-07-28 round's input requests
 
 
@@ -446,7 +449,7 @@ class GatewayServer(Server[Any]):
             "mcp-credgate",
             version=__version__,
             instructions="Tools run through mcp-credgate; credentials stay on the server.",
-            **handlers,
+            **{name: _store_faults_closed(h) if name.startswith("on_") else h for name, h in handlers.items()},
         )
         self._gateway = gateway
         self._identify = identify
@@ -464,6 +467,24 @@ class GatewayServer(Server[Any]):
         except Exception:  # no caller (yet): the one thing every group has
             return types.ServerCapabilities(tools=types.ToolsCapability())
         return self._gateway.front.capabilities(group, listen=protocol_version in MODERN_PROTOCOL_VERSIONS)
+
+
+def _store_faults_closed(handler: Handler) -> Handler:
+    """`handler`, whose StoreError (the group's tools read at each request, the store away) the agent gets as a
+    JSON-RPC error with a ref; the store's own message, which names its paths or server, goes to the log alone
+    (the SDK would echo it in legacy mode)."""
+
+    @functools.wraps(handler)
+    async def answered(ctx: ServerRequestContext[Any], params: Any) -> Any:
+        try:
+            return await handler(ctx, params)
+        except StoreError as exc:
+            ref = new_ref()
+            logger.error("%s not answered: the store cannot be used (ref: %s): %s", handler.__name__, ref, exc)
+            message = f"The gateway cannot reach its store just now; retry later (ref: {ref})."
+            raise MCPError(code=types.INTERNAL_ERROR, message=message) from None
+
+    return cast(Handler, answered)
 
 
 def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
@@ -566,5 +587,7 @@ def build_server(gateway: Gateway, identify: Identify) -> Server[Any]:
         on_subscriptions_listen=on_listen,
     )
     # registered apart: through the constructor the SDK warns that logging is deprecated for 2026-07-28
-    server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, on_set_logging_level)
+    server.add_request_handler(
+        "logging/setLevel", types.SetLevelRequestParams, _store_faults_closed(on_set_logging_level)
+    )
     return server

@@ -19,13 +19,13 @@ import anyio
 import httpx2
 import psycopg
 import pytest
-from mcp import Client
+from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
 from mcp_credgate.agents import create_agent
 from mcp_credgate.store import Store
 from mcp_credgate.store.postgres import WRITE_LOCK_KEY, describe
-from tests.support.gateway import World, credgate_env, python_tool, result_text
+from tests.support.gateway import World, connect, credgate_env, python_tool, result_text
 from tests.support.http_server import Server, start_server
 from tests.support.postgres import database_url_for, pause_cluster, resume_cluster, start_cluster, stop_cluster
 
@@ -188,6 +188,33 @@ def test_a_gateway_refuses_calls_while_the_server_is_away_and_serves_again_once_
         assert "Traceback" not in log and cluster.password not in server.output()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_a_listing_the_store_cannot_answer_just_now_tells_the_agent_a_ref_never_where_the_store_is(
+    world: World, cluster: Cluster, mode: str
+) -> None:
+    """tools/list and the rest read the group's tools from the store at each request: with the server away
+    (a stdio gateway, which checks no token first), the agent gets a JSON-RPC error with a ref; the store's
+    message, naming its server, goes to the log alone (the SDK would echo an exception's text in legacy mode)."""
+    where = describe(cluster.url)
+
+    async def listings() -> list[str]:
+        said = []
+        async with world.gateway() as gateway, connect(gateway, "ops", mode=mode) as client:
+            assert [t.name for t in (await client.list_tools()).tools] == ["clock"]
+            cluster.pause()
+            for listing in (client.list_tools, client.list_resources, client.list_prompts):
+                with pytest.raises(MCPError) as refused:
+                    await listing()
+                said.append(refused.value.error.message)
+            cluster.resume()
+            assert [t.name for t in (await client.list_tools()).tools] == ["clock"]  # no new session needed
+        return said
+
+    for message in anyio.run(listings):
+        assert "cannot reach its store just now; retry later (ref: " in message, message
+        assert where not in message and "PostgreSQL" not in message and "127.0.0.1" not in message
 
 
 def test_connections_killed_by_pg_terminate_backend_while_a_gateway_serves_cost_no_call_and_no_audit_row(
