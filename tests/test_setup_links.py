@@ -5,6 +5,7 @@ client hears that it was used."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import threading
 from collections.abc import Callable, Coroutine
@@ -19,7 +20,9 @@ import httpx2
 import pytest
 from starlette.testclient import TestClient
 
+from mcp_credgate import admin
 from mcp_credgate.config import Settings
+from mcp_credgate.declarations import Catalog
 from mcp_credgate.errors import NotFoundError
 from mcp_credgate.setup_links import LINK_SECONDS, Completions, SetupLinks
 from mcp_credgate.store import Store
@@ -29,6 +32,7 @@ from mcp_credgate.web.site import Site
 from tests.support.gateway import closed_port
 from tests.support.oauth_provider import running_oauth_provider
 from tests.support.oauth_world import GROUP, add_acme, oauth_world
+from tests.support.raw_db import holding_the_write_lock
 
 
 class Clock:
@@ -224,3 +228,25 @@ def test_a_link_connects_again_no_expired_credential_another_group_uses_too(tmp_
         assert page.status_code == 200 and "Connect acme-main again" not in page.text
         assert not tried.headers.get("location", "").startswith(provider.authorize_url)
         assert "Connect acme-main again" in alone.text
+
+
+def test_a_link_page_the_store_cannot_take_just_now_is_a_503_and_the_log_never_holds_the_link(
+    settings: Settings, catalog: Catalog, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The link alone opens its page (over stdio): written in a log line, it would open the page to whoever
+    reads the log, for as long as it lives."""
+    store.add_group("research")
+    admin.allow(store, catalog, "research", ["weather"])
+    port = closed_port()
+    base = f"http://127.0.0.1:{port}"
+    with Site.open(replace(settings, public_url=base), lambda: catalog) as site:
+        token = _token(site.setup_links.issue(base, "research", "weather", None).url)
+        form = {"mode": "new", "name": "wk-link", "field_api_key": "wk_" + "a" * 12}
+        with TestClient(build_link_app(site, port), base_url=base, follow_redirects=False) as browser:
+            with caplog.at_level(logging.ERROR, logger="credgate"), holding_the_write_lock(settings):
+                refused = browser.post(f"/setup/{token}", data=form)
+            assert refused.status_code == 503 and "retry later (ref: " in refused.text, refused.text
+            assert "not served: the store cannot be used" in caplog.text
+            assert token not in caplog.text and token not in refused.text
+            assert browser.post(f"/setup/{token}", data=form).status_code == 303  # the link is not spent
+    assert store.group("research").tools["weather"] == "wk-link"

@@ -117,7 +117,7 @@ class StoreFaultAnswer:
                 raise
             ref = new_ref()
             logger.error(
-                "%s %s not served: the store cannot be used (ref: %s): %s", scope["method"], scope["path"], ref, exc
+                "%s %s not served: the store cannot be used (ref: %s): %s", scope["method"], _logged(scope), ref, exc
             )
             answer = PlainTextResponse(
                 f"Service Unavailable: the gateway cannot use its store just now; retry later (ref: {ref})",
@@ -125,3 +125,10 @@ class StoreFaultAnswer:
                 headers={"Retry-After": "5"},
             )
             await answer(scope, receive, send)
+
+
+def _logged(scope: Scope) -> str:
+    """The path, as a log line may hold it: a setup link's token (`/setup/<token>`, the key to its page) left
+    out."""
+    head, setup, _ = str(scope["path"]).partition("/setup/")
+    return f"{head}{setup}…" if setup else head
