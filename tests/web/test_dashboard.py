@@ -57,7 +57,7 @@ from tests.support.gateway import (
 )
 from tests.support.http_server import modern_call
 from tests.support.oauth_provider import OAuthProvider, oauth_tool, running_oauth_provider
-from tests.support.raw_db import holding_the_write_lock
+from tests.support.raw_db import holding_the_write_lock, raw_db
 
 BASE = "http://127.0.0.1:8765"
 MASK = mask("")  # the mask alone, as a short value shows
@@ -1080,6 +1080,24 @@ def test_a_limit_the_store_cannot_take_just_now_is_a_503_with_a_ref_not_a_fault_
     assert "busy" not in response.text and str(world.settings.home) not in response.text  # the cause: in the log
     assert snapshot(world.store) == before
     assert admin.post("/groups/ops/budget", {"amount": "5", "kind": "calls", "per": "day"}).status_code == 303
+
+
+def test_a_credential_whose_stored_value_no_longer_opens_is_said_so_with_its_fix_not_as_a_store_to_retry(
+    admin: Admin, world: World
+) -> None:
+    """A damaged value is no fault of the moment: retrying changes nothing, setting it again does."""
+    with raw_db(world.settings) as db:
+        db.execute(
+            "UPDATE credential_values SET ciphertext = ?"
+            " WHERE credential_id = (SELECT id FROM credentials WHERE name = 'wk-main')",
+            (bytes(40),),
+        )
+
+    page = admin.get("/credentials/wk-main")
+
+    assert page.status_code == 409, page.text
+    assert "credential &#39;wk-main&#39; does not open: its stored ciphertext was altered" in page.text
+    assert "credgate cred update wk-main" in page.text and "retry later" not in page.text
 
 
 def test_the_group_page_charts_30_days_of_calls_and_spend_with_limits_and_bars_lead_to_their_calls(
