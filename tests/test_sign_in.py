@@ -38,6 +38,7 @@ from tests.support.gateway import (
 )
 from tests.support.http_server import Server, free_port, start_server
 from tests.support.oidc_provider import Account, running_oidc_provider
+from tests.support.raw_db import holding_the_write_lock
 from tests.support.sign_in import (
     CALLBACK,
     BrowserUser,
@@ -167,6 +168,21 @@ def test_a_registered_client_is_public_and_its_answer_holds_no_secret(hand: Hand
 
 
 # -- the grant's life: refresh, revoke, membership -------------------------------------------------
+
+
+def test_a_registration_the_store_cannot_take_just_now_is_a_503_a_browser_based_client_can_read(
+    site: Site, hand: HandFlow
+) -> None:
+    """/register is called from the client's own origin (CORS): its 503 carries the CORS headers too, or the
+    browser would show the client a network error instead of "retry later"."""
+    origin = {"Origin": "https://app.example"}
+    with holding_the_write_lock(site.world.settings), hand.http() as http:
+        refused = http.post("/register", json={"client_name": "B", "redirect_uris": [CALLBACK]}, headers=origin)
+
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "5", refused.text
+    assert refused.headers["Access-Control-Allow-Origin"] == "*"
+    assert "retry later (ref: " in refused.text
+    assert hand.register() != ""
 
 
 def test_tokens_refresh_by_rotation_and_a_refresh_token_used_twice_revokes_the_whole_grant(

@@ -34,6 +34,7 @@ from starlette.routing import Route, request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..authorization import AuthorizationServer, is_loopback_redirect, same_resource
+from ..guard import StoreFaultAnswer
 from ..throttle import FailureWindow, address_key
 
 MAX_FORM_BYTES = 64 * 1024
@@ -126,7 +127,8 @@ class PerAddressLimit:
 def _endpoint(
     handler: Any, methods: list[str], *, cross_origin: bool = True, limit: FailureWindow | None = None
 ) -> ASGIApp:
-    app: ASGIApp = RequestBodyLimitMiddleware(request_response(handler), MAX_FORM_BYTES)
+    # a store that cannot be used just now: 503 inside CORS, which a browser-based client can read
+    app: ASGIApp = StoreFaultAnswer(RequestBodyLimitMiddleware(request_response(handler), MAX_FORM_BYTES))
     if limit is not None:
         app = PerAddressLimit(app, limit)
     if cross_origin:
