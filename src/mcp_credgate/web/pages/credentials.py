@@ -4,6 +4,7 @@ it awaits the provider, and hands its store work to a worker thread)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -16,12 +17,15 @@ from ... import admin, oauth, people
 from ...declarations import CredentialSpec
 from ...errors import ConflictError, CredentialValueError, CredgateError, NotFoundError, StoreBusyError, StoreFaultError
 from ...handlers.http import make_client
+from ...logs import new_ref
 from ...store import CredentialInfo, Page
 from ..connections import PendingConnection
 from ..forms import fields_of, form_values, name_errors, plain, value_errors
 from ..paging import ListRequest, name_filter
 from ..session import Session
 from ..site import SECURITY_HEADERS, Site, back
+
+logger = logging.getLogger("credgate.web")
 
 
 def credentials(site: Site, request: Request, session: Session, form: FormData) -> Response:
@@ -236,6 +240,11 @@ async def oauth_callback(site: Site, request: Request) -> Response:
                 await site.run(
                     people.bind_personal, site.store, site.catalog(), group, tool, pending.name, pending.owner
                 )
+        except (StoreBusyError, StoreFaultError) as exc:  # half done: said so, the store's words in the log only
+            ref = new_ref()
+            logger.error("connected %s but not bound (ref: %s): %s", pending.name, ref, exc)
+            why = f"the store cannot be used just now (ref: {ref}); bind it again in a moment"
+            return site.refusal(request, 503, f"Connected and stored as {pending.name}, but not bound: {why}")
         except CredgateError as exc:  # the group or its tool changed meanwhile
             return site.refusal(request, 409, f"Connected and stored as {pending.name}, but not bound: {exc}")
     if link is not None:  # back to the setup link's page, which now says it is done
