@@ -66,6 +66,8 @@ def _handler(received: list[dict[str, Any]]) -> type[BaseHTTPRequestHandler]:
                 or REAL in body
             )
             answer = json.dumps({"received": seen, "token": REAL} if authorized else {"error": "no"}).encode()
+            if self.path.startswith("/v1/encoded"):  # the token inside a base64 blob: no placeholder fits there
+                answer = json.dumps({"blob": base64.b64encode(f"xy{REAL}z".encode()).decode()}).encode()
             self.send_response(200 if authorized else 401)
             self.send_header("content-type", "application/json")
             self.send_header("x-echo-token", REAL)
@@ -199,6 +201,20 @@ async def test_basic_authorization_is_decoded_swapped_and_encoded_again(running:
     assert response.status_code == 200
     sent = api.received[-1]["headers"]["authorization"]
     assert base64.b64decode(sent.removeprefix("Basic ")).decode() == f"me:{USER_REAL}"
+
+
+async def test_an_echoed_basic_authorization_comes_back_with_the_placeholder(running: Running) -> None:
+    async with _client(running) as client:
+        response = await client.get(f"https://{API}/v1/me", auth=("me", USER_PLACEHOLDER))
+    echoed = response.json()["received"]["headers"]["authorization"]
+    assert base64.b64decode(echoed.removeprefix("Basic ")).decode() == f"me:{USER_PLACEHOLDER}"
+
+
+async def test_an_answer_holding_the_real_value_where_no_placeholder_fits_is_refused(running: Running) -> None:
+    async with _client(running) as client:
+        response = await client.get(f"https://{API}/v1/encoded", headers={"authorization": f"Bearer {PLACEHOLDER}"})
+    assert response.status_code == 502
+    assert base64.b64encode(REAL.encode()).decode()[:8] not in response.text
 
 
 async def test_a_placeholder_in_the_query_string_is_swapped(running: Running, api: Api) -> None:

@@ -6,7 +6,9 @@ wire here, toward the hosts its declaration names and nowhere else.
 - `CONNECT host:port` to a declared host: answered 200, then the proxy ends the client's TLS itself with a leaf the
   gateway's `Authority` signs for that host, reads the HTTP/1.1 requests inside, swaps placeholders for real values
   (`egress_swap`: headers, query, named JSON body fields), sends each to the real `https://host:port` with a normally
-  verifying TLS client, and passes the response back with every real value replaced by its placeholder again;
+  verifying TLS client, and passes the response back with every real value replaced by its placeholder again
+  (an echoed Basic token included); an answer that still holds a real value in a form redaction finds but no
+  placeholder fits (inside a base64 blob, say) is refused with 502 rather than passed on;
 - `GET http://host/...` (absolute form) to a declared host: the same swaps, over plain HTTP;
 - toward any other host, a request or a CONNECT that holds a placeholder anywhere the proxy can see (the CONNECT
   target and headers; a plain request's target, headers and body) is refused with 403 and reported as a
@@ -44,6 +46,7 @@ import h11
 
 from .egress_ca import Authority
 from .egress_swap import EgressRules, placeholder_field, restore, swap_body, swap_header, swap_target
+from .redact import Redactor
 
 __all__ = ["MAX_BODY", "EgressEvent", "EgressProxy"]
 
@@ -106,6 +109,9 @@ class EgressProxy:
         resolve: Mapping[str, tuple[str, int]] | None = None,
     ) -> None:
         self._rules = rules
+        # the last check of an answer: a real value still in it, in any form redaction knows (base64 at any
+        # alignment, escapes...), that the placeholder could not be put back in
+        self._redactor = Redactor({f"egress {n}": real for n, real in enumerate(rules.swaps.values())})
         self._authority = authority
         self._on_event = on_event
         self._resolve = dict(resolve or {})
@@ -298,12 +304,16 @@ class EgressProxy:
         rules = self._rules
         headers: list[tuple[bytes, bytes]] = []
         content_type = b""
+        sent: list[tuple[bytes, bytes]] = []  # (what we sent, what the client sent) where base64 hides the swap
         for name, value in request.headers:
             if name in _HOP or name == b"accept-encoding":
                 continue
             if name == b"content-type":
                 content_type = value
-            headers.append((name, swap_header(rules, name, value) if swap else value))
+            swapped = swap_header(rules, name, value) if swap else value
+            if swapped != value and swapped.startswith(b"Basic ") and len(value.split()) == 2:
+                sent.append((swapped.split()[1], value.split()[1]))
+            headers.append((name, swapped))
         if swap:
             target = swap_target(rules, target)
             body = swap_body(rules, content_type, body)
@@ -344,11 +354,18 @@ class EgressProxy:
         for name, value in response.headers:
             if name in _HOP:
                 continue
-            back.append((name, restore(rules, value) if swap else value))
-        answer = restore(rules, answer) if swap else answer
+            back.append((name, restore(rules, value, sent) if swap else value))
+        answer = restore(rules, answer, sent) if swap else answer
+        if swap and any(self._holds_real(data) for data in (answer, *(value for _, value in back))):
+            logger.warning("egress proxy: an answer of %s held a real value in a form not restored: refused", host)
+            raise _Refused(502, "the answer held a secret the proxy could not replace with its placeholder")
         if request.method != b"HEAD" and response.status_code not in (204, 304):
             back.append((b"content-length", str(len(answer)).encode()))
         return response.status_code, back, answer
+
+    def _holds_real(self, data: bytes) -> bool:
+        text = data.decode("latin-1")  # UTF-8 read as Latin-1 is one of the forms redaction looks for
+        return self._redactor.text(text) != text
 
     # -- refusals -------------------------------------------------------------------------------------------
 

@@ -143,10 +143,11 @@ def swap_body(rules: EgressRules, content_type: bytes, body: bytes) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def restore(rules: EgressRules, data: bytes) -> bytes:
+def restore(rules: EgressRules, data: bytes, sent: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
     """`data` (a response's header value or body) with every real value replaced by its placeholder: as it is,
-    JSON-escaped and percent-encoded (the forms an echo most often takes)."""
-    pairs: list[tuple[bytes, bytes]] = []
+    JSON-escaped and percent-encoded (the forms an echo most often takes); and first each of `sent`, (what the
+    proxy sent, what the client had sent) — a Basic authorization's token, whose real value is base64 inside."""
+    pairs: list[tuple[bytes, bytes]] = list(sent)
     for placeholder, real in rules.swaps.items():
         forms = {real, json.dumps(real)[1:-1], quote(real, safe="")}
         pairs.extend((form.encode(), placeholder.encode()) for form in forms)
