@@ -8,6 +8,8 @@ import json
 import logging
 import socket
 import ssl
+import stat
+import tempfile
 import threading
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -326,3 +328,54 @@ async def _raw_connect(proxy_url: str, target: str, extra_headers: str) -> int:
             return int(sock.recv(4096).split(b" ", 2)[1])
 
     return await anyio.to_thread.run_sync(call)
+
+
+async def test_an_api_whose_certificate_does_not_verify_never_sees_the_token(
+    authority: Authority, api: Api, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = len(api.received)
+    trust_file = tmp_path / "egress-ca.pem"
+    trust_file.write_bytes(authority.certificate_pem())
+    # the system's trust: the API's own test CA is not in it
+    async with (
+        EgressProxy(_rules(), authority, resolve={API: ("127.0.0.1", api.port)}) as proxy,
+        httpx2.AsyncClient(proxy=proxy.url, verify=ssl.create_default_context(cafile=trust_file)) as client,
+    ):
+        response = await client.get(f"https://{API}/v1/me", headers={"authorization": f"Bearer {PLACEHOLDER}"})
+    assert response.status_code == 502
+    assert len(api.received) == before
+    assert f"{API} did not prove its identity" in caplog.text
+
+
+async def test_several_requests_inside_one_connect_are_each_swapped(running: Running, api: Api) -> None:
+    async with _client(running) as client:
+        for _ in range(3):
+            response = await client.get(f"https://{API}/v1/me", headers={"authorization": f"Bearer {PLACEHOLDER}"})
+            assert response.status_code == 200
+    assert [seen["headers"]["authorization"] for seen in api.received[-3:]] == [f"Bearer {REAL}"] * 3
+
+
+async def test_other_tunnel_forwards_a_plain_request_without_a_placeholder_unchanged(
+    tunnelling: Running, plain_api: PlainApi
+) -> None:
+    async with _client(tunnelling) as client:
+        response = await client.get(f"http://plain.{OTHER}/news", headers={"x-note": "hello"})
+    assert response.status_code == 401  # the API's own answer: no token was given
+    assert plain_api.received[-1]["headers"]["x-note"] == "hello"
+    assert tunnelling.events == []
+
+
+async def test_the_leaf_keys_pass_through_a_private_folder_removed_on_close(
+    authority: Authority, api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    trust = tmp_path / "egress-ca.pem"
+    trust.write_bytes(authority.certificate_pem())
+    proxy = EgressProxy(_rules(), authority, upstream_ca=api.ca_file, resolve={API: ("127.0.0.1", api.port)})
+    async with proxy, httpx2.AsyncClient(proxy=proxy.url, verify=ssl.create_default_context(cafile=trust)) as client:
+        response = await client.get(f"https://{API}/v1/me", headers={"authorization": f"Bearer {PLACEHOLDER}"})
+        assert response.status_code == 200
+        (folder,) = tmp_path.glob("credgate-egress-*")
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        assert list(folder.iterdir()) == []  # each file is removed once loaded
+    assert not folder.exists()
