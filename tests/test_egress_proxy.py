@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import shutil
 import socket
 import ssl
 import stat
@@ -23,7 +24,7 @@ import httpx2
 import pytest
 
 from mcp_credgate.egress_ca import Authority
-from mcp_credgate.egress_proxy import EgressEvent, EgressProxy
+from mcp_credgate.egress_proxy import MAX_BODY, EgressEvent, EgressProxy
 from mcp_credgate.egress_swap import EgressRules
 
 pytestmark = [pytest.mark.no_store, pytest.mark.anyio]
@@ -379,3 +380,31 @@ async def test_the_leaf_keys_pass_through_a_private_folder_removed_on_close(
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
         assert list(folder.iterdir()) == []  # each file is removed once loaded
     assert not folder.exists()
+
+
+async def test_curl_sending_a_large_json_body_with_expect_100_continue_is_swapped(
+    running: Running, api: Api, tmp_path: Path
+) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"token": PLACEHOLDER, "padding": "x" * 2_000_000}))  # over 1 MB: curl expects 100
+    command = [curl, "--silent", "--show-error", "--verbose", "--proxy", running.proxy.url]
+    command += ["--cacert", str(running.trust_file), "--header", "content-type: application/json"]
+    command += ["--data-binary", f"@{body}", f"https://{API}/v1/login"]
+    result = await anyio.run_process(
+        command,
+        env={"PATH": "/usr/bin:/bin", "NO_PROXY": ""},
+    )
+    assert b"> Expect: 100-continue" in result.stderr and b"< HTTP/1.1 100" in result.stderr
+    assert json.loads(result.stdout)["token"] == PLACEHOLDER
+    assert json.loads(api.received[-1]["body"])["token"] == REAL
+
+
+async def test_a_request_body_over_the_cap_is_refused(running: Running, api: Api) -> None:
+    before = len(api.received)
+    async with _client(running) as client:
+        response = await client.post(f"https://{API}/v1/login", content=b"x" * (MAX_BODY + 1))
+    assert response.status_code == 413
+    assert len(api.received) == before
