@@ -35,7 +35,7 @@ import os
 import shutil
 import ssl
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -82,6 +82,9 @@ class EgressEvent:
     kind: Literal["blocked_placeholder", "denied"]
     host: str
     field: str | None = None
+
+
+_Reply = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers, body
 
 
 class _Refused(Exception):
@@ -173,29 +176,16 @@ class EgressProxy:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER)
-        while True:
-            try:
-                message = await _read_message(conn, reader, writer)
-            except _Refused as refused:
-                await _answer(conn, writer, refused.status, refused.reason)
-                return
-            if message is None:
-                return
-            request, body = message
+
+        async def answer(request: h11.Request, body: bytes) -> _Reply | None:
             if request.method == b"CONNECT":
                 await self._connect(conn, reader, writer, request)
-                return
-            try:
-                status, headers, answer = await self._plain(request, body)
-            except _Refused as refused:
-                await _answer(conn, writer, refused.status, refused.reason)
-                return
-            await _send(conn, writer, status, headers, answer)
-            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                return
-            conn.start_next_cycle()
+                return None  # the CONNECT has the connection from here on
+            return await self._plain(request, body)
 
-    async def _plain(self, request: h11.Request, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        await _requests(conn, reader, writer, answer)
+
+    async def _plain(self, request: h11.Request, body: bytes) -> _Reply:
         url = urlsplit(request.target.decode("latin-1"))
         if url.scheme != "http" or not url.hostname:
             raise _Refused(400, "a proxy takes absolute http:// targets and CONNECT")
@@ -203,12 +193,7 @@ class EgressProxy:
         target = (url.path or "/") + (f"?{url.query}" if url.query else "")
         if self._rules.declares(host, port):
             return await self._forward(host, port, tls=False, request=request, target=target.encode(), body=body)
-        where = placeholder_field(self._rules, request.target, request.headers, body)
-        if where is not None:
-            self._refuse_placeholder(host, where)
-        if self._rules.other == "deny":
-            self._report(EgressEvent("denied", self._shown(host)))
-            raise _Refused(403, "this host is not declared")
+        self._refuse_undeclared(host, placeholder_field(self._rules, request.target, request.headers, body))
         return await self._forward(
             host, port, tls=False, request=request, target=target.encode(), body=body, swap=False
         )
@@ -220,20 +205,11 @@ class EgressProxy:
         host, _, port_text = authority.rpartition(":")
         host = host.removeprefix("[").removesuffix("]")
         if not host or not port_text.isdigit():
-            await _answer(conn, writer, 400, "CONNECT takes host:port")
-            return
+            raise _Refused(400, "CONNECT takes host:port")
         port = int(port_text)
         if not self._rules.declares(host, port):
             where = placeholder_field(self._rules, request.target, request.headers, b"")
-            if where is not None:
-                where = "connect target" if where == "request target" else where
-                self._report(EgressEvent("blocked_placeholder", self._shown(host), where))
-                await _answer(conn, writer, 403, "a placeholder may go only to a declared host")
-                return
-            if self._rules.other == "deny":
-                self._report(EgressEvent("denied", self._shown(host)))
-                await _answer(conn, writer, 403, "this host is not declared")
-                return
+            self._refuse_undeclared(host, "connect target" if where == "request target" else where)
             await self._tunnel(conn, reader, writer, host, port)
             return
         context = self._server_context(host)
@@ -242,27 +218,11 @@ class EgressProxy:
         if leftover:  # the client spoke TLS before our answer: not something a client does
             return
         await writer.start_tls(context)
-        inner = h11.Connection(h11.SERVER)
-        while True:
-            try:
-                message = await _read_message(inner, reader, writer)
-            except _Refused as refused:
-                await _answer(inner, writer, refused.status, refused.reason)
-                return
-            if message is None:
-                return
-            inside, body = message
-            try:
-                status, headers, answer = await self._forward(
-                    host, port, tls=True, request=inside, target=inside.target, body=body
-                )
-            except _Refused as refused:
-                await _answer(inner, writer, refused.status, refused.reason)
-                return
-            await _send(inner, writer, status, headers, answer)
-            if inner.our_state is not h11.DONE or inner.their_state is not h11.DONE:
-                return
-            inner.start_next_cycle()
+
+        async def forward(inside: h11.Request, body: bytes) -> _Reply:
+            return await self._forward(host, port, tls=True, request=inside, target=inside.target, body=body)
+
+        await _requests(h11.Connection(h11.SERVER), reader, writer, forward)
 
     async def _tunnel(
         self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, port: int
@@ -300,7 +260,7 @@ class EgressProxy:
         target: bytes,
         body: bytes,
         swap: bool = True,
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    ) -> _Reply:
         rules = self._rules
         headers: list[tuple[bytes, bytes]] = []
         content_type = b""
@@ -369,9 +329,15 @@ class EgressProxy:
 
     # -- refusals -------------------------------------------------------------------------------------------
 
-    def _refuse_placeholder(self, host: str, where: str) -> None:
-        self._report(EgressEvent("blocked_placeholder", self._shown(host), where))
-        raise _Refused(403, "a placeholder may go only to a declared host")
+    def _refuse_undeclared(self, host: str, where: str | None) -> None:
+        """Toward a host not declared: a placeholder seen `where` is refused (403, a `blocked_placeholder` event);
+        without one, `other = "deny"` refuses (403, a `denied` event) and `tunnel` lets it pass."""
+        if where is not None:
+            self._report(EgressEvent("blocked_placeholder", self._shown(host), where))
+            raise _Refused(403, "a placeholder may go only to a declared host")
+        if self._rules.other == "deny":
+            self._report(EgressEvent("denied", self._shown(host)))
+            raise _Refused(403, "this host is not declared")
 
     def _shown(self, host: str) -> str:
         for placeholder in self._rules.swaps:
@@ -410,6 +376,31 @@ class EgressProxy:
 
 
 # -- HTTP/1.1 with h11 ------------------------------------------------------------------------------------------
+
+
+async def _requests(
+    conn: h11.Connection,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    answer: Callable[[h11.Request, bytes], Awaitable[_Reply | None]],
+) -> None:
+    """Each request on `conn` answered by `answer`, until the client ends the connection or a refusal does
+    (said in a response, `_Refused`); `answer` returning None has taken the connection over (a CONNECT)."""
+    while True:
+        try:
+            message = await _read_message(conn, reader, writer)
+            if message is None:
+                return
+            reply = await answer(*message)
+        except _Refused as refused:
+            await _answer(conn, writer, refused.status, refused.reason)
+            return
+        if reply is None:
+            return
+        await _send(conn, writer, *reply)
+        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            return
+        conn.start_next_cycle()
 
 
 async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> object:
