@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,13 +19,12 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from mcp_credgate.agents import create_agent
 from mcp_credgate.store import Store
-from tests.support.gateway import World, credgate_env, http_tool, python_tool, result_text
-from tests.support.http_server import Server, start_server
+from tests.support.faults import assert_refused_saying, clock_calls, credgate
+from tests.support.gateway import World, http_tool, python_tool
+from tests.support.http_server import start_server
 
 pytestmark = [
     pytest.mark.no_store,
@@ -66,23 +64,6 @@ def world(small_disk: Path) -> Iterator[World]:
     w.allow("ops", "clock")
     w.store.close()
     yield w
-
-
-def credgate(world: World, *args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "mcp_credgate", *world.cli_paths, *args],
-        env=credgate_env(world.settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def assert_refused_saying(result: subprocess.CompletedProcess[str], words: str) -> None:
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert result.returncode == 1, result.stderr
-    assert len(errors) == 1 and words in errors[0], result.stderr
-    assert "not a credgate store" not in result.stderr + result.stdout and "Traceback" not in result.stderr
 
 
 def fill(disk: Path) -> Path:
@@ -162,7 +143,7 @@ def test_a_gateway_on_a_full_disk_keeps_serving_and_writes_every_audit_row_once_
     server = start_server(world, tmp_path / "server")
     try:
         filler = fill(small_disk)
-        answers = anyio.run(_calls, server, token, CALLS)
+        answers = anyio.run(clock_calls, server, token, CALLS)
         assert all("not called" not in a and "failed" not in a for a in answers), answers
         ready = httpx2.get(f"{server.base}/readyz", timeout=10)
         assert ready.status_code == 200  # the rows waiting are well under the backlog's bound
@@ -174,12 +155,6 @@ def test_a_gateway_on_a_full_disk_keeps_serving_and_writes_every_audit_row_once_
         assert "audit rows cannot be written" in server.stderr() and "written again" in server.stderr()
     finally:
         server.stop()
-
-
-async def _calls(server: Server, token: str, n: int) -> list[str]:
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    async with http, Client(streamable_http_client(server.mcp_url, http_client=http)) as client:
-        return [result_text(await client.call_tool("clock", {})) for _ in range(n)]
 
 
 def _audited(world: World) -> int:
@@ -198,12 +173,12 @@ def test_with_audit_required_a_gateway_on_a_full_disk_refuses_calls_until_it_can
         deadline = time.monotonic() + 30
         refused = ""
         while not refused and time.monotonic() < deadline:  # once the writer finds it cannot write
-            answers = anyio.run(_calls, server, token, CALLS // 10)
+            answers = anyio.run(clock_calls, server, token, CALLS // 10)
             refused = next((a for a in answers if "cannot be audited" in a), "")
         assert "was not called: its call cannot be audited just now; retry later (ref: " in refused
         filler.unlink()
         deadline = time.monotonic() + 30
-        while "cannot be audited" in anyio.run(_calls, server, token, 1)[0]:
+        while "cannot be audited" in anyio.run(clock_calls, server, token, 1)[0]:
             assert time.monotonic() < deadline, "calls still refused once the disk has room again"
             time.sleep(0.2)
     finally:

@@ -19,14 +19,14 @@ import anyio
 import httpx2
 import psycopg
 import pytest
-from mcp import Client, MCPError
-from mcp.client.streamable_http import streamable_http_client
+from mcp import MCPError
 
 from mcp_credgate.agents import create_agent
 from mcp_credgate.store import Store
 from mcp_credgate.store.postgres import WRITE_LOCK_KEY, describe
-from tests.support.gateway import World, connect, credgate_env, python_tool, result_text
-from tests.support.http_server import Server, start_server
+from tests.support.faults import assert_refused_saying, clock_calls, credgate
+from tests.support.gateway import World, connect, credgate_env, python_tool
+from tests.support.http_server import start_server
 from tests.support.postgres import database_url_for, pause_cluster, resume_cluster, start_cluster, stop_cluster
 
 pytestmark = pytest.mark.no_store
@@ -87,21 +87,8 @@ def world(cluster: Cluster, tmp_path: Path) -> Iterator[World]:
         cluster.resume()
 
 
-def credgate(world: World, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mcp_credgate", *world.cli_paths, *args],
-        env=credgate_env(world.settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def assert_refused_saying(result: subprocess.CompletedProcess[str], words: str, cluster: Cluster) -> None:
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert result.returncode == 1, result.stderr
-    assert len(errors) == 1 and words in errors[0], result.stderr
-    assert "not a credgate store" not in result.stderr + result.stdout and "Traceback" not in result.stderr
+def assert_refused_without_the_password(result: subprocess.CompletedProcess[str], words: str, cluster: Cluster) -> None:
+    assert_refused_saying(result, words)
     assert cluster.password not in result.stderr + result.stdout
 
 
@@ -110,7 +97,9 @@ def test_with_the_server_stopped_each_command_says_postgresql_is_not_answering(w
     cluster.pause()
     for args in (*READING, ("group", "add", "more")):
         result = credgate(world, *args)
-        assert_refused_saying(result, f"PostgreSQL at {where} is not answering (Connection refused)", cluster)
+        assert_refused_without_the_password(
+            result, f"PostgreSQL at {where} is not answering (Connection refused)", cluster
+        )
         assert "do not restore a backup" in result.stderr
     doctor = credgate(world, "doctor")
     assert doctor.returncode == 1 and f"PostgreSQL at {where} is not answering" in doctor.stdout, doctor.stdout
@@ -142,7 +131,7 @@ def test_an_admin_change_whose_connection_is_killed_midway_says_so_and_is_not_ma
         holder.close()
         change.kill()
     result = subprocess.CompletedProcess(change.args, change.returncode, "", stderr)
-    assert_refused_saying(result, "the connection to PostgreSQL at", cluster)
+    assert_refused_without_the_password(result, "the connection to PostgreSQL at", cluster)
     assert "was lost (terminating connection due to administrator command)" in stderr
     assert "more" not in credgate(world, "group", "list").stdout
     assert credgate(world, "group", "add", "more").returncode == 0  # and nothing is left in its way
@@ -165,7 +154,7 @@ def test_a_gateway_refuses_calls_while_the_server_is_away_and_serves_again_once_
         token = create_agent(store, "ops", "bot")
     server = start_server(world, tmp_path / "server")
     try:
-        assert all(RAN in a for a in anyio.run(_calls, server, token, 20))
+        assert all(RAN in a for a in anyio.run(clock_calls, server, token, 20, 60))
         cluster.pause()
         for _ in range(3):  # the token cannot be checked: 503 with a ref, no detail
             refused = httpx2.post(server.mcp_url, headers=_mcp_headers(token), json=CALL, timeout=30)
@@ -177,10 +166,10 @@ def test_a_gateway_refuses_calls_while_the_server_is_away_and_serves_again_once_
 
         cluster.resume()
         deadline = time.monotonic() + 30
-        while RAN not in anyio.run(_calls, server, token, 1)[0]:  # no restart of the gateway
+        while RAN not in anyio.run(clock_calls, server, token, 1, 60)[0]:  # no restart of the gateway
             assert time.monotonic() < deadline, "calls still refused once PostgreSQL is back"
             time.sleep(0.2)
-        assert all(RAN in a for a in anyio.run(_calls, server, token, 20))
+        assert all(RAN in a for a in anyio.run(clock_calls, server, token, 20, 60))
         assert httpx2.get(f"{server.base}/readyz", timeout=30).status_code == 200
         _wait_until_audited(world, ran=20 + 1 + 20)
         log = server.stderr()
@@ -233,7 +222,7 @@ def test_connections_killed_by_pg_terminate_backend_while_a_gateway_serves_cost_
     killer = threading.Thread(target=kill_every_so_often)
     try:
         killer.start()
-        answers = anyio.run(_calls, server, token, 300)
+        answers = anyio.run(clock_calls, server, token, 300, 60)
         stop.set()
         killer.join()
         assert sum(kills) >= 5, kills
@@ -246,12 +235,6 @@ def test_connections_killed_by_pg_terminate_backend_while_a_gateway_serves_cost_
 
 def _mcp_headers(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
-
-
-async def _calls(server: Server, token: str, n: int) -> list[str]:
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
-    async with http, Client(streamable_http_client(server.mcp_url, http_client=http)) as client:
-        return [result_text(await client.call_tool("clock", {})) for _ in range(n)]
 
 
 def _wait_until_audited(world: World, ran: int) -> None:
