@@ -392,12 +392,20 @@ class UpstreamPool:
         self._parked: dict[str, ParkedCall] = {}  # 2026-07-28 agents' calls between rounds, by id
         self._holding: set[Session] = set()  # sessions whose process may be alive (their task still runs)
         self._fingerprint_key = secrets.token_bytes(32)
+        self._declared: dict[int, tuple[McpHandler, str]] = {}  # by id: each handler's dump, made once
         self._reaper = anyio.CancelScope()
         task_group.start_soon(self._reap_idle)
 
     def _fingerprint(self, handler: McpHandler, credential: Credential) -> bytes:
-        """Tells a changed credential from the running one without keeping its values (keyed per process)."""
-        text = repr((handler.model_dump(), sorted(credential.items())))
+        """Tells a changed credential or declaration from the running one without keeping its values (keyed per
+        process). A handler's dump is made once per handler object (a reload makes new ones): dumping it on
+        every call was a tenth of the gateway's time on the proxy path."""
+        known = self._declared.get(id(handler))
+        if known is None or known[0] is not handler:
+            if len(self._declared) > 1024:  # handlers of reloads long gone
+                self._declared.clear()
+            known = self._declared[id(handler)] = (handler, repr(handler.model_dump()))
+        text = repr((known[1], sorted(credential.items())))
         return hmac.new(self._fingerprint_key, text.encode(), hashlib.sha256).digest()
 
     @overload
