@@ -1,17 +1,20 @@
 """Benchmark: calls to a stdio MCP server straight with the SDK's client, through credgate with the upstream in
 its sandbox (bubblewrap), and through credgate without it (`serve --no-sandbox`), side by side in one run; then
-the upstream's start-up time (start and handshake) with and without the sandbox. A fourth path, `bare_relay.py`
-(the SDK's server relaying to the SDK's client, nothing else), is the floor of any relay built on the SDK: credgate
-against it is what credgate's own work costs on this path; a fifth, `byte_relay.py` (bytes copied both ways, no
-message read), is the floor of any relay process.
+the upstream's start-up time (start and handshake) with and without the sandbox.
+
+Four relays of nothing but the call run beside them and tell where a relay's time goes: `byte_relay.py` (bytes
+copied both ways, no message read: the floor of any relay process), `envelope_relay.py` (each message parsed as
+JSON and written again, no SDK), `sdk_server_relay.py` (the SDK's server toward the agent, JSON lines toward the
+upstream) and `bare_relay.py` (the SDK's server and the SDK's client: the floor of a relay built on the SDK;
+credgate against it is what credgate's own work costs on this path).
 
 credgate starts the upstream with the group's token in its environment and relays each call (argument
-check, credential resolution, redaction, audit). The three paths run at once and calls alternate one by one.
+check, credential resolution, redaction, audit). All paths run at once and calls alternate one by one.
 Start-ups alternate too: each is a new upstream process started by credgate's upstream pool.
 
     python bench/bench_upstream.py [--calls 1000] [--starts 10] [--before SRC]
 
-`--before SRC` adds a fourth path: credgate (sandboxed) run from another source tree's `src` (e.g. an earlier
+`--before SRC` adds a path: credgate (sandboxed) run from another source tree's `src` (e.g. an earlier
 commit's, from `git archive`), on the same store: a before/after pair measured side by side.
 """
 
@@ -50,7 +53,7 @@ args = ["{HERE / "upstream_echo.py"}"]
 env = {{ UPSTREAM_TOKEN = "{{cred.token}}" }}
 """
 SANDBOXED, UNSANDBOXED, BEFORE = "credgate, sandboxed", "credgate, no sandbox", "credgate, before"
-RELAY, BYTES = "bare SDK relay", "byte relay"
+RELAY, BYTES, ENVELOPE, HALF = "bare SDK relay", "byte relay", "envelope relay", "SDK server, raw client"
 
 
 def setup(home: Path, env: dict[str, str]) -> list[str]:
@@ -101,13 +104,15 @@ async def main() -> None:
         servers = {
             "direct to upstream": (upstream, {"UPSTREAM_TOKEN": "tok"}),
             BYTES: ([sys.executable, str(HERE / "byte_relay.py"), *upstream], {"UPSTREAM_TOKEN": "tok"}),
+            ENVELOPE: ([sys.executable, str(HERE / "envelope_relay.py"), *upstream], {"UPSTREAM_TOKEN": "tok"}),
+            HALF: ([sys.executable, str(HERE / "sdk_server_relay.py"), *upstream], {"UPSTREAM_TOKEN": "tok"}),
             RELAY: ([sys.executable, str(HERE / "bare_relay.py"), *upstream], {"UPSTREAM_TOKEN": "tok"}),
             SANDBOXED: (serve, state),
             UNSANDBOXED: ([*serve, "--no-sandbox"], state),
         }
         if opts.before is not None:
             servers[BEFORE] = (serve, {**state, "PYTHONPATH": str(opts.before.resolve())})
-        names = {SANDBOXED: "up_echo", UNSANDBOXED: "up_echo", BEFORE: "up_echo"}
+        names = {SANDBOXED: "up_echo", UNSANDBOXED: "up_echo", BEFORE: "up_echo", ENVELOPE: "up_echo"}
         results = await measure(servers, opts.calls, tool_names=names)
         started = await startups(Settings.resolve(env=state), opts.starts)
     print(f"stdio upstream, {opts.calls} sequential tools/call each, alternating call by call")
@@ -117,6 +122,8 @@ async def main() -> None:
     print(f"{figures[UNSANDBOXED][0] / direct:.2f} without")
     relay, floor = figures[RELAY][0], figures[BYTES][0]
     print(f"throughput ratio byte relay/direct: {floor / direct:.2f} (the floor of any relay process)")
+    print(f"throughput ratio envelope relay/direct: {figures[ENVELOPE][0] / direct:.2f} (messages read, no SDK)")
+    print(f"throughput ratio SDK server, raw client/direct: {figures[HALF][0] / direct:.2f} (SDK toward the agent)")
     print(f"throughput ratio bare SDK relay/direct: {relay / direct:.2f} (the floor of a relay built on the SDK)")
     print(f"throughput ratio credgate/bare SDK relay: {figures[SANDBOXED][0] / relay:.2f} sandboxed, ", end="")
     print(f"{figures[UNSANDBOXED][0] / relay:.2f} without (credgate's own work)")
