@@ -1065,3 +1065,62 @@ def test_an_upstream_declaration_gives_its_tools_costs_by_name_not_one_cost(tmp_
     problem = only_problem(load(tmp_path))
 
     assert problem.startswith(f"{path}: cost: ") and "costs" in problem
+
+
+# -- egress injection (`inject = "egress"` and `[handler.egress]`, issue 27) --------------------------
+
+EGRESS = 'inject = "egress"\n[handler.egress]\n'
+
+
+def test_an_upstream_holds_its_real_values_unless_it_says_inject_egress(tmp_path: Path) -> None:
+    assert upstream_handler(tmp_path, "").inject == "env"
+
+    handler = upstream_handler(
+        tmp_path,
+        EGRESS + 'hosts = ["API.example.com", "api.example.com:8443", "http://billing.internal:8080"]\n'
+        'body_fields = ["token"]\n',
+    )
+
+    assert handler.inject == "egress" and handler.egress is not None
+    assert handler.egress.hosts == ("api.example.com", "api.example.com:8443", "http://billing.internal:8080")
+    assert handler.egress.https_hosts == {"api.example.com", "api.example.com:8443"}
+    assert handler.egress.plain_hosts == {"billing.internal:8080"}
+    assert handler.egress.other == "deny" and handler.egress.body_fields == ("token",)
+
+
+BAD_EGRESS = {
+    "no hosts table": ('inject = "egress"', "handler", "needs [handler.egress] with hosts"),
+    "no hosts": (EGRESS + "hosts = []", "handler.egress.hosts", "at least 1"),
+    "egress without inject": ('[handler.egress]\nhosts = ["a.example"]', "handler", 'only with inject = "egress"'),
+    "a wildcard": (EGRESS + 'hosts = ["*.example.com"]', "handler.egress.hosts[0]", "no wildcard"),
+    "a url": (EGRESS + 'hosts = ["https://a.example/v1"]', "handler.egress.hosts[0]", "not a host name"),
+    "plain http without a port": (EGRESS + 'hosts = ["http://a.example"]', "handler.egress.hosts[0]", "in clear"),
+    "a port out of range": (EGRESS + 'hosts = ["a.example:70000"]', "handler.egress.hosts[0]", "1-65535"),
+    "another other": (EGRESS + 'hosts = ["a.example"]\nother = "allow"', "handler.egress.other", "deny"),
+    "no sandbox": ("sandbox = false\n" + EGRESS + 'hosts = ["a"]', "handler", "needs the sandbox"),
+    "network set": (
+        "sandbox.network = true\n" + EGRESS + 'hosts = ["a"]',
+        "handler",
+        "leave it out",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EGRESS))
+def test_bad_egress_declarations_are_one_line_naming_the_file_and_field(tmp_path: Path, case: str) -> None:
+    body, field, message = BAD_EGRESS[case]
+    path = write_tool(tmp_path, "up.toml", STDIO_UPSTREAM + body + "\n")
+
+    problem = only_problem(load(tmp_path))
+
+    assert problem.startswith(f"{path}: {field}: "), problem
+    assert message in problem and "\n" not in problem
+
+
+def test_a_remote_upstream_cannot_take_egress_injection(tmp_path: Path) -> None:
+    body = 'name = "up"\n[handler]\nkind = "mcp"\nurl = "https://x.example/mcp"\n' + EGRESS + 'hosts = ["a"]\n'
+    path = write_tool(tmp_path, "up.toml", body)
+
+    problem = only_problem(load(tmp_path))
+
+    assert problem.startswith(f"{path}: handler: ") and "for a stdio upstream" in problem

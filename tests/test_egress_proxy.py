@@ -164,8 +164,9 @@ async def _running(
 async def running(authority: Authority, api: Api, plain_api: PlainApi, tmp_path: Path) -> AsyncIterator[Running]:
     rules = EgressRules(
         swaps={PLACEHOLDER: REAL, USER_PLACEHOLDER: USER_REAL},
-        hosts=frozenset({API, f"plain.{API}"}),
+        hosts=frozenset({API}),
         body_fields=frozenset({"token"}),
+        plain_hosts=frozenset({f"plain.{API}:8080"}),
     )
     async for value in _running(rules, authority, api, plain_api, tmp_path):
         yield value
@@ -284,6 +285,43 @@ async def test_a_placeholder_in_a_plain_request_to_an_undeclared_host_is_blocked
         ("blocked_placeholder", "body"),
         ("blocked_placeholder", "request target"),
     ]
+
+
+async def test_a_placeholder_in_plain_http_to_a_host_declared_for_tls_only_is_blocked(
+    running: Running, plain_api: PlainApi
+) -> None:
+    before = len(plain_api.received)
+    async with _client(running) as client:
+        response = await client.get(f"http://plain.{API}/v1/me", headers={"authorization": f"Bearer {PLACEHOLDER}"})
+    assert response.status_code == 403  # declared for http:// on port 8080 only: port 80 would carry it in clear
+    assert len(plain_api.received) == before
+    assert running.events == [EgressEvent("blocked_placeholder", f"plain.{API}", "header authorization")]
+
+
+async def test_the_proxy_listens_on_a_unix_socket_when_given_one(
+    authority: Authority, api: Api, plain_api: PlainApi, tmp_path: Path
+) -> None:
+    rules = EgressRules(swaps={PLACEHOLDER: REAL}, hosts=frozenset(), plain_hosts=frozenset({f"plain.{API}:8080"}))
+    where = tmp_path / "proxy.sock"
+    resolve = {f"plain.{API}": ("127.0.0.1", plain_api.port)}
+    async with EgressProxy(rules, authority, resolve=resolve, unix_socket=where):
+        assert stat.S_IMODE(where.stat().st_mode) == 0o600
+        stream = await anyio.connect_unix(where)
+        async with stream:
+            await stream.send(
+                f"GET http://plain.{API}:8080/v1/me HTTP/1.1\r\nHost: plain.{API}:8080\r\n"
+                f"Authorization: Bearer {PLACEHOLDER}\r\nConnection: close\r\n\r\n".encode()
+            )
+            answer = b""
+            with anyio.move_on_after(20):
+                while chunk := await stream.receive():
+                    answer += chunk
+                    if b"}" in chunk:
+                        break
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert plain_api.received[-1]["headers"]["authorization"] == f"Bearer {REAL}"
+    assert REAL.encode() not in answer
+    assert not where.exists()  # removed on close
 
 
 async def test_other_deny_refuses_a_connect_to_an_undeclared_host(running: Running) -> None:

@@ -1,7 +1,8 @@
 """The forward proxy of egress injection (issue 27): an upstream holds placeholders, and the real secrets go on the
 wire here, toward the hosts its declaration names and nowhere else.
 
-`EgressProxy(rules, authority)` listens on 127.0.0.1 (an ephemeral port, `proxy.url`) and speaks HTTP/1.1 (h11):
+`EgressProxy(rules, authority)` listens on 127.0.0.1 (an ephemeral port, `proxy.url`), or on a Unix socket
+(`unix_socket`: what a sandbox's forwarder reaches, `sandbox.EGRESS_DIR`), and speaks HTTP/1.1 (h11):
 
 - `CONNECT host:port` to a declared host: answered 200, then the proxy ends the client's TLS itself with a leaf the
   gateway's `Authority` signs for that host, reads the HTTP/1.1 requests inside, swaps placeholders for real values
@@ -9,7 +10,9 @@ wire here, toward the hosts its declaration names and nowhere else.
   verifying TLS client, and passes the response back with every real value replaced by its placeholder again
   (an echoed Basic token included); an answer that still holds a real value in a form redaction finds but no
   placeholder fits (inside a base64 blob, say) is refused with 502 rather than passed on;
-- `GET http://host/...` (absolute form) to a declared host: the same swaps, over plain HTTP;
+- `GET http://host:port/...` (absolute form) to a host:port declared for plain http (`rules.plain_hosts`): the same
+  swaps, over plain HTTP; a placeholder in a plain request to a host declared for TLS only is refused like one
+  toward an undeclared host (it would cross the network in clear);
 - toward any other host, a request or a CONNECT that holds a placeholder anywhere the proxy can see (the CONNECT
   target and headers; a plain request's target, headers and body) is refused with 403 and reported as a
   `blocked_placeholder` event (naming the place, never the value); anything else follows `rules.other`: `deny`
@@ -110,6 +113,7 @@ class EgressProxy:
         on_event: Callable[[EgressEvent], None] | None = None,
         upstream_ca: str | os.PathLike[str] | None = None,
         resolve: Mapping[str, tuple[str, int]] | None = None,
+        unix_socket: Path | None = None,
     ) -> None:
         self._rules = rules
         # the last check of an answer: a real value still in it, in any form redaction knows (base64 at any
@@ -126,6 +130,7 @@ class EgressProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._port = 0
+        self._unix_socket = unix_socket
 
     def __repr__(self) -> str:
         return f"EgressProxy(url={self.url!r}, rules={self._rules!r})"
@@ -138,6 +143,10 @@ class EgressProxy:
         # the leaves' keys pass through files (ssl's load_cert_chain reads nothing else): a folder only we can
         # read (mkdtemp: 0700), each file 0600 and removed as soon as it is loaded, the folder removed on close
         self._folder = Path(tempfile.mkdtemp(prefix="credgate-egress-"))
+        if self._unix_socket is not None:
+            self._server = await asyncio.start_unix_server(self._accept, self._unix_socket)
+            self._unix_socket.chmod(0o600)  # the gateway's account (and the sandbox mapped onto it) only
+            return self
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self._port = int(self._server.sockets[0].getsockname()[1])
         return self
@@ -155,6 +164,8 @@ class EgressProxy:
             await self._server.wait_closed()
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
+        if self._unix_socket is not None:
+            self._unix_socket.unlink(missing_ok=True)
 
     # -- one client connection ------------------------------------------------------------------------------
 
@@ -191,7 +202,7 @@ class EgressProxy:
             raise _Refused(400, "a proxy takes absolute http:// targets and CONNECT")
         host, port = url.hostname, url.port or 80
         target = (url.path or "/") + (f"?{url.query}" if url.query else "")
-        if self._rules.declares(host, port):
+        if self._rules.declares_plain(host, port):
             return await self._forward(host, port, tls=False, request=request, target=target.encode(), body=body)
         self._refuse_undeclared(host, placeholder_field(self._rules, request.target, request.headers, body))
         return await self._forward(

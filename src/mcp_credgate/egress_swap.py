@@ -35,19 +35,22 @@ class EgressRules:
     """What the proxy of one upstream does.
 
     `swaps`: placeholder → real value. `hosts`: the declared hosts, lowercase, matched exactly (`api.example.com`,
-    or `api.example.com:8443` for that port only). `other`: what becomes of a CONNECT to any other host (`deny`:
-    403; `tunnel`: a raw TCP tunnel the proxy cannot see inside). `body_fields`: the top-level fields of a JSON
-    object body in which a placeholder is swapped (none by default: no body swap at all)."""
+    or `api.example.com:8443` for that port only), reached over TLS (CONNECT). `plain_hosts`: `host:port`s to which
+    a plain http:// request is swapped too (the real value then crosses the network in clear: declared one by one,
+    with the port). `other`: what becomes of a CONNECT to any other host (`deny`: 403; `tunnel`: a raw TCP tunnel
+    the proxy cannot see inside). `body_fields`: the top-level fields of a JSON object body in which a placeholder
+    is swapped (none by default: no body swap at all)."""
 
     swaps: Mapping[str, str] = field(repr=False)
     hosts: frozenset[str]
     other: Literal["deny", "tunnel"] = "deny"
     body_fields: frozenset[str] = frozenset()
+    plain_hosts: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if any(not placeholder or not real for placeholder, real in self.swaps.items()):
             raise ValueError("a placeholder and its real value must both be non-empty")
-        if any(host != host.lower() or not host for host in self.hosts):
+        if any(host != host.lower() or not host for host in self.hosts | self.plain_hosts):
             raise ValueError("declared hosts are lowercase and non-empty")
         if self.other not in ("deny", "tunnel"):
             raise ValueError('egress.other is "deny" or "tunnel"')
@@ -55,12 +58,17 @@ class EgressRules:
     def __repr__(self) -> str:
         return (
             f"EgressRules(swaps=<{len(self.swaps)} placeholders>, hosts={sorted(self.hosts)!r}, "
-            f"other={self.other!r}, body_fields={sorted(self.body_fields)!r})"
+            f"other={self.other!r}, body_fields={sorted(self.body_fields)!r}, plain_hosts={sorted(self.plain_hosts)!r})"
         )
 
     def declares(self, host: str, port: int) -> bool:
+        """Whether `host:port` is declared for TLS (CONNECT)."""
         name = host.lower().removesuffix(".")
         return name in self.hosts or f"{name}:{port}" in self.hosts
+
+    def declares_plain(self, host: str, port: int) -> bool:
+        """Whether `host:port` is declared for plain http://."""
+        return f"{host.lower().removesuffix('.')}:{port}" in self.plain_hosts
 
 
 def _replace(text: str, pairs: Iterable[tuple[str, str]]) -> str:

@@ -367,6 +367,55 @@ class SandboxSpec(_Model):
     max_home_mb: Annotated[int, Field(ge=1, le=1024 * 1024)] = 1024  # at start; and per file (RLIMIT_FSIZE)
 
 
+_EGRESS_HOST = re.compile(
+    r"^(?:(http)://)?([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*)(?::(\d{1,5}))?$"
+)
+
+
+def _egress_host(value: str) -> str:
+    """`api.example.com` (https, any port), `api.example.com:8443` (https, that port only) or
+    `http://api.internal:8080` (plain http, which sends the real value in clear: only with its port)."""
+    if not isinstance(value, str):
+        raise ValueError("a host is a string")
+    found = _EGRESS_HOST.match(value.lower())
+    if found is None or len(found[2]) > 253:  # a DNS name's limit
+        raise ValueError(
+            f"{value!r} is not a host name: give api.example.com, api.example.com:8443 or http://host:port "
+            "(no path, no wildcard, no address range)"
+        )
+    scheme, port = found[1], found[3]
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: the port must be 1-65535")
+    if scheme == "http" and port is None:
+        raise ValueError(f"{value!r}: plain http sends the real value in clear: give its port too (http://host:port)")
+    return value.lower()
+
+
+EgressHost = Annotated[str, AfterValidator(_egress_host)]
+
+
+class EgressSpec(_Model):
+    """Where an upstream under `inject = "egress"` may send its credential (`handler.egress`): the proxy puts the
+    real values in place of the placeholders toward `hosts` only, in headers, the query and the JSON body fields
+    named in `body_fields`; `other` says what becomes of traffic to any other host (a placeholder there is
+    always blocked)."""
+
+    hosts: Annotated[tuple[EgressHost, ...], Field(min_length=1, max_length=64)]
+    other: Literal["deny", "tunnel"] = "deny"
+    body_fields: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], ...] = ()
+
+    @property
+    def https_hosts(self) -> frozenset[str]:
+        return frozenset(h for h in self.hosts if not h.startswith("http://"))
+
+    @property
+    def plain_hosts(self) -> frozenset[str]:
+        return frozenset(h.removeprefix("http://") for h in self.hosts if h.startswith("http://"))
+
+
+Inject = Literal["env", "egress"]
+
+
 class McpHandler(_Model):
     """An upstream MCP server: a command run over stdio, or a remote Streamable HTTP `url`. A stdio one runs
     in a sandbox (`sandbox`; None when its declaration says `sandbox = false`)."""
@@ -388,6 +437,10 @@ class McpHandler(_Model):
     max_processes: int | None = None
     slot_timeout: Annotated[float, Field(gt=0, le=3600)] | None = None  # a call's wait for one; None: `timeout`
     sandbox: SandboxSpec | None = SandboxSpec()
+    # "env": the upstream holds its credential's values where {cred.FIELD} puts them; "egress": it holds
+    # placeholders there, and the gateway's proxy, its only way out, puts the real values on the wire
+    inject: Inject = "env"
+    egress: EgressSpec | None = None
 
     @field_validator("max_processes", mode="before")
     @classmethod
@@ -418,6 +471,28 @@ class McpHandler(_Model):
     def _one_transport(self) -> McpHandler:
         if (self.command is None) == (self.url is None):
             raise ValueError("give exactly one of command (a stdio upstream) or url (a remote one)")
+        return self
+
+    @model_validator(mode="after")
+    def _egress_declared(self) -> McpHandler:
+        if self.inject == "env":
+            if self.egress is not None:
+                raise ValueError('egress: only with inject = "egress" (an upstream given the real values needs none)')
+            return self
+        if self.command is None:
+            raise ValueError('inject = "egress" is for a stdio upstream (command): a remote one runs elsewhere')
+        if self.egress is None:
+            raise ValueError('inject = "egress" needs [handler.egress] with hosts = [...]: where the values may go')
+        if self.sandbox is None:
+            raise ValueError(
+                'inject = "egress" needs the sandbox (remove sandbox = false): only a sandbox makes the proxy the '
+                "upstream's only way out"
+            )
+        if "network" in self.sandbox.model_fields_set:
+            raise ValueError(
+                'sandbox.network: leave it out with inject = "egress": the upstream gets a network of its own '
+                "whose only way out is the proxy"
+            )
         return self
 
     @property
