@@ -39,6 +39,7 @@ PUBLIC_MODULES = [
     "mcp_credgate.discovery",
     "mcp_credgate.declarations",
     "mcp_credgate.egress_ca",
+    "mcp_credgate.egress_forwarder",
     "mcp_credgate.egress_proxy",
     "mcp_credgate.egress_swap",
     "mcp_credgate.errors",
