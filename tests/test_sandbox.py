@@ -4,6 +4,9 @@ limits, the refusals, and what `credgate tools`, `serve` and `doctor` say about 
 The command lines are checked as data first, then run for real: `bwrap` (Debian's bubblewrap) runs a small
 Python program that tries to reach what it must not. Folders that must be hidden on purpose are made outside
 /tmp (`folder_outside_tmp`): every sandbox has a /tmp of its own, which hides the host's anyway.
+
+Egress injection (issue 27) last: a sandbox whose only way out is a proxy's Unix socket (a fixed-answer server
+here), reached through the egress forwarder inside.
 """
 
 from __future__ import annotations
@@ -11,19 +14,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from mcp_credgate import egress_forwarder
 from mcp_credgate.config import Settings
 from mcp_credgate.declarations import SandboxSpec
 from mcp_credgate.errors import SandboxError
-from mcp_credgate.sandbox import SandboxPolicy
+from mcp_credgate.sandbox import EGRESS_DIR, EGRESS_PORT, SandboxPolicy, Wrapped, egress_environment
 from tests.support.cli import CliRun
 from tests.support.samples import write_tool
 from tests.support.sandbox import folder_outside_tmp
@@ -385,3 +391,232 @@ def test_a_command_found_through_bin_on_a_merged_usr_system_is_not_refused(machi
     argv = policy.wrap("fix", "sh", [], {"PATH": "/bin:/usr/bin"}, SandboxSpec(), home).argv
 
     assert ("--ro-bind", "/", "/") in options(list(argv)) and command_after_bwrap(list(argv))[-1] == "/bin/sh"
+
+
+# -- egress injection: the proxy as the only way out (issue 27) ----------------------------------------
+
+FORWARDER = Path(egress_forwarder.__file__).resolve()
+
+
+class FixedProxy:
+    """A Unix socket server acting as the egress proxy: answers every HTTP request with one fixed body, and
+    keeps the request lines it saw."""
+
+    BODY = b"ANSWERED-BY-THE-PROXY"
+
+    def __init__(self, path: Path) -> None:
+        self.requests: list[str] = []
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            with connection:
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := connection.recv(4096)):
+                    head += chunk
+                self.requests.append(head.split(b"\r\n", 1)[0].decode())
+                length = f"Content-Length: {len(self.BODY)}\r\n".encode()
+                connection.sendall(b"HTTP/1.1 200 OK\r\n" + length + b"Connection: close\r\n\r\n" + self.BODY)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def egress(machine: Machine) -> Iterator[tuple[Path, FixedProxy]]:
+    """The gateway's egress folder for one upstream: its proxy's socket (served by a FixedProxy) and CA files."""
+    folder = machine.root / "egress"  # short: a Unix socket's path holds at most 107 bytes
+    folder.mkdir()
+    (folder / "ca.pem").write_text("EGRESS-CA-CERTIFICATE\n")
+    (folder / "ca-bundle.pem").write_text("SYSTEM-CAS\nEGRESS-CA-CERTIFICATE\n")
+    proxy = FixedProxy(folder / "proxy.sock")
+    try:
+        yield folder, proxy
+    finally:
+        proxy.close()
+
+
+def wrap_egress(
+    machine: Machine, folder: Path, args: list[str], env: dict[str, str] | None = None, **spec: object
+) -> Wrapped:
+    policy = machine.policy()
+    home = policy.home("fix", "tok-a", "ga")
+    return policy.wrap("fix", sys.executable, args, env or {}, SandboxSpec.model_validate(spec), home, egress=folder)
+
+
+def test_egress_gives_the_sandbox_a_network_of_its_own_even_where_its_declaration_allows_the_network(
+    machine: Machine, egress: tuple[Path, FixedProxy]
+) -> None:
+    argv = list(wrap_egress(machine, egress[0], [], network=True).argv)
+
+    assert ("--unshare-net",) in options(argv)
+
+
+def test_egress_binds_the_proxys_socket_writable_and_its_certificates_read_only_inside_the_run_mask(
+    machine: Machine, egress: tuple[Path, FixedProxy]
+) -> None:
+    folder = egress[0]
+    opts = options(list(wrap_egress(machine, folder, []).argv))
+
+    socket_bound = where(opts, "--bind", str(folder / "proxy.sock"), str(EGRESS_DIR / "proxy.sock"))
+    ca_bound = where(opts, "--ro-bind", str(folder / "ca.pem"), str(EGRESS_DIR / "ca.pem"))
+    bundle_bound = where(opts, "--ro-bind", str(folder / "ca-bundle.pem"), str(EGRESS_DIR / "ca-bundle.pem"))
+    run_masked = where(opts, "--tmpfs", "/run")
+    assert run_masked < min(socket_bound, ca_bound, bundle_bound)
+    assert max(socket_bound, ca_bound, bundle_bound) < where(opts, "--remount-ro", "/run")
+
+
+def test_egress_runs_the_command_under_the_forwarder_with_the_gateways_python(
+    machine: Machine, egress: tuple[Path, FixedProxy]
+) -> None:
+    argv = list(wrap_egress(machine, egress[0], ["-c", "pass"]).argv)
+
+    inner = command_after_bwrap(argv)
+    assert Path(inner[0]).name == "prlimit"
+    command = inner[inner.index("--") + 1 :]
+    forwarder = [sys.executable, "-I", "-S", str(FORWARDER), str(EGRESS_PORT), str(EGRESS_DIR / "proxy.sock")]
+    assert command == [*forwarder, "--", sys.executable, "-c", "pass"]
+
+
+def test_egress_binds_the_forwarder_even_inside_the_masked_working_directory(
+    machine: Machine, egress: tuple[Path, FixedProxy]
+) -> None:
+    policy = SandboxPolicy.of(machine.settings, cwd=FORWARDER.parent, user_home=machine.user_home)
+    home = policy.home("fix", "tok-a", "ga")
+
+    opts = options(list(policy.wrap("fix", sys.executable, [], {}, SandboxSpec(), home, egress=egress[0]).argv))
+
+    assert where(opts, "--tmpfs", str(FORWARDER.parent)) < where(opts, "--ro-bind", str(FORWARDER), str(FORWARDER))
+
+
+def test_egress_is_refused_when_the_forwarder_lies_in_a_protected_folder(
+    machine: Machine, egress: tuple[Path, FixedProxy]
+) -> None:
+    policy = replace(machine.policy(), protected={FORWARDER.parent: "the data folder"})
+    home = policy.home("fix", "tok-a", "ga")
+
+    with pytest.raises(SandboxError) as refused:
+        policy.wrap("fix", sys.executable, [], {}, SandboxSpec(), home, egress=egress[0])
+
+    assert "egress forwarder" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_egress_points_every_proxy_and_ca_variable_at_the_forwarder_over_declared_values(
+    machine: Machine, egress: tuple[Path, FixedProxy]
+) -> None:
+    declared = {"HTTPS_PROXY": "http://elsewhere:8080", "NO_PROXY": "*", "KEEP": "me"}
+
+    env = wrap_egress(machine, egress[0], [], declared).env
+
+    proxy = f"http://127.0.0.1:{EGRESS_PORT}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        assert env[name] == proxy, name
+    assert env["NO_PROXY"] == env["no_proxy"] == ""  # nothing goes around it
+    assert env["NODE_USE_ENV_PROXY"] == "1" and env["NODE_EXTRA_CA_CERTS"] == str(EGRESS_DIR / "ca.pem")
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        assert env[name] == str(EGRESS_DIR / "ca-bundle.pem"), name
+    assert env["KEEP"] == "me" and env == {**declared, **egress_environment(), "HOME": env["HOME"]}
+
+
+def test_without_egress_nothing_of_it_is_there(machine: Machine) -> None:
+    wrapped = machine.policy().wrap("fix", sys.executable, [], {}, SandboxSpec(), machine.policy().home("f", "t", None))
+
+    assert "HTTPS_PROXY" not in wrapped.env and str(FORWARDER) not in wrapped.argv
+    assert not any(str(EGRESS_DIR) in arg for arg in wrapped.argv)
+
+
+@pytest.mark.parametrize("missing", ["proxy.sock", "ca.pem", "ca-bundle.pem"])
+def test_a_missing_file_in_the_egress_folder_is_refused_in_one_line_naming_it(
+    machine: Machine, egress: tuple[Path, FixedProxy], missing: str
+) -> None:
+    (egress[0] / missing).unlink()
+
+    with pytest.raises(SandboxError) as refused:
+        wrap_egress(machine, egress[0], [])
+
+    assert str(egress[0] / missing) in str(refused.value) and "\n" not in str(refused.value)
+
+
+EGRESS_PROBE = """
+import json, os, socket, sys, time, urllib.request
+found = {"echo": sys.stdin.readline()}
+found["proxied"] = urllib.request.urlopen("http://example.invalid/", timeout=20).read().decode()
+
+
+def reach(host, port):
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        return "connected"
+    except OSError as exc:
+        return type(exc).__name__
+
+
+found["host loopback"] = reach("127.0.0.1", int(os.environ["HOST_PORT"]))
+found["outside"] = reach("192.0.2.1", 443)  # TEST-NET-1: no route, not even a default one
+try:
+    socket.getaddrinfo("example.com", 443)
+    found["resolved"] = "yes"
+except OSError as exc:
+    found["resolved"] = type(exc).__name__
+found["env"] = dict(os.environ)
+found["ca"] = open("/run/credgate-egress/ca.pem").read()
+child = os.fork()
+if child == 0:  # leaves an orphan: the forwarder, pid 1, must reap it
+    if os.fork() == 0:
+        os._exit(0)
+    os._exit(0)
+os.waitpid(child, 0)
+
+
+def zombies():
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+                out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+deadline = time.monotonic() + 5
+while zombies() and time.monotonic() < deadline:
+    time.sleep(0.05)
+found["zombies"] = zombies()
+found["pid"] = os.getpid()
+print(json.dumps(found))
+"""
+
+
+@needs_bwrap
+def test_inside_an_egress_sandbox_the_proxy_is_the_only_way_out_and_the_stdio_pipes_pass_through(
+    machine: Machine, egress: tuple[Path, FixedProxy]
+) -> None:
+    folder, proxy = egress
+    probe = machine.root / "egress_probe.py"  # outside every hidden folder
+    probe.write_text(EGRESS_PROBE)
+    with socket.create_server(("127.0.0.1", 0)) as host_service:  # listening on the host's loopback
+        env = {"HOST_PORT": str(host_service.getsockname()[1]), "HTTP_PROXY": "http://elsewhere:1"}
+        wrapped = wrap_egress(machine, folder, [str(probe)], env, network=True, max_processes=64)
+
+        done = subprocess.run(
+            wrapped.argv, env=wrapped.env, input="a line\n", capture_output=True, text=True, timeout=60
+        )
+
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["echo"] == "a line\n"  # stdin came through, stdout goes out
+    assert found["proxied"] == FixedProxy.BODY.decode()
+    assert proxy.requests == ["GET http://example.invalid/ HTTP/1.1"]
+    assert found["host loopback"] == "ConnectionRefusedError"  # a loopback of its own
+    assert found["outside"] != "connected" and found["resolved"] != "yes"
+    assert {name: found["env"].get(name) for name in egress_environment()} == egress_environment()
+    assert found["ca"] == "EGRESS-CA-CERTIFICATE\n"
+    assert found["zombies"] == [] and found["pid"] != 1  # the forwarder is pid 1, and reaps the orphans

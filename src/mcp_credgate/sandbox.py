@@ -23,7 +23,12 @@ Inside, the upstream has:
 - limits set by `prlimit` (util-linux) inside: memory per process (RLIMIT_DATA, what a process writes to, not
   the address space it reserves: V8's WebAssembly reserves 10 GB), processes and threads (RLIMIT_NPROC,
   counted in its own user namespace; the kernel does not apply it to root), the size of a file (RLIMIT_FSIZE,
-  as `sandbox.max_home_mb`), no core dumps.
+  as `sandbox.max_home_mb`), no core dumps;
+- with egress injection (`wrap(..., egress=folder)`, issue 27): a network namespace of its own (its own loopback,
+  no other interface) whose only way out is the gateway's proxy for it. The proxy's Unix socket and CA files are
+  bound at EGRESS_DIR; the egress forwarder (`egress_forwarder.py`, run by the gateway's own Python) is pid 1,
+  listens on 127.0.0.1:EGRESS_PORT, copies each connection to that socket and runs the command as its child;
+  the proxy variables point there (`egress_environment`).
 
 Nothing here imports MCP: the `mcp` handler runs what `wrap` returns.
 """
@@ -34,6 +39,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +51,15 @@ from .errors import SandboxError
 
 __all__ = [
     "BWRAP_PACKAGE",
+    "EGRESS_DIR",
+    "EGRESS_FILES",
+    "EGRESS_PORT",
     "SHM_MB",
     "TMP_MB",
     "SandboxPolicy",
     "SandboxState",
     "Wrapped",
+    "egress_environment",
     "missing_bubblewrap",
     "probe",
     "sandbox_state",
@@ -68,6 +78,11 @@ _SYSTEM = frozenset(
 _PSEUDO = ("/proc/", "/sys/", "/dev/")  # the kernel's own files: the sandbox has its own (or none) of these
 _SHEBANG_DEPTH = 4  # a script whose interpreter is a script whose interpreter is…
 _MIB = 1024 * 1024
+# Egress injection (issue 27): a sandbox whose only way out is the gateway's proxy for it.
+EGRESS_PORT = 3128  # the forwarder's port on the sandbox's own 127.0.0.1
+EGRESS_DIR = Path("/run/credgate-egress")  # inside the sandbox (under the /run mask): the files below
+EGRESS_FILES = ("proxy.sock", "ca.pem", "ca-bundle.pem")  # the proxy's socket, its CA, the system's CAs + it
+_FORWARDER = Path(__file__).with_name("egress_forwarder.py")  # run as a file, not imported: stdlib only
 
 SandboxState = Literal["on", "off: declaration", "off: global"]
 
@@ -173,9 +188,16 @@ class SandboxPolicy:
         env: Mapping[str, str],
         options: SandboxSpec,
         home: Path,
+        *,
+        egress: Path | None = None,
     ) -> Wrapped:
         """bwrap's command line for running `command args` (as rendered) with `env`, in the sandbox `options`
-        describe, `home` as its home. Creates the home (0700). Raises SandboxError, one line."""
+        describe, `home` as its home. Creates the home (0700). Raises SandboxError, one line.
+
+        With `egress` (a host folder holding EGRESS_FILES, made by the gateway), the sandbox has a network of
+        its own whatever `options.network` says, and its only way out is that folder's proxy socket: the
+        command runs under the egress forwarder (pid 1), which listens on 127.0.0.1:EGRESS_PORT inside, and
+        its environment points every usual proxy and CA variable there (`egress_environment`)."""
         bwrap = shutil.which("bwrap")
         if bwrap is None:
             raise SandboxError(missing_bubblewrap(f"upstream {server}"))
@@ -197,10 +219,15 @@ class SandboxPolicy:
                 raise SandboxError(f"what it runs ({path}) lies in a folder no upstream may see: move it elsewhere")
         # a file named in its arguments is bound, unless no upstream may see it: then it stays hidden
         needed |= {p for p in _script_args(args) if protected_overlap(p, self.protected) is None}
+        egress_binds: list[str] = []
+        if egress is not None:
+            needed |= self._forwarder_needs(search)
+            egress_binds = _egress_binds(egress)
         _make_home(self.state_dir, home)
         home = real_path(home)  # where the masks put it (a state folder reached through a link)
         _check_home_size(home, options.max_home_mb)
-        argv = [bwrap, *self._namespaces(options), *self._mounts(needed, options, home), "--chdir", str(home)]
+        namespaces = self._namespaces(options, isolated=egress is not None)
+        argv = [bwrap, *namespaces, *self._mounts(needed, options, home, egress_binds), "--chdir", str(home)]
         argv += [
             "--",
             prlimit,
@@ -209,19 +236,34 @@ class SandboxPolicy:
             f"--fsize={options.max_home_mb * _MIB}",
             "--core=0",
             "--",
-            executable,
-            *args,
         ]
-        return Wrapped(tuple(argv), {**env, "HOME": str(home)}, home)
+        if egress is not None:
+            socket_path = str(EGRESS_DIR / "proxy.sock")
+            argv += [sys.executable, "-I", "-S", str(_FORWARDER), str(EGRESS_PORT), socket_path, "--"]
+        argv += [executable, *args]
+        extra = egress_environment() if egress is not None else {}
+        return Wrapped(tuple(argv), {**env, **extra, "HOME": str(home)}, home)
 
-    def _namespaces(self, options: SandboxSpec) -> list[str]:
+    def _forwarder_needs(self, search: str) -> set[Path]:
+        """What running the egress forwarder reads: this Python (its installation, its standard library) and
+        the forwarder's file; none may lie in a protected folder."""
+        prefixes = {Path(os.path.realpath(p)) for p in (sys.base_prefix, sys.base_exec_prefix)} - _SYSTEM
+        needed = _needed(sys.executable, search) | prefixes | set(_links(_FORWARDER))
+        for path in sorted(needed):
+            if protected_overlap(path, self.protected) is not None:
+                raise SandboxError(f"the egress forwarder ({path}) lies in a folder no upstream may see")
+        return needed
+
+    def _namespaces(self, options: SandboxSpec, *, isolated: bool = False) -> list[str]:
+        """`isolated`: a network namespace of its own (bwrap brings its loopback up) whatever `options` say."""
         flags = ["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-        if not options.network:
+        if isolated or not options.network:
             flags.append("--unshare-net")
         # --as-pid-1: no bubblewrap reaper above it, whose command line would show the paths it hides
         return [*flags, "--disable-userns", "--as-pid-1", "--new-session", "--die-with-parent"]
 
-    def _mounts(self, needed: Iterable[Path], options: SandboxSpec, home: Path) -> list[str]:
+    def _mounts(self, needed: Iterable[Path], options: SandboxSpec, home: Path, extra: Sequence[str] = ()) -> list[str]:
+        """`extra`: binds made last, inside the masks, before they are made read-only (the egress files)."""
         view = _View()
         out = ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
         out += ["--size", str(SHM_MB * _MIB), "--tmpfs", "/dev/shm", "--size", str(TMP_MB * _MIB), "--tmpfs", "/tmp"]
@@ -245,10 +287,38 @@ class SandboxPolicy:
                 continue  # a read-only root shows it already, or a bind above it does
             out += ["--ro-bind" if mount.kind == "ro" else "--bind", str(mount.path), str(mount.path)]
             view.mounts.append(mount)
-        out += ["--bind", str(home), str(home)]
+        if extra and view.visible(EGRESS_DIR):  # bwrap could not make the mount points on the read-only root
+            raise SandboxError(f"its egress files go under {EGRESS_DIR.parent}, which this system does not have")
+        out += ["--bind", str(home), str(home), *extra]
         for path in masks:
             out += ["--remount-ro", str(path)]
         return out
+
+
+def egress_environment() -> dict[str, str]:
+    """What an egress sandbox's command finds in its environment, over any declared value of the same names:
+    every usual proxy variable pointing at the forwarder, nothing exempt, and the proxy's CA trusted (Node on
+    top of its own CAs; OpenSSL, Python's requests, curl and Go through a bundle of the system's CAs and it)."""
+    proxy = f"http://127.0.0.1:{EGRESS_PORT}"
+    out = {name: proxy for base in ("http_proxy", "https_proxy", "all_proxy") for name in (base.upper(), base)}
+    out |= {"NO_PROXY": "", "no_proxy": "", "NODE_USE_ENV_PROXY": "1"}
+    out["NODE_EXTRA_CA_CERTS"] = str(EGRESS_DIR / "ca.pem")
+    out |= {
+        name: str(EGRESS_DIR / "ca-bundle.pem") for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+    }
+    return out
+
+
+def _egress_binds(folder: Path) -> list[str]:
+    """bwrap's binds of the egress folder's files at EGRESS_DIR: the socket writable, the certificates
+    read-only. Raises SandboxError, one line, for a missing one."""
+    out: list[str] = []
+    for name in EGRESS_FILES:
+        path = folder / name
+        if not path.exists():
+            raise SandboxError(f"its egress proxy is not ready: {path} is missing")
+        out += ["--bind" if name == "proxy.sock" else "--ro-bind", str(path), str(EGRESS_DIR / name)]
+    return out
 
 
 def _resolve(command: str, search: str) -> str | None:
