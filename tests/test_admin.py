@@ -174,3 +174,54 @@ def test_doctor_warns_of_upstreams_without_a_sandbox_and_a_missing_bubblewrap_is
     assert without_bwrap.exit_code == 1
     missing = json.loads(without_bwrap.stdout)["problems"]
     assert len(missing) == 1 and "bubblewrap" in missing[0] and "tight" in missing[0], missing
+
+
+HOLDS_REAL = """
+    name = "real"
+    [credential]
+    type = "rtoken"
+    fields = [{ name = "token", kind = "token" }]
+    [handler]
+    kind = "mcp"
+    command = "real-server"
+    env = { TOKEN = "{cred.token}" }
+"""
+HOLDS_PLACEHOLDERS = """
+    name = "stand"
+    [credential]
+    type = "stoken"
+    fields = [{ name = "token", kind = "token" }]
+    [handler]
+    kind = "mcp"
+    command = "stand-server"
+    env = { TOKEN = "{cred.token}" }
+    inject = "egress"
+    [handler.egress]
+    hosts = ["api.example.com", "http://billing.internal:8080"]
+"""
+
+
+def test_tools_and_doctor_say_which_upstreams_hold_real_secrets_and_which_placeholders(
+    team: CliRun, tools_dir: Path
+) -> None:
+    write_tool(tools_dir, "real.toml", HOLDS_REAL)
+    write_tool(tools_dir, "stand.toml", HOLDS_PLACEHOLDERS)
+    write_tool(tools_dir, "tight.toml", TIGHT)  # no credential: holds nothing
+
+    listed = {u["name"]: u for u in json.loads(team("tools", "--json").stdout)["upstreams"]}
+    tools_text = team("tools").stdout
+    report = json.loads(team("doctor", "--json").stdout)
+    doctor_text = team("doctor").stdout
+    off = json.loads(team("doctor", "--json", env={"CREDGATE_SANDBOX": "off"}).stdout)
+
+    assert (listed["real"]["inject"], listed["stand"]["inject"]) == ("env", "egress")
+    assert listed["stand"]["egress_hosts"] == ["api.example.com", "http://billing.internal:8080"]
+    assert listed["tight"]["holds"] is None and listed["real"]["holds"].startswith("real secrets")
+    assert listed["stand"]["holds"].startswith("placeholders") and "api.example.com" in listed["stand"]["holds"]
+    assert "    holds placeholders: the real values go on the wire toward api.example.com" in tools_text
+    assert set(report["upstreams_hold"]) == {"real", "stand"}
+    assert 'upstream real holds real secrets (inject = "env")' in doctor_text
+    assert "upstream stand holds placeholders" in doctor_text
+    assert any(
+        p.startswith('upstream stand will not start: inject = "egress" needs the sandbox') for p in off["problems"]
+    )

@@ -11,13 +11,11 @@ import socket
 import ssl
 import stat
 import tempfile
-import threading
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 import httpx2
@@ -26,6 +24,8 @@ import pytest
 from mcp_credgate.egress_ca import Authority
 from mcp_credgate.egress_proxy import MAX_BODY, EgressEvent, EgressProxy
 from mcp_credgate.egress_swap import EgressRules
+from tests.support.egress_api import Api, https_api
+from tests.support.egress_api import plain_api as plain_api_serving
 
 pytestmark = [pytest.mark.no_store, pytest.mark.anyio]
 
@@ -37,90 +37,16 @@ USER_REAL = "real-user-pass-0a1b2c"
 USER_PLACEHOLDER = "cgph_USERPLACEHOLDERUSERPLACEHO"
 
 
-@dataclass
-class Api:
-    """A real HTTPS API on 127.0.0.1 serving as API (and OTHER): it answers 401 unless it is given the real token
-    (Bearer, Basic, or `?token=`), and echoes what it received."""
-
-    port: int
-    ca_file: Path
-    received: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class PlainApi:
-    port: int
-    received: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _handler(received: list[dict[str, Any]]) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _any(self) -> None:
-            length = int(self.headers.get("content-length") or 0)
-            body = self.rfile.read(length).decode() if length else ""
-            seen = {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
-            received.append(seen)
-            authorized = (
-                self.headers.get("authorization") == f"Bearer {REAL}"
-                or self.headers.get("authorization") == "Basic " + base64.b64encode(f"me:{USER_REAL}".encode()).decode()
-                or f"token={REAL}" in self.path
-                or REAL in body
-            )
-            answer = json.dumps({"received": seen, "token": REAL} if authorized else {"error": "no"}).encode()
-            if self.path.startswith("/v1/encoded"):  # the token inside a base64 blob: no placeholder fits there
-                answer = json.dumps({"blob": base64.b64encode(f"xy{REAL}z".encode()).decode()}).encode()
-            self.send_response(200 if authorized else 401)
-            self.send_header("content-type", "application/json")
-            self.send_header("x-echo-token", REAL)
-            self.send_header("content-length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        do_GET = do_POST = _any
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return Handler
-
-
-def _serve(server: ThreadingHTTPServer) -> Iterator[None]:
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    folder = tmp_path_factory.mktemp("api")
-    api_ca = Authority.new("the API's own CA")  # not the egress CA: the proxy must verify the API for real
-    (folder / "ca.pem").write_bytes(api_ca.certificate_pem())
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    for host in (API, OTHER):
-        chain, key = api_ca.leaf_for(host)
-        (folder / f"{host}.pem").write_bytes(chain)
-        (folder / f"{host}.key").write_bytes(key)
-    context.load_cert_chain(folder / f"{API}.pem", folder / f"{API}.key")
-    other = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    other.load_cert_chain(folder / f"{OTHER}.pem", folder / f"{OTHER}.key")
-    context.sni_callback = lambda tls, name, _: setattr(tls, "context", other) if name == OTHER else None
-    received: list[dict[str, Any]] = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(received))
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    result = Api(server.server_address[1], folder / "ca.pem", received)
-    yield from (result for _ in _serve(server))
+    with https_api(tmp_path_factory.mktemp("api"), [API, OTHER], REAL, USER_REAL) as serving:
+        yield serving
 
 
 @pytest.fixture(scope="module")
-def plain_api() -> Iterator[PlainApi]:
-    received: list[dict[str, Any]] = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(received))
-    yield from (PlainApi(server.server_address[1], received) for _ in _serve(server))
+def plain_api() -> Iterator[Api]:
+    with plain_api_serving(REAL, USER_REAL) as serving:
+        yield serving
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +72,7 @@ def _rules(other: Literal["deny", "tunnel"] = "deny", body_fields: frozenset[str
 
 
 async def _running(
-    rules: EgressRules, authority: Authority, api: Api, plain_api: PlainApi, tmp_path: Path
+    rules: EgressRules, authority: Authority, api: Api, plain_api: Api, tmp_path: Path
 ) -> AsyncIterator[Running]:
     events: list[EgressEvent] = []
     trust_file = tmp_path / "egress-ca.pem"
@@ -161,7 +87,7 @@ async def _running(
 
 
 @pytest.fixture
-async def running(authority: Authority, api: Api, plain_api: PlainApi, tmp_path: Path) -> AsyncIterator[Running]:
+async def running(authority: Authority, api: Api, plain_api: Api, tmp_path: Path) -> AsyncIterator[Running]:
     rules = EgressRules(
         swaps={PLACEHOLDER: REAL, USER_PLACEHOLDER: USER_REAL},
         hosts=frozenset({API}),
@@ -173,7 +99,7 @@ async def running(authority: Authority, api: Api, plain_api: PlainApi, tmp_path:
 
 
 @pytest.fixture
-async def tunnelling(authority: Authority, api: Api, plain_api: PlainApi, tmp_path: Path) -> AsyncIterator[Running]:
+async def tunnelling(authority: Authority, api: Api, plain_api: Api, tmp_path: Path) -> AsyncIterator[Running]:
     async for value in _running(_rules("tunnel"), authority, api, plain_api, tmp_path):
         yield value
 
@@ -235,7 +161,7 @@ async def test_only_the_named_json_body_field_is_swapped(running: Running, api: 
     assert json.loads(api.received[-1]["body"]) == {"token": REAL, "note": PLACEHOLDER}
 
 
-async def test_a_plain_http_request_to_a_declared_host_is_swapped(running: Running, plain_api: PlainApi) -> None:
+async def test_a_plain_http_request_to_a_declared_host_is_swapped(running: Running, plain_api: Api) -> None:
     async with _client(running) as client:
         response = await client.get(
             f"http://plain.{API}:8080/v1/me", headers={"authorization": f"Bearer {PLACEHOLDER}"}
@@ -273,7 +199,7 @@ async def test_a_placeholder_sent_through_connect_to_an_undeclared_host_is_block
 
 
 async def test_a_placeholder_in_a_plain_request_to_an_undeclared_host_is_blocked(
-    running: Running, plain_api: PlainApi
+    running: Running, plain_api: Api
 ) -> None:
     before = len(plain_api.received)
     async with _client(running) as client:
@@ -288,7 +214,7 @@ async def test_a_placeholder_in_a_plain_request_to_an_undeclared_host_is_blocked
 
 
 async def test_a_placeholder_in_plain_http_to_a_host_declared_for_tls_only_is_blocked(
-    running: Running, plain_api: PlainApi
+    running: Running, plain_api: Api
 ) -> None:
     before = len(plain_api.received)
     async with _client(running) as client:
@@ -299,7 +225,7 @@ async def test_a_placeholder_in_plain_http_to_a_host_declared_for_tls_only_is_bl
 
 
 async def test_the_proxy_listens_on_a_unix_socket_when_given_one(
-    authority: Authority, api: Api, plain_api: PlainApi, tmp_path: Path
+    authority: Authority, api: Api, plain_api: Api, tmp_path: Path
 ) -> None:
     rules = EgressRules(swaps={PLACEHOLDER: REAL}, hosts=frozenset(), plain_hosts=frozenset({f"plain.{API}:8080"}))
     where = tmp_path / "proxy.sock"
@@ -340,7 +266,7 @@ async def test_other_tunnel_passes_a_connect_to_an_undeclared_host_unseen(tunnel
 
 
 async def test_nothing_logged_holds_the_real_value(
-    running: Running, plain_api: PlainApi, caplog: pytest.LogCaptureFixture
+    running: Running, plain_api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     async with _client(running) as client:
@@ -395,7 +321,7 @@ async def test_several_requests_inside_one_connect_are_each_swapped(running: Run
 
 
 async def test_other_tunnel_forwards_a_plain_request_without_a_placeholder_unchanged(
-    tunnelling: Running, plain_api: PlainApi
+    tunnelling: Running, plain_api: Api
 ) -> None:
     async with _client(tunnelling) as client:
         response = await client.get(f"http://plain.{OTHER}/news", headers={"x-note": "hello"})

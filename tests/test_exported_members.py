@@ -45,6 +45,7 @@ PUBLIC_MODULES = [
     "mcp_credgate.errors",
     "mcp_credgate.gate",
     "mcp_credgate.handlers",
+    "mcp_credgate.handlers.egress",
     "mcp_credgate.handlers.keepalive",
     "mcp_credgate.handlers.parked",
     "mcp_credgate.importing",

@@ -47,6 +47,7 @@ __all__ = [
     "sandbox_warnings",
     "save_connection",
     "scope_entries",
+    "secret_holders",
     "serve_warnings",
     "shown_values",
     "spec_for",
@@ -502,18 +503,39 @@ def sandbox_warnings(settings: Settings, catalog: Catalog) -> list[str]:
     return out
 
 
+def secret_holders(catalog: Catalog) -> dict[str, str]:
+    """What each upstream that takes a credential holds, one line each by name: its credential's real values
+    (`inject = "env"`), or placeholders whose real values its egress proxy puts on the wire toward its declared
+    hosts only (`inject = "egress"`)."""
+    out = {}
+    for name, upstream in catalog.upstreams.items():
+        if upstream.credential is None:
+            continue
+        egress = upstream.handler.egress
+        if upstream.handler.inject == "egress" and egress is not None:
+            out[name] = f"placeholders: the real values go on the wire toward {', '.join(egress.hosts)} only"
+        else:
+            out[name] = 'real secrets (inject = "env"): it can send them anywhere its sandbox lets it'
+    return out
+
+
 def sandbox_problems(settings: Settings, catalog: Catalog) -> list[str]:
     """The sandboxed stdio upstreams that cannot start here: bubblewrap missing or unable to make a sandbox."""
+    egress_off = [
+        f'upstream {n} will not start: inject = "egress" needs the sandbox, which CREDGATE_SANDBOX=off turns off'
+        for n, u in catalog.upstreams.items()
+        if u.handler.inject == "egress" and sandbox_state(u.handler, settings.sandbox) == "off: global"
+    ]
     sandboxed = [n for n, u in catalog.upstreams.items() if sandbox_state(u.handler, settings.sandbox) == "on"]
     if not sandboxed:
-        return []
+        return egress_off
     names = f"upstream{'s' if len(sandboxed) > 1 else ''} {', '.join(sandboxed)}"
     why = probe()
     if why is None:
-        return []
+        return egress_off
     if why.startswith("bubblewrap (`bwrap`) is not on the PATH"):
-        return [f"{names} will not start: {missing_bubblewrap(names)}"]
-    return [f"{names} will not start: {why}"]
+        return [*egress_off, f"{names} will not start: {missing_bubblewrap(names)}"]
+    return [*egress_off, f"{names} will not start: {why}"]
 
 
 def _mode_problems(settings: Settings) -> list[str]:

@@ -343,7 +343,8 @@ def tools(app: App, check: bool, refresh: bool, discover_with: str | None) -> No
     discovery_problems = _discover_upstreams(app, refresh, discover_with)
     cat = app.catalog
     cat = replace(cat, problems=(*cat.problems, *discovery_problems))
-    upstreams = [_upstream_json(name, u, app.settings.sandbox) for name, u in cat.upstreams.items()]
+    holders = admin.secret_holders(cat)
+    upstreams = [_upstream_json(name, u, app.settings.sandbox, holders.get(name)) for name, u in cat.upstreams.items()]
     data = {
         "tools": [
             {
@@ -400,10 +401,11 @@ def tools(app: App, check: bool, refresh: bool, discover_with: str | None) -> No
 SANDBOX_OFF_BY: dict[SandboxState, str] = {"off: declaration": "sandbox = false", "off: global": "CREDGATE_SANDBOX=off"}
 
 
-def _upstream_json(name: str, upstream: Upstream, sandboxing: bool) -> dict[str, Any]:
+def _upstream_json(name: str, upstream: Upstream, sandboxing: bool, holds: str | None) -> dict[str, Any]:
     """An upstream MCP server as `tools --json` lists it: how it is reached, whether it runs sandboxed
-    ("sandbox": "on" | "off", with what turned it off; null for a remote one), and how many of its processes
-    may be alive at once ("max_processes", null: no limit)."""
+    ("sandbox": "on" | "off", with what turned it off; null for a remote one), how many of its processes
+    may be alive at once ("max_processes", null: no limit), and what it holds of its credential ("inject":
+    "env" | "egress", "holds": a line saying it; null without a credential)."""
     state = sandbox_state(upstream.handler, sandboxing)
     return {
         "name": name,
@@ -412,6 +414,9 @@ def _upstream_json(name: str, upstream: Upstream, sandboxing: bool) -> dict[str,
         "sandbox": None if state is None else state.partition(":")[0],
         "sandbox_off_by": SANDBOX_OFF_BY.get(state) if state is not None else None,
         "max_processes": upstream.handler.max_processes,
+        "inject": upstream.handler.inject,
+        "egress_hosts": list(upstream.handler.egress.hosts) if upstream.handler.egress is not None else None,
+        "holds": holds,
     }
 
 
@@ -423,6 +428,8 @@ def _upstream_line(upstream: Mapping[str, Any]) -> str:
         line += f"  sandbox: off ({upstream['sandbox_off_by']})"
     if upstream["max_processes"] is not None:
         line += f"  max_processes: {upstream['max_processes']}"
+    if upstream["holds"] is not None:
+        line += f"\n    holds {upstream['holds']}"
     return line
 
 
@@ -459,11 +466,14 @@ def _discover_upstreams(app: App, refresh: bool, discover_with: str | None) -> l
 async def _list_upstream_tools(settings: Settings, store: Store, upstream: Upstream, credential: Credential) -> None:
     # lazy: the MCP client (~0.5 s) and httpx2 (~20 ms) would slow every command's start-up
     from .discovery import list_upstream_tools
+    from .handlers.egress import PLACEHOLDER_KEY_PURPOSE, EgressKit
     from .handlers.http import make_client
     from .handlers.upstream import upstream_pool
     from .token_refresh import TokenRefresher
 
-    async with make_client() as http, upstream_pool(sandbox=SandboxPolicy.of(settings)) as pool:
+    fields = upstream.credential.fields if upstream.credential is not None else ()
+    egress = EgressKit.new(store.derived_key(PLACEHOLDER_KEY_PURPOSE), lambda _: fields)
+    async with make_client() as http, upstream_pool(sandbox=SandboxPolicy.of(settings), egress=egress) as pool:
         await list_upstream_tools(store, pool, TokenRefresher(store, lambda: http), upstream, credential)
 
 
@@ -1446,13 +1456,15 @@ def doctor(app: App) -> None:
     catalog = load_catalog_with_discovered(app)
     problems = admin.doctor(app.settings, catalog)
     warnings = admin.sandbox_warnings(app.settings, catalog)
+    holders = admin.secret_holders(catalog)
     try:
         problems += people.orphaned_bindings(app.store)
         warnings += people.missing_personal(app.store, catalog)
     except CredgateError:
         pass  # a store that does not open: the doctor said so already
     lines = [f"problem: {p}" for p in problems] or ["ok: no problem found"]
-    app.out({"problems": problems, "warnings": warnings}, [*lines, *(f"warning: {w}" for w in warnings)])
+    lines += [f"warning: {w}" for w in warnings] + [f"upstream {n} holds {h}" for n, h in holders.items()]
+    app.out({"problems": problems, "warnings": warnings, "upstreams_hold": holders}, lines)
     if problems:
         raise click.exceptions.Exit(1)
 

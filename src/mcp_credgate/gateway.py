@@ -26,12 +26,16 @@ from .caller import Caller
 from .config import Settings
 from .credential import Credential
 from .deadlines import Deadlines
-from .declarations import Catalog, load_catalog
+from .declarations import Catalog, CredentialField, load_catalog
 from .discovery import fresh_views, list_upstream_tools
+from .egress_proxy import EgressEvent
 from .front import Front
 from .gate import CredentialWarning, Gate, Ready
+from .handlers.egress import PLACEHOLDER_KEY_PURPOSE, EgressKit
 from .handlers.http import make_client
 from .handlers.upstream import UpstreamError, UpstreamPool, upstream_pool
+from .isolation import UpstreamScope
+from .logs import new_ref
 from .rounds import Rounds
 from .sandbox import SandboxPolicy
 from .setup_links import FixedPages, PageServer, SetupLinks
@@ -99,14 +103,49 @@ class Gateway:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
         """The async lifetime of the app: upstream MCP servers run inside it and stop when it ends."""
+        egress = EgressKit.new(
+            self.store.derived_key(PLACEHOLDER_KEY_PURPOSE), self.credential_fields, self.egress_refused
+        )
         async with upstream_pool(
-            self.store.save_upstream_capabilities, SandboxPolicy.of(self.settings), self.own_pages, self.front.publish
+            self.store.save_upstream_capabilities,
+            SandboxPolicy.of(self.settings),
+            self.own_pages,
+            self.front.publish,
+            egress,
         ) as pool:
             self.upstreams = pool
             try:
                 yield self
             finally:
                 self.upstreams = None
+
+    def credential_fields(self, upstream: str) -> tuple[CredentialField, ...]:
+        """The fields of the credential an upstream declares (as the declarations are now)."""
+        found = self.catalog.upstreams.get(upstream)
+        return found.credential.fields if found is not None and found.credential is not None else ()
+
+    def egress_refused(self, scope: UpstreamScope, event: EgressEvent) -> None:
+        """An upstream's egress proxy refused a request: logged with a ref and audited (outcome
+        `egress_blocked` for a placeholder sent toward a host not declared for it, `egress_denied` for a host
+        not declared). The tool is the upstream's declaration; no value is in either."""
+        ref = new_ref()
+        if event.kind == "blocked_placeholder":
+            outcome = "egress_blocked"
+            logger.warning(
+                "upstream %s (group %s, credential %s) sent a placeholder toward %s (%s): blocked as an "
+                "exfiltration attempt (ref: %s)",
+                scope.server,
+                scope.group or "-",
+                scope.credential,
+                event.host,
+                event.field,
+                ref,
+            )
+        else:
+            outcome = "egress_denied"
+        self.audit.record(
+            scope.group or "-", scope.agent, scope.server, scope.credential, outcome, time.perf_counter(), ref
+        )
 
     def own_pages(self) -> list[str]:
         """Where the gateway's own pages are: its public URL, and its setup links' page server once it runs."""

@@ -48,12 +48,13 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from ..config import Settings
 from ..credential import Credential
 from ..declarations import McpHandler, SandboxSpec
-from ..errors import SandboxError
+from ..errors import PlaceholderError, SandboxError
 from ..isolation import UpstreamScope, upstream_scope
 from ..redact import Redactor, redactor_for
 from ..relay import AgentRequest, Relay, forget_related_request, redacted
 from ..sandbox import SandboxPolicy
 from ..slots import ProcessSlots
+from .egress import EgressKit, egress_way, placeholder_redactor, stand_ins
 from .http import render
 from .keepalive import KeepAliveTransport
 from .parked import ParkedCall, Question
@@ -96,11 +97,22 @@ def connect(
     *,
     scope: UpstreamScope,
     sandbox: SandboxPolicy | None = None,
+    egress: tuple[EgressKit, Credential] | None = None,
 ) -> AbstractAsyncContextManager[Client]:
     """A client session to the upstream, with the credential placed where the declaration says; what the
     upstream sends on its own goes to `relay`. `scope` is whom this upstream serves (its server, credential,
     group and, with isolation = "agent", agent). A stdio upstream runs in the sandbox `sandbox` describes (its
-    home kept per scope) unless `sandbox` is None or off, or its declaration opts out."""
+    home kept per scope) unless `sandbox` is None or off, or its declaration opts out. `egress`: for a
+    declaration with inject = "egress", the kit and the credential as the upstream holds it (`stand_ins`)."""
+    if handler.inject == "egress":
+        if sandbox is None or not sandbox.enabled or handler.sandbox is None:
+            raise SandboxError(
+                'inject = "egress" needs the sandbox, and this gateway runs upstreams without one '
+                "(CREDGATE_SANDBOX=off or --no-sandbox): it was not started"
+            )
+        if egress is None:
+            raise SandboxError('inject = "egress" needs an egress proxy, which this command does not run')
+        return _egress_session(name, handler, credential, relay, scope, sandbox, egress)
     if handler.command is not None:
         params = StdioServerParameters(
             command=render(handler.command, {}, credential),
@@ -123,6 +135,32 @@ def connect(
     return _http_session(render(handler.url, {}, credential), http, relay)
 
 
+@asynccontextmanager
+async def _egress_session(
+    name: str,
+    handler: McpHandler,
+    credential: Credential,
+    relay: Relay,
+    scope: UpstreamScope,
+    sandbox: SandboxPolicy,
+    egress: tuple[EgressKit, Credential],
+) -> AsyncIterator[Client]:
+    """A stdio upstream started with placeholders (`shown`) where its declaration puts {cred.FIELD}, in a
+    sandbox whose only way out is its own egress proxy, which holds the real values (`handlers.egress`)."""
+    kit, shown = egress
+    assert handler.command is not None and handler.egress is not None and handler.sandbox is not None
+    params = StdioServerParameters(
+        command=render(handler.command, {}, shown),
+        args=[render(a, {}, shown) for a in handler.args],
+        env={**_passed_through(), **_render_all(handler.env, shown)},
+    )
+    home = sandbox.home(name, credential.name, scope.group, scope.agent)
+    async with egress_way(kit, scope, handler.egress, credential, shown) as way:
+        wrapped = _sandboxed(name, params, sandbox, handler.sandbox, home, egress=way)
+        async with _stdio_session(name, wrapped, relay) as client:
+            yield client
+
+
 def _as_is(params: StdioServerParameters) -> Callable[[], Awaitable[StdioServerParameters]]:
     async def params_() -> StdioServerParameters:
         return params
@@ -131,15 +169,21 @@ def _as_is(params: StdioServerParameters) -> Callable[[], Awaitable[StdioServerP
 
 
 def _sandboxed(
-    name: str, params: StdioServerParameters, policy: SandboxPolicy, options: SandboxSpec, home: Path
+    name: str,
+    params: StdioServerParameters,
+    policy: SandboxPolicy,
+    options: SandboxSpec,
+    home: Path,
+    *,
+    egress: Path | None = None,
 ) -> Callable[[], Awaitable[StdioServerParameters]]:
     """The parameters that run the upstream in its sandbox, worked out (files read, its home made) in a thread.
     The SDK's default environment (HOME, PATH…) is merged in first: the sandbox sets HOME, finds the command
-    on that PATH."""
+    on that PATH. `egress`: the folder of its egress proxy (`handlers.egress.egress_way`)."""
 
     def wrap() -> StdioServerParameters:
         env = {**get_default_environment(), **(params.env or {})}
-        wrapped = policy.wrap(name, params.command, params.args, env, options, home)
+        wrapped = policy.wrap(name, params.command, params.args, env, options, home, egress=egress)
         return StdioServerParameters(command=wrapped.argv[0], args=list(wrapped.argv[1:]), env=wrapped.env)
 
     async def params_() -> StdioServerParameters:
@@ -320,6 +364,14 @@ def shown_to_agent(result: types.InputRequiredResult, relay: Relay) -> types.Inp
     return clean.model_copy(update={"request_state": result.request_state})
 
 
+def _placeholders_redacted(handler: McpHandler, session: Session, result: _T) -> _T:
+    """A result of an egress upstream with its placeholders redacted as its real values are (the redaction of
+    every tool's result, later, knows the real values only); any other result as it is."""
+    if handler.inject != "egress" or not isinstance(result, types.CallToolResult):
+        return result
+    return redacted(session.relay.redactor, result)
+
+
 def _last_done(session: Session) -> float:
     return session.last_done
 
@@ -375,15 +427,18 @@ class UpstreamPool:
         sandbox: SandboxPolicy | None = None,
         own_pages: Callable[[], Collection[str]] = frozenset,
         publish: Publish | None = None,
+        egress: EgressKit | None = None,
     ) -> None:
         """`on_start(name, capabilities)` learns what each upstream announced when it starts. `sandbox`: how
         stdio upstreams are sandboxed (by default as the environment's settings say: on). `own_pages`: the
         gateway's own pages, where no upstream may send an agent (`Relay.for_agent`). `publish(group, event)`:
-        where an upstream's events for the listen streams of a group's agents go."""
+        where an upstream's events for the listen streams of a group's agents go. `egress`: what upstreams
+        declared with inject = "egress" need (without it they are not started)."""
         self._tg = task_group
         self._own_pages = own_pages
         self._publish = publish
         self._on_start = on_start
+        self._egress = egress
         self._sandbox = sandbox if sandbox is not None else SandboxPolicy.of(Settings.resolve())
         self._sessions: dict[UpstreamScope, Session] = {}
         self._locks: dict[UpstreamScope, anyio.Lock] = {}
@@ -465,7 +520,9 @@ class UpstreamPool:
         async def send(session: Session) -> types.CallToolResult | types.InputRequiredResult:
             progress = session.relay.progress_to(agent)
             if rounds is None or not session.modern:
-                return await session.live.call_tool(remote_tool, args, progress_callback=progress)
+                return _placeholders_redacted(
+                    handler, session, await session.live.call_tool(remote_tool, args, progress_callback=progress)
+                )
             responses, state = rounds
             result = await session.live.session.call_tool(
                 remote_tool,
@@ -476,7 +533,7 @@ class UpstreamPool:
                 allow_input_required=True,
             )
             if not isinstance(result, types.InputRequiredResult):
-                return result
+                return _placeholders_redacted(handler, session, result)
             shown = shown_to_agent(result, session.relay)
             return _error_result(shown) if isinstance(shown, str) else shown
 
@@ -504,9 +561,11 @@ class UpstreamPool:
 
         async def run() -> None:
             try:
-                result = await self.request(
-                    scope, handler, credential, lambda s: s.live.call_tool(remote_tool, args), behind
-                )
+
+                async def send(session: Session) -> types.CallToolResult:
+                    return _placeholders_redacted(handler, session, await session.live.call_tool(remote_tool, args))
+
+                result = await self.request(scope, handler, credential, send, behind)
                 parked.end(result)
             except UpstreamTimeout as exc:
                 parked.end(_error_result(str(exc)))
@@ -645,11 +704,13 @@ class UpstreamPool:
             # discovery's upstream serves no group: none of its events is anyone's
             publish = partial(self._publish, key.group) if self._publish and key.group is not None else None
             remote = handler.url is not None
-            relay = Relay(name, redactor_for(credential), remote=remote, own_pages=self._own_pages, publish=publish)
+            egress = self._stand_ins(key, handler, credential)
+            redactor = redactor_for(credential) if egress is None else placeholder_redactor(credential, egress[1])
+            relay = Relay(name, redactor, remote=remote, own_pages=self._own_pages, publish=publish)
             session = Session(key, fingerprint, relay, idle_timeout=handler.idle_timeout)
             await self._slot(name, handler)  # from here until its process has exited (`_hold`)
             self._holding.add(session)
-            self._tg.start_soon(self._hold, handler, credential, session)
+            self._tg.start_soon(self._hold, handler, credential, session, egress)
             with anyio.move_on_after(handler.start_timeout):
                 await session.ready.wait()
             if session.client is None:
@@ -663,14 +724,31 @@ class UpstreamPool:
             self._sessions[key] = session
             return session
 
-    async def _hold(self, handler: McpHandler, credential: Credential, session: Session) -> None:
+    def _stand_ins(
+        self, scope: UpstreamScope, handler: McpHandler, credential: Credential
+    ) -> tuple[EgressKit, Credential] | None:
+        """For inject = "egress": the kit and the credential as the upstream holds it (placeholders)."""
+        if handler.inject != "egress" or self._egress is None:
+            return None
+        try:
+            return self._egress, stand_ins(self._egress, scope, credential)
+        except PlaceholderError as exc:  # names the field and why, never a value
+            raise UpstreamError(f"upstream {scope.server} could not be started: {exc}") from None
+
+    async def _hold(
+        self,
+        handler: McpHandler,
+        credential: Credential,
+        session: Session,
+        egress: tuple[EgressKit, Credential] | None = None,
+    ) -> None:
         """Keeps one upstream session open (its context must be entered and left in the same task). Its
         tasks belong to no request, whichever request started it: the relay must not think otherwise."""
         forget_related_request()
         name = session.key.server
         try:
             async with connect(
-                name, handler, credential, session.relay, scope=session.key, sandbox=self._sandbox
+                name, handler, credential, session.relay, scope=session.key, sandbox=self._sandbox, egress=egress
             ) as client:
                 session.client = client
                 self._started(name, client)
@@ -735,12 +813,13 @@ async def upstream_pool(
     sandbox: SandboxPolicy | None = None,
     own_pages: Callable[[], Collection[str]] = frozenset,
     publish: Publish | None = None,
+    egress: EgressKit | None = None,
 ) -> AsyncIterator[UpstreamPool]:
     """The pool's tasks never raise (`_hold` keeps its error): an exception of the body leaves as itself,
     not wrapped in the task group's ExceptionGroup, so callers can catch UpstreamError, GatewayError …"""
     try:
         async with anyio.create_task_group() as tg:
-            pool = UpstreamPool(tg, on_start, sandbox, own_pages, publish)
+            pool = UpstreamPool(tg, on_start, sandbox, own_pages, publish, egress)
             try:
                 yield pool
             finally:

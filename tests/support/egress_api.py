@@ -1,0 +1,98 @@
+"""Real APIs on 127.0.0.1 for the egress tests: an HTTPS one under host names of its own, with a CA of its own
+(not the egress CA: the proxy must verify it for real), and a plain HTTP one. Each answers 401 unless it is given
+the real token (Bearer, Basic `me:USER`, `?token=`, or in the body), and echoes what it received with the token in
+its answer and an `x-echo-token` header; `/v1/encoded` answers the token inside a base64 blob."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from mcp_credgate.egress_ca import Authority
+
+
+@dataclass
+class Api:
+    port: int
+    ca_file: Path | None = None  # an HTTPS API's CA certificate
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _handler(received: list[dict[str, Any]], real: str, user_real: str) -> type[BaseHTTPRequestHandler]:
+    basic = "Basic " + base64.b64encode(f"me:{user_real}".encode()).decode()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _any(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length).decode() if length else ""
+            seen = {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+            received.append(seen)
+            authorization = self.headers.get("authorization")
+            authorized = authorization in (f"Bearer {real}", basic) or f"token={real}" in self.path or real in body
+            answer = json.dumps({"received": seen, "token": real} if authorized else {"error": "no"}).encode()
+            if self.path.startswith("/v1/encoded"):  # the token inside a base64 blob: no placeholder fits there
+                answer = json.dumps({"blob": base64.b64encode(f"xy{real}z".encode()).decode()}).encode()
+            self.send_response(200 if authorized else 401)
+            self.send_header("content-type", "application/json")
+            self.send_header("x-echo-token", real)
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        do_GET = do_POST = _any
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@contextmanager
+def _serving(server: ThreadingHTTPServer) -> Iterator[None]:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@contextmanager
+def https_api(folder: Path, hosts: Sequence[str], real: str, user_real: str = "") -> Iterator[Api]:
+    """An HTTPS API answering as each of `hosts` (by SNI), its CA certificate in `folder`."""
+    api_ca = Authority.new("the API's own CA")
+    (folder / "ca.pem").write_bytes(api_ca.certificate_pem())
+    contexts = {}
+    for host in hosts:
+        chain, key = api_ca.leaf_for(host)
+        (folder / f"{host}.pem").write_bytes(chain)
+        (folder / f"{host}.key").write_bytes(key)
+        contexts[host] = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        contexts[host].load_cert_chain(folder / f"{host}.pem", folder / f"{host}.key")
+    first = contexts[hosts[0]]
+    first.sni_callback = lambda tls, name, _: setattr(tls, "context", contexts[name]) if name in contexts else None
+    received: list[dict[str, Any]] = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(received, real, user_real))
+    server.socket = first.wrap_socket(server.socket, server_side=True)
+    with _serving(server):
+        yield Api(server.server_address[1], folder / "ca.pem", received)
+
+
+@contextmanager
+def plain_api(real: str, user_real: str = "") -> Iterator[Api]:
+    received: list[dict[str, Any]] = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(received, real, user_real))
+    with _serving(server):
+        yield Api(server.server_address[1], None, received)
