@@ -372,3 +372,45 @@ async def test_a_request_body_over_the_cap_is_refused(running: Running, api: Api
         response = await client.post(f"https://{API}/v1/login", content=b"x" * (MAX_BODY + 1))
     assert response.status_code == 413
     assert len(api.received) == before
+
+
+# -- connections to the API, kept and reused ------------------------------------------------------------------
+
+
+async def test_requests_to_the_same_api_share_one_connection_to_it(running: Running, api: Api) -> None:
+    before = len(api.received)
+    async with _client(running) as client:
+        for _ in range(3):
+            assert (
+                await client.get(f"https://{API}/v1/me", headers={"authorization": f"Bearer {PLACEHOLDER}"})
+            ).status_code == 200
+
+    assert len({seen["connection"] for seen in api.received[before:]}) == 1
+
+
+async def test_an_answer_saying_connection_close_is_not_kept(running: Running, api: Api) -> None:
+    before = len(api.received)
+    async with _client(running) as client:
+        for _ in range(2):
+            await client.get(f"https://{API}/v1/close", headers={"authorization": f"Bearer {PLACEHOLDER}"})
+
+    assert len({seen["connection"] for seen in api.received[before:]}) == 2
+
+
+async def test_a_kept_connection_the_api_closed_meanwhile_is_replaced_and_the_request_still_answered(
+    authority: Authority, tmp_path: Path
+) -> None:
+    rules = EgressRules(swaps={PLACEHOLDER: REAL}, hosts=frozenset({API}))
+    with https_api(tmp_path, [API], REAL, idle_timeout=0.2) as impatient:
+        trust = tmp_path / "egress-ca.pem"
+        trust.write_bytes(authority.certificate_pem())
+        resolve = {API: ("127.0.0.1", impatient.port)}
+        async with EgressProxy(rules, authority, upstream_ca=impatient.ca_file, resolve=resolve) as proxy:
+            context = ssl.create_default_context(cafile=trust)
+            async with httpx2.AsyncClient(proxy=proxy.url, verify=context, timeout=20) as client:
+                first = await client.get(f"https://{API}/v1/me", headers={"authorization": f"Bearer {PLACEHOLDER}"})
+                await anyio.sleep(0.6)  # the API closes the idle connection the proxy kept
+                second = await client.get(f"https://{API}/v1/me", headers={"authorization": f"Bearer {PLACEHOLDER}"})
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert len({seen["connection"] for seen in impatient.received}) == 2

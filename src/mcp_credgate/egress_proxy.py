@@ -23,7 +23,9 @@ wire here, toward the hosts its declaration names and nowhere else.
 Bodies are read whole, up to `MAX_BODY` (16 MB) each way, so that the swaps see all of them and Content-Length
 is right after them; a larger body is answered 413 (request) or 502 (response). The proxy asks upstream APIs
 for `Accept-Encoding: identity`, and answers 502 to a response that comes compressed anyway: the real value could
-not be found in it. One upstream connection per request (no pooling yet).
+not be found in it. Connections to the APIs are kept alive and reused (at most `KEPT_PER_HOST` idle ones per host,
+for `KEPT_SECONDS`); a request on a kept connection that the API had closed meanwhile is sent once more on a new
+one, as HTTP clients do (nothing of it was read).
 
 Nothing secret is logged, raised or shown in a repr: failures are logged by their kind only.
 """
@@ -38,6 +40,7 @@ import os
 import shutil
 import ssl
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +61,8 @@ logger = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024 * 1024  # a request or response body read whole for the swaps, at most this
 _READ = 65536
 _TIMEOUT = 60.0  # connecting to an upstream API and reading its whole answer
+KEPT_PER_HOST = 8  # idle connections kept per (host, port, tls)
+KEPT_SECONDS = 30.0  # an idle connection older than this is closed rather than reused
 # headers of one hop, never passed on (RFC 9110 §7.6.1), with those the proxy sets itself
 _HOP = frozenset(
     {
@@ -88,6 +93,23 @@ class EgressEvent:
 
 
 _Reply = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers, body
+
+
+@dataclass
+class _Kept:
+    """A connection to an API, kept for the next request to it."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    conn: h11.Connection
+    idle_since: float = 0.0
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _ClosedEarly(Exception):
+    """The API's side of a connection ended before any answer came."""
 
 
 class _Refused(Exception):
@@ -130,6 +152,7 @@ class EgressProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._port = 0
+        self._kept: dict[tuple[str, int, bool], list[_Kept]] = {}
         self._unix_socket = unix_socket
 
     def __repr__(self) -> str:
@@ -160,6 +183,10 @@ class EgressProxy:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        for kept in self._kept.values():
+            for connection in kept:
+                connection.close()
+        self._kept.clear()
         if self._server is not None:
             await self._server.wait_closed()
         if self._folder is not None:
@@ -291,27 +318,12 @@ class EgressProxy:
         if not any(name == b"host" for name, _ in headers):
             headers.insert(0, (b"host", host.encode("idna") if port in (80, 443) else f"{host}:{port}".encode()))
         headers.append((b"accept-encoding", b"identity"))
-        headers.append((b"connection", b"close"))
         if body or request.method in (b"POST", b"PUT", b"PATCH"):
             headers.append((b"content-length", str(len(body)).encode()))
-        address, to_port = self._resolve.get(host.lower(), (host, port))
+        outgoing = h11.Request(method=request.method, target=target, headers=headers)
         try:
             async with asyncio.timeout(_TIMEOUT):
-                far_reader, far_writer = await asyncio.open_connection(
-                    address,
-                    to_port,
-                    ssl=self._client_context if tls else None,
-                    server_hostname=host if tls else None,
-                )
-                try:
-                    client = h11.Connection(h11.CLIENT)
-                    outgoing = client.send(h11.Request(method=request.method, target=target, headers=headers))
-                    outgoing = (outgoing or b"") + (client.send(h11.Data(data=body)) or b"") if body else outgoing
-                    far_writer.write((outgoing or b"") + (client.send(h11.EndOfMessage()) or b""))
-                    await far_writer.drain()
-                    response, answer = await _read_response(client, far_reader)
-                finally:
-                    far_writer.close()
+                response, answer = await self._exchange(host, port, tls, outgoing, body)
         except ssl.SSLError as error:
             logger.warning("egress proxy: %s did not prove its identity (%s)", host, type(error).__name__)
             raise _Refused(502, "the host's certificate did not verify") from None
@@ -333,6 +345,62 @@ class EgressProxy:
         if request.method != b"HEAD" and response.status_code not in (204, 304):
             back.append((b"content-length", str(len(answer)).encode()))
         return response.status_code, back, answer
+
+    async def _exchange(
+        self, host: str, port: int, tls: bool, request: h11.Request, body: bytes
+    ) -> tuple[h11.Response, bytes]:
+        """One request to the API and its whole answer, on a kept connection when there is one. A kept one the
+        API closed meanwhile (it ends before any answer, or resets) is dropped and the request sent once more
+        on a new one; a new one failing so is a failure."""
+        key = (host.lower(), port, tls)
+        while True:
+            kept = self._take(key)
+            connection = kept or await self._open(host, port, tls)
+            try:
+                data = connection.conn.send(request) or b""
+                if body:
+                    data += connection.conn.send(h11.Data(data=body)) or b""
+                connection.writer.write(data + (connection.conn.send(h11.EndOfMessage()) or b""))
+                await connection.writer.drain()
+                response, answer = await _read_response(connection.conn, connection.reader)
+            except (_ClosedEarly, ConnectionError) as error:
+                connection.close()
+                if kept is not None:
+                    continue  # stale: its API closed it while it waited
+                raise h11.RemoteProtocolError("the connection ended before an answer") from error
+            except BaseException:
+                connection.close()
+                raise
+            self._keep(key, connection)
+            return response, answer
+
+    def _take(self, key: tuple[str, int, bool]) -> _Kept | None:
+        kept = self._kept.get(key, [])
+        now = time.monotonic()
+        while kept:
+            connection = kept.pop()
+            if now - connection.idle_since < KEPT_SECONDS and not connection.reader.at_eof():
+                return connection
+            connection.close()
+        return None
+
+    async def _open(self, host: str, port: int, tls: bool) -> _Kept:
+        address, to_port = self._resolve.get(host.lower(), (host, port))
+        reader, writer = await asyncio.open_connection(
+            address, to_port, ssl=self._client_context if tls else None, server_hostname=host if tls else None
+        )
+        return _Kept(reader, writer, h11.Connection(h11.CLIENT))
+
+    def _keep(self, key: tuple[str, int, bool], connection: _Kept) -> None:
+        """Back to the kept ones, if both sides are done and neither said `Connection: close`."""
+        conn = connection.conn
+        kept = self._kept.setdefault(key, [])
+        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE or len(kept) >= KEPT_PER_HOST:
+            connection.close()
+            return
+        conn.start_next_cycle()
+        connection.idle_since = time.monotonic()
+        kept.append(connection)
 
     def _holds_real(self, data: bytes) -> bool:
         text = data.decode("latin-1")  # UTF-8 read as Latin-1 is one of the forms redaction looks for
@@ -459,6 +527,8 @@ async def _read_response(conn: h11.Connection, reader: asyncio.StreamReader) -> 
         event = await _next_event(conn, reader)
         if isinstance(event, h11.Response):
             break
+        if isinstance(event, h11.ConnectionClosed):
+            raise _ClosedEarly
         if not isinstance(event, h11.InformationalResponse):
             raise h11.RemoteProtocolError("no response")
     body = bytearray()

@@ -1,7 +1,8 @@
 """Real APIs on 127.0.0.1 for the egress tests: an HTTPS one under host names of its own, with a CA of its own
 (not the egress CA: the proxy must verify it for real), and a plain HTTP one. Each answers 401 unless it is given
 the real token (Bearer, Basic `me:USER`, `?token=`, or in the body), and echoes what it received with the token in
-its answer and an `x-echo-token` header; `/v1/encoded` answers the token inside a base64 blob."""
+its answer and an `x-echo-token` header; `/v1/encoded` answers the token inside a base64 blob, `/v1/close` with
+`Connection: close`. Each request it received is kept with the port it came from (`connection`)."""
 
 from __future__ import annotations
 
@@ -26,16 +27,20 @@ class Api:
     received: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _handler(received: list[dict[str, Any]], real: str, user_real: str) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    received: list[dict[str, Any]], real: str, user_real: str, idle_timeout: float | None = None
+) -> type[BaseHTTPRequestHandler]:
     basic = "Basic " + base64.b64encode(f"me:{user_real}".encode()).decode()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = idle_timeout  # a connection idle this long is closed by the API (None: kept)
 
         def _any(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length).decode() if length else ""
             seen = {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+            seen["connection"] = self.client_address[1]  # the port it came from: one per connection
             received.append(seen)
             authorization = self.headers.get("authorization")
             authorized = authorization in (f"Bearer {real}", basic) or f"token={real}" in self.path or real in body
@@ -46,6 +51,9 @@ def _handler(received: list[dict[str, Any]], real: str, user_real: str) -> type[
             self.send_header("content-type", "application/json")
             self.send_header("x-echo-token", real)
             self.send_header("content-length", str(len(answer)))
+            if self.path.startswith("/v1/close"):
+                self.send_header("connection", "close")
+                self.close_connection = True
             self.end_headers()
             self.wfile.write(answer)
 
@@ -70,8 +78,11 @@ def _serving(server: ThreadingHTTPServer) -> Iterator[None]:
 
 
 @contextmanager
-def https_api(folder: Path, hosts: Sequence[str], real: str, user_real: str = "") -> Iterator[Api]:
-    """An HTTPS API answering as each of `hosts` (by SNI), its CA certificate in `folder`."""
+def https_api(
+    folder: Path, hosts: Sequence[str], real: str, user_real: str = "", *, idle_timeout: float | None = None
+) -> Iterator[Api]:
+    """An HTTPS API answering as each of `hosts` (by SNI), its CA certificate in `folder`; it closes a connection
+    idle for `idle_timeout` seconds (None: never)."""
     api_ca = Authority.new("the API's own CA")
     (folder / "ca.pem").write_bytes(api_ca.certificate_pem())
     contexts = {}
@@ -84,7 +95,7 @@ def https_api(folder: Path, hosts: Sequence[str], real: str, user_real: str = ""
     first = contexts[hosts[0]]
     first.sni_callback = lambda tls, name, _: setattr(tls, "context", contexts[name]) if name in contexts else None
     received: list[dict[str, Any]] = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(received, real, user_real))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(received, real, user_real, idle_timeout))
     server.socket = first.wrap_socket(server.socket, server_side=True)
     with _serving(server):
         yield Api(server.server_address[1], folder / "ca.pem", received)
