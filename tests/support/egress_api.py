@@ -39,7 +39,8 @@ def _handler(
         def _any(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length).decode() if length else ""
-            seen = {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+            seen: dict[str, Any] = {"method": self.command, "path": self.path, "headers": dict(self.headers)}
+            seen["body"] = body
             seen["connection"] = self.client_address[1]  # the port it came from: one per connection
             received.append(seen)
             authorization = self.headers.get("authorization")
