@@ -35,6 +35,7 @@ def _handler(
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         timeout = idle_timeout  # a connection idle this long is closed by the API (None: kept)
+        disable_nagle_algorithm = True  # headers and body go in two writes: no 40 ms wait for a delayed ACK
 
         def _any(self) -> None:
             length = int(self.headers.get("content-length") or 0)

@@ -369,6 +369,9 @@ def _placeholders_redacted(handler: McpHandler, session: Session, result: _T) ->
     every tool's result, later, knows the real values only); any other result as it is."""
     if handler.inject != "egress" or not isinstance(result, types.CallToolResult):
         return result
+    text = result.model_dump_json()  # every form of a placeholder is URL-safe: as it is in the JSON, if anywhere
+    if session.relay.redactor.text(text) == text:
+        return result
     return redacted(session.relay.redactor, result)
 
 
