@@ -14,7 +14,7 @@ import json
 import logging
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -41,15 +41,26 @@ TOKEN = make_canary("EG")
 UPSTREAM = SUPPORT_DIR / "egress_upstream.py"
 
 
-def egress_decl(*, egress: bool = True) -> str:
-    """The upstream's declaration; `egress=False`: the same upstream given its real token (the control)."""
+def egress_decl(
+    *,
+    egress: bool = True,
+    command: str = sys.executable,
+    args: Sequence[str] = (str(UPSTREAM),),
+    env: Mapping[str, str] | None = None,
+    read: Sequence[str] = (),
+) -> str:
+    """The upstream's declaration; `egress=False`: the same upstream given its real token (the control).
+    `command`, `args`: another upstream (the Node one), given `env` besides API_TOKEN and API_URL and `read` as
+    its sandbox.read."""
+    variables = {"API_TOKEN": "{cred.token}", "API_URL": f"https://{API}", **(env or {})}
+    rendered_env = ", ".join(f"{name} = {json.dumps(value)}" for name, value in variables.items())
     injected = f'inject = "egress"\n[handler.egress]\nhosts = ["{API}"]\n' if egress else ""
+    sandbox = f"[handler.sandbox]\nread = {json.dumps(list(read))}\n" if read else ""
     return (
         'name = "eg"\ndescription = "An upstream that holds a placeholder."\n'
         '[credential]\ntype = "egtoken"\nfields = [{ name = "token", kind = "token" }]\n'
-        f'[handler]\nkind = "mcp"\ncommand = {json.dumps(sys.executable)}\nargs = [{json.dumps(str(UPSTREAM))}]\n'
-        f'env = {{ API_TOKEN = "{{cred.token}}", API_URL = "https://{API}" }}\ntimeout = 40\nstart_timeout = 30\n'
-        + injected
+        f'[handler]\nkind = "mcp"\ncommand = {json.dumps(command)}\nargs = {json.dumps(list(args))}\n'
+        f"env = {{ {rendered_env} }}\ntimeout = 40\nstart_timeout = 30\n" + injected + sandbox
     )
 
 
@@ -65,9 +76,12 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         yield serving
 
 
-def egress_world(root: Path, monkeypatch: pytest.MonkeyPatch, api: Api, *, egress: bool = True) -> World:
-    """Group g with the token bound; the gateway's egress proxies trust the API's CA and find its host names on
-    127.0.0.1 (what DNS and the system's trust store do outside a test)."""
+def egress_world(
+    root: Path, monkeypatch: pytest.MonkeyPatch, api: Api, *, egress: bool = True, decl: str | None = None
+) -> World:
+    """Group g with the token bound to upstream eg (`decl`, by default `egress_decl(egress=egress)`); the
+    gateway's egress proxies trust the API's CA and find its host names on 127.0.0.1 (what DNS and the system's
+    trust store do outside a test)."""
     monkeypatch.setenv("CREDGATE_STATE_DIR", str(root / "state"))
     made = EgressKit.new
 
@@ -76,7 +90,7 @@ def egress_world(root: Path, monkeypatch: pytest.MonkeyPatch, api: Api, *, egres
         return replace(made(*args, **kwargs), upstream_ca=api.ca_file, resolve=resolve)
 
     monkeypatch.setattr(EgressKit, "new", new)
-    world = World.create(root, {"eg": egress_decl(egress=egress)})
+    world = World.create(root, {"eg": decl or egress_decl(egress=egress)})
     world.add_credential("tok", "egtoken", {"token": TOKEN})
     world.allow("g", "eg.*")
     world.bind("g", "eg", "tok")
@@ -155,16 +169,16 @@ async def test_the_control_an_upstream_given_its_real_token_holds_it_where_the_s
     world.close()
 
 
-def scan_upstream(state: Path, secret: str) -> dict[str, bool]:
-    """Whether the running egress upstream, as the host sees it, holds `secret` anywhere: its environment,
-    command line, memory (every readable mapping), its home's files, and its forwarder's (pid 1 of its sandbox)
-    environment and command line."""
+def scan_upstream(state: Path, secret: str, script: str = UPSTREAM.name) -> dict[str, bool]:
+    """Whether the running egress upstream (the process running `script`), as the host sees it, holds `secret`
+    anywhere: its environment, command line, memory (every readable mapping), its home's files, and its
+    forwarder's (pid 1 of its sandbox) environment and command line."""
     needle = secret.encode()
     pid = next(
         int(p.name)
         for p in Path("/proc").iterdir()
         if p.name.isdigit()
-        and b"egress_upstream.py" in read_or_empty(p / "cmdline")
+        and script.encode() in read_or_empty(p / "cmdline")
         and b"egress_forwarder" not in read_or_empty(p / "cmdline")
     )
     parent = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
