@@ -176,29 +176,18 @@ def test_doctor_warns_of_upstreams_without_a_sandbox_and_a_missing_bubblewrap_is
     assert len(missing) == 1 and "bubblewrap" in missing[0] and "tight" in missing[0], missing
 
 
-HOLDS_REAL = """
-    name = "real"
-    [credential]
-    type = "rtoken"
-    fields = [{ name = "token", kind = "token" }]
-    [handler]
-    kind = "mcp"
-    command = "real-server"
-    env = { TOKEN = "{cred.token}" }
-"""
-HOLDS_PLACEHOLDERS = """
-    name = "stand"
-    [credential]
-    type = "stoken"
-    fields = [{ name = "token", kind = "token" }]
-    [handler]
-    kind = "mcp"
-    command = "stand-server"
-    env = { TOKEN = "{cred.token}" }
-    inject = "egress"
-    [handler.egress]
-    hosts = ["api.example.com", "http://billing.internal:8080"]
-"""
+def holding(name: str, injected: str = "") -> str:
+    """A stdio upstream declaration whose credential's token goes in its environment, then `injected`."""
+    return (
+        f'name = "{name}"\n[credential]\ntype = "{name}token"\nfields = [{{ name = "token", kind = "token" }}]\n'
+        f'[handler]\nkind = "mcp"\ncommand = "{name}-server"\nenv = {{ TOKEN = "{{cred.token}}" }}\n{injected}'
+    )
+
+
+HOLDS_REAL = holding("real")
+HOLDS_PLACEHOLDERS = holding(
+    "stand", 'inject = "egress"\n[handler.egress]\nhosts = ["api.example.com", "http://billing.internal:8080"]\n'
+)
 
 
 def test_tools_and_doctor_say_which_upstreams_hold_real_secrets_and_which_placeholders(

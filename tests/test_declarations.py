@@ -971,17 +971,6 @@ BAD_SANDBOXES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_SANDBOXES))
-def test_bad_sandbox_options_are_one_line_naming_the_file_and_field(tmp_path: Path, case: str) -> None:
-    body, field, message = BAD_SANDBOXES[case]
-    path = write_tool(tmp_path, "up.toml", STDIO_UPSTREAM + body + "\n")
-
-    problem = only_problem(load(tmp_path))
-
-    assert problem.startswith(f"{path}: {field}: "), problem
-    assert message in problem and "\n" not in problem
-
-
 def test_a_remote_upstream_has_no_sandbox_to_set(tmp_path: Path) -> None:
     path = write_tool(
         tmp_path, "up.toml", 'name = "up"\n[handler]\nkind = "mcp"\nurl = "https://x.example/mcp"\nsandbox = false\n'
@@ -1106,9 +1095,9 @@ BAD_EGRESS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_EGRESS))
-def test_bad_egress_declarations_are_one_line_naming_the_file_and_field(tmp_path: Path, case: str) -> None:
-    body, field, message = BAD_EGRESS[case]
+@pytest.mark.parametrize("case", sorted(BAD_SANDBOXES) + sorted(BAD_EGRESS))
+def test_bad_sandbox_and_egress_options_are_one_line_naming_the_file_and_field(tmp_path: Path, case: str) -> None:
+    body, field, message = {**BAD_SANDBOXES, **BAD_EGRESS}[case]
     path = write_tool(tmp_path, "up.toml", STDIO_UPSTREAM + body + "\n")
 
     problem = only_problem(load(tmp_path))
