@@ -414,3 +414,13 @@ async def test_a_kept_connection_the_api_closed_meanwhile_is_replaced_and_the_re
 
     assert (first.status_code, second.status_code) == (200, 200)
     assert len({seen["connection"] for seen in impatient.received}) == 2
+
+
+# -- what a hostile upstream or API tries -----------------------------------------------------------------------
+
+
+async def test_an_answer_echoing_the_real_value_in_a_header_name_is_refused(running: Running) -> None:
+    async with _client(running) as client:
+        response = await client.get(f"https://{API}/v1/header-name", headers={"authorization": f"Bearer {PLACEHOLDER}"})
+    assert response.status_code == 502
+    assert not any(REAL in name for name in response.headers)

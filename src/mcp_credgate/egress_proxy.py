@@ -9,7 +9,7 @@ wire here, toward the hosts its declaration names and nowhere else.
   (`egress_swap`: headers, query, named JSON body fields), sends each to the real `https://host:port` with a normally
   verifying TLS client, and passes the response back with every real value replaced by its placeholder again
   (an echoed Basic token included); an answer that still holds a real value in a form redaction finds but no
-  placeholder fits (inside a base64 blob, say) is refused with 502 rather than passed on;
+  placeholder fits (inside a base64 blob, in a header's name) is refused with 502 rather than passed on;
 - `GET http://host:port/...` (absolute form) to a host:port declared for plain http (`rules.plain_hosts`): the same
   swaps, over plain HTTP; a placeholder in a plain request to a host declared for TLS only is refused like one
   toward an undeclared host (it would cross the network in clear);
@@ -339,7 +339,7 @@ class EgressProxy:
                 continue
             back.append((name, restore(rules, value, sent) if swap else value))
         answer = restore(rules, answer, sent) if swap else answer
-        if swap and any(self._holds_real(data) for data in (answer, *(value for _, value in back))):
+        if swap and any(self._holds_real(data) for data in (answer, *(part for header in back for part in header))):
             logger.warning("egress proxy: an answer of %s held a real value in a form not restored: refused", host)
             raise _Refused(502, "the answer held a secret the proxy could not replace with its placeholder")
         if request.method != b"HEAD" and response.status_code not in (204, 304):

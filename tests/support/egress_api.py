@@ -2,7 +2,8 @@
 (not the egress CA: the proxy must verify it for real), and a plain HTTP one. Each answers 401 unless it is given
 the real token (Bearer, Basic `me:USER`, `?token=`, or in the body), and echoes what it received with the token in
 its answer and an `x-echo-token` header; `/v1/encoded` answers the token inside a base64 blob, `/v1/close` with
-`Connection: close`. Each request it received is kept with the port it came from (`connection`)."""
+`Connection: close`, `/v1/header-name` with the token in a header's name. Each request it received is kept with
+the port it came from (`connection`)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def _handler(
             self.send_response(200 if authorized else 401)
             self.send_header("content-type", "application/json")
             self.send_header("x-echo-token", real)
+            if self.path.startswith("/v1/header-name"):  # a header whose name is the token: no value to restore
+                self.send_header(f"x-{real}", "seen")
             self.send_header("content-length", str(len(answer)))
             if self.path.startswith("/v1/close"):
                 self.send_header("connection", "close")
