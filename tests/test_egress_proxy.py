@@ -424,3 +424,39 @@ async def test_an_answer_echoing_the_real_value_in_a_header_name_is_refused(runn
         response = await client.get(f"https://{API}/v1/header-name", headers={"authorization": f"Bearer {PLACEHOLDER}"})
     assert response.status_code == 502
     assert not any(REAL in name for name in response.headers)
+
+
+def _inside_connect(running: Running, request: bytes) -> bytes:
+    """`request` sent as it is inside a CONNECT to the declared API (TLS ended by the proxy); its answer's head."""
+    host, port = running.proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"CONNECT {API}:443 HTTP/1.1\r\nhost: {API}:443\r\n\r\n".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        with running.trust.wrap_socket(sock, server_hostname=API) as tls:
+            tls.sendall(request)
+            return tls.recv(4096)
+
+
+async def test_a_host_header_naming_another_host_does_not_take_the_real_value_there(
+    running: Running, api: Api, plain_api: Api
+) -> None:
+    # the declared API's front (a CDN, a shared load balancer) would route by the Host header: domain fronting
+    request = (
+        f"GET /v1/me HTTP/1.1\r\nhost: {OTHER}\r\nauthorization: Bearer {PLACEHOLDER}\r\nconnection: close\r\n\r\n"
+    )
+    await anyio.to_thread.run_sync(_inside_connect, running, request.encode())
+    assert api.received[-1]["headers"]["host"] == API
+    async with _client(running) as client:
+        await client.get(
+            f"http://plain.{API}:8080/v1/me",
+            headers={"host": f"plain.{OTHER}", "authorization": f"Bearer {PLACEHOLDER}"},
+        )
+    assert plain_api.received[-1]["headers"]["host"] == f"plain.{API}:8080"
+
+
+async def test_an_absolute_target_naming_another_host_inside_a_connect_is_refused(running: Running, api: Api) -> None:
+    before = len(api.received)
+    request = f"GET https://{OTHER}/v1/me HTTP/1.1\r\nhost: {API}\r\nauthorization: Bearer {PLACEHOLDER}\r\n\r\n"
+    head = await anyio.to_thread.run_sync(_inside_connect, running, request.encode())
+    assert head.startswith(b"HTTP/1.1 400")
+    assert len(api.received) == before

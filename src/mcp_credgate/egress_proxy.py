@@ -5,7 +5,8 @@ wire here, toward the hosts its declaration names and nowhere else.
 (`unix_socket`: what a sandbox's forwarder reaches, `sandbox.EGRESS_DIR`), and speaks HTTP/1.1 (h11):
 
 - `CONNECT host:port` to a declared host: answered 200, then the proxy ends the client's TLS itself with a leaf the
-  gateway's `Authority` signs for that host, reads the HTTP/1.1 requests inside, swaps placeholders for real values
+  gateway's `Authority` signs for that host, reads the HTTP/1.1 requests inside (origin-form targets only: a URL
+  naming a host of its own is refused with 400), swaps placeholders for real values
   (`egress_swap`: headers, query, named JSON body fields), sends each to the real `https://host:port` with a normally
   verifying TLS client, and passes the response back with every real value replaced by its placeholder again
   (an echoed Basic token included); an answer that still holds a real value in a form redaction finds but no
@@ -19,6 +20,9 @@ wire here, toward the hosts its declaration names and nowhere else.
   (403, a `denied` event) or `tunnel` — a plain request forwarded as it came, a CONNECT relayed as raw TCP.
   **The proxy cannot see inside a tunnel**: a placeholder sent through one is not found (the sandbox that makes
   the proxy an upstream's only way out, and `other = "deny"`, are what close that door).
+
+Every request forwarded says `Host:` the host it is sent to, whatever the client's said (a shared front, a CDN,
+would route by it).
 
 Bodies are read whole, up to `MAX_BODY` (16 MB) each way, so that the swaps see all of them and Content-Length
 is right after them; a larger body is answered 413 (request) or 502 (response). The proxy asks upstream APIs
@@ -258,6 +262,9 @@ class EgressProxy:
         await writer.start_tls(context)
 
         async def forward(inside: h11.Request, body: bytes) -> _Reply:
+            if not inside.target.startswith(b"/") and inside.target != b"*":
+                # an absolute target names a host of its own, which the API's server would go by
+                raise _Refused(400, "a request inside a CONNECT takes a path, not a URL")
             return await self._forward(host, port, tls=True, request=inside, target=inside.target, body=body)
 
         await _requests(h11.Connection(h11.SERVER), reader, writer, forward)
@@ -304,7 +311,7 @@ class EgressProxy:
         content_type = b""
         sent: list[tuple[bytes, bytes]] = []  # (what we sent, what the client sent) where base64 hides the swap
         for name, value in request.headers:
-            if name in _HOP or name == b"accept-encoding":
+            if name in _HOP or name in (b"accept-encoding", b"host"):
                 continue
             if name == b"content-type":
                 content_type = value
@@ -315,8 +322,9 @@ class EgressProxy:
         if swap:
             target = swap_target(rules, target)
             body = swap_body(rules, content_type, body)
-        if not any(name == b"host" for name, _ in headers):
-            headers.insert(0, (b"host", host.encode("idna") if port in (80, 443) else f"{host}:{port}".encode()))
+        # the host the connection goes to, whatever the client said: a front shared by many sites (a CDN) would
+        # route by the Host header, taking the real value to another of them
+        headers.insert(0, (b"host", host.encode("idna") if port in (80, 443) else f"{host}:{port}".encode()))
         headers.append((b"accept-encoding", b"identity"))
         if body or request.method in (b"POST", b"PUT", b"PATCH"):
             headers.append((b"content-length", str(len(body)).encode()))
