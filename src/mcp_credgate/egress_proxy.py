@@ -65,6 +65,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024 * 1024  # a request or response body read whole for the swaps, at most this
 _READ = 65536
 _TIMEOUT = 60.0  # connecting to an upstream API and reading its whole answer
+_CHECKED_IN_LOOP = 65536  # an answer larger than this is checked for real values in a thread
 KEPT_PER_HOST = 8  # idle connections kept per (host, port, tls)
 KEPT_SECONDS = 30.0  # an idle connection older than this is closed rather than reused
 # headers of one hop, never passed on (RFC 9110 §7.6.1), with those the proxy sets itself
@@ -347,7 +348,7 @@ class EgressProxy:
                 continue
             back.append((name, restore(rules, value, sent) if swap else value))
         answer = restore(rules, answer, sent) if swap else answer
-        if swap and any(self._holds_real(data) for data in (answer, *(part for header in back for part in header))):
+        if swap and await self._holds_real([answer, *(part for header in back for part in header)]):
             logger.warning("egress proxy: an answer of %s held a real value in a form not restored: refused", host)
             raise _Refused(502, "the answer held a secret the proxy could not replace with its placeholder")
         if request.method != b"HEAD" and response.status_code not in (204, 304):
@@ -410,9 +411,17 @@ class EgressProxy:
         connection.idle_since = time.monotonic()
         kept.append(connection)
 
-    def _holds_real(self, data: bytes) -> bool:
-        text = data.decode("latin-1")  # UTF-8 read as Latin-1 is one of the forms redaction looks for
-        return self._redactor.text(text) != text
+    async def _holds_real(self, parts: list[bytes]) -> bool:
+        """Whether any of `parts` still holds a real value; a large answer is looked at in a thread, off the
+        gateway's event loop (redaction takes seconds over megabytes full of escapes)."""
+
+        def holds() -> bool:
+            texts = (data.decode("latin-1") for data in parts)  # UTF-8 read as Latin-1: a form redaction knows
+            return any(self._redactor.text(text) != text for text in texts)
+
+        if sum(map(len, parts)) <= _CHECKED_IN_LOOP:
+            return holds()
+        return await asyncio.to_thread(holds)
 
     # -- refusals -------------------------------------------------------------------------------------------
 
