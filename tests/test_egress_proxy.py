@@ -479,3 +479,10 @@ async def test_checking_a_large_answer_does_not_stall_the_gateways_event_loop(ru
         group.cancel_scope.cancel()
     assert response.status_code == 200
     assert max(gaps) < 0.5
+
+
+async def test_spellings_of_a_declared_host_share_one_tls_context(running: Running) -> None:
+    # each case and final-dot variant of a name made a TLS context of its own, kept for the proxy's life
+    for spelling in (API, API.upper(), f"{API}.", "Api.Example.Test"):
+        assert await _raw_connect(running.proxy.url, f"{spelling}:443", "") == 200
+    assert len(running.proxy._contexts) == 1

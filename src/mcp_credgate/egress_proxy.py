@@ -449,6 +449,7 @@ class EgressProxy:
             self._on_event(event)
 
     def _server_context(self, host: str) -> ssl.SSLContext:
+        host = host.lower().removesuffix(".")  # one per name, not per spelling of it (as the leaves are)
         chain, key = self._authority.leaf_for(host)
         known = self._contexts.get(host)
         if known is not None and known[0] == chain:
