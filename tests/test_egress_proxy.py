@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Literal
 
 import anyio
+import anyio.abc
 import httpx2
 import pytest
 
 from mcp_credgate.egress_ca import Authority
-from mcp_credgate.egress_proxy import MAX_BODY, EgressEvent, EgressProxy
+from mcp_credgate.egress_proxy import MAX_BODY, MAX_CONNECTIONS, EgressEvent, EgressProxy
 from mcp_credgate.egress_swap import EgressRules
 from tests.support.egress_api import Api, https_api
 from tests.support.egress_api import plain_api as plain_api_serving
@@ -486,3 +487,26 @@ async def test_spellings_of_a_declared_host_share_one_tls_context(running: Runni
     for spelling in (API, API.upper(), f"{API}.", "Api.Example.Test"):
         assert await _raw_connect(running.proxy.url, f"{spelling}:443", "") == 200
     assert len(running.proxy._contexts) == 1
+
+
+async def test_an_upstream_opening_connections_without_end_is_held_to_its_share(running: Running) -> None:
+    # each held connection is a file descriptor of the gateway's: without a cap one upstream could use up the
+    # gateway's own (agents, the store, other upstreams)
+    host, port = running.proxy.url.removeprefix("http://").split(":")
+    opened = [await anyio.connect_tcp(host, int(port)) for _ in range(MAX_CONNECTIONS + 20)]
+    closed_by_the_proxy = 0
+
+    async def watch(stream: anyio.abc.SocketStream) -> None:
+        nonlocal closed_by_the_proxy
+        try:
+            await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            closed_by_the_proxy += 1
+
+    with anyio.move_on_after(1):
+        async with anyio.create_task_group() as group:
+            for stream in opened:
+                group.start_soon(watch, stream)
+    for stream in opened:
+        await stream.aclose()
+    assert closed_by_the_proxy == 20

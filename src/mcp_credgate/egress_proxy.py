@@ -31,6 +31,9 @@ not be found in it. Connections to the APIs are kept alive and reused (at most `
 for `KEPT_SECONDS`); a request on a kept connection that the API had closed meanwhile is sent once more on a new
 one, as HTTP clients do (nothing of it was read).
 
+One proxy holds at most `MAX_CONNECTIONS` client connections at once (each is a file descriptor of the gateway's
+process); one more is closed as soon as it is accepted.
+
 Nothing secret is logged, raised or shown in a repr: failures are logged by their kind only.
 """
 
@@ -58,11 +61,12 @@ from .egress_ca import Authority
 from .egress_swap import EgressRules, placeholder_field, restore, swap_body, swap_header, swap_target
 from .redact import Redactor
 
-__all__ = ["MAX_BODY", "EgressEvent", "EgressProxy"]
+__all__ = ["MAX_BODY", "MAX_CONNECTIONS", "EgressEvent", "EgressProxy"]
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024 * 1024  # a request or response body read whole for the swaps, at most this
+MAX_CONNECTIONS = 128  # client connections one proxy (one upstream) holds at once; more are closed at once
 _READ = 65536
 _TIMEOUT = 60.0  # connecting to an upstream API and reading its whole answer
 _CHECKED_IN_LOOP = 65536  # an answer larger than this is checked for real values in a thread
@@ -204,6 +208,9 @@ class EgressProxy:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._tasks) >= MAX_CONNECTIONS:  # each is a descriptor of the gateway's: one upstream's share
+            writer.close()
+            return
         self._tasks.add(task)
         try:
             await self._connection(reader, writer)
