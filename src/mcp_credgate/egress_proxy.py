@@ -69,7 +69,7 @@ MAX_BODY = 16 * 1024 * 1024  # a request or response body read whole for the swa
 MAX_CONNECTIONS = 128  # client connections one proxy (one upstream) holds at once; more are closed at once
 _READ = 65536
 _TIMEOUT = 60.0  # connecting to an upstream API and reading its whole answer
-_CHECKED_IN_LOOP = 65536  # an answer larger than this is checked for real values in a thread
+_CHECKED_IN_LOOP = 16384  # an answer larger than this is checked for real values in a thread (worst case 8 ms here)
 KEPT_PER_HOST = 8  # idle connections kept per (host, port, tls)
 KEPT_SECONDS = 30.0  # an idle connection older than this is closed rather than reused
 # headers of one hop, never passed on (RFC 9110 §7.6.1), with those the proxy sets itself
