@@ -18,7 +18,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -628,9 +627,9 @@ def test_inside_an_egress_sandbox_the_proxy_is_the_only_way_out_and_the_stdio_pi
 
 
 REACH_OTHER_PROXIES = """
-import glob, json, socket
+import glob, json, os, socket
 found = {}
-for path in glob.glob("/tmp/credgate-egress-*/proxy.sock"):
+for path in [os.environ["EGRESS_SOCKET"], *glob.glob("/tmp/*/proxy.sock"), *glob.glob("/tmp/*/*/proxy.sock")]:
     try:
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(path)
@@ -643,21 +642,17 @@ print(json.dumps(found))
 
 
 @needs_bwrap
-@pytest.mark.xfail(
-    strict=True,
-    reason="the egress folders (and the proxy's leaf key folder) live in the host's /tmp: a sandbox that declares "
-    "sandbox.read = ['/tmp'] reaches every egress upstream's proxy socket; hiding them needs masks made after the "
-    "declared binds, or the folders moved under a place no declaration may bind",
-)
 def test_another_upstream_that_reads_tmp_cannot_reach_an_egress_upstreams_proxy(machine: Machine) -> None:
-    folder = Path(tempfile.mkdtemp(prefix="credgate-egress-"))  # where handlers.egress.egress_way makes it
+    policy = machine.policy()
+    folder = policy.egress_folder()  # where the gateway makes each egress upstream's
+    assert folder.parent == machine.state / ".egress" and stat.S_IMODE(folder.stat().st_mode) == 0o700
     proxy = FixedProxy(folder / "proxy.sock")
     try:
         probe = machine.root / "reach.py"
         probe.write_text(REACH_OTHER_PROXIES)
-        policy = machine.policy()
         spec = SandboxSpec(read=("/tmp",))
-        wrapped = policy.wrap("other", sys.executable, [str(probe)], {}, spec, policy.home("other", "tok-b", "gb"))
+        env = {"EGRESS_SOCKET": str(folder / "proxy.sock")}
+        wrapped = policy.wrap("other", sys.executable, [str(probe)], env, spec, policy.home("other", "tok-b", "gb"))
         done = subprocess.run(wrapped.argv, env=wrapped.env, capture_output=True, text=True, timeout=60)
     finally:
         proxy.close()
@@ -665,3 +660,14 @@ def test_another_upstream_that_reads_tmp_cannot_reach_an_egress_upstreams_proxy(
     assert done.returncode == 0, done.stderr
     assert FixedProxy.BODY.decode() not in done.stdout
     assert proxy.requests == []
+
+
+def test_an_egress_folder_whose_socket_path_would_be_too_long_is_refused_in_one_line(machine: Machine) -> None:
+    deep = machine.root / ("d" * 100)
+    policy = replace(machine.policy(), state_dir=deep)
+
+    with pytest.raises(SandboxError) as refused:
+        policy.egress_folder()
+
+    assert "too long for the egress proxy's socket" in str(refused.value) and "CREDGATE_STATE_DIR" in str(refused.value)
+    assert "\n" not in str(refused.value) and not any((deep / ".egress").iterdir())

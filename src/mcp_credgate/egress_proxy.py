@@ -61,7 +61,7 @@ from .egress_ca import Authority
 from .egress_swap import EgressRules, placeholder_field, restore, swap_body, swap_header, swap_target
 from .redact import Redactor
 
-__all__ = ["MAX_BODY", "MAX_CONNECTIONS", "EgressEvent", "EgressProxy"]
+__all__ = ["KEPT_PER_HOST", "KEPT_SECONDS", "MAX_BODY", "MAX_CONNECTIONS", "EgressEvent", "EgressProxy"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,7 @@ class EgressProxy:
         upstream_ca: str | os.PathLike[str] | None = None,
         resolve: Mapping[str, tuple[str, int]] | None = None,
         unix_socket: Path | None = None,
+        private_dir: Path | None = None,
     ) -> None:
         self._rules = rules
         # the last check of an answer: a real value still in it, in any form redaction knows (base64 at any
@@ -163,6 +164,7 @@ class EgressProxy:
         self._port = 0
         self._kept: dict[tuple[str, int, bool], list[_Kept]] = {}
         self._unix_socket = unix_socket
+        self._private_dir = private_dir  # where the leaves' keys folder is made (None: the system's temporary one)
 
     def __repr__(self) -> str:
         return f"EgressProxy(url={self.url!r}, rules={self._rules!r})"
@@ -174,7 +176,7 @@ class EgressProxy:
     async def __aenter__(self) -> EgressProxy:
         # the leaves' keys pass through files (ssl's load_cert_chain reads nothing else): a folder only we can
         # read (mkdtemp: 0700), each file 0600 and removed as soon as it is loaded, the folder removed on close
-        self._folder = Path(tempfile.mkdtemp(prefix="credgate-egress-"))
+        self._folder = Path(tempfile.mkdtemp(prefix="credgate-egress-", dir=self._private_dir))
         if self._unix_socket is not None:
             self._server = await asyncio.start_unix_server(self._accept, self._unix_socket)
             self._unix_socket.chmod(0o600)  # the gateway's account (and the sandbox mapped onto it) only

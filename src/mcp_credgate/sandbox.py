@@ -40,6 +40,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,7 @@ _SYSTEM = frozenset(
 _PSEUDO = ("/proc/", "/sys/", "/dev/")  # the kernel's own files: the sandbox has its own (or none) of these
 _SHEBANG_DEPTH = 4  # a script whose interpreter is a script whose interpreter is…
 _MIB = 1024 * 1024
+_SOCKET_PATH_BYTES = 107  # a Unix socket's path (sun_path holds 108 bytes with its NUL)
 # Egress injection (issue 27): a sandbox whose only way out is the gateway's proxy for it.
 EGRESS_PORT = 3128  # the forwarder's port on the sandbox's own 127.0.0.1
 EGRESS_DIR = Path("/run/credgate-egress")  # inside the sandbox (under the /run mask): the files below
@@ -179,6 +181,22 @@ class SandboxPolicy:
         key = f"{credential}\0{group or ''}" + (f"\0{agent}" if agent is not None else "")
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]
         return self.state_dir / server / digest
+
+    def egress_folder(self) -> Path:
+        """A new folder (0700) for one upstream's egress proxy: its socket, the certificates given to the
+        upstream, and the proxy's own leaf keys. It lies under the state folder, which every sandbox has masked
+        and no declaration may bind (in /tmp, a sandbox declaring `sandbox.read = ["/tmp"]` would reach every
+        egress upstream's proxy). SandboxError when the state folder's path is too long for a Unix socket's."""
+        root = self.state_dir / ".egress"
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=root))
+        if len(os.fsencode(folder / "proxy.sock")) > _SOCKET_PATH_BYTES:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise SandboxError(
+                f"the state folder's path ({self.state_dir}) is too long for the egress proxy's socket "
+                f"(at most {_SOCKET_PATH_BYTES} bytes in all): set CREDGATE_STATE_DIR to a shorter one"
+            )
+        return folder
 
     def wrap(
         self,

@@ -22,7 +22,6 @@ import os
 import shutil
 import socket
 import ssl
-import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -117,11 +116,11 @@ def _bundle(certificate: bytes) -> bytes:
 
 @asynccontextmanager
 async def egress_way(
-    kit: EgressKit, scope: UpstreamScope, spec: EgressSpec, credential: Credential, shown: Credential
+    kit: EgressKit, scope: UpstreamScope, spec: EgressSpec, credential: Credential, shown: Credential, folder: Path
 ) -> AsyncIterator[Path]:
-    """A folder (0700, the gateway's account only) holding `proxy.sock` (the proxy of this upstream, listening
-    until the block ends), `ca.pem` (the egress CA's certificate) and `ca-bundle.pem`; removed afterwards."""
-    folder = Path(tempfile.mkdtemp(prefix="credgate-egress-"))
+    """`folder` (0700, the gateway's account only: `SandboxPolicy.egress_folder`) holding `proxy.sock` (the proxy
+    of this upstream, listening until the block ends), `ca.pem` (the egress CA's certificate), `ca-bundle.pem`
+    and the proxy's leaf keys while they load; removed afterwards."""
     try:
         certificate = kit.authority.certificate_pem()
         (folder / "ca.pem").write_bytes(certificate)
@@ -146,6 +145,7 @@ async def egress_way(
             upstream_ca=kit.upstream_ca,
             resolve=kit.resolve,
             unix_socket=folder / "proxy.sock",
+            private_dir=folder,
         ):
             yield folder
     finally:

@@ -155,7 +155,8 @@ async def _egress_session(
         env={**_passed_through(), **_render_all(handler.env, shown)},
     )
     home = sandbox.home(name, credential.name, scope.group, scope.agent)
-    async with egress_way(kit, scope, handler.egress, credential, shown) as way:
+    folder = await anyio.to_thread.run_sync(sandbox.egress_folder)
+    async with egress_way(kit, scope, handler.egress, credential, shown, folder) as way:
         wrapped = _sandboxed(name, params, sandbox, handler.sandbox, home, egress=way)
         async with _stdio_session(name, wrapped, relay) as client:
             yield client
