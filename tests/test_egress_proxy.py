@@ -482,6 +482,27 @@ async def test_checking_a_large_answer_does_not_stall_the_gateways_event_loop(ru
     assert max(gaps) < 0.5
 
 
+async def test_looking_for_a_placeholder_in_a_large_request_does_not_stall_the_gateways_event_loop(
+    running: Running,
+) -> None:
+    # a plain request toward a host not declared is searched for a placeholder, percent-decoded too: over 15 MB
+    # of escapes that took the loop nearly two seconds
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            before = anyio.current_time()
+            await anyio.sleep(0.01)
+            gaps.append(anyio.current_time() - before)
+
+    async with anyio.create_task_group() as group, _client(running) as client:
+        group.start_soon(tick)
+        response = await client.post(f"http://plain.{OTHER}/upload", content=b"%41&" * 3_900_000)
+        group.cancel_scope.cancel()
+    assert response.status_code == 403  # not declared, and no placeholder found in it
+    assert max(gaps) < 0.5
+
+
 async def test_spellings_of_a_declared_host_share_one_tls_context(running: Running) -> None:
     # each case and final-dot variant of a name made a TLS context of its own, kept for the proxy's life
     for spelling in (API, API.upper(), f"{API}.", "Api.Example.Test"):

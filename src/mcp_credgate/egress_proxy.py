@@ -52,7 +52,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 import h11
@@ -69,7 +69,8 @@ MAX_BODY = 16 * 1024 * 1024  # a request or response body read whole for the swa
 MAX_CONNECTIONS = 128  # client connections one proxy (one upstream) holds at once; more are closed at once
 _READ = 65536
 _TIMEOUT = 60.0  # connecting to an upstream API and reading its whole answer
-_CHECKED_IN_LOOP = 16384  # an answer larger than this is checked for real values in a thread (worst case 8 ms here)
+_T = TypeVar("_T")
+_CHECKED_IN_LOOP = 16384  # a body larger than this is parsed or checked in a thread (worst case 8 ms here)
 KEPT_PER_HOST = 8  # idle connections kept per (host, port, tls)
 KEPT_SECONDS = 30.0  # an idle connection older than this is closed rather than reused
 # headers of one hop, never passed on (RFC 9110 §7.6.1), with those the proxy sets itself
@@ -245,7 +246,10 @@ class EgressProxy:
         target = (url.path or "/") + (f"?{url.query}" if url.query else "")
         if self._rules.declares_plain(host, port):
             return await self._forward(host, port, tls=False, request=request, target=target.encode(), body=body)
-        self._refuse_undeclared(host, placeholder_field(self._rules, request.target, request.headers, body))
+        where = await _off_the_loop_if_large(
+            len(body), placeholder_field, self._rules, request.target, request.headers, body
+        )
+        self._refuse_undeclared(host, where)
         return await self._forward(
             host, port, tls=False, request=request, target=target.encode(), body=body, swap=False
         )
@@ -331,7 +335,7 @@ class EgressProxy:
             headers.append((name, swapped))
         if swap:
             target = swap_target(rules, target)
-            body = swap_body(rules, content_type, body)
+            body = await _off_the_loop_if_large(len(body), swap_body, rules, content_type, body)
         # the host the connection goes to, whatever the client said: a front shared by many sites (a CDN) would
         # route by the Host header, taking the real value to another of them
         headers.insert(0, (b"host", host.encode("idna") if port in (80, 443) else f"{host}:{port}".encode()))
@@ -428,9 +432,7 @@ class EgressProxy:
             texts = (data.decode("latin-1") for data in parts)  # UTF-8 read as Latin-1: a form redaction knows
             return any(self._redactor.text(text) != text for text in texts)
 
-        if sum(map(len, parts)) <= _CHECKED_IN_LOOP:
-            return holds()
-        return await asyncio.to_thread(holds)
+        return await _off_the_loop_if_large(sum(map(len, parts)), holds)
 
     # -- refusals -------------------------------------------------------------------------------------------
 
@@ -482,6 +484,15 @@ class EgressProxy:
 
 
 # -- HTTP/1.1 with h11 ------------------------------------------------------------------------------------------
+
+
+async def _off_the_loop_if_large(size: int, work: Callable[..., _T], *args: object) -> _T:
+    """`work(*args)` here for up to `_CHECKED_IN_LOOP` bytes, else in a thread: parsing or checking megabytes
+    (a JSON body, redaction over escapes) would hold the gateway's event loop, and every group's calls, for
+    seconds."""
+    if size <= _CHECKED_IN_LOOP:
+        return work(*args)
+    return await asyncio.to_thread(work, *args)
 
 
 async def _requests(
