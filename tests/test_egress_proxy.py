@@ -23,7 +23,7 @@ import httpx2
 import pytest
 
 from mcp_credgate.egress_ca import Authority
-from mcp_credgate.egress_proxy import MAX_BODY, MAX_CONNECTIONS, EgressEvent, EgressProxy
+from mcp_credgate.egress_proxy import MAX_BODY, MAX_CONNECTIONS, MAX_IN_FLIGHT, EgressEvent, EgressProxy
 from mcp_credgate.egress_swap import EgressRules
 from tests.support.egress_api import Api, https_api
 from tests.support.egress_api import plain_api as plain_api_serving
@@ -531,3 +531,23 @@ async def test_an_upstream_opening_connections_without_end_is_held_to_its_share(
     for stream in opened:
         await stream.aclose()
     assert closed_by_the_proxy == 20
+
+
+async def test_an_upstream_sending_many_requests_at_once_has_at_most_max_in_flight_of_them_held(
+    running: Running, plain_api: Api
+) -> None:
+    # each request's body and answer are held whole (up to MAX_BODY each): with a turn per request and no more
+    # than MAX_IN_FLIGHT turns, one upstream holds at most that many in the gateway, however many connections
+    async def one(client: httpx2.AsyncClient) -> int:
+        headers = {"authorization": f"Bearer {PLACEHOLDER}"}
+        return (await client.post(f"http://plain.{API}:8080/v1/slow", headers=headers, content=b"x")).status_code
+
+    limits = httpx2.Limits(max_connections=MAX_IN_FLIGHT + 6)
+    client = httpx2.AsyncClient(proxy=running.proxy.url, timeout=30, limits=limits)
+    async with client, anyio.create_task_group() as group:
+        for _ in range(MAX_IN_FLIGHT + 6):
+            group.start_soon(one, client)
+
+    slow = [seen for seen in plain_api.received if "most at once" in seen]
+    assert len(slow) == MAX_IN_FLIGHT + 6
+    assert max(seen["most at once"] for seen in slow) == MAX_IN_FLIGHT

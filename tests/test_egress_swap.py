@@ -77,3 +77,13 @@ def test_a_declared_host_matches_exactly_or_with_its_port() -> None:
     assert rules.declares("other.example.test", 8443)
     assert not rules.declares("other.example.test", 443)
     assert not rules.declares("x.api.example.test", 443)
+
+
+@pytest.mark.parametrize("offset", [-40, -1, 0, 1, 40])
+def test_a_percent_encoded_placeholder_is_found_wherever_it_lies_in_a_large_body(offset: int) -> None:
+    encoded = "".join(f"%{ord(c):02X}" for c in PLACEHOLDER)  # every character escaped
+    body = ("x" * (65536 * 2 + offset) + encoded + "y" * 1000).encode()
+
+    assert placeholder_field(RULES, b"/upload", [], body) == "body"
+    assert placeholder_field(RULES, b"/upload", [], body.replace(b"%63", b"c")) == "body"  # partly escaped
+    assert placeholder_field(RULES, b"/upload", [], b"%41" * 100_000) is None

@@ -32,7 +32,9 @@ for `KEPT_SECONDS`); a request on a kept connection that the API had closed mean
 one, as HTTP clients do (nothing of it was read).
 
 One proxy holds at most `MAX_CONNECTIONS` client connections at once (each is a file descriptor of the gateway's
-process); one more is closed as soon as it is accepted.
+process); one more is closed as soon as it is accepted. It reads and answers at most `MAX_IN_FLIGHT` requests at
+once (a request's body is read only in its turn): what one upstream can make the gateway hold is bounded by
+`MAX_IN_FLIGHT` times 2 times `MAX_BODY` (256 MB), not by its connections.
 
 Nothing secret is logged, raised or shown in a repr: failures are logged by their kind only.
 """
@@ -61,12 +63,21 @@ from .egress_ca import Authority
 from .egress_swap import EgressRules, placeholder_field, restore, swap_body, swap_header, swap_target
 from .redact import Redactor
 
-__all__ = ["KEPT_PER_HOST", "KEPT_SECONDS", "MAX_BODY", "MAX_CONNECTIONS", "EgressEvent", "EgressProxy"]
+__all__ = [
+    "KEPT_PER_HOST",
+    "KEPT_SECONDS",
+    "MAX_BODY",
+    "MAX_CONNECTIONS",
+    "MAX_IN_FLIGHT",
+    "EgressEvent",
+    "EgressProxy",
+]
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024 * 1024  # a request or response body read whole for the swaps, at most this
 MAX_CONNECTIONS = 128  # client connections one proxy (one upstream) holds at once; more are closed at once
+MAX_IN_FLIGHT = 8  # requests one proxy reads and answers at once (each body up to MAX_BODY, each way)
 _READ = 65536
 _TIMEOUT = 60.0  # connecting to an upstream API and reading its whole answer
 _T = TypeVar("_T")
@@ -166,6 +177,7 @@ class EgressProxy:
         self._kept: dict[tuple[str, int, bool], list[_Kept]] = {}
         self._unix_socket = unix_socket
         self._private_dir = private_dir  # where the leaves' keys folder is made (None: the system's temporary one)
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     def __repr__(self) -> str:
         return f"EgressProxy(url={self.url!r}, rules={self._rules!r})"
@@ -236,7 +248,7 @@ class EgressProxy:
                 return None  # the CONNECT has the connection from here on
             return await self._plain(request, body)
 
-        await _requests(conn, reader, writer, answer)
+        await _requests(conn, reader, writer, answer, self._in_flight)
 
     async def _plain(self, request: h11.Request, body: bytes) -> _Reply:
         url = urlsplit(request.target.decode("latin-1"))
@@ -281,7 +293,7 @@ class EgressProxy:
                 raise _Refused(400, "a request inside a CONNECT takes a path, not a URL")
             return await self._forward(host, port, tls=True, request=inside, target=inside.target, body=body)
 
-        await _requests(h11.Connection(h11.SERVER), reader, writer, forward)
+        await _requests(h11.Connection(h11.SERVER), reader, writer, forward, self._in_flight)
 
     async def _tunnel(
         self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, port: int
@@ -500,21 +512,29 @@ async def _requests(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     answer: Callable[[h11.Request, bytes], Awaitable[_Reply | None]],
+    in_flight: asyncio.Semaphore,
 ) -> None:
     """Each request on `conn` answered by `answer`, until the client ends the connection or a refusal does
-    (said in a response, `_Refused`); `answer` returning None has taken the connection over (a CONNECT)."""
+    (said in a response, `_Refused`); a CONNECT's `answer` takes the connection over. A request's body is read,
+    and its answer held, only within one of the proxy's `in_flight` turns."""
     while True:
         try:
-            message = await _read_message(conn, reader, writer)
-            if message is None:
+            request = await _read_head(conn, reader, writer)
+            if request is None:
                 return
-            reply = await answer(*message)
+            if request.method == b"CONNECT":  # no body: the requests inside it take turns of their own
+                await answer(request, b"")
+                return
+            async with in_flight:
+                body = await _read_body(conn, reader)
+                if body is None:
+                    return
+                reply = await answer(request, body)
+                assert reply is not None  # only a CONNECT's answer takes the connection over
+                await _send(conn, writer, *reply)
         except _Refused as refused:
             await _answer(conn, writer, refused.status, refused.reason)
             return
-        if reply is None:
-            return
-        await _send(conn, writer, *reply)
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return
         conn.start_next_cycle()
@@ -530,10 +550,10 @@ async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> obj
         return event
 
 
-async def _read_message(
+async def _read_head(
     conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> tuple[h11.Request, bytes] | None:
-    """The next request and its whole body, or None when the client is done."""
+) -> h11.Request | None:
+    """The next request's head, or None when the client is done."""
     try:
         event = await _next_event(conn, reader)
     except h11.RemoteProtocolError:
@@ -544,6 +564,11 @@ async def _read_message(
         raise _Refused(400, "not HTTP/1.1")
     if conn.they_are_waiting_for_100_continue:
         writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
+    return event
+
+
+async def _read_body(conn: h11.Connection, reader: asyncio.StreamReader) -> bytes | None:
+    """The request's whole body, or None when the client went away before its end."""
     body = bytearray()
     while True:
         try:
@@ -555,7 +580,7 @@ async def _read_message(
             if len(body) > MAX_BODY:
                 raise _Refused(413, "the request body is larger than the proxy reads")
         elif isinstance(part, h11.EndOfMessage):
-            return event, bytes(body)
+            return bytes(body)
         else:
             return None
 

@@ -82,6 +82,22 @@ def _has_any(text: str, needles: Iterable[str]) -> bool:
     return any(needle in text for needle in needles)
 
 
+_DECODED_AT_ONCE = 65536  # characters percent-decoded in one go (one C call holds the GIL throughout)
+
+
+def _has_any_decoded(text: str, needles: list[str]) -> bool:
+    """Whether `text` percent-decoded (`+` as a space) holds one of `needles`. Decoded a window at a time, the
+    windows overlapping by as much as an encoded needle can take: decoding megabytes in one call held the GIL,
+    and the gateway's event loop with it, for seconds, even from a thread."""
+    if "%" not in text and "+" not in text:
+        return False
+    overlap = 3 * max(map(len, needles), default=0)
+    for start in range(0, len(text), _DECODED_AT_ONCE):
+        if _has_any(unquote(text[start : start + _DECODED_AT_ONCE + overlap].replace("+", " ")), needles):
+            return True
+    return False
+
+
 def _basic(value: str) -> str | None:
     """The decoded `user:pass` of a Basic authorization value, or None for anything else."""
     scheme, _, token = value.strip().partition(" ")
@@ -174,7 +190,7 @@ def placeholder_field(
 
     def holds(data: bytes) -> bool:
         text = data.decode("latin-1")
-        return _has_any(text, needles) or _has_any(unquote(text.replace("+", " ")), needles)
+        return _has_any(text, needles) or _has_any_decoded(text, needles)
 
     if holds(target):
         return "request target"

@@ -11,6 +11,7 @@ import base64
 import json
 import ssl
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ def _handler(
     received: list[dict[str, Any]], real: str, user_real: str, idle_timeout: float | None = None
 ) -> type[BaseHTTPRequestHandler]:
     basic = "Basic " + base64.b64encode(f"me:{user_real}".encode()).decode()
+    busy = {"now": 0, "most": 0}  # requests being answered at once (`/v1/slow`), and the most ever
+    lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -39,6 +42,14 @@ def _handler(
         disable_nagle_algorithm = True  # headers and body go in two writes: no 40 ms wait for a delayed ACK
 
         def _any(self) -> None:
+            if self.path.startswith("/v1/slow"):
+                with lock:
+                    busy["now"] += 1
+                    busy["most"] = max(busy["most"], busy["now"])
+                time.sleep(0.6)
+                with lock:
+                    busy["now"] -= 1
+                received.append({"path": self.path, "most at once": busy["most"]})
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length).decode() if length else ""
             seen: dict[str, Any] = {"method": self.command, "path": self.path, "headers": dict(self.headers)}
@@ -68,6 +79,10 @@ def _handler(
             pass
 
     return Handler
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # many connections at once (the default backlog, 5, holds the sixth a second)
 
 
 @contextmanager
@@ -100,7 +115,7 @@ def https_api(
     first = contexts[hosts[0]]
     first.sni_callback = lambda tls, name, _: setattr(tls, "context", contexts[name]) if name in contexts else None
     received: list[dict[str, Any]] = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(received, real, user_real, idle_timeout))
+    server = _Server(("127.0.0.1", 0), _handler(received, real, user_real, idle_timeout))
     server.socket = first.wrap_socket(server.socket, server_side=True)
     with _serving(server):
         yield Api(server.server_address[1], folder / "ca.pem", received)
@@ -109,6 +124,6 @@ def https_api(
 @contextmanager
 def plain_api(real: str, user_real: str = "") -> Iterator[Api]:
     received: list[dict[str, Any]] = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(received, real, user_real))
+    server = _Server(("127.0.0.1", 0), _handler(received, real, user_real))
     with _serving(server):
         yield Api(server.server_address[1], None, received)
