@@ -507,7 +507,7 @@ def test_backup_and_restore_of_a_postgresql_store_point_to_its_own_tools_and_cha
 def test_doctor_is_ok_on_a_healthy_store(team: CliRun) -> None:
     assert_doctor_ok(team)
     data = json.loads(team("doctor", "--json").stdout)
-    assert data == {"problems": [], "warnings": []}
+    assert data == {"problems": [], "warnings": [], "upstreams_hold": {}}
 
 
 def test_doctor_reports_file_modes_too_open_with_the_chmod_fix(team: CliRun, settings: Settings) -> None:
